@@ -1,0 +1,11 @@
+//! What runs while a program lives under uprobe-exec: the userfaultfd
+//! wrapper ([`uffd`]) and the fault server ([`server`]).
+//!
+//! This crate knows nothing of ELF files: it serves page images at runtime
+//! addresses. The `uprobe-exec` crate plans those images from the program.
+
+pub mod server;
+pub mod uffd;
+
+pub use server::{ServeError, Server, TextImage, TextRange, TextStats};
+pub use uffd::{CopyOutcome, Event, Uffd, UffdMode, PAGE_SIZE};

@@ -1,0 +1,378 @@
+//! The fault server: answers every first touch of a text page with the
+//! page's image, in every process of the program.
+//!
+//! The life of one text page in one process (mm):
+//!
+//! ```text
+//!            first touch                      UFFDIO_COPY (image, patched)
+//!  missing ─────────────▶ fault event ───────────────────────────────────▶ resident
+//!     ▲                  (thread waits)                                      │
+//!     │                                                                      │ MADV_DONTNEED
+//!     │         remove event (the madvise caller waits until we read it)     │
+//!     └──────────────────────────────────────────────────────────────────────┘
+//!           the next touch faults again: a *refault*, served the same way
+//! ```
+//!
+//! A fork copies the resident pages; the child's missing pages are served
+//! through the uffd that arrives in the fork event. Nothing on the fault path
+//! allocates: page images are ready before the program starts, and the
+//! per-process bitmaps are allocated when the process is first seen.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::io::Errno;
+
+use crate::uffd::{decode, empty_msgs, CopyOutcome, Event, Uffd, PAGE_SIZE};
+
+/// Where the bytes of one served page come from.
+#[derive(Clone, Copy, Debug)]
+enum PageSrc {
+    /// A page-sized, readable run of bytes that lives as long as the image.
+    Bytes(*const u8),
+    /// A page past the end of the file: zeros.
+    Zero,
+}
+
+/// One contiguous run of served text in the target's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextRange {
+    /// Runtime address of the first page (page aligned).
+    pub start: u64,
+    /// Number of pages.
+    pub pages: usize,
+}
+
+impl TextRange {
+    /// One past the last byte.
+    #[must_use]
+    pub fn end(&self) -> u64 {
+        self.start + self.pages as u64 * PAGE_SIZE
+    }
+}
+
+/// The page images of everything the server serves: the same for every
+/// process of the program, since a fork keeps addresses.
+pub struct TextImage {
+    ranges: Vec<TextRange>,
+    /// Index of each range's first page in `srcs`.
+    first: Vec<usize>,
+    srcs: Vec<PageSrc>,
+    /// Keeps the memory `srcs` points into alive (a file mapping, patched pages).
+    _owner: Arc<dyn Send + Sync>,
+}
+
+// SAFETY: the raw pointers in `srcs` point into memory owned by `_owner`,
+// which is immutable and shared; reading it from any thread is sound.
+unsafe impl Send for TextImage {}
+// SAFETY: as above; the image is never mutated after construction.
+unsafe impl Sync for TextImage {}
+
+static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+
+impl TextImage {
+    /// Builds an image from `(range, bytes)` pairs: page `i` of a range is
+    /// `bytes[i*4096..(i+1)*4096]`, zero-filled past the end of `bytes`.
+    ///
+    /// # Safety
+    /// Every `bytes` slice must stay valid and unchanged as long as `owner`
+    /// lives, and must be readable up to the next multiple of the page size
+    /// past its end (true of a file mapping, whose last page is zero-filled
+    /// by the kernel).
+    pub unsafe fn new(parts: &[(TextRange, &[u8])], owner: Arc<dyn Send + Sync>) -> TextImage {
+        let mut ranges = Vec::with_capacity(parts.len());
+        let mut first = Vec::with_capacity(parts.len());
+        let mut srcs = Vec::new();
+        for (range, bytes) in parts {
+            first.push(srcs.len());
+            ranges.push(*range);
+            for i in 0..range.pages {
+                let off = i * PAGE_SIZE as usize;
+                srcs.push(if off < bytes.len() {
+                    // SAFETY: off < bytes.len(), so the pointer is in bounds.
+                    PageSrc::Bytes(unsafe { bytes.as_ptr().add(off) })
+                } else {
+                    PageSrc::Zero
+                });
+            }
+        }
+        TextImage { ranges, first, srcs, _owner: owner }
+    }
+
+    /// The served ranges, in the order given.
+    #[must_use]
+    pub fn ranges(&self) -> &[TextRange] {
+        &self.ranges
+    }
+
+    /// Total pages served.
+    #[must_use]
+    pub fn pages(&self) -> usize {
+        self.srcs.len()
+    }
+
+    /// The page index of a runtime address, if it lies in a served range.
+    fn index_of(&self, addr: u64) -> Option<usize> {
+        self.ranges.iter().zip(&self.first).find_map(|(r, first)| {
+            (addr >= r.start && addr < r.end()).then(|| first + ((addr - r.start) / PAGE_SIZE) as usize)
+        })
+    }
+
+    fn page_addr(&self, index: usize) -> u64 {
+        let k = self.first.partition_point(|&f| f <= index) - 1;
+        self.ranges[k].start + (index - self.first[k]) as u64 * PAGE_SIZE
+    }
+
+    fn src(&self, index: usize) -> *const u8 {
+        match self.srcs[index] {
+            PageSrc::Bytes(p) => p,
+            PageSrc::Zero => ZERO_PAGE.as_ptr(),
+        }
+    }
+}
+
+/// A fixed-size bit set over page indices.
+#[derive(Clone, Debug)]
+struct PageBits(Vec<u64>);
+
+impl PageBits {
+    fn new(pages: usize) -> PageBits {
+        PageBits(vec![0; pages.div_ceil(64)])
+    }
+    /// Sets bit `i`; returns whether it was set before.
+    fn set(&mut self, i: usize) -> bool {
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        let was = self.0[w] & b != 0;
+        self.0[w] |= b;
+        was
+    }
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1u64 << (i % 64)) != 0
+    }
+}
+
+/// Figures of the text serving, as reported at exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TextStats {
+    /// Text pages of the program.
+    pub pages: u64,
+    /// Distinct pages installed by us (in any process).
+    pub served: u64,
+    /// Page-fault events handled.
+    pub faults: u64,
+    /// Faults on pages that had been served to the same process before
+    /// (dropped with `MADV_DONTNEED` since).
+    pub refaults: u64,
+    /// Processes of the program we served: the first, plus every fork.
+    pub processes: u64,
+    /// Pages installed without a fault (eager population).
+    pub populated: u64,
+}
+
+/// Why the server stopped serving before the program ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A fault outside every served range: we cannot answer it.
+    #[error("the program faulted at {addr:#x}, outside the text we serve (did it move its text with mremap?)")]
+    FaultOutside {
+        /// The faulting address.
+        addr: u64,
+    },
+    /// The kernel refused a page copy for a reason we do not handle.
+    #[error("UFFDIO_COPY to {addr:#x} failed: {errno}")]
+    Copy {
+        /// Destination page.
+        addr: u64,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+    /// Reading events or polling failed.
+    #[error("reading userfaultfd events failed: {0}")]
+    Read(Errno),
+}
+
+/// One process (mm) we serve.
+struct Mm {
+    uffd: Uffd,
+    /// Pages served to this mm (kept when a remove drops them: the next fault is a refault).
+    served: PageBits,
+    gone: bool,
+}
+
+/// Serves the page faults of one program and its forks.
+pub struct Server {
+    image: Arc<TextImage>,
+    mms: Vec<Mm>,
+    ever: PageBits,
+    stats: TextStats,
+    /// Copies that met `EAGAIN`, to retry once the pending events are read.
+    deferred: Vec<(usize, usize)>,
+}
+
+impl Server {
+    /// A server for the program's first process.
+    #[must_use]
+    pub fn new(image: Arc<TextImage>, root: Uffd) -> Server {
+        let pages = image.pages();
+        let mut s = Server {
+            image,
+            mms: Vec::new(),
+            ever: PageBits::new(pages),
+            stats: TextStats { pages: pages as u64, ..TextStats::default() },
+            deferred: Vec::with_capacity(64),
+        };
+        s.add_mm(root);
+        s
+    }
+
+    fn add_mm(&mut self, uffd: Uffd) {
+        self.mms.push(Mm { uffd, served: PageBits::new(self.image.pages()), gone: false });
+        self.stats.processes += 1;
+    }
+
+    /// The figures so far.
+    #[must_use]
+    pub fn stats(&self) -> TextStats {
+        self.stats
+    }
+
+    /// Installs every page not yet served in every live process, without
+    /// waiting for faults. Used when forks cannot be followed (user-mode-only
+    /// uffd) and when the first process has ended while others live on.
+    pub fn populate_all(&mut self) -> Result<(), ServeError> {
+        for m in 0..self.mms.len() {
+            for index in 0..self.image.pages() {
+                if self.mms[m].gone {
+                    break;
+                }
+                if !self.mms[m].served.get(index) {
+                    if self.install(m, index)? {
+                        self.stats.populated += 1;
+                    }
+                }
+            }
+            // Wake anyone who faulted while we were installing without waking.
+            if !self.mms[m].gone {
+                for r in self.image.ranges() {
+                    let _ = self.mms[m].uffd.wake(r.start, r.end() - r.start);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies page `index` into mm `m`. Returns whether it was installed by this call.
+    fn install(&mut self, m: usize, index: usize) -> Result<bool, ServeError> {
+        let addr = self.image.page_addr(index);
+        let src = self.image.src(index);
+        // SAFETY: `src` is a page of the image, readable for PAGE_SIZE bytes
+        // (TextImage::new's contract).
+        let outcome = unsafe { self.mms[m].uffd.copy(addr, src, PAGE_SIZE, true) };
+        match outcome {
+            CopyOutcome::Copied => {
+                self.mms[m].served.set(index);
+                if !self.ever.set(index) {
+                    self.stats.served += 1;
+                }
+                Ok(true)
+            }
+            // Someone else's fault installed it first: just make sure nobody sleeps on it.
+            CopyOutcome::AlreadyPresent => {
+                let _ = self.mms[m].uffd.wake(addr, PAGE_SIZE);
+                Ok(false)
+            }
+            // A remove/unmap is pending: read events first, then try again.
+            CopyOutcome::Retry => {
+                self.deferred.push((m, index));
+                Ok(false)
+            }
+            // The process exited or exec'd: nothing left to serve there.
+            CopyOutcome::Gone => {
+                self.mms[m].gone = true;
+                Ok(false)
+            }
+            CopyOutcome::Failed(errno) => Err(ServeError::Copy { addr, errno }),
+        }
+    }
+
+    /// Serves until `stop` becomes readable (a pidfd: the first process
+    /// ended), then installs the remaining pages in processes that live on,
+    /// since nobody will serve them once we return.
+    pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), ServeError> {
+        let mut msgs = empty_msgs::<32>();
+        loop {
+            let live: Vec<usize> = (0..self.mms.len()).filter(|&m| !self.mms[m].gone).collect();
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(live.len() + 1);
+            fds.push(PollFd::new(&stop, PollFlags::IN));
+            for &m in &live {
+                fds.push(PollFd::new(&self.mms[m].uffd, PollFlags::IN));
+            }
+            match poll(&mut fds, None) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(ServeError::Read(e)),
+            }
+            let stop_ready = !fds[0].revents().is_empty();
+            let ready: Vec<usize> = fds[1..]
+                .iter()
+                .zip(&live)
+                .filter(|(fd, _)| !fd.revents().is_empty())
+                .map(|(_, &m)| m)
+                .collect();
+            drop(fds);
+            for m in ready {
+                self.drain(m, &mut msgs)?;
+            }
+            if stop_ready {
+                return self.populate_all();
+            }
+        }
+    }
+
+    /// Reads and handles every pending event of mm `m`.
+    fn drain(&mut self, m: usize, msgs: &mut [crate::uffd::RawMsg]) -> Result<(), ServeError> {
+        loop {
+            let n = match self.mms[m].uffd.read_events(msgs) {
+                Ok(n) => n,
+                Err(e) => return Err(ServeError::Read(e)),
+            };
+            if n == 0 {
+                break;
+            }
+            for msg in &msgs[..n] {
+                match decode(msg) {
+                    Event::PageFault { addr, .. } => self.fault(m, addr)?,
+                    Event::Fork(child) => self.add_mm(child),
+                    // The pages stay marked served: touching them again is a refault.
+                    Event::Remove { .. } | Event::Unmap { .. } | Event::Remap { .. } => {}
+                    Event::Unknown(_) => {}
+                }
+            }
+        }
+        // Events that made copies fail with EAGAIN have now been read.
+        let deferred = std::mem::take(&mut self.deferred);
+        for (dm, index) in deferred {
+            self.install(dm, index)?;
+        }
+        Ok(())
+    }
+
+    fn fault(&mut self, m: usize, addr: u64) -> Result<(), ServeError> {
+        let Some(index) = self.image.index_of(addr) else {
+            return Err(ServeError::FaultOutside { addr });
+        };
+        self.stats.faults += 1;
+        if self.mms[m].served.get(index) {
+            self.stats.refaults += 1;
+        }
+        self.install(m, index).map(|_| ())
+    }
+
+    /// The uffd of the first process.
+    #[must_use]
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.mms[0].uffd.as_fd()
+    }
+}

@@ -1,0 +1,290 @@
+//! A small, fully owned userfaultfd wrapper over the kernel UAPI in
+//! `linux-raw-sys`.
+//!
+//! Why not the `userfaultfd` crate: it runs bindgen at build time (a fresh
+//! machine has no libclang), lacks the newer features, and reports `EAGAIN`
+//! from `UFFDIO_COPY` as a partial copy of a huge length. The kernel's answers
+//! matter on the fault path, so every one of them is named here.
+//!
+//! # References
+//! userfaultfd(2), ioctl_userfaultfd(2), `Documentation/admin-guide/mm/userfaultfd.rst`.
+
+// This module is one of the few places allowed to issue raw ioctls.
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use linux_raw_sys::general as uapi;
+use linux_raw_sys::ioctl as uioctl;
+use rustix::io::Errno;
+
+/// The size of a page on x86-64; the fault server serves whole pages.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// How the kernel lets us handle faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UffdMode {
+    /// Faults from user and kernel mode reach us, and fork events are
+    /// available (needs `vm.unprivileged_userfaultfd=1` or `CAP_SYS_PTRACE`).
+    Full,
+    /// `UFFD_USER_MODE_ONLY`: what an ordinary user gets. Kernel-mode accesses
+    /// to a page we have not served fail with `EFAULT`, and the kernel refuses
+    /// `UFFD_FEATURE_EVENT_FORK` (it needs `CAP_SYS_PTRACE`).
+    UserModeOnly,
+}
+
+impl UffdMode {
+    /// The name used in reports.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            UffdMode::Full => "full",
+            UffdMode::UserModeOnly => "user-mode-only",
+        }
+    }
+}
+
+/// Feature bits we ask for.
+pub mod features {
+    use linux_raw_sys::general as uapi;
+    /// A forked child's mm gets its own uffd, delivered to us in an event.
+    pub const EVENT_FORK: u64 = uapi::UFFD_FEATURE_EVENT_FORK as u64;
+    /// `mremap` of a registered range.
+    pub const EVENT_REMAP: u64 = uapi::UFFD_FEATURE_EVENT_REMAP as u64;
+    /// `MADV_DONTNEED`/`MADV_REMOVE` of a registered range.
+    pub const EVENT_REMOVE: u64 = uapi::UFFD_FEATURE_EVENT_REMOVE as u64;
+    /// `munmap` of a registered range.
+    pub const EVENT_UNMAP: u64 = uapi::UFFD_FEATURE_EVENT_UNMAP as u64;
+    /// Page-fault messages carry the faulting thread's id.
+    pub const THREAD_ID: u64 = uapi::UFFD_FEATURE_THREAD_ID as u64;
+}
+
+/// One userfaultfd, bound to the mm of the process that created it (or, for
+/// one received in a fork event, to that child's mm).
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+/// What `UFFDIO_COPY` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// The page is installed and the faulting threads woken.
+    Copied,
+    /// `EEXIST`: another fault already installed the page. The threads still
+    /// waiting on it must be woken by hand.
+    AlreadyPresent,
+    /// `EAGAIN`: a remove/unmap/remap event is pending for this mm; read the
+    /// events, then retry.
+    Retry,
+    /// `ESRCH`/`ENOENT`: the mm is gone (the process exited or exec'd), or the
+    /// range is no longer registered.
+    Gone,
+    /// Anything else: a bug or a kernel we do not understand.
+    Failed(Errno),
+}
+
+/// One event read from a userfaultfd.
+#[derive(Debug)]
+pub enum Event {
+    /// A thread touched a missing page.
+    PageFault {
+        /// The faulting address (not page aligned).
+        addr: u64,
+        /// The fault was a write.
+        write: bool,
+        /// The faulting thread, when `THREAD_ID` was negotiated.
+        tid: u32,
+    },
+    /// The process forked; `uffd` serves the child's mm.
+    Fork(Uffd),
+    /// `madvise(MADV_DONTNEED)` dropped `[start, end)`.
+    Remove {
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// `munmap` of `[start, end)`.
+    Unmap {
+        /// First byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+    },
+    /// `mremap` moved `len` bytes from `from` to `to`.
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// An event this build does not know.
+    Unknown(u8),
+}
+
+/// The raw message buffer `read(2)` fills; see [`Uffd::read_events`].
+pub type RawMsg = uapi::uffd_msg;
+
+/// A zeroed message buffer to read into.
+#[must_use]
+pub fn empty_msgs<const N: usize>() -> [RawMsg; N] {
+    // SAFETY: uffd_msg is plain old data (integers and unions of integers);
+    // all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+impl Uffd {
+    /// Creates a userfaultfd for the calling process's mm, in full mode when
+    /// the kernel allows it and in user-mode-only mode otherwise. The fd is
+    /// non-blocking and close-on-exec.
+    ///
+    /// Only raw system calls: safe to call in a child forked from a threaded
+    /// process.
+    pub fn create() -> Result<(Uffd, UffdMode), Errno> {
+        let base = libc::O_CLOEXEC | libc::O_NONBLOCK;
+        let create = |flags: i32| -> Result<OwnedFd, Errno> {
+            // SAFETY: userfaultfd(2) takes an int and returns a new fd or -1;
+            // it touches no memory of ours.
+            let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+            if fd < 0 {
+                Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
+            } else {
+                // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+            }
+        };
+        match create(base) {
+            Ok(fd) => Ok((Uffd { fd }, UffdMode::Full)),
+            Err(Errno::PERM) => {
+                let fd = create(base | uapi::UFFD_USER_MODE_ONLY as i32)?;
+                Ok((Uffd { fd }, UffdMode::UserModeOnly))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Wraps an fd known to be a userfaultfd.
+    #[must_use]
+    pub fn from_owned(fd: OwnedFd) -> Uffd {
+        Uffd { fd }
+    }
+
+    /// Gives the fd up, e.g. to send it to the monitor.
+    #[must_use]
+    pub fn into_owned(self) -> OwnedFd {
+        self.fd
+    }
+
+    /// `UFFDIO_API`: the handshake. Returns the features the kernel offers.
+    pub fn api(&self, features: u64) -> Result<u64, Errno> {
+        let mut api = uapi::uffdio_api { api: uapi::UFFD_API as u64, features, ioctls: 0 };
+        self.ioctl(uioctl::UFFDIO_API, &mut api)?;
+        Ok(api.features)
+    }
+
+    /// `UFFDIO_REGISTER` in MISSING mode: first touches of `[start, start+len)`
+    /// become events for us.
+    pub fn register_missing(&self, start: u64, len: u64) -> Result<(), Errno> {
+        let mut reg = uapi::uffdio_register {
+            range: uapi::uffdio_range { start, len },
+            mode: uapi::UFFDIO_REGISTER_MODE_MISSING as u64,
+            ioctls: 0,
+        };
+        self.ioctl(uioctl::UFFDIO_REGISTER, &mut reg)
+    }
+
+    /// `UFFDIO_COPY` of `len` bytes from `src` (in our address space) to `dst`
+    /// (in the served mm), waking the threads that wait on it unless `wake` is
+    /// false.
+    ///
+    /// # Safety
+    /// `src` must be readable for `len` bytes.
+    pub unsafe fn copy(&self, dst: u64, src: *const u8, len: u64, wake: bool) -> CopyOutcome {
+        let mode = if wake { 0 } else { uapi::UFFDIO_COPY_MODE_DONTWAKE as u64 };
+        let mut c = uapi::uffdio_copy { dst, src: src as u64, len, mode, copy: 0 };
+        match self.ioctl(uioctl::UFFDIO_COPY, &mut c) {
+            Ok(()) => CopyOutcome::Copied,
+            Err(Errno::EXIST) => CopyOutcome::AlreadyPresent,
+            Err(Errno::AGAIN) => CopyOutcome::Retry,
+            Err(Errno::SRCH | Errno::NOENT) => CopyOutcome::Gone,
+            Err(e) => CopyOutcome::Failed(e),
+        }
+    }
+
+    /// `UFFDIO_WAKE`: wakes threads waiting on `[start, start+len)`.
+    pub fn wake(&self, start: u64, len: u64) -> Result<(), Errno> {
+        let mut r = uapi::uffdio_range { start, len };
+        self.ioctl(uioctl::UFFDIO_WAKE, &mut r)
+    }
+
+    /// Reads up to `buf.len()` events without blocking. Returns how many were
+    /// read (0 when none is pending).
+    pub fn read_events(&self, buf: &mut [RawMsg]) -> Result<usize, Errno> {
+        let size = std::mem::size_of::<RawMsg>();
+        // SAFETY: buf is valid for buf.len()*size bytes, and any bytes are a
+        // valid uffd_msg.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf))
+        };
+        match rustix::io::read(&self.fd, bytes) {
+            Ok(n) => Ok(n / size),
+            Err(Errno::AGAIN) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn ioctl<T>(&self, request: u32, arg: &mut T) -> Result<(), Errno> {
+        // SAFETY: every caller passes the argument struct that `request`
+        // expects, by a pointer valid for the call.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, arg as *mut T) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
+        }
+    }
+}
+
+/// Decodes one raw message.
+#[must_use]
+pub fn decode(msg: &RawMsg) -> Event {
+    let event = msg.event;
+    // SAFETY: the kernel fills the union member that `event` names.
+    unsafe {
+        match u32::from(event) {
+            uapi::UFFD_EVENT_PAGEFAULT => {
+                let pf = msg.arg.pagefault;
+                Event::PageFault {
+                    addr: pf.address,
+                    write: pf.flags & u64::from(uapi::UFFD_PAGEFAULT_FLAG_WRITE) != 0,
+                    tid: pf.feat.ptid,
+                }
+            }
+            uapi::UFFD_EVENT_FORK => {
+                Event::Fork(Uffd { fd: OwnedFd::from_raw_fd(msg.arg.fork.ufd as i32) })
+            }
+            uapi::UFFD_EVENT_REMOVE => {
+                let r = msg.arg.remove;
+                Event::Remove { start: r.start, end: r.end }
+            }
+            uapi::UFFD_EVENT_UNMAP => {
+                let r = msg.arg.remove;
+                Event::Unmap { start: r.start, end: r.end }
+            }
+            uapi::UFFD_EVENT_REMAP => {
+                let r = msg.arg.remap;
+                Event::Remap { from: r.from, to: r.to, len: r.len }
+            }
+            _ => Event::Unknown(event),
+        }
+    }
+}
+
+impl AsFd for Uffd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -1,0 +1,147 @@
+//! Compiles every `c/*.c` file into four ELF variants (static, static-pie,
+//! dynamic PIE, dynamic non-PIE) with the system C compiler.
+//!
+//! Outputs go to `$OUT_DIR/bin/NAME-VARIANT` and are also copied to
+//! `<target dir>/<profile>/samples/` so they are easy to run by hand.
+//! Only std is used; the compiler is `$CC` if set, otherwise `cc`.
+
+use std::env;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Flags shared by every variant.
+const COMMON_FLAGS: &[&str] = &[
+    "-O2",
+    "-g",
+    "-pthread",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-fno-omit-frame-pointer",
+];
+
+/// (suffix, extra flags) for each variant; keep in sync with `Variant` in lib.rs.
+const VARIANTS: &[(&str, &[&str])] = &[
+    ("static", &["-static", "-no-pie", "-fno-pie"]),
+    ("static-pie", &["-static-pie", "-fPIE"]),
+    ("pie", &["-fPIE", "-pie"]),
+    ("nopie", &["-fno-pie", "-no-pie"]),
+];
+
+const INSTALL_HINT: &str = "install a C toolchain with static libc, e.g. \
+     `apt-get install gcc libc6-dev` (Debian/Ubuntu) or `dnf install gcc glibc-static` (Fedora)";
+
+fn main() {
+    println!("cargo:rerun-if-changed=c");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CC");
+
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let cc = env::var("CC")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "cc".into());
+
+    let sources = c_sources(&manifest_dir.join("c"));
+    let bin_dir = out_dir.join("bin");
+    fs::create_dir_all(&bin_dir).expect("create $OUT_DIR/bin");
+
+    // One compiler run per (source, variant), run in parallel.
+    let mut jobs = Vec::new();
+    for src in &sources {
+        let name = src.file_stem().unwrap().to_str().expect("UTF-8 file name");
+        for (suffix, flags) in VARIANTS {
+            jobs.push((
+                src.clone(),
+                bin_dir.join(format!("{name}-{suffix}")),
+                *flags,
+            ));
+        }
+    }
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|(src, out, flags)| s.spawn(|| compile(&cc, src, out, flags)))
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|h| h.join().unwrap().err())
+            .collect()
+    });
+    // Report the first failure in full (the other variants usually fail the same way).
+    if let Some(first) = errors.first() {
+        panic!(
+            "failed to build sample programs ({} of {} compiler runs failed); first error:\n\n{first}",
+            errors.len(),
+            jobs.len()
+        );
+    }
+
+    // Stable copy: OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out.
+    if let Some(profile_dir) = out_dir.ancestors().nth(3) {
+        let stable = profile_dir.join("samples");
+        fs::create_dir_all(&stable).expect("create <target>/<profile>/samples");
+        for (_, out, _) in &jobs {
+            let dest = stable.join(out.file_name().unwrap());
+            // Remove first: overwriting a binary that is running fails with ETXTBSY.
+            let _ = fs::remove_file(&dest);
+            fs::copy(out, &dest)
+                .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", out.display(), dest.display()));
+            set_executable(&dest);
+        }
+    }
+
+    // Sample names for lib.rs (`NAMES`).
+    let names: Vec<String> = sources
+        .iter()
+        .map(|p| format!("{:?}", p.file_stem().unwrap().to_str().unwrap()))
+        .collect();
+    fs::write(
+        out_dir.join("names.rs"),
+        format!("&[{}]\n", names.join(", ")),
+    )
+    .expect("write names.rs");
+}
+
+/// All `*.c` files in `dir`, sorted by name.
+fn c_sources(dir: &Path) -> Vec<PathBuf> {
+    let mut sources: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("read_dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .collect();
+    sources.sort();
+    sources
+}
+
+/// Compiles `src` into `out`; on failure returns a message with the compiler's output.
+fn compile(cc: &str, src: &Path, out: &Path, variant_flags: &[&str]) -> Result<(), String> {
+    let mut cmd = Command::new(cc);
+    cmd.args(COMMON_FLAGS)
+        .args(variant_flags)
+        .arg("-o")
+        .arg(out)
+        .arg(src);
+    let output = cmd
+        .output()
+        .map_err(|e| format!("could not run C compiler `{cc}`: {e}\n{INSTALL_HINT}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}):\n{}{}\n{INSTALL_HINT}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        ));
+    }
+    set_executable(out);
+    Ok(())
+}
+
+fn set_executable(path: &Path) {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod 0755 {}: {e}", path.display()));
+}
