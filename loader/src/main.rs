@@ -1,1 +1,69 @@
-fn main() {}
+//! `uprobe-exec`: a thin command-line client of the `uprobe_exec` library.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Run PROGRAM as execve would, with its executable text served page by page
+/// through userfaultfd by uprobe-exec's own ELF loader.
+#[derive(Parser, Debug)]
+#[command(name = "uprobe-exec", version, about, long_about = None)]
+struct Cli {
+    /// Write a JSON report to FILE when the program ends.
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+
+    /// Print text-serving figures to stderr when the program ends.
+    #[arg(long)]
+    stats: bool,
+
+    /// The program (looked up in PATH when it has no slash) and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...")]
+    command: Vec<OsString>,
+}
+
+fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("uprobe-exec: {msg}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(125);
+        }
+    };
+    let (program, args) = cli.command.split_first().expect("clap requires PROGRAM");
+    // Ctrl-C in a terminal reaches the program directly (same process
+    // group); the monitor must not die of it first.
+    // SAFETY: setting a signal to SIG_IGN before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let session = match uprobe_exec::Command::new(program).args(args).spawn() {
+        Ok(s) => s,
+        Err(e) => return fail(&e, e.exit_code() as u8),
+    };
+    let report = match session.wait() {
+        Ok(r) => r,
+        Err(e) => return fail(&e, e.exit_code() as u8),
+    };
+    if let Some(path) = &cli.report_json {
+        if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
+            eprintln!("uprobe-exec: cannot write the report to {}: {e}", path.display());
+        }
+    }
+    if cli.stats {
+        eprint!("{}", report.stats_text());
+    }
+    ExitCode::from(report.exit.status().clamp(0, 255) as u8)
+}

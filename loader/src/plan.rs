@@ -1,0 +1,257 @@
+//! Plan: where every piece of the target's address space goes, decided in
+//! the monitor before the fork so that both sides agree on every address.
+//!
+//! Each planned area is first *reserved* in the monitor with a `PROT_NONE`
+//! mapping, which keeps the monitor (and the library's other threads) from
+//! placing anything there until the child has mapped over it.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use rustix::mm::{MapFlags, ProtFlags};
+use uprobe_runtime::{TextImage, TextRange, PAGE_SIZE};
+
+use crate::addr::{page_down, page_up, Bias, RuntimeAddr};
+use crate::elf::{ElfKind, Image};
+use crate::error::{Error, Result};
+
+/// An area held with a `PROT_NONE` mapping in the monitor; released on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    /// First byte.
+    pub addr: u64,
+    /// Length in bytes (page multiple).
+    pub len: u64,
+}
+
+impl Reservation {
+    /// Reserves `len` bytes anywhere, aligned to `align` (a power of two).
+    pub fn anywhere(len: u64, align: u64, hint: u64) -> std::io::Result<Reservation> {
+        let align = align.max(PAGE_SIZE);
+        let total = len + align;
+        // SAFETY: a fresh PROT_NONE anonymous mapping at an address of the
+        // kernel's choosing (the hint is only a hint) overlaps nothing of ours.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                hint as *mut _,
+                total as usize,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )
+        }?;
+        let start = p as u64;
+        let aligned = (start + align - 1) & !(align - 1);
+        // Trim the slack on both sides.
+        // SAFETY: both trimmed pieces belong to the mapping just made.
+        unsafe {
+            if aligned > start {
+                let _ = rustix::mm::munmap(p, (aligned - start) as usize);
+            }
+            let tail = start + total - (aligned + len);
+            if tail > 0 {
+                let _ = rustix::mm::munmap((aligned + len) as *mut _, tail as usize);
+            }
+        }
+        Ok(Reservation { addr: aligned, len })
+    }
+
+    /// Reserves exactly `[addr, addr+len)`, failing if anything is there.
+    pub fn fixed(addr: u64, len: u64) -> std::io::Result<Reservation> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                addr as *mut _,
+                len as usize,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
+            )
+        }?;
+        Ok(Reservation { addr, len })
+    }
+
+    /// One past the last byte.
+    #[must_use]
+    pub fn end(&self) -> u64 {
+        self.addr + self.len
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: the area is our own PROT_NONE placeholder (or, in the
+        // parent after the fork, still that placeholder): nothing else lives there.
+        let _ = unsafe { rustix::mm::munmap(self.addr as *mut _, self.len as usize) };
+    }
+}
+
+/// How the child creates one mapping.
+#[derive(Clone, Copy, Debug)]
+pub enum MapSource {
+    /// Anonymous memory (text served by uffd, bss).
+    Anon,
+    /// A private mapping of `fd` at `offset`.
+    File {
+        /// The image's file.
+        fd: RawFd,
+        /// Page-aligned file offset.
+        offset: u64,
+    },
+}
+
+/// One `mmap(MAP_FIXED)` the child performs, then zeroes `[zero_from, zero_to)`.
+#[derive(Clone, Copy, Debug)]
+pub struct MapOp {
+    /// First byte (page aligned).
+    pub addr: u64,
+    /// Length (page multiple).
+    pub len: u64,
+    /// Protection.
+    pub prot: ProtFlags,
+    /// Where the bytes come from.
+    pub source: MapSource,
+    /// Start of the bytes to zero after mapping (the tail of the last file page of a writable segment).
+    pub zero_from: u64,
+    /// End of the bytes to zero.
+    pub zero_to: u64,
+}
+
+/// An image placed in the target.
+pub struct Placed {
+    /// The parsed file.
+    pub image: Image,
+    /// Runtime = link + bias.
+    pub bias: Bias,
+    /// Holds the area until the fork.
+    pub reservation: Reservation,
+}
+
+impl Placed {
+    /// The image's entry point in the target.
+    #[must_use]
+    pub fn entry(&self) -> RuntimeAddr {
+        self.bias.apply(self.image.entry)
+    }
+}
+
+/// The target's address space.
+pub struct Plan {
+    /// The program.
+    pub program: Placed,
+    /// Its interpreter (ld.so), for a dynamic program.
+    pub interp: Option<Placed>,
+    /// Mappings for the child to make, in order.
+    pub maps: Vec<MapOp>,
+    /// The program's executable text, registered with the uffd and served by us.
+    pub text: Vec<TextRange>,
+    /// The page images of `text`.
+    pub image: Arc<TextImage>,
+    /// Where the initial brk goes (just after the program).
+    pub brk: u64,
+}
+
+/// Where the kernel would put a PIE (`ELF_ET_DYN_BASE` on x86-64).
+const PIE_HINT: u64 = 0x5555_5555_4000;
+
+fn place(image: Image, hint: u64) -> Result<Placed> {
+    let lo = image.min_vaddr();
+    let span = image.max_vaddr() - lo;
+    let reservation = match image.kind {
+        ElfKind::Exec => Reservation::fixed(lo, span).map_err(|e| Error::Plan {
+            path: image.path.clone(),
+            reason: format!(
+                "its fixed addresses {lo:#x}..{:#x} are taken in the monitor ({e}); \
+                 this happens only if the monitor itself sits there",
+                lo + span
+            ),
+        })?,
+        ElfKind::Dyn => Reservation::anywhere(span, PAGE_SIZE, hint)
+            .map_err(|e| Error::Plan { path: image.path.clone(), reason: format!("no room for {span:#x} bytes: {e}") })?,
+    };
+    let bias = Bias(reservation.addr.wrapping_sub(lo));
+    Ok(Placed { image, bias, reservation })
+}
+
+/// Mapping ops for one image. With `serve_text`, executable segments become
+/// anonymous memory served by the uffd; their ranges are returned.
+fn map_image(p: &Placed, serve_text: bool, maps: &mut Vec<MapOp>) -> Vec<(TextRange, std::ops::Range<usize>)> {
+    let fd = p.image.file.as_raw_fd();
+    let segs = &p.image.segments;
+    let file_len = p.image.bytes.len() as u64;
+    let mut text = Vec::new();
+    for (i, s) in segs.iter().enumerate() {
+        let start = page_down(p.bias.0 + s.vaddr.0);
+        let file_end = page_up(p.bias.0 + s.vaddr.0 + s.filesz);
+        let mem_end = page_up(p.bias.0 + s.end());
+        if serve_text && s.exec {
+            // A page shared with the next segment is mapped by that segment, as the kernel would.
+            let next_start = segs.get(i + 1).map_or(u64::MAX, |n| page_down(p.bias.0 + n.vaddr.0));
+            let end = mem_end.min(next_start.max(start + PAGE_SIZE));
+            maps.push(MapOp { addr: start, len: end - start, prot: s.prot(), source: MapSource::Anon, zero_from: 0, zero_to: 0 });
+            let off = page_down(s.offset);
+            let bytes_end = page_up(s.offset + s.filesz).min(file_len);
+            let pages = ((end - start) / PAGE_SIZE) as usize;
+            text.push((TextRange { start, pages }, off as usize..bytes_end as usize));
+            continue;
+        }
+        if s.filesz > 0 {
+            let (zero_from, zero_to) = if s.write && s.memsz > s.filesz {
+                (p.bias.0 + s.vaddr.0 + s.filesz, file_end.min(p.bias.0 + s.end()).max(p.bias.0 + s.vaddr.0 + s.filesz))
+            } else {
+                (0, 0)
+            };
+            maps.push(MapOp {
+                addr: start,
+                len: file_end - start,
+                prot: s.prot(),
+                source: MapSource::File { fd, offset: page_down(s.offset) },
+                zero_from,
+                zero_to: if zero_from == 0 { 0 } else { file_end },
+            });
+            let _ = zero_to;
+        }
+        let anon_from = if s.filesz > 0 { file_end } else { start };
+        if mem_end > anon_from {
+            maps.push(MapOp { addr: anon_from, len: mem_end - anon_from, prot: s.prot(), source: MapSource::Anon, zero_from: 0, zero_to: 0 });
+        }
+    }
+    text
+}
+
+impl Plan {
+    /// Places the program (and its interpreter) and plans every mapping.
+    pub fn new(program: Image, interp: Option<Image>) -> Result<Plan> {
+        let program = place(program, PIE_HINT)?;
+        let interp = interp.map(|i| place(i, 0)).transpose()?;
+        let mut maps = Vec::new();
+        let text_parts = map_image(&program, true, &mut maps);
+        if let Some(i) = &interp {
+            map_image(i, false, &mut maps);
+        }
+        let bytes = Arc::clone(&program.image.bytes);
+        let parts: Vec<(TextRange, &[u8])> = text_parts.iter().map(|(r, b)| (*r, &bytes[b.clone()])).collect();
+        // SAFETY: the slices point into the file mapping that `owner` keeps
+        // alive; a file mapping is readable up to the end of its last page.
+        let image = Arc::new(unsafe { TextImage::new(&parts, bytes.clone()) });
+        let text = text_parts.iter().map(|(r, _)| *r).collect();
+        let brk = program.reservation.end();
+        Ok(Plan { program, interp, maps, text, image, brk })
+    }
+
+    /// Where the program starts: the interpreter's entry, or the program's.
+    #[must_use]
+    pub fn start(&self) -> RuntimeAddr {
+        self.interp.as_ref().map_or_else(|| self.program.entry(), Placed::entry)
+    }
+
+    /// The areas the child must keep when it unmaps the monitor.
+    #[must_use]
+    pub fn reserved(&self) -> Vec<(u64, u64)> {
+        let mut v = vec![(self.program.reservation.addr, self.program.reservation.end())];
+        if let Some(i) = &self.interp {
+            v.push((i.reservation.addr, i.reservation.end()));
+        }
+        v
+    }
+}

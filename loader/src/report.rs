@@ -1,0 +1,103 @@
+//! Report: what happened, as the JSON file of `--report-json` and the
+//! figures of `--stats`. The schema is documented in the README.
+
+use serde::Serialize;
+use uprobe_runtime::TextStats;
+
+/// How the program ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell's view: the code, or 128 + the signal.
+    #[must_use]
+    pub fn status(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// Text-serving figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Text {
+    /// Text pages of the program.
+    pub pages: u64,
+    /// Distinct pages installed by us.
+    pub served: u64,
+    /// Page-fault events handled.
+    pub faults: u64,
+    /// Faults on pages served to the same process before.
+    pub refaults: u64,
+    /// Pages installed without a fault: all of them in user-mode-only mode,
+    /// and the rest of the text for processes that outlive the first one.
+    pub populated: u64,
+}
+
+impl From<TextStats> for Text {
+    fn from(s: TextStats) -> Text {
+        Text { pages: s.pages, served: s.served, faults: s.faults, refaults: s.refaults, populated: s.populated }
+    }
+}
+
+/// How faithfully the program was handed its address space.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Handoff {
+    /// `full` or `user-mode-only` (see the README).
+    pub uffd_mode: String,
+    /// `/proc/self/exe`, cmdline, environ, auxv and brk were set to the
+    /// program's with `PR_SET_MM_MAP`.
+    pub mm_map: bool,
+    /// The hand-off code removed itself (no extra mapping remains).
+    pub clean_exit: bool,
+    /// What differs from a native execve in this run, one sentence each.
+    pub limits: Vec<String>,
+}
+
+/// Everything reported at exit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// The ELF file that ran (the interpreter of a `#!` script).
+    pub program: String,
+    /// Its argv.
+    pub args: Vec<String>,
+    /// How it ended.
+    pub exit: Exit,
+    /// Probe sites and their hits (none yet).
+    pub probes: Vec<serde_json::Value>,
+    /// Text-serving figures.
+    pub text: Text,
+    /// Processes we served: the first and its forks.
+    pub processes: u64,
+    /// How the program was set up.
+    pub handoff: Handoff,
+}
+
+impl Report {
+    /// The report as pretty JSON.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// The `--stats` lines.
+    #[must_use]
+    pub fn stats_text(&self) -> String {
+        let t = &self.text;
+        let mut s = format!(
+            "uprobe-exec: text pages {}, served {}, faults {}, refaults {}, populated {}, processes {} (uffd {})\n",
+            t.pages, t.served, t.faults, t.refaults, t.populated, self.processes, self.handoff.uffd_mode
+        );
+        for l in &self.handoff.limits {
+            s.push_str(&format!("uprobe-exec: note: {l}\n"));
+        }
+        s
+    }
+}

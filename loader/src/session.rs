@@ -1,0 +1,556 @@
+//! The public session API: find the program, plan it, fork the stage, serve
+//! its faults, and report.
+//!
+//! The fork happens on the session's own monitor thread, which then serves
+//! faults until the program ends: the program's `PR_SET_PDEATHSIG` is tied
+//! to the thread that forked it, so that thread must outlive the program.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rustix::io::Errno;
+use uprobe_runtime::{Server, Uffd, UffdMode, PAGE_SIZE};
+
+use crate::elf::Image;
+use crate::error::{ElfError, Error, Result};
+use crate::handoff::{self, MmMap, Params};
+use crate::plan::{Plan, Reservation};
+use crate::report::{Exit, Handoff, Report, Text};
+use crate::stack::{self, at};
+use crate::stage::{self, StageMsg, StagePlan};
+
+/// A program to run under uprobe-exec, like [`std::process::Command`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Command {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Option<Vec<OsString>>,
+}
+
+impl Command {
+    /// A command for `program`, looked up in `PATH` when it has no slash.
+    pub fn new(program: impl AsRef<OsStr>) -> Command {
+        Command { program: program.as_ref().to_owned(), args: Vec::new(), env: None }
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Command {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Command {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets the whole environment (`KEY=VALUE` strings); by default the
+    /// monitor's own is passed on.
+    pub fn env_list<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, env: I) -> Command {
+        self.env = Some(env.into_iter().map(|a| a.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// Starts the program. Returns once its text is registered and being
+    /// served; the program runs on while the [`Session`] is alive.
+    pub fn spawn(&self) -> Result<Session> {
+        let resolved = resolve(&self.program, &self.args)?;
+        let env = self.env.clone().unwrap_or_else(|| {
+            std::env::vars_os()
+                .map(|(k, v)| {
+                    let mut s = k;
+                    s.push("=");
+                    s.push(v);
+                    s
+                })
+                .collect()
+        });
+        let program = Image::open(&resolved.elf)?;
+        let interp = match &program.interp {
+            Some(p) => Some(Image::open(p).map_err(|e| match e {
+                ElfError::Open { path, source } => Error::CannotRun {
+                    path: resolved.elf.clone(),
+                    reason: format!("its interpreter {}: {source}", path.display()),
+                },
+                ElfError::Malformed { path, reason } => Error::CannotRun {
+                    path: resolved.elf.clone(),
+                    reason: format!("its interpreter {} is unusable: {reason}", path.display()),
+                },
+            })?),
+            None => None,
+        };
+        let plan = Plan::new(program, interp)?;
+        let (tx, rx) = mpsc::channel();
+        let args = resolved.argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let program_name = resolved.elf.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("uprobe-exec-monitor".into())
+            .spawn(move || monitor(plan, resolved, env, tx))
+            .map_err(|e| Error::sys("starting the monitor thread", e))?;
+        match rx.recv() {
+            Ok(Ok(pid)) => Ok(Session { pid, thread, program: program_name, args }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::sys("the monitor thread", std::io::Error::other("ended before the program started"))),
+            },
+        }
+    }
+}
+
+/// A running program.
+#[must_use = "the program is killed if the session is dropped without wait()"]
+pub struct Session {
+    pid: i32,
+    thread: JoinHandle<Result<Outcome>>,
+    program: String,
+    args: Vec<String>,
+}
+
+impl Session {
+    /// The program's process id.
+    #[must_use]
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Waits for the program to end and returns the report.
+    pub fn wait(self) -> Result<Report> {
+        let out = match self.thread.join() {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::sys("the monitor thread", std::io::Error::other("panicked; the program was killed")))
+            }
+        };
+        Ok(Report {
+            program: self.program,
+            args: self.args,
+            exit: out.exit,
+            probes: Vec::new(),
+            text: Text::from(out.stats),
+            processes: out.stats.processes,
+            handoff: out.handoff,
+        })
+    }
+}
+
+/// What the monitor thread returns.
+struct Outcome {
+    exit: Exit,
+    stats: uprobe_runtime::TextStats,
+    handoff: Handoff,
+}
+
+/// The ELF to load and the argv/execfn it gets.
+struct Resolved {
+    elf: PathBuf,
+    argv: Vec<Vec<u8>>,
+    execfn: Vec<u8>,
+}
+
+/// Finds the program as execvp(3) would, and follows `#!` lines as execve(2) does.
+fn resolve(program: &OsStr, args: &[OsString]) -> Result<Resolved> {
+    let path = if program.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(program);
+        if !p.exists() {
+            return Err(Error::NoSuchFile { path: p });
+        }
+        p
+    } else {
+        let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        std::env::split_paths(&path_var)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok())
+            .ok_or_else(|| Error::NotFound { program: program.to_string_lossy().into_owned() })?
+    };
+    let mut argv: Vec<Vec<u8>> = std::iter::once(program).chain(args.iter().map(OsString::as_os_str)).map(|a| a.as_bytes().to_vec()).collect();
+    let execfn = path.as_os_str().as_bytes().to_vec();
+    let mut elf = path;
+    // The kernel follows at most 4 levels of interpreters.
+    for _ in 0..5 {
+        check_runnable(&elf)?;
+        let Some((interp, optarg)) = shebang(&elf)? else {
+            return Ok(Resolved { elf, argv, execfn });
+        };
+        let mut next = vec![interp.as_os_str().as_bytes().to_vec()];
+        next.extend(optarg);
+        next.push(elf.as_os_str().as_bytes().to_vec());
+        next.extend(argv.drain(..).skip(1));
+        argv = next;
+        elf = interp;
+    }
+    Err(Error::CannotRun { path: elf, reason: "too many levels of #! interpreters".into() })
+}
+
+/// Refuses what a userland loader cannot run faithfully.
+fn check_runnable(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::CannotRun { path: path.into(), reason: e.to_string() })?;
+    if meta.is_dir() {
+        return Err(Error::CannotRun { path: path.into(), reason: "is a directory".into() });
+    }
+    if !meta.is_file() {
+        return Err(Error::CannotRun { path: path.into(), reason: "not a regular file".into() });
+    }
+    if rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_err() {
+        return Err(Error::CannotRun { path: path.into(), reason: "permission denied (no execute permission)".into() });
+    }
+    let mode = meta.permissions().mode();
+    let refuse = |what: &str| Error::CannotRun {
+        path: path.into(),
+        reason: format!(
+            "it is {what}; a user-space loader cannot grant the privileges execve would, \
+             so uprobe-exec refuses rather than run it with the wrong ones"
+        ),
+    };
+    if mode & 0o4000 != 0 {
+        return Err(refuse("set-user-ID"));
+    }
+    if mode & 0o2010 == 0o2010 {
+        return Err(refuse("set-group-ID"));
+    }
+    match rustix::fs::getxattr(path, "security.capability", &mut [0u8; 0][..]) {
+        Ok(_) | Err(Errno::RANGE) => return Err(refuse("given file capabilities (security.capability)")),
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+/// The interpreter and optional argument of a `#!` line.
+fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(|e| Error::CannotRun { path: path.into(), reason: e.to_string() })?;
+    let head = &head[..n];
+    if !head.starts_with(b"#!") {
+        return Ok(None);
+    }
+    let line = head[2..].split(|&c| c == b'\n').next().unwrap_or(&[]);
+    let line = line.trim_ascii();
+    let (interp, rest) = match line.iter().position(|c| c.is_ascii_whitespace()) {
+        Some(i) => (&line[..i], line[i..].trim_ascii()),
+        None => (line, &[][..]),
+    };
+    if interp.is_empty() {
+        return Err(Error::CannotRun { path: path.into(), reason: "its #! line names no interpreter".into() });
+    }
+    let optarg = (!rest.is_empty()).then(|| rest.to_vec());
+    Ok(Some((PathBuf::from(OsString::from_vec(interp.to_vec())), optarg)))
+}
+
+/// Whether `PR_SET_MM_MAP` is allowed: CAP_SYS_RESOURCE or CAP_CHECKPOINT_RESTORE.
+fn may_set_mm_map() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << 24 | 1 << 40) != 0
+}
+
+/// The monitor's auxv, from which the program's is made.
+fn own_auxv() -> Vec<(u64, u64)> {
+    let raw = std::fs::read("/proc/self/auxv").unwrap_or_default();
+    raw.chunks_exact(16)
+        .map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap_or_default()), u64::from_le_bytes(c[8..].try_into().unwrap_or_default())))
+        .take_while(|&(k, _)| k != at::NULL)
+        .collect()
+}
+
+/// The monitor's close-on-exec fds: closed in the child, as execve would.
+fn cloexec_fds() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| {
+            // SAFETY: F_GETFD on an fd number only reads its flags; a closed
+            // number gives -1.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC != 0
+        })
+        .collect()
+}
+
+fn stack_size() -> u64 {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Stack);
+    lim.current.unwrap_or(8 << 20).clamp(128 << 10, 256 << 20) & !(PAGE_SIZE - 1)
+}
+
+/// The monitor thread: forks the stage, then serves faults until the program ends.
+fn monitor(plan: Plan, r: Resolved, env: Vec<OsString>, started: mpsc::Sender<Result<i32>>) -> Result<Outcome> {
+    match start(&plan, &r, &env) {
+        Ok((pid, pidfd, uffd, mode, handoff)) => {
+            let mut server = Server::new(plan.image.clone(), uffd);
+            let mut result: Result<()> = Ok(());
+            if mode == UffdMode::UserModeOnly {
+                result = server.populate_all().map_err(Error::from);
+            }
+            // Let the child go on to the program.
+            let _ = started.send(Ok(pid));
+            if result.is_ok() {
+                result = release(&pidfd.1).and_then(|()| server.run(pidfd.0.as_fd()).map_err(Error::from));
+            }
+            if let Err(e) = result {
+                let _ = rustix::process::pidfd_send_signal(&pidfd.0, rustix::process::Signal::KILL);
+                let _ = reap(&pidfd.0);
+                return Err(e);
+            }
+            let exit = reap(&pidfd.0)?;
+            Ok(Outcome { exit, stats: server.stats(), handoff })
+        }
+        Err(e) => {
+            let _ = started.send(Err(e));
+            Err(Error::sys("starting the program", std::io::Error::other("failed (reported to the caller)")))
+        }
+    }
+}
+
+/// Tells the child it may start the program.
+fn release(sock: &OwnedFd) -> Result<()> {
+    rustix::io::write(sock, &[1]).map_err(|e| Error::sys("releasing the program", e))?;
+    Ok(())
+}
+
+fn reap(pidfd: &OwnedFd) -> Result<Exit> {
+    use rustix::process::{waitid, WaitId, WaitIdOptions};
+    loop {
+        match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Ok(Some(st)) => {
+                if let Some(sig) = st.terminating_signal() {
+                    return Ok(Exit::Signal(sig));
+                }
+                return Ok(Exit::Code(st.exit_status().unwrap_or(0)));
+            }
+            Ok(None) => continue,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(Error::sys("waiting for the program", e)),
+        }
+    }
+}
+
+type Started = (i32, (OwnedFd, OwnedFd), Uffd, UffdMode, Handoff);
+
+/// Forks the stage and receives its uffd. Returns (pid, (pidfd, socket), uffd, mode, handoff).
+fn start(plan: &Plan, r: &Resolved, env: &[OsString]) -> Result<Started> {
+    let stack_len = stack_size();
+    let stack_res = Reservation::anywhere(stack_len, PAGE_SIZE, 0).map_err(|e| Error::sys("reserving the stack", e))?;
+    let blob = handoff::blob();
+    let blob_len = (blob.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let blob_res = Reservation::anywhere(blob_len, PAGE_SIZE, 0).map_err(|e| Error::sys("reserving the hand-off page", e))?;
+
+    let prog = &plan.program;
+    let mut auxv = own_auxv();
+    let set = |auxv: &mut Vec<(u64, u64)>, k: u64, v: u64| match auxv.iter_mut().find(|(key, _)| *key == k) {
+        Some(e) => e.1 = v,
+        None => auxv.push((k, v)),
+    };
+    let phdr = prog.image.phdr.map_or(0, |p| prog.bias.apply(p).0);
+    set(&mut auxv, at::PHDR, phdr);
+    set(&mut auxv, at::PHENT, u64::from(prog.image.phentsize));
+    set(&mut auxv, at::PHNUM, u64::from(prog.image.phnum));
+    set(&mut auxv, at::BASE, plan.interp.as_ref().map_or(0, |i| i.reservation.addr));
+    set(&mut auxv, at::ENTRY, prog.entry().0);
+    set(&mut auxv, at::FLAGS, 0);
+    set(&mut auxv, at::SECURE, 0);
+    let mut random = [0u8; 16];
+    let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+    let envb: Vec<Vec<u8>> = env.iter().map(|e| e.as_bytes().to_vec()).collect();
+
+    let (sock_parent, sock_child) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::sys("creating the stage socket", e))?;
+
+    let prog_fd = prog.image.file.as_raw_fd();
+    let interp_fd = plan.interp.as_ref().map(|i| i.image.file.as_raw_fd());
+    let close: Vec<RawFd> =
+        cloexec_fds().into_iter().filter(|&fd| fd != prog_fd && Some(fd) != interp_fd && fd != sock_child.as_raw_fd()).chain([sock_child.as_raw_fd()]).collect();
+    let close_after_map: Vec<RawFd> = interp_fd.into_iter().collect();
+    let mm_map_ok = may_set_mm_map();
+    let gadget = handoff::vdso().and_then(|(a, b)| handoff::find_exit_gadget(b, a));
+
+    let mut keep = plan.reserved();
+    keep.push((stack_res.addr, stack_res.end()));
+    keep.push((blob_res.addr, blob_res.end()));
+    // Build the stack until the monitor's mappings stop changing under us
+    // (building it may itself map memory).
+    let mut unmap = Vec::new();
+    let mut image = None;
+    for _ in 0..4 {
+        let now = handoff::monitor_mappings(&keep).map_err(|e| Error::sys("reading /proc/self/maps", e))?;
+        if image.is_some() && now == unmap {
+            break;
+        }
+        unmap = now;
+        let below = Params::size(unmap.len());
+        let mut st = stack::build(stack_res.end(), &r.argv, &envb, &r.execfn, &auxv, random, below);
+        let code: Vec<&crate::elf::Segment> = prog.image.segments.iter().filter(|s| s.exec).collect();
+        let data: Vec<&crate::elf::Segment> = prog.image.segments.iter().filter(|s| s.write).collect();
+        let b = prog.bias.0;
+        let mm_map = mm_map_ok.then(|| MmMap {
+            start_code: code.first().map_or(0, |s| b + s.vaddr.0),
+            end_code: code.last().map_or(0, |s| b + s.vaddr.0 + s.filesz),
+            start_data: data.first().map_or(plan.brk, |s| b + s.vaddr.0),
+            end_data: data.last().map_or(plan.brk, |s| b + s.vaddr.0 + s.filesz),
+            start_brk: plan.brk,
+            brk: plan.brk,
+            start_stack: st.sp,
+            arg_start: st.arg_start,
+            arg_end: st.arg_end,
+            env_start: st.env_start,
+            env_end: st.env_end,
+            auxv: st.auxv_addr as *mut u64,
+            auxv_size: st.auxv_bytes as u32,
+            exe_fd: prog_fd as u32,
+        });
+        let params = Params {
+            entry: plan.start().0,
+            sp: st.sp,
+            unmap: &unmap,
+            mm_map,
+            exe_fd: Some(prog_fd),
+            gadget,
+            blob: (blob_res.addr, blob_res.len),
+        };
+        params.write(&mut st.bytes[..below], st.base);
+        image = Some(st);
+    }
+    let st = image.expect("built at least once");
+
+    let text: Vec<(u64, u64)> = plan.text.iter().map(|t| (t.start, t.end() - t.start)).collect();
+    // SAFETY: reading the calling thread's signal mask into a local.
+    let sigmask = unsafe {
+        let mut m: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut m);
+        m
+    };
+    let sp = StagePlan {
+        sock: sock_child.as_raw_fd(),
+        sigmask,
+        maps: &plan.maps,
+        text: &text,
+        stack: (stack_res.addr, stack_res.len),
+        stack_image: &st.bytes,
+        stack_image_at: st.base,
+        blob_at: (blob_res.addr, blob_res.len),
+        blob,
+        params_at: st.base,
+        close: &close,
+        close_after_map: &close_after_map,
+        // SAFETY: getpid has no preconditions.
+        monitor: unsafe { libc::getpid() },
+        uffd_park: park_fd(),
+    };
+
+    // SAFETY: the child runs only stage::run, which makes system calls and
+    // never returns; the parent goes on as usual.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Error::sys("fork", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: we are the freshly forked child, and every address in `sp`
+        // was reserved before the fork.
+        unsafe { stage::run(&sp) }
+    }
+    drop(sock_child);
+    drop((stack_res, blob_res));
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).expect("fork returned a positive pid"),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .map_err(|e| Error::sys("pidfd_open", e))?;
+
+    let (msg, fd) = match receive(&sock_parent) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = reap(&pidfd);
+            return Err(e);
+        }
+    };
+    if msg.step != 0 {
+        let _ = reap(&pidfd);
+        let (step, errno) = stage::describe_failure(&msg);
+        return Err(Error::Stage { step, errno });
+    }
+    let Some(fd) = fd else {
+        let _ = reap(&pidfd);
+        return Err(Error::Stage { step: "receiving the userfaultfd".into(), errno: Errno::BADMSG });
+    };
+    let mode = if msg.mode == 1 { UffdMode::UserModeOnly } else { UffdMode::Full };
+    let mut limits = Vec::new();
+    if mode == UffdMode::UserModeOnly {
+        limits.push(
+            "unprivileged (vm.unprivileged_userfaultfd=0): userfaultfd runs in user-mode-only mode, \
+             which cannot follow forks, so the whole text was installed before the program started \
+             (no lazy serving), and the kernel cannot read not-yet-served text on the program's behalf"
+                .to_string(),
+        );
+    }
+    if !mm_map_ok {
+        limits.push(
+            "without CAP_SYS_RESOURCE, /proc/self/exe still names uprobe-exec and /proc/self/cmdline \
+             and the start of brk are not the program's"
+                .to_string(),
+        );
+    }
+    if gadget.is_none() {
+        limits.push("no clean exit sequence in the vDSO: one anonymous page of hand-off code stays mapped".into());
+    }
+    let handoff = Handoff { uffd_mode: mode.name().into(), mm_map: mm_map_ok, clean_exit: gadget.is_some(), limits };
+    Ok((pid, (pidfd, sock_parent), Uffd::from_owned(fd), mode, handoff))
+}
+
+/// The lowest fd number the program's own uffd is parked at: just under the
+/// soft fd limit, out of the way of the program's own descriptors.
+fn park_fd() -> RawFd {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    lim.current.map_or(1023, |c| c.saturating_sub(1).min(1 << 20)) as RawFd
+}
+
+/// Receives the stage's message (and uffd).
+fn receive(sock: &OwnedFd) -> Result<(StageMsg, Option<OwnedFd>)> {
+    let mut msg = StageMsg::default();
+    let mut cbuf = [0u8; 64];
+    let mut iov = libc::iovec { iov_base: (&mut msg as *mut StageMsg).cast(), iov_len: std::mem::size_of::<StageMsg>() };
+    // SAFETY: msghdr is plain data; zero is a valid starting value.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cbuf.as_mut_ptr().cast();
+    hdr.msg_controllen = cbuf.len();
+    // SAFETY: hdr points at live buffers of the stated sizes.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(Error::sys("receiving from the stage", std::io::Error::last_os_error()));
+    }
+    if n as usize != std::mem::size_of::<StageMsg>() {
+        return Err(Error::Stage { step: "starting the program (the child died early)".into(), errno: Errno::PIPE });
+    }
+    let mut fd = None;
+    // SAFETY: walking the control messages the kernel wrote into cbuf.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
+            fd = Some(OwnedFd::from_raw_fd(raw));
+        }
+    }
+    Ok((msg, fd))
+}

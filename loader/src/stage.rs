@@ -1,0 +1,331 @@
+//! Stage: the forked child builds the program's address space, hands its
+//! userfaultfd to the monitor, and jumps to the hand-off blob.
+//!
+//! The child is forked from a possibly multi-threaded monitor, so it may only
+//! make system calls: no allocation, no locks, no panics. Everything it needs
+//! is computed before the fork and passed in [`StagePlan`].
+
+#![allow(unsafe_code)]
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use rustix::io::Errno;
+use uprobe_runtime::uffd::features;
+use uprobe_runtime::{Uffd, UffdMode};
+
+use crate::plan::{MapOp, MapSource};
+
+/// Steps of the stage, named in error reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Step {
+    /// Mapping a segment at its planned address.
+    Map = 1,
+    /// Mapping the stack.
+    Stack = 2,
+    /// Creating the userfaultfd.
+    Userfaultfd = 3,
+    /// The UFFDIO_API handshake.
+    UffdApi = 4,
+    /// Registering the text.
+    Register = 5,
+    /// Sending the uffd to the monitor.
+    Send = 6,
+    /// The monitor went away.
+    Monitor = 7,
+    /// Mapping the hand-off blob.
+    Blob = 8,
+}
+
+impl Step {
+    /// Decodes a step number from the child.
+    #[must_use]
+    pub fn from_u32(v: u32) -> Option<Step> {
+        Some(match v {
+            1 => Step::Map,
+            2 => Step::Stack,
+            3 => Step::Userfaultfd,
+            4 => Step::UffdApi,
+            5 => Step::Register,
+            6 => Step::Send,
+            7 => Step::Monitor,
+            8 => Step::Blob,
+            _ => return None,
+        })
+    }
+
+    /// What the step does, for messages.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Map => "mapping a segment of the program",
+            Step::Stack => "mapping the program's stack",
+            Step::Userfaultfd => "creating a userfaultfd (is userfaultfd enabled in this kernel?)",
+            Step::UffdApi => "negotiating userfaultfd features",
+            Step::Register => "registering the program's text with userfaultfd",
+            Step::Send => "passing the userfaultfd to the monitor",
+            Step::Monitor => "waiting for the monitor",
+            Step::Blob => "mapping the hand-off code",
+        }
+    }
+}
+
+/// The message the child sends on success: its uffd mode; the uffd rides
+/// along as SCM_RIGHTS. On failure: step, errno and an address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StageMsg {
+    /// 0 on success, else a [`Step`].
+    pub step: u32,
+    /// errno of the failure.
+    pub errno: i32,
+    /// 0 full mode, 1 user-mode-only.
+    pub mode: u32,
+    /// Unused padding.
+    pub pad: u32,
+    /// The address involved, if any.
+    pub addr: u64,
+}
+
+/// Everything the child needs, computed before the fork.
+pub struct StagePlan<'a> {
+    /// The socket to the monitor.
+    pub sock: RawFd,
+    /// The signal mask the program starts with.
+    pub sigmask: libc::sigset_t,
+    /// Mappings to make, in order.
+    pub maps: &'a [MapOp],
+    /// Text ranges to register: (start, len).
+    pub text: &'a [(u64, u64)],
+    /// The stack mapping: (start, len).
+    pub stack: (u64, u64),
+    /// The stack image, copied to `stack_image_at`.
+    pub stack_image: &'a [u8],
+    /// Where the image goes.
+    pub stack_image_at: u64,
+    /// Where the blob goes, and its mapping length.
+    pub blob_at: (u64, u64),
+    /// The blob code.
+    pub blob: &'a [u8],
+    /// The hand-off parameter block (on the new stack).
+    pub params_at: u64,
+    /// Fds to close (the monitor's own, close-on-exec ones).
+    pub close: &'a [RawFd],
+    /// Fds to close after mapping (the interpreter's file).
+    pub close_after_map: &'a [RawFd],
+    /// The monitor's pid, to notice if it died before PDEATHSIG was set.
+    pub monitor: libc::pid_t,
+    /// The lowest fd number to park the program's own uffd at.
+    pub uffd_park: RawFd,
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn fail(sock: RawFd, step: Step, err: i32, addr: u64) -> ! {
+    let msg = StageMsg { step: step as u32, errno: err, addr, ..StageMsg::default() };
+    // SAFETY: writing a plain struct to a socket we own; then leaving
+    // without running any of the monitor's exit handlers.
+    unsafe {
+        libc::send(sock, (&msg as *const StageMsg).cast(), std::mem::size_of::<StageMsg>(), libc::MSG_NOSIGNAL);
+        libc::_exit(125)
+    }
+}
+
+/// Sends `msg` with `fd` attached.
+unsafe fn send_with_fd(sock: RawFd, msg: &StageMsg, fd: RawFd) -> bool {
+    const SPACE: usize = 64;
+    let mut cbuf = [0u8; SPACE];
+    let mut iov = libc::iovec { iov_base: (msg as *const StageMsg).cast_mut().cast(), iov_len: std::mem::size_of::<StageMsg>() };
+    // SAFETY: msghdr is plain data; zero is a valid starting value.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cbuf.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure computation.
+    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: the control buffer is large enough for one fd (64 > CMSG_SPACE(4)),
+    // so CMSG_FIRSTHDR is non-null and CMSG_DATA in bounds.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) == std::mem::size_of::<StageMsg>() as isize
+    }
+}
+
+/// Resets what execve would reset and the fork carried over from the monitor.
+unsafe fn reset_process(p: &StagePlan<'_>) {
+    // SAFETY (whole function): plain system calls on our own process, with
+    // arguments built on the stack.
+    unsafe {
+        // Caught signals go back to their default action; ignored ones stay
+        // ignored, as across execve. SIGPIPE is reset too: Rust's runtime
+        // ignored it in the monitor, which a program must not inherit.
+        for sig in 1..=64 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                continue;
+            }
+            if old.sa_sigaction != libc::SIG_DFL && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE) {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        let ss = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+        libc::sigaltstack(&ss, std::ptr::null_mut());
+        // The kernel would keep writing the monitor's rseq area, which the
+        // hand-off unmaps; the program's libc registers its own.
+        unregister_rseq();
+        // The program dies with the monitor rather than run on unserved pages.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        if libc::getppid() != p.monitor {
+            libc::_exit(125);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &p.sigmask, std::ptr::null_mut());
+    }
+}
+
+extern "C" {
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
+unsafe fn unregister_rseq() {
+    const RSEQ_FLAG_UNREGISTER: i32 = 1;
+    const RSEQ_SIG: u32 = 0x5305_3053;
+    // SAFETY: fs:0 holds the thread pointer on x86-64 (glibc's TCB self
+    // pointer); __rseq_offset is glibc's offset of its rseq area from it.
+    unsafe {
+        let tp: u64;
+        std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags));
+        let area = (tp as i64 + __rseq_offset as i64) as u64;
+        // glibc 2.36 registers 32 bytes while reporting __rseq_size = 20.
+        for len in [32u32, __rseq_size] {
+            if libc::syscall(libc::SYS_rseq, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// Runs in the child: never returns.
+///
+/// # Safety
+/// Must be called only in a child just forked from the monitor, with a plan
+/// whose addresses were reserved in the monitor before the fork.
+pub unsafe fn run(p: &StagePlan<'_>) -> ! {
+    // SAFETY (whole function): system calls on the child's own address
+    // space, at addresses the monitor reserved for exactly this.
+    unsafe {
+        reset_process(p);
+
+        for m in p.maps {
+            let (flags, fd, off) = match m.source {
+                MapSource::Anon => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0),
+                MapSource::File { fd, offset } => (libc::MAP_PRIVATE | libc::MAP_FIXED, fd, offset as i64),
+            };
+            let zero = m.zero_to > m.zero_from;
+            let prot = m.prot.bits() as i32 | if zero { libc::PROT_WRITE } else { 0 };
+            let r = libc::mmap(m.addr as *mut _, m.len as usize, prot, flags, fd, off);
+            if r == libc::MAP_FAILED {
+                fail(p.sock, Step::Map, errno(), m.addr);
+            }
+            if zero {
+                std::ptr::write_bytes(m.zero_from as *mut u8, 0, (m.zero_to - m.zero_from) as usize);
+            }
+        }
+        for &fd in p.close_after_map {
+            libc::close(fd);
+        }
+
+        let (s_at, s_len) = p.stack;
+        let r = libc::mmap(
+            s_at as *mut _,
+            s_len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if r == libc::MAP_FAILED {
+            fail(p.sock, Step::Stack, errno(), s_at);
+        }
+        std::ptr::copy_nonoverlapping(p.stack_image.as_ptr(), p.stack_image_at as *mut u8, p.stack_image.len());
+
+        let (b_at, b_len) = p.blob_at;
+        let r = libc::mmap(
+            b_at as *mut _,
+            b_len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        );
+        if r == libc::MAP_FAILED {
+            fail(p.sock, Step::Blob, errno(), b_at);
+        }
+        std::ptr::copy_nonoverlapping(p.blob.as_ptr(), b_at as *mut u8, p.blob.len());
+        if libc::mprotect(b_at as *mut _, b_len as usize, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            fail(p.sock, Step::Blob, errno(), b_at);
+        }
+
+        let (uffd, mode) = match Uffd::create() {
+            Ok(x) => x,
+            Err(e) => fail(p.sock, Step::Userfaultfd, e.raw_os_error(), 0),
+        };
+        let mut want = features::EVENT_REMOVE | features::EVENT_UNMAP | features::EVENT_REMAP | features::THREAD_ID;
+        if mode == UffdMode::Full {
+            want |= features::EVENT_FORK;
+        }
+        if let Err(e) = uffd.api(want) {
+            fail(p.sock, Step::UffdApi, e.raw_os_error(), want);
+        }
+        for &(start, len) in p.text {
+            if let Err(e) = uffd.register_missing(start, len) {
+                fail(p.sock, Step::Register, e.raw_os_error(), start);
+            }
+        }
+
+        let msg = StageMsg { mode: u32::from(mode == UffdMode::UserModeOnly), ..StageMsg::default() };
+        if !send_with_fd(p.sock, &msg, uffd.as_fd().as_raw_fd()) {
+            fail(p.sock, Step::Send, errno(), 0);
+        }
+        // Wait for the monitor to be ready to serve (and, in user-mode-only
+        // mode, to have installed the whole text).
+        let mut ack = 0u8;
+        if libc::recv(p.sock, (&mut ack as *mut u8).cast(), 1, 0) != 1 {
+            libc::_exit(125);
+        }
+        // Keep our own uffd open, parked high and close-on-exec: were the
+        // monitor killed, the kernel would otherwise drop the registration
+        // and let the program run zero pages before PDEATHSIG arrived.
+        let raw = uffd.into_owned();
+        libc::fcntl(raw.as_raw_fd(), libc::F_DUPFD_CLOEXEC, p.uffd_park);
+        drop(raw);
+
+        for &fd in p.close {
+            libc::close(fd);
+        }
+        std::arch::asm!(
+            "jmp {blob}",
+            blob = in(reg) b_at,
+            in("rdi") p.params_at,
+            options(noreturn)
+        );
+    }
+}
+
+/// Why the stage failed, read by the monitor.
+pub fn describe_failure(msg: &StageMsg) -> (String, Errno) {
+    let step = Step::from_u32(msg.step).map_or("an unknown step", Step::describe);
+    let what = if msg.addr != 0 { format!("{step} (at {:#x})", msg.addr) } else { step.to_string() };
+    (what, Errno::from_raw_os_error(msg.errno))
+}
