@@ -20,10 +20,9 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
-use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
 
 use crate::uffd::{decode, empty_msgs, CopyOutcome, Event, Uffd, PAGE_SIZE};
@@ -152,6 +151,13 @@ impl PageBits {
     fn get(&self, i: usize) -> bool {
         self.0[i / 64] & (1u64 << (i % 64)) != 0
     }
+    /// Clears bit `i`; returns whether it was set.
+    fn clear(&mut self, i: usize) -> bool {
+        let (w, b) = (i / 64, 1u64 << (i % 64));
+        let was = self.0[w] & b != 0;
+        self.0[w] &= !b;
+        was
+    }
 }
 
 /// Figures of the text serving, as reported at exit.
@@ -197,8 +203,12 @@ pub enum ServeError {
 /// One process (mm) we serve.
 struct Mm {
     uffd: Uffd,
-    /// Pages served to this mm (kept when a remove drops them: the next fault is a refault).
+    /// Pages served to this mm.
     served: PageBits,
+    /// Served pages that a remove event dropped since: the next fault on
+    /// one is a refault. (Several threads faulting on one page at once give
+    /// several events for one missing page; only the first is served.)
+    dropped: PageBits,
     gone: bool,
 }
 
@@ -210,6 +220,10 @@ pub struct Server {
     stats: TextStats,
     /// Copies that met `EAGAIN`, to retry once the pending events are read.
     deferred: Vec<(usize, usize)>,
+    /// The other half of `deferred`'s double buffer (no allocation per retry).
+    retry: Vec<(usize, usize)>,
+    /// Bumped whenever a process appears or goes, to rebuild the poll set.
+    generation: u64,
 }
 
 impl Server {
@@ -223,14 +237,18 @@ impl Server {
             ever: PageBits::new(pages),
             stats: TextStats { pages: pages as u64, ..TextStats::default() },
             deferred: Vec::with_capacity(64),
+            retry: Vec::with_capacity(64),
+            generation: 0,
         };
         s.add_mm(root);
         s
     }
 
     fn add_mm(&mut self, uffd: Uffd) {
-        self.mms.push(Mm { uffd, served: PageBits::new(self.image.pages()), gone: false });
+        let pages = self.image.pages();
+        self.mms.push(Mm { uffd, served: PageBits::new(pages), dropped: PageBits::new(pages), gone: false });
         self.stats.processes += 1;
+        self.generation += 1;
     }
 
     /// The figures so far.
@@ -292,6 +310,7 @@ impl Server {
             // The process exited or exec'd: nothing left to serve there.
             CopyOutcome::Gone => {
                 self.mms[m].gone = true;
+                self.generation += 1;
                 Ok(false)
             }
             CopyOutcome::Failed(errno) => Err(ServeError::Copy { addr, errno }),
@@ -303,29 +322,36 @@ impl Server {
     /// since nobody will serve them once we return.
     pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), ServeError> {
         let mut msgs = empty_msgs::<32>();
+        // The poll set is rebuilt only when a process appears or goes.
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        let mut owners: Vec<usize> = Vec::new();
+        let mut known = u64::MAX;
         loop {
-            let live: Vec<usize> = (0..self.mms.len()).filter(|&m| !self.mms[m].gone).collect();
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(live.len() + 1);
-            fds.push(PollFd::new(&stop, PollFlags::IN));
-            for &m in &live {
-                fds.push(PollFd::new(&self.mms[m].uffd, PollFlags::IN));
+            if self.generation != known {
+                known = self.generation;
+                pfds.clear();
+                owners.clear();
+                pfds.push(libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                for (i, m) in self.mms.iter().enumerate().filter(|(_, m)| !m.gone) {
+                    pfds.push(libc::pollfd { fd: m.uffd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                    owners.push(i);
+                }
             }
-            match poll(&mut fds, None) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(ServeError::Read(e)),
+            // SAFETY: pfds is a live array of pollfd of the stated length.
+            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+            if r < 0 {
+                let e = Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+                if e == Errno::INTR {
+                    continue;
+                }
+                return Err(ServeError::Read(e));
             }
-            let stop_ready = !fds[0].revents().is_empty();
-            let ready: Vec<usize> = fds[1..]
-                .iter()
-                .zip(&live)
-                .filter(|(fd, _)| !fd.revents().is_empty())
-                .map(|(_, &m)| m)
-                .collect();
-            drop(fds);
-            for m in ready {
-                self.drain(m, &mut msgs)?;
+            for k in 1..pfds.len() {
+                if pfds[k].revents != 0 {
+                    self.drain(owners[k - 1], &mut msgs)?;
+                }
             }
-            if stop_ready {
+            if pfds[0].revents != 0 {
                 return self.populate_all();
             }
         }
@@ -345,15 +371,16 @@ impl Server {
                 match decode(msg) {
                     Event::PageFault { addr, .. } => self.fault(m, addr)?,
                     Event::Fork(child) => self.add_mm(child),
-                    // The pages stay marked served: touching them again is a refault.
-                    Event::Remove { .. } | Event::Unmap { .. } | Event::Remap { .. } => {}
+                    Event::Remove { start, end } => self.dropped(m, start, end),
+                    // Unmapped or moved text is not served again (a fault there is an error).
+                    Event::Unmap { .. } | Event::Remap { .. } => {}
                     Event::Unknown(_) => {}
                 }
             }
         }
         // Events that made copies fail with EAGAIN have now been read.
-        let deferred = std::mem::take(&mut self.deferred);
-        for (dm, index) in deferred {
+        std::mem::swap(&mut self.deferred, &mut self.retry);
+        while let Some((dm, index)) = self.retry.pop() {
             self.install(dm, index)?;
         }
         Ok(())
@@ -364,10 +391,23 @@ impl Server {
             return Err(ServeError::FaultOutside { addr });
         };
         self.stats.faults += 1;
-        if self.mms[m].served.get(index) {
+        if self.mms[m].dropped.clear(index) {
             self.stats.refaults += 1;
         }
         self.install(m, index).map(|_| ())
+    }
+
+    /// Marks the served pages of `[start, end)` as dropped from mm `m`.
+    fn dropped(&mut self, m: usize, start: u64, end: u64) {
+        let mut a = start & !(PAGE_SIZE - 1);
+        while a < end {
+            if let Some(index) = self.image.index_of(a) {
+                if self.mms[m].served.get(index) {
+                    self.mms[m].dropped.set(index);
+                }
+            }
+            a += PAGE_SIZE;
+        }
     }
 
     /// The uffd of the first process.
