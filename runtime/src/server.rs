@@ -202,7 +202,8 @@ pub enum ServeError {
 
 /// One process (mm) we serve.
 struct Mm {
-    uffd: Uffd,
+    /// None once the process is gone (the fd is closed then).
+    uffd: Option<Uffd>,
     /// Pages served to this mm.
     served: PageBits,
     /// Served pages that a remove event dropped since: the next fault on
@@ -246,7 +247,7 @@ impl Server {
 
     fn add_mm(&mut self, uffd: Uffd) {
         let pages = self.image.pages();
-        self.mms.push(Mm { uffd, served: PageBits::new(pages), dropped: PageBits::new(pages), gone: false });
+        self.mms.push(Mm { uffd: Some(uffd), served: PageBits::new(pages), dropped: PageBits::new(pages), gone: false });
         self.stats.processes += 1;
         self.generation += 1;
     }
@@ -273,9 +274,9 @@ impl Server {
                 }
             }
             // Wake anyone who faulted while we were installing without waking.
-            if !self.mms[m].gone {
+            if let Some(uffd) = &self.mms[m].uffd {
                 for r in self.image.ranges() {
-                    let _ = self.mms[m].uffd.wake(r.start, r.end() - r.start);
+                    let _ = uffd.wake(r.start, r.end() - r.start);
                 }
             }
         }
@@ -286,9 +287,10 @@ impl Server {
     fn install(&mut self, m: usize, index: usize) -> Result<bool, ServeError> {
         let addr = self.image.page_addr(index);
         let src = self.image.src(index);
+        let Some(uffd) = &self.mms[m].uffd else { return Ok(false) };
         // SAFETY: `src` is a page of the image, readable for PAGE_SIZE bytes
         // (TextImage::new's contract).
-        let outcome = unsafe { self.mms[m].uffd.copy(addr, src, PAGE_SIZE, true) };
+        let outcome = unsafe { uffd.copy(addr, src, PAGE_SIZE, true) };
         match outcome {
             CopyOutcome::Copied => {
                 self.mms[m].served.set(index);
@@ -299,7 +301,7 @@ impl Server {
             }
             // Someone else's fault installed it first: just make sure nobody sleeps on it.
             CopyOutcome::AlreadyPresent => {
-                let _ = self.mms[m].uffd.wake(addr, PAGE_SIZE);
+                let _ = uffd.wake(addr, PAGE_SIZE);
                 Ok(false)
             }
             // A remove/unmap is pending: read events first, then try again.
@@ -309,8 +311,7 @@ impl Server {
             }
             // The process exited or exec'd: nothing left to serve there.
             CopyOutcome::Gone => {
-                self.mms[m].gone = true;
-                self.generation += 1;
+                self.retire(m);
                 Ok(false)
             }
             CopyOutcome::Failed(errno) => Err(ServeError::Copy { addr, errno }),
@@ -332,9 +333,11 @@ impl Server {
                 pfds.clear();
                 owners.clear();
                 pfds.push(libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                for (i, m) in self.mms.iter().enumerate().filter(|(_, m)| !m.gone) {
-                    pfds.push(libc::pollfd { fd: m.uffd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                    owners.push(i);
+                for (i, m) in self.mms.iter().enumerate() {
+                    if let Some(uffd) = &m.uffd {
+                        pfds.push(libc::pollfd { fd: uffd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                        owners.push(i);
+                    }
                 }
             }
             // SAFETY: pfds is a live array of pollfd of the stated length.
@@ -360,7 +363,8 @@ impl Server {
     /// Reads and handles every pending event of mm `m`.
     fn drain(&mut self, m: usize, msgs: &mut [crate::uffd::RawMsg]) -> Result<(), ServeError> {
         loop {
-            let n = match self.mms[m].uffd.read_events(msgs) {
+            let Some(uffd) = &self.mms[m].uffd else { break };
+            let n = match uffd.read_events(msgs) {
                 Ok(n) => n,
                 Err(e) => return Err(ServeError::Read(e)),
             };
@@ -370,7 +374,10 @@ impl Server {
             for msg in &msgs[..n] {
                 match decode(msg) {
                     Event::PageFault { addr, .. } => self.fault(m, addr)?,
-                    Event::Fork(child) => self.add_mm(child),
+                    Event::Fork(child) => {
+                        self.sweep();
+                        self.add_mm(child);
+                    }
                     Event::Remove { start, end } => self.dropped(m, start, end),
                     // Unmapped or moved text is not served again (a fault there is an error).
                     Event::Unmap { .. } | Event::Remap { .. } => {}
@@ -410,9 +417,26 @@ impl Server {
         }
     }
 
-    /// The uffd of the first process.
-    #[must_use]
-    pub fn root_fd(&self) -> BorrowedFd<'_> {
-        self.mms[0].uffd.as_fd()
+    /// Stops serving mm `m`: its process exited or exec'd.
+    fn retire(&mut self, m: usize) {
+        let mm = &mut self.mms[m];
+        if !mm.gone {
+            mm.gone = true;
+            mm.uffd = None;
+            mm.served = PageBits(Vec::new());
+            mm.dropped = PageBits(Vec::new());
+            self.generation += 1;
+        }
+    }
+
+    /// Retires forked processes that have ended. There is no uffd event when
+    /// an mm goes away, so without this a shell running thousands of commands
+    /// would leave us holding thousands of dead uffds.
+    fn sweep(&mut self) {
+        for m in 1..self.mms.len() {
+            if self.mms[m].uffd.as_ref().is_some_and(|u| !u.mm_alive()) {
+                self.retire(m);
+            }
+        }
     }
 }

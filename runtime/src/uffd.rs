@@ -220,6 +220,18 @@ impl Uffd {
         self.ioctl(uioctl::UFFDIO_WAKE, &mut r)
     }
 
+    /// Whether the mm this uffd serves still exists. Unregistering a page
+    /// where nothing of ours is registered changes nothing, but the kernel
+    /// must take a reference on the mm first, and answers `ENOMEM` when it is
+    /// gone (`EINVAL` or success while it lives).
+    #[must_use]
+    pub fn mm_alive(&self) -> bool {
+        /// A page no program of ours maps (below every ELF base, above mmap_min_addr).
+        const PROBE: u64 = 0x10000;
+        let mut r = uapi::uffdio_range { start: PROBE, len: PAGE_SIZE };
+        self.ioctl(uioctl::UFFDIO_UNREGISTER, &mut r) != Err(Errno::NOMEM)
+    }
+
     /// Reads up to `buf.len()` events without blocking. Returns how many were
     /// read (0 when none is pending).
     pub fn read_events(&self, buf: &mut [RawMsg]) -> Result<usize, Errno> {
