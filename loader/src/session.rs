@@ -112,7 +112,7 @@ impl Command {
 }
 
 /// A running program.
-#[must_use = "the program is killed if the session is dropped without wait()"]
+#[must_use = "a dropped session detaches: the program runs on, served, but its report is lost"]
 pub struct Session {
     pid: i32,
     thread: JoinHandle<Result<Outcome>>,
@@ -301,7 +301,12 @@ fn monitor(plan: Plan, r: Resolved, env: Vec<OsString>, started: mpsc::Sender<Re
             // Let the child go on to the program.
             let _ = started.send(Ok(pid));
             if result.is_ok() {
-                result = release(&pidfd.1).and_then(|()| server.run(pidfd.0.as_fd()).map_err(Error::from));
+                result = release(&pidfd.1).and_then(|()| {
+                    // A panic here must not leave the program hanging on its next fault.
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run(pidfd.0.as_fd())))
+                        .unwrap_or_else(|_| Err(uprobe_runtime::ServeError::Panicked))
+                        .map_err(Error::from)
+                });
             }
             if let Err(e) = result {
                 let _ = rustix::process::pidfd_send_signal(&pidfd.0, rustix::process::Signal::KILL);

@@ -198,6 +198,9 @@ pub enum ServeError {
     /// Reading events or polling failed.
     #[error("reading userfaultfd events failed: {0}")]
     Read(Errno),
+    /// A bug of ours: the server panicked.
+    #[error("the fault server panicked (a bug: please report it)")]
+    Panicked,
 }
 
 /// One process (mm) we serve.
