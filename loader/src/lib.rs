@@ -6,7 +6,7 @@
 //! [`handoff`] (remove every trace of the monitor, jump to the program) →
 //! serve (the `uprobe_runtime` fault server) → [`report`].
 //!
-//! ```no_run
+//! ```
 //! use uprobe_exec::{Command, Exit};
 //!
 //! let session = Command::new("/usr/bin/true").spawn()?;
@@ -25,6 +25,7 @@ pub mod report;
 mod session;
 pub mod stack;
 pub mod stage;
+pub mod symbols;
 
 pub use error::{ElfError, Error, Result};
 pub use report::{Exit, Report};

@@ -1,0 +1,165 @@
+//! Function symbols of an image: `.symtab` and `.dynsym` merged, names
+//! matched mangled and demangled (Rust legacy and v0, C++).
+
+use goblin::elf::sym::{STT_FUNC, STT_GNU_IFUNC};
+use goblin::elf::Elf;
+
+use crate::addr::LinkAddr;
+use crate::elf::Image;
+
+/// One function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Function {
+    /// The symbol as stored (mangled).
+    pub name: String,
+    /// The demangled name, when the symbol is mangled (Rust hash suffix dropped).
+    pub demangled: Option<String>,
+    /// Link-time address of the first byte.
+    pub addr: LinkAddr,
+    /// Size in bytes (0 when the symbol does not say).
+    pub size: u64,
+}
+
+impl Function {
+    /// The name people read: demangled when there is one.
+    #[must_use]
+    pub fn display_name(&self) -> &str {
+        self.demangled.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Whether `name` names this function, mangled or demangled.
+    #[must_use]
+    pub fn is_named(&self, name: &str) -> bool {
+        self.name == name || self.demangled.as_deref() == Some(name)
+    }
+
+    /// Whether `a` lies inside the function.
+    #[must_use]
+    pub fn contains(&self, a: LinkAddr) -> bool {
+        a.0 >= self.addr.0 && a.0 < self.addr.0 + self.size.max(1)
+    }
+}
+
+/// All functions of an image, sorted by address.
+#[derive(Debug, Default)]
+pub struct Symbols {
+    funcs: Vec<Function>,
+    /// Whether the file has a `.symtab` (false: stripped, only `.dynsym`).
+    pub has_symtab: bool,
+}
+
+/// Demangles Rust (legacy and v0) and C++ names.
+#[must_use]
+pub fn demangle(name: &str) -> Option<String> {
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        return Some(format!("{d:#}"));
+    }
+    if name.starts_with("_Z") {
+        if let Ok(sym) = cpp_demangle::Symbol::new(name) {
+            return sym.demangle().ok();
+        }
+    }
+    None
+}
+
+impl Symbols {
+    /// Reads the function symbols of `image`.
+    #[must_use]
+    pub fn read(image: &Image) -> Symbols {
+        let Ok(elf) = Elf::parse(&image.bytes) else { return Symbols::default() };
+        let mut funcs = Vec::new();
+        let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
+        for (syms, strs) in tables {
+            for s in syms.iter() {
+                let t = s.st_type();
+                if (t != STT_FUNC && t != STT_GNU_IFUNC) || s.st_shndx == 0 || s.st_value == 0 {
+                    continue;
+                }
+                let Some(name) = strs.get_at(s.st_name).filter(|n| !n.is_empty()) else { continue };
+                // ELF symbol versions ride along in .dynsym names only through
+                // the version table; strip any "@VER" a .symtab may carry.
+                let name = name.split('@').next().unwrap_or(name).to_string();
+                let demangled = demangle(&name);
+                funcs.push(Function { name, demangled, addr: LinkAddr(s.st_value), size: s.st_size });
+            }
+        }
+        funcs.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
+        funcs.dedup_by(|a, b| a.addr == b.addr && a.name == b.name);
+        Symbols { funcs, has_symtab: !elf.syms.is_empty() }
+    }
+
+    /// Every function, by address.
+    #[must_use]
+    pub fn all(&self) -> &[Function] {
+        &self.funcs
+    }
+
+    /// Functions named `name` (mangled or demangled). Aliases at one address
+    /// count once.
+    #[must_use]
+    pub fn named(&self, name: &str) -> Vec<&Function> {
+        let mut v: Vec<&Function> = self.funcs.iter().filter(|f| f.is_named(name)).collect();
+        v.dedup_by_key(|f| f.addr);
+        v
+    }
+
+    /// Functions whose name (mangled or demangled) matches a glob, one per address.
+    #[must_use]
+    pub fn matching(&self, pattern: &glob::Pattern) -> Vec<&Function> {
+        let mut v: Vec<&Function> = self
+            .funcs
+            .iter()
+            .filter(|f| pattern.matches(&f.name) || f.demangled.as_deref().is_some_and(|d| pattern.matches(d)))
+            .collect();
+        v.dedup_by_key(|f| f.addr);
+        v
+    }
+
+    /// The function containing `a` (the one with a size that covers it).
+    #[must_use]
+    pub fn containing(&self, a: LinkAddr) -> Option<&Function> {
+        let i = self.funcs.partition_point(|f| f.addr <= a);
+        self.funcs[..i].iter().rev().take(16).find(|f| f.size > 0 && f.contains(a))
+    }
+
+    /// Up to `n` names closest to `name`, for "did you mean".
+    #[must_use]
+    pub fn close_to(&self, name: &str, n: usize) -> Vec<String> {
+        let lower = name.to_lowercase();
+        let mut scored: Vec<(f64, &str)> = self
+            .funcs
+            .iter()
+            .map(|f| {
+                let d = f.display_name();
+                let mut score = strsim::jaro_winkler(&lower, &d.to_lowercase());
+                if d.to_lowercase().contains(&lower) {
+                    score += 0.5;
+                }
+                (score, d)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        let mut out: Vec<String> = Vec::new();
+        for (_, d) in scored {
+            if !out.iter().any(|o| o == d) {
+                out.push(d.to_string());
+            }
+            if out.len() == n {
+                break;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles_rust_and_cpp() {
+        assert_eq!(demangle("_ZN4core3fmt5write17h0123456789abcdefE").as_deref(), Some("core::fmt::write"));
+        assert_eq!(demangle("_ZN3foo3barEv").as_deref(), Some("foo::bar()"));
+        assert_eq!(demangle("main"), None);
+    }
+}

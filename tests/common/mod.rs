@@ -1,0 +1,464 @@
+//! Helpers for the integration tests: a process runner with a timeout that
+//! never leaves a process behind, temp dirs, and native-vs-ours comparison.
+
+#![allow(dead_code, unsafe_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The uprobe-exec binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_uprobe-exec");
+
+/// Default timeout of one run.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a finished process left.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Exit code when it exited.
+    pub code: Option<i32>,
+    /// Signal when a signal killed it.
+    pub signal: Option<i32>,
+    /// What was written to the inherited fd 5, when one was given.
+    pub fd5: Option<Vec<u8>>,
+}
+
+impl Output {
+    /// The shell's view: code, or 128 + signal.
+    pub fn status(&self) -> i32 {
+        self.code.unwrap_or_else(|| 128 + self.signal.expect("code or signal"))
+    }
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// A spawned child that is killed (with its whole process group) and reaped
+/// when dropped, whatever happens to the test.
+pub struct Guard {
+    pub child: Option<Child>,
+}
+
+impl Guard {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+    pub fn kill_group(&mut self) {
+        if let Some(c) = &mut self.child {
+            let pid = c.id() as i32;
+            // SAFETY: signalling our own child's process group (it was put in
+            // its own group by `spawn_guarded`).
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if let Ok(None) = c.try_wait() {
+                let pid = c.id() as i32;
+                // SAFETY: as in kill_group.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Spawns `cmd` in its own process group, so that a timeout can kill
+/// everything it started.
+pub fn spawn_guarded(cmd: &mut Command) -> Guard {
+    cmd.process_group(0);
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    Guard { child: Some(child) }
+}
+
+fn reader(mut r: impl Read + Send + 'static, tx: mpsc::Sender<(u8, Vec<u8>)>, which: u8) {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        let _ = tx.send((which, buf));
+    });
+}
+
+/// Runs `cmd` to the end with `stdin` (None: /dev/null), capturing stdout and
+/// stderr; `after_spawn` fds are closed once it started (write ends given to
+/// the child). Kills it and panics after `timeout`.
+pub fn run_full(mut cmd: Command, stdin: Option<Vec<u8>>, after_spawn: Vec<OwnedFd>, timeout: Duration) -> Output {
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // No core files from the signal tests.
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 0, rlim_max: libc::RLIM_INFINITY };
+            libc::setrlimit(libc::RLIMIT_CORE, &lim);
+            Ok(())
+        });
+    }
+    let desc = format!("{cmd:?}");
+    let deadline = Instant::now() + timeout;
+    let mut guard = spawn_guarded(&mut cmd);
+    drop(after_spawn);
+    let child = guard.child.as_mut().expect("spawned");
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().expect("piped stdin");
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    reader(child.stdout.take().expect("piped stdout"), tx.clone(), 1);
+    reader(child.stderr.take().expect("piped stderr"), tx, 2);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) => {}
+            Err(e) => panic!("waiting for {desc}: {e}"),
+        }
+        if Instant::now() > deadline {
+            guard.kill_group();
+            panic!("timeout after {timeout:?}: {desc}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let (mut stdout, mut stderr) = (None, None);
+    while stdout.is_none() || stderr.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok((1, b)) => stdout = Some(b),
+            Ok((_, b)) => stderr = Some(b),
+            Err(_) => {
+                guard.kill_group();
+                panic!("timeout after {timeout:?} waiting for the output of {desc} (something still holds its pipes)");
+            }
+        }
+    }
+    Output {
+        stdout: stdout.unwrap_or_default(),
+        stderr: stderr.unwrap_or_default(),
+        code: status.code(),
+        signal: status.signal(),
+        fd5: None,
+    }
+}
+
+/// Runs with /dev/null as stdin and the default timeout.
+pub fn run(cmd: Command) -> Output {
+    run_full(cmd, None, Vec::new(), TIMEOUT)
+}
+
+/// A pipe whose both ends are close-on-exec (so no other test's child inherits them).
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds are fresh and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh directory under the system temp dir, mode 0755, removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("uprobe-core-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        TempDir { path }
+    }
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path.join(p)
+    }
+    /// Copies `src` into the dir with mode `mode`; returns the new path.
+    pub fn copy(&self, src: &Path, name: &str, mode: u32) -> PathBuf {
+        let dst = self.join(name);
+        std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode)).expect("chmod copy");
+        dst
+    }
+    pub fn write(&self, name: &str, data: &[u8], mode: u32) -> PathBuf {
+        let dst = self.join(name);
+        std::fs::write(&dst, data).unwrap_or_else(|e| panic!("write {}: {e}", dst.display()));
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        dst
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub const NOBODY: u32 = 65534;
+
+/// One command line, run natively and under uprobe-exec with the same
+/// environment, cwd, stdin and inherited fds.
+#[derive(Clone, Debug, Default)]
+pub struct Case {
+    pub argv: Vec<OsString>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+    pub stdin: Option<Vec<u8>>,
+    /// Give the program a pipe as fd 5 (not close-on-exec).
+    pub fd5: bool,
+    /// Options of uprobe-exec, before PROGRAM.
+    pub opts: Vec<OsString>,
+    /// The uprobe-exec binary (default: BIN).
+    pub tool: Option<PathBuf>,
+    /// Run both as uid/gid 65534 (through setpriv) when we are root.
+    pub nobody: bool,
+    pub timeout: Option<Duration>,
+}
+
+impl Case {
+    pub fn new<I, S>(prog: impl AsRef<OsStr>, args: I) -> Case
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut argv = vec![prog.as_ref().to_owned()];
+        argv.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        Case { argv, ..Case::default() }
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Case {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn cwd(mut self, p: &Path) -> Case {
+        self.cwd = Some(p.to_owned());
+        self
+    }
+    pub fn stdin(mut self, data: Vec<u8>) -> Case {
+        self.stdin = Some(data);
+        self
+    }
+    pub fn fd5(mut self) -> Case {
+        self.fd5 = true;
+        self
+    }
+    pub fn opt(mut self, o: impl AsRef<OsStr>) -> Case {
+        self.opts.push(o.as_ref().to_owned());
+        self
+    }
+    pub fn tool(mut self, p: &Path) -> Case {
+        self.tool = Some(p.to_owned());
+        self
+    }
+    pub fn nobody(mut self) -> Case {
+        self.nobody = true;
+        self
+    }
+
+    fn command(&self, full: Vec<OsString>) -> Command {
+        let full = if self.nobody && is_root() {
+            let mut v: Vec<OsString> = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+                .iter()
+                .map(OsString::from)
+                .collect();
+            v.extend(full);
+            v
+        } else {
+            full
+        };
+        let mut cmd = Command::new(&full[0]);
+        cmd.args(&full[1..]);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        cmd
+    }
+
+    fn go(&self, mut cmd: Command) -> Output {
+        let mut after = Vec::new();
+        let mut read_end = None;
+        if self.fd5 {
+            let (r, w) = pipe();
+            let raw = {
+                use std::os::fd::AsRawFd;
+                w.as_raw_fd()
+            };
+            // SAFETY: dup2 is async-signal-safe; the new fd 5 is not close-on-exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(raw, 5) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            after.push(w);
+            read_end = Some(r);
+        }
+        let mut out = run_full(cmd, self.stdin.clone(), after, self.timeout.unwrap_or(TIMEOUT));
+        if let Some(r) = read_end {
+            let mut f = std::fs::File::from(r);
+            let mut buf = Vec::new();
+            let _ = f.read_to_end(&mut buf);
+            out.fd5 = Some(buf);
+        }
+        out
+    }
+
+    pub fn run_native(&self) -> Output {
+        self.go(self.command(self.argv.clone()))
+    }
+
+    pub fn run_ours(&self) -> Output {
+        let mut full = vec![self.tool.clone().map_or_else(|| OsString::from(BIN), PathBuf::into_os_string)];
+        full.extend(self.opts.iter().cloned());
+        full.extend(self.argv.iter().cloned());
+        self.go(self.command(full))
+    }
+
+    /// Runs both ways and asserts identical stdout, stderr, status (and fd 5).
+    pub fn compare(&self) -> (Output, Output) {
+        let native = self.run_native();
+        let ours = self.run_ours();
+        let what = format!("{:?}", self.argv);
+        assert_same(&what, &native, &ours);
+        (native, ours)
+    }
+}
+
+fn show(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.len() > 3000 {
+        format!("{}… ({} bytes)", &s[..s.floor_char_boundary(3000)], b.len())
+    } else {
+        s.into_owned()
+    }
+}
+
+fn first_diff(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
+}
+
+fn same_bytes(what: &str, stream: &str, native: &[u8], ours: &[u8]) {
+    if native != ours {
+        if native.len() > 64 << 10 || ours.len() > 64 << 10 {
+            panic!(
+                "{what}: {stream} differs: native {} bytes, ours {} bytes, first difference at byte {}",
+                native.len(),
+                ours.len(),
+                first_diff(native, ours)
+            );
+        }
+        panic!("{what}: {stream} differs\n--- native ---\n{}\n--- uprobe-exec ---\n{}", show(native), show(ours));
+    }
+}
+
+/// Asserts that `ours` (a uprobe-exec run) behaved exactly like `native`.
+pub fn assert_same(what: &str, native: &Output, ours: &Output) {
+    assert!(
+        ours.code.is_some(),
+        "{what}: uprobe-exec itself was killed by signal {:?}; stderr: {}",
+        ours.signal,
+        show(&ours.stderr)
+    );
+    same_bytes(what, "stdout", &native.stdout, &ours.stdout);
+    same_bytes(what, "stderr", &native.stderr, &ours.stderr);
+    assert_eq!(
+        native.status(),
+        ours.status(),
+        "{what}: exit status differs (native code {:?} signal {:?}, ours code {:?})",
+        native.code,
+        native.signal,
+        ours.code
+    );
+    assert_eq!(native.fd5, ours.fd5, "{what}: what was written to fd 5 differs");
+}
+
+/// Text pages of an ELF file (from its program headers): the pages covered
+/// by executable PT_LOAD segments.
+pub fn elf_text_pages(path: &Path) -> u64 {
+    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let u16_at = |o: usize| u64::from(u16::from_le_bytes(b[o..o + 2].try_into().unwrap()));
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let phoff = u64_at(32) as usize;
+    let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
+    let mut pages = 0;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph) == 1 && u32_at(ph + 4) & 1 != 0 {
+            let (vaddr, memsz) = (u64_at(ph + 16), u64_at(ph + 40));
+            let start = vaddr & !4095;
+            let end = (vaddr + memsz + 4095) & !4095;
+            pages += (end - start) / 4096;
+        }
+    }
+    pages
+}
+
+/// Reads and parses a `--report-json` file.
+pub fn read_report(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("report {} is not JSON ({e}):\n{text}", path.display()))
+}
+
+/// `report["text"][field]` as u64.
+pub fn text_field(r: &serde_json::Value, field: &str) -> u64 {
+    r["text"][field].as_u64().unwrap_or_else(|| panic!("text.{field} missing or not an integer in {r}"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Asserts the run of uprobe-exec failed on its own with `code` and exactly
+/// one stderr line starting with `uprobe-exec: `, and nothing on stdout.
+pub fn assert_our_error(what: &str, out: &Output, code: i32) {
+    let err = out.stderr_str();
+    assert_eq!(out.code, Some(code), "{what}: exit status (signal {:?}); stderr: {err}", out.signal);
+    assert!(out.stdout.is_empty(), "{what}: stdout not empty: {}", out.stdout_str());
+    assert!(err.starts_with("uprobe-exec: "), "{what}: stderr does not start with `uprobe-exec: `: {err:?}");
+    assert!(err.ends_with('\n') && err.lines().count() == 1, "{what}: stderr is not exactly one line: {err:?}");
+}
