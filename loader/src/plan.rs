@@ -233,7 +233,7 @@ impl Plan {
         let parts: Vec<(TextRange, &[u8])> = text_parts.iter().map(|(r, b)| (*r, &bytes[b.clone()])).collect();
         // SAFETY: the slices point into the file mapping that `owner` keeps
         // alive; a file mapping is readable up to the end of its last page.
-        let image = Arc::new(unsafe { TextImage::new(&parts, bytes.clone()) });
+        let image = Arc::new(unsafe { TextImage::new(&parts, Vec::new(), bytes.clone()) });
         let text = text_parts.iter().map(|(r, _)| *r).collect();
         let brk = program.reservation.end();
         Ok(Plan { program, interp, maps, text, image, brk })

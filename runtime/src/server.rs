@@ -60,7 +60,9 @@ pub struct TextImage {
     /// Index of each range's first page in `srcs`.
     first: Vec<usize>,
     srcs: Vec<PageSrc>,
-    /// Keeps the memory `srcs` points into alive (a file mapping, patched pages).
+    /// Patched page images (probe sites), which some `srcs` point into.
+    _patched: Vec<Box<[u8]>>,
+    /// Keeps the memory the other `srcs` point into alive (a file mapping).
     _owner: Arc<dyn Send + Sync>,
 }
 
@@ -74,14 +76,20 @@ static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 
 impl TextImage {
     /// Builds an image from `(range, bytes)` pairs: page `i` of a range is
-    /// `bytes[i*4096..(i+1)*4096]`, zero-filled past the end of `bytes`.
+    /// `bytes[i*4096..(i+1)*4096]`, zero-filled past the end of `bytes`,
+    /// except the pages in `patched` (runtime page address, page image),
+    /// which are served from those images.
     ///
     /// # Safety
     /// Every `bytes` slice must stay valid and unchanged as long as `owner`
     /// lives, and must be readable up to the next multiple of the page size
     /// past its end (true of a file mapping, whose last page is zero-filled
     /// by the kernel).
-    pub unsafe fn new(parts: &[(TextRange, &[u8])], owner: Arc<dyn Send + Sync>) -> TextImage {
+    pub unsafe fn new(
+        parts: &[(TextRange, &[u8])],
+        patched: Vec<(u64, Box<[u8]>)>,
+        owner: Arc<dyn Send + Sync>,
+    ) -> TextImage {
         let mut ranges = Vec::with_capacity(parts.len());
         let mut first = Vec::with_capacity(parts.len());
         let mut srcs = Vec::new();
@@ -98,7 +106,15 @@ impl TextImage {
                 });
             }
         }
-        TextImage { ranges, first, srcs, _owner: owner }
+        let mut image = TextImage { ranges, first, srcs, _patched: Vec::new(), _owner: owner };
+        for (addr, page) in patched {
+            assert_eq!(page.len(), PAGE_SIZE as usize, "a patched page image is one page");
+            if let Some(i) = image.index_of(addr) {
+                image.srcs[i] = PageSrc::Bytes(page.as_ptr());
+                image._patched.push(page);
+            }
+        }
+        image
     }
 
     /// The served ranges, in the order given.

@@ -360,8 +360,8 @@ impl Case {
 
 fn show(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
-    if s.len() > 3000 {
-        format!("{}… ({} bytes)", &s[..s.floor_char_boundary(3000)], b.len())
+    if s.chars().count() > 3000 {
+        format!("{}… ({} bytes)", s.chars().take(3000).collect::<String>(), b.len())
     } else {
         s.into_owned()
     }
