@@ -55,6 +55,9 @@ pub enum Error {
     /// A malformed or foreign ELF file (exit 126).
     #[error(transparent)]
     Elf(#[from] ElfError),
+    /// A probe cannot be placed (exit 125).
+    #[error(transparent)]
+    Probe(#[from] crate::probes::ProbeError),
     /// The address space could not be planned (exit 125).
     #[error("cannot lay out {}: {reason}", path.display())]
     Plan {

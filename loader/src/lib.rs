@@ -21,6 +21,7 @@ pub mod elf;
 pub mod error;
 pub mod handoff;
 pub mod plan;
+pub mod probes;
 pub mod report;
 mod session;
 pub mod stack;
@@ -29,4 +30,4 @@ pub mod symbols;
 
 pub use error::{ElfError, Error, Result};
 pub use report::{Exit, Report};
-pub use session::{Command, Session};
+pub use session::{functions, Command, Session};

@@ -7,10 +7,28 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// Run PROGRAM as execve would, with its executable text served page by page
-/// through userfaultfd by uprobe-exec's own ELF loader.
+/// through userfaultfd by uprobe-exec's own ELF loader, and count probe hits.
 #[derive(Parser, Debug)]
 #[command(name = "uprobe-exec", version, about, long_about = None)]
 struct Cli {
+    /// Probe a function: SYMBOL, SYMBOL+OFFSET, 0xADDR (link-time, as nm
+    /// prints it) or a glob such as 'PyList_*'. Repeatable.
+    #[arg(long = "probe", short = 'p', value_name = "SPEC")]
+    probes: Vec<String>,
+
+    /// List the program's functions (matching --probe patterns, if any):
+    /// address, size, name. Runs nothing.
+    #[arg(long, short = 'l')]
+    list: bool,
+
+    /// Allow 0xADDR probes outside every known function.
+    #[arg(long = "unsafe")]
+    unsafe_addrs: bool,
+
+    /// Do not print the probe count table at exit.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+
     /// Write a JSON report to FILE when the program ends.
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
@@ -29,6 +47,23 @@ fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
+fn list(program: &OsString, patterns: &[String]) -> ExitCode {
+    match uprobe_exec::functions(program, patterns) {
+        Ok(fs) if fs.is_empty() && !patterns.is_empty() => {
+            fail(format!("no function of {} matches {}", program.to_string_lossy(), patterns.join(" ")), 125)
+        }
+        Ok(fs) => {
+            let mut out = String::new();
+            for f in fs {
+                out.push_str(&format!("{:#018x} {:>8} {}\n", f.addr.0, f.size, f.display_name()));
+            }
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e, e.exit_code() as u8),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -42,6 +77,9 @@ fn main() -> ExitCode {
         }
     };
     let (program, args) = cli.command.split_first().expect("clap requires PROGRAM");
+    if cli.list {
+        return list(program, &cli.probes);
+    }
     // Ctrl-C in a terminal reaches the program directly (same process
     // group); the monitor must not die of it first.
     // SAFETY: setting a signal to SIG_IGN before any thread exists.
@@ -49,10 +87,17 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
-    let session = match uprobe_exec::Command::new(program).args(args).spawn() {
+    let mut cmd = uprobe_exec::Command::new(program).args(args).allow_unsafe_addresses(cli.unsafe_addrs);
+    for p in &cli.probes {
+        cmd = cmd.probe(p);
+    }
+    let session = match cmd.spawn() {
         Ok(s) => s,
         Err(e) => return fail(&e, e.exit_code() as u8),
     };
+    for w in session.warnings() {
+        eprintln!("uprobe-exec: warning: {w}");
+    }
     let report = match session.wait() {
         Ok(r) => r,
         Err(e) => return fail(&e, e.exit_code() as u8),
@@ -61,6 +106,9 @@ fn main() -> ExitCode {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
             eprintln!("uprobe-exec: cannot write the report to {}: {e}", path.display());
         }
+    }
+    if !cli.probes.is_empty() && !cli.quiet {
+        eprint!("{}", report.count_table());
     }
     if cli.stats {
         eprint!("{}", report.stats_text());

@@ -151,6 +151,21 @@ pub struct Plan {
     pub brk: u64,
 }
 
+/// The probe area: handler code, site table and out-of-line slots, mapped
+/// read+exec in the monitor before the fork (the child inherits it), within
+/// ±2 GiB of the text. Dropping it unmaps the monitor's copy.
+pub struct ProbeArea {
+    /// The area (its mapping replaced the reservation's placeholder).
+    pub reservation: Reservation,
+    /// The SIGTRAP handler's address.
+    pub handler: u64,
+    /// The `rt_sigreturn` restorer's address.
+    pub restorer: u64,
+}
+
+/// Farthest a rel32 reaches, with a margin.
+const REACH: u64 = (1 << 31) - (1 << 20);
+
 /// Where the kernel would put a PIE (`ELF_ET_DYN_BASE` on x86-64).
 const PIE_HINT: u64 = 0x5555_5555_4000;
 
@@ -221,7 +236,9 @@ fn map_image(p: &Placed, serve_text: bool, maps: &mut Vec<MapOp>) -> Vec<(TextRa
 
 impl Plan {
     /// Places the program (and its interpreter) and plans every mapping.
-    pub fn new(program: Image, interp: Option<Image>) -> Result<Plan> {
+    /// `int3_sites` are link-time addresses of probe sites: their pages are
+    /// served patched.
+    pub fn new(program: Image, interp: Option<Image>, int3_sites: &[crate::addr::LinkAddr]) -> Result<Plan> {
         let program = place(program, PIE_HINT)?;
         let interp = interp.map(|i| place(i, 0)).transpose()?;
         let mut maps = Vec::new();
@@ -231,9 +248,29 @@ impl Plan {
         }
         let bytes = Arc::clone(&program.image.bytes);
         let parts: Vec<(TextRange, &[u8])> = text_parts.iter().map(|(r, b)| (*r, &bytes[b.clone()])).collect();
+        let mut patched: Vec<(u64, Box<[u8]>)> = Vec::new();
+        for site in int3_sites {
+            let rt = program.bias.apply(*site).0;
+            let page = page_down(rt);
+            let k = match patched.iter().position(|(a, _)| *a == page) {
+                Some(k) => k,
+                None => {
+                    let Some((r, b)) = parts.iter().find(|(r, _)| page >= r.start && page < r.end()) else { continue };
+                    let mut img = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
+                    let off = (page - r.start) as usize;
+                    if off < b.len() {
+                        let n = (b.len() - off).min(PAGE_SIZE as usize);
+                        img[..n].copy_from_slice(&b[off..off + n]);
+                    }
+                    patched.push((page, img));
+                    patched.len() - 1
+                }
+            };
+            patched[k].1[(rt - page) as usize] = 0xcc;
+        }
         // SAFETY: the slices point into the file mapping that `owner` keeps
         // alive; a file mapping is readable up to the end of its last page.
-        let image = Arc::new(unsafe { TextImage::new(&parts, Vec::new(), bytes.clone()) });
+        let image = Arc::new(unsafe { TextImage::new(&parts, patched, bytes.clone()) });
         let text = text_parts.iter().map(|(r, _)| *r).collect();
         let brk = program.reservation.end();
         Ok(Plan { program, interp, maps, text, image, brk })
@@ -243,6 +280,43 @@ impl Plan {
     #[must_use]
     pub fn start(&self) -> RuntimeAddr {
         self.interp.as_ref().map_or_else(|| self.program.entry(), Placed::entry)
+    }
+
+    /// Maps the probe area near the text: `build(base)` returns its bytes
+    /// for a given base address and the handler and restorer offsets.
+    pub fn map_probe_area(
+        &self,
+        len: usize,
+        build: impl FnOnce(u64) -> Result<(Vec<u8>, u64, u64)>,
+    ) -> Result<ProbeArea> {
+        let len = page_up(len as u64);
+        let lo = self.text.iter().map(|t| t.start).min().unwrap_or(self.program.reservation.addr);
+        let hi = self.text.iter().map(TextRange::end).max().unwrap_or(self.program.reservation.end());
+        let fail = |reason: String| Error::Plan { path: self.program.image.path.clone(), reason };
+        // After the program with room for a 1 GiB brk heap, else just before it.
+        let mut tries = vec![self.program.reservation.end() + (1 << 30), lo.saturating_sub(len + (1 << 24))];
+        tries.push(self.program.reservation.end() + (64 << 20));
+        let reservation = tries
+            .into_iter()
+            .filter_map(|hint| Reservation::anywhere(len, PAGE_SIZE, hint).ok())
+            .find(|r| r.end().saturating_sub(lo) < REACH && hi.saturating_sub(r.addr) < REACH)
+            .ok_or_else(|| fail("no room for the probe area within 2 GiB of the text".into()))?;
+        let (bytes, handler, restorer) = build(reservation.addr)?;
+        // SAFETY: replacing our own PROT_NONE placeholder with the area's
+        // bytes; nothing else lives in the reservation.
+        unsafe {
+            let p = rustix::mm::mmap_anonymous(
+                reservation.addr as *mut _,
+                len as usize,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED,
+            )
+            .map_err(|e| fail(format!("mapping the probe area: {e}")))?;
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len());
+            rustix::mm::mprotect(p, len as usize, rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC)
+                .map_err(|e| fail(format!("protecting the probe area: {e}")))?;
+        }
+        Ok(ProbeArea { handler: reservation.addr + handler, restorer: reservation.addr + restorer, reservation })
     }
 
     /// The areas the child must keep when it unmaps the monitor.

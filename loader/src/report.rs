@@ -61,6 +61,23 @@ pub struct Handoff {
     pub limits: Vec<String>,
 }
 
+/// One probe site and its hits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProbeHits {
+    /// The spec it came from.
+    pub spec: String,
+    /// The function (demangled).
+    pub symbol: String,
+    /// Offset in the function.
+    pub offset: u64,
+    /// Link-time address, as `nm` prints it (`0x…`).
+    pub address: String,
+    /// Hits, in every process of the program.
+    pub hits: u64,
+    /// How the site is displaced: `int3`.
+    pub kind: String,
+}
+
 /// Everything reported at exit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -70,8 +87,8 @@ pub struct Report {
     pub args: Vec<String>,
     /// How it ended.
     pub exit: Exit,
-    /// Probe sites and their hits (none yet).
-    pub probes: Vec<serde_json::Value>,
+    /// Probe sites and their hits.
+    pub probes: Vec<ProbeHits>,
     /// Text-serving figures.
     pub text: Text,
     /// Processes we served: the first and its forks.
@@ -85,6 +102,23 @@ impl Report {
     #[must_use]
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// The count table printed at exit, like bcc's funccount: busiest first.
+    #[must_use]
+    pub fn count_table(&self) -> String {
+        let mut rows: Vec<(String, u64)> = self
+            .probes
+            .iter()
+            .map(|p| (if p.offset == 0 { p.symbol.clone() } else { format!("{}+{:#x}", p.symbol, p.offset) }, p.hits))
+            .collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+        let mut s = format!("{:<width$} {:>12}\n", "FUNC", "COUNT");
+        for (f, c) in rows {
+            s.push_str(&format!("{f:<width$} {c:>12}\n"));
+        }
+        s
     }
 
     /// The `--stats` lines.

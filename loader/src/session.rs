@@ -19,7 +19,14 @@ use std::thread::JoinHandle;
 use rustix::io::Errno;
 use uprobe_runtime::{Server, Uffd, UffdMode, PAGE_SIZE};
 
+use crate::addr::LinkAddr;
 use crate::elf::Image;
+use crate::plan::ProbeArea;
+use crate::probes::{self, Site, SLOT_BYTES};
+use crate::report::ProbeHits;
+use crate::symbols::Symbols;
+use uprobe_runtime::counters::Counters;
+use uprobe_runtime::trap;
 use crate::error::{ElfError, Error, Result};
 use crate::handoff::{self, MmMap, Params};
 use crate::plan::{Plan, Reservation};
@@ -34,12 +41,26 @@ pub struct Command {
     program: OsString,
     args: Vec<OsString>,
     env: Option<Vec<OsString>>,
+    probes: Vec<String>,
+    unsafe_addrs: bool,
 }
 
 impl Command {
     /// A command for `program`, looked up in `PATH` when it has no slash.
     pub fn new(program: impl AsRef<OsStr>) -> Command {
-        Command { program: program.as_ref().to_owned(), args: Vec::new(), env: None }
+        Command { program: program.as_ref().to_owned(), args: Vec::new(), env: None, probes: Vec::new(), unsafe_addrs: false }
+    }
+
+    /// Adds a probe: `SYMBOL`, `SYMBOL+OFFSET`, `0xADDR` or a glob.
+    pub fn probe(mut self, spec: impl Into<String>) -> Command {
+        self.probes.push(spec.into());
+        self
+    }
+
+    /// Allows `0xADDR` probes outside every known function.
+    pub fn allow_unsafe_addresses(mut self, yes: bool) -> Command {
+        self.unsafe_addrs = yes;
+        self
     }
 
     /// Adds one argument.
@@ -89,16 +110,24 @@ impl Command {
             })?),
             None => None,
         };
-        let plan = Plan::new(program, interp)?;
+        let (sites, warnings) = if self.probes.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let syms = Symbols::read(&program);
+            probes::resolve(&program, &syms, &self.probes, self.unsafe_addrs)?
+        };
+        let site_addrs: Vec<LinkAddr> = sites.iter().map(|s| s.addr).collect();
+        let plan = Plan::new(program, interp, &site_addrs)?;
+        let probes = if sites.is_empty() { None } else { Some(Probes::build(&plan, sites)?) };
         let (tx, rx) = mpsc::channel();
         let args = resolved.argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let program_name = resolved.elf.display().to_string();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
-            .spawn(move || monitor(plan, resolved, env, tx))
+            .spawn(move || monitor(plan, probes, resolved, env, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
-            Ok(Ok(pid)) => Ok(Session { pid, thread, program: program_name, args }),
+            Ok(Ok(pid)) => Ok(Session { pid, thread, program: program_name, args, warnings }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -111,6 +140,33 @@ impl Command {
     }
 }
 
+/// The functions of `program` (found as [`Command::new`] finds it) whose
+/// names match any of `patterns` (globs or exact names; all when empty),
+/// sorted by address — what `uprobe-exec --list` prints.
+pub fn functions(program: impl AsRef<OsStr>, patterns: &[String]) -> Result<Vec<crate::symbols::Function>> {
+    let resolved = resolve(program.as_ref(), &[])?;
+    let image = Image::open(&resolved.elf)?;
+    let syms = Symbols::read(&image);
+    let pats: Vec<glob::Pattern> = patterns
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p)
+                .map_err(|e| Error::Probe(probes::ProbeError::BadSpec { spec: p.clone(), why: e.to_string() }))
+        })
+        .collect::<Result<_>>()?;
+    let mut out: Vec<crate::symbols::Function> = syms
+        .all()
+        .iter()
+        .filter(|f| {
+            pats.is_empty()
+                || pats.iter().any(|p| p.matches(&f.name) || f.demangled.as_deref().is_some_and(|d| p.matches(d)))
+        })
+        .cloned()
+        .collect();
+    out.dedup_by(|a, b| a.addr == b.addr && a.display_name() == b.display_name());
+    Ok(out)
+}
+
 /// A running program.
 #[must_use = "a dropped session detaches: the program runs on, served, but its report is lost"]
 pub struct Session {
@@ -118,9 +174,16 @@ pub struct Session {
     thread: JoinHandle<Result<Outcome>>,
     program: String,
     args: Vec<String>,
+    warnings: Vec<String>,
 }
 
 impl Session {
+    /// Warnings from resolving the probes (e.g. `--unsafe` addresses).
+    #[must_use]
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// The program's process id.
     #[must_use]
     pub fn pid(&self) -> i32 {
@@ -135,14 +198,24 @@ impl Session {
                 return Err(Error::sys("the monitor thread", std::io::Error::other("panicked; the program was killed")))
             }
         };
+        let mut handoff = out.handoff;
+        if out.exit == Exit::Signal(libc::SIGTRAP) && !out.probes.is_empty() {
+            handoff.limits.push(if out.stray_traps > 0 {
+                "the program executed an int3 of its own (not a probe) and died of SIGTRAP, as it would natively".into()
+            } else {
+                "the program died of SIGTRAP at a probe: SIGTRAP was blocked, or the program had replaced \
+                 uprobe-exec's SIGTRAP handler, when the probe was hit"
+                    .into()
+            });
+        }
         Ok(Report {
             program: self.program,
             args: self.args,
             exit: out.exit,
-            probes: Vec::new(),
+            probes: out.probes,
             text: Text::from(out.stats),
             processes: out.stats.processes,
-            handoff: out.handoff,
+            handoff,
         })
     }
 }
@@ -152,6 +225,61 @@ struct Outcome {
     exit: Exit,
     stats: uprobe_runtime::TextStats,
     handoff: Handoff,
+    probes: Vec<ProbeHits>,
+    stray_traps: u64,
+}
+
+/// The probes of one session: sites, their counters and the probe area.
+struct Probes {
+    sites: Vec<Site>,
+    /// Counter 0 counts stray traps; counter i+1 the hits of site i.
+    counters: Counters,
+    area: ProbeArea,
+}
+
+impl Probes {
+    /// Encodes every site's slot and maps the probe area near the text.
+    fn build(plan: &Plan, sites: Vec<Site>) -> Result<Probes> {
+        let counters = Counters::new(sites.len() + 1).map_err(|e| Error::sys("creating the hit counters", e))?;
+        let code = trap::code();
+        let table_len = trap::HEADER_BYTES + trap::ENTRY_BYTES * sites.len();
+        let slots_at = (code.len() + table_len).next_multiple_of(16);
+        let len = slots_at + SLOT_BYTES * sites.len();
+        let bias = plan.program.bias;
+        let area = plan.map_probe_area(len, |base| {
+            let mut bytes = vec![0xcc; len];
+            bytes[..code.len()].copy_from_slice(code);
+            let mut table = Vec::with_capacity(sites.len());
+            for (i, s) in sites.iter().enumerate() {
+                let slot = base + (slots_at + i * SLOT_BYTES) as u64;
+                let ip = probes::runtime(s, bias);
+                let enc = probes::encode_slot(probes::site_bytes(&plan.program.image, s), ip, slot).map_err(|why| {
+                    Error::Probe(probes::ProbeError::NotRelocatable { site: s.label(), insn: String::new(), why })
+                })?;
+                bytes[slots_at + i * SLOT_BYTES..][..enc.len()].copy_from_slice(&enc);
+                table.push(trap::TrapSite { site: ip, slot, counter: counters.addr_of(i + 1) });
+            }
+            let t = trap::table(&table, counters.addr_of(0));
+            bytes[code.len()..code.len() + t.len()].copy_from_slice(&t);
+            Ok((bytes, 0, trap::restorer_offset() as u64))
+        })?;
+        Ok(Probes { sites, counters, area })
+    }
+
+    fn hits(&self) -> Vec<ProbeHits> {
+        self.sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ProbeHits {
+                spec: s.spec.clone(),
+                symbol: s.symbol.clone(),
+                offset: s.offset,
+                address: format!("{:#x}", s.addr.0),
+                hits: self.counters.get(i + 1),
+                kind: "int3".into(),
+            })
+            .collect()
+    }
 }
 
 /// The ELF to load and the argv/execfn it gets.
@@ -290,8 +418,14 @@ fn stack_size() -> u64 {
 }
 
 /// The monitor thread: forks the stage, then serves faults until the program ends.
-fn monitor(plan: Plan, r: Resolved, env: Vec<OsString>, started: mpsc::Sender<Result<i32>>) -> Result<Outcome> {
-    match start(&plan, &r, &env) {
+fn monitor(
+    plan: Plan,
+    probes: Option<Probes>,
+    r: Resolved,
+    env: Vec<OsString>,
+    started: mpsc::Sender<Result<i32>>,
+) -> Result<Outcome> {
+    match start(&plan, probes.as_ref(), &r, &env) {
         Ok((pid, pidfd, uffd, mode, handoff)) => {
             let mut server = Server::new(plan.image.clone(), uffd);
             let mut result: Result<()> = Ok(());
@@ -314,7 +448,9 @@ fn monitor(plan: Plan, r: Resolved, env: Vec<OsString>, started: mpsc::Sender<Re
                 return Err(e);
             }
             let exit = reap(&pidfd.0)?;
-            Ok(Outcome { exit, stats: server.stats(), handoff })
+            let hits = probes.as_ref().map(Probes::hits).unwrap_or_default();
+            let stray_traps = probes.as_ref().map_or(0, |p| p.counters.get(0));
+            Ok(Outcome { exit, stats: server.stats(), handoff, probes: hits, stray_traps })
         }
         Err(e) => {
             let _ = started.send(Err(e));
@@ -349,7 +485,7 @@ fn reap(pidfd: &OwnedFd) -> Result<Exit> {
 type Started = (i32, (OwnedFd, OwnedFd), Uffd, UffdMode, Handoff);
 
 /// Forks the stage and receives its uffd. Returns (pid, (pidfd, socket), uffd, mode, handoff).
-fn start(plan: &Plan, r: &Resolved, env: &[OsString]) -> Result<Started> {
+fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -> Result<Started> {
     let stack_len = stack_size();
     let stack_res = Reservation::anywhere(stack_len, PAGE_SIZE, 0).map_err(|e| Error::sys("reserving the stack", e))?;
     let blob = handoff::blob();
@@ -393,6 +529,10 @@ fn start(plan: &Plan, r: &Resolved, env: &[OsString]) -> Result<Started> {
     let mut keep = plan.reserved();
     keep.push((stack_res.addr, stack_res.end()));
     keep.push((blob_res.addr, blob_res.end()));
+    if let Some(p) = probes {
+        keep.push((p.area.reservation.addr, p.area.reservation.end()));
+        keep.push(p.counters.range());
+    }
     // Build the stack until the monitor's mappings stop changing under us
     // (building it may itself map memory).
     let mut unmap = Vec::new();
@@ -461,6 +601,7 @@ fn start(plan: &Plan, r: &Resolved, env: &[OsString]) -> Result<Started> {
         // SAFETY: getpid has no preconditions.
         monitor: unsafe { libc::getpid() },
         uffd_park: park_fd(),
+        trap: probes.map(|p| (p.area.handler, p.area.restorer)),
     };
 
     // SAFETY: the child runs only stage::run, which makes system calls and

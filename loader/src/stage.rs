@@ -117,6 +117,8 @@ pub struct StagePlan<'a> {
     pub monitor: libc::pid_t,
     /// The lowest fd number to park the program's own uffd at.
     pub uffd_park: RawFd,
+    /// The probe trap handler and its restorer, when there are int3 probes.
+    pub trap: Option<(u64, u64)>,
 }
 
 fn errno() -> i32 {
@@ -189,7 +191,35 @@ unsafe fn reset_process(p: &StagePlan<'_>) {
         if libc::getppid() != p.monitor {
             libc::_exit(125);
         }
+        if let Some((handler, restorer)) = p.trap {
+            install_trap_handler(handler, restorer);
+        }
         libc::pthread_sigmask(libc::SIG_SETMASK, &p.sigmask, std::ptr::null_mut());
+    }
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction(2).
+#[repr(C)]
+struct KernelSigaction {
+    handler: u64,
+    flags: u64,
+    restorer: u64,
+    mask: u64,
+}
+
+/// Installs the probe area's SIGTRAP handler with its own restorer: glibc's
+/// would be unmapped with the monitor.
+unsafe fn install_trap_handler(handler: u64, restorer: u64) {
+    const SA_RESTORER: u64 = 0x0400_0000;
+    let act = KernelSigaction {
+        handler,
+        flags: libc::SA_SIGINFO as u64 | libc::SA_ONSTACK as u64 | libc::SA_RESTART as u64 | SA_RESTORER,
+        restorer,
+        mask: 0,
+    };
+    // SAFETY: a raw rt_sigaction with a valid struct and the kernel's sigset size.
+    unsafe {
+        libc::syscall(libc::SYS_rt_sigaction, libc::SIGTRAP, &act as *const KernelSigaction, 0usize, 8usize);
     }
 }
 

@@ -4,6 +4,7 @@
 //! This crate knows nothing of ELF files: it serves page images at runtime
 //! addresses. The `uprobe-exec` crate plans those images from the program.
 
+pub mod counters;
 pub mod server;
 pub mod trap;
 pub mod uffd;

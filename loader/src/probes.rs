@@ -1,0 +1,444 @@
+//! Probes: specs → sites → out-of-line slots and patched pages.
+//!
+//! Resolution decodes each probed function once, at startup; nothing on the
+//! fault path decodes or allocates. A site is displaced by an `int3`; its
+//! instruction runs out of line in a slot of the probe area (within ±2 GiB
+//! of the text, so RIP-relative operands and branches relocate), followed by
+//! a jump back.
+
+use iced_x86::{
+    BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, Formatter, Instruction, InstructionBlock,
+    IntelFormatter, MemoryOperand, Mnemonic, OpKind, Register,
+};
+
+use crate::addr::{Bias, LinkAddr};
+use crate::elf::Image;
+use crate::symbols::{Function, Symbols};
+
+/// Bytes of one out-of-line slot.
+pub const SLOT_BYTES: usize = 64;
+
+/// A probe spec as the user wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spec {
+    /// `SYMBOL` or `SYMBOL+OFFSET`.
+    Symbol {
+        /// Function name (mangled or demangled).
+        name: String,
+        /// Byte offset into the function.
+        offset: u64,
+    },
+    /// `0xADDR`, a link-time address.
+    Addr(u64),
+    /// A glob over function names: one probe per match, at offset 0.
+    Glob(String),
+}
+
+/// Why a probe cannot be placed (exit 125).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A malformed spec.
+    #[error("bad probe '{spec}': {why}")]
+    BadSpec {
+        /// The spec.
+        spec: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// No such function.
+    #[error("no function '{name}' in {program}{hint}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+        /// The program.
+        program: String,
+        /// Close names or the stripped-binary hint.
+        hint: String,
+    },
+    /// A glob matched nothing.
+    #[error("probe pattern '{pattern}' matches no function in {program} (see `uprobe-exec --list {program}`)")]
+    NoMatch {
+        /// The pattern.
+        pattern: String,
+        /// The program.
+        program: String,
+    },
+    /// The offset is inside an instruction.
+    #[error("{symbol}+{offset:#x} is not an instruction boundary; the nearest are {before} and {after}")]
+    NotBoundary {
+        /// Function.
+        symbol: String,
+        /// Offset asked for.
+        offset: u64,
+        /// Boundary before, as `sym+0x..`.
+        before: String,
+        /// Boundary after.
+        after: String,
+    },
+    /// The offset is past the end of the function.
+    #[error("{symbol}+{offset:#x} is past the end of the function ({size:#x} bytes)")]
+    PastEnd {
+        /// Function.
+        symbol: String,
+        /// Offset asked for.
+        offset: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// An address outside every known function.
+    #[error("address {addr:#x} is not inside any function of {program}; pass --unsafe to probe it anyway")]
+    OutsideFunctions {
+        /// The address.
+        addr: u64,
+        /// The program.
+        program: String,
+    },
+    /// An address outside the program's text.
+    #[error("address {addr:#x} is not in the executable text of {program}")]
+    NotText {
+        /// The address.
+        addr: u64,
+        /// The program.
+        program: String,
+    },
+    /// The instruction cannot be single-stepped out of line.
+    #[error("cannot probe {site}: its instruction `{insn}` {why}")]
+    NotRelocatable {
+        /// `sym+0x..`.
+        site: String,
+        /// The instruction, disassembled.
+        insn: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// Parses one spec.
+pub fn parse(spec: &str) -> Result<Spec, ProbeError> {
+    let bad = |why: &str| ProbeError::BadSpec { spec: spec.to_string(), why: why.to_string() };
+    let s = spec.trim();
+    if s.is_empty() {
+        return Err(bad("empty"));
+    }
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        return u64::from_str_radix(hex, 16).map(Spec::Addr).map_err(|_| bad("not a hexadecimal address"));
+    }
+    if s.contains(['*', '?', '[']) {
+        glob::Pattern::new(s).map_err(|e| bad(&format!("bad pattern: {e}")))?;
+        return Ok(Spec::Glob(s.to_string()));
+    }
+    if let Some((name, off)) = s.rsplit_once('+') {
+        // A suffix that looks numeric must be an offset; anything else (as in
+        // C++'s `operator+`) is part of the name.
+        let looks_numeric = off.starts_with("0x") || off.starts_with("0X") || off.starts_with(|c: char| c.is_ascii_digit());
+        if looks_numeric && !name.is_empty() {
+            let parsed = match off.strip_prefix("0x").or_else(|| off.strip_prefix("0X")) {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => off.parse().ok(),
+            };
+            return match parsed {
+                Some(offset) => Ok(Spec::Symbol { name: name.to_string(), offset }),
+                None => Err(bad("the offset is not a number (write 0x1a or 26)")),
+            };
+        }
+    }
+    Ok(Spec::Symbol { name: s.to_string(), offset: 0 })
+}
+
+/// A resolved probe site.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// The spec it came from.
+    pub spec: String,
+    /// The function (display name), or the address for `--unsafe` sites.
+    pub symbol: String,
+    /// Offset into the function.
+    pub offset: u64,
+    /// Link-time address.
+    pub addr: LinkAddr,
+    /// Length of the displaced instruction.
+    pub len: usize,
+}
+
+impl Site {
+    /// `sym+0x..` for messages and the count table.
+    #[must_use]
+    pub fn label(&self) -> String {
+        if self.offset == 0 {
+            self.symbol.clone()
+        } else {
+            format!("{}+{:#x}", self.symbol, self.offset)
+        }
+    }
+}
+
+/// The file bytes at a link-time address, up to the end of its segment.
+fn bytes_at(image: &Image, a: LinkAddr) -> Option<&[u8]> {
+    let s = image.segments.iter().find(|s| s.exec && a.0 >= s.vaddr.0 && a.0 < s.vaddr.0 + s.filesz)?;
+    let off = (s.offset + (a.0 - s.vaddr.0)) as usize;
+    let end = (s.offset + s.filesz) as usize;
+    image.bytes.get(off..end)
+}
+
+fn decode_one(bytes: &[u8], ip: u64) -> Instruction {
+    let mut d = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
+    d.decode()
+}
+
+fn disasm(i: &Instruction) -> String {
+    let mut out = String::new();
+    IntelFormatter::new().format(i, &mut out);
+    out
+}
+
+/// Why an instruction cannot run out of line, if it cannot (the kernel's
+/// uprobes refuse the same ones).
+fn refuse(i: &Instruction) -> Option<&'static str> {
+    use Mnemonic as M;
+    if i.code() == Code::INVALID {
+        return Some("does not decode");
+    }
+    Some(match i.mnemonic() {
+        M::Int3 | M::Int | M::Int1 | M::Into => "raises an interrupt",
+        M::Syscall | M::Sysenter | M::Sysexit | M::Sysret | M::Iret | M::Iretd | M::Iretq => "changes privilege level",
+        M::Hlt => "halts",
+        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => "does port I/O",
+        M::Ud0 | M::Ud1 | M::Ud2 => "is undefined on purpose",
+        M::Xbegin | M::Xabort | M::Xend => "is part of a hardware transaction",
+        M::Retf => "is a far return",
+        _ if i.is_jmp_far() || i.is_call_far() || i.is_jmp_far_indirect() || i.is_call_far_indirect() => {
+            "is a far branch"
+        }
+        _ => return None,
+    })
+}
+
+/// Checks that `insn` (at runtime address `ip`) can run in a slot.
+fn relocatable(insn: &Instruction) -> Result<(), String> {
+    if let Some(why) = refuse(insn) {
+        return Err(why.to_string());
+    }
+    if insn.mnemonic() == Mnemonic::Call && insn.op0_kind() == OpKind::Register && insn.op0_register() == Register::RSP {
+        return Err("calls through rsp".into());
+    }
+    Ok(())
+}
+
+/// The out-of-line instructions for a site at runtime address `ip`: the
+/// displaced instruction (a `call` becomes push-original-return + jmp, so
+/// the callee returns to the original code), then a jump back.
+fn xol_block(bytes: &[u8], ip: u64) -> Result<Vec<Instruction>, String> {
+    let mut insn = decode_one(bytes, ip);
+    relocatable(&insn)?;
+    let next = insn.next_ip();
+    let mut v = Vec::with_capacity(5);
+    if insn.mnemonic() == Mnemonic::Call {
+        let mk = |r: Result<Instruction, iced_x86::IcedError>| r.map_err(|e| e.to_string());
+        v.push(mk(Instruction::with1(Code::Push_r64, Register::RAX))?);
+        v.push(mk(Instruction::with2(Code::Mov_r64_imm64, Register::RAX, next))?);
+        v.push(mk(Instruction::with2(Code::Xchg_rm64_r64, MemoryOperand::with_base(Register::RSP), Register::RAX))?);
+        match insn.code() {
+            Code::Call_rel32_64 | Code::Call_rel16 | Code::Call_rel32_32 => {
+                v.push(mk(Instruction::with_branch(Code::Jmp_rel32_64, insn.near_branch_target()))?)
+            }
+            Code::Call_rm64 => {
+                if insn.op0_kind() == OpKind::Memory && insn.memory_base() == Register::RSP {
+                    // The return address we pushed moved rsp by 8.
+                    insn.set_memory_displacement64(insn.memory_displacement64().wrapping_add(8));
+                }
+                insn.set_code(Code::Jmp_rm64);
+                v.push(insn);
+            }
+            _ => return Err("is a call of a kind that cannot be relocated".into()),
+        }
+    } else {
+        v.push(insn);
+        v.push(Instruction::with_branch(Code::Jmp_rel32_64, next).map_err(|e| e.to_string())?);
+    }
+    Ok(v)
+}
+
+/// Encodes the slot for a site; the bytes go at runtime address `slot`.
+pub fn encode_slot(bytes: &[u8], ip: u64, slot: u64) -> Result<Vec<u8>, String> {
+    let block = xol_block(bytes, ip)?;
+    let r = BlockEncoder::encode(64, InstructionBlock::new(&block, slot), BlockEncoderOptions::NONE)
+        .map_err(|e| format!("cannot be relocated to the probe area: {e}"))?;
+    if r.code_buffer.len() > SLOT_BYTES {
+        return Err(format!("relocates to {} bytes, more than a slot holds", r.code_buffer.len()));
+    }
+    Ok(r.code_buffer)
+}
+
+/// Instruction boundaries of a function, as offsets.
+fn boundaries(f: &Function, bytes: &[u8]) -> Vec<u64> {
+    let len = (f.size as usize).min(bytes.len());
+    let mut d = Decoder::with_ip(64, &bytes[..len], f.addr.0, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    let mut insn = Instruction::default();
+    while d.can_decode() {
+        out.push(d.ip() - f.addr.0);
+        d.decode_out(&mut insn);
+        if insn.code() == Code::INVALID {
+            break;
+        }
+    }
+    out
+}
+
+/// Resolves specs against the program. With `unsafe_addrs`, an address
+/// outside every function is accepted; a warning is returned for it.
+pub fn resolve(
+    image: &Image,
+    syms: &Symbols,
+    specs: &[String],
+    unsafe_addrs: bool,
+) -> Result<(Vec<Site>, Vec<String>), ProbeError> {
+    let program = image.path.display().to_string();
+    let mut sites: Vec<Site> = Vec::new();
+    let mut warnings = Vec::new();
+    let add = |spec: &str, f: Option<&Function>, addr: LinkAddr, sites: &mut Vec<Site>| -> Result<(), ProbeError> {
+        let symbol = f.map_or_else(|| format!("{:#x}", addr.0), |f| f.display_name().to_string());
+        let offset = f.map_or(0, |f| addr.0 - f.addr.0);
+        let label = if offset == 0 { symbol.clone() } else { format!("{symbol}+{offset:#x}") };
+        let bytes = bytes_at(image, addr).ok_or(ProbeError::NotText { addr: addr.0, program: program.clone() })?;
+        let insn = decode_one(bytes, addr.0);
+        relocatable(&insn).map_err(|why| ProbeError::NotRelocatable { site: label, insn: disasm(&insn), why })?;
+        if !sites.iter().any(|s| s.addr == addr) {
+            sites.push(Site { spec: spec.to_string(), symbol, offset, addr, len: insn.len() });
+        }
+        Ok(())
+    };
+    for spec in specs {
+        match parse(spec)? {
+            Spec::Glob(p) => {
+                let pat = glob::Pattern::new(&p).map_err(|e| ProbeError::BadSpec { spec: spec.clone(), why: e.to_string() })?;
+                let found = syms.matching(&pat);
+                if found.is_empty() {
+                    return Err(ProbeError::NoMatch { pattern: p, program });
+                }
+                for f in found {
+                    add(spec, Some(f), f.addr, &mut sites)?;
+                }
+            }
+            Spec::Symbol { name, offset } => {
+                let found = syms.named(&name);
+                let Some(&f) = found.first() else {
+                    let hint = if !syms.has_symtab {
+                        format!(
+                            "; the program is stripped (no .symtab), so only its {} exported (.dynsym) functions \
+                             can be named — probe a link-time address instead (0x…)",
+                            syms.all().len()
+                        )
+                    } else {
+                        let close = syms.close_to(&name, 5);
+                        if close.is_empty() { String::new() } else { format!("; close names: {}", close.join(", ")) }
+                    };
+                    return Err(ProbeError::NotFound { name, program, hint });
+                };
+                if offset > 0 {
+                    if offset >= f.size {
+                        return Err(ProbeError::PastEnd { symbol: f.display_name().into(), offset, size: f.size });
+                    }
+                    let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText { addr: f.addr.0, program: program.clone() })?;
+                    let b = boundaries(f, bytes);
+                    if !b.contains(&offset) {
+                        let name = f.display_name();
+                        let before = b.iter().rev().find(|&&o| o < offset).map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+                        let after = b.iter().find(|&&o| o > offset).map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+                        return Err(ProbeError::NotBoundary { symbol: name.into(), offset, before, after });
+                    }
+                }
+                for &f in &found {
+                    add(spec, Some(f), LinkAddr(f.addr.0 + offset), &mut sites)?;
+                }
+            }
+            Spec::Addr(a) => match syms.containing(LinkAddr(a)) {
+                Some(f) => {
+                    let offset = a - f.addr.0;
+                    if offset > 0 {
+                        let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText { addr: a, program: program.clone() })?;
+                        let b = boundaries(f, bytes);
+                        if !b.contains(&offset) {
+                            let name = f.display_name();
+                            let before = b.iter().rev().find(|&&o| o < offset).map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+                            let after = b.iter().find(|&&o| o > offset).map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+                            return Err(ProbeError::NotBoundary { symbol: name.into(), offset, before, after });
+                        }
+                    }
+                    add(spec, Some(f), LinkAddr(a), &mut sites)?;
+                }
+                None if unsafe_addrs => {
+                    warnings.push(format!(
+                        "probing {a:#x} outside every known function (--unsafe): if it is not the start of an \
+                         instruction, the program will break"
+                    ));
+                    add(spec, None, LinkAddr(a), &mut sites)?;
+                }
+                None => return Err(ProbeError::OutsideFunctions { addr: a, program }),
+            },
+        }
+    }
+    sites.sort_by_key(|s| s.addr);
+    Ok((sites, warnings))
+}
+
+/// Runtime address of a site.
+#[must_use]
+pub fn runtime(site: &Site, bias: Bias) -> u64 {
+    bias.apply(site.addr).0
+}
+
+/// The bytes a slot is encoded from: the file bytes at the site.
+#[must_use]
+pub fn site_bytes<'a>(image: &'a Image, site: &Site) -> &'a [u8] {
+    let b = bytes_at(image, site.addr).unwrap_or(&[]);
+    &b[..b.len().min(16)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(parse("main").unwrap(), Spec::Symbol { name: "main".into(), offset: 0 });
+        assert_eq!(parse("main+0x1a").unwrap(), Spec::Symbol { name: "main".into(), offset: 0x1a });
+        assert_eq!(parse("main+26").unwrap(), Spec::Symbol { name: "main".into(), offset: 26 });
+        assert_eq!(parse("0x401000").unwrap(), Spec::Addr(0x401000));
+        assert_eq!(parse("PyList_*").unwrap(), Spec::Glob("PyList_*".into()));
+        assert_eq!(parse("operator+").unwrap(), Spec::Symbol { name: "operator+".into(), offset: 0 });
+        assert!(parse("0xzz").is_err());
+        assert!(parse("main+0xzz").is_err());
+    }
+
+    #[test]
+    fn call_pushes_the_original_return_address() {
+        // call rel32 at 0x1000 to 0x2000; slot at 0x10_0000.
+        let call = [0xe8, 0xfb, 0x0f, 0x00, 0x00];
+        let code = encode_slot(&call, 0x1000, 0x10_0000).unwrap();
+        let mut d = Decoder::with_ip(64, &code, 0x10_0000, DecoderOptions::NONE);
+        let v: Vec<Instruction> = d.iter().collect();
+        assert_eq!(v[0].code(), Code::Push_r64);
+        assert_eq!(v[1].immediate64(), 0x1005);
+        assert_eq!(v[2].mnemonic(), Mnemonic::Xchg);
+        assert_eq!(v[3].near_branch_target(), 0x2000);
+    }
+
+    #[test]
+    fn rip_relative_operands_keep_their_target() {
+        // lea rax, [rip + 0x10] at 0x1000 (next 0x1007): target 0x1017.
+        let lea = [0x48, 0x8d, 0x05, 0x10, 0x00, 0x00, 0x00];
+        let code = encode_slot(&lea, 0x1000, 0x7000_0000).unwrap();
+        let mut d = Decoder::with_ip(64, &code, 0x7000_0000, DecoderOptions::NONE);
+        let v: Vec<Instruction> = d.iter().collect();
+        assert_eq!(v[0].ip_rel_memory_address(), 0x1017);
+        assert_eq!(v[1].near_branch_target(), 0x1007);
+    }
+
+    #[test]
+    fn refuses_what_cannot_run_out_of_line() {
+        assert!(encode_slot(&[0x0f, 0x05], 0x1000, 0x2000).is_err()); // syscall
+        assert!(encode_slot(&[0xcc], 0x1000, 0x2000).is_err()); // int3
+        assert!(encode_slot(&[0x0f, 0x0b], 0x1000, 0x2000).is_err()); // ud2
+    }
+}
