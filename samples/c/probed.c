@@ -1,0 +1,206 @@
+/*
+ * probed: functions to put probes on, each called a number of times the
+ * program counts and prints itself, so tests can compare probe hits with
+ * ground truth that is not uprobe-exec's.
+ *
+ *   probed basic N        counted() N times
+ *   probed threads T N    T threads, each calls counted_mt() N times, all
+ *                         released at once onto cold pages
+ *   probed fib N          fib(N), recursive; prints the number of calls
+ *   probed signal N       raises SIGUSR1 N times; the handler calls in_handler()
+ *   probed fork N         the child calls after_fork() N times (first call ever)
+ *   probed dontneed N     calls dropped() N times, dropping its page each time
+ *   probed sites N        calls every hand-written site function N times
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NOINLINE __attribute__((noinline))
+
+static volatile uint64_t sink;
+
+NOINLINE uint64_t counted(uint64_t x) { sink += x; return x * 3 + 1; }
+
+NOINLINE __attribute__((aligned(4096))) uint64_t counted_mt(uint64_t x) { return x * 5 + 7; }
+
+static uint64_t fib_calls;
+/* O0: at -O2 gcc turns one of the two recursive calls into a loop. */
+NOINLINE __attribute__((optimize("O0"))) uint64_t fib(uint64_t n) {
+    fib_calls++;
+    return n < 2 ? n : fib(n - 1) + fib(n - 2);
+}
+
+static volatile sig_atomic_t handled;
+NOINLINE void in_handler(void) { handled++; }
+static void on_usr1(int sig) { (void)sig; in_handler(); }
+
+NOINLINE __attribute__((aligned(4096))) uint64_t after_fork(uint64_t x) { return x ^ 0x5a5a; }
+
+NOINLINE __attribute__((aligned(4096))) uint64_t dropped(uint64_t x) { return x + 11; }
+
+/* Hand-written sites, in Intel syntax, at offsets the tests name:
+ *   site_lea+4    lea rax, [rip+site_global]   (after endbr64)
+ *   site_mov      mov rax, [rip+site_global]
+ *   site_call+1   call site_callee             (after push rbx)
+ *   site_jcc+2    jz                           (taken when edi == 0)
+ *   site_jmp      jmp
+ *   site_push     push rbp
+ *   site_adj, site_adj+2   two adjacent instructions
+ *   site_straddle          a 5-byte instruction that crosses a page boundary
+ *   many_0 … many_31       32 functions on one page
+ */
+uint64_t site_global = 40;
+uint64_t site_lea(void);
+uint64_t site_mov(void);
+uint64_t site_call(uint64_t);
+uint64_t site_jcc(uint64_t);
+uint64_t site_jmp(void);
+uint64_t site_push(uint64_t);
+uint64_t site_adj(uint64_t);
+uint64_t site_straddle(uint64_t);
+NOINLINE uint64_t site_callee(uint64_t x) { return x * 7; }
+
+#define MANY(k) "many_" #k ":\n lea eax, [rdi + " #k "]\n ret\n .p2align 4\n"
+__asm__(
+    ".intel_syntax noprefix\n"
+    ".text\n"
+    ".p2align 4\n"
+    ".globl site_lea\n.type site_lea,@function\n"
+    "site_lea:\n endbr64\n lea rax, [rip + site_global]\n mov rax, [rax]\n ret\n"
+    ".size site_lea, .-site_lea\n"
+    ".p2align 4\n"
+    ".globl site_mov\n.type site_mov,@function\n"
+    "site_mov:\n mov rax, [rip + site_global]\n add rax, 2\n ret\n"
+    ".size site_mov, .-site_mov\n"
+    ".p2align 4\n"
+    ".globl site_call\n.type site_call,@function\n"
+    "site_call:\n push rbx\n call site_callee\n pop rbx\n ret\n"
+    ".size site_call, .-site_call\n"
+    ".p2align 4\n"
+    ".globl site_jcc\n.type site_jcc,@function\n"
+    "site_jcc:\n test edi, edi\n jz 1f\n mov eax, 1\n ret\n1:\n mov eax, 2\n ret\n"
+    ".size site_jcc, .-site_jcc\n"
+    ".p2align 4\n"
+    ".globl site_jmp\n.type site_jmp,@function\n"
+    "site_jmp:\n jmp 2f\n ud2\n2:\n mov eax, 3\n ret\n"
+    ".size site_jmp, .-site_jmp\n"
+    ".p2align 4\n"
+    ".globl site_push\n.type site_push,@function\n"
+    "site_push:\n push rbp\n mov rbp, rsp\n lea rax, [rdi + 9]\n pop rbp\n ret\n"
+    ".size site_push, .-site_push\n"
+    ".p2align 4\n"
+    ".globl site_adj\n.type site_adj,@function\n"
+    "site_adj:\n mov eax, edi\n add eax, 1\n ret\n"
+    ".size site_adj, .-site_adj\n"
+    /* Put site_straddle two bytes before a page boundary. */
+    ".p2align 12\n"
+    ".skip 4094, 0xcc\n"
+    ".globl site_straddle\n.type site_straddle,@function\n"
+    "site_straddle:\n mov eax, 0x12345678\n add eax, edi\n ret\n"
+    ".size site_straddle, .-site_straddle\n"
+    ".p2align 12\n"
+    ".globl many_0\n"
+    MANY(0) MANY(1) MANY(2) MANY(3) MANY(4) MANY(5) MANY(6) MANY(7)
+    MANY(8) MANY(9) MANY(10) MANY(11) MANY(12) MANY(13) MANY(14) MANY(15)
+    MANY(16) MANY(17) MANY(18) MANY(19) MANY(20) MANY(21) MANY(22) MANY(23)
+    MANY(24) MANY(25) MANY(26) MANY(27) MANY(28) MANY(29) MANY(30) MANY(31)
+    ".att_syntax prefix\n");
+
+#define DECL(k) uint64_t many_##k(uint64_t); __asm__(".globl many_" #k "\n.type many_" #k ",@function\n");
+DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(6) DECL(7)
+DECL(8) DECL(9) DECL(10) DECL(11) DECL(12) DECL(13) DECL(14) DECL(15)
+DECL(16) DECL(17) DECL(18) DECL(19) DECL(20) DECL(21) DECL(22) DECL(23)
+DECL(24) DECL(25) DECL(26) DECL(27) DECL(28) DECL(29) DECL(30) DECL(31)
+static uint64_t (*const many[32])(uint64_t) = {
+    many_0, many_1, many_2, many_3, many_4, many_5, many_6, many_7,
+    many_8, many_9, many_10, many_11, many_12, many_13, many_14, many_15,
+    many_16, many_17, many_18, many_19, many_20, many_21, many_22, many_23,
+    many_24, many_25, many_26, many_27, many_28, many_29, many_30, many_31,
+};
+
+static pthread_barrier_t barrier;
+static uint64_t per_thread_n;
+static void *worker(void *arg) {
+    uint64_t acc = (uint64_t)(uintptr_t)arg;
+    pthread_barrier_wait(&barrier);
+    for (uint64_t i = 0; i < per_thread_n; i++) acc = counted_mt(acc);
+    return (void *)(uintptr_t)acc;
+}
+
+static void *page_of(void *f) { return (void *)((uintptr_t)f & ~(uintptr_t)4095); }
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: probed MODE N (see the source)\n");
+        return 2;
+    }
+    const char *mode = argv[1];
+    uint64_t n = strtoull(argv[argc - 1], NULL, 0);
+    uint64_t acc = 1;
+    if (!strcmp(mode, "basic")) {
+        for (uint64_t i = 0; i < n; i++) acc = counted(acc) & 0xffffffff;
+        printf("counted=%llu acc=%llx\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(mode, "threads") && argc == 4) {
+        int t = atoi(argv[2]);
+        if (t < 1 || t > 256) return 2;
+        pthread_t th[256];
+        per_thread_n = n;
+        pthread_barrier_init(&barrier, NULL, (unsigned)t);
+        for (int i = 0; i < t; i++) pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)(i + 1));
+        for (int i = 0; i < t; i++) {
+            void *r;
+            pthread_join(th[i], &r);
+            acc ^= (uint64_t)(uintptr_t)r;
+        }
+        printf("counted_mt=%llu acc=%llx\n", (unsigned long long)(n * (uint64_t)t), (unsigned long long)acc);
+    } else if (!strcmp(mode, "fib")) {
+        uint64_t r = fib(n);
+        printf("fib=%llu fib_calls=%llu\n", (unsigned long long)r, (unsigned long long)fib_calls);
+    } else if (!strcmp(mode, "signal")) {
+        signal(SIGUSR1, on_usr1);
+        for (uint64_t i = 0; i < n; i++) raise(SIGUSR1);
+        printf("in_handler=%d\n", (int)handled);
+    } else if (!strcmp(mode, "fork")) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            for (uint64_t i = 0; i < n; i++) acc = after_fork(acc);
+            printf("child after_fork=%llu acc=%llx\n", (unsigned long long)n, (unsigned long long)acc);
+            fflush(stdout);
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(pid, &st, 0);
+        printf("parent after_fork=0 child_status=%d\n", st);
+    } else if (!strcmp(mode, "dontneed")) {
+        for (uint64_t i = 0; i < n; i++) {
+            acc = dropped(acc);
+            if (madvise(page_of((void *)dropped), 4096, MADV_DONTNEED) != 0) {
+                perror("madvise");
+                return 3;
+            }
+        }
+        printf("dropped=%llu acc=%llx\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(mode, "sites")) {
+        for (uint64_t i = 0; i < n; i++) {
+            acc += site_lea() + site_mov() + site_call(i) + site_jcc(i & 1) + site_jmp() + site_push(i);
+            acc += site_adj(i) + site_straddle(i);
+            for (int k = 0; k < 32; k++) acc += many[k](i);
+        }
+        /* site_jcc's jz is taken when its argument is 0: on even i. */
+        printf("sites=%llu jz_taken=%llu acc=%llx\n", (unsigned long long)n,
+               (unsigned long long)((n + 1) / 2), (unsigned long long)acc);
+    } else {
+        fprintf(stderr, "probed: unknown mode %s\n", mode);
+        return 2;
+    }
+    return 0;
+}
