@@ -19,6 +19,7 @@
 pub mod addr;
 pub mod elf;
 pub mod error;
+pub mod guard;
 pub mod handoff;
 pub mod plan;
 pub mod probes;

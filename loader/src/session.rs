@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use rustix::io::Errno;
@@ -232,15 +232,20 @@ struct Outcome {
 /// The probes of one session: sites, their counters and the probe area.
 struct Probes {
     sites: Vec<Site>,
-    /// Counter 0 counts stray traps; counter i+1 the hits of site i.
-    counters: Counters,
+    /// Counter 0 counts stray traps; counter i+1 the hits of site i; the four
+    /// words after the last site hold the program's own SIGTRAP sigaction.
+    counters: Arc<Counters>,
     area: ProbeArea,
+    /// The seccomp filter guarding the trap handler.
+    filter: Vec<libc::sock_filter>,
 }
 
 impl Probes {
     /// Encodes every site's slot and maps the probe area near the text.
     fn build(plan: &Plan, sites: Vec<Site>) -> Result<Probes> {
-        let counters = Counters::new(sites.len() + 1).map_err(|e| Error::sys("creating the hit counters", e))?;
+        let n = sites.len();
+        let counters =
+            Arc::new(Counters::new(n + 5).map_err(|e| Error::sys("creating the hit counters", e))?);
         let code = trap::code();
         let table_len = trap::HEADER_BYTES + trap::ENTRY_BYTES * sites.len();
         let slots_at = (code.len() + table_len).next_multiple_of(16);
@@ -259,11 +264,21 @@ impl Probes {
                 bytes[slots_at + i * SLOT_BYTES..][..enc.len()].copy_from_slice(&enc);
                 table.push(trap::TrapSite { site: ip, slot, counter: counters.addr_of(i + 1) });
             }
-            let t = trap::table(&table, counters.addr_of(0));
+            let t = trap::table(&table, counters.addr_of(0), counters.addr_of(n + 1));
             bytes[code.len()..code.len() + t.len()].copy_from_slice(&t);
             Ok((bytes, 0, trap::restorer_offset() as u64))
         })?;
-        Ok(Probes { sites, counters, area })
+        let filter = crate::guard::filter(area.reservation.addr, area.reservation.end());
+        Ok(Probes { sites, counters, area, filter })
+    }
+
+    /// What the guard thread needs.
+    fn guard_target(&self) -> crate::guard::Target {
+        crate::guard::Target {
+            counters: Arc::clone(&self.counters),
+            program_action: self.counters.addr_of(self.sites.len() + 1),
+            handler: self.area.handler,
+        }
     }
 
     fn hits(&self) -> Vec<ProbeHits> {
@@ -426,7 +441,11 @@ fn monitor(
     started: mpsc::Sender<Result<i32>>,
 ) -> Result<Outcome> {
     match start(&plan, probes.as_ref(), &r, &env) {
-        Ok((pid, pidfd, uffd, mode, handoff)) => {
+        Ok((pid, pidfd, uffd, mode, handoff, listener)) => {
+            let guard = match (listener, &probes) {
+                (Some(l), Some(p)) => Some(crate::guard::Guard::start(l, p.guard_target())?),
+                _ => None,
+            };
             let mut server = Server::new(plan.image.clone(), uffd);
             let mut result: Result<()> = Ok(());
             if mode == UffdMode::UserModeOnly {
@@ -448,6 +467,7 @@ fn monitor(
                 return Err(e);
             }
             let exit = reap(&pidfd.0)?;
+            drop(guard);
             let hits = probes.as_ref().map(Probes::hits).unwrap_or_default();
             let stray_traps = probes.as_ref().map_or(0, |p| p.counters.get(0));
             Ok(Outcome { exit, stats: server.stats(), handoff, probes: hits, stray_traps })
@@ -482,7 +502,7 @@ fn reap(pidfd: &OwnedFd) -> Result<Exit> {
     }
 }
 
-type Started = (i32, (OwnedFd, OwnedFd), Uffd, UffdMode, Handoff);
+type Started = (i32, (OwnedFd, OwnedFd), Uffd, UffdMode, Handoff, Option<OwnedFd>);
 
 /// Forks the stage and receives its uffd. Returns (pid, (pidfd, socket), uffd, mode, handoff).
 fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -> Result<Started> {
@@ -602,6 +622,7 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
         monitor: unsafe { libc::getpid() },
         uffd_park: park_fd(),
         trap: probes.map(|p| (p.area.handler, p.area.restorer)),
+        seccomp: probes.map(|p| p.filter.as_slice()).filter(|f| !f.is_empty()),
     };
 
     // SAFETY: the child runs only stage::run, which makes system calls and
@@ -623,7 +644,7 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
     )
     .map_err(|e| Error::sys("pidfd_open", e))?;
 
-    let (msg, fd) = match receive(&sock_parent) {
+    let (msg, mut fds) = match receive(&sock_parent) {
         Ok(x) => x,
         Err(e) => {
             let _ = reap(&pidfd);
@@ -635,10 +656,12 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
         let (step, errno) = stage::describe_failure(&msg);
         return Err(Error::Stage { step, errno });
     }
-    let Some(fd) = fd else {
+    if fds.is_empty() {
         let _ = reap(&pidfd);
         return Err(Error::Stage { step: "receiving the userfaultfd".into(), errno: Errno::BADMSG });
-    };
+    }
+    let fd = fds.remove(0);
+    let listener = fds.pop();
     let mode = if msg.mode == 1 { UffdMode::UserModeOnly } else { UffdMode::Full };
     let mut limits = Vec::new();
     if mode == UffdMode::UserModeOnly {
@@ -659,8 +682,23 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
     if gadget.is_none() {
         limits.push("no clean exit sequence in the vDSO: one anonymous page of hand-off code stays mapped".into());
     }
+    if probes.is_some() {
+        match msg.guard {
+            0 => limits.push(
+                "the SIGTRAP guard (seccomp) could not be installed: a program that sets its own SIGTRAP \
+                 handler would take the probes' traps"
+                    .into(),
+            ),
+            2 => limits.push(
+                "the SIGTRAP guard needed no_new_privs: programs this one executes cannot gain privileges \
+                 (set-user-ID, file capabilities)"
+                    .into(),
+            ),
+            _ => {}
+        }
+    }
     let handoff = Handoff { uffd_mode: mode.name().into(), mm_map: mm_map_ok, clean_exit: gadget.is_some(), limits };
-    Ok((pid, (pidfd, sock_parent), Uffd::from_owned(fd), mode, handoff))
+    Ok((pid, (pidfd, sock_parent), Uffd::from_owned(fd), mode, handoff, listener))
 }
 
 /// The lowest fd number the program's own uffd is parked at: just under the
@@ -670,8 +708,8 @@ fn park_fd() -> RawFd {
     lim.current.map_or(1023, |c| c.saturating_sub(1).min(1 << 20)) as RawFd
 }
 
-/// Receives the stage's message (and uffd).
-fn receive(sock: &OwnedFd) -> Result<(StageMsg, Option<OwnedFd>)> {
+/// Receives the stage's message (and uffd, and the guard's listener).
+fn receive(sock: &OwnedFd) -> Result<(StageMsg, Vec<OwnedFd>)> {
     let mut msg = StageMsg::default();
     let mut cbuf = [0u8; 64];
     let mut iov = libc::iovec { iov_base: (&mut msg as *mut StageMsg).cast(), iov_len: std::mem::size_of::<StageMsg>() };
@@ -689,14 +727,18 @@ fn receive(sock: &OwnedFd) -> Result<(StageMsg, Option<OwnedFd>)> {
     if n as usize != std::mem::size_of::<StageMsg>() {
         return Err(Error::Stage { step: "starting the program (the child died early)".into(), errno: Errno::PIPE });
     }
-    let mut fd = None;
-    // SAFETY: walking the control messages the kernel wrote into cbuf.
+    let mut fds = Vec::new();
+    // SAFETY: walking the control message the kernel wrote into cbuf; each
+    // fd in it is new in our table and ours to own.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&hdr);
         if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>());
-            fd = Some(OwnedFd::from_raw_fd(raw));
+            let n = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
+            for i in 0..n {
+                let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>().add(i));
+                fds.push(OwnedFd::from_raw_fd(raw));
+            }
         }
     }
-    Ok((msg, fd))
+    Ok((msg, fds))
 }

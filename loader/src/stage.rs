@@ -81,8 +81,8 @@ pub struct StageMsg {
     pub errno: i32,
     /// 0 full mode, 1 user-mode-only.
     pub mode: u32,
-    /// Unused padding.
-    pub pad: u32,
+    /// The SIGTRAP guard: 0 none, 1 installed, 2 installed with no_new_privs.
+    pub guard: u32,
     /// The address involved, if any.
     pub addr: u64,
 }
@@ -119,6 +119,8 @@ pub struct StagePlan<'a> {
     pub uffd_park: RawFd,
     /// The probe trap handler and its restorer, when there are int3 probes.
     pub trap: Option<(u64, u64)>,
+    /// The seccomp filter that guards the trap handler (see `guard`).
+    pub seccomp: Option<&'a [libc::sock_filter]>,
 }
 
 fn errno() -> i32 {
@@ -135,8 +137,8 @@ fn fail(sock: RawFd, step: Step, err: i32, addr: u64) -> ! {
     }
 }
 
-/// Sends `msg` with `fd` attached.
-unsafe fn send_with_fd(sock: RawFd, msg: &StageMsg, fd: RawFd) -> bool {
+/// Sends `msg` with `fds` attached (one or two).
+unsafe fn send_with_fds(sock: RawFd, msg: &StageMsg, fds: &[RawFd]) -> bool {
     const SPACE: usize = 64;
     let mut cbuf = [0u8; SPACE];
     let mut iov = libc::iovec { iov_base: (msg as *const StageMsg).cast_mut().cast(), iov_len: std::mem::size_of::<StageMsg>() };
@@ -146,15 +148,17 @@ unsafe fn send_with_fd(sock: RawFd, msg: &StageMsg, fd: RawFd) -> bool {
     hdr.msg_iovlen = 1;
     hdr.msg_control = cbuf.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is a pure computation.
-    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    // SAFETY: the control buffer is large enough for one fd (64 > CMSG_SPACE(4)),
+    let bytes = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is a pure computation.
+    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(bytes) } as usize;
+    // SAFETY: the control buffer is large enough for two fds (64 > CMSG_SPACE(8)),
     // so CMSG_FIRSTHDR is non-null and CMSG_DATA in bounds.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&hdr);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
+        (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), bytes as usize);
         libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) == std::mem::size_of::<StageMsg>() as isize
     }
 }
@@ -324,8 +328,41 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
             }
         }
 
-        let msg = StageMsg { mode: u32::from(mode == UffdMode::UserModeOnly), ..StageMsg::default() };
-        if !send_with_fd(p.sock, &msg, uffd.as_fd().as_raw_fd()) {
+        // The SIGTRAP guard: installed last, so none of our own calls meet it.
+        let (mut listener, mut guard) = (-1, 0);
+        if let Some(filter) = p.seccomp {
+            let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+            let install = || {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                    &prog as *const libc::sock_fprog,
+                ) as RawFd
+            };
+            listener = install();
+            guard = 1;
+            if listener < 0 && errno() == libc::EACCES {
+                // Without CAP_SYS_ADMIN the kernel wants no_new_privs first.
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                listener = install();
+                guard = 2;
+            }
+            if listener < 0 {
+                guard = 0;
+            }
+        }
+        let msg = StageMsg { mode: u32::from(mode == UffdMode::UserModeOnly), guard, ..StageMsg::default() };
+        let raw_uffd = uffd.as_fd().as_raw_fd();
+        let sent = if listener >= 0 {
+            send_with_fds(p.sock, &msg, &[raw_uffd, listener])
+        } else {
+            send_with_fds(p.sock, &msg, &[raw_uffd])
+        };
+        if listener >= 0 {
+            libc::close(listener);
+        }
+        if !sent {
             fail(p.sock, Step::Send, errno(), 0);
         }
         // Wait for the monitor to be ready to serve (and, in user-mode-only

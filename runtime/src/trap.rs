@@ -9,13 +9,14 @@
 //!
 //! ```text
 //!  probe area:  handler code │ restorer │ table header │ entries … │ XOL slots …
-//!  header:      count │ (reserved) │ (reserved) │ &stray-trap counter
+//!  header:      count │ &program's handler │ (reserved) │ &stray-trap counter
 //!  entry:       site address │ slot address │ &hit counter        (sorted by site)
 //! ```
 //!
-//! A trap at an address that is not a site (the program's own `int3`) is
-//! counted as stray, and the program then dies of SIGTRAP as it would have
-//! without us.
+//! A trap that is not a probe hit (the program's own `int3`, or a SIGTRAP
+//! sent to it) is counted as stray and handed to the program's own SIGTRAP
+//! handler, which the monitor records (see `loader`'s seccomp guard); with
+//! none, the program dies of SIGTRAP as it would have without us.
 
 #![allow(unsafe_code)]
 
@@ -29,9 +30,13 @@ global_asm!(
     ".p2align 4",
     "uprobe_exec_trap_start:",
     // void handler(int sig /*rdi*/, siginfo_t *info /*rsi*/, ucontext_t *uc /*rdx*/)
+    "    push rdi",
+    "    push rsi",
+    "    lea r8, [rip + uprobe_exec_trap_table]",
+    "    cmp dword ptr [rsi + 8], 0x80", // si_code == SI_KERNEL: an int3, not a kill()
+    "    jne .Luprobe_trap_stray",
     "    mov rax, [rdx + 168]",          // uc->uc_mcontext.gregs[REG_RIP]: just past the int3
     "    dec rax",
-    "    lea r8, [rip + uprobe_exec_trap_table]",
     "    mov rcx, [r8]",                 // number of sites
     "    lea r9, [r8 + 32]",             // entries
     "    xor r10d, r10d",                // lo
@@ -59,12 +64,23 @@ global_asm!(
     "    lock inc qword ptr [rsi]",      // the hit, in shared memory
     "    mov rsi, [r9 + rdi * 8 + 8]",
     "    mov [rdx + 168], rsi",          // resume in the out-of-line slot
+    "    pop rsi",
+    "    pop rdi",
     "    ret",
+    // Not a probe: the program's own int3, or a SIGTRAP sent to it.
     ".Luprobe_trap_stray:",
-    "    mov rsi, [r8 + 24]",
-    "    lock inc qword ptr [rsi]",
+    "    pop rsi",
+    "    pop rdi",
+    "    mov rax, [r8 + 24]",
+    "    lock inc qword ptr [rax]",
+    "    mov rax, [r8 + 8]",             // the program's own handler, as it set it
+    "    mov rax, [rax]",
+    "    cmp rax, 1",                    // SIG_DFL or SIG_IGN: the kernel would kill it
+    "    jbe .Luprobe_trap_die",
+    "    jmp rax",                       // same arguments; it returns to our restorer
+    ".Luprobe_trap_die:",
     // rt_sigaction(SIGTRAP, &{SIG_DFL}, NULL, 8), then kill(getpid(), SIGTRAP):
-    // the trap is delivered again once we return, now with its default action.
+    // the signal is delivered again once we return, now with its default action.
     "    sub rsp, 32",
     "    xor eax, eax",
     "    mov [rsp], rax",
@@ -100,7 +116,7 @@ extern "C" {
     static uprobe_exec_trap_table: u8;
 }
 
-/// Bytes of the table header (count, two reserved words, stray counter address).
+/// Bytes of the table header (count, program-handler slot address, reserved, stray counter address).
 pub const HEADER_BYTES: usize = 32;
 /// Bytes of one table entry (site, slot, counter address).
 pub const ENTRY_BYTES: usize = 24;
@@ -137,11 +153,14 @@ pub struct TrapSite {
 
 /// The table bytes that follow [`code`]: header and entries, sorted by site.
 #[must_use]
-pub fn table(sites: &[TrapSite], stray_counter: u64) -> Vec<u8> {
+///
+/// `program_handler` is the address of a word in shared memory holding the
+/// program's own SIGTRAP handler (0: default).
+pub fn table(sites: &[TrapSite], stray_counter: u64, program_handler: u64) -> Vec<u8> {
     let mut sorted = sites.to_vec();
     sorted.sort_by_key(|s| s.site);
     let mut out = Vec::with_capacity(HEADER_BYTES + ENTRY_BYTES * sorted.len());
-    for w in [sorted.len() as u64, 0, 0, stray_counter] {
+    for w in [sorted.len() as u64, program_handler, 0, stray_counter] {
         out.extend_from_slice(&w.to_le_bytes());
     }
     for s in &sorted {

@@ -11,6 +11,9 @@
  *   probed fork N         the child calls after_fork() N times (first call ever)
  *   probed dontneed N     calls dropped() N times, dropping its page each time
  *   probed sites N        calls every hand-written site function N times
+ *   probed trapown N      installs its own SIGTRAP handler, calls counted()
+ *                         N times, executes int3 N times and raises SIGTRAP once
+ *   probed blocked N      blocks SIGTRAP, then calls counted() N times
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -126,6 +129,9 @@ static uint64_t (*const many[32])(uint64_t) = {
     many_24, many_25, many_26, many_27, many_28, many_29, many_30, many_31,
 };
 
+static volatile sig_atomic_t own_traps;
+static void on_trap(int sig) { (void)sig; own_traps++; }
+
 static pthread_barrier_t barrier;
 static uint64_t per_thread_n;
 static void *worker(void *arg) {
@@ -198,6 +204,25 @@ int main(int argc, char **argv) {
         /* site_jcc's jz is taken when its argument is 0: on even i. */
         printf("sites=%llu jz_taken=%llu acc=%llx\n", (unsigned long long)n,
                (unsigned long long)((n + 1) / 2), (unsigned long long)acc);
+    } else if (!strcmp(mode, "trapown")) {
+        struct sigaction sa, old;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_trap;
+        sigaction(SIGTRAP, &sa, &old);
+        printf("initial=%s\n", old.sa_handler == SIG_DFL ? "default" : "other");
+        sigaction(SIGTRAP, NULL, &old);
+        printf("installed=%s\n", old.sa_handler == on_trap ? "ours" : "other");
+        for (uint64_t i = 0; i < n; i++) acc = counted(acc) & 0xffffffff;
+        for (uint64_t i = 0; i < n; i++) __asm__ volatile("int3");
+        raise(SIGTRAP);
+        printf("counted=%llu own_traps=%d\n", (unsigned long long)n, (int)own_traps);
+    } else if (!strcmp(mode, "blocked")) {
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGTRAP);
+        sigprocmask(SIG_BLOCK, &set, NULL);
+        for (uint64_t i = 0; i < n; i++) acc = counted(acc) & 0xffffffff;
+        printf("counted=%llu acc=%llx\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
         fprintf(stderr, "probed: unknown mode %s\n", mode);
         return 2;

@@ -318,7 +318,9 @@ impl Case {
             // SAFETY: dup2 is async-signal-safe; the new fd 5 is not close-on-exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::dup2(raw, 5) < 0 {
+                    // dup2 onto itself would keep FD_CLOEXEC: clear it then.
+                    let r = if raw == 5 { libc::fcntl(5, libc::F_SETFD, 0) } else { libc::dup2(raw, 5) };
+                    if r < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
