@@ -202,7 +202,8 @@ fn pages_threads_64_exit_race_stress() {
         });
         for o in runs {
             if o.code != Some(0) || o.stdout != native.stdout || !o.stderr.is_empty() {
-                failures.push(format!("round {round}: code {:?}, stderr {:?}", o.code, o.stderr_str()));
+                let last = o.stderr_str().lines().last().unwrap_or("").to_string();
+                failures.push(format!("round {round}: code {:?}, last stderr line {last:?}", o.code));
             }
         }
     }

@@ -95,13 +95,13 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e, e.exit_code() as u8),
     };
-    for w in session.warnings() {
-        eprintln!("uprobe-exec: warning: {w}");
-    }
     let report = match session.wait() {
         Ok(r) => r,
         Err(e) => return fail(&e, e.exit_code() as u8),
     };
+    for w in &report.warnings {
+        eprintln!("uprobe-exec: warning: {w}");
+    }
     if let Some(path) = &cli.report_json {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
             eprintln!("uprobe-exec: cannot write the report to {}: {e}", path.display());

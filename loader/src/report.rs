@@ -95,6 +95,8 @@ pub struct Report {
     pub processes: u64,
     /// How the program was set up.
     pub handoff: Handoff,
+    /// Things the user must know about this run's results (printed at exit).
+    pub warnings: Vec<String>,
 }
 
 impl Report {

@@ -198,9 +198,9 @@ impl Session {
                 return Err(Error::sys("the monitor thread", std::io::Error::other("panicked; the program was killed")))
             }
         };
-        let mut handoff = out.handoff;
+        let mut warnings = self.warnings;
         if out.exit == Exit::Signal(libc::SIGTRAP) && !out.probes.is_empty() {
-            handoff.limits.push(if out.stray_traps > 0 {
+            warnings.push(if out.stray_traps > 0 {
                 "the program executed an int3 of its own (not a probe) and died of SIGTRAP, as it would natively".into()
             } else {
                 "the program died of SIGTRAP at a probe: SIGTRAP was blocked, or the program had replaced \
@@ -215,7 +215,8 @@ impl Session {
             probes: out.probes,
             text: Text::from(out.stats),
             processes: out.stats.processes,
-            handoff,
+            handoff: out.handoff,
+            warnings,
         })
     }
 }

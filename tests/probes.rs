@@ -1,0 +1,351 @@
+//! Probes: hits counted exactly, against counts the programs print
+//! themselves; output unchanged; every error with its exit code.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_our_error, is_root, read_report, run, Case, TempDir, BIN};
+use uprobe_exec_samples::{path, Variant};
+
+/// Runs `prog args` natively and with `probes`, asserts the same output,
+/// and returns the report's probes as (symbol+offset label, hits).
+fn probed(tag: &str, prog: &Path, args: &[&str], probes: &[&str]) -> (common::Output, Vec<(String, u64)>) {
+    let dir = TempDir::new(tag);
+    let report = dir.join("r.json");
+    let mut case = Case::new(prog, args).opt("-q").opt("--report-json").opt(&report);
+    for p in probes {
+        case = case.opt("-p").opt(p);
+    }
+    let (_, ours) = case.compare();
+    (ours, hits(&read_report(&report)))
+}
+
+fn hits(r: &serde_json::Value) -> Vec<(String, u64)> {
+    r["probes"]
+        .as_array()
+        .expect("probes array")
+        .iter()
+        .map(|p| {
+            let (sym, off) = (p["symbol"].as_str().unwrap(), p["offset"].as_u64().unwrap());
+            let label = if off == 0 { sym.to_string() } else { format!("{sym}+{off:#x}") };
+            (label, p["hits"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+fn hit(list: &[(String, u64)], label: &str) -> u64 {
+    list.iter().find(|(l, _)| l == label).unwrap_or_else(|| panic!("no probe {label} in {list:?}")).1
+}
+
+/// `key=value` from the program's own output.
+fn printed(out: &common::Output, key: &str) -> u64 {
+    let s = out.stdout_str();
+    s.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {s}"))
+        .parse()
+        .unwrap()
+}
+
+fn probed_sample(v: Variant) -> PathBuf {
+    path("probed", v)
+}
+
+#[test]
+fn a_function_called_a_million_times_is_hit_a_million_times() {
+    for v in [Variant::Static, Variant::Pie] {
+        let (out, h) = probed("million", &probed_sample(v), &["basic", "1000000"], &["counted"]);
+        assert_eq!(printed(&out, "counted"), 1_000_000);
+        assert_eq!(hit(&h, "counted"), 1_000_000, "{v:?}");
+    }
+}
+
+#[test]
+fn eight_threads_on_cold_pages_at_once_are_counted_exactly() {
+    for v in Variant::ALL {
+        let (out, h) = probed("threads", &probed_sample(v), &["threads", "8", "100000"], &["counted_mt"]);
+        assert_eq!(hit(&h, "counted_mt"), printed(&out, "counted_mt"), "{v:?}");
+        assert_eq!(hit(&h, "counted_mt"), 800_000);
+    }
+}
+
+#[test]
+fn recursion_signal_handlers_forks_and_dropped_pages() {
+    for v in [Variant::NoPie, Variant::StaticPie] {
+        let s = probed_sample(v);
+        let (out, h) = probed("fib", &s, &["fib", "20"], &["fib"]);
+        assert_eq!(hit(&h, "fib"), printed(&out, "fib_calls"), "fib {v:?}");
+
+        let (out, h) = probed("signal", &s, &["signal", "300"], &["in_handler"]);
+        assert_eq!(hit(&h, "in_handler"), printed(&out, "in_handler"), "signal {v:?}");
+
+        let (out, h) = probed("fork", &s, &["fork", "5000"], &["after_fork"]);
+        assert!(out.stdout_str().contains("child after_fork=5000"), "{}", out.stdout_str());
+        assert_eq!(hit(&h, "after_fork"), 5000, "the child's hits count (fork {v:?})");
+
+        let (out, h) = probed("dontneed", &s, &["dontneed", "2000"], &["dropped"]);
+        assert_eq!(hit(&h, "dropped"), printed(&out, "dropped"), "dontneed {v:?}");
+    }
+}
+
+#[test]
+fn dropped_pages_are_patched_again_when_they_fault_back() {
+    let dir = TempDir::new("refault");
+    let report = dir.join("r.json");
+    let case = Case::new(probed_sample(Variant::Pie), ["dontneed", "500"])
+        .opt("-q")
+        .opt("--report-json")
+        .opt(&report)
+        .opt("-p")
+        .opt("dropped");
+    let (_, out) = case.compare();
+    let r = read_report(&report);
+    assert_eq!(hit(&hits(&r), "dropped"), printed(&out, "dropped"));
+    // Every call after the first found its page dropped.
+    assert!(r["text"]["refaults"].as_u64().unwrap() >= 499, "{r}");
+}
+
+#[test]
+fn sites_of_every_kind_run_out_of_line_correctly() {
+    let specs = [
+        "site_lea+4",
+        "site_mov",
+        "site_call+1",
+        "site_jcc+2",
+        "site_jmp",
+        "site_push",
+        "site_adj",
+        "site_adj+2",
+        "site_straddle",
+        "many_*",
+    ];
+    for v in Variant::ALL {
+        let (out, h) = probed("sites", &probed_sample(v), &["sites", "1000"], &specs);
+        let n = printed(&out, "sites");
+        assert_eq!(n, 1000);
+        for label in [
+            "site_lea+0x4",
+            "site_mov",
+            "site_call+0x1",
+            "site_jcc+0x2",
+            "site_jmp",
+            "site_push",
+            "site_adj",
+            "site_adj+0x2",
+            "site_straddle",
+        ] {
+            assert_eq!(hit(&h, label), n, "{label} ({v:?})");
+        }
+        let many: Vec<&(String, u64)> = h.iter().filter(|(l, _)| l.starts_with("many_")).collect();
+        assert_eq!(many.len(), 32, "32 probes on one page ({v:?})");
+        assert!(many.iter().all(|(_, c)| *c == n), "{many:?}");
+    }
+}
+
+#[test]
+fn python_with_list_append_and_all_of_py_star() {
+    // str.split() appends each word past its first 12 with PyList_Append, so
+    // 5000 more words are exactly 5000 more hits.
+    let script = |n: u32| format!("s = ' '.join(['x'] * {n})\nprint(len(s.split()))\n");
+    let py = Path::new("/usr/bin/python3.11");
+    let run_once = |script: &str, probe: &str| {
+        let dir = TempDir::new("py");
+        let report = dir.join("r.json");
+        let case = Case::new(py, ["-c", script])
+            .env("PYTHONHASHSEED", "0")
+            .opt("-q")
+            .opt("--report-json")
+            .opt(&report)
+            .opt("-p")
+            .opt(probe);
+        case.compare();
+        read_report(&report)
+    };
+    let a = hit(&hits(&run_once(&script(5000), "PyList_Append")), "PyList_Append");
+    let b = hit(&hits(&run_once(&script(5000), "PyList_Append")), "PyList_Append");
+    let c = hit(&hits(&run_once(&script(10000), "PyList_Append")), "PyList_Append");
+    assert_eq!(a, b, "the same deterministic script gives the same count");
+    assert_eq!(c - a, 5000, "{a} then {c}");
+
+    let all = run_once(&script(100), "Py*");
+    let sites = all["probes"].as_array().unwrap();
+    assert!(sites.len() > 500, "Py* makes many probes: {}", sites.len());
+    let total: u64 = sites.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
+    assert!(total > 5000, "{total}");
+}
+
+#[test]
+fn bash_execute_command() {
+    let script = "for i in 1 2 3 4 5; do /bin/true; done; echo done";
+    let once = || {
+        let dir = TempDir::new("bash");
+        let report = dir.join("r.json");
+        Case::new("/bin/bash", ["-c", script])
+            .opt("-q")
+            .opt("--report-json")
+            .opt(&report)
+            .opt("-p")
+            .opt("execute_command")
+            .compare();
+        hit(&hits(&read_report(&report)), "execute_command")
+    };
+    let (a, b) = (once(), once());
+    assert!(a >= 5, "one per command at least: {a}");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn the_count_table_goes_to_stderr_busiest_first() {
+    let out = run({
+        let mut c = std::process::Command::new(BIN);
+        c.args(["-p", "counted", "-p", "fib"]).arg(probed_sample(Variant::Pie)).args(["basic", "7"]);
+        c
+    });
+    assert_eq!(out.code, Some(0));
+    let err = out.stderr_str();
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(lines[0].starts_with("FUNC") && lines[0].ends_with("COUNT"), "{err}");
+    assert!(lines[1].starts_with("counted") && lines[1].ends_with(" 7"), "{err}");
+    assert!(lines[2].starts_with("fib") && lines[2].ends_with(" 0"), "{err}");
+    assert!(!out.stdout_str().contains("FUNC"));
+}
+
+#[test]
+fn list_prints_functions_sorted_by_address() {
+    let out = run({
+        let mut c = std::process::Command::new(BIN);
+        c.args(["--list", "-p", "site_*", "-p", "counted"]).arg(probed_sample(Variant::NoPie));
+        c
+    });
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let rows: Vec<(u64, u64, String)> = out
+        .stdout_str()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (u64::from_str_radix(f[0].trim_start_matches("0x"), 16).unwrap(), f[1].parse().unwrap(), f[2].to_string())
+        })
+        .collect();
+    assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "sorted by address");
+    let names: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    for n in ["counted", "site_lea", "site_straddle", "site_callee"] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    // The address is the one nm prints.
+    let nm = std::process::Command::new("nm").arg(probed_sample(Variant::NoPie)).output();
+    if let Ok(nm) = nm {
+        let nm = String::from_utf8_lossy(&nm.stdout);
+        let want = nm.lines().find(|l| l.ends_with(" counted")).map(|l| u64::from_str_radix(&l[..16], 16).unwrap());
+        if let Some(want) = want {
+            assert_eq!(rows.iter().find(|r| r.2 == "counted").unwrap().0, want);
+        }
+    }
+}
+
+#[test]
+fn a_program_with_its_own_sigtrap_handler_keeps_it_and_the_probes() {
+    for v in [Variant::Pie, Variant::Static] {
+        let (out, h) = probed("trapown", &probed_sample(v), &["trapown", "100"], &["counted"]);
+        assert!(out.stdout_str().contains("initial=default\ninstalled=ours\n"), "{}", out.stdout_str());
+        assert_eq!(printed(&out, "own_traps"), 101, "its own int3s and raise() reach its handler");
+        assert_eq!(hit(&h, "counted"), 100);
+    }
+}
+
+#[test]
+fn a_probe_hit_while_sigtrap_is_blocked_is_reported() {
+    let dir = TempDir::new("blocked");
+    let report = dir.join("r.json");
+    let out = run({
+        let mut c = std::process::Command::new(BIN);
+        c.args(["-p", "counted", "--report-json"]).arg(&report).arg(probed_sample(Variant::Pie)).args(["blocked", "3"]);
+        c
+    });
+    assert_eq!(out.status(), 128 + 5, "killed by SIGTRAP: {}", out.stderr_str());
+    assert!(out.stderr_str().contains("SIGTRAP was blocked"), "{}", out.stderr_str());
+    let r = read_report(&report);
+    assert_eq!(r["exit"]["signal"], 5);
+    assert!(r["warnings"][0].as_str().unwrap().contains("SIGTRAP was blocked"), "{r}");
+}
+
+#[test]
+fn probe_errors_say_what_to_do() {
+    let s = probed_sample(Variant::Pie);
+    let s = s.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-p", "countd", s, "basic", "1"], "close names: counted"),
+        (&["-p", "zz_nothing*", s, "basic", "1"], "matches no function"),
+        (&["-p", "site_lea+1", s, "basic", "1"], "nearest are site_lea+0x0 and site_lea+0x4"),
+        (&["-p", "site_lea+0x400", s, "basic", "1"], "past the end"),
+        (&["-p", "0x10", s, "basic", "1"], "--unsafe"),
+        (&["-p", "0xffffffffffffffff", s, "basic", "1"], "--unsafe"),
+        (&["-p", "counted+0xzz", s, "basic", "1"], "not a number"),
+        (&["-p", "main", "/bin/true"], "stripped"),
+    ];
+    for (args, needle) in cases {
+        let out = run({
+            let mut c = std::process::Command::new(BIN);
+            c.args(*args);
+            c
+        });
+        assert_our_error(&format!("{args:?}"), &out, 125);
+        assert!(out.stderr_str().contains(needle), "{args:?}: {}", out.stderr_str());
+    }
+}
+
+#[test]
+fn an_instruction_that_cannot_run_out_of_line_is_refused_by_name() {
+    // site_jmp+2 is the ud2 after the jmp.
+    let out = run({
+        let mut c = std::process::Command::new(BIN);
+        c.args(["-p", "site_jmp+2"]).arg(probed_sample(Variant::Pie)).args(["basic", "1"]);
+        c
+    });
+    assert_our_error("ud2", &out, 125);
+    assert!(out.stderr_str().contains("`ud2`"), "{}", out.stderr_str());
+}
+
+#[test]
+fn unsafe_addresses_warn_and_work() {
+    // The first instruction of site_adj, by address, is inside a function:
+    // allowed without --unsafe; the test checks the address form hits too.
+    let nm = std::process::Command::new("nm").arg(probed_sample(Variant::NoPie)).output().expect("nm");
+    let nm = String::from_utf8_lossy(&nm.stdout);
+    let addr = nm.lines().find(|l| l.ends_with(" site_adj")).map(|l| format!("0x{}", l[..16].trim_start_matches('0'))).unwrap();
+    let (out, h) = probed("addr", &probed_sample(Variant::NoPie), &["sites", "10"], &[&addr]);
+    assert_eq!(printed(&out, "sites"), 10);
+    assert_eq!(hit(&h, "site_adj"), 10);
+}
+
+#[test]
+fn probes_work_unprivileged() {
+    let dir = TempDir::new("unpriv");
+    let tool = dir.copy(Path::new(BIN), "uprobe-exec", 0o755);
+    let prog = dir.copy(&probed_sample(Variant::Pie), "probed", 0o755);
+    let report = dir.join("r.json");
+    // The report is written by uid 65534: let it create files in the dir.
+    std::fs::set_permissions(dir.join(""), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    for (mode, args, probe, key) in [
+        ("threads", vec!["threads", "8", "10000"], "counted_mt", "counted_mt"),
+        ("fork", vec!["fork", "1000"], "after_fork", "child after_fork"),
+        ("trapown", vec!["trapown", "10"], "counted", "counted"),
+    ] {
+        let case = Case::new(&prog, &args)
+            .tool(&tool)
+            .nobody()
+            .opt("-q")
+            .opt("--report-json")
+            .opt(&report)
+            .opt("-p")
+            .opt(probe);
+        let (_, out) = case.compare();
+        let r = read_report(&report);
+        if is_root() {
+            assert_eq!(r["handoff"]["uffd_mode"], "user-mode-only", "{mode}");
+        }
+        let want = if mode == "fork" { 1000 } else { printed(&out, key) };
+        assert_eq!(hit(&hits(&r), probe), want, "{mode}");
+    }
+}
