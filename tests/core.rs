@@ -46,11 +46,26 @@ fn compare_with_report(case: Case) -> (Output, Output, serde_json::Value) {
 
 /// Checks text figures that hold for every run in full (privileged) mode.
 fn check_text_full(what: &str, r: &serde_json::Value, elf: &Path) {
-    let (pages, served, faults, refaults) =
-        (text_field(r, "pages"), text_field(r, "served"), text_field(r, "faults"), text_field(r, "refaults"));
-    assert_eq!(pages, elf_text_pages(elf), "{what}: text.pages vs the executable PT_LOAD pages of {}", elf.display());
-    assert!(served > 0 && served <= pages, "{what}: served {served} of {pages} pages");
-    assert!(faults >= served + refaults, "{what}: faults {faults} < served {served} + refaults {refaults}");
+    let (pages, served, faults, refaults) = (
+        text_field(r, "pages"),
+        text_field(r, "served"),
+        text_field(r, "faults"),
+        text_field(r, "refaults"),
+    );
+    assert_eq!(
+        pages,
+        elf_text_pages(elf),
+        "{what}: text.pages vs the executable PT_LOAD pages of {}",
+        elf.display()
+    );
+    assert!(
+        served > 0 && served <= pages,
+        "{what}: served {served} of {pages} pages"
+    );
+    assert!(
+        faults >= served + refaults,
+        "{what}: faults {faults} < served {served} + refaults {refaults}"
+    );
 }
 
 fn privileged() -> bool {
@@ -72,7 +87,11 @@ fn hello_args_all_variants() {
     let d = TempDir::new("hello-args");
     for v in Variant::ALL {
         let (n, _) = hello_case(v, &["a", "b c", "", "--", "ünïcode", "-x"], &d).compare();
-        assert!(n.stdout_str().contains("argc=7\n"), "{v:?}: {}", n.stdout_str());
+        assert!(
+            n.stdout_str().contains("argc=7\n"),
+            "{v:?}: {}",
+            n.stdout_str()
+        );
     }
 }
 
@@ -80,8 +99,14 @@ fn hello_args_all_variants() {
 fn hello_env_all_variants() {
     let d = TempDir::new("hello-env");
     for v in Variant::ALL {
-        let (_, o) = hello_case(v, &["e"], &d).env("SAMPLE_ENV", "value with spaces=1").compare();
-        assert!(o.stdout_str().contains("SAMPLE_ENV=value with spaces=1\n"), "{v:?}: {}", o.stdout_str());
+        let (_, o) = hello_case(v, &["e"], &d)
+            .env("SAMPLE_ENV", "value with spaces=1")
+            .compare();
+        assert!(
+            o.stdout_str().contains("SAMPLE_ENV=value with spaces=1\n"),
+            "{v:?}: {}",
+            o.stdout_str()
+        );
     }
 }
 
@@ -99,8 +124,14 @@ fn hello_stdin_all_variants() {
     let d = TempDir::new("hello-stdin");
     let data = pseudo_random(300_000, 7);
     for v in Variant::ALL {
-        let (n, _) = hello_case(v, &["--stdin"], &d).stdin(data.clone()).compare();
-        assert!(n.stdout_str().contains("stdin_bytes=300000 "), "{v:?}: {}", n.stdout_str());
+        let (n, _) = hello_case(v, &["--stdin"], &d)
+            .stdin(data.clone())
+            .compare();
+        assert!(
+            n.stdout_str().contains("stdin_bytes=300000 "),
+            "{v:?}: {}",
+            n.stdout_str()
+        );
     }
 }
 
@@ -110,7 +141,11 @@ fn hello_inherited_fd_all_variants() {
     for v in Variant::ALL {
         let (n, o) = hello_case(v, &["--write-fd", "5"], &d).fd5().compare();
         assert_eq!(n.fd5.as_deref(), Some(&b"fd 5 ok\n"[..]), "{v:?}: native");
-        assert!(o.stdout_str().contains("wrote fd 5\n"), "{v:?}: {}", o.stdout_str());
+        assert!(
+            o.stdout_str().contains("wrote fd 5\n"),
+            "{v:?}: {}",
+            o.stdout_str()
+        );
     }
 }
 
@@ -139,7 +174,12 @@ fn hello_cwd_from_temp_dir_all_variants() {
     let real = std::fs::canonicalize(&d.path).unwrap();
     for v in Variant::ALL {
         let (_, o) = hello_case(v, &["cwd"], &d).compare();
-        assert!(o.stdout_str().contains(&format!("cwd={}\n", real.display())), "{v:?}: {}", o.stdout_str());
+        assert!(
+            o.stdout_str()
+                .contains(&format!("cwd={}\n", real.display())),
+            "{v:?}: {}",
+            o.stdout_str()
+        );
     }
 }
 
@@ -148,7 +188,11 @@ fn pages_default_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
         let (n, _, r) = compare_with_report(Case::new(&p, [""; 0]));
-        assert!(n.stdout_str().starts_with("pages: calls=64 sum="), "{v:?}: {}", n.stdout_str());
+        assert!(
+            n.stdout_str().starts_with("pages: calls=64 sum="),
+            "{v:?}: {}",
+            n.stdout_str()
+        );
         if is_root() {
             check_text_full(&format!("pages {v:?}"), &r, &p);
             // 64 functions, each on its own page of the program's text.
@@ -159,12 +203,15 @@ fn pages_default_all_variants() {
 }
 
 #[test]
-#[ignore = "bug: fault server panics (index out of bounds, server.rs PageBits) when a threaded program exits with faults queued; exit 125"]
 fn pages_threads_8_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
         let (n, _, r) = compare_with_report(Case::new(&p, ["--threads", "8"]));
-        assert!(n.stdout_str().starts_with("threads=8 sum="), "{v:?}: {}", n.stdout_str());
+        assert!(
+            n.stdout_str().starts_with("threads=8 sum="),
+            "{v:?}: {}",
+            n.stdout_str()
+        );
         if is_root() {
             check_text_full(&format!("pages --threads 8 {v:?}"), &r, &p);
             assert!(text_field(&r, "served") >= 64, "{v:?}: {r}");
@@ -173,12 +220,15 @@ fn pages_threads_8_all_variants() {
 }
 
 #[test]
-#[ignore = "bug: fault server panics (index out of bounds, server.rs PageBits) when a threaded program exits with faults queued; exit 125"]
 fn pages_threads_64_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
         let (n, _, r) = compare_with_report(Case::new(&p, ["--threads", "64"]));
-        assert!(n.stdout_str().starts_with("threads=64 sum="), "{v:?}: {}", n.stdout_str());
+        assert!(
+            n.stdout_str().starts_with("threads=64 sum="),
+            "{v:?}: {}",
+            n.stdout_str()
+        );
         if is_root() {
             check_text_full(&format!("pages --threads 64 {v:?}"), &r, &p);
             assert!(text_field(&r, "served") >= 64, "{v:?}: {r}");
@@ -189,7 +239,6 @@ fn pages_threads_64_all_variants() {
 /// Many runs of `pages --threads 64`, four at a time: every one must exit 0
 /// with the native output (the race of the bug above shows in a few %).
 #[test]
-#[ignore = "bug: fault server panics (index out of bounds, server.rs PageBits) when a threaded program exits with faults queued; exit 125"]
 fn pages_threads_64_exit_race_stress() {
     let p = sample("pages", Variant::Pie);
     let native = Case::new(&p, ["--threads", "64"]).run_native();
@@ -197,17 +246,27 @@ fn pages_threads_64_exit_race_stress() {
     let mut failures = Vec::new();
     for round in 0..40 {
         let runs: Vec<Output> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..4).map(|_| s.spawn(|| Case::new(&p, ["--threads", "64"]).run_ours())).collect();
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| Case::new(&p, ["--threads", "64"]).run_ours()))
+                .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for o in runs {
             if o.code != Some(0) || o.stdout != native.stdout || !o.stderr.is_empty() {
                 let last = o.stderr_str().lines().last().unwrap_or("").to_string();
-                failures.push(format!("round {round}: code {:?}, last stderr line {last:?}", o.code));
+                failures.push(format!(
+                    "round {round}: code {:?}, last stderr line {last:?}",
+                    o.code
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} of 160 runs failed, first: {}", failures.len(), failures[0]);
+    assert!(
+        failures.is_empty(),
+        "{} of 160 runs failed, first: {}",
+        failures.len(),
+        failures[0]
+    );
 }
 
 #[test]
@@ -215,10 +274,17 @@ fn pages_fork_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
         let (n, _, r) = compare_with_report(Case::new(&p, ["--fork"]));
-        assert!(n.stdout_str().contains("child_status=0\n"), "{v:?}: {}", n.stdout_str());
+        assert!(
+            n.stdout_str().contains("child_status=0\n"),
+            "{v:?}: {}",
+            n.stdout_str()
+        );
         if is_root() {
             check_text_full(&format!("pages --fork {v:?}"), &r, &p);
-            assert_eq!(r["processes"], 2, "{v:?}: the parent and its fork were served: {r}");
+            assert_eq!(
+                r["processes"], 2,
+                "{v:?}: the parent and its fork were served: {r}"
+            );
         }
     }
 }
@@ -232,11 +298,18 @@ fn pages_dontneed_200_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
         let (n, _, r) = compare_with_report(Case::new(&p, ["--dontneed", "200"]));
-        assert!(n.stdout_str().starts_with("dontneed cycles=200 sum="), "{v:?}: {}", n.stdout_str());
+        assert!(
+            n.stdout_str().starts_with("dontneed cycles=200 sum="),
+            "{v:?}: {}",
+            n.stdout_str()
+        );
         if is_root() {
             check_text_full(&format!("pages --dontneed 200 {v:?}"), &r, &p);
             assert_eq!(text_field(&r, "refaults"), 200 * 64, "{v:?}: {r}");
-            assert!(text_field(&r, "faults") >= text_field(&r, "refaults"), "{v:?}: {r}");
+            assert!(
+                text_field(&r, "faults") >= text_field(&r, "refaults"),
+                "{v:?}: {r}"
+            );
         }
     }
 }
@@ -256,7 +329,11 @@ fn pages_exec_true_all_variants() {
 fn spin_1000_all_variants() {
     for v in Variant::ALL {
         let (n, _) = Case::new(sample("spin", v), ["1000"]).compare();
-        assert!(n.stdout_str().starts_with("ticks=1000 acc="), "{v:?}: {}", n.stdout_str());
+        assert!(
+            n.stdout_str().starts_with("ticks=1000 acc="),
+            "{v:?}: {}",
+            n.stdout_str()
+        );
     }
 }
 
@@ -273,14 +350,20 @@ fn usr_bin_true() {
 
 #[test]
 fn ls_la_usr_share_doc() {
-    let (n, _) = Case::new("/usr/bin/ls", ["-la", "/usr/share/doc"]).env("LC_ALL", "C").env("TZ", "UTC").compare();
+    let (n, _) = Case::new("/usr/bin/ls", ["-la", "/usr/share/doc"])
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .compare();
     assert!(n.stdout.len() > 100, "{}", n.stdout_str());
 }
 
 #[test]
 fn env_is_passed_unchanged() {
     let d = TempDir::new("env");
-    let (n, _) = Case::new("/usr/bin/env", [""; 0]).env("UPROBE_TEST_VAR", "a=b c").cwd(&d.path).compare();
+    let (n, _) = Case::new("/usr/bin/env", [""; 0])
+        .env("UPROBE_TEST_VAR", "a=b c")
+        .cwd(&d.path)
+        .compare();
     assert!(n.stdout_str().contains("UPROBE_TEST_VAR=a=b c\n"));
 }
 
@@ -290,7 +373,11 @@ fn gzip_4mib_file_and_stdin() {
     let data = pseudo_random(4 << 20, 0x5eed);
     let f = d.write("data.bin", &data, 0o644);
     let (n, _) = Case::new("/usr/bin/gzip", [OsString::from("-c"), f.into_os_string()]).compare();
-    assert!(n.stdout.len() > 4 << 20, "random data does not compress: {} bytes", n.stdout.len());
+    assert!(
+        n.stdout.len() > 4 << 20,
+        "random data does not compress: {} bytes",
+        n.stdout.len()
+    );
     let (n, _) = Case::new("/usr/bin/gzip", ["-c"]).stdin(data).compare();
     assert!(n.stdout.len() > 4 << 20);
 }
@@ -361,10 +448,17 @@ fn bash_external_commands_exit_7() {
     d.write("f1", b"1", 0o644);
     d.write("f2", b"2", 0o644);
     let script = r#"ls; ls /usr/share/doc | head -n 3; /bin/echo external; printf 'b\na\nc\n' | sort | tr a-z A-Z; echo $(( 6 * 7 )) >&2; exit 7"#;
-    let (n, _) = Case::new("/usr/bin/bash", ["-c", script]).env("LC_ALL", "C").cwd(&d.path).compare();
+    let (n, _) = Case::new("/usr/bin/bash", ["-c", script])
+        .env("LC_ALL", "C")
+        .cwd(&d.path)
+        .compare();
     assert_eq!(n.code, Some(7));
     assert!(n.stdout_str().starts_with("f1\nf2\n"), "{}", n.stdout_str());
-    assert!(n.stdout_str().ends_with("external\nA\nB\nC\n"), "{}", n.stdout_str());
+    assert!(
+        n.stdout_str().ends_with("external\nA\nB\nC\n"),
+        "{}",
+        n.stdout_str()
+    );
     assert_eq!(n.stderr, b"42\n");
 }
 
@@ -372,7 +466,10 @@ fn bash_external_commands_exit_7() {
 fn sqlite3_memory() {
     let (n, _) = Case::new(
         "/usr/bin/sqlite3",
-        [":memory:", "create table t(x); insert into t values(1),(2); select sum(x) from t;"],
+        [
+            ":memory:",
+            "create table t(x); insert into t values(1),(2); select sum(x) from t;",
+        ],
     )
     .compare();
     assert_eq!(n.stdout, b"3\n");
@@ -385,9 +482,20 @@ fn path_lookup() {
     assert_eq!(n.code, Some(0));
     // argv[0] stays the name as given; PATH is searched in order.
     let d = TempDir::new("path");
-    let path = format!("{}:{}", d.path.display(), uprobe_exec_samples::dir().display());
-    let (n, _) = Case::new("hello-pie", ["p"]).env("PATH", &path).cwd(&d.path).compare();
-    assert!(n.stdout_str().contains("argv[0]=hello-pie\n"), "{}", n.stdout_str());
+    let path = format!(
+        "{}:{}",
+        d.path.display(),
+        uprobe_exec_samples::dir().display()
+    );
+    let (n, _) = Case::new("hello-pie", ["p"])
+        .env("PATH", &path)
+        .cwd(&d.path)
+        .compare();
+    assert!(
+        n.stdout_str().contains("argv[0]=hello-pie\n"),
+        "{}",
+        n.stdout_str()
+    );
     // A name that is in no PATH directory.
     let o = tool(&["no-such-program-uprobe-xyz".as_ref()]);
     assert_our_error("name not in PATH", &o, 127);
@@ -397,12 +505,20 @@ fn path_lookup() {
 fn double_dash_and_program_options_go_to_the_program() {
     let d = TempDir::new("dashdash");
     let p = sample("hello", Variant::Pie);
-    let (n, o) = Case::new(&p, ["--stats", "--report-json", "x"]).opt("--").cwd(&d.path).compare();
+    let (n, o) = Case::new(&p, ["--stats", "--report-json", "x"])
+        .opt("--")
+        .cwd(&d.path)
+        .compare();
     assert!(n.stdout_str().contains("argv[1]=--stats\n"));
     assert!(!o.stderr_str().contains("uprobe-exec"));
-    assert!(!d.join("x").exists(), "the program's --report-json was taken as ours");
+    assert!(
+        !d.join("x").exists(),
+        "the program's --report-json was taken as ours"
+    );
     // Without `--` too: everything after PROGRAM belongs to it.
-    Case::new(&p, ["--stats", "--report-json", "x"]).cwd(&d.path).compare();
+    Case::new(&p, ["--stats", "--report-json", "x"])
+        .cwd(&d.path)
+        .compare();
     assert!(!d.join("x").exists());
 }
 
@@ -412,7 +528,11 @@ fn double_dash_and_program_options_go_to_the_program() {
 #[test]
 fn shebang_sh_script() {
     let d = TempDir::new("shebang-sh");
-    let s = d.write("script.sh", b"#!/bin/sh\necho \"$0 $@\"\necho err >&2\nexit 4\n", 0o755);
+    let s = d.write(
+        "script.sh",
+        b"#!/bin/sh\necho \"$0 $@\"\necho err >&2\nexit 4\n",
+        0o755,
+    );
     let (n, _) = Case::new(&s, ["a b", "c"]).cwd(&d.path).compare();
     assert_eq!(n.stdout_str(), format!("{} a b c\n", s.display()));
     assert_eq!(n.code, Some(4));
@@ -427,12 +547,25 @@ fn shebang_with_interpreter_argument() {
         0o755,
     );
     let rep = d.join("r.json");
-    let (n, _) = Case::new(&s, ["x"]).cwd(&d.path).opt("--report-json").opt(&rep).compare();
+    let (n, _) = Case::new(&s, ["x"])
+        .cwd(&d.path)
+        .opt("--report-json")
+        .opt(&rep)
+        .compare();
     assert_eq!(n.stdout_str(), format!("{} x\ndone\n", s.display()));
-    assert!(n.stderr_str().contains("uninitialized"), "-w was not in effect natively?! {}", n.stderr_str());
+    assert!(
+        n.stderr_str().contains("uninitialized"),
+        "-w was not in effect natively?! {}",
+        n.stderr_str()
+    );
     let r = read_report(&rep);
-    let args: Vec<String> = serde_json::from_value(r["args"].clone()).expect("args is a list of strings");
-    assert_eq!(args, ["/usr/bin/perl", "-w", &s.display().to_string(), "x"], "argv as execve builds it: {r}");
+    let args: Vec<String> =
+        serde_json::from_value(r["args"].clone()).expect("args is a list of strings");
+    assert_eq!(
+        args,
+        ["/usr/bin/perl", "-w", &s.display().to_string(), "x"],
+        "argv as execve builds it: {r}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -490,7 +623,10 @@ fn error_no_execute_permission_126() {
 fn error_setuid_setgid_126() {
     let d = TempDir::new("setid");
     let u = d.copy(&sample("hello", Variant::Pie), "suid", 0o4755);
-    assert_eq!(std::fs::metadata(&u).unwrap().permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(
+        std::fs::metadata(&u).unwrap().permissions().mode() & 0o7777,
+        0o4755
+    );
     assert_our_error("set-user-ID", &tool(&[u.as_os_str()]), 126);
     let g = d.copy(&sample("hello", Variant::Pie), "sgid", 0o2755);
     assert_our_error("set-group-ID", &tool(&[g.as_os_str()]), 126);
@@ -511,27 +647,38 @@ fn error_file_capabilities_126() {
     let cpath = std::ffi::CString::new(f.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: valid NUL-terminated strings and a live buffer of the given length.
     let r = unsafe {
-        libc::setxattr(cpath.as_ptr(), c"security.capability".as_ptr(), blob.as_ptr().cast(), blob.len(), 0)
+        libc::setxattr(
+            cpath.as_ptr(),
+            c"security.capability".as_ptr(),
+            blob.as_ptr().cast(),
+            blob.len(),
+            0,
+        )
     };
     if r != 0 {
-        eprintln!("skipped: setxattr security.capability failed: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "skipped: setxattr security.capability failed: {}",
+            std::io::Error::last_os_error()
+        );
         return;
     }
     assert_our_error("file capabilities", &tool(&[f.as_os_str()]), 126);
 }
 
 #[test]
-#[ignore = "bug: `uprobe-exec --no-such-flag PROGRAM` takes the flag as PROGRAM and exits 127, not 125"]
 fn error_bad_option_125() {
     let o = tool(&["--no-such-flag".as_ref(), "/usr/bin/true".as_ref()]);
     assert_our_error("--no-such-flag", &o, 125);
 }
 
 #[test]
-#[ignore = "bug: usage errors are clap's multi-line `error: ...` text, without the `uprobe-exec: ` prefix"]
 fn error_usage_messages_have_our_prefix() {
     assert_our_error("no PROGRAM", &tool(&[]), 125);
-    assert_our_error("--report-json without FILE", &tool(&["--report-json".as_ref()]), 125);
+    assert_our_error(
+        "--report-json without FILE",
+        &tool(&["--report-json".as_ref()]),
+        125,
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -542,11 +689,19 @@ fn report_json_schema_and_values() {
     let d = TempDir::new("report-schema");
     let p = sample("hello", Variant::Pie);
     let rep = d.join("r.json");
-    let (_, o) = Case::new(&p, ["a", "--exit", "3"]).cwd(&d.path).opt("--report-json").opt(&rep).compare();
+    let (_, o) = Case::new(&p, ["a", "--exit", "3"])
+        .cwd(&d.path)
+        .opt("--report-json")
+        .opt(&rep)
+        .compare();
     assert_eq!(o.code, Some(3));
     let r = read_report(&rep);
     assert_eq!(r["program"], p.display().to_string(), "{r}");
-    assert_eq!(r["args"], serde_json::json!([p.display().to_string(), "a", "--exit", "3"]), "{r}");
+    assert_eq!(
+        r["args"],
+        serde_json::json!([p.display().to_string(), "a", "--exit", "3"]),
+        "{r}"
+    );
     assert_eq!(r["exit"], serde_json::json!({"code": 3}), "{r}");
     assert_eq!(r["probes"], serde_json::json!([]), "{r}");
     for f in ["pages", "served", "faults", "refaults"] {
@@ -554,9 +709,20 @@ fn report_json_schema_and_values() {
     }
     assert_eq!(r["processes"], 1, "{r}");
     let h = &r["handoff"];
-    assert!(h["uffd_mode"] == "full" || h["uffd_mode"] == "user-mode-only", "{r}");
-    assert!(h["mm_map"].is_boolean() && h["clean_exit"].is_boolean(), "{r}");
-    assert!(h["limits"].as_array().is_some_and(|l| l.iter().all(serde_json::Value::is_string)), "{r}");
+    assert!(
+        h["uffd_mode"] == "full" || h["uffd_mode"] == "user-mode-only",
+        "{r}"
+    );
+    assert!(
+        h["mm_map"].is_boolean() && h["clean_exit"].is_boolean(),
+        "{r}"
+    );
+    assert!(
+        h["limits"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(serde_json::Value::is_string)),
+        "{r}"
+    );
     if is_root() {
         check_text_full("hello-pie", &r, &p);
         assert_eq!(text_field(&r, "refaults"), 0, "{r}");
@@ -565,7 +731,11 @@ fn report_json_schema_and_values() {
     }
 
     // Killed by a signal.
-    let (_, o) = Case::new(&p, ["--raise", "11"]).cwd(&d.path).opt("--report-json").opt(&rep).compare();
+    let (_, o) = Case::new(&p, ["--raise", "11"])
+        .cwd(&d.path)
+        .opt("--report-json")
+        .opt(&rep)
+        .compare();
     assert_eq!(o.code, Some(139));
     let r = read_report(&rep);
     assert_eq!(r["exit"], serde_json::json!({"signal": 11}), "{r}");
@@ -578,13 +748,23 @@ fn stats_line_on_stderr() {
     let rep = d.join("r.json");
     let case = Case::new(&p, ["--stderr", "--exit", "2"]).cwd(&d.path);
     let n = case.run_native();
-    let o = case.clone().opt("--stats").opt("--report-json").opt(&rep).run_ours();
+    let o = case
+        .clone()
+        .opt("--stats")
+        .opt("--report-json")
+        .opt(&rep)
+        .run_ours();
     assert_eq!(n.stdout, o.stdout, "stdout must not change with --stats");
     assert_eq!(n.status(), o.status());
     let err = o.stderr_str();
-    let extra = err.strip_prefix(&n.stderr_str()).unwrap_or_else(|| panic!("program's stderr first: {err:?}"));
+    let extra = err
+        .strip_prefix(&n.stderr_str())
+        .unwrap_or_else(|| panic!("program's stderr first: {err:?}"));
     assert!(extra.starts_with("uprobe-exec: text pages "), "{extra:?}");
-    assert!(extra.lines().all(|l| l.starts_with("uprobe-exec: ")), "{extra:?}");
+    assert!(
+        extra.lines().all(|l| l.starts_with("uprobe-exec: ")),
+        "{extra:?}"
+    );
     let r = read_report(&rep);
     let pages: u64 = extra["uprobe-exec: text pages ".len()..]
         .split(|c: char| !c.is_ascii_digit())
@@ -608,12 +788,19 @@ fn handoff_proc_self_exe_and_cmdline() {
     let mut expect = b"/usr/bin/python3.11\n/usr/bin/python3.11\0-c\0".to_vec();
     expect.extend_from_slice(script.as_bytes());
     expect.extend_from_slice(b"\0arg 1\0\0x\0");
-    assert_eq!(String::from_utf8_lossy(&n.stdout), String::from_utf8_lossy(&expect), "native");
+    assert_eq!(
+        String::from_utf8_lossy(&n.stdout),
+        String::from_utf8_lossy(&expect),
+        "native"
+    );
     assert_eq!(o.stdout, expect);
 }
 
 fn maps_names(maps: &str) -> std::collections::BTreeSet<String> {
-    maps.lines().filter_map(|l| l.split_whitespace().nth(5)).map(String::from).collect()
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -627,23 +814,56 @@ fn handoff_proc_self_maps() {
     assert_eq!(o.code, Some(0), "{}", o.stderr_str());
     let maps = o.stdout_str();
     let bin = std::fs::canonicalize(BIN).unwrap();
-    assert!(!maps.contains(BIN) && !maps.contains(&*bin.to_string_lossy()), "our binary is mapped:\n{maps}");
+    assert!(
+        !maps.contains(BIN) && !maps.contains(&*bin.to_string_lossy()),
+        "our binary is mapped:\n{maps}"
+    );
     assert!(!maps.contains("uprobe-exec"), "{maps}");
-    assert!(maps.lines().any(|l| l.ends_with("[heap]")), "no [heap]:\n{maps}");
-    assert!(maps.lines().any(|l| l.ends_with("[stack]")), "no [stack]:\n{maps}");
+    assert!(
+        maps.lines().any(|l| l.ends_with("[heap]")),
+        "no [heap]:\n{maps}"
+    );
+    assert!(
+        maps.lines().any(|l| l.ends_with("[stack]")),
+        "no [stack]:\n{maps}"
+    );
     // Same files and special mappings as natively: nothing of ours left.
-    assert_eq!(maps_names(&n.stdout_str()), maps_names(&maps), "native:\n{}\nours:\n{maps}", n.stdout_str());
+    assert_eq!(
+        maps_names(&n.stdout_str()),
+        maps_names(&maps),
+        "native:\n{}\nours:\n{maps}",
+        n.stdout_str()
+    );
     // The program's text is an anonymous r-xp mapping right after its first
     // file mapping, where natively /usr/bin/cat is mapped r-xp.
-    let lines: Vec<Vec<&str>> = maps.lines().map(|l| l.split_whitespace().collect()).collect();
-    assert!(!lines.iter().any(|f| f.get(5) == Some(&"/usr/bin/cat") && f[1] == "r-xp"), "text is file-backed:\n{maps}");
+    let lines: Vec<Vec<&str>> = maps
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        !lines
+            .iter()
+            .any(|f| f.get(5) == Some(&"/usr/bin/cat") && f[1] == "r-xp"),
+        "text is file-backed:\n{maps}"
+    );
     let range = |f: &Vec<&str>| {
         let (a, b) = f[0].split_once('-').unwrap();
-        (u64::from_str_radix(a, 16).unwrap(), u64::from_str_radix(b, 16).unwrap())
+        (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        )
     };
-    let first_cat = lines.iter().find(|f| f.get(5) == Some(&"/usr/bin/cat")).expect("cat mapped");
-    let text = lines.iter().find(|f| f[1] == "r-xp" && f.len() == 5 && range(f).0 == range(first_cat).1);
-    assert!(text.is_some(), "no anonymous r-xp text after the first cat mapping:\n{maps}");
+    let first_cat = lines
+        .iter()
+        .find(|f| f.get(5) == Some(&"/usr/bin/cat"))
+        .expect("cat mapped");
+    let text = lines
+        .iter()
+        .find(|f| f[1] == "r-xp" && f.len() == 5 && range(f).0 == range(first_cat).1);
+    assert!(
+        text.is_some(),
+        "no anonymous r-xp text after the first cat mapping:\n{maps}"
+    );
 }
 
 #[test]
@@ -652,7 +872,11 @@ fn lazy_python_serves_part_of_its_text() {
         return;
     }
     let (_, _, r) = compare_with_report(Case::new("/usr/bin/python3.11", ["-c", "pass"]));
-    let (pages, served, faults) = (text_field(&r, "pages"), text_field(&r, "served"), text_field(&r, "faults"));
+    let (pages, served, faults) = (
+        text_field(&r, "pages"),
+        text_field(&r, "served"),
+        text_field(&r, "faults"),
+    );
     assert_eq!(pages, elf_text_pages(Path::new("/usr/bin/python3.11")));
     assert!(0 < served && served < pages, "served {served} of {pages}");
     assert!(faults >= served, "faults {faults} < served {served}");
@@ -682,7 +906,8 @@ fn check_unprivileged(case: Case, out: &Path) -> (Output, Output) {
     let rep = out.join("r.json");
     let (n, o) = case.nobody().opt("--report-json").opt(&rep).compare();
     let r = read_report(&rep);
-    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
+    let sysctl =
+        std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
     if is_root() || sysctl.trim() == "0" {
         assert_eq!(r["handoff"]["uffd_mode"], "user-mode-only", "{r}");
     }
@@ -693,7 +918,9 @@ fn check_unprivileged(case: Case, out: &Path) -> (Output, Output) {
 #[test]
 fn unprivileged_hello_pie() {
     let (d, bin, out) = nobody_dir("nobody-hello", &[("hello", Variant::Pie)]);
-    let case = Case::new(d.join("hello-pie"), ["a", "--stderr", "--exit", "3"]).tool(&bin).cwd(&d.path);
+    let case = Case::new(d.join("hello-pie"), ["a", "--stderr", "--exit", "3"])
+        .tool(&bin)
+        .cwd(&d.path);
     let (n, _) = check_unprivileged(case, &out);
     assert_eq!(n.code, Some(3));
 }
@@ -701,18 +928,31 @@ fn unprivileged_hello_pie() {
 #[test]
 fn unprivileged_pages_static_fork() {
     let (d, bin, out) = nobody_dir("nobody-pages", &[("pages", Variant::Static)]);
-    let case = Case::new(d.join("pages-static"), ["--fork"]).tool(&bin).cwd(&d.path);
+    let case = Case::new(d.join("pages-static"), ["--fork"])
+        .tool(&bin)
+        .cwd(&d.path);
     let (n, _) = check_unprivileged(case, &out);
-    assert!(n.stdout_str().contains("child_status=0\n"), "{}", n.stdout_str());
+    assert!(
+        n.stdout_str().contains("child_status=0\n"),
+        "{}",
+        n.stdout_str()
+    );
 }
 
 #[test]
 fn unprivileged_python_threads_fork_subprocess() {
     let (d, bin, out) = nobody_dir("nobody-python", &[]);
-    let script = format!("{PY_THREADS}\n{PY_FORK}\n{PY_SUBPROCESS}\nimport os\nprint(os.getuid())\n");
-    let case = Case::new("/usr/bin/python3.11", ["-c", &script]).tool(&bin).cwd(&d.path);
+    let script =
+        format!("{PY_THREADS}\n{PY_FORK}\n{PY_SUBPROCESS}\nimport os\nprint(os.getuid())\n");
+    let case = Case::new("/usr/bin/python3.11", ["-c", &script])
+        .tool(&bin)
+        .cwd(&d.path);
     let (n, _) = check_unprivileged(case, &out);
-    assert!(n.stdout_str().contains("parent: child exit 5\n"), "{}", n.stdout_str());
+    assert!(
+        n.stdout_str().contains("parent: child exit 5\n"),
+        "{}",
+        n.stdout_str()
+    );
     if is_root() {
         assert!(n.stdout_str().ends_with("65534\n"), "{}", n.stdout_str());
     }
@@ -722,20 +962,33 @@ fn unprivileged_python_threads_fork_subprocess() {
 fn unprivileged_bash_external_commands() {
     let (d, bin, out) = nobody_dir("nobody-bash", &[]);
     let script = r#"ls; /bin/echo hi | tr a-z A-Z; id -u; exit 7"#;
-    let case = Case::new("/usr/bin/bash", ["-c", script]).tool(&bin).cwd(&d.path).env("LC_ALL", "C");
+    let case = Case::new("/usr/bin/bash", ["-c", script])
+        .tool(&bin)
+        .cwd(&d.path)
+        .env("LC_ALL", "C");
     let (n, _) = check_unprivileged(case, &out);
     assert_eq!(n.code, Some(7));
-    assert!(n.stdout_str().contains("out\nuprobe-exec\nHI\n"), "{}", n.stdout_str());
+    assert!(
+        n.stdout_str().contains("out\nuprobe-exec\nHI\n"),
+        "{}",
+        n.stdout_str()
+    );
 }
 
 // ---------------------------------------------------------------------------
 // the monitor dies: the program dies too
 
 fn children(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
     tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .flat_map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
         .collect()
 }
 
@@ -743,18 +996,27 @@ fn children(pid: i32) -> Vec<i32> {
 fn is_dead(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(s) => s.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) == Some('Z'),
+        Ok(s) => {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                == Some('Z')
+        }
     }
 }
 
 #[test]
 fn monitor_sigkill_kills_program() {
     let spin = sample("spin", Variant::Pie);
-    let cases: [Vec<OsString>; 2] =
-        [vec![os("/usr/bin/sleep"), os("30")], vec![spin.into_os_string(), os("1"), os("--sigint-exit")]];
+    let cases: [Vec<OsString>; 2] = [
+        vec![os("/usr/bin/sleep"), os("30")],
+        vec![spin.into_os_string(), os("1"), os("--sigint-exit")],
+    ];
     for argv in cases {
         let mut cmd = Command::new(BIN);
-        cmd.args(&argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let mut g = spawn_guarded(&mut cmd);
         let monitor = g.pid();
         // The program, once handed off (its cmdline is then its own argv).
@@ -771,7 +1033,10 @@ fn monitor_sigkill_kills_program() {
             if let Some(c) = found {
                 break c;
             }
-            assert!(Instant::now() < deadline, "{argv:?}: the program did not start");
+            assert!(
+                Instant::now() < deadline,
+                "{argv:?}: the program did not start"
+            );
             std::thread::sleep(Duration::from_millis(5));
         };
         std::thread::sleep(Duration::from_millis(50));
@@ -779,7 +1044,10 @@ fn monitor_sigkill_kills_program() {
         // SAFETY: signalling our own child.
         assert_eq!(unsafe { libc::kill(monitor, libc::SIGKILL) }, 0);
         let st = g.child.as_mut().unwrap().wait().unwrap();
-        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(libc::SIGKILL)
+        );
         let deadline = Instant::now() + Duration::from_secs(2);
         while !is_dead(child) {
             if Instant::now() > deadline {
@@ -799,19 +1067,38 @@ fn monitor_sigkill_kills_program() {
 fn library_api_spawn_wait() {
     for v in [Variant::Static, Variant::Pie] {
         let p = sample("hello", v);
-        let session = uprobe_exec::Command::new(&p).args(["lib", "--exit", "5"]).spawn().expect("spawn");
+        let session = uprobe_exec::Command::new(&p)
+            .args(["lib", "--exit", "5"])
+            .spawn()
+            .expect("spawn");
         assert!(session.pid() > 0);
         let report = session.wait().expect("wait");
         assert_eq!(report.exit, uprobe_exec::Exit::Code(5), "{v:?}");
         assert!(report.text.served > 0, "{v:?}: {report:?}");
         assert_eq!(report.text.pages, elf_text_pages(&p), "{v:?}");
-        assert_eq!(report.args, [p.display().to_string(), "lib".into(), "--exit".into(), "5".into()]);
+        assert_eq!(
+            report.args,
+            [
+                p.display().to_string(),
+                "lib".into(),
+                "--exit".into(),
+                "5".into()
+            ]
+        );
     }
     let p = sample("hello", Variant::NoPie);
-    let report = uprobe_exec::Command::new(&p).args(["--raise", "11"]).spawn().unwrap().wait().unwrap();
+    let report = uprobe_exec::Command::new(&p)
+        .args(["--raise", "11"])
+        .spawn()
+        .unwrap()
+        .wait()
+        .unwrap();
     assert_eq!(report.exit, uprobe_exec::Exit::Signal(11));
     assert_eq!(report.exit.status(), 139);
-    let err = uprobe_exec::Command::new("no-such-program-uprobe-xyz").spawn().err().expect("not found");
+    let err = uprobe_exec::Command::new("no-such-program-uprobe-xyz")
+        .spawn()
+        .err()
+        .expect("not found");
     assert_eq!(err.exit_code(), 127);
 }
 
@@ -819,14 +1106,12 @@ fn library_api_spawn_wait() {
 // signal state handed to the program
 
 #[test]
-#[ignore = "bug: the CLI sets SIGINT/SIGQUIT to SIG_IGN and the program inherits it (execve would give SIG_DFL)"]
 fn sigint_reaches_the_program() {
     let (n, _) = Case::new("/bin/sh", ["-c", "kill -INT $$; echo survived"]).compare();
     assert_eq!(n.signal, Some(libc::SIGINT));
 }
 
 #[test]
-#[ignore = "bug: program starts with SIGINT/SIGQUIT ignored and signal 33 caught (SigIgn/SigCgt differ from native)"]
 fn signal_dispositions_match_native() {
     let (n, _) = Case::new("/usr/bin/grep", ["^Sig[IC]", "/proc/self/status"]).compare();
     assert!(n.stdout_str().contains("SigIgn:"));

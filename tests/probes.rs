@@ -11,10 +11,18 @@ use uprobe_exec_samples::{path, Variant};
 
 /// Runs `prog args` natively and with `probes`, asserts the same output,
 /// and returns the report's probes as (symbol+offset label, hits).
-fn probed(tag: &str, prog: &Path, args: &[&str], probes: &[&str]) -> (common::Output, Vec<(String, u64)>) {
+fn probed(
+    tag: &str,
+    prog: &Path,
+    args: &[&str],
+    probes: &[&str],
+) -> (common::Output, Vec<(String, u64)>) {
     let dir = TempDir::new(tag);
     let report = dir.join("r.json");
-    let mut case = Case::new(prog, args).opt("-q").opt("--report-json").opt(&report);
+    let mut case = Case::new(prog, args)
+        .opt("-q")
+        .opt("--report-json")
+        .opt(&report);
     for p in probes {
         case = case.opt("-p").opt(p);
     }
@@ -29,14 +37,21 @@ fn hits(r: &serde_json::Value) -> Vec<(String, u64)> {
         .iter()
         .map(|p| {
             let (sym, off) = (p["symbol"].as_str().unwrap(), p["offset"].as_u64().unwrap());
-            let label = if off == 0 { sym.to_string() } else { format!("{sym}+{off:#x}") };
+            let label = if off == 0 {
+                sym.to_string()
+            } else {
+                format!("{sym}+{off:#x}")
+            };
             (label, p["hits"].as_u64().unwrap())
         })
         .collect()
 }
 
 fn hit(list: &[(String, u64)], label: &str) -> u64 {
-    list.iter().find(|(l, _)| l == label).unwrap_or_else(|| panic!("no probe {label} in {list:?}")).1
+    list.iter()
+        .find(|(l, _)| l == label)
+        .unwrap_or_else(|| panic!("no probe {label} in {list:?}"))
+        .1
 }
 
 /// `key=value` from the program's own output.
@@ -56,7 +71,12 @@ fn probed_sample(v: Variant) -> PathBuf {
 #[test]
 fn a_function_called_a_million_times_is_hit_a_million_times() {
     for v in [Variant::Static, Variant::Pie] {
-        let (out, h) = probed("million", &probed_sample(v), &["basic", "1000000"], &["counted"]);
+        let (out, h) = probed(
+            "million",
+            &probed_sample(v),
+            &["basic", "1000000"],
+            &["counted"],
+        );
         assert_eq!(printed(&out, "counted"), 1_000_000);
         assert_eq!(hit(&h, "counted"), 1_000_000, "{v:?}");
     }
@@ -65,7 +85,12 @@ fn a_function_called_a_million_times_is_hit_a_million_times() {
 #[test]
 fn eight_threads_on_cold_pages_at_once_are_counted_exactly() {
     for v in Variant::ALL {
-        let (out, h) = probed("threads", &probed_sample(v), &["threads", "8", "100000"], &["counted_mt"]);
+        let (out, h) = probed(
+            "threads",
+            &probed_sample(v),
+            &["threads", "8", "100000"],
+            &["counted_mt"],
+        );
         assert_eq!(hit(&h, "counted_mt"), printed(&out, "counted_mt"), "{v:?}");
         assert_eq!(hit(&h, "counted_mt"), 800_000);
     }
@@ -79,14 +104,30 @@ fn recursion_signal_handlers_forks_and_dropped_pages() {
         assert_eq!(hit(&h, "fib"), printed(&out, "fib_calls"), "fib {v:?}");
 
         let (out, h) = probed("signal", &s, &["signal", "300"], &["in_handler"]);
-        assert_eq!(hit(&h, "in_handler"), printed(&out, "in_handler"), "signal {v:?}");
+        assert_eq!(
+            hit(&h, "in_handler"),
+            printed(&out, "in_handler"),
+            "signal {v:?}"
+        );
 
         let (out, h) = probed("fork", &s, &["fork", "5000"], &["after_fork"]);
-        assert!(out.stdout_str().contains("child after_fork=5000"), "{}", out.stdout_str());
-        assert_eq!(hit(&h, "after_fork"), 5000, "the child's hits count (fork {v:?})");
+        assert!(
+            out.stdout_str().contains("child after_fork=5000"),
+            "{}",
+            out.stdout_str()
+        );
+        assert_eq!(
+            hit(&h, "after_fork"),
+            5000,
+            "the child's hits count (fork {v:?})"
+        );
 
         let (out, h) = probed("dontneed", &s, &["dontneed", "2000"], &["dropped"]);
-        assert_eq!(hit(&h, "dropped"), printed(&out, "dropped"), "dontneed {v:?}");
+        assert_eq!(
+            hit(&h, "dropped"),
+            printed(&out, "dropped"),
+            "dontneed {v:?}"
+        );
     }
 }
 
@@ -163,9 +204,18 @@ fn python_with_list_append_and_all_of_py_star() {
         case.compare();
         read_report(&report)
     };
-    let a = hit(&hits(&run_once(&script(5000), "PyList_Append")), "PyList_Append");
-    let b = hit(&hits(&run_once(&script(5000), "PyList_Append")), "PyList_Append");
-    let c = hit(&hits(&run_once(&script(10000), "PyList_Append")), "PyList_Append");
+    let a = hit(
+        &hits(&run_once(&script(5000), "PyList_Append")),
+        "PyList_Append",
+    );
+    let b = hit(
+        &hits(&run_once(&script(5000), "PyList_Append")),
+        "PyList_Append",
+    );
+    let c = hit(
+        &hits(&run_once(&script(10000), "PyList_Append")),
+        "PyList_Append",
+    );
     assert_eq!(a, b, "the same deterministic script gives the same count");
     assert_eq!(c - a, 5000, "{a} then {c}");
 
@@ -200,15 +250,26 @@ fn bash_execute_command() {
 fn the_count_table_goes_to_stderr_busiest_first() {
     let out = run({
         let mut c = std::process::Command::new(BIN);
-        c.args(["-p", "counted", "-p", "fib"]).arg(probed_sample(Variant::Pie)).args(["basic", "7"]);
+        c.args(["-p", "counted", "-p", "fib"])
+            .arg(probed_sample(Variant::Pie))
+            .args(["basic", "7"]);
         c
     });
     assert_eq!(out.code, Some(0));
     let err = out.stderr_str();
     let lines: Vec<&str> = err.lines().collect();
-    assert!(lines[0].starts_with("FUNC") && lines[0].ends_with("COUNT"), "{err}");
-    assert!(lines[1].starts_with("counted") && lines[1].ends_with(" 7"), "{err}");
-    assert!(lines[2].starts_with("fib") && lines[2].ends_with(" 0"), "{err}");
+    assert!(
+        lines[0].starts_with("FUNC") && lines[0].ends_with("COUNT"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("counted") && lines[1].ends_with(" 7"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("fib") && lines[2].ends_with(" 0"),
+        "{err}"
+    );
     assert!(!out.stdout_str().contains("FUNC"));
 }
 
@@ -216,7 +277,8 @@ fn the_count_table_goes_to_stderr_busiest_first() {
 fn list_prints_functions_sorted_by_address() {
     let out = run({
         let mut c = std::process::Command::new(BIN);
-        c.args(["--list", "-p", "site_*", "-p", "counted"]).arg(probed_sample(Variant::NoPie));
+        c.args(["--list", "-p", "site_*", "-p", "counted"])
+            .arg(probed_sample(Variant::NoPie));
         c
     });
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
@@ -225,19 +287,31 @@ fn list_prints_functions_sorted_by_address() {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (u64::from_str_radix(f[0].trim_start_matches("0x"), 16).unwrap(), f[1].parse().unwrap(), f[2].to_string())
+            (
+                u64::from_str_radix(f[0].trim_start_matches("0x"), 16).unwrap(),
+                f[1].parse().unwrap(),
+                f[2].to_string(),
+            )
         })
         .collect();
-    assert!(rows.windows(2).all(|w| w[0].0 <= w[1].0), "sorted by address");
+    assert!(
+        rows.windows(2).all(|w| w[0].0 <= w[1].0),
+        "sorted by address"
+    );
     let names: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
     for n in ["counted", "site_lea", "site_straddle", "site_callee"] {
         assert!(names.contains(&n), "{n} in {names:?}");
     }
     // The address is the one nm prints.
-    let nm = std::process::Command::new("nm").arg(probed_sample(Variant::NoPie)).output();
+    let nm = std::process::Command::new("nm")
+        .arg(probed_sample(Variant::NoPie))
+        .output();
     if let Ok(nm) = nm {
         let nm = String::from_utf8_lossy(&nm.stdout);
-        let want = nm.lines().find(|l| l.ends_with(" counted")).map(|l| u64::from_str_radix(&l[..16], 16).unwrap());
+        let want = nm
+            .lines()
+            .find(|l| l.ends_with(" counted"))
+            .map(|l| u64::from_str_radix(&l[..16], 16).unwrap());
         if let Some(want) = want {
             assert_eq!(rows.iter().find(|r| r.2 == "counted").unwrap().0, want);
         }
@@ -247,9 +321,23 @@ fn list_prints_functions_sorted_by_address() {
 #[test]
 fn a_program_with_its_own_sigtrap_handler_keeps_it_and_the_probes() {
     for v in [Variant::Pie, Variant::Static] {
-        let (out, h) = probed("trapown", &probed_sample(v), &["trapown", "100"], &["counted"]);
-        assert!(out.stdout_str().contains("initial=default\ninstalled=ours\n"), "{}", out.stdout_str());
-        assert_eq!(printed(&out, "own_traps"), 101, "its own int3s and raise() reach its handler");
+        let (out, h) = probed(
+            "trapown",
+            &probed_sample(v),
+            &["trapown", "100"],
+            &["counted"],
+        );
+        assert!(
+            out.stdout_str()
+                .contains("initial=default\ninstalled=ours\n"),
+            "{}",
+            out.stdout_str()
+        );
+        assert_eq!(
+            printed(&out, "own_traps"),
+            101,
+            "its own int3s and raise() reach its handler"
+        );
         assert_eq!(hit(&h, "counted"), 100);
     }
 }
@@ -260,14 +348,32 @@ fn a_probe_hit_while_sigtrap_is_blocked_is_reported() {
     let report = dir.join("r.json");
     let out = run({
         let mut c = std::process::Command::new(BIN);
-        c.args(["-p", "counted", "--report-json"]).arg(&report).arg(probed_sample(Variant::Pie)).args(["blocked", "3"]);
+        c.args(["-p", "counted", "--report-json"])
+            .arg(&report)
+            .arg(probed_sample(Variant::Pie))
+            .args(["blocked", "3"]);
         c
     });
-    assert_eq!(out.status(), 128 + 5, "killed by SIGTRAP: {}", out.stderr_str());
-    assert!(out.stderr_str().contains("SIGTRAP was blocked"), "{}", out.stderr_str());
+    assert_eq!(
+        out.status(),
+        128 + 5,
+        "killed by SIGTRAP: {}",
+        out.stderr_str()
+    );
+    assert!(
+        out.stderr_str().contains("SIGTRAP was blocked"),
+        "{}",
+        out.stderr_str()
+    );
     let r = read_report(&report);
     assert_eq!(r["exit"]["signal"], 5);
-    assert!(r["warnings"][0].as_str().unwrap().contains("SIGTRAP was blocked"), "{r}");
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("SIGTRAP was blocked"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -276,8 +382,14 @@ fn probe_errors_say_what_to_do() {
     let s = s.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["-p", "countd", s, "basic", "1"], "close names: counted"),
-        (&["-p", "zz_nothing*", s, "basic", "1"], "matches no function"),
-        (&["-p", "site_lea+1", s, "basic", "1"], "nearest are site_lea+0x0 and site_lea+0x4"),
+        (
+            &["-p", "zz_nothing*", s, "basic", "1"],
+            "matches no function",
+        ),
+        (
+            &["-p", "site_lea+1", s, "basic", "1"],
+            "nearest are site_lea+0x0 and site_lea+0x4",
+        ),
         (&["-p", "site_lea+0x400", s, "basic", "1"], "past the end"),
         (&["-p", "0x10", s, "basic", "1"], "--unsafe"),
         (&["-p", "0xffffffffffffffff", s, "basic", "1"], "--unsafe"),
@@ -291,7 +403,11 @@ fn probe_errors_say_what_to_do() {
             c
         });
         assert_our_error(&format!("{args:?}"), &out, 125);
-        assert!(out.stderr_str().contains(needle), "{args:?}: {}", out.stderr_str());
+        assert!(
+            out.stderr_str().contains(needle),
+            "{args:?}: {}",
+            out.stderr_str()
+        );
     }
 }
 
@@ -300,7 +416,9 @@ fn an_instruction_that_cannot_run_out_of_line_is_refused_by_name() {
     // site_jmp+2 is the ud2 after the jmp.
     let out = run({
         let mut c = std::process::Command::new(BIN);
-        c.args(["-p", "site_jmp+2"]).arg(probed_sample(Variant::Pie)).args(["basic", "1"]);
+        c.args(["-p", "site_jmp+2"])
+            .arg(probed_sample(Variant::Pie))
+            .args(["basic", "1"]);
         c
     });
     assert_our_error("ud2", &out, 125);
@@ -311,10 +429,22 @@ fn an_instruction_that_cannot_run_out_of_line_is_refused_by_name() {
 fn unsafe_addresses_warn_and_work() {
     // The first instruction of site_adj, by address, is inside a function:
     // allowed without --unsafe; the test checks the address form hits too.
-    let nm = std::process::Command::new("nm").arg(probed_sample(Variant::NoPie)).output().expect("nm");
+    let nm = std::process::Command::new("nm")
+        .arg(probed_sample(Variant::NoPie))
+        .output()
+        .expect("nm");
     let nm = String::from_utf8_lossy(&nm.stdout);
-    let addr = nm.lines().find(|l| l.ends_with(" site_adj")).map(|l| format!("0x{}", l[..16].trim_start_matches('0'))).unwrap();
-    let (out, h) = probed("addr", &probed_sample(Variant::NoPie), &["sites", "10"], &[&addr]);
+    let addr = nm
+        .lines()
+        .find(|l| l.ends_with(" site_adj"))
+        .map(|l| format!("0x{}", l[..16].trim_start_matches('0')))
+        .unwrap();
+    let (out, h) = probed(
+        "addr",
+        &probed_sample(Variant::NoPie),
+        &["sites", "10"],
+        &[&addr],
+    );
     assert_eq!(printed(&out, "sites"), 10);
     assert_eq!(hit(&h, "site_adj"), 10);
 }
@@ -326,10 +456,24 @@ fn probes_work_unprivileged() {
     let prog = dir.copy(&probed_sample(Variant::Pie), "probed", 0o755);
     let report = dir.join("r.json");
     // The report is written by uid 65534: let it create files in the dir.
-    std::fs::set_permissions(dir.join(""), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        dir.join(""),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     for (mode, args, probe, key) in [
-        ("threads", vec!["threads", "8", "10000"], "counted_mt", "counted_mt"),
-        ("fork", vec!["fork", "1000"], "after_fork", "child after_fork"),
+        (
+            "threads",
+            vec!["threads", "8", "10000"],
+            "counted_mt",
+            "counted_mt",
+        ),
+        (
+            "fork",
+            vec!["fork", "1000"],
+            "after_fork",
+            "child after_fork",
+        ),
         ("trapown", vec!["trapown", "10"], "counted", "counted"),
     ] {
         let case = Case::new(&prog, &args)
@@ -345,7 +489,11 @@ fn probes_work_unprivileged() {
         if is_root() {
             assert_eq!(r["handoff"]["uffd_mode"], "user-mode-only", "{mode}");
         }
-        let want = if mode == "fork" { 1000 } else { printed(&out, key) };
+        let want = if mode == "fork" {
+            1000
+        } else {
+            printed(&out, key)
+        };
         assert_eq!(hit(&hits(&r), probe), want, "{mode}");
     }
 }

@@ -98,13 +98,22 @@ const MAX_SPAN: u64 = 1 << 40;
 impl Image {
     /// Opens, maps and checks `path`.
     pub fn open(path: &Path) -> Result<Image, ElfError> {
-        let file = File::open(path).map_err(|source| ElfError::Open { path: path.to_owned(), source })?;
+        let file = File::open(path).map_err(|source| ElfError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         // SAFETY: the mapping is private and read-only. A program file that
         // is modified while it runs is as unsupported here as under execve
         // (which refuses with ETXTBSY): we read it as it was.
-        let bytes = unsafe { Mmap::map(&file) }.map_err(|source| ElfError::Open { path: path.to_owned(), source })?;
+        let bytes = unsafe { Mmap::map(&file) }.map_err(|source| ElfError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
         let bytes = Arc::new(bytes);
-        let parsed = parse(&bytes).map_err(|reason| ElfError::Malformed { path: path.to_owned(), reason })?;
+        let parsed = parse(&bytes).map_err(|reason| ElfError::Malformed {
+            path: path.to_owned(),
+            reason,
+        })?;
         Ok(parsed.into_image(path.to_owned(), file, bytes))
     }
 
@@ -123,7 +132,11 @@ impl Image {
     /// One past the highest page of the image, link time.
     #[must_use]
     pub fn max_vaddr(&self) -> u64 {
-        self.segments.iter().map(|s| page_up(s.end())).max().unwrap_or(0)
+        self.segments
+            .iter()
+            .map(|s| page_up(s.end()))
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -183,7 +196,12 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
     let kind = match header.e_type {
         ET_EXEC => ElfKind::Exec,
         ET_DYN => ElfKind::Dyn,
-        t => return Err(format!("ELF type {} is not an executable", goblin::elf::header::et_to_str(t))),
+        t => {
+            return Err(format!(
+                "ELF type {} is not an executable",
+                goblin::elf::header::et_to_str(t)
+            ))
+        }
     };
     if header.e_entry == 0 {
         return Err("no entry point (a shared library, not a program?)".into());
@@ -198,9 +216,13 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
         .checked_add(u64::from(phnum) * u64::from(phentsize))
         .filter(|&e| e <= b.len() as u64)
         .ok_or("program headers lie past the end of the file")?;
-    let ctx = goblin::container::Ctx::new(goblin::container::Container::Big, goblin::container::Endian::Little);
-    let phdrs = goblin::elf::ProgramHeader::parse(b, header.e_phoff as usize, usize::from(phnum), ctx)
-        .map_err(|e| format!("bad program headers: {e}"))?;
+    let ctx = goblin::container::Ctx::new(
+        goblin::container::Container::Big,
+        goblin::container::Endian::Little,
+    );
+    let phdrs =
+        goblin::elf::ProgramHeader::parse(b, header.e_phoff as usize, usize::from(phnum), ctx)
+            .map_err(|e| format!("bad program headers: {e}"))?;
 
     let mut segments = Vec::new();
     let mut interp = None;
@@ -217,11 +239,21 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
                         ph.p_vaddr, ph.p_filesz, ph.p_memsz
                     ));
                 }
-                if ph.p_offset.checked_add(ph.p_filesz).is_none_or(|e| e > b.len() as u64) {
-                    return Err(format!("segment at {:#x} lies past the end of the file", ph.p_vaddr));
+                if ph
+                    .p_offset
+                    .checked_add(ph.p_filesz)
+                    .is_none_or(|e| e > b.len() as u64)
+                {
+                    return Err(format!(
+                        "segment at {:#x} lies past the end of the file",
+                        ph.p_vaddr
+                    ));
                 }
                 if ph.p_memsz > MAX_SPAN || ph.p_vaddr > MAX_SPAN * 64 {
-                    return Err(format!("segment at {:#x} has an absurd size or address", ph.p_vaddr));
+                    return Err(format!(
+                        "segment at {:#x} has an absurd size or address",
+                        ph.p_vaddr
+                    ));
                 }
                 if ph.p_vaddr % 4096 != ph.p_offset % 4096 {
                     return Err(format!(
@@ -230,7 +262,10 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
                     ));
                 }
                 if ph.p_align > 1 && (!ph.p_align.is_power_of_two() || ph.p_align > 1 << 30) {
-                    return Err(format!("segment at {:#x} has an absurd alignment {:#x}", ph.p_vaddr, ph.p_align));
+                    return Err(format!(
+                        "segment at {:#x} has an absurd alignment {:#x}",
+                        ph.p_vaddr, ph.p_align
+                    ));
                 }
                 segments.push(Segment {
                     vaddr: LinkAddr(ph.p_vaddr),
@@ -244,7 +279,10 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
             }
             PT_INTERP => {
                 let start = ph.p_offset as usize;
-                let end = ph.p_offset.checked_add(ph.p_filesz).filter(|&e| e <= b.len() as u64);
+                let end = ph
+                    .p_offset
+                    .checked_add(ph.p_filesz)
+                    .filter(|&e| e <= b.len() as u64);
                 let Some(end) = end else {
                     return Err("PT_INTERP lies past the end of the file".into());
                 };
@@ -276,14 +314,29 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
         return Err(format!("the segments span an absurd {span:#x} bytes"));
     }
     let entry = LinkAddr(header.e_entry);
-    if !segments.iter().any(|s| s.exec && entry.0 >= s.vaddr.0 && entry.0 < s.end()) {
-        return Err(format!("entry point {:#x} is outside every executable segment", entry.0));
+    if !segments
+        .iter()
+        .any(|s| s.exec && entry.0 >= s.vaddr.0 && entry.0 < s.end())
+    {
+        return Err(format!(
+            "entry point {:#x} is outside every executable segment",
+            entry.0
+        ));
     }
     if phdr.is_none() {
         // No PT_PHDR: the headers are in memory if a segment maps their file bytes.
         phdr = segments.iter().find_map(|s| {
-            (header.e_phoff >= s.offset && ph_end <= s.offset + s.filesz).then(|| LinkAddr(s.vaddr.0 + header.e_phoff - s.offset))
+            (header.e_phoff >= s.offset && ph_end <= s.offset + s.filesz)
+                .then(|| LinkAddr(s.vaddr.0 + header.e_phoff - s.offset))
         });
     }
-    Ok(Parsed { kind, entry, phdr, phentsize, phnum, segments, interp })
+    Ok(Parsed {
+        kind,
+        entry,
+        phdr,
+        phentsize,
+        phnum,
+        segments,
+        interp,
+    })
 }

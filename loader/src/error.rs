@@ -95,14 +95,21 @@ impl Error {
         match self {
             Error::NotFound { .. } | Error::NoSuchFile { .. } => 127,
             Error::CannotRun { .. } => 126,
-            Error::Elf(ElfError::Open { source, .. }) if source.kind() == io::ErrorKind::NotFound => 127,
+            Error::Elf(ElfError::Open { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                127
+            }
             Error::Elf(_) => 126,
             _ => 125,
         }
     }
 
     pub(crate) fn sys(what: impl Into<String>, source: impl Into<io::Error>) -> Error {
-        Error::Sys { what: what.into(), source: source.into() }
+        Error::Sys {
+            what: what.into(),
+            source: source.into(),
+        }
     }
 }
 

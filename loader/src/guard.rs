@@ -28,7 +28,12 @@ const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const NR_RT_SIGACTION: u32 = 13;
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code, jt: 0, jf: 0, k }
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
 }
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
@@ -92,7 +97,10 @@ impl Guard {
             .name("uprobe-exec-guard".into())
             .spawn(move || serve(&listener, &r, &target))
             .map_err(|e| Error::sys("starting the guard thread", e))?;
-        Ok(Guard { stop: Some(w), thread: Some(thread) })
+        Ok(Guard {
+            stop: Some(w),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -110,8 +118,16 @@ fn serve(listener: &OwnedFd, stop: &OwnedFd, t: &Target) {
     let magic = &code[..16.min(code.len())];
     loop {
         let mut pfds = [
-            libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: two valid pollfds.
         let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
@@ -130,10 +146,22 @@ fn serve(listener: &OwnedFd, stop: &OwnedFd, t: &Target) {
         // SAFETY: seccomp_notif is plain data; the kernel wants it zeroed.
         let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
         // SAFETY: RECV fills the struct we pass.
-        if unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) } != 0 {
+        if unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_RECV,
+                &mut req,
+            )
+        } != 0
+        {
             continue; // ENOENT: the caller died meanwhile.
         }
-        let mut resp = libc::seccomp_notif_resp { id: req.id, val: 0, error: 0, flags: 0 };
+        let mut resp = libc::seccomp_notif_resp {
+            id: req.id,
+            val: 0,
+            error: 0,
+            flags: 0,
+        };
         answer(&req, &mut resp, t, magic);
         // SAFETY: SEND reads the struct we pass; a failure means the caller is gone.
         unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &resp) };
@@ -142,21 +170,38 @@ fn serve(listener: &OwnedFd, stop: &OwnedFd, t: &Target) {
 
 /// Reads `buf.len()` bytes at `addr` in process `pid`.
 fn peek(pid: u32, addr: u64, buf: &mut [u8]) -> bool {
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut _,
+        iov_len: buf.len(),
+    };
     // SAFETY: local is our buffer; remote is only read by the kernel, checked.
     unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) == buf.len() as isize }
 }
 
 /// Writes `buf` at `addr` in process `pid`.
 fn poke(pid: u32, addr: u64, buf: &[u8]) -> bool {
-    let local = libc::iovec { iov_base: buf.as_ptr().cast_mut().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as *mut _, iov_len: buf.len() };
+    let local = libc::iovec {
+        iov_base: buf.as_ptr().cast_mut().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut _,
+        iov_len: buf.len(),
+    };
     // SAFETY: the kernel writes the remote process's memory, checked; local is only read.
     unsafe { libc::process_vm_writev(pid as i32, &local, 1, &remote, 1, 0) == buf.len() as isize }
 }
 
-fn answer(req: &libc::seccomp_notif, resp: &mut libc::seccomp_notif_resp, t: &Target, magic: &[u8]) {
+fn answer(
+    req: &libc::seccomp_notif,
+    resp: &mut libc::seccomp_notif_resp,
+    t: &Target,
+    magic: &[u8],
+) {
     let pid = req.pid;
     let mut code = [0u8; 16];
     if !peek(pid, t.handler, &mut code[..magic.len()]) || &code[..magic.len()] != magic {
@@ -169,7 +214,9 @@ fn answer(req: &libc::seccomp_notif, resp: &mut libc::seccomp_notif_resp, t: &Ta
         // SAFETY: the four words after the site counters, in our shared mapping, 8-aligned.
         unsafe { &*((t.program_action + 8 * i) as *const AtomicU64) }
     };
-    let old: Vec<u8> = (0..4).flat_map(|i| words(i).load(Ordering::Relaxed).to_le_bytes()).collect();
+    let old: Vec<u8> = (0..4)
+        .flat_map(|i| words(i).load(Ordering::Relaxed).to_le_bytes())
+        .collect();
     if oact != 0 && !poke(pid, oact, &old) {
         resp.error = -libc::EFAULT;
         return;

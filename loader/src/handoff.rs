@@ -43,7 +43,7 @@ global_asm!(
     ".p2align 4",
     "uprobe_exec_handoff_start:",
     "    mov r12, rdi",
-    "    mov rsp, rdi",                 // a stack that survives: below the parameters
+    "    mov rsp, rdi", // a stack that survives: below the parameters
     // 1. Unmap every mapping of the monitor.
     "    mov r13, [r12 + 16]",
     "    mov r14, [r12 + 24]",
@@ -52,7 +52,7 @@ global_asm!(
     "    jz .Luprobe_unmapped",
     "    mov rdi, [r13]",
     "    mov rsi, [r13 + 8]",
-    "    mov eax, 11",                  // munmap
+    "    mov eax, 11", // munmap
     "    syscall",
     "    add r13, 16",
     "    dec r14",
@@ -62,11 +62,11 @@ global_asm!(
     "    mov rdx, [r12 + 32]",
     "    test rdx, rdx",
     "    jz .Luprobe_no_prctl",
-    "    mov edi, 35",                  // PR_SET_MM
-    "    mov esi, 14",                  // PR_SET_MM_MAP
+    "    mov edi, 35", // PR_SET_MM
+    "    mov esi, 14", // PR_SET_MM_MAP
     "    mov r10, [r12 + 40]",
     "    xor r8d, r8d",
-    "    mov eax, 157",                 // prctl
+    "    mov eax, 157", // prctl
     "    syscall",
     "    mov [r12 + 80], rax",
     ".Luprobe_no_prctl:",
@@ -74,15 +74,15 @@ global_asm!(
     "    mov rdi, [r12 + 48]",
     "    cmp rdi, -1",
     "    je .Luprobe_closed",
-    "    mov eax, 3",                   // close
+    "    mov eax, 3", // close
     "    syscall",
     ".Luprobe_closed:",
     // 4. Keep what the jump needs in registers, then wipe the parameters.
-    "    mov r13, [r12 + 0]",           // entry
-    "    mov r14, [r12 + 8]",           // sp
-    "    mov r15, [r12 + 56]",          // gadget (0: none)
-    "    mov rbx, [r12 + 64]",          // blob address
-    "    mov rbp, [r12 + 72]",          // blob length
+    "    mov r13, [r12 + 0]",  // entry
+    "    mov r14, [r12 + 8]",  // sp
+    "    mov r15, [r12 + 56]", // gadget (0: none)
+    "    mov rbx, [r12 + 64]", // blob address
+    "    mov rbp, [r12 + 72]", // blob length
     "    mov rdi, r12",
     "    mov rcx, r14",
     "    sub rcx, r12",
@@ -108,8 +108,8 @@ global_asm!(
     "    xor r14d, r14d",
     "    xor r15d, r15d",
     "    xor edx, edx",
-    "    mov eax, 11",                  // munmap
-    "    ret",                          // into the vDSO's `syscall; xor…; ret`
+    "    mov eax, 11", // munmap
+    "    ret",         // into the vDSO's `syscall; xor…; ret`
     // 5b. No gadget: jump straight to the entry; this page stays mapped.
     ".Luprobe_no_gadget:",
     "    xor ebx, ebx",
@@ -178,18 +178,26 @@ pub fn vdso() -> Option<(u64, &'static [u8])> {
         return None;
     }
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let (lo, hi) = maps.lines().filter(|l| l.ends_with("[vdso]")).find_map(|l| parse_range(l))?;
+    let (lo, hi) = maps
+        .lines()
+        .filter(|l| l.ends_with("[vdso]"))
+        .find_map(|l| parse_range(l))?;
     if lo != addr {
         return None;
     }
     // SAFETY: the vDSO is mapped readable for [lo, hi) for the life of the process.
-    Some((addr, unsafe { std::slice::from_raw_parts(lo as *const u8, (hi - lo) as usize) }))
+    Some((addr, unsafe {
+        std::slice::from_raw_parts(lo as *const u8, (hi - lo) as usize)
+    }))
 }
 
 fn parse_range(line: &str) -> Option<(u64, u64)> {
     let r = line.split_whitespace().next()?;
     let (a, b) = r.split_once('-')?;
-    Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
 }
 
 /// The monitor's mappings that the child must unmap: everything in
@@ -198,10 +206,15 @@ pub fn monitor_mappings(keep: &[(u64, u64)]) -> std::io::Result<Vec<(u64, u64)>>
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let mut out = Vec::new();
     for line in maps.lines() {
-        if ["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"].iter().any(|s| line.ends_with(s)) {
+        if ["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"]
+            .iter()
+            .any(|s| line.ends_with(s))
+        {
             continue;
         }
-        let Some((lo, hi)) = parse_range(line) else { continue };
+        let Some((lo, hi)) = parse_range(line) else {
+            continue;
+        };
         let mut pieces = vec![(lo, hi)];
         for &(klo, khi) in keep {
             pieces = pieces
@@ -210,7 +223,10 @@ pub fn monitor_mappings(keep: &[(u64, u64)]) -> std::io::Result<Vec<(u64, u64)>>
                     if khi <= a || klo >= b {
                         vec![(a, b)]
                     } else {
-                        [(a, klo.max(a)), (khi.min(b), b)].into_iter().filter(|(x, y)| x < y).collect()
+                        [(a, klo.max(a)), (khi.min(b), b)]
+                            .into_iter()
+                            .filter(|(x, y)| x < y)
+                            .collect()
                     }
                 })
                 .collect();
@@ -278,7 +294,10 @@ impl Params<'_> {
             // SAFETY: prctl_mm_map is plain data (integers and one pointer
             // value); viewing it as bytes is sound.
             let raw = unsafe {
-                std::slice::from_raw_parts((m as *const MmMap).cast::<u8>(), std::mem::size_of::<MmMap>())
+                std::slice::from_raw_parts(
+                    (m as *const MmMap).cast::<u8>(),
+                    std::mem::size_of::<MmMap>(),
+                )
             };
             dst[o..o + raw.len()].copy_from_slice(raw);
         }
@@ -302,7 +321,10 @@ mod tests {
     #[test]
     fn this_kernels_vdso_has_an_exit() {
         let (addr, bytes) = vdso().expect("a vDSO");
-        assert!(find_exit_gadget(bytes, addr).is_some(), "no syscall;xor…;ret in this vDSO");
+        assert!(
+            find_exit_gadget(bytes, addr).is_some(),
+            "no syscall;xor…;ret in this vDSO"
+        );
     }
 
     #[test]

@@ -38,7 +38,11 @@ struct Cli {
     stats: bool,
 
     /// The program (looked up in PATH when it has no slash) and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM [ARGS]...")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        value_name = "PROGRAM [ARGS]..."
+    )]
     command: Vec<OsString>,
 }
 
@@ -49,13 +53,23 @@ fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
 
 fn list(program: &OsString, patterns: &[String]) -> ExitCode {
     match uprobe_exec::functions(program, patterns) {
-        Ok(fs) if fs.is_empty() && !patterns.is_empty() => {
-            fail(format!("no function of {} matches {}", program.to_string_lossy(), patterns.join(" ")), 125)
-        }
+        Ok(fs) if fs.is_empty() && !patterns.is_empty() => fail(
+            format!(
+                "no function of {} matches {}",
+                program.to_string_lossy(),
+                patterns.join(" ")
+            ),
+            125,
+        ),
         Ok(fs) => {
             let mut out = String::new();
             for f in fs {
-                out.push_str(&format!("{:#018x} {:>8} {}\n", f.addr.0, f.size, f.display_name()));
+                out.push_str(&format!(
+                    "{:#018x} {:>8} {}\n",
+                    f.addr.0,
+                    f.size,
+                    f.display_name()
+                ));
             }
             print!("{out}");
             ExitCode::SUCCESS
@@ -67,27 +81,37 @@ fn list(program: &OsString, patterns: &[String]) -> ExitCode {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(125);
+            // One line, ours: clap's first line without its "error: ".
+            let text = e.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines
+                .next()
+                .unwrap_or("bad usage")
+                .trim_start_matches("error: ")
+                .to_string();
+            if first.ends_with(':') {
+                first = format!("{first} {}", lines.next().unwrap_or(""));
+            }
+            return fail(format!("{first} (see uprobe-exec --help)"), 125);
         }
     };
     let (program, args) = cli.command.split_first().expect("clap requires PROGRAM");
     if cli.list {
         return list(program, &cli.probes);
     }
-    // Ctrl-C in a terminal reaches the program directly (same process
-    // group); the monitor must not die of it first.
-    // SAFETY: setting a signal to SIG_IGN before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-    }
-    let mut cmd = uprobe_exec::Command::new(program).args(args).allow_unsafe_addresses(cli.unsafe_addrs);
+    let mut cmd = uprobe_exec::Command::new(program)
+        .args(args)
+        .allow_unsafe_addresses(cli.unsafe_addrs);
     for p in &cli.probes {
         cmd = cmd.probe(p);
     }
@@ -95,6 +119,14 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e, e.exit_code() as u8),
     };
+    // Ctrl-C in a terminal reaches the program directly (same process
+    // group); the monitor must outlive it to report. Only now: the program
+    // was forked with the dispositions we were given.
+    // SAFETY: signal(2) with SIG_IGN touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
     let report = match session.wait() {
         Ok(r) => r,
         Err(e) => return fail(&e, e.exit_code() as u8),
@@ -104,7 +136,10 @@ fn main() -> ExitCode {
     }
     if let Some(path) = &cli.report_json {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
-            eprintln!("uprobe-exec: cannot write the report to {}: {e}", path.display());
+            eprintln!(
+                "uprobe-exec: cannot write the report to {}: {e}",
+                path.display()
+            );
         }
     }
     if !cli.probes.is_empty() && !cli.quiet {

@@ -181,16 +181,26 @@ fn place(image: Image, hint: u64) -> Result<Placed> {
                 lo + span
             ),
         })?,
-        ElfKind::Dyn => Reservation::anywhere(span, PAGE_SIZE, hint)
-            .map_err(|e| Error::Plan { path: image.path.clone(), reason: format!("no room for {span:#x} bytes: {e}") })?,
+        ElfKind::Dyn => Reservation::anywhere(span, PAGE_SIZE, hint).map_err(|e| Error::Plan {
+            path: image.path.clone(),
+            reason: format!("no room for {span:#x} bytes: {e}"),
+        })?,
     };
     let bias = Bias(reservation.addr.wrapping_sub(lo));
-    Ok(Placed { image, bias, reservation })
+    Ok(Placed {
+        image,
+        bias,
+        reservation,
+    })
 }
 
 /// Mapping ops for one image. With `serve_text`, executable segments become
 /// anonymous memory served by the uffd; their ranges are returned.
-fn map_image(p: &Placed, serve_text: bool, maps: &mut Vec<MapOp>) -> Vec<(TextRange, std::ops::Range<usize>)> {
+fn map_image(
+    p: &Placed,
+    serve_text: bool,
+    maps: &mut Vec<MapOp>,
+) -> Vec<(TextRange, std::ops::Range<usize>)> {
     let fd = p.image.file.as_raw_fd();
     let segs = &p.image.segments;
     let file_len = p.image.bytes.len() as u64;
@@ -201,9 +211,18 @@ fn map_image(p: &Placed, serve_text: bool, maps: &mut Vec<MapOp>) -> Vec<(TextRa
         let mem_end = page_up(p.bias.0 + s.end());
         if serve_text && s.exec {
             // A page shared with the next segment is mapped by that segment, as the kernel would.
-            let next_start = segs.get(i + 1).map_or(u64::MAX, |n| page_down(p.bias.0 + n.vaddr.0));
+            let next_start = segs
+                .get(i + 1)
+                .map_or(u64::MAX, |n| page_down(p.bias.0 + n.vaddr.0));
             let end = mem_end.min(next_start.max(start + PAGE_SIZE));
-            maps.push(MapOp { addr: start, len: end - start, prot: s.prot(), source: MapSource::Anon, zero_from: 0, zero_to: 0 });
+            maps.push(MapOp {
+                addr: start,
+                len: end - start,
+                prot: s.prot(),
+                source: MapSource::Anon,
+                zero_from: 0,
+                zero_to: 0,
+            });
             let off = page_down(s.offset);
             let bytes_end = page_up(s.offset + s.filesz).min(file_len);
             let pages = ((end - start) / PAGE_SIZE) as usize;
@@ -212,7 +231,12 @@ fn map_image(p: &Placed, serve_text: bool, maps: &mut Vec<MapOp>) -> Vec<(TextRa
         }
         if s.filesz > 0 {
             let (zero_from, zero_to) = if s.write && s.memsz > s.filesz {
-                (p.bias.0 + s.vaddr.0 + s.filesz, file_end.min(p.bias.0 + s.end()).max(p.bias.0 + s.vaddr.0 + s.filesz))
+                (
+                    p.bias.0 + s.vaddr.0 + s.filesz,
+                    file_end
+                        .min(p.bias.0 + s.end())
+                        .max(p.bias.0 + s.vaddr.0 + s.filesz),
+                )
             } else {
                 (0, 0)
             };
@@ -220,7 +244,10 @@ fn map_image(p: &Placed, serve_text: bool, maps: &mut Vec<MapOp>) -> Vec<(TextRa
                 addr: start,
                 len: file_end - start,
                 prot: s.prot(),
-                source: MapSource::File { fd, offset: page_down(s.offset) },
+                source: MapSource::File {
+                    fd,
+                    offset: page_down(s.offset),
+                },
                 zero_from,
                 zero_to: if zero_from == 0 { 0 } else { file_end },
             });
@@ -228,7 +255,14 @@ fn map_image(p: &Placed, serve_text: bool, maps: &mut Vec<MapOp>) -> Vec<(TextRa
         }
         let anon_from = if s.filesz > 0 { file_end } else { start };
         if mem_end > anon_from {
-            maps.push(MapOp { addr: anon_from, len: mem_end - anon_from, prot: s.prot(), source: MapSource::Anon, zero_from: 0, zero_to: 0 });
+            maps.push(MapOp {
+                addr: anon_from,
+                len: mem_end - anon_from,
+                prot: s.prot(),
+                source: MapSource::Anon,
+                zero_from: 0,
+                zero_to: 0,
+            });
         }
     }
     text
@@ -238,7 +272,11 @@ impl Plan {
     /// Places the program (and its interpreter) and plans every mapping.
     /// `int3_sites` are link-time addresses of probe sites: their pages are
     /// served patched.
-    pub fn new(program: Image, interp: Option<Image>, int3_sites: &[crate::addr::LinkAddr]) -> Result<Plan> {
+    pub fn new(
+        program: Image,
+        interp: Option<Image>,
+        int3_sites: &[crate::addr::LinkAddr],
+    ) -> Result<Plan> {
         let program = place(program, PIE_HINT)?;
         let interp = interp.map(|i| place(i, 0)).transpose()?;
         let mut maps = Vec::new();
@@ -247,7 +285,10 @@ impl Plan {
             map_image(i, false, &mut maps);
         }
         let bytes = Arc::clone(&program.image.bytes);
-        let parts: Vec<(TextRange, &[u8])> = text_parts.iter().map(|(r, b)| (*r, &bytes[b.clone()])).collect();
+        let parts: Vec<(TextRange, &[u8])> = text_parts
+            .iter()
+            .map(|(r, b)| (*r, &bytes[b.clone()]))
+            .collect();
         let mut patched: Vec<(u64, Box<[u8]>)> = Vec::new();
         for site in int3_sites {
             let rt = program.bias.apply(*site).0;
@@ -255,7 +296,12 @@ impl Plan {
             let k = match patched.iter().position(|(a, _)| *a == page) {
                 Some(k) => k,
                 None => {
-                    let Some((r, b)) = parts.iter().find(|(r, _)| page >= r.start && page < r.end()) else { continue };
+                    let Some((r, b)) = parts
+                        .iter()
+                        .find(|(r, _)| page >= r.start && page < r.end())
+                    else {
+                        continue;
+                    };
                     let mut img = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
                     let off = (page - r.start) as usize;
                     if off < b.len() {
@@ -273,13 +319,22 @@ impl Plan {
         let image = Arc::new(unsafe { TextImage::new(&parts, patched, bytes.clone()) });
         let text = text_parts.iter().map(|(r, _)| *r).collect();
         let brk = program.reservation.end();
-        Ok(Plan { program, interp, maps, text, image, brk })
+        Ok(Plan {
+            program,
+            interp,
+            maps,
+            text,
+            image,
+            brk,
+        })
     }
 
     /// Where the program starts: the interpreter's entry, or the program's.
     #[must_use]
     pub fn start(&self) -> RuntimeAddr {
-        self.interp.as_ref().map_or_else(|| self.program.entry(), Placed::entry)
+        self.interp
+            .as_ref()
+            .map_or_else(|| self.program.entry(), Placed::entry)
     }
 
     /// Maps the probe area near the text: `build(base)` returns its bytes
@@ -290,11 +345,27 @@ impl Plan {
         build: impl FnOnce(u64) -> Result<(Vec<u8>, u64, u64)>,
     ) -> Result<ProbeArea> {
         let len = page_up(len as u64);
-        let lo = self.text.iter().map(|t| t.start).min().unwrap_or(self.program.reservation.addr);
-        let hi = self.text.iter().map(TextRange::end).max().unwrap_or(self.program.reservation.end());
-        let fail = |reason: String| Error::Plan { path: self.program.image.path.clone(), reason };
+        let lo = self
+            .text
+            .iter()
+            .map(|t| t.start)
+            .min()
+            .unwrap_or(self.program.reservation.addr);
+        let hi = self
+            .text
+            .iter()
+            .map(TextRange::end)
+            .max()
+            .unwrap_or(self.program.reservation.end());
+        let fail = |reason: String| Error::Plan {
+            path: self.program.image.path.clone(),
+            reason,
+        };
         // After the program with room for a 1 GiB brk heap, else just before it.
-        let mut tries = vec![self.program.reservation.end() + (1 << 30), lo.saturating_sub(len + (1 << 24))];
+        let mut tries = vec![
+            self.program.reservation.end() + (1 << 30),
+            lo.saturating_sub(len + (1 << 24)),
+        ];
         tries.push(self.program.reservation.end() + (64 << 20));
         let reservation = tries
             .into_iter()
@@ -313,16 +384,27 @@ impl Plan {
             )
             .map_err(|e| fail(format!("mapping the probe area: {e}")))?;
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len());
-            rustix::mm::mprotect(p, len as usize, rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC)
-                .map_err(|e| fail(format!("protecting the probe area: {e}")))?;
+            rustix::mm::mprotect(
+                p,
+                len as usize,
+                rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC,
+            )
+            .map_err(|e| fail(format!("protecting the probe area: {e}")))?;
         }
-        Ok(ProbeArea { handler: reservation.addr + handler, restorer: reservation.addr + restorer, reservation })
+        Ok(ProbeArea {
+            handler: reservation.addr + handler,
+            restorer: reservation.addr + restorer,
+            reservation,
+        })
     }
 
     /// The areas the child must keep when it unmaps the monitor.
     #[must_use]
     pub fn reserved(&self) -> Vec<(u64, u64)> {
-        let mut v = vec![(self.program.reservation.addr, self.program.reservation.end())];
+        let mut v = vec![(
+            self.program.reservation.addr,
+            self.program.reservation.end(),
+        )];
         if let Some(i) = &self.interp {
             v.push((i.reservation.addr, i.reservation.end()));
         }

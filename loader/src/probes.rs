@@ -7,8 +7,8 @@
 //! a jump back.
 
 use iced_x86::{
-    BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, Formatter, Instruction, InstructionBlock,
-    IntelFormatter, MemoryOperand, Mnemonic, OpKind, Register,
+    BlockEncoder, BlockEncoderOptions, Code, Decoder, DecoderOptions, Formatter, Instruction,
+    InstructionBlock, IntelFormatter, MemoryOperand, Mnemonic, OpKind, Register,
 };
 
 use crate::addr::{Bias, LinkAddr};
@@ -64,7 +64,9 @@ pub enum ProbeError {
         program: String,
     },
     /// The offset is inside an instruction.
-    #[error("{symbol}+{offset:#x} is not an instruction boundary; the nearest are {before} and {after}")]
+    #[error(
+        "{symbol}+{offset:#x} is not an instruction boundary; the nearest are {before} and {after}"
+    )]
     NotBoundary {
         /// Function.
         symbol: String,
@@ -115,13 +117,18 @@ pub enum ProbeError {
 
 /// Parses one spec.
 pub fn parse(spec: &str) -> Result<Spec, ProbeError> {
-    let bad = |why: &str| ProbeError::BadSpec { spec: spec.to_string(), why: why.to_string() };
+    let bad = |why: &str| ProbeError::BadSpec {
+        spec: spec.to_string(),
+        why: why.to_string(),
+    };
     let s = spec.trim();
     if s.is_empty() {
         return Err(bad("empty"));
     }
     if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        return u64::from_str_radix(hex, 16).map(Spec::Addr).map_err(|_| bad("not a hexadecimal address"));
+        return u64::from_str_radix(hex, 16)
+            .map(Spec::Addr)
+            .map_err(|_| bad("not a hexadecimal address"));
     }
     if s.contains(['*', '?', '[']) {
         glob::Pattern::new(s).map_err(|e| bad(&format!("bad pattern: {e}")))?;
@@ -130,19 +137,27 @@ pub fn parse(spec: &str) -> Result<Spec, ProbeError> {
     if let Some((name, off)) = s.rsplit_once('+') {
         // A suffix that looks numeric must be an offset; anything else (as in
         // C++'s `operator+`) is part of the name.
-        let looks_numeric = off.starts_with("0x") || off.starts_with("0X") || off.starts_with(|c: char| c.is_ascii_digit());
+        let looks_numeric = off.starts_with("0x")
+            || off.starts_with("0X")
+            || off.starts_with(|c: char| c.is_ascii_digit());
         if looks_numeric && !name.is_empty() {
             let parsed = match off.strip_prefix("0x").or_else(|| off.strip_prefix("0X")) {
                 Some(h) => u64::from_str_radix(h, 16).ok(),
                 None => off.parse().ok(),
             };
             return match parsed {
-                Some(offset) => Ok(Spec::Symbol { name: name.to_string(), offset }),
+                Some(offset) => Ok(Spec::Symbol {
+                    name: name.to_string(),
+                    offset,
+                }),
                 None => Err(bad("the offset is not a number (write 0x1a or 26)")),
             };
         }
     }
-    Ok(Spec::Symbol { name: s.to_string(), offset: 0 })
+    Ok(Spec::Symbol {
+        name: s.to_string(),
+        offset: 0,
+    })
 }
 
 /// A resolved probe site.
@@ -174,7 +189,10 @@ impl Site {
 
 /// The file bytes at a link-time address, up to the end of its segment.
 fn bytes_at(image: &Image, a: LinkAddr) -> Option<&[u8]> {
-    let s = image.segments.iter().find(|s| s.exec && a.0 >= s.vaddr.0 && a.0 < s.vaddr.0 + s.filesz)?;
+    let s = image
+        .segments
+        .iter()
+        .find(|s| s.exec && a.0 >= s.vaddr.0 && a.0 < s.vaddr.0 + s.filesz)?;
     let off = (s.offset + (a.0 - s.vaddr.0)) as usize;
     let end = (s.offset + s.filesz) as usize;
     image.bytes.get(off..end)
@@ -200,13 +218,21 @@ fn refuse(i: &Instruction) -> Option<&'static str> {
     }
     Some(match i.mnemonic() {
         M::Int3 | M::Int | M::Int1 | M::Into => "raises an interrupt",
-        M::Syscall | M::Sysenter | M::Sysexit | M::Sysret | M::Iret | M::Iretd | M::Iretq => "changes privilege level",
+        M::Syscall | M::Sysenter | M::Sysexit | M::Sysret | M::Iret | M::Iretd | M::Iretq => {
+            "changes privilege level"
+        }
         M::Hlt => "halts",
-        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => "does port I/O",
+        M::In | M::Out | M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd => {
+            "does port I/O"
+        }
         M::Ud0 | M::Ud1 | M::Ud2 => "is undefined on purpose",
         M::Xbegin | M::Xabort | M::Xend => "is part of a hardware transaction",
         M::Retf => "is a far return",
-        _ if i.is_jmp_far() || i.is_call_far() || i.is_jmp_far_indirect() || i.is_call_far_indirect() => {
+        _ if i.is_jmp_far()
+            || i.is_call_far()
+            || i.is_jmp_far_indirect()
+            || i.is_call_far_indirect() =>
+        {
             "is a far branch"
         }
         _ => return None,
@@ -218,7 +244,10 @@ fn relocatable(insn: &Instruction) -> Result<(), String> {
     if let Some(why) = refuse(insn) {
         return Err(why.to_string());
     }
-    if insn.mnemonic() == Mnemonic::Call && insn.op0_kind() == OpKind::Register && insn.op0_register() == Register::RSP {
+    if insn.mnemonic() == Mnemonic::Call
+        && insn.op0_kind() == OpKind::Register
+        && insn.op0_register() == Register::RSP
+    {
         return Err("calls through rsp".into());
     }
     Ok(())
@@ -235,12 +264,20 @@ fn xol_block(bytes: &[u8], ip: u64) -> Result<Vec<Instruction>, String> {
     if insn.mnemonic() == Mnemonic::Call {
         let mk = |r: Result<Instruction, iced_x86::IcedError>| r.map_err(|e| e.to_string());
         v.push(mk(Instruction::with1(Code::Push_r64, Register::RAX))?);
-        v.push(mk(Instruction::with2(Code::Mov_r64_imm64, Register::RAX, next))?);
-        v.push(mk(Instruction::with2(Code::Xchg_rm64_r64, MemoryOperand::with_base(Register::RSP), Register::RAX))?);
+        v.push(mk(Instruction::with2(
+            Code::Mov_r64_imm64,
+            Register::RAX,
+            next,
+        ))?);
+        v.push(mk(Instruction::with2(
+            Code::Xchg_rm64_r64,
+            MemoryOperand::with_base(Register::RSP),
+            Register::RAX,
+        ))?);
         match insn.code() {
-            Code::Call_rel32_64 | Code::Call_rel16 | Code::Call_rel32_32 => {
-                v.push(mk(Instruction::with_branch(Code::Jmp_rel32_64, insn.near_branch_target()))?)
-            }
+            Code::Call_rel32_64 | Code::Call_rel16 | Code::Call_rel32_32 => v.push(mk(
+                Instruction::with_branch(Code::Jmp_rel32_64, insn.near_branch_target()),
+            )?),
             Code::Call_rm64 => {
                 if insn.op0_kind() == OpKind::Memory && insn.memory_base() == Register::RSP {
                     // The return address we pushed moved rsp by 8.
@@ -261,10 +298,17 @@ fn xol_block(bytes: &[u8], ip: u64) -> Result<Vec<Instruction>, String> {
 /// Encodes the slot for a site; the bytes go at runtime address `slot`.
 pub fn encode_slot(bytes: &[u8], ip: u64, slot: u64) -> Result<Vec<u8>, String> {
     let block = xol_block(bytes, ip)?;
-    let r = BlockEncoder::encode(64, InstructionBlock::new(&block, slot), BlockEncoderOptions::NONE)
-        .map_err(|e| format!("cannot be relocated to the probe area: {e}"))?;
+    let r = BlockEncoder::encode(
+        64,
+        InstructionBlock::new(&block, slot),
+        BlockEncoderOptions::NONE,
+    )
+    .map_err(|e| format!("cannot be relocated to the probe area: {e}"))?;
     if r.code_buffer.len() > SLOT_BYTES {
-        return Err(format!("relocates to {} bytes, more than a slot holds", r.code_buffer.len()));
+        return Err(format!(
+            "relocates to {} bytes, more than a slot holds",
+            r.code_buffer.len()
+        ));
     }
     Ok(r.code_buffer)
 }
@@ -296,25 +340,55 @@ pub fn resolve(
     let program = image.path.display().to_string();
     let mut sites: Vec<Site> = Vec::new();
     let mut warnings = Vec::new();
-    let add = |spec: &str, f: Option<&Function>, addr: LinkAddr, sites: &mut Vec<Site>| -> Result<(), ProbeError> {
-        let symbol = f.map_or_else(|| format!("{:#x}", addr.0), |f| f.display_name().to_string());
+    let add = |spec: &str,
+               f: Option<&Function>,
+               addr: LinkAddr,
+               sites: &mut Vec<Site>|
+     -> Result<(), ProbeError> {
+        let symbol = f.map_or_else(
+            || format!("{:#x}", addr.0),
+            |f| f.display_name().to_string(),
+        );
         let offset = f.map_or(0, |f| addr.0 - f.addr.0);
-        let label = if offset == 0 { symbol.clone() } else { format!("{symbol}+{offset:#x}") };
-        let bytes = bytes_at(image, addr).ok_or(ProbeError::NotText { addr: addr.0, program: program.clone() })?;
+        let label = if offset == 0 {
+            symbol.clone()
+        } else {
+            format!("{symbol}+{offset:#x}")
+        };
+        let bytes = bytes_at(image, addr).ok_or(ProbeError::NotText {
+            addr: addr.0,
+            program: program.clone(),
+        })?;
         let insn = decode_one(bytes, addr.0);
-        relocatable(&insn).map_err(|why| ProbeError::NotRelocatable { site: label, insn: disasm(&insn), why })?;
+        relocatable(&insn).map_err(|why| ProbeError::NotRelocatable {
+            site: label,
+            insn: disasm(&insn),
+            why,
+        })?;
         if !sites.iter().any(|s| s.addr == addr) {
-            sites.push(Site { spec: spec.to_string(), symbol, offset, addr, len: insn.len() });
+            sites.push(Site {
+                spec: spec.to_string(),
+                symbol,
+                offset,
+                addr,
+                len: insn.len(),
+            });
         }
         Ok(())
     };
     for spec in specs {
         match parse(spec)? {
             Spec::Glob(p) => {
-                let pat = glob::Pattern::new(&p).map_err(|e| ProbeError::BadSpec { spec: spec.clone(), why: e.to_string() })?;
+                let pat = glob::Pattern::new(&p).map_err(|e| ProbeError::BadSpec {
+                    spec: spec.clone(),
+                    why: e.to_string(),
+                })?;
                 let found = syms.matching(&pat);
                 if found.is_empty() {
-                    return Err(ProbeError::NoMatch { pattern: p, program });
+                    return Err(ProbeError::NoMatch {
+                        pattern: p,
+                        program,
+                    });
                 }
                 for f in found {
                     add(spec, Some(f), f.addr, &mut sites)?;
@@ -331,21 +405,48 @@ pub fn resolve(
                         )
                     } else {
                         let close = syms.close_to(&name, 5);
-                        if close.is_empty() { String::new() } else { format!("; close names: {}", close.join(", ")) }
+                        if close.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; close names: {}", close.join(", "))
+                        }
                     };
-                    return Err(ProbeError::NotFound { name, program, hint });
+                    return Err(ProbeError::NotFound {
+                        name,
+                        program,
+                        hint,
+                    });
                 };
                 if offset > 0 {
                     if offset >= f.size {
-                        return Err(ProbeError::PastEnd { symbol: f.display_name().into(), offset, size: f.size });
+                        return Err(ProbeError::PastEnd {
+                            symbol: f.display_name().into(),
+                            offset,
+                            size: f.size,
+                        });
                     }
-                    let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText { addr: f.addr.0, program: program.clone() })?;
+                    let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText {
+                        addr: f.addr.0,
+                        program: program.clone(),
+                    })?;
                     let b = boundaries(f, bytes);
                     if !b.contains(&offset) {
                         let name = f.display_name();
-                        let before = b.iter().rev().find(|&&o| o < offset).map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
-                        let after = b.iter().find(|&&o| o > offset).map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
-                        return Err(ProbeError::NotBoundary { symbol: name.into(), offset, before, after });
+                        let before = b
+                            .iter()
+                            .rev()
+                            .find(|&&o| o < offset)
+                            .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+                        let after = b
+                            .iter()
+                            .find(|&&o| o > offset)
+                            .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+                        return Err(ProbeError::NotBoundary {
+                            symbol: name.into(),
+                            offset,
+                            before,
+                            after,
+                        });
                     }
                 }
                 for &f in &found {
@@ -356,13 +457,28 @@ pub fn resolve(
                 Some(f) => {
                     let offset = a - f.addr.0;
                     if offset > 0 {
-                        let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText { addr: a, program: program.clone() })?;
+                        let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText {
+                            addr: a,
+                            program: program.clone(),
+                        })?;
                         let b = boundaries(f, bytes);
                         if !b.contains(&offset) {
                             let name = f.display_name();
-                            let before = b.iter().rev().find(|&&o| o < offset).map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
-                            let after = b.iter().find(|&&o| o > offset).map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
-                            return Err(ProbeError::NotBoundary { symbol: name.into(), offset, before, after });
+                            let before = b
+                                .iter()
+                                .rev()
+                                .find(|&&o| o < offset)
+                                .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+                            let after = b
+                                .iter()
+                                .find(|&&o| o > offset)
+                                .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+                            return Err(ProbeError::NotBoundary {
+                                symbol: name.into(),
+                                offset,
+                                before,
+                                after,
+                            });
                         }
                     }
                     add(spec, Some(f), LinkAddr(a), &mut sites)?;
@@ -401,12 +517,36 @@ mod tests {
 
     #[test]
     fn specs_parse() {
-        assert_eq!(parse("main").unwrap(), Spec::Symbol { name: "main".into(), offset: 0 });
-        assert_eq!(parse("main+0x1a").unwrap(), Spec::Symbol { name: "main".into(), offset: 0x1a });
-        assert_eq!(parse("main+26").unwrap(), Spec::Symbol { name: "main".into(), offset: 26 });
+        assert_eq!(
+            parse("main").unwrap(),
+            Spec::Symbol {
+                name: "main".into(),
+                offset: 0
+            }
+        );
+        assert_eq!(
+            parse("main+0x1a").unwrap(),
+            Spec::Symbol {
+                name: "main".into(),
+                offset: 0x1a
+            }
+        );
+        assert_eq!(
+            parse("main+26").unwrap(),
+            Spec::Symbol {
+                name: "main".into(),
+                offset: 26
+            }
+        );
         assert_eq!(parse("0x401000").unwrap(), Spec::Addr(0x401000));
         assert_eq!(parse("PyList_*").unwrap(), Spec::Glob("PyList_*".into()));
-        assert_eq!(parse("operator+").unwrap(), Spec::Symbol { name: "operator+".into(), offset: 0 });
+        assert_eq!(
+            parse("operator+").unwrap(),
+            Spec::Symbol {
+                name: "operator+".into(),
+                offset: 0
+            }
+        );
         assert!(parse("0xzz").is_err());
         assert!(parse("main+0xzz").is_err());
     }

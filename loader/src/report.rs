@@ -43,7 +43,13 @@ pub struct Text {
 
 impl From<TextStats> for Text {
     fn from(s: TextStats) -> Text {
-        Text { pages: s.pages, served: s.served, faults: s.faults, refaults: s.refaults, populated: s.populated }
+        Text {
+            pages: s.pages,
+            served: s.served,
+            faults: s.faults,
+            refaults: s.refaults,
+            populated: s.populated,
+        }
     }
 }
 
@@ -112,7 +118,16 @@ impl Report {
         let mut rows: Vec<(String, u64)> = self
             .probes
             .iter()
-            .map(|p| (if p.offset == 0 { p.symbol.clone() } else { format!("{}+{:#x}", p.symbol, p.offset) }, p.hits))
+            .map(|p| {
+                (
+                    if p.offset == 0 {
+                        p.symbol.clone()
+                    } else {
+                        format!("{}+{:#x}", p.symbol, p.offset)
+                    },
+                    p.hits,
+                )
+            })
             .collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);

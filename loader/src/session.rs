@@ -21,18 +21,18 @@ use uprobe_runtime::{Server, Uffd, UffdMode, PAGE_SIZE};
 
 use crate::addr::LinkAddr;
 use crate::elf::Image;
-use crate::plan::ProbeArea;
-use crate::probes::{self, Site, SLOT_BYTES};
-use crate::report::ProbeHits;
-use crate::symbols::Symbols;
-use uprobe_runtime::counters::Counters;
-use uprobe_runtime::trap;
 use crate::error::{ElfError, Error, Result};
 use crate::handoff::{self, MmMap, Params};
+use crate::plan::ProbeArea;
 use crate::plan::{Plan, Reservation};
+use crate::probes::{self, Site, SLOT_BYTES};
+use crate::report::ProbeHits;
 use crate::report::{Exit, Handoff, Report, Text};
 use crate::stack::{self, at};
 use crate::stage::{self, StageMsg, StagePlan};
+use crate::symbols::Symbols;
+use uprobe_runtime::counters::Counters;
+use uprobe_runtime::trap;
 
 /// A program to run under uprobe-exec, like [`std::process::Command`].
 #[derive(Clone, Debug)]
@@ -48,7 +48,13 @@ pub struct Command {
 impl Command {
     /// A command for `program`, looked up in `PATH` when it has no slash.
     pub fn new(program: impl AsRef<OsStr>) -> Command {
-        Command { program: program.as_ref().to_owned(), args: Vec::new(), env: None, probes: Vec::new(), unsafe_addrs: false }
+        Command {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: None,
+            probes: Vec::new(),
+            unsafe_addrs: false,
+        }
     }
 
     /// Adds a probe: `SYMBOL`, `SYMBOL+OFFSET`, `0xADDR` or a glob.
@@ -71,7 +77,8 @@ impl Command {
 
     /// Adds arguments.
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Command {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -118,23 +125,40 @@ impl Command {
         };
         let site_addrs: Vec<LinkAddr> = sites.iter().map(|s| s.addr).collect();
         let plan = Plan::new(program, interp, &site_addrs)?;
-        let probes = if sites.is_empty() { None } else { Some(Probes::build(&plan, sites)?) };
+        let probes = if sites.is_empty() {
+            None
+        } else {
+            Some(Probes::build(&plan, sites)?)
+        };
         let (tx, rx) = mpsc::channel();
-        let args = resolved.argv.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let args = resolved
+            .argv
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
         let program_name = resolved.elf.display().to_string();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
             .spawn(move || monitor(plan, probes, resolved, env, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
-            Ok(Ok(pid)) => Ok(Session { pid, thread, program: program_name, args, warnings }),
+            Ok(Ok(pid)) => Ok(Session {
+                pid,
+                thread,
+                program: program_name,
+                args,
+                warnings,
+            }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
             }
             Err(_) => match thread.join() {
                 Ok(Err(e)) => Err(e),
-                _ => Err(Error::sys("the monitor thread", std::io::Error::other("ended before the program started"))),
+                _ => Err(Error::sys(
+                    "the monitor thread",
+                    std::io::Error::other("ended before the program started"),
+                )),
             },
         }
     }
@@ -143,15 +167,22 @@ impl Command {
 /// The functions of `program` (found as [`Command::new`] finds it) whose
 /// names match any of `patterns` (globs or exact names; all when empty),
 /// sorted by address — what `uprobe-exec --list` prints.
-pub fn functions(program: impl AsRef<OsStr>, patterns: &[String]) -> Result<Vec<crate::symbols::Function>> {
+pub fn functions(
+    program: impl AsRef<OsStr>,
+    patterns: &[String],
+) -> Result<Vec<crate::symbols::Function>> {
     let resolved = resolve(program.as_ref(), &[])?;
     let image = Image::open(&resolved.elf)?;
     let syms = Symbols::read(&image);
     let pats: Vec<glob::Pattern> = patterns
         .iter()
         .map(|p| {
-            glob::Pattern::new(p)
-                .map_err(|e| Error::Probe(probes::ProbeError::BadSpec { spec: p.clone(), why: e.to_string() }))
+            glob::Pattern::new(p).map_err(|e| {
+                Error::Probe(probes::ProbeError::BadSpec {
+                    spec: p.clone(),
+                    why: e.to_string(),
+                })
+            })
         })
         .collect::<Result<_>>()?;
     let mut out: Vec<crate::symbols::Function> = syms
@@ -159,7 +190,9 @@ pub fn functions(program: impl AsRef<OsStr>, patterns: &[String]) -> Result<Vec<
         .iter()
         .filter(|f| {
             pats.is_empty()
-                || pats.iter().any(|p| p.matches(&f.name) || f.demangled.as_deref().is_some_and(|d| p.matches(d)))
+                || pats.iter().any(|p| {
+                    p.matches(&f.name) || f.demangled.as_deref().is_some_and(|d| p.matches(d))
+                })
         })
         .cloned()
         .collect();
@@ -195,7 +228,10 @@ impl Session {
         let out = match self.thread.join() {
             Ok(r) => r?,
             Err(_) => {
-                return Err(Error::sys("the monitor thread", std::io::Error::other("panicked; the program was killed")))
+                return Err(Error::sys(
+                    "the monitor thread",
+                    std::io::Error::other("panicked; the program was killed"),
+                ))
             }
         };
         let mut warnings = self.warnings;
@@ -259,18 +295,32 @@ impl Probes {
             for (i, s) in sites.iter().enumerate() {
                 let slot = base + (slots_at + i * SLOT_BYTES) as u64;
                 let ip = probes::runtime(s, bias);
-                let enc = probes::encode_slot(probes::site_bytes(&plan.program.image, s), ip, slot).map_err(|why| {
-                    Error::Probe(probes::ProbeError::NotRelocatable { site: s.label(), insn: String::new(), why })
-                })?;
+                let enc = probes::encode_slot(probes::site_bytes(&plan.program.image, s), ip, slot)
+                    .map_err(|why| {
+                        Error::Probe(probes::ProbeError::NotRelocatable {
+                            site: s.label(),
+                            insn: String::new(),
+                            why,
+                        })
+                    })?;
                 bytes[slots_at + i * SLOT_BYTES..][..enc.len()].copy_from_slice(&enc);
-                table.push(trap::TrapSite { site: ip, slot, counter: counters.addr_of(i + 1) });
+                table.push(trap::TrapSite {
+                    site: ip,
+                    slot,
+                    counter: counters.addr_of(i + 1),
+                });
             }
             let t = trap::table(&table, counters.addr_of(0), counters.addr_of(n + 1));
             bytes[code.len()..code.len() + t.len()].copy_from_slice(&t);
             Ok((bytes, 0, trap::restorer_offset() as u64))
         })?;
         let filter = crate::guard::filter(area.reservation.addr, area.reservation.end());
-        Ok(Probes { sites, counters, area, filter })
+        Ok(Probes {
+            sites,
+            counters,
+            area,
+            filter,
+        })
     }
 
     /// What the guard thread needs.
@@ -314,13 +364,19 @@ fn resolve(program: &OsStr, args: &[OsString]) -> Result<Resolved> {
         }
         p
     } else {
-        let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let path_var =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
         std::env::split_paths(&path_var)
             .map(|d| d.join(program))
             .find(|p| p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok())
-            .ok_or_else(|| Error::NotFound { program: program.to_string_lossy().into_owned() })?
+            .ok_or_else(|| Error::NotFound {
+                program: program.to_string_lossy().into_owned(),
+            })?
     };
-    let mut argv: Vec<Vec<u8>> = std::iter::once(program).chain(args.iter().map(OsString::as_os_str)).map(|a| a.as_bytes().to_vec()).collect();
+    let mut argv: Vec<Vec<u8>> = std::iter::once(program)
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(|a| a.as_bytes().to_vec())
+        .collect();
     let execfn = path.as_os_str().as_bytes().to_vec();
     let mut elf = path;
     // The kernel follows at most 4 levels of interpreters.
@@ -336,20 +392,35 @@ fn resolve(program: &OsStr, args: &[OsString]) -> Result<Resolved> {
         argv = next;
         elf = interp;
     }
-    Err(Error::CannotRun { path: elf, reason: "too many levels of #! interpreters".into() })
+    Err(Error::CannotRun {
+        path: elf,
+        reason: "too many levels of #! interpreters".into(),
+    })
 }
 
 /// Refuses what a userland loader cannot run faithfully.
 fn check_runnable(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::CannotRun { path: path.into(), reason: e.to_string() })?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::CannotRun {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     if meta.is_dir() {
-        return Err(Error::CannotRun { path: path.into(), reason: "is a directory".into() });
+        return Err(Error::CannotRun {
+            path: path.into(),
+            reason: "is a directory".into(),
+        });
     }
     if !meta.is_file() {
-        return Err(Error::CannotRun { path: path.into(), reason: "not a regular file".into() });
+        return Err(Error::CannotRun {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
     }
     if rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_err() {
-        return Err(Error::CannotRun { path: path.into(), reason: "permission denied (no execute permission)".into() });
+        return Err(Error::CannotRun {
+            path: path.into(),
+            reason: "permission denied (no execute permission)".into(),
+        });
     }
     let mode = meta.permissions().mode();
     let refuse = |what: &str| Error::CannotRun {
@@ -366,7 +437,9 @@ fn check_runnable(path: &Path) -> Result<()> {
         return Err(refuse("set-group-ID"));
     }
     match rustix::fs::getxattr(path, "security.capability", &mut [0u8; 0][..]) {
-        Ok(_) | Err(Errno::RANGE) => return Err(refuse("given file capabilities (security.capability)")),
+        Ok(_) | Err(Errno::RANGE) => {
+            return Err(refuse("given file capabilities (security.capability)"))
+        }
         Err(_) => {}
     }
     Ok(())
@@ -377,7 +450,10 @@ fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
     let mut head = [0u8; 256];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| Error::CannotRun { path: path.into(), reason: e.to_string() })?;
+        .map_err(|e| Error::CannotRun {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
     let head = &head[..n];
     if !head.starts_with(b"#!") {
         return Ok(None);
@@ -389,15 +465,23 @@ fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
         None => (line, &[][..]),
     };
     if interp.is_empty() {
-        return Err(Error::CannotRun { path: path.into(), reason: "its #! line names no interpreter".into() });
+        return Err(Error::CannotRun {
+            path: path.into(),
+            reason: "its #! line names no interpreter".into(),
+        });
     }
     let optarg = (!rest.is_empty()).then(|| rest.to_vec());
-    Ok(Some((PathBuf::from(OsString::from_vec(interp.to_vec())), optarg)))
+    Ok(Some((
+        PathBuf::from(OsString::from_vec(interp.to_vec())),
+        optarg,
+    )))
 }
 
 /// Whether `PR_SET_MM_MAP` is allowed: CAP_SYS_RESOURCE or CAP_CHECKPOINT_RESTORE.
 fn may_set_mm_map() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -410,14 +494,21 @@ fn may_set_mm_map() -> bool {
 fn own_auxv() -> Vec<(u64, u64)> {
     let raw = std::fs::read("/proc/self/auxv").unwrap_or_default();
     raw.chunks_exact(16)
-        .map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap_or_default()), u64::from_le_bytes(c[8..].try_into().unwrap_or_default())))
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(c[8..].try_into().unwrap_or_default()),
+            )
+        })
         .take_while(|&(k, _)| k != at::NULL)
         .collect()
 }
 
 /// The monitor's close-on-exec fds: closed in the child, as execve would.
 fn cloexec_fds() -> Vec<RawFd> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
         .filter(|&fd| {
             // SAFETY: F_GETFD on an fd number only reads its flags; a closed
@@ -457,9 +548,11 @@ fn monitor(
             if result.is_ok() {
                 result = release(&pidfd.1).and_then(|()| {
                     // A panic here must not leave the program hanging on its next fault.
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run(pidfd.0.as_fd())))
-                        .unwrap_or_else(|_| Err(uprobe_runtime::ServeError::Panicked))
-                        .map_err(Error::from)
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        server.run(pidfd.0.as_fd())
+                    }))
+                    .unwrap_or_else(|_| Err(uprobe_runtime::ServeError::Panicked))
+                    .map_err(Error::from)
                 });
             }
             if let Err(e) = result {
@@ -471,11 +564,20 @@ fn monitor(
             drop(guard);
             let hits = probes.as_ref().map(Probes::hits).unwrap_or_default();
             let stray_traps = probes.as_ref().map_or(0, |p| p.counters.get(0));
-            Ok(Outcome { exit, stats: server.stats(), handoff, probes: hits, stray_traps })
+            Ok(Outcome {
+                exit,
+                stats: server.stats(),
+                handoff,
+                probes: hits,
+                stray_traps,
+            })
         }
         Err(e) => {
             let _ = started.send(Err(e));
-            Err(Error::sys("starting the program", std::io::Error::other("failed (reported to the caller)")))
+            Err(Error::sys(
+                "starting the program",
+                std::io::Error::other("failed (reported to the caller)"),
+            ))
         }
     }
 }
@@ -503,19 +605,31 @@ fn reap(pidfd: &OwnedFd) -> Result<Exit> {
     }
 }
 
-type Started = (i32, (OwnedFd, OwnedFd), Uffd, UffdMode, Handoff, Option<OwnedFd>);
+type Started = (
+    i32,
+    (OwnedFd, OwnedFd),
+    Uffd,
+    UffdMode,
+    Handoff,
+    Option<OwnedFd>,
+);
 
 /// Forks the stage and receives its uffd. Returns (pid, (pidfd, socket), uffd, mode, handoff).
 fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -> Result<Started> {
     let stack_len = stack_size();
-    let stack_res = Reservation::anywhere(stack_len, PAGE_SIZE, 0).map_err(|e| Error::sys("reserving the stack", e))?;
+    let stack_res = Reservation::anywhere(stack_len, PAGE_SIZE, 0)
+        .map_err(|e| Error::sys("reserving the stack", e))?;
     let blob = handoff::blob();
     let blob_len = (blob.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let blob_res = Reservation::anywhere(blob_len, PAGE_SIZE, 0).map_err(|e| Error::sys("reserving the hand-off page", e))?;
+    let blob_res = Reservation::anywhere(blob_len, PAGE_SIZE, 0)
+        .map_err(|e| Error::sys("reserving the hand-off page", e))?;
 
     let prog = &plan.program;
     let mut auxv = own_auxv();
-    let set = |auxv: &mut Vec<(u64, u64)>, k: u64, v: u64| match auxv.iter_mut().find(|(key, _)| *key == k) {
+    let set = |auxv: &mut Vec<(u64, u64)>, k: u64, v: u64| match auxv
+        .iter_mut()
+        .find(|(key, _)| *key == k)
+    {
         Some(e) => e.1 = v,
         None => auxv.push((k, v)),
     };
@@ -523,7 +637,11 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
     set(&mut auxv, at::PHDR, phdr);
     set(&mut auxv, at::PHENT, u64::from(prog.image.phentsize));
     set(&mut auxv, at::PHNUM, u64::from(prog.image.phnum));
-    set(&mut auxv, at::BASE, plan.interp.as_ref().map_or(0, |i| i.reservation.addr));
+    set(
+        &mut auxv,
+        at::BASE,
+        plan.interp.as_ref().map_or(0, |i| i.reservation.addr),
+    );
     set(&mut auxv, at::ENTRY, prog.entry().0);
     set(&mut auxv, at::FLAGS, 0);
     set(&mut auxv, at::SECURE, 0);
@@ -541,8 +659,11 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
 
     let prog_fd = prog.image.file.as_raw_fd();
     let interp_fd = plan.interp.as_ref().map(|i| i.image.file.as_raw_fd());
-    let close: Vec<RawFd> =
-        cloexec_fds().into_iter().filter(|&fd| fd != prog_fd && Some(fd) != interp_fd && fd != sock_child.as_raw_fd()).chain([sock_child.as_raw_fd()]).collect();
+    let close: Vec<RawFd> = cloexec_fds()
+        .into_iter()
+        .filter(|&fd| fd != prog_fd && Some(fd) != interp_fd && fd != sock_child.as_raw_fd())
+        .chain([sock_child.as_raw_fd()])
+        .collect();
     let close_after_map: Vec<RawFd> = interp_fd.into_iter().collect();
     let mm_map_ok = may_set_mm_map();
     let gadget = handoff::vdso().and_then(|(a, b)| handoff::find_exit_gadget(b, a));
@@ -559,15 +680,26 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
     let mut unmap = Vec::new();
     let mut image = None;
     for _ in 0..4 {
-        let now = handoff::monitor_mappings(&keep).map_err(|e| Error::sys("reading /proc/self/maps", e))?;
+        let now = handoff::monitor_mappings(&keep)
+            .map_err(|e| Error::sys("reading /proc/self/maps", e))?;
         if image.is_some() && now == unmap {
             break;
         }
         unmap = now;
         let below = Params::size(unmap.len());
-        let mut st = stack::build(stack_res.end(), &r.argv, &envb, &r.execfn, &auxv, random, below);
-        let code: Vec<&crate::elf::Segment> = prog.image.segments.iter().filter(|s| s.exec).collect();
-        let data: Vec<&crate::elf::Segment> = prog.image.segments.iter().filter(|s| s.write).collect();
+        let mut st = stack::build(
+            stack_res.end(),
+            &r.argv,
+            &envb,
+            &r.execfn,
+            &auxv,
+            random,
+            below,
+        );
+        let code: Vec<&crate::elf::Segment> =
+            prog.image.segments.iter().filter(|s| s.exec).collect();
+        let data: Vec<&crate::elf::Segment> =
+            prog.image.segments.iter().filter(|s| s.write).collect();
         let b = prog.bias.0;
         let mm_map = mm_map_ok.then(|| MmMap {
             start_code: code.first().map_or(0, |s| b + s.vaddr.0),
@@ -599,7 +731,11 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
     }
     let st = image.expect("built at least once");
 
-    let text: Vec<(u64, u64)> = plan.text.iter().map(|t| (t.start, t.end() - t.start)).collect();
+    let text: Vec<(u64, u64)> = plan
+        .text
+        .iter()
+        .map(|t| (t.start, t.end() - t.start))
+        .collect();
     // SAFETY: reading the calling thread's signal mask into a local.
     let sigmask = unsafe {
         let mut m: libc::sigset_t = std::mem::zeroed();
@@ -623,7 +759,9 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
         monitor: unsafe { libc::getpid() },
         uffd_park: park_fd(),
         trap: probes.map(|p| (p.area.handler, p.area.restorer)),
-        seccomp: probes.map(|p| p.filter.as_slice()).filter(|f| !f.is_empty()),
+        seccomp: probes
+            .map(|p| p.filter.as_slice())
+            .filter(|f| !f.is_empty()),
     };
 
     // SAFETY: the child runs only stage::run, which makes system calls and
@@ -659,11 +797,18 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
     }
     if fds.is_empty() {
         let _ = reap(&pidfd);
-        return Err(Error::Stage { step: "receiving the userfaultfd".into(), errno: Errno::BADMSG });
+        return Err(Error::Stage {
+            step: "receiving the userfaultfd".into(),
+            errno: Errno::BADMSG,
+        });
     }
     let fd = fds.remove(0);
     let listener = fds.pop();
-    let mode = if msg.mode == 1 { UffdMode::UserModeOnly } else { UffdMode::Full };
+    let mode = if msg.mode == 1 {
+        UffdMode::UserModeOnly
+    } else {
+        UffdMode::Full
+    };
     let mut limits = Vec::new();
     if mode == UffdMode::UserModeOnly {
         limits.push(
@@ -681,7 +826,10 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
         );
     }
     if gadget.is_none() {
-        limits.push("no clean exit sequence in the vDSO: one anonymous page of hand-off code stays mapped".into());
+        limits.push(
+            "no clean exit sequence in the vDSO: one anonymous page of hand-off code stays mapped"
+                .into(),
+        );
     }
     if probes.is_some() {
         match msg.guard {
@@ -698,22 +846,38 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
             _ => {}
         }
     }
-    let handoff = Handoff { uffd_mode: mode.name().into(), mm_map: mm_map_ok, clean_exit: gadget.is_some(), limits };
-    Ok((pid, (pidfd, sock_parent), Uffd::from_owned(fd), mode, handoff, listener))
+    let handoff = Handoff {
+        uffd_mode: mode.name().into(),
+        mm_map: mm_map_ok,
+        clean_exit: gadget.is_some(),
+        limits,
+    };
+    Ok((
+        pid,
+        (pidfd, sock_parent),
+        Uffd::from_owned(fd),
+        mode,
+        handoff,
+        listener,
+    ))
 }
 
 /// The lowest fd number the program's own uffd is parked at: just under the
 /// soft fd limit, out of the way of the program's own descriptors.
 fn park_fd() -> RawFd {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    lim.current.map_or(1023, |c| c.saturating_sub(1).min(1 << 20)) as RawFd
+    lim.current
+        .map_or(1023, |c| c.saturating_sub(1).min(1 << 20)) as RawFd
 }
 
 /// Receives the stage's message (and uffd, and the guard's listener).
 fn receive(sock: &OwnedFd) -> Result<(StageMsg, Vec<OwnedFd>)> {
     let mut msg = StageMsg::default();
     let mut cbuf = [0u8; 64];
-    let mut iov = libc::iovec { iov_base: (&mut msg as *mut StageMsg).cast(), iov_len: std::mem::size_of::<StageMsg>() };
+    let mut iov = libc::iovec {
+        iov_base: (&mut msg as *mut StageMsg).cast(),
+        iov_len: std::mem::size_of::<StageMsg>(),
+    };
     // SAFETY: msghdr is plain data; zero is a valid starting value.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
     hdr.msg_iov = &mut iov;
@@ -723,17 +887,24 @@ fn receive(sock: &OwnedFd) -> Result<(StageMsg, Vec<OwnedFd>)> {
     // SAFETY: hdr points at live buffers of the stated sizes.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut hdr, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
-        return Err(Error::sys("receiving from the stage", std::io::Error::last_os_error()));
+        return Err(Error::sys(
+            "receiving from the stage",
+            std::io::Error::last_os_error(),
+        ));
     }
     if n as usize != std::mem::size_of::<StageMsg>() {
-        return Err(Error::Stage { step: "starting the program (the child died early)".into(), errno: Errno::PIPE });
+        return Err(Error::Stage {
+            step: "starting the program (the child died early)".into(),
+            errno: Errno::PIPE,
+        });
     }
     let mut fds = Vec::new();
     // SAFETY: walking the control message the kernel wrote into cbuf; each
     // fd in it is new in our table and ours to own.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&hdr);
-        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+        if !c.is_null() && (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
+        {
             let n = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<RawFd>();
             for i in 0..n {
                 let raw = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>().add(i));

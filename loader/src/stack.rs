@@ -152,9 +152,18 @@ mod tests {
         let top = 0x7fff_0000_0000;
         let argv = vec![b"prog".to_vec(), b"a".to_vec()];
         let envp = vec![b"K=V".to_vec()];
-        let s = build(top, &argv, &envp, b"/bin/prog", &[(at::PAGESZ, 4096)], [7; 16], 64);
+        let s = build(
+            top,
+            &argv,
+            &envp,
+            b"/bin/prog",
+            &[(at::PAGESZ, 4096)],
+            [7; 16],
+            64,
+        );
         assert_eq!(s.sp % 16, 0);
-        let word = |a: u64| u64::from_le_bytes(s.bytes[(a - s.base) as usize..][..8].try_into().unwrap());
+        let word =
+            |a: u64| u64::from_le_bytes(s.bytes[(a - s.base) as usize..][..8].try_into().unwrap());
         let cstr = |a: u64| {
             let b = &s.bytes[(a - s.base) as usize..];
             b[..b.iter().position(|&c| c == 0).unwrap()].to_vec()
@@ -166,8 +175,14 @@ mod tests {
         assert_eq!(cstr(word(s.sp + 32)), b"K=V");
         assert_eq!(word(s.sp + 40), 0);
         assert_eq!(s.auxv_addr, s.sp + 48);
-        assert_eq!((word(s.auxv_addr), word(s.auxv_addr + 8)), (at::PAGESZ, 4096));
+        assert_eq!(
+            (word(s.auxv_addr), word(s.auxv_addr + 8)),
+            (at::PAGESZ, 4096)
+        );
         // argv strings then envp strings, contiguous: /proc/self/cmdline and environ.
-        assert_eq!(&s.bytes[(s.arg_start - s.base) as usize..(s.env_end - s.base) as usize], b"prog\0a\0K=V\0");
+        assert_eq!(
+            &s.bytes[(s.arg_start - s.base) as usize..(s.env_end - s.base) as usize],
+            b"prog\0a\0K=V\0"
+        );
     }
 }

@@ -128,11 +128,21 @@ fn errno() -> i32 {
 }
 
 fn fail(sock: RawFd, step: Step, err: i32, addr: u64) -> ! {
-    let msg = StageMsg { step: step as u32, errno: err, addr, ..StageMsg::default() };
+    let msg = StageMsg {
+        step: step as u32,
+        errno: err,
+        addr,
+        ..StageMsg::default()
+    };
     // SAFETY: writing a plain struct to a socket we own; then leaving
     // without running any of the monitor's exit handlers.
     unsafe {
-        libc::send(sock, (&msg as *const StageMsg).cast(), std::mem::size_of::<StageMsg>(), libc::MSG_NOSIGNAL);
+        libc::send(
+            sock,
+            (&msg as *const StageMsg).cast(),
+            std::mem::size_of::<StageMsg>(),
+            libc::MSG_NOSIGNAL,
+        );
         libc::_exit(125)
     }
 }
@@ -141,7 +151,10 @@ fn fail(sock: RawFd, step: Step, err: i32, addr: u64) -> ! {
 unsafe fn send_with_fds(sock: RawFd, msg: &StageMsg, fds: &[RawFd]) -> bool {
     const SPACE: usize = 64;
     let mut cbuf = [0u8; SPACE];
-    let mut iov = libc::iovec { iov_base: (msg as *const StageMsg).cast_mut().cast(), iov_len: std::mem::size_of::<StageMsg>() };
+    let mut iov = libc::iovec {
+        iov_base: (msg as *const StageMsg).cast_mut().cast(),
+        iov_len: std::mem::size_of::<StageMsg>(),
+    };
     // SAFETY: msghdr is plain data; zero is a valid starting value.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
     hdr.msg_iov = &mut iov;
@@ -158,7 +171,11 @@ unsafe fn send_with_fds(sock: RawFd, msg: &StageMsg, fds: &[RawFd]) -> bool {
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
         (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
-        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(c), bytes as usize);
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(c),
+            bytes as usize,
+        );
         libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) == std::mem::size_of::<StageMsg>() as isize
     }
 }
@@ -170,28 +187,63 @@ unsafe fn reset_process(p: &StagePlan<'_>) {
     unsafe {
         // Caught signals go back to their default action; ignored ones stay
         // ignored, as across execve. SIGPIPE is reset too: Rust's runtime
-        // ignored it in the monitor, which a program must not inherit.
+        // ignored it in the monitor, which a program must not inherit. Raw
+        // rt_sigaction: glibc's wrapper refuses its own signals 32 and 33.
         for sig in 1..=64 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
             }
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            let mut old = KernelSigaction {
+                handler: 0,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            let null = std::ptr::null::<KernelSigaction>();
+            if libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                null,
+                &mut old as *mut KernelSigaction,
+                8usize,
+            ) != 0
+            {
                 continue;
             }
-            if old.sa_sigaction != libc::SIG_DFL && (old.sa_sigaction != libc::SIG_IGN || sig == libc::SIGPIPE) {
-                let mut dfl: libc::sigaction = std::mem::zeroed();
-                dfl.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            let (dfl, ign) = (libc::SIG_DFL as u64, libc::SIG_IGN as u64);
+            if old.handler != dfl && (old.handler != ign || sig == libc::SIGPIPE) {
+                let act = KernelSigaction {
+                    handler: dfl,
+                    flags: 0,
+                    restorer: 0,
+                    mask: 0,
+                };
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &act as *const KernelSigaction,
+                    null,
+                    8usize,
+                );
             }
         }
-        let ss = libc::stack_t { ss_sp: std::ptr::null_mut(), ss_flags: libc::SS_DISABLE, ss_size: 0 };
+        let ss = libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        };
         libc::sigaltstack(&ss, std::ptr::null_mut());
         // The kernel would keep writing the monitor's rseq area, which the
         // hand-off unmaps; the program's libc registers its own.
         unregister_rseq();
         // The program dies with the monitor rather than run on unserved pages.
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         if libc::getppid() != p.monitor {
             libc::_exit(125);
         }
@@ -217,13 +269,22 @@ unsafe fn install_trap_handler(handler: u64, restorer: u64) {
     const SA_RESTORER: u64 = 0x0400_0000;
     let act = KernelSigaction {
         handler,
-        flags: libc::SA_SIGINFO as u64 | libc::SA_ONSTACK as u64 | libc::SA_RESTART as u64 | SA_RESTORER,
+        flags: libc::SA_SIGINFO as u64
+            | libc::SA_ONSTACK as u64
+            | libc::SA_RESTART as u64
+            | SA_RESTORER,
         restorer,
         mask: 0,
     };
     // SAFETY: a raw rt_sigaction with a valid struct and the kernel's sigset size.
     unsafe {
-        libc::syscall(libc::SYS_rt_sigaction, libc::SIGTRAP, &act as *const KernelSigaction, 0usize, 8usize);
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            libc::SIGTRAP,
+            &act as *const KernelSigaction,
+            0usize,
+            8usize,
+        );
     }
 }
 
@@ -263,8 +324,14 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
 
         for m in p.maps {
             let (flags, fd, off) = match m.source {
-                MapSource::Anon => (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0),
-                MapSource::File { fd, offset } => (libc::MAP_PRIVATE | libc::MAP_FIXED, fd, offset as i64),
+                MapSource::Anon => (
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    -1,
+                    0,
+                ),
+                MapSource::File { fd, offset } => {
+                    (libc::MAP_PRIVATE | libc::MAP_FIXED, fd, offset as i64)
+                }
             };
             let zero = m.zero_to > m.zero_from;
             let prot = m.prot.bits() as i32 | if zero { libc::PROT_WRITE } else { 0 };
@@ -273,7 +340,11 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
                 fail(p.sock, Step::Map, errno(), m.addr);
             }
             if zero {
-                std::ptr::write_bytes(m.zero_from as *mut u8, 0, (m.zero_to - m.zero_from) as usize);
+                std::ptr::write_bytes(
+                    m.zero_from as *mut u8,
+                    0,
+                    (m.zero_to - m.zero_from) as usize,
+                );
             }
         }
         for &fd in p.close_after_map {
@@ -292,7 +363,11 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
         if r == libc::MAP_FAILED {
             fail(p.sock, Step::Stack, errno(), s_at);
         }
-        std::ptr::copy_nonoverlapping(p.stack_image.as_ptr(), p.stack_image_at as *mut u8, p.stack_image.len());
+        std::ptr::copy_nonoverlapping(
+            p.stack_image.as_ptr(),
+            p.stack_image_at as *mut u8,
+            p.stack_image.len(),
+        );
 
         let (b_at, b_len) = p.blob_at;
         let r = libc::mmap(
@@ -307,7 +382,12 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
             fail(p.sock, Step::Blob, errno(), b_at);
         }
         std::ptr::copy_nonoverlapping(p.blob.as_ptr(), b_at as *mut u8, p.blob.len());
-        if libc::mprotect(b_at as *mut _, b_len as usize, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+        if libc::mprotect(
+            b_at as *mut _,
+            b_len as usize,
+            libc::PROT_READ | libc::PROT_EXEC,
+        ) != 0
+        {
             fail(p.sock, Step::Blob, errno(), b_at);
         }
 
@@ -315,7 +395,10 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
             Ok(x) => x,
             Err(e) => fail(p.sock, Step::Userfaultfd, e.raw_os_error(), 0),
         };
-        let mut want = features::EVENT_REMOVE | features::EVENT_UNMAP | features::EVENT_REMAP | features::THREAD_ID;
+        let mut want = features::EVENT_REMOVE
+            | features::EVENT_UNMAP
+            | features::EVENT_REMAP
+            | features::THREAD_ID;
         if mode == UffdMode::Full {
             want |= features::EVENT_FORK;
         }
@@ -331,7 +414,10 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
         // The SIGTRAP guard: installed last, so none of our own calls meet it.
         let (mut listener, mut guard) = (-1, 0);
         if let Some(filter) = p.seccomp {
-            let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
             let install = || {
                 libc::syscall(
                     libc::SYS_seccomp,
@@ -352,7 +438,11 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
                 guard = 0;
             }
         }
-        let msg = StageMsg { mode: u32::from(mode == UffdMode::UserModeOnly), guard, ..StageMsg::default() };
+        let msg = StageMsg {
+            mode: u32::from(mode == UffdMode::UserModeOnly),
+            guard,
+            ..StageMsg::default()
+        };
         let raw_uffd = uffd.as_fd().as_raw_fd();
         let sent = if listener >= 0 {
             send_with_fds(p.sock, &msg, &[raw_uffd, listener])
@@ -393,6 +483,10 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
 /// Why the stage failed, read by the monitor.
 pub fn describe_failure(msg: &StageMsg) -> (String, Errno) {
     let step = Step::from_u32(msg.step).map_or("an unknown step", Step::describe);
-    let what = if msg.addr != 0 { format!("{step} (at {:#x})", msg.addr) } else { step.to_string() };
+    let what = if msg.addr != 0 {
+        format!("{step} (at {:#x})", msg.addr)
+    } else {
+        step.to_string()
+    };
     (what, Errno::from_raw_os_error(msg.errno))
 }

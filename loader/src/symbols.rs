@@ -66,7 +66,9 @@ impl Symbols {
     /// Reads the function symbols of `image`.
     #[must_use]
     pub fn read(image: &Image) -> Symbols {
-        let Ok(elf) = Elf::parse(&image.bytes) else { return Symbols::default() };
+        let Ok(elf) = Elf::parse(&image.bytes) else {
+            return Symbols::default();
+        };
         let mut funcs = Vec::new();
         let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
         for (syms, strs) in tables {
@@ -75,17 +77,27 @@ impl Symbols {
                 if (t != STT_FUNC && t != STT_GNU_IFUNC) || s.st_shndx == 0 || s.st_value == 0 {
                     continue;
                 }
-                let Some(name) = strs.get_at(s.st_name).filter(|n| !n.is_empty()) else { continue };
+                let Some(name) = strs.get_at(s.st_name).filter(|n| !n.is_empty()) else {
+                    continue;
+                };
                 // ELF symbol versions ride along in .dynsym names only through
                 // the version table; strip any "@VER" a .symtab may carry.
                 let name = name.split('@').next().unwrap_or(name).to_string();
                 let demangled = demangle(&name);
-                funcs.push(Function { name, demangled, addr: LinkAddr(s.st_value), size: s.st_size });
+                funcs.push(Function {
+                    name,
+                    demangled,
+                    addr: LinkAddr(s.st_value),
+                    size: s.st_size,
+                });
             }
         }
         funcs.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
         funcs.dedup_by(|a, b| a.addr == b.addr && a.name == b.name);
-        Symbols { funcs, has_symtab: !elf.syms.is_empty() }
+        Symbols {
+            funcs,
+            has_symtab: !elf.syms.is_empty(),
+        }
     }
 
     /// Every function, by address.
@@ -109,7 +121,10 @@ impl Symbols {
         let mut v: Vec<&Function> = self
             .funcs
             .iter()
-            .filter(|f| pattern.matches(&f.name) || f.demangled.as_deref().is_some_and(|d| pattern.matches(d)))
+            .filter(|f| {
+                pattern.matches(&f.name)
+                    || f.demangled.as_deref().is_some_and(|d| pattern.matches(d))
+            })
             .collect();
         v.dedup_by_key(|f| f.addr);
         v
@@ -119,7 +134,11 @@ impl Symbols {
     #[must_use]
     pub fn containing(&self, a: LinkAddr) -> Option<&Function> {
         let i = self.funcs.partition_point(|f| f.addr <= a);
-        self.funcs[..i].iter().rev().take(16).find(|f| f.size > 0 && f.contains(a))
+        self.funcs[..i]
+            .iter()
+            .rev()
+            .take(16)
+            .find(|f| f.size > 0 && f.contains(a))
     }
 
     /// Up to `n` names closest to `name`, for "did you mean".
@@ -158,7 +177,10 @@ mod tests {
 
     #[test]
     fn demangles_rust_and_cpp() {
-        assert_eq!(demangle("_ZN4core3fmt5write17h0123456789abcdefE").as_deref(), Some("core::fmt::write"));
+        assert_eq!(
+            demangle("_ZN4core3fmt5write17h0123456789abcdefE").as_deref(),
+            Some("core::fmt::write")
+        );
         assert_eq!(demangle("_ZN3foo3barEv").as_deref(), Some("foo::bar()"));
         assert_eq!(demangle("main"), None);
     }

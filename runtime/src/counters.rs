@@ -33,9 +33,20 @@ impl Counters {
         rustix::fs::ftruncate(&fd, bytes as u64)?;
         // SAFETY: a new shared mapping of our own memfd, at a kernel-chosen address.
         let p = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), bytes, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &fd, 0)
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
         }?;
-        Ok(Counters { addr: p as u64, len, _fd: fd })
+        Ok(Counters {
+            addr: p as u64,
+            len,
+            _fd: fd,
+        })
     }
 
     /// Address of counter `i` (the same in the program, which inherits the mapping).
@@ -48,7 +59,10 @@ impl Counters {
     /// The mapping: (start, end).
     #[must_use]
     pub fn range(&self) -> (u64, u64) {
-        (self.addr, self.addr + ((self.len.max(1) * 8).div_ceil(4096) * 4096) as u64)
+        (
+            self.addr,
+            self.addr + ((self.len.max(1) * 8).div_ceil(4096) * 4096) as u64,
+        )
     }
 
     /// Reads counter `i`.

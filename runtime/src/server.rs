@@ -106,9 +106,19 @@ impl TextImage {
                 });
             }
         }
-        let mut image = TextImage { ranges, first, srcs, _patched: Vec::new(), _owner: owner };
+        let mut image = TextImage {
+            ranges,
+            first,
+            srcs,
+            _patched: Vec::new(),
+            _owner: owner,
+        };
         for (addr, page) in patched {
-            assert_eq!(page.len(), PAGE_SIZE as usize, "a patched page image is one page");
+            assert_eq!(
+                page.len(),
+                PAGE_SIZE as usize,
+                "a patched page image is one page"
+            );
             if let Some(i) = image.index_of(addr) {
                 image.srcs[i] = PageSrc::Bytes(page.as_ptr());
                 image._patched.push(page);
@@ -132,7 +142,8 @@ impl TextImage {
     /// The page index of a runtime address, if it lies in a served range.
     fn index_of(&self, addr: u64) -> Option<usize> {
         self.ranges.iter().zip(&self.first).find_map(|(r, first)| {
-            (addr >= r.start && addr < r.end()).then(|| first + ((addr - r.start) / PAGE_SIZE) as usize)
+            (addr >= r.start && addr < r.end())
+                .then(|| first + ((addr - r.start) / PAGE_SIZE) as usize)
         })
     }
 
@@ -255,7 +266,10 @@ impl Server {
             image,
             mms: Vec::new(),
             ever: PageBits::new(pages),
-            stats: TextStats { pages: pages as u64, ..TextStats::default() },
+            stats: TextStats {
+                pages: pages as u64,
+                ..TextStats::default()
+            },
             deferred: Vec::with_capacity(64),
             retry: Vec::with_capacity(64),
             generation: 0,
@@ -266,7 +280,12 @@ impl Server {
 
     fn add_mm(&mut self, uffd: Uffd) {
         let pages = self.image.pages();
-        self.mms.push(Mm { uffd: Some(uffd), served: PageBits::new(pages), dropped: PageBits::new(pages), gone: false });
+        self.mms.push(Mm {
+            uffd: Some(uffd),
+            served: PageBits::new(pages),
+            dropped: PageBits::new(pages),
+            gone: false,
+        });
         self.stats.processes += 1;
         self.generation += 1;
     }
@@ -306,7 +325,9 @@ impl Server {
     fn install(&mut self, m: usize, index: usize) -> Result<bool, ServeError> {
         let addr = self.image.page_addr(index);
         let src = self.image.src(index);
-        let Some(uffd) = &self.mms[m].uffd else { return Ok(false) };
+        let Some(uffd) = &self.mms[m].uffd else {
+            return Ok(false);
+        };
         // SAFETY: `src` is a page of the image, readable for PAGE_SIZE bytes
         // (TextImage::new's contract).
         let outcome = unsafe { uffd.copy(addr, src, PAGE_SIZE, true) };
@@ -351,10 +372,18 @@ impl Server {
                 known = self.generation;
                 pfds.clear();
                 owners.clear();
-                pfds.push(libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd: stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 for (i, m) in self.mms.iter().enumerate() {
                     if let Some(uffd) = &m.uffd {
-                        pfds.push(libc::pollfd { fd: uffd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                        pfds.push(libc::pollfd {
+                            fd: uffd.as_fd().as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        });
                         owners.push(i);
                     }
                 }
@@ -362,7 +391,9 @@ impl Server {
             // SAFETY: pfds is a live array of pollfd of the stated length.
             let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
             if r < 0 {
-                let e = Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+                let e = Errno::from_raw_os_error(
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+                );
                 if e == Errno::INTR {
                     continue;
                 }
@@ -417,6 +448,10 @@ impl Server {
             return Err(ServeError::FaultOutside { addr });
         };
         self.stats.faults += 1;
+        // Messages read in one batch can outlive their process.
+        if self.mms[m].gone {
+            return Ok(());
+        }
         if self.mms[m].dropped.clear(index) {
             self.stats.refaults += 1;
         }
@@ -425,6 +460,9 @@ impl Server {
 
     /// Marks the served pages of `[start, end)` as dropped from mm `m`.
     fn dropped(&mut self, m: usize, start: u64, end: u64) {
+        if self.mms[m].gone {
+            return;
+        }
         let mut a = start & !(PAGE_SIZE - 1);
         while a < end {
             if let Some(index) = self.image.index_of(a) {

@@ -35,12 +35,12 @@ global_asm!(
     "    lea r8, [rip + uprobe_exec_trap_table]",
     "    cmp dword ptr [rsi + 8], 0x80", // si_code == SI_KERNEL: an int3, not a kill()
     "    jne .Luprobe_trap_stray",
-    "    mov rax, [rdx + 168]",          // uc->uc_mcontext.gregs[REG_RIP]: just past the int3
+    "    mov rax, [rdx + 168]", // uc->uc_mcontext.gregs[REG_RIP]: just past the int3
     "    dec rax",
-    "    mov rcx, [r8]",                 // number of sites
-    "    lea r9, [r8 + 32]",             // entries
-    "    xor r10d, r10d",                // lo
-    "    mov r11, rcx",                  // hi
+    "    mov rcx, [r8]",     // number of sites
+    "    lea r9, [r8 + 32]", // entries
+    "    xor r10d, r10d",    // lo
+    "    mov r11, rcx",      // hi
     ".Luprobe_trap_search:",
     "    cmp r10, r11",
     "    jae .Luprobe_trap_found",
@@ -61,9 +61,9 @@ global_asm!(
     "    cmp [r9 + rdi * 8], rax",
     "    jne .Luprobe_trap_stray",
     "    mov rsi, [r9 + rdi * 8 + 16]",
-    "    lock inc qword ptr [rsi]",      // the hit, in shared memory
+    "    lock inc qword ptr [rsi]", // the hit, in shared memory
     "    mov rsi, [r9 + rdi * 8 + 8]",
-    "    mov [rdx + 168], rsi",          // resume in the out-of-line slot
+    "    mov [rdx + 168], rsi", // resume in the out-of-line slot
     "    pop rsi",
     "    pop rdi",
     "    ret",
@@ -73,11 +73,11 @@ global_asm!(
     "    pop rdi",
     "    mov rax, [r8 + 24]",
     "    lock inc qword ptr [rax]",
-    "    mov rax, [r8 + 8]",             // the program's own handler, as it set it
+    "    mov rax, [r8 + 8]", // the program's own handler, as it set it
     "    mov rax, [rax]",
-    "    cmp rax, 1",                    // SIG_DFL or SIG_IGN: the kernel would kill it
+    "    cmp rax, 1", // SIG_DFL or SIG_IGN: the kernel would kill it
     "    jbe .Luprobe_trap_die",
-    "    jmp rax",                       // same arguments; it returns to our restorer
+    "    jmp rax", // same arguments; it returns to our restorer
     ".Luprobe_trap_die:",
     // rt_sigaction(SIGTRAP, &{SIG_DFL}, NULL, 8), then kill(getpid(), SIGTRAP):
     // the signal is delivered again once we return, now with its default action.
@@ -94,15 +94,15 @@ global_asm!(
     "    mov eax, 13",
     "    syscall",
     "    add rsp, 32",
-    "    mov eax, 39",                   // getpid
+    "    mov eax, 39", // getpid
     "    syscall",
     "    mov edi, eax",
     "    mov esi, 5",
-    "    mov eax, 62",                   // kill
+    "    mov eax, 62", // kill
     "    syscall",
     "    ret",
     "uprobe_exec_trap_restorer:",
-    "    mov eax, 15",                   // rt_sigreturn
+    "    mov eax, 15", // rt_sigreturn
     "    syscall",
     "    ud2",
     ".p2align 3",
@@ -137,7 +137,8 @@ pub fn code() -> &'static [u8] {
 #[must_use]
 pub fn restorer_offset() -> usize {
     // Both labels are in the same section; only their addresses are taken.
-    std::ptr::addr_of!(uprobe_exec_trap_restorer) as usize - std::ptr::addr_of!(uprobe_exec_trap_start) as usize
+    std::ptr::addr_of!(uprobe_exec_trap_restorer) as usize
+        - std::ptr::addr_of!(uprobe_exec_trap_start) as usize
 }
 
 /// One probe site as the handler sees it.

@@ -150,7 +150,9 @@ impl Uffd {
             // it touches no memory of ours.
             let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
             if fd < 0 {
-                Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
+                Err(Errno::from_raw_os_error(
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+                ))
             } else {
                 // SAFETY: the kernel just returned this fd to us; nobody else owns it.
                 Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -180,7 +182,11 @@ impl Uffd {
 
     /// `UFFDIO_API`: the handshake. Returns the features the kernel offers.
     pub fn api(&self, features: u64) -> Result<u64, Errno> {
-        let mut api = uapi::uffdio_api { api: uapi::UFFD_API as u64, features, ioctls: 0 };
+        let mut api = uapi::uffdio_api {
+            api: uapi::UFFD_API as u64,
+            features,
+            ioctls: 0,
+        };
         self.ioctl(uioctl::UFFDIO_API, &mut api)?;
         Ok(api.features)
     }
@@ -203,8 +209,18 @@ impl Uffd {
     /// # Safety
     /// `src` must be readable for `len` bytes.
     pub unsafe fn copy(&self, dst: u64, src: *const u8, len: u64, wake: bool) -> CopyOutcome {
-        let mode = if wake { 0 } else { uapi::UFFDIO_COPY_MODE_DONTWAKE as u64 };
-        let mut c = uapi::uffdio_copy { dst, src: src as u64, len, mode, copy: 0 };
+        let mode = if wake {
+            0
+        } else {
+            uapi::UFFDIO_COPY_MODE_DONTWAKE as u64
+        };
+        let mut c = uapi::uffdio_copy {
+            dst,
+            src: src as u64,
+            len,
+            mode,
+            copy: 0,
+        };
         match self.ioctl(uioctl::UFFDIO_COPY, &mut c) {
             Ok(()) => CopyOutcome::Copied,
             Err(Errno::EXIST) => CopyOutcome::AlreadyPresent,
@@ -228,7 +244,10 @@ impl Uffd {
     pub fn mm_alive(&self) -> bool {
         /// A page no program of ours maps (below every ELF base, above mmap_min_addr).
         const PROBE: u64 = 0x10000;
-        let mut r = uapi::uffdio_range { start: PROBE, len: PAGE_SIZE };
+        let mut r = uapi::uffdio_range {
+            start: PROBE,
+            len: PAGE_SIZE,
+        };
         self.ioctl(uioctl::UFFDIO_UNREGISTER, &mut r) != Err(Errno::NOMEM)
     }
 
@@ -239,7 +258,10 @@ impl Uffd {
         // SAFETY: buf is valid for buf.len()*size bytes, and any bytes are a
         // valid uffd_msg.
         let bytes = unsafe {
-            std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf))
+            std::slice::from_raw_parts_mut(
+                buf.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of_val(buf),
+            )
         };
         match rustix::io::read(&self.fd, bytes) {
             Ok(n) => Ok(n / size),
@@ -255,7 +277,9 @@ impl Uffd {
         if r == 0 {
             Ok(())
         } else {
-            Err(Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)))
+            Err(Errno::from_raw_os_error(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ))
         }
     }
 }
@@ -275,20 +299,30 @@ pub fn decode(msg: &RawMsg) -> Event {
                     tid: pf.feat.ptid,
                 }
             }
-            uapi::UFFD_EVENT_FORK => {
-                Event::Fork(Uffd { fd: OwnedFd::from_raw_fd(msg.arg.fork.ufd as i32) })
-            }
+            uapi::UFFD_EVENT_FORK => Event::Fork(Uffd {
+                fd: OwnedFd::from_raw_fd(msg.arg.fork.ufd as i32),
+            }),
             uapi::UFFD_EVENT_REMOVE => {
                 let r = msg.arg.remove;
-                Event::Remove { start: r.start, end: r.end }
+                Event::Remove {
+                    start: r.start,
+                    end: r.end,
+                }
             }
             uapi::UFFD_EVENT_UNMAP => {
                 let r = msg.arg.remove;
-                Event::Unmap { start: r.start, end: r.end }
+                Event::Unmap {
+                    start: r.start,
+                    end: r.end,
+                }
             }
             uapi::UFFD_EVENT_REMAP => {
                 let r = msg.arg.remap;
-                Event::Remap { from: r.from, to: r.to, len: r.len }
+                Event::Remap {
+                    from: r.from,
+                    to: r.to,
+                    len: r.len,
+                }
             }
             _ => Event::Unknown(event),
         }

@@ -36,7 +36,8 @@ pub struct Output {
 impl Output {
     /// The shell's view: code, or 128 + signal.
     pub fn status(&self) -> i32 {
-        self.code.unwrap_or_else(|| 128 + self.signal.expect("code or signal"))
+        self.code
+            .unwrap_or_else(|| 128 + self.signal.expect("code or signal"))
     }
     pub fn stdout_str(&self) -> String {
         String::from_utf8_lossy(&self.stdout).into_owned()
@@ -89,7 +90,9 @@ impl Drop for Guard {
 /// everything it started.
 pub fn spawn_guarded(cmd: &mut Command) -> Guard {
     cmd.process_group(0);
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     Guard { child: Some(child) }
 }
 
@@ -104,14 +107,26 @@ fn reader(mut r: impl Read + Send + 'static, tx: mpsc::Sender<(u8, Vec<u8>)>, wh
 /// Runs `cmd` to the end with `stdin` (None: /dev/null), capturing stdout and
 /// stderr; `after_spawn` fds are closed once it started (write ends given to
 /// the child). Kills it and panics after `timeout`.
-pub fn run_full(mut cmd: Command, stdin: Option<Vec<u8>>, after_spawn: Vec<OwnedFd>, timeout: Duration) -> Output {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+pub fn run_full(
+    mut cmd: Command,
+    stdin: Option<Vec<u8>>,
+    after_spawn: Vec<OwnedFd>,
+    timeout: Duration,
+) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     // No core files from the signal tests.
     // SAFETY: setrlimit is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
-            let lim = libc::rlimit { rlim_cur: 0, rlim_max: libc::RLIM_INFINITY };
+            let lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: libc::RLIM_INFINITY,
+            };
             libc::setrlimit(libc::RLIMIT_CORE, &lim);
             Ok(())
         });
@@ -188,10 +203,12 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("uprobe-core-{tag}-{}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("uprobe-core-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
         TempDir { path }
     }
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
@@ -200,7 +217,8 @@ impl TempDir {
     /// Copies `src` into the dir with mode `mode`; returns the new path.
     pub fn copy(&self, src: &Path, name: &str, mode: u32) -> PathBuf {
         let dst = self.join(name);
-        std::fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
+        std::fs::copy(src, &dst)
+            .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode)).expect("chmod copy");
         dst
     }
@@ -253,7 +271,10 @@ impl Case {
     {
         let mut argv = vec![prog.as_ref().to_owned()];
         argv.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        Case { argv, ..Case::default() }
+        Case {
+            argv,
+            ..Case::default()
+        }
     }
     pub fn env(mut self, k: &str, v: &str) -> Case {
         self.env.push((k.into(), v.into()));
@@ -286,10 +307,16 @@ impl Case {
 
     fn command(&self, full: Vec<OsString>) -> Command {
         let full = if self.nobody && is_root() {
-            let mut v: Vec<OsString> = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-                .iter()
-                .map(OsString::from)
-                .collect();
+            let mut v: Vec<OsString> = [
+                "/usr/bin/setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
             v.extend(full);
             v
         } else {
@@ -319,7 +346,11 @@ impl Case {
             unsafe {
                 cmd.pre_exec(move || {
                     // dup2 onto itself would keep FD_CLOEXEC: clear it then.
-                    let r = if raw == 5 { libc::fcntl(5, libc::F_SETFD, 0) } else { libc::dup2(raw, 5) };
+                    let r = if raw == 5 {
+                        libc::fcntl(5, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(raw, 5)
+                    };
                     if r < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -329,7 +360,12 @@ impl Case {
             after.push(w);
             read_end = Some(r);
         }
-        let mut out = run_full(cmd, self.stdin.clone(), after, self.timeout.unwrap_or(TIMEOUT));
+        let mut out = run_full(
+            cmd,
+            self.stdin.clone(),
+            after,
+            self.timeout.unwrap_or(TIMEOUT),
+        );
         if let Some(r) = read_end {
             let mut f = std::fs::File::from(r);
             let mut buf = Vec::new();
@@ -344,7 +380,10 @@ impl Case {
     }
 
     pub fn run_ours(&self) -> Output {
-        let mut full = vec![self.tool.clone().map_or_else(|| OsString::from(BIN), PathBuf::into_os_string)];
+        let mut full = vec![self
+            .tool
+            .clone()
+            .map_or_else(|| OsString::from(BIN), PathBuf::into_os_string)];
         full.extend(self.opts.iter().cloned());
         full.extend(self.argv.iter().cloned());
         self.go(self.command(full))
@@ -363,14 +402,21 @@ impl Case {
 fn show(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
     if s.chars().count() > 3000 {
-        format!("{}… ({} bytes)", s.chars().take(3000).collect::<String>(), b.len())
+        format!(
+            "{}… ({} bytes)",
+            s.chars().take(3000).collect::<String>(),
+            b.len()
+        )
     } else {
         s.into_owned()
     }
 }
 
 fn first_diff(a: &[u8], b: &[u8]) -> usize {
-    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()))
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()))
 }
 
 fn same_bytes(what: &str, stream: &str, native: &[u8], ours: &[u8]) {
@@ -383,7 +429,11 @@ fn same_bytes(what: &str, stream: &str, native: &[u8], ours: &[u8]) {
                 first_diff(native, ours)
             );
         }
-        panic!("{what}: {stream} differs\n--- native ---\n{}\n--- uprobe-exec ---\n{}", show(native), show(ours));
+        panic!(
+            "{what}: {stream} differs\n--- native ---\n{}\n--- uprobe-exec ---\n{}",
+            show(native),
+            show(ours)
+        );
     }
 }
 
@@ -405,7 +455,10 @@ pub fn assert_same(what: &str, native: &Output, ours: &Output) {
         native.signal,
         ours.code
     );
-    assert_eq!(native.fd5, ours.fd5, "{what}: what was written to fd 5 differs");
+    assert_eq!(
+        native.fd5, ours.fd5,
+        "{what}: what was written to fd 5 differs"
+    );
 }
 
 /// Text pages of an ELF file (from its program headers): the pages covered
@@ -432,13 +485,17 @@ pub fn elf_text_pages(path: &Path) -> u64 {
 
 /// Reads and parses a `--report-json` file.
 pub fn read_report(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("report {} is not JSON ({e}):\n{text}", path.display()))
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("report {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("report {} is not JSON ({e}):\n{text}", path.display()))
 }
 
 /// `report["text"][field]` as u64.
 pub fn text_field(r: &serde_json::Value, field: &str) -> u64 {
-    r["text"][field].as_u64().unwrap_or_else(|| panic!("text.{field} missing or not an integer in {r}"))
+    r["text"][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("text.{field} missing or not an integer in {r}"))
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*).
@@ -459,8 +516,23 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 /// one stderr line starting with `uprobe-exec: `, and nothing on stdout.
 pub fn assert_our_error(what: &str, out: &Output, code: i32) {
     let err = out.stderr_str();
-    assert_eq!(out.code, Some(code), "{what}: exit status (signal {:?}); stderr: {err}", out.signal);
-    assert!(out.stdout.is_empty(), "{what}: stdout not empty: {}", out.stdout_str());
-    assert!(err.starts_with("uprobe-exec: "), "{what}: stderr does not start with `uprobe-exec: `: {err:?}");
-    assert!(err.ends_with('\n') && err.lines().count() == 1, "{what}: stderr is not exactly one line: {err:?}");
+    assert_eq!(
+        out.code,
+        Some(code),
+        "{what}: exit status (signal {:?}); stderr: {err}",
+        out.signal
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{what}: stdout not empty: {}",
+        out.stdout_str()
+    );
+    assert!(
+        err.starts_with("uprobe-exec: "),
+        "{what}: stderr does not start with `uprobe-exec: `: {err:?}"
+    );
+    assert!(
+        err.ends_with('\n') && err.lines().count() == 1,
+        "{what}: stderr is not exactly one line: {err:?}"
+    );
 }
