@@ -151,6 +151,7 @@ fn dropped_pages_are_patched_again_when_they_fault_back() {
 #[test]
 fn sites_of_every_kind_run_out_of_line_correctly() {
     let specs = [
+        "site_lea",
         "site_lea+4",
         "site_mov",
         "site_call+1",
@@ -167,6 +168,7 @@ fn sites_of_every_kind_run_out_of_line_correctly() {
         let n = printed(&out, "sites");
         assert_eq!(n, 1000);
         for label in [
+            "site_lea",
             "site_lea+0x4",
             "site_mov",
             "site_call+0x1",

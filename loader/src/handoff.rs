@@ -181,7 +181,7 @@ pub fn vdso() -> Option<(u64, &'static [u8])> {
     let (lo, hi) = maps
         .lines()
         .filter(|l| l.ends_with("[vdso]"))
-        .find_map(|l| parse_range(l))?;
+        .find_map(parse_range)?;
     if lo != addr {
         return None;
     }

@@ -551,7 +551,7 @@ fn monitor(
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         server.run(pidfd.0.as_fd())
                     }))
-                    .unwrap_or_else(|_| Err(uprobe_runtime::ServeError::Panicked))
+                    .unwrap_or(Err(uprobe_runtime::ServeError::Panicked))
                     .map_err(Error::from)
                 });
             }

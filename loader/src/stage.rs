@@ -182,7 +182,7 @@ unsafe fn send_with_fds(sock: RawFd, msg: &StageMsg, fds: &[RawFd]) -> bool {
 
 /// Resets what execve would reset and the fork carried over from the monitor.
 unsafe fn reset_process(p: &StagePlan<'_>) {
-    // SAFETY (whole function): plain system calls on our own process, with
+    // SAFETY: (whole function) plain system calls on our own process, with
     // arguments built on the stack.
     unsafe {
         // Caught signals go back to their default action; ignored ones stay
@@ -317,7 +317,7 @@ unsafe fn unregister_rseq() {
 /// Must be called only in a child just forked from the monitor, with a plan
 /// whose addresses were reserved in the monitor before the fork.
 pub unsafe fn run(p: &StagePlan<'_>) -> ! {
-    // SAFETY (whole function): system calls on the child's own address
+    // SAFETY: (whole function) system calls on the child's own address
     // space, at addresses the monitor reserved for exactly this.
     unsafe {
         reset_process(p);

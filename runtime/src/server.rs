@@ -305,10 +305,8 @@ impl Server {
                 if self.mms[m].gone {
                     break;
                 }
-                if !self.mms[m].served.get(index) {
-                    if self.install(m, index)? {
-                        self.stats.populated += 1;
-                    }
+                if !self.mms[m].served.get(index) && self.install(m, index)? {
+                    self.stats.populated += 1;
                 }
             }
             // Wake anyone who faulted while we were installing without waking.
@@ -412,8 +410,7 @@ impl Server {
 
     /// Reads and handles every pending event of mm `m`.
     fn drain(&mut self, m: usize, msgs: &mut [crate::uffd::RawMsg]) -> Result<(), ServeError> {
-        loop {
-            let Some(uffd) = &self.mms[m].uffd else { break };
+        while let Some(uffd) = &self.mms[m].uffd {
             let n = match uffd.read_events(msgs) {
                 Ok(n) => n,
                 Err(e) => return Err(ServeError::Read(e)),
