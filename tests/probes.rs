@@ -499,3 +499,22 @@ fn probes_work_unprivileged() {
         assert_eq!(hit(&hits(&r), probe), want, "{mode}");
     }
 }
+
+#[test]
+fn mangled_names_match_demangled_and_mangled() {
+    let s = probed_sample(Variant::Pie);
+    let (out, h) = probed(
+        "mangled",
+        &s,
+        &["mangled", "321"],
+        &["app::widget::poke(unsigned long)", "app::core::tick", "app::tock"],
+    );
+    assert_eq!(printed(&out, "mangled"), 321);
+    for f in ["app::widget::poke(unsigned long)", "app::core::tick", "app::tock"] {
+        assert_eq!(hit(&h, f), 321, "{f}");
+    }
+    // The mangled form and a glob over demangled names name the same functions.
+    let (_, h) = probed("mangled2", &s, &["mangled", "5"], &["_ZN3app4core4tick17h0123456789abcdefE", "app::*"]);
+    assert_eq!(h.len(), 3, "{h:?}");
+    assert!(h.iter().all(|(_, c)| *c == 5), "{h:?}");
+}

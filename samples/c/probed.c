@@ -14,6 +14,8 @@
  *   probed trapown N      installs its own SIGTRAP handler, calls counted()
  *                         N times, executes int3 N times and raises SIGTRAP once
  *   probed blocked N      blocks SIGTRAP, then calls counted() N times
+ *   probed mangled N      calls three functions with C++, Rust legacy and
+ *                         Rust v0 mangled names N times each
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -129,6 +131,14 @@ static uint64_t (*const many[32])(uint64_t) = {
     many_24, many_25, many_26, many_27, many_28, many_29, many_30, many_31,
 };
 
+/* Mangled names, as C++ and Rust compilers would emit them. */
+NOINLINE uint64_t cpp_poke(uint64_t x) __asm__("_ZN3app6widget4pokeEm");
+NOINLINE uint64_t cpp_poke(uint64_t x) { return x + 1; }           /* app::widget::poke(unsigned long) */
+NOINLINE uint64_t rust_tick(uint64_t x) __asm__("_ZN3app4core4tick17h0123456789abcdefE");
+NOINLINE uint64_t rust_tick(uint64_t x) { return x + 2; }          /* app::core::tick */
+NOINLINE uint64_t rust_tock(uint64_t x) __asm__("_RNvCs1234_3app4tock");
+NOINLINE uint64_t rust_tock(uint64_t x) { return x + 3; }          /* app::tock */
+
 static volatile sig_atomic_t own_traps;
 static void on_trap(int sig) { (void)sig; own_traps++; }
 
@@ -216,6 +226,9 @@ int main(int argc, char **argv) {
         for (uint64_t i = 0; i < n; i++) __asm__ volatile("int3");
         raise(SIGTRAP);
         printf("counted=%llu own_traps=%d\n", (unsigned long long)n, (int)own_traps);
+    } else if (!strcmp(mode, "mangled")) {
+        for (uint64_t i = 0; i < n; i++) acc = rust_tock(rust_tick(cpp_poke(acc)));
+        printf("mangled=%llu acc=%llx\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(mode, "blocked")) {
         sigset_t set;
         sigemptyset(&set);
