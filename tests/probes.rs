@@ -518,3 +518,31 @@ fn mangled_names_match_demangled_and_mangled() {
     assert_eq!(h.len(), 3, "{h:?}");
     assert!(h.iter().all(|(_, c)| *c == 5), "{h:?}");
 }
+
+#[test]
+fn unsafe_allows_an_address_outside_every_function_and_warns() {
+    // deregister_tm_clones has no size in the symbol table: its address is
+    // in no known function. It runs once, at exit.
+    let prog = probed_sample(Variant::NoPie);
+    let nm = std::process::Command::new("nm").arg(&prog).output().expect("nm");
+    let nm = String::from_utf8_lossy(&nm.stdout);
+    let addr = nm
+        .lines()
+        .find(|l| l.ends_with(" deregister_tm_clones"))
+        .map(|l| format!("0x{}", l[..16].trim_start_matches('0')))
+        .expect("deregister_tm_clones in nm");
+    let refused = run({
+        let mut c = std::process::Command::new(BIN);
+        c.args(["-p", &addr]).arg(&prog).args(["basic", "3"]);
+        c
+    });
+    assert_our_error("without --unsafe", &refused, 125);
+    let out = run({
+        let mut c = std::process::Command::new(BIN);
+        c.args(["--unsafe", "-p", &addr]).arg(&prog).args(["basic", "3"]);
+        c
+    });
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "counted=3 acc=28\n");
+    assert!(out.stderr_str().contains("uprobe-exec: warning: probing"), "{}", out.stderr_str());
+}
