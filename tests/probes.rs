@@ -507,14 +507,27 @@ fn mangled_names_match_demangled_and_mangled() {
         "mangled",
         &s,
         &["mangled", "321"],
-        &["app::widget::poke(unsigned long)", "app::core::tick", "app::tock"],
+        &[
+            "app::widget::poke(unsigned long)",
+            "app::core::tick",
+            "app::tock",
+        ],
     );
     assert_eq!(printed(&out, "mangled"), 321);
-    for f in ["app::widget::poke(unsigned long)", "app::core::tick", "app::tock"] {
+    for f in [
+        "app::widget::poke(unsigned long)",
+        "app::core::tick",
+        "app::tock",
+    ] {
         assert_eq!(hit(&h, f), 321, "{f}");
     }
     // The mangled form and a glob over demangled names name the same functions.
-    let (_, h) = probed("mangled2", &s, &["mangled", "5"], &["_ZN3app4core4tick17h0123456789abcdefE", "app::*"]);
+    let (_, h) = probed(
+        "mangled2",
+        &s,
+        &["mangled", "5"],
+        &["_ZN3app4core4tick17h0123456789abcdefE", "app::*"],
+    );
     assert_eq!(h.len(), 3, "{h:?}");
     assert!(h.iter().all(|(_, c)| *c == 5), "{h:?}");
 }
@@ -524,7 +537,10 @@ fn unsafe_allows_an_address_outside_every_function_and_warns() {
     // deregister_tm_clones has no size in the symbol table: its address is
     // in no known function. It runs once, at exit.
     let prog = probed_sample(Variant::NoPie);
-    let nm = std::process::Command::new("nm").arg(&prog).output().expect("nm");
+    let nm = std::process::Command::new("nm")
+        .arg(&prog)
+        .output()
+        .expect("nm");
     let nm = String::from_utf8_lossy(&nm.stdout);
     let addr = nm
         .lines()
@@ -539,10 +555,16 @@ fn unsafe_allows_an_address_outside_every_function_and_warns() {
     assert_our_error("without --unsafe", &refused, 125);
     let out = run({
         let mut c = std::process::Command::new(BIN);
-        c.args(["--unsafe", "-p", &addr]).arg(&prog).args(["basic", "3"]);
+        c.args(["--unsafe", "-p", &addr])
+            .arg(&prog)
+            .args(["basic", "3"]);
         c
     });
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "counted=3 acc=28\n");
-    assert!(out.stderr_str().contains("uprobe-exec: warning: probing"), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("uprobe-exec: warning: probing"),
+        "{}",
+        out.stderr_str()
+    );
 }

@@ -329,6 +329,44 @@ fn boundaries(f: &Function, bytes: &[u8]) -> Vec<u64> {
     out
 }
 
+/// Checks that `offset` is an instruction boundary of `f`, decoding each
+/// function once however many specs name it.
+fn check_boundary(
+    image: &Image,
+    f: &Function,
+    offset: u64,
+    decoded: &mut std::collections::HashMap<LinkAddr, Vec<u64>>,
+    program: &str,
+) -> Result<(), ProbeError> {
+    if !decoded.contains_key(&f.addr) {
+        let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText {
+            addr: f.addr.0,
+            program: program.into(),
+        })?;
+        decoded.insert(f.addr, boundaries(f, bytes));
+    }
+    let b = &decoded[&f.addr];
+    if b.binary_search(&offset).is_ok() {
+        return Ok(());
+    }
+    let name = f.display_name();
+    let before = b
+        .iter()
+        .rev()
+        .find(|&&o| o < offset)
+        .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+    let after = b
+        .iter()
+        .find(|&&o| o > offset)
+        .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
+    Err(ProbeError::NotBoundary {
+        symbol: name.into(),
+        offset,
+        before,
+        after,
+    })
+}
+
 /// Resolves specs against the program. With `unsafe_addrs`, an address
 /// outside every function is accepted; a warning is returned for it.
 pub fn resolve(
@@ -339,6 +377,9 @@ pub fn resolve(
 ) -> Result<(Vec<Site>, Vec<String>), ProbeError> {
     let program = image.path.display().to_string();
     let mut sites: Vec<Site> = Vec::new();
+    let mut decoded: std::collections::HashMap<LinkAddr, Vec<u64>> =
+        std::collections::HashMap::new();
+    let mut outside = Vec::new();
     let mut warnings = Vec::new();
     let add = |spec: &str,
                f: Option<&Function>,
@@ -425,29 +466,7 @@ pub fn resolve(
                             size: f.size,
                         });
                     }
-                    let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText {
-                        addr: f.addr.0,
-                        program: program.clone(),
-                    })?;
-                    let b = boundaries(f, bytes);
-                    if !b.contains(&offset) {
-                        let name = f.display_name();
-                        let before = b
-                            .iter()
-                            .rev()
-                            .find(|&&o| o < offset)
-                            .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
-                        let after = b
-                            .iter()
-                            .find(|&&o| o > offset)
-                            .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
-                        return Err(ProbeError::NotBoundary {
-                            symbol: name.into(),
-                            offset,
-                            before,
-                            after,
-                        });
-                    }
+                    check_boundary(image, f, offset, &mut decoded, &program)?;
                 }
                 for &f in &found {
                     add(spec, Some(f), LinkAddr(f.addr.0 + offset), &mut sites)?;
@@ -457,44 +476,34 @@ pub fn resolve(
                 Some(f) => {
                     let offset = a - f.addr.0;
                     if offset > 0 {
-                        let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText {
-                            addr: a,
-                            program: program.clone(),
-                        })?;
-                        let b = boundaries(f, bytes);
-                        if !b.contains(&offset) {
-                            let name = f.display_name();
-                            let before = b
-                                .iter()
-                                .rev()
-                                .find(|&&o| o < offset)
-                                .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
-                            let after = b
-                                .iter()
-                                .find(|&&o| o > offset)
-                                .map_or("(none)".into(), |o| format!("{name}+{o:#x}"));
-                            return Err(ProbeError::NotBoundary {
-                                symbol: name.into(),
-                                offset,
-                                before,
-                                after,
-                            });
-                        }
+                        check_boundary(image, f, offset, &mut decoded, &program)?;
                     }
                     add(spec, Some(f), LinkAddr(a), &mut sites)?;
                 }
                 None if unsafe_addrs => {
-                    warnings.push(format!(
-                        "probing {a:#x} outside every known function (--unsafe): if it is not the start of an \
-                         instruction, the program will break"
-                    ));
+                    outside.push(a);
                     add(spec, None, LinkAddr(a), &mut sites)?;
                 }
                 None => return Err(ProbeError::OutsideFunctions { addr: a, program }),
             },
         }
     }
+    // One site per address, from the first spec that named it.
     sites.sort_by_key(|s| s.addr);
+    sites.dedup_by_key(|s| s.addr);
+    if !outside.is_empty() {
+        let shown: Vec<String> = outside.iter().take(3).map(|a| format!("{a:#x}")).collect();
+        let more = if outside.len() > 3 {
+            format!(" and {} more", outside.len() - 3)
+        } else {
+            String::new()
+        };
+        warnings.push(format!(
+            "probing {}{more} outside every known function (--unsafe): an address that is not the start of \
+             an instruction will break the program",
+            shown.join(", ")
+        ));
+    }
     Ok((sites, warnings))
 }
 
