@@ -78,6 +78,65 @@ fn list(program: &OsString, patterns: &[String]) -> ExitCode {
     }
 }
 
+/// Signals forwarded to the program.
+const FORWARDED: [i32; 6] = [
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+fn forwarded_set() -> libc::sigset_t {
+    // SAFETY: building a sigset_t in a local with the libc helpers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in FORWARDED {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the forwarded signals in this (the only) thread; returns the mask
+/// we were given, bit n-1 for signal n.
+fn block_forwarded() -> u64 {
+    let set = forwarded_set();
+    // SAFETY: changing our own thread's mask; `old` is a local.
+    unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+        (1..=64)
+            .filter(|&s| libc::sigismember(&old, s) == 1)
+            .fold(0u64, |acc, s| acc | 1 << (s - 1))
+    }
+}
+
+/// Forwards the blocked signals to `pid`, except those a terminal sent to
+/// the whole foreground process group (Ctrl-C, Ctrl-\, hang-up): the
+/// program got its own copy of those.
+fn forward_signals(pid: i32) {
+    let _ = std::thread::Builder::new()
+        .name("uprobe-exec-signals".into())
+        .spawn(move || {
+            let set = forwarded_set();
+            loop {
+                // SAFETY: sigwaitinfo fills a local siginfo_t.
+                let (sig, code) = unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    let sig = libc::sigwaitinfo(&set, &mut info);
+                    (sig, info.si_code)
+                };
+                if sig > 0 && code != libc::SI_KERNEL {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(pid, sig) };
+                }
+            }
+        });
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -109,9 +168,14 @@ fn main() -> ExitCode {
     if cli.list {
         return list(program, &cli.probes);
     }
+    // Signals sent to uprobe-exec are the program's: block them here (every
+    // thread we start inherits that) and forward them from one thread. The
+    // program starts with the mask we were given.
+    let given = block_forwarded();
     let mut cmd = uprobe_exec::Command::new(program)
         .args(args)
-        .allow_unsafe_addresses(cli.unsafe_addrs);
+        .allow_unsafe_addresses(cli.unsafe_addrs)
+        .blocked_signals(given);
     for p in &cli.probes {
         cmd = cmd.probe(p);
     }
@@ -119,14 +183,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e, e.exit_code() as u8),
     };
-    // Ctrl-C in a terminal reaches the program directly (same process
-    // group); the monitor must outlive it to report. Only now: the program
-    // was forked with the dispositions we were given.
-    // SAFETY: signal(2) with SIG_IGN touches no memory of ours.
-    unsafe {
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-    }
+    forward_signals(session.pid());
     let report = match session.wait() {
         Ok(r) => r,
         Err(e) => return fail(&e, e.exit_code() as u8),

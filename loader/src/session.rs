@@ -43,6 +43,9 @@ pub struct Command {
     env: Option<Vec<OsString>>,
     probes: Vec<String>,
     unsafe_addrs: bool,
+    /// Signals (bit n-1 for signal n) blocked when the program starts; by
+    /// default the spawning thread's mask.
+    blocked: Option<u64>,
 }
 
 impl Command {
@@ -54,12 +57,21 @@ impl Command {
             env: None,
             probes: Vec::new(),
             unsafe_addrs: false,
+            blocked: None,
         }
     }
 
     /// Adds a probe: `SYMBOL`, `SYMBOL+OFFSET`, `0xADDR` or a glob.
     pub fn probe(mut self, spec: impl Into<String>) -> Command {
         self.probes.push(spec.into());
+        self
+    }
+
+    /// The signals blocked when the program starts (bit n-1 for signal n),
+    /// for a caller that blocks signals itself to forward them (as the CLI
+    /// does). By default the program gets the spawning thread's mask.
+    pub fn blocked_signals(mut self, mask: u64) -> Command {
+        self.blocked = Some(mask);
         self
     }
 
@@ -131,6 +143,7 @@ impl Command {
             Some(Probes::build(&plan, sites)?)
         };
         let (tx, rx) = mpsc::channel();
+        let blocked = self.blocked.unwrap_or_else(current_mask);
         let args = resolved
             .argv
             .iter()
@@ -139,7 +152,7 @@ impl Command {
         let program_name = resolved.elf.display().to_string();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
-            .spawn(move || monitor(plan, probes, resolved, env, tx))
+            .spawn(move || monitor(plan, probes, resolved, env, blocked, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
             Ok(Ok(pid)) => Ok(Session {
@@ -477,6 +490,18 @@ fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
     )))
 }
 
+/// The calling thread's blocked signals, bit n-1 for signal n.
+fn current_mask() -> u64 {
+    // SAFETY: reading the calling thread's mask into a local, then testing it.
+    unsafe {
+        let mut m: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut m);
+        (1..=64)
+            .filter(|&sig| libc::sigismember(&m, sig) == 1)
+            .fold(0u64, |acc, sig| acc | 1 << (sig - 1))
+    }
+}
+
 /// Whether `PR_SET_MM_MAP` is allowed: CAP_SYS_RESOURCE or CAP_CHECKPOINT_RESTORE.
 fn may_set_mm_map() -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
@@ -530,9 +555,10 @@ fn monitor(
     probes: Option<Probes>,
     r: Resolved,
     env: Vec<OsString>,
+    blocked: u64,
     started: mpsc::Sender<Result<i32>>,
 ) -> Result<Outcome> {
-    match start(&plan, probes.as_ref(), &r, &env) {
+    match start(&plan, probes.as_ref(), &r, &env, blocked) {
         Ok((pid, pidfd, uffd, mode, handoff, listener)) => {
             let guard = match (listener, &probes) {
                 (Some(l), Some(p)) => Some(crate::guard::Guard::start(l, p.guard_target())?),
@@ -615,7 +641,13 @@ type Started = (
 );
 
 /// Forks the stage and receives its uffd. Returns (pid, (pidfd, socket), uffd, mode, handoff).
-fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -> Result<Started> {
+fn start(
+    plan: &Plan,
+    probes: Option<&Probes>,
+    r: &Resolved,
+    env: &[OsString],
+    blocked: u64,
+) -> Result<Started> {
     let stack_len = stack_size();
     let stack_res = Reservation::anywhere(stack_len, PAGE_SIZE, 0)
         .map_err(|e| Error::sys("reserving the stack", e))?;
@@ -736,10 +768,15 @@ fn start(plan: &Plan, probes: Option<&Probes>, r: &Resolved, env: &[OsString]) -
         .iter()
         .map(|t| (t.start, t.end() - t.start))
         .collect();
-    // SAFETY: reading the calling thread's signal mask into a local.
+    // SAFETY: building a sigset_t in a local with the libc helpers.
     let sigmask = unsafe {
         let mut m: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut m);
+        libc::sigemptyset(&mut m);
+        for sig in 1..=64 {
+            if blocked & (1 << (sig - 1)) != 0 {
+                libc::sigaddset(&mut m, sig);
+            }
+        }
         m
     };
     let sp = StagePlan {
