@@ -1007,9 +1007,15 @@ fn is_dead(pid: i32) -> bool {
 #[test]
 fn monitor_sigkill_kills_program() {
     let spin = sample("spin", Variant::Pie);
-    let cases: [Vec<OsString>; 2] = [
+    let cases: [Vec<OsString>; 3] = [
         vec![os("/usr/bin/sleep"), os("30")],
         vec![spin.into_os_string(), os("1"), os("--sigint-exit")],
+        // A tree: the shell, a background sleep, and python with three forks.
+        vec![
+            os("/bin/bash"),
+            os("-c"),
+            os("/usr/bin/python3.11 -c 'import os,time; os.fork(); os.fork(); time.sleep(30)' & sleep 30 & wait"),
+        ],
     ];
     for argv in cases {
         let mut cmd = Command::new(BIN);
@@ -1025,13 +1031,16 @@ fn monitor_sigkill_kills_program() {
             want.extend_from_slice(a.as_encoded_bytes());
             want.push(0);
         }
+        let forks = if argv[0] == os("/bin/bash") { 6 } else { 1 };
         let deadline = Instant::now() + Duration::from_secs(10);
-        let child = loop {
-            let found = children(monitor).into_iter().find(|&c| {
+        let tree = loop {
+            let tree = descendants(monitor);
+            let started = tree.iter().any(|&c| {
                 std::fs::read(format!("/proc/{c}/cmdline")).is_ok_and(|b| !is_root() || b == want)
             });
-            if let Some(c) = found {
-                break c;
+            // The watchdog plus the program's processes.
+            if started && tree.len() > forks {
+                break tree;
             }
             assert!(
                 Instant::now() < deadline,
@@ -1040,7 +1049,10 @@ fn monitor_sigkill_kills_program() {
             std::thread::sleep(Duration::from_millis(5));
         };
         std::thread::sleep(Duration::from_millis(50));
-        assert!(!is_dead(child), "{argv:?}: the program ended by itself");
+        assert!(
+            tree.iter().all(|&p| !is_dead(p)),
+            "{argv:?}: the program ended by itself"
+        );
         // SAFETY: signalling our own child.
         assert_eq!(unsafe { libc::kill(monitor, libc::SIGKILL) }, 0);
         let st = g.child.as_mut().unwrap().wait().unwrap();
@@ -1048,14 +1060,100 @@ fn monitor_sigkill_kills_program() {
             std::os::unix::process::ExitStatusExt::signal(&st),
             Some(libc::SIGKILL)
         );
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !is_dead(child) {
+        let killed = Instant::now();
+        let deadline = killed + Duration::from_millis(100);
+        while tree.iter().any(|&p| !is_dead(p)) {
             if Instant::now() > deadline {
-                // SAFETY: our own grandchild, left behind by the failure.
-                unsafe { libc::kill(child, libc::SIGKILL) };
-                panic!("{argv:?}: the program (pid {child}) outlived its monitor by 2 s");
+                let left: Vec<i32> = tree.iter().copied().filter(|&p| !is_dead(p)).collect();
+                for &p in &left {
+                    // SAFETY: our own descendants, left behind by the failure.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                panic!("{argv:?}: processes {left:?} outlived their monitor by 100 ms");
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Every descendant of `pid`.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children(p) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn monitor_sigkill_at_random_moments_leaves_nothing_behind() {
+    // Kill the monitor at moments spread over start-up, hand-off, 64 threads
+    // entering cold pages, and a storm of refaults (a page dropped and touched
+    // again 10^5 times), 40 times.
+    let pages = sample("pages", Variant::Pie);
+    let probed = sample("probed", Variant::Pie);
+    for i in 0..40u64 {
+        let mut cmd = Command::new(BIN);
+        if i % 2 == 0 {
+            cmd.arg(&pages).args(["--threads", "64"]);
+        } else {
+            cmd.arg(&probed).args(["dontneed", "100000"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut g = spawn_guarded(&mut cmd);
+        let monitor = g.pid();
+        let mut seen = Vec::new();
+        let until = Instant::now()
+            + Duration::from_micros(if i % 2 == 0 {
+                200 * (i * 7 % 25)
+            } else {
+                1000 * (i * 13 % 40)
+            });
+        while Instant::now() < until {
+            for p in descendants(monitor) {
+                if !seen.contains(&p) {
+                    seen.push(p);
+                }
+            }
+        }
+        seen.extend(
+            descendants(monitor)
+                .into_iter()
+                .filter(|p| !seen.contains(p))
+                .collect::<Vec<_>>(),
+        );
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(monitor, libc::SIGKILL) };
+        let _ = g.child.as_mut().unwrap().wait();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        while seen.iter().any(|&p| !is_dead(p)) {
+            if Instant::now() > deadline {
+                let left: Vec<i32> = seen.iter().copied().filter(|&p| !is_dead(p)).collect();
+                for &p in &left {
+                    // SAFETY: our own descendants, left behind by the failure.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                let what: Vec<String> = left
+                    .iter()
+                    .map(|p| {
+                        let stat =
+                            std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                        let stack =
+                            std::fs::read_to_string(format!("/proc/{p}/stack")).unwrap_or_default();
+                        format!("{stat} {stack}")
+                    })
+                    .collect();
+                panic!(
+                    "iteration {i}: processes {left:?} outlived their monitor by 100 ms: {what:?}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

@@ -36,6 +36,7 @@ mod session;
 pub mod stack;
 pub mod stage;
 pub mod symbols;
+pub mod watchdog;
 
 pub use error::{ElfError, Error, Result};
 pub use report::{Exit, Report};

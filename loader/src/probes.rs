@@ -338,14 +338,16 @@ fn check_boundary(
     decoded: &mut std::collections::HashMap<LinkAddr, Vec<u64>>,
     program: &str,
 ) -> Result<(), ProbeError> {
-    if !decoded.contains_key(&f.addr) {
-        let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText {
-            addr: f.addr.0,
-            program: program.into(),
-        })?;
-        decoded.insert(f.addr, boundaries(f, bytes));
-    }
-    let b = &decoded[&f.addr];
+    let b = match decoded.entry(f.addr) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let bytes = bytes_at(image, f.addr).ok_or(ProbeError::NotText {
+                addr: f.addr.0,
+                program: program.into(),
+            })?;
+            e.insert(boundaries(f, bytes))
+        }
+    };
     if b.binary_search(&offset).is_ok() {
         return Ok(());
     }

@@ -559,12 +559,14 @@ fn monitor(
     started: mpsc::Sender<Result<i32>>,
 ) -> Result<Outcome> {
     match start(&plan, probes.as_ref(), &r, &env, blocked) {
-        Ok((pid, pidfd, uffd, mode, handoff, listener)) => {
+        Ok((pid, pidfd, uffd, mode, handoff, listener, watchdog)) => {
             let guard = match (listener, &probes) {
                 (Some(l), Some(p)) => Some(crate::guard::Guard::start(l, p.guard_target())?),
                 _ => None,
             };
             let mut server = Server::new(plan.image.clone(), uffd);
+            let keeper = watchdog.sender();
+            server.on_new_process(move |fd| keeper.hold_fd(fd));
             let mut result: Result<()> = Ok(());
             if mode == UffdMode::UserModeOnly {
                 result = server.populate_all().map_err(Error::from);
@@ -583,10 +585,11 @@ fn monitor(
             }
             if let Err(e) = result {
                 let _ = rustix::process::pidfd_send_signal(&pidfd.0, rustix::process::Signal::KILL);
-                let _ = reap(&pidfd.0);
+                let _ = watchdog.status();
                 return Err(e);
             }
-            let exit = reap(&pidfd.0)?;
+            let exit = watchdog.status()?;
+            watchdog.detach();
             drop(guard);
             let hits = probes.as_ref().map(Probes::hits).unwrap_or_default();
             let stray_traps = probes.as_ref().map_or(0, |p| p.counters.get(0));
@@ -614,20 +617,133 @@ fn release(sock: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-fn reap(pidfd: &OwnedFd) -> Result<Exit> {
-    use rustix::process::{waitid, WaitId, WaitIdOptions};
-    loop {
-        match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
-            Ok(Some(st)) => {
-                if let Some(sig) = st.terminating_signal() {
-                    return Ok(Exit::Signal(sig));
-                }
-                return Ok(Exit::Code(st.exit_status().unwrap_or(0)));
-            }
-            Ok(None) => continue,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(Error::sys("waiting for the program", e)),
+/// The monitor's side of the watchdog (see `watchdog`).
+struct Watchdog {
+    pid: i32,
+    sock: OwnedFd,
+    /// Dropping it tells the watchdog we are gone.
+    alive: Option<OwnedFd>,
+}
+
+/// Sends uffds to the watchdog from the fault server's thread.
+struct Keeper(RawFd);
+
+impl Keeper {
+    fn hold_fd(&self, fd: std::os::fd::BorrowedFd<'_>) {
+        send_fd(
+            self.0,
+            crate::watchdog::WatchMsg {
+                kind: crate::watchdog::HOLD,
+                pid: 0,
+                status: 0,
+            },
+            Some(fd.as_raw_fd()),
+        );
+    }
+}
+
+fn send_fd(sock: RawFd, msg: crate::watchdog::WatchMsg, fd: Option<RawFd>) {
+    let mut cbuf = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: (&msg as *const crate::watchdog::WatchMsg).cast_mut().cast(),
+        iov_len: std::mem::size_of::<crate::watchdog::WatchMsg>(),
+    };
+    // SAFETY: msghdr and the control buffer are plain data on our stack, sized
+    // for one fd; sendmsg only reads them.
+    unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            hdr.msg_control = cbuf.as_mut_ptr().cast();
+            hdr.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
         }
+        libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL);
+    }
+}
+
+impl Watchdog {
+    /// The next message from the watchdog (blocking); None if it died.
+    fn next(&self) -> Option<crate::watchdog::WatchMsg> {
+        let mut m = crate::watchdog::WatchMsg::default();
+        loop {
+            // SAFETY: reading one plain struct from our socket.
+            let n = unsafe {
+                libc::recv(
+                    self.sock.as_raw_fd(),
+                    (&mut m as *mut crate::watchdog::WatchMsg).cast(),
+                    std::mem::size_of::<crate::watchdog::WatchMsg>(),
+                    0,
+                )
+            };
+            if n == std::mem::size_of::<crate::watchdog::WatchMsg>() as isize {
+                return Some(m);
+            }
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return None;
+        }
+    }
+
+    /// Waits for the program's wait status, which the watchdog (its parent) reports.
+    fn status(&self) -> Result<Exit> {
+        loop {
+            match self.next() {
+                Some(m) if m.kind == crate::watchdog::EXITED => {
+                    let st = m.status;
+                    return Ok(if libc::WIFSIGNALED(st) {
+                        Exit::Signal(libc::WTERMSIG(st))
+                    } else {
+                        Exit::Code(libc::WEXITSTATUS(st))
+                    });
+                }
+                Some(_) => continue,
+                None => {
+                    return Err(Error::sys(
+                        "waiting for the program",
+                        std::io::Error::other("the watchdog died"),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn hold(&self, uffd: &Uffd) {
+        self.sender().hold_fd(uffd.as_fd());
+    }
+
+    fn sender(&self) -> Keeper {
+        Keeper(self.sock.as_raw_fd())
+    }
+
+    /// The session ended normally: processes that outlive the program live on.
+    fn detach(&self) {
+        send_fd(
+            self.sock.as_raw_fd(),
+            crate::watchdog::WatchMsg {
+                kind: crate::watchdog::DETACH,
+                pid: 0,
+                status: 0,
+            },
+            None,
+        );
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Closing the pipe ends the watchdog (killing the program unless
+        // detached); then reap it.
+        drop(self.alive.take());
+        let mut st = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(self.pid, &mut st, 0) };
     }
 }
 
@@ -638,6 +754,7 @@ type Started = (
     UffdMode,
     Handoff,
     Option<OwnedFd>,
+    Watchdog,
 );
 
 /// Forks the stage and receives its uffd. Returns (pid, (pidfd, socket), uffd, mode, handoff).
@@ -691,12 +808,29 @@ fn start(
 
     let prog_fd = prog.image.file.as_raw_fd();
     let interp_fd = plan.interp.as_ref().map(|i| i.image.file.as_raw_fd());
+    // Created before the list of fds the program must not inherit.
+    let (alive_r, alive_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| Error::sys("creating the watchdog's pipe", e))?;
+    let (wsock, wsock_child) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::sys("creating the watchdog's socket", e))?;
     let close: Vec<RawFd> = cloexec_fds()
         .into_iter()
         .filter(|&fd| fd != prog_fd && Some(fd) != interp_fd && fd != sock_child.as_raw_fd())
         .chain([sock_child.as_raw_fd()])
         .collect();
     let close_after_map: Vec<RawFd> = interp_fd.into_iter().collect();
+    let close_first = [
+        sock_parent.as_raw_fd(),
+        alive_r.as_raw_fd(),
+        alive_w.as_raw_fd(),
+        wsock.as_raw_fd(),
+        wsock_child.as_raw_fd(),
+    ];
     let mm_map_ok = may_set_mm_map();
     let gadget = handoff::vdso().and_then(|(a, b)| handoff::find_exit_gadget(b, a));
 
@@ -791,29 +925,57 @@ fn start(
         blob,
         params_at: st.base,
         close: &close,
+        close_first: &close_first,
         close_after_map: &close_after_map,
-        // SAFETY: getpid has no preconditions.
-        monitor: unsafe { libc::getpid() },
-        uffd_park: park_fd(),
+        // The watchdog fills in its own pid.
+        monitor: 0,
+        comm: {
+            let base = r.execfn.rsplit(|&c| c == b'/').next().unwrap_or(&[]);
+            let mut c = [0u8; 16];
+            let n = base.len().min(15);
+            c[..n].copy_from_slice(&base[..n]);
+            c
+        },
         trap: probes.map(|p| (p.area.handler, p.area.restorer)),
         seccomp: probes
             .map(|p| p.filter.as_slice())
             .filter(|f| !f.is_empty()),
     };
 
-    // SAFETY: the child runs only stage::run, which makes system calls and
-    // never returns; the parent goes on as usual.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
+    // SAFETY: the child runs only watchdog::run, which makes system calls
+    // and never returns; the parent goes on as usual.
+    let wpid = unsafe { libc::fork() };
+    if wpid < 0 {
         return Err(Error::sys("fork", std::io::Error::last_os_error()));
     }
-    if pid == 0 {
+    if wpid == 0 {
         // SAFETY: we are the freshly forked child, and every address in `sp`
         // was reserved before the fork.
-        unsafe { stage::run(&sp) }
+        unsafe { crate::watchdog::run(&sp, alive_r.as_raw_fd(), wsock_child.as_raw_fd()) }
     }
-    drop(sock_child);
+    drop((sock_child, alive_r, wsock_child));
     drop((stack_res, blob_res));
+    let watchdog = Watchdog {
+        pid: wpid,
+        sock: wsock,
+        alive: Some(alive_w),
+    };
+    let first = watchdog.next();
+    let pid = match first {
+        Some(m) if m.kind == crate::watchdog::STARTED => m.pid,
+        Some(m) if m.kind == crate::watchdog::FORK_FAILED => {
+            return Err(Error::sys(
+                "fork",
+                std::io::Error::from_raw_os_error(m.status),
+            ))
+        }
+        _ => {
+            return Err(Error::sys(
+                "starting the watchdog",
+                std::io::Error::other("it died"),
+            ))
+        }
+    };
     let pidfd = rustix::process::pidfd_open(
         rustix::process::Pid::from_raw(pid).expect("fork returned a positive pid"),
         rustix::process::PidfdFlags::empty(),
@@ -823,17 +985,17 @@ fn start(
     let (msg, mut fds) = match receive(&sock_parent) {
         Ok(x) => x,
         Err(e) => {
-            let _ = reap(&pidfd);
+            let _ = watchdog.status();
             return Err(e);
         }
     };
     if msg.step != 0 {
-        let _ = reap(&pidfd);
+        let _ = watchdog.status();
         let (step, errno) = stage::describe_failure(&msg);
         return Err(Error::Stage { step, errno });
     }
     if fds.is_empty() {
-        let _ = reap(&pidfd);
+        let _ = watchdog.status();
         return Err(Error::Stage {
             step: "receiving the userfaultfd".into(),
             errno: Errno::BADMSG,
@@ -889,22 +1051,17 @@ fn start(
         clean_exit: gadget.is_some(),
         limits,
     };
+    let uffd = Uffd::from_owned(fd);
+    watchdog.hold(&uffd);
     Ok((
         pid,
         (pidfd, sock_parent),
-        Uffd::from_owned(fd),
+        uffd,
         mode,
         handoff,
         listener,
+        watchdog,
     ))
-}
-
-/// The lowest fd number the program's own uffd is parked at: just under the
-/// soft fd limit, out of the way of the program's own descriptors.
-fn park_fd() -> RawFd {
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    lim.current
-        .map_or(1023, |c| c.saturating_sub(1).min(1 << 20)) as RawFd
 }
 
 /// Receives the stage's message (and uffd, and the guard's listener).

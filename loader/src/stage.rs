@@ -88,6 +88,7 @@ pub struct StageMsg {
 }
 
 /// Everything the child needs, computed before the fork.
+#[derive(Clone, Copy)]
 pub struct StagePlan<'a> {
     /// The socket to the monitor.
     pub sock: RawFd,
@@ -111,16 +112,21 @@ pub struct StagePlan<'a> {
     pub params_at: u64,
     /// Fds to close (the monitor's own, close-on-exec ones).
     pub close: &'a [RawFd],
+    /// Fds to close first thing: the monitor's ends of our sockets and pipes,
+    /// so that we see EOF if it dies.
+    pub close_first: &'a [RawFd],
     /// Fds to close after mapping (the interpreter's file).
     pub close_after_map: &'a [RawFd],
-    /// The monitor's pid, to notice if it died before PDEATHSIG was set.
+    /// The parent's pid (the watchdog's), to notice if it died before
+    /// PDEATHSIG was set.
     pub monitor: libc::pid_t,
-    /// The lowest fd number to park the program's own uffd at.
-    pub uffd_park: RawFd,
     /// The probe trap handler and its restorer, when there are int3 probes.
     pub trap: Option<(u64, u64)>,
     /// The seccomp filter that guards the trap handler (see `guard`).
     pub seccomp: Option<&'a [libc::sock_filter]>,
+    /// The program's name as execve would set it (`comm`: the file name's
+    /// last component, at most 15 bytes, NUL-terminated).
+    pub comm: [u8; 16],
 }
 
 fn errno() -> i32 {
@@ -236,7 +242,8 @@ unsafe fn reset_process(p: &StagePlan<'_>) {
         // The kernel would keep writing the monitor's rseq area, which the
         // hand-off unmaps; the program's libc registers its own.
         unregister_rseq();
-        // The program dies with the monitor rather than run on unserved pages.
+        libc::prctl(libc::PR_SET_NAME, p.comm.as_ptr(), 0, 0, 0);
+        // The program dies with its parent, the watchdog.
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
@@ -320,6 +327,9 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
     // SAFETY: (whole function) system calls on the child's own address
     // space, at addresses the monitor reserved for exactly this.
     unsafe {
+        for &fd in p.close_first {
+            libc::close(fd);
+        }
         reset_process(p);
 
         for m in p.maps {
@@ -461,12 +471,10 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
         if libc::recv(p.sock, (&mut ack as *mut u8).cast(), 1, 0) != 1 {
             libc::_exit(125);
         }
-        // Keep our own uffd open, parked high and close-on-exec: were the
-        // monitor killed, the kernel would otherwise drop the registration
-        // and let the program run zero pages before PDEATHSIG arrived.
-        let raw = uffd.into_owned();
-        libc::fcntl(raw.as_raw_fd(), libc::F_DUPFD_CLOEXEC, p.uffd_park);
-        drop(raw);
+        // The monitor and the watchdog hold the uffd now: were the monitor
+        // killed, the watchdog's copy keeps the registration (faults wait
+        // rather than read zero pages) until it has killed us.
+        drop(uffd);
 
         for &fd in p.close {
             libc::close(fd);

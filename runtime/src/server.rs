@@ -255,7 +255,12 @@ pub struct Server {
     retry: Vec<(usize, usize)>,
     /// Bumped whenever a process appears or goes, to rebuild the poll set.
     generation: u64,
+    /// Told of every forked process's uffd (e.g. to hand a copy to a keeper).
+    on_new: Option<NewProcessHook>,
 }
+
+/// Called with the uffd of each new process.
+type NewProcessHook = Box<dyn FnMut(BorrowedFd<'_>) + Send>;
 
 impl Server {
     /// A server for the program's first process.
@@ -273,12 +278,21 @@ impl Server {
             deferred: Vec::with_capacity(64),
             retry: Vec::with_capacity(64),
             generation: 0,
+            on_new: None,
         };
         s.add_mm(root);
         s
     }
 
+    /// Calls `f` with the uffd of every process forked from now on.
+    pub fn on_new_process(&mut self, f: impl FnMut(BorrowedFd<'_>) + Send + 'static) {
+        self.on_new = Some(Box::new(f));
+    }
+
     fn add_mm(&mut self, uffd: Uffd) {
+        if let Some(f) = &mut self.on_new {
+            f(uffd.as_fd());
+        }
         let pages = self.image.pages();
         self.mms.push(Mm {
             uffd: Some(uffd),

@@ -1,0 +1,287 @@
+//! The watchdog: the program's parent, and the one that kills the whole
+//! program if the monitor dies.
+//!
+//! ```text
+//!  monitor (uprobe-exec) ──fork──▶ watchdog ──fork──▶ stage → program ──fork──▶ …
+//!         │  alive pipe (EOF = monitor gone) ▲            (orphans reparent to the
+//!         │  uffds of every process ─────────┘             watchdog: it is their subreaper)
+//! ```
+//!
+//! Were the monitor killed, the kernel would drop the userfaultfd
+//! registrations it alone held, and the program's processes would run
+//! zero-filled text. The watchdog holds a copy of every uffd, so their
+//! faults block instead; it sees the alive pipe close and kills the program
+//! and every descendant (they all end up its children, since it is their
+//! subreaper), then exits. When the monitor ends normally it first says
+//! "detach", and the watchdog leaves processes that outlive the program alone.
+//!
+//! The watchdog is forked from a threaded monitor, so it only makes system
+//! calls: no allocation, no locks.
+
+#![allow(unsafe_code)]
+
+use std::os::fd::RawFd;
+
+use crate::stage::{self, StagePlan};
+
+/// Watchdog → monitor: the program's pid, then its wait status.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WatchMsg {
+    /// [`STARTED`] or [`EXITED`].
+    pub kind: u32,
+    /// The program's pid.
+    pub pid: i32,
+    /// Its wait status (for [`EXITED`]) or errno (fork failure).
+    pub status: i32,
+}
+
+/// The program was forked.
+pub const STARTED: u32 = 1;
+/// The program ended; `status` is its wait status.
+pub const EXITED: u32 = 2;
+/// Monitor → watchdog: hold the attached uffd.
+pub const HOLD: u32 = 3;
+/// Monitor → watchdog: the session ended normally; exit without killing.
+pub const DETACH: u32 = 4;
+/// The fork of the program failed; `status` is the errno.
+pub const FORK_FAILED: u32 = 5;
+
+/// Most uffds held at once; past that, those of ended processes are dropped.
+const MAX_HELD: usize = 4096;
+
+fn send(sock: RawFd, msg: WatchMsg) {
+    // SAFETY: writing a plain struct to our socket.
+    unsafe {
+        libc::send(
+            sock,
+            (&msg as *const WatchMsg).cast(),
+            std::mem::size_of::<WatchMsg>(),
+            libc::MSG_NOSIGNAL,
+        );
+    }
+}
+
+/// Receives one message and the fd attached to it, if any.
+unsafe fn receive(sock: RawFd) -> Option<(WatchMsg, RawFd)> {
+    let mut msg = WatchMsg::default();
+    let mut cbuf = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: (&mut msg as *mut WatchMsg).cast(),
+        iov_len: std::mem::size_of::<WatchMsg>(),
+    };
+    // SAFETY: all plain data on our stack; the kernel fills it.
+    unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cbuf.as_mut_ptr().cast();
+        hdr.msg_controllen = std::mem::size_of_val(&cbuf);
+        let n = libc::recvmsg(sock, &mut hdr, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT);
+        if n != std::mem::size_of::<WatchMsg>() as isize {
+            return None;
+        }
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        let fd = if !c.is_null()
+            && (*c).cmsg_level == libc::SOL_SOCKET
+            && (*c).cmsg_type == libc::SCM_RIGHTS
+        {
+            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>())
+        } else {
+            -1
+        };
+        Some((msg, fd))
+    }
+}
+
+/// Whether the mm behind a uffd still exists (see `Uffd::mm_alive`).
+unsafe fn mm_alive(uffd: RawFd) -> bool {
+    let mut r = linux_raw_sys::general::uffdio_range {
+        start: 0x10000,
+        len: 4096,
+    };
+    // SAFETY: UFFDIO_UNREGISTER with a valid range struct on our stack.
+    let rc = unsafe { libc::ioctl(uffd, linux_raw_sys::ioctl::UFFDIO_UNREGISTER as _, &mut r) };
+    !(rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM))
+}
+
+/// Kills `first` and every process that ends up our child, until none is left.
+unsafe fn kill_all(first: libc::pid_t) {
+    // SAFETY: kill, open, read, waitpid on our own children, buffers on our stack.
+    unsafe {
+        libc::kill(first, libc::SIGKILL);
+        let mut buf = [0u8; 4096];
+        loop {
+            let fd = libc::open(
+                c"/proc/thread-self/children".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                libc::close(fd);
+                let mut pid: libc::pid_t = 0;
+                for &b in &buf[..n.max(0) as usize] {
+                    if b.is_ascii_digit() {
+                        pid = pid * 10 + libc::pid_t::from(b - b'0');
+                    } else {
+                        if pid > 0 {
+                            libc::kill(pid, libc::SIGKILL);
+                        }
+                        pid = 0;
+                    }
+                }
+            }
+            let mut st = 0;
+            if libc::waitpid(-1, &mut st, 0) < 0 {
+                return; // ECHILD: nobody left.
+            }
+        }
+    }
+}
+
+/// Runs in the watchdog: forks the stage, then watches. Never returns.
+///
+/// # Safety
+/// Must be called only in a child just forked from the monitor, with a
+/// stage plan valid as for [`stage::run`].
+pub unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
+    // SAFETY: (whole function) system calls on our own process and children.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        let plan = StagePlan {
+            monitor: libc::getpid(),
+            ..*stage_plan
+        };
+        let program = libc::fork();
+        if program == 0 {
+            stage::run(&plan);
+        }
+        if program < 0 {
+            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            send(
+                sock,
+                WatchMsg {
+                    kind: FORK_FAILED,
+                    pid: 0,
+                    status: e,
+                },
+            );
+            libc::_exit(125);
+        }
+        send(
+            sock,
+            WatchMsg {
+                kind: STARTED,
+                pid: program,
+                status: 0,
+            },
+        );
+        libc::prctl(libc::PR_SET_NAME, c"uprobe-exec-wd".as_ptr(), 0, 0, 0);
+
+        // Our own life: no signal but SIGKILL can end it, and we keep no fd
+        // of the program's (a pipe held open here would never see EOF).
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        let sfd = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        let mut keep = [alive, sock, sfd];
+        keep.sort_unstable();
+        let mut from = 0u32;
+        for k in keep {
+            if k as u32 > from {
+                libc::syscall(libc::SYS_close_range, from, k as u32 - 1, 0);
+            }
+            from = k as u32 + 1;
+        }
+        libc::syscall(libc::SYS_close_range, from, u32::MAX, 0);
+
+        let mut held = [-1 as RawFd; MAX_HELD];
+        let mut nheld = 0usize;
+        let mut detached = false;
+        loop {
+            let mut pfds = [
+                libc::pollfd {
+                    fd: alive,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sock,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            if libc::poll(pfds.as_mut_ptr(), 3, -1) < 0 {
+                continue;
+            }
+            if pfds[2].revents != 0 {
+                let mut si = [0u8; 128];
+                while libc::read(sfd, si.as_mut_ptr().cast(), si.len()) > 0 {}
+                loop {
+                    let mut st = 0;
+                    let pid = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                    if pid <= 0 {
+                        break;
+                    }
+                    if pid == program {
+                        send(
+                            sock,
+                            WatchMsg {
+                                kind: EXITED,
+                                pid,
+                                status: st,
+                            },
+                        );
+                    }
+                }
+            }
+            if pfds[1].revents & libc::POLLIN != 0 {
+                while let Some((msg, fd)) = receive(sock) {
+                    match msg.kind {
+                        HOLD if fd >= 0 => {
+                            if nheld == MAX_HELD {
+                                // Drop the uffds of processes that have ended.
+                                let mut k = 0;
+                                for i in 0..nheld {
+                                    if mm_alive(held[i]) {
+                                        held[k] = held[i];
+                                        k += 1;
+                                    } else {
+                                        libc::close(held[i]);
+                                    }
+                                }
+                                nheld = k;
+                            }
+                            if nheld < MAX_HELD {
+                                held[nheld] = fd;
+                                nheld += 1;
+                            } else {
+                                libc::close(fd);
+                            }
+                        }
+                        DETACH => detached = true,
+                        _ if fd >= 0 => {
+                            libc::close(fd);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if pfds[0].revents != 0 || pfds[1].revents & libc::POLLHUP != 0 {
+                // The monitor is gone: ended normally (detached), or killed.
+                if !detached {
+                    kill_all(program);
+                }
+                libc::_exit(0);
+            }
+        }
+    }
+}
