@@ -314,6 +314,23 @@ impl Server {
     /// waiting for faults. Used when forks cannot be followed (user-mode-only
     /// uffd) and when the first process has ended while others live on.
     pub fn populate_all(&mut self) -> Result<(), ServeError> {
+        self.populate_once()?;
+        // Copies deferred by EAGAIN: retry while their madvise callers resume.
+        for _ in 0..1000 {
+            if self.deferred.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let mut msgs = empty_msgs::<32>();
+            for m in 0..self.mms.len() {
+                self.drain(m, &mut msgs)?;
+            }
+            self.retry_deferred()?;
+        }
+        Ok(())
+    }
+
+    fn populate_once(&mut self) -> Result<(), ServeError> {
         for m in 0..self.mms.len() {
             for index in 0..self.image.pages() {
                 if self.mms[m].gone {
@@ -401,7 +418,11 @@ impl Server {
                 }
             }
             // SAFETY: pfds is a live array of pollfd of the stated length.
-            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+            // With copies deferred, wake up soon even if no event comes: the
+            // kernel keeps answering EAGAIN until the madvise caller whose
+            // event we read has resumed, which sends us nothing.
+            let timeout = if self.deferred.is_empty() { -1 } else { 1 };
+            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
             if r < 0 {
                 let e = Errno::from_raw_os_error(
                     std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
@@ -416,6 +437,7 @@ impl Server {
                     self.drain(owners[k - 1], &mut msgs)?;
                 }
             }
+            self.retry_deferred()?;
             if pfds[0].revents != 0 {
                 return self.populate_all();
             }
@@ -446,7 +468,12 @@ impl Server {
                 }
             }
         }
-        // Events that made copies fail with EAGAIN have now been read.
+        self.retry_deferred()
+    }
+
+    /// Retries the copies that met `EAGAIN` (their events have been read
+    /// since); those that meet it again stay deferred.
+    fn retry_deferred(&mut self) -> Result<(), ServeError> {
         std::mem::swap(&mut self.deferred, &mut self.retry);
         while let Some((dm, index)) = self.retry.pop() {
             self.install(dm, index)?;

@@ -16,6 +16,14 @@
  *   probed blocked N      blocks SIGTRAP, then calls counted() N times
  *   probed mangled N      calls three functions with C++, Rust legacy and
  *                         Rust v0 mangled names N times each
+ *   probed forktree K N   forks K children; each calls after_fork() N times
+ *   probed exitthread N   counted() N times, then a second thread calls exit(7)
+ *   probed abort N        counted() N times, then abort()
+ *   probed segv N         counted() N times, then a write through NULL
+ *   probed pause N        counted() N times, prints "ready", then waits for a signal
+ *   probed evict C        4 threads call evict_a/evict_b in a loop while the main
+ *                         thread drops their pages C times, calling both after each drop
+ *   probed selfread N     writes the first 64 bytes of selfread_fn() with write(2)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -139,6 +147,29 @@ NOINLINE uint64_t rust_tick(uint64_t x) { return x + 2; }          /* app::core:
 NOINLINE uint64_t rust_tock(uint64_t x) __asm__("_RNvCs1234_3app4tock");
 NOINLINE uint64_t rust_tock(uint64_t x) { return x + 3; }          /* app::tock */
 
+NOINLINE __attribute__((aligned(4096))) uint64_t evict_a(uint64_t x) { return x * 3 + 1; }
+NOINLINE __attribute__((aligned(4096))) uint64_t evict_b(uint64_t x) { return x * 5 + 2; }
+NOINLINE __attribute__((aligned(4096))) uint64_t selfread_fn(uint64_t x) { return x * 11 + 5; }
+
+static volatile int evict_stop;
+static uint64_t evict_calls[4];
+static void *evict_worker(void *arg) {
+    uintptr_t k = (uintptr_t)arg;
+    uint64_t acc = k, calls = 0;
+    while (!__atomic_load_n(&evict_stop, __ATOMIC_RELAXED)) {
+        acc = evict_b(evict_a(acc));
+        calls++;
+    }
+    evict_calls[k] = calls;
+    return (void *)(uintptr_t)acc;
+}
+
+static void *exit_from_thread(void *arg) {
+    (void)arg;
+    fflush(stdout);
+    exit(7);
+}
+
 static volatile sig_atomic_t own_traps;
 static void on_trap(int sig) { (void)sig; own_traps++; }
 
@@ -229,6 +260,65 @@ int main(int argc, char **argv) {
     } else if (!strcmp(mode, "mangled")) {
         for (uint64_t i = 0; i < n; i++) acc = rust_tock(rust_tick(cpp_poke(acc)));
         printf("mangled=%llu acc=%llx\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(mode, "forktree") && argc == 4) {
+        int k = atoi(argv[2]);
+        if (k < 1 || k > 1000) return 2;
+        fflush(stdout);
+        for (int i = 0; i < k; i++) {
+            pid_t pid = fork();
+            if (pid == 0) {
+                for (uint64_t j = 0; j < n; j++) acc = after_fork(acc);
+                _exit(acc == 12345 ? 1 : 0);
+            }
+        }
+        int ok = 0, st;
+        while (wait(&st) > 0)
+            if (WIFEXITED(st) && WEXITSTATUS(st) == 0) ok++;
+        printf("children=%d after_fork=%llu\n", ok, (unsigned long long)(n * (uint64_t)k));
+    } else if (!strcmp(mode, "exitthread")) {
+        for (uint64_t i = 0; i < n; i++) acc = counted(acc) & 0xffffffff;
+        printf("counted=%llu\n", (unsigned long long)n);
+        pthread_t t;
+        pthread_create(&t, NULL, exit_from_thread, NULL);
+        pthread_join(t, NULL);
+        return 0;
+    } else if (!strcmp(mode, "abort") || !strcmp(mode, "segv") || !strcmp(mode, "pause")) {
+        for (uint64_t i = 0; i < n; i++) acc = counted(acc) & 0xffffffff;
+        printf("counted=%llu\n", (unsigned long long)n);
+        fflush(stdout);
+        if (!strcmp(mode, "abort")) abort();
+        if (!strcmp(mode, "segv")) *(volatile int *)(uintptr_t)sink = 1;
+        printf("ready\n");
+        fflush(stdout);
+        for (;;) pause();
+    } else if (!strcmp(mode, "evict")) {
+        pthread_t th[4];
+        for (uintptr_t k = 0; k < 4; k++) pthread_create(&th[k], NULL, evict_worker, (void *)k);
+        uint64_t own = 0;
+        for (uint64_t c = 0; c < n; c++) {
+            if (madvise(page_of((void *)evict_a), 4096, MADV_DONTNEED) != 0 ||
+                madvise(page_of((void *)evict_b), 4096, MADV_DONTNEED) != 0) {
+                perror("madvise");
+                return 3;
+            }
+            acc = evict_b(evict_a(acc));
+            own++;
+        }
+        __atomic_store_n(&evict_stop, 1, __ATOMIC_RELAXED);
+        uint64_t total = own;
+        for (int k = 0; k < 4; k++) {
+            pthread_join(th[k], NULL);
+            total += evict_calls[k];
+        }
+        printf("cycles=%llu evict_calls=%llu acc=%llx\n", (unsigned long long)n, (unsigned long long)total, (unsigned long long)acc);
+    } else if (!strcmp(mode, "selfread")) {
+        acc = selfread_fn(n);
+        fflush(stdout);
+        if (write(1, (const void *)selfread_fn, 64) != 64) {
+            perror("write");
+            return 3;
+        }
+        printf("\nacc=%llu\n", (unsigned long long)acc);
     } else if (!strcmp(mode, "blocked")) {
         sigset_t set;
         sigemptyset(&set);
