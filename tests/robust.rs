@@ -1,0 +1,563 @@
+//! Robustness: fork trees, exec, many threads, exit paths, signals to the
+//! tool, eviction storms, hostile input. Nothing lost, nothing hung.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_our_error, is_root, read_report, run, spawn_guarded, Case, TempDir, BIN};
+use uprobe_exec_samples::{path, Variant};
+
+fn hits(r: &serde_json::Value, symbol: &str) -> u64 {
+    r["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .filter(|p| p["symbol"] == symbol)
+        .map(|p| p["hits"].as_u64().unwrap())
+        .sum()
+}
+
+fn printed(out: &common::Output, key: &str) -> u64 {
+    let s = out.stdout_str();
+    s.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {s}"))
+        .parse()
+        .unwrap()
+}
+
+/// Runs natively and with `probes`, asserts the same output, returns ours and the report.
+fn probed(
+    tag: &str,
+    prog: &Path,
+    args: &[&str],
+    probes: &[&str],
+) -> (common::Output, serde_json::Value) {
+    let dir = TempDir::new(tag);
+    let report = dir.join("r.json");
+    let mut case = Case::new(prog, args)
+        .opt("-q")
+        .opt("--report-json")
+        .opt(&report);
+    for p in probes {
+        case = case.opt("-p").opt(p);
+    }
+    let (_, ours) = case.compare();
+    (ours, read_report(&report))
+}
+
+#[test]
+fn fifty_children_on_cold_pages_are_all_counted() {
+    for v in [Variant::Pie, Variant::Static] {
+        let (out, r) = probed(
+            "forktree",
+            &path("probed", v),
+            &["forktree", "50", "200"],
+            &["after_fork"],
+        );
+        assert_eq!(printed(&out, "children"), 50);
+        assert_eq!(hits(&r, "after_fork"), printed(&out, "after_fork"));
+        assert_eq!(r["processes"], 51, "{v:?}");
+    }
+}
+
+#[test]
+fn bash_running_200_external_commands() {
+    let dir = TempDir::new("bash200");
+    let report = dir.join("r.json");
+    let script = "n=0; for i in $(seq 200); do /bin/true; n=$((n+1)); done; echo ran $n";
+    let case = Case::new("/bin/bash", ["-c", script])
+        .opt("-q")
+        .opt("--report-json")
+        .opt(&report)
+        .opt("-p")
+        .opt("execute_command");
+    let (_, ours) = case.compare();
+    assert_eq!(ours.stdout_str(), "ran 200\n");
+    let r = read_report(&report);
+    assert!(
+        r["processes"].as_u64().unwrap() >= 201,
+        "{}",
+        r["processes"]
+    );
+    assert!(hits(&r, "execute_command") >= 200);
+}
+
+#[test]
+fn make_j2_and_python_multiprocessing() {
+    let dir = TempDir::new("make");
+    let mk = "all: a b c d\n\techo done\n%:\n\t@echo building $@ && /bin/true\n";
+    dir.write("Makefile", mk.as_bytes(), 0o644);
+    if Path::new("/usr/bin/make").exists() {
+        let mut c = Case::new("/usr/bin/make", ["-s", "-j1"]).cwd(&dir.join(""));
+        c = c.env("LC_ALL", "C");
+        let (_, ours) = c.compare();
+        assert!(ours.stdout_str().contains("done"));
+        let (native, ours) = (
+            Case::new("/usr/bin/make", ["-s", "-j2"])
+                .cwd(&dir.join(""))
+                .run_native(),
+            Case::new("/usr/bin/make", ["-s", "-j2"])
+                .cwd(&dir.join(""))
+                .run_ours(),
+        );
+        // -j2 may interleave: compare the sorted lines.
+        let sorted = |o: &common::Output| {
+            let mut l: Vec<String> = o.stdout_str().lines().map(String::from).collect();
+            l.sort();
+            l
+        };
+        assert_eq!(native.status(), ours.status());
+        assert_eq!(sorted(&native), sorted(&ours));
+    }
+    let script = "import multiprocessing as mp\n\
+def sq(x):\n    return x * x\n\
+if __name__ == '__main__':\n    with mp.Pool(4) as p:\n        print(sum(p.map(sq, range(1000))))\n";
+    let file = dir.write("mp.py", script.as_bytes(), 0o644);
+    let (_, ours) = Case::new("/usr/bin/python3.11", [file.as_os_str()]).compare();
+    assert_eq!(ours.stdout_str(), "332833500\n");
+}
+
+#[test]
+fn sixty_four_threads_on_cold_probed_pages() {
+    let (out, r) = probed(
+        "t64",
+        &path("probed", Variant::Pie),
+        &["threads", "64", "20000"],
+        &["counted_mt"],
+    );
+    assert_eq!(hits(&r, "counted_mt"), printed(&out, "counted_mt"));
+    assert_eq!(hits(&r, "counted_mt"), 64 * 20000);
+}
+
+#[test]
+fn exit_paths_keep_status_report_and_counts() {
+    let prog = path("probed", Variant::Pie);
+    for (mode, status) in [("exitthread", 7), ("abort", 134), ("segv", 139)] {
+        let (out, r) = probed(mode, &prog, &[mode, "1234"], &["counted"]);
+        assert_eq!(out.status(), status, "{mode}");
+        assert_eq!(hits(&r, "counted"), 1234, "{mode}: counts up to the crash");
+        if status > 128 {
+            assert_eq!(r["exit"]["signal"], status - 128, "{mode}");
+        } else {
+            assert_eq!(r["exit"]["code"], status, "{mode}");
+        }
+    }
+}
+
+/// Starts uprobe-exec on `probed pause N` and returns it once the program
+/// printed "ready", with the program's pid.
+fn started_pause(report: &Path, extra: &[&str]) -> (common::Guard, i32) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-q", "-p", "counted", "--report-json"])
+        .arg(report)
+        .args(extra)
+        .arg(path("probed", Variant::Pie))
+        .args(["pause", "77"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut g = spawn_guarded(&mut cmd);
+    let mut stdout = g.child.as_mut().unwrap().stdout.take().unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains("ready") {
+        use std::io::Read;
+        let mut b = [0u8; 64];
+        let n = stdout.read(&mut b).unwrap_or(0);
+        assert!(
+            n > 0 && Instant::now() < deadline,
+            "the program did not get ready: {seen}"
+        );
+        seen.push_str(&String::from_utf8_lossy(&b[..n]));
+    }
+    // The program: the descendant whose comm is the sample's.
+    let mut todo = vec![g.pid()];
+    let mut program = 0;
+    while let Some(p) = todo.pop() {
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids
+                .split_whitespace()
+                .filter_map(|k| k.parse::<i32>().ok())
+            {
+                if std::fs::read_to_string(format!("/proc/{k}/comm"))
+                    .unwrap_or_default()
+                    .trim()
+                    == "probed-pie"
+                {
+                    program = k;
+                }
+                todo.push(k);
+            }
+        }
+    }
+    assert!(program > 0, "program not found");
+    std::mem::forget(stdout);
+    (g, program)
+}
+
+#[test]
+fn sigkill_from_outside_is_reported_with_counts() {
+    let dir = TempDir::new("killed");
+    let report = dir.join("r.json");
+    let (mut g, program) = started_pause(&report, &[]);
+    // SAFETY: killing a process we started.
+    unsafe { libc::kill(program, libc::SIGKILL) };
+    let st = g.child.as_mut().unwrap().wait().unwrap();
+    assert_eq!(st.code(), Some(128 + 9));
+    let r = read_report(&report);
+    assert_eq!(r["exit"]["signal"], 9);
+    assert_eq!(hits(&r, "counted"), 77);
+}
+
+#[test]
+fn signals_sent_to_the_tool_reach_the_program() {
+    // SIGTERM to uprobe-exec: the program dies of it, the report is written.
+    let dir = TempDir::new("term");
+    let report = dir.join("r.json");
+    let (mut g, _) = started_pause(&report, &[]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(g.pid(), libc::SIGTERM) };
+    let st = g.child.as_mut().unwrap().wait().unwrap();
+    assert_eq!(st.code(), Some(128 + 15));
+    assert_eq!(read_report(&report)["exit"]["signal"], 15);
+
+    // Ctrl-C: SIGINT to the whole process group; a program that catches it
+    // and exits 0 exits 0.
+    let spin = path("spin", Variant::Pie);
+    let mut cmd = Command::new(BIN);
+    cmd.arg(&spin)
+        .args(["1000", "--sigint-exit"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setpgid in the child before exec is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setpgid(0, 0);
+            Ok(())
+        });
+    }
+    let mut g = spawn_guarded(&mut cmd);
+    let mut out = g.child.as_mut().unwrap().stdout.take().unwrap();
+    let mut seen = String::new();
+    while !seen.contains("ticks=") {
+        use std::io::Read;
+        let mut b = [0u8; 64];
+        let n = out.read(&mut b).unwrap_or(0);
+        assert!(n > 0, "spin did not start");
+        seen.push_str(&String::from_utf8_lossy(&b[..n]));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: signalling the process group we created.
+    unsafe { libc::kill(-g.pid(), libc::SIGINT) };
+    let st = g.child.as_mut().unwrap().wait().unwrap();
+    assert_eq!(st.code(), Some(0), "the program's SIGINT handler exits 0");
+}
+
+#[test]
+fn eviction_storm_with_four_threads() {
+    // How often the workers call is up to the scheduler: the program's own
+    // count is the truth, not a native run's.
+    let dir = TempDir::new("evict");
+    let report = dir.join("r.json");
+    let out = Case::new(path("probed", Variant::Pie), ["evict", "10000"])
+        .opt("-q")
+        .opt("--report-json")
+        .opt(&report)
+        .opt("-p")
+        .opt("evict_a")
+        .opt("-p")
+        .opt("evict_b")
+        .run_ours();
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    assert!(
+        out.stdout_str().ends_with("acc=d245d848d9e54a81\n"),
+        "{}",
+        out.stdout_str()
+    );
+    let r = read_report(&report);
+    let calls = printed(&out, "evict_calls");
+    assert_eq!(hits(&r, "evict_a"), calls);
+    assert_eq!(hits(&r, "evict_b"), calls);
+    let (refaults, faults) = (
+        r["text"]["refaults"].as_u64().unwrap(),
+        r["text"]["faults"].as_u64().unwrap(),
+    );
+    // Each cycle drops two pages that the main thread touches right after.
+    assert!(
+        refaults >= 2 * 10000 * 9 / 10 && refaults <= faults,
+        "refaults {refaults}, faults {faults}"
+    );
+}
+
+#[test]
+fn exec_and_the_monitor_holds_no_leaked_fds() {
+    // A shell running 300 commands, then pausing: the monitor's fds stay few.
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "/bin/bash",
+        "-c",
+        "for i in $(seq 300); do /bin/true; done; echo x; sleep 1",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    let mut g = spawn_guarded(&mut cmd);
+    let mut out = g.child.as_mut().unwrap().stdout.take().unwrap();
+    let mut b = [0u8; 2];
+    use std::io::Read;
+    let _ = out.read(&mut b);
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", g.pid()))
+        .unwrap()
+        .count();
+    let threads = std::fs::read_dir(format!("/proc/{}/task", g.pid()))
+        .unwrap()
+        .count();
+    assert!(fds < 20, "the monitor holds {fds} fds after 300 forks");
+    assert!(threads <= 4, "the monitor runs {threads} threads");
+    assert!(g.child.as_mut().unwrap().wait().unwrap().success());
+}
+
+#[test]
+fn the_kernel_reads_not_yet_served_text() {
+    // write(1, func, 64) makes the kernel read text no thread has touched.
+    // Compared with a native run, which reads the file's bytes.
+    let (_, ours) = Case::new(path("probed", Variant::Pie), ["selfread", "3"]).compare();
+    assert_eq!(ours.stdout.len(), 64 + "\nacc=38\n".len());
+    if is_root() {
+        // And as an ordinary user (user-mode-only: the text is installed eagerly).
+        let dir = TempDir::new("selfread");
+        let tool = dir.copy(Path::new(BIN), "uprobe-exec", 0o755);
+        let prog = dir.copy(&path("probed", Variant::Pie), "probed", 0o755);
+        Case::new(&prog, ["selfread", "3"])
+            .tool(&tool)
+            .nobody()
+            .compare();
+    }
+}
+
+#[test]
+fn malformed_elf_corpus_is_refused_with_126() {
+    let dir = TempDir::new("corpus");
+    let good = std::fs::read(path("hello", Variant::Pie)).unwrap();
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap()) as usize;
+    let phoff = u64::from_le_bytes(good[32..40].try_into().unwrap()) as usize;
+    let phnum = u16_at(&good, 56);
+    let load: Vec<usize> = (0..phnum)
+        .map(|i| phoff + i * 56)
+        .filter(|&ph| u32::from_le_bytes(good[ph..ph + 4].try_into().unwrap()) == 1)
+        .collect();
+    let interp = (0..phnum)
+        .map(|i| phoff + i * 56)
+        .find(|&ph| u32::from_le_bytes(good[ph..ph + 4].try_into().unwrap()) == 3)
+        .unwrap();
+    let set64 = |b: &mut Vec<u8>, o: usize, v: u64| b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+    let mut corpus: Vec<(&str, Vec<u8>)> = Vec::new();
+    for n in [0usize, 3, 16, 40, 63] {
+        corpus.push(("truncated header", good[..n].to_vec()));
+    }
+    corpus.push(("headers cut off", good[..phoff + 20].to_vec()));
+    let mut b = good.clone();
+    set64(&mut b, 32, good.len() as u64 + 100);
+    corpus.push(("program headers past EOF", b));
+    let mut b = good.clone();
+    set64(&mut b, load[1] + 8, good.len() as u64);
+    corpus.push(("segment past EOF", b));
+    let mut b = good.clone();
+    let vaddr0 = u64::from_le_bytes(good[load[0] + 16..load[0] + 24].try_into().unwrap());
+    set64(&mut b, load[1] + 16, vaddr0);
+    set64(
+        &mut b,
+        load[1] + 8,
+        u64::from_le_bytes(good[load[0] + 8..load[0] + 16].try_into().unwrap()),
+    );
+    corpus.push(("overlapping PT_LOAD", b));
+    let mut b = good.clone();
+    let (l1, l2) = (load[1], load[2]);
+    let (s1, s2) = (good[l1..l1 + 56].to_vec(), good[l2..l2 + 56].to_vec());
+    b[l1..l1 + 56].copy_from_slice(&s2);
+    b[l2..l2 + 56].copy_from_slice(&s1);
+    corpus.push(("unordered PT_LOAD", b));
+    let mut b = good.clone();
+    let memsz = u64::from_le_bytes(good[load[1] + 40..load[1] + 48].try_into().unwrap());
+    set64(&mut b, load[1] + 32, memsz + 4096);
+    corpus.push(("p_filesz > p_memsz", b));
+    let mut b = good.clone();
+    set64(&mut b, load[1] + 40, 1 << 50);
+    corpus.push(("absurd size", b));
+    let mut b = good.clone();
+    set64(&mut b, load[1] + 48, 3);
+    corpus.push(("absurd alignment", b));
+    let mut b = good.clone();
+    set64(&mut b, 24, 0x7fff_0000);
+    corpus.push(("entry outside text", b));
+    let mut b = good.clone();
+    set64(&mut b, interp + 8, good.len() as u64 + 10);
+    corpus.push(("PT_INTERP past EOF", b));
+    let mut b = good.clone();
+    let ioff = u64::from_le_bytes(good[interp + 8..interp + 16].try_into().unwrap()) as usize;
+    let name = b"/nonexistent/ld.so\0";
+    b[ioff..ioff + name.len()].copy_from_slice(name);
+    corpus.push(("PT_INTERP pointing nowhere", b));
+    let text = dir.write("not-elf.txt", b"hello\n", 0o755);
+    let mut b = good.clone();
+    let t = text.as_os_str().as_encoded_bytes();
+    b[ioff..ioff + t.len()].copy_from_slice(t);
+    b[ioff + t.len()] = 0;
+    corpus.push(("PT_INTERP is not an ELF", b));
+    let mut b = good.clone();
+    b[4] = 1;
+    corpus.push(("32-bit", b));
+    let mut b = good.clone();
+    b[5] = 2;
+    corpus.push(("big-endian", b));
+    let libm = std::fs::read("/usr/lib/x86_64-linux-gnu/libm.so.6").unwrap_or_default();
+    if u64::from_le_bytes(libm.get(24..32).unwrap_or(&[1; 8]).try_into().unwrap()) == 0 {
+        corpus.push(("shared library without entry", libm));
+    }
+    for (i, (what, bytes)) in corpus.iter().enumerate() {
+        let file = dir.write(&format!("bad{i}"), bytes, 0o755);
+        let out = run({
+            let mut c = Command::new(BIN);
+            c.arg(&file);
+            c
+        });
+        assert_our_error(what, &out, 126);
+    }
+    eprintln!("malformed files tried: {}", corpus.len());
+}
+
+#[test]
+fn fuzz_parse_resolve_plan() {
+    // Mutated ELF files through the whole of parse, symbols, resolve and
+    // plan, in-process: none may panic. Deterministic, so CI runs the same
+    // inputs every time; UPROBE_FUZZ_CASES runs more.
+    use uprobe_exec::elf::Image;
+    use uprobe_exec::plan::Plan;
+    use uprobe_exec::probes;
+    use uprobe_exec::symbols::Symbols;
+    let cases: u64 = std::env::var("UPROBE_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    let dir = TempDir::new("fuzz");
+    let seeds = [
+        std::fs::read(path("hello", Variant::Pie)).unwrap(),
+        std::fs::read(path("hello", Variant::Static)).unwrap(),
+    ];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut outcomes = [0u64; 2];
+    for case in 0..cases {
+        let seed = &seeds[(case % 2) as usize];
+        let mut b = seed.clone();
+        let flips = 1 + rnd() % 8;
+        for _ in 0..flips {
+            // Mostly the headers, where the loader looks.
+            let at = if rnd() % 4 == 0 {
+                rnd() as usize % b.len()
+            } else {
+                rnd() as usize % 1024.min(b.len())
+            };
+            b[at] = rnd() as u8;
+        }
+        if rnd() % 16 == 0 {
+            b.truncate(rnd() as usize % b.len());
+        }
+        let file = dir.write("case", &b, 0o755);
+        let result = std::panic::catch_unwind(|| {
+            let Ok(image) = Image::open(&file) else {
+                return false;
+            };
+            let syms = Symbols::read(&image);
+            let specs = vec!["main".to_string(), "*".to_string(), "0x1000".to_string()];
+            let sites = probes::resolve(&image, &syms, &specs, true)
+                .map(|(s, _)| s)
+                .unwrap_or_default();
+            let addrs: Vec<_> = sites.iter().map(|s| s.addr).collect();
+            Plan::new(image, None, &addrs).is_ok()
+        });
+        match result {
+            Ok(planned) => outcomes[usize::from(planned)] += 1,
+            Err(_) => panic!("case {case} panicked; input kept at {}", file.display()),
+        }
+    }
+    eprintln!(
+        "fuzz: {cases} inputs, {} refused, {} planned",
+        outcomes[0], outcomes[1]
+    );
+}
+
+#[test]
+fn hostile_probe_specs() {
+    let s = path("probed", Variant::Pie);
+    for spec in [
+        "counted+0xffffffffffffffff",
+        "counted+18446744073709551616",
+        "0xffffffffffffffff",
+        "0x",
+        "+5",
+        "[",
+        "*+1",
+    ] {
+        let out = run({
+            let mut c = Command::new(BIN);
+            c.args(["-p", spec]).arg(&s).args(["basic", "1"]);
+            c
+        });
+        assert_our_error(spec, &out, 125);
+    }
+}
+
+#[test]
+fn ten_thousand_probes() {
+    // Every instruction of the first 10^4 of python3.11's text, by address.
+    let py = "/usr/bin/python3.11";
+    let Ok(dump) = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn", "--start-address=0x420f10", py])
+        .output()
+    else {
+        eprintln!("skipped: objdump is not installed");
+        return;
+    };
+    let text = String::from_utf8_lossy(&dump.stdout);
+    let addrs: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(":\t"))
+        .filter(|l| {
+            !["(bad)", "int3", "ud2", "hlt"]
+                .iter()
+                .any(|b| l.contains(b))
+        })
+        .filter_map(|l| l.trim().split(':').next().map(|a| format!("0x{a}")))
+        .take(10_000)
+        .collect();
+    assert_eq!(addrs.len(), 10_000);
+    let dir = TempDir::new("many");
+    let report = dir.join("r.json");
+    let mut c = Command::new(BIN);
+    c.args(["-q", "--unsafe", "--report-json"]).arg(&report);
+    for a in &addrs {
+        c.args(["-p", a]);
+    }
+    c.args([py, "-c", "print(sum(range(100)))"]);
+    let out = run(c);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "4950\n");
+    let r = read_report(&report);
+    assert_eq!(r["probes"].as_array().unwrap().len(), 10_000);
+}
