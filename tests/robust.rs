@@ -62,6 +62,17 @@ fn fifty_children_on_cold_pages_are_all_counted() {
         assert_eq!(printed(&out, "children"), 50);
         assert_eq!(hits(&r, "after_fork"), printed(&out, "after_fork"));
         assert_eq!(r["processes"], 51, "{v:?}");
+        // Process by process: each child made its 200 calls.
+        let per = r["per_process"].as_array().expect("per_process");
+        assert_eq!(per.len(), 50, "{v:?}: {per:?}");
+        assert!(
+            per.iter().all(|p| p["hits"]["after_fork"] == 200),
+            "{per:?}"
+        );
+        let mut pids: Vec<i64> = per.iter().map(|p| p["pid"].as_i64().unwrap()).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        assert_eq!(pids.len(), 50);
     }
 }
 

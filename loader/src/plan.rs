@@ -161,6 +161,8 @@ pub struct ProbeArea {
     pub handler: u64,
     /// The `rt_sigreturn` restorer's address.
     pub restorer: u64,
+    /// The private read+write page after the code (the handler's cache).
+    pub cache: u64,
 }
 
 /// Farthest a rel32 reaches, with a margin.
@@ -339,12 +341,15 @@ impl Plan {
 
     /// Maps the probe area near the text: `build(base)` returns its bytes
     /// for a given base address and the handler and restorer offsets.
+    /// The area is `code_len` bytes of read+exec code and data, then one
+    /// read+write page private to each process (the handler's cache).
     pub fn map_probe_area(
         &self,
-        len: usize,
+        code_len: usize,
         build: impl FnOnce(u64) -> Result<(Vec<u8>, u64, u64)>,
     ) -> Result<ProbeArea> {
-        let len = page_up(len as u64);
+        let code_len = page_up(code_len as u64);
+        let len = code_len + PAGE_SIZE;
         let lo = self
             .text
             .iter()
@@ -386,7 +391,7 @@ impl Plan {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len());
             rustix::mm::mprotect(
                 p,
-                len as usize,
+                code_len as usize,
                 rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC,
             )
             .map_err(|e| fail(format!("protecting the probe area: {e}")))?;
@@ -394,6 +399,7 @@ impl Plan {
         Ok(ProbeArea {
             handler: reservation.addr + handler,
             restorer: reservation.addr + restorer,
+            cache: reservation.addr + code_len,
             reservation,
         })
     }

@@ -84,6 +84,15 @@ pub struct ProbeHits {
     pub kind: String,
 }
 
+/// The hits of one process of the program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcessHits {
+    /// Its pid.
+    pub pid: i64,
+    /// Hits by probe (`symbol` or `symbol+0xoff`); probes it never hit are left out.
+    pub hits: std::collections::BTreeMap<String, u64>,
+}
+
 /// Everything reported at exit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -95,6 +104,8 @@ pub struct Report {
     pub exit: Exit,
     /// Probe sites and their hits.
     pub probes: Vec<ProbeHits>,
+    /// The same hits, process by process (the first 256 processes that hit a probe).
+    pub per_process: Vec<ProcessHits>,
     /// Text-serving figures.
     pub text: Text,
     /// Processes we served: the first and its forks.

@@ -26,8 +26,8 @@ use crate::handoff::{self, MmMap, Params};
 use crate::plan::ProbeArea;
 use crate::plan::{Plan, Reservation};
 use crate::probes::{self, Site, SLOT_BYTES};
-use crate::report::ProbeHits;
 use crate::report::{Exit, Handoff, Report, Text};
+use crate::report::{ProbeHits, ProcessHits};
 use crate::stack::{self, at};
 use crate::stage::{self, StageMsg, StagePlan};
 use crate::symbols::Symbols;
@@ -262,6 +262,7 @@ impl Session {
             args: self.args,
             exit: out.exit,
             probes: out.probes,
+            per_process: out.per_process,
             text: Text::from(out.stats),
             processes: out.stats.processes,
             handoff: out.handoff,
@@ -276,8 +277,13 @@ struct Outcome {
     stats: uprobe_runtime::TextStats,
     handoff: Handoff,
     probes: Vec<ProbeHits>,
+    per_process: Vec<ProcessHits>,
     stray_traps: u64,
 }
+
+/// Processes whose hits are counted one by one; hits of processes beyond
+/// that count only in the totals.
+const ROWS: usize = 256;
 
 /// The probes of one session: sites, their counters and the probe area.
 struct Probes {
@@ -294,8 +300,11 @@ impl Probes {
     /// Encodes every site's slot and maps the probe area near the text.
     fn build(plan: &Plan, sites: Vec<Site>) -> Result<Probes> {
         let n = sites.len();
-        let counters =
-            Arc::new(Counters::new(n + 5).map_err(|e| Error::sys("creating the hit counters", e))?);
+        // stray │ n hits │ the program's sigaction (4) │ ROWS rows of (pid, n hits)
+        let counters = Arc::new(
+            Counters::new(n + 5 + ROWS * (n + 1))
+                .map_err(|e| Error::sys("creating the hit counters", e))?,
+        );
         let code = trap::code();
         let table_len = trap::HEADER_BYTES + trap::ENTRY_BYTES * sites.len();
         let slots_at = (code.len() + table_len).next_multiple_of(16);
@@ -321,9 +330,16 @@ impl Probes {
                     site: ip,
                     slot,
                     counter: counters.addr_of(i + 1),
+                    index: i as u64,
                 });
             }
-            let t = trap::table(&table, counters.addr_of(0), counters.addr_of(n + 1));
+            let per = trap::PerProcess {
+                rows: counters.addr_of(n + 5),
+                count: ROWS as u64,
+                stride: 8 * (n as u64 + 1),
+                cache: base + len.next_multiple_of(PAGE_SIZE as usize) as u64,
+            };
+            let t = trap::table(&table, counters.addr_of(0), counters.addr_of(n + 1), per);
             bytes[code.len()..code.len() + t.len()].copy_from_slice(&t);
             Ok((bytes, 0, trap::restorer_offset() as u64))
         })?;
@@ -343,6 +359,30 @@ impl Probes {
             program_action: self.counters.addr_of(self.sites.len() + 1),
             handler: self.area.handler,
         }
+    }
+
+    /// Hits per process (pid), from the rows the trap handler fills.
+    fn per_process(&self) -> Vec<ProcessHits> {
+        let n = self.sites.len();
+        let labels: Vec<String> = self.sites.iter().map(Site::label).collect();
+        (0..ROWS)
+            .filter_map(|r| {
+                let row = n + 5 + r * (n + 1);
+                let pid = self.counters.get(row);
+                if pid == 0 {
+                    return None;
+                }
+                let hits = (0..n)
+                    .map(|i| (i, self.counters.get(row + 1 + i)))
+                    .filter(|&(_, c)| c > 0)
+                    .map(|(i, c)| (labels[i].clone(), c))
+                    .collect();
+                Some(ProcessHits {
+                    pid: pid as i64,
+                    hits,
+                })
+            })
+            .collect()
     }
 
     fn hits(&self) -> Vec<ProbeHits> {
@@ -592,12 +632,14 @@ fn monitor(
             watchdog.detach();
             drop(guard);
             let hits = probes.as_ref().map(Probes::hits).unwrap_or_default();
+            let per_process = probes.as_ref().map(Probes::per_process).unwrap_or_default();
             let stray_traps = probes.as_ref().map_or(0, |p| p.counters.get(0));
             Ok(Outcome {
                 exit,
                 stats: server.stats(),
                 handoff,
                 probes: hits,
+                per_process,
                 stray_traps,
             })
         }

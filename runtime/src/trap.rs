@@ -9,8 +9,10 @@
 //!
 //! ```text
 //!  probe area:  handler code │ restorer │ table header │ entries … │ XOL slots …
-//!  header:      count │ &program's handler │ (reserved) │ &stray-trap counter
-//!  entry:       site address │ slot address │ &hit counter        (sorted by site)
+//!  header:      count │ &program's handler │ &per-process rows │ &stray-trap counter
+//!               &private cache (pid, row) │ number of rows │ bytes per row
+//!  entry:       site address │ slot address │ &hit counter │ site index   (sorted by site)
+//!  row:         pid │ hits of site 0 │ hits of site 1 │ …              (shared memory)
 //! ```
 //!
 //! A trap that is not a probe hit (the program's own `int3`, or a SIGTRAP
@@ -38,7 +40,7 @@ global_asm!(
     "    mov rax, [rdx + 168]", // uc->uc_mcontext.gregs[REG_RIP]: just past the int3
     "    dec rax",
     "    mov rcx, [r8]",     // number of sites
-    "    lea r9, [r8 + 32]", // entries
+    "    lea r9, [r8 + 56]", // entries (after the 7-word header)
     "    xor r10d, r10d",    // lo
     "    mov r11, rcx",      // hi
     ".Luprobe_trap_search:",
@@ -46,7 +48,8 @@ global_asm!(
     "    jae .Luprobe_trap_found",
     "    lea rsi, [r10 + r11]",
     "    shr rsi, 1",
-    "    lea rdi, [rsi + rsi * 2]",
+    "    mov rdi, rsi",
+    "    shl rdi, 2", // entries are 4 words
     "    cmp [r9 + rdi * 8], rax",
     "    jae .Luprobe_trap_left",
     "    lea r10, [rsi + 1]",
@@ -57,13 +60,54 @@ global_asm!(
     ".Luprobe_trap_found:",
     "    cmp r10, rcx",
     "    jae .Luprobe_trap_stray",
-    "    lea rdi, [r10 + r10 * 2]",
+    "    mov rdi, r10",
+    "    shl rdi, 2",
     "    cmp [r9 + rdi * 8], rax",
     "    jne .Luprobe_trap_stray",
     "    mov rsi, [r9 + rdi * 8 + 16]",
     "    lock inc qword ptr [rsi]", // the hit, in shared memory
     "    mov rsi, [r9 + rdi * 8 + 8]",
-    "    mov [rdx + 168], rsi", // resume in the out-of-line slot
+    "    mov [rdx + 168], rsi",         // resume in the out-of-line slot
+    "    mov r10, [r9 + rdi * 8 + 24]", // the site's index
+    // The same hit in this process's row of the per-process table.
+    "    mov eax, 39", // getpid (clobbers rcx, r11)
+    "    syscall",
+    "    mov rsi, [r8 + 32]", // private cache: pid, row
+    "    cmp rax, [rsi]",
+    "    jne .Luprobe_trap_claim",
+    "    mov rdi, [rsi + 8]",
+    ".Luprobe_trap_count:",
+    "    lock inc qword ptr [rdi + r10 * 8 + 8]",
+    "    pop rsi",
+    "    pop rdi",
+    "    ret",
+    ".Luprobe_trap_claim:",
+    "    mov rdi, [r8 + 16]", // rows
+    "    mov rcx, [r8 + 40]", // how many
+    ".Luprobe_trap_scan:",
+    "    test rcx, rcx",
+    "    jz .Luprobe_trap_full",
+    "    mov r11, [rdi]",
+    "    cmp r11, rax",
+    "    je .Luprobe_trap_claimed",
+    "    test r11, r11",
+    "    jnz .Luprobe_trap_next",
+    "    mov r11, rax",
+    "    xor eax, eax",
+    "    lock cmpxchg [rdi], r11", // an empty row becomes ours
+    "    mov rax, r11",
+    "    je .Luprobe_trap_claimed",
+    "    cmp [rdi], rax",
+    "    je .Luprobe_trap_claimed",
+    ".Luprobe_trap_next:",
+    "    add rdi, [r8 + 48]",
+    "    dec rcx",
+    "    jmp .Luprobe_trap_scan",
+    ".Luprobe_trap_claimed:",
+    "    mov [rsi], rax",
+    "    mov [rsi + 8], rdi",
+    "    jmp .Luprobe_trap_count",
+    ".Luprobe_trap_full:", // no row left: only the total counts
     "    pop rsi",
     "    pop rdi",
     "    ret",
@@ -116,10 +160,10 @@ extern "C" {
     static uprobe_exec_trap_table: u8;
 }
 
-/// Bytes of the table header (count, program-handler slot address, reserved, stray counter address).
-pub const HEADER_BYTES: usize = 32;
-/// Bytes of one table entry (site, slot, counter address).
-pub const ENTRY_BYTES: usize = 24;
+/// Bytes of the table header.
+pub const HEADER_BYTES: usize = 56;
+/// Bytes of one table entry (site, slot, counter address, site index).
+pub const ENTRY_BYTES: usize = 32;
 
 /// The handler's machine code, up to where the table must follow.
 #[must_use]
@@ -141,6 +185,20 @@ pub fn restorer_offset() -> usize {
         - std::ptr::addr_of!(uprobe_exec_trap_start) as usize
 }
 
+/// Where the per-process rows are (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerProcess {
+    /// Address of the first row (shared memory).
+    pub rows: u64,
+    /// Number of rows.
+    pub count: u64,
+    /// Bytes per row: 8 * (1 + sites).
+    pub stride: u64,
+    /// Address of the two-word private cache (pid, row), writable and
+    /// private to each process.
+    pub cache: u64,
+}
+
 /// One probe site as the handler sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrapSite {
@@ -150,6 +208,8 @@ pub struct TrapSite {
     pub slot: u64,
     /// Runtime address of its hit counter (shared memory).
     pub counter: u64,
+    /// Its index in a per-process row.
+    pub index: u64,
 }
 
 /// The table bytes that follow [`code`]: header and entries, sorted by site.
@@ -157,15 +217,29 @@ pub struct TrapSite {
 ///
 /// `program_handler` is the address of a word in shared memory holding the
 /// program's own SIGTRAP handler (0: default).
-pub fn table(sites: &[TrapSite], stray_counter: u64, program_handler: u64) -> Vec<u8> {
+pub fn table(
+    sites: &[TrapSite],
+    stray_counter: u64,
+    program_handler: u64,
+    per: PerProcess,
+) -> Vec<u8> {
     let mut sorted = sites.to_vec();
     sorted.sort_by_key(|s| s.site);
     let mut out = Vec::with_capacity(HEADER_BYTES + ENTRY_BYTES * sorted.len());
-    for w in [sorted.len() as u64, program_handler, 0, stray_counter] {
+    let header = [
+        sorted.len() as u64,
+        program_handler,
+        per.rows,
+        stray_counter,
+        per.cache,
+        per.count,
+        per.stride,
+    ];
+    for w in header {
         out.extend_from_slice(&w.to_le_bytes());
     }
     for s in &sorted {
-        for w in [s.site, s.slot, s.counter] {
+        for w in [s.site, s.slot, s.counter, s.index] {
             out.extend_from_slice(&w.to_le_bytes());
         }
     }
