@@ -320,6 +320,11 @@ unsafe fn unregister_rseq() {
 
 /// Runs in the child: never returns.
 ///
+/// Invariant (security): the child maps only the areas the plan reserved in
+/// the monitor (segments, stack, hand-off page); the probe area and the
+/// counters were mapped by the monitor before the fork. Nothing here takes
+/// an address from the program.
+///
 /// # Safety
 /// Must be called only in a child just forked from the monitor, with a plan
 /// whose addresses were reserved in the monitor before the fork.

@@ -351,6 +351,12 @@ impl Server {
     }
 
     /// Copies page `index` into mm `m`. Returns whether it was installed by this call.
+    ///
+    /// Invariant (security): this is the only place the fault server writes
+    /// into a program's memory, and it writes only through `UFFDIO_COPY`,
+    /// which the kernel confines to the ranges registered on that uffd: the
+    /// program's text, as planned. `page_addr` comes from the image's ranges,
+    /// never from the program.
     fn install(&mut self, m: usize, index: usize) -> Result<bool, ServeError> {
         let addr = self.image.page_addr(index);
         let src = self.image.src(index);
