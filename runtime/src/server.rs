@@ -423,11 +423,11 @@ impl Server {
                     }
                 }
             }
-            // SAFETY: pfds is a live array of pollfd of the stated length.
             // With copies deferred, wake up soon even if no event comes: the
             // kernel keeps answering EAGAIN until the madvise caller whose
             // event we read has resumed, which sends us nothing.
             let timeout = if self.deferred.is_empty() { -1 } else { 1 };
+            // SAFETY: pfds is a live array of pollfd of the stated length.
             let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
             if r < 0 {
                 let e = Errno::from_raw_os_error(
