@@ -503,6 +503,11 @@ impl Server {
     }
 
     /// Marks the served pages of `[start, end)` as dropped from mm `m`.
+    ///
+    /// A copy of one of those pages that is still deferred must not land now:
+    /// it would bring back a page the program just dropped, with no fault.
+    /// It is forgotten, and its waiters woken: they touch the page again and
+    /// fault afresh.
     fn dropped(&mut self, m: usize, start: u64, end: u64) {
         if self.mms[m].gone {
             return;
@@ -516,6 +521,18 @@ impl Server {
             }
             a += PAGE_SIZE;
         }
+        let image = &self.image;
+        let uffd = self.mms[m].uffd.as_ref();
+        self.deferred.retain(|&(dm, index)| {
+            let addr = image.page_addr(index);
+            let stale = dm == m && addr + PAGE_SIZE > start && addr < end;
+            if stale {
+                if let Some(u) = uffd {
+                    let _ = u.wake(addr, PAGE_SIZE);
+                }
+            }
+            !stale
+        });
     }
 
     /// Stops serving mm `m`: its process exited or exec'd.
