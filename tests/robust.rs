@@ -572,3 +572,52 @@ fn ten_thousand_probes() {
     let r = read_report(&report);
     assert_eq!(r["probes"].as_array().unwrap().len(), 10_000);
 }
+
+#[test]
+fn bad_symbol_tables_are_survived() {
+    // Section headers do not matter to execve: the program still runs. Asking
+    // for a probe reads the symbol table, which must fail cleanly if at all.
+    let dir = TempDir::new("badsym");
+    let good = std::fs::read(path("hello", Variant::Pie)).unwrap();
+    let shoff = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
+    let shnum = u16::from_le_bytes(good[60..62].try_into().unwrap()) as usize;
+    let symtab = (0..shnum)
+        .map(|i| shoff + i * 64)
+        .find(|&sh| u32::from_le_bytes(good[sh + 4..sh + 8].try_into().unwrap()) == 2)
+        .expect("hello has a .symtab");
+    let sym_off = u64::from_le_bytes(good[symtab + 24..symtab + 32].try_into().unwrap()) as usize;
+    let mut variants: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut b = good.clone();
+    b[symtab + 40..symtab + 44].copy_from_slice(&9999u32.to_le_bytes());
+    variants.push(("string table index out of range", b));
+    let mut b = good.clone();
+    b[symtab + 24..symtab + 32].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    variants.push(("symbols past the end of the file", b));
+    let mut b = good.clone();
+    b[symtab + 32..symtab + 40].copy_from_slice(&u64::MAX.to_le_bytes());
+    variants.push(("absurd symbol table size", b));
+    let mut b = good.clone();
+    for k in 1..40 {
+        let st = sym_off + k * 24;
+        b[st..st + 4].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+        b[st + 6..st + 8].copy_from_slice(&0xfff0u16.to_le_bytes());
+    }
+    variants.push(("symbol names and section indices out of range", b));
+    let mut b = good.clone();
+    b[60..62].copy_from_slice(&0xffffu16.to_le_bytes());
+    variants.push(("absurd section count", b));
+    for (i, (what, bytes)) in variants.iter().enumerate() {
+        let file = dir.write(&format!("badsym{i}"), bytes, 0o755);
+        Case::new(&file, ["x"]).compare();
+        let out = run({
+            let mut c = Command::new(BIN);
+            c.args(["-q", "-p", "main"]).arg(&file).arg("x");
+            c
+        });
+        match out.code {
+            Some(0) => {}
+            Some(125) => assert_our_error(what, &out, 125),
+            _ => panic!("{what}: {:?} {}", out.code, out.stderr_str()),
+        }
+    }
+}
