@@ -29,6 +29,15 @@ struct Cli {
     #[arg(long, short = 'q')]
     quiet: bool,
 
+    /// Install up to PAGES neighbouring pages with each faulting page, in one
+    /// copy (0: serve strictly the pages touched).
+    #[arg(long, value_name = "PAGES", default_value_t = uprobe_exec::DEFAULT_FAULT_AROUND)]
+    fault_around: usize,
+
+    /// Install the rest of the text in the background once the program runs.
+    #[arg(long)]
+    prefetch: bool,
+
     /// Write a JSON report to FILE when the program ends.
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
@@ -175,6 +184,8 @@ fn main() -> ExitCode {
     let mut cmd = uprobe_exec::Command::new(program)
         .args(args)
         .allow_unsafe_addresses(cli.unsafe_addrs)
+        .fault_around(cli.fault_around)
+        .prefetch(cli.prefetch)
         .blocked_signals(given);
     for p in &cli.probes {
         cmd = cmd.probe(p);

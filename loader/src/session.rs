@@ -46,7 +46,13 @@ pub struct Command {
     /// Signals (bit n-1 for signal n) blocked when the program starts; by
     /// default the spawning thread's mask.
     blocked: Option<u64>,
+    fault_around: usize,
+    prefetch: bool,
 }
+
+/// Pages installed with each faulting page by default (see
+/// [`Command::fault_around`]; chosen from `uprobe-exec-bench`'s figures).
+pub const DEFAULT_FAULT_AROUND: usize = 15;
 
 impl Command {
     /// A command for `program`, looked up in `PATH` when it has no slash.
@@ -58,6 +64,8 @@ impl Command {
             probes: Vec::new(),
             unsafe_addrs: false,
             blocked: None,
+            fault_around: DEFAULT_FAULT_AROUND,
+            prefetch: false,
         }
     }
 
@@ -72,6 +80,21 @@ impl Command {
     /// does). By default the program gets the spawning thread's mask.
     pub fn blocked_signals(mut self, mask: u64) -> Command {
         self.blocked = Some(mask);
+        self
+    }
+
+    /// How many neighbouring pages (not yet present, adjacent in the
+    /// program) are installed with each faulting page, in one copy. 0 serves
+    /// strictly the pages touched.
+    pub fn fault_around(mut self, pages: usize) -> Command {
+        self.fault_around = pages;
+        self
+    }
+
+    /// Installs the rest of the text in the background once the program
+    /// runs, so later first touches find their pages present.
+    pub fn prefetch(mut self, on: bool) -> Command {
+        self.prefetch = on;
         self
     }
 
@@ -144,6 +167,7 @@ impl Command {
         };
         let (tx, rx) = mpsc::channel();
         let blocked = self.blocked.unwrap_or_else(current_mask);
+        let serving = (self.fault_around, self.prefetch);
         let args = resolved
             .argv
             .iter()
@@ -152,7 +176,7 @@ impl Command {
         let program_name = resolved.elf.display().to_string();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
-            .spawn(move || monitor(plan, probes, resolved, env, blocked, tx))
+            .spawn(move || monitor(plan, probes, resolved, env, blocked, serving, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
             Ok(Ok(pid)) => Ok(Session {
@@ -596,6 +620,7 @@ fn monitor(
     r: Resolved,
     env: Vec<OsString>,
     blocked: u64,
+    (fault_around, prefetch): (usize, bool),
     started: mpsc::Sender<Result<i32>>,
 ) -> Result<Outcome> {
     match start(&plan, probes.as_ref(), &r, &env, blocked) {
@@ -605,6 +630,8 @@ fn monitor(
                 _ => None,
             };
             let mut server = Server::new(plan.image.clone(), uffd);
+            server.set_fault_around(fault_around);
+            server.set_prefetch(prefetch);
             let keeper = watchdog.sender();
             server.on_new_process(move |fd| keeper.hold_fd(fd));
             let mut result: Result<()> = Ok(());

@@ -257,6 +257,10 @@ pub struct Server {
     generation: u64,
     /// Told of every forked process's uffd (e.g. to hand a copy to a keeper).
     on_new: Option<NewProcessHook>,
+    /// Pages after a faulting page installed with it (when not present).
+    fault_around: usize,
+    /// Next page the background prefetch installs, when prefetching.
+    prefetch: Option<usize>,
 }
 
 /// Called with the uffd of each new process.
@@ -279,9 +283,42 @@ impl Server {
             retry: Vec::with_capacity(64),
             generation: 0,
             on_new: None,
+            fault_around: 0,
+            prefetch: None,
         };
         s.add_mm(root);
         s
+    }
+
+    /// Installs up to `pages` neighbouring pages (not yet present, adjacent
+    /// in the program and in the image) with each faulting page, in the same
+    /// `UFFDIO_COPY`. 0: strictly lazy.
+    pub fn set_fault_around(&mut self, pages: usize) {
+        self.fault_around = pages;
+    }
+
+    /// Installs the rest of the text in the first process in the background,
+    /// whenever no event is waiting, so later first touches find their pages.
+    pub fn set_prefetch(&mut self, on: bool) {
+        self.prefetch = on.then_some(0);
+    }
+
+    /// Installs the next run of missing pages for the prefetch; false when done.
+    fn prefetch_step(&mut self) -> Result<bool, ServeError> {
+        let Some(mut index) = self.prefetch else {
+            return Ok(false);
+        };
+        while index < self.image.pages() && self.present(0, index) {
+            index += 1;
+        }
+        if index >= self.image.pages() || self.mms[0].gone {
+            self.prefetch = None;
+            return Ok(false);
+        }
+        let n = self.install_run(0, index, 64)?;
+        self.stats.populated += n as u64;
+        self.prefetch = Some(index + n.max(1));
+        Ok(true)
     }
 
     /// Calls `f` with the uffd of every process forked from now on.
@@ -332,13 +369,15 @@ impl Server {
 
     fn populate_once(&mut self) -> Result<(), ServeError> {
         for m in 0..self.mms.len() {
-            for index in 0..self.image.pages() {
-                if self.mms[m].gone {
-                    break;
+            let mut index = 0;
+            while index < self.image.pages() && !self.mms[m].gone {
+                if self.present(m, index) {
+                    index += 1;
+                    continue;
                 }
-                if !self.mms[m].served.get(index) && self.install(m, index)? {
-                    self.stats.populated += 1;
-                }
+                let n = self.install_run(m, index, 256)?;
+                self.stats.populated += n as u64;
+                index += n.max(1);
             }
             // Wake anyone who faulted while we were installing without waking.
             if let Some(uffd) = &self.mms[m].uffd {
@@ -351,46 +390,84 @@ impl Server {
     }
 
     /// Copies page `index` into mm `m`. Returns whether it was installed by this call.
+    fn install(&mut self, m: usize, index: usize) -> Result<bool, ServeError> {
+        self.install_run(m, index, 1).map(|n| n > 0)
+    }
+
+    /// Whether page `index` is in mm `m` now (as far as we know).
+    fn present(&self, m: usize, index: usize) -> bool {
+        self.mms[m].served.get(index) && !self.mms[m].dropped.get(index)
+    }
+
+    /// How many pages from `index` on can go in one copy: up to `max`, not
+    /// present in mm `m`, adjacent in the program and in the image.
+    fn run_length(&self, m: usize, index: usize, max: usize) -> usize {
+        let (addr, src) = (self.image.page_addr(index), self.image.src(index));
+        let mut n = 1;
+        while n < max && index + n < self.image.pages() {
+            let j = index + n;
+            let step = n as u64 * PAGE_SIZE;
+            if self.present(m, j)
+                || self.image.page_addr(j) != addr + step
+                || self.image.src(j) as u64 != src as u64 + step
+            {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// Copies up to `max` pages from page `index` on into mm `m`, in one
+    /// `UFFDIO_COPY` (fault-around), waking whoever waits on them. Returns
+    /// how many pages it installed.
     ///
     /// Invariant (security): this is the only place the fault server writes
     /// into a program's memory, and it writes only through `UFFDIO_COPY`,
     /// which the kernel confines to the ranges registered on that uffd: the
     /// program's text, as planned. `page_addr` comes from the image's ranges,
     /// never from the program.
-    fn install(&mut self, m: usize, index: usize) -> Result<bool, ServeError> {
+    fn install_run(&mut self, m: usize, index: usize, max: usize) -> Result<usize, ServeError> {
+        let n = if max > 1 {
+            self.run_length(m, index, max)
+        } else {
+            1
+        };
         let addr = self.image.page_addr(index);
         let src = self.image.src(index);
         let Some(uffd) = &self.mms[m].uffd else {
-            return Ok(false);
+            return Ok(0);
         };
-        // SAFETY: `src` is a page of the image, readable for PAGE_SIZE bytes
+        // SAFETY: `src` starts `n` pages of the image that are adjacent in
+        // memory (run_length checked), each readable for PAGE_SIZE bytes
         // (TextImage::new's contract).
-        let outcome = unsafe { uffd.copy(addr, src, PAGE_SIZE, true) };
-        match outcome {
-            CopyOutcome::Copied => {
-                self.mms[m].served.set(index);
-                if !self.ever.set(index) {
-                    self.stats.served += 1;
-                }
-                Ok(true)
+        let (outcome, bytes) = unsafe { uffd.copy_partial(addr, src, n as u64 * PAGE_SIZE, true) };
+        let wake = |s: &Self| {
+            if let Some(u) = &s.mms[m].uffd {
+                let _ = u.wake(addr, n as u64 * PAGE_SIZE);
             }
-            // Someone else's fault installed it first: just make sure nobody sleeps on it.
-            CopyOutcome::AlreadyPresent => {
-                let _ = uffd.wake(addr, PAGE_SIZE);
-                Ok(false)
+        };
+        let copied = (bytes / PAGE_SIZE) as usize;
+        for j in index..index + copied {
+            self.mms[m].served.set(j);
+            self.mms[m].dropped.clear(j);
+            if !self.ever.set(j) {
+                self.stats.served += 1;
             }
-            // A remove/unmap is pending: read events first, then try again.
-            CopyOutcome::Retry => {
-                self.deferred.push((m, index));
-                Ok(false)
-            }
-            // The process exited or exec'd: nothing left to serve there.
-            CopyOutcome::Gone => {
-                self.retire(m);
-                Ok(false)
-            }
-            CopyOutcome::Failed(errno) => Err(ServeError::Copy { addr, errno }),
         }
+        match outcome {
+            CopyOutcome::Copied => {}
+            // Someone else's fault installed a page first: make sure nobody
+            // sleeps on the ones we did not copy.
+            CopyOutcome::AlreadyPresent => wake(self),
+            // A remove/unmap is pending: read events first, then try again.
+            CopyOutcome::Retry if copied == 0 => self.deferred.push((m, index)),
+            CopyOutcome::Retry => wake(self),
+            // The process exited or exec'd: nothing left to serve there.
+            CopyOutcome::Gone => self.retire(m),
+            CopyOutcome::Failed(errno) => return Err(ServeError::Copy { addr, errno }),
+        }
+        Ok(copied)
     }
 
     /// Serves until `stop` becomes readable (a pidfd: the first process
@@ -426,7 +503,13 @@ impl Server {
             // With copies deferred, wake up soon even if no event comes: the
             // kernel keeps answering EAGAIN until the madvise caller whose
             // event we read has resumed, which sends us nothing.
-            let timeout = if self.deferred.is_empty() { -1 } else { 1 };
+            let timeout = if self.prefetch.is_some() {
+                0
+            } else if self.deferred.is_empty() {
+                -1
+            } else {
+                1
+            };
             // SAFETY: pfds is a live array of pollfd of the stated length.
             let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
             if r < 0 {
@@ -446,6 +529,9 @@ impl Server {
             self.retry_deferred()?;
             if pfds[0].revents != 0 {
                 return self.populate_all();
+            }
+            if r == 0 {
+                self.prefetch_step()?;
             }
         }
     }
@@ -499,7 +585,9 @@ impl Server {
         if self.mms[m].dropped.clear(index) {
             self.stats.refaults += 1;
         }
-        self.install(m, index).map(|_| ())
+        let n = self.install_run(m, index, 1 + self.fault_around)?;
+        self.stats.populated += n.saturating_sub(1) as u64;
+        Ok(())
     }
 
     /// Marks the served pages of `[start, end)` as dropped from mm `m`.

@@ -209,6 +209,23 @@ impl Uffd {
     /// # Safety
     /// `src` must be readable for `len` bytes.
     pub unsafe fn copy(&self, dst: u64, src: *const u8, len: u64, wake: bool) -> CopyOutcome {
+        // SAFETY: forwarded contract.
+        unsafe { self.copy_partial(dst, src, len, wake).0 }
+    }
+
+    /// Like [`Uffd::copy`], and also returns how many bytes were installed
+    /// before the kernel stopped (a multi-page copy stops at the first page
+    /// that is already present, with `EEXIST`).
+    ///
+    /// # Safety
+    /// `src` must be readable for `len` bytes.
+    pub unsafe fn copy_partial(
+        &self,
+        dst: u64,
+        src: *const u8,
+        len: u64,
+        wake: bool,
+    ) -> (CopyOutcome, u64) {
         let mode = if wake {
             0
         } else {
@@ -221,13 +238,18 @@ impl Uffd {
             mode,
             copy: 0,
         };
-        match self.ioctl(uioctl::UFFDIO_COPY, &mut c) {
+        let outcome = match self.ioctl(uioctl::UFFDIO_COPY, &mut c) {
             Ok(()) => CopyOutcome::Copied,
             Err(Errno::EXIST) => CopyOutcome::AlreadyPresent,
             Err(Errno::AGAIN) => CopyOutcome::Retry,
             Err(Errno::SRCH | Errno::NOENT) => CopyOutcome::Gone,
             Err(e) => CopyOutcome::Failed(e),
-        }
+        };
+        let copied = match outcome {
+            CopyOutcome::Copied => len,
+            _ => u64::try_from(c.copy).unwrap_or(0).min(len),
+        };
+        (outcome, copied)
     }
 
     /// `UFFDIO_WAKE`: wakes threads waiting on `[start, start+len)`.
