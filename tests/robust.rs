@@ -282,6 +282,8 @@ fn eviction_storm_with_four_threads() {
     let dir = TempDir::new("evict");
     let report = dir.join("r.json");
     let out = Case::new(path("probed", Variant::Pie), ["evict", "10000"])
+        .opt("--fault-around")
+        .opt("0")
         .opt("-q")
         .opt("--report-json")
         .opt(&report)
