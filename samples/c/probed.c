@@ -24,7 +24,11 @@
  *   probed evict C        4 threads call evict_a/evict_b in a loop while the main
  *                         thread drops their pages C times, calling both after each drop
  *   probed selfread N     writes the first 64 bytes of selfread_fn() with write(2)
+ *   probed hitloop K N    calls hit_K() N times (K: push, mov, nop5, trap) and
+ *                         prints the nanoseconds per call (for the benchmarks;
+ *                         hit_trap starts with int3: run it only under a tracer)
  */
+#include <time.h>
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -80,6 +84,24 @@ uint64_t site_push(uint64_t);
 uint64_t site_adj(uint64_t);
 uint64_t site_straddle(uint64_t);
 NOINLINE uint64_t site_callee(uint64_t x) { return x * 7; }
+
+/* Benchmark sites: the first instruction is what the kernel's uprobes
+ * treat differently: push (emulated), mov (single-stepped), nop5 (optimized
+ * into a call where the kernel supports it), int3 (the ptrace baseline). */
+uint64_t hit_push(uint64_t);
+uint64_t hit_mov(uint64_t);
+uint64_t hit_nop5(uint64_t);
+uint64_t hit_trap(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl hit_push\n.type hit_push,@function\n"
+        "hit_push:\n push rbp\n mov rbp, rsp\n lea rax, [rdi + 1]\n pop rbp\n ret\n.size hit_push, .-hit_push\n"
+        ".p2align 4\n.globl hit_mov\n.type hit_mov,@function\n"
+        "hit_mov:\n mov rax, rdi\n add rax, 1\n ret\n.size hit_mov, .-hit_mov\n"
+        ".p2align 4\n.globl hit_nop5\n.type hit_nop5,@function\n"
+        "hit_nop5:\n .byte 0x0f, 0x1f, 0x44, 0x00, 0x00\n lea rax, [rdi + 1]\n ret\n.size hit_nop5, .-hit_nop5\n"
+        ".p2align 4\n.globl hit_trap\n.type hit_trap,@function\n"
+        "hit_trap:\n int3\n lea rax, [rdi + 1]\n ret\n.size hit_trap, .-hit_trap\n"
+        ".att_syntax prefix\n");
 
 #define MANY(k) "many_" #k ":\n lea eax, [rdi + " #k "]\n ret\n .p2align 4\n"
 __asm__(
@@ -319,6 +341,18 @@ int main(int argc, char **argv) {
             return 3;
         }
         printf("\nacc=%llu\n", (unsigned long long)acc);
+    } else if (!strcmp(mode, "hitloop") && argc == 4) {
+        uint64_t (*f)(uint64_t) = !strcmp(argv[2], "push") ? hit_push
+                                : !strcmp(argv[2], "mov")  ? hit_mov
+                                : !strcmp(argv[2], "nop5") ? hit_nop5
+                                : !strcmp(argv[2], "trap") ? hit_trap : NULL;
+        if (!f) return 2;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (uint64_t i = 0; i < n; i++) acc = f(acc);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+        printf("ns_per_call=%.2f acc=%llu\n", ns / (double)n, (unsigned long long)acc);
     } else if (!strcmp(mode, "blocked")) {
         sigset_t set;
         sigemptyset(&set);

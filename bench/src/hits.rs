@@ -1,0 +1,137 @@
+//! Probe hit, per hit, on the same functions of the same sample: unprobed,
+//! our int3 probe, the kernel's uprobe on that site (through tracefs, as
+//! root), and a ptrace stop (tracer: stop, read registers, continue). The
+//! program times its own loop and prints ns per call.
+
+#![allow(unsafe_code)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Sites: the first instruction the kernel handles differently.
+pub const KINDS: [&str; 3] = ["push", "mov", "nop5"];
+
+fn sample() -> PathBuf {
+    uprobe_exec_samples::path("probed", uprobe_exec_samples::Variant::Pie)
+}
+
+fn ns_per_call(out: &[u8]) -> Option<f64> {
+    let s = String::from_utf8_lossy(out);
+    s.split_whitespace().find_map(|w| w.strip_prefix("ns_per_call=")).and_then(|v| v.parse().ok())
+}
+
+fn run(argv: &[&str]) -> Option<f64> {
+    let out = Command::new(argv[0]).args(&argv[1..]).stderr(Stdio::null()).output().ok()?;
+    ns_per_call(&out.stdout)
+}
+
+/// Native, unprobed.
+pub fn unprobed(kind: &str) -> Option<f64> {
+    let s = sample();
+    run(&[s.to_str()?, "hitloop", kind, "10000000"])
+}
+
+/// Our int3 probe on the site.
+pub fn int3(ux: &str, kind: &str) -> Option<f64> {
+    let s = sample();
+    let f = format!("hit_{kind}");
+    run(&[ux, "-q", "-p", &f, s.to_str()?, "hitloop", kind, "200000"])
+}
+
+/// The file offset of a function, as uprobe_events wants it.
+fn file_offset(prog: &Path, name: &str) -> Option<u64> {
+    let img = uprobe_exec::elf::Image::open(prog).ok()?;
+    let f = uprobe_exec::functions(prog, &[name.to_string()]).ok()?.into_iter().next()?;
+    let seg = img.segments.iter().find(|s| f.addr.0 >= s.vaddr.0 && f.addr.0 < s.vaddr.0 + s.filesz)?;
+    Some(seg.offset + (f.addr.0 - seg.vaddr.0))
+}
+
+/// The kernel's uprobe on the site, or why it was skipped.
+pub fn kernel_uprobe(kind: &str) -> Result<f64, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (tracefs uprobe_events)".into());
+    }
+    let mut mounted = None;
+    let mut tracefs = PathBuf::from("/sys/kernel/tracing");
+    if !tracefs.join("uprobe_events").exists() {
+        let dir = std::env::temp_dir().join(format!("uprobe-exec-tracefs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ok = Command::new("mount").args(["-t", "tracefs", "nodev"]).arg(&dir).status().is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir(&dir);
+            return Err("tracefs could not be mounted".into());
+        }
+        tracefs = dir.clone();
+        mounted = Some(dir);
+    }
+    let result = (|| {
+        let s = sample();
+        let off = file_offset(&s, &format!("hit_{kind}")).ok_or("no such function")?;
+        let event = format!("ux_bench_{kind}");
+        let events = tracefs.join("uprobe_events");
+        let add = format!("p:uprobes/{event} {}:{off:#x}\n", s.display());
+        std::fs::OpenOptions::new().append(true).open(&events).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(add.as_bytes())
+        })
+        .map_err(|e| format!("adding the uprobe: {e}"))?;
+        let enable = tracefs.join(format!("events/uprobes/{event}/enable"));
+        let r = std::fs::write(&enable, "1").map_err(|e| format!("enabling: {e}")).and_then(|()| {
+            run(&[s.to_str().unwrap_or(""), "hitloop", kind, "200000"]).ok_or_else(|| "no result".to_string())
+        });
+        let _ = std::fs::write(&enable, "0");
+        let remove = format!("-:uprobes/{event}\n");
+        let _ = std::fs::OpenOptions::new().append(true).open(&events).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(remove.as_bytes())
+        });
+        r
+    })();
+    if let Some(dir) = mounted {
+        let _ = Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir(&dir);
+    }
+    result
+}
+
+/// A ptrace stop per hit: the sample's `hit_trap` starts with int3; the
+/// tracer reads the registers and continues at each stop.
+pub fn ptrace_stop() -> Option<f64> {
+    let s = sample();
+    let mut cmd = Command::new(&s);
+    cmd.args(["hitloop", "trap", "20000"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    // SAFETY: PTRACE_TRACEME in the child before exec is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().ok()?;
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    loop {
+        let mut st = 0;
+        // SAFETY: waiting for our own traced child; regs is a local.
+        unsafe {
+            if libc::waitpid(pid, &mut st, 0) < 0 || libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                break;
+            }
+            let sig = libc::WSTOPSIG(st);
+            let mut regs: libc::user_regs_struct = std::mem::zeroed();
+            libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut libc::user_regs_struct);
+            let deliver = if sig == libc::SIGTRAP { 0 } else { sig };
+            libc::ptrace(libc::PTRACE_CONT, pid, 0, deliver as usize);
+        }
+    }
+    let out = reader.join().ok()?;
+    ns_per_call(&out)
+}
