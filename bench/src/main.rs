@@ -187,7 +187,7 @@ fn main() {
         ours.extend(argv.iter().copied());
         let mut lazy = vec![ux, "--fault-around", "0"];
         lazy.extend(argv.iter().copied());
-        let n = if name.contains("gzip") { runs.min(5) } else { runs };
+        let n = if name.contains("gzip") { runs.min(3) } else { runs };
         let m = side_by_side(&[argv.clone(), ours, lazy], n);
         if name.contains("-c pass") {
             python_ratio = m[1] / m[0];
