@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_our_error, is_root, read_report, run, Case, TempDir, BIN};
+use common::{assert_our_error, is_root, printed, read_report, run, Case, TempDir, BIN};
 use uprobe_exec_samples::{path, Variant};
 
 /// Runs `prog args` natively and with `probes`, asserts the same output,
@@ -17,17 +17,8 @@ fn probed(
     args: &[&str],
     probes: &[&str],
 ) -> (common::Output, Vec<(String, u64)>) {
-    let dir = TempDir::new(tag);
-    let report = dir.join("r.json");
-    let mut case = Case::new(prog, args)
-        .opt("-q")
-        .opt("--report-json")
-        .opt(&report);
-    for p in probes {
-        case = case.opt("-p").opt(p);
-    }
-    let (_, ours) = case.compare();
-    (ours, hits(&read_report(&report)))
+    let (out, r) = common::probed_report(tag, prog, args, probes);
+    (out, hits(&r))
 }
 
 fn hits(r: &serde_json::Value) -> Vec<(String, u64)> {
@@ -52,16 +43,6 @@ fn hit(list: &[(String, u64)], label: &str) -> u64 {
         .find(|(l, _)| l == label)
         .unwrap_or_else(|| panic!("no probe {label} in {list:?}"))
         .1
-}
-
-/// `key=value` from the program's own output.
-fn printed(out: &common::Output, key: &str) -> u64 {
-    let s = out.stdout_str();
-    s.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in {s}"))
-        .parse()
-        .unwrap()
 }
 
 fn probed_sample(v: Variant) -> PathBuf {

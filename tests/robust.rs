@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_our_error, is_root, read_report, run, spawn_guarded, Case, TempDir, BIN};
+use common::{
+    assert_our_error, is_root, printed, read_report, run, spawn_guarded, Case, TempDir, BIN,
+};
 use uprobe_exec_samples::{path, Variant};
 
 fn hits(r: &serde_json::Value, symbol: &str) -> u64 {
@@ -21,33 +23,13 @@ fn hits(r: &serde_json::Value, symbol: &str) -> u64 {
         .sum()
 }
 
-fn printed(out: &common::Output, key: &str) -> u64 {
-    let s = out.stdout_str();
-    s.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key}= in {s}"))
-        .parse()
-        .unwrap()
-}
-
-/// Runs natively and with `probes`, asserts the same output, returns ours and the report.
 fn probed(
     tag: &str,
     prog: &Path,
     args: &[&str],
     probes: &[&str],
 ) -> (common::Output, serde_json::Value) {
-    let dir = TempDir::new(tag);
-    let report = dir.join("r.json");
-    let mut case = Case::new(prog, args)
-        .opt("-q")
-        .opt("--report-json")
-        .opt(&report);
-    for p in probes {
-        case = case.opt("-p").opt(p);
-    }
-    let (_, ours) = case.compare();
-    (ours, read_report(&report))
+    common::probed_report(tag, prog, args, probes)
 }
 
 #[test]

@@ -29,7 +29,16 @@ pub fn pin(cpu: usize) {
 /// A fresh anonymous mapping; never unmapped (the benchmark is short-lived).
 fn anon(len: usize, prot: i32) -> *mut u8 {
     // SAFETY: a new private anonymous mapping at an address of the kernel's choosing.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
     assert_ne!(p, libc::MAP_FAILED, "mmap");
     p.cast()
 }
@@ -47,7 +56,9 @@ fn touch(pages: &[*const u8]) -> Vec<f64> {
 }
 
 fn region_pages(base: *mut u8, n: usize) -> Vec<*const u8> {
-    (0..n).map(|i| base.wrapping_add(i * PS).cast_const()).collect()
+    (0..n)
+        .map(|i| base.wrapping_add(i * PS).cast_const())
+        .collect()
 }
 
 /// A registered region and the source pages it is served from.
@@ -60,7 +71,8 @@ fn uffd_region() -> (Uffd, *mut u8, &'static [u8]) {
     let region = anon(PAGES * PS, libc::PROT_READ);
     let (uffd, _) = Uffd::create().expect("userfaultfd");
     uffd.api(0).expect("UFFDIO_API");
-    uffd.register_missing(region as u64, (PAGES * PS) as u64).expect("UFFDIO_REGISTER");
+    uffd.register_missing(region as u64, (PAGES * PS) as u64)
+        .expect("UFFDIO_REGISTER");
     (uffd, region, src)
 }
 
@@ -70,7 +82,17 @@ pub fn ours(cpu: usize, fault_around: usize) -> Vec<f64> {
     let (uffd, region, src) = uffd_region();
     // SAFETY: src lives for the rest of the process.
     let image = Arc::new(unsafe {
-        TextImage::new(&[(TextRange { start: region as u64, pages: PAGES }, src)], Vec::new(), Arc::new(()))
+        TextImage::new(
+            &[(
+                TextRange {
+                    start: region as u64,
+                    pages: PAGES,
+                },
+                src,
+            )],
+            Vec::new(),
+            Arc::new(()),
+        )
     });
     let (r, w) = rustix::pipe::pipe().expect("pipe");
     let server = std::thread::spawn(move || {
@@ -104,8 +126,16 @@ pub fn floor(cpu: usize) -> Vec<f64> {
         let mut msgs = empty_msgs::<16>();
         loop {
             let mut p = [
-                libc::pollfd { fd: uffd.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: uffd.as_fd().as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: r.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             // SAFETY: two valid pollfds.
             unsafe { libc::poll(p.as_mut_ptr(), 2, -1) };
@@ -143,7 +173,14 @@ pub fn kernel_file() -> Vec<f64> {
     for i in 0..PAGES {
         // SAFETY: a new private read-only mapping of one page of our file.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), PS, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), (i * PS) as i64)
+            libc::mmap(
+                std::ptr::null_mut(),
+                PS,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                (i * PS) as i64,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED, "mmap");
         pages.push(p.cast::<u8>().cast_const());

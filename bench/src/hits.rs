@@ -19,11 +19,17 @@ fn sample() -> PathBuf {
 
 fn ns_per_call(out: &[u8]) -> Option<f64> {
     let s = String::from_utf8_lossy(out);
-    s.split_whitespace().find_map(|w| w.strip_prefix("ns_per_call=")).and_then(|v| v.parse().ok())
+    s.split_whitespace()
+        .find_map(|w| w.strip_prefix("ns_per_call="))
+        .and_then(|v| v.parse().ok())
 }
 
 fn run(argv: &[&str]) -> Option<f64> {
-    let out = Command::new(argv[0]).args(&argv[1..]).stderr(Stdio::null()).output().ok()?;
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     ns_per_call(&out.stdout)
 }
 
@@ -43,8 +49,14 @@ pub fn int3(ux: &str, kind: &str) -> Option<f64> {
 /// The file offset of a function, as uprobe_events wants it.
 fn file_offset(prog: &Path, name: &str) -> Option<u64> {
     let img = uprobe_exec::elf::Image::open(prog).ok()?;
-    let f = uprobe_exec::functions(prog, &[name.to_string()]).ok()?.into_iter().next()?;
-    let seg = img.segments.iter().find(|s| f.addr.0 >= s.vaddr.0 && f.addr.0 < s.vaddr.0 + s.filesz)?;
+    let f = uprobe_exec::functions(prog, &[name.to_string()])
+        .ok()?
+        .into_iter()
+        .next()?;
+    let seg = img
+        .segments
+        .iter()
+        .find(|s| f.addr.0 >= s.vaddr.0 && f.addr.0 < s.vaddr.0 + s.filesz)?;
     Some(seg.offset + (f.addr.0 - seg.vaddr.0))
 }
 
@@ -59,7 +71,11 @@ pub fn kernel_uprobe(kind: &str) -> Result<f64, String> {
     if !tracefs.join("uprobe_events").exists() {
         let dir = std::env::temp_dir().join(format!("uprobe-exec-tracefs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let ok = Command::new("mount").args(["-t", "tracefs", "nodev"]).arg(&dir).status().is_ok_and(|s| s.success());
+        let ok = Command::new("mount")
+            .args(["-t", "tracefs", "nodev"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
             let _ = std::fs::remove_dir(&dir);
             return Err("tracefs could not be mounted".into());
@@ -73,21 +89,30 @@ pub fn kernel_uprobe(kind: &str) -> Result<f64, String> {
         let event = format!("ux_bench_{kind}");
         let events = tracefs.join("uprobe_events");
         let add = format!("p:uprobes/{event} {}:{off:#x}\n", s.display());
-        std::fs::OpenOptions::new().append(true).open(&events).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(add.as_bytes())
-        })
-        .map_err(|e| format!("adding the uprobe: {e}"))?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(add.as_bytes())
+            })
+            .map_err(|e| format!("adding the uprobe: {e}"))?;
         let enable = tracefs.join(format!("events/uprobes/{event}/enable"));
-        let r = std::fs::write(&enable, "1").map_err(|e| format!("enabling: {e}")).and_then(|()| {
-            run(&[s.to_str().unwrap_or(""), "hitloop", kind, "200000"]).ok_or_else(|| "no result".to_string())
-        });
+        let r = std::fs::write(&enable, "1")
+            .map_err(|e| format!("enabling: {e}"))
+            .and_then(|()| {
+                run(&[s.to_str().unwrap_or(""), "hitloop", kind, "200000"])
+                    .ok_or_else(|| "no result".to_string())
+            });
         let _ = std::fs::write(&enable, "0");
         let remove = format!("-:uprobes/{event}\n");
-        let _ = std::fs::OpenOptions::new().append(true).open(&events).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(remove.as_bytes())
-        });
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(remove.as_bytes())
+            });
         r
     })();
     if let Some(dir) = mounted {
@@ -102,7 +127,9 @@ pub fn kernel_uprobe(kind: &str) -> Result<f64, String> {
 pub fn ptrace_stop() -> Option<f64> {
     let s = sample();
     let mut cmd = Command::new(&s);
-    cmd.args(["hitloop", "trap", "20000"]).stdout(Stdio::piped()).stderr(Stdio::null());
+    cmd.args(["hitloop", "trap", "20000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     // SAFETY: PTRACE_TRACEME in the child before exec is async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -127,7 +154,12 @@ pub fn ptrace_stop() -> Option<f64> {
             }
             let sig = libc::WSTOPSIG(st);
             let mut regs: libc::user_regs_struct = std::mem::zeroed();
-            libc::ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut libc::user_regs_struct);
+            libc::ptrace(
+                libc::PTRACE_GETREGS,
+                pid,
+                0,
+                &mut regs as *mut libc::user_regs_struct,
+            );
             let deliver = if sig == libc::SIGTRAP { 0 } else { sig };
             libc::ptrace(libc::PTRACE_CONT, pid, 0, deliver as usize);
         }

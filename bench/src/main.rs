@@ -24,13 +24,22 @@ use std::time::{Duration, Instant};
 fn uprobe_exec() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let p = exe.parent().expect("target dir").join("uprobe-exec");
-    assert!(p.exists(), "{} not found: run `cargo build --release` first", p.display());
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --release` first",
+        p.display()
+    );
     p
 }
 
 fn time_once(argv: &[&str]) -> Duration {
     let t = Instant::now();
-    let st = Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("run");
+    let st = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
     let d = t.elapsed();
     assert!(st.success(), "{argv:?} failed: {st}");
     d
@@ -62,20 +71,39 @@ fn text_figures(ux: &str, args: &[&str]) -> String {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let report = dir.join("r.json");
     let mut cmd = Command::new(ux);
-    cmd.arg("--report-json").arg(&report).args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("--report-json")
+        .arg(&report)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let _ = cmd.status();
     let text = std::fs::read_to_string(&report).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     let field = |k: &str| {
-        text.split(&format!("\"{k}\": ")).nth(1).and_then(|r| r.split([',', '\n', '}']).next()).unwrap_or("?").trim().to_string()
+        text.split(&format!("\"{k}\": "))
+            .nth(1)
+            .and_then(|r| r.split([',', '\n', '}']).next())
+            .unwrap_or("?")
+            .trim()
+            .to_string()
     };
-    format!("{} / {} / {} / {}", field("pages"), field("served"), field("faults"), field("populated"))
+    format!(
+        "{} / {} / {} / {}",
+        field("pages"),
+        field("served"),
+        field("faults"),
+        field("populated")
+    )
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     // SAFETY: sysconf has no preconditions.
@@ -84,46 +112,96 @@ fn machine() -> String {
 }
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let ux_path = uprobe_exec();
     let ux = ux_path.to_str().expect("utf-8 path");
     let mut md = String::new();
     let _ = writeln!(md, "# uprobe-exec benchmark results\n");
-    let _ = writeln!(md, "Written by `cargo run --release -p uprobe-exec-bench -- {runs}` (do not edit by hand).\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo run --release -p uprobe-exec-bench -- {runs}` (do not edit by hand).\n"
+    );
     let _ = writeln!(md, "- Machine: {}", machine());
     let _ = writeln!(md, "- Method: every row of a table is measured in the same run, alternating where it can; medians. The machine is a noisy 2-vCPU VM: read the ratios, not the absolute times.\n");
 
     // 1. Fault service.
     eprintln!("fault service…");
-    let reps = 5;
-    let collect = |f: &dyn Fn() -> Vec<f64>| -> Vec<f64> { (0..reps).flat_map(|_| f()).collect() };
-    let rows: Vec<(&str, Vec<f64>)> = vec![
-        ("uprobe-exec fault server, same CPU", collect(&|| fault::ours(0, 0))),
-        ("uprobe-exec fault server, other CPU", collect(&|| fault::ours(1, 0))),
-        ("minimal uffd handler (floor), same CPU", collect(&|| fault::floor(0))),
-        ("minimal uffd handler (floor), other CPU", collect(&|| fault::floor(1))),
-        ("uprobe-exec, fault-around 15 (per page), same CPU", collect(&|| fault::ours(0, 15))),
-        ("uprobe-exec, fault-around 15 (per page), other CPU", collect(&|| fault::ours(1, 15))),
-        ("kernel file-backed fault, 1 page per VMA", collect(&fault::kernel_file)),
-        ("kernel anonymous read fault", collect(&fault::kernel_anon)),
+    let reps = 7;
+    let paths: Vec<(&str, Box<dyn Fn() -> Vec<f64>>)> = vec![
+        (
+            "uprobe-exec fault server, same CPU",
+            Box::new(|| fault::ours(0, 0)),
+        ),
+        (
+            "uprobe-exec fault server, other CPU",
+            Box::new(|| fault::ours(1, 0)),
+        ),
+        (
+            "minimal uffd handler (floor), same CPU",
+            Box::new(|| fault::floor(0)),
+        ),
+        (
+            "minimal uffd handler (floor), other CPU",
+            Box::new(|| fault::floor(1)),
+        ),
+        (
+            "uprobe-exec, fault-around 15 (per page), same CPU",
+            Box::new(|| fault::ours(0, 15)),
+        ),
+        (
+            "uprobe-exec, fault-around 15 (per page), other CPU",
+            Box::new(|| fault::ours(1, 15)),
+        ),
+        (
+            "kernel file-backed fault, 1 page per VMA",
+            Box::new(fault::kernel_file),
+        ),
+        ("kernel anonymous read fault", Box::new(fault::kernel_anon)),
     ];
+    // Rounds alternate the paths, so drift on the VM hits them alike.
+    let mut rows: Vec<(&str, Vec<f64>)> = paths.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    for _ in 0..reps {
+        for ((_, f), (_, v)) in paths.iter().zip(&mut rows) {
+            v.extend(f());
+        }
+    }
     let floor_same = median(&rows[2].1);
     let floor_other = median(&rows[3].1);
     let _ = writeln!(md, "## 1. Fault service, per 4 KiB page\n");
-    let _ = writeln!(md, "Each row touches {} fresh pages, {reps} times, and times every touch on the faulting thread (pinned to CPU 0).\n", fault::PAGES);
+    let _ = writeln!(md, "Each row touches {} fresh pages in each of {reps} rounds (the rounds alternate the rows), timing every touch on the faulting thread, pinned to CPU 0.\n", fault::PAGES);
     let _ = writeln!(md, "| path | median ns | vs floor (same placement) |");
     let _ = writeln!(md, "| --- | --- | --- |");
     for (i, (name, v)) in rows.iter().enumerate() {
-        let floor = if name.contains("other CPU") { floor_other } else { floor_same };
-        let ratio = if i < 6 { format!("{:.2}×", median(v) / floor) } else { "–".into() };
+        let floor = if name.contains("other CPU") {
+            floor_other
+        } else {
+            floor_same
+        };
+        let ratio = if i < 6 {
+            format!("{:.2}×", median(v) / floor)
+        } else {
+            "–".into()
+        };
         let _ = writeln!(md, "| {name} | {:.0} | {ratio} |", median(v));
     }
     let ours_vs_floor = median(&rows[0].1) / floor_same;
-    let _ = writeln!(md, "\nThe distribution: [fault-latency.svg](fault-latency.svg).\n");
-    let series: Vec<(&str, &[f64])> =
-        [0usize, 2, 1, 3, 6, 7].iter().map(|&i| (rows[i].0, rows[i].1.as_slice())).collect();
+    let _ = writeln!(
+        md,
+        "\nThe distribution: [fault-latency.svg](fault-latency.svg).\n"
+    );
+    let series: Vec<(&str, &[f64])> = [0usize, 2, 1, 3, 6, 7]
+        .iter()
+        .map(|&i| (rows[i].0, rows[i].1.as_slice()))
+        .collect();
     let svg = plot::cdf_svg("Fault service latency per page (CDF)", &series);
-    std::fs::write(Path::new(env!("CARGO_MANIFEST_DIR")).join("fault-latency.svg"), svg).expect("write svg");
+    std::fs::write(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fault-latency.svg"),
+        svg,
+    )
+    .expect("write svg");
 
     // 2. Probe hits.
     eprintln!("probe hits…");
@@ -148,7 +226,13 @@ fn main() {
             (Err(why), _) => (format!("skipped: {why}"), "–".into()),
             _ => ("–".into(), "–".into()),
         };
-        let _ = writeln!(md, "| `{kind}` | {} | {} | {k} | {} | {ratio} |", fmt(un), fmt(ours), fmt(ptrace));
+        let _ = writeln!(
+            md,
+            "| `{kind}` | {} | {} | {k} | {} | {ratio} |",
+            fmt(un),
+            fmt(ours),
+            fmt(ptrace)
+        );
     }
     let _ = writeln!(md);
 
@@ -172,10 +256,19 @@ fn main() {
     let bigtext = bigtext.to_str().expect("utf-8").to_string();
     let script = "d = {}\nfor i in range(300000):\n    d[i % 1000] = d.get(i % 1000, 0) + i\nprint(sum(d.values()))";
     let programs: Vec<(String, Vec<&str>)> = vec![
-        ("`python3.11 -c pass`".into(), vec!["/usr/bin/python3.11", "-c", "pass"]),
-        ("`python3.11` small benchmark script".into(), vec!["/usr/bin/python3.11", "-c", script]),
+        (
+            "`python3.11 -c pass`".into(),
+            vec!["/usr/bin/python3.11", "-c", "pass"],
+        ),
+        (
+            "`python3.11` small benchmark script".into(),
+            vec!["/usr/bin/python3.11", "-c", script],
+        ),
         ("`gzip -c` of 32 MiB".into(), vec!["/bin/gzip", "-c", &big]),
-        ("`bigtext` (8 MiB of text, touches 10%)".into(), vec![&bigtext]),
+        (
+            "`bigtext` (8 MiB of text, touches 10%)".into(),
+            vec![&bigtext],
+        ),
     ];
     let _ = writeln!(md, "## 3. Whole programs, wall time\n");
     let _ = writeln!(md, "Medians of {runs} alternating runs. Text figures (pages / served / faults / installed around faults) from one run with the default fault-around.\n");
@@ -187,7 +280,11 @@ fn main() {
         ours.extend(argv.iter().copied());
         let mut lazy = vec![ux, "--fault-around", "0"];
         lazy.extend(argv.iter().copied());
-        let n = if name.contains("gzip") { runs.min(3) } else { runs };
+        let n = if name.contains("gzip") {
+            runs.min(3)
+        } else {
+            runs
+        };
         let m = side_by_side(&[argv.clone(), ours, lazy], n);
         if name.contains("-c pass") {
             python_ratio = m[1] / m[0];
@@ -210,7 +307,11 @@ fn main() {
     let _ = writeln!(md, "| --- | --- | --- |");
     let yes = |ok: bool| if ok { "yes" } else { "no" };
     let _ = writeln!(md, "| fault server within 1.15× of the minimal handler (single page, same CPU) | {ours_vs_floor:.2}× | {} |", yes(ours_vs_floor <= 1.15));
-    let _ = writeln!(md, "| `python3.11 -c pass` within 1.15× of native | {python_ratio:.2}× | {} |", yes(python_ratio <= 1.15));
+    let _ = writeln!(
+        md,
+        "| `python3.11 -c pass` within 1.15× of native | {python_ratio:.2}× | {} |",
+        yes(python_ratio <= 1.15)
+    );
     match int3_vs_stepped {
         Some(r) => {
             let _ = writeln!(md, "| int3 hit at most half of the kernel's single-stepped uprobe (`mov` site) | {r:.2}× | {} |", yes(r <= 0.5));

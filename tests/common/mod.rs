@@ -536,3 +536,34 @@ pub fn assert_our_error(what: &str, out: &Output, code: i32) {
         "{what}: stderr is not exactly one line: {err:?}"
     );
 }
+
+/// `key=value` from the program's own output.
+pub fn printed(out: &Output, key: &str) -> u64 {
+    let s = out.stdout_str();
+    s.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {s}"))
+        .parse()
+        .unwrap()
+}
+
+/// Runs `prog args` natively and under uprobe-exec with `probes` (quiet,
+/// with a report), asserts the same output; returns ours and the report.
+pub fn probed_report(
+    tag: &str,
+    prog: &Path,
+    args: &[&str],
+    probes: &[&str],
+) -> (Output, serde_json::Value) {
+    let dir = TempDir::new(tag);
+    let report = dir.join("r.json");
+    let mut case = Case::new(prog, args)
+        .opt("-q")
+        .opt("--report-json")
+        .opt(&report);
+    for p in probes {
+        case = case.opt("-p").opt(p);
+    }
+    let (_, ours) = case.compare();
+    (ours, read_report(&report))
+}
