@@ -241,16 +241,21 @@ fn the_count_table_goes_to_stderr_busiest_first() {
     assert_eq!(out.code, Some(0));
     let err = out.stderr_str();
     let lines: Vec<&str> = err.lines().collect();
-    assert!(
-        lines[0].starts_with("FUNC") && lines[0].ends_with("COUNT"),
+    // fib's entry is a jump site; counted's is too (both start with push/mov).
+    assert_eq!(
+        lines[0], "uprobe-exec: 2 probe sites: 2 jump, 0 int3",
         "{err}"
     );
     assert!(
-        lines[1].starts_with("counted") && lines[1].ends_with(" 7"),
+        lines[1].starts_with("FUNC") && lines[1].ends_with("COUNT"),
         "{err}"
     );
     assert!(
-        lines[2].starts_with("fib") && lines[2].ends_with(" 0"),
+        lines[2].starts_with("counted") && lines[2].ends_with(" 7"),
+        "{err}"
+    );
+    assert!(
+        lines[3].starts_with("fib") && lines[3].ends_with(" 0"),
         "{err}"
     );
     assert!(!out.stdout_str().contains("FUNC"));
@@ -327,11 +332,21 @@ fn a_program_with_its_own_sigtrap_handler_keeps_it_and_the_probes() {
 
 #[test]
 fn a_probe_hit_while_sigtrap_is_blocked_is_reported() {
+    // A jump probe has no trap: the program runs as it would natively.
+    let (out, h) = probed(
+        "blocked-jump",
+        &probed_sample(Variant::Pie),
+        &["blocked", "3"],
+        &["counted"],
+    );
+    assert_eq!(printed(&out, "counted"), 3);
+    assert_eq!(hit(&h, "counted"), 3);
+    // An int3 probe cannot be protected: the kernel kills; we say why.
     let dir = TempDir::new("blocked");
     let report = dir.join("r.json");
     let out = run({
         let mut c = std::process::Command::new(BIN);
-        c.args(["-p", "counted", "--report-json"])
+        c.args(["--probe-mode", "int3", "-p", "counted", "--report-json"])
             .arg(&report)
             .arg(probed_sample(Variant::Pie))
             .args(["blocked", "3"]);

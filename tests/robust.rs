@@ -483,8 +483,22 @@ fn fuzz_parse_resolve_plan() {
             let sites = probes::resolve(&image, &syms, &specs, true)
                 .map(|(s, _)| s)
                 .unwrap_or_default();
-            let addrs: Vec<_> = sites.iter().map(|s| s.addr).collect();
-            Plan::new(image, None, &addrs).is_ok()
+            // The jump-safety analysis decodes whole functions: hostile too.
+            let mut check = probes::JumpCheck::default();
+            let jumps = sites
+                .iter()
+                .filter(|s| check.check(&image, s).is_ok())
+                .count();
+            let Ok(mut plan) = Plan::new(image, None) else {
+                return false;
+            };
+            let bias = plan.program.bias.0;
+            let patches: Vec<(u64, Vec<u8>)> = sites
+                .iter()
+                .map(|s| (s.addr.0.wrapping_add(bias), vec![0xcc; 1 + jumps % 5]))
+                .collect();
+            plan.patch(&patches);
+            true
         });
         match result {
             Ok(planned) => outcomes[usize::from(planned)] += 1,

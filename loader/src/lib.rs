@@ -40,4 +40,4 @@ pub mod watchdog;
 
 pub use error::{ElfError, Error, Result};
 pub use report::{Exit, Report};
-pub use session::{functions, Command, Session, DEFAULT_FAULT_AROUND};
+pub use session::{functions, Command, ProbeMode, Session, DEFAULT_FAULT_AROUND};

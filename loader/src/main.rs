@@ -21,6 +21,12 @@ struct Cli {
     #[arg(long, short = 'l')]
     list: bool,
 
+    /// How probe sites are displaced: a jump to a trampoline where that is
+    /// safe and an int3 elsewhere (auto), always an int3, or always a jump
+    /// (an error where it is not safe).
+    #[arg(long, value_enum, default_value_t = Mode::Auto, value_name = "MODE")]
+    probe_mode: Mode,
+
     /// Allow 0xADDR probes outside every known function.
     #[arg(long = "unsafe")]
     unsafe_addrs: bool,
@@ -53,6 +59,13 @@ struct Cli {
         value_name = "PROGRAM [ARGS]..."
     )]
     command: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Mode {
+    Auto,
+    Int3,
+    Jump,
 }
 
 fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
@@ -185,6 +198,11 @@ fn main() -> ExitCode {
         .args(args)
         .allow_unsafe_addresses(cli.unsafe_addrs)
         .fault_around(cli.fault_around)
+        .probe_mode(match cli.probe_mode {
+            Mode::Auto => uprobe_exec::ProbeMode::Auto,
+            Mode::Int3 => uprobe_exec::ProbeMode::Int3,
+            Mode::Jump => uprobe_exec::ProbeMode::Jump,
+        })
         .prefetch(cli.prefetch)
         .blocked_signals(given);
     for p in &cli.probes {

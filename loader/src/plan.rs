@@ -147,6 +147,8 @@ pub struct Plan {
     pub text: Vec<TextRange>,
     /// The page images of `text`.
     pub image: Arc<TextImage>,
+    /// Each text range and the file bytes it is served from.
+    text_parts: Vec<(TextRange, std::ops::Range<usize>)>,
     /// Where the initial brk goes (just after the program).
     pub brk: u64,
 }
@@ -272,13 +274,8 @@ fn map_image(
 
 impl Plan {
     /// Places the program (and its interpreter) and plans every mapping.
-    /// `int3_sites` are link-time addresses of probe sites: their pages are
-    /// served patched.
-    pub fn new(
-        program: Image,
-        interp: Option<Image>,
-        int3_sites: &[crate::addr::LinkAddr],
-    ) -> Result<Plan> {
+    /// The text is served as in the file until [`Plan::patch`] says otherwise.
+    pub fn new(program: Image, interp: Option<Image>) -> Result<Plan> {
         let program = place(program, PIE_HINT)?;
         let interp = interp.map(|i| place(i, 0)).transpose()?;
         let mut maps = Vec::new();
@@ -286,49 +283,61 @@ impl Plan {
         if let Some(i) = &interp {
             map_image(i, false, &mut maps);
         }
-        let bytes = Arc::clone(&program.image.bytes);
-        let parts: Vec<(TextRange, &[u8])> = text_parts
-            .iter()
-            .map(|(r, b)| (*r, &bytes[b.clone()]))
-            .collect();
-        let mut patched: Vec<(u64, Box<[u8]>)> = Vec::new();
-        for site in int3_sites {
-            let rt = program.bias.apply(*site).0;
-            let page = page_down(rt);
-            let k = match patched.iter().position(|(a, _)| *a == page) {
-                Some(k) => k,
-                None => {
-                    let Some((r, b)) = parts
-                        .iter()
-                        .find(|(r, _)| page >= r.start && page < r.end())
-                    else {
-                        continue;
-                    };
-                    let mut img = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
-                    let off = (page - r.start) as usize;
-                    if off < b.len() {
-                        let n = (b.len() - off).min(PAGE_SIZE as usize);
-                        img[..n].copy_from_slice(&b[off..off + n]);
-                    }
-                    patched.push((page, img));
-                    patched.len() - 1
-                }
-            };
-            patched[k].1[(rt - page) as usize] = 0xcc;
-        }
-        // SAFETY: the slices point into the file mapping that `owner` keeps
-        // alive; a file mapping is readable up to the end of its last page.
-        let image = Arc::new(unsafe { TextImage::new(&parts, patched, bytes.clone()) });
         let text = text_parts.iter().map(|(r, _)| *r).collect();
         let brk = program.reservation.end();
-        Ok(Plan {
+        let mut plan = Plan {
             program,
             interp,
             maps,
             text,
-            image,
+            text_parts,
+            image: Arc::new(TextImage::empty()),
             brk,
-        })
+        };
+        plan.patch(&[]);
+        Ok(plan)
+    }
+
+    /// Serves the text with `patches` applied: (runtime address, bytes). A
+    /// patch may straddle pages; every page it touches gets it, so the two
+    /// halves agree whichever page is served first.
+    pub fn patch(&mut self, patches: &[(u64, Vec<u8>)]) {
+        let bytes = Arc::clone(&self.program.image.bytes);
+        let parts: Vec<(TextRange, &[u8])> = self
+            .text_parts
+            .iter()
+            .map(|(r, b)| (*r, &bytes[b.clone()]))
+            .collect();
+        let mut patched: Vec<(u64, Box<[u8]>)> = Vec::new();
+        for (at, code) in patches {
+            for (k, &byte) in code.iter().enumerate() {
+                let rt = at + k as u64;
+                let page = page_down(rt);
+                let slot = match patched.iter().position(|(a, _)| *a == page) {
+                    Some(slot) => slot,
+                    None => {
+                        let Some((r, b)) = parts
+                            .iter()
+                            .find(|(r, _)| page >= r.start && page < r.end())
+                        else {
+                            continue;
+                        };
+                        let mut img = vec![0u8; PAGE_SIZE as usize].into_boxed_slice();
+                        let off = (page - r.start) as usize;
+                        if off < b.len() {
+                            let n = (b.len() - off).min(PAGE_SIZE as usize);
+                            img[..n].copy_from_slice(&b[off..off + n]);
+                        }
+                        patched.push((page, img));
+                        patched.len() - 1
+                    }
+                };
+                patched[slot].1[(rt - page) as usize] = byte;
+            }
+        }
+        // SAFETY: the slices point into the file mapping that `owner` keeps
+        // alive; a file mapping is readable up to the end of its last page.
+        self.image = Arc::new(unsafe { TextImage::new(&parts, patched, bytes.clone()) });
     }
 
     /// Where the program starts: the interpreter's entry, or the program's.

@@ -16,7 +16,7 @@ use crate::elf::Image;
 use crate::symbols::{Function, Symbols};
 
 /// Bytes of one out-of-line slot.
-pub const SLOT_BYTES: usize = 64;
+pub const SLOT_BYTES: usize = 128;
 
 /// A probe spec as the user wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +103,14 @@ pub enum ProbeError {
         /// The program.
         program: String,
     },
+    /// `--probe-mode jump` on a site where a jump is not safe.
+    #[error("cannot put a jump at {site}: {why} (use --probe-mode auto or int3)")]
+    NoJump {
+        /// `sym+0x..`.
+        site: String,
+        /// Why not.
+        why: String,
+    },
     /// The instruction cannot be single-stepped out of line.
     #[error("cannot probe {site}: its instruction `{insn}` {why}")]
     NotRelocatable {
@@ -173,6 +181,8 @@ pub struct Site {
     pub addr: LinkAddr,
     /// Length of the displaced instruction.
     pub len: usize,
+    /// The function it is in (start, size), when known.
+    pub function: Option<(LinkAddr, u64)>,
 }
 
 impl Site {
@@ -415,6 +425,7 @@ pub fn resolve(
                 offset,
                 addr,
                 len: insn.len(),
+                function: f.map(|f| (f.addr, f.size)),
             });
         }
         Ok(())
@@ -592,4 +603,225 @@ mod tests {
         assert!(encode_slot(&[0xcc], 0x1000, 0x2000).is_err()); // int3
         assert!(encode_slot(&[0x0f, 0x0b], 0x1000, 0x2000).is_err()); // ud2
     }
+}
+
+/// How a site is displaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// An `int3`, handled by the in-program trap handler.
+    Int3,
+    /// A `jmp rel32` to a per-site trampoline over `len` bytes of whole
+    /// instructions; `flags_live`: the trampoline preserves the flags.
+    Jump {
+        /// Displaced bytes (≥ 5).
+        len: usize,
+        /// Not at a function entry: the flags may be live.
+        flags_live: bool,
+    },
+}
+
+impl Kind {
+    /// The report's name for it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Int3 => "int3",
+            Kind::Jump { .. } => "jump",
+        }
+    }
+}
+
+/// Decides whether sites can take a jump, decoding each function once.
+#[derive(Default)]
+pub struct JumpCheck {
+    /// Per function start: its instructions (ip, len, near branch target or
+    /// 0, unbounded indirect jump), or why it cannot be decoded.
+    decoded: std::collections::HashMap<LinkAddr, Result<Vec<Instruction>, String>>,
+}
+
+impl JumpCheck {
+    /// Whether `site` can be displaced by a 5-byte jump, and over how many
+    /// bytes; otherwise why not. The rule: the displaced instructions are
+    /// whole, cover ≥ 5 bytes, stay inside the function and relocate; a
+    /// `call`, `jmp` or `ret` among them is the last; no instruction of the
+    /// function branches into them other than to their first byte; the
+    /// function has no indirect jump whose targets cannot be bounded.
+    pub fn check(&mut self, image: &Image, site: &Site) -> Result<Kind, String> {
+        let Some((start, size)) = site.function.filter(|&(_, size)| size > 0) else {
+            return Err("it is in no function of known size".into());
+        };
+        let insns = self
+            .decoded
+            .entry(start)
+            .or_insert_with(|| decode_function(image, start, size))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let end = start.0 + size;
+        let first = insns
+            .iter()
+            .position(|i| i.ip() == site.addr.0)
+            .ok_or("the site is not an instruction boundary")?;
+        let mut len = 0usize;
+        let mut k = first;
+        while len < 5 {
+            let Some(i) = insns.get(k) else {
+                return Err(format!(
+                    "fewer than 5 bytes from the site to the end of the function ({len})"
+                ));
+            };
+            if i.next_ip() > end {
+                return Err("the displaced bytes would leave the function".into());
+            }
+            relocatable(i).map_err(|why| format!("`{}` {why}", disasm(i)))?;
+            len += i.len();
+            let ends_flow = matches!(
+                i.flow_control(),
+                iced_x86::FlowControl::Call | iced_x86::FlowControl::Return
+            ) || matches!(
+                i.flow_control(),
+                iced_x86::FlowControl::UnconditionalBranch | iced_x86::FlowControl::IndirectBranch
+            ) || i.mnemonic() == Mnemonic::Call;
+            if ends_flow && len < 5 {
+                return Err(format!(
+                    "`{}` would not be the last displaced instruction",
+                    disasm(i)
+                ));
+            }
+            k += 1;
+        }
+        let (lo, hi) = (site.addr.0, site.addr.0 + len as u64);
+        for i in insns {
+            if let Some(t) = near_target(i) {
+                if t > lo && t < hi {
+                    return Err(format!(
+                        "the instruction at +{:#x} (`{}`) branches into the displaced bytes",
+                        i.ip() - start.0,
+                        disasm(i)
+                    ));
+                }
+            }
+        }
+        Ok(Kind::Jump {
+            len,
+            flags_live: site.addr != start,
+        })
+    }
+}
+
+/// A near branch's target, if it has one.
+fn near_target(i: &Instruction) -> Option<u64> {
+    match i.op0_kind() {
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
+            Some(i.near_branch_target())
+        }
+        _ => None,
+    }
+}
+
+fn decode_function(image: &Image, start: LinkAddr, size: u64) -> Result<Vec<Instruction>, String> {
+    let bytes = bytes_at(image, start).ok_or("the function is not in the text")?;
+    let len = (size as usize).min(bytes.len());
+    let mut d = Decoder::with_ip(64, &bytes[..len], start.0, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    for i in &mut d {
+        if i.code() == Code::INVALID {
+            return Err(format!(
+                "the function does not decode at +{:#x}",
+                i.ip() - start.0
+            ));
+        }
+        // A jump through a register or a computed address (a jump table):
+        // its targets cannot be bounded. A jump through a RIP-relative slot
+        // (a tail call through the GOT) leaves the function.
+        if i.flow_control() == iced_x86::FlowControl::IndirectBranch
+            && !i.is_ip_rel_memory_operand()
+        {
+            return Err(format!(
+                "the function has an indirect jump (`{}` at +{:#x}) whose targets cannot be bounded",
+                disasm(&i),
+                i.ip() - start.0
+            ));
+        }
+        out.push(i);
+    }
+    Ok(out)
+}
+
+/// The trampoline for a jump site at runtime address `ip`, placed at
+/// `at`: skip the red zone, count the hit (saving the flags where they may
+/// be live), run the displaced instructions, jump back.
+pub fn encode_trampoline(
+    bytes: &[u8],
+    ip: u64,
+    len: usize,
+    flags_live: bool,
+    counter: u64,
+    at: u64,
+) -> Result<Vec<u8>, String> {
+    let e = |r: Result<Instruction, iced_x86::IcedError>| r.map_err(|e| e.to_string());
+    let rsp = |d: i64| MemoryOperand::with_base_displ(Register::RSP, d);
+    let mut v = Vec::with_capacity(16);
+    v.push(e(Instruction::with2(
+        Code::Lea_r64_m,
+        Register::RSP,
+        rsp(-128),
+    ))?);
+    if flags_live {
+        v.push(Instruction::with(Code::Pushfq));
+    }
+    v.push(e(Instruction::with1(Code::Push_r64, Register::RAX))?);
+    v.push(e(Instruction::with2(
+        Code::Mov_r64_imm64,
+        Register::RAX,
+        counter,
+    ))?);
+    let mut inc = e(Instruction::with1(
+        Code::Inc_rm64,
+        MemoryOperand::with_base(Register::RAX),
+    ))?;
+    inc.set_has_lock_prefix(true);
+    v.push(inc);
+    v.push(e(Instruction::with1(Code::Pop_r64, Register::RAX))?);
+    if flags_live {
+        v.push(Instruction::with(Code::Popfq));
+    }
+    v.push(e(Instruction::with2(
+        Code::Lea_r64_m,
+        Register::RSP,
+        rsp(128),
+    ))?);
+    let mut off = 0;
+    while off < len {
+        let block = xol_block(&bytes[off..], ip + off as u64)?;
+        let last = off + block_len(&bytes[off..], ip + off as u64) >= len;
+        // xol_block ends each instruction with a jump back to the next one;
+        // only the last displaced instruction keeps it.
+        let keep = if last { block.len() } else { block.len() - 1 };
+        off += block_len(&bytes[off..], ip + off as u64);
+        v.extend_from_slice(&block[..keep]);
+    }
+    let r = BlockEncoder::encode(64, InstructionBlock::new(&v, at), BlockEncoderOptions::NONE)
+        .map_err(|e| format!("cannot be relocated to the probe area: {e}"))?;
+    if r.code_buffer.len() > SLOT_BYTES {
+        return Err(format!(
+            "its trampoline takes {} bytes, more than a slot holds",
+            r.code_buffer.len()
+        ));
+    }
+    Ok(r.code_buffer)
+}
+
+fn block_len(bytes: &[u8], ip: u64) -> usize {
+    decode_one(bytes, ip).len()
+}
+
+/// The bytes that replace `len` bytes at `ip`: `jmp rel32` to `target`,
+/// then `int3` filler (never executed: nothing branches there).
+#[must_use]
+pub fn jump_patch(ip: u64, len: usize, target: u64) -> Vec<u8> {
+    let rel = target.wrapping_sub(ip + 5) as i64 as i32;
+    let mut v = vec![0xe9];
+    v.extend_from_slice(&rel.to_le_bytes());
+    v.resize(len, 0xcc);
+    v
 }

@@ -142,7 +142,13 @@ impl Report {
             .collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
-        let mut s = format!("{:<width$} {:>12}\n", "FUNC", "COUNT");
+        let jumps = self.probes.iter().filter(|p| p.kind == "jump").count();
+        let mut s = format!(
+            "uprobe-exec: {} probe sites: {jumps} jump, {} int3\n",
+            self.probes.len(),
+            self.probes.len() - jumps
+        );
+        s.push_str(&format!("{:<width$} {:>12}\n", "FUNC", "COUNT"));
         for (f, c) in rows {
             s.push_str(&format!("{f:<width$} {c:>12}\n"));
         }

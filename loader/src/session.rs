@@ -19,7 +19,6 @@ use std::thread::JoinHandle;
 use rustix::io::Errno;
 use uprobe_runtime::{Server, Uffd, UffdMode, PAGE_SIZE};
 
-use crate::addr::LinkAddr;
 use crate::elf::Image;
 use crate::error::{ElfError, Error, Result};
 use crate::handoff::{self, MmMap, Params};
@@ -48,6 +47,19 @@ pub struct Command {
     blocked: Option<u64>,
     fault_around: usize,
     prefetch: bool,
+    mode: ProbeMode,
+}
+
+/// How probe sites are displaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// A jump to a trampoline where that is safe, an int3 elsewhere.
+    #[default]
+    Auto,
+    /// Always an int3.
+    Int3,
+    /// Always a jump; a site where it is not safe is an error.
+    Jump,
 }
 
 /// Pages installed with each faulting page by default (see
@@ -66,6 +78,7 @@ impl Command {
             blocked: None,
             fault_around: DEFAULT_FAULT_AROUND,
             prefetch: false,
+            mode: ProbeMode::Auto,
         }
     }
 
@@ -95,6 +108,12 @@ impl Command {
     /// runs, so later first touches find their pages present.
     pub fn prefetch(mut self, on: bool) -> Command {
         self.prefetch = on;
+        self
+    }
+
+    /// How probe sites are displaced (default: jump where safe).
+    pub fn probe_mode(mut self, mode: ProbeMode) -> Command {
+        self.mode = mode;
         self
     }
 
@@ -158,12 +177,11 @@ impl Command {
             let syms = Symbols::read(&program);
             probes::resolve(&program, &syms, &self.probes, self.unsafe_addrs)?
         };
-        let site_addrs: Vec<LinkAddr> = sites.iter().map(|s| s.addr).collect();
-        let plan = Plan::new(program, interp, &site_addrs)?;
+        let mut plan = Plan::new(program, interp)?;
         let probes = if sites.is_empty() {
             None
         } else {
-            Some(Probes::build(&plan, sites)?)
+            Some(Probes::build(&mut plan, sites, self.mode)?)
         };
         let (tx, rx) = mpsc::channel();
         let blocked = self.blocked.unwrap_or_else(current_mask);
@@ -312,6 +330,8 @@ const ROWS: usize = 256;
 /// The probes of one session: sites, their counters and the probe area.
 struct Probes {
     sites: Vec<Site>,
+    /// How each site is displaced.
+    kinds: Vec<probes::Kind>,
     /// Counter 0 counts stray traps; counter i+1 the hits of site i; the four
     /// words after the last site hold the program's own SIGTRAP sigaction.
     counters: Arc<Counters>,
@@ -321,41 +341,98 @@ struct Probes {
 }
 
 impl Probes {
-    /// Encodes every site's slot and maps the probe area near the text.
-    fn build(plan: &Plan, sites: Vec<Site>) -> Result<Probes> {
+    /// Chooses how each site is displaced, encodes its slot (out-of-line
+    /// instruction or trampoline), maps the probe area near the text, and
+    /// has the plan serve the patched pages.
+    ///
+    /// The patches are fixed before the program starts, so a page that is
+    /// dropped and faults again gets the same jump: no thread can be inside
+    /// the displaced bytes of a page that was not there. (A probe added to a
+    /// page already served would have to be an int3: a thread could be
+    /// stopped inside the bytes a jump displaces.)
+    fn build(plan: &mut Plan, sites: Vec<Site>, mode: ProbeMode) -> Result<Probes> {
         let n = sites.len();
+        let mut check = probes::JumpCheck::default();
+        let mut kinds = Vec::with_capacity(n);
+        for (i, s) in sites.iter().enumerate() {
+            // A jump must not cover another probe's site (sites are sorted).
+            let covers = |len: usize| {
+                sites
+                    .get(i + 1)
+                    .is_some_and(|next| next.addr.0 < s.addr.0 + len as u64)
+            };
+            let verdict = check.check(&plan.program.image, s).and_then(|k| match k {
+                probes::Kind::Jump { len, .. } if covers(len) => Err(format!(
+                    "its displaced bytes would cover the probe at {}",
+                    sites[i + 1].label()
+                )),
+                k => Ok(k),
+            });
+            let kind = match (mode, verdict) {
+                (ProbeMode::Int3, _) => probes::Kind::Int3,
+                (_, Ok(k)) => k,
+                (ProbeMode::Auto, Err(_)) => probes::Kind::Int3,
+                (ProbeMode::Jump, Err(why)) => {
+                    return Err(Error::Probe(probes::ProbeError::NoJump {
+                        site: s.label(),
+                        why,
+                    }));
+                }
+            };
+            kinds.push(kind);
+        }
         // stray │ n hits │ the program's sigaction (4) │ ROWS rows of (pid, n hits)
         let counters = Arc::new(
             Counters::new(n + 5 + ROWS * (n + 1))
                 .map_err(|e| Error::sys("creating the hit counters", e))?,
         );
         let code = trap::code();
-        let table_len = trap::HEADER_BYTES + trap::ENTRY_BYTES * sites.len();
+        let traps = kinds.iter().filter(|k| **k == probes::Kind::Int3).count();
+        let table_len = trap::HEADER_BYTES + trap::ENTRY_BYTES * traps;
         let slots_at = (code.len() + table_len).next_multiple_of(16);
-        let len = slots_at + SLOT_BYTES * sites.len();
+        let len = slots_at + SLOT_BYTES * n;
         let bias = plan.program.bias;
+        let mut patches = Vec::with_capacity(n);
         let area = plan.map_probe_area(len, |base| {
             let mut bytes = vec![0xcc; len];
             bytes[..code.len()].copy_from_slice(code);
-            let mut table = Vec::with_capacity(sites.len());
-            for (i, s) in sites.iter().enumerate() {
+            let mut table = Vec::with_capacity(traps);
+            for (i, (s, kind)) in sites.iter().zip(&kinds).enumerate() {
                 let slot = base + (slots_at + i * SLOT_BYTES) as u64;
                 let ip = probes::runtime(s, bias);
-                let enc = probes::encode_slot(probes::site_bytes(&plan.program.image, s), ip, slot)
-                    .map_err(|why| {
-                        Error::Probe(probes::ProbeError::NotRelocatable {
-                            site: s.label(),
-                            insn: String::new(),
-                            why,
-                        })
-                    })?;
+                let from = probes::site_bytes(&plan.program.image, s);
+                let not_relocatable = |why| {
+                    Error::Probe(probes::ProbeError::NotRelocatable {
+                        site: s.label(),
+                        insn: String::new(),
+                        why,
+                    })
+                };
+                let enc = match *kind {
+                    probes::Kind::Int3 => {
+                        table.push(trap::TrapSite {
+                            site: ip,
+                            slot,
+                            counter: counters.addr_of(i + 1),
+                            index: i as u64,
+                        });
+                        patches.push((ip, vec![0xcc]));
+                        probes::encode_slot(from, ip, slot).map_err(not_relocatable)?
+                    }
+                    probes::Kind::Jump { len, flags_live } => {
+                        patches.push((ip, probes::jump_patch(ip, len, slot)));
+                        probes::encode_trampoline(
+                            from,
+                            ip,
+                            len,
+                            flags_live,
+                            counters.addr_of(i + 1),
+                            slot,
+                        )
+                        .map_err(not_relocatable)?
+                    }
+                };
                 bytes[slots_at + i * SLOT_BYTES..][..enc.len()].copy_from_slice(&enc);
-                table.push(trap::TrapSite {
-                    site: ip,
-                    slot,
-                    counter: counters.addr_of(i + 1),
-                    index: i as u64,
-                });
             }
             let per = trap::PerProcess {
                 rows: counters.addr_of(n + 5),
@@ -367,13 +444,24 @@ impl Probes {
             bytes[code.len()..code.len() + t.len()].copy_from_slice(&t);
             Ok((bytes, 0, trap::restorer_offset() as u64))
         })?;
-        let filter = crate::guard::filter(area.reservation.addr, area.reservation.end());
+        plan.patch(&patches);
+        let filter = if traps > 0 {
+            crate::guard::filter(area.reservation.addr, area.reservation.end())
+        } else {
+            Vec::new()
+        };
         Ok(Probes {
             sites,
+            kinds,
             counters,
             area,
             filter,
         })
+    }
+
+    /// Whether any site traps (and so needs the trap handler and its guard).
+    fn traps(&self) -> bool {
+        self.kinds.contains(&probes::Kind::Int3)
     }
 
     /// What the guard thread needs.
@@ -419,7 +507,7 @@ impl Probes {
                 offset: s.offset,
                 address: format!("{:#x}", s.addr.0),
                 hits: self.counters.get(i + 1),
-                kind: "int3".into(),
+                kind: self.kinds[i].name().into(),
             })
             .collect()
     }
@@ -1005,7 +1093,9 @@ fn start(
             c[..n].copy_from_slice(&base[..n]);
             c
         },
-        trap: probes.map(|p| (p.area.handler, p.area.restorer)),
+        trap: probes
+            .filter(|p| p.traps())
+            .map(|p| (p.area.handler, p.area.restorer)),
         seccomp: probes
             .map(|p| p.filter.as_slice())
             .filter(|f| !f.is_empty()),
@@ -1099,7 +1189,7 @@ fn start(
                 .into(),
         );
     }
-    if probes.is_some() {
+    if probes.is_some_and(Probes::traps) {
         match msg.guard {
             0 => limits.push(
                 "the SIGTRAP guard (seccomp) could not be installed: a program that sets its own SIGTRAP \

@@ -127,6 +127,18 @@ impl TextImage {
         image
     }
 
+    /// An image with nothing to serve (a placeholder).
+    #[must_use]
+    pub fn empty() -> TextImage {
+        TextImage {
+            ranges: Vec::new(),
+            first: Vec::new(),
+            srcs: Vec::new(),
+            _patched: Vec::new(),
+            _owner: Arc::new(()),
+        }
+    }
+
     /// The served ranges, in the order given.
     #[must_use]
     pub fn ranges(&self) -> &[TextRange] {
