@@ -634,8 +634,7 @@ impl Kind {
 /// Decides whether sites can take a jump, decoding each function once.
 #[derive(Default)]
 pub struct JumpCheck {
-    /// Per function start: its instructions (ip, len, near branch target or
-    /// 0, unbounded indirect jump), or why it cannot be decoded.
+    /// Per function start: its instructions, or why jumps cannot go in it.
     decoded: std::collections::HashMap<LinkAddr, Result<Vec<Instruction>, String>>,
 }
 
@@ -657,6 +656,12 @@ impl JumpCheck {
             .as_ref()
             .map_err(Clone::clone)?;
         let end = start.0 + size;
+        if site.addr.0 + 5 > end {
+            return Err(format!(
+                "fewer than 5 bytes from the site to the end of the function ({})",
+                end - site.addr.0
+            ));
+        }
         let first = insns
             .iter()
             .position(|i| i.ip() == site.addr.0)

@@ -24,6 +24,8 @@
  *   probed evict C        4 threads call evict_a/evict_b in a loop while the main
  *                         thread drops their pages C times, calling both after each drop
  *   probed selfread N     writes the first 64 bytes of selfread_fn() with write(2)
+ *   probed defeat N       calls the defeat_* functions (built to defeat naive
+ *                         jump patching) N times each
  *   probed hitloop K N    calls hit_K() N times (K: push, mov, nop5, trap) and
  *                         prints the nanoseconds per call (for the benchmarks;
  *                         hit_trap starts with int3: run it only under a tracer)
@@ -101,6 +103,33 @@ __asm__(".intel_syntax noprefix\n.text\n"
         "hit_nop5:\n .byte 0x0f, 0x1f, 0x44, 0x00, 0x00\n lea rax, [rdi + 1]\n ret\n.size hit_nop5, .-hit_nop5\n"
         ".p2align 4\n.globl hit_trap\n.type hit_trap,@function\n"
         "hit_trap:\n int3\n lea rax, [rdi + 1]\n ret\n.size hit_trap, .-hit_trap\n"
+        ".att_syntax prefix\n");
+
+/* Functions built to defeat naive jump patching:
+ *   defeat_loop   a loop branches back to entry+2 (inside a 5-byte patch)
+ *   defeat_short  shorter than 5 bytes
+ *   defeat_table  dispatches through a jump table (indirect jmp)
+ *   defeat_tail   a tail call within the first 5 bytes
+ *   defeat_flags  flags live across +3: cmp before it, jl after it */
+uint64_t defeat_loop(uint64_t);
+uint64_t defeat_short(uint64_t);
+uint64_t defeat_table(uint64_t);
+uint64_t defeat_tail(uint64_t);
+uint64_t defeat_flags(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl defeat_loop\n.type defeat_loop,@function\n"
+        "defeat_loop:\n xor eax, eax\n3:\n add eax, 1\n cmp eax, edi\n jl 3b\n ret\n.size defeat_loop, .-defeat_loop\n"
+        ".p2align 4\n.globl defeat_short\n.type defeat_short,@function\n"
+        "defeat_short:\n lea eax, [rdi + 1]\n ret\n.size defeat_short, .-defeat_short\n"
+        ".p2align 4\n.globl defeat_table\n.type defeat_table,@function\n"
+        "defeat_table:\n and edi, 3\n lea rax, [rip + 5f]\n movsxd rdx, dword ptr [rax + rdi * 4]\n add rax, rdx\n jmp rax\n"
+        "6:\n mov eax, 10\n ret\n7:\n mov eax, 20\n ret\n8:\n mov eax, 30\n ret\n9:\n mov eax, 40\n ret\n"
+        ".size defeat_table, .-defeat_table\n"
+        ".section .rodata\n.p2align 2\n5:\n .long 6b - 5b\n .long 7b - 5b\n .long 8b - 5b\n .long 9b - 5b\n.text\n"
+        ".p2align 4\n.globl defeat_tail\n.type defeat_tail,@function\n"
+        "defeat_tail:\n mov eax, edi\n jmp site_callee\n.size defeat_tail, .-defeat_tail\n"
+        ".p2align 4\n.globl defeat_flags\n.type defeat_flags,@function\n"
+        "defeat_flags:\n cmp edi, 5\n mov eax, 7\n jl 4f\n mov eax, 9\n4:\n ret\n.size defeat_flags, .-defeat_flags\n"
         ".att_syntax prefix\n");
 
 #define MANY(k) "many_" #k ":\n lea eax, [rdi + " #k "]\n ret\n .p2align 4\n"
@@ -341,6 +370,18 @@ int main(int argc, char **argv) {
             return 3;
         }
         printf("\nacc=%llu\n", (unsigned long long)acc);
+    } else if (!strcmp(mode, "defeat")) {
+        uint64_t sums[5] = {0};
+        for (uint64_t i = 0; i < n; i++) {
+            sums[0] += defeat_loop(i % 7 + 1);
+            sums[1] += defeat_short(i);
+            sums[2] += defeat_table(i);
+            sums[3] += defeat_tail(i);
+            sums[4] += defeat_flags(i % 10);
+        }
+        printf("defeat=%llu loop=%llu short=%llu table=%llu tail=%llu flags=%llu\n", (unsigned long long)n,
+               (unsigned long long)sums[0], (unsigned long long)sums[1], (unsigned long long)sums[2],
+               (unsigned long long)sums[3], (unsigned long long)sums[4]);
     } else if (!strcmp(mode, "hitloop") && argc == 4) {
         uint64_t (*f)(uint64_t) = !strcmp(argv[2], "push") ? hit_push
                                 : !strcmp(argv[2], "mov")  ? hit_mov

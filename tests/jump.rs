@@ -1,0 +1,212 @@
+//! Trap-free probes: a jump to a trampoline wherever it is safe, the same
+//! counts as int3 probes, and the right choice on code built to defeat
+//! naive patching.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use common::{assert_our_error, printed, probed_report, run, Case, TempDir, BIN};
+use uprobe_exec_samples::{path, Variant};
+
+/// (label, kind, hits) of each probe in a report.
+fn sites(r: &serde_json::Value) -> Vec<(String, String, u64)> {
+    r["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .map(|p| {
+            let (sym, off) = (p["symbol"].as_str().unwrap(), p["offset"].as_u64().unwrap());
+            let label = if off == 0 {
+                sym.to_string()
+            } else {
+                format!("{sym}+{off:#x}")
+            };
+            (
+                label,
+                p["kind"].as_str().unwrap().to_string(),
+                p["hits"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn with_mode(
+    tag: &str,
+    mode: &str,
+    prog: &Path,
+    args: &[&str],
+    probes: &[&str],
+) -> (common::Output, serde_json::Value) {
+    let dir = TempDir::new(tag);
+    let report = dir.join("r.json");
+    let mut case = Case::new(prog, args)
+        .opt("--probe-mode")
+        .opt(mode)
+        .opt("-q")
+        .opt("--report-json")
+        .opt(&report);
+    for p in probes {
+        case = case.opt("-p").opt(p);
+    }
+    let (_, ours) = case.compare();
+    (ours, common::read_report(&report))
+}
+
+#[test]
+fn code_built_to_defeat_naive_patching_gets_the_right_choice() {
+    let specs = [
+        "defeat_loop",
+        "defeat_short",
+        "defeat_table",
+        "defeat_tail",
+        "defeat_flags+3",
+        "site_mov",
+    ];
+    for v in Variant::ALL {
+        let (out, r) = probed_report("defeat", &path("probed", v), &["defeat", "1000"], &specs);
+        assert_eq!(printed(&out, "defeat"), 1000);
+        let got = sites(&r);
+        let want = [
+            ("defeat_loop", "int3"),      // a loop branches back to entry+2
+            ("defeat_short", "int3"),     // shorter than 5 bytes
+            ("defeat_table", "int3"),     // jump-table dispatch
+            ("defeat_tail", "jump"),      // tail call in the displaced bytes
+            ("defeat_flags+0x3", "jump"), // flags live across the site
+            ("site_mov", "jump"),         // RIP-relative load in the displaced bytes
+        ];
+        for (label, kind) in want {
+            let (_, k, hits) = got
+                .iter()
+                .find(|(l, _, _)| l == label)
+                .unwrap_or_else(|| panic!("{label} in {got:?}"));
+            assert_eq!(k, kind, "{label} ({v:?})");
+            let calls = if label == "site_mov" { 0 } else { 1000 };
+            assert_eq!(*hits, calls, "{label} ({v:?})");
+        }
+    }
+}
+
+#[test]
+fn jump_mode_refuses_unsafe_sites_with_the_reason() {
+    let s = path("probed", Variant::Pie);
+    for (spec, why) in [
+        ("defeat_loop", "branches into the displaced bytes"),
+        ("defeat_short", "fewer than 5 bytes"),
+        ("defeat_table", "indirect jump"),
+    ] {
+        let out = run({
+            let mut c = std::process::Command::new(BIN);
+            c.args(["--probe-mode", "jump", "-p", spec])
+                .arg(&s)
+                .args(["defeat", "1"]);
+            c
+        });
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+}
+
+#[test]
+fn counts_are_identical_between_modes() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["basic", "100000"], &["counted"]),
+        (&["threads", "8", "20000"], &["counted_mt"]),
+        (&["fib", "18"], &["fib"]),
+        (&["signal", "200"], &["in_handler"]),
+        (&["fork", "3000"], &["after_fork"]),
+        (&["dontneed", "500"], &["dropped"]),
+        (&["defeat", "300"], &["defeat_tail", "defeat_flags+3"]),
+        (
+            &["sites", "300"],
+            &[
+                "site_lea",
+                "site_mov",
+                "site_call+1",
+                "site_jcc+2",
+                "site_push",
+                "site_adj",
+                "site_straddle",
+                "site_callee",
+            ],
+        ),
+    ];
+    for v in [Variant::Pie, Variant::Static] {
+        let prog = path("probed", v);
+        for (args, probes) in cases {
+            let (_, int3) = with_mode("int3", "int3", &prog, args, probes);
+            let (_, jump) = with_mode("jump", "jump", &prog, args, probes);
+            let (_, auto) = with_mode("auto", "auto", &prog, args, probes);
+            let counts = |r: &serde_json::Value| {
+                sites(r)
+                    .into_iter()
+                    .map(|(l, _, h)| (l, h))
+                    .collect::<Vec<_>>()
+            };
+            assert!(sites(&int3).iter().all(|(_, k, _)| k == "int3"));
+            assert!(
+                sites(&jump).iter().all(|(_, k, _)| k == "jump"),
+                "{args:?}: {:?}",
+                sites(&jump)
+            );
+            assert_eq!(counts(&int3), counts(&jump), "{args:?} {v:?}");
+            assert_eq!(counts(&int3), counts(&auto), "{args:?} {v:?}");
+            assert!(
+                counts(&int3).iter().all(|(_, h)| *h > 0),
+                "{args:?}: {:?}",
+                counts(&int3)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_jump_that_straddles_a_page_is_consistent_whichever_page_comes_first() {
+    // site_straddle's 5 bytes cross a page boundary; dropping both pages and
+    // touching them in either order must give the same jump.
+    let (out, r) = with_mode(
+        "straddle",
+        "jump",
+        &path("probed", Variant::Static),
+        &["sites", "2000"],
+        &["site_straddle"],
+    );
+    assert_eq!(printed(&out, "sites"), 2000);
+    assert_eq!(
+        sites(&r)[0],
+        ("site_straddle".to_string(), "jump".to_string(), 2000)
+    );
+}
+
+#[test]
+fn python_with_py_star_in_auto_mode() {
+    let dir = TempDir::new("pyjump");
+    let report = dir.join("r.json");
+    let script =
+        "import json\nd = {str(i): [i] * 3 for i in range(2000)}\nprint(len(json.dumps(d)))\n";
+    let (_, ours) = Case::new("/usr/bin/python3.11", ["-c", script])
+        .env("PYTHONHASHSEED", "0")
+        .opt("-q")
+        .opt("--report-json")
+        .opt(&report)
+        .opt("-p")
+        .opt("Py*")
+        .compare();
+    assert!(!ours.stdout.is_empty());
+    let r = common::read_report(&report);
+    let all = sites(&r);
+    let jumps = all.iter().filter(|(_, k, _)| k == "jump").count();
+    eprintln!("python3.11 Py*: {} sites, {jumps} jumps", all.len());
+    assert!(
+        jumps > all.len() / 2,
+        "most Py* entries take a jump: {jumps} of {}",
+        all.len()
+    );
+    let hits: u64 = all.iter().map(|(_, _, h)| h).sum();
+    assert!(hits > 10_000, "{hits}");
+}
