@@ -404,6 +404,13 @@ impl Plan {
                 rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC,
             )
             .map_err(|e| fail(format!("protecting the probe area: {e}")))?;
+            // The cache page (pid, row) starts empty in every forked process.
+            rustix::mm::madvise(
+                p.cast::<u8>().add(code_len as usize).cast(),
+                PAGE_SIZE as usize,
+                rustix::mm::Advice::LinuxWipeOnFork,
+            )
+            .map_err(|e| fail(format!("MADV_WIPEONFORK on the probe area: {e}")))?;
         }
         Ok(ProbeArea {
             handler: reservation.addr + handler,

@@ -752,6 +752,20 @@ fn decode_function(image: &Image, start: LinkAddr, size: u64) -> Result<Vec<Inst
     Ok(out)
 }
 
+/// Where a trampoline counts a hit.
+#[derive(Clone, Copy, Debug)]
+pub struct Counting {
+    /// The site's overflow counter (shared memory): hits of processes
+    /// beyond the per-process rows.
+    pub counter: u64,
+    /// The site's index in a per-process row.
+    pub index: u64,
+    /// The private cache page (pid, row), wiped on fork.
+    pub cache: u64,
+    /// The routine that claims this process's row.
+    pub claim: u64,
+}
+
 /// The trampoline for a jump site at runtime address `ip`, placed at
 /// `at`: skip the red zone, count the hit (saving the flags where they may
 /// be live), run the displaced instructions, jump back.
@@ -760,12 +774,22 @@ pub fn encode_trampoline(
     ip: u64,
     len: usize,
     flags_live: bool,
-    counter: u64,
+    count: &Counting,
     at: u64,
 ) -> Result<Vec<u8>, String> {
     let e = |r: Result<Instruction, iced_x86::IcedError>| r.map_err(|e| e.to_string());
     let rsp = |d: i64| MemoryOperand::with_base_displ(Register::RSP, d);
-    let mut v = Vec::with_capacity(16);
+    let rax = |d: i64| MemoryOperand::with_base_displ(Register::RAX, d);
+    // Our own instructions get made-up addresses, so the block encoder can
+    // resolve the two branches between them.
+    const HAVE: u64 = 0xffff_f000_0000_0010;
+    const DONE: u64 = 0xffff_f000_0000_0020;
+    let locked = |m: MemoryOperand| -> Result<Instruction, String> {
+        let mut i = e(Instruction::with1(Code::Inc_rm64, m))?;
+        i.set_has_lock_prefix(true);
+        Ok(i)
+    };
+    let mut v = Vec::with_capacity(24);
     v.push(e(Instruction::with2(
         Code::Lea_r64_m,
         Register::RSP,
@@ -775,18 +799,47 @@ pub fn encode_trampoline(
         v.push(Instruction::with(Code::Pushfq));
     }
     v.push(e(Instruction::with1(Code::Push_r64, Register::RAX))?);
+    // The hit goes in this process's row (cached in a page wiped on fork,
+    // else claimed); with no row left, in the site's overflow counter.
     v.push(e(Instruction::with2(
         Code::Mov_r64_imm64,
         Register::RAX,
-        counter,
+        count.cache,
     ))?);
-    let mut inc = e(Instruction::with1(
-        Code::Inc_rm64,
-        MemoryOperand::with_base(Register::RAX),
-    ))?;
-    inc.set_has_lock_prefix(true);
-    v.push(inc);
-    v.push(e(Instruction::with1(Code::Pop_r64, Register::RAX))?);
+    v.push(e(Instruction::with2(
+        Code::Mov_r64_rm64,
+        Register::RAX,
+        rax(8),
+    ))?);
+    v.push(e(Instruction::with2(
+        Code::Test_rm64_r64,
+        Register::RAX,
+        Register::RAX,
+    ))?);
+    v.push(e(Instruction::with_branch(Code::Jne_rel32_64, HAVE))?);
+    v.push(e(Instruction::with_branch(
+        Code::Call_rel32_64,
+        count.claim,
+    ))?);
+    v.push(e(Instruction::with2(
+        Code::Test_rm64_r64,
+        Register::RAX,
+        Register::RAX,
+    ))?);
+    v.push(e(Instruction::with_branch(Code::Jne_rel32_64, HAVE))?);
+    v.push(e(Instruction::with2(
+        Code::Mov_r64_imm64,
+        Register::RAX,
+        count.counter,
+    ))?);
+    v.push(locked(MemoryOperand::with_base(Register::RAX))?);
+    v.push(e(Instruction::with_branch(Code::Jmp_rel32_64, DONE))?);
+    let mut have = locked(rax(8 + 8 * count.index as i64))?;
+    have.set_ip(HAVE);
+    v.push(have);
+    let mut done = e(Instruction::with1(Code::Pop_r64, Register::RAX))?;
+    done.set_ip(DONE);
+    v.push(done);
     if flags_live {
         v.push(Instruction::with(Code::Popfq));
     }

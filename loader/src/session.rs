@@ -332,8 +332,9 @@ struct Probes {
     sites: Vec<Site>,
     /// How each site is displaced.
     kinds: Vec<probes::Kind>,
-    /// Counter 0 counts stray traps; counter i+1 the hits of site i; the four
-    /// words after the last site hold the program's own SIGTRAP sigaction.
+    /// Counter 0 counts stray traps; counter i+1 the hits of site i in
+    /// processes beyond the per-process rows; the four words after the last
+    /// site hold the program's own SIGTRAP sigaction; then the rows.
     counters: Arc<Counters>,
     area: ProbeArea,
     /// The seccomp filter guarding the trap handler.
@@ -392,6 +393,7 @@ impl Probes {
         let slots_at = (code.len() + table_len).next_multiple_of(16);
         let len = slots_at + SLOT_BYTES * n;
         let bias = plan.program.bias;
+        let len_code = len.next_multiple_of(PAGE_SIZE as usize);
         let mut patches = Vec::with_capacity(n);
         let area = plan.map_probe_area(len, |base| {
             let mut bytes = vec![0xcc; len];
@@ -421,15 +423,14 @@ impl Probes {
                     }
                     probes::Kind::Jump { len, flags_live } => {
                         patches.push((ip, probes::jump_patch(ip, len, slot)));
-                        probes::encode_trampoline(
-                            from,
-                            ip,
-                            len,
-                            flags_live,
-                            counters.addr_of(i + 1),
-                            slot,
-                        )
-                        .map_err(not_relocatable)?
+                        let count = probes::Counting {
+                            counter: counters.addr_of(i + 1),
+                            index: i as u64,
+                            cache: base + len_code as u64,
+                            claim: base + trap::claim_row_offset() as u64,
+                        };
+                        probes::encode_trampoline(from, ip, len, flags_live, &count, slot)
+                            .map_err(not_relocatable)?
                     }
                 };
                 bytes[slots_at + i * SLOT_BYTES..][..enc.len()].copy_from_slice(&enc);
@@ -438,7 +439,7 @@ impl Probes {
                 rows: counters.addr_of(n + 5),
                 count: ROWS as u64,
                 stride: 8 * (n as u64 + 1),
-                cache: base + len.next_multiple_of(PAGE_SIZE as usize) as u64,
+                cache: base + len_code as u64,
             };
             let t = trap::table(&table, counters.addr_of(0), counters.addr_of(n + 1), per);
             bytes[code.len()..code.len() + t.len()].copy_from_slice(&t);
@@ -471,6 +472,17 @@ impl Probes {
             program_action: self.counters.addr_of(self.sites.len() + 1),
             handler: self.area.handler,
         }
+    }
+
+    /// All hits of site `i`: every process's row, plus the overflow counter.
+    fn total(&self, i: usize) -> u64 {
+        let n = self.sites.len();
+        let rows: u64 = (0..ROWS)
+            .map(|r| n + 5 + r * (n + 1))
+            .take_while(|&row| self.counters.get(row) != 0)
+            .map(|row| self.counters.get(row + 1 + i))
+            .sum();
+        rows + self.counters.get(i + 1)
     }
 
     /// Hits per process (pid), from the rows the trap handler fills.
@@ -506,7 +518,7 @@ impl Probes {
                 symbol: s.symbol.clone(),
                 offset: s.offset,
                 address: format!("{:#x}", s.addr.0),
-                hits: self.counters.get(i + 1),
+                hits: self.total(i),
                 kind: self.kinds[i].name().into(),
             })
             .collect()

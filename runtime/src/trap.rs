@@ -29,6 +29,7 @@ global_asm!(
     ".globl uprobe_exec_trap_start",
     ".globl uprobe_exec_trap_restorer",
     ".globl uprobe_exec_trap_table",
+    ".globl uprobe_exec_claim_row",
     ".p2align 4",
     "uprobe_exec_trap_start:",
     // void handler(int sig /*rdi*/, siginfo_t *info /*rsi*/, ucontext_t *uc /*rdx*/)
@@ -64,50 +65,20 @@ global_asm!(
     "    shl rdi, 2",
     "    cmp [r9 + rdi * 8], rax",
     "    jne .Luprobe_trap_stray",
-    "    mov rsi, [r9 + rdi * 8 + 16]",
-    "    lock inc qword ptr [rsi]", // the hit, in shared memory
     "    mov rsi, [r9 + rdi * 8 + 8]",
     "    mov [rdx + 168], rsi",         // resume in the out-of-line slot
     "    mov r10, [r9 + rdi * 8 + 24]", // the site's index
-    // The same hit in this process's row of the per-process table.
-    "    mov eax, 39", // getpid (clobbers rcx, r11)
-    "    syscall",
-    "    mov rsi, [r8 + 32]", // private cache: pid, row
-    "    cmp rax, [rsi]",
-    "    jne .Luprobe_trap_claim",
-    "    mov rdi, [rsi + 8]",
-    ".Luprobe_trap_count:",
-    "    lock inc qword ptr [rdi + r10 * 8 + 8]",
-    "    pop rsi",
-    "    pop rdi",
-    "    ret",
-    ".Luprobe_trap_claim:",
-    "    mov rdi, [r8 + 16]", // rows
-    "    mov rcx, [r8 + 40]", // how many
-    ".Luprobe_trap_scan:",
-    "    test rcx, rcx",
-    "    jz .Luprobe_trap_full",
-    "    mov r11, [rdi]",
-    "    cmp r11, rax",
-    "    je .Luprobe_trap_claimed",
-    "    test r11, r11",
-    "    jnz .Luprobe_trap_next",
-    "    mov r11, rax",
-    "    xor eax, eax",
-    "    lock cmpxchg [rdi], r11", // an empty row becomes ours
-    "    mov rax, r11",
-    "    je .Luprobe_trap_claimed",
-    "    cmp [rdi], rax",
-    "    je .Luprobe_trap_claimed",
-    ".Luprobe_trap_next:",
-    "    add rdi, [r8 + 48]",
-    "    dec rcx",
-    "    jmp .Luprobe_trap_scan",
-    ".Luprobe_trap_claimed:",
-    "    mov [rsi], rax",
-    "    mov [rsi + 8], rdi",
-    "    jmp .Luprobe_trap_count",
-    ".Luprobe_trap_full:", // no row left: only the total counts
+    // The hit, in this process's row (shared memory); with no row left, in
+    // the site's overflow counter.
+    "    call uprobe_exec_claim_row",
+    "    test rax, rax",
+    "    jz .Luprobe_trap_overflow",
+    "    lock inc qword ptr [rax + r10 * 8 + 8]",
+    "    jmp .Luprobe_trap_counted",
+    ".Luprobe_trap_overflow:",
+    "    mov rax, [r9 + rdi * 8 + 16]",
+    "    lock inc qword ptr [rax]",
+    ".Luprobe_trap_counted:",
     "    pop rsi",
     "    pop rdi",
     "    ret",
@@ -145,6 +116,63 @@ global_asm!(
     "    mov eax, 62", // kill
     "    syscall",
     "    ret",
+    // rax = this process's row of the per-process table (0: no row left).
+    // Preserves every other register and the flags; called by the trap
+    // handler and by jump trampolines, whose cache page is wiped on fork.
+    "uprobe_exec_claim_row:",
+    "    pushfq",
+    "    push rcx",
+    "    push rdx",
+    "    push rsi",
+    "    push rdi",
+    "    push r8",
+    "    push r11",
+    "    lea r8, [rip + uprobe_exec_trap_table]",
+    "    mov eax, 39", // getpid (clobbers rcx, r11)
+    "    syscall",
+    "    mov rsi, [r8 + 32]", // private cache: pid, row
+    "    cmp rax, [rsi]",
+    "    jne .Luprobe_claim_scan_start",
+    "    mov rax, [rsi + 8]",
+    "    jmp .Luprobe_claim_out",
+    ".Luprobe_claim_scan_start:",
+    "    mov rdi, [r8 + 16]", // rows
+    "    mov rcx, [r8 + 40]", // how many
+    ".Luprobe_claim_scan:",
+    "    test rcx, rcx",
+    "    jz .Luprobe_claim_none",
+    "    mov rdx, [rdi]",
+    "    cmp rdx, rax",
+    "    je .Luprobe_claim_got",
+    "    test rdx, rdx",
+    "    jnz .Luprobe_claim_next",
+    "    mov rdx, rax",
+    "    xor eax, eax",
+    "    lock cmpxchg [rdi], rdx", // an empty row becomes ours
+    "    mov rax, rdx",
+    "    je .Luprobe_claim_got",
+    "    cmp [rdi], rax",
+    "    je .Luprobe_claim_got",
+    ".Luprobe_claim_next:",
+    "    add rdi, [r8 + 48]",
+    "    dec rcx",
+    "    jmp .Luprobe_claim_scan",
+    ".Luprobe_claim_got:",
+    "    mov [rsi], rax",
+    "    mov [rsi + 8], rdi",
+    "    mov rax, rdi",
+    "    jmp .Luprobe_claim_out",
+    ".Luprobe_claim_none:",
+    "    xor eax, eax",
+    ".Luprobe_claim_out:",
+    "    pop r11",
+    "    pop r8",
+    "    pop rdi",
+    "    pop rsi",
+    "    pop rdx",
+    "    pop rcx",
+    "    popfq",
+    "    ret",
     "uprobe_exec_trap_restorer:",
     "    mov eax, 15", // rt_sigreturn
     "    syscall",
@@ -158,6 +186,7 @@ extern "C" {
     static uprobe_exec_trap_start: u8;
     static uprobe_exec_trap_restorer: u8;
     static uprobe_exec_trap_table: u8;
+    static uprobe_exec_claim_row: u8;
 }
 
 /// Bytes of the table header.
@@ -197,6 +226,15 @@ pub struct PerProcess {
     /// Address of the two-word private cache (pid, row), writable and
     /// private to each process.
     pub cache: u64,
+}
+
+/// Offset in [`code`] of the routine that returns this process's row
+/// (`rax`, 0 if none is left), preserving every other register and flags.
+#[must_use]
+pub fn claim_row_offset() -> usize {
+    // Both labels are in the same section; only their addresses are taken.
+    std::ptr::addr_of!(uprobe_exec_claim_row) as usize
+        - std::ptr::addr_of!(uprobe_exec_trap_start) as usize
 }
 
 /// One probe site as the handler sees it.
