@@ -46,6 +46,24 @@ pub fn int3(ux: &str, kind: &str) -> Option<f64> {
     run(&[ux, "-q", "-p", &f, s.to_str()?, "hitloop", kind, "200000"])
 }
 
+/// Our jump probe on the site (a trampoline, no trap).
+pub fn jump(ux: &str, kind: &str) -> Option<f64> {
+    let s = sample();
+    let f = format!("hit_{kind}");
+    run(&[
+        ux,
+        "-q",
+        "--probe-mode",
+        "jump",
+        "-p",
+        &f,
+        s.to_str()?,
+        "hitloop",
+        kind,
+        "10000000",
+    ])
+}
+
 /// The file offset of a function, as uprobe_events wants it.
 fn file_offset(prog: &Path, name: &str) -> Option<u64> {
     let img = uprobe_exec::elf::Image::open(prog).ok()?;

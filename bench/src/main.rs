@@ -130,7 +130,8 @@ fn main() {
     // 1. Fault service.
     eprintln!("fault service…");
     let reps = 7;
-    let paths: Vec<(&str, Box<dyn Fn() -> Vec<f64>>)> = vec![
+    type Measure = Box<dyn Fn() -> Vec<f64>>;
+    let paths: Vec<(&str, Measure)> = vec![
         (
             "uprobe-exec fault server, same CPU",
             Box::new(|| fault::ours(0, 0)),
@@ -208,32 +209,85 @@ fn main() {
     let _ = writeln!(md, "## 2. Probe hit, per hit\n");
     let _ = writeln!(md, "The sample `probed hitloop KIND N` times its own loop of calls. Sites: first instruction `push rbp`, `mov`, and a 5-byte nop.\n");
     let ptrace = hits::ptrace_stop();
-    let _ = writeln!(md, "| site | unprobed ns | uprobe-exec int3 ns | kernel uprobe ns | ptrace stop ns | int3 / kernel |");
-    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| site | unprobed ns | uprobe-exec jump ns | uprobe-exec int3 ns | kernel uprobe ns | ptrace stop ns | int3 / kernel | kernel / jump |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut int3_vs_stepped = None;
+    let mut jump_entry = None;
+    let mut kernel_nop5_vs_jump = None;
     for kind in hits::KINDS {
         let un = hits::unprobed(kind);
+        let jump = hits::jump(ux, kind);
         let ours = hits::int3(ux, kind);
         let kernel = hits::kernel_uprobe(kind);
         let fmt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
-        let (k, ratio) = match (&kernel, ours) {
+        // Per hit: the probed loop minus the unprobed one.
+        let net = |v: Option<f64>| v.zip(un).map(|(v, u)| v - u);
+        if kind == "push" {
+            jump_entry = net(jump);
+        }
+        let (k, ratio, kj) = match (&kernel, ours) {
             (Ok(k), Some(o)) => {
                 if kind == "mov" {
                     int3_vs_stepped = Some(o / k);
                 }
-                (format!("{k:.1}"), format!("{:.2}", o / k))
+                let kj = net(jump).map(|j| k / j);
+                if kind == "nop5" {
+                    kernel_nop5_vs_jump = kj;
+                }
+                (
+                    format!("{k:.1}"),
+                    format!("{:.2}", o / k),
+                    kj.map_or("–".into(), |r| format!("{r:.0}×")),
+                )
             }
-            (Err(why), _) => (format!("skipped: {why}"), "–".into()),
-            _ => ("–".into(), "–".into()),
+            (Err(why), _) => (format!("skipped: {why}"), "–".into(), "–".into()),
+            _ => ("–".into(), "–".into(), "–".into()),
         };
         let _ = writeln!(
             md,
-            "| `{kind}` | {} | {} | {k} | {} | {ratio} |",
+            "| `{kind}` | {} | {} | {} | {k} | {} | {ratio} | {kj} |",
             fmt(un),
+            fmt(jump),
             fmt(ours),
             fmt(ptrace)
         );
     }
+    let _ = writeln!(
+        md,
+        "\nA jump probe's own cost per hit is its row minus the unprobed row (the call itself).\n"
+    );
+    // python3.11 with every Py* function probed, int3 vs jump.
+    let pyscript =
+        "import json\nd = {str(i): [i] * 3 for i in range(20000)}\nprint(len(json.dumps(d)))";
+    let py = |extra: &[&'static str]| -> Vec<&str> {
+        let mut v = vec![ux];
+        v.extend_from_slice(extra);
+        v.extend_from_slice(&["/usr/bin/python3.11", "-c", pyscript]);
+        v
+    };
+    let pruns = runs.min(10);
+    let m = side_by_side(
+        &[
+            py(&[]),
+            py(&["-q", "--probe-mode", "int3", "-p", "Py*"]),
+            py(&["-q", "--probe-mode", "auto", "-p", "Py*"]),
+        ],
+        pruns,
+    );
+    let _ = writeln!(md, "`python3.11` running a JSON script with every `Py*` function probed (939 sites), medians of {pruns} runs:\n");
+    let _ = writeln!(md, "| probes | ms | slowdown |");
+    let _ = writeln!(md, "| --- | --- | --- |");
+    let _ = writeln!(md, "| none | {:.1} | 1.00× |", m[0]);
+    let _ = writeln!(md, "| `Py*`, int3 | {:.1} | {:.2}× |", m[1], m[1] / m[0]);
+    let _ = writeln!(
+        md,
+        "| `Py*`, auto (jumps where safe) | {:.1} | {:.2}× |",
+        m[2],
+        m[2] / m[0]
+    );
     let _ = writeln!(md);
 
     // 3. Whole programs.
@@ -312,6 +366,20 @@ fn main() {
         "| `python3.11 -c pass` within 1.15× of native | {python_ratio:.2}× | {} |",
         yes(python_ratio <= 1.15)
     );
+    if let Some(j) = jump_entry {
+        let _ = writeln!(
+            md,
+            "| jump probe ≤ 20 ns per hit at a function entry (`push` site) | {j:.1} ns | {} |",
+            yes(j <= 20.0)
+        );
+    }
+    if let Some(r) = kernel_nop5_vs_jump {
+        let _ = writeln!(
+            md,
+            "| jump probe ≥ 25× cheaper than the kernel's optimized nop5 uprobe | {r:.0}× | {} |",
+            yes(r >= 25.0)
+        );
+    }
     match int3_vs_stepped {
         Some(r) => {
             let _ = writeln!(md, "| int3 hit at most half of the kernel's single-stepped uprobe (`mov` site) | {r:.2}× | {} |", yes(r <= 0.5));
