@@ -39,19 +39,7 @@ fn with_mode(
     args: &[&str],
     probes: &[&str],
 ) -> (common::Output, serde_json::Value) {
-    let dir = TempDir::new(tag);
-    let report = dir.join("r.json");
-    let mut case = Case::new(prog, args)
-        .opt("--probe-mode")
-        .opt(mode)
-        .opt("-q")
-        .opt("--report-json")
-        .opt(&report);
-    for p in probes {
-        case = case.opt("-p").opt(p);
-    }
-    let (_, ours) = case.compare();
-    (ours, common::read_report(&report))
+    common::probed_report_with(tag, &["--probe-mode", mode], prog, args, probes)
 }
 
 #[test]

@@ -43,7 +43,18 @@ pub fn unprobed(kind: &str) -> Option<f64> {
 pub fn int3(ux: &str, kind: &str) -> Option<f64> {
     let s = sample();
     let f = format!("hit_{kind}");
-    run(&[ux, "-q", "--probe-mode", "int3", "-p", &f, s.to_str()?, "hitloop", kind, "200000"])
+    run(&[
+        ux,
+        "-q",
+        "--probe-mode",
+        "int3",
+        "-p",
+        &f,
+        s.to_str()?,
+        "hitloop",
+        kind,
+        "200000",
+    ])
 }
 
 /// Our jump probe on the site (a trampoline, no trap).

@@ -555,12 +555,24 @@ pub fn probed_report(
     args: &[&str],
     probes: &[&str],
 ) -> (Output, serde_json::Value) {
+    probed_report_with(tag, &[], prog, args, probes)
+}
+
+/// [`probed_report`] with more options of uprobe-exec.
+pub fn probed_report_with(
+    tag: &str,
+    opts: &[&str],
+    prog: &Path,
+    args: &[&str],
+    probes: &[&str],
+) -> (Output, serde_json::Value) {
     let dir = TempDir::new(tag);
     let report = dir.join("r.json");
-    let mut case = Case::new(prog, args)
-        .opt("-q")
-        .opt("--report-json")
-        .opt(&report);
+    let mut case = Case::new(prog, args);
+    for o in opts {
+        case = case.opt(o);
+    }
+    case = case.opt("-q").opt("--report-json").opt(&report);
     for p in probes {
         case = case.opt("-p").opt(p);
     }
