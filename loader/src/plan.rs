@@ -234,13 +234,11 @@ fn map_image(
             continue;
         }
         if s.filesz > 0 {
+            // A writable segment whose memory outlasts its file bytes gets the
+            // rest of its last file page zeroed, as the kernel does (ld.so's
+            // early malloc relies on it); the pages after are anonymous.
             let (zero_from, zero_to) = if s.write && s.memsz > s.filesz {
-                (
-                    p.bias.0 + s.vaddr.0 + s.filesz,
-                    file_end
-                        .min(p.bias.0 + s.end())
-                        .max(p.bias.0 + s.vaddr.0 + s.filesz),
-                )
+                (p.bias.0 + s.vaddr.0 + s.filesz, file_end)
             } else {
                 (0, 0)
             };
@@ -253,9 +251,8 @@ fn map_image(
                     offset: page_down(s.offset),
                 },
                 zero_from,
-                zero_to: if zero_from == 0 { 0 } else { file_end },
+                zero_to,
             });
-            let _ = zero_to;
         }
         let anon_from = if s.filesz > 0 { file_end } else { start };
         if mem_end > anon_from {
