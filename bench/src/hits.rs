@@ -39,39 +39,21 @@ pub fn unprobed(kind: &str) -> Option<f64> {
     run(&[s.to_str()?, "hitloop", kind, "10000000"])
 }
 
-/// Our int3 probe on the site.
-pub fn int3(ux: &str, kind: &str) -> Option<f64> {
+/// Our probe on the site in `mode` (`int3` or `jump`), over `calls` calls.
+pub fn probed(ux: &str, kind: &str, mode: &str, calls: &str) -> Option<f64> {
     let s = sample();
     let f = format!("hit_{kind}");
     run(&[
         ux,
         "-q",
         "--probe-mode",
-        "int3",
+        mode,
         "-p",
         &f,
         s.to_str()?,
         "hitloop",
         kind,
-        "200000",
-    ])
-}
-
-/// Our jump probe on the site (a trampoline, no trap).
-pub fn jump(ux: &str, kind: &str) -> Option<f64> {
-    let s = sample();
-    let f = format!("hit_{kind}");
-    run(&[
-        ux,
-        "-q",
-        "--probe-mode",
-        "jump",
-        "-p",
-        &f,
-        s.to_str()?,
-        "hitloop",
-        kind,
-        "10000000",
+        calls,
     ])
 }
 

@@ -219,8 +219,8 @@ fn main() {
     let mut kernel_nop5_vs_jump = None;
     for kind in hits::KINDS {
         let un = hits::unprobed(kind);
-        let jump = hits::jump(ux, kind);
-        let ours = hits::int3(ux, kind);
+        let jump = hits::probed(ux, kind, "jump", "10000000");
+        let ours = hits::probed(ux, kind, "int3", "200000");
         let kernel = hits::kernel_uprobe(kind);
         let fmt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
         // Per hit: the probed loop minus the unprobed one.

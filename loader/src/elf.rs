@@ -4,7 +4,6 @@
 //! (exit 126) instead of a crash of ours or of the program.
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -115,12 +114,6 @@ impl Image {
             reason,
         })?;
         Ok(parsed.into_image(path.to_owned(), file, bytes))
-    }
-
-    /// The file, for mmap in the child.
-    #[must_use]
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
     }
 
     /// Lowest page of the image, link time.

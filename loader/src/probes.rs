@@ -179,8 +179,6 @@ pub struct Site {
     pub offset: u64,
     /// Link-time address.
     pub addr: LinkAddr,
-    /// Length of the displaced instruction.
-    pub len: usize,
     /// The function it is in (start, size), when known.
     pub function: Option<(LinkAddr, u64)>,
 }
@@ -424,7 +422,6 @@ pub fn resolve(
                 symbol,
                 offset,
                 addr,
-                len: insn.len(),
                 function: f.map(|f| (f.addr, f.size)),
             });
         }
@@ -679,13 +676,11 @@ impl JumpCheck {
             }
             relocatable(i).map_err(|why| format!("`{}` {why}", disasm(i)))?;
             len += i.len();
+            use iced_x86::FlowControl as F;
             let ends_flow = matches!(
                 i.flow_control(),
-                iced_x86::FlowControl::Call | iced_x86::FlowControl::Return
-            ) || matches!(
-                i.flow_control(),
-                iced_x86::FlowControl::UnconditionalBranch | iced_x86::FlowControl::IndirectBranch
-            ) || i.mnemonic() == Mnemonic::Call;
+                F::Call | F::IndirectCall | F::Return | F::UnconditionalBranch | F::IndirectBranch
+            );
             if ends_flow && len < 5 {
                 return Err(format!(
                     "`{}` would not be the last displaced instruction",

@@ -31,8 +31,6 @@ pub enum Step {
     Register = 5,
     /// Sending the uffd to the monitor.
     Send = 6,
-    /// The monitor went away.
-    Monitor = 7,
     /// Mapping the hand-off blob.
     Blob = 8,
 }
@@ -48,7 +46,6 @@ impl Step {
             4 => Step::UffdApi,
             5 => Step::Register,
             6 => Step::Send,
-            7 => Step::Monitor,
             8 => Step::Blob,
             _ => return None,
         })
@@ -64,7 +61,6 @@ impl Step {
             Step::UffdApi => "negotiating userfaultfd features",
             Step::Register => "registering the program's text with userfaultfd",
             Step::Send => "passing the userfaultfd to the monitor",
-            Step::Monitor => "waiting for the monitor",
             Step::Blob => "mapping the hand-off code",
         }
     }
