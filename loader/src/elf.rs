@@ -89,6 +89,11 @@ pub struct Image {
     pub segments: Vec<Segment>,
     /// The requested program interpreter (`PT_INTERP`).
     pub interp: Option<PathBuf>,
+    /// `PT_GNU_STACK` asks for an executable stack (`PF_X`).
+    pub exec_stack: bool,
+    /// The largest power-of-two `p_align` of the `PT_LOAD` segments (at
+    /// least a page), which a position-independent load bias honours.
+    pub max_align: u64,
 }
 
 /// Sizes beyond this are absurd for a user-space program (1 TiB).
@@ -142,6 +147,8 @@ struct Parsed {
     phnum: u16,
     segments: Vec<Segment>,
     interp: Option<PathBuf>,
+    exec_stack: bool,
+    max_align: u64,
 }
 
 impl Parsed {
@@ -157,6 +164,8 @@ impl Parsed {
             phnum: self.phnum,
             segments: self.segments,
             interp: self.interp,
+            exec_stack: self.exec_stack,
+            max_align: self.max_align,
         }
     }
 }
@@ -220,6 +229,8 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
     let mut segments = Vec::new();
     let mut interp = None;
     let mut phdr = None;
+    let mut exec_stack = false;
+    let mut max_align = 4096;
     for ph in &phdrs {
         match ph.p_type {
             PT_LOAD => {
@@ -260,6 +271,9 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
                         ph.p_vaddr, ph.p_align
                     ));
                 }
+                if ph.p_align.is_power_of_two() {
+                    max_align = max_align.max(ph.p_align);
+                }
                 segments.push(Segment {
                     vaddr: LinkAddr(ph.p_vaddr),
                     memsz: ph.p_memsz,
@@ -288,6 +302,7 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
                 interp = Some(PathBuf::from(std::ffi::OsStr::from_bytes(raw)));
             }
             PT_PHDR => phdr = Some(LinkAddr(ph.p_vaddr)),
+            goblin::elf::program_header::PT_GNU_STACK => exec_stack = ph.p_flags & PF_X != 0,
             _ => {}
         }
     }
@@ -331,5 +346,7 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
         phnum,
         segments,
         interp,
+        exec_stack,
+        max_align,
     })
 }

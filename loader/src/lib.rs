@@ -29,6 +29,7 @@ pub mod elf;
 pub mod error;
 pub mod guard;
 pub mod handoff;
+pub mod layout;
 pub mod plan;
 pub mod probes;
 pub mod report;

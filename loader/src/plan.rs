@@ -15,6 +15,7 @@ use uprobe_runtime::{TextImage, TextRange, PAGE_SIZE};
 
 use crate::addr::{page_down, page_up, Bias, RuntimeAddr};
 use crate::elf::{ElfKind, Image};
+use crate::layout::Aslr;
 use crate::error::{Error, Result};
 
 /// An area held with a `PROT_NONE` mapping in the monitor; released on drop.
@@ -149,8 +150,10 @@ pub struct Plan {
     pub image: Arc<TextImage>,
     /// Each text range and the file bytes it is served from.
     text_parts: Vec<(TextRange, std::ops::Range<usize>)>,
-    /// Where the initial brk goes (just after the program).
+    /// Where the initial brk goes (just after the program, or randomised).
     pub brk: u64,
+    /// How the layout is randomised.
+    pub aslr: Aslr,
 }
 
 /// The probe area: handler code, site table and out-of-line slots, mapped
@@ -167,28 +170,47 @@ pub struct ProbeArea {
     pub cache: u64,
 }
 
+/// The lowest address a mapping may have (`vm.mmap_min_addr`'s default).
+const MMAP_MIN_ADDR: u64 = 0x10000;
+
 /// Farthest a rel32 reaches, with a margin.
 const REACH: u64 = (1 << 31) - (1 << 20);
 
-/// Where the kernel would put a PIE (`ELF_ET_DYN_BASE` on x86-64).
-const PIE_HINT: u64 = 0x5555_5555_4000;
+/// How many random load biases to try for a PIE before giving up on the
+/// kernel's range (the monitor's own mappings may sit at one of them).
+const PIE_TRIES: usize = 16;
 
-fn place(image: Image, hint: u64) -> Result<Placed> {
+/// Places an image as `execve` would: `ET_EXEC` at its own addresses; a
+/// PIE at a (randomised) `ELF_ET_DYN_BASE`; a static-pie or an interpreter
+/// where the kernel puts new mappings (the mmap area inherited from us).
+fn place(image: Image, role: Role, aslr: &Aslr) -> Result<Placed> {
     let lo = image.min_vaddr();
     let span = image.max_vaddr() - lo;
-    let reservation = match image.kind {
-        ElfKind::Exec => Reservation::fixed(lo, span).map_err(|e| Error::Plan {
-            path: image.path.clone(),
-            reason: format!(
+    let fail = |reason: String| Error::Plan {
+        path: image.path.clone(),
+        reason,
+    };
+    let reservation = match (image.kind, role) {
+        (ElfKind::Exec, _) => Reservation::fixed(lo, span).map_err(|e| {
+            fail(format!(
                 "its fixed addresses {lo:#x}..{:#x} are taken in the monitor ({e}); \
                  this happens only if the monitor itself sits there",
                 lo + span
-            ),
+            ))
         })?,
-        ElfKind::Dyn => Reservation::anywhere(span, PAGE_SIZE, hint).map_err(|e| Error::Plan {
-            path: image.path.clone(),
-            reason: format!("no room for {span:#x} bytes: {e}"),
-        })?,
+        (ElfKind::Dyn, Role::Program { has_interp: true }) => {
+            let align = image.max_align.min(1 << 30);
+            let mut tries = (0..PIE_TRIES).map(|_| aslr.pie_bias(lo, align));
+            let found = tries.find_map(|bias| Reservation::fixed(bias + lo, span).ok());
+            match found {
+                Some(r) => r,
+                // Only our own mappings can be in the way: take the mmap area.
+                None => Reservation::anywhere(span, align, 0)
+                    .map_err(|e| fail(format!("no room for {span:#x} bytes: {e}")))?,
+            }
+        }
+        (ElfKind::Dyn, _) => Reservation::anywhere(span, image.max_align.min(1 << 30), 0)
+            .map_err(|e| fail(format!("no room for {span:#x} bytes: {e}")))?,
     };
     let bias = Bias(reservation.addr.wrapping_sub(lo));
     Ok(Placed {
@@ -196,6 +218,13 @@ fn place(image: Image, hint: u64) -> Result<Placed> {
         bias,
         reservation,
     })
+}
+
+/// What an image is to the process, which decides where the kernel puts it.
+#[derive(Clone, Copy)]
+enum Role {
+    Program { has_interp: bool },
+    Interpreter,
 }
 
 /// Mapping ops for one image. With `serve_text`, executable segments become
@@ -272,16 +301,20 @@ fn map_image(
 impl Plan {
     /// Places the program (and its interpreter) and plans every mapping.
     /// The text is served as in the file until [`Plan::patch`] says otherwise.
-    pub fn new(program: Image, interp: Option<Image>) -> Result<Plan> {
-        let program = place(program, PIE_HINT)?;
-        let interp = interp.map(|i| place(i, 0)).transpose()?;
+    pub fn new(program: Image, interp: Option<Image>, aslr: &Aslr) -> Result<Plan> {
+        let has_interp = interp.is_some();
+        let static_pie = program.kind == ElfKind::Dyn && !has_interp;
+        let program = place(program, Role::Program { has_interp }, aslr)?;
+        let interp = interp
+            .map(|i| place(i, Role::Interpreter, aslr))
+            .transpose()?;
         let mut maps = Vec::new();
         let text_parts = map_image(&program, true, &mut maps);
         if let Some(i) = &interp {
             map_image(i, false, &mut maps);
         }
         let text = text_parts.iter().map(|(r, _)| *r).collect();
-        let brk = program.reservation.end();
+        let brk = aslr.brk_start(program.reservation.end(), static_pie);
         let mut plan = Plan {
             program,
             interp,
@@ -290,6 +323,7 @@ impl Plan {
             text_parts,
             image: Arc::new(TextImage::empty()),
             brk,
+            aslr: *aslr,
         };
         plan.patch(&[]);
         Ok(plan)
@@ -372,17 +406,27 @@ impl Plan {
             path: self.program.image.path.clone(),
             reason,
         };
-        // After the program with room for a 1 GiB brk heap, else just before it.
-        let mut tries = vec![
-            self.program.reservation.end() + (1 << 30),
-            lo.saturating_sub(len + (1 << 24)),
-        ];
-        tries.push(self.program.reservation.end() + (64 << 20));
-        let reservation = tries
+        // Just below the program, out of brk's way as the kernel keeps its
+        // mmaps; failing that, far enough above for a 1 GiB heap.
+        let below = self
+            .program
+            .reservation
+            .addr
+            .checked_sub(len)
+            .filter(|&a| a >= MMAP_MIN_ADDR)
+            .and_then(|a| Reservation::fixed(a, len).ok())
+            .filter(|r| hi.saturating_sub(r.addr) < REACH);
+        let reservation = match below {
+            Some(r) => r,
+            None => [
+                self.program.reservation.end() + (1 << 30),
+                self.program.reservation.end() + (64 << 20),
+            ]
             .into_iter()
             .filter_map(|hint| Reservation::anywhere(len, PAGE_SIZE, hint).ok())
             .find(|r| r.end().saturating_sub(lo) < REACH && hi.saturating_sub(r.addr) < REACH)
-            .ok_or_else(|| fail("no room for the probe area within 2 GiB of the text".into()))?;
+            .ok_or_else(|| fail("no room for the probe area within 2 GiB of the text".into()))?,
+        };
         let (bytes, handler, restorer) = build(reservation.addr)?;
         // SAFETY: replacing our own PROT_NONE placeholder with the area's
         // bytes; nothing else lives in the reservation.

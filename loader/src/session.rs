@@ -177,7 +177,7 @@ impl Command {
             let syms = Symbols::read(&program);
             probes::resolve(&program, &syms, &self.probes, self.unsafe_addrs)?
         };
-        let mut plan = Plan::new(program, interp)?;
+        let mut plan = Plan::new(program, interp, &crate::layout::Aslr::current())?;
         let probes = if sites.is_empty() {
             None
         } else {
@@ -708,9 +708,27 @@ fn cloexec_fds() -> Vec<RawFd> {
         .collect()
 }
 
-fn stack_size() -> u64 {
-    let lim = rustix::process::getrlimit(rustix::process::Resource::Stack);
-    lim.current.unwrap_or(8 << 20).clamp(128 << 10, 256 << 20) & !(PAGE_SIZE - 1)
+/// Our own main thread's `[stack]` mapping: (start, top).
+fn own_stack() -> Option<(u64, u64)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
+    let (a, b) = line.split_whitespace().next()?.split_once('-')?;
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+/// Where the program's stack mapping starts at hand-off: the kernel maps
+/// 128 KiB below the initial stack contents, within `RLIMIT_STACK`
+/// (fs/exec.c `setup_arg_pages`).
+fn stack_keep_from(top: u64, base: u64) -> u64 {
+    const EXPAND: u64 = 128 << 10;
+    let used = top - (base & !(PAGE_SIZE - 1));
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Stack)
+        .current
+        .map_or(u64::MAX, |l| l & !(PAGE_SIZE - 1));
+    top - (used + EXPAND).min(lim.max(used))
 }
 
 /// The monitor thread: forks the stage, then serves faults until the program ends.
@@ -934,9 +952,13 @@ fn start(
     env: &[OsString],
     blocked: u64,
 ) -> Result<Started> {
-    let stack_len = stack_size();
-    let stack_res = Reservation::anywhere(stack_len, PAGE_SIZE, 0)
-        .map_err(|e| Error::sys("reserving the stack", e))?;
+    let stack_vma = own_stack().ok_or_else(|| {
+        Error::sys(
+            "finding our own [stack] mapping",
+            std::io::Error::other("not in /proc/self/maps"),
+        )
+    })?;
+    let stack_pad = plan.aslr.stack_pad();
     let blob = handoff::blob();
     let blob_len = (blob.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
     let blob_res = Reservation::anywhere(blob_len, PAGE_SIZE, 0)
@@ -1004,7 +1026,9 @@ fn start(
     let gadget = handoff::vdso().and_then(|(a, b)| handoff::find_exit_gadget(b, a));
 
     let mut keep = plan.reserved();
-    keep.push((stack_res.addr, stack_res.end()));
+    let mut stack_plan = None;
+    // The stage trims our [stack] mapping itself; the blob leaves it alone.
+    keep.push(stack_vma);
     keep.push((blob_res.addr, blob_res.end()));
     if let Some(p) = probes {
         keep.push((p.area.reservation.addr, p.area.reservation.end()));
@@ -1023,14 +1047,21 @@ fn start(
         unmap = now;
         let below = Params::size(unmap.len());
         let mut st = stack::build(
-            stack_res.end(),
+            stack_vma.1,
             &r.argv,
             &envb,
             &r.execfn,
             &auxv,
             random,
+            stack_pad,
             below,
         );
+        let keep_from = stack_keep_from(stack_vma.1, st.base);
+        stack_plan = Some(crate::stage::StackPlan {
+            vma: stack_vma,
+            keep_from,
+            exec: prog.image.exec_stack,
+        });
         let code: Vec<&crate::elf::Segment> =
             prog.image.segments.iter().filter(|s| s.exec).collect();
         let data: Vec<&crate::elf::Segment> =
@@ -1087,7 +1118,7 @@ fn start(
         sigmask,
         maps: &plan.maps,
         text: &text,
-        stack: (stack_res.addr, stack_res.len),
+        stack: stack_plan.expect("planned with the stack image"),
         stack_image: &st.bytes,
         stack_image_at: st.base,
         blob_at: (blob_res.addr, blob_res.len),
@@ -1125,7 +1156,7 @@ fn start(
         unsafe { crate::watchdog::run(&sp, alive_r.as_raw_fd(), wsock_child.as_raw_fd()) }
     }
     drop((sock_child, alive_r, wsock_child));
-    drop((stack_res, blob_res));
+    drop(blob_res);
     let watchdog = Watchdog {
         pid: wpid,
         sock: wsock,

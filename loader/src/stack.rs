@@ -6,6 +6,7 @@
 //!         execfn string                     (AT_EXECFN)
 //!         envp strings, ascending           (env_start..env_end)
 //!         argv strings, ascending           (arg_start..arg_end)
+//!         random padding, < 8 KiB           (arch_align_stack)
 //!         "x86_64", 16 random bytes         (AT_PLATFORM, AT_RANDOM)
 //!         padding to 16
 //!         auxv pairs, AT_NULL
@@ -56,8 +57,10 @@ pub struct StackImage {
 
 /// Builds the stack for `top` (one past its highest byte). `auxv` holds
 /// every entry but the pointers into the stack (EXECFN, RANDOM, PLATFORM),
-/// which this fills in. `below` bytes are left under `sp` for the hand-off.
+/// which this fills in. `pad` bytes of randomisation go below the strings,
+/// and `below` bytes are left under `sp` for the hand-off.
 #[must_use]
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     top: u64,
     argv: &[Vec<u8>],
@@ -65,6 +68,7 @@ pub fn build(
     execfn: &[u8],
     auxv: &[(u64, u64)],
     random: [u8; 16],
+    pad: u64,
     below: usize,
 ) -> StackImage {
     // Strings, from the top down; `hi` collects them in ascending order.
@@ -78,6 +82,7 @@ pub fn build(
     let env_start = p;
     p -= arg_bytes;
     let arg_start = p;
+    p -= pad;
     p -= 7;
     let platform_addr = p;
     p -= 16;
@@ -159,6 +164,7 @@ mod tests {
             b"/bin/prog",
             &[(at::PAGESZ, 4096)],
             [7; 16],
+            0,
             64,
         );
         assert_eq!(s.sp % 16, 0);

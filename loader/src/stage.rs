@@ -56,7 +56,7 @@ impl Step {
     pub fn describe(self) -> &'static str {
         match self {
             Step::Map => "mapping a segment of the program",
-            Step::Stack => "mapping the program's stack",
+            Step::Stack => "setting up the program's stack",
             Step::Userfaultfd => "creating a userfaultfd (is userfaultfd enabled in this kernel?)",
             Step::UffdApi => "negotiating userfaultfd features",
             Step::Register => "registering the program's text with userfaultfd",
@@ -83,6 +83,20 @@ pub struct StageMsg {
     pub addr: u64,
 }
 
+/// The program's stack: our own `[stack]` mapping, at the top the kernel
+/// chose (and randomised) for us, growing down on demand up to
+/// `RLIMIT_STACK` with the kernel's guard gap, as the program's would.
+#[derive(Clone, Copy, Debug)]
+pub struct StackPlan {
+    /// The `[stack]` mapping as the monitor saw it before the fork.
+    pub vma: (u64, u64),
+    /// The lowest byte the program's stack starts with (page aligned): the
+    /// old contents below it are unmapped, those above are zeroed.
+    pub keep_from: u64,
+    /// `PT_GNU_STACK` asked for an executable stack.
+    pub exec: bool,
+}
+
 /// Everything the child needs, computed before the fork.
 #[derive(Clone, Copy)]
 pub struct StagePlan<'a> {
@@ -94,8 +108,8 @@ pub struct StagePlan<'a> {
     pub maps: &'a [MapOp],
     /// Text ranges to register: (start, len).
     pub text: &'a [(u64, u64)],
-    /// The stack mapping: (start, len).
-    pub stack: (u64, u64),
+    /// The program's stack.
+    pub stack: StackPlan,
     /// The stack image, copied to `stack_image_at`.
     pub stack_image: &'a [u8],
     /// Where the image goes.
@@ -362,23 +376,34 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
             libc::close(fd);
         }
 
-        let (s_at, s_len) = p.stack;
-        let r = libc::mmap(
-            s_at as *mut _,
-            s_len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-            -1,
-            0,
-        );
-        if r == libc::MAP_FAILED {
-            fail(p.sock, Step::Stack, errno(), s_at);
+        // The monitor's stack contents go; its mapping becomes the program's.
+        let st = p.stack;
+        if st.vma.0 < st.keep_from
+            && libc::munmap(st.vma.0 as *mut _, (st.keep_from - st.vma.0) as usize) != 0
+        {
+            fail(p.sock, Step::Stack, errno(), st.vma.0);
         }
+        // Zeroing from the bottom up also grows the mapping down to
+        // `keep_from` when it was shorter.
+        std::ptr::write_bytes(
+            st.keep_from as *mut u8,
+            0,
+            (p.stack_image_at - st.keep_from) as usize,
+        );
         std::ptr::copy_nonoverlapping(
             p.stack_image.as_ptr(),
             p.stack_image_at as *mut u8,
             p.stack_image.len(),
         );
+        if st.exec
+            && libc::mprotect(
+                st.keep_from as *mut _,
+                (st.vma.1 - st.keep_from) as usize,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            ) != 0
+        {
+            fail(p.sock, Step::Stack, errno(), st.keep_from);
+        }
 
         let (b_at, b_len) = p.blob_at;
         let r = libc::mmap(
