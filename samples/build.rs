@@ -123,6 +123,7 @@ fn compile(cc: &str, src: &Path, out: &Path, variant_flags: &[&str]) -> Result<(
     let mut cmd = Command::new(cc);
     cmd.args(COMMON_FLAGS)
         .args(variant_flags)
+        .args(source_flags(src))
         .arg("-o")
         .arg(out)
         .arg(src);
@@ -139,6 +140,15 @@ fn compile(cc: &str, src: &Path, out: &Path, variant_flags: &[&str]) -> Result<(
     }
     set_executable(out);
     Ok(())
+}
+
+/// Extra flags a source asks for on a `// build-flags: ...` line.
+fn source_flags(src: &Path) -> Vec<String> {
+    let text = fs::read_to_string(src).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("// build-flags:"))
+        .map(|f| f.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
 }
 
 fn set_executable(path: &Path) {

@@ -7,7 +7,7 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use rustix::mm::{MapFlags, ProtFlags};
@@ -150,10 +150,23 @@ pub struct Plan {
     pub image: Arc<TextImage>,
     /// Each text range and the file bytes it is served from.
     text_parts: Vec<(TextRange, std::ops::Range<usize>)>,
+    /// Zeros over the file bytes that follow the end of an executable
+    /// segment's file part when it has bss (applied before the probes).
+    text_zero: Vec<(u64, Vec<u8>)>,
+    /// The file the text is mapped from (private, so the program's pages are
+    /// its own): a memfd whose page i is text page i. Empty (all holes) when
+    /// we serve faults, so every first touch reaches us; filled with the
+    /// whole image and sealed by [`Plan::install_text`] otherwise. A file
+    /// mapping answers `madvise` as the program's file would
+    /// (`MADV_FREE`, `MADV_WIPEONFORK`: EINVAL).
+    text_file: OwnedFd,
     /// Where the initial brk goes (just after the program, or randomised).
     pub brk: u64,
     /// How the layout is randomised.
     pub aslr: Aslr,
+    /// The sealed copy of the program file its segments are mapped from,
+    /// after [`Plan::install_text`].
+    snapshot: Option<OwnedFd>,
 }
 
 /// The probe area: handler code, site table and out-of-line slots, mapped
@@ -220,6 +233,40 @@ fn place(image: Image, role: Role, aslr: &Aslr) -> Result<Placed> {
     })
 }
 
+/// A new memfd for (part of) the program at `path`, mappable executable.
+fn text_memfd(path: &std::path::Path) -> Result<OwnedFd> {
+    use rustix::fs::MemfdFlags as F;
+    // /proc/PID/maps shows "/memfd:NAME (deleted)".
+    let name = format!("uprobe-exec text of {}", path.display());
+    let name: String = name.chars().take(240).collect();
+    let base = F::CLOEXEC | F::ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3): needed where vm.memfd_noexec asks for it.
+    rustix::fs::memfd_create(&name, base | F::EXEC)
+        .or_else(|_| rustix::fs::memfd_create(&name, base))
+        .map_err(|e| Error::Plan {
+            path: path.to_owned(),
+            reason: format!("memfd_create for the text: {e}"),
+        })
+}
+
+fn write_all_at(fd: &OwnedFd, mut bytes: &[u8], mut at: u64) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = rustix::io::pwrite(fd, bytes, at)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+        at += n as u64;
+    }
+    Ok(())
+}
+
+fn seal(fd: &OwnedFd) -> std::io::Result<()> {
+    use rustix::fs::SealFlags as S;
+    rustix::fs::fcntl_add_seals(fd, S::WRITE | S::SHRINK | S::GROW | S::SEAL)?;
+    Ok(())
+}
+
 /// What an image is to the process, which decides where the kernel puts it.
 #[derive(Clone, Copy)]
 enum Role {
@@ -231,8 +278,9 @@ enum Role {
 /// anonymous memory served by the uffd; their ranges are returned.
 fn map_image(
     p: &Placed,
-    serve_text: bool,
+    text_fd: Option<RawFd>,
     maps: &mut Vec<MapOp>,
+    zero: &mut Vec<(u64, Vec<u8>)>,
 ) -> Vec<(TextRange, std::ops::Range<usize>)> {
     let fd = p.image.file.as_raw_fd();
     let segs = &p.image.segments;
@@ -242,17 +290,22 @@ fn map_image(
         let start = page_down(p.bias.0 + s.vaddr.0);
         let file_end = page_up(p.bias.0 + s.vaddr.0 + s.filesz);
         let mem_end = page_up(p.bias.0 + s.end());
-        if serve_text && s.exec {
+        if let (Some(text_fd), true) = (text_fd, s.exec) {
             // A page shared with the next segment is mapped by that segment, as the kernel would.
             let next_start = segs
                 .get(i + 1)
                 .map_or(u64::MAX, |n| page_down(p.bias.0 + n.vaddr.0));
             let end = mem_end.min(next_start.max(start + PAGE_SIZE));
+            // Page i of the text (counted across ranges) is page i of the file.
+            let first: usize = text.iter().map(|(r, _): &(TextRange, _)| r.pages).sum();
             maps.push(MapOp {
                 addr: start,
                 len: end - start,
                 prot: s.prot(),
-                source: MapSource::Anon,
+                source: MapSource::File {
+                    fd: text_fd,
+                    offset: first as u64 * PAGE_SIZE,
+                },
                 zero_from: 0,
                 zero_to: 0,
             });
@@ -260,6 +313,12 @@ fn map_image(
             let bytes_end = page_up(s.offset + s.filesz).min(file_len);
             let pages = ((end - start) / PAGE_SIZE) as usize;
             text.push((TextRange { start, pages }, off as usize..bytes_end as usize));
+            // bss in an executable segment: the rest of its last file page
+            // is zero, as the kernel makes it (the pages after are zero).
+            if s.memsz > s.filesz {
+                let from = p.bias.0 + s.vaddr.0 + s.filesz;
+                zero.push((from, vec![0; (page_up(from) - from) as usize]));
+            }
             continue;
         }
         if s.filesz > 0 {
@@ -308,11 +367,23 @@ impl Plan {
         let interp = interp
             .map(|i| place(i, Role::Interpreter, aslr))
             .transpose()?;
+        let text_file = text_memfd(&program.image.path)?;
         let mut maps = Vec::new();
-        let text_parts = map_image(&program, true, &mut maps);
+        let mut text_zero = Vec::new();
+        let text_parts = map_image(
+            &program,
+            Some(text_file.as_raw_fd()),
+            &mut maps,
+            &mut text_zero,
+        );
         if let Some(i) = &interp {
-            map_image(i, false, &mut maps);
+            map_image(i, None, &mut maps, &mut Vec::new());
         }
+        let pages: usize = text_parts.iter().map(|(r, _)| r.pages).sum();
+        rustix::fs::ftruncate(&text_file, pages as u64 * PAGE_SIZE).map_err(|e| Error::Plan {
+            path: program.image.path.clone(),
+            reason: format!("sizing the text file: {e}"),
+        })?;
         let text = text_parts.iter().map(|(r, _)| *r).collect();
         let brk = aslr.brk_start(program.reservation.end(), static_pie);
         let mut plan = Plan {
@@ -321,9 +392,12 @@ impl Plan {
             maps,
             text,
             text_parts,
+            text_zero,
+            text_file,
             image: Arc::new(TextImage::empty()),
             brk,
             aslr: *aslr,
+            snapshot: None,
         };
         plan.patch(&[]);
         Ok(plan)
@@ -340,7 +414,7 @@ impl Plan {
             .map(|(r, b)| (*r, &bytes[b.clone()]))
             .collect();
         let mut patched: Vec<(u64, Box<[u8]>)> = Vec::new();
-        for (at, code) in patches {
+        for (at, code) in self.text_zero.iter().chain(patches) {
             for (k, &byte) in code.iter().enumerate() {
                 let rt = at + k as u64;
                 let page = page_down(rt);
@@ -369,6 +443,46 @@ impl Plan {
         // SAFETY: the slices point into the file mapping that `owner` keeps
         // alive; a file mapping is readable up to the end of its last page.
         self.image = Arc::new(unsafe { TextImage::new(&parts, patched, bytes.clone()) });
+    }
+
+    /// Writes every page image into the text file and seals it, for when
+    /// faults cannot be served in every process (user-mode-only
+    /// userfaultfd: forks are not followed). The kernel then maps the pages
+    /// from the file in any process, forks and refaults included. The other
+    /// segments are mapped from a sealed copy of the program file too, so
+    /// that nothing the program reads can change after it starts (without
+    /// `PR_SET_MM_MAP` the kernel does not deny writes to the file).
+    pub fn install_text(&mut self) -> Result<()> {
+        let fail = |what: &str, e: std::io::Error| Error::Plan {
+            path: self.program.image.path.clone(),
+            reason: format!("{what}: {e}"),
+        };
+        let image = Arc::clone(&self.image);
+        for i in 0..image.pages() {
+            write_all_at(&self.text_file, image.page(i), i as u64 * PAGE_SIZE)
+                .map_err(|e| fail("filling the text file", e))?;
+        }
+        seal(&self.text_file).map_err(|e| fail("sealing the text file", e))?;
+        let copy = text_memfd(&self.program.image.path)?;
+        write_all_at(&copy, &self.program.image.bytes, 0)
+            .map_err(|e| fail("copying the program file", e))?;
+        seal(&copy).map_err(|e| fail("sealing the copy of the program", e))?;
+        let file = self.program.image.file.as_raw_fd();
+        for m in &mut self.maps {
+            if let MapSource::File { fd, .. } = &mut m.source {
+                if *fd == file {
+                    *fd = copy.as_raw_fd();
+                }
+            }
+        }
+        self.snapshot = Some(copy);
+        Ok(())
+    }
+
+    /// Whether [`Plan::install_text`] put the whole text in place.
+    #[must_use]
+    pub fn text_installed(&self) -> bool {
+        self.snapshot.is_some()
     }
 
     /// Where the program starts: the interpreter's entry, or the program's.

@@ -183,6 +183,11 @@ impl Command {
         } else {
             Some(Probes::build(&mut plan, sites, self.mode)?)
         };
+        // Without the right to follow forks (user-mode-only userfaultfd), the
+        // text goes in whole before the program starts.
+        if matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly))) {
+            plan.install_text()?;
+        }
         let (tx, rx) = mpsc::channel();
         let blocked = self.blocked.unwrap_or_else(current_mask);
         let serving = (self.fault_around, self.prefetch);
@@ -753,7 +758,9 @@ fn monitor(
             let keeper = watchdog.sender();
             server.on_new_process(move |fd| keeper.hold_fd(fd));
             let mut result: Result<()> = Ok(());
-            if mode == UffdMode::UserModeOnly {
+            if plan.text_installed() {
+                server.installed_up_front();
+            } else if mode == UffdMode::UserModeOnly {
                 result = server.populate_all().map_err(Error::from);
             }
             // Let the child go on to the program.
@@ -1097,11 +1104,14 @@ fn start(
     }
     let st = image.expect("built at least once");
 
-    let text: Vec<(u64, u64)> = plan
-        .text
-        .iter()
-        .map(|t| (t.start, t.end() - t.start))
-        .collect();
+    let text: Vec<(u64, u64)> = if plan.text_installed() {
+        Vec::new()
+    } else {
+        plan.text
+            .iter()
+            .map(|t| (t.start, t.end() - t.start))
+            .collect()
+    };
     // SAFETY: building a sigset_t in a local with the libc helpers.
     let sigmask = unsafe {
         let mut m: libc::sigset_t = std::mem::zeroed();

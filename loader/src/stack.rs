@@ -82,21 +82,30 @@ pub fn build(
     let env_start = p;
     p -= arg_bytes;
     let arg_start = p;
-    p -= pad;
+    // arch_align_stack, then the platform string and the random bytes.
+    p = (p - pad) & !15;
     p -= 7;
     let platform_addr = p;
     p -= 16;
     let random_addr = p;
     p &= !15;
 
+    // The pointers into the stack keep their places in the kernel's order.
     let mut aux: Vec<(u64, u64)> = auxv
         .iter()
         .copied()
-        .filter(|(k, _)| ![at::NULL, at::EXECFN, at::RANDOM, at::PLATFORM].contains(k))
+        .filter(|&(k, _)| k != at::NULL)
         .collect();
-    aux.push((at::EXECFN, execfn_addr));
-    aux.push((at::RANDOM, random_addr));
-    aux.push((at::PLATFORM, platform_addr));
+    for (key, value) in [
+        (at::EXECFN, execfn_addr),
+        (at::RANDOM, random_addr),
+        (at::PLATFORM, platform_addr),
+    ] {
+        match aux.iter_mut().find(|(k, _)| *k == key) {
+            Some(e) => e.1 = value,
+            None => aux.push((key, value)),
+        }
+    }
     aux.push((at::NULL, 0));
     let words = 1 + (argv.len() + 1) + (envp.len() + 1) + 2 * aux.len();
     let mut sp = p - 8 * words as u64;

@@ -151,6 +151,18 @@ impl TextImage {
         self.srcs.len()
     }
 
+    /// The image of page `index` (pages are numbered across the ranges, in
+    /// order).
+    ///
+    /// # Panics
+    /// If `index` is not below [`TextImage::pages`].
+    #[must_use]
+    pub fn page(&self, index: usize) -> &[u8] {
+        // SAFETY: every source is a readable page that lives as long as the
+        // image (see `new`); the slice borrows the image.
+        unsafe { std::slice::from_raw_parts(self.src(index), PAGE_SIZE as usize) }
+    }
+
     /// The page index of a runtime address, if it lies in a served range.
     fn index_of(&self, addr: u64) -> Option<usize> {
         self.ranges.iter().zip(&self.first).find_map(|(r, first)| {
@@ -351,6 +363,17 @@ impl Server {
         });
         self.stats.processes += 1;
         self.generation += 1;
+    }
+
+    /// Records that every page is in place without us: the text comes from
+    /// a file that holds the whole image (when forks cannot be followed).
+    pub fn installed_up_front(&mut self) {
+        let pages = self.image.pages() as u64;
+        self.stats.served = pages;
+        self.stats.populated = pages;
+        for i in 0..self.image.pages() {
+            self.ever.set(i);
+        }
     }
 
     /// The figures so far.
