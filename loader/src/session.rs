@@ -1224,8 +1224,9 @@ fn start(
     if mode == UffdMode::UserModeOnly {
         limits.push(
             "unprivileged (vm.unprivileged_userfaultfd=0): userfaultfd runs in user-mode-only mode, \
-             which cannot follow forks, so the whole text was installed before the program started \
-             (no lazy serving), and the kernel cannot read not-yet-served text on the program's behalf"
+             which cannot follow forks, so the whole text was written to a sealed file before the \
+             program started (no lazy serving, no refault counts), and writers to the program file \
+             are not refused (the program runs from a sealed copy taken at start)"
                 .to_string(),
         );
     }
