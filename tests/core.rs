@@ -157,7 +157,7 @@ fn hello_raise_sigsegv_all_variants() {
     for v in Variant::ALL {
         let (n, o) = hello_case(v, &["--raise", "11"], &d).compare();
         assert_eq!(n.signal, Some(11), "{v:?}: native must die of SIGSEGV");
-        assert_eq!(o.code, Some(139), "{v:?}: uprobe-exec must exit 128+11");
+        assert_eq!(o.signal, Some(11), "{v:?}: uprobe-exec must die of SIGSEGV too");
     }
 }
 
@@ -743,7 +743,7 @@ fn report_json_schema_and_values() {
         .opt("--report-json")
         .opt(&rep)
         .compare();
-    assert_eq!(o.code, Some(139));
+    assert_eq!(o.signal, Some(11));
     let r = read_report(&rep);
     assert_eq!(r["exit"], serde_json::json!({"signal": 11}), "{r}");
 }
@@ -1218,6 +1218,38 @@ fn library_api_spawn_wait() {
 fn sigint_reaches_the_program() {
     let (n, _) = Case::new("/bin/sh", ["-c", "kill -INT $$; echo survived"]).compare();
     assert_eq!(n.signal, Some(libc::SIGINT));
+}
+
+/// Runs `outer` natively twice, with the inner command `inner` as given and
+/// with `inner` run under uprobe-exec, where `outer` ends with the inner
+/// command's words; asserts the same output and wait status.
+fn compare_as_inner(outer: &[&str], inner: &[&str]) -> (Output, Output) {
+    let run_with = |tool: Option<&str>| {
+        let mut c = std::process::Command::new(outer[0]);
+        c.args(&outer[1..]).args(tool).args(inner);
+        run(c)
+    };
+    let (native, ours) = (run_with(None), run_with(Some(BIN)));
+    assert_same(&format!("{outer:?} {inner:?}"), &native, &ours);
+    (native, ours)
+}
+
+#[test]
+fn death_by_signal_is_passed_on_to_our_parent() {
+    // Python's subprocess sees the program's signal as -N, not 128+N.
+    let py = "import subprocess, sys; print(subprocess.run(sys.argv[1:]).returncode)";
+    for sig in ["INT", "TERM", "SEGV", "KILL"] {
+        let kill = format!("kill -{sig} $$");
+        let (n, _) = compare_as_inner(&["/usr/bin/python3", "-c", py], &["/bin/sh", "-c", &kill]);
+        assert!(n.stdout_str().starts_with('-'), "{sig}: {}", n.stdout_str());
+    }
+    // Ctrl-C stops a shell script: bash sees its child die of SIGINT (not
+    // exit 130) and ends itself the same way, without running the rest.
+    let (n, _) = compare_as_inner(
+        &["/bin/bash", "-c", "\"$@\"; echo went on after $?", "_"],
+        &["/bin/sh", "-c", "kill -INT 0; sleep 5"],
+    );
+    assert_eq!(n.signal, Some(libc::SIGINT), "{}", n.stdout_str());
 }
 
 #[test]

@@ -234,5 +234,30 @@ fn main() -> ExitCode {
     if cli.stats {
         eprint!("{}", report.stats_text());
     }
-    ExitCode::from(report.exit.status().clamp(0, 255) as u8)
+    match report.exit {
+        uprobe_exec::Exit::Code(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        uprobe_exec::Exit::Signal(sig) => die_of(sig),
+    }
+}
+
+/// Dies of `sig`, as the program did, so that our parent sees the same wait
+/// status (`WIFSIGNALED`, same signal) and a shell or `subprocess` reacts to
+/// it as to the program's own death (strace does the same). The report is
+/// written by then. No core of ours: the program's crash is not ours.
+fn die_of(sig: i32) -> ! {
+    // SAFETY: plain system calls on our own process: no core dump, the
+    // default action for `sig`, then the signal to this thread, unblocked.
+    // A signal whose default action is to terminate ends the process here.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    // Only a signal that cannot kill gets here (the program did not die of
+    // it, so this is unreachable in practice): the shell's convention.
+    std::process::exit(128 + sig)
 }
