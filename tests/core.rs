@@ -1220,6 +1220,39 @@ fn sigint_reaches_the_program() {
     assert_eq!(n.signal, Some(libc::SIGINT));
 }
 
+#[test]
+fn closed_std_fds_stay_closed() {
+    // `echo hi >&-`: writing to a closed stdout fails with EBADF.
+    let echo = Case::new("/bin/sh", ["-c", "echo hi; echo status $? >&2"]).closed(1);
+    let (n, _) = echo.compare();
+    assert!(n.stderr_str().contains("status 1"), "{}", n.stderr_str());
+    echo.nobody().compare();
+    // The first open() gets the lowest closed fd, as natively.
+    for fds in [&[0][..], &[0, 2], &[2]] {
+        let mut c = Case::new("/bin/ls", ["-1", "/proc/self/fd"]);
+        for &fd in fds {
+            c = c.closed(fd);
+        }
+        let (n, _) = c.compare();
+        let lowest = fds[0].to_string();
+        assert!(n.stdout_str().lines().any(|l| l == lowest), "{fds:?}: {}", n.stdout_str());
+        c.nobody().compare();
+    }
+    // All three closed: output through fd 5 only.
+    let all = Case::new("/bin/sh", ["-c", "exec ls -1 /proc/self/fd >&5"])
+        .fd5()
+        .closed(0)
+        .closed(1)
+        .closed(2);
+    let (n, _) = all.compare();
+    let listed = String::from_utf8_lossy(n.fd5.as_deref().unwrap_or_default()).into_owned();
+    let listed: Vec<&str> = listed.lines().collect();
+    assert!(
+        ["0", "1", "5"].iter().all(|f| listed.contains(f)) && !listed.contains(&"2"),
+        "{listed:?}"
+    );
+}
+
 /// Runs `outer` natively twice, with the inner command `inner` as given and
 /// with `inner` run under uprobe-exec, where `outer` ends with the inner
 /// command's words; asserts the same output and wait status.

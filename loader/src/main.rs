@@ -1,8 +1,16 @@
 //! `uprobe-exec`: a thin command-line client of the `uprobe_exec` library.
+//!
+//! `no_main`: Rust's runtime would open `/dev/null` on closed fds 0, 1 and 2
+//! before `main`, and the program would inherit them open. We start from
+//! glibc's `main` instead and do the two things of that runtime we need
+//! ourselves (see [`main`]); `std::env::args` still works, since glibc hands
+//! the arguments to std through `.init_array`.
+
+#![no_main]
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -68,12 +76,12 @@ enum Mode {
     Jump,
 }
 
-fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
+fn fail(msg: impl std::fmt::Display, code: u8) -> u8 {
     eprintln!("uprobe-exec: {msg}");
-    ExitCode::from(code)
+    code
 }
 
-fn list(program: &OsString, patterns: &[String]) -> ExitCode {
+fn list(program: &OsString, patterns: &[String]) -> u8 {
     match uprobe_exec::functions(program, patterns) {
         Ok(fs) if fs.is_empty() && !patterns.is_empty() => fail(
             format!(
@@ -93,8 +101,13 @@ fn list(program: &OsString, patterns: &[String]) -> ExitCode {
                     f.display_name()
                 ));
             }
-            print!("{out}");
-            ExitCode::SUCCESS
+            // A reader that stops early (`| head`) is no failure.
+            match std::io::stdout().lock().write_all(out.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    fail(format!("writing the list: {e}"), 125)
+                }
+                _ => 0,
+            }
         }
         Err(e) => fail(&e, e.exit_code() as u8),
     }
@@ -159,7 +172,40 @@ fn forward_signals(pid: i32) {
         });
 }
 
-fn main() -> ExitCode {
+/// Entered from glibc's start code with the process as execve left it.
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    hold_closed_std_fds();
+    // As Rust's runtime does: a write to a closed pipe is an error, not death.
+    // (The program gets the default action back: the stage resets SIGPIPE.)
+    // SAFETY: setting a disposition before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // Unwinding out of an `extern "C"` function would abort: a panic of
+    // ours (already reported by the panic hook) is a failure of ours.
+    let code = std::panic::catch_unwind(run).unwrap_or(125);
+    // std's exit flushes stdout, as returning from a Rust main would.
+    std::process::exit(i32::from(code))
+}
+
+/// Opens `/dev/null` close-on-exec on each of fds 0, 1 and 2 we were started
+/// without, so that no fd of ours lands there and our messages to a closed
+/// stderr go nowhere, as with Rust's runtime. Being close-on-exec, they are
+/// closed in the child before the program starts, like every close-on-exec
+/// fd of ours: the program gets exactly the fds it was given.
+fn hold_closed_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the flags of an fd number; opening
+        // /dev/null takes the lowest free number, which is `fd`, as the
+        // lower ones are open (or were just filled) by now.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            }
+        }
+    }
+}
+
+fn run() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e)
@@ -169,7 +215,7 @@ fn main() -> ExitCode {
             ) =>
         {
             let _ = e.print();
-            return ExitCode::SUCCESS;
+            return 0;
         }
         Err(e) => {
             // One line, ours: clap's first line without its "error: ".
@@ -235,7 +281,7 @@ fn main() -> ExitCode {
         eprint!("{}", report.stats_text());
     }
     match report.exit {
-        uprobe_exec::Exit::Code(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        uprobe_exec::Exit::Code(c) => c.clamp(0, 255) as u8,
         uprobe_exec::Exit::Signal(sig) => die_of(sig),
     }
 }

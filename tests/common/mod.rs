@@ -276,6 +276,8 @@ pub struct Case {
     pub stdin: Option<Vec<u8>>,
     /// Give the program a pipe as fd 5 (not close-on-exec).
     pub fd5: bool,
+    /// Fds closed when the process (ours or the program) starts.
+    pub closed: Vec<RawFd>,
     /// Options of uprobe-exec, before PROGRAM.
     pub opts: Vec<OsString>,
     /// The uprobe-exec binary (default: BIN).
@@ -312,6 +314,11 @@ impl Case {
     }
     pub fn fd5(mut self) -> Case {
         self.fd5 = true;
+        self
+    }
+    /// Starts both runs with `fd` closed (e.g. `>&-`).
+    pub fn closed(mut self, fd: RawFd) -> Case {
+        self.closed.push(fd);
         self
     }
     pub fn opt(mut self, o: impl AsRef<OsStr>) -> Case {
@@ -381,6 +388,18 @@ impl Case {
             }
             after.push(w);
             read_end = Some(r);
+        }
+        let closed = self.closed.clone();
+        if !closed.is_empty() {
+            // SAFETY: close is async-signal-safe; these are the child's fds.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &closed {
+                        libc::close(fd);
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut out = run_full(
             cmd,
