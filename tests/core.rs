@@ -1290,3 +1290,92 @@ fn signal_dispositions_match_native() {
     let (n, _) = Case::new("/usr/bin/grep", ["^Sig[IC]", "/proc/self/status"]).compare();
     assert!(n.stdout_str().contains("SigIgn:"));
 }
+
+// ---------------------------------------------------------------------------
+// LD_* variables reach the program only (uprobe-exec is linked statically)
+
+/// `text` without the numbers ld.so prints that differ from run to run:
+/// `(0x…)` load addresses and the `PID:` prefix of LD_DEBUG lines.
+fn without_addresses(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let l = match l.split_once("(0x") {
+                Some((a, b)) => format!("{a}({}", b.split_once(')').map_or("", |x| x.1)),
+                None => l.to_string(),
+            };
+            match l.trim_start().split_once(":\t") {
+                Some((pid, rest)) if pid.bytes().all(|c| c.is_ascii_digit()) => rest.to_string(),
+                _ => l,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn ld_trace_loaded_objects_lists_the_programs_libraries() {
+    let case = Case::new("/bin/ls", ["/"]).env("LD_TRACE_LOADED_OBJECTS", "1");
+    let (native, ours) = (case.run_native(), case.run_ours());
+    assert_eq!(ours.code, Some(0), "{}", ours.stderr_str());
+    assert!(ours.stderr.is_empty(), "{}", ours.stderr_str());
+    let ldd = run({
+        let mut c = Command::new("/usr/bin/ldd");
+        c.arg("/bin/ls");
+        c
+    });
+    assert!(native.stdout_str().contains("libc.so.6"), "{}", native.stdout_str());
+    for (what, expected) in [("native", &native), ("ldd", &ldd)] {
+        assert_eq!(
+            without_addresses(&ours.stdout_str()),
+            without_addresses(&expected.stdout_str()),
+            "against {what}"
+        );
+    }
+}
+
+#[test]
+fn ld_preload_constructor_runs_once() {
+    let d = TempDir::new("ld-preload");
+    let src = d.write(
+        "ctor.c",
+        b"#include <unistd.h>\n__attribute__((constructor)) static void c(void) { write(2, \"ctor\\n\", 5); }\n",
+        0o644,
+    );
+    let so = d.join("ctor.so");
+    let cc = run({
+        let mut c = Command::new("cc");
+        c.args(["-shared", "-fPIC", "-o"]).arg(&so).arg(&src);
+        c
+    });
+    assert_eq!(cc.code, Some(0), "cc: {}", cc.stderr_str());
+    let case = Case::new("/bin/echo", ["hi"]).env("LD_PRELOAD", so.to_str().unwrap());
+    let (n, _) = case.compare();
+    assert_eq!(n.stderr_str(), "ctor\n");
+    case.nobody().compare();
+}
+
+#[test]
+fn ld_show_auxv_and_ld_debug_come_from_the_program_only() {
+    let keys = |o: &Output| {
+        let mut k: Vec<String> = o
+            .stdout_str()
+            .lines()
+            .map(|l| l.split(':').next().unwrap_or("").to_string())
+            .collect();
+        k.sort();
+        k
+    };
+    let case = Case::new("/bin/echo", ["hi"]).env("LD_SHOW_AUXV", "1");
+    let (native, ours) = (case.run_native(), case.run_ours());
+    assert_eq!(keys(&ours), keys(&native), "{}", ours.stdout_str());
+    assert!(ours.stdout_str().ends_with("\nhi\n"), "{}", ours.stdout_str());
+    assert_eq!(ours.code, Some(0));
+
+    let case = Case::new("/bin/echo", ["hi"]).env("LD_DEBUG", "libs");
+    let (native, ours) = (case.run_native(), case.run_ours());
+    assert_eq!(ours.stdout, native.stdout);
+    assert_eq!(
+        without_addresses(&ours.stderr_str()),
+        without_addresses(&native.stderr_str())
+    );
+}
