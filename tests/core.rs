@@ -592,10 +592,120 @@ fn error_nonexistent_path_127() {
 }
 
 #[test]
-fn error_not_an_elf_126() {
-    let d = TempDir::new("notelf");
-    let f = d.write("text", b"echo this is not a program\n", 0o755);
-    assert_our_error("text file without #!", &tool(&[f.as_os_str()]), 126);
+fn script_without_shebang_runs_with_sh() {
+    // execve says ENOEXEC; execvp (here: std's spawn), env and nohup then
+    // run `/bin/sh FILE ARGS...`.
+    let d = TempDir::new("noshebang");
+    let f = d.write("text", b"echo \"0=$0 args=$*\"\necho err >&2\nexit 3\n", 0o755);
+    let (n, _) = Case::new(&f, ["a b", "c"]).cwd(&d.path).compare();
+    assert_eq!(n.stdout_str(), format!("0={} args=a b c\n", f.display()));
+    assert_eq!(n.code, Some(3));
+    Case::new(&f, ["x"]).cwd(&d.path).nobody().compare();
+    // Found through PATH: $0 is the path found.
+    let path = format!("{}:/usr/bin:/bin", d.path.display());
+    let (n, _) = Case::new("text", ["p"]).env("PATH", &path).compare();
+    assert!(n.stdout_str().starts_with(&format!("0={}", d.join("text").display())));
+    // An empty file runs as an empty shell script.
+    let e = d.write("empty", b"", 0o755);
+    let (n, _) = Case::new(&e, ["x"]).compare();
+    assert_eq!(n.code, Some(0));
+    // A #! interpreter that is neither: ENOEXEC too, for the whole chain.
+    let s = d.write("via-text", format!("#!{}\n", f.display()).as_bytes(), 0o755);
+    Case::new(&s, ["y"]).compare();
+}
+
+#[test]
+fn missing_interpreter_127() {
+    // execve says ENOENT: env(1) and a shell exit 127.
+    let d = TempDir::new("nointerp");
+    let script = d.write("script", b"#!/nonexistent/interp -x\necho hi\n", 0o755);
+    let mut elf = std::fs::read(sample("hello", Variant::Pie)).unwrap();
+    let (phoff, phnum) = (u64_at(&elf, 32) as usize, u16_at(&elf, 56));
+    let interp = (0..phnum as usize)
+        .map(|i| phoff + i * 56)
+        .find(|&ph| u32_at(&elf, ph) == 3)
+        .expect("hello-pie has PT_INTERP");
+    let at = u64_at(&elf, interp + 8) as usize;
+    let name = b"/nonexistent/ld.so\0";
+    elf[at..at + name.len()].copy_from_slice(name);
+    let prog = d.write("prog", &elf, 0o755);
+    for (f, missing) in [(&script, "/nonexistent/interp"), (&prog, "/nonexistent/ld.so")] {
+        let native = run({
+            let mut c = Command::new("/usr/bin/env");
+            c.arg(f);
+            c
+        });
+        assert_eq!(native.code, Some(127), "env {}: {}", f.display(), native.stderr_str());
+        let ours = tool(&[f.as_os_str()]);
+        assert_our_error(missing, &ours, 127);
+        assert!(ours.stderr_str().contains(missing), "{}", ours.stderr_str());
+    }
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+/// File offsets of the PT_LOAD program headers of an ELF image.
+fn load_headers(elf: &[u8]) -> Vec<usize> {
+    let (phoff, phnum) = (u64_at(elf, 32) as usize, u16_at(elf, 56) as usize);
+    (0..phnum)
+        .map(|i| phoff + i * 56)
+        .filter(|&ph| u32_at(elf, ph) == 1)
+        .collect()
+}
+
+#[test]
+fn unusual_load_layouts_run_as_natively() {
+    // What fs/binfmt_elf.c accepts: any p_align (its maximum_alignment skips
+    // values that are not a power of two; 0 means none), and PT_LOAD headers
+    // in any order.
+    let d = TempDir::new("layouts");
+    for v in Variant::ALL {
+        let good = std::fs::read(sample("hello", v)).unwrap();
+        let loads = load_headers(&good);
+        let mut files = Vec::new();
+        for align in [0u64, 3, 0x1234, 1 << 21, 1 << 40] {
+            let mut b = good.clone();
+            for &ph in &loads {
+                b[ph + 48..ph + 56].copy_from_slice(&align.to_le_bytes());
+            }
+            files.push((format!("align {align:#x}"), b));
+        }
+        let mut b = good.clone();
+        let entries: Vec<Vec<u8>> = loads.iter().map(|&ph| good[ph..ph + 56].to_vec()).collect();
+        for (&ph, e) in loads.iter().zip(entries.iter().rev()) {
+            b[ph..ph + 56].copy_from_slice(e);
+        }
+        files.push(("PT_LOADs in reverse order".into(), b));
+        for (i, (what, bytes)) in files.iter().enumerate() {
+            let f = d.write(&format!("{}-{i}", v.suffix()), bytes, 0o755);
+            let (n, _) = Case::new(&f, ["x"]).compare();
+            assert_eq!(n.code, Some(0), "{v:?} {what}: {}", n.stderr_str());
+        }
+    }
+    // A PIE is loaded at an address aligned to its largest p_align, as natively.
+    let mut b = std::fs::read(sample("hello", Variant::Pie)).unwrap();
+    for ph in load_headers(&b.clone()) {
+        b[ph + 48..ph + 56].copy_from_slice(&(1u64 << 21).to_le_bytes());
+    }
+    let f = d.write("aligned", &b, 0o755);
+    let case = Case::new(&f, Vec::<&str>::new()).env("LD_SHOW_AUXV", "1");
+    for out in [case.run_native(), case.run_ours()] {
+        let phdr = out
+            .stdout_str()
+            .lines()
+            .find_map(|l| l.strip_prefix("AT_PHDR:"))
+            .and_then(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+            .expect("AT_PHDR");
+        assert_eq!(phdr % (1 << 21), u64_at(&b, 32), "AT_PHDR {phdr:#x}");
+    }
 }
 
 #[test]

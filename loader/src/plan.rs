@@ -30,7 +30,9 @@ impl Reservation {
     /// Reserves `len` bytes anywhere, aligned to `align` (a power of two).
     pub fn anywhere(len: u64, align: u64, hint: u64) -> std::io::Result<Reservation> {
         let align = align.max(PAGE_SIZE);
-        let total = len + align;
+        let total = len
+            .checked_add(align)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
         // SAFETY: a fresh PROT_NONE anonymous mapping at an address of the
         // kernel's choosing (the hint is only a hint) overlaps nothing of ours.
         let p = unsafe {
@@ -185,10 +187,20 @@ fn place(image: Image, hint: u64) -> Result<Placed> {
                 lo + span
             ),
         })?,
-        ElfKind::Dyn => Reservation::anywhere(span, PAGE_SIZE, hint).map_err(|e| Error::Plan {
-            path: image.path.clone(),
-            reason: format!("no room for {span:#x} bytes: {e}"),
-        })?,
+        ElfKind::Dyn => Reservation::anywhere(span, image.align, hint)
+            .or_else(|e| {
+                // An alignment too large to find room for: the kernel aligns
+                // its base address down to it (to 0 from 2^47 up), as here.
+                let base = PIE_HINT & !(image.align - 1);
+                Reservation::fixed(base, span).map_err(|_| e)
+            })
+            .map_err(|e| Error::Plan {
+                path: image.path.clone(),
+                reason: format!(
+                    "no room for {span:#x} bytes aligned to {:#x}: {e}",
+                    image.align
+                ),
+            })?,
     };
     let bias = Bias(reservation.addr.wrapping_sub(lo));
     Ok(Placed {

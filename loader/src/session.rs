@@ -160,6 +160,12 @@ impl Command {
         let program = Image::open(&resolved.elf)?;
         let interp = match &program.interp {
             Some(p) => Some(Image::open(p).map_err(|e| match e {
+                ElfError::Open { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                    Error::NoInterpreter {
+                        program: resolved.elf.clone(),
+                        interp: path,
+                    }
+                }
                 ElfError::Open { path, source } => Error::CannotRun {
                     path: resolved.elf.clone(),
                     reason: format!("its interpreter {}: {source}", path.display()),
@@ -532,7 +538,13 @@ struct Resolved {
     execfn: Vec<u8>,
 }
 
-/// Finds the program as execvp(3) would, and follows `#!` lines as execve(2) does.
+/// The shell execvp(3) runs a file with when execve(2) says ENOEXEC
+/// (glibc's `_PATH_BSHELL`).
+const SHELL: &str = "/bin/sh";
+
+/// Finds the program as execvp(3) would, and follows `#!` lines as execve(2)
+/// does. A file that is neither ELF nor `#!` (execve: ENOEXEC) runs as
+/// `/bin/sh FILE ARGS...`, as execvp, env(1) and nohup(1) run it.
 fn resolve(program: &OsStr, args: &[OsString]) -> Result<Resolved> {
     let path = if program.as_bytes().contains(&b'/') {
         let p = PathBuf::from(program);
@@ -550,18 +562,54 @@ fn resolve(program: &OsStr, args: &[OsString]) -> Result<Resolved> {
                 program: program.to_string_lossy().into_owned(),
             })?
     };
-    let mut argv: Vec<Vec<u8>> = std::iter::once(program)
-        .chain(args.iter().map(OsString::as_os_str))
-        .map(|a| a.as_bytes().to_vec())
+    let args = args.iter().map(|a| a.as_bytes().to_vec());
+    let argv = std::iter::once(program.as_bytes().to_vec())
+        .chain(args.clone())
         .collect();
+    if let Some(r) = follow(&path, argv)? {
+        return Ok(r);
+    }
+    // glibc's execvp: argv[0] gives way to the shell and the file found.
+    let argv = [SHELL.as_bytes().to_vec(), path.as_os_str().as_bytes().to_vec()]
+        .into_iter()
+        .chain(args)
+        .collect();
+    follow(Path::new(SHELL), argv)?.ok_or_else(|| Error::CannotRun {
+        path: SHELL.into(),
+        reason: "not an ELF file".into(),
+    })
+}
+
+/// What execve makes of a file from its first bytes.
+enum Format {
+    /// `#!`: the interpreter and its optional argument.
+    Script(PathBuf, Option<Vec<u8>>),
+    /// The ELF magic: the ELF parser decides whether it can run.
+    Elf,
+    /// Neither: execve fails with ENOEXEC.
+    Other,
+}
+
+/// Follows the `#!` lines from `path`, run with `argv`, to an ELF file, as
+/// execve does. `None` where execve would fail with ENOEXEC.
+fn follow(path: &Path, mut argv: Vec<Vec<u8>>) -> Result<Option<Resolved>> {
     let execfn = path.as_os_str().as_bytes().to_vec();
-    let mut elf = path;
+    let mut elf = path.to_owned();
     // The kernel follows at most 4 levels of interpreters.
     for _ in 0..5 {
         check_runnable(&elf)?;
-        let Some((interp, optarg)) = shebang(&elf)? else {
-            return Ok(Resolved { elf, argv, execfn });
+        let (interp, optarg) = match format(&elf)? {
+            Format::Elf => return Ok(Some(Resolved { elf, argv, execfn })),
+            Format::Other => return Ok(None),
+            Format::Script(interp, optarg) => (interp, optarg),
         };
+        if matches!(std::fs::metadata(&interp), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Err(Error::NoInterpreter {
+                program: elf,
+                interp,
+            });
+        }
         let mut next = vec![interp.as_os_str().as_bytes().to_vec()];
         next.extend(optarg);
         next.push(elf.as_os_str().as_bytes().to_vec());
@@ -622,8 +670,9 @@ fn check_runnable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The interpreter and optional argument of a `#!` line.
-fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
+/// Whether `path` is a `#!` script (and its interpreter and optional
+/// argument), an ELF file, or neither.
+fn format(path: &Path) -> Result<Format> {
     let mut head = [0u8; 256];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
@@ -632,8 +681,11 @@ fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
             reason: e.to_string(),
         })?;
     let head = &head[..n];
+    if head.starts_with(b"\x7fELF") {
+        return Ok(Format::Elf);
+    }
     if !head.starts_with(b"#!") {
-        return Ok(None);
+        return Ok(Format::Other);
     }
     let line = head[2..].split(|&c| c == b'\n').next().unwrap_or(&[]);
     let line = line.trim_ascii();
@@ -648,10 +700,10 @@ fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
         });
     }
     let optarg = (!rest.is_empty()).then(|| rest.to_vec());
-    Ok(Some((
+    Ok(Format::Script(
         PathBuf::from(OsString::from_vec(interp.to_vec())),
         optarg,
-    )))
+    ))
 }
 
 /// The calling thread's blocked signals, bit n-1 for signal n.
