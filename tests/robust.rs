@@ -616,3 +616,40 @@ fn bad_symbol_tables_are_survived() {
         }
     }
 }
+
+#[test]
+fn files_the_helpers_write_run_while_other_threads_fork() {
+    // A file written in-process could not be executed while another thread
+    // forked: its child held the write fd until it exec'd (ETXTBSY).
+    let dir = TempDir::new("etxtbsy");
+    let bytes = std::fs::read(path("hello", Variant::Static)).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forkers: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut c = Command::new("/bin/true");
+                    // SAFETY: an empty pre_exec hook (it makes std fork, not vfork).
+                    unsafe {
+                        use std::os::unix::process::CommandExt;
+                        c.pre_exec(|| Ok(()));
+                    }
+                    let _ = c.status();
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for i in 0..100 {
+        let f = dir.write(&format!("prog{i}"), &bytes, 0o755);
+        if let Err(e) = Command::new(&f).stdout(Stdio::null()).status() {
+            failures.push(e.to_string());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in forkers {
+        t.join().unwrap();
+    }
+    assert!(failures.is_empty(), "{} of 100 failed: {:?}", failures.len(), failures.first());
+}
