@@ -1396,6 +1396,23 @@ fn death_by_signal_is_passed_on_to_our_parent() {
 }
 
 #[test]
+fn ignored_sigpipe_is_inherited() {
+    // A caller that ignores SIGPIPE passes that on through execve; so must we
+    // (our own runtime ignores it too, and resets it only when we did not
+    // inherit it ignored).
+    let (n, _) = compare_as_inner(
+        &["/bin/sh", "-c", "trap '' PIPE; exec \"$@\"", "_"],
+        &["/usr/bin/grep", "^SigIgn", "/proc/self/status"],
+    );
+    assert!(n.stdout_str().contains("1000"), "{}", n.stdout_str());
+    let (n, _) = compare_as_inner(
+        &["/bin/sh", "-c", "exec \"$@\"", "_"],
+        &["/usr/bin/grep", "^SigIgn", "/proc/self/status"],
+    );
+    assert!(!n.stdout_str().contains("1000"), "{}", n.stdout_str());
+}
+
+#[test]
 fn signal_dispositions_match_native() {
     let (n, _) = Case::new("/usr/bin/grep", ["^Sig[IC]", "/proc/self/status"]).compare();
     assert!(n.stdout_str().contains("SigIgn:"));

@@ -172,14 +172,18 @@ fn forward_signals(pid: i32) {
         });
 }
 
+/// SIGPIPE was ignored when we started: the program inherits that, as across execve.
+static SIGPIPE_IGNORED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Entered from glibc's start code with the process as execve left it.
 #[no_mangle]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     hold_closed_std_fds();
     // As Rust's runtime does: a write to a closed pipe is an error, not death.
-    // (The program gets the default action back: the stage resets SIGPIPE.)
+    // The program gets the disposition we were started with (see run).
     // SAFETY: setting a disposition before any other thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let sigpipe = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    SIGPIPE_IGNORED.store(sigpipe == libc::SIG_IGN, std::sync::atomic::Ordering::Relaxed);
     // Unwinding out of an `extern "C"` function would abort: a panic of
     // ours (already reported by the panic hook) is a failure of ours.
     let code = std::panic::catch_unwind(run).unwrap_or(125);
@@ -250,7 +254,8 @@ fn run() -> u8 {
             Mode::Jump => uprobe_exec::ProbeMode::Jump,
         })
         .prefetch(cli.prefetch)
-        .blocked_signals(given);
+        .blocked_signals(given)
+        .sigpipe_ignored(SIGPIPE_IGNORED.load(std::sync::atomic::Ordering::Relaxed));
     for p in &cli.probes {
         cmd = cmd.probe(p);
     }

@@ -45,6 +45,8 @@ pub struct Command {
     /// Signals (bit n-1 for signal n) blocked when the program starts; by
     /// default the spawning thread's mask.
     blocked: Option<u64>,
+    /// The program starts with SIGPIPE ignored rather than at its default.
+    sigpipe_ignored: bool,
     fault_around: usize,
     prefetch: bool,
     mode: ProbeMode,
@@ -76,6 +78,7 @@ impl Command {
             probes: Vec::new(),
             unsafe_addrs: false,
             blocked: None,
+            sigpipe_ignored: false,
             fault_around: DEFAULT_FAULT_AROUND,
             prefetch: false,
             mode: ProbeMode::Auto,
@@ -93,6 +96,16 @@ impl Command {
     /// does). By default the program gets the spawning thread's mask.
     pub fn blocked_signals(mut self, mask: u64) -> Command {
         self.blocked = Some(mask);
+        self
+    }
+
+    /// Whether the program starts with SIGPIPE ignored, as execve would
+    /// leave it for a caller that was started with it ignored. By default
+    /// it gets the default action: a Rust program's runtime ignores SIGPIPE
+    /// for itself, so the caller's own disposition says nothing. (The CLI
+    /// records the disposition it was started with and passes it on.)
+    pub fn sigpipe_ignored(mut self, ignored: bool) -> Command {
+        self.sigpipe_ignored = ignored;
         self
     }
 
@@ -190,7 +203,10 @@ impl Command {
             Some(Probes::build(&mut plan, sites, self.mode)?)
         };
         let (tx, rx) = mpsc::channel();
-        let blocked = self.blocked.unwrap_or_else(current_mask);
+        let signals = Signals {
+            blocked: self.blocked.unwrap_or_else(current_mask),
+            sigpipe_ignored: self.sigpipe_ignored,
+        };
         let serving = (self.fault_around, self.prefetch);
         let args = resolved
             .argv
@@ -200,7 +216,7 @@ impl Command {
         let program_name = resolved.elf.display().to_string();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
-            .spawn(move || monitor(plan, probes, resolved, env, blocked, serving, tx))
+            .spawn(move || monitor(plan, probes, resolved, env, signals, serving, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
             Ok(Ok(pid)) => Ok(Session {
@@ -706,6 +722,16 @@ fn format(path: &Path) -> Result<Format> {
     ))
 }
 
+/// The signal state the program starts with (besides the dispositions,
+/// which the stage resets as execve does).
+#[derive(Clone, Copy, Debug)]
+struct Signals {
+    /// Blocked signals, bit n-1 for signal n.
+    blocked: u64,
+    /// SIGPIPE stays ignored.
+    sigpipe_ignored: bool,
+}
+
 /// The calling thread's blocked signals, bit n-1 for signal n.
 fn current_mask() -> u64 {
     // SAFETY: reading the calling thread's mask into a local, then testing it.
@@ -771,11 +797,11 @@ fn monitor(
     probes: Option<Probes>,
     r: Resolved,
     env: Vec<OsString>,
-    blocked: u64,
+    signals: Signals,
     (fault_around, prefetch): (usize, bool),
     started: mpsc::Sender<Result<i32>>,
 ) -> Result<Outcome> {
-    match start(&plan, probes.as_ref(), &r, &env, blocked) {
+    match start(&plan, probes.as_ref(), &r, &env, signals) {
         Ok((pid, pidfd, uffd, mode, handoff, listener, watchdog)) => {
             let guard = match (listener, &probes) {
                 (Some(l), Some(p)) => Some(crate::guard::Guard::start(l, p.guard_target())?),
@@ -984,7 +1010,7 @@ fn start(
     probes: Option<&Probes>,
     r: &Resolved,
     env: &[OsString],
-    blocked: u64,
+    signals: Signals,
 ) -> Result<Started> {
     let stack_len = stack_size();
     let stack_res = Reservation::anywhere(stack_len, PAGE_SIZE, 0)
@@ -1128,7 +1154,7 @@ fn start(
         let mut m: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut m);
         for sig in 1..=64 {
-            if blocked & (1 << (sig - 1)) != 0 {
+            if signals.blocked & (1 << (sig - 1)) != 0 {
                 libc::sigaddset(&mut m, sig);
             }
         }
@@ -1137,6 +1163,7 @@ fn start(
     let sp = StagePlan {
         sock: sock_child.as_raw_fd(),
         sigmask,
+        sigpipe_ignored: signals.sigpipe_ignored,
         maps: &plan.maps,
         text: &text,
         stack: (stack_res.addr, stack_res.len),
