@@ -157,7 +157,7 @@ fn hello_raise_sigsegv_all_variants() {
     for v in Variant::ALL {
         let (n, o) = hello_case(v, &["--raise", "11"], &d).compare();
         assert_eq!(n.signal, Some(11), "{v:?}: native must die of SIGSEGV");
-        assert_eq!(o.code, Some(139), "{v:?}: uprobe-exec must exit 128+11");
+        assert_eq!(o.signal, Some(11), "{v:?}: uprobe-exec must die of SIGSEGV too");
     }
 }
 
@@ -592,10 +592,120 @@ fn error_nonexistent_path_127() {
 }
 
 #[test]
-fn error_not_an_elf_126() {
-    let d = TempDir::new("notelf");
-    let f = d.write("text", b"echo this is not a program\n", 0o755);
-    assert_our_error("text file without #!", &tool(&[f.as_os_str()]), 126);
+fn script_without_shebang_runs_with_sh() {
+    // execve says ENOEXEC; execvp (here: std's spawn), env and nohup then
+    // run `/bin/sh FILE ARGS...`.
+    let d = TempDir::new("noshebang");
+    let f = d.write("text", b"echo \"0=$0 args=$*\"\necho err >&2\nexit 3\n", 0o755);
+    let (n, _) = Case::new(&f, ["a b", "c"]).cwd(&d.path).compare();
+    assert_eq!(n.stdout_str(), format!("0={} args=a b c\n", f.display()));
+    assert_eq!(n.code, Some(3));
+    Case::new(&f, ["x"]).cwd(&d.path).nobody().compare();
+    // Found through PATH: $0 is the path found.
+    let path = format!("{}:/usr/bin:/bin", d.path.display());
+    let (n, _) = Case::new("text", ["p"]).env("PATH", &path).compare();
+    assert!(n.stdout_str().starts_with(&format!("0={}", d.join("text").display())));
+    // An empty file runs as an empty shell script.
+    let e = d.write("empty", b"", 0o755);
+    let (n, _) = Case::new(&e, ["x"]).compare();
+    assert_eq!(n.code, Some(0));
+    // A #! interpreter that is neither: ENOEXEC too, for the whole chain.
+    let s = d.write("via-text", format!("#!{}\n", f.display()).as_bytes(), 0o755);
+    Case::new(&s, ["y"]).compare();
+}
+
+#[test]
+fn missing_interpreter_127() {
+    // execve says ENOENT: env(1) and a shell exit 127.
+    let d = TempDir::new("nointerp");
+    let script = d.write("script", b"#!/nonexistent/interp -x\necho hi\n", 0o755);
+    let mut elf = std::fs::read(sample("hello", Variant::Pie)).unwrap();
+    let (phoff, phnum) = (u64_at(&elf, 32) as usize, u16_at(&elf, 56));
+    let interp = (0..phnum as usize)
+        .map(|i| phoff + i * 56)
+        .find(|&ph| u32_at(&elf, ph) == 3)
+        .expect("hello-pie has PT_INTERP");
+    let at = u64_at(&elf, interp + 8) as usize;
+    let name = b"/nonexistent/ld.so\0";
+    elf[at..at + name.len()].copy_from_slice(name);
+    let prog = d.write("prog", &elf, 0o755);
+    for (f, missing) in [(&script, "/nonexistent/interp"), (&prog, "/nonexistent/ld.so")] {
+        let native = run({
+            let mut c = Command::new("/usr/bin/env");
+            c.arg(f);
+            c
+        });
+        assert_eq!(native.code, Some(127), "env {}: {}", f.display(), native.stderr_str());
+        let ours = tool(&[f.as_os_str()]);
+        assert_our_error(missing, &ours, 127);
+        assert!(ours.stderr_str().contains(missing), "{}", ours.stderr_str());
+    }
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes(b[o..o + 2].try_into().unwrap())
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+}
+
+/// File offsets of the PT_LOAD program headers of an ELF image.
+fn load_headers(elf: &[u8]) -> Vec<usize> {
+    let (phoff, phnum) = (u64_at(elf, 32) as usize, u16_at(elf, 56) as usize);
+    (0..phnum)
+        .map(|i| phoff + i * 56)
+        .filter(|&ph| u32_at(elf, ph) == 1)
+        .collect()
+}
+
+#[test]
+fn unusual_load_layouts_run_as_natively() {
+    // What fs/binfmt_elf.c accepts: any p_align (its maximum_alignment skips
+    // values that are not a power of two; 0 means none), and PT_LOAD headers
+    // in any order.
+    let d = TempDir::new("layouts");
+    for v in Variant::ALL {
+        let good = std::fs::read(sample("hello", v)).unwrap();
+        let loads = load_headers(&good);
+        let mut files = Vec::new();
+        for align in [0u64, 3, 0x1234, 1 << 21, 1 << 40] {
+            let mut b = good.clone();
+            for &ph in &loads {
+                b[ph + 48..ph + 56].copy_from_slice(&align.to_le_bytes());
+            }
+            files.push((format!("align {align:#x}"), b));
+        }
+        let mut b = good.clone();
+        let entries: Vec<Vec<u8>> = loads.iter().map(|&ph| good[ph..ph + 56].to_vec()).collect();
+        for (&ph, e) in loads.iter().zip(entries.iter().rev()) {
+            b[ph..ph + 56].copy_from_slice(e);
+        }
+        files.push(("PT_LOADs in reverse order".into(), b));
+        for (i, (what, bytes)) in files.iter().enumerate() {
+            let f = d.write(&format!("{}-{i}", v.suffix()), bytes, 0o755);
+            let (n, _) = Case::new(&f, ["x"]).compare();
+            assert_eq!(n.code, Some(0), "{v:?} {what}: {}", n.stderr_str());
+        }
+    }
+    // A PIE is loaded at an address aligned to its largest p_align, as natively.
+    let mut b = std::fs::read(sample("hello", Variant::Pie)).unwrap();
+    for ph in load_headers(&b.clone()) {
+        b[ph + 48..ph + 56].copy_from_slice(&(1u64 << 21).to_le_bytes());
+    }
+    let f = d.write("aligned", &b, 0o755);
+    let case = Case::new(&f, Vec::<&str>::new()).env("LD_SHOW_AUXV", "1");
+    for out in [case.run_native(), case.run_ours()] {
+        let phdr = out
+            .stdout_str()
+            .lines()
+            .find_map(|l| l.strip_prefix("AT_PHDR:"))
+            .and_then(|v| u64::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+            .expect("AT_PHDR");
+        assert_eq!(phdr % (1 << 21), u64_at(&b, 32), "AT_PHDR {phdr:#x}");
+    }
 }
 
 #[test]
@@ -743,7 +853,7 @@ fn report_json_schema_and_values() {
         .opt("--report-json")
         .opt(&rep)
         .compare();
-    assert_eq!(o.code, Some(139));
+    assert_eq!(o.signal, Some(11));
     let r = read_report(&rep);
     assert_eq!(r["exit"], serde_json::json!({"signal": 11}), "{r}");
 }
@@ -1234,7 +1344,178 @@ fn sigint_reaches_the_program() {
 }
 
 #[test]
+fn closed_std_fds_stay_closed() {
+    // `echo hi >&-`: writing to a closed stdout fails with EBADF.
+    let echo = Case::new("/bin/sh", ["-c", "echo hi; echo status $? >&2"]).closed(1);
+    let (n, _) = echo.compare();
+    assert!(n.stderr_str().contains("status 1"), "{}", n.stderr_str());
+    echo.nobody().compare();
+    // The first open() gets the lowest closed fd, as natively.
+    for fds in [&[0][..], &[0, 2], &[2]] {
+        let mut c = Case::new("/bin/ls", ["-1", "/proc/self/fd"]);
+        for &fd in fds {
+            c = c.closed(fd);
+        }
+        let (n, _) = c.compare();
+        let lowest = fds[0].to_string();
+        assert!(n.stdout_str().lines().any(|l| l == lowest), "{fds:?}: {}", n.stdout_str());
+        c.nobody().compare();
+    }
+    // All three closed: output through fd 5 only.
+    let all = Case::new("/bin/sh", ["-c", "exec ls -1 /proc/self/fd >&5"])
+        .fd5()
+        .closed(0)
+        .closed(1)
+        .closed(2);
+    let (n, _) = all.compare();
+    let listed = String::from_utf8_lossy(n.fd5.as_deref().unwrap_or_default()).into_owned();
+    let listed: Vec<&str> = listed.lines().collect();
+    assert!(
+        ["0", "1", "5"].iter().all(|f| listed.contains(f)) && !listed.contains(&"2"),
+        "{listed:?}"
+    );
+}
+
+/// Runs `outer` natively twice, with the inner command `inner` as given and
+/// with `inner` run under uprobe-exec, where `outer` ends with the inner
+/// command's words; asserts the same output and wait status.
+fn compare_as_inner(outer: &[&str], inner: &[&str]) -> (Output, Output) {
+    let run_with = |tool: Option<&str>| {
+        let mut c = std::process::Command::new(outer[0]);
+        c.args(&outer[1..]).args(tool).args(inner);
+        run(c)
+    };
+    let (native, ours) = (run_with(None), run_with(Some(BIN)));
+    assert_same(&format!("{outer:?} {inner:?}"), &native, &ours);
+    (native, ours)
+}
+
+#[test]
+fn death_by_signal_is_passed_on_to_our_parent() {
+    // Python's subprocess sees the program's signal as -N, not 128+N.
+    let py = "import subprocess, sys; print(subprocess.run(sys.argv[1:]).returncode)";
+    for sig in ["INT", "TERM", "SEGV", "KILL"] {
+        let kill = format!("kill -{sig} $$");
+        let (n, _) = compare_as_inner(&["/usr/bin/python3", "-c", py], &["/bin/sh", "-c", &kill]);
+        assert!(n.stdout_str().starts_with('-'), "{sig}: {}", n.stdout_str());
+    }
+    // Ctrl-C stops a shell script: bash sees its child die of SIGINT (not
+    // exit 130) and ends itself the same way, without running the rest.
+    let (n, _) = compare_as_inner(
+        &["/bin/bash", "-c", "\"$@\"; echo went on after $?", "_"],
+        &["/bin/sh", "-c", "kill -INT 0; sleep 5"],
+    );
+    assert_eq!(n.signal, Some(libc::SIGINT), "{}", n.stdout_str());
+}
+
+#[test]
+fn ignored_sigpipe_is_inherited() {
+    // A caller that ignores SIGPIPE passes that on through execve; so must we
+    // (our own runtime ignores it too, and resets it only when we did not
+    // inherit it ignored).
+    let (n, _) = compare_as_inner(
+        &["/bin/sh", "-c", "trap '' PIPE; exec \"$@\"", "_"],
+        &["/usr/bin/grep", "^SigIgn", "/proc/self/status"],
+    );
+    assert!(n.stdout_str().contains("1000"), "{}", n.stdout_str());
+    let (n, _) = compare_as_inner(
+        &["/bin/sh", "-c", "exec \"$@\"", "_"],
+        &["/usr/bin/grep", "^SigIgn", "/proc/self/status"],
+    );
+    assert!(!n.stdout_str().contains("1000"), "{}", n.stdout_str());
+}
+
+#[test]
 fn signal_dispositions_match_native() {
     let (n, _) = Case::new("/usr/bin/grep", ["^Sig[IC]", "/proc/self/status"]).compare();
     assert!(n.stdout_str().contains("SigIgn:"));
+}
+
+// ---------------------------------------------------------------------------
+// LD_* variables reach the program only (uprobe-exec is linked statically)
+
+/// `text` without the numbers ld.so prints that differ from run to run:
+/// `(0x…)` load addresses and the `PID:` prefix of LD_DEBUG lines.
+fn without_addresses(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let l = match l.split_once("(0x") {
+                Some((a, b)) => format!("{a}({}", b.split_once(')').map_or("", |x| x.1)),
+                None => l.to_string(),
+            };
+            match l.trim_start().split_once(":\t") {
+                Some((pid, rest)) if pid.bytes().all(|c| c.is_ascii_digit()) => rest.to_string(),
+                _ => l,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn ld_trace_loaded_objects_lists_the_programs_libraries() {
+    let case = Case::new("/bin/ls", ["/"]).env("LD_TRACE_LOADED_OBJECTS", "1");
+    let (native, ours) = (case.run_native(), case.run_ours());
+    assert_eq!(ours.code, Some(0), "{}", ours.stderr_str());
+    assert!(ours.stderr.is_empty(), "{}", ours.stderr_str());
+    let ldd = run({
+        let mut c = Command::new("/usr/bin/ldd");
+        c.arg("/bin/ls");
+        c
+    });
+    assert!(native.stdout_str().contains("libc.so.6"), "{}", native.stdout_str());
+    for (what, expected) in [("native", &native), ("ldd", &ldd)] {
+        assert_eq!(
+            without_addresses(&ours.stdout_str()),
+            without_addresses(&expected.stdout_str()),
+            "against {what}"
+        );
+    }
+}
+
+#[test]
+fn ld_preload_constructor_runs_once() {
+    let d = TempDir::new("ld-preload");
+    let src = d.write(
+        "ctor.c",
+        b"#include <unistd.h>\n__attribute__((constructor)) static void c(void) { write(2, \"ctor\\n\", 5); }\n",
+        0o644,
+    );
+    let so = d.join("ctor.so");
+    let cc = run({
+        let mut c = Command::new("cc");
+        c.args(["-shared", "-fPIC", "-o"]).arg(&so).arg(&src);
+        c
+    });
+    assert_eq!(cc.code, Some(0), "cc: {}", cc.stderr_str());
+    let case = Case::new("/bin/echo", ["hi"]).env("LD_PRELOAD", so.to_str().unwrap());
+    let (n, _) = case.compare();
+    assert_eq!(n.stderr_str(), "ctor\n");
+    case.nobody().compare();
+}
+
+#[test]
+fn ld_show_auxv_and_ld_debug_come_from_the_program_only() {
+    let keys = |o: &Output| {
+        let mut k: Vec<String> = o
+            .stdout_str()
+            .lines()
+            .map(|l| l.split(':').next().unwrap_or("").to_string())
+            .collect();
+        k.sort();
+        k
+    };
+    let case = Case::new("/bin/echo", ["hi"]).env("LD_SHOW_AUXV", "1");
+    let (native, ours) = (case.run_native(), case.run_ours());
+    assert_eq!(keys(&ours), keys(&native), "{}", ours.stdout_str());
+    assert!(ours.stdout_str().ends_with("\nhi\n"), "{}", ours.stdout_str());
+    assert_eq!(ours.code, Some(0));
+
+    let case = Case::new("/bin/echo", ["hi"]).env("LD_DEBUG", "libs");
+    let (native, ours) = (case.run_native(), case.run_ours());
+    assert_eq!(ours.stdout, native.stdout);
+    assert_eq!(
+        without_addresses(&ours.stderr_str()),
+        without_addresses(&native.stderr_str())
+    );
 }

@@ -110,16 +110,26 @@ fn setarch_r_gives_the_native_layout() {
     }
     for v in Variant::ALL {
         let prog = sample("layout", v);
+        let d = TempDir::new("setarch");
+        let rep = d.join("r.json");
+        let rep_s = rep.to_string_lossy().into_owned();
         let n = run_via(&["/usr/bin/setarch", "-R"], None, &prog, &["addrs"]);
-        let o = run_via(&["/usr/bin/setarch", "-R"], Some(&[]), &prog, &["addrs"]);
+        let o = run_via(
+            &["/usr/bin/setarch", "-R"],
+            Some(&["--report-json", &rep_s]),
+            &prog,
+            &["addrs"],
+        );
         ok(&format!("{v:?}"), &o);
         let (n, o) = (values(&n), values(&o));
-        // A static-pie program is placed in the mmap area, below our own
-        // mappings (README, known limits); everything else is as native.
-        let keys: &[&str] = if v == Variant::StaticPie {
-            &["brk", "stack"]
-        } else {
-            &["main", "brk", "stack"]
+        let limits = read_report(&rep)["handoff"]["limits"].to_string();
+        // Our own heap sits where the kernel puts a PIE without
+        // randomisation; a static-pie goes in the mmap area, below our own
+        // mappings (README, known limits). Everything else is as native.
+        let keys: &[&str] = match v {
+            Variant::StaticPie => &["brk", "stack"],
+            Variant::Pie if limits.contains("0x555555554000") => &["stack"],
+            _ => &["main", "brk", "stack"],
         };
         for key in keys {
             assert_eq!(o[*key], n[*key], "{v:?} {key} under setarch -R");

@@ -85,19 +85,25 @@ pub struct Image {
     pub phentsize: u16,
     /// Number of program headers.
     pub phnum: u16,
-    /// `PT_LOAD` segments, in ascending address order.
+    /// `PT_LOAD` segments, in ascending address order (whatever their
+    /// order in the program headers).
     pub segments: Vec<Segment>,
+    /// Alignment of the load address of an `ET_DYN` image: the largest
+    /// power-of-two `p_align` of its segments, at least a page. Other
+    /// values (0, not a power of two) are ignored, as the kernel's
+    /// `maximum_alignment` ignores them.
+    pub align: u64,
     /// The requested program interpreter (`PT_INTERP`).
     pub interp: Option<PathBuf>,
     /// `PT_GNU_STACK` asks for an executable stack (`PF_X`).
     pub exec_stack: bool,
-    /// The largest power-of-two `p_align` of the `PT_LOAD` segments (at
-    /// least a page), which a position-independent load bias honours.
-    pub max_align: u64,
 }
 
 /// Sizes beyond this are absurd for a user-space program (1 TiB).
 const MAX_SPAN: u64 = 1 << 40;
+
+/// The page size the kernel's ELF loader aligns to on x86-64.
+const PAGE: u64 = 4096;
 
 impl Image {
     /// Opens, maps and checks `path`.
@@ -146,9 +152,9 @@ struct Parsed {
     phentsize: u16,
     phnum: u16,
     segments: Vec<Segment>,
+    align: u64,
     interp: Option<PathBuf>,
     exec_stack: bool,
-    max_align: u64,
 }
 
 impl Parsed {
@@ -163,9 +169,9 @@ impl Parsed {
             phentsize: self.phentsize,
             phnum: self.phnum,
             segments: self.segments,
+            align: self.align,
             interp: self.interp,
             exec_stack: self.exec_stack,
-            max_align: self.max_align,
         }
     }
 }
@@ -227,10 +233,10 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
             .map_err(|e| format!("bad program headers: {e}"))?;
 
     let mut segments = Vec::new();
+    let mut align = PAGE;
     let mut interp = None;
     let mut phdr = None;
     let mut exec_stack = false;
-    let mut max_align = 4096;
     for ph in &phdrs {
         match ph.p_type {
             PT_LOAD => {
@@ -265,14 +271,8 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
                         ph.p_vaddr, ph.p_offset
                     ));
                 }
-                if ph.p_align > 1 && (!ph.p_align.is_power_of_two() || ph.p_align > 1 << 30) {
-                    return Err(format!(
-                        "segment at {:#x} has an absurd alignment {:#x}",
-                        ph.p_vaddr, ph.p_align
-                    ));
-                }
                 if ph.p_align.is_power_of_two() {
-                    max_align = max_align.max(ph.p_align);
+                    align = align.max(ph.p_align);
                 }
                 segments.push(Segment {
                     vaddr: LinkAddr(ph.p_vaddr),
@@ -294,6 +294,10 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
                     return Err("PT_INTERP lies past the end of the file".into());
                 };
                 let raw = &b[start..end as usize];
+                // The kernel refuses a name that does not end in NUL.
+                if raw.last() != Some(&0) {
+                    return Err("PT_INTERP is not NUL-terminated".into());
+                }
                 let raw = raw.split(|&c| c == 0).next().unwrap_or(&[]);
                 if raw.is_empty() {
                     return Err("PT_INTERP names no interpreter".into());
@@ -309,11 +313,14 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
     if segments.is_empty() {
         return Err("no loadable segment".into());
     }
+    // The kernel maps the segments in header order; any order works if
+    // they do not overlap.
+    segments.sort_by_key(|s| s.vaddr.0);
     for w in segments.windows(2) {
         if w[1].vaddr.0 < w[0].end() {
             return Err(format!(
-                "loadable segments overlap or are out of order ({:#x} after {:#x})",
-                w[1].vaddr.0, w[0].vaddr.0
+                "loadable segments overlap ({:#x} and {:#x})",
+                w[0].vaddr.0, w[1].vaddr.0
             ));
         }
     }
@@ -345,8 +352,8 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
         phentsize,
         phnum,
         segments,
+        align,
         interp,
         exec_stack,
-        max_align,
     })
 }

@@ -44,6 +44,15 @@ pub enum Error {
         /// The path as given.
         path: PathBuf,
     },
+    /// The interpreter a program names (`PT_INTERP` or `#!`) does not exist
+    /// (exit 127: execve fails with ENOENT, and a shell says 127).
+    #[error("cannot run {}: its interpreter {} does not exist", program.display(), interp.display())]
+    NoInterpreter {
+        /// The program or script that names it.
+        program: PathBuf,
+        /// The missing interpreter.
+        interp: PathBuf,
+    },
     /// Found, but not something we can run (exit 126).
     #[error("cannot run {}: {reason}", path.display())]
     CannotRun {
@@ -93,7 +102,7 @@ impl Error {
     #[must_use]
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::NotFound { .. } | Error::NoSuchFile { .. } => 127,
+            Error::NotFound { .. } | Error::NoSuchFile { .. } | Error::NoInterpreter { .. } => 127,
             Error::CannotRun { .. } => 126,
             Error::Elf(ElfError::Open { source, .. })
                 if source.kind() == io::ErrorKind::NotFound =>

@@ -1,8 +1,16 @@
 //! `uprobe-exec`: a thin command-line client of the `uprobe_exec` library.
+//!
+//! `no_main`: Rust's runtime would open `/dev/null` on closed fds 0, 1 and 2
+//! before `main`, and the program would inherit them open. We start from
+//! glibc's `main` instead and do the two things of that runtime we need
+//! ourselves (see [`main`]); `std::env::args` still works, since glibc hands
+//! the arguments to std through `.init_array`.
+
+#![no_main]
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -68,12 +76,12 @@ enum Mode {
     Jump,
 }
 
-fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
+fn fail(msg: impl std::fmt::Display, code: u8) -> u8 {
     eprintln!("uprobe-exec: {msg}");
-    ExitCode::from(code)
+    code
 }
 
-fn list(program: &OsString, patterns: &[String]) -> ExitCode {
+fn list(program: &OsString, patterns: &[String]) -> u8 {
     match uprobe_exec::functions(program, patterns) {
         Ok(fs) if fs.is_empty() && !patterns.is_empty() => fail(
             format!(
@@ -93,8 +101,13 @@ fn list(program: &OsString, patterns: &[String]) -> ExitCode {
                     f.display_name()
                 ));
             }
-            print!("{out}");
-            ExitCode::SUCCESS
+            // A reader that stops early (`| head`) is no failure.
+            match std::io::stdout().lock().write_all(out.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    fail(format!("writing the list: {e}"), 125)
+                }
+                _ => 0,
+            }
         }
         Err(e) => fail(&e, e.exit_code() as u8),
     }
@@ -159,7 +172,44 @@ fn forward_signals(pid: i32) {
         });
 }
 
-fn main() -> ExitCode {
+/// SIGPIPE was ignored when we started: the program inherits that, as across execve.
+static SIGPIPE_IGNORED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Entered from glibc's start code with the process as execve left it.
+#[no_mangle]
+extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    hold_closed_std_fds();
+    // As Rust's runtime does: a write to a closed pipe is an error, not death.
+    // The program gets the disposition we were started with (see run).
+    // SAFETY: setting a disposition before any other thread exists.
+    let sigpipe = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    SIGPIPE_IGNORED.store(sigpipe == libc::SIG_IGN, std::sync::atomic::Ordering::Relaxed);
+    // Unwinding out of an `extern "C"` function would abort: a panic of
+    // ours (already reported by the panic hook) is a failure of ours.
+    let code = std::panic::catch_unwind(run).unwrap_or(125);
+    // std's exit flushes stdout, as returning from a Rust main would.
+    std::process::exit(i32::from(code))
+}
+
+/// Opens `/dev/null` close-on-exec on each of fds 0, 1 and 2 we were started
+/// without, so that no fd of ours lands there and our messages to a closed
+/// stderr go nowhere, as with Rust's runtime. Being close-on-exec, they are
+/// closed in the child before the program starts, like every close-on-exec
+/// fd of ours: the program gets exactly the fds it was given.
+fn hold_closed_std_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the flags of an fd number; opening
+        // /dev/null takes the lowest free number, which is `fd`, as the
+        // lower ones are open (or were just filled) by now.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            }
+        }
+    }
+}
+
+fn run() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e)
@@ -169,7 +219,7 @@ fn main() -> ExitCode {
             ) =>
         {
             let _ = e.print();
-            return ExitCode::SUCCESS;
+            return 0;
         }
         Err(e) => {
             // One line, ours: clap's first line without its "error: ".
@@ -204,7 +254,8 @@ fn main() -> ExitCode {
             Mode::Jump => uprobe_exec::ProbeMode::Jump,
         })
         .prefetch(cli.prefetch)
-        .blocked_signals(given);
+        .blocked_signals(given)
+        .sigpipe_ignored(SIGPIPE_IGNORED.load(std::sync::atomic::Ordering::Relaxed));
     for p in &cli.probes {
         cmd = cmd.probe(p);
     }
@@ -234,5 +285,30 @@ fn main() -> ExitCode {
     if cli.stats {
         eprint!("{}", report.stats_text());
     }
-    ExitCode::from(report.exit.status().clamp(0, 255) as u8)
+    match report.exit {
+        uprobe_exec::Exit::Code(c) => c.clamp(0, 255) as u8,
+        uprobe_exec::Exit::Signal(sig) => die_of(sig),
+    }
+}
+
+/// Dies of `sig`, as the program did, so that our parent sees the same wait
+/// status (`WIFSIGNALED`, same signal) and a shell or `subprocess` reacts to
+/// it as to the program's own death (strace does the same). The report is
+/// written by then. No core of ours: the program's crash is not ours.
+fn die_of(sig: i32) -> ! {
+    // SAFETY: plain system calls on our own process: no core dump, the
+    // default action for `sig`, then the signal to this thread, unblocked.
+    // A signal whose default action is to terminate ends the process here.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+    // Only a signal that cannot kill gets here (the program did not die of
+    // it, so this is unreachable in practice): the shell's convention.
+    std::process::exit(128 + sig)
 }

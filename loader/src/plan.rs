@@ -31,7 +31,9 @@ impl Reservation {
     /// Reserves `len` bytes anywhere, aligned to `align` (a power of two).
     pub fn anywhere(len: u64, align: u64, hint: u64) -> std::io::Result<Reservation> {
         let align = align.max(PAGE_SIZE);
-        let total = len + align;
+        let total = len
+            .checked_add(align)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
         // SAFETY: a fresh PROT_NONE anonymous mapping at an address of the
         // kernel's choosing (the hint is only a hint) overlaps nothing of ours.
         let p = unsafe {
@@ -126,6 +128,9 @@ pub struct Placed {
     pub bias: Bias,
     /// Holds the area until the fork.
     pub reservation: Reservation,
+    /// Not where the kernel would have put it (our own mappings were
+    /// there): the address the kernel would have chosen.
+    pub displaced_from: Option<u64>,
 }
 
 impl Placed {
@@ -203,6 +208,7 @@ fn place(image: Image, role: Role, aslr: &Aslr) -> Result<Placed> {
         path: image.path.clone(),
         reason,
     };
+    let mut displaced_from = None;
     let reservation = match (image.kind, role) {
         (ElfKind::Exec, _) => Reservation::fixed(lo, span).map_err(|e| {
             fail(format!(
@@ -212,25 +218,45 @@ fn place(image: Image, role: Role, aslr: &Aslr) -> Result<Placed> {
             ))
         })?,
         (ElfKind::Dyn, Role::Program { has_interp: true }) => {
-            let align = image.max_align.min(1 << 30);
-            let mut tries = (0..PIE_TRIES).map(|_| aslr.pie_bias(lo, align));
-            let found = tries.find_map(|bias| Reservation::fixed(bias + lo, span).ok());
-            match found {
+            // Without randomisation every try is the same address.
+            let tries = if aslr.on { PIE_TRIES } else { 1 };
+            let mut biases = (0..tries).map(|_| aslr.pie_bias(lo, image.align));
+            match biases.find_map(|bias| Reservation::fixed(bias.wrapping_add(lo), span).ok()) {
                 Some(r) => r,
                 // Only our own mappings can be in the way: take the mmap area.
-                None => Reservation::anywhere(span, align, 0)
-                    .map_err(|e| fail(format!("no room for {span:#x} bytes: {e}")))?,
+                None => {
+                    displaced_from = Some(aslr.pie_bias(lo, image.align).wrapping_add(lo));
+                    anywhere_aligned(&image, span)?
+                }
             }
         }
-        (ElfKind::Dyn, _) => Reservation::anywhere(span, image.max_align.min(1 << 30), 0)
-            .map_err(|e| fail(format!("no room for {span:#x} bytes: {e}")))?,
+        (ElfKind::Dyn, _) => anywhere_aligned(&image, span)?,
     };
     let bias = Bias(reservation.addr.wrapping_sub(lo));
     Ok(Placed {
         image,
         bias,
         reservation,
+        displaced_from,
     })
+}
+
+/// Room for `span` bytes in the mmap area, aligned to the image's `p_align`.
+fn anywhere_aligned(image: &Image, span: u64) -> Result<Reservation> {
+    Reservation::anywhere(span, image.align, 0)
+        .or_else(|e| {
+            // An alignment too large to find room for: the kernel aligns
+            // its base address down to it (to 0 from 2^47 up), as here.
+            let base = crate::layout::ELF_ET_DYN_BASE & !(image.align - 1);
+            Reservation::fixed(base, span).map_err(|_| e)
+        })
+        .map_err(|e| Error::Plan {
+            path: image.path.clone(),
+            reason: format!(
+                "no room for {span:#x} bytes aligned to {:#x}: {e}",
+                image.align
+            ),
+        })
 }
 
 /// A new memfd for (part of) the program at `path`, mappable executable.

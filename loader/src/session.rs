@@ -45,6 +45,8 @@ pub struct Command {
     /// Signals (bit n-1 for signal n) blocked when the program starts; by
     /// default the spawning thread's mask.
     blocked: Option<u64>,
+    /// The program starts with SIGPIPE ignored rather than at its default.
+    sigpipe_ignored: bool,
     fault_around: usize,
     prefetch: bool,
     mode: ProbeMode,
@@ -76,6 +78,7 @@ impl Command {
             probes: Vec::new(),
             unsafe_addrs: false,
             blocked: None,
+            sigpipe_ignored: false,
             fault_around: DEFAULT_FAULT_AROUND,
             prefetch: false,
             mode: ProbeMode::Auto,
@@ -93,6 +96,16 @@ impl Command {
     /// does). By default the program gets the spawning thread's mask.
     pub fn blocked_signals(mut self, mask: u64) -> Command {
         self.blocked = Some(mask);
+        self
+    }
+
+    /// Whether the program starts with SIGPIPE ignored, as execve would
+    /// leave it for a caller that was started with it ignored. By default
+    /// it gets the default action: a Rust program's runtime ignores SIGPIPE
+    /// for itself, so the caller's own disposition says nothing. (The CLI
+    /// records the disposition it was started with and passes it on.)
+    pub fn sigpipe_ignored(mut self, ignored: bool) -> Command {
+        self.sigpipe_ignored = ignored;
         self
     }
 
@@ -160,6 +173,12 @@ impl Command {
         let program = Image::open(&resolved.elf)?;
         let interp = match &program.interp {
             Some(p) => Some(Image::open(p).map_err(|e| match e {
+                ElfError::Open { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                    Error::NoInterpreter {
+                        program: resolved.elf.clone(),
+                        interp: path,
+                    }
+                }
                 ElfError::Open { path, source } => Error::CannotRun {
                     path: resolved.elf.clone(),
                     reason: format!("its interpreter {}: {source}", path.display()),
@@ -189,7 +208,10 @@ impl Command {
             plan.install_text()?;
         }
         let (tx, rx) = mpsc::channel();
-        let blocked = self.blocked.unwrap_or_else(current_mask);
+        let signals = Signals {
+            blocked: self.blocked.unwrap_or_else(current_mask),
+            sigpipe_ignored: self.sigpipe_ignored,
+        };
         let serving = (self.fault_around, self.prefetch);
         let args = resolved
             .argv
@@ -199,7 +221,7 @@ impl Command {
         let program_name = resolved.elf.display().to_string();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
-            .spawn(move || monitor(plan, probes, resolved, env, blocked, serving, tx))
+            .spawn(move || monitor(plan, probes, resolved, env, signals, serving, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
             Ok(Ok(pid)) => Ok(Session {
@@ -537,7 +559,13 @@ struct Resolved {
     execfn: Vec<u8>,
 }
 
-/// Finds the program as execvp(3) would, and follows `#!` lines as execve(2) does.
+/// The shell execvp(3) runs a file with when execve(2) says ENOEXEC
+/// (glibc's `_PATH_BSHELL`).
+const SHELL: &str = "/bin/sh";
+
+/// Finds the program as execvp(3) would, and follows `#!` lines as execve(2)
+/// does. A file that is neither ELF nor `#!` (execve: ENOEXEC) runs as
+/// `/bin/sh FILE ARGS...`, as execvp, env(1) and nohup(1) run it.
 fn resolve(program: &OsStr, args: &[OsString]) -> Result<Resolved> {
     let path = if program.as_bytes().contains(&b'/') {
         let p = PathBuf::from(program);
@@ -555,18 +583,54 @@ fn resolve(program: &OsStr, args: &[OsString]) -> Result<Resolved> {
                 program: program.to_string_lossy().into_owned(),
             })?
     };
-    let mut argv: Vec<Vec<u8>> = std::iter::once(program)
-        .chain(args.iter().map(OsString::as_os_str))
-        .map(|a| a.as_bytes().to_vec())
+    let args = args.iter().map(|a| a.as_bytes().to_vec());
+    let argv = std::iter::once(program.as_bytes().to_vec())
+        .chain(args.clone())
         .collect();
+    if let Some(r) = follow(&path, argv)? {
+        return Ok(r);
+    }
+    // glibc's execvp: argv[0] gives way to the shell and the file found.
+    let argv = [SHELL.as_bytes().to_vec(), path.as_os_str().as_bytes().to_vec()]
+        .into_iter()
+        .chain(args)
+        .collect();
+    follow(Path::new(SHELL), argv)?.ok_or_else(|| Error::CannotRun {
+        path: SHELL.into(),
+        reason: "not an ELF file".into(),
+    })
+}
+
+/// What execve makes of a file from its first bytes.
+enum Format {
+    /// `#!`: the interpreter and its optional argument.
+    Script(PathBuf, Option<Vec<u8>>),
+    /// The ELF magic: the ELF parser decides whether it can run.
+    Elf,
+    /// Neither: execve fails with ENOEXEC.
+    Other,
+}
+
+/// Follows the `#!` lines from `path`, run with `argv`, to an ELF file, as
+/// execve does. `None` where execve would fail with ENOEXEC.
+fn follow(path: &Path, mut argv: Vec<Vec<u8>>) -> Result<Option<Resolved>> {
     let execfn = path.as_os_str().as_bytes().to_vec();
-    let mut elf = path;
+    let mut elf = path.to_owned();
     // The kernel follows at most 4 levels of interpreters.
     for _ in 0..5 {
         check_runnable(&elf)?;
-        let Some((interp, optarg)) = shebang(&elf)? else {
-            return Ok(Resolved { elf, argv, execfn });
+        let (interp, optarg) = match format(&elf)? {
+            Format::Elf => return Ok(Some(Resolved { elf, argv, execfn })),
+            Format::Other => return Ok(None),
+            Format::Script(interp, optarg) => (interp, optarg),
         };
+        if matches!(std::fs::metadata(&interp), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            return Err(Error::NoInterpreter {
+                program: elf,
+                interp,
+            });
+        }
         let mut next = vec![interp.as_os_str().as_bytes().to_vec()];
         next.extend(optarg);
         next.push(elf.as_os_str().as_bytes().to_vec());
@@ -627,8 +691,9 @@ fn check_runnable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The interpreter and optional argument of a `#!` line.
-fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
+/// Whether `path` is a `#!` script (and its interpreter and optional
+/// argument), an ELF file, or neither.
+fn format(path: &Path) -> Result<Format> {
     let mut head = [0u8; 256];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
@@ -637,8 +702,11 @@ fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
             reason: e.to_string(),
         })?;
     let head = &head[..n];
+    if head.starts_with(b"\x7fELF") {
+        return Ok(Format::Elf);
+    }
     if !head.starts_with(b"#!") {
-        return Ok(None);
+        return Ok(Format::Other);
     }
     let line = head[2..].split(|&c| c == b'\n').next().unwrap_or(&[]);
     let line = line.trim_ascii();
@@ -653,10 +721,20 @@ fn shebang(path: &Path) -> Result<Option<(PathBuf, Option<Vec<u8>>)>> {
         });
     }
     let optarg = (!rest.is_empty()).then(|| rest.to_vec());
-    Ok(Some((
+    Ok(Format::Script(
         PathBuf::from(OsString::from_vec(interp.to_vec())),
         optarg,
-    )))
+    ))
+}
+
+/// The signal state the program starts with (besides the dispositions,
+/// which the stage resets as execve does).
+#[derive(Clone, Copy, Debug)]
+struct Signals {
+    /// Blocked signals, bit n-1 for signal n.
+    blocked: u64,
+    /// SIGPIPE stays ignored.
+    sigpipe_ignored: bool,
 }
 
 /// The calling thread's blocked signals, bit n-1 for signal n.
@@ -742,11 +820,11 @@ fn monitor(
     probes: Option<Probes>,
     r: Resolved,
     env: Vec<OsString>,
-    blocked: u64,
+    signals: Signals,
     (fault_around, prefetch): (usize, bool),
     started: mpsc::Sender<Result<i32>>,
 ) -> Result<Outcome> {
-    match start(&plan, probes.as_ref(), &r, &env, blocked) {
+    match start(&plan, probes.as_ref(), &r, &env, signals) {
         Ok((pid, pidfd, uffd, mode, handoff, listener, watchdog)) => {
             let guard = match (listener, &probes) {
                 (Some(l), Some(p)) => Some(crate::guard::Guard::start(l, p.guard_target())?),
@@ -957,7 +1035,7 @@ fn start(
     probes: Option<&Probes>,
     r: &Resolved,
     env: &[OsString],
-    blocked: u64,
+    signals: Signals,
 ) -> Result<Started> {
     let stack_vma = own_stack().ok_or_else(|| {
         Error::sys(
@@ -1117,7 +1195,7 @@ fn start(
         let mut m: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut m);
         for sig in 1..=64 {
-            if blocked & (1 << (sig - 1)) != 0 {
+            if signals.blocked & (1 << (sig - 1)) != 0 {
                 libc::sigaddset(&mut m, sig);
             }
         }
@@ -1126,6 +1204,7 @@ fn start(
     let sp = StagePlan {
         sock: sock_child.as_raw_fd(),
         sigmask,
+        sigpipe_ignored: signals.sigpipe_ignored,
         maps: &plan.maps,
         text: &text,
         stack: stack_plan.expect("planned with the stack image"),
@@ -1229,6 +1308,13 @@ fn start(
              are not refused (the program runs from a sealed copy taken at start)"
                 .to_string(),
         );
+    }
+    if let Some(at) = plan.program.displaced_from {
+        limits.push(format!(
+            "the program was loaded at {:#x} in the mmap area instead of {at:#x}, where the kernel \
+             would have put it: uprobe-exec's own mappings (its heap, under setarch -R) are there",
+            plan.program.reservation.addr
+        ));
     }
     if !mm_map_ok {
         limits.push(

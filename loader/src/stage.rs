@@ -104,6 +104,9 @@ pub struct StagePlan<'a> {
     pub sock: RawFd,
     /// The signal mask the program starts with.
     pub sigmask: libc::sigset_t,
+    /// SIGPIPE stays ignored (the caller was started with it ignored);
+    /// otherwise it gets its default action back.
+    pub sigpipe_ignored: bool,
     /// Mappings to make, in order.
     pub maps: &'a [MapOp],
     /// Text ranges to register: (start, len).
@@ -202,8 +205,9 @@ unsafe fn reset_process(p: &StagePlan<'_>) {
     // arguments built on the stack.
     unsafe {
         // Caught signals go back to their default action; ignored ones stay
-        // ignored, as across execve. SIGPIPE is reset too: Rust's runtime
-        // ignored it in the monitor, which a program must not inherit. Raw
+        // ignored, as across execve. SIGPIPE is reset too unless the caller
+        // was started with it ignored: Rust's runtime (or our CLI) ignores it
+        // in the monitor, which a program must not inherit. Raw
         // rt_sigaction: glibc's wrapper refuses its own signals 32 and 33.
         for sig in 1..=64 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
@@ -227,7 +231,8 @@ unsafe fn reset_process(p: &StagePlan<'_>) {
                 continue;
             }
             let (dfl, ign) = (libc::SIG_DFL as u64, libc::SIG_IGN as u64);
-            if old.handler != dfl && (old.handler != ign || sig == libc::SIGPIPE) {
+            let reset_ign = sig == libc::SIGPIPE && !p.sigpipe_ignored;
+            if old.handler != dfl && (old.handler != ign || reset_ign) {
                 let act = KernelSigaction {
                     handler: dfl,
                     flags: 0,
