@@ -483,12 +483,8 @@ impl Plan {
             path: self.program.image.path.clone(),
             reason: format!("{what}: {e}"),
         };
-        let image = Arc::clone(&self.image);
-        for i in 0..image.pages() {
-            write_all_at(&self.text_file, image.page(i), i as u64 * PAGE_SIZE)
-                .map_err(|e| fail("filling the text file", e))?;
-        }
-        seal(&self.text_file).map_err(|e| fail("sealing the text file", e))?;
+        self.fill_text()
+            .map_err(|e| fail("filling the text file", e))?;
         let copy = text_memfd(&self.program.image.path)?;
         write_all_at(&copy, &self.program.image.bytes, 0)
             .map_err(|e| fail("copying the program file", e))?;
@@ -503,6 +499,17 @@ impl Plan {
         }
         self.snapshot = Some(copy);
         Ok(())
+    }
+
+    /// Writes every page image into the text file and seals it. From then
+    /// on the kernel maps any text page that is missing in any process of
+    /// the program from the file, without a fault reaching us: processes
+    /// we never heard of (a fork whose event we did not read) included.
+    pub fn fill_text(&self) -> std::io::Result<()> {
+        for i in 0..self.image.pages() {
+            write_all_at(&self.text_file, self.image.page(i), i as u64 * PAGE_SIZE)?;
+        }
+        seal(&self.text_file)
     }
 
     /// Whether [`Plan::install_text`] put the whole text in place.

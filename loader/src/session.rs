@@ -853,6 +853,15 @@ fn monitor(
                     .map_err(Error::from)
                 });
             }
+            if result.is_ok() && !plan.text_installed() && server.forked() {
+                // The first process ended; forks may live on, some perhaps
+                // not known to us yet. The text file gets every page, so
+                // that the kernel serves them from now on, in any process.
+                result = plan
+                    .fill_text()
+                    .map_err(|e| Error::sys("filling the text file", e));
+                server.wake_all();
+            }
             if let Err(e) = result {
                 let _ = rustix::process::pidfd_send_signal(&pidfd.0, rustix::process::Signal::KILL);
                 let _ = watchdog.status();

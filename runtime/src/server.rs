@@ -506,8 +506,9 @@ impl Server {
     }
 
     /// Serves until `stop` becomes readable (a pidfd: the first process
-    /// ended), then installs the remaining pages in processes that live on,
-    /// since nobody will serve them once we return.
+    /// ended). Nobody serves faults once this returns: the caller must make
+    /// the text available otherwise (fill the file the text is mapped from)
+    /// and then [`Server::wake_all`].
     pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), ServeError> {
         let mut msgs = empty_msgs::<32>();
         // The poll set is rebuilt only when a process appears or goes.
@@ -563,10 +564,30 @@ impl Server {
             }
             self.retry_deferred()?;
             if pfds[0].revents != 0 {
-                return self.populate_all();
+                return Ok(());
             }
             if r == 0 {
                 self.prefetch_step()?;
+            }
+        }
+    }
+
+    /// Whether the program forked. A process cannot finish `fork()` before
+    /// we read its fork event, so once the first process has ended, false
+    /// means no other process of the program exists.
+    #[must_use]
+    pub fn forked(&self) -> bool {
+        self.mms.len() > 1
+    }
+
+    /// Wakes every thread waiting on a fault in a process we know of, so
+    /// that it faults again (after the text became available otherwise).
+    pub fn wake_all(&self) {
+        for mm in &self.mms {
+            if let Some(uffd) = &mm.uffd {
+                for r in self.image.ranges() {
+                    let _ = uffd.wake(r.start, r.end() - r.start);
+                }
             }
         }
     }

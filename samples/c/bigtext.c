@@ -4,10 +4,19 @@
  * benchmarks: a program with much more text than it uses.
  *
  *   bigtext [STEP]
+ *   bigtext --outlive N   the first process exits after 100 ms; its child
+ *                         forks N grandchildren which wait 700 ms, every
+ *                         other one drops the whole text (MADV_DONTNEED),
+ *                         and call all 2048 functions; the child prints
+ *                         how many computed the right answer
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define NOINLINE __attribute__((noinline, aligned(4096)))
 #define F(n) NOINLINE uint64_t big_##n(uint64_t x) { return x * 0x##n##ULL + 1; }
@@ -26,7 +35,40 @@ static uint64_t (*const table[2048])(uint64_t) = {
     T256(0) T256(1) T256(2) T256(3) T256(4) T256(5) T256(6) T256(7)
 };
 
+static uint64_t call_all(void) {
+    uint64_t acc = 1;
+    for (int i = 0; i < 2048; i++) acc = table[i](acc);
+    return acc;
+}
+
+static int outlive(int n) {
+    if (fork() != 0) {
+        usleep(100 * 1000);
+        return 0; /* the first process ends while its descendants work */
+    }
+    uint64_t want = call_all();
+    uintptr_t lo = (uintptr_t)table[0] & ~(uintptr_t)4095;
+    uintptr_t hi = ((uintptr_t)table[2047] & ~(uintptr_t)4095) + 4096;
+    int ok = 0;
+    pid_t kids[1024];
+    for (int i = 0; i < n && i < 1024; i++) {
+        kids[i] = fork();
+        if (kids[i] == 0) {
+            usleep(700 * 1000);
+            if (i % 2) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+            _exit(call_all() == want ? 0 : 1);
+        }
+    }
+    for (int i = 0; i < n && i < 1024; i++) {
+        int st;
+        if (kids[i] > 0 && waitpid(kids[i], &st, 0) == kids[i] && WIFEXITED(st) && WEXITSTATUS(st) == 0) ok++;
+    }
+    printf("outlive ok=%d of %d\n", ok, n);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 2 && !strcmp(argv[1], "--outlive")) return outlive(atoi(argv[2]));
     int step = argc > 1 ? atoi(argv[1]) : 10;
     if (step < 1) step = 1;
     uint64_t acc = 1, calls = 0;
