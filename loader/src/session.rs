@@ -299,6 +299,14 @@ impl Session {
                     .into()
             });
         }
+        if out.guard_refused > 0 {
+            warnings.push(format!(
+                "refused {} rt_sigaction(SIGTRAP) call(s) with EPERM: the calling process was not \
+                 dumpable and its memory could not be read, so its handler could not be recorded \
+                 (it would have replaced the probes' handler)",
+                out.guard_refused
+            ));
+        }
         Ok(Report {
             program: self.program,
             args: self.args,
@@ -321,6 +329,7 @@ struct Outcome {
     probes: Vec<ProbeHits>,
     per_process: Vec<ProcessHits>,
     stray_traps: u64,
+    guard_refused: u64,
 }
 
 /// Processes whose hits are counted one by one; hits of processes beyond
@@ -339,6 +348,8 @@ struct Probes {
     area: ProbeArea,
     /// The seccomp filter guarding the trap handler.
     filter: Vec<libc::sock_filter>,
+    /// `rt_sigaction(SIGTRAP)` calls the guard refused (caller unreadable).
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Probes {
@@ -457,6 +468,7 @@ impl Probes {
             counters,
             area,
             filter,
+            refused: Arc::default(),
         })
     }
 
@@ -471,6 +483,7 @@ impl Probes {
             counters: Arc::clone(&self.counters),
             program_action: self.counters.addr_of(self.sites.len() + 1),
             handler: self.area.handler,
+            refused: Arc::clone(&self.refused),
         }
     }
 
@@ -761,6 +774,9 @@ fn monitor(
             let hits = probes.as_ref().map(Probes::hits).unwrap_or_default();
             let per_process = probes.as_ref().map(Probes::per_process).unwrap_or_default();
             let stray_traps = probes.as_ref().map_or(0, |p| p.counters.get(0));
+            let guard_refused = probes.as_ref().map_or(0, |p| {
+                p.refused.load(std::sync::atomic::Ordering::Relaxed)
+            });
             Ok(Outcome {
                 exit,
                 stats: server.stats(),
@@ -768,6 +784,7 @@ fn monitor(
                 probes: hits,
                 per_process,
                 stray_traps,
+                guard_refused,
             })
         }
         Err(e) => {
