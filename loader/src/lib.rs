@@ -32,10 +32,12 @@ pub mod handoff;
 pub mod plan;
 pub mod probes;
 pub mod report;
+mod perfmap;
 mod session;
 pub mod stack;
 pub mod stage;
 pub mod symbols;
+pub mod vma;
 pub mod watchdog;
 
 pub use error::{ElfError, Error, Result};

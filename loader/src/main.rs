@@ -40,9 +40,18 @@ struct Cli {
     #[arg(long, value_name = "PAGES", default_value_t = uprobe_exec::DEFAULT_FAULT_AROUND)]
     fault_around: usize,
 
-    /// Install the rest of the text in the background once the program runs.
-    #[arg(long)]
+    /// Install the rest of the text in the background once the program runs
+    /// (the default), so debuggers and core dumps see it.
+    #[arg(long, overrides_with = "no_prefetch")]
     prefetch: bool,
+
+    /// Serve text pages only when they are first touched.
+    #[arg(long, overrides_with = "prefetch")]
+    no_prefetch: bool,
+
+    /// Write the program's functions to /tmp/perf-PID.map for profilers.
+    #[arg(long)]
+    perf_map: bool,
 
     /// Write a JSON report to FILE when the program ends.
     #[arg(long, value_name = "FILE")]
@@ -203,7 +212,8 @@ fn main() -> ExitCode {
             Mode::Int3 => uprobe_exec::ProbeMode::Int3,
             Mode::Jump => uprobe_exec::ProbeMode::Jump,
         })
-        .prefetch(cli.prefetch)
+        .prefetch(!cli.no_prefetch)
+        .perf_map(cli.perf_map)
         .blocked_signals(given);
     for p in &cli.probes {
         cmd = cmd.probe(p);

@@ -408,6 +408,11 @@ impl Plan {
                 rustix::mm::Advice::LinuxWipeOnFork,
             )
             .map_err(|e| fail(format!("MADV_WIPEONFORK on the probe area: {e}")))?;
+            crate::vma::name(
+                reservation.addr,
+                len,
+                &crate::vma::anon_name("probes", &self.program.image.path),
+            );
         }
         Ok(ProbeArea {
             handler: reservation.addr + handler,

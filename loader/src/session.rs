@@ -47,6 +47,7 @@ pub struct Command {
     blocked: Option<u64>,
     fault_around: usize,
     prefetch: bool,
+    perf_map: bool,
     mode: ProbeMode,
 }
 
@@ -77,7 +78,8 @@ impl Command {
             unsafe_addrs: false,
             blocked: None,
             fault_around: DEFAULT_FAULT_AROUND,
-            prefetch: false,
+            prefetch: true,
+            perf_map: false,
             mode: ProbeMode::Auto,
         }
     }
@@ -105,9 +107,19 @@ impl Command {
     }
 
     /// Installs the rest of the text in the background once the program
-    /// runs, so later first touches find their pages present.
+    /// runs (on by default), in every process of it, so later first touches
+    /// find their pages present, and so do debuggers, `/proc/PID/mem` and
+    /// core dumps, which the fault server cannot serve.
     pub fn prefetch(mut self, on: bool) -> Command {
         self.prefetch = on;
+        self
+    }
+
+    /// Writes the program's functions to `/tmp/perf-PID.map` once it runs,
+    /// for profilers (perf, samply, bpftrace) that cannot read symbols from
+    /// anonymous text. The file is left in place (perf reads it at report time).
+    pub fn perf_map(mut self, on: bool) -> Command {
+        self.perf_map = on;
         self
     }
 
@@ -183,6 +195,17 @@ impl Command {
         } else {
             Some(Probes::build(&mut plan, sites, self.mode)?)
         };
+        let perf_map = self.perf_map.then(|| {
+            let area = probes.as_ref().map(|p| {
+                let r = &p.area.reservation;
+                (r.addr, r.len, "[uprobe-exec probes]".to_string())
+            });
+            crate::perfmap::lines(
+                &Symbols::read(&plan.program.image),
+                plan.program.bias,
+                area.as_slice(),
+            )
+        });
         let (tx, rx) = mpsc::channel();
         let blocked = self.blocked.unwrap_or_else(current_mask);
         let serving = (self.fault_around, self.prefetch);
@@ -197,13 +220,21 @@ impl Command {
             .spawn(move || monitor(plan, probes, resolved, env, blocked, serving, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
-            Ok(Ok(pid)) => Ok(Session {
-                pid,
-                thread,
-                program: program_name,
-                args,
-                warnings,
-            }),
+            Ok(Ok(pid)) => {
+                let mut warnings = warnings;
+                if let Some(text) = perf_map {
+                    if let Err(e) = crate::perfmap::write(pid, &text) {
+                        warnings.push(format!("no perf map for process {pid}: {e}"));
+                    }
+                }
+                Ok(Session {
+                    pid,
+                    thread,
+                    program: program_name,
+                    args,
+                    warnings,
+                })
+            }
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -1128,6 +1159,7 @@ fn start(
         seccomp: probes
             .map(|p| p.filter.as_slice())
             .filter(|f| !f.is_empty()),
+        text_name: crate::vma::anon_name("text", &plan.program.image.path),
     };
 
     // SAFETY: the child runs only watchdog::run, which makes system calls
