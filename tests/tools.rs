@@ -4,9 +4,12 @@
 
 mod common;
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Command, Stdio};
 
-use common::{is_root, read_report, Case, TempDir, BIN};
+use common::{is_root, read_report, run, Case, TempDir, BIN};
 use uprobe_exec_samples::{path, Variant};
 
 /// Hits of the probe on `symbol` (offset 0) in a report.
@@ -102,4 +105,135 @@ fn guard_refuses_what_it_cannot_read_and_says_so() {
     let r = read_report(&report);
     assert_eq!(hits_of(&r, "work"), 1000);
     assert!(r["warnings"][0].as_str().unwrap_or("").contains("refused 1 rt_sigaction(SIGTRAP)"), "{r}");
+}
+
+/// `argv` as a command, run as uid/gid 65534 when `nobody` and we are root.
+fn command(nobody: bool, argv: &[&OsStr]) -> Command {
+    let mut full: Vec<&OsStr> = Vec::new();
+    if nobody && is_root() {
+        full.extend(
+            ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+                .map(OsStr::new),
+        );
+    }
+    full.extend_from_slice(argv);
+    let mut c = Command::new(full[0]);
+    c.args(&full[1..]);
+    c
+}
+
+/// Who runs a case: root (when we are) and uid 65534.
+fn users() -> Vec<bool> {
+    if is_root() {
+        vec![false, true]
+    } else {
+        vec![false]
+    }
+}
+
+/// Hex addresses replaced, for comparing runs that load at different addresses.
+fn no_addresses(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("0x") {
+        out.push_str(&rest[..i + 2]);
+        rest = &rest[i + 2..];
+        let n = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
+        out.push('…');
+        rest = &rest[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Never-run text read through `/proc/self/mem` is the file's, as natively:
+/// the kernel does not route such reads to userfaultfd, so the text must be
+/// there before anyone looks (the background prefetch puts it there).
+#[test]
+fn proc_self_mem_reads_never_run_text() {
+    let (dir, tool) = shared_dir("selfmem");
+    for v in Variant::ALL {
+        let prog = dir.copy(&path("selfmem", v), &format!("selfmem-{}", v.suffix()), 0o755);
+        for nobody in users() {
+            // --fault-around 0: no neighbour of a touched page gets installed by luck.
+            let mut case = Case::new(&prog, ["20"]).tool(&tool).opt("--fault-around").opt("0");
+            if nobody {
+                case = case.nobody();
+            }
+            let (native, _) = case.compare();
+            assert_eq!(native.stdout_str(), "cold_fn: the same as in the file\n");
+        }
+        if is_root() {
+            // What the kernel allows: without the prefetch, the same read of
+            // a page the fault server never installed fails.
+            let out = Case::new(&prog, ["20"])
+                .tool(&tool)
+                .opt("--fault-around")
+                .opt("0")
+                .opt("--no-prefetch")
+                .run_ours();
+            assert_eq!(
+                out.stdout_str(),
+                "/proc/self/mem at cold_fn: Input/output error\n",
+                "{v:?}"
+            );
+        }
+    }
+}
+
+/// What `gdb -batch PROGRAM -p PID` prints for `x/3i cold_fn` of a sleeping
+/// selfmem run by `argv`. (PROGRAM is named, and kept when gdb finds
+/// another: unprivileged, `/proc/PID/exe` names uprobe-exec.)
+fn gdb_attached(nobody: bool, prog: &Path, argv: &[&OsStr]) -> String {
+    let mut cmd = command(nobody, argv);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
+    let mut child = common::spawn_guarded(&mut cmd);
+    let stdout = child.child.as_mut().and_then(|c| c.stdout.take()).expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("pid line");
+    let pid = line.trim().strip_prefix("pid ").unwrap_or_else(|| panic!("{line:?}"));
+    let gdb = run(command(
+        nobody,
+        &[
+            OsStr::new("gdb"),
+            OsStr::new("-nx"),
+            OsStr::new("-batch"),
+            OsStr::new("-iex"),
+            OsStr::new("set exec-file-mismatch off"),
+            prog.as_os_str(),
+            OsStr::new("-p"),
+            OsStr::new(pid),
+            OsStr::new("-ex"),
+            OsStr::new("x/3i cold_fn"),
+        ],
+    ));
+    drop(child);
+    let all = gdb.stdout_str() + &gdb.stderr_str();
+    all.lines()
+        .filter(|l| l.contains("cold_fn") || l.contains("Cannot access"))
+        .map(|l| no_addresses(l) + "\n")
+        .collect()
+}
+
+/// `gdb -p` disassembles a function that has not run yet, as natively.
+#[test]
+fn gdb_attached_disassembles_never_run_text() {
+    let (dir, tool) = shared_dir("gdb-attach");
+    for v in [Variant::Static, Variant::Pie] {
+        let prog = dir.copy(&path("selfmem", v), &format!("selfmem-{}", v.suffix()), 0o755);
+        for nobody in users() {
+            if nobody && v == Variant::Pie {
+                // Unprivileged, /proc/PID/auxv is uprobe-exec's (no
+                // PR_SET_MM_MAP), so gdb relocates a PIE wrongly: a known limit.
+                continue;
+            }
+            let args = [prog.as_os_str(), OsStr::new("3000"), OsStr::new("pid")];
+            let native = gdb_attached(nobody, &prog, &args);
+            let mut with_tool = vec![tool.as_os_str(), OsStr::new("-q"), OsStr::new("--fault-around"), OsStr::new("0")];
+            with_tool.extend_from_slice(&args);
+            let ours = gdb_attached(nobody, &prog, &with_tool);
+            assert!(native.contains("<cold_fn>:\tlea"), "{v:?}: native gdb printed {native:?}");
+            assert_eq!(native, ours, "{v:?} nobody={nobody}");
+        }
+    }
 }

@@ -5,7 +5,8 @@
  *
  * Calls the non-inlined function crunch() N times, prints the result, then
  * writes through a null pointer in crash_here() and dies of SIGSEGV.
- * never_called() is never run: its text is never touched.
+ * never_called() and far_fn() are never run; far_fn() fills a page of its
+ * own, so that page is never touched.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,19 @@ __attribute__((noinline)) unsigned long never_called(unsigned long x)
     return y ^ x;
 }
 
+__asm__(".pushsection .text.crash_far,\"ax\",@progbits\n"
+        ".p2align 12\n"
+        ".globl far_fn\n"
+        ".type far_fn,@function\n"
+        "far_fn:\n"
+        "    lea 0x2a(%rdi), %rax\n"
+        "    imul %rdi, %rax\n"
+        "    ret\n"
+        ".size far_fn, .-far_fn\n"
+        ".skip 4096 - (. - far_fn), 0xcc\n"
+        ".popsection\n");
+unsigned long far_fn(unsigned long x);
+
 __attribute__((noinline)) void crash_here(unsigned long v)
 {
     volatile unsigned long *volatile p = 0;
@@ -40,7 +54,7 @@ int main(int argc, char **argv)
     printf("acc=%lx\n", acc);
     fflush(stdout);
     if (argc > 2)
-        acc = never_called(acc);
+        acc = never_called(far_fn(acc));
     crash_here(acc);
     return 0;
 }
