@@ -105,6 +105,19 @@ fn guard_refuses_what_it_cannot_read_and_says_so() {
     let r = read_report(&report);
     assert_eq!(hits_of(&r, "work"), 1000);
     assert!(r["warnings"][0].as_str().unwrap_or("").contains("refused 1 rt_sigaction(SIGTRAP)"), "{r}");
+
+    // A program that execs is no longer ours: the guard lets its calls
+    // through, even once it is not dumpable and has a handler.
+    let argv0 = prog.to_string_lossy().into_owned();
+    let case = Case::new(&prog, ["exec", argv0.as_str(), "1000", "fork"])
+        .tool(&tool)
+        .nobody()
+        .opt("-q")
+        .opt("--probe-mode")
+        .opt("int3")
+        .opt("-p")
+        .opt("work");
+    case.compare();
 }
 
 /// `argv` as a command, run as uid/gid 65534 when `nobody` and we are root.

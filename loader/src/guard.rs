@@ -25,7 +25,7 @@
 
 #![allow(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -201,6 +201,9 @@ struct Memory {
     /// just before they did, by thread-group id. Each stays bound to the mm
     /// it was opened for: once that mm is gone (exit or exec) it reads 0 bytes.
     mem: HashMap<u32, File>,
+    /// Processes known not to be ours (they exec'd another program), by
+    /// (thread-group id, start time): a start time survives exec, not reuse.
+    foreign: HashSet<(u32, u64)>,
 }
 
 impl Memory {
@@ -276,6 +279,17 @@ fn status_field(pid: u32, key: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// The identity of the process of thread `pid` across pid reuse: (tgid,
+/// start time in clock ticks, from `/proc/PID/stat`, readable whatever the
+/// process's dumpability).
+fn identity(pid: u32, tgid: u32) -> Option<(u32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start at state (3).
+    let rest = &s[s.rfind(')')? + 1..];
+    let start = rest.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    Some((tgid, start))
+}
+
 /// Whether the process of thread `pid` has a handler installed for SIGTRAP.
 /// Ours always has one; a program that exec'd starts without.
 fn catches_sigtrap(pid: u32) -> bool {
@@ -333,20 +347,29 @@ fn answer(
         .and_then(|v| v.parse().ok())
         .unwrap_or(pid);
     let mut code = [0u8; 16];
-    match mem.read(pid, tgid, t.handler, &mut code[..magic.len()]) {
-        Ok(()) if &code[..magic.len()] == magic => {}
-        // We may not read it (it is not dumpable) and it has a SIGTRAP
-        // handler: it may be ours, so the call must not go through.
-        Err(libc::EPERM | libc::EACCES) if catches_sigtrap(pid) => {
+    let id = identity(pid, tgid);
+    let ours = match mem.read(pid, tgid, t.handler, &mut code[..magic.len()]) {
+        Ok(()) => &code[..magic.len()] == magic,
+        // We may not read it (it is not dumpable). Ours always has a SIGTRAP
+        // handler (the probes'), and a program that exec'd starts without:
+        // with one, and not known to have exec'd, it may be ours, so the
+        // call must not go through.
+        Err(libc::EPERM | libc::EACCES)
+            if catches_sigtrap(pid) && id.is_none_or(|id| !mem.foreign.contains(&id)) =>
+        {
             t.refused.fetch_add(1, Ordering::Relaxed);
             resp.error = -libc::EPERM;
             return;
         }
+        Err(_) => false,
+    };
+    if !ours {
         // Not a process of ours (it exec'd another program): let the call through.
-        _ => {
-            resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
-            return;
+        if let Some(id) = id {
+            mem.foreign.insert(id);
         }
+        resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+        return;
     }
     let (act, oact) = (req.data.args[1], req.data.args[2]);
     let words = |i: u64| {

@@ -3,12 +3,13 @@
  * gpg-agent do, then installs its own SIGTRAP handler.
  *
  *   nodump N [fork]
+ *   nodump exec N [fork]
  *
  * Sets PR_SET_DUMPABLE 0, installs a SIGTRAP handler and reads it back,
  * calls the non-inlined function work() N times, executes int3 once and
  * raises SIGTRAP once (both must reach the handler), and prints what it saw.
  * With "fork", the same runs again in a child forked after the prctl (it is
- * born non-dumpable).
+ * born non-dumpable). "exec" first execs itself (argv[0]) with the rest.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -60,6 +61,11 @@ int main(int argc, char **argv)
     if (argc < 2) {
         fprintf(stderr, "usage: nodump N [fork]\n");
         return 2;
+    }
+    if (!strcmp(argv[1], "exec")) {
+        execv(argv[0], argv + 1);
+        perror("execv");
+        return 1;
     }
     unsigned long n = strtoul(argv[1], NULL, 10);
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
