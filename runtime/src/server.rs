@@ -371,6 +371,22 @@ impl Server {
         self.generation += 1;
     }
 
+    /// A fork copies the pages present in the parent (mm `parent`): the new
+    /// process (the last mm) starts with them, so the prefetch skips them.
+    /// (As elsewhere, "present" is as far as we know: a page missing after
+    /// all still faults and is served.)
+    fn inherit(&mut self, parent: usize) {
+        let child = self.mms.len() - 1;
+        if self.mms[parent].gone || self.mms[child].gone {
+            return;
+        }
+        let words = self.mms[parent].served.0.len();
+        for w in 0..words {
+            let present = self.mms[parent].served.0[w] & !self.mms[parent].dropped.0[w];
+            self.mms[child].served.0[w] = present;
+        }
+    }
+
     /// The figures so far.
     #[must_use]
     pub fn stats(&self) -> TextStats {
@@ -582,6 +598,7 @@ impl Server {
                     Event::Fork(child) => {
                         self.sweep();
                         self.add_mm(child);
+                        self.inherit(m);
                     }
                     Event::Remove { start, end } => self.dropped(m, start, end),
                     // Unmapped or moved text is not served again (a fault there is an error).
