@@ -1239,8 +1239,9 @@ fn start(
     }
     if !mm_map_ok {
         limits.push(
-            "without CAP_SYS_RESOURCE, /proc/self/exe still names uprobe-exec and /proc/self/cmdline \
-             and the start of brk are not the program's"
+            "without CAP_SYS_RESOURCE, /proc/self/exe still names uprobe-exec and /proc/self/cmdline, \
+             /proc/self/auxv and the start of brk are not the program's (so a debugger attaching, or \
+             reading a core, finds uprobe-exec's file and cannot tell where a PIE program is loaded)"
                 .to_string(),
         );
     }
