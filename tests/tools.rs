@@ -61,7 +61,11 @@ fn guard_holds_when_the_program_makes_itself_non_dumpable() {
             assert!(out.stdout_str().contains("traps=2"), "{what}");
             let r = read_report(&report);
             assert_eq!(hits_of(&r, "work"), 1000, "{what}");
-            assert_eq!(r["warnings"].as_array().map(Vec::len), Some(0), "{what}: {r}");
+            assert_eq!(
+                r["warnings"].as_array().map(Vec::len),
+                Some(0),
+                "{what}: {r}"
+            );
         }
     }
 }
@@ -92,7 +96,11 @@ fn guard_refuses_what_it_cannot_read_and_says_so() {
     assert_eq!(native.code, Some(0));
     assert_eq!(ours.code, Some(0), "{}", ours.stderr_str());
     assert!(native.stdout_str().contains("child: work=1000"));
-    assert!(ours.stdout_str().contains("child: sigaction failed"), "{}", ours.stdout_str());
+    assert!(
+        ours.stdout_str().contains("child: sigaction failed"),
+        "{}",
+        ours.stdout_str()
+    );
     // The main process is not affected.
     let main = |o: &common::Output| {
         o.stdout_str()
@@ -104,7 +112,13 @@ fn guard_refuses_what_it_cannot_read_and_says_so() {
     assert_eq!(main(&native), main(&ours));
     let r = read_report(&report);
     assert_eq!(hits_of(&r, "work"), 1000);
-    assert!(r["warnings"][0].as_str().unwrap_or("").contains("refused 1 rt_sigaction(SIGTRAP)"), "{r}");
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("refused 1 rt_sigaction(SIGTRAP)"),
+        "{r}"
+    );
 
     // A program that execs is no longer ours: the guard lets its calls
     // through, even once it is not dumpable and has a handler.
@@ -125,8 +139,14 @@ fn command(nobody: bool, argv: &[&OsStr]) -> Command {
     let mut full: Vec<&OsStr> = Vec::new();
     if nobody && is_root() {
         full.extend(
-            ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-                .map(OsStr::new),
+            [
+                "/usr/bin/setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+            ]
+            .map(OsStr::new),
         );
     }
     full.extend_from_slice(argv);
@@ -151,7 +171,9 @@ fn no_addresses(s: &str) -> String {
     while let Some(i) = rest.find("0x") {
         out.push_str(&rest[..i + 2]);
         rest = &rest[i + 2..];
-        let n = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
+        let n = rest
+            .find(|c: char| !c.is_ascii_hexdigit())
+            .unwrap_or(rest.len());
         out.push('…');
         rest = &rest[n..];
     }
@@ -166,10 +188,17 @@ fn no_addresses(s: &str) -> String {
 fn proc_self_mem_reads_never_run_text() {
     let (dir, tool) = shared_dir("selfmem");
     for v in Variant::ALL {
-        let prog = dir.copy(&path("selfmem", v), &format!("selfmem-{}", v.suffix()), 0o755);
+        let prog = dir.copy(
+            &path("selfmem", v),
+            &format!("selfmem-{}", v.suffix()),
+            0o755,
+        );
         for nobody in users() {
             // --fault-around 0: no neighbour of a touched page gets installed by luck.
-            let mut case = Case::new(&prog, ["20"]).tool(&tool).opt("--fault-around").opt("0");
+            let mut case = Case::new(&prog, ["20"])
+                .tool(&tool)
+                .opt("--fault-around")
+                .opt("0");
             if nobody {
                 case = case.nobody();
             }
@@ -199,12 +228,23 @@ fn proc_self_mem_reads_never_run_text() {
 /// another: unprivileged, `/proc/PID/exe` names uprobe-exec.)
 fn gdb_attached(nobody: bool, prog: &Path, argv: &[&OsStr]) -> String {
     let mut cmd = command(nobody, argv);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).stdin(Stdio::null());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null());
     let mut child = common::spawn_guarded(&mut cmd);
-    let stdout = child.child.as_mut().and_then(|c| c.stdout.take()).expect("stdout");
+    let stdout = child
+        .child
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("pid line");
-    let pid = line.trim().strip_prefix("pid ").unwrap_or_else(|| panic!("{line:?}"));
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("pid line");
+    let pid = line
+        .trim()
+        .strip_prefix("pid ")
+        .unwrap_or_else(|| panic!("{line:?}"));
     let gdb = run(command(
         nobody,
         &[
@@ -233,7 +273,11 @@ fn gdb_attached(nobody: bool, prog: &Path, argv: &[&OsStr]) -> String {
 fn gdb_attached_disassembles_never_run_text() {
     let (dir, tool) = shared_dir("gdb-attach");
     for v in [Variant::Static, Variant::Pie] {
-        let prog = dir.copy(&path("selfmem", v), &format!("selfmem-{}", v.suffix()), 0o755);
+        let prog = dir.copy(
+            &path("selfmem", v),
+            &format!("selfmem-{}", v.suffix()),
+            0o755,
+        );
         for nobody in users() {
             if nobody && v == Variant::Pie {
                 // Unprivileged, /proc/PID/auxv is uprobe-exec's (no
@@ -242,10 +286,18 @@ fn gdb_attached_disassembles_never_run_text() {
             }
             let args = [prog.as_os_str(), OsStr::new("3000"), OsStr::new("pid")];
             let native = gdb_attached(nobody, &prog, &args);
-            let mut with_tool = vec![tool.as_os_str(), OsStr::new("-q"), OsStr::new("--fault-around"), OsStr::new("0")];
+            let mut with_tool = vec![
+                tool.as_os_str(),
+                OsStr::new("-q"),
+                OsStr::new("--fault-around"),
+                OsStr::new("0"),
+            ];
             with_tool.extend_from_slice(&args);
             let ours = gdb_attached(nobody, &prog, &with_tool);
-            assert!(native.contains("<cold_fn>:\tlea"), "{v:?}: native gdb printed {native:?}");
+            assert!(
+                native.contains("<cold_fn>:\tlea"),
+                "{v:?}: native gdb printed {native:?}"
+            );
             assert_eq!(native, ours, "{v:?} nobody={nobody}");
         }
     }
@@ -253,7 +305,11 @@ fn gdb_attached_disassembles_never_run_text() {
 
 /// Runs `argv` (as 65534 when `nobody`) in `cwd` with core dumps enabled;
 /// returns its output and the core it left there.
-fn crash_with_core(nobody: bool, cwd: &Path, argv: &[&OsStr]) -> (common::Output, std::path::PathBuf) {
+fn crash_with_core(
+    nobody: bool,
+    cwd: &Path,
+    argv: &[&OsStr],
+) -> (common::Output, std::path::PathBuf) {
     // The test runner disables cores in its children; the shell enables them again.
     let mut sh: Vec<&OsStr> = vec![
         OsStr::new("/bin/sh"),
@@ -267,8 +323,16 @@ fn crash_with_core(nobody: bool, cwd: &Path, argv: &[&OsStr]) -> (common::Output
     let core = std::fs::read_dir(cwd)
         .expect("read_dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("core")))
-        .unwrap_or_else(|| panic!("no core in {} (core_pattern must be a plain file name)", cwd.display()));
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("core"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no core in {} (core_pattern must be a plain file name)",
+                cwd.display()
+            )
+        });
     (out, core)
 }
 
@@ -324,20 +388,37 @@ fn core_dump_of_a_crash_has_the_text() {
             };
             let args = [prog.as_os_str(), OsStr::new("2000000")];
             let (native, native_core) = crash_with_core(nobody, &run_dir("native"), &args);
-            let mut ours_argv = vec![tool.as_os_str(), OsStr::new("-q"), OsStr::new("-p"), OsStr::new("crunch")];
+            let mut ours_argv = vec![
+                tool.as_os_str(),
+                OsStr::new("-q"),
+                OsStr::new("-p"),
+                OsStr::new("crunch"),
+            ];
             ours_argv.extend_from_slice(&args);
             let (ours, ours_core) = crash_with_core(nobody, &run_dir("ours"), &ours_argv);
             assert_eq!(native.stdout, ours.stdout, "{what}");
             assert_eq!(native.status(), 128 + libc::SIGSEGV, "{what}");
-            assert_eq!(ours.status(), native.status(), "{what}: {}", ours.stderr_str());
+            assert_eq!(
+                ours.status(),
+                native.status(),
+                "{what}: {}",
+                ours.stderr_str()
+            );
             let want = gdb_core(&prog, &native_core, &funcs);
-            assert_eq!(want.lines().count(), 3 * funcs.len(), "{what}: native gdb printed {want}");
+            assert_eq!(
+                want.lines().count(),
+                3 * funcs.len(),
+                "{what}: native gdb printed {want}"
+            );
             assert_eq!(gdb_core(&prog, &ours_core, &funcs), want, "{what}");
             // At most the program's text more than native: the text is
             // anonymous memory here, and the kernel dumps that.
             let text = common::elf_text_pages(&prog) * 4096;
             let (n, o) = (allocated(&native_core), allocated(&ours_core));
-            assert!(o <= n + text + (256 << 10), "{what}: core {o} bytes, native {n}, text {text}");
+            assert!(
+                o <= n + text + (256 << 10),
+                "{what}: core {o} bytes, native {n}, text {text}"
+            );
         }
     }
 }
@@ -380,10 +461,17 @@ fn perf_top_symbol(nobody: bool, dir: &Path, argv: &[&OsStr], comm: &str) -> Str
         .find(|l| !l.starts_with('#') && l.contains("[.]"))
         .map(String::from)
         .unwrap_or_else(|| panic!("no user-space sample in {}", rep.stdout_str()));
-    let pid = top.split_whitespace().nth(1).and_then(|p| p.split(':').next()).unwrap_or("");
+    let pid = top
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.split(':').next())
+        .unwrap_or("");
     // The map is left for `perf report` (as JITs leave theirs): remove it here.
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
-    top.split("[.]").nth(1).map(|s| s.trim().to_string()).unwrap_or_default()
+    top.split("[.]")
+        .nth(1)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// perf names the function a program spins in, as natively, from the map

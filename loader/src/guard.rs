@@ -238,8 +238,13 @@ impl Memory {
         // The pid might have been reused between RECV and the open: only
         // keep the file if the caller is still waiting on this notification.
         // SAFETY: ID_VALID reads the u64 we pass.
-        if unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &req.id) }
-            == 0
+        if unsafe {
+            libc::ioctl(
+                listener.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+                &req.id,
+            )
+        } == 0
         {
             self.mem.insert(tgid, f);
         }
@@ -393,5 +398,27 @@ fn answer(
     }
     if oact != 0 && !mem.write(pid, tgid, oact, &old) {
         resp.error = -libc::EFAULT;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every jump lands inside the program, and it ends in the two returns.
+    #[test]
+    fn filter_jumps_stay_inside() {
+        let f = filter(0x7000_0000, 0x7000_4000);
+        let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+        assert_eq!(f[f.len() - 2].code, ret);
+        assert_eq!(f[f.len() - 2].k, libc::SECCOMP_RET_USER_NOTIF);
+        assert_eq!(f[f.len() - 1].k, libc::SECCOMP_RET_ALLOW);
+        for (i, ins) in f.iter().enumerate() {
+            if ins.code & 0x07 == libc::BPF_JMP as u16 {
+                assert!(i + 1 + usize::from(ins.jt) < f.len(), "jt of {i}");
+                assert!(i + 1 + usize::from(ins.jf) < f.len(), "jf of {i}");
+            }
+        }
+        assert!(filter(0xffff_f000, 0x1_0000_1000).is_empty());
     }
 }

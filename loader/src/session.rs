@@ -805,9 +805,9 @@ fn monitor(
             let hits = probes.as_ref().map(Probes::hits).unwrap_or_default();
             let per_process = probes.as_ref().map(Probes::per_process).unwrap_or_default();
             let stray_traps = probes.as_ref().map_or(0, |p| p.counters.get(0));
-            let guard_refused = probes.as_ref().map_or(0, |p| {
-                p.refused.load(std::sync::atomic::Ordering::Relaxed)
-            });
+            let guard_refused = probes
+                .as_ref()
+                .map_or(0, |p| p.refused.load(std::sync::atomic::Ordering::Relaxed));
             Ok(Outcome {
                 exit,
                 stats: server.stats(),

@@ -83,6 +83,9 @@ mod tests {
         let n = anon_name("text", Path::new(&long));
         let t = text(&n);
         assert_eq!(t.len(), NAME_MAX - 1);
-        assert!(t.starts_with("uprobe-exec text ...d") && t.ends_with("/prog"), "{t}");
+        assert!(
+            t.starts_with("uprobe-exec text ...d") && t.ends_with("/prog"),
+            "{t}"
+        );
     }
 }
