@@ -486,7 +486,7 @@ fn fuzz_parse_resolve_plan() {
                 .iter()
                 .filter(|s| check.check(&image, s).is_ok())
                 .count();
-            let Ok(mut plan) = Plan::new(image, None, &uprobe_exec::layout::Aslr::current()) else {
+            let Ok(mut plan) = Plan::new(image, None, &uprobe_exec::layout::Aslr::current(), uprobe_exec::plan::TextBacking::File) else {
                 return false;
             };
             let bias = plan.program.bias.0;

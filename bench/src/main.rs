@@ -326,13 +326,13 @@ fn main() {
     ];
     let _ = writeln!(md, "## 3. Whole programs, wall time\n");
     let _ = writeln!(md, "Medians of {runs} alternating runs. Text figures (pages / served / faults / installed around faults) from one run with the default fault-around.\n");
-    let _ = writeln!(md, "| program | native ms | uprobe-exec ms | ratio | `--fault-around 0` ms | ratio | text pages / served / faults / around |");
+    let _ = writeln!(md, "| program | native ms | uprobe-exec ms | ratio | `--no-prefetch --fault-around 0` ms | ratio | text pages / served / faults / around |");
     let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
     let mut python_ratio = 0.0;
     for (name, argv) in &programs {
         let mut ours = vec![ux];
         ours.extend(argv.iter().copied());
-        let mut lazy = vec![ux, "--fault-around", "0"];
+        let mut lazy = vec![ux, "--no-prefetch", "--fault-around", "0"];
         lazy.extend(argv.iter().copied());
         let n = if name.contains("gzip") {
             runs.min(3)

@@ -30,6 +30,7 @@ pub mod error;
 pub mod guard;
 pub mod handoff;
 pub mod layout;
+mod perfmap;
 pub mod plan;
 pub mod probes;
 pub mod report;
@@ -37,6 +38,7 @@ mod session;
 pub mod stack;
 pub mod stage;
 pub mod symbols;
+pub mod vma;
 pub mod watchdog;
 
 pub use error::{ElfError, Error, Result};

@@ -48,9 +48,18 @@ struct Cli {
     #[arg(long, value_name = "PAGES", default_value_t = uprobe_exec::DEFAULT_FAULT_AROUND)]
     fault_around: usize,
 
-    /// Install the rest of the text in the background once the program runs.
-    #[arg(long)]
+    /// Install the rest of the text in the background once the program runs
+    /// (the default), so debuggers and core dumps see it.
+    #[arg(long, overrides_with = "no_prefetch")]
     prefetch: bool,
+
+    /// Serve text pages only when they are first touched.
+    #[arg(long, overrides_with = "prefetch")]
+    no_prefetch: bool,
+
+    /// Write the program's functions to /tmp/perf-PID.map for profilers.
+    #[arg(long)]
+    perf_map: bool,
 
     /// Write a JSON report to FILE when the program ends.
     #[arg(long, value_name = "FILE")]
@@ -253,7 +262,8 @@ fn run() -> u8 {
             Mode::Int3 => uprobe_exec::ProbeMode::Int3,
             Mode::Jump => uprobe_exec::ProbeMode::Jump,
         })
-        .prefetch(cli.prefetch)
+        .prefetch(!cli.no_prefetch)
+        .perf_map(cli.perf_map)
         .blocked_signals(given)
         .sigpipe_ignored(SIGPIPE_IGNORED.load(std::sync::atomic::Ordering::Relaxed));
     for p in &cli.probes {

@@ -172,6 +172,8 @@ pub struct Plan {
     /// The sealed copy of the program file its segments are mapped from,
     /// after [`Plan::install_text`].
     snapshot: Option<OwnedFd>,
+    /// What the text is mapped from.
+    pub backing: TextBacking,
 }
 
 /// The probe area: handler code, site table and out-of-line slots, mapped
@@ -300,11 +302,33 @@ enum Role {
     Interpreter,
 }
 
+/// What the program's text is mapped from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextBacking {
+    /// A private mapping of our text memfd: `madvise` answers as for the
+    /// program's file, and the memfd can hold the whole image.
+    File,
+    /// Anonymous memory: profilers read `/tmp/perf-PID.map` for anonymous
+    /// executable memory only (perf names a file mapping by its path).
+    Anon,
+}
+
+/// How the executable segments of one image are mapped.
+#[derive(Clone, Copy)]
+enum Text {
+    /// Like every other segment (the interpreter).
+    AsFile,
+    /// Served by us, from this memfd.
+    Served(RawFd),
+    /// Served by us, anonymous.
+    ServedAnon,
+}
+
 /// Mapping ops for one image. With `serve_text`, executable segments become
 /// anonymous memory served by the uffd; their ranges are returned.
 fn map_image(
     p: &Placed,
-    text_fd: Option<RawFd>,
+    text_map: Text,
     maps: &mut Vec<MapOp>,
     zero: &mut Vec<(u64, Vec<u8>)>,
 ) -> Vec<(TextRange, std::ops::Range<usize>)> {
@@ -316,7 +340,12 @@ fn map_image(
         let start = page_down(p.bias.0 + s.vaddr.0);
         let file_end = page_up(p.bias.0 + s.vaddr.0 + s.filesz);
         let mem_end = page_up(p.bias.0 + s.end());
-        if let (Some(text_fd), true) = (text_fd, s.exec) {
+        let served = match text_map {
+            Text::AsFile => None,
+            Text::Served(fd) => Some(MapSource::File { fd, offset: 0 }),
+            Text::ServedAnon => Some(MapSource::Anon),
+        };
+        if let (Some(source), true) = (served, s.exec) {
             // A page shared with the next segment is mapped by that segment, as the kernel would.
             let next_start = segs
                 .get(i + 1)
@@ -328,9 +357,12 @@ fn map_image(
                 addr: start,
                 len: end - start,
                 prot: s.prot(),
-                source: MapSource::File {
-                    fd: text_fd,
-                    offset: first as u64 * PAGE_SIZE,
+                source: match source {
+                    MapSource::File { fd, .. } => MapSource::File {
+                        fd,
+                        offset: first as u64 * PAGE_SIZE,
+                    },
+                    MapSource::Anon => MapSource::Anon,
                 },
                 zero_from: 0,
                 zero_to: 0,
@@ -386,7 +418,12 @@ fn map_image(
 impl Plan {
     /// Places the program (and its interpreter) and plans every mapping.
     /// The text is served as in the file until [`Plan::patch`] says otherwise.
-    pub fn new(program: Image, interp: Option<Image>, aslr: &Aslr) -> Result<Plan> {
+    pub fn new(
+        program: Image,
+        interp: Option<Image>,
+        aslr: &Aslr,
+        backing: TextBacking,
+    ) -> Result<Plan> {
         let has_interp = interp.is_some();
         let static_pie = program.kind == ElfKind::Dyn && !has_interp;
         let program = place(program, Role::Program { has_interp }, aslr)?;
@@ -396,14 +433,13 @@ impl Plan {
         let text_file = text_memfd(&program.image.path)?;
         let mut maps = Vec::new();
         let mut text_zero = Vec::new();
-        let text_parts = map_image(
-            &program,
-            Some(text_file.as_raw_fd()),
-            &mut maps,
-            &mut text_zero,
-        );
+        let text_map = match backing {
+            TextBacking::File => Text::Served(text_file.as_raw_fd()),
+            TextBacking::Anon => Text::ServedAnon,
+        };
+        let text_parts = map_image(&program, text_map, &mut maps, &mut text_zero);
         if let Some(i) = &interp {
-            map_image(i, None, &mut maps, &mut Vec::new());
+            map_image(i, Text::AsFile, &mut maps, &mut Vec::new());
         }
         let pages: usize = text_parts.iter().map(|(r, _)| r.pages).sum();
         rustix::fs::ftruncate(&text_file, pages as u64 * PAGE_SIZE).map_err(|e| Error::Plan {
@@ -424,6 +460,7 @@ impl Plan {
             brk,
             aslr: *aslr,
             snapshot: None,
+            backing,
         };
         plan.patch(&[]);
         Ok(plan)
@@ -478,34 +515,83 @@ impl Plan {
     /// segments are mapped from a sealed copy of the program file too, so
     /// that nothing the program reads can change after it starts (without
     /// `PR_SET_MM_MAP` the kernel does not deny writes to the file).
-    pub fn install_text(&mut self) -> Result<()> {
+    ///
+    /// With `visible_in`, the copy is instead a file left in that directory
+    /// (which must exist and be ours), with the patched text at its place in
+    /// the file, and the text is mapped from it too: profilers name the
+    /// program's functions from its symbols (`--perf-map` when forks cannot
+    /// be followed). Such a copy is not sealed. Returns its path.
+    pub fn install_text(&mut self, visible_in: Option<&std::path::Path>) -> Result<Option<std::path::PathBuf>> {
         let fail = |what: &str, e: std::io::Error| Error::Plan {
             path: self.program.image.path.clone(),
             reason: format!("{what}: {e}"),
         };
         self.fill_text()
             .map_err(|e| fail("filling the text file", e))?;
-        let copy = text_memfd(&self.program.image.path)?;
+        let (copy, path): (OwnedFd, _) = match visible_in {
+            None => (text_memfd(&self.program.image.path)?, None),
+            Some(dir) => {
+                let name = self
+                    .program
+                    .image
+                    .path
+                    .file_name()
+                    .map_or_else(|| "program".into(), |n| n.to_os_string());
+                let path = dir.join(name);
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| fail(&format!("creating {}", path.display()), e))?;
+                (f.into(), Some(path))
+            }
+        };
         write_all_at(&copy, &self.program.image.bytes, 0)
             .map_err(|e| fail("copying the program file", e))?;
-        seal(&copy).map_err(|e| fail("sealing the copy of the program", e))?;
         let file = self.program.image.file.as_raw_fd();
+        let text_fd = self.text_file.as_raw_fd();
+        let mut text_ranges = self.text_parts.iter();
         for m in &mut self.maps {
-            if let MapSource::File { fd, .. } = &mut m.source {
+            if let MapSource::File { fd, offset } = &mut m.source {
                 if *fd == file {
                     *fd = copy.as_raw_fd();
+                } else if *fd == text_fd && path.is_some() {
+                    // The patched text, at its own place in the copy.
+                    let Some((range, bytes)) = text_ranges.next() else {
+                        continue;
+                    };
+                    for i in 0..range.pages {
+                        let index = self.image.index_of_page(range.start + i as u64 * PAGE_SIZE);
+                        let at = bytes.start as u64 + i as u64 * PAGE_SIZE;
+                        if let Some(index) = index {
+                            write_all_at(&copy, self.image.page(index), at)
+                                .map_err(|e| fail("writing the text into the copy", e))?;
+                        }
+                    }
+                    *fd = copy.as_raw_fd();
+                    *offset = bytes.start as u64;
                 }
             }
         }
+        if path.is_none() {
+            seal(&copy).map_err(|e| fail("sealing the copy of the program", e))?;
+        }
         self.snapshot = Some(copy);
-        Ok(())
+        Ok(path)
     }
 
     /// Writes every page image into the text file and seals it. From then
     /// on the kernel maps any text page that is missing in any process of
     /// the program from the file, without a fault reaching us: processes
     /// we never heard of (a fork whose event we did not read) included.
+    ///
+    /// # Errors
+    /// `Unsupported` for anonymous text, which no file backs.
     pub fn fill_text(&self) -> std::io::Result<()> {
+        if self.backing == TextBacking::Anon {
+            return Err(std::io::ErrorKind::Unsupported.into());
+        }
         for i in 0..self.image.pages() {
             write_all_at(&self.text_file, self.image.page(i), i as u64 * PAGE_SIZE)?;
         }
@@ -599,6 +685,11 @@ impl Plan {
                 rustix::mm::Advice::LinuxWipeOnFork,
             )
             .map_err(|e| fail(format!("MADV_WIPEONFORK on the probe area: {e}")))?;
+            crate::vma::name(
+                reservation.addr,
+                len,
+                &crate::vma::anon_name("probes", &self.program.image.path),
+            );
         }
         Ok(ProbeArea {
             handler: reservation.addr + handler,

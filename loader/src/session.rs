@@ -23,7 +23,7 @@ use crate::elf::Image;
 use crate::error::{ElfError, Error, Result};
 use crate::handoff::{self, MmMap, Params};
 use crate::plan::ProbeArea;
-use crate::plan::{Plan, Reservation};
+use crate::plan::{Plan, Reservation, TextBacking};
 use crate::probes::{self, Site, SLOT_BYTES};
 use crate::report::{Exit, Handoff, Report, Text};
 use crate::report::{ProbeHits, ProcessHits};
@@ -49,6 +49,7 @@ pub struct Command {
     sigpipe_ignored: bool,
     fault_around: usize,
     prefetch: bool,
+    perf_map: bool,
     mode: ProbeMode,
 }
 
@@ -80,7 +81,8 @@ impl Command {
             blocked: None,
             sigpipe_ignored: false,
             fault_around: DEFAULT_FAULT_AROUND,
-            prefetch: false,
+            prefetch: true,
+            perf_map: false,
             mode: ProbeMode::Auto,
         }
     }
@@ -118,9 +120,19 @@ impl Command {
     }
 
     /// Installs the rest of the text in the background once the program
-    /// runs, so later first touches find their pages present.
+    /// runs (on by default), in every process of it, so later first touches
+    /// find their pages present, and so do debuggers, `/proc/PID/mem` and
+    /// core dumps, which the fault server cannot serve.
     pub fn prefetch(mut self, on: bool) -> Command {
         self.prefetch = on;
+        self
+    }
+
+    /// Writes the program's functions to `/tmp/perf-PID.map` once it runs,
+    /// for profilers (perf, samply, bpftrace) that cannot read symbols from
+    /// anonymous text. The file is left in place (perf reads it at report time).
+    pub fn perf_map(mut self, on: bool) -> Command {
+        self.perf_map = on;
         self
     }
 
@@ -196,16 +208,57 @@ impl Command {
             let syms = Symbols::read(&program);
             probes::resolve(&program, &syms, &self.probes, self.unsafe_addrs)?
         };
-        let mut plan = Plan::new(program, interp, &crate::layout::Aslr::current())?;
+        // Without the right to follow forks (user-mode-only userfaultfd), the
+        // text goes in whole before the program starts, from its file.
+        let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
+        let backing = if self.perf_map && !eager {
+            TextBacking::Anon
+        } else {
+            TextBacking::File
+        };
+        let mut backing_limits = Vec::new();
+        if self.perf_map && backing == TextBacking::Anon {
+            backing_limits.push(
+                "--perf-map: the text is anonymous memory, whose map file profilers read; so \
+                 madvise(MADV_FREE or MADV_WIPEONFORK) on it succeeds where natively it fails \
+                 with EINVAL, and processes that outlive the first one get the rest of the text \
+                 installed only if we knew of them"
+                    .to_string(),
+            );
+        }
+        let mut plan = Plan::new(program, interp, &crate::layout::Aslr::current(), backing)?;
         let probes = if sites.is_empty() {
             None
         } else {
             Some(Probes::build(&mut plan, sites, self.mode)?)
         };
-        // Without the right to follow forks (user-mode-only userfaultfd), the
-        // text goes in whole before the program starts.
-        if matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly))) {
-            plan.install_text()?;
+        let perf_map = self.perf_map.then(|| {
+            let area = probes.as_ref().map(|p| {
+                let r = &p.area.reservation;
+                (r.addr, r.len, "[uprobe-exec probes]".to_string())
+            });
+            crate::perfmap::lines(
+                &Symbols::read(&plan.program.image),
+                plan.program.bias,
+                area.as_slice(),
+            )
+        });
+        if eager {
+            // Profilers read symbols from a file mapping's path: with
+            // --perf-map the copy the program runs from is a file left for them.
+            let dir = if self.perf_map {
+                Some(perf_copy_dir().map_err(|e| Error::sys("creating a directory for --perf-map", e))?)
+            } else {
+                None
+            };
+            if let Some(copy) = plan.install_text(dir.as_deref())? {
+                backing_limits.push(format!(
+                    "--perf-map: the program runs from a copy left at {} for profilers to read \
+                     its symbols from (delete it when done); unlike the sealed copy of other \
+                     unprivileged runs, a writer to that copy could change text not yet run",
+                    copy.display()
+                ));
+            }
         }
         let (tx, rx) = mpsc::channel();
         let signals = Signals {
@@ -224,13 +277,22 @@ impl Command {
             .spawn(move || monitor(plan, probes, resolved, env, signals, serving, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
-            Ok(Ok(pid)) => Ok(Session {
-                pid,
-                thread,
-                program: program_name,
-                args,
-                warnings,
-            }),
+            Ok(Ok(pid)) => {
+                let mut warnings = warnings;
+                if let Some(text) = perf_map {
+                    if let Err(e) = crate::perfmap::write(pid, &text) {
+                        warnings.push(format!("no perf map for process {pid}: {e}"));
+                    }
+                }
+                Ok(Session {
+                    pid,
+                    thread,
+                    program: program_name,
+                    args,
+                    warnings,
+                    limits: backing_limits,
+                })
+            }
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -290,6 +352,8 @@ pub struct Session {
     program: String,
     args: Vec<String>,
     warnings: Vec<String>,
+    /// Limits that come from the options (added to the hand-off's).
+    limits: Vec<String>,
 }
 
 impl Session {
@@ -326,6 +390,14 @@ impl Session {
                     .into()
             });
         }
+        if out.guard_refused > 0 {
+            warnings.push(format!(
+                "refused {} rt_sigaction(SIGTRAP) call(s) with EPERM: the calling process was not \
+                 dumpable and its memory could not be read, so its handler could not be recorded \
+                 (it would have replaced the probes' handler)",
+                out.guard_refused
+            ));
+        }
         Ok(Report {
             program: self.program,
             args: self.args,
@@ -334,7 +406,11 @@ impl Session {
             per_process: out.per_process,
             text: Text::from(out.stats),
             processes: out.stats.processes,
-            handoff: out.handoff,
+            handoff: {
+                let mut h = out.handoff;
+                h.limits.extend(self.limits);
+                h
+            },
             warnings,
         })
     }
@@ -348,6 +424,7 @@ struct Outcome {
     probes: Vec<ProbeHits>,
     per_process: Vec<ProcessHits>,
     stray_traps: u64,
+    guard_refused: u64,
 }
 
 /// Processes whose hits are counted one by one; hits of processes beyond
@@ -366,6 +443,8 @@ struct Probes {
     area: ProbeArea,
     /// The seccomp filter guarding the trap handler.
     filter: Vec<libc::sock_filter>,
+    /// `rt_sigaction(SIGTRAP)` calls the guard refused (caller unreadable).
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Probes {
@@ -484,6 +563,7 @@ impl Probes {
             counters,
             area,
             filter,
+            refused: Arc::default(),
         })
     }
 
@@ -498,6 +578,7 @@ impl Probes {
             counters: Arc::clone(&self.counters),
             program_action: self.counters.addr_of(self.sites.len() + 1),
             handler: self.area.handler,
+            refused: Arc::clone(&self.refused),
         }
     }
 
@@ -791,6 +872,17 @@ fn cloexec_fds() -> Vec<RawFd> {
         .collect()
 }
 
+/// A new private directory under the temp dir for the copy a profiler reads.
+fn perf_copy_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut b = [0u8; 6];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    let tag: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("uprobe-exec-perf-{}-{tag}", rustix::process::getuid().as_raw()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
 /// Our own main thread's `[stack]` mapping: (start, top).
 fn own_stack() -> Option<(u64, u64)> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
@@ -854,6 +946,11 @@ fn monitor(
                 });
             }
             if result.is_ok() && !plan.text_installed() && server.forked() {
+                if plan.backing == TextBacking::Anon {
+                    // No file to fill: install what is left in the processes
+                    // we know of (README: known limits).
+                    result = server.populate_all().map_err(Error::from);
+                } else {
                 // The first process ended; forks may live on, some perhaps
                 // not known to us yet. The text file gets every page, so
                 // that the kernel serves them from now on, in any process.
@@ -861,6 +958,7 @@ fn monitor(
                     .fill_text()
                     .map_err(|e| Error::sys("filling the text file", e));
                 server.wake_all();
+                }
             }
             if let Err(e) = result {
                 let _ = rustix::process::pidfd_send_signal(&pidfd.0, rustix::process::Signal::KILL);
@@ -873,6 +971,9 @@ fn monitor(
             let hits = probes.as_ref().map(Probes::hits).unwrap_or_default();
             let per_process = probes.as_ref().map(Probes::per_process).unwrap_or_default();
             let stray_traps = probes.as_ref().map_or(0, |p| p.counters.get(0));
+            let guard_refused = probes
+                .as_ref()
+                .map_or(0, |p| p.refused.load(std::sync::atomic::Ordering::Relaxed));
             Ok(Outcome {
                 exit,
                 stats: server.stats(),
@@ -880,6 +981,7 @@ fn monitor(
                 probes: hits,
                 per_process,
                 stray_traps,
+                guard_refused,
             })
         }
         Err(e) => {
@@ -1240,6 +1342,7 @@ fn start(
         seccomp: probes
             .map(|p| p.filter.as_slice())
             .filter(|f| !f.is_empty()),
+        text_name: crate::vma::anon_name("text", &plan.program.image.path),
     };
 
     // SAFETY: the child runs only watchdog::run, which makes system calls
@@ -1327,8 +1430,9 @@ fn start(
     }
     if !mm_map_ok {
         limits.push(
-            "without CAP_SYS_RESOURCE, /proc/self/exe still names uprobe-exec and /proc/self/cmdline \
-             and the start of brk are not the program's"
+            "without CAP_SYS_RESOURCE, /proc/self/exe still names uprobe-exec and /proc/self/cmdline, \
+             /proc/self/auxv and the start of brk are not the program's (so a debugger attaching, or \
+             reading a core, finds uprobe-exec's file and cannot tell where a PIE program is loaded)"
                 .to_string(),
         );
     }

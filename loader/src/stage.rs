@@ -137,6 +137,8 @@ pub struct StagePlan<'a> {
     pub trap: Option<(u64, u64)>,
     /// The seccomp filter that guards the trap handler (see `guard`).
     pub seccomp: Option<&'a [libc::sock_filter]>,
+    /// The text's name in `/proc/PID/maps` (see `vma`).
+    pub text_name: [u8; crate::vma::NAME_MAX],
     /// The program's name as execve would set it (`comm`: the file name's
     /// last component, at most 15 bytes, NUL-terminated).
     pub comm: [u8; 16],
@@ -379,6 +381,9 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
         }
         for &fd in p.close_after_map {
             libc::close(fd);
+        }
+        for &(start, len) in p.text {
+            crate::vma::name(start, len, &p.text_name);
         }
 
         // The monitor's stack contents go; its mapping becomes the program's.

@@ -163,6 +163,12 @@ impl TextImage {
         unsafe { std::slice::from_raw_parts(self.src(index), PAGE_SIZE as usize) }
     }
 
+    /// The index of the page at runtime address `addr`, if served.
+    #[must_use]
+    pub fn index_of_page(&self, addr: u64) -> Option<usize> {
+        self.index_of(addr)
+    }
+
     /// The page index of a runtime address, if it lies in a served range.
     fn index_of(&self, addr: u64) -> Option<usize> {
         self.ranges.iter().zip(&self.first).find_map(|(r, first)| {
@@ -265,6 +271,8 @@ struct Mm {
     /// several events for one missing page; only the first is served.)
     dropped: PageBits,
     gone: bool,
+    /// Next page the background prefetch installs here (`pages()` when done).
+    prefetch_at: usize,
 }
 
 /// Serves the page faults of one program and its forks.
@@ -283,8 +291,10 @@ pub struct Server {
     on_new: Option<NewProcessHook>,
     /// Pages after a faulting page installed with it (when not present).
     fault_around: usize,
-    /// Next page the background prefetch installs, when prefetching.
-    prefetch: Option<usize>,
+    /// Whether the background prefetch is on.
+    prefetch: bool,
+    /// Some process still has pages for the prefetch to install.
+    prefetch_pending: bool,
 }
 
 /// Called with the uffd of each new process.
@@ -308,7 +318,8 @@ impl Server {
             generation: 0,
             on_new: None,
             fault_around: 0,
-            prefetch: None,
+            prefetch: false,
+            prefetch_pending: false,
         };
         s.add_mm(root);
         s
@@ -321,28 +332,39 @@ impl Server {
         self.fault_around = pages;
     }
 
-    /// Installs the rest of the text in the first process in the background,
-    /// whenever no event is waiting, so later first touches find their pages.
+    /// Installs the rest of the text in the background, whenever no event is
+    /// waiting, in every process of the program (forks included), so later
+    /// first touches find their pages, and so do accesses that cannot be
+    /// served: other processes' reads (`/proc/PID/mem`, `ptrace`, debuggers)
+    /// and core dumps never reach a userfaultfd.
     pub fn set_prefetch(&mut self, on: bool) {
-        self.prefetch = on.then_some(0);
+        self.prefetch = on;
+        self.prefetch_pending = on;
     }
 
-    /// Installs the next run of missing pages for the prefetch; false when done.
+    /// Installs the next run of missing pages for the prefetch; false when
+    /// no process has any left.
     fn prefetch_step(&mut self) -> Result<bool, ServeError> {
-        let Some(mut index) = self.prefetch else {
-            return Ok(false);
-        };
-        while index < self.image.pages() && self.present(0, index) {
-            index += 1;
-        }
-        if index >= self.image.pages() || self.mms[0].gone {
-            self.prefetch = None;
+        if !self.prefetch_pending {
             return Ok(false);
         }
-        let n = self.install_run(0, index, 64)?;
-        self.stats.populated += n as u64;
-        self.prefetch = Some(index + n.max(1));
-        Ok(true)
+        let pages = self.image.pages();
+        for m in 0..self.mms.len() {
+            let mut index = self.mms[m].prefetch_at;
+            while index < pages && !self.mms[m].gone && self.present(m, index) {
+                index += 1;
+            }
+            if index >= pages || self.mms[m].gone {
+                self.mms[m].prefetch_at = pages;
+                continue;
+            }
+            let n = self.install_run(m, index, 64)?;
+            self.stats.populated += n as u64;
+            self.mms[m].prefetch_at = index + n.max(1);
+            return Ok(true);
+        }
+        self.prefetch_pending = false;
+        Ok(false)
     }
 
     /// Calls `f` with the uffd of every process forked from now on.
@@ -360,7 +382,9 @@ impl Server {
             served: PageBits::new(pages),
             dropped: PageBits::new(pages),
             gone: false,
+            prefetch_at: 0,
         });
+        self.prefetch_pending = self.prefetch;
         self.stats.processes += 1;
         self.generation += 1;
     }
@@ -373,6 +397,22 @@ impl Server {
         self.stats.populated = pages;
         for i in 0..self.image.pages() {
             self.ever.set(i);
+        }
+    }
+
+    /// A fork copies the pages present in the parent (mm `parent`): the new
+    /// process (the last mm) starts with them, so the prefetch skips them.
+    /// (As elsewhere, "present" is as far as we know: a page missing after
+    /// all still faults and is served.)
+    fn inherit(&mut self, parent: usize) {
+        let child = self.mms.len() - 1;
+        if self.mms[parent].gone || self.mms[child].gone {
+            return;
+        }
+        let words = self.mms[parent].served.0.len();
+        for w in 0..words {
+            let present = self.mms[parent].served.0[w] & !self.mms[parent].dropped.0[w];
+            self.mms[child].served.0[w] = present;
         }
     }
 
@@ -539,7 +579,7 @@ impl Server {
             // With copies deferred, wake up soon even if no event comes: the
             // kernel keeps answering EAGAIN until the madvise caller whose
             // event we read has resumed, which sends us nothing.
-            let timeout = if self.prefetch.is_some() {
+            let timeout = if self.prefetch_pending {
                 0
             } else if self.deferred.is_empty() {
                 -1
@@ -608,6 +648,7 @@ impl Server {
                     Event::Fork(child) => {
                         self.sweep();
                         self.add_mm(child);
+                        self.inherit(m);
                     }
                     Event::Remove { start, end } => self.dropped(m, start, end),
                     // Unmapped or moved text is not served again (a fault there is an error).
