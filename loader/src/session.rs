@@ -582,6 +582,29 @@ impl Probes {
         }
     }
 
+    /// Gives each process of the program its row of hit counters, when it
+    /// first touches its row page (see the fault server): rows in the order
+    /// processes first hit a probe, until none is left.
+    fn row_assigner(&self, first_pid: i32) -> impl FnMut(usize, u32) -> Option<(u64, u64)> + Send {
+        let counters = Arc::clone(&self.counters);
+        let n = self.sites.len();
+        let mut next = 0usize;
+        move |m, tid| {
+            if next == ROWS {
+                return None;
+            }
+            let pid = if m == 0 {
+                first_pid as u64
+            } else {
+                tgid_of(tid).unwrap_or(u64::from(tid))
+            };
+            let row = n + 5 + next * (n + 1);
+            next += 1;
+            counters.set(row, pid);
+            Some((pid, counters.addr_of(row)))
+        }
+    }
+
     /// All hits of site `i`: every process's row, plus the overflow counter.
     fn total(&self, i: usize) -> u64 {
         let n = self.sites.len();
@@ -872,6 +895,15 @@ fn cloexec_fds() -> Vec<RawFd> {
         .collect()
 }
 
+/// The process a thread belongs to.
+fn tgid_of(tid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A new private directory under the temp dir for the copy a profiler reads.
 fn perf_copy_dir() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
@@ -927,6 +959,9 @@ fn monitor(
             server.set_prefetch(prefetch);
             let keeper = watchdog.sender();
             server.on_new_process(move |fd| keeper.hold_fd(fd));
+            if let Some(p) = &probes {
+                server.set_row_page(p.area.cache, p.row_assigner(pid));
+            }
             let mut result: Result<()> = Ok(());
             if plan.text_installed() {
                 server.installed_up_front();
@@ -1293,7 +1328,7 @@ fn start(
     }
     let st = image.expect("built at least once");
 
-    let text: Vec<(u64, u64)> = if plan.text_installed() {
+    let mut text: Vec<(u64, u64)> = if plan.text_installed() {
         Vec::new()
     } else {
         plan.text
@@ -1301,6 +1336,10 @@ fn start(
             .map(|t| (t.start, t.end() - t.start))
             .collect()
     };
+    // Each process's row page is answered by the monitor (see the server).
+    if let Some(p) = probes {
+        text.push((p.area.cache, PAGE_SIZE));
+    }
     // SAFETY: building a sigset_t in a local with the libc helpers.
     let sigmask = unsafe {
         let mut m: libc::sigset_t = std::mem::zeroed();

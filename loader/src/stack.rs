@@ -88,7 +88,6 @@ pub fn build(
     let platform_addr = p;
     p -= 16;
     let random_addr = p;
-    p &= !15;
 
     // The pointers into the stack keep their places in the kernel's order.
     let mut aux: Vec<(u64, u64)> = auxv
@@ -107,6 +106,7 @@ pub fn build(
         }
     }
     aux.push((at::NULL, 0));
+    // create_elf_tables: the vectors go right below, rounded down to 16.
     let words = 1 + (argv.len() + 1) + (envp.len() + 1) + 2 * aux.len();
     let mut sp = p - 8 * words as u64;
     sp &= !15;

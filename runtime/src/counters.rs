@@ -65,6 +65,13 @@ impl Counters {
         )
     }
 
+    /// Sets counter `i` (a word the program only reads, such as a row's pid).
+    pub fn set(&self, i: usize, v: u64) {
+        assert!(i < self.len);
+        // SAFETY: in bounds of our live mapping, 8-aligned; atomic store.
+        unsafe { (*(self.addr_of(i) as *const AtomicU64)).store(v, Ordering::Relaxed) }
+    }
+
     /// Reads counter `i`.
     #[must_use]
     pub fn get(&self, i: usize) -> u64 {

@@ -295,10 +295,28 @@ pub struct Server {
     prefetch: bool,
     /// Some process still has pages for the prefetch to install.
     prefetch_pending: bool,
+    /// The page each process reads its per-process row from, if any.
+    row_page: Option<RowPage>,
 }
 
 /// Called with the uffd of each new process.
 type NewProcessHook = Box<dyn FnMut(BorrowedFd<'_>) + Send>;
+
+/// Gives process number `m` (in the order we met them) its row, from the
+/// id of a thread of it: `(pid, row address)`, or None when none is left.
+type RowAssigner = Box<dyn FnMut(usize, u32) -> Option<(u64, u64)> + Send>;
+
+/// A page, registered with every process's uffd, whose first touch in each
+/// process is answered with that process's own words: its pid and the
+/// address of its row of hit counters. Probe hits read it, so they find
+/// their row without a system call; the page is wiped on fork, so a child
+/// touches it afresh and gets its own.
+struct RowPage {
+    addr: u64,
+    assign: RowAssigner,
+    /// The answer given to each process, by process number.
+    given: Vec<Option<(u64, u64)>>,
+}
 
 impl Server {
     /// A server for the program's first process.
@@ -317,6 +335,7 @@ impl Server {
             retry: Vec::with_capacity(64),
             generation: 0,
             on_new: None,
+            row_page: None,
             fault_around: 0,
             prefetch: false,
             prefetch_pending: false,
@@ -367,6 +386,21 @@ impl Server {
         Ok(false)
     }
 
+    /// Serves `addr` (a page registered with every process's uffd) as each
+    /// process's row page (see [`RowPage`]): `assign(process number, tid)`
+    /// gives the `(pid, row address)` to write there.
+    pub fn set_row_page(
+        &mut self,
+        addr: u64,
+        assign: impl FnMut(usize, u32) -> Option<(u64, u64)> + Send + 'static,
+    ) {
+        self.row_page = Some(RowPage {
+            addr,
+            assign: Box::new(assign),
+            given: Vec::new(),
+        });
+    }
+
     /// Calls `f` with the uffd of every process forked from now on.
     pub fn on_new_process(&mut self, f: impl FnMut(BorrowedFd<'_>) + Send + 'static) {
         self.on_new = Some(Box::new(f));
@@ -398,6 +432,9 @@ impl Server {
         for i in 0..self.image.pages() {
             self.ever.set(i);
         }
+        // Nothing is registered to copy into.
+        self.prefetch = false;
+        self.prefetch_pending = false;
     }
 
     /// A fork copies the pages present in the parent (mm `parent`): the new
@@ -644,7 +681,7 @@ impl Server {
             }
             for msg in &msgs[..n] {
                 match decode(msg) {
-                    Event::PageFault { addr, .. } => self.fault(m, addr)?,
+                    Event::PageFault { addr, tid, .. } => self.fault(m, addr, tid)?,
                     Event::Fork(child) => {
                         self.sweep();
                         self.add_mm(child);
@@ -670,8 +707,11 @@ impl Server {
         Ok(())
     }
 
-    fn fault(&mut self, m: usize, addr: u64) -> Result<(), ServeError> {
+    fn fault(&mut self, m: usize, addr: u64, tid: u32) -> Result<(), ServeError> {
         let Some(index) = self.image.index_of(addr) else {
+            if self.row_page.as_ref().is_some_and(|r| r.addr == addr & !(PAGE_SIZE - 1)) {
+                return self.serve_row_page(m, tid);
+            }
             return Err(ServeError::FaultOutside { addr });
         };
         self.stats.faults += 1;
@@ -685,6 +725,42 @@ impl Server {
         let n = self.install_run(m, index, 1 + self.fault_around)?;
         self.stats.populated += n.saturating_sub(1) as u64;
         Ok(())
+    }
+
+    /// Answers a process's first touch of the row page with its row.
+    fn serve_row_page(&mut self, m: usize, tid: u32) -> Result<(), ServeError> {
+        let Some(rp) = &mut self.row_page else {
+            return Ok(());
+        };
+        if rp.given.len() <= m {
+            rp.given.resize(m + 1, None);
+        }
+        if rp.given[m].is_none() {
+            rp.given[m] = (rp.assign)(m, tid);
+        }
+        let mut page = [0u64; PAGE_SIZE as usize / 8];
+        if let Some((pid, row)) = rp.given[m] {
+            page[0] = pid;
+            page[1] = row;
+        }
+        let addr = rp.addr;
+        let Some(uffd) = &self.mms[m].uffd else {
+            return Ok(());
+        };
+        // SAFETY: `page` is a live, readable page-sized buffer on our stack.
+        let (outcome, _) = unsafe { uffd.copy_partial(addr, page.as_ptr().cast(), PAGE_SIZE, true) };
+        match outcome {
+            CopyOutcome::Copied => Ok(()),
+            CopyOutcome::AlreadyPresent | CopyOutcome::Retry => {
+                let _ = uffd.wake(addr, PAGE_SIZE);
+                Ok(())
+            }
+            CopyOutcome::Gone => {
+                self.retire(m);
+                Ok(())
+            }
+            CopyOutcome::Failed(errno) => Err(ServeError::Copy { addr, errno }),
+        }
     }
 
     /// Marks the served pages of `[start, end)` as dropped from mm `m`.

@@ -10,7 +10,7 @@
 //! ```text
 //!  probe area:  handler code │ restorer │ table header │ entries … │ XOL slots …
 //!  header:      count │ &program's handler │ &per-process rows │ &stray-trap counter
-//!               &private cache (pid, row) │ number of rows │ bytes per row
+//!               &row page (pid, row) │ number of rows │ bytes per row
 //!  entry:       site address │ slot address │ &hit counter │ site index   (sorted by site)
 //!  row:         pid │ hits of site 0 │ hits of site 1 │ …              (shared memory)
 //! ```
@@ -116,62 +116,15 @@ global_asm!(
     "    mov eax, 62", // kill
     "    syscall",
     "    ret",
-    // rax = this process's row of the per-process table (0: no row left).
-    // Preserves every other register and the flags; called by the trap
-    // handler and by jump trampolines, whose cache page is wiped on fork.
+    // rax = this process's row of the per-process table (0: none). No
+    // system call: the row page (private to each process, wiped on fork) is
+    // filled by the monitor on the process's first touch, through its uffd
+    // (see the fault server's row page). Preserves every other register and
+    // the flags; called by the trap handler and by jump trampolines.
     "uprobe_exec_claim_row:",
-    "    pushfq",
-    "    push rcx",
-    "    push rdx",
-    "    push rsi",
-    "    push rdi",
-    "    push r8",
-    "    push r11",
-    "    lea r8, [rip + uprobe_exec_trap_table]",
-    "    mov eax, 39", // getpid (clobbers rcx, r11)
-    "    syscall",
-    "    mov rsi, [r8 + 32]", // private cache: pid, row
-    "    cmp rax, [rsi]",
-    "    jne .Luprobe_claim_scan_start",
-    "    mov rax, [rsi + 8]",
-    "    jmp .Luprobe_claim_out",
-    ".Luprobe_claim_scan_start:",
-    "    mov rdi, [r8 + 16]", // rows
-    "    mov rcx, [r8 + 40]", // how many
-    ".Luprobe_claim_scan:",
-    "    test rcx, rcx",
-    "    jz .Luprobe_claim_none",
-    "    mov rdx, [rdi]",
-    "    cmp rdx, rax",
-    "    je .Luprobe_claim_got",
-    "    test rdx, rdx",
-    "    jnz .Luprobe_claim_next",
-    "    mov rdx, rax",
-    "    xor eax, eax",
-    "    lock cmpxchg [rdi], rdx", // an empty row becomes ours
-    "    mov rax, rdx",
-    "    je .Luprobe_claim_got",
-    "    cmp [rdi], rax",
-    "    je .Luprobe_claim_got",
-    ".Luprobe_claim_next:",
-    "    add rdi, [r8 + 48]",
-    "    dec rcx",
-    "    jmp .Luprobe_claim_scan",
-    ".Luprobe_claim_got:",
-    "    mov [rsi], rax",
-    "    mov [rsi + 8], rdi",
-    "    mov rax, rdi",
-    "    jmp .Luprobe_claim_out",
-    ".Luprobe_claim_none:",
-    "    xor eax, eax",
-    ".Luprobe_claim_out:",
-    "    pop r11",
-    "    pop r8",
-    "    pop rdi",
-    "    pop rsi",
-    "    pop rdx",
-    "    pop rcx",
-    "    popfq",
+    "    lea rax, [rip + uprobe_exec_trap_table]",
+    "    mov rax, [rax + 32]", // the row page: pid, row
+    "    mov rax, [rax + 8]",
     "    ret",
     "uprobe_exec_trap_restorer:",
     "    mov eax, 15", // rt_sigreturn
