@@ -44,36 +44,89 @@ fn with_mode(
 
 #[test]
 fn code_built_to_defeat_naive_patching_gets_the_right_choice() {
-    let specs = [
-        "defeat_loop",
-        "defeat_short",
-        "defeat_table",
-        "defeat_tail",
-        "defeat_flags+3",
-        "site_mov",
-    ];
-    for v in Variant::ALL {
-        let (out, r) = probed_report("defeat", &path("probed", v), &["defeat", "1000"], &specs);
-        assert_eq!(printed(&out, "defeat"), 1000);
-        let got = sites(&r);
-        let want = [
-            ("defeat_loop", "int3"),      // a loop branches back to entry+2
-            ("defeat_short", "int3"),     // shorter than 5 bytes
-            ("defeat_table", "int3"),     // jump-table dispatch
-            ("defeat_tail", "jump"),      // tail call in the displaced bytes
-            ("defeat_flags+0x3", "jump"), // flags live across the site
-            ("site_mov", "jump"),         // RIP-relative load in the displaced bytes
-        ];
-        for (label, kind) in want {
-            let (_, k, hits) = got
-                .iter()
-                .find(|(l, _, _)| l == label)
-                .unwrap_or_else(|| panic!("{label} in {got:?}"));
-            assert_eq!(k, kind, "{label} ({v:?})");
-            let calls = if label == "site_mov" { 0 } else { 1000 };
-            assert_eq!(*hits, calls, "{label} ({v:?})");
+    // Where a jump fits, auto mode places one; where it does not, only
+    // --probe-mode int3 places a probe (auto refuses a named function).
+    for (mode, specs, want) in [
+        (
+            "auto",
+            &["defeat_tail", "defeat_flags+3", "site_mov"][..],
+            &[
+                ("defeat_tail", "jump"),      // tail call in the displaced bytes
+                ("defeat_flags+0x3", "jump"), // flags live across the site
+                ("site_mov", "jump"),         // RIP-relative load in the displaced bytes
+            ][..],
+        ),
+        (
+            "int3",
+            &["defeat_loop", "defeat_short", "defeat_table"][..],
+            &[
+                ("defeat_loop", "int3"),  // a loop branches back to entry+2
+                ("defeat_short", "int3"), // shorter than 5 bytes
+                ("defeat_table", "int3"), // jump-table dispatch
+            ][..],
+        ),
+    ] {
+        for v in Variant::ALL {
+            let (out, r) = common::probed_report_with(
+                "defeat",
+                &["--probe-mode", mode],
+                &path("probed", v),
+                &["defeat", "1000"],
+                specs,
+            );
+            assert_eq!(printed(&out, "defeat"), 1000);
+            let got = sites(&r);
+            for (label, kind) in want {
+                let (_, k, hits) = got
+                    .iter()
+                    .find(|(l, _, _)| l == label)
+                    .unwrap_or_else(|| panic!("{label} in {got:?}"));
+                assert_eq!(k, kind, "{label} ({v:?})");
+                let calls = if *label == "site_mov" { 0 } else { 1000 };
+                assert_eq!(*hits, calls, "{label} ({v:?})");
+            }
         }
     }
+}
+
+#[test]
+fn auto_mode_refuses_a_named_site_where_only_an_int3_fits() {
+    let s = path("probed", Variant::Pie);
+    for (spec, why) in [
+        ("defeat_loop", "branches into the displaced bytes"),
+        ("defeat_short", "fewer than 5 bytes"),
+        ("defeat_table", "indirect jump"),
+    ] {
+        let out = run({
+            let mut c = std::process::Command::new(BIN);
+            c.args(["-p", spec]).arg(&s).args(["defeat", "1"]);
+            c
+        });
+        assert_our_error(spec, &out, 125);
+        let err = out.stderr_str();
+        assert!(err.contains(why) && err.contains("--probe-mode int3"), "{spec}: {err}");
+    }
+    // A pattern skips them, says so, and probes the rest.
+    let dir = TempDir::new("defeatglob");
+    let report = dir.join("r.json");
+    let case = Case::new(&s, ["defeat", "1000"])
+        .opt("--report-json")
+        .opt(&report)
+        .opt("-p")
+        .opt("defeat_*");
+    let (native, ours) = (case.run_native(), case.run_ours());
+    assert_eq!(ours.stdout, native.stdout);
+    assert_eq!(ours.code, native.code);
+    let r = common::read_report(&report);
+    let labels: Vec<String> = sites(&r).into_iter().map(|(l, _, _)| l).collect();
+    assert!(labels.contains(&"defeat_tail".to_string()), "{labels:?}");
+    assert!(!labels.contains(&"defeat_loop".to_string()), "{labels:?}");
+    assert!(
+        r["warnings"].to_string().contains("defeat_loop"),
+        "{}",
+        r["warnings"]
+    );
+    assert!(ours.stderr_str().contains("not probed"), "{}", ours.stderr_str());
 }
 
 #[test]

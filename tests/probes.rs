@@ -17,7 +17,8 @@ fn probed(
     args: &[&str],
     probes: &[&str],
 ) -> (common::Output, Vec<(String, u64)>) {
-    let (out, r) = common::probed_report(tag, prog, args, probes);
+    // These tests are about int3 sites: auto mode places jumps only.
+    let (out, r) = common::probed_report_with(tag, &["--probe-mode", "int3"], prog, args, probes);
     (out, hits(&r))
 }
 
@@ -333,12 +334,13 @@ fn a_program_with_its_own_sigtrap_handler_keeps_it_and_the_probes() {
 #[test]
 fn a_probe_hit_while_sigtrap_is_blocked_is_reported() {
     // A jump probe has no trap: the program runs as it would natively.
-    let (out, h) = probed(
+    let (out, r) = common::probed_report(
         "blocked-jump",
         &probed_sample(Variant::Pie),
         &["blocked", "3"],
         &["counted"],
     );
+    let h = hits(&r);
     assert_eq!(printed(&out, "counted"), 3);
     assert_eq!(hit(&h, "counted"), 3);
     // An int3 probe cannot be protected: the kernel kills; we say why.
@@ -551,7 +553,7 @@ fn unsafe_allows_an_address_outside_every_function_and_warns() {
     assert_our_error("without --unsafe", &refused, 125);
     let out = run({
         let mut c = std::process::Command::new(BIN);
-        c.args(["--unsafe", "-p", &addr])
+        c.args(["--unsafe", "--probe-mode", "int3", "-p", &addr])
             .arg(&prog)
             .args(["basic", "3"]);
         c

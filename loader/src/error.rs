@@ -68,6 +68,18 @@ pub enum Error {
     #[error(transparent)]
     Probe(#[from] crate::probes::ProbeError),
     /// The address space could not be planned (exit 125).
+    /// Auto mode at a site where only an int3 would fit.
+    #[error(
+        "cannot probe {site} safely: a jump does not fit there ({why}), and an int3 can kill \
+         or change the program (a thread with SIGTRAP blocked dies at the hit), so \
+         --probe-mode auto places none; --probe-mode int3 places one anyway"
+    )]
+    UnsafeSite {
+        /// `sym+0x..`.
+        site: String,
+        /// Why a jump does not fit.
+        why: String,
+    },
     #[error("cannot lay out {}: {reason}", path.display())]
     Plan {
         /// The image being placed.

@@ -39,7 +39,8 @@ struct Cli {
     #[arg(long = "unsafe")]
     unsafe_addrs: bool,
 
-    /// Do not print the probe count table at exit.
+    /// Print nothing of ours to stderr at exit (no count table, no warnings;
+    /// the report has them).
     #[arg(long, short = 'q')]
     quiet: bool,
 
@@ -278,7 +279,9 @@ fn run() -> u8 {
         Ok(r) => r,
         Err(e) => return fail(&e, e.exit_code() as u8),
     };
-    for w in &report.warnings {
+    // --quiet leaves the program's stderr to the program: warnings are in
+    // the report.
+    for w in report.warnings.iter().filter(|_| !cli.quiet) {
         eprintln!("uprobe-exec: warning: {w}");
     }
     if let Some(path) = &cli.report_json {

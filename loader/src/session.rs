@@ -227,11 +227,28 @@ impl Command {
             );
         }
         let mut plan = Plan::new(program, interp, &crate::layout::Aslr::current(), backing)?;
+        let mut skipped = Vec::new();
         let probes = if sites.is_empty() {
             None
         } else {
-            Some(Probes::build(&mut plan, sites, self.mode)?)
+            Probes::build(&mut plan, sites, self.mode, &mut skipped)?
         };
+        let mut warnings = warnings;
+        if !skipped.is_empty() {
+            let shown: Vec<String> = skipped
+                .iter()
+                .take(5)
+                .map(|(site, why)| format!("{site} ({why})"))
+                .collect();
+            warnings.push(format!(
+                "{} of the matched functions not probed: a jump does not fit there, and an int3 \
+                 can kill or change the program, so --probe-mode auto places none \
+                 (--probe-mode int3 does): {}{}",
+                skipped.len(),
+                shown.join(", "),
+                if skipped.len() > 5 { ", …" } else { "" }
+            ));
+        }
         let perf_map = self.perf_map.then(|| {
             let area = probes.as_ref().map(|p| {
                 let r = &p.area.reservation;
@@ -457,10 +474,15 @@ impl Probes {
     /// the displaced bytes of a page that was not there. (A probe added to a
     /// page already served would have to be an int3: a thread could be
     /// stopped inside the bytes a jump displaces.)
-    fn build(plan: &mut Plan, sites: Vec<Site>, mode: ProbeMode) -> Result<Probes> {
-        let n = sites.len();
+    fn build(
+        plan: &mut Plan,
+        sites: Vec<Site>,
+        mode: ProbeMode,
+        skipped: &mut Vec<(String, String)>,
+    ) -> Result<Option<Probes>> {
         let mut check = probes::JumpCheck::default();
-        let mut kinds = Vec::with_capacity(n);
+        let mut kept = Vec::with_capacity(sites.len());
+        let mut kinds = Vec::with_capacity(sites.len());
         for (i, s) in sites.iter().enumerate() {
             // A jump must not cover another probe's site (sites are sorted).
             let covers = |len: usize| {
@@ -478,7 +500,18 @@ impl Probes {
             let kind = match (mode, verdict) {
                 (ProbeMode::Int3, _) => probes::Kind::Int3,
                 (_, Ok(k)) => k,
-                (ProbeMode::Auto, Err(_)) => probes::Kind::Int3,
+                // An int3 cannot be made safe (README, "Int3 sites"): a
+                // pattern skips the site, a named site is an error.
+                (ProbeMode::Auto, Err(why)) if is_pattern(&s.spec) => {
+                    skipped.push((s.label(), why));
+                    continue;
+                }
+                (ProbeMode::Auto, Err(why)) => {
+                    return Err(Error::UnsafeSite {
+                        site: s.label(),
+                        why,
+                    });
+                }
                 (ProbeMode::Jump, Err(why)) => {
                     return Err(Error::Probe(probes::ProbeError::NoJump {
                         site: s.label(),
@@ -486,8 +519,14 @@ impl Probes {
                     }));
                 }
             };
+            kept.push(s.clone());
             kinds.push(kind);
         }
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        let sites = kept;
+        let n = sites.len();
         // stray │ n hits │ the program's sigaction (4) │ ROWS rows of (pid, n hits)
         let counters = Arc::new(
             Counters::new(n + 5 + ROWS * (n + 1))
@@ -557,14 +596,14 @@ impl Probes {
         } else {
             Vec::new()
         };
-        Ok(Probes {
+        Ok(Some(Probes {
             sites,
             kinds,
             counters,
             area,
             filter,
             refused: Arc::default(),
-        })
+        }))
     }
 
     /// Whether any site traps (and so needs the trap handler and its guard).
@@ -893,6 +932,11 @@ fn cloexec_fds() -> Vec<RawFd> {
             flags >= 0 && flags & libc::FD_CLOEXEC != 0
         })
         .collect()
+}
+
+/// Whether a probe spec is a pattern (which may skip what it cannot probe).
+fn is_pattern(spec: &str) -> bool {
+    spec.contains(['*', '?', '['])
 }
 
 /// The process a thread belongs to.
