@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use common::probed_report_with;
 use uprobe_exec_samples::{path as sample, Variant};
 
 #[test]
@@ -24,4 +25,81 @@ fn processes_that_outlive_the_first_never_run_unfilled_text() {
         let (n, _) = case.compare();
         assert_eq!(n.stdout_str(), "outlive ok=300 of 300\n", "{v:?}");
     }
+}
+
+#[test]
+fn a_probe_hit_makes_no_system_call() {
+    // Under SECCOMP_MODE_STRICT any other system call kills the program.
+    // (int3 mode's SIGTRAP guard is a seccomp filter, which keeps a program
+    // from entering strict mode at all: README, "Int3 sites".)
+    for v in Variant::ALL {
+        for mode in ["auto", "jump"] {
+            let (out, r) = probed_report_with(
+                "strict",
+                &["--probe-mode", mode],
+                &sample("harm", v),
+                &["strict", "1000"],
+                &["hit"],
+            );
+            assert!(out.stdout_str().starts_with("strict acc="), "{v:?} {mode}");
+            assert_eq!(r["probes"][0]["hits"], 1000, "{v:?} {mode}: {r}");
+        }
+    }
+}
+
+#[test]
+fn a_thread_with_every_signal_blocked_is_not_harmed() {
+    // Go creates its threads with every signal blocked; auto mode places
+    // no trap, so the thread runs as natively.
+    for v in Variant::ALL {
+        let (_, r) = probed_report_with(
+            "blockedthread",
+            &[],
+            &sample("harm", v),
+            &["blockedthread", "1000"],
+            &["hit"],
+        );
+        assert_eq!(r["probes"][0]["hits"], 1000, "{v:?}: {r}");
+        assert_eq!(r["probes"][0]["kind"], "jump", "{v:?}: {r}");
+    }
+}
+
+#[test]
+fn ignored_sigtrap_stays_ignored() {
+    for (v, mode) in [
+        (Variant::Pie, "auto"),
+        (Variant::Static, "auto"),
+        (Variant::Pie, "int3"),
+        (Variant::Static, "int3"),
+    ] {
+        let (out, _) = probed_report_with(
+            "ignoretrap",
+            &["--probe-mode", mode],
+            &sample("harm", v),
+            &["ignoretrap", "100"],
+            &["hit"],
+        );
+        assert!(out.stdout_str().contains("survived SIGTRAP"), "{v:?}");
+    }
+}
+
+#[test]
+fn python_with_sigtrap_blocked_runs_as_natively_under_py_star() {
+    // Python code that blocks SIGTRAP, then runs under --probe 'Py*'.
+    let script = "import signal, json\n\
+                  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP})\n\
+                  d = {str(i): [i] * 3 for i in range(3000)}\n\
+                  print(len(json.dumps(d)), sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))\n";
+    let (out, r) = probed_report_with(
+        "pysigmask",
+        &[],
+        std::path::Path::new("/usr/bin/python3.11"),
+        &["-c", script],
+        &["Py*"],
+    );
+    assert!(out.stdout_str().contains("Signals.SIGTRAP"), "{}", out.stdout_str());
+    let probes = r["probes"].as_array().unwrap();
+    assert!(probes.iter().all(|p| p["kind"] == "jump"), "auto mode places jumps only");
+    let hits: u64 = probes.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
+    assert!(hits > 10_000, "{hits}");
 }

@@ -90,9 +90,13 @@ global_asm!(
     "    lock inc qword ptr [rax]",
     "    mov rax, [r8 + 8]", // the program's own handler, as it set it
     "    mov rax, [rax]",
-    "    cmp rax, 1", // SIG_DFL or SIG_IGN: the kernel would kill it
-    "    jbe .Luprobe_trap_die",
+    "    test rax, rax", // SIG_DFL: the kernel would kill it
+    "    jz .Luprobe_trap_die",
+    "    cmp rax, 1", // SIG_IGN: nothing happens, as natively
+    "    je .Luprobe_trap_ignored",
     "    jmp rax", // same arguments; it returns to our restorer
+    ".Luprobe_trap_ignored:",
+    "    ret",
     ".Luprobe_trap_die:",
     // rt_sigaction(SIGTRAP, &{SIG_DFL}, NULL, 8), then kill(getpid(), SIGTRAP):
     // the signal is delivered again once we return, now with its default action.
