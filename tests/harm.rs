@@ -103,3 +103,60 @@ fn python_with_sigtrap_blocked_runs_as_natively_under_py_star() {
     let hits: u64 = probes.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
     assert!(hits > 10_000, "{hits}");
 }
+
+/// Processes whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[2].parse() == Ok(pgid) && f[0] != "Z" {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_monitor_takes_a_fork_storm_with_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-q", "-p", "hit"])
+        .arg(sample("harm", Variant::Static))
+        .args(["storm", "2000"])
+        .stdout(Stdio::piped());
+    let mut g = spawn_guarded(&mut cmd);
+    let monitor = g.pid();
+    let child = g.child.as_mut().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let before = group_members(monitor).len();
+    assert!(before > 2000, "{before} processes");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(monitor, libc::SIGKILL) };
+    let _ = child.wait();
+    let start = Instant::now();
+    let mut left = group_members(monitor);
+    while !left.is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+        left = group_members(monitor);
+    }
+    let took = start.elapsed();
+    eprintln!("{before} processes gone in {took:?}");
+    assert!(left.is_empty(), "{} processes outlived their monitor", left.len());
+    // The kernel itself needs time to tear down thousands of processes on
+    // two cores; what we control is not waiting one by one (4 s before).
+    assert!(took < Duration::from_millis(1500), "{before} processes took {took:?} to go");
+}

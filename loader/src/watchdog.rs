@@ -106,34 +106,64 @@ unsafe fn mm_alive(uffd: RawFd) -> bool {
 }
 
 /// Kills `first` and every process that ends up our child, until none is left.
+///
+/// A fork storm may be going on: each pass reads the whole list of our
+/// children, kills them all, then reaps every one that has died without
+/// waiting; it blocks only when nothing was left to reap. Orphans of the
+/// killed processes become our children (we are their subreaper) and are
+/// killed on the next pass.
 unsafe fn kill_all(first: libc::pid_t) {
     // SAFETY: kill, open, read, waitpid on our own children, buffers on our stack.
     unsafe {
         libc::kill(first, libc::SIGKILL);
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; 16384];
         loop {
             let fd = libc::open(
                 c"/proc/thread-self/children".as_ptr(),
                 libc::O_RDONLY | libc::O_CLOEXEC,
             );
             if fd >= 0 {
-                let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                libc::close(fd);
+                // The list can be longer than the buffer: read it all.
                 let mut pid: libc::pid_t = 0;
-                for &b in &buf[..n.max(0) as usize] {
-                    if b.is_ascii_digit() {
-                        pid = pid * 10 + libc::pid_t::from(b - b'0');
-                    } else {
-                        if pid > 0 {
-                            libc::kill(pid, libc::SIGKILL);
+                loop {
+                    let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                    if n <= 0 {
+                        break;
+                    }
+                    for &b in &buf[..n as usize] {
+                        if b.is_ascii_digit() {
+                            pid = pid * 10 + libc::pid_t::from(b - b'0');
+                        } else {
+                            if pid > 0 {
+                                libc::kill(pid, libc::SIGKILL);
+                            }
+                            pid = 0;
                         }
-                        pid = 0;
                     }
                 }
+                if pid > 0 {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                libc::close(fd);
             }
-            let mut st = 0;
-            if libc::waitpid(-1, &mut st, 0) < 0 {
-                return; // ECHILD: nobody left.
+            let mut reaped = 0;
+            loop {
+                let mut st = 0;
+                let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
+                if r > 0 {
+                    reaped += 1;
+                    continue;
+                }
+                if r < 0 {
+                    return; // ECHILD: nobody left.
+                }
+                break;
+            }
+            if reaped == 0 {
+                let mut st = 0;
+                if libc::waitpid(-1, &mut st, 0) < 0 {
+                    return;
+                }
             }
         }
     }

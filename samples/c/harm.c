@@ -7,6 +7,9 @@
 //   harm blockedthread N a thread created with every signal blocked (as Go
 //                        creates its threads) calls hit() N times
 //   harm ignoretrap N    signal(SIGTRAP, SIG_IGN), hit() N times, raise(SIGTRAP)
+//   harm storm N         50 children each fork N/50 grandchildren that wait
+//                        forever, and keep forking short-lived ones; prints
+//                        "ready" once all N are there
 #define _GNU_SOURCE
 #include <linux/seccomp.h>
 #include <pthread.h>
@@ -17,6 +20,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static volatile uint64_t sink;
@@ -67,6 +71,34 @@ int main(int argc, char **argv) {
         raise(SIGTRAP);
         printf("survived SIGTRAP\n");
         return 0;
+    }
+    if (!strcmp(mode, "storm")) {
+        int pipefd[2];
+        if (pipe(pipefd) != 0) return 3;
+        for (int c = 0; c < 50; c++) {
+            if (fork() == 0) {
+                for (long i = 0; i < n / 50; i++) {
+                    pid_t p = fork();
+                    if (p == 0) {
+                        char one = 1;
+                        if (write(pipefd[1], &one, 1) != 1) _exit(1);
+                        for (;;) pause();
+                    }
+                }
+                for (;;) { /* the storm goes on */
+                    pid_t p = fork();
+                    if (p == 0) _exit(0);
+                    if (p > 0) waitpid(p, NULL, 0);
+                    hit(1);
+                }
+            }
+        }
+        char b;
+        for (long i = 0; i < n / 50 * 50; i++)
+            if (read(pipefd[0], &b, 1) != 1) return 4;
+        printf("ready\n");
+        fflush(stdout);
+        for (;;) pause();
     }
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
