@@ -7,6 +7,8 @@
 //   harm blockedthread N a thread created with every signal blocked (as Go
 //                        creates its threads) calls hit() N times
 //   harm ignoretrap N    signal(SIGTRAP, SIG_IGN), hit() N times, raise(SIGTRAP)
+//   harm evict T C       T threads call two functions on their own pages in a
+//                        loop while the main thread drops those pages C times
 //   harm storm N         50 children each fork N/50 grandchildren that wait
 //                        forever, and keep forking short-lived ones; prints
 //                        "ready" once all N are there
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -28,6 +31,17 @@ static volatile uint64_t sink;
 __attribute__((noinline)) uint64_t hit(uint64_t x) {
     sink += x;
     return x * 7 + 3;
+}
+
+__attribute__((noinline, aligned(4096))) uint64_t evict_a(uint64_t x) { return x * 3 + 1; }
+__attribute__((noinline, aligned(4096))) uint64_t evict_b(uint64_t x) { return x * 5 + 2; }
+
+static volatile int evict_stop;
+
+static void *evict_worker(void *arg) {
+    uint64_t acc = (uintptr_t)arg;
+    while (!__atomic_load_n(&evict_stop, __ATOMIC_RELAXED)) acc = evict_b(evict_a(acc));
+    return (void *)(uintptr_t)acc;
 }
 
 static long calls(long n) {
@@ -70,6 +84,22 @@ int main(int argc, char **argv) {
         fflush(stdout);
         raise(SIGTRAP);
         printf("survived SIGTRAP\n");
+        return 0;
+    }
+    if (!strcmp(mode, "evict") && argc > 3) {
+        long threads = n, cycles = strtol(argv[3], NULL, 0);
+        pthread_t th[1024];
+        for (long k = 0; k < threads && k < 1024; k++)
+            pthread_create(&th[k], NULL, evict_worker, (void *)(uintptr_t)k);
+        uint64_t acc = 0;
+        for (long c = 0; c < cycles; c++) {
+            madvise((void *)((uintptr_t)evict_a & ~(uintptr_t)4095), 4096, MADV_DONTNEED);
+            madvise((void *)((uintptr_t)evict_b & ~(uintptr_t)4095), 4096, MADV_DONTNEED);
+            acc = evict_b(evict_a(acc));
+        }
+        __atomic_store_n(&evict_stop, 1, __ATOMIC_RELAXED);
+        for (long k = 0; k < threads && k < 1024; k++) pthread_join(th[k], NULL);
+        printf("evict acc=%llx\n", (unsigned long long)acc);
         return 0;
     }
     if (!strcmp(mode, "storm")) {
