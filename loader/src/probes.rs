@@ -15,6 +15,9 @@ use crate::addr::{Bias, LinkAddr};
 use crate::elf::Image;
 use crate::symbols::{Function, Symbols};
 
+pub mod targets;
+pub use targets::{Source, Targets};
+
 /// Bytes of one out-of-line slot.
 pub const SLOT_BYTES: usize = 128;
 
@@ -628,20 +631,23 @@ impl Kind {
     }
 }
 
-/// Decides whether sites can take a jump, decoding each function once.
+/// Decides whether sites can take a jump, decoding each function once and
+/// finding the object's entry points ([`Targets`]) once.
 #[derive(Default)]
 pub struct JumpCheck {
     /// Per function start: its instructions, or why jumps cannot go in it.
     decoded: std::collections::HashMap<LinkAddr, Result<Vec<Instruction>, String>>,
+    /// Where control can arrive in the object, built at the first check.
+    targets: Option<Targets>,
 }
 
 impl JumpCheck {
     /// Whether `site` can be displaced by a 5-byte jump, and over how many
     /// bytes; otherwise why not. The rule: the displaced instructions are
     /// whole, cover ≥ 5 bytes, stay inside the function and relocate; a
-    /// `call`, `jmp` or `ret` among them is the last; no instruction of the
-    /// function branches into them other than to their first byte; the
-    /// function has no indirect jump whose targets cannot be bounded.
+    /// `call`, `jmp` or `ret` among them is the last; nothing in the whole
+    /// object enters them other than at their first byte (see [`Targets`]);
+    /// the function has no indirect jump whose targets cannot be bounded.
     pub fn check(&mut self, image: &Image, site: &Site) -> Result<Kind, String> {
         let Some((start, size)) = site.function.filter(|&(_, size)| size > 0) else {
             return Err("it is in no function of known size".into());
@@ -690,16 +696,11 @@ impl JumpCheck {
             k += 1;
         }
         let (lo, hi) = (site.addr.0, site.addr.0 + len as u64);
-        for i in insns {
-            if let Some(t) = near_target(i) {
-                if t > lo && t < hi {
-                    return Err(format!(
-                        "the instruction at +{:#x} (`{}`) branches into the displaced bytes",
-                        i.ip() - start.0,
-                        disasm(i)
-                    ));
-                }
-            }
+        let targets = self
+            .targets
+            .get_or_insert_with(|| Targets::build(&image.bytes));
+        if let Some((t, how)) = targets.inside(lo, hi) {
+            return Err(entered(image, site, t, how));
         }
         Ok(Kind::Jump {
             len,
@@ -708,14 +709,28 @@ impl JumpCheck {
     }
 }
 
-/// A near branch's target, if it has one.
-fn near_target(i: &Instruction) -> Option<u64> {
-    match i.op0_kind() {
-        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
-            Some(i.near_branch_target())
+/// Why a site is refused because control enters its displaced bytes at `t`.
+fn entered(image: &Image, site: &Site, t: u64, how: Source) -> String {
+    let at = format!("{}+{:#x}", site.symbol, t - site.addr.0 + site.offset);
+    let insn = |a: u64| {
+        bytes_at(image, LinkAddr(a)).map_or_else(String::new, |b| {
+            format!(" (`{}`)", disasm(&decode_one(b, a)))
+        })
+    };
+    let what = match how {
+        Source::Branch(from) => format!("the instruction at {from:#x}{} branches into", insn(from)),
+        Source::Address(from) => {
+            format!("the instruction at {from:#x}{} takes an address in", insn(from))
         }
-        _ => None,
-    }
+        Source::Table(base) => format!("the jump table at {base:#x} leads into"),
+        Source::Pointer(word) => format!("the pointer at {word:#x} points into"),
+        Source::LandingPad(func) => {
+            format!("an exception landing pad of the function at {func:#x} is in")
+        }
+        Source::Fde => "an unwind table entry (FDE) starts in".into(),
+        Source::Symbol => "a symbol points into".into(),
+    };
+    format!("{what} the displaced bytes, at {at}")
 }
 
 fn decode_function(image: &Image, start: LinkAddr, size: u64) -> Result<Vec<Instruction>, String> {
