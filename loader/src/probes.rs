@@ -59,12 +59,27 @@ pub enum ProbeError {
         hint: String,
     },
     /// A glob matched nothing.
-    #[error("probe pattern '{pattern}' matches no function in {program} (see `uprobe-exec --list {program}`)")]
+    #[error("probe pattern '{pattern}' matches no function in {program}{hint}")]
     NoMatch {
         /// The pattern.
         pattern: String,
         /// The program.
         program: String,
+        /// Where to look instead.
+        hint: String,
+    },
+    /// The function is one the program takes from a shared library.
+    #[error(
+        "'{name}' is not in {program}: it is defined in a shared library the program loads ({libraries}), \
+         and only the main executable can be probed for now"
+    )]
+    InSharedLibrary {
+        /// The name asked for.
+        name: String,
+        /// The program.
+        program: String,
+        /// Its `DT_NEEDED` libraries.
+        libraries: String,
     },
     /// The offset is inside an instruction.
     #[error(
@@ -380,6 +395,90 @@ fn check_boundary(
     })
 }
 
+/// Why a probe cannot be placed at a function's entry: what a glob passes
+/// over, and `--list` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unprobeable {
+    /// The kind of reason, shared by many functions (for the summary).
+    pub kind: &'static str,
+    /// The reason for this function.
+    pub detail: String,
+}
+
+/// Why no probe can go at the entry of `f`, if none can. A zero-size
+/// symbol with a sized function at the same address is that function.
+#[must_use]
+pub fn unprobeable(image: &Image, syms: &Symbols, f: &Function) -> Option<Unprobeable> {
+    let f = if f.size == 0 {
+        syms.sized_at(f.addr).unwrap_or(f)
+    } else {
+        f
+    };
+    if f.size == 0 {
+        return Some(Unprobeable {
+            kind: "size 0",
+            detail: "its symbol has size 0: a marker, not a function of known extent".into(),
+        });
+    }
+    let Some(bytes) = bytes_at(image, f.addr) else {
+        return Some(Unprobeable {
+            kind: "not in the executable text",
+            detail: "it is not in the executable text".into(),
+        });
+    };
+    let insn = decode_one(&bytes[..bytes.len().min(f.size as usize)], f.addr.0);
+    relocatable(&insn).err().map(|why| Unprobeable {
+        kind: "first instruction cannot run out of line",
+        detail: format!("its first instruction `{}` {why}", disasm(&insn)),
+    })
+}
+
+/// The one warning about what globs passed over: each kind of reason
+/// with a few of the functions.
+fn skipped_summary(skipped: &[(String, Unprobeable)], matched: usize) -> String {
+    let mut kinds: Vec<&str> = skipped.iter().map(|(_, u)| u.kind).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let groups: Vec<String> = kinds
+        .iter()
+        .map(|&k| {
+            let names: Vec<&str> = skipped
+                .iter()
+                .filter(|(_, u)| u.kind == k)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let shown: Vec<String> = names.iter().take(4).map(|n| short(n, 60)).collect();
+            let more = if names.len() > 4 {
+                format!(" and {} more", names.len() - 4)
+            } else {
+                String::new()
+            };
+            format!("{k}: {}{more}", shown.join(", "))
+        })
+        .collect();
+    format!(
+        "the probe patterns skipped {} of the {matched} functions they match, which cannot be probed \
+         (`uprobe-exec --list -p PATTERN PROGRAM` says why): {}",
+        skipped.len(),
+        groups.join("; ")
+    )
+}
+
+/// `s` cut to at most `max` characters, keeping its start and its end.
+#[must_use]
+pub fn short(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let tail = max / 3;
+    let head = max - 1 - tail;
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(n - tail));
+    out
+}
+
 /// Resolves specs against the program. With `unsafe_addrs`, an address
 /// outside every function is accepted; a warning is returned for it.
 pub fn resolve(
@@ -394,6 +493,8 @@ pub fn resolve(
         std::collections::HashMap::new();
     let mut outside = Vec::new();
     let mut warnings = Vec::new();
+    let mut skipped: Vec<(String, Unprobeable)> = Vec::new();
+    let mut matched = std::collections::HashSet::new();
     let add = |spec: &str,
                f: Option<&Function>,
                addr: LinkAddr,
@@ -441,16 +542,35 @@ pub fn resolve(
                 if found.is_empty() {
                     return Err(ProbeError::NoMatch {
                         pattern: p,
+                        hint: no_match_hint(syms, &program),
                         program,
                     });
                 }
+                matched.extend(found.iter().map(|f| f.addr));
                 for f in found {
+                    // A glob places what it can and says what it passed over.
+                    if let Some(why) = unprobeable(image, syms, f) {
+                        skipped.push((f.display_name().to_string(), why));
+                        continue;
+                    }
+                    let f = if f.size == 0 {
+                        syms.sized_at(f.addr).unwrap_or(f)
+                    } else {
+                        f
+                    };
                     add(spec, Some(f), f.addr, &mut sites)?;
                 }
             }
             Spec::Symbol { name, offset } => {
                 let found = syms.named(&name);
                 let Some(&f) = found.first() else {
+                    if syms.is_import(&name) {
+                        return Err(ProbeError::InSharedLibrary {
+                            name,
+                            program,
+                            libraries: libraries(syms),
+                        });
+                    }
                     let hint = if !syms.has_symtab {
                         format!(
                             "; the program is stripped (no .symtab), so only its {} exported (.dynsym) functions \
@@ -459,7 +579,13 @@ pub fn resolve(
                         )
                     } else {
                         let close = syms.close_to(&name, 5);
-                        if close.is_empty() {
+                        if close.is_empty() && !syms.needed.is_empty() {
+                            format!(
+                                "; if it is in a shared library the program loads ({}), only the main \
+                                 executable can be probed for now",
+                                libraries(syms)
+                            )
+                        } else if close.is_empty() {
                             String::new()
                         } else {
                             format!("; close names: {}", close.join(", "))
@@ -504,6 +630,11 @@ pub fn resolve(
     // One site per address, from the first spec that named it.
     sites.sort_by_key(|s| s.addr);
     sites.dedup_by_key(|s| s.addr);
+    skipped.sort_by(|a, b| a.0.cmp(&b.0));
+    skipped.dedup();
+    if !skipped.is_empty() {
+        warnings.push(skipped_summary(&skipped, matched.len()));
+    }
     if !outside.is_empty() {
         let shown: Vec<String> = outside.iter().take(3).map(|a| format!("{a:#x}")).collect();
         let more = if outside.len() > 3 {
@@ -518,6 +649,34 @@ pub fn resolve(
         ));
     }
     Ok((sites, warnings))
+}
+
+/// The shared libraries the program names, for messages.
+fn libraries(syms: &Symbols) -> String {
+    if syms.needed.is_empty() {
+        "none named in its dynamic section".into()
+    } else {
+        syms.needed.join(", ")
+    }
+}
+
+/// What to say when a pattern matches nothing.
+fn no_match_hint(syms: &Symbols, program: &str) -> String {
+    if syms.all().is_empty() && !syms.needed.is_empty() {
+        format!(
+            ": it has no .symtab and exports no function; its code is in the shared libraries it loads ({}), \
+             and only the main executable can be probed for now",
+            libraries(syms)
+        )
+    } else if !syms.has_symtab {
+        format!(
+            ": it is stripped (no .symtab), so only its {} exported (.dynsym) functions can be matched \
+             (see `uprobe-exec --list {program}`)",
+            syms.all().len()
+        )
+    } else {
+        format!(" (see `uprobe-exec --list {program}`)")
+    }
 }
 
 /// Runtime address of a site.

@@ -6,6 +6,8 @@
  *                   function of the same shape that nothing enters
  *   sites skip N    calls skip_ok N times; the other skip_* symbols cannot
  *                   be probed (ud2, int3, a zero-size label) and are never run
+ *   sites long N    calls long_fn, whose symbol is "long_" and 69632 x's, and
+ *                   short_fn N times each
  *
  * Each xe_* function starts with a 2-byte instruction, so a 5-byte jump at
  * its entry would cover the point at +2 where something else enters it:
@@ -63,9 +65,19 @@ __asm__(".intel_syntax noprefix\n.text\n"
         " nop\n"
         ".att_syntax prefix\n");
 
+#define NOINLINE __attribute__((noinline))
+#define X8 "xxxxxxxx"
+#define X64 X8 X8 X8 X8 X8 X8 X8 X8
+#define X512 X64 X64 X64 X64 X64 X64 X64 X64
+#define X4K X512 X512 X512 X512 X512 X512 X512 X512
+#define X32K X4K X4K X4K X4K X4K X4K X4K X4K
+NOINLINE uint64_t long_fn(uint64_t x) __asm__("long_" X32K X32K X4K);
+NOINLINE uint64_t long_fn(uint64_t x) { return x * 3 + 1; }
+NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
+
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: sites enter|skip N\n");
+        fprintf(stderr, "usage: sites enter|skip|long N\n");
         return 2;
     }
     uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
@@ -83,11 +95,15 @@ int main(int argc, char **argv) {
                (unsigned long long)n, (unsigned long long)s[0], (unsigned long long)s[1],
                (unsigned long long)s[2], (unsigned long long)s[3], (unsigned long long)s[4],
                (unsigned long long)s[5]);
+    } else if (!strcmp(argv[1], "long")) {
+        for (uint64_t i = 0; i < n; i++) acc += long_fn(i) + short_fn(i);
+        printf("long_fn=%llu short_fn=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)n,
+               (unsigned long long)acc);
     } else if (!strcmp(argv[1], "skip")) {
         for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
         printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
-        fprintf(stderr, "usage: sites enter|skip N\n");
+        fprintf(stderr, "usage: sites enter|skip|long N\n");
         return 2;
     }
     return 0;
