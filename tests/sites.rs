@@ -1,0 +1,307 @@
+//! Do no harm in placing probes: a jump never covers a place that other code
+//! enters, a glob passes over what cannot be probed (and says so), and the
+//! messages about probes stay readable. Every run is compared with a native
+//! run of the same program.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use common::{assert_our_error, assert_same, printed, probed_report_with, run, Case, Output, BIN};
+use uprobe_exec_samples::{path, Variant, NAMES};
+
+/// (label, kind, hits) of each probe in a report.
+fn sites(r: &serde_json::Value) -> Vec<(String, String, u64)> {
+    r["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .map(|p| {
+            (
+                p["symbol"].as_str().unwrap().to_string(),
+                p["kind"].as_str().unwrap().to_string(),
+                p["hits"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ours(args: &[&str], prog: &Path, prog_args: &[&str]) -> Output {
+    run({
+        let mut c = std::process::Command::new(BIN);
+        c.args(args).arg(prog).args(prog_args);
+        c
+    })
+}
+
+/// Our stderr without the lines of our own warnings.
+fn without_our_warnings(mut out: Output) -> Output {
+    let text = out.stderr_str();
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("uprobe-exec: warning: "))
+        .collect();
+    out.stderr = kept.into_bytes();
+    out
+}
+
+/// Runs natively and under uprobe-exec with `opts`; the same output, apart
+/// from our warnings on stderr. Returns our run as it was.
+fn same_as_native(case: Case) -> Output {
+    let native = case.run_native();
+    let ours = case.run_ours();
+    let what = format!("{:?} {:?}", case.opts, case.argv);
+    assert_same(&what, &native, &without_our_warnings(ours.clone()));
+    ours
+}
+
+#[test]
+fn a_jump_never_covers_a_place_entered_from_elsewhere() {
+    // Each xe_* function is entered at +2 from outside itself; xe_plain,
+    // of the same shape, only at its entry.
+    let n = 1000;
+    for v in Variant::ALL {
+        let specs = ["xe_*"];
+        let (out, r) = probed_report_with(
+            "enter",
+            &["--probe-mode", "auto"],
+            &path("sites", v),
+            &["enter", "1000"],
+            &specs,
+        );
+        assert_eq!(printed(&out, "enter"), n);
+        let got = sites(&r);
+        let want = [
+            ("xe_target", "int3", n),         // jumped to at +2 by xe_jumper
+            ("xe_ptr", "int3", n),            // +2 is stored in data, called through it
+            ("xe_table", "int3", n + n / 2), // +2 is in xe_dispatch's jump table; +0 too
+            ("xe_label", "int3", n),          // a symbol at +2
+            ("xe_plain", "jump", n),
+            ("xe_jumper", "jump", n),
+        ];
+        for (name, kind, hits) in want {
+            let (_, k, h) = got
+                .iter()
+                .find(|(l, _, _)| l == name)
+                .unwrap_or_else(|| panic!("{name} in {got:?}"));
+            assert_eq!((k.as_str(), *h), (kind, hits), "{name} ({v:?})");
+        }
+    }
+}
+
+#[test]
+fn jump_mode_names_what_enters_the_displaced_bytes() {
+    let s = path("sites", Variant::Static);
+    for (spec, why) in [
+        ("xe_target", "branches into the displaced bytes, at xe_target+0x2"),
+        ("xe_ptr", "the pointer at"),
+        ("xe_table", "the jump table at"),
+        ("xe_label", "a symbol points into the displaced bytes"),
+    ] {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["enter", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(out.stderr_str().contains(why), "{spec}: {}", out.stderr_str());
+    }
+    // The same shape, entered only at its first byte, takes a jump.
+    same_as_native(
+        Case::new(&s, ["enter", "50"])
+            .opt("-q")
+            .opt("--probe-mode")
+            .opt("jump")
+            .opt("-p")
+            .opt("xe_plain"),
+    );
+}
+
+/// A small workload for each sample.
+fn workload(name: &str) -> &'static [&'static str] {
+    match name {
+        "hello" => &["a", "b"],
+        "bigtext" => &["50"],
+        "layout" => &["recurse", "1"],
+        "pages" => &["--threads", "4"],
+        "probed" => &["sites", "20"],
+        "sites" => &["enter", "20"],
+        "spin" => &["1000"],
+        other => panic!("no workload for the sample {other}: add one here"),
+    }
+}
+
+#[test]
+fn every_function_of_every_sample_probed_runs_as_natively() {
+    for name in NAMES {
+        for v in Variant::ALL {
+            let prog = path(name, v);
+            same_as_native(
+                Case::new(&prog, workload(name))
+                    .opt("-q")
+                    .opt("-p")
+                    .opt("*"),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_glob_skips_what_cannot_be_probed_and_says_why() {
+    let s = path("sites", Variant::Pie);
+    let dir = common::TempDir::new("skip");
+    let report = dir.join("r.json");
+    let out = same_as_native(
+        Case::new(&s, ["skip", "300"])
+            .opt("-q")
+            .opt("--report-json")
+            .opt(&report)
+            .opt("-p")
+            .opt("skip_*"),
+    );
+    let err = out.stderr_str();
+    let warnings: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("uprobe-exec: warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one summary warning: {err}");
+    for needle in [
+        "skipped 3 of the 4",
+        "size 0: skip_marker",
+        "cannot run out of line: skip_int3, skip_ud2",
+    ] {
+        assert!(warnings[0].contains(needle), "{needle}: {}", warnings[0]);
+    }
+    let r = common::read_report(&report);
+    assert_eq!(
+        r["warnings"][0].as_str(),
+        Some(warnings[0].trim_start_matches("uprobe-exec: warning: "))
+    );
+    assert_eq!(sites(&r), [("skip_ok".to_string(), "jump".to_string(), 300)]);
+
+    // Named one by one, each is an error with its reason.
+    for (spec, why) in [
+        ("skip_ud2", "`ud2` is undefined on purpose"),
+        ("skip_int3", "`int3` raises an interrupt"),
+    ] {
+        let out = ours(&["-p", spec], &s, &["skip", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(out.stderr_str().contains(why), "{spec}: {}", out.stderr_str());
+    }
+
+    // --list shows why.
+    let out = ours(&["--list", "-p", "skip_*"], &s, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let list = out.stdout_str();
+    for (name, why) in [
+        ("skip_ud2", "(cannot be probed: its first instruction `ud2` is undefined on purpose)"),
+        ("skip_int3", "(cannot be probed: its first instruction `int3` raises an interrupt)"),
+        ("skip_marker", "(cannot be probed: its symbol has size 0"),
+    ] {
+        let line = list
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("{name} in {list}"));
+        assert!(line.contains(why), "{line}");
+    }
+    let ok = list.lines().find(|l| l.ends_with(" skip_ok")).expect("skip_ok listed");
+    assert!(!ok.contains("cannot"), "{ok}");
+}
+
+/// A command to run natively and under `--probe '*'`, where it exists.
+fn system_program(prog: &str, args: &[&str]) -> Option<Case> {
+    if !Path::new(prog).exists() {
+        eprintln!("skipped: {prog} is not installed");
+        return None;
+    }
+    Some(Case::new(prog, args).opt("-q").opt("-p").opt("*"))
+}
+
+#[test]
+fn every_function_of_bash_and_perl_probed_runs_as_natively() {
+    let script = "x=0; for i in 1 2 3 4 5; do x=$((x + i * i)); done; echo \"sum $x\"; \
+                  printf '%s\\n' \"${BASH_VERSINFO[0]}\" | tr 0-9 a-j; case abc in a*) echo glob;; esac";
+    if let Some(c) = system_program("/usr/bin/bash", &["-c", script]) {
+        same_as_native(c);
+    }
+    let perl = "my %h = map { $_ => $_ * 2 } 1..50; my @k = sort { $a <=> $b } keys %h; \
+                printf \"%d %s\\n\", scalar(@k), join(',', map { $h{$_} } @k[0..4]); \
+                my $s = 'abc' x 3; $s =~ s/b/B/g; print \"$s\\n\"";
+    if let Some(c) = system_program("/usr/bin/perl", &["-e", perl]) {
+        same_as_native(c);
+    }
+}
+
+#[test]
+fn a_program_whose_code_is_all_in_shared_libraries_says_so() {
+    // sqlite3 defines no function of its own that it exports, and has no
+    // .symtab: its code is in libsqlite3.
+    let Some(_) = system_program("/usr/bin/sqlite3", &[]) else {
+        return;
+    };
+    let out = ours(&["-p", "*"], Path::new("/usr/bin/sqlite3"), &[":memory:", "select 1;"]);
+    assert_our_error("sqlite3 '*'", &out, 125);
+    let err = out.stderr_str();
+    assert!(
+        err.contains("libsqlite3.so.0") && err.contains("only the main executable can be probed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_function_of_a_shared_library_is_named_as_such() {
+    let hello = path("hello", Variant::Pie);
+    for name in ["fprintf", "malloc"] {
+        let out = ours(&["-p", name], &hello, &[]);
+        assert_our_error(name, &out, 125);
+        let err = out.stderr_str();
+        assert!(
+            err.contains("shared library") && err.contains("libc.so.6"),
+            "{name}: {err}"
+        );
+        assert!(
+            err.contains("only the main executable can be probed"),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("close names") && !err.contains("stripped"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn close_names_rank_the_fewest_edits_first() {
+    let out = ours(&["-p", "fbi"], &path("probed", Variant::Pie), &["fib", "5"]);
+    assert_our_error("fbi", &out, 125);
+    assert!(
+        out.stderr_str().contains("; close names: fib"),
+        "{}",
+        out.stderr_str()
+    );
+}
+
+#[test]
+fn the_count_table_caps_long_names() {
+    // long_fn's symbol is 69637 characters long.
+    for v in [Variant::Static, Variant::Pie] {
+        let case = Case::new(path("sites", v), ["long", "7"])
+            .opt("-p")
+            .opt("long_*")
+            .opt("-p")
+            .opt("short_fn");
+        let (native, out) = (case.run_native(), case.run_ours());
+        // Ours printed the table after the program's (empty) stderr.
+        let err = out.stderr_str();
+        let table_at = err.find("uprobe-exec: 2 probe sites").expect("the count table");
+        let mut program_only = out.clone();
+        program_only.stderr.truncate(table_at);
+        assert_same("sites long", &native, &program_only);
+        let table: Vec<&str> = err
+            .lines()
+            .skip_while(|l| !l.starts_with("FUNC"))
+            .collect();
+        assert_eq!(table.len(), 3, "{err}");
+        let width = table[0].chars().count();
+        assert!(width <= 64, "header is {width} characters");
+        for l in &table {
+            assert_eq!(l.chars().count(), width, "aligned: {l:?}");
+        }
+        assert!(table[1].starts_with("long_xxxx") && table[1].contains('…'), "{}", table[1]);
+        assert!(table[1].ends_with(" 7") && table[2].starts_with("short_fn ") && table[2].ends_with(" 7"));
+    }
+}
