@@ -164,7 +164,7 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     assert_eq!(warnings.len(), 1, "one summary warning: {err}");
     for needle in [
         "skipped 3 of the 4",
-        "size 0: skip_marker",
+        "not in the executable text: skip_marker",
         "cannot run out of line: skip_int3, skip_ud2",
     ] {
         assert!(warnings[0].contains(needle), "{needle}: {}", warnings[0]);
@@ -180,6 +180,7 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     for (spec, why) in [
         ("skip_ud2", "`ud2` is undefined on purpose"),
         ("skip_int3", "`int3` raises an interrupt"),
+        ("skip_marker", "is not in the executable text"),
     ] {
         let out = ours(&["-p", spec], &s, &["skip", "1"]);
         assert_our_error(spec, &out, 125);
@@ -193,7 +194,7 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     for (name, why) in [
         ("skip_ud2", "(cannot be probed: its first instruction `ud2` is undefined on purpose)"),
         ("skip_int3", "(cannot be probed: its first instruction `int3` raises an interrupt)"),
-        ("skip_marker", "(cannot be probed: its symbol has size 0"),
+        ("skip_marker", "(cannot be probed: it is not in the executable text)"),
     ] {
         let line = list
             .lines()

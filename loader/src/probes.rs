@@ -406,7 +406,9 @@ pub struct Unprobeable {
 }
 
 /// Why no probe can go at the entry of `f`, if none can. A zero-size
-/// symbol with a sized function at the same address is that function.
+/// symbol with a sized function at the same address is that function; one
+/// without (a marker, or hand-written code without `.size`) can be probed
+/// where its first instruction can (with an `int3`).
 #[must_use]
 pub fn unprobeable(image: &Image, syms: &Symbols, f: &Function) -> Option<Unprobeable> {
     let f = if f.size == 0 {
@@ -414,19 +416,14 @@ pub fn unprobeable(image: &Image, syms: &Symbols, f: &Function) -> Option<Unprob
     } else {
         f
     };
-    if f.size == 0 {
-        return Some(Unprobeable {
-            kind: "size 0",
-            detail: "its symbol has size 0: a marker, not a function of known extent".into(),
-        });
-    }
     let Some(bytes) = bytes_at(image, f.addr) else {
         return Some(Unprobeable {
             kind: "not in the executable text",
             detail: "it is not in the executable text".into(),
         });
     };
-    let insn = decode_one(&bytes[..bytes.len().min(f.size as usize)], f.addr.0);
+    let end = if f.size == 0 { bytes.len() } else { bytes.len().min(f.size as usize) };
+    let insn = decode_one(&bytes[..end], f.addr.0);
     relocatable(&insn).err().map(|why| Unprobeable {
         kind: "first instruction cannot run out of line",
         detail: format!("its first instruction `{}` {why}", disasm(&insn)),

@@ -5,7 +5,8 @@
  *                   instruction from outside them N times each, and a
  *                   function of the same shape that nothing enters
  *   sites skip N    calls skip_ok N times; the other skip_* symbols cannot
- *                   be probed (ud2, int3, a zero-size label) and are never run
+ *                   be probed (ud2, int3, a zero-size marker outside the
+ *                   text, as Go's runtime.etext) and are never run
  *   sites long N    calls long_fn, whose symbol is "long_" and 69632 x's, and
  *                   short_fn N times each
  *
@@ -60,9 +61,9 @@ __asm__(".intel_syntax noprefix\n.text\n"
         "skip_ud2:\n ud2\n.size skip_ud2, .-skip_ud2\n"
         ".p2align 4\n.globl skip_int3\n.type skip_int3,@function\n"
         "skip_int3:\n int3\n ret\n.size skip_int3, .-skip_int3\n"
-        ".p2align 4\n.globl skip_marker\n.type skip_marker,@function\n"
+        ".section .rodata\n.globl skip_marker\n.type skip_marker,@function\n"
         "skip_marker:\n.size skip_marker, 0\n"
-        " nop\n"
+        " .byte 0x90\n.text\n"
         ".att_syntax prefix\n");
 
 #define NOINLINE __attribute__((noinline))
