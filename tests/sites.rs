@@ -73,10 +73,10 @@ fn a_jump_never_covers_a_place_entered_from_elsewhere() {
         assert_eq!(printed(&out, "enter"), n);
         let got = sites(&r);
         let want = [
-            ("xe_target", "int3", n),         // jumped to at +2 by xe_jumper
-            ("xe_ptr", "int3", n),            // +2 is stored in data, called through it
+            ("xe_target", "int3", n),        // jumped to at +2 by xe_jumper
+            ("xe_ptr", "int3", n),           // +2 is stored in data, called through it
             ("xe_table", "int3", n + n / 2), // +2 is in xe_dispatch's jump table; +0 too
-            ("xe_label", "int3", n),          // a symbol at +2
+            ("xe_label", "int3", n),         // a symbol at +2
             ("xe_plain", "jump", n),
             ("xe_jumper", "jump", n),
         ];
@@ -94,14 +94,21 @@ fn a_jump_never_covers_a_place_entered_from_elsewhere() {
 fn jump_mode_names_what_enters_the_displaced_bytes() {
     let s = path("sites", Variant::Static);
     for (spec, why) in [
-        ("xe_target", "branches into the displaced bytes, at xe_target+0x2"),
+        (
+            "xe_target",
+            "branches into the displaced bytes, at xe_target+0x2",
+        ),
         ("xe_ptr", "the pointer at"),
         ("xe_table", "the jump table at"),
         ("xe_label", "a symbol points into the displaced bytes"),
     ] {
         let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["enter", "1"]);
         assert_our_error(spec, &out, 125);
-        assert!(out.stderr_str().contains(why), "{spec}: {}", out.stderr_str());
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
     }
     // The same shape, entered only at its first byte, takes a jump.
     same_as_native(
@@ -174,7 +181,10 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
         r["warnings"][0].as_str(),
         Some(warnings[0].trim_start_matches("uprobe-exec: warning: "))
     );
-    assert_eq!(sites(&r), [("skip_ok".to_string(), "jump".to_string(), 300)]);
+    assert_eq!(
+        sites(&r),
+        [("skip_ok".to_string(), "jump".to_string(), 300)]
+    );
 
     // Named one by one, each is an error with its reason.
     for (spec, why) in [
@@ -184,7 +194,11 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     ] {
         let out = ours(&["-p", spec], &s, &["skip", "1"]);
         assert_our_error(spec, &out, 125);
-        assert!(out.stderr_str().contains(why), "{spec}: {}", out.stderr_str());
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
     }
 
     // --list shows why.
@@ -192,9 +206,18 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     let list = out.stdout_str();
     for (name, why) in [
-        ("skip_ud2", "(cannot be probed: its first instruction `ud2` is undefined on purpose)"),
-        ("skip_int3", "(cannot be probed: its first instruction `int3` raises an interrupt)"),
-        ("skip_marker", "(cannot be probed: it is not in the executable text)"),
+        (
+            "skip_ud2",
+            "(cannot be probed: its first instruction `ud2` is undefined on purpose)",
+        ),
+        (
+            "skip_int3",
+            "(cannot be probed: its first instruction `int3` raises an interrupt)",
+        ),
+        (
+            "skip_marker",
+            "(cannot be probed: it is not in the executable text)",
+        ),
     ] {
         let line = list
             .lines()
@@ -202,7 +225,10 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
             .unwrap_or_else(|| panic!("{name} in {list}"));
         assert!(line.contains(why), "{line}");
     }
-    let ok = list.lines().find(|l| l.ends_with(" skip_ok")).expect("skip_ok listed");
+    let ok = list
+        .lines()
+        .find(|l| l.ends_with(" skip_ok"))
+        .expect("skip_ok listed");
     assert!(!ok.contains("cannot"), "{ok}");
 }
 
@@ -237,7 +263,11 @@ fn a_program_whose_code_is_all_in_shared_libraries_says_so() {
     let Some(_) = system_program("/usr/bin/sqlite3", &[]) else {
         return;
     };
-    let out = ours(&["-p", "*"], Path::new("/usr/bin/sqlite3"), &[":memory:", "select 1;"]);
+    let out = ours(
+        &["-p", "*"],
+        Path::new("/usr/bin/sqlite3"),
+        &[":memory:", "select 1;"],
+    );
     assert_our_error("sqlite3 '*'", &out, 125);
     let err = out.stderr_str();
     assert!(
@@ -261,7 +291,10 @@ fn a_function_of_a_shared_library_is_named_as_such() {
             err.contains("only the main executable can be probed"),
             "{name}: {err}"
         );
-        assert!(!err.contains("close names") && !err.contains("stripped"), "{name}: {err}");
+        assert!(
+            !err.contains("close names") && !err.contains("stripped"),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -288,21 +321,28 @@ fn the_count_table_caps_long_names() {
         let (native, out) = (case.run_native(), case.run_ours());
         // Ours printed the table after the program's (empty) stderr.
         let err = out.stderr_str();
-        let table_at = err.find("uprobe-exec: 2 probe sites").expect("the count table");
+        let table_at = err
+            .find("uprobe-exec: 2 probe sites")
+            .expect("the count table");
         let mut program_only = out.clone();
         program_only.stderr.truncate(table_at);
         assert_same("sites long", &native, &program_only);
-        let table: Vec<&str> = err
-            .lines()
-            .skip_while(|l| !l.starts_with("FUNC"))
-            .collect();
+        let table: Vec<&str> = err.lines().skip_while(|l| !l.starts_with("FUNC")).collect();
         assert_eq!(table.len(), 3, "{err}");
         let width = table[0].chars().count();
         assert!(width <= 64, "header is {width} characters");
         for l in &table {
             assert_eq!(l.chars().count(), width, "aligned: {l:?}");
         }
-        assert!(table[1].starts_with("long_xxxx") && table[1].contains('…'), "{}", table[1]);
-        assert!(table[1].ends_with(" 7") && table[2].starts_with("short_fn ") && table[2].ends_with(" 7"));
+        assert!(
+            table[1].starts_with("long_xxxx") && table[1].contains('…'),
+            "{}",
+            table[1]
+        );
+        assert!(
+            table[1].ends_with(" 7")
+                && table[2].starts_with("short_fn ")
+                && table[2].ends_with(" 7")
+        );
     }
 }

@@ -422,7 +422,11 @@ pub fn unprobeable(image: &Image, syms: &Symbols, f: &Function) -> Option<Unprob
             detail: "it is not in the executable text".into(),
         });
     };
-    let end = if f.size == 0 { bytes.len() } else { bytes.len().min(f.size as usize) };
+    let end = if f.size == 0 {
+        bytes.len()
+    } else {
+        bytes.len().min(f.size as usize)
+    };
     let insn = decode_one(&bytes[..end], f.addr.0);
     relocatable(&insn).err().map(|why| Unprobeable {
         kind: "first instruction cannot run out of line",
@@ -876,7 +880,10 @@ fn entered(image: &Image, site: &Site, t: u64, how: Source) -> String {
     let what = match how {
         Source::Branch(from) => format!("the instruction at {from:#x}{} branches into", insn(from)),
         Source::Address(from) => {
-            format!("the instruction at {from:#x}{} takes an address in", insn(from))
+            format!(
+                "the instruction at {from:#x}{} takes an address in",
+                insn(from)
+            )
         }
         Source::Table(base) => format!("the jump table at {base:#x} leads into"),
         Source::Pointer(word) => format!("the pointer at {word:#x} points into"),

@@ -156,7 +156,9 @@ impl Symbols {
     /// defining it.
     #[must_use]
     pub fn is_import(&self, name: &str) -> bool {
-        self.imports.binary_search_by(|i| i.as_str().cmp(name)).is_ok()
+        self.imports
+            .binary_search_by(|i| i.as_str().cmp(name))
+            .is_ok()
     }
 
     /// A function of known size that starts at `a`, if any.

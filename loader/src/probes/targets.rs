@@ -105,12 +105,20 @@ impl Targets {
         if text.is_empty() {
             // No section headers: the executable segments.
             for ph in elf.program_headers.iter().filter(|p| p.is_executable()) {
-                let Ok(start) = usize::try_from(ph.p_offset) else { continue };
-                let Some(end) = usize::try_from(ph.p_filesz).ok().and_then(|l| start.checked_add(l)) else {
+                let Ok(start) = usize::try_from(ph.p_offset) else {
+                    continue;
+                };
+                let Some(end) = usize::try_from(ph.p_filesz)
+                    .ok()
+                    .and_then(|l| start.checked_add(l))
+                else {
                     continue;
                 };
                 if let Some(bytes) = file.get(start..end) {
-                    text.push(Section { addr: ph.p_vaddr, bytes });
+                    text.push(Section {
+                        addr: ph.p_vaddr,
+                        bytes,
+                    });
                 }
             }
         }
@@ -143,7 +151,13 @@ impl Targets {
         for s in &data {
             let base = s.addr.next_multiple_of(8);
             let skip = (base - s.addr) as usize;
-            for (k, w) in s.bytes.get(skip..).unwrap_or(&[]).chunks_exact(8).enumerate() {
+            for (k, w) in s
+                .bytes
+                .get(skip..)
+                .unwrap_or(&[])
+                .chunks_exact(8)
+                .enumerate()
+            {
                 let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
                 if in_text(v) {
                     at.push((v, Source::Pointer(base + 8 * k as u64)));
@@ -164,7 +178,10 @@ impl Targets {
             starts.dedup();
             let mut insn = Instruction::default();
             for (k, &from) in starts.iter().enumerate() {
-                let to = starts.get(k + 1).copied().unwrap_or(s.addr + s.bytes.len() as u64);
+                let to = starts
+                    .get(k + 1)
+                    .copied()
+                    .unwrap_or(s.addr + s.bytes.len() as u64);
                 let Some(bytes) = s.at(from) else { continue };
                 let bytes = &bytes[..((to - from) as usize).min(bytes.len())];
                 let mut d = Decoder::with_ip(64, bytes, from, DecoderOptions::NONE);
@@ -180,7 +197,9 @@ impl Targets {
         refs.tables.sort_unstable();
         refs.tables.dedup();
         for &base in &refs.tables {
-            let Some(s) = data.iter().find(|s| s.contains(base)) else { continue };
+            let Some(s) = data.iter().find(|s| s.contains(base)) else {
+                continue;
+            };
             let next = refs.data.partition_point(|&a| a <= base);
             let end = refs.data.get(next).copied().unwrap_or(u64::MAX);
             relative_table(s, base, end, &in_text, &mut at);
@@ -264,7 +283,9 @@ fn relative_table(
     at: &mut Vec<(u64, Source)>,
 ) {
     let Some(bytes) = s.at(base) else { return };
-    let n = usize::try_from((end - base) / 4).unwrap_or(usize::MAX).min(MAX_TABLE);
+    let n = usize::try_from((end - base) / 4)
+        .unwrap_or(usize::MAX)
+        .min(MAX_TABLE);
     for w in bytes.chunks_exact(4).take(n) {
         let off = i32::from_le_bytes(w.try_into().unwrap_or([0; 4]));
         let t = base.wrapping_add(off as i64 as u64);
@@ -283,8 +304,12 @@ fn eh_frame(eh: &Section<'_>, data: &[Section<'_>], at: &mut Vec<(u64, Source)>)
     let mut entries = frame.entries(&bases);
     // A malformed entry ends the walk: what was found so far stays.
     while let Ok(Some(entry)) = entries.next() {
-        let gimli::CieOrFde::Fde(partial) = entry else { continue };
-        let Ok(fde) = partial.parse(gimli::EhFrame::cie_from_offset) else { continue };
+        let gimli::CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(gimli::EhFrame::cie_from_offset) else {
+            continue;
+        };
         let start = fde.initial_address();
         at.push((start, Source::Fde));
         if let Some(gimli::Pointer::Direct(lsda)) = fde.lsda() {
