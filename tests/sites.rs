@@ -121,16 +121,43 @@ fn jump_mode_names_what_enters_the_displaced_bytes() {
     );
 }
 
-/// A small workload for each sample.
-fn workload(name: &str) -> &'static [&'static str] {
+#[test]
+fn a_jump_never_covers_an_exception_landing_pad() {
+    // lp_fn+0xb is a landing pad (known only from the LSDA) that lp_fn+0x9
+    // falls through to: a jump at +0x9 would displace it.
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        let out = ours(
+            &["--probe-mode", "jump", "-p", "lp_fn+9"],
+            &s,
+            &["unwind", "1"],
+        );
+        assert_our_error("lp_fn+9", &out, 125);
+        assert!(
+            out.stderr_str()
+                .contains("exception landing pad of the function at")
+                && out.stderr_str().contains("at lp_fn+0xb"),
+            "{}",
+            out.stderr_str()
+        );
+        let (out, r) = probed_report_with("unwind", &[], &s, &["unwind", "40"], &["lp_fn+9"]);
+        assert_eq!(printed(&out, "landing_pad"), 40);
+        assert_eq!(r["probes"][0]["kind"], "int3", "{v:?}");
+        // Only the threads that return fall through the site.
+        assert_eq!(r["probes"][0]["hits"], 20, "{v:?}");
+    }
+}
+
+/// Small workloads for each sample.
+fn workloads(name: &str) -> &'static [&'static [&'static str]] {
     match name {
-        "hello" => &["a", "b"],
-        "bigtext" => &["50"],
-        "layout" => &["recurse", "1"],
-        "pages" => &["--threads", "4"],
-        "probed" => &["sites", "20"],
-        "sites" => &["enter", "20"],
-        "spin" => &["1000"],
+        "hello" => &[&["a", "b"]],
+        "bigtext" => &[&["50"]],
+        "layout" => &[&["recurse", "1"]],
+        "pages" => &[&["--threads", "4"], &["--fork"]],
+        "probed" => &[&["sites", "20"], &["fork", "20"]],
+        "sites" => &[&["enter", "20"], &["unwind", "6"]],
+        "spin" => &[&["1000"]],
         other => panic!("no workload for the sample {other}: add one here"),
     }
 }
@@ -139,13 +166,9 @@ fn workload(name: &str) -> &'static [&'static str] {
 fn every_function_of_every_sample_probed_runs_as_natively() {
     for name in NAMES {
         for v in Variant::ALL {
-            let prog = path(name, v);
-            same_as_native(
-                Case::new(&prog, workload(name))
-                    .opt("-q")
-                    .opt("-p")
-                    .opt("*"),
-            );
+            for args in workloads(name) {
+                same_as_native(Case::new(path(name, v), *args).opt("-q").opt("-p").opt("*"));
+            }
         }
     }
 }

@@ -7,6 +7,10 @@
  *   sites skip N    calls skip_ok N times; the other skip_* symbols cannot
  *                   be probed (ud2, int3, a zero-size marker outside the
  *                   text, as Go's runtime.etext) and are never run
+ *   sites unwind N  N threads call lp_fn(i); lp_exit(i) ends the odd ones with
+ *                   pthread_exit, whose unwinding runs lp_fn's landing pad
+ *                   (lp_fn+0xb), which the even ones reach by falling through
+ *                   from lp_fn+0x9; prints how often it ran
  *   sites long N    calls long_fn, whose symbol is "long_" and 69632 x's, and
  *                   short_fn N times each
  *
@@ -19,6 +23,7 @@
  *   xe_label    a symbol (xe_label_inner) at +2
  *   xe_plain    same shape, entered only at its first byte
  */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +72,45 @@ __asm__(".intel_syntax noprefix\n.text\n"
         ".att_syntax prefix\n");
 
 #define NOINLINE __attribute__((noinline))
+
+/* lp_fn: an exception landing pad that is also reached by falling through,
+ * so it lies inside the bytes a jump at lp_fn+9 would displace. Only the
+ * LSDA (.gcc_except_table) says that the unwinder enters there. */
+uint64_t lp_count;
+NOINLINE void lp_exit(uint64_t x) {
+    if (x & 1) pthread_exit(NULL);
+}
+uint64_t lp_fn(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl lp_fn\n.type lp_fn,@function\n"
+        "lp_fn:\n .cfi_startproc\n"
+        " .cfi_personality 0x9b, DW.ref.__gcc_personality_v0\n"
+        " .cfi_lsda 0x1b, 1f\n"
+        " push rbx\n .cfi_def_cfa_offset 16\n .cfi_offset rbx, -16\n"
+        " mov rbx, rdi\n"
+        "2:\n call lp_exit\n"
+        "3:\n xor eax, eax\n"
+        "4:\n add qword ptr [rip + lp_count], 1\n"
+        " test rax, rax\n jnz 5f\n"
+        " lea rax, [rbx + 1]\n pop rbx\n .cfi_remember_state\n .cfi_def_cfa_offset 8\n ret\n .cfi_restore_state\n"
+        "5:\n mov rdi, rax\n call _Unwind_Resume\n"
+        " .cfi_endproc\n.size lp_fn, .-lp_fn\n"
+        /* One call site (the call of lp_exit), landing pad at 4:, cleanup only. */
+        ".section .gcc_except_table,\"a\",@progbits\n"
+        "1:\n .byte 0xff\n .byte 0xff\n .byte 0x1\n .uleb128 7f - 6f\n"
+        "6:\n .uleb128 2b - lp_fn\n .uleb128 3b - 2b\n .uleb128 4b - lp_fn\n .uleb128 0\n7:\n"
+        ".hidden DW.ref.__gcc_personality_v0\n.weak DW.ref.__gcc_personality_v0\n"
+        ".section .data.rel.local.DW.ref.__gcc_personality_v0,\"awG\",@progbits,DW.ref.__gcc_personality_v0,comdat\n"
+        ".p2align 3\n.type DW.ref.__gcc_personality_v0, @object\n.size DW.ref.__gcc_personality_v0, 8\n"
+        "DW.ref.__gcc_personality_v0:\n .quad __gcc_personality_v0\n"
+        ".text\n.att_syntax prefix\n");
+
+static uint64_t lp_rets;
+static void *lp_worker(void *arg) {
+    lp_rets += lp_fn((uint64_t)(uintptr_t)arg);
+    return NULL;
+}
+
 #define X8 "xxxxxxxx"
 #define X64 X8 X8 X8 X8 X8 X8 X8 X8
 #define X512 X64 X64 X64 X64 X64 X64 X64 X64
@@ -78,7 +122,7 @@ NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: sites enter|skip|long N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long N\n");
         return 2;
     }
     uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
@@ -96,6 +140,14 @@ int main(int argc, char **argv) {
                (unsigned long long)n, (unsigned long long)s[0], (unsigned long long)s[1],
                (unsigned long long)s[2], (unsigned long long)s[3], (unsigned long long)s[4],
                (unsigned long long)s[5]);
+    } else if (!strcmp(argv[1], "unwind")) {
+        for (uint64_t i = 0; i < n; i++) {
+            pthread_t t;
+            if (pthread_create(&t, NULL, lp_worker, (void *)(uintptr_t)i) != 0) return 3;
+            pthread_join(t, NULL);
+        }
+        printf("unwind=%llu landing_pad=%llu returns=%llu\n", (unsigned long long)n,
+               (unsigned long long)lp_count, (unsigned long long)lp_rets);
     } else if (!strcmp(argv[1], "long")) {
         for (uint64_t i = 0; i < n; i++) acc += long_fn(i) + short_fn(i);
         printf("long_fn=%llu short_fn=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)n,
@@ -104,7 +156,7 @@ int main(int argc, char **argv) {
         for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
         printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
-        fprintf(stderr, "usage: sites enter|skip|long N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long N\n");
         return 2;
     }
     return 0;
