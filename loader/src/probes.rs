@@ -129,6 +129,14 @@ pub enum ProbeError {
         /// Why not.
         why: String,
     },
+    /// The program runs a copy of the code elsewhere.
+    #[error("cannot probe {site}: {why}")]
+    Copied {
+        /// `sym+0x..`.
+        site: String,
+        /// Which code, and why.
+        why: String,
+    },
     /// The instruction cannot be single-stepped out of line.
     #[error("cannot probe {site}: its instruction `{insn}` {why}")]
     NotRelocatable {
@@ -416,6 +424,12 @@ pub fn unprobeable(image: &Image, syms: &Symbols, f: &Function) -> Option<Unprob
     } else {
         f
     };
+    if let Some(why) = syms.copied(f.addr) {
+        return Some(Unprobeable {
+            kind: "copied and run elsewhere by the program",
+            detail: why.into(),
+        });
+    }
     let Some(bytes) = bytes_at(image, f.addr) else {
         return Some(Unprobeable {
             kind: "not in the executable text",
@@ -511,6 +525,12 @@ pub fn resolve(
         } else {
             format!("{symbol}+{offset:#x}")
         };
+        if let Some(why) = syms.copied(addr) {
+            return Err(ProbeError::Copied {
+                site: label,
+                why: why.into(),
+            });
+        }
         let bytes = bytes_at(image, addr).ok_or(ProbeError::NotText {
             addr: addr.0,
             program: program.clone(),

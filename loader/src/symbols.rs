@@ -54,7 +54,16 @@ pub struct Symbols {
     imports: Vec<String>,
     /// The shared libraries it names (`DT_NEEDED`), in order.
     pub needed: Vec<String>,
+    /// Code the program copies and runs at another address: V8's embedded
+    /// builtins (`[start, end)`), which V8 remaps next to its code range.
+    /// A jump or an `int3` there breaks the copy.
+    pub copied: Option<(LinkAddr, LinkAddr)>,
 }
+
+/// The label V8's `mksnapshot` puts at the start of the embedded builtins
+/// (`Builtins_*`), which V8 may copy next to its code range at run time
+/// ("short builtin calls") and run there.
+const V8_BLOB: &str = "v8_Default_embedded_blob_code_";
 
 /// Demangles Rust (legacy and v0) and C++ names.
 #[must_use]
@@ -112,6 +121,19 @@ impl Symbols {
                 });
             }
         }
+        let blob = elf
+            .syms
+            .iter()
+            .find(|s| s.st_shndx != 0 && elf.strtab.get_at(s.st_name) == Some(V8_BLOB))
+            .map(|s| LinkAddr(s.st_value));
+        let copied = blob.and_then(|start| {
+            let end = funcs
+                .iter()
+                .filter(|f| f.addr >= start && f.name.starts_with("Builtins_"))
+                .map(|f| f.addr.0 + f.size.max(1))
+                .max()?;
+            Some((start, LinkAddr(end)))
+        });
         funcs.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
         funcs.dedup_by(|a, b| a.addr == b.addr && a.name == b.name);
         Symbols {
@@ -119,6 +141,7 @@ impl Symbols {
             has_symtab: !elf.syms.is_empty(),
             imports,
             needed: elf.libraries.iter().map(|l| (*l).to_string()).collect(),
+            copied,
         }
     }
 
@@ -159,6 +182,15 @@ impl Symbols {
         self.imports
             .binary_search_by(|i| i.as_str().cmp(name))
             .is_ok()
+    }
+
+    /// Why code at `a` cannot take a probe because the program runs a copy
+    /// of it elsewhere, if it does.
+    #[must_use]
+    pub fn copied(&self, a: LinkAddr) -> Option<&'static str> {
+        self.copied
+            .filter(|&(start, end)| a >= start && a < end)
+            .map(|_| "it is in V8's embedded builtins, which V8 copies and runs at another address, where a probe would break it")
     }
 
     /// A function of known size that starts at `a`, if any.
