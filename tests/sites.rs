@@ -280,6 +280,42 @@ fn every_function_of_bash_and_perl_probed_runs_as_natively() {
 }
 
 #[test]
+fn node_keeps_its_copied_builtins_unprobed() {
+    // V8 copies its embedded builtins (Builtins_*) next to its code range
+    // and runs the copy: a probe there would break the copy. Before, a
+    // jump in Builtins_* killed node with SIGSEGV, an int3 with SIGTRAP.
+    let js = "console.log([3, 1, 2].map(x => x * 2).sort().join(','))";
+    let Some(case) = system_program("/usr/bin/node", &["-e", js]) else {
+        return;
+    };
+    let case = Case {
+        opts: ["-q", "-p", "Builtins_*", "-p", "uv_*"]
+            .iter()
+            .map(Into::into)
+            .collect(),
+        ..case
+    };
+    let out = same_as_native(case);
+    assert!(
+        out.stderr_str()
+            .contains("copied and run elsewhere by the program: Builtins_"),
+        "{}",
+        out.stderr_str()
+    );
+    let out = ours(
+        &["-p", "Builtins_ArrayMap"],
+        Path::new("/usr/bin/node"),
+        &["-e", "1"],
+    );
+    assert_our_error("Builtins_ArrayMap", &out, 125);
+    assert!(
+        out.stderr_str().contains("V8's embedded builtins"),
+        "{}",
+        out.stderr_str()
+    );
+}
+
+#[test]
 fn a_program_whose_code_is_all_in_shared_libraries_says_so() {
     // sqlite3 defines no function of its own that it exports, and has no
     // .symtab: its code is in libsqlite3.
