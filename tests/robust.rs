@@ -556,7 +556,9 @@ fn ten_thousand_probes() {
     let dir = TempDir::new("many");
     let report = dir.join("r.json");
     let mut c = Command::new(BIN);
-    c.args(["-q", "--unsafe", "--report-json"]).arg(&report);
+    // Addresses inside functions take int3s (auto mode places jumps only).
+    c.args(["-q", "--unsafe", "--probe-mode", "int3", "--report-json"])
+        .arg(&report);
     for a in &addrs {
         c.args(["-p", a]);
     }

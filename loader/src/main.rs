@@ -105,11 +105,15 @@ fn list(program: &OsString, patterns: &[String]) -> u8 {
             let mut out = String::new();
             for f in fs {
                 out.push_str(&format!(
-                    "{:#018x} {:>8} {}\n",
+                    "{:#018x} {:>8} {}",
                     f.addr.0,
                     f.size,
                     f.display_name()
                 ));
+                if let Some(why) = &f.unprobeable {
+                    out.push_str(&format!("  (cannot be probed: {why})"));
+                }
+                out.push('\n');
             }
             // A reader that stops early (`| head`) is no failure.
             match std::io::stdout().lock().write_all(out.as_bytes()) {

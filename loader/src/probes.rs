@@ -15,6 +15,9 @@ use crate::addr::{Bias, LinkAddr};
 use crate::elf::Image;
 use crate::symbols::{Function, Symbols};
 
+pub mod targets;
+pub use targets::{Source, Targets};
+
 /// Bytes of one out-of-line slot.
 pub const SLOT_BYTES: usize = 128;
 
@@ -56,12 +59,27 @@ pub enum ProbeError {
         hint: String,
     },
     /// A glob matched nothing.
-    #[error("probe pattern '{pattern}' matches no function in {program} (see `uprobe-exec --list {program}`)")]
+    #[error("probe pattern '{pattern}' matches no function in {program}{hint}")]
     NoMatch {
         /// The pattern.
         pattern: String,
         /// The program.
         program: String,
+        /// Where to look instead.
+        hint: String,
+    },
+    /// The function is one the program takes from a shared library.
+    #[error(
+        "'{name}' is not in {program}: it is defined in a shared library the program loads ({libraries}), \
+         and only the main executable can be probed for now"
+    )]
+    InSharedLibrary {
+        /// The name asked for.
+        name: String,
+        /// The program.
+        program: String,
+        /// Its `DT_NEEDED` libraries.
+        libraries: String,
     },
     /// The offset is inside an instruction.
     #[error(
@@ -109,6 +127,14 @@ pub enum ProbeError {
         /// `sym+0x..`.
         site: String,
         /// Why not.
+        why: String,
+    },
+    /// The program runs a copy of the code elsewhere.
+    #[error("cannot probe {site}: {why}")]
+    Copied {
+        /// `sym+0x..`.
+        site: String,
+        /// Which code, and why.
         why: String,
     },
     /// The instruction cannot be single-stepped out of line.
@@ -377,6 +403,97 @@ fn check_boundary(
     })
 }
 
+/// Why a probe cannot be placed at a function's entry: what a glob passes
+/// over, and `--list` shows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unprobeable {
+    /// The kind of reason, shared by many functions (for the summary).
+    pub kind: &'static str,
+    /// The reason for this function.
+    pub detail: String,
+}
+
+/// Why no probe can go at the entry of `f`, if none can. A zero-size
+/// symbol with a sized function at the same address is that function; one
+/// without (a marker, or hand-written code without `.size`) can be probed
+/// where its first instruction can (with an `int3`).
+#[must_use]
+pub fn unprobeable(image: &Image, syms: &Symbols, f: &Function) -> Option<Unprobeable> {
+    let f = if f.size == 0 {
+        syms.sized_at(f.addr).unwrap_or(f)
+    } else {
+        f
+    };
+    if let Some(why) = syms.copied(f.addr) {
+        return Some(Unprobeable {
+            kind: "copied and run elsewhere by the program",
+            detail: why.into(),
+        });
+    }
+    let Some(bytes) = bytes_at(image, f.addr) else {
+        return Some(Unprobeable {
+            kind: "not in the executable text",
+            detail: "it is not in the executable text".into(),
+        });
+    };
+    let end = if f.size == 0 {
+        bytes.len()
+    } else {
+        bytes.len().min(f.size as usize)
+    };
+    let insn = decode_one(&bytes[..end], f.addr.0);
+    relocatable(&insn).err().map(|why| Unprobeable {
+        kind: "first instruction cannot run out of line",
+        detail: format!("its first instruction `{}` {why}", disasm(&insn)),
+    })
+}
+
+/// The one warning about what globs passed over: each kind of reason
+/// with a few of the functions.
+fn skipped_summary(skipped: &[(String, Unprobeable)], matched: usize) -> String {
+    let mut kinds: Vec<&str> = skipped.iter().map(|(_, u)| u.kind).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let groups: Vec<String> = kinds
+        .iter()
+        .map(|&k| {
+            let names: Vec<&str> = skipped
+                .iter()
+                .filter(|(_, u)| u.kind == k)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let shown: Vec<String> = names.iter().take(4).map(|n| short(n, 60)).collect();
+            let more = if names.len() > 4 {
+                format!(" and {} more", names.len() - 4)
+            } else {
+                String::new()
+            };
+            format!("{k}: {}{more}", shown.join(", "))
+        })
+        .collect();
+    format!(
+        "the probe patterns skipped {} of the {matched} functions they match, which cannot be probed \
+         (`uprobe-exec --list -p PATTERN PROGRAM` says why): {}",
+        skipped.len(),
+        groups.join("; ")
+    )
+}
+
+/// `s` cut to at most `max` characters, keeping its start and its end.
+#[must_use]
+pub fn short(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let tail = max / 3;
+    let head = max - 1 - tail;
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(n - tail));
+    out
+}
+
 /// Resolves specs against the program. With `unsafe_addrs`, an address
 /// outside every function is accepted; a warning is returned for it.
 pub fn resolve(
@@ -391,6 +508,8 @@ pub fn resolve(
         std::collections::HashMap::new();
     let mut outside = Vec::new();
     let mut warnings = Vec::new();
+    let mut skipped: Vec<(String, Unprobeable)> = Vec::new();
+    let mut matched = std::collections::HashSet::new();
     let add = |spec: &str,
                f: Option<&Function>,
                addr: LinkAddr,
@@ -406,6 +525,12 @@ pub fn resolve(
         } else {
             format!("{symbol}+{offset:#x}")
         };
+        if let Some(why) = syms.copied(addr) {
+            return Err(ProbeError::Copied {
+                site: label,
+                why: why.into(),
+            });
+        }
         let bytes = bytes_at(image, addr).ok_or(ProbeError::NotText {
             addr: addr.0,
             program: program.clone(),
@@ -416,15 +541,15 @@ pub fn resolve(
             insn: disasm(&insn),
             why,
         })?;
-        if !sites.iter().any(|s| s.addr == addr) {
-            sites.push(Site {
-                spec: spec.to_string(),
-                symbol,
-                offset,
-                addr,
-                function: f.map(|f| (f.addr, f.size)),
-            });
-        }
+        // Duplicates go after the stable sort below (a linear search here
+        // made `'*'` quadratic: seconds for node's 78 000 functions).
+        sites.push(Site {
+            spec: spec.to_string(),
+            symbol,
+            offset,
+            addr,
+            function: f.map(|f| (f.addr, f.size)),
+        });
         Ok(())
     };
     for spec in specs {
@@ -438,16 +563,35 @@ pub fn resolve(
                 if found.is_empty() {
                     return Err(ProbeError::NoMatch {
                         pattern: p,
+                        hint: no_match_hint(syms, &program),
                         program,
                     });
                 }
+                matched.extend(found.iter().map(|f| f.addr));
                 for f in found {
+                    // A glob places what it can and says what it passed over.
+                    if let Some(why) = unprobeable(image, syms, f) {
+                        skipped.push((f.display_name().to_string(), why));
+                        continue;
+                    }
+                    let f = if f.size == 0 {
+                        syms.sized_at(f.addr).unwrap_or(f)
+                    } else {
+                        f
+                    };
                     add(spec, Some(f), f.addr, &mut sites)?;
                 }
             }
             Spec::Symbol { name, offset } => {
                 let found = syms.named(&name);
                 let Some(&f) = found.first() else {
+                    if syms.is_import(&name) {
+                        return Err(ProbeError::InSharedLibrary {
+                            name,
+                            program,
+                            libraries: libraries(syms),
+                        });
+                    }
                     let hint = if !syms.has_symtab {
                         format!(
                             "; the program is stripped (no .symtab), so only its {} exported (.dynsym) functions \
@@ -456,7 +600,13 @@ pub fn resolve(
                         )
                     } else {
                         let close = syms.close_to(&name, 5);
-                        if close.is_empty() {
+                        if close.is_empty() && !syms.needed.is_empty() {
+                            format!(
+                                "; if it is in a shared library the program loads ({}), only the main \
+                                 executable can be probed for now",
+                                libraries(syms)
+                            )
+                        } else if close.is_empty() {
                             String::new()
                         } else {
                             format!("; close names: {}", close.join(", "))
@@ -501,6 +651,11 @@ pub fn resolve(
     // One site per address, from the first spec that named it.
     sites.sort_by_key(|s| s.addr);
     sites.dedup_by_key(|s| s.addr);
+    skipped.sort_by(|a, b| a.0.cmp(&b.0));
+    skipped.dedup();
+    if !skipped.is_empty() {
+        warnings.push(skipped_summary(&skipped, matched.len()));
+    }
     if !outside.is_empty() {
         let shown: Vec<String> = outside.iter().take(3).map(|a| format!("{a:#x}")).collect();
         let more = if outside.len() > 3 {
@@ -515,6 +670,34 @@ pub fn resolve(
         ));
     }
     Ok((sites, warnings))
+}
+
+/// The shared libraries the program names, for messages.
+fn libraries(syms: &Symbols) -> String {
+    if syms.needed.is_empty() {
+        "none named in its dynamic section".into()
+    } else {
+        syms.needed.join(", ")
+    }
+}
+
+/// What to say when a pattern matches nothing.
+fn no_match_hint(syms: &Symbols, program: &str) -> String {
+    if syms.all().is_empty() && !syms.needed.is_empty() {
+        format!(
+            ": it has no .symtab and exports no function; its code is in the shared libraries it loads ({}), \
+             and only the main executable can be probed for now",
+            libraries(syms)
+        )
+    } else if !syms.has_symtab {
+        format!(
+            ": it is stripped (no .symtab), so only its {} exported (.dynsym) functions can be matched \
+             (see `uprobe-exec --list {program}`)",
+            syms.all().len()
+        )
+    } else {
+        format!(" (see `uprobe-exec --list {program}`)")
+    }
 }
 
 /// Runtime address of a site.
@@ -628,20 +811,23 @@ impl Kind {
     }
 }
 
-/// Decides whether sites can take a jump, decoding each function once.
+/// Decides whether sites can take a jump, decoding each function once and
+/// finding the object's entry points ([`Targets`]) once.
 #[derive(Default)]
 pub struct JumpCheck {
     /// Per function start: its instructions, or why jumps cannot go in it.
     decoded: std::collections::HashMap<LinkAddr, Result<Vec<Instruction>, String>>,
+    /// Where control can arrive in the object, built at the first check.
+    targets: Option<Targets>,
 }
 
 impl JumpCheck {
     /// Whether `site` can be displaced by a 5-byte jump, and over how many
     /// bytes; otherwise why not. The rule: the displaced instructions are
     /// whole, cover ≥ 5 bytes, stay inside the function and relocate; a
-    /// `call`, `jmp` or `ret` among them is the last; no instruction of the
-    /// function branches into them other than to their first byte; the
-    /// function has no indirect jump whose targets cannot be bounded.
+    /// `call`, `jmp` or `ret` among them is the last; nothing in the whole
+    /// object enters them other than at their first byte (see [`Targets`]);
+    /// the function has no indirect jump whose targets cannot be bounded.
     pub fn check(&mut self, image: &Image, site: &Site) -> Result<Kind, String> {
         let Some((start, size)) = site.function.filter(|&(_, size)| size > 0) else {
             return Err("it is in no function of known size".into());
@@ -690,16 +876,11 @@ impl JumpCheck {
             k += 1;
         }
         let (lo, hi) = (site.addr.0, site.addr.0 + len as u64);
-        for i in insns {
-            if let Some(t) = near_target(i) {
-                if t > lo && t < hi {
-                    return Err(format!(
-                        "the instruction at +{:#x} (`{}`) branches into the displaced bytes",
-                        i.ip() - start.0,
-                        disasm(i)
-                    ));
-                }
-            }
+        let targets = self
+            .targets
+            .get_or_insert_with(|| Targets::build(&image.bytes));
+        if let Some((t, how)) = targets.inside(lo, hi) {
+            return Err(entered(image, site, t, how));
         }
         Ok(Kind::Jump {
             len,
@@ -708,14 +889,31 @@ impl JumpCheck {
     }
 }
 
-/// A near branch's target, if it has one.
-fn near_target(i: &Instruction) -> Option<u64> {
-    match i.op0_kind() {
-        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
-            Some(i.near_branch_target())
+/// Why a site is refused because control enters its displaced bytes at `t`.
+fn entered(image: &Image, site: &Site, t: u64, how: Source) -> String {
+    let at = format!("{}+{:#x}", site.symbol, t - site.addr.0 + site.offset);
+    let insn = |a: u64| {
+        bytes_at(image, LinkAddr(a)).map_or_else(String::new, |b| {
+            format!(" (`{}`)", disasm(&decode_one(b, a)))
+        })
+    };
+    let what = match how {
+        Source::Branch(from) => format!("the instruction at {from:#x}{} branches into", insn(from)),
+        Source::Address(from) => {
+            format!(
+                "the instruction at {from:#x}{} takes an address in",
+                insn(from)
+            )
         }
-        _ => None,
-    }
+        Source::Table(base) => format!("the jump table at {base:#x} leads into"),
+        Source::Pointer(word) => format!("the pointer at {word:#x} points into"),
+        Source::LandingPad(func) => {
+            format!("an exception landing pad of the function at {func:#x} is in")
+        }
+        Source::Fde => "an unwind table entry (FDE) starts in".into(),
+        Source::Symbol => "a symbol points into".into(),
+    };
+    format!("{what} the displaced bytes, at {at}")
 }
 
 fn decode_function(image: &Image, start: LinkAddr, size: u64) -> Result<Vec<Instruction>, String> {

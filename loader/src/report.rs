@@ -93,6 +93,9 @@ pub struct ProcessHits {
     pub hits: std::collections::BTreeMap<String, u64>,
 }
 
+/// Widest name column of the count table, in characters.
+pub const NAME_COLUMN: usize = 48;
+
 /// Everything reported at exit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -141,7 +144,14 @@ impl Report {
             })
             .collect();
         rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+        // As funccount: a name column of bounded width; a longer name keeps
+        // its start and its end (C++ overloads differ at the end).
+        let width = rows
+            .iter()
+            .map(|r| r.0.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp(4, NAME_COLUMN);
         let jumps = self.probes.iter().filter(|p| p.kind == "jump").count();
         let mut s = format!(
             "uprobe-exec: {} probe sites: {jumps} jump, {} int3\n",
@@ -150,6 +160,7 @@ impl Report {
         );
         s.push_str(&format!("{:<width$} {:>12}\n", "FUNC", "COUNT"));
         for (f, c) in rows {
+            let f = crate::probes::short(&f, width);
             s.push_str(&format!("{f:<width$} {c:>12}\n"));
         }
         s

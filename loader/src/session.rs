@@ -355,7 +355,10 @@ pub fn functions(
                     p.matches(&f.name) || f.demangled.as_deref().is_some_and(|d| p.matches(d))
                 })
         })
-        .cloned()
+        .map(|f| crate::symbols::Function {
+            unprobeable: probes::unprobeable(&image, &syms, f).map(|u| u.detail),
+            ..f.clone()
+        })
         .collect();
     out.dedup_by(|a, b| a.addr == b.addr && a.display_name() == b.display_name());
     Ok(out)

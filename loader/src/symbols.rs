@@ -1,7 +1,7 @@
 //! Function symbols of an image: `.symtab` and `.dynsym` merged, names
 //! matched mangled and demangled (Rust legacy and v0, C++).
 
-use goblin::elf::sym::{STT_FUNC, STT_GNU_IFUNC};
+use goblin::elf::sym::{STT_FUNC, STT_GNU_IFUNC, STT_NOTYPE};
 use goblin::elf::Elf;
 
 use crate::addr::LinkAddr;
@@ -18,6 +18,9 @@ pub struct Function {
     pub addr: LinkAddr,
     /// Size in bytes (0 when the symbol does not say).
     pub size: u64,
+    /// Why no probe can be placed at its entry (what a glob passes over),
+    /// when that was checked (`--list`).
+    pub unprobeable: Option<String>,
 }
 
 impl Function {
@@ -46,7 +49,21 @@ pub struct Symbols {
     funcs: Vec<Function>,
     /// Whether the file has a `.symtab` (false: stripped, only `.dynsym`).
     pub has_symtab: bool,
+    /// Functions the program uses but does not define (undefined `.dynsym`
+    /// entries), sorted.
+    imports: Vec<String>,
+    /// The shared libraries it names (`DT_NEEDED`), in order.
+    pub needed: Vec<String>,
+    /// Code the program copies and runs at another address: V8's embedded
+    /// builtins (`[start, end)`), which V8 remaps next to its code range.
+    /// A jump or an `int3` there breaks the copy.
+    pub copied: Option<(LinkAddr, LinkAddr)>,
 }
+
+/// The label V8's `mksnapshot` puts at the start of the embedded builtins
+/// (`Builtins_*`), which V8 may copy next to its code range at run time
+/// ("short builtin calls") and run there.
+const V8_BLOB: &str = "v8_Default_embedded_blob_code_";
 
 /// Demangles Rust (legacy and v0) and C++ names.
 #[must_use]
@@ -70,6 +87,17 @@ impl Symbols {
             return Symbols::default();
         };
         let mut funcs = Vec::new();
+        let mut imports = Vec::new();
+        for s in elf.dynsyms.iter() {
+            let t = s.st_type();
+            if s.st_shndx == 0 && (t == STT_FUNC || t == STT_GNU_IFUNC || t == STT_NOTYPE) {
+                if let Some(name) = elf.dynstrtab.get_at(s.st_name).filter(|n| !n.is_empty()) {
+                    imports.push(name.to_string());
+                }
+            }
+        }
+        imports.sort();
+        imports.dedup();
         let tables = [(&elf.syms, &elf.strtab), (&elf.dynsyms, &elf.dynstrtab)];
         for (syms, strs) in tables {
             for s in syms.iter() {
@@ -89,14 +117,31 @@ impl Symbols {
                     demangled,
                     addr: LinkAddr(s.st_value),
                     size: s.st_size,
+                    unprobeable: None,
                 });
             }
         }
+        let blob = elf
+            .syms
+            .iter()
+            .find(|s| s.st_shndx != 0 && elf.strtab.get_at(s.st_name) == Some(V8_BLOB))
+            .map(|s| LinkAddr(s.st_value));
+        let copied = blob.and_then(|start| {
+            let end = funcs
+                .iter()
+                .filter(|f| f.addr >= start && f.name.starts_with("Builtins_"))
+                .map(|f| f.addr.0 + f.size.max(1))
+                .max()?;
+            Some((start, LinkAddr(end)))
+        });
         funcs.sort_by(|a, b| (a.addr, &a.name).cmp(&(b.addr, &b.name)));
         funcs.dedup_by(|a, b| a.addr == b.addr && a.name == b.name);
         Symbols {
             funcs,
             has_symtab: !elf.syms.is_empty(),
+            imports,
+            needed: elf.libraries.iter().map(|l| (*l).to_string()).collect(),
+            copied,
         }
     }
 
@@ -130,6 +175,34 @@ impl Symbols {
         v
     }
 
+    /// Whether the program uses `name` from a shared library without
+    /// defining it.
+    #[must_use]
+    pub fn is_import(&self, name: &str) -> bool {
+        self.imports
+            .binary_search_by(|i| i.as_str().cmp(name))
+            .is_ok()
+    }
+
+    /// Why code at `a` cannot take a probe because the program runs a copy
+    /// of it elsewhere, if it does.
+    #[must_use]
+    pub fn copied(&self, a: LinkAddr) -> Option<&'static str> {
+        self.copied
+            .filter(|&(start, end)| a >= start && a < end)
+            .map(|_| "it is in V8's embedded builtins, which V8 copies and runs at another address, where a probe would break it")
+    }
+
+    /// A function of known size that starts at `a`, if any.
+    #[must_use]
+    pub fn sized_at(&self, a: LinkAddr) -> Option<&Function> {
+        let i = self.funcs.partition_point(|f| f.addr < a);
+        self.funcs[i..]
+            .iter()
+            .take_while(|f| f.addr == a)
+            .find(|f| f.size > 0)
+    }
+
     /// The function containing `a` (the one with a size that covers it).
     #[must_use]
     pub fn containing(&self, a: LinkAddr) -> Option<&Function> {
@@ -141,25 +214,30 @@ impl Symbols {
             .find(|f| f.size > 0 && f.contains(a))
     }
 
-    /// Up to `n` names closest to `name`, for "did you mean".
+    /// Up to `n` names closest to `name`, for "did you mean": fewest edits
+    /// first (a transposition is one edit), then the most similar start,
+    /// among names at most about half their length away.
     #[must_use]
     pub fn close_to(&self, name: &str, n: usize) -> Vec<String> {
         let lower = name.to_lowercase();
-        let mut scored: Vec<(f64, &str)> = self
+        let limit = (lower.chars().count() / 2).max(2);
+        let mut scored: Vec<(usize, f64, &str)> = self
             .funcs
             .iter()
-            .map(|f| {
+            .filter_map(|f| {
                 let d = f.display_name();
-                let mut score = strsim::jaro_winkler(&lower, &d.to_lowercase());
-                if d.to_lowercase().contains(&lower) {
-                    score += 0.5;
+                // Far longer names cannot be close; skip the quadratic cost.
+                if d.len() > 4 * lower.len() + 16 {
+                    return None;
                 }
-                (score, d)
+                let dl = d.to_lowercase();
+                let edits = strsim::osa_distance(&lower, &dl);
+                (edits <= limit).then(|| (edits, strsim::jaro_winkler(&lower, &dl), d))
             })
             .collect();
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        scored.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(b.2)));
         let mut out: Vec<String> = Vec::new();
-        for (_, d) in scored {
+        for (_, _, d) in scored {
             if !out.iter().any(|o| o == d) {
                 out.push(d.to_string());
             }

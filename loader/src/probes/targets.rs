@@ -1,0 +1,447 @@
+//! Every address of an object where control can arrive other than by
+//! falling through from the instruction before: built once per object, so
+//! that a jump site is refused when any of them lies inside its displaced
+//! bytes (past the first one). Static glibc's `__mempcpy_avx_unaligned_erms`
+//! jumps to `__memcpy_avx_unaligned_erms+3`: a per-function look misses it.
+//!
+//! Sources, each found without running anything:
+//! - direct branches and calls, from a decode of every executable section,
+//!   restarted at every symbol and FDE start (so one bad decode does not
+//!   run on);
+//! - addresses of code that instructions take (RIP-relative operands and
+//!   immediates pointing into the text: computed gotos, function pointers);
+//! - relative jump tables: the 32-bit entries at a RIP-relative `lea`
+//!   target outside the text, for as long as they land in the text;
+//! - pointers into the text stored in data (aligned 64-bit words of the
+//!   allocated sections, which covers absolute jump tables) and the addends
+//!   of `R_X86_64_RELATIVE` / `IRELATIVE` relocations (their PIE form);
+//! - every symbol (any type) and every `.eh_frame` FDE start;
+//! - the landing pads of the LSDAs (`.gcc_except_table`) the FDEs name,
+//!   which the unwinder enters by setting RIP.
+//!
+//! Extra entries only make sites fall back to an `int3`: where in doubt an
+//! address goes in.
+
+use goblin::elf::section_header::{SHF_ALLOC, SHF_EXECINSTR, SHT_NOBITS};
+use goblin::elf::Elf;
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+
+/// How control gets to an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    /// A direct branch or call at this address.
+    Branch(u64),
+    /// Entry of the relative jump table at this address.
+    Table(u64),
+    /// The 64-bit word at this address (or a relocation of it) holds it.
+    Pointer(u64),
+    /// The instruction at this address takes it as an address.
+    Address(u64),
+    /// A landing pad of the function at this address (its LSDA).
+    LandingPad(u64),
+    /// An `.eh_frame` FDE starts there.
+    Fde,
+    /// A symbol has this address.
+    Symbol,
+}
+
+/// The entry points of one object, sorted by address.
+#[derive(Debug, Default)]
+pub struct Targets {
+    at: Vec<(u64, Source)>,
+}
+
+/// `[start, end)` of a section and its bytes.
+struct Section<'a> {
+    addr: u64,
+    bytes: &'a [u8],
+}
+
+impl Section<'_> {
+    fn contains(&self, a: u64) -> bool {
+        a >= self.addr && a - self.addr < self.bytes.len() as u64
+    }
+    fn at(&self, a: u64) -> Option<&[u8]> {
+        self.contains(a)
+            .then(|| &self.bytes[(a - self.addr) as usize..])
+    }
+}
+
+/// Most relocations that carry code addresses in PIE/static-pie data.
+const R_X86_64_RELATIVE: u32 = 8;
+const R_X86_64_IRELATIVE: u32 = 37;
+/// Entries of one relative jump table we read at most.
+const MAX_TABLE: usize = 4096;
+
+impl Targets {
+    /// Collects the entry points of the object in `file` (its bytes).
+    #[must_use]
+    pub fn build(file: &[u8]) -> Targets {
+        let Ok(elf) = Elf::parse(file) else {
+            return Targets::default();
+        };
+        let section = |sh: &goblin::elf::SectionHeader| -> Option<Section<'_>> {
+            if sh.sh_type == SHT_NOBITS || sh.sh_flags & u64::from(SHF_ALLOC) == 0 {
+                return None;
+            }
+            let start = usize::try_from(sh.sh_offset).ok()?;
+            let len = usize::try_from(sh.sh_size).ok()?;
+            Some(Section {
+                addr: sh.sh_addr,
+                bytes: file.get(start..start.checked_add(len)?)?,
+            })
+        };
+        let mut text = Vec::new();
+        let mut data = Vec::new();
+        for sh in &elf.section_headers {
+            if let Some(s) = section(sh) {
+                if sh.sh_flags & u64::from(SHF_EXECINSTR) != 0 {
+                    text.push(s);
+                } else {
+                    data.push(s);
+                }
+            }
+        }
+        if text.is_empty() {
+            // No section headers: the executable segments.
+            for ph in elf.program_headers.iter().filter(|p| p.is_executable()) {
+                let Ok(start) = usize::try_from(ph.p_offset) else {
+                    continue;
+                };
+                let Some(end) = usize::try_from(ph.p_filesz)
+                    .ok()
+                    .and_then(|l| start.checked_add(l))
+                else {
+                    continue;
+                };
+                if let Some(bytes) = file.get(start..end) {
+                    text.push(Section {
+                        addr: ph.p_vaddr,
+                        bytes,
+                    });
+                }
+            }
+        }
+        let in_text = |a: u64| text.iter().any(|s| s.contains(a));
+        let mut at: Vec<(u64, Source)> = Vec::new();
+
+        for table in [&elf.syms, &elf.dynsyms] {
+            for s in table.iter() {
+                if s.st_shndx != 0 && in_text(s.st_value) {
+                    at.push((s.st_value, Source::Symbol));
+                }
+            }
+        }
+        if let Some(eh) = elf
+            .section_headers
+            .iter()
+            .find(|sh| elf.shdr_strtab.get_at(sh.sh_name) == Some(".eh_frame"))
+            .and_then(section)
+        {
+            eh_frame(&eh, &data, &mut at);
+        }
+        for r in elf.dynrelas.iter().chain(elf.dynrels.iter()) {
+            if matches!(r.r_type, R_X86_64_RELATIVE | R_X86_64_IRELATIVE) {
+                let a = r.r_addend.unwrap_or(0) as u64;
+                if in_text(a) {
+                    at.push((a, Source::Pointer(r.r_offset)));
+                }
+            }
+        }
+        for s in &data {
+            let base = s.addr.next_multiple_of(8);
+            let skip = (base - s.addr) as usize;
+            for (k, w) in s
+                .bytes
+                .get(skip..)
+                .unwrap_or(&[])
+                .chunks_exact(8)
+                .enumerate()
+            {
+                let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+                if in_text(v) {
+                    at.push((v, Source::Pointer(base + 8 * k as u64)));
+                }
+            }
+        }
+
+        // Decode each executable section from every known start.
+        let mut refs = Refs::default();
+        for s in &text {
+            let mut starts: Vec<u64> = at
+                .iter()
+                .filter(|(a, src)| matches!(src, Source::Symbol | Source::Fde) && s.contains(*a))
+                .map(|&(a, _)| a)
+                .collect();
+            starts.push(s.addr);
+            starts.sort_unstable();
+            starts.dedup();
+            let mut insn = Instruction::default();
+            for (k, &from) in starts.iter().enumerate() {
+                let to = starts
+                    .get(k + 1)
+                    .copied()
+                    .unwrap_or(s.addr + s.bytes.len() as u64);
+                let Some(bytes) = s.at(from) else { continue };
+                let bytes = &bytes[..((to - from) as usize).min(bytes.len())];
+                let mut d = Decoder::with_ip(64, bytes, from, DecoderOptions::NONE);
+                while d.can_decode() {
+                    d.decode_out(&mut insn);
+                    instruction(&insn, &in_text, &mut refs, &mut at);
+                }
+            }
+        }
+        // A table ends where the next object the code refers to begins.
+        refs.data.sort_unstable();
+        refs.data.dedup();
+        refs.tables.sort_unstable();
+        refs.tables.dedup();
+        for &base in &refs.tables {
+            let Some(s) = data.iter().find(|s| s.contains(base)) else {
+                continue;
+            };
+            let next = refs.data.partition_point(|&a| a <= base);
+            let end = refs.data.get(next).copied().unwrap_or(u64::MAX);
+            relative_table(s, base, end, &in_text, &mut at);
+        }
+
+        at.sort_unstable();
+        at.dedup_by_key(|e| e.0);
+        Targets { at }
+    }
+
+    /// The first entry point strictly inside `(lo, hi)`, with how control gets there.
+    #[must_use]
+    pub fn inside(&self, lo: u64, hi: u64) -> Option<(u64, Source)> {
+        let i = self.at.partition_point(|e| e.0 <= lo);
+        self.at.get(i).copied().filter(|e| e.0 < hi)
+    }
+
+    /// How many entry points there are.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    /// Whether none was found (no text, or not an ELF file).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+}
+
+/// Data addresses the code refers to (RIP-relative), and those of them
+/// loaded with `lea`: the bases of relative jump tables among others.
+#[derive(Default)]
+struct Refs {
+    data: Vec<u64>,
+    tables: Vec<u64>,
+}
+
+/// What one decoded instruction adds.
+fn instruction(
+    i: &Instruction,
+    in_text: &dyn Fn(u64) -> bool,
+    refs: &mut Refs,
+    at: &mut Vec<(u64, Source)>,
+) {
+    let ip = i.ip();
+    for n in 0..i.op_count() {
+        match i.op_kind(n) {
+            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
+                at.push((i.near_branch_target(), Source::Branch(ip)));
+            }
+            OpKind::Immediate32 | OpKind::Immediate32to64 | OpKind::Immediate64 => {
+                let v = i.immediate(n);
+                if in_text(v) {
+                    at.push((v, Source::Address(ip)));
+                }
+            }
+            OpKind::Memory if i.is_ip_rel_memory_operand() => {
+                let a = i.ip_rel_memory_address();
+                if in_text(a) {
+                    at.push((a, Source::Address(ip)));
+                } else {
+                    refs.data.push(a);
+                    if i.mnemonic() == Mnemonic::Lea {
+                        refs.tables.push(a);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The entries of a relative jump table at `base`: 32-bit offsets from
+/// `base`, read up to `end` and while they land in the text.
+fn relative_table(
+    s: &Section<'_>,
+    base: u64,
+    end: u64,
+    in_text: &dyn Fn(u64) -> bool,
+    at: &mut Vec<(u64, Source)>,
+) {
+    let Some(bytes) = s.at(base) else { return };
+    let n = usize::try_from((end - base) / 4)
+        .unwrap_or(usize::MAX)
+        .min(MAX_TABLE);
+    for w in bytes.chunks_exact(4).take(n) {
+        let off = i32::from_le_bytes(w.try_into().unwrap_or([0; 4]));
+        let t = base.wrapping_add(off as i64 as u64);
+        if !in_text(t) {
+            break;
+        }
+        at.push((t, Source::Table(base)));
+    }
+}
+
+/// FDE starts and the landing pads of their LSDAs.
+fn eh_frame(eh: &Section<'_>, data: &[Section<'_>], at: &mut Vec<(u64, Source)>) {
+    use gimli::UnwindSection;
+    let frame = gimli::EhFrame::new(eh.bytes, gimli::LittleEndian);
+    let bases = gimli::BaseAddresses::default().set_eh_frame(eh.addr);
+    let mut entries = frame.entries(&bases);
+    // A malformed entry ends the walk: what was found so far stays.
+    while let Ok(Some(entry)) = entries.next() {
+        let gimli::CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(gimli::EhFrame::cie_from_offset) else {
+            continue;
+        };
+        let start = fde.initial_address();
+        at.push((start, Source::Fde));
+        if let Some(gimli::Pointer::Direct(lsda)) = fde.lsda() {
+            if let Some(s) = data.iter().find(|s| s.contains(lsda)) {
+                for pad in landing_pads(s, lsda, start).unwrap_or_default() {
+                    at.push((pad, Source::LandingPad(start)));
+                }
+            }
+        }
+    }
+}
+
+const DW_EH_PE_OMIT: u8 = 0xff;
+
+/// A reader over a section's bytes that knows their addresses.
+struct Cursor<'a> {
+    s: &'a Section<'a>,
+    pos: u64,
+}
+
+impl Cursor<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.s.at(self.pos)?.first()?;
+        self.pos += 1;
+        Some(b)
+    }
+    fn fixed<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let b: [u8; N] = self.s.at(self.pos)?.get(..N)?.try_into().ok()?;
+        self.pos += N as u64;
+        Some(b)
+    }
+    fn uleb(&mut self) -> Option<u64> {
+        let (mut v, mut shift) = (0u64, 0u32);
+        loop {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+            shift += 7;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+    }
+    fn sleb(&mut self) -> Option<i64> {
+        let (mut v, mut shift) = (0i64, 0u32);
+        loop {
+            let b = self.u8()?;
+            v |= i64::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+            shift += 7;
+            if b & 0x80 == 0 {
+                if shift < 64 && b & 0x40 != 0 {
+                    v |= -1i64 << shift;
+                }
+                return Some(v);
+            }
+        }
+    }
+    /// A `DW_EH_PE_*` encoded value (absolute or PC-relative; indirect
+    /// values are taken as they are: they name no code).
+    fn encoded(&mut self, enc: u8) -> Option<u64> {
+        let field = self.pos;
+        let v = match enc & 0x0f {
+            0x00 | 0x04 => u64::from_le_bytes(self.fixed()?),
+            0x01 => self.uleb()?,
+            0x02 => u64::from(u16::from_le_bytes(self.fixed()?)),
+            0x03 => u64::from(u32::from_le_bytes(self.fixed()?)),
+            0x09 => self.sleb()? as u64,
+            0x0a => i16::from_le_bytes(self.fixed()?) as i64 as u64,
+            0x0b => i32::from_le_bytes(self.fixed()?) as i64 as u64,
+            0x0c => i64::from_le_bytes(self.fixed()?) as u64,
+            _ => return None,
+        };
+        Some(match enc & 0x70 {
+            0x10 => v.wrapping_add(field),
+            _ => v,
+        })
+    }
+}
+
+/// The landing pads of the LSDA at `lsda` (GCC's format: header, then
+/// call-site records of start, length, landing pad, action).
+fn landing_pads(s: &Section<'_>, lsda: u64, func: u64) -> Option<Vec<u64>> {
+    let mut c = Cursor { s, pos: lsda };
+    let lp_enc = c.u8()?;
+    let lp_start = if lp_enc == DW_EH_PE_OMIT {
+        func
+    } else {
+        c.encoded(lp_enc)?
+    };
+    if c.u8()? != DW_EH_PE_OMIT {
+        c.uleb()?; // offset of the type table
+    }
+    let cs_enc = c.u8()?;
+    let len = c.uleb()?;
+    let end = c.pos.checked_add(len)?;
+    let mut pads = Vec::new();
+    while c.pos < end {
+        let _start = c.encoded(cs_enc)?;
+        let _len = c.encoded(cs_enc)?;
+        let pad = c.encoded(cs_enc)?;
+        c.uleb()?; // action
+        if pad != 0 {
+            pads.push(lp_start.wrapping_add(pad));
+        }
+    }
+    Some(pads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landing_pads_of_a_gcc_lsda() {
+        // lpstart omitted, no type table, uleb128 call sites:
+        // [0x10, +4) pad 0x20; [0x14, +2) no pad; [0x18, +3) pad 0x30.
+        let lsda = [
+            0xff, 0xff, 0x01, 12, 0x10, 4, 0x20, 0, 0x14, 2, 0, 0, 0x18, 3, 0x30, 1,
+        ];
+        let s = Section {
+            addr: 0x5000,
+            bytes: &lsda,
+        };
+        assert_eq!(landing_pads(&s, 0x5000, 0x1000), Some(vec![0x1020, 0x1030]));
+    }
+
+    #[test]
+    fn entries_inside_a_range_exclude_its_first_byte() {
+        let t = Targets {
+            at: vec![(0x100, Source::Symbol), (0x103, Source::Branch(0x200))],
+        };
+        assert_eq!(t.inside(0x100, 0x105), Some((0x103, Source::Branch(0x200))));
+        assert_eq!(t.inside(0x100, 0x103), None);
+        assert_eq!(t.inside(0xff, 0x101), Some((0x100, Source::Symbol)));
+    }
+}

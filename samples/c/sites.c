@@ -1,0 +1,163 @@
+/*
+ * sites: code that probe placement must not break.
+ *
+ *   sites enter N   calls functions that are entered past their first
+ *                   instruction from outside them N times each, and a
+ *                   function of the same shape that nothing enters
+ *   sites skip N    calls skip_ok N times; the other skip_* symbols cannot
+ *                   be probed (ud2, int3, a zero-size marker outside the
+ *                   text, as Go's runtime.etext) and are never run
+ *   sites unwind N  N threads call lp_fn(i); lp_exit(i) ends the odd ones with
+ *                   pthread_exit, whose unwinding runs lp_fn's landing pad
+ *                   (lp_fn+0xb), which the even ones reach by falling through
+ *                   from lp_fn+0x9; prints how often it ran
+ *   sites long N    calls long_fn, whose symbol is "long_" and 69632 x's, and
+ *                   short_fn N times each
+ *
+ * Each xe_* function starts with a 2-byte instruction, so a 5-byte jump at
+ * its entry would cover the point at +2 where something else enters it:
+ *   xe_target   a direct `jmp xe_target+2` in another function (xe_jumper),
+ *               as static glibc's __mempcpy_* jumps into __memcpy_*+3
+ *   xe_ptr      a pointer to xe_ptr+2 stored in data, called through it
+ *   xe_table    entry 1 of another function's jump table (xe_dispatch)
+ *   xe_label    a symbol (xe_label_inner) at +2
+ *   xe_plain    same shape, entered only at its first byte
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t xe_target(uint64_t);
+uint64_t xe_jumper(uint64_t);
+uint64_t xe_ptr(uint64_t);
+uint64_t xe_table(uint64_t);
+uint64_t xe_dispatch(uint64_t);
+uint64_t xe_label(uint64_t);
+uint64_t xe_plain(uint64_t);
+extern uint64_t (*xe_ptr_inner)(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl xe_target\n.type xe_target,@function\n"
+        "xe_target:\n mov eax, edi\n add eax, 1\n add eax, 2\n ret\n.size xe_target, .-xe_target\n"
+        ".p2align 4\n.globl xe_jumper\n.type xe_jumper,@function\n"
+        "xe_jumper:\n lea eax, [rdi + 100]\n jmp xe_target+2\n.size xe_jumper, .-xe_jumper\n"
+        ".p2align 4\n.globl xe_ptr\n.type xe_ptr,@function\n"
+        "xe_ptr:\n mov eax, edi\n add eax, 3\n add eax, 4\n ret\n.size xe_ptr, .-xe_ptr\n"
+        ".p2align 4\n.globl xe_table\n.type xe_table,@function\n"
+        "xe_table:\n mov eax, edi\n add eax, 5\n add eax, 6\n ret\n.size xe_table, .-xe_table\n"
+        ".p2align 4\n.globl xe_dispatch\n.type xe_dispatch,@function\n"
+        "xe_dispatch:\n mov eax, edi\n and edi, 1\n lea rcx, [rip + 5f]\n movsxd rdx, dword ptr [rcx + rdi * 4]\n"
+        " add rcx, rdx\n jmp rcx\n.size xe_dispatch, .-xe_dispatch\n"
+        ".section .rodata\n.p2align 2\n5:\n .long xe_table - 5b\n .long xe_table + 2 - 5b\n.text\n"
+        ".p2align 4\n.globl xe_label\n.type xe_label,@function\n"
+        "xe_label:\n mov eax, edi\n.globl xe_label_inner\nxe_label_inner:\n add eax, 7\n add eax, 8\n ret\n"
+        ".size xe_label, .-xe_label\n"
+        ".p2align 4\n.globl xe_plain\n.type xe_plain,@function\n"
+        "xe_plain:\n mov eax, edi\n add eax, 9\n add eax, 10\n ret\n.size xe_plain, .-xe_plain\n"
+        ".section .data.rel.ro,\"aw\"\n.p2align 3\n.globl xe_ptr_inner\nxe_ptr_inner:\n .quad xe_ptr + 2\n.text\n"
+        ".att_syntax prefix\n");
+
+uint64_t skip_ok(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl skip_ok\n.type skip_ok,@function\n"
+        "skip_ok:\n lea rax, [rdi + 1]\n ret\n.size skip_ok, .-skip_ok\n"
+        ".p2align 4\n.globl skip_ud2\n.type skip_ud2,@function\n"
+        "skip_ud2:\n ud2\n.size skip_ud2, .-skip_ud2\n"
+        ".p2align 4\n.globl skip_int3\n.type skip_int3,@function\n"
+        "skip_int3:\n int3\n ret\n.size skip_int3, .-skip_int3\n"
+        ".section .rodata\n.globl skip_marker\n.type skip_marker,@function\n"
+        "skip_marker:\n.size skip_marker, 0\n"
+        " .byte 0x90\n.text\n"
+        ".att_syntax prefix\n");
+
+#define NOINLINE __attribute__((noinline))
+
+/* lp_fn: an exception landing pad that is also reached by falling through,
+ * so it lies inside the bytes a jump at lp_fn+9 would displace. Only the
+ * LSDA (.gcc_except_table) says that the unwinder enters there. */
+uint64_t lp_count;
+NOINLINE void lp_exit(uint64_t x) {
+    if (x & 1) pthread_exit(NULL);
+}
+uint64_t lp_fn(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl lp_fn\n.type lp_fn,@function\n"
+        "lp_fn:\n .cfi_startproc\n"
+        " .cfi_personality 0x9b, DW.ref.__gcc_personality_v0\n"
+        " .cfi_lsda 0x1b, 1f\n"
+        " push rbx\n .cfi_def_cfa_offset 16\n .cfi_offset rbx, -16\n"
+        " mov rbx, rdi\n"
+        "2:\n call lp_exit\n"
+        "3:\n xor eax, eax\n"
+        "4:\n add qword ptr [rip + lp_count], 1\n"
+        " test rax, rax\n jnz 5f\n"
+        " lea rax, [rbx + 1]\n pop rbx\n .cfi_remember_state\n .cfi_def_cfa_offset 8\n ret\n .cfi_restore_state\n"
+        "5:\n mov rdi, rax\n call _Unwind_Resume\n"
+        " .cfi_endproc\n.size lp_fn, .-lp_fn\n"
+        /* One call site (the call of lp_exit), landing pad at 4:, cleanup only. */
+        ".section .gcc_except_table,\"a\",@progbits\n"
+        "1:\n .byte 0xff\n .byte 0xff\n .byte 0x1\n .uleb128 7f - 6f\n"
+        "6:\n .uleb128 2b - lp_fn\n .uleb128 3b - 2b\n .uleb128 4b - lp_fn\n .uleb128 0\n7:\n"
+        ".hidden DW.ref.__gcc_personality_v0\n.weak DW.ref.__gcc_personality_v0\n"
+        ".section .data.rel.local.DW.ref.__gcc_personality_v0,\"awG\",@progbits,DW.ref.__gcc_personality_v0,comdat\n"
+        ".p2align 3\n.type DW.ref.__gcc_personality_v0, @object\n.size DW.ref.__gcc_personality_v0, 8\n"
+        "DW.ref.__gcc_personality_v0:\n .quad __gcc_personality_v0\n"
+        ".text\n.att_syntax prefix\n");
+
+static uint64_t lp_rets;
+static void *lp_worker(void *arg) {
+    lp_rets += lp_fn((uint64_t)(uintptr_t)arg);
+    return NULL;
+}
+
+#define X8 "xxxxxxxx"
+#define X64 X8 X8 X8 X8 X8 X8 X8 X8
+#define X512 X64 X64 X64 X64 X64 X64 X64 X64
+#define X4K X512 X512 X512 X512 X512 X512 X512 X512
+#define X32K X4K X4K X4K X4K X4K X4K X4K X4K
+NOINLINE uint64_t long_fn(uint64_t x) __asm__("long_" X32K X32K X4K);
+NOINLINE uint64_t long_fn(uint64_t x) { return x * 3 + 1; }
+NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: sites enter|unwind|skip|long N\n");
+        return 2;
+    }
+    uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
+    if (!strcmp(argv[1], "enter")) {
+        uint64_t s[6] = {0};
+        for (uint64_t i = 0; i < n; i++) {
+            s[0] += xe_target(i);
+            s[1] += xe_jumper(i);
+            s[2] += xe_ptr(i) + xe_ptr_inner(i);
+            s[3] += xe_table(i) + xe_dispatch(i);
+            s[4] += xe_label(i);
+            s[5] += xe_plain(i);
+        }
+        printf("enter=%llu target=%llu jumper=%llu ptr=%llu table=%llu label=%llu plain=%llu\n",
+               (unsigned long long)n, (unsigned long long)s[0], (unsigned long long)s[1],
+               (unsigned long long)s[2], (unsigned long long)s[3], (unsigned long long)s[4],
+               (unsigned long long)s[5]);
+    } else if (!strcmp(argv[1], "unwind")) {
+        for (uint64_t i = 0; i < n; i++) {
+            pthread_t t;
+            if (pthread_create(&t, NULL, lp_worker, (void *)(uintptr_t)i) != 0) return 3;
+            pthread_join(t, NULL);
+        }
+        printf("unwind=%llu landing_pad=%llu returns=%llu\n", (unsigned long long)n,
+               (unsigned long long)lp_count, (unsigned long long)lp_rets);
+    } else if (!strcmp(argv[1], "long")) {
+        for (uint64_t i = 0; i < n; i++) acc += long_fn(i) + short_fn(i);
+        printf("long_fn=%llu short_fn=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)n,
+               (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "skip")) {
+        for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
+        printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
+    } else {
+        fprintf(stderr, "usage: sites enter|unwind|skip|long N\n");
+        return 2;
+    }
+    return 0;
+}

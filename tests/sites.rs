@@ -1,0 +1,435 @@
+//! Do no harm in placing probes: a jump never covers a place that other code
+//! enters, a glob passes over what cannot be probed (and says so), and the
+//! messages about probes stay readable. Every run is compared with a native
+//! run of the same program.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::Path;
+
+use common::{assert_our_error, assert_same, printed, probed_report_with, run, Case, Output, BIN};
+use uprobe_exec_samples::{path, Variant, NAMES};
+
+/// (label, kind, hits) of each probe in a report.
+fn sites(r: &serde_json::Value) -> Vec<(String, String, u64)> {
+    r["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .map(|p| {
+            (
+                p["symbol"].as_str().unwrap().to_string(),
+                p["kind"].as_str().unwrap().to_string(),
+                p["hits"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn ours(args: &[&str], prog: &Path, prog_args: &[&str]) -> Output {
+    run({
+        let mut c = std::process::Command::new(BIN);
+        c.args(args).arg(prog).args(prog_args);
+        c
+    })
+}
+
+/// Our stderr without the lines of our own warnings.
+fn without_our_warnings(mut out: Output) -> Output {
+    let text = out.stderr_str();
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("uprobe-exec: warning: "))
+        .collect();
+    out.stderr = kept.into_bytes();
+    out
+}
+
+/// Runs natively and under uprobe-exec with `opts`; the same output, apart
+/// from our warnings on stderr. Returns our run as it was.
+fn same_as_native(case: Case) -> Output {
+    let native = case.run_native();
+    let ours = case.run_ours();
+    let what = format!("{:?} {:?}", case.opts, case.argv);
+    assert_same(&what, &native, &without_our_warnings(ours.clone()));
+    ours
+}
+
+#[test]
+fn a_jump_never_covers_a_place_entered_from_elsewhere() {
+    // Each xe_* function is entered at +2 from outside itself; xe_plain,
+    // of the same shape, only at its entry. Auto mode takes a jump where
+    // it fits and skips the others (an int3 is not safe); int3 mode
+    // places int3s, which count exactly.
+    let n = 1000;
+    for v in Variant::ALL {
+        for (mode, want) in [
+            (
+                "auto",
+                &[("xe_plain", "jump", n), ("xe_jumper", "jump", n)][..],
+            ),
+            (
+                "int3",
+                &[
+                    ("xe_target", "int3", n),        // jumped to at +2 by xe_jumper
+                    ("xe_ptr", "int3", n),           // +2 is stored in data, called through it
+                    ("xe_table", "int3", n + n / 2), // +2 is in xe_dispatch's jump table; +0 too
+                    ("xe_label", "int3", n),         // a symbol at +2
+                ][..],
+            ),
+        ] {
+            let (out, r) = probed_report_with(
+                "enter",
+                &["--probe-mode", mode],
+                &path("sites", v),
+                &["enter", "1000"],
+                &["xe_*"],
+            );
+            assert_eq!(printed(&out, "enter"), n);
+            let got = sites(&r);
+            for (name, kind, hits) in want {
+                let (_, k, h) = got
+                    .iter()
+                    .find(|(l, _, _)| l == name)
+                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
+                assert_eq!((k.as_str(), *h), (*kind, *hits), "{name} ({v:?})");
+            }
+            if mode == "auto" {
+                assert_eq!(got.len(), 2, "only the jump sites: {got:?}");
+                assert!(r["warnings"].to_string().contains("xe_target"), "{r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn jump_mode_names_what_enters_the_displaced_bytes() {
+    let s = path("sites", Variant::Static);
+    for (spec, why) in [
+        (
+            "xe_target",
+            "branches into the displaced bytes, at xe_target+0x2",
+        ),
+        ("xe_ptr", "the pointer at"),
+        ("xe_table", "the jump table at"),
+        ("xe_label", "a symbol points into the displaced bytes"),
+    ] {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["enter", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+    // The same shape, entered only at its first byte, takes a jump.
+    same_as_native(
+        Case::new(&s, ["enter", "50"])
+            .opt("-q")
+            .opt("--probe-mode")
+            .opt("jump")
+            .opt("-p")
+            .opt("xe_plain"),
+    );
+}
+
+#[test]
+fn a_jump_never_covers_an_exception_landing_pad() {
+    // lp_fn+0xb is a landing pad (known only from the LSDA) that lp_fn+0x9
+    // falls through to: a jump at +0x9 would displace it.
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        let out = ours(
+            &["--probe-mode", "jump", "-p", "lp_fn+9"],
+            &s,
+            &["unwind", "1"],
+        );
+        assert_our_error("lp_fn+9", &out, 125);
+        assert!(
+            out.stderr_str()
+                .contains("exception landing pad of the function at")
+                && out.stderr_str().contains("at lp_fn+0xb"),
+            "{}",
+            out.stderr_str()
+        );
+        let (out, r) = probed_report_with(
+            "unwind",
+            &["--probe-mode", "int3"],
+            &s,
+            &["unwind", "40"],
+            &["lp_fn+9"],
+        );
+        assert_eq!(printed(&out, "landing_pad"), 40);
+        assert_eq!(r["probes"][0]["kind"], "int3", "{v:?}");
+        // Only the threads that return fall through the site.
+        assert_eq!(r["probes"][0]["hits"], 20, "{v:?}");
+    }
+}
+
+/// Small workloads for each sample.
+fn workloads(name: &str) -> &'static [&'static [&'static str]] {
+    match name {
+        "hello" => &[&["a", "b"]],
+        "bigtext" => &[&["50"]],
+        "layout" => &[&["recurse", "1"]],
+        "pages" => &[&["--threads", "4"], &["--fork"]],
+        "probed" => &[&["sites", "20"], &["fork", "20"]],
+        "sites" => &[&["enter", "20"], &["unwind", "6"]],
+        "spin" => &[&["1000"]],
+        "crash" => &[&["10"]],
+        "harm" => &[&["blockedthread", "20"], &["ignoretrap", "5"]],
+        "nodump" => &[&["10"]],
+        // Reads its own text: under '*' it sees the probes (README).
+        "selfmem" => &[],
+        other => panic!("no workload for the sample {other}: add one here"),
+    }
+}
+
+#[test]
+fn every_function_of_every_sample_probed_runs_as_natively() {
+    for name in NAMES {
+        for v in Variant::ALL {
+            for args in workloads(name) {
+                same_as_native(Case::new(path(name, v), *args).opt("-q").opt("-p").opt("*"));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_glob_skips_what_cannot_be_probed_and_says_why() {
+    let s = path("sites", Variant::Pie);
+    let dir = common::TempDir::new("skip");
+    let report = dir.join("r.json");
+    let out = same_as_native(
+        Case::new(&s, ["skip", "300"])
+            .opt("-q")
+            .opt("--report-json")
+            .opt(&report)
+            .opt("-p")
+            .opt("skip_*"),
+    );
+    // -q keeps our warnings off the program's stderr; the report has them.
+    assert!(!out.stderr_str().contains("uprobe-exec: warning"), "{}", out.stderr_str());
+    let r = common::read_report(&report);
+    let all: Vec<String> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(all.len(), 1, "one summary warning: {all:?}");
+    let warnings = [all[0].as_str()];
+    for needle in [
+        "skipped 3 of the 4",
+        "not in the executable text: skip_marker",
+        "cannot run out of line: skip_int3, skip_ud2",
+    ] {
+        assert!(warnings[0].contains(needle), "{needle}: {}", warnings[0]);
+    }
+    assert_eq!(
+        sites(&r),
+        [("skip_ok".to_string(), "jump".to_string(), 300)]
+    );
+
+    // Named one by one, each is an error with its reason.
+    for (spec, why) in [
+        ("skip_ud2", "`ud2` is undefined on purpose"),
+        ("skip_int3", "`int3` raises an interrupt"),
+        ("skip_marker", "is not in the executable text"),
+    ] {
+        let out = ours(&["-p", spec], &s, &["skip", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+
+    // --list shows why.
+    let out = ours(&["--list", "-p", "skip_*"], &s, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let list = out.stdout_str();
+    for (name, why) in [
+        (
+            "skip_ud2",
+            "(cannot be probed: its first instruction `ud2` is undefined on purpose)",
+        ),
+        (
+            "skip_int3",
+            "(cannot be probed: its first instruction `int3` raises an interrupt)",
+        ),
+        (
+            "skip_marker",
+            "(cannot be probed: it is not in the executable text)",
+        ),
+    ] {
+        let line = list
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("{name} in {list}"));
+        assert!(line.contains(why), "{line}");
+    }
+    let ok = list
+        .lines()
+        .find(|l| l.ends_with(" skip_ok"))
+        .expect("skip_ok listed");
+    assert!(!ok.contains("cannot"), "{ok}");
+}
+
+/// A command to run natively and under `--probe '*'`, where it exists.
+fn system_program(prog: &str, args: &[&str]) -> Option<Case> {
+    if !Path::new(prog).exists() {
+        eprintln!("skipped: {prog} is not installed");
+        return None;
+    }
+    Some(Case::new(prog, args).opt("-q").opt("-p").opt("*"))
+}
+
+#[test]
+fn every_function_of_bash_and_perl_probed_runs_as_natively() {
+    let script = "x=0; for i in 1 2 3 4 5; do x=$((x + i * i)); done; echo \"sum $x\"; \
+                  printf '%s\\n' \"${BASH_VERSINFO[0]}\" | tr 0-9 a-j; case abc in a*) echo glob;; esac";
+    if let Some(c) = system_program("/usr/bin/bash", &["-c", script]) {
+        same_as_native(c);
+    }
+    let perl = "my %h = map { $_ => $_ * 2 } 1..50; my @k = sort { $a <=> $b } keys %h; \
+                printf \"%d %s\\n\", scalar(@k), join(',', map { $h{$_} } @k[0..4]); \
+                my $s = 'abc' x 3; $s =~ s/b/B/g; print \"$s\\n\"";
+    if let Some(c) = system_program("/usr/bin/perl", &["-e", perl]) {
+        same_as_native(c);
+    }
+}
+
+#[test]
+fn node_keeps_its_copied_builtins_unprobed() {
+    // V8 copies its embedded builtins (Builtins_*) next to its code range
+    // and runs the copy: a probe there would break the copy. Before, a
+    // jump in Builtins_* killed node with SIGSEGV, an int3 with SIGTRAP.
+    let js = "console.log([3, 1, 2].map(x => x * 2).sort().join(','))";
+    let Some(case) = system_program("/usr/bin/node", &["-e", js]) else {
+        return;
+    };
+    let dir = common::TempDir::new("node");
+    let report = dir.join("r.json");
+    let case = Case {
+        opts: ["-q", "-p", "Builtins_*", "-p", "uv_*", "--report-json"]
+            .iter()
+            .map(Into::into)
+            .chain([report.clone().into_os_string()])
+            .collect(),
+        ..case
+    };
+    same_as_native(case);
+    let r = common::read_report(&report);
+    assert!(
+        r["warnings"]
+            .to_string()
+            .contains("copied and run elsewhere by the program: Builtins_"),
+        "{r}"
+    );
+    let out = ours(
+        &["-p", "Builtins_ArrayMap"],
+        Path::new("/usr/bin/node"),
+        &["-e", "1"],
+    );
+    assert_our_error("Builtins_ArrayMap", &out, 125);
+    assert!(
+        out.stderr_str().contains("V8's embedded builtins"),
+        "{}",
+        out.stderr_str()
+    );
+}
+
+#[test]
+fn a_program_whose_code_is_all_in_shared_libraries_says_so() {
+    // sqlite3 defines no function of its own that it exports, and has no
+    // .symtab: its code is in libsqlite3.
+    let Some(_) = system_program("/usr/bin/sqlite3", &[]) else {
+        return;
+    };
+    let out = ours(
+        &["-p", "*"],
+        Path::new("/usr/bin/sqlite3"),
+        &[":memory:", "select 1;"],
+    );
+    assert_our_error("sqlite3 '*'", &out, 125);
+    let err = out.stderr_str();
+    assert!(
+        err.contains("libsqlite3.so.0") && err.contains("only the main executable can be probed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_function_of_a_shared_library_is_named_as_such() {
+    let hello = path("hello", Variant::Pie);
+    for name in ["fprintf", "malloc"] {
+        let out = ours(&["-p", name], &hello, &[]);
+        assert_our_error(name, &out, 125);
+        let err = out.stderr_str();
+        assert!(
+            err.contains("shared library") && err.contains("libc.so.6"),
+            "{name}: {err}"
+        );
+        assert!(
+            err.contains("only the main executable can be probed"),
+            "{name}: {err}"
+        );
+        assert!(
+            !err.contains("close names") && !err.contains("stripped"),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
+fn close_names_rank_the_fewest_edits_first() {
+    let out = ours(&["-p", "fbi"], &path("probed", Variant::Pie), &["fib", "5"]);
+    assert_our_error("fbi", &out, 125);
+    assert!(
+        out.stderr_str().contains("; close names: fib"),
+        "{}",
+        out.stderr_str()
+    );
+}
+
+#[test]
+fn the_count_table_caps_long_names() {
+    // long_fn's symbol is 69637 characters long.
+    for v in [Variant::Static, Variant::Pie] {
+        let case = Case::new(path("sites", v), ["long", "7"])
+            .opt("-p")
+            .opt("long_*")
+            .opt("-p")
+            .opt("short_fn");
+        let (native, out) = (case.run_native(), case.run_ours());
+        // Ours printed the table after the program's (empty) stderr.
+        let err = out.stderr_str();
+        let table_at = err
+            .find("uprobe-exec: 2 probe sites")
+            .expect("the count table");
+        let mut program_only = out.clone();
+        program_only.stderr.truncate(table_at);
+        assert_same("sites long", &native, &program_only);
+        let table: Vec<&str> = err.lines().skip_while(|l| !l.starts_with("FUNC")).collect();
+        assert_eq!(table.len(), 3, "{err}");
+        let width = table[0].chars().count();
+        assert!(width <= 64, "header is {width} characters");
+        for l in &table {
+            assert_eq!(l.chars().count(), width, "aligned: {l:?}");
+        }
+        assert!(
+            table[1].starts_with("long_xxxx") && table[1].contains('…'),
+            "{}",
+            table[1]
+        );
+        assert!(
+            table[1].ends_with(" 7")
+                && table[2].starts_with("short_fn ")
+                && table[2].ends_with(" 7")
+        );
+    }
+}
