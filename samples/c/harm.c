@@ -7,12 +7,20 @@
 //   harm blockedthread N a thread created with every signal blocked (as Go
 //                        creates its threads) calls hit() N times
 //   harm ignoretrap N    signal(SIGTRAP, SIG_IGN), hit() N times, raise(SIGTRAP)
+//   harm traps N         SIGTRAP in every form while hit() is probed: a
+//                        handler with SA_RESETHAND and an sa_mask, a handler
+//                        that itself calls hit(), a child that changes its
+//                        SIGTRAP action (the parent's must not change), the
+//                        program's own int3, and a seccomp user-notification
+//                        listener of its own; prints what it saw
 //   harm evict T C       T threads call two functions on their own pages in a
 //                        loop while the main thread drops those pages C times
 //   harm storm N         50 children each fork N/50 grandchildren that wait
 //                        forever, and keep forking short-lived ones; prints
 //                        "ready" once all N are there
 #define _GNU_SOURCE
+#include <errno.h>
+#include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <pthread.h>
 #include <signal.h>
@@ -42,6 +50,14 @@ static void *evict_worker(void *arg) {
     uint64_t acc = (uintptr_t)arg;
     while (!__atomic_load_n(&evict_stop, __ATOMIC_RELAXED)) acc = evict_b(evict_a(acc));
     return (void *)(uintptr_t)acc;
+}
+
+static volatile sig_atomic_t traps_seen, hits_in_handler;
+
+static void on_trap(int sig) {
+    (void)sig;
+    traps_seen++;
+    hits_in_handler += (hit(1) == 10);
 }
 
 static long calls(long n) {
@@ -86,6 +102,43 @@ int main(int argc, char **argv) {
         printf("survived SIGTRAP\n");
         return 0;
     }
+    if (!strcmp(mode, "traps")) {
+        printf("calls acc=%ld\n", calls(n));
+        // A handler with SA_RESETHAND and a mask; it calls a probed function.
+        struct sigaction sa = {.sa_handler = on_trap, .sa_flags = SA_RESETHAND};
+        sigemptyset(&sa.sa_mask);
+        sigaddset(&sa.sa_mask, SIGUSR1);
+        sigaction(SIGTRAP, &sa, NULL);
+        raise(SIGTRAP);
+        struct sigaction now;
+        sigaction(SIGTRAP, NULL, &now);
+        printf("resethand: seen=%d in_handler=%d reset=%d\n", (int)traps_seen,
+               (int)hits_in_handler, now.sa_handler == SIG_DFL);
+        // The program's own int3, with a handler.
+        sa.sa_flags = 0;
+        sigaction(SIGTRAP, &sa, NULL);
+        __asm__ volatile("int3");
+        printf("own int3: seen=%d\n", (int)traps_seen);
+        // A child changes its action; the parent's stays.
+        pid_t c = fork();
+        if (c == 0) {
+            signal(SIGTRAP, SIG_IGN);
+            raise(SIGTRAP);
+            _exit(hit(2) == 17 ? 0 : 1);
+        }
+        int st;
+        waitpid(c, &st, 0);
+        sigaction(SIGTRAP, NULL, &now);
+        printf("child: status=%d parent_handler_kept=%d\n", WEXITSTATUS(st), now.sa_handler == on_trap);
+        // A seccomp user-notification listener of our own (allow all).
+        struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+        struct sock_fprog prog = {.len = 1, .filter = &allow};
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        long fd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+        printf("own listener: %s\n", fd >= 0 ? "ok" : strerror(errno));
+        printf("calls acc=%ld\n", calls(n));
+        return 0;
+    }
     if (!strcmp(mode, "evict") && argc > 3) {
         long threads = n, cycles = strtol(argv[3], NULL, 0);
         pthread_t th[1024];
@@ -120,6 +173,7 @@ int main(int argc, char **argv) {
                     if (p == 0) _exit(0);
                     if (p > 0) waitpid(p, NULL, 0);
                     hit(1);
+                    usleep(2000); /* a storm, not a CPU hog for the other tests */
                 }
             }
         }
