@@ -104,28 +104,8 @@ fn python_with_sigtrap_blocked_runs_as_natively_under_py_star() {
     assert!(hits > 10_000, "{hits}");
 }
 
-/// The processes whose parent is `pid`.
-fn children_of(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        if rest.split_whitespace().nth(1).and_then(|x| x.parse().ok()) == Some(pid) {
-            out.push(p);
-        }
-    }
-    out
-}
-
-/// Processes whose process group is `pgid`.
-fn group_members(pgid: i32) -> Vec<i32> {
+/// Each live process's (pid, state, ppid, pgrp), from /proc/PID/stat.
+fn processes() -> Vec<(i32, String, i32, i32)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -135,15 +115,35 @@ fn group_members(pgid: i32) -> Vec<i32> {
             continue;
         };
         // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        let Some((_, rest)) = stat.rsplit_once(')') else {
             continue;
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
-        if f.len() > 2 && f[2].parse() == Ok(pgid) && f[0] != "Z" {
-            out.push(pid);
+        if let (Some(state), Some(Ok(ppid)), Some(Ok(pgrp))) =
+            (f.first(), f.get(1).map(|x| x.parse()), f.get(2).map(|x| x.parse()))
+        {
+            out.push((pid, state.to_string(), ppid, pgrp));
         }
     }
     out
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.2 == pid)
+        .map(|p| p.0)
+        .collect()
+}
+
+/// Processes (not zombies) whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    processes()
+        .into_iter()
+        .filter(|p| p.3 == pgid && p.1 != "Z")
+        .map(|p| p.0)
+        .collect()
 }
 
 #[test]

@@ -1519,6 +1519,13 @@ fn start(
                 .to_string(),
         );
     }
+    if probes.is_some() {
+        limits.push(
+            "probe sites read as what was patched in (a jmp to a trampoline or an int3) in \
+             debuggers, /proc/PID/mem and core dumps"
+                .into(),
+        );
+    }
     if let Some(at) = plan.program.displaced_from {
         limits.push(format!(
             "the program was loaded at {:#x} in the mmap area instead of {at:#x}, where the kernel \
