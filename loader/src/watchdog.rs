@@ -178,6 +178,13 @@ pub unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
     // SAFETY: (whole function) system calls on our own process and children.
     unsafe {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        // Every signal blocked before the fork, SIGCHLD above all: were the
+        // program to end before we block it, its SIGCHLD (ignored by
+        // default) would be discarded, and we would never learn of its exit.
+        // The stage sets the program's own mask.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
         let plan = StagePlan {
             monitor: libc::getpid(),
             ..*stage_plan
@@ -210,9 +217,6 @@ pub unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
 
         // Our own life: no signal but SIGKILL can end it, and we keep no fd
         // of the program's (a pipe held open here would never see EOF).
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
         let mut chld: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut chld);
         libc::sigaddset(&mut chld, libc::SIGCHLD);
