@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_our_error, printed, probed_report, run, Case, TempDir, BIN};
+use common::{assert_our_error, printed, run, Case, TempDir, BIN};
 use uprobe_exec_samples::{path, Variant};
 
 /// (label, kind, hits) of each probe in a report.
