@@ -678,7 +678,8 @@ impl Plan {
                 rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC,
             )
             .map_err(|e| fail(format!("protecting the probe area: {e}")))?;
-            // The cache page (pid, row) starts empty in every forked process.
+            // The row page (pid, row) starts empty in every forked process,
+            // which then faults it in from the monitor (see the fault server).
             rustix::mm::madvise(
                 p.cast::<u8>().add(code_len as usize).cast(),
                 PAGE_SIZE as usize,

@@ -953,7 +953,8 @@ pub struct Counting {
     pub counter: u64,
     /// The site's index in a per-process row.
     pub index: u64,
-    /// The private cache page (pid, row), wiped on fork.
+    /// The row page (pid, row): private, wiped on fork, filled by the
+    /// monitor on each process's first touch.
     pub cache: u64,
     /// The routine that claims this process's row.
     pub claim: u64,
