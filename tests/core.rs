@@ -157,7 +157,11 @@ fn hello_raise_sigsegv_all_variants() {
     for v in Variant::ALL {
         let (n, o) = hello_case(v, &["--raise", "11"], &d).compare();
         assert_eq!(n.signal, Some(11), "{v:?}: native must die of SIGSEGV");
-        assert_eq!(o.signal, Some(11), "{v:?}: uprobe-exec must die of SIGSEGV too");
+        assert_eq!(
+            o.signal,
+            Some(11),
+            "{v:?}: uprobe-exec must die of SIGSEGV too"
+        );
     }
 }
 
@@ -596,7 +600,11 @@ fn script_without_shebang_runs_with_sh() {
     // execve says ENOEXEC; execvp (here: std's spawn), env and nohup then
     // run `/bin/sh FILE ARGS...`.
     let d = TempDir::new("noshebang");
-    let f = d.write("text", b"echo \"0=$0 args=$*\"\necho err >&2\nexit 3\n", 0o755);
+    let f = d.write(
+        "text",
+        b"echo \"0=$0 args=$*\"\necho err >&2\nexit 3\n",
+        0o755,
+    );
     let (n, _) = Case::new(&f, ["a b", "c"]).cwd(&d.path).compare();
     assert_eq!(n.stdout_str(), format!("0={} args=a b c\n", f.display()));
     assert_eq!(n.code, Some(3));
@@ -604,7 +612,9 @@ fn script_without_shebang_runs_with_sh() {
     // Found through PATH: $0 is the path found.
     let path = format!("{}:/usr/bin:/bin", d.path.display());
     let (n, _) = Case::new("text", ["p"]).env("PATH", &path).compare();
-    assert!(n.stdout_str().starts_with(&format!("0={}", d.join("text").display())));
+    assert!(n
+        .stdout_str()
+        .starts_with(&format!("0={}", d.join("text").display())));
     // An empty file runs as an empty shell script.
     let e = d.write("empty", b"", 0o755);
     let (n, _) = Case::new(&e, ["x"]).compare();
@@ -629,13 +639,22 @@ fn missing_interpreter_127() {
     let name = b"/nonexistent/ld.so\0";
     elf[at..at + name.len()].copy_from_slice(name);
     let prog = d.write("prog", &elf, 0o755);
-    for (f, missing) in [(&script, "/nonexistent/interp"), (&prog, "/nonexistent/ld.so")] {
+    for (f, missing) in [
+        (&script, "/nonexistent/interp"),
+        (&prog, "/nonexistent/ld.so"),
+    ] {
         let native = run({
             let mut c = Command::new("/usr/bin/env");
             c.arg(f);
             c
         });
-        assert_eq!(native.code, Some(127), "env {}: {}", f.display(), native.stderr_str());
+        assert_eq!(
+            native.code,
+            Some(127),
+            "env {}: {}",
+            f.display(),
+            native.stderr_str()
+        );
         let ours = tool(&[f.as_os_str()]);
         assert_our_error(missing, &ours, 127);
         assert!(ours.stderr_str().contains(missing), "{}", ours.stderr_str());
@@ -983,13 +1002,11 @@ fn handoff_proc_self_maps() {
         .iter()
         .find(|f| f.get(5) == Some(&"/usr/bin/cat"))
         .expect("cat mapped");
-    let text = lines
-        .iter()
-        .find(|f| {
-            f[1] == "r-xp"
-                && f.get(5) == Some(&"/memfd:uprobe-exec")
-                && range(f).0 == range(first_cat).1
-        });
+    let text = lines.iter().find(|f| {
+        f[1] == "r-xp"
+            && f.get(5) == Some(&"/memfd:uprobe-exec")
+            && range(f).0 == range(first_cat).1
+    });
     assert!(
         text.is_some(),
         "no r-xp memfd text after the first cat mapping:\n{maps}"
@@ -1360,7 +1377,11 @@ fn closed_std_fds_stay_closed() {
         }
         let (n, _) = c.compare();
         let lowest = fds[0].to_string();
-        assert!(n.stdout_str().lines().any(|l| l == lowest), "{fds:?}: {}", n.stdout_str());
+        assert!(
+            n.stdout_str().lines().any(|l| l == lowest),
+            "{fds:?}: {}",
+            n.stdout_str()
+        );
         c.nobody().compare();
     }
     // All three closed: output through fd 5 only.
@@ -1465,7 +1486,11 @@ fn ld_trace_loaded_objects_lists_the_programs_libraries() {
         c.arg("/bin/ls");
         c
     });
-    assert!(native.stdout_str().contains("libc.so.6"), "{}", native.stdout_str());
+    assert!(
+        native.stdout_str().contains("libc.so.6"),
+        "{}",
+        native.stdout_str()
+    );
     for (what, expected) in [("native", &native), ("ldd", &ldd)] {
         assert_eq!(
             without_addresses(&ours.stdout_str()),
@@ -1510,7 +1535,11 @@ fn ld_show_auxv_and_ld_debug_come_from_the_program_only() {
     let case = Case::new("/bin/echo", ["hi"]).env("LD_SHOW_AUXV", "1");
     let (native, ours) = (case.run_native(), case.run_ours());
     assert_eq!(keys(&ours), keys(&native), "{}", ours.stdout_str());
-    assert!(ours.stdout_str().ends_with("\nhi\n"), "{}", ours.stdout_str());
+    assert!(
+        ours.stdout_str().ends_with("\nhi\n"),
+        "{}",
+        ours.stdout_str()
+    );
     assert_eq!(ours.code, Some(0));
 
     let case = Case::new("/bin/echo", ["hi"]).env("LD_DEBUG", "libs");

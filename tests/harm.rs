@@ -4,8 +4,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::*;
 use common::probed_report_with;
+use common::*;
 use uprobe_exec_samples::{path as sample, Variant};
 
 #[test]
@@ -16,7 +16,10 @@ fn processes_that_outlive_the_first_never_run_unfilled_text() {
     for (v, probes) in [
         (Variant::Static, &[][..]),
         (Variant::Pie, &["-q", "-p", "big_00*"][..]),
-        (Variant::StaticPie, &["-q", "--probe-mode", "int3", "-p", "big_7f*"][..]),
+        (
+            Variant::StaticPie,
+            &["-q", "--probe-mode", "int3", "-p", "big_7f*"][..],
+        ),
     ] {
         let mut case = Case::new(sample("bigtext", v), ["--outlive", "300"]);
         for o in probes {
@@ -97,9 +100,16 @@ fn python_with_sigtrap_blocked_runs_as_natively_under_py_star() {
         &["-c", script],
         &["Py*"],
     );
-    assert!(out.stdout_str().contains("Signals.SIGTRAP"), "{}", out.stdout_str());
+    assert!(
+        out.stdout_str().contains("Signals.SIGTRAP"),
+        "{}",
+        out.stdout_str()
+    );
     let probes = r["probes"].as_array().unwrap();
-    assert!(probes.iter().all(|p| p["kind"] == "jump"), "auto mode places jumps only");
+    assert!(
+        probes.iter().all(|p| p["kind"] == "jump"),
+        "auto mode places jumps only"
+    );
     let hits: u64 = probes.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
     assert!(hits > 10_000, "{hits}");
 }
@@ -119,9 +129,11 @@ fn processes() -> Vec<(i32, String, i32, i32)> {
             continue;
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
-        if let (Some(state), Some(Ok(ppid)), Some(Ok(pgrp))) =
-            (f.first(), f.get(1).map(|x| x.parse()), f.get(2).map(|x| x.parse()))
-        {
+        if let (Some(state), Some(Ok(ppid)), Some(Ok(pgrp))) = (
+            f.first(),
+            f.get(1).map(|x| x.parse()),
+            f.get(2).map(|x| x.parse()),
+        ) {
             out.push((pid, state.to_string(), ppid, pgrp));
         }
     }
@@ -160,7 +172,9 @@ fn a_killed_monitor_takes_a_fork_storm_with_it() {
     let monitor = g.pid();
     let child = g.child.as_mut().unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line, "ready\n");
     let before = group_members(monitor).len();
     assert!(before > 1000, "{before} processes");
@@ -178,7 +192,11 @@ fn a_killed_monitor_takes_a_fork_storm_with_it() {
     // How fast is a figure for the closing note, not a test (the kernel's
     // own teardown of a thousand processes varies with the machine's load);
     // that none is left is.
-    assert!(left.is_empty(), "{} processes outlived their monitor by {took:?}", left.len());
+    assert!(
+        left.is_empty(),
+        "{} processes outlived their monitor by {took:?}",
+        left.len()
+    );
 }
 
 #[test]
@@ -188,8 +206,18 @@ fn sigtrap_in_every_form_behaves_as_natively() {
     // seccomp listener of the program's own: auto mode places jumps only,
     // so none of these meets a trap or a guard of ours.
     for v in Variant::ALL {
-        let (out, r) = probed_report_with("traps", &[], &sample("harm", v), &["traps", "100"], &["hit"]);
-        assert!(out.stdout_str().contains("own listener: ok"), "{v:?}: {}", out.stdout_str());
+        let (out, r) = probed_report_with(
+            "traps",
+            &[],
+            &sample("harm", v),
+            &["traps", "100"],
+            &["hit"],
+        );
+        assert!(
+            out.stdout_str().contains("own listener: ok"),
+            "{v:?}: {}",
+            out.stdout_str()
+        );
         assert_eq!(r["probes"][0]["kind"], "jump", "{v:?}");
         // 100, the handler's two (the raise and the own int3), the
         // child's one, 100.
@@ -204,7 +232,8 @@ fn kill_trap_from_outside_kills_as_natively() {
     for ours in [false, true] {
         let mut cmd = if ours {
             let mut c = Command::new(BIN);
-            c.args(["-q", "-p", "counted"]).arg(sample("probed", Variant::Pie));
+            c.args(["-q", "-p", "counted"])
+                .arg(sample("probed", Variant::Pie));
             c
         } else {
             Command::new(sample("probed", Variant::Pie))

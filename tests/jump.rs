@@ -104,7 +104,10 @@ fn auto_mode_refuses_a_named_site_where_only_an_int3_fits() {
         });
         assert_our_error(spec, &out, 125);
         let err = out.stderr_str();
-        assert!(err.contains(why) && err.contains("--probe-mode int3"), "{spec}: {err}");
+        assert!(
+            err.contains(why) && err.contains("--probe-mode int3"),
+            "{spec}: {err}"
+        );
     }
     // A pattern skips them, says so, and probes the rest.
     let dir = TempDir::new("defeatglob");
@@ -126,7 +129,11 @@ fn auto_mode_refuses_a_named_site_where_only_an_int3_fits() {
         "{}",
         r["warnings"]
     );
-    assert!(ours.stderr_str().contains("not probed"), "{}", ours.stderr_str());
+    assert!(
+        ours.stderr_str().contains("not probed"),
+        "{}",
+        ours.stderr_str()
+    );
 }
 
 #[test]

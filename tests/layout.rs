@@ -54,7 +54,12 @@ fn ours(program: &Path, args: &[&str]) -> Output {
 }
 
 /// The same command under `sh -c 'ulimit -s LIMIT; exec "$@"'`.
-fn with_stack_limit(limit: &str, ours_opts: Option<&[&str]>, program: &Path, args: &[&str]) -> Output {
+fn with_stack_limit(
+    limit: &str,
+    ours_opts: Option<&[&str]>,
+    program: &Path,
+    args: &[&str],
+) -> Output {
     let script = format!("ulimit -s {limit} && exec \"$@\"");
     run_via(&["/bin/sh", "-c", &script, "sh"], ours_opts, program, args)
 }
@@ -81,7 +86,8 @@ fn layout_is_randomised_like_execve_all_variants() {
                 values(&o)
             })
             .collect();
-        let nat: Vec<HashMap<String, String>> = (0..4).map(|_| values(&native(&prog, &["addrs"]))).collect();
+        let nat: Vec<HashMap<String, String>> =
+            (0..4).map(|_| values(&native(&prog, &["addrs"]))).collect();
         for key in ["main", "brk", "stack"] {
             let distinct = |rs: &[HashMap<String, String>]| {
                 let mut all: Vec<u64> = rs.iter().map(|r| hex(r, key)).collect();
@@ -97,7 +103,11 @@ fn layout_is_randomised_like_execve_all_variants() {
             // The same page offset as natively, and the same region.
             let (o, n) = (hex(&runs[0], key), hex(&nat[0], key));
             assert_eq!(o & 0xf, n & 0xf, "{v:?} {key}: {o:#x} vs native {n:#x}");
-            assert_eq!(o >> 44, n >> 44, "{v:?} {key}: {o:#x} in another region than native {n:#x}");
+            assert_eq!(
+                o >> 44,
+                n >> 44,
+                "{v:?} {key}: {o:#x} in another region than native {n:#x}"
+            );
         }
     }
 }
@@ -151,7 +161,11 @@ fn stack_grows_to_an_unlimited_rlimit() {
 
 #[test]
 fn stack_overflows_at_the_native_depth() {
-    for (limit, v) in [("8192", Variant::Pie), ("2048", Variant::Static), ("8192", Variant::StaticPie)] {
+    for (limit, v) in [
+        ("8192", Variant::Pie),
+        ("2048", Variant::Static),
+        ("8192", Variant::StaticPie),
+    ] {
         let prog = sample("layout", v);
         let n = with_stack_limit(limit, None, &prog, &["overflow"]);
         let o = with_stack_limit(limit, Some(&[]), &prog, &["overflow"]);
@@ -183,7 +197,9 @@ fn executable_stack_when_pt_gnu_stack_asks() {
         let lib = d.join("libx.so");
         let cc = run({
             let mut c = Command::new("/usr/bin/cc");
-            c.args(["-shared", "-fPIC", "-z", "execstack", "-o"]).arg(&lib).arg(&src);
+            c.args(["-shared", "-fPIC", "-z", "execstack", "-o"])
+                .arg(&lib)
+                .arg(&src);
             c
         });
         ok("cc", &cc);
@@ -212,7 +228,11 @@ fn brk_has_the_native_room_with_probes() {
 fn madvise_on_text_answers_as_for_a_file_mapping() {
     for v in Variant::ALL {
         let (n, _) = Case::new(sample("layout", v), ["madvise"]).compare();
-        assert!(n.stdout_str().contains("MADV_FREE=Invalid argument"), "{}", n.stdout_str());
+        assert!(
+            n.stdout_str().contains("MADV_FREE=Invalid argument"),
+            "{}",
+            n.stdout_str()
+        );
     }
 }
 
@@ -291,7 +311,10 @@ fn unprivileged_text_dropped_before_fork_is_refilled() {
     // page must still come back with the program's bytes, never zeros.
     for v in [Variant::Pie, Variant::Static] {
         let (_d, bin, prog) = nobody_copies("dropfork", v);
-        let (n, _) = Case::new(&prog, ["dropfork", "300"]).tool(&bin).nobody().compare();
+        let (n, _) = Case::new(&prog, ["dropfork", "300"])
+            .tool(&bin)
+            .nobody()
+            .compare();
         assert_eq!(n.stdout_str(), "children_ok=300\n");
         let (n, _) = Case::new(&prog, ["dropfork", "50"])
             .tool(&bin)
@@ -312,7 +335,13 @@ fn overwrite_while_running(tool: Option<&Path>, prog: &Path, nobody: bool) -> (S
     use std::process::Stdio;
     let mut argv: Vec<OsString> = Vec::new();
     if nobody && is_root() {
-        for a in ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"] {
+        for a in [
+            "/usr/bin/setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ] {
             argv.push(a.into());
         }
     }
@@ -322,7 +351,9 @@ fn overwrite_while_running(tool: Option<&Path>, prog: &Path, nobody: bool) -> (S
     argv.push(prog.into());
     argv.push("wait".into());
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).stdin(Stdio::piped()).stdout(Stdio::piped());
+    cmd.args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     let mut g = spawn_guarded(&mut cmd);
     let child = g.child.as_mut().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -363,7 +394,10 @@ fn the_program_file_cannot_change_under_the_program() {
     // kernel write-protects as for execve.
     let (ours, refused) = overwrite_while_running(Some(&bin), &prog, false);
     assert_eq!(ours, native);
-    assert!(refused, "with PR_SET_MM_MAP writers are refused as natively");
+    assert!(
+        refused,
+        "with PR_SET_MM_MAP writers are refused as natively"
+    );
     if is_root() {
         // Unprivileged: the write goes through, but the program runs from a
         // sealed copy taken at start.

@@ -486,7 +486,12 @@ fn fuzz_parse_resolve_plan() {
                 .iter()
                 .filter(|s| check.check(&image, s).is_ok())
                 .count();
-            let Ok(mut plan) = Plan::new(image, None, &uprobe_exec::layout::Aslr::current(), uprobe_exec::plan::TextBacking::File) else {
+            let Ok(mut plan) = Plan::new(
+                image,
+                None,
+                &uprobe_exec::layout::Aslr::current(),
+                uprobe_exec::plan::TextBacking::File,
+            ) else {
                 return false;
             };
             let bias = plan.program.bias.0;
@@ -653,5 +658,10 @@ fn files_the_helpers_write_run_while_other_threads_fork() {
     for t in forkers {
         t.join().unwrap();
     }
-    assert!(failures.is_empty(), "{} of 100 failed: {:?}", failures.len(), failures.first());
+    assert!(
+        failures.is_empty(),
+        "{} of 100 failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
 }

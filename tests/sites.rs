@@ -211,7 +211,11 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
             .opt("skip_*"),
     );
     // -q keeps our warnings off the program's stderr; the report has them.
-    assert!(!out.stderr_str().contains("uprobe-exec: warning"), "{}", out.stderr_str());
+    assert!(
+        !out.stderr_str().contains("uprobe-exec: warning"),
+        "{}",
+        out.stderr_str()
+    );
     let r = common::read_report(&report);
     let all: Vec<String> = r["warnings"]
         .as_array()

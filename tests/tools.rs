@@ -491,7 +491,10 @@ fn perf_names_the_functions_of_the_program() {
             let ours = perf_top_symbol(nobody, &dir.join(""), &ours_argv, &comm);
             // Unprivileged, the program ran from a copy left for perf.
             for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
-                if e.file_name().to_string_lossy().starts_with("uprobe-exec-perf-65534-") {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with("uprobe-exec-perf-65534-")
+                {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }

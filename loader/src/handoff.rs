@@ -191,7 +191,8 @@ pub fn vdso() -> Option<(u64, &'static [u8])> {
     }))
 }
 
-fn parse_range(line: &str) -> Option<(u64, u64)> {
+/// The address range at the start of a `/proc/PID/maps` line.
+pub(crate) fn parse_range(line: &str) -> Option<(u64, u64)> {
     let r = line.split_whitespace().next()?;
     let (a, b) = r.split_once('-')?;
     Some((

@@ -197,7 +197,10 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
     // The program gets the disposition we were started with (see run).
     // SAFETY: setting a disposition before any other thread exists.
     let sigpipe = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    SIGPIPE_IGNORED.store(sigpipe == libc::SIG_IGN, std::sync::atomic::Ordering::Relaxed);
+    SIGPIPE_IGNORED.store(
+        sigpipe == libc::SIG_IGN,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Unwinding out of an `extern "C"` function would abort: a panic of
     // ours (already reported by the panic hook) is a failure of ours.
     let code = std::panic::catch_unwind(run).unwrap_or(125);

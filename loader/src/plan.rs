@@ -15,8 +15,8 @@ use uprobe_runtime::{TextImage, TextRange, PAGE_SIZE};
 
 use crate::addr::{page_down, page_up, Bias, RuntimeAddr};
 use crate::elf::{ElfKind, Image};
-use crate::layout::Aslr;
 use crate::error::{Error, Result};
+use crate::layout::Aslr;
 
 /// An area held with a `PROT_NONE` mapping in the monitor; released on drop.
 #[derive(Debug)]
@@ -340,12 +340,7 @@ fn map_image(
         let start = page_down(p.bias.0 + s.vaddr.0);
         let file_end = page_up(p.bias.0 + s.vaddr.0 + s.filesz);
         let mem_end = page_up(p.bias.0 + s.end());
-        let served = match text_map {
-            Text::AsFile => None,
-            Text::Served(fd) => Some(MapSource::File { fd, offset: 0 }),
-            Text::ServedAnon => Some(MapSource::Anon),
-        };
-        if let (Some(source), true) = (served, s.exec) {
+        if s.exec && !matches!(text_map, Text::AsFile) {
             // A page shared with the next segment is mapped by that segment, as the kernel would.
             let next_start = segs
                 .get(i + 1)
@@ -357,12 +352,12 @@ fn map_image(
                 addr: start,
                 len: end - start,
                 prot: s.prot(),
-                source: match source {
-                    MapSource::File { fd, .. } => MapSource::File {
+                source: match text_map {
+                    Text::Served(fd) => MapSource::File {
                         fd,
                         offset: first as u64 * PAGE_SIZE,
                     },
-                    MapSource::Anon => MapSource::Anon,
+                    _ => MapSource::Anon,
                 },
                 zero_from: 0,
                 zero_to: 0,
@@ -521,7 +516,10 @@ impl Plan {
     /// the file, and the text is mapped from it too: profilers name the
     /// program's functions from its symbols (`--perf-map` when forks cannot
     /// be followed). Such a copy is not sealed. Returns its path.
-    pub fn install_text(&mut self, visible_in: Option<&std::path::Path>) -> Result<Option<std::path::PathBuf>> {
+    pub fn install_text(
+        &mut self,
+        visible_in: Option<&std::path::Path>,
+    ) -> Result<Option<std::path::PathBuf>> {
         let fail = |what: &str, e: std::io::Error| Error::Plan {
             path: self.program.image.path.clone(),
             reason: format!("{what}: {e}"),
@@ -552,6 +550,7 @@ impl Plan {
         let file = self.program.image.file.as_raw_fd();
         let text_fd = self.text_file.as_raw_fd();
         let mut text_ranges = self.text_parts.iter();
+        let mut first_page = 0;
         for m in &mut self.maps {
             if let MapSource::File { fd, offset } = &mut m.source {
                 if *fd == file {
@@ -562,13 +561,11 @@ impl Plan {
                         continue;
                     };
                     for i in 0..range.pages {
-                        let index = self.image.index_of_page(range.start + i as u64 * PAGE_SIZE);
                         let at = bytes.start as u64 + i as u64 * PAGE_SIZE;
-                        if let Some(index) = index {
-                            write_all_at(&copy, self.image.page(index), at)
-                                .map_err(|e| fail("writing the text into the copy", e))?;
-                        }
+                        write_all_at(&copy, self.image.page(first_page + i), at)
+                            .map_err(|e| fail("writing the text into the copy", e))?;
                     }
+                    first_page += range.pages;
                     *fd = copy.as_raw_fd();
                     *offset = bytes.start as u64;
                 }

@@ -956,8 +956,6 @@ pub struct Counting {
     /// The row page (pid, row): private, wiped on fork, filled by the
     /// monitor on each process's first touch.
     pub cache: u64,
-    /// The routine that claims this process's row.
-    pub claim: u64,
 }
 
 /// The trampoline for a jump site at runtime address `ip`, placed at
@@ -993,8 +991,9 @@ pub fn encode_trampoline(
         v.push(Instruction::with(Code::Pushfq));
     }
     v.push(e(Instruction::with1(Code::Push_r64, Register::RAX))?);
-    // The hit goes in this process's row (cached in a page wiped on fork,
-    // else claimed); with no row left, in the site's overflow counter.
+    // The hit goes in this process's row, from its row page (filled by the
+    // monitor on first touch, wiped on fork); with none, in the site's
+    // overflow counter.
     v.push(e(Instruction::with2(
         Code::Mov_r64_imm64,
         Register::RAX,
@@ -1004,16 +1003,6 @@ pub fn encode_trampoline(
         Code::Mov_r64_rm64,
         Register::RAX,
         rax(8),
-    ))?);
-    v.push(e(Instruction::with2(
-        Code::Test_rm64_r64,
-        Register::RAX,
-        Register::RAX,
-    ))?);
-    v.push(e(Instruction::with_branch(Code::Jne_rel32_64, HAVE))?);
-    v.push(e(Instruction::with_branch(
-        Code::Call_rel32_64,
-        count.claim,
     ))?);
     v.push(e(Instruction::with2(
         Code::Test_rm64_r64,

@@ -185,7 +185,9 @@ impl Command {
         let program = Image::open(&resolved.elf)?;
         let interp = match &program.interp {
             Some(p) => Some(Image::open(p).map_err(|e| match e {
-                ElfError::Open { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+                ElfError::Open { path, source }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
                     Error::NoInterpreter {
                         program: resolved.elf.clone(),
                         interp: path,
@@ -264,7 +266,10 @@ impl Command {
             // Profilers read symbols from a file mapping's path: with
             // --perf-map the copy the program runs from is a file left for them.
             let dir = if self.perf_map {
-                Some(perf_copy_dir().map_err(|e| Error::sys("creating a directory for --perf-map", e))?)
+                Some(
+                    perf_copy_dir()
+                        .map_err(|e| Error::sys("creating a directory for --perf-map", e))?,
+                )
             } else {
                 None
             };
@@ -575,7 +580,6 @@ impl Probes {
                             counter: counters.addr_of(i + 1),
                             index: i as u64,
                             cache: base + len_code as u64,
-                            claim: base + trap::claim_row_offset() as u64,
                         };
                         probes::encode_trampoline(from, ip, len, flags_live, &count, slot)
                             .map_err(not_relocatable)?
@@ -737,10 +741,13 @@ fn resolve(program: &OsStr, args: &[OsString]) -> Result<Resolved> {
         return Ok(r);
     }
     // glibc's execvp: argv[0] gives way to the shell and the file found.
-    let argv = [SHELL.as_bytes().to_vec(), path.as_os_str().as_bytes().to_vec()]
-        .into_iter()
-        .chain(args)
-        .collect();
+    let argv = [
+        SHELL.as_bytes().to_vec(),
+        path.as_os_str().as_bytes().to_vec(),
+    ]
+    .into_iter()
+    .chain(args)
+    .collect();
     follow(Path::new(SHELL), argv)?.ok_or_else(|| Error::CannotRun {
         path: SHELL.into(),
         reason: "not an ELF file".into(),
@@ -968,7 +975,10 @@ fn perf_copy_dir() -> std::io::Result<PathBuf> {
     let mut b = [0u8; 6];
     let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
     let tag: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    let dir = std::env::temp_dir().join(format!("uprobe-exec-perf-{}-{tag}", rustix::process::getuid().as_raw()));
+    let dir = std::env::temp_dir().join(format!(
+        "uprobe-exec-perf-{}-{tag}",
+        rustix::process::getuid().as_raw()
+    ));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
 }
@@ -976,12 +986,9 @@ fn perf_copy_dir() -> std::io::Result<PathBuf> {
 /// Our own main thread's `[stack]` mapping: (start, top).
 fn own_stack() -> Option<(u64, u64)> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let line = maps.lines().find(|l| l.ends_with("[stack]"))?;
-    let (a, b) = line.split_whitespace().next()?.split_once('-')?;
-    Some((
-        u64::from_str_radix(a, 16).ok()?,
-        u64::from_str_radix(b, 16).ok()?,
-    ))
+    maps.lines()
+        .filter(|l| l.ends_with("[stack]"))
+        .find_map(handoff::parse_range)
 }
 
 /// Where the program's stack mapping starts at hand-off: the kernel maps
@@ -1039,20 +1046,20 @@ fn monitor(
                     .map_err(Error::from)
                 });
             }
+            // The first process ended; forks may live on, some perhaps not
+            // known to us yet, and nobody serves faults from now on.
             if result.is_ok() && !plan.text_installed() && server.forked() {
-                if plan.backing == TextBacking::Anon {
-                    // No file to fill: install what is left in the processes
-                    // we know of (README: known limits).
-                    result = server.populate_all().map_err(Error::from);
-                } else {
-                // The first process ended; forks may live on, some perhaps
-                // not known to us yet. The text file gets every page, so
-                // that the kernel serves them from now on, in any process.
-                result = plan
-                    .fill_text()
-                    .map_err(|e| Error::sys("filling the text file", e));
+                result = match plan.backing {
+                    // The text file gets every page: the kernel serves them
+                    // from it, in any process.
+                    TextBacking::File => plan
+                        .fill_text()
+                        .map_err(|e| Error::sys("filling the text file", e)),
+                    // No file to fill: install what is left in the
+                    // processes we know of (README: known limits).
+                    TextBacking::Anon => server.populate_all().map_err(Error::from),
+                };
                 server.wake_all();
-                }
             }
             if let Err(e) = result {
                 let _ = rustix::process::pidfd_send_signal(&pidfd.0, rustix::process::Signal::KILL);

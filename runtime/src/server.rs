@@ -163,12 +163,6 @@ impl TextImage {
         unsafe { std::slice::from_raw_parts(self.src(index), PAGE_SIZE as usize) }
     }
 
-    /// The index of the page at runtime address `addr`, if served.
-    #[must_use]
-    pub fn index_of_page(&self, addr: u64) -> Option<usize> {
-        self.index_of(addr)
-    }
-
     /// The page index of a runtime address, if it lies in a served range.
     fn index_of(&self, addr: u64) -> Option<usize> {
         self.ranges.iter().zip(&self.first).find_map(|(r, first)| {
@@ -397,7 +391,7 @@ impl Server {
         self.row_page = Some(RowPage {
             addr,
             assign: Box::new(assign),
-            given: Vec::new(),
+            given: vec![None; self.mms.len()],
         });
     }
 
@@ -419,6 +413,9 @@ impl Server {
             prefetch_at: 0,
         });
         self.prefetch_pending = self.prefetch;
+        if let Some(rp) = &mut self.row_page {
+            rp.given.push(None);
+        }
         self.stats.processes += 1;
         self.generation += 1;
     }
@@ -709,7 +706,11 @@ impl Server {
 
     fn fault(&mut self, m: usize, addr: u64, tid: u32) -> Result<(), ServeError> {
         let Some(index) = self.image.index_of(addr) else {
-            if self.row_page.as_ref().is_some_and(|r| r.addr == addr & !(PAGE_SIZE - 1)) {
+            if self
+                .row_page
+                .as_ref()
+                .is_some_and(|r| r.addr == addr & !(PAGE_SIZE - 1))
+            {
                 return self.serve_row_page(m, tid);
             }
             return Err(ServeError::FaultOutside { addr });
@@ -732,9 +733,6 @@ impl Server {
         let Some(rp) = &mut self.row_page else {
             return Ok(());
         };
-        if rp.given.len() <= m {
-            rp.given.resize(m + 1, None);
-        }
         if rp.given[m].is_none() {
             rp.given[m] = (rp.assign)(m, tid);
         }
@@ -748,7 +746,8 @@ impl Server {
             return Ok(());
         };
         // SAFETY: `page` is a live, readable page-sized buffer on our stack.
-        let (outcome, _) = unsafe { uffd.copy_partial(addr, page.as_ptr().cast(), PAGE_SIZE, true) };
+        let (outcome, _) =
+            unsafe { uffd.copy_partial(addr, page.as_ptr().cast(), PAGE_SIZE, true) };
         match outcome {
             CopyOutcome::Copied => Ok(()),
             CopyOutcome::AlreadyPresent | CopyOutcome::Retry => {

@@ -143,7 +143,6 @@ extern "C" {
     static uprobe_exec_trap_start: u8;
     static uprobe_exec_trap_restorer: u8;
     static uprobe_exec_trap_table: u8;
-    static uprobe_exec_claim_row: u8;
 }
 
 /// Bytes of the table header.
@@ -183,15 +182,6 @@ pub struct PerProcess {
     /// Address of the two-word private cache (pid, row), writable and
     /// private to each process.
     pub cache: u64,
-}
-
-/// Offset in [`code`] of the routine that returns this process's row
-/// (`rax`, 0 if none is left), preserving every other register and flags.
-#[must_use]
-pub fn claim_row_offset() -> usize {
-    // Both labels are in the same section; only their addresses are taken.
-    std::ptr::addr_of!(uprobe_exec_claim_row) as usize
-        - std::ptr::addr_of!(uprobe_exec_trap_start) as usize
 }
 
 /// One probe site as the handler sees it.
