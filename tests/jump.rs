@@ -10,28 +10,6 @@ use std::path::Path;
 use common::{assert_our_error, printed, run, Case, TempDir, BIN};
 use uprobe_exec_samples::{path, Variant};
 
-/// (label, kind, hits) of each probe in a report.
-fn sites(r: &serde_json::Value) -> Vec<(String, String, u64)> {
-    r["probes"]
-        .as_array()
-        .expect("probes")
-        .iter()
-        .map(|p| {
-            let (sym, off) = (p["symbol"].as_str().unwrap(), p["offset"].as_u64().unwrap());
-            let label = if off == 0 {
-                sym.to_string()
-            } else {
-                format!("{sym}+{off:#x}")
-            };
-            (
-                label,
-                p["kind"].as_str().unwrap().to_string(),
-                p["hits"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn with_mode(
     tag: &str,
     mode: &str,
@@ -75,7 +53,7 @@ fn code_built_to_defeat_naive_patching_gets_the_right_choice() {
                 specs,
             );
             assert_eq!(printed(&out, "defeat"), 1000);
-            let got = sites(&r);
+            let got = common::probe_sites(&r);
             for (label, kind) in want {
                 let (_, k, hits) = got
                     .iter()
@@ -121,7 +99,10 @@ fn auto_mode_refuses_a_named_site_where_only_an_int3_fits() {
     assert_eq!(ours.stdout, native.stdout);
     assert_eq!(ours.code, native.code);
     let r = common::read_report(&report);
-    let labels: Vec<String> = sites(&r).into_iter().map(|(l, _, _)| l).collect();
+    let labels: Vec<String> = common::probe_sites(&r)
+        .into_iter()
+        .map(|(l, _, _)| l)
+        .collect();
     assert!(labels.contains(&"defeat_tail".to_string()), "{labels:?}");
     assert!(!labels.contains(&"defeat_loop".to_string()), "{labels:?}");
     assert!(
@@ -191,16 +172,20 @@ fn counts_are_identical_between_modes() {
             let (_, jump) = with_mode("jump", "jump", &prog, args, probes);
             let (_, auto) = with_mode("auto", "auto", &prog, args, probes);
             let counts = |r: &serde_json::Value| {
-                sites(r)
+                common::probe_sites(r)
                     .into_iter()
                     .map(|(l, _, h)| (l, h))
                     .collect::<Vec<_>>()
             };
-            assert!(sites(&int3).iter().all(|(_, k, _)| k == "int3"));
+            assert!(common::probe_sites(&int3)
+                .iter()
+                .all(|(_, k, _)| k == "int3"));
             assert!(
-                sites(&jump).iter().all(|(_, k, _)| k == "jump"),
+                common::probe_sites(&jump)
+                    .iter()
+                    .all(|(_, k, _)| k == "jump"),
                 "{args:?}: {:?}",
-                sites(&jump)
+                common::probe_sites(&jump)
             );
             assert_eq!(counts(&int3), counts(&jump), "{args:?} {v:?}");
             assert_eq!(counts(&int3), counts(&auto), "{args:?} {v:?}");
@@ -226,7 +211,7 @@ fn a_jump_that_straddles_a_page_is_consistent_whichever_page_comes_first() {
     );
     assert_eq!(printed(&out, "sites"), 2000);
     assert_eq!(
-        sites(&r)[0],
+        common::probe_sites(&r)[0],
         ("site_straddle".to_string(), "jump".to_string(), 2000)
     );
 }
@@ -247,7 +232,7 @@ fn python_with_py_star_in_auto_mode() {
         .compare();
     assert!(!ours.stdout.is_empty());
     let r = common::read_report(&report);
-    let all = sites(&r);
+    let all = common::probe_sites(&r);
     let jumps = all.iter().filter(|(_, k, _)| k == "jump").count();
     eprintln!("python3.11 Py*: {} sites, {jumps} jumps", all.len());
     assert!(

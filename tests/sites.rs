@@ -11,22 +11,6 @@ use std::path::Path;
 use common::{assert_our_error, assert_same, printed, probed_report_with, run, Case, Output, BIN};
 use uprobe_exec_samples::{path, Variant, NAMES};
 
-/// (label, kind, hits) of each probe in a report.
-fn sites(r: &serde_json::Value) -> Vec<(String, String, u64)> {
-    r["probes"]
-        .as_array()
-        .expect("probes")
-        .iter()
-        .map(|p| {
-            (
-                p["symbol"].as_str().unwrap().to_string(),
-                p["kind"].as_str().unwrap().to_string(),
-                p["hits"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 fn ours(args: &[&str], prog: &Path, prog_args: &[&str]) -> Output {
     run({
         let mut c = std::process::Command::new(BIN);
@@ -87,7 +71,7 @@ fn a_jump_never_covers_a_place_entered_from_elsewhere() {
                 &["xe_*"],
             );
             assert_eq!(printed(&out, "enter"), n);
-            let got = sites(&r);
+            let got = common::probe_sites(&r);
             for (name, kind, hits) in want {
                 let (_, k, h) = got
                     .iter()
@@ -233,7 +217,7 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
         assert!(warnings[0].contains(needle), "{needle}: {}", warnings[0]);
     }
     assert_eq!(
-        sites(&r),
+        common::probe_sites(&r),
         [("skip_ok".to_string(), "jump".to_string(), 300)]
     );
 

@@ -614,3 +614,25 @@ pub fn probed_report_with(
     let (_, ours) = case.compare();
     (ours, read_report(&report))
 }
+
+/// (label, kind, hits) of each probe in a report.
+pub fn probe_sites(r: &serde_json::Value) -> Vec<(String, String, u64)> {
+    r["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .map(|p| {
+            let (sym, off) = (p["symbol"].as_str().unwrap(), p["offset"].as_u64().unwrap());
+            let label = if off == 0 {
+                sym.to_string()
+            } else {
+                format!("{sym}+{off:#x}")
+            };
+            (
+                label,
+                p["kind"].as_str().unwrap().to_string(),
+                p["hits"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
