@@ -1424,6 +1424,7 @@ fn start(
         maps: &plan.maps,
         text: &text,
         stack: stack_plan.expect("planned with the stack image"),
+        watch_drops: plan.backing == TextBacking::Anon,
         stack_image: &st.bytes,
         stack_image_at: st.base,
         blob_at: (blob_res.addr, blob_res.len),

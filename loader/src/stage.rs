@@ -113,6 +113,12 @@ pub struct StagePlan<'a> {
     pub text: &'a [(u64, u64)],
     /// The program's stack.
     pub stack: StackPlan,
+    /// Whether the monitor must learn of `madvise(MADV_DONTNEED)` on the
+    /// text (`UFFD_EVENT_REMOVE`): only for anonymous text, whose dropped
+    /// pages it must install again before it stops serving. A file-backed
+    /// text needs no such event, and without it `madvise` never waits for
+    /// the monitor (an eviction storm is one round trip per refault).
+    pub watch_drops: bool,
     /// The stack image, copied to `stack_image_at`.
     pub stack_image: &'a [u8],
     /// Where the image goes.
@@ -441,12 +447,12 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
             Ok(x) => x,
             Err(e) => fail(p.sock, Step::Userfaultfd, e.raw_os_error(), 0),
         };
-        let mut want = features::EVENT_REMOVE
-            | features::EVENT_UNMAP
-            | features::EVENT_REMAP
-            | features::THREAD_ID;
+        let mut want = features::EVENT_UNMAP | features::EVENT_REMAP | features::THREAD_ID;
         if mode == UffdMode::Full {
             want |= features::EVENT_FORK;
+        }
+        if p.watch_drops {
+            want |= features::EVENT_REMOVE;
         }
         if let Err(e) = uffd.api(want) {
             fail(p.sock, Step::UffdApi, e.raw_os_error(), want);

@@ -508,16 +508,18 @@ impl Server {
         self.mms[m].served.get(index) && !self.mms[m].dropped.get(index)
     }
 
-    /// How many pages from `index` on can go in one copy: up to `max`, not
-    /// present in mm `m`, adjacent in the program and in the image.
-    fn run_length(&self, m: usize, index: usize, max: usize) -> usize {
+    /// How many pages from `index` on can go in one copy: up to `max`,
+    /// adjacent in the program and in the image. Pages that seem present are
+    /// not left out: the program may have dropped them without telling us
+    /// (drops are watched only for anonymous text), and the copy stops with
+    /// `EEXIST` at the first page that really is present.
+    fn run_length(&self, index: usize, max: usize) -> usize {
         let (addr, src) = (self.image.page_addr(index), self.image.src(index));
         let mut n = 1;
         while n < max && index + n < self.image.pages() {
             let j = index + n;
             let step = n as u64 * PAGE_SIZE;
-            if self.present(m, j)
-                || self.image.page_addr(j) != addr + step
+            if self.image.page_addr(j) != addr + step
                 || self.image.src(j) as u64 != src as u64 + step
             {
                 break;
@@ -538,7 +540,7 @@ impl Server {
     /// never from the program.
     fn install_run(&mut self, m: usize, index: usize, max: usize) -> Result<usize, ServeError> {
         let n = if max > 1 {
-            self.run_length(m, index, max)
+            self.run_length(index, max)
         } else {
             1
         };
@@ -574,6 +576,14 @@ impl Server {
             CopyOutcome::Retry => wake(self),
             // The process exited or exec'd: nothing left to serve there.
             CopyOutcome::Gone => self.retire(m),
+            // The run crosses a split of the text: serve the page alone.
+            CopyOutcome::NotInOneMapping if copied == 0 && n > 1 => {
+                return self.install_run(m, index, 1);
+            }
+            // The page left the mapping since it faulted (or the rest of the
+            // run is past a split): its threads touch it again and meet
+            // whatever is there now, as natively.
+            CopyOutcome::NotInOneMapping => wake(self),
             CopyOutcome::Failed(errno) => return Err(ServeError::Copy { addr, errno }),
         }
         Ok(copied)
@@ -720,10 +730,13 @@ impl Server {
         if self.mms[m].gone {
             return Ok(());
         }
-        if self.mms[m].dropped.clear(index) {
+        // Served here before and copied again: the program dropped it.
+        // (A second event for a page being served meets EEXIST instead.)
+        let again = self.mms[m].served.get(index);
+        let n = self.install_run(m, index, 1 + self.fault_around)?;
+        if again && n > 0 {
             self.stats.refaults += 1;
         }
-        let n = self.install_run(m, index, 1 + self.fault_around)?;
         self.stats.populated += n.saturating_sub(1) as u64;
         Ok(())
     }
@@ -750,7 +763,7 @@ impl Server {
             unsafe { uffd.copy_partial(addr, page.as_ptr().cast(), PAGE_SIZE, true) };
         match outcome {
             CopyOutcome::Copied => Ok(()),
-            CopyOutcome::AlreadyPresent | CopyOutcome::Retry => {
+            CopyOutcome::AlreadyPresent | CopyOutcome::Retry | CopyOutcome::NotInOneMapping => {
                 let _ = uffd.wake(addr, PAGE_SIZE);
                 Ok(())
             }

@@ -77,9 +77,12 @@ pub enum CopyOutcome {
     /// `EAGAIN`: a remove/unmap/remap event is pending for this mm; read the
     /// events, then retry.
     Retry,
-    /// `ESRCH`/`ENOENT`: the mm is gone (the process exited or exec'd), or the
-    /// range is no longer registered.
+    /// `ESRCH`: the mm is gone (the process exited or exec'd).
     Gone,
+    /// `ENOENT`: the range is not inside one registered mapping: it was
+    /// unmapped since, or a multi-page copy crosses a boundary where the
+    /// program split its text (`mprotect`, `madvise`).
+    NotInOneMapping,
     /// Anything else: a bug or a kernel we do not understand.
     Failed(Errno),
 }
@@ -242,7 +245,8 @@ impl Uffd {
             Ok(()) => CopyOutcome::Copied,
             Err(Errno::EXIST) => CopyOutcome::AlreadyPresent,
             Err(Errno::AGAIN) => CopyOutcome::Retry,
-            Err(Errno::SRCH | Errno::NOENT) => CopyOutcome::Gone,
+            Err(Errno::SRCH) => CopyOutcome::Gone,
+            Err(Errno::NOENT) => CopyOutcome::NotInOneMapping,
             Err(e) => CopyOutcome::Failed(e),
         };
         let copied = match outcome {
