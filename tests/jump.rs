@@ -7,7 +7,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_our_error, printed, run, Case, TempDir, BIN};
+use common::{
+    assert_our_error, ours, printed, probe_sites, probed_report_with, read_report, Case, Output,
+    TempDir,
+};
 use uprobe_exec_samples::{path, Variant};
 
 fn with_mode(
@@ -16,9 +19,17 @@ fn with_mode(
     prog: &Path,
     args: &[&str],
     probes: &[&str],
-) -> (common::Output, serde_json::Value) {
-    common::probed_report_with(tag, &["--probe-mode", mode], prog, args, probes)
+) -> (Output, serde_json::Value) {
+    probed_report_with(tag, &["--probe-mode", mode], prog, args, probes)
 }
+
+/// Functions of the probed sample where only an int3 fits, with the reason
+/// a jump does not.
+const ONLY_INT3_FITS: [(&str, &str); 3] = [
+    ("defeat_loop", "branches into the displaced bytes"),
+    ("defeat_short", "fewer than 5 bytes"),
+    ("defeat_table", "indirect jump"),
+];
 
 #[test]
 fn code_built_to_defeat_naive_patching_gets_the_right_choice() {
@@ -45,15 +56,15 @@ fn code_built_to_defeat_naive_patching_gets_the_right_choice() {
         ),
     ] {
         for v in Variant::ALL {
-            let (out, r) = common::probed_report_with(
+            let (out, r) = with_mode(
                 "defeat",
-                &["--probe-mode", mode],
+                mode,
                 &path("probed", v),
                 &["defeat", "1000"],
                 specs,
             );
             assert_eq!(printed(&out, "defeat"), 1000);
-            let got = common::probe_sites(&r);
+            let got = probe_sites(&r);
             for (label, kind) in want {
                 let (_, k, hits) = got
                     .iter()
@@ -70,16 +81,8 @@ fn code_built_to_defeat_naive_patching_gets_the_right_choice() {
 #[test]
 fn auto_mode_refuses_a_named_site_where_only_an_int3_fits() {
     let s = path("probed", Variant::Pie);
-    for (spec, why) in [
-        ("defeat_loop", "branches into the displaced bytes"),
-        ("defeat_short", "fewer than 5 bytes"),
-        ("defeat_table", "indirect jump"),
-    ] {
-        let out = run({
-            let mut c = std::process::Command::new(BIN);
-            c.args(["-p", spec]).arg(&s).args(["defeat", "1"]);
-            c
-        });
+    for (spec, why) in ONLY_INT3_FITS {
+        let out = ours(&["-p", spec], &s, &["defeat", "1"]);
         assert_our_error(spec, &out, 125);
         let err = out.stderr_str();
         assert!(
@@ -98,11 +101,8 @@ fn auto_mode_refuses_a_named_site_where_only_an_int3_fits() {
     let (native, ours) = (case.run_native(), case.run_ours());
     assert_eq!(ours.stdout, native.stdout);
     assert_eq!(ours.code, native.code);
-    let r = common::read_report(&report);
-    let labels: Vec<String> = common::probe_sites(&r)
-        .into_iter()
-        .map(|(l, _, _)| l)
-        .collect();
+    let r = read_report(&report);
+    let labels: Vec<String> = probe_sites(&r).into_iter().map(|(l, _, _)| l).collect();
     assert!(labels.contains(&"defeat_tail".to_string()), "{labels:?}");
     assert!(!labels.contains(&"defeat_loop".to_string()), "{labels:?}");
     assert!(
@@ -120,18 +120,8 @@ fn auto_mode_refuses_a_named_site_where_only_an_int3_fits() {
 #[test]
 fn jump_mode_refuses_unsafe_sites_with_the_reason() {
     let s = path("probed", Variant::Pie);
-    for (spec, why) in [
-        ("defeat_loop", "branches into the displaced bytes"),
-        ("defeat_short", "fewer than 5 bytes"),
-        ("defeat_table", "indirect jump"),
-    ] {
-        let out = run({
-            let mut c = std::process::Command::new(BIN);
-            c.args(["--probe-mode", "jump", "-p", spec])
-                .arg(&s)
-                .args(["defeat", "1"]);
-            c
-        });
+    for (spec, why) in ONLY_INT3_FITS {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["defeat", "1"]);
         assert_our_error(spec, &out, 125);
         assert!(
             out.stderr_str().contains(why),
@@ -172,20 +162,16 @@ fn counts_are_identical_between_modes() {
             let (_, jump) = with_mode("jump", "jump", &prog, args, probes);
             let (_, auto) = with_mode("auto", "auto", &prog, args, probes);
             let counts = |r: &serde_json::Value| {
-                common::probe_sites(r)
+                probe_sites(r)
                     .into_iter()
                     .map(|(l, _, h)| (l, h))
                     .collect::<Vec<_>>()
             };
-            assert!(common::probe_sites(&int3)
-                .iter()
-                .all(|(_, k, _)| k == "int3"));
+            assert!(probe_sites(&int3).iter().all(|(_, k, _)| k == "int3"));
             assert!(
-                common::probe_sites(&jump)
-                    .iter()
-                    .all(|(_, k, _)| k == "jump"),
+                probe_sites(&jump).iter().all(|(_, k, _)| k == "jump"),
                 "{args:?}: {:?}",
-                common::probe_sites(&jump)
+                probe_sites(&jump)
             );
             assert_eq!(counts(&int3), counts(&jump), "{args:?} {v:?}");
             assert_eq!(counts(&int3), counts(&auto), "{args:?} {v:?}");
@@ -211,7 +197,7 @@ fn a_jump_that_straddles_a_page_is_consistent_whichever_page_comes_first() {
     );
     assert_eq!(printed(&out, "sites"), 2000);
     assert_eq!(
-        common::probe_sites(&r)[0],
+        probe_sites(&r)[0],
         ("site_straddle".to_string(), "jump".to_string(), 2000)
     );
 }
@@ -231,8 +217,8 @@ fn python_with_py_star_in_auto_mode() {
         .opt("Py*")
         .compare();
     assert!(!ours.stdout.is_empty());
-    let r = common::read_report(&report);
-    let all = common::probe_sites(&r);
+    let r = read_report(&report);
+    let all = probe_sites(&r);
     let jumps = all.iter().filter(|(_, k, _)| k == "jump").count();
     eprintln!("python3.11 Py*: {} sites, {jumps} jumps", all.len());
     assert!(

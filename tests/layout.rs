@@ -9,7 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -114,8 +114,7 @@ fn layout_is_randomised_like_execve_all_variants() {
 
 #[test]
 fn setarch_r_gives_the_native_layout() {
-    if !Path::new("/usr/bin/setarch").exists() {
-        eprintln!("skipped: no setarch");
+    if !installed("/usr/bin/setarch") {
         return;
     }
     for v in Variant::ALL {
@@ -189,27 +188,31 @@ fn executable_stack_when_pt_gnu_stack_asks() {
         let (n, _) = case.compare();
         assert_eq!(n.stdout_str(), "nested=19\n");
     }
+}
+
+#[test]
+fn executable_stack_for_a_dlopened_execstack_library() {
     // An execstack library loaded with dlopen: glibc makes the stack
     // executable with mprotect(PROT_GROWSDOWN), which needs a real stack.
-    if Path::new("/usr/bin/python3.11").exists() && Path::new("/usr/bin/cc").exists() {
-        let d = TempDir::new("execstack");
-        let src = d.write("x.c", b"int answer(void) { return 42; }\n", 0o644);
-        let lib = d.join("libx.so");
-        let cc = run({
-            let mut c = Command::new("/usr/bin/cc");
-            c.args(["-shared", "-fPIC", "-z", "execstack", "-o"])
-                .arg(&lib)
-                .arg(&src);
-            c
-        });
-        ok("cc", &cc);
-        let script = format!(
-            "import ctypes; print(ctypes.CDLL({:?}).answer())",
-            lib.display().to_string()
-        );
-        let (n, _) = Case::new("/usr/bin/python3.11", ["-c", &script]).compare();
-        assert_eq!(n.stdout_str(), "42\n");
-    }
+    // (cc builds the samples, and python3.11 runs in many tests: both are
+    // needed by the suite as a whole.)
+    let d = TempDir::new("execstack");
+    let src = d.write("x.c", b"int answer(void) { return 42; }\n", 0o644);
+    let lib = d.join("libx.so");
+    let cc = run({
+        let mut c = Command::new("cc");
+        c.args(["-shared", "-fPIC", "-z", "execstack", "-o"])
+            .arg(&lib)
+            .arg(&src);
+        c
+    });
+    ok("cc", &cc);
+    let script = format!(
+        "import ctypes; print(ctypes.CDLL({:?}).answer())",
+        lib.display().to_string()
+    );
+    let (n, _) = Case::new("/usr/bin/python3.11", ["-c", &script]).compare();
+    assert_eq!(n.stdout_str(), "42\n");
 }
 
 #[test]
@@ -239,10 +242,7 @@ fn madvise_on_text_answers_as_for_a_file_mapping() {
 /// A static program linked with `-N`: text, data and bss in one writable,
 /// executable PT_LOAD whose memory outlasts its file bytes (as in packed
 /// binaries). Freestanding: static glibc cannot be linked with `-N`.
-fn omagic(d: &TempDir) -> Option<PathBuf> {
-    if !Path::new("/usr/bin/cc").exists() {
-        return None;
-    }
+fn omagic(d: &TempDir) -> PathBuf {
     let src = d.write(
         "omagic.c",
         br#"static char zeros[20000];
@@ -266,7 +266,7 @@ void _start(void) {
     );
     let out = d.join("omagic");
     let cc = run({
-        let mut c = Command::new("/usr/bin/cc");
+        let mut c = Command::new("cc");
         c.args([
             "-O1",
             "-static",
@@ -282,25 +282,20 @@ void _start(void) {
         c
     });
     ok("cc -static -Wl,-N", &cc);
-    Some(out)
+    out
 }
 
 #[test]
 fn bss_in_an_executable_segment_is_zero() {
     let d = TempDir::new("omagic");
-    let Some(prog) = omagic(&d) else {
-        eprintln!("skipped: no cc");
-        return;
-    };
+    let prog = omagic(&d);
     let (n, _) = Case::new(&prog, Vec::<&str>::new()).compare();
     assert_eq!(n.stdout_str(), "bss is zero\n");
 }
 
-/// A temp dir with a copy of uprobe-exec and of the layout sample that uid
-/// 65534 may run.
+/// [`nobody_dir`] with a copy of the layout sample that uid 65534 may run.
 fn nobody_copies(tag: &str, v: Variant) -> (TempDir, PathBuf, PathBuf) {
-    let d = TempDir::new(tag);
-    let bin = d.copy(Path::new(BIN), "uprobe-exec", 0o755);
+    let (d, bin) = nobody_dir(tag);
     let prog = d.copy(&sample("layout", v), "layout", 0o755);
     (d, bin, prog)
 }
@@ -333,27 +328,10 @@ fn unprivileged_text_dropped_before_fork_is_refilled() {
 fn overwrite_while_running(tool: Option<&Path>, prog: &Path, nobody: bool) -> (String, bool) {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
-    let mut argv: Vec<OsString> = Vec::new();
-    if nobody && is_root() {
-        for a in [
-            "/usr/bin/setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-        ] {
-            argv.push(a.into());
-        }
-    }
-    if let Some(t) = tool {
-        argv.push(t.into());
-    }
-    argv.push(prog.into());
-    argv.push("wait".into());
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut argv: Vec<&OsStr> = tool.map(Path::as_os_str).into_iter().collect();
+    argv.extend([prog.as_os_str(), OsStr::new("wait")]);
+    let mut cmd = command(nobody, &argv);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
     let mut g = spawn_guarded(&mut cmd);
     let child = g.child.as_mut().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
@@ -383,27 +361,23 @@ fn overwrite_while_running(tool: Option<&Path>, prog: &Path, nobody: bool) -> (S
 
 #[test]
 fn the_program_file_cannot_change_under_the_program() {
-    if !is_root() {
-        eprintln!("skipped: writes the program file as root while uid 65534 runs it");
-    }
-    let (d, bin, prog) = nobody_copies("overwrite", Variant::Static);
-    let pristine = std::fs::read(&prog).unwrap();
+    let (_d, bin, prog) = nobody_copies("overwrite", Variant::Static);
     let (native, refused) = overwrite_while_running(None, &prog, false);
     assert!(refused, "natively the kernel refuses writers (ETXTBSY)");
-    // Privileged: PR_SET_MM_MAP makes the file the process's exe, which the
-    // kernel write-protects as for execve.
-    let (ours, refused) = overwrite_while_running(Some(&bin), &prog, false);
-    assert_eq!(ours, native);
-    assert!(
-        refused,
-        "with PR_SET_MM_MAP writers are refused as natively"
-    );
-    if is_root() {
-        // Unprivileged: the write goes through, but the program runs from a
-        // sealed copy taken at start.
-        let (ours, refused) = overwrite_while_running(Some(&bin), &prog, true);
-        assert_eq!(ours, native, "the program saw the file change");
-        assert!(!refused);
-        std::fs::write(d.join("layout"), &pristine).unwrap();
+    if privileged("PR_SET_MM_MAP") {
+        // Privileged: PR_SET_MM_MAP makes the file the process's exe, which
+        // the kernel write-protects as for execve.
+        let (ours, refused) = overwrite_while_running(Some(&bin), &prog, false);
+        assert_eq!(ours, native);
+        assert!(
+            refused,
+            "with PR_SET_MM_MAP writers are refused as natively"
+        );
     }
+    // Unprivileged (as uid 65534 when we are root, and the file is still
+    // ours to write): the write goes through, but the program runs from a
+    // sealed copy taken at start.
+    let (ours, refused) = overwrite_while_running(Some(&bin), &prog, true);
+    assert_eq!(ours, native, "the program saw the file change");
+    assert!(!refused, "unprivileged, nothing write-protects the file");
 }

@@ -6,75 +6,67 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_our_error, is_root, printed, read_report, run, Case, TempDir, BIN};
+use common::{
+    assert_our_error, assert_unprivileged_handoff, hits, nobody_dir, ours, printed, probe_sites,
+    read_report, tool, Case, TempDir,
+};
 use uprobe_exec_samples::{path, Variant};
 
-/// Runs `prog args` natively and with `probes`, asserts the same output,
-/// and returns the report's probes as (symbol+offset label, hits).
+/// Runs `prog args` natively and with `probes` placed as int3s, asserts
+/// the same output, and returns ours and the report.
 fn probed(
     tag: &str,
     prog: &Path,
     args: &[&str],
     probes: &[&str],
-) -> (common::Output, Vec<(String, u64)>) {
+) -> (common::Output, serde_json::Value) {
     // These tests are about int3 sites: auto mode places jumps only.
-    let (out, r) = common::probed_report_with(tag, &["--probe-mode", "int3"], prog, args, probes);
-    (out, hits(&r))
-}
-
-fn hits(r: &serde_json::Value) -> Vec<(String, u64)> {
-    r["probes"]
-        .as_array()
-        .expect("probes array")
-        .iter()
-        .map(|p| {
-            let (sym, off) = (p["symbol"].as_str().unwrap(), p["offset"].as_u64().unwrap());
-            let label = if off == 0 {
-                sym.to_string()
-            } else {
-                format!("{sym}+{off:#x}")
-            };
-            (label, p["hits"].as_u64().unwrap())
-        })
-        .collect()
-}
-
-fn hit(list: &[(String, u64)], label: &str) -> u64 {
-    list.iter()
-        .find(|(l, _)| l == label)
-        .unwrap_or_else(|| panic!("no probe {label} in {list:?}"))
-        .1
+    common::probed_report_with(tag, &["--probe-mode", "int3"], prog, args, probes)
 }
 
 fn probed_sample(v: Variant) -> PathBuf {
     path("probed", v)
 }
 
+/// The address of `symbol` in `prog` as nm prints it (binutils builds the
+/// samples, with cc).
+fn nm_address(prog: &Path, symbol: &str) -> u64 {
+    let nm = std::process::Command::new("nm")
+        .arg(prog)
+        .output()
+        .expect("nm");
+    let nm = String::from_utf8_lossy(&nm.stdout);
+    nm.lines()
+        .find(|l| l.ends_with(&format!(" {symbol}")))
+        .map(|l| u64::from_str_radix(&l[..16], 16).unwrap())
+        .unwrap_or_else(|| panic!("no {symbol} in nm {}:\n{nm}", prog.display()))
+}
+
 #[test]
 fn a_function_called_a_million_times_is_hit_a_million_times() {
     for v in [Variant::Static, Variant::Pie] {
-        let (out, h) = probed(
+        let (out, r) = probed(
             "million",
             &probed_sample(v),
             &["basic", "1000000"],
             &["counted"],
         );
         assert_eq!(printed(&out, "counted"), 1_000_000);
-        assert_eq!(hit(&h, "counted"), 1_000_000, "{v:?}");
+        assert_eq!(hits(&r, "counted"), 1_000_000, "{v:?}");
     }
 }
 
 #[test]
 fn eight_threads_on_cold_pages_at_once_are_counted_exactly() {
     for v in Variant::ALL {
-        let (out, h) = probed(
+        let (out, r) = probed(
             "threads",
             &probed_sample(v),
             &["threads", "8", "100000"],
             &["counted_mt"],
         );
-        assert_eq!(hit(&h, "counted_mt"), printed(&out, "counted_mt"), "{v:?}");
-        assert_eq!(hit(&h, "counted_mt"), 800_000);
+        assert_eq!(hits(&r, "counted_mt"), printed(&out, "counted_mt"), "{v:?}");
+        assert_eq!(hits(&r, "counted_mt"), 800_000);
     }
 }
 
@@ -82,31 +74,31 @@ fn eight_threads_on_cold_pages_at_once_are_counted_exactly() {
 fn recursion_signal_handlers_forks_and_dropped_pages() {
     for v in [Variant::NoPie, Variant::StaticPie] {
         let s = probed_sample(v);
-        let (out, h) = probed("fib", &s, &["fib", "20"], &["fib"]);
-        assert_eq!(hit(&h, "fib"), printed(&out, "fib_calls"), "fib {v:?}");
+        let (out, r) = probed("fib", &s, &["fib", "20"], &["fib"]);
+        assert_eq!(hits(&r, "fib"), printed(&out, "fib_calls"), "fib {v:?}");
 
-        let (out, h) = probed("signal", &s, &["signal", "300"], &["in_handler"]);
+        let (out, r) = probed("signal", &s, &["signal", "300"], &["in_handler"]);
         assert_eq!(
-            hit(&h, "in_handler"),
+            hits(&r, "in_handler"),
             printed(&out, "in_handler"),
             "signal {v:?}"
         );
 
-        let (out, h) = probed("fork", &s, &["fork", "5000"], &["after_fork"]);
+        let (out, r) = probed("fork", &s, &["fork", "5000"], &["after_fork"]);
         assert!(
             out.stdout_str().contains("child after_fork=5000"),
             "{}",
             out.stdout_str()
         );
         assert_eq!(
-            hit(&h, "after_fork"),
+            hits(&r, "after_fork"),
             5000,
             "the child's hits count (fork {v:?})"
         );
 
-        let (out, h) = probed("dontneed", &s, &["dontneed", "2000"], &["dropped"]);
+        let (out, r) = probed("dontneed", &s, &["dontneed", "2000"], &["dropped"]);
         assert_eq!(
-            hit(&h, "dropped"),
+            hits(&r, "dropped"),
             printed(&out, "dropped"),
             "dontneed {v:?}"
         );
@@ -125,7 +117,7 @@ fn dropped_pages_are_patched_again_when_they_fault_back() {
         .opt("dropped");
     let (_, out) = case.compare();
     let r = read_report(&report);
-    assert_eq!(hit(&hits(&r), "dropped"), printed(&out, "dropped"));
+    assert_eq!(hits(&r, "dropped"), printed(&out, "dropped"));
     // Every call after the first found its page dropped.
     assert!(r["text"]["refaults"].as_u64().unwrap() >= 499, "{r}");
 }
@@ -146,7 +138,7 @@ fn sites_of_every_kind_run_out_of_line_correctly() {
         "many_*",
     ];
     for v in Variant::ALL {
-        let (out, h) = probed("sites", &probed_sample(v), &["sites", "1000"], &specs);
+        let (out, r) = probed("sites", &probed_sample(v), &["sites", "1000"], &specs);
         let n = printed(&out, "sites");
         assert_eq!(n, 1000);
         for label in [
@@ -161,11 +153,15 @@ fn sites_of_every_kind_run_out_of_line_correctly() {
             "site_adj+0x2",
             "site_straddle",
         ] {
-            assert_eq!(hit(&h, label), n, "{label} ({v:?})");
+            assert_eq!(hits(&r, label), n, "{label} ({v:?})");
         }
-        let many: Vec<&(String, u64)> = h.iter().filter(|(l, _)| l.starts_with("many_")).collect();
+        let many: Vec<u64> = probe_sites(&r)
+            .into_iter()
+            .filter(|(l, _, _)| l.starts_with("many_"))
+            .map(|(_, _, h)| h)
+            .collect();
         assert_eq!(many.len(), 32, "32 probes on one page ({v:?})");
-        assert!(many.iter().all(|(_, c)| *c == n), "{many:?}");
+        assert!(many.iter().all(|&c| c == n), "{many:?}");
     }
 }
 
@@ -188,25 +184,14 @@ fn python_with_list_append_and_all_of_py_star() {
         case.compare();
         read_report(&report)
     };
-    let a = hit(
-        &hits(&run_once(&script(5000), "PyList_Append")),
-        "PyList_Append",
-    );
-    let b = hit(
-        &hits(&run_once(&script(5000), "PyList_Append")),
-        "PyList_Append",
-    );
-    let c = hit(
-        &hits(&run_once(&script(10000), "PyList_Append")),
-        "PyList_Append",
-    );
+    let appends = |words| hits(&run_once(&script(words), "PyList_Append"), "PyList_Append");
+    let (a, b, c) = (appends(5000), appends(5000), appends(10000));
     assert_eq!(a, b, "the same deterministic script gives the same count");
     assert_eq!(c - a, 5000, "{a} then {c}");
 
-    let all = run_once(&script(100), "Py*");
-    let sites = all["probes"].as_array().unwrap();
+    let sites = probe_sites(&run_once(&script(100), "Py*"));
     assert!(sites.len() > 500, "Py* makes many probes: {}", sites.len());
-    let total: u64 = sites.iter().map(|p| p["hits"].as_u64().unwrap()).sum();
+    let total: u64 = sites.iter().map(|(_, _, h)| h).sum();
     assert!(total > 5000, "{total}");
 }
 
@@ -223,7 +208,7 @@ fn bash_execute_command() {
             .opt("-p")
             .opt("execute_command")
             .compare();
-        hit(&hits(&read_report(&report)), "execute_command")
+        hits(&read_report(&report), "execute_command")
     };
     let (a, b) = (once(), once());
     assert!(a >= 5, "one per command at least: {a}");
@@ -232,14 +217,13 @@ fn bash_execute_command() {
 
 #[test]
 fn the_count_table_goes_to_stderr_busiest_first() {
-    let out = run({
-        let mut c = std::process::Command::new(BIN);
-        c.args(["-p", "counted", "-p", "fib"])
-            .arg(probed_sample(Variant::Pie))
-            .args(["basic", "7"]);
-        c
-    });
+    let out = ours(
+        &["-p", "counted", "-p", "fib"],
+        probed_sample(Variant::Pie),
+        &["basic", "7"],
+    );
     assert_eq!(out.code, Some(0));
+    assert_eq!(printed(&out, "counted"), 7, "the program's own count");
     let err = out.stderr_str();
     let lines: Vec<&str> = err.lines().collect();
     // fib's entry is a jump site; counted's is too (both start with push/mov).
@@ -264,12 +248,8 @@ fn the_count_table_goes_to_stderr_busiest_first() {
 
 #[test]
 fn list_prints_functions_sorted_by_address() {
-    let out = run({
-        let mut c = std::process::Command::new(BIN);
-        c.args(["--list", "-p", "site_*", "-p", "counted"])
-            .arg(probed_sample(Variant::NoPie));
-        c
-    });
+    let prog = probed_sample(Variant::NoPie);
+    let out = ours(&["--list", "-p", "site_*", "-p", "counted"], &prog, &[]);
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     let rows: Vec<(u64, u64, String)> = out
         .stdout_str()
@@ -292,25 +272,16 @@ fn list_prints_functions_sorted_by_address() {
         assert!(names.contains(&n), "{n} in {names:?}");
     }
     // The address is the one nm prints.
-    let nm = std::process::Command::new("nm")
-        .arg(probed_sample(Variant::NoPie))
-        .output();
-    if let Ok(nm) = nm {
-        let nm = String::from_utf8_lossy(&nm.stdout);
-        let want = nm
-            .lines()
-            .find(|l| l.ends_with(" counted"))
-            .map(|l| u64::from_str_radix(&l[..16], 16).unwrap());
-        if let Some(want) = want {
-            assert_eq!(rows.iter().find(|r| r.2 == "counted").unwrap().0, want);
-        }
-    }
+    assert_eq!(
+        rows.iter().find(|r| r.2 == "counted").unwrap().0,
+        nm_address(&prog, "counted")
+    );
 }
 
 #[test]
 fn a_program_with_its_own_sigtrap_handler_keeps_it_and_the_probes() {
     for v in [Variant::Pie, Variant::Static] {
-        let (out, h) = probed(
+        let (out, r) = probed(
             "trapown",
             &probed_sample(v),
             &["trapown", "100"],
@@ -327,7 +298,7 @@ fn a_program_with_its_own_sigtrap_handler_keeps_it_and_the_probes() {
             101,
             "its own int3s and raise() reach its handler"
         );
-        assert_eq!(hit(&h, "counted"), 100);
+        assert_eq!(hits(&r, "counted"), 100);
     }
 }
 
@@ -340,20 +311,23 @@ fn a_probe_hit_while_sigtrap_is_blocked_is_reported() {
         &["blocked", "3"],
         &["counted"],
     );
-    let h = hits(&r);
     assert_eq!(printed(&out, "counted"), 3);
-    assert_eq!(hit(&h, "counted"), 3);
+    assert_eq!(hits(&r, "counted"), 3);
     // An int3 probe cannot be protected: the kernel kills; we say why.
     let dir = TempDir::new("blocked");
     let report = dir.join("r.json");
-    let out = run({
-        let mut c = std::process::Command::new(BIN);
-        c.args(["--probe-mode", "int3", "-p", "counted", "--report-json"])
-            .arg(&report)
-            .arg(probed_sample(Variant::Pie))
-            .args(["blocked", "3"]);
-        c
-    });
+    let out = ours(
+        &[
+            "--probe-mode",
+            "int3",
+            "-p",
+            "counted",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        probed_sample(Variant::Pie),
+        &["blocked", "3"],
+    );
     assert_eq!(
         out.status(),
         128 + 5,
@@ -397,11 +371,7 @@ fn probe_errors_say_what_to_do() {
         (&["-p", "main", "/bin/true"], "stripped"),
     ];
     for (args, needle) in cases {
-        let out = run({
-            let mut c = std::process::Command::new(BIN);
-            c.args(*args);
-            c
-        });
+        let out = tool(args);
         assert_our_error(&format!("{args:?}"), &out, 125);
         assert!(
             out.stderr_str().contains(needle),
@@ -414,13 +384,11 @@ fn probe_errors_say_what_to_do() {
 #[test]
 fn an_instruction_that_cannot_run_out_of_line_is_refused_by_name() {
     // site_jmp+2 is the ud2 after the jmp.
-    let out = run({
-        let mut c = std::process::Command::new(BIN);
-        c.args(["-p", "site_jmp+2"])
-            .arg(probed_sample(Variant::Pie))
-            .args(["basic", "1"]);
-        c
-    });
+    let out = ours(
+        &["-p", "site_jmp+2"],
+        probed_sample(Variant::Pie),
+        &["basic", "1"],
+    );
     assert_our_error("ud2", &out, 125);
     assert!(out.stderr_str().contains("`ud2`"), "{}", out.stderr_str());
 }
@@ -429,38 +397,18 @@ fn an_instruction_that_cannot_run_out_of_line_is_refused_by_name() {
 fn unsafe_addresses_warn_and_work() {
     // The first instruction of site_adj, by address, is inside a function:
     // allowed without --unsafe; the test checks the address form hits too.
-    let nm = std::process::Command::new("nm")
-        .arg(probed_sample(Variant::NoPie))
-        .output()
-        .expect("nm");
-    let nm = String::from_utf8_lossy(&nm.stdout);
-    let addr = nm
-        .lines()
-        .find(|l| l.ends_with(" site_adj"))
-        .map(|l| format!("0x{}", l[..16].trim_start_matches('0')))
-        .unwrap();
-    let (out, h) = probed(
-        "addr",
-        &probed_sample(Variant::NoPie),
-        &["sites", "10"],
-        &[&addr],
-    );
+    let prog = probed_sample(Variant::NoPie);
+    let addr = format!("{:#x}", nm_address(&prog, "site_adj"));
+    let (out, r) = probed("addr", &prog, &["sites", "10"], &[&addr]);
     assert_eq!(printed(&out, "sites"), 10);
-    assert_eq!(hit(&h, "site_adj"), 10);
+    assert_eq!(hits(&r, "site_adj"), 10);
 }
 
 #[test]
 fn probes_work_unprivileged() {
-    let dir = TempDir::new("unpriv");
-    let tool = dir.copy(Path::new(BIN), "uprobe-exec", 0o755);
+    let (dir, tool) = nobody_dir("unpriv");
     let prog = dir.copy(&probed_sample(Variant::Pie), "probed", 0o755);
     let report = dir.join("r.json");
-    // The report is written by uid 65534: let it create files in the dir.
-    std::fs::set_permissions(
-        dir.join(""),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
     for (mode, args, probe, key) in [
         (
             "threads",
@@ -486,22 +434,20 @@ fn probes_work_unprivileged() {
             .opt(probe);
         let (_, out) = case.compare();
         let r = read_report(&report);
-        if is_root() {
-            assert_eq!(r["handoff"]["uffd_mode"], "user-mode-only", "{mode}");
-        }
+        assert_unprivileged_handoff(mode, &r);
         let want = if mode == "fork" {
             1000
         } else {
             printed(&out, key)
         };
-        assert_eq!(hit(&hits(&r), probe), want, "{mode}");
+        assert_eq!(hits(&r, probe), want, "{mode}");
     }
 }
 
 #[test]
 fn mangled_names_match_demangled_and_mangled() {
     let s = probed_sample(Variant::Pie);
-    let (out, h) = probed(
+    let (out, r) = probed(
         "mangled",
         &s,
         &["mangled", "321"],
@@ -517,17 +463,18 @@ fn mangled_names_match_demangled_and_mangled() {
         "app::core::tick",
         "app::tock",
     ] {
-        assert_eq!(hit(&h, f), 321, "{f}");
+        assert_eq!(hits(&r, f), 321, "{f}");
     }
     // The mangled form and a glob over demangled names name the same functions.
-    let (_, h) = probed(
+    let (_, r) = probed(
         "mangled2",
         &s,
         &["mangled", "5"],
         &["_ZN3app4core4tick17h0123456789abcdefE", "app::*"],
     );
-    assert_eq!(h.len(), 3, "{h:?}");
-    assert!(h.iter().all(|(_, c)| *c == 5), "{h:?}");
+    let sites = probe_sites(&r);
+    assert_eq!(sites.len(), 3, "{sites:?}");
+    assert!(sites.iter().all(|(_, _, c)| *c == 5), "{sites:?}");
 }
 
 #[test]
@@ -535,31 +482,30 @@ fn unsafe_allows_an_address_outside_every_function_and_warns() {
     // deregister_tm_clones has no size in the symbol table: its address is
     // in no known function. It runs once, at exit.
     let prog = probed_sample(Variant::NoPie);
-    let nm = std::process::Command::new("nm")
-        .arg(&prog)
-        .output()
-        .expect("nm");
-    let nm = String::from_utf8_lossy(&nm.stdout);
-    let addr = nm
-        .lines()
-        .find(|l| l.ends_with(" deregister_tm_clones"))
-        .map(|l| format!("0x{}", l[..16].trim_start_matches('0')))
-        .expect("deregister_tm_clones in nm");
-    let refused = run({
-        let mut c = std::process::Command::new(BIN);
-        c.args(["-p", &addr]).arg(&prog).args(["basic", "3"]);
-        c
-    });
+    let addr = format!("{:#x}", nm_address(&prog, "deregister_tm_clones"));
+    let refused = ours(&["-p", &addr], &prog, &["basic", "3"]);
     assert_our_error("without --unsafe", &refused, 125);
-    let out = run({
-        let mut c = std::process::Command::new(BIN);
-        c.args(["--unsafe", "--probe-mode", "int3", "-p", &addr])
-            .arg(&prog)
-            .args(["basic", "3"]);
-        c
-    });
+    let dir = TempDir::new("unsafe");
+    let report = dir.join("r.json");
+    let report = report.to_str().unwrap();
+    let out = ours(
+        &[
+            "--unsafe",
+            "--probe-mode",
+            "int3",
+            "-p",
+            &addr,
+            "--report-json",
+            report,
+        ],
+        &prog,
+        &["basic", "3"],
+    );
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "counted=3 acc=28\n");
+    let sites = probe_sites(&read_report(Path::new(report)));
+    assert_eq!(sites.len(), 1, "{sites:?}");
+    assert_eq!(sites[0].2, 1, "called once, at exit: {sites:?}");
     assert!(
         out.stderr_str().contains("uprobe-exec: warning: probing"),
         "{}",

@@ -8,16 +8,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_our_error, assert_same, printed, probed_report_with, run, Case, Output, BIN};
+use common::{
+    assert_our_error, assert_same, installed, ours, printed, probe_sites, probed_report_with,
+    read_report, Case, Output, TempDir,
+};
 use uprobe_exec_samples::{path, Variant, NAMES};
-
-fn ours(args: &[&str], prog: &Path, prog_args: &[&str]) -> Output {
-    run({
-        let mut c = std::process::Command::new(BIN);
-        c.args(args).arg(prog).args(prog_args);
-        c
-    })
-}
 
 /// Our stderr without the lines of our own warnings.
 fn without_our_warnings(mut out: Output) -> Output {
@@ -71,7 +66,7 @@ fn a_jump_never_covers_a_place_entered_from_elsewhere() {
                 &["xe_*"],
             );
             assert_eq!(printed(&out, "enter"), n);
-            let got = common::probe_sites(&r);
+            let got = probe_sites(&r);
             for (name, kind, hits) in want {
                 let (_, k, h) = got
                     .iter()
@@ -184,7 +179,7 @@ fn every_function_of_every_sample_probed_runs_as_natively() {
 #[test]
 fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     let s = path("sites", Variant::Pie);
-    let dir = common::TempDir::new("skip");
+    let dir = TempDir::new("skip");
     let report = dir.join("r.json");
     let out = same_as_native(
         Case::new(&s, ["skip", "300"])
@@ -200,7 +195,7 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
         "{}",
         out.stderr_str()
     );
-    let r = common::read_report(&report);
+    let r = read_report(&report);
     let all: Vec<String> = r["warnings"]
         .as_array()
         .unwrap()
@@ -217,7 +212,7 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
         assert!(warnings[0].contains(needle), "{needle}: {}", warnings[0]);
     }
     assert_eq!(
-        common::probe_sites(&r),
+        probe_sites(&r),
         [("skip_ok".to_string(), "jump".to_string(), 300)]
     );
 
@@ -267,28 +262,20 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     assert!(!ok.contains("cannot"), "{ok}");
 }
 
-/// A command to run natively and under `--probe '*'`, where it exists.
-fn system_program(prog: &str, args: &[&str]) -> Option<Case> {
-    if !Path::new(prog).exists() {
-        eprintln!("skipped: {prog} is not installed");
-        return None;
-    }
-    Some(Case::new(prog, args).opt("-q").opt("-p").opt("*"))
+/// A command to run natively and under `--probe '*'`.
+fn all_probed(prog: &str, args: &[&str]) -> Case {
+    Case::new(prog, args).opt("-q").opt("-p").opt("*")
 }
 
 #[test]
 fn every_function_of_bash_and_perl_probed_runs_as_natively() {
     let script = "x=0; for i in 1 2 3 4 5; do x=$((x + i * i)); done; echo \"sum $x\"; \
                   printf '%s\\n' \"${BASH_VERSINFO[0]}\" | tr 0-9 a-j; case abc in a*) echo glob;; esac";
-    if let Some(c) = system_program("/usr/bin/bash", &["-c", script]) {
-        same_as_native(c);
-    }
+    same_as_native(all_probed("/usr/bin/bash", &["-c", script]));
     let perl = "my %h = map { $_ => $_ * 2 } 1..50; my @k = sort { $a <=> $b } keys %h; \
                 printf \"%d %s\\n\", scalar(@k), join(',', map { $h{$_} } @k[0..4]); \
                 my $s = 'abc' x 3; $s =~ s/b/B/g; print \"$s\\n\"";
-    if let Some(c) = system_program("/usr/bin/perl", &["-e", perl]) {
-        same_as_native(c);
-    }
+    same_as_native(all_probed("/usr/bin/perl", &["-e", perl]));
 }
 
 #[test]
@@ -297,10 +284,11 @@ fn node_keeps_its_copied_builtins_unprobed() {
     // and runs the copy: a probe there would break the copy. Before, a
     // jump in Builtins_* killed node with SIGSEGV, an int3 with SIGTRAP.
     let js = "console.log([3, 1, 2].map(x => x * 2).sort().join(','))";
-    let Some(case) = system_program("/usr/bin/node", &["-e", js]) else {
+    if !installed("/usr/bin/node") {
         return;
-    };
-    let dir = common::TempDir::new("node");
+    }
+    let case = all_probed("/usr/bin/node", &["-e", js]);
+    let dir = TempDir::new("node");
     let report = dir.join("r.json");
     let case = Case {
         opts: ["-q", "-p", "Builtins_*", "-p", "uv_*", "--report-json"]
@@ -311,7 +299,7 @@ fn node_keeps_its_copied_builtins_unprobed() {
         ..case
     };
     same_as_native(case);
-    let r = common::read_report(&report);
+    let r = read_report(&report);
     assert!(
         r["warnings"]
             .to_string()
@@ -335,9 +323,6 @@ fn node_keeps_its_copied_builtins_unprobed() {
 fn a_program_whose_code_is_all_in_shared_libraries_says_so() {
     // sqlite3 defines no function of its own that it exports, and has no
     // .symtab: its code is in libsqlite3.
-    let Some(_) = system_program("/usr/bin/sqlite3", &[]) else {
-        return;
-    };
     let out = ours(
         &["-p", "*"],
         Path::new("/usr/bin/sqlite3"),
@@ -375,7 +360,7 @@ fn a_function_of_a_shared_library_is_named_as_such() {
 
 #[test]
 fn close_names_rank_the_fewest_edits_first() {
-    let out = ours(&["-p", "fbi"], &path("probed", Variant::Pie), &["fib", "5"]);
+    let out = ours(&["-p", "fbi"], path("probed", Variant::Pie), &["fib", "5"]);
     assert_our_error("fbi", &out, 125);
     assert!(
         out.stderr_str().contains("; close names: fib"),

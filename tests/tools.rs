@@ -2,6 +2,7 @@
 //! it, and programs that hide from them (`PR_SET_DUMPABLE 0`): each compared
 //! with a native run of the same program.
 
+#[path = "common/mod.rs"]
 mod common;
 
 use std::ffi::OsStr;
@@ -9,49 +10,31 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{is_root, read_report, run, Case, TempDir, BIN};
+use common::{command, hits, nobody_dir, privileged, read_report, run, Case};
 use uprobe_exec_samples::{path, Variant};
 
-/// Hits of the probe on `symbol` (offset 0) in a report.
-fn hits_of(r: &serde_json::Value, symbol: &str) -> u64 {
-    r["probes"]
-        .as_array()
-        .expect("probes array")
-        .iter()
-        .find(|p| p["symbol"] == symbol && p["offset"] == 0)
-        .unwrap_or_else(|| panic!("no probe {symbol} in {r}"))["hits"]
-        .as_u64()
-        .expect("hits")
-}
-
-/// A temp dir that uid 65534 may use, holding a copy of uprobe-exec.
-fn shared_dir(tag: &str) -> (TempDir, std::path::PathBuf) {
-    let dir = TempDir::new(tag);
-    let tool = dir.copy(Path::new(BIN), "uprobe-exec", 0o755);
-    std::fs::set_permissions(
-        dir.join(""),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .expect("chmod");
-    (dir, tool)
+/// `prog args` under our copy `tool`, with an int3 probe on `work` (the
+/// SIGTRAP guard is what these tests are about).
+fn work_probed<S: AsRef<OsStr>>(prog: &Path, args: &[S], tool: &Path) -> Case {
+    Case::new(prog, args)
+        .tool(tool)
+        .opt("-q")
+        .opt("--probe-mode")
+        .opt("int3")
+        .opt("-p")
+        .opt("work")
 }
 
 #[test]
 fn guard_holds_when_the_program_makes_itself_non_dumpable() {
-    let (dir, tool) = shared_dir("nodump");
+    let (dir, tool) = nobody_dir("nodump");
     for v in [Variant::Pie, Variant::Static] {
         let prog = dir.copy(&path("nodump", v), &format!("nodump-{}", v.suffix()), 0o755);
-        for nobody in [false, true] {
+        for nobody in users() {
             let report = dir.join(format!("r-{}-{nobody}.json", v.suffix()));
-            let mut case = Case::new(&prog, ["1000"])
-                .tool(&tool)
-                .opt("-q")
-                .opt("--probe-mode")
-                .opt("int3")
+            let mut case = work_probed(&prog, &["1000"], &tool)
                 .opt("--report-json")
-                .opt(&report)
-                .opt("-p")
-                .opt("work");
+                .opt(&report);
             if nobody {
                 case = case.nobody();
             }
@@ -60,7 +43,7 @@ fn guard_holds_when_the_program_makes_itself_non_dumpable() {
             assert!(out.stdout_str().contains("installed=ours"), "{what}");
             assert!(out.stdout_str().contains("traps=2"), "{what}");
             let r = read_report(&report);
-            assert_eq!(hits_of(&r, "work"), 1000, "{what}");
+            assert_eq!(hits(&r, "work"), 1000, "{what}");
             assert_eq!(
                 r["warnings"].as_array().map(Vec::len),
                 Some(0),
@@ -75,22 +58,16 @@ fn guard_holds_when_the_program_makes_itself_non_dumpable() {
 /// reported, and the probes keep counting.
 #[test]
 fn guard_refuses_what_it_cannot_read_and_says_so() {
-    if !is_root() {
-        return; // needs a privileged and an unprivileged run to tell apart
+    if !privileged("a privileged and an unprivileged run to tell apart") {
+        return;
     }
-    let (dir, tool) = shared_dir("nodump-fork");
+    let (dir, tool) = nobody_dir("nodump-fork");
     let report = dir.join("r.json");
     let prog = dir.copy(&path("nodump", Variant::Pie), "nodump", 0o755);
-    let case = Case::new(&prog, ["1000", "fork"])
-        .tool(&tool)
+    let case = work_probed(&prog, &["1000", "fork"], &tool)
         .nobody()
-        .opt("-q")
-        .opt("--probe-mode")
-        .opt("int3")
         .opt("--report-json")
-        .opt(&report)
-        .opt("-p")
-        .opt("work");
+        .opt(&report);
     let native = case.run_native();
     let ours = case.run_ours();
     assert_eq!(native.code, Some(0));
@@ -111,7 +88,7 @@ fn guard_refuses_what_it_cannot_read_and_says_so() {
     };
     assert_eq!(main(&native), main(&ours));
     let r = read_report(&report);
-    assert_eq!(hits_of(&r, "work"), 1000);
+    assert_eq!(hits(&r, "work"), 1000);
     assert!(
         r["warnings"][0]
             .as_str()
@@ -122,42 +99,20 @@ fn guard_refuses_what_it_cannot_read_and_says_so() {
 
     // A program that execs is no longer ours: the guard lets its calls
     // through, even once it is not dumpable and has a handler.
-    let argv0 = prog.to_string_lossy().into_owned();
-    let case = Case::new(&prog, ["exec", argv0.as_str(), "1000", "fork"])
-        .tool(&tool)
+    // (`nodump exec ARGS` execs itself with ARGS as its argv.)
+    let (native, _) = work_probed(&prog, &["exec", "1000", "fork"], &tool)
         .nobody()
-        .opt("-q")
-        .opt("--probe-mode")
-        .opt("int3")
-        .opt("-p")
-        .opt("work");
-    case.compare();
+        .compare();
+    assert!(
+        native.stdout_str().contains("child: work=1000"),
+        "{}",
+        native.stdout_str()
+    );
 }
 
-/// `argv` as a command, run as uid/gid 65534 when `nobody` and we are root.
-fn command(nobody: bool, argv: &[&OsStr]) -> Command {
-    let mut full: Vec<&OsStr> = Vec::new();
-    if nobody && is_root() {
-        full.extend(
-            [
-                "/usr/bin/setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-            ]
-            .map(OsStr::new),
-        );
-    }
-    full.extend_from_slice(argv);
-    let mut c = Command::new(full[0]);
-    c.args(&full[1..]);
-    c
-}
-
-/// Who runs a case: root (when we are) and uid 65534.
+/// Who runs a case: root and uid 65534 (ourselves only, when not root).
 fn users() -> Vec<bool> {
-    if is_root() {
+    if privileged("the same case as root and as uid 65534") {
         vec![false, true]
     } else {
         vec![false]
@@ -186,7 +141,7 @@ fn no_addresses(s: &str) -> String {
 /// there before anyone looks (the background prefetch puts it there).
 #[test]
 fn proc_self_mem_reads_never_run_text() {
-    let (dir, tool) = shared_dir("selfmem");
+    let (dir, tool) = nobody_dir("selfmem");
     for v in Variant::ALL {
         let prog = dir.copy(
             &path("selfmem", v),
@@ -205,7 +160,7 @@ fn proc_self_mem_reads_never_run_text() {
             let (native, _) = case.compare();
             assert_eq!(native.stdout_str(), "cold_fn: the same as in the file\n");
         }
-        if is_root() {
+        if privileged("full userfaultfd, to see a page never installed") {
             // What the kernel allows: without the prefetch, the same read of
             // a page the fault server never installed fails.
             let out = Case::new(&prog, ["20"])
@@ -271,7 +226,7 @@ fn gdb_attached(nobody: bool, prog: &Path, argv: &[&OsStr]) -> String {
 /// `gdb -p` disassembles a function that has not run yet, as natively.
 #[test]
 fn gdb_attached_disassembles_never_run_text() {
-    let (dir, tool) = shared_dir("gdb-attach");
+    let (dir, tool) = nobody_dir("gdb-attach");
     for v in [Variant::Static, Variant::Pie] {
         let prog = dir.copy(
             &path("selfmem", v),
@@ -363,12 +318,14 @@ fn allocated(p: &Path) -> u64 {
 /// does a native core. Probe sites are the exception (see the README).
 #[test]
 fn core_dump_of_a_crash_has_the_text() {
-    let core_pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
-    if core_pattern.starts_with('|') || core_pattern.contains('/') {
-        eprintln!("skipped: core_pattern {core_pattern:?} does not write into the cwd");
+    let core_pattern =
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("core_pattern");
+    let plain = !core_pattern.starts_with('|') && !core_pattern.contains('/');
+    let why = format!("kernel.core_pattern {core_pattern:?} is not a file name in the cwd");
+    if !common::prerequisite(plain, &why) {
         return;
     }
-    let (dir, tool) = shared_dir("core");
+    let (dir, tool) = nobody_dir("core");
     let funcs = ["far_fn", "never_called", "crash_here", "main"];
     for v in [Variant::Static, Variant::Pie] {
         let prog = dir.copy(&path("crash", v), &format!("crash-{}", v.suffix()), 0o755);
@@ -413,7 +370,7 @@ fn core_dump_of_a_crash_has_the_text() {
             assert_eq!(gdb_core(&prog, &ours_core, &funcs), want, "{what}");
             // At most the program's text more than native: the text is
             // anonymous memory here, and the kernel dumps that.
-            let text = common::elf_text_pages(&prog) * 4096;
+            let text = common::elf::text_pages(&prog) * 4096;
             let (n, o) = (allocated(&native_core), allocated(&ours_core));
             assert!(
                 o <= n + text + (256 << 10),
@@ -478,7 +435,7 @@ fn perf_top_symbol(nobody: bool, dir: &Path, argv: &[&OsStr], comm: &str) -> Str
 /// `--perf-map` writes (the text has no file for perf to read symbols from).
 #[test]
 fn perf_names_the_functions_of_the_program() {
-    let (dir, tool) = shared_dir("perf");
+    let (dir, tool) = nobody_dir("perf");
     for v in [Variant::Static, Variant::Pie] {
         let prog = dir.copy(&path("spin", v), &format!("spin-{}", v.suffix()), 0o755);
         let comm = format!("spin-{}", v.suffix());

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unsafe_code)]
 
+pub mod elf;
+
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -265,6 +267,132 @@ pub fn is_root() -> bool {
 
 pub const NOBODY: u32 = 65534;
 
+/// Whether this is a CI run (`CI=true`, as .ci/run is run), where every
+/// prerequisite of every test is there and nothing may be skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Checks a prerequisite of a test that cannot run without it. Missing,
+/// it fails the test under CI (.ci/run installs everything and runs as
+/// root); elsewhere it prints `skipped: WHAT` and returns false, and the
+/// test leaves out what needs it.
+#[must_use]
+pub fn prerequisite(present: bool, what: &str) -> bool {
+    if !present {
+        assert!(
+            !in_ci(),
+            "a prerequisite is missing under CI=true (.ci/run provides it): {what}"
+        );
+        eprintln!("skipped: {what}");
+    }
+    present
+}
+
+/// Whether we are root, as a [`prerequisite`] of the part of a test that
+/// needs it (`why`): the full hand-off (PR_SET_MM_MAP, userfaultfd for
+/// kernel faults), or running a case as uid 65534 too.
+#[must_use]
+pub fn privileged(why: &str) -> bool {
+    prerequisite(is_root(), &format!("needs root: {why}"))
+}
+
+/// Whether `program` (an absolute path) is installed, as a [`prerequisite`].
+#[must_use]
+pub fn installed(program: &str) -> bool {
+    prerequisite(
+        Path::new(program).exists(),
+        &format!("{program} is not installed"),
+    )
+}
+
+/// `argv` as a command, run as uid/gid 65534 (through setpriv) when
+/// `nobody` and we are root; as ourselves otherwise.
+pub fn command<S: AsRef<OsStr>>(nobody: bool, argv: &[S]) -> Command {
+    let mut full: Vec<&OsStr> = Vec::new();
+    if nobody && is_root() {
+        full.extend(
+            [
+                "/usr/bin/setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+            ]
+            .map(OsStr::new),
+        );
+    }
+    full.extend(argv.iter().map(AsRef::as_ref));
+    let mut c = Command::new(full[0]);
+    c.args(&full[1..]);
+    c
+}
+
+/// A temp dir that uid 65534 may write to (mode 0777), holding a copy of
+/// uprobe-exec that it may run (the build's own may be out of its reach).
+pub fn nobody_dir(tag: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(tag);
+    let tool = dir.copy(Path::new(BIN), "uprobe-exec", 0o755);
+    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o777))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.path.display()));
+    (dir, tool)
+}
+
+/// Asserts that a report of a run without privileges (as uid 65534, or as
+/// ourselves when we are not root) shows the unprivileged hand-off.
+pub fn assert_unprivileged_handoff(what: &str, r: &serde_json::Value) {
+    // Not root, we may still get userfaultfd for kernel faults where the
+    // sysctl allows it to everyone.
+    let sysctl =
+        std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").unwrap_or_default();
+    if is_root() || sysctl.trim() == "0" {
+        assert_eq!(r["handoff"]["uffd_mode"], "user-mode-only", "{what}: {r}");
+    }
+    assert_eq!(r["handoff"]["mm_map"], false, "{what}: {r}");
+}
+
+/// Runs uprobe-exec with exactly `args` (stdin /dev/null).
+pub fn tool<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    run(cmd)
+}
+
+/// Runs `uprobe-exec OPTS... PROG ARGS...` (stdin /dev/null).
+pub fn ours(opts: &[&str], prog: impl AsRef<OsStr>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(opts).arg(prog).args(args);
+    run(cmd)
+}
+
+/// The children of `pid` (of all its threads), from /proc.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new(); // gone
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Every descendant of `pid`, parents before their children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children(p) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
+}
+
 /// One command line, run natively and under uprobe-exec with the same
 /// environment, cwd, stdin and inherited fds.
 #[derive(Clone, Debug, Default)]
@@ -335,24 +463,7 @@ impl Case {
     }
 
     fn command(&self, full: Vec<OsString>) -> Command {
-        let full = if self.nobody && is_root() {
-            let mut v: Vec<OsString> = [
-                "/usr/bin/setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-            ]
-            .iter()
-            .map(OsString::from)
-            .collect();
-            v.extend(full);
-            v
-        } else {
-            full
-        };
-        let mut cmd = Command::new(&full[0]);
-        cmd.args(&full[1..]);
+        let mut cmd = command(self.nobody, &full);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -496,28 +607,6 @@ pub fn assert_same(what: &str, native: &Output, ours: &Output) {
     );
 }
 
-/// Text pages of an ELF file (from its program headers): the pages covered
-/// by executable PT_LOAD segments.
-pub fn elf_text_pages(path: &Path) -> u64 {
-    let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let u16_at = |o: usize| u64::from(u16::from_le_bytes(b[o..o + 2].try_into().unwrap()));
-    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    let phoff = u64_at(32) as usize;
-    let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
-    let mut pages = 0;
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if u32_at(ph) == 1 && u32_at(ph + 4) & 1 != 0 {
-            let (vaddr, memsz) = (u64_at(ph + 16), u64_at(ph + 40));
-            let start = vaddr & !4095;
-            let end = (vaddr + memsz + 4095) & !4095;
-            pages += (end - start) / 4096;
-        }
-    }
-    pages
-}
-
 /// Reads and parses a `--report-json` file.
 pub fn read_report(path: &Path) -> serde_json::Value {
     let text =
@@ -615,7 +704,18 @@ pub fn probed_report_with(
     (ours, read_report(&report))
 }
 
-/// (label, kind, hits) of each probe in a report.
+/// The hits of the probe labelled `label` in a report: `SYMBOL` for a probe
+/// at a function's entry, `SYMBOL+0xOFFSET` for one inside it.
+pub fn hits(r: &serde_json::Value, label: &str) -> u64 {
+    let sites = probe_sites(r);
+    sites
+        .iter()
+        .find(|(l, _, _)| l == label)
+        .unwrap_or_else(|| panic!("no probe {label} in {sites:?}"))
+        .2
+}
+
+/// (label, kind, hits) of each probe in a report; the label is as for [`hits`].
 pub fn probe_sites(r: &serde_json::Value) -> Vec<(String, String, u64)> {
     r["probes"]
         .as_array()
