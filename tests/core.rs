@@ -195,38 +195,34 @@ fn pages_default_all_variants() {
     }
 }
 
-#[test]
-fn pages_threads_8_all_variants() {
+/// `pages --threads N` in every variant: N threads call the 64 functions,
+/// each on its own page, at once.
+fn pages_threads_all_variants(threads: u32) {
     for v in Variant::ALL {
         let p = sample("pages", v);
-        let (n, _, r) = compare_with_report(Case::new(&p, ["--threads", "8"]));
+        let n_arg = threads.to_string();
+        let (n, _, r) = compare_with_report(Case::new(&p, ["--threads", &n_arg]));
         assert!(
-            n.stdout_str().starts_with("threads=8 sum="),
+            n.stdout_str()
+                .starts_with(&format!("threads={threads} sum=")),
             "{v:?}: {}",
             n.stdout_str()
         );
         if privileged("text figures of full mode") {
-            check_text_full(&format!("pages --threads 8 {v:?}"), &r, &p);
+            check_text_full(&format!("pages --threads {threads} {v:?}"), &r, &p);
             assert!(text_field(&r, "served") >= 64, "{v:?}: {r}");
         }
     }
 }
 
 #[test]
+fn pages_threads_8_all_variants() {
+    pages_threads_all_variants(8);
+}
+
+#[test]
 fn pages_threads_64_all_variants() {
-    for v in Variant::ALL {
-        let p = sample("pages", v);
-        let (n, _, r) = compare_with_report(Case::new(&p, ["--threads", "64"]));
-        assert!(
-            n.stdout_str().starts_with("threads=64 sum="),
-            "{v:?}: {}",
-            n.stdout_str()
-        );
-        if privileged("text figures of full mode") {
-            check_text_full(&format!("pages --threads 64 {v:?}"), &r, &p);
-            assert!(text_field(&r, "served") >= 64, "{v:?}: {r}");
-        }
-    }
+    pages_threads_all_variants(64);
 }
 
 /// Many runs of `pages --threads 64`, four at a time: every one must exit 0

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::elf::{self, set_u64};
 use common::{
-    assert_our_error, descendants, hits, installed, nobody_dir, ours, printed,
+    assert_our_error, descendants, hits, installed, nobody_dir, ours, printed, privileged,
     probed_report as probed, read_report, run, spawn_guarded, Case, TempDir, BIN,
 };
 use uprobe_exec_samples::{path, Variant};
@@ -27,6 +27,9 @@ fn fifty_children_on_cold_pages_are_all_counted() {
         );
         assert_eq!(printed(&out, "children"), 50);
         assert_eq!(hits(&r, "after_fork"), printed(&out, "after_fork"));
+        if !privileged("forks are followed, process by process, in full mode") {
+            continue;
+        }
         assert_eq!(r["processes"], 51, "{v:?}");
         // Process by process: each child made its 200 calls.
         let per = r["per_process"].as_array().expect("per_process");
@@ -44,24 +47,22 @@ fn fifty_children_on_cold_pages_are_all_counted() {
 
 #[test]
 fn bash_running_200_external_commands() {
-    let dir = TempDir::new("bash200");
-    let report = dir.join("r.json");
     let script = "n=0; for i in $(seq 200); do /bin/true; n=$((n+1)); done; echo ran $n";
-    let case = Case::new("/bin/bash", ["-c", script])
-        .opt("-q")
-        .opt("--report-json")
-        .opt(&report)
-        .opt("-p")
-        .opt("execute_command");
-    let (_, ours) = case.compare();
-    assert_eq!(ours.stdout_str(), "ran 200\n");
-    let r = read_report(&report);
-    assert!(
-        r["processes"].as_u64().unwrap() >= 201,
-        "{}",
-        r["processes"]
+    let (ours, r) = probed(
+        "bash200",
+        Path::new("/bin/bash"),
+        &["-c", script],
+        &["execute_command"],
     );
+    assert_eq!(ours.stdout_str(), "ran 200\n");
     assert!(hits(&r, "execute_command") >= 200);
+    if privileged("forks are followed in full mode") {
+        assert!(
+            r["processes"].as_u64().unwrap() >= 201,
+            "{}",
+            r["processes"]
+        );
+    }
 }
 
 #[test]
@@ -266,10 +267,12 @@ fn eviction_storm_with_four_threads() {
         r["text"]["faults"].as_u64().unwrap(),
     );
     // Each cycle drops two pages that the main thread touches right after.
-    assert!(
-        refaults >= 2 * 10000 * 9 / 10 && refaults <= faults,
-        "refaults {refaults}, faults {faults}"
-    );
+    if privileged("refaults are served (and counted) in full mode") {
+        assert!(
+            refaults >= 2 * 10000 * 9 / 10 && refaults <= faults,
+            "refaults {refaults}, faults {faults}"
+        );
+    }
 }
 
 #[test]
@@ -542,7 +545,11 @@ fn ten_thousand_probes() {
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     assert_eq!(out.stdout_str(), "4950\n");
     let r = read_report(&report);
-    assert_eq!(r["probes"].as_array().unwrap().len(), 10_000);
+    let sites = common::probe_sites(&r);
+    assert_eq!(sites.len(), 10_000);
+    // Python's start-up runs some of those functions: the int3s counted.
+    let hit = sites.iter().filter(|(_, _, h)| *h > 0).count();
+    assert!(hit > 0, "none of 10^4 probes was hit");
 }
 
 #[test]

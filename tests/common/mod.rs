@@ -282,7 +282,7 @@ pub fn prerequisite(present: bool, what: &str) -> bool {
     if !present {
         assert!(
             !in_ci(),
-            "a prerequisite is missing under CI=true (.ci/run provides it): {what}"
+            "a prerequisite is missing under CI=true (CI runs .ci/run, as root, which installs everything): {what}"
         );
         eprintln!("skipped: {what}");
     }
