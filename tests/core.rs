@@ -26,17 +26,6 @@ fn os(s: &str) -> OsString {
     OsString::from(s)
 }
 
-/// Runs `case` under uprobe-exec with `--report-json` in a temp dir, after
-/// comparing it with the native run; returns the parsed report.
-fn compare_with_report(case: Case) -> (Output, Output, serde_json::Value) {
-    let dir = TempDir::new("report");
-    let rep = dir.join("report.json");
-    let case = case.opt("--report-json").opt(&rep);
-    let (n, o) = case.compare();
-    let r = read_report(&rep);
-    (n, o, r)
-}
-
 /// Checks text figures that hold for every run of `prog` in full
 /// (privileged) mode.
 fn check_text_full(what: &str, r: &serde_json::Value, prog: &Path) {
@@ -180,7 +169,7 @@ fn hello_cwd_from_temp_dir_all_variants() {
 fn pages_default_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
-        let (n, _, r) = compare_with_report(Case::new(&p, [""; 0]));
+        let (n, _, r) = compare_with_report("pages", Case::new(&p, [""; 0]));
         assert!(
             n.stdout_str().starts_with("pages: calls=64 sum="),
             "{v:?}: {}",
@@ -201,7 +190,7 @@ fn pages_threads_all_variants(threads: u32) {
     for v in Variant::ALL {
         let p = sample("pages", v);
         let n_arg = threads.to_string();
-        let (n, _, r) = compare_with_report(Case::new(&p, ["--threads", &n_arg]));
+        let (n, _, r) = compare_with_report("pages", Case::new(&p, ["--threads", &n_arg]));
         assert!(
             n.stdout_str()
                 .starts_with(&format!("threads={threads} sum=")),
@@ -262,7 +251,7 @@ fn pages_threads_64_exit_race_stress() {
 fn pages_fork_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
-        let (n, _, r) = compare_with_report(Case::new(&p, ["--fork"]));
+        let (n, _, r) = compare_with_report("pages", Case::new(&p, ["--fork"]));
         assert!(
             n.stdout_str().contains("child_status=0\n"),
             "{v:?}: {}",
@@ -288,6 +277,7 @@ fn pages_dontneed_200_all_variants() {
         let p = sample("pages", v);
         // Strictly lazy, so that each dropped page refaults on its own.
         let (n, _, r) = compare_with_report(
+            "pages",
             Case::new(&p, ["--dontneed", "200"])
                 .opt("--fault-around")
                 .opt("0"),
@@ -983,8 +973,10 @@ fn lazy_python_serves_part_of_its_text() {
         return;
     }
     // Lazy: without the background prefetch (on by default).
-    let (_, _, r) =
-        compare_with_report(Case::new("/usr/bin/python3.11", ["-c", "pass"]).opt("--no-prefetch"));
+    let (_, _, r) = compare_with_report(
+        "lazy-python",
+        Case::new("/usr/bin/python3.11", ["-c", "pass"]).opt("--no-prefetch"),
+    );
     let (pages, served, faults) = (
         text_field(&r, "pages"),
         text_field(&r, "served"),

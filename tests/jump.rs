@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_our_error, hits, ours, printed, probe_sites, probed_report_with, read_report, Case,
-    Output, TempDir,
+    assert_our_error, compare_with_report, hits, ours, printed, probe_sites, probed_report_with,
+    read_report, Case, Output, TempDir,
 };
 use uprobe_exec_samples::{path, Variant};
 
@@ -204,20 +204,15 @@ fn a_jump_that_straddles_a_page_is_consistent_whichever_page_comes_first() {
 
 #[test]
 fn python_with_py_star_in_auto_mode() {
-    let dir = TempDir::new("pyjump");
-    let report = dir.join("r.json");
     let script =
         "import json\nd = {str(i): [i] * 3 for i in range(2000)}\nprint(len(json.dumps(d)))\n";
-    let (_, ours) = Case::new("/usr/bin/python3.11", ["-c", script])
+    let case = Case::new("/usr/bin/python3.11", ["-c", script])
         .env("PYTHONHASHSEED", "0")
         .opt("-q")
-        .opt("--report-json")
-        .opt(&report)
         .opt("-p")
-        .opt("Py*")
-        .compare();
-    assert!(!ours.stdout.is_empty());
-    let r = read_report(&report);
+        .opt("Py*");
+    let (_, ours, r) = compare_with_report("pyjump", case);
+    assert_eq!(ours.stdout_str(), "51560\n");
     let all = probe_sites(&r);
     let jumps = all.iter().filter(|(_, k, _)| k == "jump").count();
     eprintln!("python3.11 Py*: {} sites, {jumps} jumps", all.len());

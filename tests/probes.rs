@@ -170,17 +170,12 @@ fn python_with_list_append_and_all_of_py_star() {
     let script = |n: u32| format!("s = ' '.join(['x'] * {n})\nprint(len(s.split()))\n");
     let py = Path::new("/usr/bin/python3.11");
     let run_once = |script: &str, probe: &str| {
-        let dir = TempDir::new("py");
-        let report = dir.join("r.json");
         let case = Case::new(py, ["-c", script])
             .env("PYTHONHASHSEED", "0")
             .opt("-q")
-            .opt("--report-json")
-            .opt(&report)
             .opt("-p")
             .opt(probe);
-        case.compare();
-        read_report(&report)
+        common::compare_with_report("py", case).2
     };
     let appends = |words| hits(&run_once(&script(words), "PyList_Append"), "PyList_Append");
     let (a, b, c) = (appends(5000), appends(5000), appends(10000));

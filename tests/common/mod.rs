@@ -671,6 +671,16 @@ pub fn printed(out: &Output, key: &str) -> u64 {
         .unwrap()
 }
 
+/// Compares `case` with its native run (see [`Case::compare`]), ours with
+/// `--report-json` into a temp dir named after `tag`; returns both runs and
+/// the report.
+pub fn compare_with_report(tag: &str, case: Case) -> (Output, Output, serde_json::Value) {
+    let dir = TempDir::new(tag);
+    let rep = dir.join("r.json");
+    let (n, o) = case.opt("--report-json").opt(&rep).compare();
+    (n, o, read_report(&rep))
+}
+
 /// Runs `prog args` natively and under uprobe-exec with `probes` (quiet,
 /// with a report), asserts the same output; returns ours and the report.
 pub fn probed_report(
@@ -690,18 +700,16 @@ pub fn probed_report_with(
     args: &[&str],
     probes: &[&str],
 ) -> (Output, serde_json::Value) {
-    let dir = TempDir::new(tag);
-    let report = dir.join("r.json");
     let mut case = Case::new(prog, args);
     for o in opts {
         case = case.opt(o);
     }
-    case = case.opt("-q").opt("--report-json").opt(&report);
+    case = case.opt("-q");
     for p in probes {
         case = case.opt("-p").opt(p);
     }
-    let (_, ours) = case.compare();
-    (ours, read_report(&report))
+    let (_, ours, r) = compare_with_report(tag, case);
+    (ours, r)
 }
 
 /// The hits of the probe labelled `label` in a report: `SYMBOL` for a probe
