@@ -15,6 +15,7 @@
 mod fault;
 mod hits;
 mod plot;
+mod teardown;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -366,6 +367,19 @@ fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
+    // 4. Teardown.
+    eprintln!("teardown of a fork storm…");
+    let harm_static = uprobe_exec_samples::path("harm", uprobe_exec_samples::Variant::Static);
+    let harm_static = harm_static.to_str().expect("utf-8").to_string();
+    let storm_n = 2000;
+    let (storm_native, storm_ours) = teardown::storm(ux, &harm_static, storm_n, runs.min(5));
+    let _ = writeln!(md, "\n## 4. Teardown of a fork storm\n");
+    let _ = writeln!(md, "`harm storm {storm_n}` forks {storm_n} processes that wait, and keeps forking short-lived ones. Time from the kill until no process of the group is left (zombies not counted), medians of {} alternating runs.\n", runs.min(5));
+    let _ = writeln!(md, "| kill | ms |");
+    let _ = writeln!(md, "| --- | --- |");
+    let _ = writeln!(md, "| native: `killpg(SIGKILL)` of the program's group | {storm_native:.0} |");
+    let _ = writeln!(md, "| uprobe-exec: `SIGKILL` to the monitor only (its watchdog kills the program) | {storm_ours:.0} |");
+
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| goal | measured | met |");
     let _ = writeln!(md, "| --- | --- | --- |");
@@ -380,6 +394,11 @@ fn main() {
         md,
         "| eviction storm (`harm evict 256 1000`) within 5× of native | {evict_ratio:.2}× | {} |",
         yes(evict_ratio <= 5.0)
+    );
+    let _ = writeln!(
+        md,
+        "| a killed monitor's fork storm ({storm_n} processes) all gone within 100 ms (native `killpg`: {storm_native:.0} ms) | {storm_ours:.0} ms | {} |",
+        yes(storm_ours <= 100.0)
     );
     if let Some(j) = jump_entry {
         let _ = writeln!(
