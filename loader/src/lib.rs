@@ -38,9 +38,10 @@ mod session;
 pub mod stack;
 pub mod stage;
 pub mod symbols;
+mod sys;
 pub mod vma;
 pub mod watchdog;
 
 pub use error::{ElfError, Error, Result};
-pub use report::{Exit, Report};
+pub use report::{Exit, ProbeHits, ProcessHits, Report};
 pub use session::{functions, Command, ProbeMode, Session, DEFAULT_FAULT_AROUND};

@@ -9,5 +9,5 @@ pub mod server;
 pub mod trap;
 pub mod uffd;
 
-pub use server::{ServeError, Server, TextImage, TextRange, TextStats};
+pub use server::{ServeError, Server, TextImage, TextRange, TextStats, Wake};
 pub use uffd::{CopyOutcome, Event, Uffd, UffdMode, PAGE_SIZE};

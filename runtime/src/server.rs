@@ -20,9 +20,10 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
 use crate::uffd::{decode, empty_msgs, CopyOutcome, Event, Uffd, PAGE_SIZE};
@@ -209,6 +210,23 @@ impl PageBits {
         self.0[w] &= !b;
         was
     }
+}
+
+/// Why [`Server::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Wake {
+    /// `stop` became readable: the first process ended.
+    Stopped,
+    /// `control` became readable: the caller has requests to answer.
+    Control,
+}
+
+/// An empty poll set in the memory of `v`, which no longer borrows anything
+/// (collecting an empty `Vec` into one of the same layout reuses its memory).
+fn recycle<'a>(mut v: Vec<PollFd<'_>>) -> Vec<PollFd<'a>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 /// Figures of the text serving, as reported at exit.
@@ -590,67 +608,75 @@ impl Server {
     }
 
     /// Serves until `stop` becomes readable (a pidfd: the first process
-    /// ended). Nobody serves faults once this returns: the caller must make
-    /// the text available otherwise (fill the file the text is mapped from)
-    /// and then [`Server::wake_all`].
-    pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), ServeError> {
+    /// ended), or `control` does (the caller has requests to answer; calling
+    /// `run` again goes on serving where it left off). Nobody serves faults
+    /// after it returns [`Wake::Stopped`]: the caller must make the text
+    /// available otherwise (fill the file the text is mapped from) and then
+    /// [`Server::wake_all`].
+    pub fn run(
+        &mut self,
+        stop: BorrowedFd<'_>,
+        control: Option<BorrowedFd<'_>>,
+    ) -> Result<Wake, ServeError> {
         let mut msgs = empty_msgs::<32>();
-        // The poll set is rebuilt only when a process appears or goes.
-        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        // The poll set borrows the processes' uffds, which serving may
+        // close, so it is built afresh for each wait, in reused memory.
+        let mut spare: Vec<PollFd<'static>> = Vec::new();
         let mut owners: Vec<usize> = Vec::new();
-        let mut known = u64::MAX;
+        let mut ready: Vec<usize> = Vec::new();
         loop {
-            if self.generation != known {
-                known = self.generation;
-                pfds.clear();
-                owners.clear();
-                pfds.push(libc::pollfd {
-                    fd: stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                for (i, m) in self.mms.iter().enumerate() {
-                    if let Some(uffd) = &m.uffd {
-                        pfds.push(libc::pollfd {
-                            fd: uffd.as_fd().as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        });
-                        owners.push(i);
-                    }
-                }
-            }
             // With copies deferred, wake up soon even if no event comes: the
             // kernel keeps answering EAGAIN until the madvise caller whose
             // event we read has resumed, which sends us nothing.
             let timeout = if self.prefetch_pending {
-                0
+                Some(Timespec::default())
             } else if self.deferred.is_empty() {
-                -1
+                None
             } else {
-                1
+                Some(Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 1_000_000,
+                })
             };
-            // SAFETY: pfds is a live array of pollfd of the stated length.
-            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
-            if r < 0 {
-                let e = Errno::from_raw_os_error(
-                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-                );
-                if e == Errno::INTR {
+            let mut pfds = recycle(std::mem::take(&mut spare));
+            pfds.push(PollFd::new(&stop, PollFlags::IN));
+            pfds.extend(control.as_ref().map(|c| PollFd::new(c, PollFlags::IN)));
+            let first_uffd = pfds.len();
+            owners.clear();
+            for (i, m) in self.mms.iter().enumerate() {
+                if let Some(uffd) = &m.uffd {
+                    pfds.push(PollFd::new(uffd, PollFlags::IN));
+                    owners.push(i);
+                }
+            }
+            let n = match poll(&mut pfds, timeout.as_ref()) {
+                Ok(n) => n,
+                Err(Errno::INTR) => {
+                    spare = recycle(pfds);
                     continue;
                 }
-                return Err(ServeError::Read(e));
-            }
-            for k in 1..pfds.len() {
-                if pfds[k].revents != 0 {
-                    self.drain(owners[k - 1], &mut msgs)?;
+                Err(e) => return Err(ServeError::Read(e)),
+            };
+            let stopped = !pfds[0].revents().is_empty();
+            let controlled = control.is_some() && !pfds[1].revents().is_empty();
+            ready.clear();
+            for (k, p) in pfds[first_uffd..].iter().enumerate() {
+                if !p.revents().is_empty() {
+                    ready.push(owners[k]);
                 }
             }
-            self.retry_deferred()?;
-            if pfds[0].revents != 0 {
-                return Ok(());
+            spare = recycle(pfds);
+            for &m in &ready {
+                self.drain(m, &mut msgs)?;
             }
-            if r == 0 {
+            self.retry_deferred()?;
+            if stopped {
+                return Ok(Wake::Stopped);
+            }
+            if controlled {
+                return Ok(Wake::Control);
+            }
+            if n == 0 {
                 self.prefetch_step()?;
             }
         }

@@ -9,7 +9,8 @@ use std::sync::mpsc;
 
 use uprobe_runtime::{Uffd, UffdMode};
 
-use super::monitor::monitor;
+use super::control;
+use super::monitor::{monitor, Job};
 use super::probes::Probes;
 use super::program::resolve;
 use super::start::Signals;
@@ -274,16 +275,26 @@ impl Command {
             blocked: self.blocked.unwrap_or_else(current_mask),
             sigpipe_ignored: self.sigpipe_ignored,
         };
-        let serving = (self.fault_around, self.prefetch);
         let args = resolved
             .argv
             .iter()
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         let program_name = resolved.elf.display().to_string();
+        let job = Job {
+            plan,
+            probes,
+            program: resolved,
+            env,
+            signals,
+            fault_around: self.fault_around,
+            prefetch: self.prefetch,
+        };
+        let (control, inbox) =
+            control::channel().map_err(|e| Error::sys("creating the control channel", e))?;
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
-            .spawn(move || monitor(plan, probes, resolved, env, signals, serving, tx))
+            .spawn(move || monitor(job, inbox, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
             Ok(Ok(pid)) => {
@@ -295,7 +306,9 @@ impl Command {
                 }
                 Ok(Session {
                     pid,
-                    thread,
+                    monitor: Some(thread),
+                    control,
+                    ended: None,
                     program: program_name,
                     args,
                     warnings,

@@ -6,6 +6,7 @@
 //! to the thread that forked it, so that thread must outlive the program.
 
 mod command;
+mod control;
 mod monitor;
 mod probes;
 mod program;
@@ -16,12 +17,13 @@ use std::ffi::OsStr;
 use std::thread::JoinHandle;
 
 pub use command::{Command, ProbeMode, DEFAULT_FAULT_AROUND};
+use control::{Control, Request};
 use monitor::Outcome;
 use program::resolve;
 
 use crate::elf::Image;
 use crate::error::{Error, Result};
-use crate::report::{Exit, Report, Text};
+use crate::report::{Exit, ProbeHits, Report, Text};
 use crate::symbols::Symbols;
 
 /// The functions of `program` (found as [`Command::new`] finds it) whose
@@ -64,10 +66,19 @@ pub fn functions(
 }
 
 /// A running program.
+///
+/// While it runs, [`Session::counts`] reads the hits so far and
+/// [`Session::kill`] ends it; [`Session::try_wait`] and [`Session::wait`]
+/// give the [`Report`] once it has ended. Requests go to the monitor thread
+/// through its control channel, between the faults it serves.
 #[must_use = "a dropped session detaches: the program runs on, served, but its report is lost"]
 pub struct Session {
     pid: i32,
-    thread: JoinHandle<Result<Outcome>>,
+    /// The monitor thread, until it has been joined.
+    monitor: Option<JoinHandle<Result<Outcome>>>,
+    control: Control,
+    /// The report, once the monitor has returned.
+    ended: Option<Report>,
     program: String,
     args: Vec<String>,
     warnings: Vec<String>,
@@ -88,18 +99,70 @@ impl Session {
         self.pid
     }
 
-    /// Waits for the program to end and returns the report.
-    pub fn wait(self) -> Result<Report> {
-        let out = match self.thread.join() {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::sys(
-                    "the monitor thread",
-                    std::io::Error::other("panicked; the program was killed"),
-                ))
+    /// The hits of every probe so far, in every process of the program, in
+    /// the order of [`Report::probes`]. Once the program has ended, the
+    /// final counts, as in the report (this then waits for the monitor to
+    /// finish it, which takes moments).
+    pub fn counts(&mut self) -> Result<Vec<ProbeHits>> {
+        if self.ended.is_none() {
+            if let Some(hits) = self.control.ask(Request::Counts) {
+                return Ok(hits);
             }
-        };
-        let mut warnings = self.warnings;
+        }
+        // No answer: the monitor has stopped serving, the program has ended.
+        Ok(self.finish()?.probes.clone())
+    }
+
+    /// The report if the program has ended, `None` while it runs. Does not
+    /// wait; asked again after it has ended, gives the same report.
+    pub fn try_wait(&mut self) -> Result<Option<Report>> {
+        if self.monitor.as_ref().is_some_and(|m| !m.is_finished()) {
+            return Ok(None);
+        }
+        self.finish().map(|r| Some(r.clone()))
+    }
+
+    /// Kills the program's first process with SIGKILL, as
+    /// [`std::process::Child::kill`] does: the report then says
+    /// `Exit::Signal(9)`. Processes it forked live on, as they would. No
+    /// error if it has ended already.
+    pub fn kill(&self) -> Result<()> {
+        match self.control.ask(Request::Kill) {
+            Some(Err(e)) => Err(Error::sys("killing the program", e)),
+            Some(Ok(())) | None => Ok(()),
+        }
+    }
+
+    /// Waits for the program to end and returns the report.
+    pub fn wait(mut self) -> Result<Report> {
+        self.finish().cloned()
+    }
+
+    /// Waits for the monitor to return and keeps the report it makes.
+    fn finish(&mut self) -> Result<&Report> {
+        if let Some(monitor) = self.monitor.take() {
+            let out = match monitor.join() {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(Error::sys(
+                        "the monitor thread",
+                        std::io::Error::other("panicked; the program was killed"),
+                    ))
+                }
+            };
+            self.ended = Some(self.report(out));
+        }
+        self.ended.as_ref().ok_or_else(|| {
+            Error::sys(
+                "the monitor thread",
+                std::io::Error::other("failed (the error was returned before)"),
+            )
+        })
+    }
+
+    /// The report of the monitor's outcome.
+    fn report(&self, out: Outcome) -> Report {
+        let mut warnings = self.warnings.clone();
         if out.exit == Exit::Signal(libc::SIGTRAP) && !out.probes.is_empty() {
             warnings.push(if out.stray_traps > 0 {
                 "the program executed an int3 of its own (not a probe) and died of SIGTRAP, as it would natively".into()
@@ -117,9 +180,9 @@ impl Session {
                 out.guard_refused
             ));
         }
-        Ok(Report {
-            program: self.program,
-            args: self.args,
+        Report {
+            program: self.program.clone(),
+            args: self.args.clone(),
             exit: out.exit,
             probes: out.probes,
             per_process: out.per_process,
@@ -127,10 +190,10 @@ impl Session {
             processes: out.stats.processes,
             handoff: {
                 let mut h = out.handoff;
-                h.limits.extend(self.limits);
+                h.limits.extend(self.limits.iter().cloned());
                 h
             },
             warnings,
-        })
+        }
     }
 }

@@ -1,86 +1,68 @@
-//! The monitor's side of the watchdog (see `crate::watchdog`): its messages,
-//! the uffds it must hold, and telling it to detach.
+//! The monitor's side of the watchdog (see `crate::watchdog`): the program's
+//! pid and wait status come from it, and it must hold a copy of every uffd.
 
-#![allow(unsafe_code)]
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+use rustix::process::{Pid, WaitOptions};
 use uprobe_runtime::Uffd;
 
 use crate::error::{Error, Result};
 use crate::report::Exit;
+use crate::sys::fdpass;
+use crate::watchdog::{WatchMsg, DETACH, EXITED, HOLD};
 
-/// The monitor's side of the watchdog (see `watchdog`).
+/// The watchdog process, seen from the monitor. Dropping it ends the
+/// watchdog (which kills the program unless detached) and reaps it.
 pub(super) struct Watchdog {
-    pub(super) pid: i32,
-    pub(super) sock: OwnedFd,
+    pid: Pid,
+    sock: Arc<OwnedFd>,
     /// Dropping it tells the watchdog we are gone.
-    pub(super) alive: Option<OwnedFd>,
+    alive: Option<OwnedFd>,
 }
 
-/// Sends uffds to the watchdog from the fault server's thread.
-pub(super) struct Keeper(RawFd);
+/// Hands uffds to the watchdog from the fault server's thread.
+pub(super) struct Keeper(Arc<OwnedFd>);
 
 impl Keeper {
-    pub(super) fn hold_fd(&self, fd: std::os::fd::BorrowedFd<'_>) {
-        send_fd(
-            self.0,
-            crate::watchdog::WatchMsg {
-                kind: crate::watchdog::HOLD,
-                pid: 0,
-                status: 0,
-            },
-            Some(fd.as_raw_fd()),
-        );
+    /// Has the watchdog hold a copy of `uffd` (see `crate::watchdog`).
+    pub(super) fn hold_fd(&self, uffd: BorrowedFd<'_>) {
+        send(&self.0, HOLD, Some(uffd));
     }
 }
 
-fn send_fd(sock: RawFd, msg: crate::watchdog::WatchMsg, fd: Option<RawFd>) {
-    let mut cbuf = [0u64; 4];
-    let mut iov = libc::iovec {
-        iov_base: (&msg as *const crate::watchdog::WatchMsg).cast_mut().cast(),
-        iov_len: std::mem::size_of::<crate::watchdog::WatchMsg>(),
+/// Sends the watchdog an order; nothing to do if it is gone (the monitor
+/// learns of that from its next message).
+fn send(sock: &OwnedFd, kind: u32, fd: Option<BorrowedFd<'_>>) {
+    let msg = WatchMsg {
+        kind,
+        pid: 0,
+        status: 0,
     };
-    // SAFETY: msghdr and the control buffer are plain data on our stack, sized
-    // for one fd; sendmsg only reads them.
-    unsafe {
-        let mut hdr: libc::msghdr = std::mem::zeroed();
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        if let Some(fd) = fd {
-            hdr.msg_control = cbuf.as_mut_ptr().cast();
-            hdr.msg_controllen = libc::CMSG_SPACE(4) as usize;
-            let c = libc::CMSG_FIRSTHDR(&hdr);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), fd);
-        }
-        libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL);
-    }
+    let _ = fdpass::send(sock.as_fd(), &msg, fd.as_slice());
 }
 
 impl Watchdog {
+    /// The watchdog forked as `pid`, with our end of its socket and the
+    /// write end of its alive pipe.
+    pub(super) fn new(pid: Pid, sock: OwnedFd, alive: OwnedFd) -> Watchdog {
+        Watchdog {
+            pid,
+            sock: Arc::new(sock),
+            alive: Some(alive),
+        }
+    }
+
     /// The next message from the watchdog (blocking); None if it died.
-    pub(super) fn next(&self) -> Option<crate::watchdog::WatchMsg> {
-        let mut m = crate::watchdog::WatchMsg::default();
+    pub(super) fn next(&self) -> Option<WatchMsg> {
         loop {
-            // SAFETY: reading one plain struct from our socket.
-            let n = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    (&mut m as *mut crate::watchdog::WatchMsg).cast(),
-                    std::mem::size_of::<crate::watchdog::WatchMsg>(),
-                    0,
-                )
-            };
-            if n == std::mem::size_of::<crate::watchdog::WatchMsg>() as isize {
-                return Some(m);
+            match fdpass::recv::<WatchMsg>(self.sock.as_fd(), RecvFlags::empty()) {
+                Ok(Some((m, _))) => return Some(m),
+                Err(Errno::INTR) => continue,
+                Ok(None) | Err(_) => return None,
             }
-            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return None;
         }
     }
 
@@ -88,7 +70,7 @@ impl Watchdog {
     pub(super) fn status(&self) -> Result<Exit> {
         loop {
             match self.next() {
-                Some(m) if m.kind == crate::watchdog::EXITED => {
+                Some(m) if m.kind == EXITED => {
                     let st = m.status;
                     return Ok(if libc::WIFSIGNALED(st) {
                         Exit::Signal(libc::WTERMSIG(st))
@@ -107,25 +89,19 @@ impl Watchdog {
         }
     }
 
+    /// Has the watchdog hold a copy of the first process's uffd.
     pub(super) fn hold(&self, uffd: &Uffd) {
         self.sender().hold_fd(uffd.as_fd());
     }
 
+    /// A handle that passes the uffds of new processes to the watchdog.
     pub(super) fn sender(&self) -> Keeper {
-        Keeper(self.sock.as_raw_fd())
+        Keeper(Arc::clone(&self.sock))
     }
 
     /// The session ended normally: processes that outlive the program live on.
     pub(super) fn detach(&self) {
-        send_fd(
-            self.sock.as_raw_fd(),
-            crate::watchdog::WatchMsg {
-                kind: crate::watchdog::DETACH,
-                pid: 0,
-                status: 0,
-            },
-            None,
-        );
+        send(&self.sock, DETACH, None);
     }
 }
 
@@ -134,8 +110,6 @@ impl Drop for Watchdog {
         // Closing the pipe ends the watchdog (killing the program unless
         // detached); then reap it.
         drop(self.alive.take());
-        let mut st = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(self.pid, &mut st, 0) };
+        let _ = rustix::process::waitpid(Some(self.pid), WaitOptions::empty());
     }
 }
