@@ -315,7 +315,7 @@ unsafe fn unregister_rseq() {
 /// # Safety
 /// Must be called only in a child just forked from the monitor, with a plan
 /// whose addresses were reserved in the monitor before the fork.
-pub unsafe fn run(p: &StagePlan<'_>) -> ! {
+pub(crate) unsafe fn run(p: &StagePlan<'_>) -> ! {
     // SAFETY: (whole function) system calls on the child's own address
     // space, at addresses the monitor reserved for exactly this.
     unsafe {

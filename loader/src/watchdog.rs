@@ -63,6 +63,9 @@ fn send(sock: BorrowedFd<'_>, msg: WatchMsg) {
 }
 
 /// Whether the mm behind a uffd still exists (see `Uffd::mm_alive`).
+///
+/// # Safety
+/// `uffd` must be a userfaultfd: the ioctl number means nothing else there.
 unsafe fn mm_alive(uffd: BorrowedFd<'_>) -> bool {
     let mut r = linux_raw_sys::general::uffdio_range {
         start: 0x10000,
@@ -81,14 +84,18 @@ unsafe fn mm_alive(uffd: BorrowedFd<'_>) -> bool {
 
 /// Closes the held uffds of processes that have ended, packing the others
 /// at the front; returns how many are left.
+///
+/// # Safety
+/// Every fd in `held` must be a userfaultfd.
 unsafe fn drop_ended(held: &mut [Option<OwnedFd>]) -> usize {
     let mut live = 0;
     for i in 0..held.len() {
-        // SAFETY: UFFDIO_UNREGISTER of an empty range on a uffd we hold.
-        if held[i]
-            .as_ref()
-            .is_some_and(|u| unsafe { mm_alive(u.as_fd()) })
-        {
+        let alive = match &held[i] {
+            // SAFETY: a uffd, as the caller promises.
+            Some(u) => unsafe { mm_alive(u.as_fd()) },
+            None => false,
+        };
+        if alive {
             held.swap(live, i);
             live += 1;
         } else {
@@ -167,7 +174,7 @@ unsafe fn kill_all(first: libc::pid_t) {
 /// # Safety
 /// Must be called only in a child just forked from the monitor, with a
 /// stage plan valid as for [`stage::run`].
-pub unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
+pub(crate) unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
     // SAFETY: (whole function) system calls on our own process and children.
     unsafe {
         // SAFETY: the monitor's socket stays open until we exit.

@@ -399,7 +399,7 @@ impl Server {
     }
 
     /// Serves `addr` (a page registered with every process's uffd) as each
-    /// process's row page (see [`RowPage`]): `assign(process number, tid)`
+    /// process's row page (see `RowPage`): `assign(process number, tid)`
     /// gives the `(pid, row address)` to write there.
     pub fn set_row_page(
         &mut self,
