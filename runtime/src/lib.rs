@@ -5,6 +5,7 @@
 //! addresses. The `uprobe-exec` crate plans those images from the program.
 
 pub mod counters;
+mod image;
 pub mod server;
 pub mod trap;
 pub mod uffd;
