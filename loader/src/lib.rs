@@ -34,6 +34,9 @@
 //! brings in its argument parser; an embedder turns it off with
 //! `default-features = false`.
 
+// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`.
+#![deny(unsafe_code)]
+
 mod addr;
 mod elf;
 mod error;

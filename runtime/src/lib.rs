@@ -4,6 +4,9 @@
 //! This crate knows nothing of ELF files: it serves page images at runtime
 //! addresses. The `uprobe-exec` crate plans those images from the program.
 
+// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`.
+#![deny(unsafe_code)]
+
 pub mod counters;
 mod image;
 pub mod server;
