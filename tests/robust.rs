@@ -400,10 +400,10 @@ fn fuzz_parse_resolve_plan() {
     // Mutated ELF files through the whole of parse, symbols, resolve and
     // plan, in-process: none may panic. Deterministic, so CI runs the same
     // inputs every time; UPROBE_FUZZ_CASES runs more.
-    use uprobe_exec::elf::Image;
-    use uprobe_exec::plan::Plan;
-    use uprobe_exec::probes;
-    use uprobe_exec::symbols::Symbols;
+    use uprobe_exec::internals::probes;
+    use uprobe_exec::internals::Image;
+    use uprobe_exec::internals::Plan;
+    use uprobe_exec::internals::Symbols;
     let cases: u64 = std::env::var("UPROBE_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -456,8 +456,8 @@ fn fuzz_parse_resolve_plan() {
             let Ok(mut plan) = Plan::new(
                 image,
                 None,
-                &uprobe_exec::layout::Aslr::current(),
-                uprobe_exec::plan::TextBacking::File,
+                &uprobe_exec::internals::Aslr::current(),
+                uprobe_exec::internals::TextBacking::File,
             ) else {
                 return false;
             };

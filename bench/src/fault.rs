@@ -99,7 +99,8 @@ pub fn ours(cpu: usize, fault_around: usize) -> Vec<f64> {
         pin(cpu);
         let mut s = Server::new(image, uffd);
         s.set_fault_around(fault_around);
-        s.run(r.as_fd()).expect("serve");
+        let wake = s.run(r.as_fd(), None).expect("serve");
+        assert_eq!(wake, uprobe_runtime::Wake::Stopped);
     });
     pin(0);
     std::thread::sleep(std::time::Duration::from_millis(2));

@@ -59,7 +59,7 @@ pub fn probed(ux: &str, kind: &str, mode: &str, calls: &str) -> Option<f64> {
 
 /// The file offset of a function, as uprobe_events wants it.
 fn file_offset(prog: &Path, name: &str) -> Option<u64> {
-    let img = uprobe_exec::elf::Image::open(prog).ok()?;
+    let img = uprobe_exec::internals::Image::open(prog).ok()?;
     let f = uprobe_exec::functions(prog, &[name.to_string()])
         .ok()?
         .into_iter()

@@ -3,6 +3,8 @@
 //! Every check here exists so that a malformed file gives a one-line reason
 //! (exit 126) instead of a crash of ours or of the program.
 
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

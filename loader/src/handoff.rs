@@ -52,7 +52,7 @@ global_asm!(
     "    jz .Luprobe_unmapped",
     "    mov rdi, [r13]",
     "    mov rsi, [r13 + 8]",
-    "    mov eax, 11", // munmap
+    "    mov eax, {nr_munmap}",
     "    syscall",
     "    add r13, 16",
     "    dec r14",
@@ -62,11 +62,11 @@ global_asm!(
     "    mov rdx, [r12 + 32]",
     "    test rdx, rdx",
     "    jz .Luprobe_no_prctl",
-    "    mov edi, 35", // PR_SET_MM
-    "    mov esi, 14", // PR_SET_MM_MAP
+    "    mov edi, {pr_set_mm}",
+    "    mov esi, {pr_set_mm_map}",
     "    mov r10, [r12 + 40]",
     "    xor r8d, r8d",
-    "    mov eax, 157", // prctl
+    "    mov eax, {nr_prctl}",
     "    syscall",
     "    mov [r12 + 80], rax",
     ".Luprobe_no_prctl:",
@@ -74,7 +74,7 @@ global_asm!(
     "    mov rdi, [r12 + 48]",
     "    cmp rdi, -1",
     "    je .Luprobe_closed",
-    "    mov eax, 3", // close
+    "    mov eax, {nr_close}",
     "    syscall",
     ".Luprobe_closed:",
     // 4. Keep what the jump needs in registers, then wipe the parameters.
@@ -108,7 +108,7 @@ global_asm!(
     "    xor r14d, r14d",
     "    xor r15d, r15d",
     "    xor edx, edx",
-    "    mov eax, 11", // munmap
+    "    mov eax, {nr_munmap}",
     "    ret",         // into the vDSO's `syscall; xor…; ret`
     // 5b. No gadget: jump straight to the entry; this page stays mapped.
     ".Luprobe_no_gadget:",
@@ -129,6 +129,11 @@ global_asm!(
     "    jmp r13",
     "uprobe_exec_handoff_end:",
     ".popsection",
+    nr_munmap = const linux_raw_sys::general::__NR_munmap,
+    nr_prctl = const linux_raw_sys::general::__NR_prctl,
+    nr_close = const linux_raw_sys::general::__NR_close,
+    pr_set_mm = const linux_raw_sys::prctl::PR_SET_MM,
+    pr_set_mm_map = const linux_raw_sys::prctl::PR_SET_MM_MAP,
 );
 
 extern "C" {

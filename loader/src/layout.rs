@@ -14,6 +14,8 @@
 //! | brk start | `randomize_page(end + 1 page, 1 GiB)`; at `ELF_ET_DYN_BASE` for static-pie (only when `randomize_va_space` is 2) |
 //! | stack top | inherited; below it, up to 8 KiB of random padding |
 
+#![allow(unsafe_code)]
+
 use uprobe_runtime::PAGE_SIZE;
 
 /// `ELF_ET_DYN_BASE` on x86-64: two thirds of the 47-bit address space.

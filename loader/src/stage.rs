@@ -7,13 +7,14 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::io::Errno;
 use uprobe_runtime::uffd::features;
 use uprobe_runtime::{Uffd, UffdMode};
 
 use crate::plan::{MapOp, MapSource};
+use crate::sys::fdpass;
 
 /// Steps of the stage, named in error reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +83,9 @@ pub struct StageMsg {
     /// The address involved, if any.
     pub addr: u64,
 }
+
+// SAFETY: #[repr(C)], four 4-byte integers then a u64: no padding, any bits valid.
+unsafe impl fdpass::Message for StageMsg {}
 
 /// The program's stack: our own `[stack]` mapping, at the top the kernel
 /// chose (and randomised) for us, growing down on demand up to
@@ -161,50 +165,10 @@ fn fail(sock: RawFd, step: Step, err: i32, addr: u64) -> ! {
         addr,
         ..StageMsg::default()
     };
-    // SAFETY: writing a plain struct to a socket we own; then leaving
-    // without running any of the monitor's exit handlers.
-    unsafe {
-        libc::send(
-            sock,
-            (&msg as *const StageMsg).cast(),
-            std::mem::size_of::<StageMsg>(),
-            libc::MSG_NOSIGNAL,
-        );
-        libc::_exit(125)
-    }
-}
-
-/// Sends `msg` with `fds` attached (one or two).
-unsafe fn send_with_fds(sock: RawFd, msg: &StageMsg, fds: &[RawFd]) -> bool {
-    const SPACE: usize = 64;
-    let mut cbuf = [0u8; SPACE];
-    let mut iov = libc::iovec {
-        iov_base: (msg as *const StageMsg).cast_mut().cast(),
-        iov_len: std::mem::size_of::<StageMsg>(),
-    };
-    // SAFETY: msghdr is plain data; zero is a valid starting value.
-    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
-    hdr.msg_iov = &mut iov;
-    hdr.msg_iovlen = 1;
-    hdr.msg_control = cbuf.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let bytes = std::mem::size_of_val(fds) as u32;
-    // SAFETY: CMSG_SPACE is a pure computation.
-    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(bytes) } as usize;
-    // SAFETY: the control buffer is large enough for two fds (64 > CMSG_SPACE(8)),
-    // so CMSG_FIRSTHDR is non-null and CMSG_DATA in bounds.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&hdr);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
-        std::ptr::copy_nonoverlapping(
-            fds.as_ptr().cast::<u8>(),
-            libc::CMSG_DATA(c),
-            bytes as usize,
-        );
-        libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) == std::mem::size_of::<StageMsg>() as isize
-    }
+    // SAFETY: the socket to the monitor is open until we exit.
+    let _ = fdpass::send(unsafe { BorrowedFd::borrow_raw(sock) }, &msg, &[]);
+    // SAFETY: leaving without running any of the monitor's exit handlers.
+    unsafe { libc::_exit(125) }
 }
 
 /// Resets what execve would reset and the fork carried over from the monitor.
@@ -351,7 +315,7 @@ unsafe fn unregister_rseq() {
 /// # Safety
 /// Must be called only in a child just forked from the monitor, with a plan
 /// whose addresses were reserved in the monitor before the fork.
-pub unsafe fn run(p: &StagePlan<'_>) -> ! {
+pub(crate) unsafe fn run(p: &StagePlan<'_>) -> ! {
     // SAFETY: (whole function) system calls on the child's own address
     // space, at addresses the monitor reserved for exactly this.
     unsafe {
@@ -495,22 +459,23 @@ pub unsafe fn run(p: &StagePlan<'_>) -> ! {
             guard,
             ..StageMsg::default()
         };
-        let raw_uffd = uffd.as_fd().as_raw_fd();
-        let sent = if listener >= 0 {
-            send_with_fds(p.sock, &msg, &[raw_uffd, listener])
-        } else {
-            send_with_fds(p.sock, &msg, &[raw_uffd])
+        // SAFETY: the socket to the monitor is open until we exit; the
+        // listener, when there is one, is ours (the seccomp call made it).
+        let sock = BorrowedFd::borrow_raw(p.sock);
+        let listener = (listener >= 0).then(|| OwnedFd::from_raw_fd(listener));
+        let sent = match &listener {
+            Some(l) => fdpass::send(sock, &msg, &[uffd.as_fd(), l.as_fd()]),
+            None => fdpass::send(sock, &msg, &[uffd.as_fd()]),
         };
-        if listener >= 0 {
-            libc::close(listener);
-        }
-        if !sent {
-            fail(p.sock, Step::Send, errno(), 0);
+        drop(listener);
+        if let Err(e) = sent {
+            fail(p.sock, Step::Send, e.raw_os_error(), 0);
         }
         // Wait for the monitor to be ready to serve (and, in user-mode-only
         // mode, to have installed the whole text).
-        let mut ack = 0u8;
-        if libc::recv(p.sock, (&mut ack as *mut u8).cast(), 1, 0) != 1 {
+        let mut ack = [0u8];
+        let got = rustix::net::recv(sock, &mut ack, rustix::net::RecvFlags::empty());
+        if !matches!(got, Ok((1, _))) {
             libc::_exit(125);
         }
         // The monitor and the watchdog hold the uffd now: were the monitor

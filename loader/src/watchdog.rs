@@ -20,9 +20,13 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::net::RecvFlags;
 
 use crate::stage::{self, StagePlan};
+use crate::sys::fdpass;
 
 /// Watchdog → monitor: the program's pid, then its wait status.
 #[repr(C)]
@@ -35,6 +39,9 @@ pub struct WatchMsg {
     /// Its wait status (for [`EXITED`]) or errno (fork failure).
     pub status: i32,
 }
+
+// SAFETY: #[repr(C)], three 4-byte integers: no padding, any bits valid.
+unsafe impl fdpass::Message for WatchMsg {}
 
 /// The program was forked.
 pub const STARTED: u32 = 1;
@@ -50,59 +57,52 @@ pub const FORK_FAILED: u32 = 5;
 /// Most uffds held at once; past that, those of ended processes are dropped.
 const MAX_HELD: usize = 4096;
 
-fn send(sock: RawFd, msg: WatchMsg) {
-    // SAFETY: writing a plain struct to our socket.
-    unsafe {
-        libc::send(
-            sock,
-            (&msg as *const WatchMsg).cast(),
-            std::mem::size_of::<WatchMsg>(),
-            libc::MSG_NOSIGNAL,
-        );
-    }
-}
-
-/// Receives one message and the fd attached to it, if any.
-unsafe fn receive(sock: RawFd) -> Option<(WatchMsg, RawFd)> {
-    let mut msg = WatchMsg::default();
-    let mut cbuf = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: (&mut msg as *mut WatchMsg).cast(),
-        iov_len: std::mem::size_of::<WatchMsg>(),
-    };
-    // SAFETY: all plain data on our stack; the kernel fills it.
-    unsafe {
-        let mut hdr: libc::msghdr = std::mem::zeroed();
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = cbuf.as_mut_ptr().cast();
-        hdr.msg_controllen = std::mem::size_of_val(&cbuf);
-        let n = libc::recvmsg(sock, &mut hdr, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT);
-        if n != std::mem::size_of::<WatchMsg>() as isize {
-            return None;
-        }
-        let c = libc::CMSG_FIRSTHDR(&hdr);
-        let fd = if !c.is_null()
-            && (*c).cmsg_level == libc::SOL_SOCKET
-            && (*c).cmsg_type == libc::SCM_RIGHTS
-        {
-            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<RawFd>())
-        } else {
-            -1
-        };
-        Some((msg, fd))
-    }
+fn send(sock: BorrowedFd<'_>, msg: WatchMsg) {
+    // Nobody to tell if the monitor is gone.
+    let _ = fdpass::send(sock, &msg, &[]);
 }
 
 /// Whether the mm behind a uffd still exists (see `Uffd::mm_alive`).
-unsafe fn mm_alive(uffd: RawFd) -> bool {
+///
+/// # Safety
+/// `uffd` must be a userfaultfd: the ioctl number means nothing else there.
+unsafe fn mm_alive(uffd: BorrowedFd<'_>) -> bool {
     let mut r = linux_raw_sys::general::uffdio_range {
         start: 0x10000,
         len: 4096,
     };
     // SAFETY: UFFDIO_UNREGISTER with a valid range struct on our stack.
-    let rc = unsafe { libc::ioctl(uffd, linux_raw_sys::ioctl::UFFDIO_UNREGISTER as _, &mut r) };
+    let rc = unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            linux_raw_sys::ioctl::UFFDIO_UNREGISTER as _,
+            &mut r,
+        )
+    };
     !(rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM))
+}
+
+/// Closes the held uffds of processes that have ended, packing the others
+/// at the front; returns how many are left.
+///
+/// # Safety
+/// Every fd in `held` must be a userfaultfd.
+unsafe fn drop_ended(held: &mut [Option<OwnedFd>]) -> usize {
+    let mut live = 0;
+    for i in 0..held.len() {
+        let alive = match &held[i] {
+            // SAFETY: a uffd, as the caller promises.
+            Some(u) => unsafe { mm_alive(u.as_fd()) },
+            None => false,
+        };
+        if alive {
+            held.swap(live, i);
+            live += 1;
+        } else {
+            held[i] = None;
+        }
+    }
+    live
 }
 
 /// Kills `first` and every process that ends up our child, until none is left.
@@ -174,9 +174,11 @@ unsafe fn kill_all(first: libc::pid_t) {
 /// # Safety
 /// Must be called only in a child just forked from the monitor, with a
 /// stage plan valid as for [`stage::run`].
-pub unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
+pub(crate) unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
     // SAFETY: (whole function) system calls on our own process and children.
     unsafe {
+        // SAFETY: the monitor's socket stays open until we exit.
+        let sock = BorrowedFd::borrow_raw(sock);
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         // Every signal blocked before the fork, SIGCHLD above all: were the
         // program to end before we block it, its SIGCHLD (ignored by
@@ -221,7 +223,7 @@ pub unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
         libc::sigemptyset(&mut chld);
         libc::sigaddset(&mut chld, libc::SIGCHLD);
         let sfd = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        let mut keep = [alive, sock, sfd];
+        let mut keep = [alive, sock.as_raw_fd(), sfd];
         keep.sort_unstable();
         let mut from = 0u32;
         for k in keep {
@@ -232,33 +234,30 @@ pub unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
         }
         libc::syscall(libc::SYS_close_range, from, u32::MAX, 0);
 
-        let mut held = [-1 as RawFd; MAX_HELD];
+        if sfd < 0 {
+            // We could never tell the monitor how the program ended.
+            kill_all(program);
+            libc::_exit(125);
+        }
+        // SAFETY: both are open from here to our exit (close_range spared them).
+        let (alive, sfd) = (BorrowedFd::borrow_raw(alive), BorrowedFd::borrow_raw(sfd));
+
+        let mut held: [Option<OwnedFd>; MAX_HELD] = [const { None }; MAX_HELD];
         let mut nheld = 0usize;
         let mut detached = false;
         loop {
             let mut pfds = [
-                libc::pollfd {
-                    fd: alive,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: sock,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: sfd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::new(&alive, PollFlags::IN),
+                PollFd::new(&sock, PollFlags::IN),
+                PollFd::new(&sfd, PollFlags::IN),
             ];
-            if libc::poll(pfds.as_mut_ptr(), 3, -1) < 0 {
+            if poll(&mut pfds, None).is_err() {
                 continue;
             }
-            if pfds[2].revents != 0 {
+            let [alive_ev, sock_ev, chld_ev] = pfds.map(|p| p.revents());
+            if !chld_ev.is_empty() {
                 let mut si = [0u8; 128];
-                while libc::read(sfd, si.as_mut_ptr().cast(), si.len()) > 0 {}
+                while matches!(rustix::io::read(sfd, &mut si), Ok(n) if n > 0) {}
                 loop {
                     let mut st = 0;
                     let pid = libc::waitpid(-1, &mut st, libc::WNOHANG);
@@ -277,39 +276,28 @@ pub unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
                     }
                 }
             }
-            if pfds[1].revents & libc::POLLIN != 0 {
-                while let Some((msg, fd)) = receive(sock) {
-                    match msg.kind {
-                        HOLD if fd >= 0 => {
+            if sock_ev.contains(PollFlags::IN) {
+                while let Ok(Some((msg, mut fds))) =
+                    fdpass::recv::<WatchMsg>(sock, RecvFlags::DONTWAIT)
+                {
+                    match (msg.kind, fds.take(0)) {
+                        (HOLD, Some(fd)) => {
                             if nheld == MAX_HELD {
-                                // Drop the uffds of processes that have ended.
-                                let mut k = 0;
-                                for i in 0..nheld {
-                                    if mm_alive(held[i]) {
-                                        held[k] = held[i];
-                                        k += 1;
-                                    } else {
-                                        libc::close(held[i]);
-                                    }
-                                }
-                                nheld = k;
+                                nheld = drop_ended(&mut held);
                             }
-                            if nheld < MAX_HELD {
-                                held[nheld] = fd;
+                            // Past MAX_HELD live ones, the newest is not held.
+                            if let Some(slot) = held.get_mut(nheld) {
+                                *slot = Some(fd);
                                 nheld += 1;
-                            } else {
-                                libc::close(fd);
                             }
                         }
-                        DETACH => detached = true,
-                        _ if fd >= 0 => {
-                            libc::close(fd);
-                        }
+                        (DETACH, _) => detached = true,
+                        // Any other fd closes as it drops.
                         _ => {}
                     }
                 }
             }
-            if pfds[0].revents != 0 || pfds[1].revents & libc::POLLHUP != 0 {
+            if !alive_ev.is_empty() || sock_ev.contains(PollFlags::HUP) {
                 // The monitor is gone: ended normally (detached), or killed.
                 if !detached {
                     kill_all(program);

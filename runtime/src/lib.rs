@@ -4,10 +4,14 @@
 //! This crate knows nothing of ELF files: it serves page images at runtime
 //! addresses. The `uprobe-exec` crate plans those images from the program.
 
+// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`.
+#![deny(unsafe_code)]
+
 pub mod counters;
+mod image;
 pub mod server;
 pub mod trap;
 pub mod uffd;
 
-pub use server::{ServeError, Server, TextImage, TextRange, TextStats};
+pub use server::{ServeError, Server, TextImage, TextRange, TextStats, Wake};
 pub use uffd::{CopyOutcome, Event, Uffd, UffdMode, PAGE_SIZE};

@@ -20,169 +20,14 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
+pub use crate::image::{TextImage, TextRange};
 use crate::uffd::{decode, empty_msgs, CopyOutcome, Event, Uffd, PAGE_SIZE};
-
-/// Where the bytes of one served page come from.
-#[derive(Clone, Copy, Debug)]
-enum PageSrc {
-    /// A page-sized, readable run of bytes that lives as long as the image.
-    Bytes(*const u8),
-    /// A page past the end of the file: zeros.
-    Zero,
-}
-
-/// One contiguous run of served text in the target's address space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TextRange {
-    /// Runtime address of the first page (page aligned).
-    pub start: u64,
-    /// Number of pages.
-    pub pages: usize,
-}
-
-impl TextRange {
-    /// One past the last byte.
-    #[must_use]
-    pub fn end(&self) -> u64 {
-        self.start + self.pages as u64 * PAGE_SIZE
-    }
-}
-
-/// The page images of everything the server serves: the same for every
-/// process of the program, since a fork keeps addresses.
-pub struct TextImage {
-    ranges: Vec<TextRange>,
-    /// Index of each range's first page in `srcs`.
-    first: Vec<usize>,
-    srcs: Vec<PageSrc>,
-    /// Patched page images (probe sites), which some `srcs` point into.
-    _patched: Vec<Box<[u8]>>,
-    /// Keeps the memory the other `srcs` point into alive (a file mapping).
-    _owner: Arc<dyn Send + Sync>,
-}
-
-// SAFETY: the raw pointers in `srcs` point into memory owned by `_owner`,
-// which is immutable and shared; reading it from any thread is sound.
-unsafe impl Send for TextImage {}
-// SAFETY: as above; the image is never mutated after construction.
-unsafe impl Sync for TextImage {}
-
-static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
-
-impl TextImage {
-    /// Builds an image from `(range, bytes)` pairs: page `i` of a range is
-    /// `bytes[i*4096..(i+1)*4096]`, zero-filled past the end of `bytes`,
-    /// except the pages in `patched` (runtime page address, page image),
-    /// which are served from those images.
-    ///
-    /// # Safety
-    /// Every `bytes` slice must stay valid and unchanged as long as `owner`
-    /// lives, and must be readable up to the next multiple of the page size
-    /// past its end (true of a file mapping, whose last page is zero-filled
-    /// by the kernel).
-    pub unsafe fn new(
-        parts: &[(TextRange, &[u8])],
-        patched: Vec<(u64, Box<[u8]>)>,
-        owner: Arc<dyn Send + Sync>,
-    ) -> TextImage {
-        let mut ranges = Vec::with_capacity(parts.len());
-        let mut first = Vec::with_capacity(parts.len());
-        let mut srcs = Vec::new();
-        for (range, bytes) in parts {
-            first.push(srcs.len());
-            ranges.push(*range);
-            for i in 0..range.pages {
-                let off = i * PAGE_SIZE as usize;
-                srcs.push(if off < bytes.len() {
-                    // SAFETY: off < bytes.len(), so the pointer is in bounds.
-                    PageSrc::Bytes(unsafe { bytes.as_ptr().add(off) })
-                } else {
-                    PageSrc::Zero
-                });
-            }
-        }
-        let mut image = TextImage {
-            ranges,
-            first,
-            srcs,
-            _patched: Vec::new(),
-            _owner: owner,
-        };
-        for (addr, page) in patched {
-            assert_eq!(
-                page.len(),
-                PAGE_SIZE as usize,
-                "a patched page image is one page"
-            );
-            if let Some(i) = image.index_of(addr) {
-                image.srcs[i] = PageSrc::Bytes(page.as_ptr());
-                image._patched.push(page);
-            }
-        }
-        image
-    }
-
-    /// An image with nothing to serve (a placeholder).
-    #[must_use]
-    pub fn empty() -> TextImage {
-        TextImage {
-            ranges: Vec::new(),
-            first: Vec::new(),
-            srcs: Vec::new(),
-            _patched: Vec::new(),
-            _owner: Arc::new(()),
-        }
-    }
-
-    /// The served ranges, in the order given.
-    #[must_use]
-    pub fn ranges(&self) -> &[TextRange] {
-        &self.ranges
-    }
-
-    /// Total pages served.
-    #[must_use]
-    pub fn pages(&self) -> usize {
-        self.srcs.len()
-    }
-
-    /// The image of page `index` (pages are numbered across the ranges, in
-    /// order).
-    ///
-    /// # Panics
-    /// If `index` is not below [`TextImage::pages`].
-    #[must_use]
-    pub fn page(&self, index: usize) -> &[u8] {
-        // SAFETY: every source is a readable page that lives as long as the
-        // image (see `new`); the slice borrows the image.
-        unsafe { std::slice::from_raw_parts(self.src(index), PAGE_SIZE as usize) }
-    }
-
-    /// The page index of a runtime address, if it lies in a served range.
-    fn index_of(&self, addr: u64) -> Option<usize> {
-        self.ranges.iter().zip(&self.first).find_map(|(r, first)| {
-            (addr >= r.start && addr < r.end())
-                .then(|| first + ((addr - r.start) / PAGE_SIZE) as usize)
-        })
-    }
-
-    fn page_addr(&self, index: usize) -> u64 {
-        let k = self.first.partition_point(|&f| f <= index) - 1;
-        self.ranges[k].start + (index - self.first[k]) as u64 * PAGE_SIZE
-    }
-
-    fn src(&self, index: usize) -> *const u8 {
-        match self.srcs[index] {
-            PageSrc::Bytes(p) => p,
-            PageSrc::Zero => ZERO_PAGE.as_ptr(),
-        }
-    }
-}
 
 /// A fixed-size bit set over page indices.
 #[derive(Clone, Debug)]
@@ -209,6 +54,23 @@ impl PageBits {
         self.0[w] &= !b;
         was
     }
+}
+
+/// Why [`Server::run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Wake {
+    /// `stop` became readable: the first process ended.
+    Stopped,
+    /// `control` became readable: the caller has requests to answer.
+    Control,
+}
+
+/// An empty poll set in the memory of `v`, which no longer borrows anything
+/// (collecting an empty `Vec` into one of the same layout reuses its memory).
+fn recycle<'a>(mut v: Vec<PollFd<'_>>) -> Vec<PollFd<'a>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 /// Figures of the text serving, as reported at exit.
@@ -381,7 +243,7 @@ impl Server {
     }
 
     /// Serves `addr` (a page registered with every process's uffd) as each
-    /// process's row page (see [`RowPage`]): `assign(process number, tid)`
+    /// process's row page (see `RowPage`): `assign(process number, tid)`
     /// gives the `(pid, row address)` to write there.
     pub fn set_row_page(
         &mut self,
@@ -590,67 +452,75 @@ impl Server {
     }
 
     /// Serves until `stop` becomes readable (a pidfd: the first process
-    /// ended). Nobody serves faults once this returns: the caller must make
-    /// the text available otherwise (fill the file the text is mapped from)
-    /// and then [`Server::wake_all`].
-    pub fn run(&mut self, stop: BorrowedFd<'_>) -> Result<(), ServeError> {
+    /// ended), or `control` does (the caller has requests to answer; calling
+    /// `run` again goes on serving where it left off). Nobody serves faults
+    /// after it returns [`Wake::Stopped`]: the caller must make the text
+    /// available otherwise (fill the file the text is mapped from) and then
+    /// [`Server::wake_all`].
+    pub fn run(
+        &mut self,
+        stop: BorrowedFd<'_>,
+        control: Option<BorrowedFd<'_>>,
+    ) -> Result<Wake, ServeError> {
         let mut msgs = empty_msgs::<32>();
-        // The poll set is rebuilt only when a process appears or goes.
-        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        // The poll set borrows the processes' uffds, which serving may
+        // close, so it is built afresh for each wait, in reused memory.
+        let mut spare: Vec<PollFd<'static>> = Vec::new();
         let mut owners: Vec<usize> = Vec::new();
-        let mut known = u64::MAX;
+        let mut ready: Vec<usize> = Vec::new();
         loop {
-            if self.generation != known {
-                known = self.generation;
-                pfds.clear();
-                owners.clear();
-                pfds.push(libc::pollfd {
-                    fd: stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
-                for (i, m) in self.mms.iter().enumerate() {
-                    if let Some(uffd) = &m.uffd {
-                        pfds.push(libc::pollfd {
-                            fd: uffd.as_fd().as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        });
-                        owners.push(i);
-                    }
-                }
-            }
             // With copies deferred, wake up soon even if no event comes: the
             // kernel keeps answering EAGAIN until the madvise caller whose
             // event we read has resumed, which sends us nothing.
             let timeout = if self.prefetch_pending {
-                0
+                Some(Timespec::default())
             } else if self.deferred.is_empty() {
-                -1
+                None
             } else {
-                1
+                Some(Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 1_000_000,
+                })
             };
-            // SAFETY: pfds is a live array of pollfd of the stated length.
-            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
-            if r < 0 {
-                let e = Errno::from_raw_os_error(
-                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-                );
-                if e == Errno::INTR {
+            let mut pfds = recycle(std::mem::take(&mut spare));
+            pfds.push(PollFd::new(&stop, PollFlags::IN));
+            pfds.extend(control.as_ref().map(|c| PollFd::new(c, PollFlags::IN)));
+            let first_uffd = pfds.len();
+            owners.clear();
+            for (i, m) in self.mms.iter().enumerate() {
+                if let Some(uffd) = &m.uffd {
+                    pfds.push(PollFd::new(uffd, PollFlags::IN));
+                    owners.push(i);
+                }
+            }
+            let n = match poll(&mut pfds, timeout.as_ref()) {
+                Ok(n) => n,
+                Err(Errno::INTR) => {
+                    spare = recycle(pfds);
                     continue;
                 }
-                return Err(ServeError::Read(e));
-            }
-            for k in 1..pfds.len() {
-                if pfds[k].revents != 0 {
-                    self.drain(owners[k - 1], &mut msgs)?;
+                Err(e) => return Err(ServeError::Read(e)),
+            };
+            let stopped = !pfds[0].revents().is_empty();
+            let controlled = control.is_some() && !pfds[1].revents().is_empty();
+            ready.clear();
+            for (k, p) in pfds[first_uffd..].iter().enumerate() {
+                if !p.revents().is_empty() {
+                    ready.push(owners[k]);
                 }
             }
-            self.retry_deferred()?;
-            if pfds[0].revents != 0 {
-                return Ok(());
+            spare = recycle(pfds);
+            for &m in &ready {
+                self.drain(m, &mut msgs)?;
             }
-            if r == 0 {
+            self.retry_deferred()?;
+            if stopped {
+                return Ok(Wake::Stopped);
+            }
+            if controlled {
+                return Ok(Wake::Control);
+            }
+            if n == 0 {
                 self.prefetch_step()?;
             }
         }

@@ -1,0 +1,357 @@
+//! The [`Command`] builder, and `spawn`: resolve the program, plan it, place
+//! the probes, and start the monitor thread.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use uprobe_runtime::{Uffd, UffdMode};
+
+use super::control;
+use super::monitor::{monitor, Job};
+use super::probes::Probes;
+use super::program::resolve;
+use super::start::Signals;
+use super::Session;
+use crate::elf::Image;
+use crate::error::{ElfError, Error, Result};
+use crate::plan::{Plan, TextBacking};
+use crate::probes;
+use crate::symbols::Symbols;
+
+/// A program to run under uprobe-exec, like [`std::process::Command`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Command {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Option<Vec<OsString>>,
+    probes: Vec<String>,
+    unsafe_addrs: bool,
+    /// Signals (bit n-1 for signal n) blocked when the program starts; by
+    /// default the spawning thread's mask.
+    blocked: Option<u64>,
+    /// The program starts with SIGPIPE ignored rather than at its default.
+    sigpipe_ignored: bool,
+    fault_around: usize,
+    prefetch: bool,
+    perf_map: bool,
+    mode: ProbeMode,
+}
+
+/// How probe sites are displaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// A jump to a trampoline where that is safe, an int3 elsewhere.
+    #[default]
+    Auto,
+    /// Always an int3.
+    Int3,
+    /// Always a jump; a site where it is not safe is an error.
+    Jump,
+}
+
+/// Pages installed with each faulting page by default (see
+/// [`Command::fault_around`]; chosen from `uprobe-exec-bench`'s figures).
+pub const DEFAULT_FAULT_AROUND: usize = 15;
+
+impl Command {
+    /// A command for `program`, looked up in `PATH` when it has no slash.
+    pub fn new(program: impl AsRef<OsStr>) -> Command {
+        Command {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: None,
+            probes: Vec::new(),
+            unsafe_addrs: false,
+            blocked: None,
+            sigpipe_ignored: false,
+            fault_around: DEFAULT_FAULT_AROUND,
+            prefetch: true,
+            perf_map: false,
+            mode: ProbeMode::Auto,
+        }
+    }
+
+    /// Adds a probe: `SYMBOL`, `SYMBOL+OFFSET`, `0xADDR` or a glob.
+    pub fn probe(mut self, spec: impl Into<String>) -> Command {
+        self.probes.push(spec.into());
+        self
+    }
+
+    /// The signals blocked when the program starts (bit n-1 for signal n),
+    /// for a caller that blocks signals itself to forward them (as the CLI
+    /// does). By default the program gets the spawning thread's mask.
+    pub fn blocked_signals(mut self, mask: u64) -> Command {
+        self.blocked = Some(mask);
+        self
+    }
+
+    /// Whether the program starts with SIGPIPE ignored, as execve would
+    /// leave it for a caller that was started with it ignored. By default
+    /// it gets the default action: a Rust program's runtime ignores SIGPIPE
+    /// for itself, so the caller's own disposition says nothing. (The CLI
+    /// records the disposition it was started with and passes it on.)
+    pub fn sigpipe_ignored(mut self, ignored: bool) -> Command {
+        self.sigpipe_ignored = ignored;
+        self
+    }
+
+    /// How many neighbouring pages (not yet present, adjacent in the
+    /// program) are installed with each faulting page, in one copy. 0 serves
+    /// strictly the pages touched.
+    pub fn fault_around(mut self, pages: usize) -> Command {
+        self.fault_around = pages;
+        self
+    }
+
+    /// Installs the rest of the text in the background once the program
+    /// runs (on by default), in every process of it, so later first touches
+    /// find their pages present, and so do debuggers, `/proc/PID/mem` and
+    /// core dumps, which the fault server cannot serve.
+    pub fn prefetch(mut self, on: bool) -> Command {
+        self.prefetch = on;
+        self
+    }
+
+    /// Writes the program's functions to `/tmp/perf-PID.map` once it runs,
+    /// for profilers (perf, samply, bpftrace) that cannot read symbols from
+    /// anonymous text. The file is left in place (perf reads it at report time).
+    pub fn perf_map(mut self, on: bool) -> Command {
+        self.perf_map = on;
+        self
+    }
+
+    /// How probe sites are displaced (default: jump where safe).
+    pub fn probe_mode(mut self, mode: ProbeMode) -> Command {
+        self.mode = mode;
+        self
+    }
+
+    /// Allows `0xADDR` probes outside every known function.
+    pub fn allow_unsafe_addresses(mut self, yes: bool) -> Command {
+        self.unsafe_addrs = yes;
+        self
+    }
+
+    /// Adds one argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Command {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Command {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets the whole environment (`KEY=VALUE` strings); by default the
+    /// monitor's own is passed on.
+    pub fn env_list<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, env: I) -> Command {
+        self.env = Some(env.into_iter().map(|a| a.as_ref().to_owned()).collect());
+        self
+    }
+
+    /// Starts the program. Returns once its text is registered and being
+    /// served; the program runs on while the [`Session`] is alive.
+    pub fn spawn(&self) -> Result<Session> {
+        let resolved = resolve(&self.program, &self.args)?;
+        let env = self.env.clone().unwrap_or_else(|| {
+            std::env::vars_os()
+                .map(|(k, v)| {
+                    let mut s = k;
+                    s.push("=");
+                    s.push(v);
+                    s
+                })
+                .collect()
+        });
+        let program = Image::open(&resolved.elf)?;
+        let interp = match &program.interp {
+            Some(p) => Some(Image::open(p).map_err(|e| match e {
+                ElfError::Open { path, source }
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Error::NoInterpreter {
+                        program: resolved.elf.clone(),
+                        interp: path,
+                    }
+                }
+                ElfError::Open { path, source } => Error::CannotRun {
+                    path: resolved.elf.clone(),
+                    reason: format!("its interpreter {}: {source}", path.display()),
+                },
+                ElfError::Malformed { path, reason } => Error::CannotRun {
+                    path: resolved.elf.clone(),
+                    reason: format!("its interpreter {} is unusable: {reason}", path.display()),
+                },
+            })?),
+            None => None,
+        };
+        let (sites, warnings) = if self.probes.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let syms = Symbols::read(&program);
+            probes::resolve(&program, &syms, &self.probes, self.unsafe_addrs)?
+        };
+        // Without the right to follow forks (user-mode-only userfaultfd), the
+        // text goes in whole before the program starts, from its file.
+        let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
+        let backing = if self.perf_map && !eager {
+            TextBacking::Anon
+        } else {
+            TextBacking::File
+        };
+        let mut backing_limits = Vec::new();
+        if self.perf_map && backing == TextBacking::Anon {
+            backing_limits.push(
+                "--perf-map: the text is anonymous memory, whose map file profilers read; so \
+                 madvise(MADV_FREE or MADV_WIPEONFORK) on it succeeds where natively it fails \
+                 with EINVAL, and processes that outlive the first one get the rest of the text \
+                 installed only if we knew of them"
+                    .to_string(),
+            );
+        }
+        let mut plan = Plan::new(program, interp, &crate::layout::Aslr::current(), backing)?;
+        let mut skipped = Vec::new();
+        let probes = if sites.is_empty() {
+            None
+        } else {
+            Probes::build(&mut plan, sites, self.mode, &mut skipped)?
+        };
+        let mut warnings = warnings;
+        if !skipped.is_empty() {
+            let shown: Vec<String> = skipped
+                .iter()
+                .take(5)
+                .map(|(site, why)| format!("{site} ({why})"))
+                .collect();
+            warnings.push(format!(
+                "{} of the matched functions not probed: a jump does not fit there, and an int3 \
+                 can kill or change the program, so --probe-mode auto places none \
+                 (--probe-mode int3 does): {}{}",
+                skipped.len(),
+                shown.join(", "),
+                if skipped.len() > 5 { ", …" } else { "" }
+            ));
+        }
+        let perf_map = self.perf_map.then(|| {
+            let area = probes.as_ref().map(|p| {
+                let r = &p.area.reservation;
+                (r.addr, r.len, "[uprobe-exec probes]".to_string())
+            });
+            crate::perfmap::lines(
+                &Symbols::read(&plan.program.image),
+                plan.program.bias,
+                area.as_slice(),
+            )
+        });
+        if eager {
+            // Profilers read symbols from a file mapping's path: with
+            // --perf-map the copy the program runs from is a file left for them.
+            let dir = if self.perf_map {
+                Some(
+                    perf_copy_dir()
+                        .map_err(|e| Error::sys("creating a directory for --perf-map", e))?,
+                )
+            } else {
+                None
+            };
+            if let Some(copy) = plan.install_text(dir.as_deref())? {
+                backing_limits.push(format!(
+                    "--perf-map: the program runs from a copy left at {} for profilers to read \
+                     its symbols from (delete it when done); unlike the sealed copy of other \
+                     unprivileged runs, a writer to that copy could change text not yet run",
+                    copy.display()
+                ));
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let signals = Signals {
+            blocked: self.blocked.unwrap_or_else(current_mask),
+            sigpipe_ignored: self.sigpipe_ignored,
+        };
+        let args = resolved
+            .argv
+            .iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let program_name = resolved.elf.display().to_string();
+        let job = Job {
+            plan,
+            probes,
+            program: resolved,
+            env,
+            signals,
+            fault_around: self.fault_around,
+            prefetch: self.prefetch,
+        };
+        let (control, inbox) =
+            control::channel().map_err(|e| Error::sys("creating the control channel", e))?;
+        let thread = std::thread::Builder::new()
+            .name("uprobe-exec-monitor".into())
+            .spawn(move || monitor(job, inbox, tx))
+            .map_err(|e| Error::sys("starting the monitor thread", e))?;
+        match rx.recv() {
+            Ok(Ok(pid)) => {
+                let mut warnings = warnings;
+                if let Some(text) = perf_map {
+                    if let Err(e) = crate::perfmap::write(pid, &text) {
+                        warnings.push(format!("no perf map for process {pid}: {e}"));
+                    }
+                }
+                Ok(Session {
+                    pid,
+                    monitor: Some(thread),
+                    control,
+                    ended: None,
+                    program: program_name,
+                    args,
+                    warnings,
+                    limits: backing_limits,
+                })
+            }
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(Error::sys(
+                    "the monitor thread",
+                    std::io::Error::other("ended before the program started"),
+                )),
+            },
+        }
+    }
+}
+
+/// The calling thread's blocked signals, bit n-1 for signal n.
+fn current_mask() -> u64 {
+    // SAFETY: reading the calling thread's mask into a local, then testing it.
+    unsafe {
+        let mut m: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut m);
+        (1..=64)
+            .filter(|&sig| libc::sigismember(&m, sig) == 1)
+            .fold(0u64, |acc, sig| acc | 1 << (sig - 1))
+    }
+}
+
+/// A new private directory under the temp dir for the copy a profiler reads.
+fn perf_copy_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut b = [0u8; 6];
+    let _ = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    let tag: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!(
+        "uprobe-exec-perf-{}-{tag}",
+        rustix::process::getuid().as_raw()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}

@@ -1,0 +1,199 @@
+//! The public session API: find the program, plan it, fork the stage, serve
+//! its faults, and report.
+//!
+//! The fork happens on the session's own monitor thread, which then serves
+//! faults until the program ends: the program's `PR_SET_PDEATHSIG` is tied
+//! to the thread that forked it, so that thread must outlive the program.
+
+mod command;
+mod control;
+mod monitor;
+mod probes;
+mod program;
+mod start;
+mod watchdog_client;
+
+use std::ffi::OsStr;
+use std::thread::JoinHandle;
+
+pub use command::{Command, ProbeMode, DEFAULT_FAULT_AROUND};
+use control::{Control, Request};
+use monitor::Outcome;
+use program::resolve;
+
+use crate::elf::Image;
+use crate::error::{Error, Result};
+use crate::report::{Exit, ProbeHits, Report, Text};
+use crate::symbols::Symbols;
+
+/// The functions of `program` (found as [`Command::new`] finds it) whose
+/// names match any of `patterns` (globs or exact names; all when empty),
+/// sorted by address — what `uprobe-exec --list` prints.
+pub fn functions(
+    program: impl AsRef<OsStr>,
+    patterns: &[String],
+) -> Result<Vec<crate::symbols::Function>> {
+    let resolved = resolve(program.as_ref(), &[])?;
+    let image = Image::open(&resolved.elf)?;
+    let syms = Symbols::read(&image);
+    let pats: Vec<glob::Pattern> = patterns
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p).map_err(|e| {
+                Error::Probe(crate::probes::ProbeError::BadSpec {
+                    spec: p.clone(),
+                    why: e.to_string(),
+                })
+            })
+        })
+        .collect::<Result<_>>()?;
+    let mut out: Vec<crate::symbols::Function> = syms
+        .all()
+        .iter()
+        .filter(|f| {
+            pats.is_empty()
+                || pats.iter().any(|p| {
+                    p.matches(&f.name) || f.demangled.as_deref().is_some_and(|d| p.matches(d))
+                })
+        })
+        .map(|f| crate::symbols::Function {
+            unprobeable: crate::probes::unprobeable(&image, &syms, f).map(|u| u.detail),
+            ..f.clone()
+        })
+        .collect();
+    out.dedup_by(|a, b| a.addr == b.addr && a.display_name() == b.display_name());
+    Ok(out)
+}
+
+/// A running program.
+///
+/// While it runs, [`Session::counts`] reads the hits so far and
+/// [`Session::kill`] ends it; [`Session::try_wait`] and [`Session::wait`]
+/// give the [`Report`] once it has ended. Requests go to the monitor thread
+/// through its control channel, between the faults it serves.
+#[must_use = "a dropped session detaches: the program runs on, served, but its report is lost"]
+pub struct Session {
+    pid: i32,
+    /// The monitor thread, until it has been joined.
+    monitor: Option<JoinHandle<Result<Outcome>>>,
+    control: Control,
+    /// The report, once the monitor has returned.
+    ended: Option<Report>,
+    program: String,
+    args: Vec<String>,
+    warnings: Vec<String>,
+    /// Limits that come from the options (added to the hand-off's).
+    limits: Vec<String>,
+}
+
+impl Session {
+    /// Warnings from resolving the probes (e.g. `--unsafe` addresses).
+    #[must_use]
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The program's process id.
+    #[must_use]
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The hits of every probe so far, in every process of the program, in
+    /// the order of [`Report::probes`]. Once the program has ended, the
+    /// final counts, as in the report (this then waits for the monitor to
+    /// finish it, which takes moments).
+    pub fn counts(&mut self) -> Result<Vec<ProbeHits>> {
+        if self.ended.is_none() {
+            if let Some(hits) = self.control.ask(Request::Counts) {
+                return Ok(hits);
+            }
+        }
+        // No answer: the monitor has stopped serving, the program has ended.
+        Ok(self.finish()?.probes.clone())
+    }
+
+    /// The report if the program has ended, `None` while it runs. Does not
+    /// wait; asked again after it has ended, gives the same report.
+    pub fn try_wait(&mut self) -> Result<Option<Report>> {
+        if self.monitor.as_ref().is_some_and(|m| !m.is_finished()) {
+            return Ok(None);
+        }
+        self.finish().map(|r| Some(r.clone()))
+    }
+
+    /// Kills the program's first process with SIGKILL, as
+    /// [`std::process::Child::kill`] does: the report then says
+    /// `Exit::Signal(9)`. Processes it forked live on, as they would. No
+    /// error if it has ended already.
+    pub fn kill(&self) -> Result<()> {
+        match self.control.ask(Request::Kill) {
+            Some(Err(e)) => Err(Error::sys("killing the program", e)),
+            Some(Ok(())) | None => Ok(()),
+        }
+    }
+
+    /// Waits for the program to end and returns the report.
+    pub fn wait(mut self) -> Result<Report> {
+        self.finish().cloned()
+    }
+
+    /// Waits for the monitor to return and keeps the report it makes.
+    fn finish(&mut self) -> Result<&Report> {
+        if let Some(monitor) = self.monitor.take() {
+            let out = match monitor.join() {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(Error::sys(
+                        "the monitor thread",
+                        std::io::Error::other("panicked; the program was killed"),
+                    ))
+                }
+            };
+            self.ended = Some(self.report(out));
+        }
+        self.ended.as_ref().ok_or_else(|| {
+            Error::sys(
+                "the monitor thread",
+                std::io::Error::other("failed (the error was returned before)"),
+            )
+        })
+    }
+
+    /// The report of the monitor's outcome.
+    fn report(&self, out: Outcome) -> Report {
+        let mut warnings = self.warnings.clone();
+        if out.exit == Exit::Signal(libc::SIGTRAP) && !out.probes.is_empty() {
+            warnings.push(if out.stray_traps > 0 {
+                "the program executed an int3 of its own (not a probe) and died of SIGTRAP, as it would natively".into()
+            } else {
+                "the program died of SIGTRAP at a probe: SIGTRAP was blocked, or the program had replaced \
+                 uprobe-exec's SIGTRAP handler, when the probe was hit"
+                    .into()
+            });
+        }
+        if out.guard_refused > 0 {
+            warnings.push(format!(
+                "refused {} rt_sigaction(SIGTRAP) call(s) with EPERM: the calling process was not \
+                 dumpable and its memory could not be read, so its handler could not be recorded \
+                 (it would have replaced the probes' handler)",
+                out.guard_refused
+            ));
+        }
+        Report {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            exit: out.exit,
+            probes: out.probes,
+            per_process: out.per_process,
+            text: Text::from(out.stats),
+            processes: out.stats.processes,
+            handoff: {
+                let mut h = out.handoff;
+                h.limits.extend(self.limits.iter().cloned());
+                h
+            },
+            warnings,
+        }
+    }
+}

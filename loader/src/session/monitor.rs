@@ -1,0 +1,218 @@
+//! The monitor thread: forks the stage (through `start`), then serves the
+//! program's faults until its first process ends, answering the session's
+//! requests (see `control`) in between, and gathers what the report needs.
+
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+
+use rustix::io::Errno;
+use rustix::process::{pidfd_send_signal, Signal};
+use uprobe_runtime::{ServeError, Server, UffdMode, Wake};
+
+use super::control::{Inbox, Request};
+use super::probes::Probes;
+use super::program::Resolved;
+use super::start::{start, Signals, Started};
+use crate::error::{Error, Result};
+use crate::plan::{Plan, TextBacking};
+use crate::report::{Exit, Handoff, ProbeHits, ProcessHits};
+
+/// What the monitor thread runs: the planned program and how to serve it.
+pub(super) struct Job {
+    pub(super) plan: Plan,
+    pub(super) probes: Option<Probes>,
+    pub(super) program: Resolved,
+    pub(super) env: Vec<OsString>,
+    pub(super) signals: Signals,
+    /// See [`Command::fault_around`](super::Command::fault_around).
+    pub(super) fault_around: usize,
+    /// See [`Command::prefetch`](super::Command::prefetch).
+    pub(super) prefetch: bool,
+}
+
+/// What the monitor thread returns.
+pub(super) struct Outcome {
+    pub(super) exit: Exit,
+    pub(super) stats: uprobe_runtime::TextStats,
+    pub(super) handoff: Handoff,
+    pub(super) probes: Vec<ProbeHits>,
+    pub(super) per_process: Vec<ProcessHits>,
+    pub(super) stray_traps: u64,
+    pub(super) guard_refused: u64,
+}
+
+/// The monitor thread: forks the stage, tells `started` the program's pid
+/// (or why it could not start), then serves faults until the program ends.
+pub(super) fn monitor(
+    job: Job,
+    inbox: Inbox,
+    started: mpsc::Sender<Result<i32>>,
+) -> Result<Outcome> {
+    match start(
+        &job.plan,
+        job.probes.as_ref(),
+        &job.program,
+        &job.env,
+        job.signals,
+    ) {
+        Ok(program) => run(&job, program, &inbox, &started),
+        Err(e) => {
+            let _ = started.send(Err(e));
+            Err(Error::sys(
+                "starting the program",
+                std::io::Error::other("failed (reported to the caller)"),
+            ))
+        }
+    }
+}
+
+/// Serves the started program until it ends, and gathers the outcome.
+fn run(
+    job: &Job,
+    program: Started,
+    inbox: &Inbox,
+    started: &mpsc::Sender<Result<i32>>,
+) -> Result<Outcome> {
+    let (plan, probes) = (&job.plan, job.probes.as_ref());
+    let Started {
+        pid,
+        pidfd,
+        stage,
+        uffd,
+        mode,
+        handoff,
+        listener,
+        watchdog,
+    } = program;
+    let guard = match (listener, probes) {
+        (Some(l), Some(p)) => Some(crate::guard::Guard::start(l, p.guard_target())?),
+        _ => None,
+    };
+    raise_priority();
+    let mut server = Server::new(plan.image.clone(), uffd);
+    server.set_fault_around(job.fault_around);
+    server.set_prefetch(job.prefetch);
+    let keeper = watchdog.sender();
+    server.on_new_process(move |fd| keeper.hold_fd(fd));
+    if let Some(p) = probes {
+        server.set_row_page(p.area.cache, p.row_assigner(pid));
+    }
+    let mut result: Result<()> = Ok(());
+    if plan.text_installed() {
+        server.installed_up_front();
+    } else if mode == UffdMode::UserModeOnly {
+        result = server.populate_all().map_err(Error::from);
+    }
+    // Let the child go on to the program.
+    let _ = started.send(Ok(pid));
+    if result.is_ok() {
+        result = release(&stage).and_then(|()| serve(&mut server, &pidfd, inbox, probes));
+    }
+    // The first process ended; forks may live on, some perhaps not
+    // known to us yet, and nobody serves faults from now on.
+    if result.is_ok() && !plan.text_installed() && server.forked() {
+        result = hand_over_text(plan, &mut server);
+    }
+    if let Err(e) = result {
+        let _ = pidfd_send_signal(&pidfd, Signal::KILL);
+        let _ = watchdog.status();
+        return Err(e);
+    }
+    let exit = watchdog.status()?;
+    watchdog.detach();
+    drop(guard);
+    let hits = probes.map(Probes::hits).unwrap_or_default();
+    let per_process = probes.map(Probes::per_process).unwrap_or_default();
+    let stray_traps = probes.map_or(0, |p| p.counters.get(0));
+    let guard_refused = probes.map_or(0, |p| p.refused.load(std::sync::atomic::Ordering::Relaxed));
+    Ok(Outcome {
+        exit,
+        stats: server.stats(),
+        handoff,
+        probes: hits,
+        per_process,
+        stray_traps,
+        guard_refused,
+    })
+}
+
+/// Serves faults until the first process (`first`, a pidfd) ends, and
+/// answers the session's requests whenever they come.
+fn serve(
+    server: &mut Server,
+    first: &OwnedFd,
+    inbox: &Inbox,
+    probes: Option<&Probes>,
+) -> Result<()> {
+    loop {
+        // A panic here must not leave the program hanging on its next fault.
+        let wake = catch_unwind(AssertUnwindSafe(|| {
+            server.run(first.as_fd(), Some(inbox.bell()))
+        }))
+        .unwrap_or(Err(ServeError::Panicked))?;
+        match wake {
+            Wake::Stopped => return Ok(()),
+            Wake::Control => {
+                for request in inbox.take() {
+                    answer(request, first, probes);
+                }
+            }
+        }
+    }
+}
+
+/// Answers one request of the session. A session that stopped waiting for
+/// the answer is no error.
+fn answer(request: Request, first: &OwnedFd, probes: Option<&Probes>) {
+    match request {
+        Request::Counts(reply) => {
+            let _ = reply.send(probes.map(Probes::hits).unwrap_or_default());
+        }
+        Request::Kill(reply) => {
+            let sent = match pidfd_send_signal(first, Signal::KILL) {
+                // Ended already (and not reaped yet): nothing left to kill.
+                Err(Errno::SRCH) => Ok(()),
+                other => other,
+            };
+            let _ = reply.send(sent);
+        }
+    }
+}
+
+/// Makes the rest of the text available without us, once the first process
+/// has ended and others live on, then wakes whoever waits for a page.
+fn hand_over_text(plan: &Plan, server: &mut Server) -> Result<()> {
+    let result = match plan.backing {
+        // The text file gets every page: the kernel serves them
+        // from it, in any process.
+        TextBacking::File => plan
+            .fill_text()
+            .map_err(|e| Error::sys("filling the text file", e)),
+        // No file to fill: install what is left in the
+        // processes we know of (README: known limits).
+        TextBacking::Anon => server.populate_all().map_err(Error::from),
+    };
+    server.wake_all();
+    result
+}
+
+/// Tells the child it may start the program.
+fn release(sock: &OwnedFd) -> Result<()> {
+    rustix::io::write(sock, &[1]).map_err(|e| Error::sys("releasing the program", e))?;
+    Ok(())
+}
+
+/// Gives the calling (monitor) thread a higher scheduling priority where we
+/// may: a program's threads wait on it for every fault and every dropped
+/// page, and with hundreds of busy threads it would otherwise wait for its
+/// turn behind all of them. Unprivileged, the priority stays as it is.
+fn raise_priority() {
+    // SAFETY: setpriority on the calling thread (who = 0) only.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, -20);
+    }
+}

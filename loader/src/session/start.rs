@@ -1,0 +1,580 @@
+//! Starting the program: build its stack and auxv, fork the watchdog (which
+//! forks the stage), and receive the stage's userfaultfd.
+//!
+//! The steps run in this order on purpose: the stack image carries the
+//! list of the monitor's mappings for the hand-off to remove, so it is built
+//! once everything before it is allocated, and rebuilt until that list
+//! stops changing.
+
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType};
+use rustix::process::{Pid, PidfdFlags};
+use uprobe_runtime::{Uffd, UffdMode, PAGE_SIZE};
+
+use super::probes::Probes;
+use super::program::Resolved;
+use super::watchdog_client::Watchdog;
+use crate::error::{Error, Result};
+use crate::handoff::{self, MmMap, Params};
+use crate::plan::{Plan, Reservation, TextBacking};
+use crate::report::Handoff;
+use crate::stack::{self, at, StackImage};
+use crate::stage::{self, StackPlan, StageMsg, StagePlan};
+use crate::sys::fdpass;
+use crate::watchdog::{FORK_FAILED, STARTED};
+
+/// The signal state the program starts with (besides the dispositions,
+/// which the stage resets as execve does).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Signals {
+    /// Blocked signals, bit n-1 for signal n.
+    pub(super) blocked: u64,
+    /// SIGPIPE stays ignored.
+    pub(super) sigpipe_ignored: bool,
+}
+
+/// A program started and waiting for the monitor to release it.
+pub(super) struct Started {
+    /// Its first process.
+    pub(super) pid: i32,
+    /// A pidfd of the first process: readable once it has ended.
+    pub(super) pidfd: OwnedFd,
+    /// The socket to the stage: a byte on it lets the program start.
+    pub(super) stage: OwnedFd,
+    /// The first process's userfaultfd, registered over the text.
+    pub(super) uffd: Uffd,
+    /// What that uffd can do.
+    pub(super) mode: UffdMode,
+    /// How the hand-off went, for the report.
+    pub(super) handoff: Handoff,
+    /// The SIGTRAP guard's seccomp listener, when it was installed.
+    pub(super) listener: Option<OwnedFd>,
+    /// The program's parent.
+    pub(super) watchdog: Watchdog,
+}
+
+/// Forks the watchdog, which forks the stage, and receives the stage's uffd.
+pub(super) fn start(
+    plan: &Plan,
+    probes: Option<&Probes>,
+    r: &Resolved,
+    env: &[OsString],
+    signals: Signals,
+) -> Result<Started> {
+    let stack_vma = own_stack().ok_or_else(|| {
+        Error::sys(
+            "finding our own [stack] mapping",
+            std::io::Error::other("not in /proc/self/maps"),
+        )
+    })?;
+    let blob = handoff::blob();
+    let blob_len = (blob.len() as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let blob_res = Reservation::anywhere(blob_len, PAGE_SIZE, 0)
+        .map_err(|e| Error::sys("reserving the hand-off page", e))?;
+    let contents = Contents {
+        argv: &r.argv,
+        env: env.iter().map(|e| e.as_bytes().to_vec()).collect(),
+        execfn: &r.execfn,
+        auxv: program_auxv(plan),
+        random: {
+            let mut random = [0u8; 16];
+            let _ = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
+            random
+        },
+    };
+    let ch = Channels::new()?;
+    let prog_fd = plan.program.image.file.as_raw_fd();
+    let interp_fd = plan.interp.as_ref().map(|i| i.image.file.as_raw_fd());
+    let close: Vec<RawFd> = cloexec_fds()
+        .into_iter()
+        .filter(|&fd| fd != prog_fd && Some(fd) != interp_fd && fd != ch.stage_child.as_raw_fd())
+        .chain([ch.stage_child.as_raw_fd()])
+        .collect();
+    let close_after_map: Vec<RawFd> = interp_fd.into_iter().collect();
+    let close_first = ch.monitor_ends();
+    let exit = Exit {
+        mm_map: may_set_mm_map(),
+        gadget: handoff::vdso().and_then(|(a, b)| handoff::find_exit_gadget(b, a)),
+        blob: (blob_res.addr, blob_res.len),
+        exe_fd: prog_fd,
+    };
+
+    let mut keep = plan.reserved();
+    // The stage trims our [stack] mapping itself; the blob leaves it alone.
+    keep.push(stack_vma);
+    keep.push((blob_res.addr, blob_res.end()));
+    if let Some(p) = probes {
+        keep.push((p.area.reservation.addr, p.area.reservation.end()));
+        keep.push(p.counters.range());
+    }
+    let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit)?;
+
+    let text = registered_text(plan, probes);
+    let sp = StagePlan {
+        sock: ch.stage_child.as_raw_fd(),
+        sigmask: sigset(signals.blocked),
+        sigpipe_ignored: signals.sigpipe_ignored,
+        maps: &plan.maps,
+        text: &text,
+        stack: stack_plan,
+        watch_drops: plan.backing == TextBacking::Anon,
+        stack_image: &st.bytes,
+        stack_image_at: st.base,
+        blob_at: exit.blob,
+        blob,
+        params_at: st.base,
+        close: &close,
+        close_first: &close_first,
+        close_after_map: &close_after_map,
+        // The watchdog fills in its own pid.
+        monitor: 0,
+        comm: {
+            let base = r.execfn.rsplit(|&c| c == b'/').next().unwrap_or(&[]);
+            let mut c = [0u8; 16];
+            let n = base.len().min(15);
+            c[..n].copy_from_slice(&base[..n]);
+            c
+        },
+        trap: probes
+            .filter(|p| p.traps())
+            .map(|p| (p.area.handler, p.area.restorer)),
+        seccomp: probes
+            .map(|p| p.filter.as_slice())
+            .filter(|f| !f.is_empty()),
+        text_name: crate::vma::anon_name("text", &plan.program.image.path),
+    };
+
+    let (watchdog, stage_sock) = fork_watchdog(&sp, ch)?;
+    drop(blob_res);
+    let pid = program_pid(&watchdog)?;
+    let pidfd = rustix::process::pidfd_open(
+        Pid::from_raw(pid).expect("fork returned a positive pid"),
+        PidfdFlags::empty(),
+    )
+    .map_err(|e| Error::sys("pidfd_open", e))?;
+    let (msg, uffd, listener) = match receive(&stage_sock) {
+        Ok(got) => got,
+        Err(e) => {
+            // The program is dead or dying: reap it before saying why.
+            let _ = watchdog.status();
+            return Err(e);
+        }
+    };
+    let mode = if msg.mode == 1 {
+        UffdMode::UserModeOnly
+    } else {
+        UffdMode::Full
+    };
+    let handoff = Handoff {
+        uffd_mode: mode.name().into(),
+        mm_map: exit.mm_map,
+        clean_exit: exit.gadget.is_some(),
+        limits: limits(plan, probes, mode, &exit, msg.guard),
+    };
+    let uffd = Uffd::from_owned(uffd);
+    watchdog.hold(&uffd);
+    Ok(Started {
+        pid,
+        pidfd,
+        stage: stage_sock,
+        uffd,
+        mode,
+        handoff,
+        listener,
+        watchdog,
+    })
+}
+
+/// What the program's initial stack holds.
+struct Contents<'a> {
+    argv: &'a [Vec<u8>],
+    env: Vec<Vec<u8>>,
+    execfn: &'a [u8],
+    auxv: Vec<(u64, u64)>,
+    random: [u8; 16],
+}
+
+/// What the hand-off blob needs on the way out, besides the stack.
+struct Exit {
+    /// `PR_SET_MM_MAP` is allowed.
+    mm_map: bool,
+    /// The vDSO's `syscall; xor…; ret` sequence, if found.
+    gadget: Option<u64>,
+    /// The blob's own page(s): address and length.
+    blob: (u64, u64),
+    /// The program file, for `PR_SET_MM_MAP`'s exe.
+    exe_fd: RawFd,
+}
+
+/// The sockets and pipe between the monitor, the watchdog and the stage,
+/// all close-on-exec.
+struct Channels {
+    /// The monitor's end of the stage socket.
+    stage: OwnedFd,
+    stage_child: OwnedFd,
+    /// The watchdog reads EOF from it when the monitor is gone.
+    alive_r: OwnedFd,
+    alive_w: OwnedFd,
+    /// The monitor's end of the watchdog socket.
+    watchdog: OwnedFd,
+    watchdog_child: OwnedFd,
+}
+
+impl Channels {
+    fn new() -> Result<Channels> {
+        let seqpacket = || {
+            rustix::net::socketpair(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+        };
+        let (stage, stage_child) =
+            seqpacket().map_err(|e| Error::sys("creating the stage socket", e))?;
+        let (alive_r, alive_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| Error::sys("creating the watchdog's pipe", e))?;
+        let (watchdog, watchdog_child) =
+            seqpacket().map_err(|e| Error::sys("creating the watchdog's socket", e))?;
+        Ok(Channels {
+            stage,
+            stage_child,
+            alive_r,
+            alive_w,
+            watchdog,
+            watchdog_child,
+        })
+    }
+
+    /// The fds the stage closes first thing, so that it sees EOF if the
+    /// monitor dies (its own end of the stage socket stays).
+    fn monitor_ends(&self) -> [RawFd; 5] {
+        [
+            self.stage.as_raw_fd(),
+            self.alive_r.as_raw_fd(),
+            self.alive_w.as_raw_fd(),
+            self.watchdog.as_raw_fd(),
+            self.watchdog_child.as_raw_fd(),
+        ]
+    }
+}
+
+/// The program's auxv: the monitor's, with the program's own entries.
+fn program_auxv(plan: &Plan) -> Vec<(u64, u64)> {
+    let prog = &plan.program;
+    let mut auxv = own_auxv();
+    let mut set = |k: u64, v: u64| match auxv.iter_mut().find(|(key, _)| *key == k) {
+        Some(e) => e.1 = v,
+        None => auxv.push((k, v)),
+    };
+    set(
+        at::PHDR,
+        prog.image.phdr.map_or(0, |p| prog.bias.apply(p).0),
+    );
+    set(at::PHENT, u64::from(prog.image.phentsize));
+    set(at::PHNUM, u64::from(prog.image.phnum));
+    set(
+        at::BASE,
+        plan.interp.as_ref().map_or(0, |i| i.reservation.addr),
+    );
+    set(at::ENTRY, prog.entry().0);
+    set(at::FLAGS, 0);
+    set(at::SECURE, 0);
+    auxv
+}
+
+/// Builds the program's stack image, with the hand-off's parameters below
+/// it, until the monitor's mappings (all but `keep`, which the blob must
+/// unmap) stop changing under us: building it may itself map memory.
+fn build_stack(
+    plan: &Plan,
+    keep: &[(u64, u64)],
+    stack_vma: (u64, u64),
+    c: &Contents<'_>,
+    exit: &Exit,
+) -> Result<(StackImage, StackPlan)> {
+    let prog = &plan.program;
+    let mut unmap = Vec::new();
+    let mut image = None;
+    for _ in 0..4 {
+        let now = handoff::monitor_mappings(keep)
+            .map_err(|e| Error::sys("reading /proc/self/maps", e))?;
+        if image.is_some() && now == unmap {
+            break;
+        }
+        unmap = now;
+        let below = Params::size(unmap.len());
+        let mut st = stack::build(
+            stack_vma.1,
+            c.argv,
+            &c.env,
+            c.execfn,
+            &c.auxv,
+            c.random,
+            plan.aslr.stack_pad(),
+            below,
+        );
+        let stack_plan = StackPlan {
+            vma: stack_vma,
+            keep_from: stack_keep_from(stack_vma.1, st.base),
+            exec: prog.image.exec_stack,
+        };
+        let code: Vec<&crate::elf::Segment> =
+            prog.image.segments.iter().filter(|s| s.exec).collect();
+        let data: Vec<&crate::elf::Segment> =
+            prog.image.segments.iter().filter(|s| s.write).collect();
+        let b = prog.bias.0;
+        let mm_map = exit.mm_map.then(|| MmMap {
+            start_code: code.first().map_or(0, |s| b + s.vaddr.0),
+            end_code: code.last().map_or(0, |s| b + s.vaddr.0 + s.filesz),
+            start_data: data.first().map_or(plan.brk, |s| b + s.vaddr.0),
+            end_data: data.last().map_or(plan.brk, |s| b + s.vaddr.0 + s.filesz),
+            start_brk: plan.brk,
+            brk: plan.brk,
+            start_stack: st.sp,
+            arg_start: st.arg_start,
+            arg_end: st.arg_end,
+            env_start: st.env_start,
+            env_end: st.env_end,
+            auxv: st.auxv_addr as *mut u64,
+            auxv_size: st.auxv_bytes as u32,
+            exe_fd: exit.exe_fd as u32,
+        });
+        let params = Params {
+            entry: plan.start().0,
+            sp: st.sp,
+            unmap: &unmap,
+            mm_map,
+            exe_fd: Some(exit.exe_fd),
+            gadget: exit.gadget,
+            blob: exit.blob,
+        };
+        params.write(&mut st.bytes[..below], st.base);
+        image = Some((st, stack_plan));
+    }
+    Ok(image.expect("built at least once"))
+}
+
+/// The ranges the stage registers with its uffd: the text (unless it is
+/// installed whole already) and the row page, which the monitor answers for
+/// each process (see the server).
+fn registered_text(plan: &Plan, probes: Option<&Probes>) -> Vec<(u64, u64)> {
+    let mut text: Vec<(u64, u64)> = if plan.text_installed() {
+        Vec::new()
+    } else {
+        plan.text
+            .iter()
+            .map(|t| (t.start, t.end() - t.start))
+            .collect()
+    };
+    if let Some(p) = probes {
+        text.push((p.area.cache, PAGE_SIZE));
+    }
+    text
+}
+
+/// The signals in `blocked` (bit n-1 for signal n) as a `sigset_t`.
+fn sigset(blocked: u64) -> libc::sigset_t {
+    // SAFETY: building a sigset_t in a local with the libc helpers.
+    unsafe {
+        let mut m: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut m);
+        for sig in 1..=64 {
+            if blocked & (1 << (sig - 1)) != 0 {
+                libc::sigaddset(&mut m, sig);
+            }
+        }
+        m
+    }
+}
+
+/// Forks the watchdog, which runs the stage plan `sp`. Returns it and the
+/// monitor's end of the stage socket.
+fn fork_watchdog(sp: &StagePlan<'_>, ch: Channels) -> Result<(Watchdog, OwnedFd)> {
+    // SAFETY: the child runs only watchdog::run, which makes system calls
+    // and never returns; the parent goes on as usual.
+    let wpid = unsafe { libc::fork() };
+    if wpid < 0 {
+        return Err(Error::sys("fork", std::io::Error::last_os_error()));
+    }
+    if wpid == 0 {
+        // SAFETY: we are the freshly forked child, and every address in `sp`
+        // was reserved before the fork.
+        unsafe { crate::watchdog::run(sp, ch.alive_r.as_raw_fd(), ch.watchdog_child.as_raw_fd()) }
+    }
+    drop((ch.stage_child, ch.alive_r, ch.watchdog_child));
+    let pid = Pid::from_raw(wpid).expect("fork returned a positive pid");
+    Ok((Watchdog::new(pid, ch.watchdog, ch.alive_w), ch.stage))
+}
+
+/// The program's pid, which the watchdog sends once it has forked it.
+fn program_pid(watchdog: &Watchdog) -> Result<i32> {
+    match watchdog.next() {
+        Some(m) if m.kind == STARTED => Ok(m.pid),
+        Some(m) if m.kind == FORK_FAILED => Err(Error::sys(
+            "fork",
+            std::io::Error::from_raw_os_error(m.status),
+        )),
+        _ => Err(Error::sys(
+            "starting the watchdog",
+            std::io::Error::other("it died"),
+        )),
+    }
+}
+
+/// Receives the stage's message, its uffd and the guard's listener (if any).
+fn receive(sock: &OwnedFd) -> Result<(StageMsg, OwnedFd, Option<OwnedFd>)> {
+    let (msg, mut fds) = match fdpass::recv::<StageMsg>(sock.as_fd(), RecvFlags::empty()) {
+        Ok(Some(got)) => got,
+        Ok(None) => {
+            return Err(Error::Stage {
+                step: "starting the program (the child died early)".into(),
+                errno: Errno::PIPE,
+            })
+        }
+        Err(e) => return Err(Error::sys("receiving from the stage", e)),
+    };
+    if msg.step != 0 {
+        let (step, errno) = stage::describe_failure(&msg);
+        return Err(Error::Stage { step, errno });
+    }
+    let Some(uffd) = fds.take(0) else {
+        return Err(Error::Stage {
+            step: "receiving the userfaultfd".into(),
+            errno: Errno::BADMSG,
+        });
+    };
+    Ok((msg, uffd, fds.take(1)))
+}
+
+/// What this run cannot do as execve would, for the report.
+fn limits(
+    plan: &Plan,
+    probes: Option<&Probes>,
+    mode: UffdMode,
+    exit: &Exit,
+    guard: u32,
+) -> Vec<String> {
+    let mut limits = Vec::new();
+    if mode == UffdMode::UserModeOnly {
+        limits.push(
+            "unprivileged (vm.unprivileged_userfaultfd=0): userfaultfd runs in user-mode-only mode, \
+             which cannot follow forks, so the whole text was written to a sealed file before the \
+             program started (no lazy serving, no refault counts), and writers to the program file \
+             are not refused (the program runs from a sealed copy taken at start)"
+                .to_string(),
+        );
+    }
+    if probes.is_some() {
+        limits.push(
+            "probe sites read as what was patched in (a jmp to a trampoline or an int3) in \
+             debuggers, /proc/PID/mem and core dumps"
+                .into(),
+        );
+    }
+    if let Some(at) = plan.program.displaced_from {
+        limits.push(format!(
+            "the program was loaded at {:#x} in the mmap area instead of {at:#x}, where the kernel \
+             would have put it: uprobe-exec's own mappings (its heap, under setarch -R) are there",
+            plan.program.reservation.addr
+        ));
+    }
+    if !exit.mm_map {
+        limits.push(
+            "without CAP_SYS_RESOURCE, /proc/self/exe still names uprobe-exec and /proc/self/cmdline, \
+             /proc/self/auxv and the start of brk are not the program's (so a debugger attaching, or \
+             reading a core, finds uprobe-exec's file and cannot tell where a PIE program is loaded)"
+                .to_string(),
+        );
+    }
+    if exit.gadget.is_none() {
+        limits.push(
+            "no clean exit sequence in the vDSO: one anonymous page of hand-off code stays mapped"
+                .into(),
+        );
+    }
+    if probes.is_some_and(Probes::traps) {
+        match guard {
+            0 => limits.push(
+                "the SIGTRAP guard (seccomp) could not be installed: a program that sets its own SIGTRAP \
+                 handler would take the probes' traps"
+                    .into(),
+            ),
+            2 => limits.push(
+                "the SIGTRAP guard needed no_new_privs: programs this one executes cannot gain privileges \
+                 (set-user-ID, file capabilities)"
+                    .into(),
+            ),
+            _ => {}
+        }
+    }
+    limits
+}
+
+/// Whether `PR_SET_MM_MAP` is allowed: CAP_SYS_RESOURCE or CAP_CHECKPOINT_RESTORE.
+fn may_set_mm_map() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << 24 | 1 << 40) != 0
+}
+
+/// The monitor's auxv, from which the program's is made.
+fn own_auxv() -> Vec<(u64, u64)> {
+    let raw = std::fs::read("/proc/self/auxv").unwrap_or_default();
+    raw.chunks_exact(16)
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(c[8..].try_into().unwrap_or_default()),
+            )
+        })
+        .take_while(|&(k, _)| k != at::NULL)
+        .collect()
+}
+
+/// The monitor's close-on-exec fds: closed in the child, as execve would.
+fn cloexec_fds() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| {
+            // SAFETY: F_GETFD on an fd number only reads its flags; a closed
+            // number gives -1.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC != 0
+        })
+        .collect()
+}
+
+/// Our own main thread's `[stack]` mapping: (start, top).
+fn own_stack() -> Option<(u64, u64)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter(|l| l.ends_with("[stack]"))
+        .find_map(handoff::parse_range)
+}
+
+/// Where the program's stack mapping starts at hand-off: the kernel maps
+/// 128 KiB below the initial stack contents, within `RLIMIT_STACK`
+/// (fs/exec.c `setup_arg_pages`).
+fn stack_keep_from(top: u64, base: u64) -> u64 {
+    const EXPAND: u64 = 128 << 10;
+    let used = top - (base & !(PAGE_SIZE - 1));
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Stack)
+        .current
+        .map_or(u64::MAX, |l| l & !(PAGE_SIZE - 1));
+    top - (used + EXPAND).min(lim.max(used))
+}

@@ -1,0 +1,115 @@
+//! The monitor's side of the watchdog (see `crate::watchdog`): the program's
+//! pid and wait status come from it, and it must hold a copy of every uffd.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+use rustix::process::{Pid, WaitOptions};
+use uprobe_runtime::Uffd;
+
+use crate::error::{Error, Result};
+use crate::report::Exit;
+use crate::sys::fdpass;
+use crate::watchdog::{WatchMsg, DETACH, EXITED, HOLD};
+
+/// The watchdog process, seen from the monitor. Dropping it ends the
+/// watchdog (which kills the program unless detached) and reaps it.
+pub(super) struct Watchdog {
+    pid: Pid,
+    sock: Arc<OwnedFd>,
+    /// Dropping it tells the watchdog we are gone.
+    alive: Option<OwnedFd>,
+}
+
+/// Hands uffds to the watchdog from the fault server's thread.
+pub(super) struct Keeper(Arc<OwnedFd>);
+
+impl Keeper {
+    /// Has the watchdog hold a copy of `uffd` (see `crate::watchdog`).
+    pub(super) fn hold_fd(&self, uffd: BorrowedFd<'_>) {
+        send(&self.0, HOLD, Some(uffd));
+    }
+}
+
+/// Sends the watchdog an order; nothing to do if it is gone (the monitor
+/// learns of that from its next message).
+fn send(sock: &OwnedFd, kind: u32, fd: Option<BorrowedFd<'_>>) {
+    let msg = WatchMsg {
+        kind,
+        pid: 0,
+        status: 0,
+    };
+    let _ = fdpass::send(sock.as_fd(), &msg, fd.as_slice());
+}
+
+impl Watchdog {
+    /// The watchdog forked as `pid`, with our end of its socket and the
+    /// write end of its alive pipe.
+    pub(super) fn new(pid: Pid, sock: OwnedFd, alive: OwnedFd) -> Watchdog {
+        Watchdog {
+            pid,
+            sock: Arc::new(sock),
+            alive: Some(alive),
+        }
+    }
+
+    /// The next message from the watchdog (blocking); None if it died.
+    pub(super) fn next(&self) -> Option<WatchMsg> {
+        loop {
+            match fdpass::recv::<WatchMsg>(self.sock.as_fd(), RecvFlags::empty()) {
+                Ok(Some((m, _))) => return Some(m),
+                Err(Errno::INTR) => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for the program's wait status, which the watchdog (its parent) reports.
+    pub(super) fn status(&self) -> Result<Exit> {
+        loop {
+            match self.next() {
+                Some(m) if m.kind == EXITED => {
+                    let st = m.status;
+                    return Ok(if libc::WIFSIGNALED(st) {
+                        Exit::Signal(libc::WTERMSIG(st))
+                    } else {
+                        Exit::Code(libc::WEXITSTATUS(st))
+                    });
+                }
+                Some(_) => continue,
+                None => {
+                    return Err(Error::sys(
+                        "waiting for the program",
+                        std::io::Error::other("the watchdog died"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Has the watchdog hold a copy of the first process's uffd.
+    pub(super) fn hold(&self, uffd: &Uffd) {
+        self.sender().hold_fd(uffd.as_fd());
+    }
+
+    /// A handle that passes the uffds of new processes to the watchdog.
+    pub(super) fn sender(&self) -> Keeper {
+        Keeper(Arc::clone(&self.sock))
+    }
+
+    /// The session ended normally: processes that outlive the program live on.
+    pub(super) fn detach(&self) {
+        send(&self.sock, DETACH, None);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Closing the pipe ends the watchdog (killing the program unless
+        // detached); then reap it.
+        drop(self.alive.take());
+        let _ = rustix::process::waitpid(Some(self.pid), WaitOptions::empty());
+    }
+}

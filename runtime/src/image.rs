@@ -1,0 +1,166 @@
+//! The page images the fault server copies from: one per text page of the
+//! program, either a run of the program file's mapping or a patched copy of
+//! the page (probe sites), the same for every process of the program.
+
+#![allow(unsafe_code)]
+
+use std::sync::Arc;
+
+use crate::uffd::PAGE_SIZE;
+
+/// Where the bytes of one served page come from.
+#[derive(Clone, Copy, Debug)]
+enum PageSrc {
+    /// A page-sized, readable run of bytes that lives as long as the image.
+    Bytes(*const u8),
+    /// A page past the end of the file: zeros.
+    Zero,
+}
+
+/// One contiguous run of served text in the target's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextRange {
+    /// Runtime address of the first page (page aligned).
+    pub start: u64,
+    /// Number of pages.
+    pub pages: usize,
+}
+
+impl TextRange {
+    /// One past the last byte.
+    #[must_use]
+    pub fn end(&self) -> u64 {
+        self.start + self.pages as u64 * PAGE_SIZE
+    }
+}
+
+/// The page images of everything the server serves: the same for every
+/// process of the program, since a fork keeps addresses.
+pub struct TextImage {
+    ranges: Vec<TextRange>,
+    /// Index of each range's first page in `srcs`.
+    first: Vec<usize>,
+    srcs: Vec<PageSrc>,
+    /// Patched page images (probe sites), which some `srcs` point into.
+    _patched: Vec<Box<[u8]>>,
+    /// Keeps the memory the other `srcs` point into alive (a file mapping).
+    _owner: Arc<dyn Send + Sync>,
+}
+
+// SAFETY: the raw pointers in `srcs` point into memory owned by `_owner`,
+// which is immutable and shared; reading it from any thread is sound.
+unsafe impl Send for TextImage {}
+// SAFETY: as above; the image is never mutated after construction.
+unsafe impl Sync for TextImage {}
+
+static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+
+impl TextImage {
+    /// Builds an image from `(range, bytes)` pairs: page `i` of a range is
+    /// `bytes[i*4096..(i+1)*4096]`, zero-filled past the end of `bytes`,
+    /// except the pages in `patched` (runtime page address, page image),
+    /// which are served from those images.
+    ///
+    /// # Safety
+    /// Every `bytes` slice must stay valid and unchanged as long as `owner`
+    /// lives, and must be readable up to the next multiple of the page size
+    /// past its end (true of a file mapping, whose last page is zero-filled
+    /// by the kernel).
+    pub unsafe fn new(
+        parts: &[(TextRange, &[u8])],
+        patched: Vec<(u64, Box<[u8]>)>,
+        owner: Arc<dyn Send + Sync>,
+    ) -> TextImage {
+        let mut ranges = Vec::with_capacity(parts.len());
+        let mut first = Vec::with_capacity(parts.len());
+        let mut srcs = Vec::new();
+        for (range, bytes) in parts {
+            first.push(srcs.len());
+            ranges.push(*range);
+            for i in 0..range.pages {
+                let off = i * PAGE_SIZE as usize;
+                srcs.push(if off < bytes.len() {
+                    // SAFETY: off < bytes.len(), so the pointer is in bounds.
+                    PageSrc::Bytes(unsafe { bytes.as_ptr().add(off) })
+                } else {
+                    PageSrc::Zero
+                });
+            }
+        }
+        let mut image = TextImage {
+            ranges,
+            first,
+            srcs,
+            _patched: Vec::new(),
+            _owner: owner,
+        };
+        for (addr, page) in patched {
+            assert_eq!(
+                page.len(),
+                PAGE_SIZE as usize,
+                "a patched page image is one page"
+            );
+            if let Some(i) = image.index_of(addr) {
+                image.srcs[i] = PageSrc::Bytes(page.as_ptr());
+                image._patched.push(page);
+            }
+        }
+        image
+    }
+
+    /// An image with nothing to serve (a placeholder).
+    #[must_use]
+    pub fn empty() -> TextImage {
+        TextImage {
+            ranges: Vec::new(),
+            first: Vec::new(),
+            srcs: Vec::new(),
+            _patched: Vec::new(),
+            _owner: Arc::new(()),
+        }
+    }
+
+    /// The served ranges, in the order given.
+    #[must_use]
+    pub fn ranges(&self) -> &[TextRange] {
+        &self.ranges
+    }
+
+    /// Total pages served.
+    #[must_use]
+    pub fn pages(&self) -> usize {
+        self.srcs.len()
+    }
+
+    /// The image of page `index` (pages are numbered across the ranges, in
+    /// order).
+    ///
+    /// # Panics
+    /// If `index` is not below [`TextImage::pages`].
+    #[must_use]
+    pub fn page(&self, index: usize) -> &[u8] {
+        // SAFETY: every source is a readable page that lives as long as the
+        // image (see `new`); the slice borrows the image.
+        unsafe { std::slice::from_raw_parts(self.src(index), PAGE_SIZE as usize) }
+    }
+
+    /// The page index of a runtime address, if it lies in a served range.
+    pub(crate) fn index_of(&self, addr: u64) -> Option<usize> {
+        self.ranges.iter().zip(&self.first).find_map(|(r, first)| {
+            (addr >= r.start && addr < r.end())
+                .then(|| first + ((addr - r.start) / PAGE_SIZE) as usize)
+        })
+    }
+
+    pub(crate) fn page_addr(&self, index: usize) -> u64 {
+        let k = self.first.partition_point(|&f| f <= index) - 1;
+        self.ranges[k].start + (index - self.first[k]) as u64 * PAGE_SIZE
+    }
+
+    pub(crate) fn src(&self, index: usize) -> *const u8 {
+        match self.srcs[index] {
+            PageSrc::Bytes(p) => p,
+            PageSrc::Zero => ZERO_PAGE.as_ptr(),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The live session API: `Session::counts`, `try_wait` and `kill`, on real
+//! programs. Ground truth is the number of calls the program is told to
+//! make (and prints), and the kernel's word on how it died.
+
+use std::time::{Duration, Instant};
+
+use uprobe_exec::{Command, Exit, ProbeHits, Report, Session};
+use uprobe_exec_samples::{path as sample, Variant};
+
+/// A session killed (and waited for) when dropped, so that a failing test
+/// leaves no program running behind it.
+struct Running(Option<Session>);
+
+impl Running {
+    fn spawn(cmd: &Command) -> Running {
+        Running(Some(cmd.spawn().expect("spawn")))
+    }
+
+    fn session(&mut self) -> &mut Session {
+        self.0.as_mut().expect("not waited for yet")
+    }
+
+    fn wait(mut self) -> Report {
+        self.0
+            .take()
+            .expect("not waited for yet")
+            .wait()
+            .expect("wait")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+/// The hits of the probe on `symbol`.
+fn hits(counts: &[ProbeHits], symbol: &str) -> u64 {
+    counts
+        .iter()
+        .find(|p| p.symbol == symbol)
+        .unwrap_or_else(|| panic!("no probe on {symbol} in {counts:?}"))
+        .hits
+}
+
+#[test]
+fn counts_rise_while_it_runs_and_kill_ends_it() {
+    for v in [Variant::Pie, Variant::Static] {
+        // spin calls tick() once per iteration: ten trillion of them take
+        // hours, so it runs until killed.
+        let mut run = Running::spawn(
+            &Command::new(sample("spin", v))
+                .arg("10000000000000")
+                .probe("tick"),
+        );
+        let s = run.session();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = vec![hits(&s.counts().expect("counts"), "tick")];
+        // Three rises in a row, each some time after the one before.
+        while seen.windows(2).filter(|w| w[1] > w[0]).count() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{v:?}: counts did not rise: {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(
+                s.try_wait().expect("try_wait").is_none(),
+                "{v:?}: ended by itself"
+            );
+            seen.push(hits(&s.counts().expect("counts"), "tick"));
+            assert!(
+                seen.windows(2).all(|w| w[1] >= w[0]),
+                "{v:?}: counts went down: {seen:?}"
+            );
+        }
+        s.kill().expect("kill");
+        let report = loop {
+            if let Some(r) = s.try_wait().expect("try_wait") {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "{v:?}: still running after kill");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(report.exit, Exit::Signal(libc::SIGKILL), "{v:?}");
+        let last = *seen.last().expect("sampled");
+        let total = hits(&report.probes, "tick");
+        assert!(total >= last, "{v:?}: report {total} < live count {last}");
+        // Once ended: the same report again, the final counts, and killing
+        // what is dead already is no error.
+        assert_eq!(s.try_wait().expect("try_wait").as_ref(), Some(&report));
+        assert_eq!(s.counts().expect("counts"), report.probes);
+        s.kill().expect("kill after the end");
+        assert_eq!(run.wait(), report);
+    }
+}
+
+#[test]
+fn counts_reach_the_calls_the_program_made() {
+    // probed basic N calls counted() exactly N times, then exits 0.
+    const N: u64 = 200_000_000;
+    let mut run = Running::spawn(
+        &Command::new(sample("probed", Variant::Pie))
+            .args(["basic", &N.to_string()])
+            .probe("counted"),
+    );
+    let s = run.session();
+    let mut last = 0;
+    let report = loop {
+        let now = hits(&s.counts().expect("counts"), "counted");
+        assert!(now >= last && now <= N, "{now} after {last} (of {N})");
+        last = now;
+        if let Some(r) = s.try_wait().expect("try_wait") {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(report.exit, Exit::Code(0));
+    assert_eq!(hits(&report.probes, "counted"), N);
+    assert_eq!(hits(&s.counts().expect("counts"), "counted"), N);
+    assert_eq!(run.wait().probes, report.probes);
+}
+
+#[test]
+fn counts_without_probes_are_empty() {
+    let mut run =
+        Running::spawn(&Command::new(sample("hello", Variant::Pie)).args(["--exit", "3"]));
+    assert_eq!(run.session().counts().expect("counts"), []);
+    assert_eq!(run.wait().exit, Exit::Code(3));
+}
