@@ -1,10 +1,11 @@
 //! What runs while a program lives under uprobe-exec: the userfaultfd
-//! wrapper ([`uffd`]) and the fault server ([`server`]).
+//! wrapper ([`uffd`]), the fault server ([`server`]), and the probes' trap
+//! handler ([`trap`]) with the probe area it reads ([`area`]).
 //!
 //! This crate knows nothing of ELF files: it serves page images at runtime
 //! addresses. The `uprobe-exec` crate plans those images from the program.
 
-pub mod counters;
+pub mod area;
 pub mod server;
 pub mod trap;
 pub mod uffd;
