@@ -42,5 +42,6 @@ pub mod vma;
 pub mod watchdog;
 
 pub use error::{ElfError, Error, Result};
+pub use probes::Location;
 pub use report::{Exit, Report};
 pub use session::{functions, Command, ProbeMode, Session, DEFAULT_FAULT_AROUND};

@@ -561,11 +561,12 @@ impl Probes {
         }
     }
 
-    /// The rows given to processes, with their pids.
+    /// The rows given to processes, with their pids (rows are given in
+    /// order, so the first free one ends them).
     fn rows(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
         (0..self.counters.layout().rows)
             .map(|r| (r, self.counters.row_pid(r)))
-            .filter(|&(_, pid)| pid != 0)
+            .take_while(|&(_, pid)| pid != 0)
     }
 
     /// All hits of site `i`: every process's row, plus the overflow counter.

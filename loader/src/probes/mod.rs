@@ -32,7 +32,6 @@ pub use resolve::{resolve, unprobeable, Resolution, Resolver, Unprobeable};
 pub use spec::Location;
 pub use targets::{Source, Targets};
 pub use trampoline::{encode_trampoline, jump_patch, Counting};
-pub use uprobe_runtime::area::SLOT_BYTES;
 pub use xol::encode_slot;
 
 /// Why a probe cannot be placed (exit 125).

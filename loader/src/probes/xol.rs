@@ -10,7 +10,9 @@
 use iced_x86::code_asm::{qword_ptr, rax, rsp, CodeAssembler};
 use iced_x86::{Code, IcedError, Instruction, Mnemonic, OpKind, Register};
 
-use super::{decode_one, SLOT_BYTES};
+use uprobe_runtime::area::SLOT_BYTES;
+
+use super::decode_one;
 
 /// Why an instruction cannot run out of line, if it cannot (the kernel's
 /// uprobes refuse the same ones).
