@@ -15,8 +15,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use rustix::mm::{MapFlags, ProtFlags};
-use uprobe_runtime::area::CodeLayout;
+use rustix::mm::ProtFlags;
 use uprobe_runtime::{TextImage, TextRange, PAGE_SIZE};
 
 use crate::addr::{page_down, page_up, Bias, RuntimeAddr};
@@ -24,76 +23,11 @@ use crate::elf::{ElfKind, Image};
 use crate::error::{Error, Result};
 use crate::layout::Aslr;
 
-/// An area held with a `PROT_NONE` mapping in the monitor; released on drop.
-#[derive(Debug)]
-pub struct Reservation {
-    /// First byte.
-    pub addr: u64,
-    /// Length in bytes (page multiple).
-    pub len: u64,
-}
+mod probe_area;
+mod reservation;
 
-impl Reservation {
-    /// Reserves `len` bytes anywhere, aligned to `align` (a power of two).
-    pub fn anywhere(len: u64, align: u64, hint: u64) -> std::io::Result<Reservation> {
-        let align = align.max(PAGE_SIZE);
-        let total = len
-            .checked_add(align)
-            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: a fresh PROT_NONE anonymous mapping at an address of the
-        // kernel's choosing (the hint is only a hint) overlaps nothing of ours.
-        let p = unsafe {
-            rustix::mm::mmap_anonymous(
-                hint as *mut _,
-                total as usize,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }?;
-        let start = p as u64;
-        let aligned = (start + align - 1) & !(align - 1);
-        // Trim the slack on both sides.
-        // SAFETY: both trimmed pieces belong to the mapping just made.
-        unsafe {
-            if aligned > start {
-                let _ = rustix::mm::munmap(p, (aligned - start) as usize);
-            }
-            let tail = start + total - (aligned + len);
-            if tail > 0 {
-                let _ = rustix::mm::munmap((aligned + len) as *mut _, tail as usize);
-            }
-        }
-        Ok(Reservation { addr: aligned, len })
-    }
-
-    /// Reserves exactly `[addr, addr+len)`, failing if anything is there.
-    pub fn fixed(addr: u64, len: u64) -> std::io::Result<Reservation> {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
-        unsafe {
-            rustix::mm::mmap_anonymous(
-                addr as *mut _,
-                len as usize,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
-            )
-        }?;
-        Ok(Reservation { addr, len })
-    }
-
-    /// One past the last byte.
-    #[must_use]
-    pub fn end(&self) -> u64 {
-        self.addr + self.len
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        // SAFETY: the area is our own PROT_NONE placeholder (or, in the
-        // parent after the fork, still that placeholder): nothing else lives there.
-        let _ = unsafe { rustix::mm::munmap(self.addr as *mut _, self.len as usize) };
-    }
-}
+pub use probe_area::ProbeArea;
+pub use reservation::Reservation;
 
 /// How the child creates one mapping.
 #[derive(Clone, Copy, Debug)]
@@ -205,27 +139,6 @@ pub struct Plan {
     /// What the text is mapped from.
     pub backing: TextBacking,
 }
-
-/// The probe area: handler code, trap table and out-of-line slots, mapped
-/// read+exec in the monitor before the fork (the child inherits it), within
-/// ±2 GiB of the text. Dropping it unmaps the monitor's copy.
-pub struct ProbeArea {
-    /// The area (its mapping replaced the reservation's placeholder).
-    pub reservation: Reservation,
-    /// The SIGTRAP handler's address.
-    pub handler: u64,
-    /// The `rt_sigreturn` restorer's address.
-    pub restorer: u64,
-    /// The row page: read+write, private to each process, after the code
-    /// (see `uprobe_runtime::area`).
-    pub cache: u64,
-}
-
-/// The lowest address a mapping may have (`vm.mmap_min_addr`'s default).
-const MMAP_MIN_ADDR: u64 = 0x10000;
-
-/// Farthest a rel32 reaches, with a margin.
-const REACH: u64 = (1 << 31) - (1 << 20);
 
 /// How many random load biases to try for a PIE before giving up on the
 /// kernel's range (the monitor's own mappings may sit at one of them).
@@ -546,105 +459,6 @@ impl Draft {
         // SAFETY: the slices point into the file mapping that `owner` keeps
         // alive; a file mapping is readable up to the end of its last page.
         unsafe { TextImage::new(&parts, patched, bytes.clone()) }
-    }
-
-    /// Reserves room for a probe area laid out as `layout` near the text
-    /// (every rel32 between them reaches): its address is decided here,
-    /// before its code is generated for it.
-    pub fn probe_room(&self, layout: &CodeLayout) -> Result<Reservation> {
-        let len = layout.len() as u64;
-        let lo = self
-            .text
-            .iter()
-            .map(|t| t.start)
-            .min()
-            .unwrap_or(self.program.reservation.addr);
-        let hi = self
-            .text
-            .iter()
-            .map(TextRange::end)
-            .max()
-            .unwrap_or(self.program.reservation.end());
-        // Just below the program, out of brk's way as the kernel keeps its
-        // mmaps; failing that, far enough above for a 1 GiB heap.
-        let below = self
-            .program
-            .reservation
-            .addr
-            .checked_sub(len)
-            .filter(|&a| a >= MMAP_MIN_ADDR)
-            .and_then(|a| Reservation::fixed(a, len).ok())
-            .filter(|r| hi.saturating_sub(r.addr) < REACH);
-        match below {
-            Some(r) => Ok(r),
-            None => [
-                self.program.reservation.end() + (1 << 30),
-                self.program.reservation.end() + (64 << 20),
-            ]
-            .into_iter()
-            .filter_map(|hint| Reservation::anywhere(len, PAGE_SIZE, hint).ok())
-            .find(|r| r.end().saturating_sub(lo) < REACH && hi.saturating_sub(r.addr) < REACH)
-            .ok_or_else(|| self.fail("no room for the probe area within 2 GiB of the text".into())),
-        }
-    }
-
-    /// Maps the probe area over `room` (from [`Draft::probe_room`] with the
-    /// same `layout`): `code` is its code pages, mapped read+exec; the row
-    /// page after them is read+write and private to each process. The
-    /// child inherits the mapping.
-    pub fn map_probe_area(
-        &self,
-        room: Reservation,
-        layout: &CodeLayout,
-        code: &[u8],
-    ) -> Result<ProbeArea> {
-        let len = layout.len();
-        let code_len = layout.row_page();
-        assert!(room.len == len as u64 && code.len() <= code_len);
-        // SAFETY: replacing our own PROT_NONE placeholder with the area's
-        // bytes; nothing else lives in the reservation.
-        unsafe {
-            let p = rustix::mm::mmap_anonymous(
-                room.addr as *mut _,
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::FIXED,
-            )
-            .map_err(|e| self.fail(format!("mapping the probe area: {e}")))?;
-            std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), code.len());
-            rustix::mm::mprotect(
-                p,
-                code_len,
-                rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC,
-            )
-            .map_err(|e| self.fail(format!("protecting the probe area: {e}")))?;
-            // The row page (pid, row) starts empty in every forked process,
-            // which then faults it in from the monitor (see the fault server).
-            rustix::mm::madvise(
-                p.cast::<u8>().add(code_len).cast(),
-                PAGE_SIZE as usize,
-                rustix::mm::Advice::LinuxWipeOnFork,
-            )
-            .map_err(|e| self.fail(format!("MADV_WIPEONFORK on the probe area: {e}")))?;
-            crate::vma::name(
-                room.addr,
-                len as u64,
-                &crate::vma::anon_name("probes", &self.program.image.path),
-            );
-        }
-        Ok(ProbeArea {
-            handler: room.addr + layout.handler() as u64,
-            restorer: room.addr + layout.restorer() as u64,
-            cache: room.addr + code_len as u64,
-            reservation: room,
-        })
-    }
-
-    fn fail(&self, reason: String) -> Error {
-        Error::Plan {
-            path: self.program.image.path.clone(),
-            reason,
-        }
     }
 }
 
