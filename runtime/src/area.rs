@@ -21,7 +21,7 @@
 //!  ┌────────┬────────────────────────┬──────────────────────────────────────────┐
 //!  │ Header │ overflow counter×sites │ row × rows: pid │ hits × sites           │
 //!  └────────┴────────────────────────┴──────────────────────────────────────────┘
-//!   (room reserved after the rows: per-thread state and an event ring, whose
+//!   (to come after the rows: per-thread state and an event ring, at the
 //!    offsets `Header::threads` and `Header::events` will give; 0 = absent)
 //! ```
 //!
