@@ -401,8 +401,8 @@ fn fuzz_parse_resolve_plan() {
     // plan, in-process: none may panic. Deterministic, so CI runs the same
     // inputs every time; UPROBE_FUZZ_CASES runs more.
     use uprobe_exec::internals::probes;
+    use uprobe_exec::internals::Draft;
     use uprobe_exec::internals::Image;
-    use uprobe_exec::internals::Plan;
     use uprobe_exec::internals::Symbols;
     let cases: u64 = std::env::var("UPROBE_FUZZ_CASES")
         .ok()
@@ -443,9 +443,12 @@ fn fuzz_parse_resolve_plan() {
                 return false;
             };
             let syms = Symbols::read(&image);
-            let specs = vec!["main".to_string(), "*".to_string(), "0x1000".to_string()];
-            let sites = probes::resolve(&image, &syms, &specs, true)
-                .map(|(s, _)| s)
+            let requests: Vec<probes::Request> = ["main", "*", "0x1000"]
+                .into_iter()
+                .map(|s| probes::Request::parse(s).unwrap())
+                .collect();
+            let sites = probes::resolve(&image, &syms, &requests, true)
+                .map(|r| r.places)
                 .unwrap_or_default();
             // The jump-safety analysis decodes whole functions: hostile too.
             let mut check = probes::JumpCheck::default();
@@ -453,7 +456,7 @@ fn fuzz_parse_resolve_plan() {
                 .iter()
                 .filter(|s| check.check(&image, s).is_ok())
                 .count();
-            let Ok(mut plan) = Plan::new(
+            let Ok(draft) = Draft::new(
                 image,
                 None,
                 &uprobe_exec::internals::Aslr::current(),
@@ -461,12 +464,12 @@ fn fuzz_parse_resolve_plan() {
             ) else {
                 return false;
             };
-            let bias = plan.program.bias.0;
+            let bias = draft.program.bias.0;
             let patches: Vec<(u64, Vec<u8>)> = sites
                 .iter()
                 .map(|s| (s.addr.0.wrapping_add(bias), vec![0xcc; 1 + jumps % 5]))
                 .collect();
-            plan.patch(&patches);
+            let _plan = draft.finish(&patches);
             true
         });
         match result {

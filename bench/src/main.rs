@@ -377,7 +377,10 @@ fn main() {
     let _ = writeln!(md, "`harm storm {storm_n}` forks {storm_n} processes that wait, and keeps forking short-lived ones. Time from the kill until no process of the group is left (zombies not counted), medians of {} alternating runs.\n", runs.min(5));
     let _ = writeln!(md, "| kill | ms |");
     let _ = writeln!(md, "| --- | --- |");
-    let _ = writeln!(md, "| native: `killpg(SIGKILL)` of the program's group | {storm_native:.0} |");
+    let _ = writeln!(
+        md,
+        "| native: `killpg(SIGKILL)` of the program's group | {storm_native:.0} |"
+    );
     let _ = writeln!(md, "| uprobe-exec: `SIGKILL` to the monitor only (its watchdog kills the program) | {storm_ours:.0} |");
 
     let _ = writeln!(md, "\n## Goals\n");

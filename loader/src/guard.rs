@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use uprobe_runtime::counters::Counters;
+use uprobe_runtime::area::Shared;
 
 use crate::error::{Error, Result};
 
@@ -90,11 +90,9 @@ pub fn filter(lo: u64, hi: u64) -> Vec<libc::sock_filter> {
 
 /// What the guard needs to know of the program.
 pub struct Target {
-    /// Keeps the shared memory mapped.
-    pub counters: Arc<Counters>,
-    /// Address of the four words holding the program's sigaction
-    /// (handler, flags, restorer, mask), mapped in both processes.
-    pub program_action: u64,
+    /// The probe area's shared memory, where the program's own sigaction
+    /// is kept (handler, flags, restorer, mask) for the trap handler.
+    pub shared: Arc<Shared>,
     /// Address of our trap handler in the program: a process whose code there
     /// is ours is one we guard.
     pub handler: u64,
@@ -377,12 +375,10 @@ fn answer(
         return;
     }
     let (act, oact) = (req.data.args[1], req.data.args[2]);
-    let words = |i: u64| {
-        // SAFETY: the four words after the site counters, in our shared mapping, 8-aligned.
-        unsafe { &*((t.program_action + 8 * i) as *const AtomicU64) }
-    };
-    let old: Vec<u8> = (0..4)
-        .flat_map(|i| words(i).load(Ordering::Relaxed).to_le_bytes())
+    let words = t.shared.program_action();
+    let old: Vec<u8> = words
+        .iter()
+        .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
         .collect();
     // As the kernel does: read the new action, set it, then write the old one.
     if act != 0 {
@@ -391,9 +387,9 @@ fn answer(
             resp.error = -libc::EFAULT;
             return;
         }
-        for i in 0..4 {
-            let w = u64::from_le_bytes(new[i * 8..i * 8 + 8].try_into().unwrap_or_default());
-            words(i as u64).store(w, Ordering::Relaxed);
+        for (word, bytes) in words.iter().zip(new.chunks_exact(8)) {
+            let w = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
+            word.store(w, Ordering::Relaxed);
         }
     }
     if oact != 0 && !mem.write(pid, tgid, oact, &old) {

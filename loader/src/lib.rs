@@ -40,16 +40,11 @@
 mod addr;
 mod elf;
 mod error;
-// `Target::counters` is a keep-alive, never read; the probes rework owns guard.rs.
-#[allow(dead_code)]
 mod guard;
 mod handoff;
 mod layout;
 mod perfmap;
 mod plan;
-// `Targets::len`/`is_empty` became dead with the module private; the probes
-// rework owns probes/.
-#[allow(dead_code)]
 mod probes;
 mod report;
 mod session;
@@ -62,7 +57,7 @@ mod watchdog;
 
 pub use addr::LinkAddr;
 pub use error::{ElfError, Error, Result};
-pub use probes::ProbeError;
+pub use probes::{Location, ProbeError};
 pub use report::{Exit, Handoff, ProbeHits, ProcessHits, Report, Text};
 pub use session::{functions, Command, ProbeMode, Session, DEFAULT_FAULT_AROUND};
 pub use symbols::Function;
@@ -74,11 +69,11 @@ pub use uprobe_runtime::ServeError;
 pub mod internals {
     pub use crate::elf::{Image, Segment};
     pub use crate::layout::Aslr;
-    pub use crate::plan::{Plan, TextBacking};
+    pub use crate::plan::{Draft, Plan, TextBacking};
     pub use crate::symbols::Symbols;
 
     /// Probe specs resolved to sites, and the jump-safety check.
     pub mod probes {
-        pub use crate::probes::{resolve, JumpCheck, Site};
+        pub use crate::probes::{resolve, JumpCheck, Request, Site};
     }
 }

@@ -1,5 +1,6 @@
 //! What runs while a program lives under uprobe-exec: the userfaultfd
-//! wrapper ([`uffd`]) and the fault server ([`server`]).
+//! wrapper ([`uffd`]), the fault server ([`server`]), and the probes' trap
+//! handler ([`trap`]) with the probe area it reads ([`area`]).
 //!
 //! This crate knows nothing of ELF files: it serves page images at runtime
 //! addresses. The `uprobe-exec` crate plans those images from the program.
@@ -7,7 +8,7 @@
 // Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`.
 #![deny(unsafe_code)]
 
-pub mod counters;
+pub mod area;
 mod image;
 pub mod server;
 pub mod trap;

@@ -621,8 +621,8 @@ impl Server {
         }
         let mut page = [0u64; PAGE_SIZE as usize / 8];
         if let Some((pid, row)) = rp.given[m] {
-            page[0] = pid;
-            page[1] = row;
+            page[crate::area::ROW_PAGE_PID / 8] = pid;
+            page[crate::area::ROW_PAGE_ROW / 8] = row;
         }
         let addr = rp.addr;
         let Some(uffd) = &self.mms[m].uffd else {

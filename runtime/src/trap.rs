@@ -7,13 +7,9 @@
 //! that follows it, counts the hit in shared memory, and resumes at the
 //! site's out-of-line slot (the displaced instruction, then a jump back).
 //!
-//! ```text
-//!  probe area:  handler code │ restorer │ table header │ entries … │ XOL slots …
-//!  header:      count │ &program's handler │ &per-process rows │ &stray-trap counter
-//!               &row page (pid, row) │ number of rows │ bytes per row
-//!  entry:       site address │ slot address │ &hit counter │ site index   (sorted by site)
-//!  row:         pid │ hits of site 0 │ hits of site 1 │ …              (shared memory)
-//! ```
+//! The table's layout, the shared counters' and the row page's are defined
+//! once in [`crate::area`]; the assembly takes their offsets as `const`
+//! operands.
 //!
 //! A trap that is not a probe hit (the program's own `int3`, or a SIGTRAP
 //! sent to it) is counted as stray and handed to the program's own SIGTRAP
@@ -23,6 +19,8 @@
 #![allow(unsafe_code)]
 
 use std::arch::global_asm;
+
+use crate::area;
 
 global_asm!(
     ".pushsection .text.uprobe_exec_trap,\"ax\",@progbits",
@@ -36,22 +34,21 @@ global_asm!(
     "    push rdi",
     "    push rsi",
     "    lea r8, [rip + uprobe_exec_trap_table]",
-    "    cmp dword ptr [rsi + 8], 0x80", // si_code == SI_KERNEL: an int3, not a kill()
+    "    cmp dword ptr [rsi + {si_code}], {si_kernel}", // an int3, not a kill()
     "    jne .Luprobe_trap_stray",
-    "    mov rax, [rdx + 168]", // uc->uc_mcontext.gregs[REG_RIP]: just past the int3
+    "    mov rax, [rdx + {uc_rip}]", // just past the int3
     "    dec rax",
-    "    mov rcx, [r8]",     // number of sites
-    "    lea r9, [r8 + 56]", // entries (after the 7-word header)
-    "    xor r10d, r10d",    // lo
-    "    mov r11, rcx",      // hi
+    "    mov rcx, [r8 + {t_count}]",
+    "    lea r9, [r8 + {t_entries}]",
+    "    xor r10d, r10d", // lo
+    "    mov r11, rcx",   // hi
     ".Luprobe_trap_search:",
     "    cmp r10, r11",
     "    jae .Luprobe_trap_found",
     "    lea rsi, [r10 + r11]",
     "    shr rsi, 1",
-    "    mov rdi, rsi",
-    "    shl rdi, 2", // entries are 4 words
-    "    cmp [r9 + rdi * 8], rax",
+    "    imul rdi, rsi, {e_bytes}",
+    "    cmp [r9 + rdi + {e_site}], rax",
     "    jae .Luprobe_trap_left",
     "    lea r10, [rsi + 1]",
     "    jmp .Luprobe_trap_search",
@@ -61,23 +58,22 @@ global_asm!(
     ".Luprobe_trap_found:",
     "    cmp r10, rcx",
     "    jae .Luprobe_trap_stray",
-    "    mov rdi, r10",
-    "    shl rdi, 2",
-    "    cmp [r9 + rdi * 8], rax",
+    "    imul rdi, r10, {e_bytes}",
+    "    cmp [r9 + rdi + {e_site}], rax",
     "    jne .Luprobe_trap_stray",
-    "    mov rsi, [r9 + rdi * 8 + 8]",
-    "    mov [rdx + 168], rsi",         // resume in the out-of-line slot
-    "    mov r10, [r9 + rdi * 8 + 24]", // the site's index
+    "    mov rsi, [r9 + rdi + {e_slot}]",
+    "    mov [rdx + {uc_rip}], rsi", // resume in the out-of-line slot
+    "    mov r10, [r9 + rdi + {e_index}]",
     // The hit, in this process's row (shared memory); with no row left, in
     // the site's overflow counter.
     "    call uprobe_exec_claim_row",
     "    test rax, rax",
     "    jz .Luprobe_trap_overflow",
-    "    lock inc qword ptr [rax + r10 * 8 + 8]",
+    "    lock inc qword ptr [rax + r10 * 8 + {row_hits}]",
     "    jmp .Luprobe_trap_counted",
     ".Luprobe_trap_overflow:",
-    "    mov rax, [r9 + rdi * 8 + 16]",
-    "    lock inc qword ptr [rax]",
+    "    mov rax, [r8 + {t_shared}]",
+    "    lock inc qword ptr [rax + r10 * 8 + {overflow}]",
     ".Luprobe_trap_counted:",
     "    pop rsi",
     "    pop rdi",
@@ -86,10 +82,9 @@ global_asm!(
     ".Luprobe_trap_stray:",
     "    pop rsi",
     "    pop rdi",
-    "    mov rax, [r8 + 24]",
-    "    lock inc qword ptr [rax]",
-    "    mov rax, [r8 + 8]", // the program's own handler, as it set it
-    "    mov rax, [rax]",
+    "    mov rax, [r8 + {t_shared}]",
+    "    lock inc qword ptr [rax + {stray}]",
+    "    mov rax, [rax + {program_handler}]", // as the program set it
     "    test rax, rax", // SIG_DFL: the kernel would kill it
     "    jz .Luprobe_trap_die",
     "    cmp rax, 1", // SIG_IGN: nothing happens, as natively
@@ -106,49 +101,70 @@ global_asm!(
     "    mov [rsp + 8], rax",
     "    mov [rsp + 16], rax",
     "    mov [rsp + 24], rax",
-    "    mov edi, 5",
+    "    mov edi, {sigtrap}",
     "    mov rsi, rsp",
     "    xor edx, edx",
     "    mov r10d, 8",
-    "    mov eax, 13",
+    "    mov eax, {sys_rt_sigaction}",
     "    syscall",
     "    add rsp, 32",
-    "    mov eax, 39", // getpid
+    "    mov eax, {sys_getpid}",
     "    syscall",
     "    mov edi, eax",
-    "    mov esi, 5",
-    "    mov eax, 62", // kill
+    "    mov esi, {sigtrap}",
+    "    mov eax, {sys_kill}",
     "    syscall",
     "    ret",
     // rax = this process's row of the per-process table (0: none). No
     // system call: the row page (private to each process, wiped on fork) is
     // filled by the monitor on the process's first touch, through its uffd
     // (see the fault server's row page). Preserves every other register and
-    // the flags; called by the trap handler and by jump trampolines.
+    // the flags.
     "uprobe_exec_claim_row:",
     "    lea rax, [rip + uprobe_exec_trap_table]",
-    "    mov rax, [rax + 32]", // the row page: pid, row
-    "    mov rax, [rax + 8]",
+    "    mov rax, [rax + {t_row_page}]",
+    "    mov rax, [rax + {rp_row}]",
     "    ret",
     "uprobe_exec_trap_restorer:",
-    "    mov eax, 15", // rt_sigreturn
+    "    mov eax, {sys_rt_sigreturn}",
     "    syscall",
     "    ud2",
     ".p2align 3",
     "uprobe_exec_trap_table:",
     ".popsection",
+    si_code = const std::mem::offset_of!(libc::siginfo_t, si_code),
+    si_kernel = const libc::SI_KERNEL,
+    uc_rip = const UC_RIP,
+    t_count = const area::TABLE_COUNT,
+    t_shared = const area::TABLE_SHARED,
+    t_row_page = const area::TABLE_ROW_PAGE,
+    t_entries = const area::TABLE_ENTRIES,
+    e_bytes = const area::ENTRY_BYTES,
+    e_site = const area::ENTRY_SITE,
+    e_slot = const area::ENTRY_SLOT,
+    e_index = const area::ENTRY_INDEX,
+    rp_row = const area::ROW_PAGE_ROW,
+    row_hits = const area::ROW_HITS,
+    overflow = const area::SHARED_OVERFLOW,
+    stray = const area::SHARED_STRAY,
+    program_handler = const area::SHARED_PROGRAM_HANDLER,
+    sigtrap = const libc::SIGTRAP,
+    sys_rt_sigaction = const libc::SYS_rt_sigaction,
+    sys_getpid = const libc::SYS_getpid,
+    sys_kill = const libc::SYS_kill,
+    sys_rt_sigreturn = const libc::SYS_rt_sigreturn,
 );
+
+/// Offset of the interrupted RIP in a `ucontext_t` (`uc_mcontext.gregs[REG_RIP]`).
+const UC_RIP: usize = std::mem::offset_of!(libc::ucontext_t, uc_mcontext)
+    + std::mem::offset_of!(libc::mcontext_t, gregs)
+    + 8 * libc::REG_RIP as usize;
 
 extern "C" {
     static uprobe_exec_trap_start: u8;
     static uprobe_exec_trap_restorer: u8;
     static uprobe_exec_trap_table: u8;
 }
-
-/// Bytes of the table header.
-pub const HEADER_BYTES: usize = 56;
-/// Bytes of one table entry (site, slot, counter address, site index).
-pub const ENTRY_BYTES: usize = 32;
 
 /// The handler's machine code, up to where the table must follow.
 #[must_use]
@@ -170,63 +186,14 @@ pub fn restorer_offset() -> usize {
         - std::ptr::addr_of!(uprobe_exec_trap_start) as usize
 }
 
-/// Where the per-process rows are (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PerProcess {
-    /// Address of the first row (shared memory).
-    pub rows: u64,
-    /// Number of rows.
-    pub count: u64,
-    /// Bytes per row: 8 * (1 + sites).
-    pub stride: u64,
-    /// Address of the two-word private cache (pid, row), writable and
-    /// private to each process.
-    pub cache: u64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// One probe site as the handler sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TrapSite {
-    /// Runtime address of the int3.
-    pub site: u64,
-    /// Runtime address of its out-of-line slot.
-    pub slot: u64,
-    /// Runtime address of its hit counter (shared memory).
-    pub counter: u64,
-    /// Its index in a per-process row.
-    pub index: u64,
-}
-
-/// The table bytes that follow [`code`]: header and entries, sorted by site.
-#[must_use]
-///
-/// `program_handler` is the address of a word in shared memory holding the
-/// program's own SIGTRAP handler (0: default).
-pub fn table(
-    sites: &[TrapSite],
-    stray_counter: u64,
-    program_handler: u64,
-    per: PerProcess,
-) -> Vec<u8> {
-    let mut sorted = sites.to_vec();
-    sorted.sort_by_key(|s| s.site);
-    let mut out = Vec::with_capacity(HEADER_BYTES + ENTRY_BYTES * sorted.len());
-    let header = [
-        sorted.len() as u64,
-        program_handler,
-        per.rows,
-        stray_counter,
-        per.cache,
-        per.count,
-        per.stride,
-    ];
-    for w in header {
-        out.extend_from_slice(&w.to_le_bytes());
+    #[test]
+    fn kernel_offsets() {
+        // The x86-64 ucontext_t and siginfo_t, as the kernel lays them out.
+        assert_eq!(UC_RIP, 168);
+        assert_eq!(std::mem::offset_of!(libc::siginfo_t, si_code), 8);
     }
-    for s in &sorted {
-        for w in [s.site, s.slot, s.counter, s.index] {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-    }
-    out
 }

@@ -216,18 +216,6 @@ impl Targets {
         let i = self.at.partition_point(|e| e.0 <= lo);
         self.at.get(i).copied().filter(|e| e.0 < hi)
     }
-
-    /// How many entry points there are.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.at.len()
-    }
-
-    /// Whether none was found (no text, or not an ELF file).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.at.is_empty()
-    }
 }
 
 /// Data addresses the code refers to (RIP-relative), and those of them

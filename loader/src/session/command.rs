@@ -17,8 +17,8 @@ use super::start::Signals;
 use super::Session;
 use crate::elf::Image;
 use crate::error::{ElfError, Error, Result};
-use crate::plan::{Plan, TextBacking};
-use crate::probes;
+use crate::plan::{Draft, TextBacking};
+use crate::probes::{self, Location, ProbeError, Request, Resolution};
 use crate::symbols::Symbols;
 
 /// A program to run under uprobe-exec, like [`std::process::Command`].
@@ -28,7 +28,8 @@ pub struct Command {
     program: OsString,
     args: Vec<OsString>,
     env: Option<Vec<OsString>>,
-    probes: Vec<String>,
+    /// Parsed when given; an error is reported by `spawn`, in its turn.
+    probes: Vec<Result<Request, ProbeError>>,
     unsafe_addrs: bool,
     /// Signals (bit n-1 for signal n) blocked when the program starts; by
     /// default the spawning thread's mask.
@@ -41,17 +42,7 @@ pub struct Command {
     mode: ProbeMode,
 }
 
-/// How probe sites are displaced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ProbeMode {
-    /// A jump to a trampoline where that is safe, an int3 elsewhere.
-    #[default]
-    Auto,
-    /// Always an int3.
-    Int3,
-    /// Always a jump; a site where it is not safe is an error.
-    Jump,
-}
+pub use crate::probes::ProbeMode;
 
 /// Pages installed with each faulting page by default (see
 /// [`Command::fault_around`]; chosen from `uprobe-exec-bench`'s figures).
@@ -75,9 +66,17 @@ impl Command {
         }
     }
 
-    /// Adds a probe: `SYMBOL`, `SYMBOL+OFFSET`, `0xADDR` or a glob.
+    /// Adds a probe: `SYMBOL`, `SYMBOL+OFFSET`, `0xADDR` or a glob (see
+    /// [`Location`]). A spec that does not parse makes [`Command::spawn`]
+    /// fail, when it comes to it.
     pub fn probe(mut self, spec: impl Into<String>) -> Command {
-        self.probes.push(spec.into());
+        self.probes.push(Request::parse(spec));
+        self
+    }
+
+    /// Adds a probe at a typed location.
+    pub fn probe_at(mut self, location: Location) -> Command {
+        self.probes.push(Ok(location.into()));
         self
     }
 
@@ -192,12 +191,16 @@ impl Command {
             })?),
             None => None,
         };
-        let (sites, warnings) = if self.probes.is_empty() {
-            (Vec::new(), Vec::new())
-        } else {
+        let mut resolution = Resolution::default();
+        if !self.probes.is_empty() {
             let syms = Symbols::read(&program);
-            probes::resolve(&program, &syms, &self.probes, self.unsafe_addrs)?
-        };
+            let mut resolver = probes::Resolver::new(&program, &syms, self.unsafe_addrs);
+            for request in &self.probes {
+                resolver.add(request.clone()?)?;
+            }
+            resolution = resolver.finish();
+        }
+        let warnings = std::mem::take(&mut resolution.warnings);
         // Without the right to follow forks (user-mode-only userfaultfd), the
         // text goes in whole before the program starts, from its file.
         let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
@@ -216,13 +219,9 @@ impl Command {
                     .to_string(),
             );
         }
-        let mut plan = Plan::new(program, interp, &crate::layout::Aslr::current(), backing)?;
+        let draft = Draft::new(program, interp, &crate::layout::Aslr::current(), backing)?;
         let mut skipped = Vec::new();
-        let probes = if sites.is_empty() {
-            None
-        } else {
-            Probes::build(&mut plan, sites, self.mode, &mut skipped)?
-        };
+        let (mut plan, probes) = Probes::build(draft, resolution, self.mode, &mut skipped)?;
         let mut warnings = warnings;
         if !skipped.is_empty() {
             let shown: Vec<String> = skipped

@@ -127,7 +127,7 @@ fn run(
     drop(guard);
     let hits = probes.map(Probes::hits).unwrap_or_default();
     let per_process = probes.map(Probes::per_process).unwrap_or_default();
-    let stray_traps = probes.map_or(0, |p| p.counters.get(0));
+    let stray_traps = probes.map_or(0, |p| p.counters.stray());
     let guard_refused = probes.map_or(0, |p| p.refused.load(std::sync::atomic::Ordering::Relaxed));
     Ok(Outcome {
         exit,

@@ -4,13 +4,18 @@
 //! Each planned area is first *reserved* in the monitor with a `PROT_NONE`
 //! mapping, which keeps the monitor (and the library's other threads) from
 //! placing anything there until the child has mapped over it.
+//!
+//! Two steps, one way: a [`Draft`] places every image and chooses the probe
+//! area's address; the probes' code is generated for that address and handed
+//! down; [`Draft::finish`] fixes the text, patches included, in a [`Plan`],
+//! which nothing patches afterwards.
 
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
-use rustix::mm::{MapFlags, ProtFlags};
+use rustix::mm::ProtFlags;
 use uprobe_runtime::{TextImage, TextRange, PAGE_SIZE};
 
 use crate::addr::{page_down, page_up, Bias, RuntimeAddr};
@@ -18,76 +23,11 @@ use crate::elf::{ElfKind, Image};
 use crate::error::{Error, Result};
 use crate::layout::Aslr;
 
-/// An area held with a `PROT_NONE` mapping in the monitor; released on drop.
-#[derive(Debug)]
-pub struct Reservation {
-    /// First byte.
-    pub addr: u64,
-    /// Length in bytes (page multiple).
-    pub len: u64,
-}
+mod probe_area;
+mod reservation;
 
-impl Reservation {
-    /// Reserves `len` bytes anywhere, aligned to `align` (a power of two).
-    pub fn anywhere(len: u64, align: u64, hint: u64) -> std::io::Result<Reservation> {
-        let align = align.max(PAGE_SIZE);
-        let total = len
-            .checked_add(align)
-            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
-        // SAFETY: a fresh PROT_NONE anonymous mapping at an address of the
-        // kernel's choosing (the hint is only a hint) overlaps nothing of ours.
-        let p = unsafe {
-            rustix::mm::mmap_anonymous(
-                hint as *mut _,
-                total as usize,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
-            )
-        }?;
-        let start = p as u64;
-        let aligned = (start + align - 1) & !(align - 1);
-        // Trim the slack on both sides.
-        // SAFETY: both trimmed pieces belong to the mapping just made.
-        unsafe {
-            if aligned > start {
-                let _ = rustix::mm::munmap(p, (aligned - start) as usize);
-            }
-            let tail = start + total - (aligned + len);
-            if tail > 0 {
-                let _ = rustix::mm::munmap((aligned + len) as *mut _, tail as usize);
-            }
-        }
-        Ok(Reservation { addr: aligned, len })
-    }
-
-    /// Reserves exactly `[addr, addr+len)`, failing if anything is there.
-    pub fn fixed(addr: u64, len: u64) -> std::io::Result<Reservation> {
-        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
-        unsafe {
-            rustix::mm::mmap_anonymous(
-                addr as *mut _,
-                len as usize,
-                ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
-            )
-        }?;
-        Ok(Reservation { addr, len })
-    }
-
-    /// One past the last byte.
-    #[must_use]
-    pub fn end(&self) -> u64 {
-        self.addr + self.len
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        // SAFETY: the area is our own PROT_NONE placeholder (or, in the
-        // parent after the fork, still that placeholder): nothing else lives there.
-        let _ = unsafe { rustix::mm::munmap(self.addr as *mut _, self.len as usize) };
-    }
-}
+pub use probe_area::ProbeArea;
+pub use reservation::Reservation;
 
 /// How the child creates one mapping.
 #[derive(Clone, Copy, Debug)]
@@ -141,6 +81,33 @@ impl Placed {
     }
 }
 
+/// The target's address space with every image placed and every mapping
+/// planned, its text not yet fixed: where the probe area goes is decided
+/// here, before its code exists.
+pub struct Draft {
+    /// The program.
+    pub program: Placed,
+    /// Its interpreter (ld.so), for a dynamic program.
+    pub interp: Option<Placed>,
+    /// Mappings for the child to make, in order.
+    maps: Vec<MapOp>,
+    /// The program's executable text, registered with the uffd and served by us.
+    pub text: Vec<TextRange>,
+    /// Each text range and the file bytes it is served from.
+    text_parts: Vec<(TextRange, std::ops::Range<usize>)>,
+    /// Zeros over the file bytes that follow the end of an executable
+    /// segment's file part when it has bss (applied before the probes).
+    text_zero: Vec<(u64, Vec<u8>)>,
+    /// See [`Plan`]'s.
+    text_file: OwnedFd,
+    /// Where the initial brk goes (just after the program, or randomised).
+    brk: u64,
+    /// How the layout is randomised.
+    aslr: Aslr,
+    /// What the text is mapped from.
+    backing: TextBacking,
+}
+
 /// The target's address space.
 pub struct Plan {
     /// The program.
@@ -155,9 +122,6 @@ pub struct Plan {
     pub image: Arc<TextImage>,
     /// Each text range and the file bytes it is served from.
     text_parts: Vec<(TextRange, std::ops::Range<usize>)>,
-    /// Zeros over the file bytes that follow the end of an executable
-    /// segment's file part when it has bss (applied before the probes).
-    text_zero: Vec<(u64, Vec<u8>)>,
     /// The file the text is mapped from (private, so the program's pages are
     /// its own): a memfd whose page i is text page i. Empty (all holes) when
     /// we serve faults, so every first touch reaches us; filled with the
@@ -175,26 +139,6 @@ pub struct Plan {
     /// What the text is mapped from.
     pub backing: TextBacking,
 }
-
-/// The probe area: handler code, site table and out-of-line slots, mapped
-/// read+exec in the monitor before the fork (the child inherits it), within
-/// ±2 GiB of the text. Dropping it unmaps the monitor's copy.
-pub struct ProbeArea {
-    /// The area (its mapping replaced the reservation's placeholder).
-    pub reservation: Reservation,
-    /// The SIGTRAP handler's address.
-    pub handler: u64,
-    /// The `rt_sigreturn` restorer's address.
-    pub restorer: u64,
-    /// The private read+write page after the code (the handler's cache).
-    pub cache: u64,
-}
-
-/// The lowest address a mapping may have (`vm.mmap_min_addr`'s default).
-const MMAP_MIN_ADDR: u64 = 0x10000;
-
-/// Farthest a rel32 reaches, with a margin.
-const REACH: u64 = (1 << 31) - (1 << 20);
 
 /// How many random load biases to try for a PIE before giving up on the
 /// kernel's range (the monitor's own mappings may sit at one of them).
@@ -410,15 +354,14 @@ fn map_image(
     text
 }
 
-impl Plan {
+impl Draft {
     /// Places the program (and its interpreter) and plans every mapping.
-    /// The text is served as in the file until [`Plan::patch`] says otherwise.
     pub fn new(
         program: Image,
         interp: Option<Image>,
         aslr: &Aslr,
         backing: TextBacking,
-    ) -> Result<Plan> {
+    ) -> Result<Draft> {
         let has_interp = interp.is_some();
         let static_pie = program.kind == ElfKind::Dyn && !has_interp;
         let program = place(program, Role::Program { has_interp }, aslr)?;
@@ -443,7 +386,7 @@ impl Plan {
         })?;
         let text = text_parts.iter().map(|(r, _)| *r).collect();
         let brk = aslr.brk_start(program.reservation.end(), static_pie);
-        let mut plan = Plan {
+        Ok(Draft {
             program,
             interp,
             maps,
@@ -451,20 +394,35 @@ impl Plan {
             text_parts,
             text_zero,
             text_file,
-            image: Arc::new(TextImage::empty()),
             brk,
             aslr: *aslr,
-            snapshot: None,
             backing,
-        };
-        plan.patch(&[]);
-        Ok(plan)
+        })
     }
 
-    /// Serves the text with `patches` applied: (runtime address, bytes). A
-    /// patch may straddle pages; every page it touches gets it, so the two
-    /// halves agree whichever page is served first.
-    pub fn patch(&mut self, patches: &[(u64, Vec<u8>)]) {
+    /// The plan, its text served with `patches` applied: (runtime address,
+    /// bytes). A patch may straddle pages; every page it touches gets it, so
+    /// the two halves agree whichever page is served first.
+    #[must_use]
+    pub fn finish(self, patches: &[(u64, Vec<u8>)]) -> Plan {
+        let image = Arc::new(self.text_image(patches));
+        Plan {
+            program: self.program,
+            interp: self.interp,
+            maps: self.maps,
+            text: self.text,
+            image,
+            text_parts: self.text_parts,
+            text_file: self.text_file,
+            brk: self.brk,
+            aslr: self.aslr,
+            snapshot: None,
+            backing: self.backing,
+        }
+    }
+
+    /// The text's page images with the bss zeros and `patches` applied.
+    fn text_image(&self, patches: &[(u64, Vec<u8>)]) -> TextImage {
         let bytes = Arc::clone(&self.program.image.bytes);
         let parts: Vec<(TextRange, &[u8])> = self
             .text_parts
@@ -500,9 +458,11 @@ impl Plan {
         }
         // SAFETY: the slices point into the file mapping that `owner` keeps
         // alive; a file mapping is readable up to the end of its last page.
-        self.image = Arc::new(unsafe { TextImage::new(&parts, patched, bytes.clone()) });
+        unsafe { TextImage::new(&parts, patched, bytes.clone()) }
     }
+}
 
+impl Plan {
     /// Writes every page image into the text file and seals it, for when
     /// faults cannot be served in every process (user-mode-only
     /// userfaultfd: forks are not followed). The kernel then maps the pages
@@ -607,94 +567,6 @@ impl Plan {
         self.interp
             .as_ref()
             .map_or_else(|| self.program.entry(), Placed::entry)
-    }
-
-    /// Maps the probe area near the text: `build(base)` returns its bytes
-    /// for a given base address and the handler and restorer offsets.
-    /// The area is `code_len` bytes of read+exec code and data, then one
-    /// read+write page private to each process (the handler's cache).
-    pub fn map_probe_area(
-        &self,
-        code_len: usize,
-        build: impl FnOnce(u64) -> Result<(Vec<u8>, u64, u64)>,
-    ) -> Result<ProbeArea> {
-        let code_len = page_up(code_len as u64);
-        let len = code_len + PAGE_SIZE;
-        let lo = self
-            .text
-            .iter()
-            .map(|t| t.start)
-            .min()
-            .unwrap_or(self.program.reservation.addr);
-        let hi = self
-            .text
-            .iter()
-            .map(TextRange::end)
-            .max()
-            .unwrap_or(self.program.reservation.end());
-        let fail = |reason: String| Error::Plan {
-            path: self.program.image.path.clone(),
-            reason,
-        };
-        // Just below the program, out of brk's way as the kernel keeps its
-        // mmaps; failing that, far enough above for a 1 GiB heap.
-        let below = self
-            .program
-            .reservation
-            .addr
-            .checked_sub(len)
-            .filter(|&a| a >= MMAP_MIN_ADDR)
-            .and_then(|a| Reservation::fixed(a, len).ok())
-            .filter(|r| hi.saturating_sub(r.addr) < REACH);
-        let reservation = match below {
-            Some(r) => r,
-            None => [
-                self.program.reservation.end() + (1 << 30),
-                self.program.reservation.end() + (64 << 20),
-            ]
-            .into_iter()
-            .filter_map(|hint| Reservation::anywhere(len, PAGE_SIZE, hint).ok())
-            .find(|r| r.end().saturating_sub(lo) < REACH && hi.saturating_sub(r.addr) < REACH)
-            .ok_or_else(|| fail("no room for the probe area within 2 GiB of the text".into()))?,
-        };
-        let (bytes, handler, restorer) = build(reservation.addr)?;
-        // SAFETY: replacing our own PROT_NONE placeholder with the area's
-        // bytes; nothing else lives in the reservation.
-        unsafe {
-            let p = rustix::mm::mmap_anonymous(
-                reservation.addr as *mut _,
-                len as usize,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::FIXED,
-            )
-            .map_err(|e| fail(format!("mapping the probe area: {e}")))?;
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p.cast::<u8>(), bytes.len());
-            rustix::mm::mprotect(
-                p,
-                code_len as usize,
-                rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC,
-            )
-            .map_err(|e| fail(format!("protecting the probe area: {e}")))?;
-            // The row page (pid, row) starts empty in every forked process,
-            // which then faults it in from the monitor (see the fault server).
-            rustix::mm::madvise(
-                p.cast::<u8>().add(code_len as usize).cast(),
-                PAGE_SIZE as usize,
-                rustix::mm::Advice::LinuxWipeOnFork,
-            )
-            .map_err(|e| fail(format!("MADV_WIPEONFORK on the probe area: {e}")))?;
-            crate::vma::name(
-                reservation.addr,
-                len,
-                &crate::vma::anon_name("probes", &self.program.image.path),
-            );
-        }
-        Ok(ProbeArea {
-            handler: reservation.addr + handler,
-            restorer: reservation.addr + restorer,
-            cache: reservation.addr + code_len,
-            reservation,
-        })
     }
 
     /// The areas the child must keep when it unmaps the monitor.

@@ -1,0 +1,210 @@
+//! Jump sites: whether a site can take a 5-byte `jmp` ([`JumpCheck`]),
+//! and the choice of each site's [`Kind`] under a [`ProbeMode`] ([`choose`]).
+
+use std::collections::HashMap;
+
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
+
+use super::{
+    bytes_at, decode_one, disasm, xol, Action, Kind, Place, ProbeError, ProbeMode, Resolution,
+    Site, Source, Targets,
+};
+use crate::addr::LinkAddr;
+use crate::elf::Image;
+use crate::error::{Error, Result};
+
+/// Chooses how each place of `resolution` is displaced under `mode`: a
+/// jump where [`JumpCheck`] allows it; otherwise an `int3` with
+/// [`ProbeMode::Int3`], an error with [`ProbeMode::Jump`], and with
+/// [`ProbeMode::Auto`] an error for a place named on its own or a skip for
+/// a pattern's match (an int3 cannot be made safe: README, "Int3 sites").
+pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result<Chosen> {
+    let places = &resolution.places;
+    let mut check = JumpCheck::default();
+    let mut sites = Vec::with_capacity(places.len());
+    let mut skipped = Vec::new();
+    for (i, p) in places.iter().enumerate() {
+        // A jump must not cover another probe's site (places are sorted).
+        let covers = |len: usize| {
+            places
+                .get(i + 1)
+                .is_some_and(|next| next.addr.0 < p.addr.0 + len as u64)
+        };
+        let verdict = check.check(image, p).and_then(|k| match k {
+            Kind::Jump { len, .. } if covers(len) => Err(format!(
+                "its displaced bytes would cover the probe at {}",
+                places[i + 1].label()
+            )),
+            k => Ok(k),
+        });
+        let kind = match (mode, verdict) {
+            (ProbeMode::Int3, _) => Kind::Int3,
+            (_, Ok(k)) => k,
+            (ProbeMode::Auto, Err(why)) if resolution.requests[p.request].location.is_glob() => {
+                skipped.push((p.label(), why));
+                continue;
+            }
+            (ProbeMode::Auto, Err(why)) => {
+                return Err(Error::UnsafeSite {
+                    site: p.label(),
+                    why,
+                });
+            }
+            (ProbeMode::Jump, Err(why)) => {
+                return Err(Error::Probe(ProbeError::NoJump {
+                    site: p.label(),
+                    why,
+                }));
+            }
+        };
+        sites.push(Site {
+            place: p.clone(),
+            kind,
+            action: Action::Count,
+        });
+    }
+    Ok(Chosen { sites, skipped })
+}
+
+/// What [`choose`] decided.
+#[derive(Clone, Debug, Default)]
+pub struct Chosen {
+    /// The sites, in address order.
+    pub sites: Vec<Site>,
+    /// The pattern matches passed over: (label, why a jump does not fit).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Decides whether sites can take a jump, decoding each function once and
+/// finding the object's entry points ([`Targets`]) once.
+#[derive(Default)]
+pub struct JumpCheck {
+    /// Per function start: its instructions, or why jumps cannot go in it.
+    decoded: HashMap<LinkAddr, Result<Vec<Instruction>, String>>,
+    /// Where control can arrive in the object, built at the first check.
+    targets: Option<Targets>,
+}
+
+impl JumpCheck {
+    /// Whether `site` can be displaced by a 5-byte jump, and over how many
+    /// bytes; otherwise why not. The rule: the displaced instructions are
+    /// whole, cover ≥ 5 bytes, stay inside the function and relocate; a
+    /// `call`, `jmp` or `ret` among them is the last; nothing in the whole
+    /// object enters them other than at their first byte (see [`Targets`]);
+    /// the function has no indirect jump whose targets cannot be bounded.
+    pub fn check(&mut self, image: &Image, site: &Place) -> Result<Kind, String> {
+        let Some((start, size)) = site.function.filter(|&(_, size)| size > 0) else {
+            return Err("it is in no function of known size".into());
+        };
+        let insns = self
+            .decoded
+            .entry(start)
+            .or_insert_with(|| decode_function(image, start, size))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let end = start.0 + size;
+        if site.addr.0 + 5 > end {
+            return Err(format!(
+                "fewer than 5 bytes from the site to the end of the function ({})",
+                end - site.addr.0
+            ));
+        }
+        let first = insns
+            .iter()
+            .position(|i| i.ip() == site.addr.0)
+            .ok_or("the site is not an instruction boundary")?;
+        let mut len = 0usize;
+        let mut k = first;
+        while len < 5 {
+            let Some(i) = insns.get(k) else {
+                return Err(format!(
+                    "fewer than 5 bytes from the site to the end of the function ({len})"
+                ));
+            };
+            if i.next_ip() > end {
+                return Err("the displaced bytes would leave the function".into());
+            }
+            xol::relocatable(i).map_err(|why| format!("`{}` {why}", disasm(i)))?;
+            len += i.len();
+            use iced_x86::FlowControl as F;
+            let ends_flow = matches!(
+                i.flow_control(),
+                F::Call | F::IndirectCall | F::Return | F::UnconditionalBranch | F::IndirectBranch
+            );
+            if ends_flow && len < 5 {
+                return Err(format!(
+                    "`{}` would not be the last displaced instruction",
+                    disasm(i)
+                ));
+            }
+            k += 1;
+        }
+        let (lo, hi) = (site.addr.0, site.addr.0 + len as u64);
+        let targets = self
+            .targets
+            .get_or_insert_with(|| Targets::build(&image.bytes));
+        if let Some((t, how)) = targets.inside(lo, hi) {
+            return Err(entered(image, site, t, how));
+        }
+        Ok(Kind::Jump {
+            len,
+            flags_live: site.addr != start,
+        })
+    }
+}
+
+/// Why a site is refused because control enters its displaced bytes at `t`.
+fn entered(image: &Image, site: &Place, t: u64, how: Source) -> String {
+    let at = format!("{}+{:#x}", site.symbol, t - site.addr.0 + site.offset);
+    let insn = |a: u64| {
+        bytes_at(image, LinkAddr(a)).map_or_else(String::new, |b| {
+            format!(" (`{}`)", disasm(&decode_one(b, a)))
+        })
+    };
+    let what = match how {
+        Source::Branch(from) => format!("the instruction at {from:#x}{} branches into", insn(from)),
+        Source::Address(from) => {
+            format!(
+                "the instruction at {from:#x}{} takes an address in",
+                insn(from)
+            )
+        }
+        Source::Table(base) => format!("the jump table at {base:#x} leads into"),
+        Source::Pointer(word) => format!("the pointer at {word:#x} points into"),
+        Source::LandingPad(func) => {
+            format!("an exception landing pad of the function at {func:#x} is in")
+        }
+        Source::Fde => "an unwind table entry (FDE) starts in".into(),
+        Source::Symbol => "a symbol points into".into(),
+    };
+    format!("{what} the displaced bytes, at {at}")
+}
+
+fn decode_function(image: &Image, start: LinkAddr, size: u64) -> Result<Vec<Instruction>, String> {
+    let bytes = bytes_at(image, start).ok_or("the function is not in the text")?;
+    let len = (size as usize).min(bytes.len());
+    let mut d = Decoder::with_ip(64, &bytes[..len], start.0, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    for i in &mut d {
+        if i.code() == Code::INVALID {
+            return Err(format!(
+                "the function does not decode at +{:#x}",
+                i.ip() - start.0
+            ));
+        }
+        // A jump through a register or a computed address (a jump table):
+        // its targets cannot be bounded. A jump through a RIP-relative slot
+        // (a tail call through the GOT) leaves the function.
+        if i.flow_control() == iced_x86::FlowControl::IndirectBranch
+            && !i.is_ip_rel_memory_operand()
+        {
+            return Err(format!(
+                "the function has an indirect jump (`{}` at +{:#x}) whose targets cannot be bounded",
+                disasm(&i),
+                i.ip() - start.0
+            ));
+        }
+        out.push(i);
+    }
+    Ok(out)
+}

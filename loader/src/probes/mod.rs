@@ -1,0 +1,340 @@
+//! Probes: specs → sites → out-of-line slots, trampolines and patches.
+//!
+//! ```text
+//!  spec ──parse──▶ Location ──resolve──▶ Place ──choose──▶ Site ──generate──▶ area code + patches
+//!  (spec.rs)                 (resolve.rs)      (jump.rs)        (code.rs: xol.rs, trampoline.rs)
+//! ```
+//!
+//! Resolution decodes each probed function once, at startup; nothing on the
+//! fault path decodes or allocates. A site is displaced by a `jmp` to its
+//! trampoline where that is safe ([`JumpCheck`]), by an `int3` otherwise;
+//! either way its instructions run out of line in its slot of the probe
+//! area (within ±2 GiB of the text, so RIP-relative operands and branches
+//! relocate), followed by a jump back. The area's layout is
+//! `uprobe_runtime::area`'s.
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
+
+use crate::addr::{Bias, LinkAddr};
+use crate::elf::Image;
+
+mod code;
+mod jump;
+mod resolve;
+mod spec;
+pub mod targets;
+mod trampoline;
+mod xol;
+
+pub use code::generate;
+pub use jump::{choose, JumpCheck};
+pub use resolve::{resolve, unprobeable, Resolution, Resolver};
+pub use spec::Location;
+pub use targets::{Source, Targets};
+
+/// Why a probe cannot be placed (exit 125).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A malformed spec.
+    #[error("bad probe '{spec}': {why}")]
+    BadSpec {
+        /// The spec.
+        spec: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// No such function.
+    #[error("no function '{name}' in {program}{hint}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+        /// The program.
+        program: String,
+        /// Close names or the stripped-binary hint.
+        hint: String,
+    },
+    /// A glob matched nothing.
+    #[error("probe pattern '{pattern}' matches no function in {program}{hint}")]
+    NoMatch {
+        /// The pattern.
+        pattern: String,
+        /// The program.
+        program: String,
+        /// Where to look instead.
+        hint: String,
+    },
+    /// The function is one the program takes from a shared library.
+    #[error(
+        "'{name}' is not in {program}: it is defined in a shared library the program loads ({libraries}), \
+         and only the main executable can be probed for now"
+    )]
+    InSharedLibrary {
+        /// The name asked for.
+        name: String,
+        /// The program.
+        program: String,
+        /// Its `DT_NEEDED` libraries.
+        libraries: String,
+    },
+    /// The offset is inside an instruction.
+    #[error(
+        "{symbol}+{offset:#x} is not an instruction boundary; the nearest are {before} and {after}"
+    )]
+    NotBoundary {
+        /// Function.
+        symbol: String,
+        /// Offset asked for.
+        offset: u64,
+        /// Boundary before, as `sym+0x..`.
+        before: String,
+        /// Boundary after.
+        after: String,
+    },
+    /// The offset is past the end of the function.
+    #[error("{symbol}+{offset:#x} is past the end of the function ({size:#x} bytes)")]
+    PastEnd {
+        /// Function.
+        symbol: String,
+        /// Offset asked for.
+        offset: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// An address outside every known function.
+    #[error("address {addr:#x} is not inside any function of {program}; pass --unsafe to probe it anyway")]
+    OutsideFunctions {
+        /// The address.
+        addr: u64,
+        /// The program.
+        program: String,
+    },
+    /// An address outside the program's text.
+    #[error("address {addr:#x} is not in the executable text of {program}")]
+    NotText {
+        /// The address.
+        addr: u64,
+        /// The program.
+        program: String,
+    },
+    /// `--probe-mode jump` on a site where a jump is not safe.
+    #[error("cannot put a jump at {site}: {why} (use --probe-mode auto or int3)")]
+    NoJump {
+        /// `sym+0x..`.
+        site: String,
+        /// Why not.
+        why: String,
+    },
+    /// The program runs a copy of the code elsewhere.
+    #[error("cannot probe {site}: {why}")]
+    Copied {
+        /// `sym+0x..`.
+        site: String,
+        /// Which code, and why.
+        why: String,
+    },
+    /// The instruction cannot be single-stepped out of line.
+    #[error("cannot probe {site}: its instruction `{insn}` {why}")]
+    NotRelocatable {
+        /// `sym+0x..`.
+        site: String,
+        /// The instruction, disassembled.
+        insn: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// One probe as asked for: where, and the words it was asked in (which
+/// the report repeats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The spec as written.
+    pub spec: String,
+    /// What it says.
+    pub location: Location,
+}
+
+impl Request {
+    /// Parses a spec (see [`Location`]'s grammar).
+    pub fn parse(spec: impl Into<String>) -> Result<Request, ProbeError> {
+        let spec = spec.into();
+        let location = spec.parse()?;
+        Ok(Request { spec, location })
+    }
+}
+
+impl From<Location> for Request {
+    fn from(location: Location) -> Request {
+        Request {
+            spec: location.to_string(),
+            location,
+        }
+    }
+}
+
+/// An object of the program's address space that probes go in. Only the
+/// main program for now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId(pub u32);
+
+impl ObjectId {
+    /// The program itself.
+    pub const MAIN: ObjectId = ObjectId(0);
+}
+
+/// What a probe does when hit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Action {
+    /// Count the hit (per process, in the shared counters).
+    #[default]
+    Count,
+}
+
+/// How probe sites are displaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// A jump to a trampoline where that is safe, an int3 elsewhere.
+    #[default]
+    Auto,
+    /// Always an int3.
+    Int3,
+    /// Always a jump; a site where it is not safe is an error.
+    Jump,
+}
+
+/// A resolved probe location: one instruction of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// The object it is in.
+    pub object: ObjectId,
+    /// Link-time address of the instruction.
+    pub addr: LinkAddr,
+    /// The function (display name), or the address for `--unsafe` sites.
+    pub symbol: String,
+    /// Offset into the function.
+    pub offset: u64,
+    /// The function it is in (start, size), when known.
+    pub function: Option<(LinkAddr, u64)>,
+    /// The first request that named it (its index in [`Resolution::requests`]).
+    pub request: usize,
+}
+
+impl Place {
+    /// `sym+0x..` for messages and the count table.
+    #[must_use]
+    pub fn label(&self) -> String {
+        if self.offset == 0 {
+            self.symbol.clone()
+        } else {
+            format!("{}+{:#x}", self.symbol, self.offset)
+        }
+    }
+
+    /// Runtime address, for an object placed with `bias`.
+    #[must_use]
+    pub fn runtime(&self, bias: Bias) -> u64 {
+        bias.apply(self.addr).0
+    }
+
+    /// The file bytes its code is generated from: up to 16, fewer at the
+    /// end of its segment.
+    #[must_use]
+    pub fn bytes<'a>(&self, image: &'a Image) -> &'a [u8] {
+        let b = bytes_at(image, self.addr).unwrap_or(&[]);
+        &b[..b.len().min(16)]
+    }
+}
+
+/// A probe site: where, how it is displaced, and what a hit does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    /// Where.
+    pub place: Place,
+    /// How it is displaced.
+    pub kind: Kind,
+    /// What a hit does.
+    pub action: Action,
+}
+
+impl Site {
+    /// The object it is in.
+    #[must_use]
+    pub fn object(&self) -> ObjectId {
+        self.place.object
+    }
+
+    /// Link-time address.
+    #[must_use]
+    pub fn addr(&self) -> LinkAddr {
+        self.place.addr
+    }
+
+    /// `sym+0x..` for messages and the count table.
+    #[must_use]
+    pub fn label(&self) -> String {
+        self.place.label()
+    }
+}
+
+/// How a site is displaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// An `int3`, handled by the in-program trap handler.
+    Int3,
+    /// A `jmp rel32` to a per-site trampoline over `len` bytes of whole
+    /// instructions; `flags_live`: the trampoline preserves the flags.
+    Jump {
+        /// Displaced bytes (≥ 5).
+        len: usize,
+        /// Not at a function entry: the flags may be live.
+        flags_live: bool,
+    },
+}
+
+impl Kind {
+    /// The report's name for it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Int3 => "int3",
+            Kind::Jump { .. } => "jump",
+        }
+    }
+}
+
+/// `s` cut to at most `max` characters, keeping its start and its end.
+#[must_use]
+pub fn short(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let tail = max / 3;
+    let head = max - 1 - tail;
+    let mut out: String = s.chars().take(head).collect();
+    out.push('…');
+    out.extend(s.chars().skip(n - tail));
+    out
+}
+
+/// The file bytes at a link-time address, up to the end of its segment.
+fn bytes_at(image: &Image, a: LinkAddr) -> Option<&[u8]> {
+    let s = image
+        .segments
+        .iter()
+        .find(|s| s.exec && a.0 >= s.vaddr.0 && a.0 < s.vaddr.0 + s.filesz)?;
+    let off = (s.offset + (a.0 - s.vaddr.0)) as usize;
+    let end = (s.offset + s.filesz) as usize;
+    image.bytes.get(off..end)
+}
+
+fn decode_one(bytes: &[u8], ip: u64) -> Instruction {
+    let mut d = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
+    d.decode()
+}
+
+fn disasm(i: &Instruction) -> String {
+    let mut out = String::new();
+    IntelFormatter::new().format(i, &mut out);
+    out
+}

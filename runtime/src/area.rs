@@ -1,0 +1,569 @@
+//! The probe area: the one definition of the memory that the trap handler
+//! (`trap.rs`), the jump trampolines, the SIGTRAP guard and the monitor
+//! share. Every offset they use comes from the types here; the handler's
+//! assembly takes them as `const` operands.
+//!
+//! Three mappings, each at the same address in the monitor and in every
+//! process of the program:
+//!
+//! ```text
+//!  code pages: private r-x, within ±2 GiB of the text, inherited on fork
+//!  ┌──────────────┬───────────┬───────────────────┬─────┬────────────────────────┐
+//!  │ handler code │ TrapTable │ TrapEntry × traps │ pad │ slot × sites           │
+//!  │ (trap.rs)    │           │ (sorted by site)  │     │ (SLOT_BYTES each)      │
+//!  └──────────────┴───────────┴───────────────────┴─────┴────────────────────────┘
+//!  row page: the page after them; private rw, wiped on fork, each process's
+//!  first touch answered by the monitor (see the fault server)
+//!  ┌─────────────────────┐
+//!  │ RowPage { pid, row }│
+//!  └─────────────────────┘
+//!  shared: a memfd mapped shared; survives a crash of the program, covers its forks
+//!  ┌────────┬────────────────────────┬──────────────────────────────────────────┐
+//!  │ Header │ overflow counter×sites │ row × rows: pid │ hits × sites           │
+//!  └────────┴────────────────────────┴──────────────────────────────────────────┘
+//!   (to come after the rows: per-thread state and an event ring, at the
+//!    offsets `Header::threads` and `Header::events` will give; 0 = absent)
+//! ```
+//!
+//! A hit goes in its process's row, found through the row page; a process
+//! beyond the rows (or one whose row page says none) counts in the site's
+//! overflow counter. Sites are numbered in one order for all three: slot
+//! `i`, overflow counter `i` and row column `i` are site `i`'s.
+
+#![allow(unsafe_code)]
+
+use std::mem::{offset_of, size_of};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::PAGE_SIZE;
+
+/// The layout's version, in [`Header::version`]; bumped whenever anything
+/// here moves.
+pub const VERSION: u64 = 1;
+
+/// Bytes of one out-of-line slot or trampoline.
+pub const SLOT_BYTES: usize = 128;
+
+/// Processes whose hits are counted one by one; hits of processes beyond
+/// that count only in the totals.
+pub const ROWS: usize = 256;
+
+/// Start of the shared mapping. Written by the monitor before the program
+/// starts, except for the counters and the program's action.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Header {
+    /// [`VERSION`].
+    pub version: AtomicU64,
+    /// Number of probe sites: the length of the overflow counters and of a row's hits.
+    pub sites: AtomicU64,
+    /// Number of per-process rows.
+    pub rows: AtomicU64,
+    /// Traps that were no probe hit (the program's own `int3`, a SIGTRAP sent to it).
+    pub stray: AtomicU64,
+    /// The program's own SIGTRAP sigaction (handler, flags, restorer,
+    /// mask), which the guard records in place of installing it; the
+    /// handler passes stray traps to it.
+    pub program_action: [AtomicU64; 4],
+    /// Reserved: offset from the header of per-thread state (0: none).
+    pub threads: AtomicU64,
+    /// Reserved: offset from the header of an event ring (0: none).
+    pub events: AtomicU64,
+    /// The per-site overflow counters start here.
+    pub overflow: [AtomicU64; 0],
+}
+
+/// The start of a per-process row; `hits` has one counter per site.
+#[repr(C)]
+pub struct RowStart {
+    /// The process (0: the row is free).
+    pub pid: u64,
+    /// Hits of site 0, 1, … start here.
+    pub hits: [u64; 0],
+}
+
+/// The row page's words, written by the monitor for each process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowPage {
+    /// The process the page was answered for.
+    pub pid: u64,
+    /// Address of its row in the shared mapping (0: none, count in the overflow counters).
+    pub row: u64,
+}
+
+/// The trap table, right after the handler's code in the code pages.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrapTable {
+    /// Number of entries.
+    pub count: u64,
+    /// Address of the shared mapping's [`Header`].
+    pub shared: u64,
+    /// Address of the [`RowPage`].
+    pub row_page: u64,
+    /// The entries start here.
+    pub entries: [TrapEntry; 0],
+}
+
+/// One `int3` site, as the trap handler finds it (entries sorted by `site`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrapEntry {
+    /// Runtime address of the `int3`.
+    pub site: u64,
+    /// Runtime address of its out-of-line slot, where the handler resumes.
+    pub slot: u64,
+    /// Its site number (overflow counter, row column).
+    pub index: u64,
+}
+
+// The offsets the handler's assembly and the trampolines use.
+
+/// [`TrapTable::count`].
+pub const TABLE_COUNT: usize = offset_of!(TrapTable, count);
+/// [`TrapTable::shared`].
+pub const TABLE_SHARED: usize = offset_of!(TrapTable, shared);
+/// [`TrapTable::row_page`].
+pub const TABLE_ROW_PAGE: usize = offset_of!(TrapTable, row_page);
+/// [`TrapTable::entries`].
+pub const TABLE_ENTRIES: usize = offset_of!(TrapTable, entries);
+/// Bytes of one [`TrapEntry`].
+pub const ENTRY_BYTES: usize = size_of::<TrapEntry>();
+/// [`TrapEntry::site`].
+pub const ENTRY_SITE: usize = offset_of!(TrapEntry, site);
+/// [`TrapEntry::slot`].
+pub const ENTRY_SLOT: usize = offset_of!(TrapEntry, slot);
+/// [`TrapEntry::index`].
+pub const ENTRY_INDEX: usize = offset_of!(TrapEntry, index);
+/// [`RowPage::row`].
+pub const ROW_PAGE_ROW: usize = offset_of!(RowPage, row);
+/// Offset of [`RowPage::pid`].
+pub const ROW_PAGE_PID: usize = offset_of!(RowPage, pid);
+/// [`RowStart::hits`]: site `i`'s hits are at `row + ROW_HITS + 8 * i`.
+pub const ROW_HITS: usize = offset_of!(RowStart, hits);
+/// [`Header::stray`].
+pub const SHARED_STRAY: usize = offset_of!(Header, stray);
+/// [`Header::program_action`]'s first word: the program's handler.
+pub const SHARED_PROGRAM_HANDLER: usize = offset_of!(Header, program_action);
+/// [`Header::overflow`]: site `i`'s overflow counter is at `shared + SHARED_OVERFLOW + 8 * i`.
+pub const SHARED_OVERFLOW: usize = offset_of!(Header, overflow);
+
+/// Types whose bytes are their `u64` fields in order, with no padding.
+///
+/// # Safety
+/// `#[repr(C)]` with only `u64` fields (or zero-length arrays of such types).
+unsafe trait Words: Sized {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: by the trait's contract every byte is part of an initialised u64.
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+    }
+}
+// SAFETY: repr(C), three u64 and a zero-length array of TrapEntry.
+unsafe impl Words for TrapTable {}
+// SAFETY: repr(C), three u64.
+unsafe impl Words for TrapEntry {}
+
+/// Where things are in the shared mapping for `sites` sites and `rows` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedLayout {
+    /// Probe sites.
+    pub sites: usize,
+    /// Per-process rows.
+    pub rows: usize,
+}
+
+impl SharedLayout {
+    /// Offset of site `i`'s overflow counter.
+    #[must_use]
+    pub fn overflow(&self, i: usize) -> usize {
+        assert!(i < self.sites);
+        SHARED_OVERFLOW + 8 * i
+    }
+
+    /// Bytes of one row: the pid, then one counter per site.
+    #[must_use]
+    pub fn row_bytes(&self) -> usize {
+        ROW_HITS + 8 * self.sites
+    }
+
+    /// Offset of row `r`.
+    #[must_use]
+    pub fn row(&self, r: usize) -> usize {
+        assert!(r < self.rows);
+        SHARED_OVERFLOW + 8 * self.sites + r * self.row_bytes()
+    }
+
+    /// Bytes used (the mapping is this, rounded up to pages).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        SHARED_OVERFLOW + 8 * self.sites + self.rows * self.row_bytes()
+    }
+
+    /// Whether there is nothing past the header.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.sites == 0 && self.rows == 0
+    }
+}
+
+/// The shared mapping: an anonymous memfd (never a path), mapped by the
+/// monitor before the fork, so the program and all its forks share it at
+/// the same address.
+#[derive(Debug)]
+pub struct Shared {
+    addr: u64,
+    layout: SharedLayout,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// A fresh zeroed mapping for `sites` sites and `rows` rows, its header written.
+    pub fn new(sites: usize, rows: usize) -> Result<Shared, Errno> {
+        let layout = SharedLayout { sites, rows };
+        let fd = rustix::fs::memfd_create("uprobe-exec-counters", rustix::fs::MemfdFlags::CLOEXEC)?;
+        let bytes = mapped_len(&layout);
+        rustix::fs::ftruncate(&fd, bytes as u64)?;
+        // SAFETY: a new shared mapping of our own memfd, at a kernel-chosen address.
+        let p = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }?;
+        let shared = Shared {
+            addr: p as u64,
+            layout,
+            _fd: fd,
+        };
+        let h = shared.header();
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.sites.store(sites as u64, Ordering::Relaxed);
+        h.rows.store(rows as u64, Ordering::Relaxed);
+        Ok(shared)
+    }
+
+    /// Where things are.
+    #[must_use]
+    pub fn layout(&self) -> SharedLayout {
+        self.layout
+    }
+
+    /// Address of the header (the same in the program, which inherits the mapping).
+    #[must_use]
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// The mapping: (start, end).
+    #[must_use]
+    pub fn range(&self) -> (u64, u64) {
+        (self.addr, self.addr + mapped_len(&self.layout) as u64)
+    }
+
+    /// The header.
+    #[must_use]
+    pub fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a Header (page aligned, at least
+        // its size, zero-initialised); its fields are atomics.
+        unsafe { &*(self.addr as *const Header) }
+    }
+
+    /// The word at `offset` (a multiple of 8 inside the layout).
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset & 7 == 0 && offset + 8 <= self.layout.len());
+        // SAFETY: in bounds of our live mapping (asserted), 8-aligned;
+        // the program updates it with `lock inc`, so atomics are the right view.
+        unsafe { &*((self.addr + offset as u64) as *const AtomicU64) }
+    }
+
+    /// Address of site `i`'s overflow counter.
+    #[must_use]
+    pub fn overflow_addr(&self, i: usize) -> u64 {
+        self.addr + self.layout.overflow(i) as u64
+    }
+
+    /// Hits of site `i` in processes without a row.
+    #[must_use]
+    pub fn overflow(&self, i: usize) -> u64 {
+        self.word(self.layout.overflow(i)).load(Ordering::Relaxed)
+    }
+
+    /// Address of row `r`.
+    #[must_use]
+    pub fn row_addr(&self, r: usize) -> u64 {
+        self.addr + self.layout.row(r) as u64
+    }
+
+    /// The process of row `r` (0: free).
+    #[must_use]
+    pub fn row_pid(&self, r: usize) -> u64 {
+        self.word(self.layout.row(r)).load(Ordering::Relaxed)
+    }
+
+    /// Gives row `r` to process `pid`.
+    pub fn set_row_pid(&self, r: usize, pid: u64) {
+        self.word(self.layout.row(r)).store(pid, Ordering::Relaxed);
+    }
+
+    /// Hits of site `i` in row `r`.
+    #[must_use]
+    pub fn row_hits(&self, r: usize, i: usize) -> u64 {
+        assert!(i < self.layout.sites);
+        self.word(self.layout.row(r) + ROW_HITS + 8 * i)
+            .load(Ordering::Relaxed)
+    }
+
+    /// Traps that were no probe hit.
+    #[must_use]
+    pub fn stray(&self) -> u64 {
+        self.header().stray.load(Ordering::Relaxed)
+    }
+
+    /// The program's own SIGTRAP sigaction, as the guard keeps it.
+    #[must_use]
+    pub fn program_action(&self) -> &[AtomicU64; 4] {
+        &self.header().program_action
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let (a, b) = self.range();
+        // SAFETY: our own mapping, no longer used.
+        let _ = unsafe { rustix::mm::munmap(a as *mut _, (b - a) as usize) };
+    }
+}
+
+fn mapped_len(layout: &SharedLayout) -> usize {
+    layout.len().next_multiple_of(PAGE_SIZE as usize)
+}
+
+/// Where things are in the code pages and the row page, from the start of
+/// the area, for `sites` sites of which `traps` are `int3`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeLayout {
+    /// Bytes of the handler's code (the table follows it).
+    pub handler_len: usize,
+    /// Probe sites (one slot each).
+    pub sites: usize,
+    /// Of them, `int3` sites (one trap-table entry each).
+    pub traps: usize,
+}
+
+impl CodeLayout {
+    /// The layout with this build's trap handler.
+    #[must_use]
+    pub fn new(sites: usize, traps: usize) -> CodeLayout {
+        CodeLayout {
+            handler_len: crate::trap::code().len(),
+            sites,
+            traps,
+        }
+    }
+
+    /// Offset of the SIGTRAP handler.
+    #[must_use]
+    pub fn handler(&self) -> usize {
+        0
+    }
+
+    /// Offset of its `rt_sigreturn` restorer.
+    #[must_use]
+    pub fn restorer(&self) -> usize {
+        crate::trap::restorer_offset()
+    }
+
+    /// Offset of the [`TrapTable`].
+    #[must_use]
+    pub fn table(&self) -> usize {
+        self.handler_len
+    }
+
+    /// Offset of the first slot.
+    #[must_use]
+    pub fn slots(&self) -> usize {
+        (self.table() + TABLE_ENTRIES + ENTRY_BYTES * self.traps).next_multiple_of(16)
+    }
+
+    /// Offset of site `i`'s slot.
+    #[must_use]
+    pub fn slot(&self, i: usize) -> usize {
+        assert!(i < self.sites);
+        self.slots() + i * SLOT_BYTES
+    }
+
+    /// Bytes of code and data (mapped read+exec).
+    #[must_use]
+    pub fn code_len(&self) -> usize {
+        self.slots() + self.sites * SLOT_BYTES
+    }
+
+    /// Offset of the row page (the page after the code).
+    #[must_use]
+    pub fn row_page(&self) -> usize {
+        self.code_len().next_multiple_of(PAGE_SIZE as usize)
+    }
+
+    /// Bytes of the whole area, row page included.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.row_page() + PAGE_SIZE as usize
+    }
+
+    /// Whether the area has no site.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.sites == 0
+    }
+
+    /// The code pages' bytes ([`CodeLayout::code_len`] of them): the
+    /// handler, its table (the shared mapping's and the row page's
+    /// addresses, and `entries`, sorted here), and each site's slot
+    /// (`slots[i]`, at most [`SLOT_BYTES`]); `int3` filler elsewhere.
+    #[must_use]
+    pub fn image(
+        &self,
+        shared: u64,
+        row_page: u64,
+        mut entries: Vec<TrapEntry>,
+        slots: &[Vec<u8>],
+    ) -> Vec<u8> {
+        assert_eq!(entries.len(), self.traps);
+        assert_eq!(slots.len(), self.sites);
+        entries.sort_by_key(|e| e.site);
+        let mut out = vec![0xcc; self.code_len()];
+        out[..self.handler_len].copy_from_slice(&crate::trap::code()[..self.handler_len]);
+        let table = TrapTable {
+            count: entries.len() as u64,
+            shared,
+            row_page,
+            entries: [],
+        };
+        let at = self.table();
+        out[at..at + TABLE_ENTRIES].copy_from_slice(table.bytes());
+        for (k, e) in entries.iter().enumerate() {
+            let at = self.table() + TABLE_ENTRIES + k * ENTRY_BYTES;
+            out[at..at + ENTRY_BYTES].copy_from_slice(e.bytes());
+        }
+        for (i, code) in slots.iter().enumerate() {
+            assert!(code.len() <= SLOT_BYTES);
+            out[self.slot(i)..][..code.len()].copy_from_slice(code);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_the_ones_the_assembly_expects() {
+        // The handler's assembly indexes with these; every field is a word.
+        assert_eq!(TABLE_COUNT, 0);
+        assert_eq!(TABLE_SHARED, 8);
+        assert_eq!(TABLE_ROW_PAGE, 16);
+        assert_eq!(TABLE_ENTRIES, 24);
+        assert_eq!(size_of::<TrapTable>(), TABLE_ENTRIES);
+        assert_eq!((ENTRY_SITE, ENTRY_SLOT, ENTRY_INDEX), (0, 8, 16));
+        assert_eq!(ENTRY_BYTES, 24);
+        // The monitor answers a process's first touch of the row page with
+        // its pid in word 0 and its row in word 1.
+        assert_eq!(offset_of!(RowPage, pid), 0);
+        assert_eq!(ROW_PAGE_ROW, 8);
+        assert_eq!(offset_of!(RowStart, pid), 0);
+        assert_eq!(ROW_HITS, 8);
+        assert_eq!(offset_of!(Header, version), 0);
+        assert_eq!(SHARED_STRAY, 24);
+        assert_eq!(SHARED_PROGRAM_HANDLER, 32);
+        assert_eq!(offset_of!(Header, threads), 64);
+        assert_eq!(offset_of!(Header, events), 72);
+        assert_eq!(SHARED_OVERFLOW, 80);
+        assert_eq!(size_of::<Header>(), SHARED_OVERFLOW);
+    }
+
+    #[test]
+    fn shared_rows_follow_the_counters() {
+        let l = SharedLayout { sites: 3, rows: 2 };
+        assert_eq!(l.overflow(0), SHARED_OVERFLOW);
+        assert_eq!(l.overflow(2), SHARED_OVERFLOW + 16);
+        assert_eq!(l.row_bytes(), 32);
+        assert_eq!(l.row(0), SHARED_OVERFLOW + 24);
+        assert_eq!(l.row(1), SHARED_OVERFLOW + 24 + 32);
+        assert_eq!(l.len(), SHARED_OVERFLOW + 24 + 64);
+    }
+
+    #[test]
+    fn shared_mapping_reads_back_what_is_written() {
+        let s = Shared::new(2, 4).unwrap();
+        assert_eq!(s.header().version.load(Ordering::Relaxed), VERSION);
+        assert_eq!(s.header().sites.load(Ordering::Relaxed), 2);
+        assert_eq!(s.header().rows.load(Ordering::Relaxed), 4);
+        s.set_row_pid(3, 42);
+        assert_eq!(s.row_pid(3), 42);
+        assert_eq!(s.row_addr(3), s.addr() + s.layout().row(3) as u64);
+        // What a trampoline's `lock inc [row + ROW_HITS + 8 * i]` hits.
+        let word = (s.row_addr(3) + ROW_HITS as u64 + 8) as *const AtomicU64;
+        // SAFETY: inside the mapping, 8-aligned.
+        unsafe { &*word }.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(s.row_hits(3, 1), 1);
+        let word = s.overflow_addr(1) as *const AtomicU64;
+        // SAFETY: inside the mapping, 8-aligned.
+        unsafe { &*word }.fetch_add(5, Ordering::Relaxed);
+        assert_eq!(s.overflow(1), 5);
+        let stray = (s.addr() + SHARED_STRAY as u64) as *const AtomicU64;
+        // SAFETY: inside the mapping, 8-aligned.
+        unsafe { &*stray }.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(s.stray(), 1);
+        let (a, b) = s.range();
+        assert!(b - a >= s.layout().len() as u64);
+    }
+
+    #[test]
+    fn code_image_puts_table_entries_and_slots_where_the_layout_says() {
+        let l = CodeLayout::new(3, 2);
+        assert_eq!(l.slots() % 16, 0);
+        assert!(l.slots() >= l.table() + TABLE_ENTRIES + 2 * ENTRY_BYTES);
+        let entries = vec![
+            TrapEntry {
+                site: 0x2000,
+                slot: 0x1100,
+                index: 2,
+            },
+            TrapEntry {
+                site: 0x1000,
+                slot: 0x1000,
+                index: 0,
+            },
+        ];
+        let slots = vec![vec![0x90], vec![0x90, 0x90], vec![0xc3]];
+        let img = l.image(0x5000, 0x6000, entries, &slots);
+        assert_eq!(img.len(), l.code_len());
+        let word = |at: usize| u64::from_le_bytes(img[at..at + 8].try_into().unwrap());
+        assert_eq!(&img[..l.handler_len], crate::trap::code());
+        assert_eq!(word(l.table() + TABLE_COUNT), 2);
+        assert_eq!(word(l.table() + TABLE_SHARED), 0x5000);
+        assert_eq!(word(l.table() + TABLE_ROW_PAGE), 0x6000);
+        let e0 = l.table() + TABLE_ENTRIES;
+        assert_eq!(word(e0 + ENTRY_SITE), 0x1000, "sorted by site");
+        assert_eq!(word(e0 + ENTRY_BYTES + ENTRY_INDEX), 2);
+        assert_eq!(img[l.slot(2)], 0xc3);
+        assert_eq!(&img[l.slot(1)..l.slot(1) + 3], &[0x90, 0x90, 0xcc]);
+        assert_eq!(l.row_page() % PAGE_SIZE as usize, 0);
+        assert!(l.row_page() >= l.code_len());
+    }
+}
