@@ -1146,8 +1146,10 @@ fn monitor_sigkill_kills_program() {
             std::os::unix::process::ExitStatusExt::signal(&st),
             Some(libc::SIGKILL)
         );
+        // How fast is the bench's figure (bench/RESULTS.md, teardown); a
+        // test only bounds it, loosely enough for a loaded machine.
         let killed = Instant::now();
-        let deadline = killed + Duration::from_millis(100);
+        let deadline = killed + Duration::from_secs(2);
         while tree.iter().any(|&p| !is_dead(p)) {
             if Instant::now() > deadline {
                 let left: Vec<i32> = tree.iter().copied().filter(|&p| !is_dead(p)).collect();
@@ -1155,7 +1157,7 @@ fn monitor_sigkill_kills_program() {
                     // SAFETY: our own descendants, left behind by the failure.
                     unsafe { libc::kill(p, libc::SIGKILL) };
                 }
-                panic!("{argv:?}: processes {left:?} outlived their monitor by 100 ms");
+                panic!("{argv:?}: processes {left:?} outlived their monitor by 2 s");
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -1210,7 +1212,7 @@ fn monitor_sigkill_at_random_moments_leaves_nothing_behind() {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(monitor, libc::SIGKILL) };
         let _ = g.child.as_mut().unwrap().wait();
-        let deadline = Instant::now() + Duration::from_millis(100);
+        let deadline = Instant::now() + Duration::from_secs(2);
         while seen.iter().any(|&p| !is_dead(p)) {
             if Instant::now() > deadline {
                 let left: Vec<i32> = seen.iter().copied().filter(|&p| !is_dead(p)).collect();
@@ -1229,7 +1231,7 @@ fn monitor_sigkill_at_random_moments_leaves_nothing_behind() {
                     })
                     .collect();
                 panic!(
-                    "iteration {i}: processes {left:?} outlived their monitor by 100 ms: {what:?}"
+                    "iteration {i}: processes {left:?} outlived their monitor by 2 s: {what:?}"
                 );
             }
             std::thread::sleep(Duration::from_millis(2));
