@@ -120,6 +120,19 @@ impl TextImage {
         }
     }
 
+    /// An image of `ranges` (start, pages) whose every page is zeros: the
+    /// bookkeeping tests' objects.
+    #[cfg(test)]
+    pub(crate) fn zeros(ranges: &[(u64, usize)]) -> TextImage {
+        let parts: Vec<(TextRange, &[u8])> = ranges
+            .iter()
+            .map(|&(start, pages)| (TextRange { start, pages }, &[][..]))
+            .collect();
+        // SAFETY: empty slices: no byte is read from them, every page is
+        // the zero page.
+        unsafe { TextImage::new(&parts, Vec::new(), Arc::new(())) }
+    }
+
     /// The served ranges, in the order given.
     #[must_use]
     pub fn ranges(&self) -> &[TextRange] {
@@ -162,5 +175,60 @@ impl TextImage {
             PageSrc::Bytes(p) => p,
             PageSrc::Zero => ZERO_PAGE.as_ptr(),
         }
+    }
+
+    /// How many pages from `index` on can go in one copy: up to `max`,
+    /// adjacent in the image's addresses (so in any mapping of it, which
+    /// moves them all by one bias) and in memory.
+    pub(crate) fn run_length(&self, index: usize, max: usize) -> usize {
+        let (addr, src) = (self.page_addr(index), self.src(index));
+        let mut n = 1;
+        while n < max && index + n < self.pages() {
+            let j = index + n;
+            let step = n as u64 * PAGE_SIZE;
+            if self.page_addr(j) != addr + step || self.src(j) as u64 != src as u64 + step {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: usize = PAGE_SIZE as usize;
+
+    #[test]
+    fn pages_are_numbered_across_ranges_and_runs_stop_where_either_side_breaks() {
+        // Two ranges adjacent in addresses and in the bytes, then one after
+        // a gap in addresses; page 5 is patched (its image lives elsewhere).
+        let bytes: &'static [u8] = Box::leak(vec![7u8; 8 * P].into_boxed_slice());
+        let r = |start, pages| TextRange { start, pages };
+        let parts = [
+            (r(0x1000, 2), &bytes[..2 * P]),
+            (r(0x3000, 2), &bytes[2 * P..4 * P]),
+            (r(0x9000, 4), &bytes[4 * P..]),
+        ];
+        let patched = vec![(0xa000, vec![1u8; P].into_boxed_slice())];
+        // SAFETY: `bytes` is leaked: it lives and stays unchanged forever.
+        let image = unsafe { TextImage::new(&parts, patched, Arc::new(())) };
+        assert_eq!(image.pages(), 8);
+        assert_eq!(image.index_of(0x3fff), Some(2));
+        assert_eq!(image.index_of(0x5000), None);
+        assert_eq!(image.page_addr(4), 0x9000);
+        assert_eq!(image.page(5)[0], 1);
+        assert_eq!(image.page(6)[0], 7);
+        // Pages 0-3 are adjacent on both sides, across two ranges; page 4
+        // follows page 3 in the bytes, not in addresses.
+        assert_eq!(image.run_length(0, 64), 4);
+        assert_eq!(image.run_length(0, 3), 3);
+        assert_eq!(image.run_length(2, 64), 2);
+        // The patched page 5 is adjacent in addresses, not in memory.
+        assert_eq!(image.run_length(4, 64), 1);
+        assert_eq!(image.run_length(6, 64), 2);
+        assert_eq!(image.run_length(6, 1), 1);
     }
 }
