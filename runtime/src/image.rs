@@ -1,6 +1,7 @@
-//! The page images the fault server copies from: one per text page of the
-//! program, either a run of the program file's mapping or a patched copy of
-//! the page (probe sites), the same for every process of the program.
+//! The page images the fault server copies from: for one object (the
+//! program's text), one per text page, either a run of the object file's
+//! mapping or a patched copy of the page (probe sites), the same in every
+//! process that maps the object.
 
 #![allow(unsafe_code)]
 
@@ -17,10 +18,11 @@ enum PageSrc {
     Zero,
 }
 
-/// One contiguous run of served text in the target's address space.
+/// One contiguous run of an object's text, at the image's addresses (the
+/// program's are its runtime addresses: the server maps it with bias 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextRange {
-    /// Runtime address of the first page (page aligned).
+    /// Address of the first page (page aligned).
     pub start: u64,
     /// Number of pages.
     pub pages: usize,
@@ -34,8 +36,8 @@ impl TextRange {
     }
 }
 
-/// The page images of everything the server serves: the same for every
-/// process of the program, since a fork keeps addresses.
+/// The page images of one object, at the image's addresses: a process that
+/// maps the object at a bias has page `i` at `page_addr(i) + bias`.
 pub struct TextImage {
     ranges: Vec<TextRange>,
     /// Index of each range's first page in `srcs`.
@@ -58,7 +60,7 @@ static ZERO_PAGE: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
 impl TextImage {
     /// Builds an image from `(range, bytes)` pairs: page `i` of a range is
     /// `bytes[i*4096..(i+1)*4096]`, zero-filled past the end of `bytes`,
-    /// except the pages in `patched` (runtime page address, page image),
+    /// except the pages in `patched` (page address, page image),
     /// which are served from those images.
     ///
     /// # Safety
@@ -157,7 +159,7 @@ impl TextImage {
         unsafe { std::slice::from_raw_parts(self.src(index), PAGE_SIZE as usize) }
     }
 
-    /// The page index of a runtime address, if it lies in a served range.
+    /// The page index of an address, if it lies in one of the ranges.
     pub(crate) fn index_of(&self, addr: u64) -> Option<usize> {
         self.ranges.iter().zip(&self.first).find_map(|(r, first)| {
             (addr >= r.start && addr < r.end())
