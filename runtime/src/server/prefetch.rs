@@ -1,0 +1,88 @@
+//! Installing pages before they fault: the background prefetch (a run at a
+//! time, whenever no event waits) and the eager population of every page
+//! (when forks cannot be followed, and at the hand-over when the first
+//! process ends while others live on).
+
+use super::mm::Page;
+use super::{ServeError, Server};
+use crate::uffd::empty_msgs;
+
+/// Pages per copy of the background prefetch: small, so that a fault
+/// arriving meanwhile waits little.
+const PREFETCH_RUN: usize = 64;
+
+/// Pages per copy of the eager population.
+const POPULATE_RUN: usize = 256;
+
+impl Server {
+    /// Installs the next run of missing pages for the prefetch; false when
+    /// no process has any left.
+    pub(super) fn prefetch_step(&mut self) -> Result<bool, ServeError> {
+        if !self.prefetch_pending {
+            return Ok(false);
+        }
+        for m in 0..self.mms.len() {
+            for slot in 0..self.mms[m].space.mappings().len() {
+                let mm = &mut self.mms[m];
+                let gone = mm.gone();
+                let mapping = mm.space.mapping_mut(slot);
+                let pages = mapping.pages;
+                let mut index = mapping.prefetch_at;
+                while index < pages && !gone && mapping.present(index) {
+                    index += 1;
+                }
+                if index >= pages || gone {
+                    mapping.prefetch_at = pages;
+                    continue;
+                }
+                let n = self.install_run(m, Page { slot, index }, PREFETCH_RUN)?;
+                self.stats.populated += n as u64;
+                self.mms[m].space.mapping_mut(slot).prefetch_at = index + n.max(1);
+                return Ok(true);
+            }
+        }
+        self.prefetch_pending = false;
+        Ok(false)
+    }
+
+    /// Installs every page not yet served in every live process, without
+    /// waiting for faults. Used when forks cannot be followed (user-mode-only
+    /// uffd) and when the first process has ended while others live on.
+    pub fn populate_all(&mut self) -> Result<(), ServeError> {
+        self.populate_once()?;
+        // Copies deferred by EAGAIN: retry while their madvise callers resume.
+        for _ in 0..1000 {
+            if self.deferred.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let mut msgs = empty_msgs::<32>();
+            for m in 0..self.mms.len() {
+                self.drain(m, &mut msgs)?;
+            }
+            self.retry_deferred()?;
+        }
+        Ok(())
+    }
+
+    fn populate_once(&mut self) -> Result<(), ServeError> {
+        for m in 0..self.mms.len() {
+            for slot in 0..self.mms[m].space.mappings().len() {
+                let pages = self.mms[m].space.mappings()[slot].pages;
+                let mut index = 0;
+                while index < pages && !self.mms[m].gone() {
+                    if self.mms[m].space.mappings()[slot].present(index) {
+                        index += 1;
+                        continue;
+                    }
+                    let n = self.install_run(m, Page { slot, index }, POPULATE_RUN)?;
+                    self.stats.populated += n as u64;
+                    index += n.max(1);
+                }
+            }
+            // Wake anyone who faulted while we were installing without waking.
+            self.wake(m);
+        }
+        Ok(())
+    }
+}
