@@ -64,13 +64,13 @@ impl Probes {
             draft.program.bias,
             &sites,
             &layout,
-            room.addr,
+            room.addr(),
             &counters,
         )?;
         let area = draft.map_probe_area(room, &layout, &code.bytes)?;
         let plan = draft.finish(&code.patches);
         let filter = if traps > 0 {
-            crate::guard::filter(area.reservation.addr, area.reservation.end())
+            crate::guard::filter(area.reservation.addr(), area.reservation.end())
         } else {
             Vec::new()
         };
