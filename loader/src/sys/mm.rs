@@ -165,7 +165,7 @@ impl Reservation {
     }
 
     fn check(&self, offset: u64, len: u64) -> io::Result<()> {
-        let aligned = offset % PAGE_SIZE == 0 && len % PAGE_SIZE == 0;
+        let aligned = (offset | len) & (PAGE_SIZE - 1) == 0;
         match offset.checked_add(len) {
             Some(end) if aligned && end <= self.len => Ok(()),
             _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
