@@ -160,7 +160,8 @@ impl StagePlan<'_> {
             && self.blob.len() as u64 <= self.blob_at.1
             && st.keep_from <= self.stack_image_at
             && self.stack_image_at <= self.params_at
-            && (self.stack_image_at)
+            && self
+                .stack_image_at
                 .checked_add(self.stack_image.len() as u64)
                 .is_some_and(|end| end <= st.vma.1)
             && !(stack_lo..st.vma.1).contains(&here)

@@ -142,6 +142,16 @@ pub enum ProbeError {
         /// Why.
         why: String,
     },
+    /// The trampoline of a jump site cannot be made.
+    #[error("cannot probe {site}: the trampoline for its instructions `{insns}` {why}")]
+    Trampoline {
+        /// `sym+0x..`.
+        site: String,
+        /// The displaced instructions, disassembled, `; ` between them.
+        insns: String,
+        /// Why.
+        why: String,
+    },
 }
 
 /// One probe as asked for: where, and the words it was asked in (which
