@@ -61,6 +61,37 @@ pub enum Error {
         /// Why, and what to do.
         reason: String,
     },
+    /// Found, but its type or first bytes cannot be read (exit 126).
+    #[error("cannot run {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// A program execve would run with privileges we cannot grant (exit 126).
+    #[error(
+        "cannot run {}: it is {privilege}; a user-space loader cannot grant the privileges \
+         execve would, so uprobe-exec refuses rather than run it with the wrong ones",
+        path.display()
+    )]
+    Privileged {
+        /// The file.
+        path: PathBuf,
+        /// What it would be granted.
+        privilege: Privilege,
+    },
+    /// The interpreter a program names (`PT_INTERP`) exists but cannot be
+    /// loaded (exit 126).
+    #[error("cannot run {}: its interpreter {}", program.display(), interpreter_problem(source))]
+    BadInterpreter {
+        /// The program.
+        program: PathBuf,
+        /// Why its interpreter cannot be loaded.
+        #[source]
+        source: ElfError,
+    },
     /// A malformed or foreign ELF file (exit 126).
     #[error(transparent)]
     Elf(#[from] ElfError),
@@ -165,7 +196,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::NotFound { .. } | Error::NoSuchFile { .. } | Error::NoInterpreter { .. } => 127,
-            Error::CannotRun { .. } => 126,
+            Error::CannotRun { .. }
+            | Error::Unreadable { .. }
+            | Error::Privileged { .. }
+            | Error::BadInterpreter { .. } => 126,
             Error::Elf(ElfError::Open { source, .. })
                 if source.kind() == io::ErrorKind::NotFound =>
             {
@@ -180,6 +214,38 @@ impl Error {
         Error::Sys {
             what: what.into(),
             source: source.into(),
+        }
+    }
+}
+
+/// What execve would grant a program that we cannot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Privilege {
+    /// The set-user-ID bit.
+    SetUid,
+    /// The set-group-ID bit (with group execute).
+    SetGid,
+    /// File capabilities (`security.capability`).
+    Capabilities,
+}
+
+impl std::fmt::Display for Privilege {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Privilege::SetUid => "set-user-ID",
+            Privilege::SetGid => "set-group-ID",
+            Privilege::Capabilities => "given file capabilities (security.capability)",
+        })
+    }
+}
+
+/// `PATH: what went wrong` of an interpreter, after "its interpreter ".
+fn interpreter_problem(e: &ElfError) -> String {
+    match e {
+        ElfError::Open { path, source } => format!("{}: {source}", path.display()),
+        ElfError::Malformed { path, reason } => {
+            format!("{} is unusable: {reason}", path.display())
         }
     }
 }
@@ -236,3 +302,61 @@ impl std::fmt::Display for StageStep {
 
 /// Result with the loader's error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_errors_read_as_before() {
+        let e = Error::Stage {
+            step: StageStep::Map,
+            addr: Some(0x40_0000),
+            errno: rustix::io::Errno::NOMEM,
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "setting up the program failed: mapping a segment of the program (at 0x400000): {}",
+                io::Error::from_raw_os_error(libc::ENOMEM)
+            )
+        );
+        assert_eq!(
+            std::error::Error::source(&e).map(ToString::to_string),
+            Some(rustix::io::Errno::NOMEM.to_string())
+        );
+        let e = Error::Stage {
+            step: StageStep::Start,
+            addr: None,
+            errno: rustix::io::Errno::PIPE,
+        };
+        assert!(e.to_string().starts_with(
+            "setting up the program failed: starting the program (the child died early): "
+        ));
+        assert_eq!(e.exit_code(), 125);
+    }
+
+    #[test]
+    fn refusals_say_why_and_exit_126() {
+        let e = Error::Privileged {
+            path: "/usr/bin/passwd".into(),
+            privilege: Privilege::SetUid,
+        };
+        assert!(e
+            .to_string()
+            .starts_with("cannot run /usr/bin/passwd: it is set-user-ID; a user-space loader"));
+        assert_eq!(e.exit_code(), 126);
+        let e = Error::BadInterpreter {
+            program: "/p".into(),
+            source: ElfError::Malformed {
+                path: "/lib/ld.so".into(),
+                reason: "not x86-64".into(),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot run /p: its interpreter /lib/ld.so is unusable: not x86-64"
+        );
+        assert_eq!(e.exit_code(), 126);
+    }
+}

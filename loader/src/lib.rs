@@ -56,7 +56,7 @@ mod vma;
 mod watchdog;
 
 pub use addr::LinkAddr;
-pub use error::{ElfError, Error, Result, StageStep};
+pub use error::{ElfError, Error, Privilege, Result, StageStep};
 pub use probes::{Location, ProbeError};
 pub use report::{Exit, Handoff, ProbeHits, ProcessHits, Report, Text};
 pub use session::{functions, Command, ProbeMode, Session, DEFAULT_FAULT_AROUND};

@@ -178,13 +178,9 @@ impl Command {
                         interp: path,
                     }
                 }
-                ElfError::Open { path, source } => Error::CannotRun {
-                    path: resolved.elf.clone(),
-                    reason: format!("its interpreter {}: {source}", path.display()),
-                },
-                ElfError::Malformed { path, reason } => Error::CannotRun {
-                    path: resolved.elf.clone(),
-                    reason: format!("its interpreter {} is unusable: {reason}", path.display()),
+                source => Error::BadInterpreter {
+                    program: resolved.elf.clone(),
+                    source,
                 },
             })?),
             None => None,
