@@ -34,7 +34,16 @@
 //! brings in its argument parser; an embedder turns it off with
 //! `default-features = false`.
 
-// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`.
+// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`,
+// one operation per block, each with its SAFETY argument:
+//  - `sys/` (fdpass, mm, process, signal): the safe wrappers everything
+//    above them calls;
+//  - `stage` and `watchdog`: the forked processes, which may only make
+//    system calls (`watchdog::spawn` forks, after checking the stage plan
+//    against the monitor's reservations);
+//  - `handoff`: the blob that unmaps the monitor and jumps to the program;
+//  - `guard`: seccomp user notifications and the program's memory;
+//  - `session/monitor`: the monitor thread's priority.
 #![deny(unsafe_code)]
 
 mod addr;
