@@ -4,6 +4,11 @@
 //! The child is forked from a possibly multi-threaded monitor, so it may only
 //! make system calls: no allocation, no locks, no panics. Everything it needs
 //! is computed before the fork and passed in [`StagePlan`].
+//!
+//! Each unsafe operation here is its own block: the child's mmaps go over
+//! placeholders the monitor reserved (checked before the fork), its writes
+//! into the mappings it just made or into the `[stack]` mapping it does not
+//! run on.
 
 #![allow(unsafe_code)]
 
@@ -84,7 +89,9 @@ pub struct StackPlan {
     pub exec: bool,
 }
 
-/// Everything the child needs, computed before the fork.
+/// Everything the child needs, computed before the fork. The addresses are
+/// plain numbers: `watchdog::spawn` forks only a plan that
+/// [fits](StagePlan::fits) the monitor's reservations.
 #[derive(Clone, Copy)]
 pub struct StagePlan<'a> {
     /// The socket to the monitor.
