@@ -1230,9 +1230,7 @@ fn monitor_sigkill_at_random_moments_leaves_nothing_behind() {
                         format!("{stat} {stack}")
                     })
                     .collect();
-                panic!(
-                    "iteration {i}: processes {left:?} outlived their monitor by 2 s: {what:?}"
-                );
+                panic!("iteration {i}: processes {left:?} outlived their monitor by 2 s: {what:?}");
             }
             std::thread::sleep(Duration::from_millis(2));
         }

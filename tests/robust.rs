@@ -204,14 +204,13 @@ fn signals_sent_to_the_tool_reach_the_program() {
         .args(["1000", "--sigint-exit"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: setpgid in the child before exec is async-signal-safe.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::setpgid(0, 0);
-            Ok(())
-        });
-    }
+    let own_group = || {
+        // SAFETY: setpgid(2) touches no memory.
+        unsafe { libc::setpgid(0, 0) };
+        Ok(())
+    };
+    // SAFETY: the hook only calls setpgid, which is async-signal-safe.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, own_group) };
     let mut g = spawn_guarded(&mut cmd);
     let mut out = g.child.as_mut().unwrap().stdout.take().unwrap();
     let mut seen = String::new();

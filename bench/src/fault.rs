@@ -18,12 +18,13 @@ const PS: usize = PAGE_SIZE as usize;
 
 /// Pins the calling thread to `cpu`.
 pub fn pin(cpu: usize) {
-    // SAFETY: a cpu_set_t on our stack, for our own thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
+    // SAFETY: cpu_set_t is an array of integers, for which all-zero bytes
+    // are a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid cpu_set_t; CPU_SET checks `cpu` is in range.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: reads `set` for our own thread (0).
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
 /// A fresh anonymous mapping; never unmapped (the benchmark is short-lived).

@@ -141,13 +141,14 @@ pub fn ptrace_stop() -> Option<f64> {
     cmd.args(["hitloop", "trap", "20000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: PTRACE_TRACEME in the child before exec is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
-            Ok(())
-        });
-    }
+    let traced = || {
+        // SAFETY: PTRACE_TRACEME touches no memory of ours.
+        unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+        Ok(())
+    };
+    // SAFETY: the hook only calls ptrace(PTRACE_TRACEME), which is
+    // async-signal-safe.
+    unsafe { cmd.pre_exec(traced) };
     let mut child = cmd.spawn().ok()?;
     let pid = child.id() as i32;
     let mut stdout = child.stdout.take()?;
@@ -158,22 +159,26 @@ pub fn ptrace_stop() -> Option<f64> {
     });
     loop {
         let mut st = 0;
-        // SAFETY: waiting for our own traced child; regs is a local.
+        // SAFETY: waits for our own traced child, writing `st`.
+        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if r < 0 || libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            break;
+        }
+        let sig = libc::WSTOPSIG(st);
+        // SAFETY: user_regs_struct is integers: all-zero bytes are valid.
+        let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        // SAFETY: the kernel writes one user_regs_struct into `regs`.
         unsafe {
-            if libc::waitpid(pid, &mut st, 0) < 0 || libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-                break;
-            }
-            let sig = libc::WSTOPSIG(st);
-            let mut regs: libc::user_regs_struct = std::mem::zeroed();
             libc::ptrace(
                 libc::PTRACE_GETREGS,
                 pid,
                 0,
                 &mut regs as *mut libc::user_regs_struct,
-            );
-            let deliver = if sig == libc::SIGTRAP { 0 } else { sig };
-            libc::ptrace(libc::PTRACE_CONT, pid, 0, deliver as usize);
-        }
+            )
+        };
+        let deliver = if sig == libc::SIGTRAP { 0 } else { sig };
+        // SAFETY: resumes our stopped child; touches no memory of ours.
+        unsafe { libc::ptrace(libc::PTRACE_CONT, pid, 0, deliver as usize) };
     }
     let out = reader.join().ok()?;
     ns_per_call(&out)

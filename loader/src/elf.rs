@@ -3,8 +3,6 @@
 //! Every check here exists so that a malformed file gives a one-line reason
 //! (exit 126) instead of a crash of ours or of the program.
 
-#![allow(unsafe_code)]
-
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,10 +112,7 @@ impl Image {
             path: path.to_owned(),
             source,
         })?;
-        // SAFETY: the mapping is private and read-only. A program file that
-        // is modified while it runs is as unsupported here as under execve
-        // (which refuses with ETXTBSY): we read it as it was.
-        let bytes = unsafe { Mmap::map(&file) }.map_err(|source| ElfError::Open {
+        let bytes = crate::sys::mm::map_program(&file).map_err(|source| ElfError::Open {
             path: path.to_owned(),
             source,
         })?;

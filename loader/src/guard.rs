@@ -33,13 +33,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use linux_raw_sys::general::{__NR_prctl, __NR_rt_sigaction};
+use linux_raw_sys::ptrace::AUDIT_ARCH_X86_64;
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::io::Errno;
 use uprobe_runtime::area::Shared;
 
 use crate::error::{Error, Result};
-
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-const NR_RT_SIGACTION: u32 = 13;
-const NR_PRCTL: u32 = 157;
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -72,8 +72,8 @@ pub fn filter(lo: u64, hi: u64) -> Vec<libc::sock_filter> {
         /* 0 */ stmt(LD_ABS, 4),
         /* 1 */ jump(JEQ, AUDIT_ARCH_X86_64, 0, 13),
         /* 2 */ stmt(LD_ABS, 0),
-        /* 3 */ jump(JEQ, NR_PRCTL, 8, 0),
-        /* 4 */ jump(JEQ, NR_RT_SIGACTION, 0, 10),
+        /* 3 */ jump(JEQ, __NR_prctl, 8, 0),
+        /* 4 */ jump(JEQ, __NR_rt_sigaction, 0, 10),
         /* 5 */ stmt(LD_ABS, 16),
         /* 6 */ jump(JEQ, libc::SIGTRAP as u32, 0, 8),
         /* 7 */ stmt(LD_ABS, 12),
@@ -137,42 +137,34 @@ fn serve(listener: &OwnedFd, stop: &OwnedFd, t: &Target) {
     let mut mem = Memory::default();
     loop {
         let mut pfds = [
-            libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::new(listener, PollFlags::IN),
+            PollFd::new(stop, PollFlags::IN),
         ];
-        // SAFETY: two valid pollfds.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) };
-        if r < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
+        match poll(&mut pfds, None) {
+            Ok(_) => {}
+            Err(Errno::INTR) => continue,
+            Err(_) => return,
+        }
+        let (notif, stopped) = (pfds[0].revents(), pfds[1].revents());
+        if !stopped.is_empty() || notif.intersects(PollFlags::HUP | PollFlags::ERR) {
             return;
         }
-        if pfds[1].revents != 0 || pfds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-            return;
-        }
-        if pfds[0].revents & libc::POLLIN == 0 {
+        if !notif.contains(PollFlags::IN) {
             continue;
         }
-        // SAFETY: seccomp_notif is plain data; the kernel wants it zeroed.
+        // SAFETY: seccomp_notif is plain data (integers), for which all-zero
+        // bytes are a valid value; the kernel wants it zeroed.
         let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
-        // SAFETY: RECV fills the struct we pass.
-        if unsafe {
+        // SAFETY: NOTIF_RECV writes one seccomp_notif into `req`, which is
+        // one, valid and ours for the call.
+        let received = unsafe {
             libc::ioctl(
                 listener.as_raw_fd(),
                 libc::SECCOMP_IOCTL_NOTIF_RECV,
                 &mut req,
             )
-        } != 0
-        {
+        };
+        if received != 0 {
             continue; // ENOENT: the caller died meanwhile.
         }
         let mut resp = libc::seccomp_notif_resp {
@@ -181,13 +173,14 @@ fn serve(listener: &OwnedFd, stop: &OwnedFd, t: &Target) {
             error: 0,
             flags: 0,
         };
-        if req.data.nr == NR_PRCTL as i32 {
+        if req.data.nr == __NR_prctl as i32 {
             mem.before_dumpable(listener, &req, t, magic);
             resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
         } else {
             answer(&mut mem, &req, &mut resp, t, magic);
         }
-        // SAFETY: SEND reads the struct we pass; a failure means the caller is gone.
+        // SAFETY: NOTIF_SEND only reads the seccomp_notif_resp we pass; a
+        // failure means the caller is gone.
         unsafe { libc::ioctl(listener.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &resp) };
     }
 }
@@ -235,15 +228,15 @@ impl Memory {
         };
         // The pid might have been reused between RECV and the open: only
         // keep the file if the caller is still waiting on this notification.
-        // SAFETY: ID_VALID reads the u64 we pass.
-        if unsafe {
+        // SAFETY: NOTIF_ID_VALID only reads the u64 we pass.
+        let valid = unsafe {
             libc::ioctl(
                 listener.as_raw_fd(),
                 libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
                 &req.id,
             )
-        } == 0
-        {
+        };
+        if valid == 0 {
             self.mem.insert(tgid, f);
         }
     }
@@ -311,7 +304,9 @@ fn peek(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), i32> {
         iov_base: addr as *mut _,
         iov_len: buf.len(),
     };
-    // SAFETY: local is our buffer; remote is only read by the kernel, checked.
+    // SAFETY: the kernel writes at most buf.len() bytes into `local`, our
+    // buffer, borrowed mutably for the call; the remote range is another
+    // process's memory, which the kernel checks and only reads.
     let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
     if n == buf.len() as isize {
         Ok(())
@@ -334,7 +329,9 @@ fn poke(pid: u32, addr: u64, buf: &[u8]) -> bool {
         iov_base: addr as *mut _,
         iov_len: buf.len(),
     };
-    // SAFETY: the kernel writes the remote process's memory, checked; local is only read.
+    // SAFETY: the kernel only reads `local` (buf, borrowed for the call) and
+    // writes the other process's memory, which is not ours: nothing of this
+    // process changes.
     unsafe { libc::process_vm_writev(pid as i32, &local, 1, &remote, 1, 0) == buf.len() as isize }
 }
 
@@ -416,5 +413,15 @@ mod tests {
             }
         }
         assert!(filter(0xffff_f000, 0x1_0000_1000).is_empty());
+    }
+
+    /// The kernel's numbers, as the filter compared them when they were
+    /// written out by hand.
+    #[test]
+    fn filter_compares_the_x86_64_numbers() {
+        let f = filter(0x7000_0000, 0x7000_4000);
+        assert_eq!(f[1].k, 0xc000_003e, "AUDIT_ARCH_X86_64");
+        assert_eq!(f[3].k, 157, "prctl");
+        assert_eq!(f[4].k, 13, "rt_sigaction");
     }
 }

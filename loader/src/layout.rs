@@ -14,8 +14,6 @@
 //! | brk start | `randomize_page(end + 1 page, 1 GiB)`; at `ELF_ET_DYN_BASE` for static-pie (only when `randomize_va_space` is 2) |
 //! | stack top | inherited; below it, up to 8 KiB of random padding |
 
-#![allow(unsafe_code)]
-
 use uprobe_runtime::PAGE_SIZE;
 
 /// `ELF_ET_DYN_BASE` on x86-64: two thirds of the 47-bit address space.
@@ -39,8 +37,7 @@ impl Aslr {
     /// What `execve` would do in this process now.
     #[must_use]
     pub fn current() -> Aslr {
-        // SAFETY: personality(0xffffffff) only queries the persona.
-        let persona = unsafe { libc::personality(0xffff_ffff) } as u32;
+        let persona = crate::sys::process::personality();
         let level = read_number("/proc/sys/kernel/randomize_va_space").unwrap_or(2);
         let on = persona & ADDR_NO_RANDOMIZE == 0 && level != 0;
         Aslr {

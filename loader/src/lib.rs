@@ -34,7 +34,15 @@
 //! brings in its argument parser; an embedder turns it off with
 //! `default-features = false`.
 
-// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`.
+// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`,
+// one operation per block, each with its SAFETY argument:
+//  - `sys/` (fdpass, mm, process, signal): the safe wrappers everything
+//    above them calls;
+//  - `stage` and `watchdog`: the forked processes, which may only make
+//    system calls (`watchdog::spawn` forks, after checking the stage plan
+//    against the monitor's reservations);
+//  - `handoff`: the blob that unmaps the monitor and jumps to the program;
+//  - `guard`: seccomp user notifications and the program's memory.
 #![deny(unsafe_code)]
 
 mod addr;
@@ -56,7 +64,7 @@ mod vma;
 mod watchdog;
 
 pub use addr::LinkAddr;
-pub use error::{ElfError, Error, Result};
+pub use error::{ElfError, Error, Privilege, Result, StageStep};
 pub use probes::{Location, ProbeError};
 pub use report::{Exit, Handoff, ProbeHits, ProcessHits, Report, Text};
 pub use session::{functions, Command, ProbeMode, Session, DEFAULT_FAULT_AROUND};

@@ -137,30 +137,36 @@ const FORWARDED: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
-fn forwarded_set() -> libc::sigset_t {
-    // SAFETY: building a sigset_t in a local with the libc helpers.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in FORWARDED {
-            libc::sigaddset(&mut set, s);
-        }
-        set
+/// A `sigset_t` of `signals`.
+fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigset_t is an array of integers, for which all-zero bytes are
+    // a valid (empty) value.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t on our stack.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &s in signals {
+        // SAFETY: as above.
+        unsafe { libc::sigaddset(&mut set, s) };
     }
+    set
+}
+
+fn forwarded_set() -> libc::sigset_t {
+    sigset(&FORWARDED)
 }
 
 /// Blocks the forwarded signals in this (the only) thread; returns the mask
 /// we were given, bit n-1 for signal n.
 fn block_forwarded() -> u64 {
     let set = forwarded_set();
-    // SAFETY: changing our own thread's mask; `old` is a local.
-    unsafe {
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
-        (1..=64)
-            .filter(|&s| libc::sigismember(&old, s) == 1)
-            .fold(0u64, |acc, s| acc | 1 << (s - 1))
-    }
+    let mut old = sigset(&[]);
+    // SAFETY: changes our own thread's mask; reads `set` and writes `old`,
+    // both valid sigset_t on our stack. Blocking signals is memory-safe.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    (1..=64)
+        // SAFETY: `old` is a valid sigset_t, only read.
+        .filter(|&s| unsafe { libc::sigismember(&old, s) } == 1)
+        .fold(0u64, |acc, s| acc | 1 << (s - 1))
 }
 
 /// Forwards the blocked signals to `pid`, except those a terminal sent to
@@ -172,14 +178,13 @@ fn forward_signals(pid: i32) {
         .spawn(move || {
             let set = forwarded_set();
             loop {
-                // SAFETY: sigwaitinfo fills a local siginfo_t.
-                let (sig, code) = unsafe {
-                    let mut info: libc::siginfo_t = std::mem::zeroed();
-                    let sig = libc::sigwaitinfo(&set, &mut info);
-                    (sig, info.si_code)
-                };
-                if sig > 0 && code != libc::SI_KERNEL {
-                    // SAFETY: kill(2) has no memory-safety preconditions.
+                // SAFETY: siginfo_t is plain data (integers and unions of
+                // them), for which all-zero bytes are a valid value.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: reads `set` and fills `info`, both valid and ours.
+                let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
+                if sig > 0 && info.si_code != libc::SI_KERNEL {
+                    // SAFETY: kill(2) touches no memory of ours.
                     unsafe { libc::kill(pid, sig) };
                 }
             }
@@ -215,13 +220,13 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
 /// fd of ours: the program gets exactly the fds it was given.
 fn hold_closed_std_fds() {
     for fd in 0..3 {
-        // SAFETY: F_GETFD only reads the flags of an fd number; opening
-        // /dev/null takes the lowest free number, which is `fd`, as the
-        // lower ones are open (or were just filled) by now.
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) == -1 {
-                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            }
+        // SAFETY: F_GETFD only reads the flags of an fd number; a closed
+        // one gives -1.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: opening /dev/null takes the lowest free number, which
+            // is `fd`, as the lower ones are open (or were just filled) by
+            // now; the fd stays open for good, owned by nobody.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         }
     }
 }
@@ -316,18 +321,20 @@ fn run() -> u8 {
 /// it as to the program's own death (strace does the same). The report is
 /// written by then. No core of ours: the program's crash is not ours.
 fn die_of(sig: i32) -> ! {
-    // SAFETY: plain system calls on our own process: no core dump, the
-    // default action for `sig`, then the signal to this thread, unblocked.
-    // A signal whose default action is to terminate ends the process here.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        libc::signal(sig, libc::SIG_DFL);
-        libc::raise(sig);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-    }
+    // No core dump, the default action for `sig`, then the signal to this
+    // thread, unblocked. A signal whose default action is to terminate ends
+    // the process here.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    // SAFETY: SIG_DFL installs no handler of ours: nothing of ours runs on
+    // the signal.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
+    // SAFETY: raise(3) only sends a signal to this thread, whose action is
+    // now the default.
+    unsafe { libc::raise(sig) };
+    let set = sigset(&[sig]);
+    // SAFETY: reads `set`, a valid sigset_t; a null old mask is not
+    // written. Unblocking a signal with its default action is memory-safe.
+    unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
     // Only a signal that cannot kill gets here (the program did not die of
     // it, so this is unreachable in practice): the shell's convention.
     std::process::exit(128 + sig)

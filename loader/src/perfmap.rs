@@ -8,8 +8,6 @@
 //! program is gone, so like those JITs we leave it in place; whoever asked
 //! for it removes it.
 
-#![allow(unsafe_code)]
-
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -55,8 +53,7 @@ pub fn write(pid: i32, text: &str) -> std::io::Result<PathBuf> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)?;
     let meta = f.metadata()?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if !meta.is_file() || meta.uid() != me || meta.nlink() != 1 {
         return Err(std::io::Error::other(format!(
             "{} exists and is not a plain file of ours",

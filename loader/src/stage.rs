@@ -4,66 +4,54 @@
 //! The child is forked from a possibly multi-threaded monitor, so it may only
 //! make system calls: no allocation, no locks, no panics. Everything it needs
 //! is computed before the fork and passed in [`StagePlan`].
+//!
+//! Each unsafe operation here is its own block: the child's mmaps go over
+//! placeholders the monitor reserved (checked before the fork), its writes
+//! into the mappings it just made or into the `[stack]` mapping it does not
+//! run on.
 
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use rustix::io::Errno;
+use rustix::process::Pid;
 use uprobe_runtime::uffd::features;
 use uprobe_runtime::{Uffd, UffdMode};
 
-use crate::plan::{MapOp, MapSource};
+use crate::error::{Error, StageStep};
+use crate::plan::{MapOp, MapSource, Reservation};
 use crate::sys::fdpass;
+use crate::sys::mm::set_anon_name;
 
-/// Steps of the stage, named in error reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Step {
-    /// Mapping a segment at its planned address.
-    Map = 1,
-    /// Mapping the stack.
-    Stack = 2,
-    /// Creating the userfaultfd.
-    Userfaultfd = 3,
-    /// The UFFDIO_API handshake.
-    UffdApi = 4,
-    /// Registering the text.
-    Register = 5,
-    /// Sending the uffd to the monitor.
-    Send = 6,
-    /// Mapping the hand-off blob.
-    Blob = 8,
+/// How a [`StageStep`] travels from the child: its number in
+/// [`StageMsg::step`] (0 is success).
+fn step_code(step: StageStep) -> u32 {
+    match step {
+        StageStep::Map => 1,
+        StageStep::Stack => 2,
+        StageStep::Userfaultfd => 3,
+        StageStep::UffdApi => 4,
+        StageStep::Register => 5,
+        StageStep::Send => 6,
+        StageStep::Blob => 8,
+        // The monitor's own steps, never sent.
+        StageStep::Start | StageStep::Receive => u32::MAX,
+        StageStep::Unknown(n) => n,
+    }
 }
 
-impl Step {
-    /// Decodes a step number from the child.
-    #[must_use]
-    pub fn from_u32(v: u32) -> Option<Step> {
-        Some(match v {
-            1 => Step::Map,
-            2 => Step::Stack,
-            3 => Step::Userfaultfd,
-            4 => Step::UffdApi,
-            5 => Step::Register,
-            6 => Step::Send,
-            8 => Step::Blob,
-            _ => return None,
-        })
-    }
-
-    /// What the step does, for messages.
-    #[must_use]
-    pub fn describe(self) -> &'static str {
-        match self {
-            Step::Map => "mapping a segment of the program",
-            Step::Stack => "setting up the program's stack",
-            Step::Userfaultfd => "creating a userfaultfd (is userfaultfd enabled in this kernel?)",
-            Step::UffdApi => "negotiating userfaultfd features",
-            Step::Register => "registering the program's text with userfaultfd",
-            Step::Send => "passing the userfaultfd to the monitor",
-            Step::Blob => "mapping the hand-off code",
-        }
+/// The step a failed [`StageMsg`] names.
+fn step_of(code: u32) -> StageStep {
+    match code {
+        1 => StageStep::Map,
+        2 => StageStep::Stack,
+        3 => StageStep::Userfaultfd,
+        4 => StageStep::UffdApi,
+        5 => StageStep::Register,
+        6 => StageStep::Send,
+        8 => StageStep::Blob,
+        n => StageStep::Unknown(n),
     }
 }
 
@@ -72,7 +60,7 @@ impl Step {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StageMsg {
-    /// 0 on success, else a [`Step`].
+    /// 0 on success, else a failed step (see `step_code`).
     pub step: u32,
     /// errno of the failure.
     pub errno: i32,
@@ -101,7 +89,9 @@ pub struct StackPlan {
     pub exec: bool,
 }
 
-/// Everything the child needs, computed before the fork.
+/// Everything the child needs, computed before the fork. The addresses are
+/// plain numbers: `watchdog::spawn` forks only a plan that
+/// [fits](StagePlan::fits) the monitor's reservations.
 #[derive(Clone, Copy)]
 pub struct StagePlan<'a> {
     /// The socket to the monitor.
@@ -154,97 +144,69 @@ pub struct StagePlan<'a> {
     pub comm: [u8; 16],
 }
 
+impl StagePlan<'_> {
+    /// Whether every address the child writes to or maps over is free for
+    /// it: the mappings and the blob lie in `held` (the monitor's
+    /// placeholders for them), the stack image in the `[stack]` mapping
+    /// (or below it, where the kernel grows it), and the calling thread
+    /// (whose stack the child runs on) is not on that mapping.
+    pub(crate) fn fits(&self, held: &[&Reservation]) -> bool {
+        let inside = |start: u64, len: u64| {
+            start
+                .checked_add(len)
+                .is_some_and(|end| held.iter().any(|r| r.contains(start, end)))
+        };
+        let st = self.stack;
+        let stack_lo = st.keep_from.min(st.vma.0);
+        let here = std::ptr::from_ref(&st) as u64;
+        self.maps.iter().all(|m| inside(m.addr, m.len))
+            && self.maps.iter().all(|m| {
+                m.zero_from >= m.zero_to || (m.addr <= m.zero_from && m.zero_to <= m.addr + m.len)
+            })
+            && inside(self.blob_at.0, self.blob_at.1)
+            && self.blob.len() as u64 <= self.blob_at.1
+            && st.keep_from <= self.stack_image_at
+            && self.stack_image_at <= self.params_at
+            && self
+                .stack_image_at
+                .checked_add(self.stack_image.len() as u64)
+                .is_some_and(|end| end <= st.vma.1)
+            && !(stack_lo..st.vma.1).contains(&here)
+    }
+}
+
+/// The errno of the last libc call that failed.
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
-fn fail(sock: RawFd, step: Step, err: i32, addr: u64) -> ! {
+/// Leaves at once (see `sys::process::exit_now`).
+fn exit_now() -> ! {
+    crate::sys::process::exit_now(125)
+}
+
+/// Tells the monitor which step failed, then leaves.
+fn fail(sock: BorrowedFd<'_>, step: StageStep, err: i32, addr: u64) -> ! {
     let msg = StageMsg {
-        step: step as u32,
+        step: step_code(step),
         errno: err,
         addr,
         ..StageMsg::default()
     };
-    // SAFETY: the socket to the monitor is open until we exit.
-    let _ = fdpass::send(unsafe { BorrowedFd::borrow_raw(sock) }, &msg, &[]);
-    // SAFETY: leaving without running any of the monitor's exit handlers.
-    unsafe { libc::_exit(125) }
+    let _ = fdpass::send(sock, &msg, &[]);
+    exit_now()
 }
 
-/// Resets what execve would reset and the fork carried over from the monitor.
-unsafe fn reset_process(p: &StagePlan<'_>) {
-    // SAFETY: (whole function) plain system calls on our own process, with
-    // arguments built on the stack.
-    unsafe {
-        // Caught signals go back to their default action; ignored ones stay
-        // ignored, as across execve. SIGPIPE is reset too unless the caller
-        // was started with it ignored: Rust's runtime (or our CLI) ignores it
-        // in the monitor, which a program must not inherit. Raw
-        // rt_sigaction: glibc's wrapper refuses its own signals 32 and 33.
-        for sig in 1..=64 {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            let mut old = KernelSigaction {
-                handler: 0,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            };
-            let null = std::ptr::null::<KernelSigaction>();
-            if libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                null,
-                &mut old as *mut KernelSigaction,
-                8usize,
-            ) != 0
-            {
-                continue;
-            }
-            let (dfl, ign) = (libc::SIG_DFL as u64, libc::SIG_IGN as u64);
-            let reset_ign = sig == libc::SIGPIPE && !p.sigpipe_ignored;
-            if old.handler != dfl && (old.handler != ign || reset_ign) {
-                let act = KernelSigaction {
-                    handler: dfl,
-                    flags: 0,
-                    restorer: 0,
-                    mask: 0,
-                };
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &act as *const KernelSigaction,
-                    null,
-                    8usize,
-                );
-            }
-        }
-        let ss = libc::stack_t {
-            ss_sp: std::ptr::null_mut(),
-            ss_flags: libc::SS_DISABLE,
-            ss_size: 0,
-        };
-        libc::sigaltstack(&ss, std::ptr::null_mut());
-        // The kernel would keep writing the monitor's rseq area, which the
-        // hand-off unmaps; the program's libc registers its own.
-        unregister_rseq();
-        libc::prctl(libc::PR_SET_NAME, p.comm.as_ptr(), 0, 0, 0);
-        // The program dies with its parent, the watchdog.
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        if libc::getppid() != p.monitor {
-            libc::_exit(125);
-        }
-        if let Some((handler, restorer)) = p.trap {
-            install_trap_handler(handler, restorer);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &p.sigmask, std::ptr::null_mut());
+/// Closes fds by number.
+///
+/// # Safety
+/// Nothing in this process may use any of `fds` afterwards (in the stage,
+/// the monitor's fds, which only the monitor's threads used: they do not
+/// exist in the child).
+unsafe fn close_all(fds: &[RawFd]) {
+    for &fd in fds {
+        // SAFETY: the caller gives up `fd`; close(2) touches no memory.
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -257,9 +219,87 @@ struct KernelSigaction {
     mask: u64,
 }
 
+/// Raw rt_sigaction(2): glibc's wrapper refuses its own signals 32 and 33.
+///
+/// # Safety
+/// A new handler (in `act`) must be `SIG_DFL`, `SIG_IGN`, or code that
+/// stays mapped and is sound to run on that signal, with a restorer that
+/// returns from it.
+unsafe fn rt_sigaction(
+    sig: i32,
+    act: Option<&KernelSigaction>,
+    old: Option<&mut KernelSigaction>,
+) -> i64 {
+    let act = act.map_or(std::ptr::null(), std::ptr::from_ref);
+    let old = old.map_or(std::ptr::null_mut(), std::ptr::from_mut);
+    // SAFETY: `act` is null or a valid struct the kernel reads, `old` null
+    // or a valid struct it writes, both of the kernel's layout with an
+    // 8-byte mask; the handler is the caller's to vouch for.
+    unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, act, old, 8usize) }
+}
+
+/// Resets what execve would reset and the fork carried over from the monitor.
+fn reset_process(p: &StagePlan<'_>) {
+    // Caught signals go back to their default action; ignored ones stay
+    // ignored, as across execve. SIGPIPE is reset too unless the caller
+    // was started with it ignored: Rust's runtime (or our CLI) ignores it
+    // in the monitor, which a program must not inherit.
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        // SAFETY: only reads the current action.
+        if unsafe { rt_sigaction(sig, None, Some(&mut old)) } != 0 {
+            continue;
+        }
+        let (dfl, ign) = (libc::SIG_DFL as u64, libc::SIG_IGN as u64);
+        let reset_ign = sig == libc::SIGPIPE && !p.sigpipe_ignored;
+        if old.handler != dfl && (old.handler != ign || reset_ign) {
+            let act = KernelSigaction {
+                handler: dfl,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            // SAFETY: SIG_DFL, the default action.
+            unsafe { rt_sigaction(sig, Some(&act), None) };
+        }
+    }
+    let ss = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: libc::SS_DISABLE,
+        ss_size: 0,
+    };
+    // SAFETY: SS_DISABLE only drops the monitor's alternate signal stack
+    // (which the hand-off unmaps); `ss` is read, and a null old stack is
+    // not written.
+    unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) };
+    // The kernel would keep writing the monitor's rseq area, which the
+    // hand-off unmaps; the program's libc registers its own.
+    unregister_rseq();
+    if let Ok(comm) = std::ffi::CStr::from_bytes_until_nul(&p.comm) {
+        let _ = rustix::thread::set_name(comm);
+    }
+    // The program dies with its parent, the watchdog.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if Pid::as_raw(rustix::process::getppid()) != p.monitor {
+        exit_now();
+    }
+    if let Some((handler, restorer)) = p.trap {
+        install_trap_handler(handler, restorer);
+    }
+    crate::sys::signal::set_blocked(&p.sigmask);
+}
+
 /// Installs the probe area's SIGTRAP handler with its own restorer: glibc's
 /// would be unmapped with the monitor.
-unsafe fn install_trap_handler(handler: u64, restorer: u64) {
+fn install_trap_handler(handler: u64, restorer: u64) {
     const SA_RESTORER: u64 = 0x0400_0000;
     let act = KernelSigaction {
         handler,
@@ -270,16 +310,11 @@ unsafe fn install_trap_handler(handler: u64, restorer: u64) {
         restorer,
         mask: 0,
     };
-    // SAFETY: a raw rt_sigaction with a valid struct and the kernel's sigset size.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            libc::SIGTRAP,
-            &act as *const KernelSigaction,
-            0usize,
-            8usize,
-        );
-    }
+    // SAFETY: the handler and its restorer are in the probe area, which the
+    // monitor mapped before the fork and the hand-off keeps; the handler
+    // (`uprobe_runtime::trap`) is written to run on any SIGTRAP, and the
+    // restorer is a bare rt_sigreturn.
+    unsafe { rt_sigaction(libc::SIGTRAP, Some(&act), None) };
 }
 
 extern "C" {
@@ -287,22 +322,196 @@ extern "C" {
     static __rseq_size: u32;
 }
 
-unsafe fn unregister_rseq() {
+/// Unregisters glibc's rseq area of this thread (the only one).
+fn unregister_rseq() {
     const RSEQ_FLAG_UNREGISTER: i32 = 1;
     const RSEQ_SIG: u32 = 0x5305_3053;
-    // SAFETY: fs:0 holds the thread pointer on x86-64 (glibc's TCB self
-    // pointer); __rseq_offset is glibc's offset of its rseq area from it.
+    let tp: u64;
+    // SAFETY: on x86-64 fs:0 holds the thread pointer (glibc's TCB self
+    // pointer); reading it writes nothing and touches no stack or flags.
     unsafe {
-        let tp: u64;
         std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags));
-        let area = (tp as i64 + __rseq_offset as i64) as u64;
-        // glibc 2.36 registers 32 bytes while reporting __rseq_size = 20.
-        for len in [32u32, __rseq_size] {
-            if libc::syscall(libc::SYS_rseq, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) == 0 {
-                break;
+    }
+    // SAFETY: glibc defines `__rseq_offset` (2.35 and later) and never
+    // writes it after start-up.
+    let offset = unsafe { __rseq_offset };
+    // SAFETY: as for `__rseq_offset`.
+    let size = unsafe { __rseq_size };
+    let area = (tp as i64 + offset as i64) as u64;
+    // glibc 2.36 registers 32 bytes while reporting __rseq_size = 20.
+    for len in [32u32, size] {
+        // SAFETY: unregistering only makes the kernel stop writing the area
+        // (which it checks is the registered one); no memory of ours changes.
+        if unsafe { libc::syscall(libc::SYS_rseq, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) } == 0
+        {
+            break;
+        }
+    }
+}
+
+/// Maps the segments over the monitor's placeholders and zeroes their bss
+/// parts.
+///
+/// # Safety
+/// As for [`run`]: every map lies in a placeholder of the monitor's, which
+/// nothing in the child uses.
+unsafe fn map_segments(sock: BorrowedFd<'_>, maps: &[MapOp]) {
+    for m in maps {
+        let (flags, fd, off) = match m.source {
+            MapSource::Anon => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            ),
+            MapSource::File { fd, offset } => {
+                (libc::MAP_PRIVATE | libc::MAP_FIXED, fd, offset as i64)
+            }
+        };
+        let zero = m.zero_to > m.zero_from;
+        let prot = m.prot.bits() as i32 | if zero { libc::PROT_WRITE } else { 0 };
+        // SAFETY: MAP_FIXED over a placeholder (the caller's promise): no
+        // memory the child uses is replaced.
+        let r = unsafe { libc::mmap(m.addr as *mut _, m.len as usize, prot, flags, fd, off) };
+        if r == libc::MAP_FAILED {
+            fail(sock, StageStep::Map, errno(), m.addr);
+        }
+        if zero {
+            // SAFETY: [zero_from, zero_to) lies in the mapping just made
+            // (`StagePlan::fits`), writable (PROT_WRITE added above).
+            unsafe {
+                std::ptr::write_bytes(
+                    m.zero_from as *mut u8,
+                    0,
+                    (m.zero_to - m.zero_from) as usize,
+                );
             }
         }
     }
+}
+
+/// Makes our `[stack]` mapping the program's: the monitor's contents below
+/// `keep_from` go, those above are zeroed, and the stack image is copied in.
+///
+/// # Safety
+/// As for [`run`]: the `[stack]` mapping is not the stack we run on, and
+/// the image lies in it.
+unsafe fn build_stack(sock: BorrowedFd<'_>, p: &StagePlan<'_>) {
+    let st = p.stack;
+    if st.vma.0 < st.keep_from {
+        // SAFETY: the monitor's main-thread stack, which the child does not
+        // run on (the caller's promise) and nothing else references.
+        if unsafe { libc::munmap(st.vma.0 as *mut _, (st.keep_from - st.vma.0) as usize) } != 0 {
+            fail(sock, StageStep::Stack, errno(), st.vma.0);
+        }
+    }
+    // Zeroing from the bottom up also grows the mapping down to
+    // `keep_from` when it was shorter.
+    // SAFETY: [keep_from, stack_image_at) is the stack mapping, or below it
+    // within RLIMIT_STACK where the kernel grows it; no memory of ours is
+    // there (the caller's promise).
+    unsafe {
+        std::ptr::write_bytes(
+            st.keep_from as *mut u8,
+            0,
+            (p.stack_image_at - st.keep_from) as usize,
+        );
+    }
+    // SAFETY: the image's destination lies in the stack mapping
+    // (`StagePlan::fits`), writable; the source is the monitor's heap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            p.stack_image.as_ptr(),
+            p.stack_image_at as *mut u8,
+            p.stack_image.len(),
+        );
+    }
+    if st.exec {
+        // SAFETY: adds PROT_EXEC to the stack mapping only; what is
+        // readable and writable stays so.
+        let r = unsafe {
+            libc::mprotect(
+                st.keep_from as *mut _,
+                (st.vma.1 - st.keep_from) as usize,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            )
+        };
+        if r != 0 {
+            fail(sock, StageStep::Stack, errno(), st.keep_from);
+        }
+    }
+}
+
+/// Maps the hand-off blob read+exec at its placeholder.
+///
+/// # Safety
+/// As for [`run`]: `blob_at` is a placeholder of the monitor's.
+unsafe fn map_blob(sock: BorrowedFd<'_>, p: &StagePlan<'_>) -> u64 {
+    let (b_at, b_len) = p.blob_at;
+    // SAFETY: MAP_FIXED over the blob's placeholder (the caller's promise).
+    let r = unsafe {
+        libc::mmap(
+            b_at as *mut _,
+            b_len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        fail(sock, StageStep::Blob, errno(), b_at);
+    }
+    // SAFETY: the mapping just made is writable and at least as long as the
+    // blob (`StagePlan::fits`); the source is the monitor's binary.
+    unsafe { std::ptr::copy_nonoverlapping(p.blob.as_ptr(), b_at as *mut u8, p.blob.len()) };
+    // SAFETY: our own new mapping, referenced by nothing: read+exec only.
+    if unsafe {
+        libc::mprotect(
+            b_at as *mut _,
+            b_len as usize,
+            libc::PROT_READ | libc::PROT_EXEC,
+        )
+    } != 0
+    {
+        fail(sock, StageStep::Blob, errno(), b_at);
+    }
+    b_at
+}
+
+/// Installs the SIGTRAP guard's seccomp filter; returns its listener (if
+/// any) and how it went: 0 not installed, 1 installed, 2 installed with
+/// no_new_privs.
+fn install_guard(filter: &[libc::sock_filter]) -> (Option<OwnedFd>, u32) {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    let install = || {
+        // SAFETY: the kernel copies the filter program that `prog` points
+        // to (it does not write it); the filter only adds user
+        // notifications for two system calls.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                &prog as *const libc::sock_fprog,
+            ) as RawFd
+        }
+    };
+    let mut listener = install();
+    let mut guard = 1;
+    if listener < 0 && errno() == libc::EACCES {
+        // Without CAP_SYS_ADMIN the kernel wants no_new_privs first.
+        let _ = rustix::thread::set_no_new_privs(true);
+        listener = install();
+        guard = 2;
+    }
+    if listener < 0 {
+        return (None, 0);
+    }
+    // SAFETY: the seccomp call just returned this new fd: nobody else owns it.
+    (Some(unsafe { OwnedFd::from_raw_fd(listener) }), guard)
 }
 
 /// Runs in the child: never returns.
@@ -313,195 +522,101 @@ unsafe fn unregister_rseq() {
 /// an address from the program.
 ///
 /// # Safety
-/// Must be called only in a child just forked from the monitor, with a plan
-/// whose addresses were reserved in the monitor before the fork.
+/// Must be called only in a child just forked from the monitor (from a
+/// thread other than the main one), with a plan that [`StagePlan::fits`]
+/// the placeholders the monitor held at the fork, and whose fds to close
+/// are the monitor's own (see the `close*` fields).
 pub(crate) unsafe fn run(p: &StagePlan<'_>) -> ! {
-    // SAFETY: (whole function) system calls on the child's own address
-    // space, at addresses the monitor reserved for exactly this.
+    // SAFETY: the watchdog does not close the socket to the stage before
+    // forking us, and we close it only on the way out (last of `p.close`).
+    let sock = unsafe { BorrowedFd::borrow_raw(p.sock) };
+    // SAFETY: the monitor's ends of our channels: no thread of the monitor
+    // exists here to use them.
+    unsafe { close_all(p.close_first) };
+    reset_process(p);
+
+    // SAFETY: the caller's promise (`StagePlan::fits`).
+    unsafe { map_segments(sock, p.maps) };
+    // SAFETY: the interpreter's file, used only by the mmaps just made.
+    unsafe { close_all(p.close_after_map) };
+    for &(start, len) in p.text {
+        set_anon_name(start, len, &p.text_name);
+    }
+    // SAFETY: the caller's promise (`StagePlan::fits`).
+    unsafe { build_stack(sock, p) };
+    // SAFETY: the caller's promise (`StagePlan::fits`).
+    let blob = unsafe { map_blob(sock, p) };
+
+    let (uffd, mode) = match Uffd::create() {
+        Ok(x) => x,
+        Err(e) => fail(sock, StageStep::Userfaultfd, e.raw_os_error(), 0),
+    };
+    let mut want = features::EVENT_UNMAP | features::EVENT_REMAP | features::THREAD_ID;
+    if mode == UffdMode::Full {
+        want |= features::EVENT_FORK;
+    }
+    if p.watch_drops {
+        want |= features::EVENT_REMOVE;
+    }
+    if let Err(e) = uffd.api(want) {
+        fail(sock, StageStep::UffdApi, e.raw_os_error(), want);
+    }
+    for &(start, len) in p.text {
+        if let Err(e) = uffd.register_missing(start, len) {
+            fail(sock, StageStep::Register, e.raw_os_error(), start);
+        }
+    }
+
+    // The SIGTRAP guard: installed last, so none of our own calls meet it.
+    let (listener, guard) = p.seccomp.map_or((None, 0), install_guard);
+    let msg = StageMsg {
+        mode: u32::from(mode == UffdMode::UserModeOnly),
+        guard,
+        ..StageMsg::default()
+    };
+    let sent = match &listener {
+        Some(l) => fdpass::send(sock, &msg, &[uffd.as_fd(), l.as_fd()]),
+        None => fdpass::send(sock, &msg, &[uffd.as_fd()]),
+    };
+    drop(listener);
+    if let Err(e) = sent {
+        fail(sock, StageStep::Send, e.raw_os_error(), 0);
+    }
+    // Wait for the monitor to be ready to serve (and, in user-mode-only
+    // mode, to have installed the whole text).
+    let mut ack = [0u8];
+    let got = rustix::net::recv(sock, &mut ack, rustix::net::RecvFlags::empty());
+    if !matches!(got, Ok((1, _))) {
+        exit_now();
+    }
+    // The monitor and the watchdog hold the uffd now: were the monitor
+    // killed, the watchdog's copy keeps the registration (faults wait
+    // rather than read zero pages) until it has killed us.
+    drop(uffd);
+
+    // SAFETY: the monitor's close-on-exec fds and, last, our socket to it:
+    // nothing runs after this but the blob, which uses none of them.
+    unsafe { close_all(p.close) };
+    // SAFETY: the blob was just mapped read+exec at `blob`; it takes the
+    // parameter block on the new stack in rdi, unmaps everything of the
+    // monitor's (we never come back) and jumps to the program.
     unsafe {
-        for &fd in p.close_first {
-            libc::close(fd);
-        }
-        reset_process(p);
-
-        for m in p.maps {
-            let (flags, fd, off) = match m.source {
-                MapSource::Anon => (
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                    -1,
-                    0,
-                ),
-                MapSource::File { fd, offset } => {
-                    (libc::MAP_PRIVATE | libc::MAP_FIXED, fd, offset as i64)
-                }
-            };
-            let zero = m.zero_to > m.zero_from;
-            let prot = m.prot.bits() as i32 | if zero { libc::PROT_WRITE } else { 0 };
-            let r = libc::mmap(m.addr as *mut _, m.len as usize, prot, flags, fd, off);
-            if r == libc::MAP_FAILED {
-                fail(p.sock, Step::Map, errno(), m.addr);
-            }
-            if zero {
-                std::ptr::write_bytes(
-                    m.zero_from as *mut u8,
-                    0,
-                    (m.zero_to - m.zero_from) as usize,
-                );
-            }
-        }
-        for &fd in p.close_after_map {
-            libc::close(fd);
-        }
-        for &(start, len) in p.text {
-            crate::vma::name(start, len, &p.text_name);
-        }
-
-        // The monitor's stack contents go; its mapping becomes the program's.
-        let st = p.stack;
-        if st.vma.0 < st.keep_from
-            && libc::munmap(st.vma.0 as *mut _, (st.keep_from - st.vma.0) as usize) != 0
-        {
-            fail(p.sock, Step::Stack, errno(), st.vma.0);
-        }
-        // Zeroing from the bottom up also grows the mapping down to
-        // `keep_from` when it was shorter.
-        std::ptr::write_bytes(
-            st.keep_from as *mut u8,
-            0,
-            (p.stack_image_at - st.keep_from) as usize,
-        );
-        std::ptr::copy_nonoverlapping(
-            p.stack_image.as_ptr(),
-            p.stack_image_at as *mut u8,
-            p.stack_image.len(),
-        );
-        if st.exec
-            && libc::mprotect(
-                st.keep_from as *mut _,
-                (st.vma.1 - st.keep_from) as usize,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-            ) != 0
-        {
-            fail(p.sock, Step::Stack, errno(), st.keep_from);
-        }
-
-        let (b_at, b_len) = p.blob_at;
-        let r = libc::mmap(
-            b_at as *mut _,
-            b_len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-            -1,
-            0,
-        );
-        if r == libc::MAP_FAILED {
-            fail(p.sock, Step::Blob, errno(), b_at);
-        }
-        std::ptr::copy_nonoverlapping(p.blob.as_ptr(), b_at as *mut u8, p.blob.len());
-        if libc::mprotect(
-            b_at as *mut _,
-            b_len as usize,
-            libc::PROT_READ | libc::PROT_EXEC,
-        ) != 0
-        {
-            fail(p.sock, Step::Blob, errno(), b_at);
-        }
-
-        let (uffd, mode) = match Uffd::create() {
-            Ok(x) => x,
-            Err(e) => fail(p.sock, Step::Userfaultfd, e.raw_os_error(), 0),
-        };
-        let mut want = features::EVENT_UNMAP | features::EVENT_REMAP | features::THREAD_ID;
-        if mode == UffdMode::Full {
-            want |= features::EVENT_FORK;
-        }
-        if p.watch_drops {
-            want |= features::EVENT_REMOVE;
-        }
-        if let Err(e) = uffd.api(want) {
-            fail(p.sock, Step::UffdApi, e.raw_os_error(), want);
-        }
-        for &(start, len) in p.text {
-            if let Err(e) = uffd.register_missing(start, len) {
-                fail(p.sock, Step::Register, e.raw_os_error(), start);
-            }
-        }
-
-        // The SIGTRAP guard: installed last, so none of our own calls meet it.
-        let (mut listener, mut guard) = (-1, 0);
-        if let Some(filter) = p.seccomp {
-            let prog = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_ptr().cast_mut(),
-            };
-            let install = || {
-                libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                    &prog as *const libc::sock_fprog,
-                ) as RawFd
-            };
-            listener = install();
-            guard = 1;
-            if listener < 0 && errno() == libc::EACCES {
-                // Without CAP_SYS_ADMIN the kernel wants no_new_privs first.
-                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                listener = install();
-                guard = 2;
-            }
-            if listener < 0 {
-                guard = 0;
-            }
-        }
-        let msg = StageMsg {
-            mode: u32::from(mode == UffdMode::UserModeOnly),
-            guard,
-            ..StageMsg::default()
-        };
-        // SAFETY: the socket to the monitor is open until we exit; the
-        // listener, when there is one, is ours (the seccomp call made it).
-        let sock = BorrowedFd::borrow_raw(p.sock);
-        let listener = (listener >= 0).then(|| OwnedFd::from_raw_fd(listener));
-        let sent = match &listener {
-            Some(l) => fdpass::send(sock, &msg, &[uffd.as_fd(), l.as_fd()]),
-            None => fdpass::send(sock, &msg, &[uffd.as_fd()]),
-        };
-        drop(listener);
-        if let Err(e) = sent {
-            fail(p.sock, Step::Send, e.raw_os_error(), 0);
-        }
-        // Wait for the monitor to be ready to serve (and, in user-mode-only
-        // mode, to have installed the whole text).
-        let mut ack = [0u8];
-        let got = rustix::net::recv(sock, &mut ack, rustix::net::RecvFlags::empty());
-        if !matches!(got, Ok((1, _))) {
-            libc::_exit(125);
-        }
-        // The monitor and the watchdog hold the uffd now: were the monitor
-        // killed, the watchdog's copy keeps the registration (faults wait
-        // rather than read zero pages) until it has killed us.
-        drop(uffd);
-
-        for &fd in p.close {
-            libc::close(fd);
-        }
         std::arch::asm!(
             "jmp {blob}",
-            blob = in(reg) b_at,
+            blob = in(reg) blob,
             in("rdi") p.params_at,
             options(noreturn)
         );
     }
 }
 
-/// Why the stage failed, read by the monitor.
-pub fn describe_failure(msg: &StageMsg) -> (String, Errno) {
-    let step = Step::from_u32(msg.step).map_or("an unknown step", Step::describe);
-    let what = if msg.addr != 0 {
-        format!("{step} (at {:#x})", msg.addr)
-    } else {
-        step.to_string()
-    };
-    (what, Errno::from_raw_os_error(msg.errno))
+/// Why the stage failed, from its message: the step (with the address
+/// involved, if any) and what the kernel said.
+#[must_use]
+pub fn failure(msg: &StageMsg) -> Error {
+    Error::Stage {
+        step: step_of(msg.step),
+        addr: (msg.addr != 0).then_some(msg.addr),
+        errno: Errno::from_raw_os_error(msg.errno),
+    }
 }

@@ -10,8 +10,8 @@
 //! core leaves out from a file only where the core's `NT_FILE` note names
 //! one, which it never does for anonymous memory; left out, text would read
 //! as zeros.
-
-#![allow(unsafe_code)]
+//!
+//! The name is set with `sys::mm::set_anon_name`.
 
 use std::path::Path;
 
@@ -40,29 +40,6 @@ pub fn anon_name(what: &str, path: &Path) -> [u8; NAME_MAX] {
         *o = if ok { c } else { b'?' };
     }
     out
-}
-
-/// Names `[addr, addr + len)`. Best effort: a kernel without
-/// `CONFIG_ANON_VMA_NAME` refuses, and nothing depends on the name. Only
-/// makes a system call (safe in the forked stage).
-///
-/// # Safety
-/// `[addr, addr + len)` must be a mapping of ours (the kernel only changes
-/// the name of the mappings there, never their contents).
-pub unsafe fn name(addr: u64, len: u64, name: &[u8; NAME_MAX]) {
-    const PR_SET_VMA: libc::c_int = 0x5356_4d41;
-    const PR_SET_VMA_ANON_NAME: libc::c_ulong = 0;
-    // SAFETY: an attribute change on a range the caller owns; `name` is
-    // NUL-terminated and outlives the call.
-    unsafe {
-        libc::prctl(
-            PR_SET_VMA,
-            PR_SET_VMA_ANON_NAME,
-            addr as libc::c_ulong,
-            len as libc::c_ulong,
-            name.as_ptr() as libc::c_ulong,
-        );
-    }
 }
 
 #[cfg(test)]

@@ -20,13 +20,19 @@
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use rustix::event::{poll, PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::net::RecvFlags;
+use rustix::process::{Pid, Signal, WaitOptions};
+use uprobe_runtime::Uffd;
 
+use crate::error::Error;
+use crate::plan::Reservation;
 use crate::stage::{self, StagePlan};
 use crate::sys::fdpass;
+use crate::sys::process::exit_now;
 
 /// Watchdog → monitor: the program's pid, then its wait status.
 #[repr(C)]
@@ -62,40 +68,12 @@ fn send(sock: BorrowedFd<'_>, msg: WatchMsg) {
     let _ = fdpass::send(sock, &msg, &[]);
 }
 
-/// Whether the mm behind a uffd still exists (see `Uffd::mm_alive`).
-///
-/// # Safety
-/// `uffd` must be a userfaultfd: the ioctl number means nothing else there.
-unsafe fn mm_alive(uffd: BorrowedFd<'_>) -> bool {
-    let mut r = linux_raw_sys::general::uffdio_range {
-        start: 0x10000,
-        len: 4096,
-    };
-    // SAFETY: UFFDIO_UNREGISTER with a valid range struct on our stack.
-    let rc = unsafe {
-        libc::ioctl(
-            uffd.as_raw_fd(),
-            linux_raw_sys::ioctl::UFFDIO_UNREGISTER as _,
-            &mut r,
-        )
-    };
-    !(rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM))
-}
-
 /// Closes the held uffds of processes that have ended, packing the others
 /// at the front; returns how many are left.
-///
-/// # Safety
-/// Every fd in `held` must be a userfaultfd.
-unsafe fn drop_ended(held: &mut [Option<OwnedFd>]) -> usize {
+fn drop_ended(held: &mut [Option<Uffd>]) -> usize {
     let mut live = 0;
     for i in 0..held.len() {
-        let alive = match &held[i] {
-            // SAFETY: a uffd, as the caller promises.
-            Some(u) => unsafe { mm_alive(u.as_fd()) },
-            None => false,
-        };
-        if alive {
+        if held[i].as_ref().is_some_and(Uffd::mm_alive) {
             held.swap(live, i);
             live += 1;
         } else {
@@ -105,6 +83,13 @@ unsafe fn drop_ended(held: &mut [Option<OwnedFd>]) -> usize {
     live
 }
 
+/// Sends SIGKILL to process `pid` (if it is a pid), ignoring failures.
+fn kill(pid: libc::pid_t) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
+    }
+}
+
 /// Kills `first` and every process that ends up our child, until none is left.
 ///
 /// A fork storm may be going on: each pass reads the whole list of our
@@ -112,198 +97,231 @@ unsafe fn drop_ended(held: &mut [Option<OwnedFd>]) -> usize {
 /// waiting; it blocks only when nothing was left to reap. Orphans of the
 /// killed processes become our children (we are their subreaper) and are
 /// killed on the next pass.
-unsafe fn kill_all(first: libc::pid_t) {
-    // SAFETY: kill, open, read, waitpid on our own children, buffers on our stack.
-    unsafe {
-        libc::kill(first, libc::SIGKILL);
-        let mut buf = [0u8; 16384];
-        loop {
-            let fd = libc::open(
-                c"/proc/thread-self/children".as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            );
-            if fd >= 0 {
-                // The list can be longer than the buffer: read it all.
-                let mut pid: libc::pid_t = 0;
-                loop {
-                    let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-                    if n <= 0 {
-                        break;
-                    }
-                    for &b in &buf[..n as usize] {
-                        if b.is_ascii_digit() {
-                            pid = pid * 10 + libc::pid_t::from(b - b'0');
-                        } else {
-                            if pid > 0 {
-                                libc::kill(pid, libc::SIGKILL);
-                            }
-                            pid = 0;
+fn kill_all(first: libc::pid_t) {
+    kill(first);
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Ok(fd) = rustix::fs::open(
+            c"/proc/thread-self/children",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            // The list can be longer than the buffer: read it all.
+            let mut pid: libc::pid_t = 0;
+            while let Ok(n @ 1..) = rustix::io::read(&fd, &mut buf) {
+                for &b in &buf[..n] {
+                    if b.is_ascii_digit() {
+                        pid = pid * 10 + libc::pid_t::from(b - b'0');
+                    } else {
+                        if pid > 0 {
+                            kill(pid);
                         }
+                        pid = 0;
                     }
                 }
-                if pid > 0 {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-                libc::close(fd);
             }
-            let mut reaped = 0;
-            loop {
-                let mut st = 0;
-                let r = libc::waitpid(-1, &mut st, libc::WNOHANG);
-                if r > 0 {
-                    reaped += 1;
-                    continue;
-                }
-                if r < 0 {
-                    return; // ECHILD: nobody left.
-                }
-                break;
-            }
-            if reaped == 0 {
-                let mut st = 0;
-                if libc::waitpid(-1, &mut st, 0) < 0 {
-                    return;
-                }
+            if pid > 0 {
+                kill(pid);
             }
         }
+        let mut reaped = 0;
+        loop {
+            match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+                Ok(Some(_)) => reaped += 1,
+                Ok(None) => break,
+                Err(_) => return, // ECHILD: nobody left.
+            }
+        }
+        if reaped == 0 && rustix::process::waitpid(None, WaitOptions::empty()).is_err() {
+            return;
+        }
     }
+}
+
+/// Closes every fd but those in `keep`.
+///
+/// # Safety
+/// Nothing in this process may use any other fd afterwards (in the
+/// watchdog: the monitor's, which only the monitor's threads used, and they
+/// do not exist here).
+unsafe fn close_all_but(mut keep: [RawFd; 3]) {
+    keep.sort_unstable();
+    let mut from = 0u32;
+    for k in keep {
+        if k as u32 > from {
+            // SAFETY: the caller gives up every fd in the range; close_range
+            // touches no memory.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k as u32 - 1, 0) };
+        }
+        from = k as u32 + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
+}
+
+/// Forks the watchdog, which forks the stage that runs `plan`; returns the
+/// watchdog's pid. `alive` and `sock` are the watchdog's ends of the
+/// monitor's pipe and socket.
+///
+/// Fails before forking unless `plan` [fits](StagePlan::fits) `held`: the
+/// placeholders its mappings and hand-off blob go into.
+pub(crate) fn spawn(
+    plan: &StagePlan<'_>,
+    held: &[&Reservation],
+    alive: BorrowedFd<'_>,
+    sock: BorrowedFd<'_>,
+) -> Result<Pid, Error> {
+    if !plan.fits(held) {
+        return Err(Error::sys(
+            "checking the stage plan",
+            std::io::Error::other("it maps outside the reserved ranges (a bug of ours)"),
+        ));
+    }
+    // SAFETY: fork(2) in a threaded process: the child runs only `run`,
+    // which makes system calls without allocating or taking locks, and never
+    // returns into the monitor's code.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the child just forked, from a thread that is not on
+        // the `[stack]` mapping (`fits` checked it); the plan fits the
+        // placeholders in `held`, which are borrowed across the fork and so
+        // were mapped in the monitor when it forked; the fds the stage
+        // closes are the monitor's close-on-exec ones and its channel ends.
+        unsafe { run(plan, alive.as_raw_fd(), sock.as_raw_fd()) }
+    }
+    Pid::from_raw(pid).ok_or_else(|| Error::sys("fork", std::io::Error::last_os_error()))
+}
+
+/// The errno of the last libc call that failed.
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 /// Runs in the watchdog: forks the stage, then watches. Never returns.
 ///
 /// # Safety
 /// Must be called only in a child just forked from the monitor, with a
-/// stage plan valid as for [`stage::run`].
-pub(crate) unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
-    // SAFETY: (whole function) system calls on our own process and children.
-    unsafe {
-        // SAFETY: the monitor's socket stays open until we exit.
-        let sock = BorrowedFd::borrow_raw(sock);
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-        // Every signal blocked before the fork, SIGCHLD above all: were the
-        // program to end before we block it, its SIGCHLD (ignored by
-        // default) would be discarded, and we would never learn of its exit.
-        // The stage sets the program's own mask.
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-        let plan = StagePlan {
-            monitor: libc::getpid(),
-            ..*stage_plan
-        };
-        let program = libc::fork();
-        if program == 0 {
-            stage::run(&plan);
-        }
-        if program < 0 {
-            let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            send(
-                sock,
-                WatchMsg {
-                    kind: FORK_FAILED,
-                    pid: 0,
-                    status: e,
-                },
-            );
-            libc::_exit(125);
-        }
+/// stage plan valid as for [`stage::run`], and fds `alive` and `sock` open.
+unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
+    // SAFETY: the monitor's socket stays open until we exit (close_all_but
+    // spares it).
+    let sock = unsafe { BorrowedFd::borrow_raw(sock) };
+    // Any non-zero value makes us the subreaper.
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+    // Every signal blocked before the fork, SIGCHLD above all: were the
+    // program to end before we block it, its SIGCHLD (ignored by
+    // default) would be discarded, and we would never learn of its exit.
+    // The stage sets the program's own mask.
+    crate::sys::signal::set_blocked(&crate::sys::signal::full());
+    let plan = StagePlan {
+        monitor: rustix::process::getpid().as_raw_nonzero().get(),
+        ..*stage_plan
+    };
+    // SAFETY: fork(2) again, from the only thread of this process.
+    let program = unsafe { libc::fork() };
+    if program == 0 {
+        // SAFETY: the child just forked; the plan is valid as for
+        // `stage::run` (our caller's promise), and fork kept every address.
+        unsafe { stage::run(&plan) };
+    }
+    if program < 0 {
+        let e = errno();
         send(
             sock,
             WatchMsg {
-                kind: STARTED,
-                pid: program,
-                status: 0,
+                kind: FORK_FAILED,
+                pid: 0,
+                status: e,
             },
         );
-        libc::prctl(libc::PR_SET_NAME, c"uprobe-exec-wd".as_ptr(), 0, 0, 0);
+        exit_now(125);
+    }
+    send(
+        sock,
+        WatchMsg {
+            kind: STARTED,
+            pid: program,
+            status: 0,
+        },
+    );
+    let _ = rustix::thread::set_name(c"uprobe-exec-wd");
 
-        // Our own life: no signal but SIGKILL can end it, and we keep no fd
-        // of the program's (a pipe held open here would never see EOF).
-        let mut chld: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut chld);
-        libc::sigaddset(&mut chld, libc::SIGCHLD);
-        let sfd = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        let mut keep = [alive, sock.as_raw_fd(), sfd];
-        keep.sort_unstable();
-        let mut from = 0u32;
-        for k in keep {
-            if k as u32 > from {
-                libc::syscall(libc::SYS_close_range, from, k as u32 - 1, 0);
-            }
-            from = k as u32 + 1;
+    // Our own life: no signal but SIGKILL can end it, and we keep no fd
+    // of the program's (a pipe held open here would never see EOF).
+    let chld = crate::sys::signal::sigset(1 << (libc::SIGCHLD - 1));
+    // SAFETY: signalfd(2) reads the mask and returns a new fd; -1 asks
+    // for a new one rather than changing an fd of ours.
+    let sfd = unsafe { libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    // SAFETY: nothing here uses any other fd from now on: the monitor's
+    // objects are copies in this process that no thread of ours touches.
+    unsafe { close_all_but([alive, sock.as_raw_fd(), sfd]) };
+
+    if sfd < 0 {
+        // We could never tell the monitor how the program ended.
+        kill_all(program);
+        exit_now(125);
+    }
+    // SAFETY: open from here to our exit (close_all_but spared it).
+    let alive = unsafe { BorrowedFd::borrow_raw(alive) };
+    // SAFETY: as above; signalfd just returned it (sfd >= 0).
+    let sfd = unsafe { BorrowedFd::borrow_raw(sfd) };
+
+    let mut held: [Option<Uffd>; MAX_HELD] = [const { None }; MAX_HELD];
+    let mut nheld = 0usize;
+    let mut detached = false;
+    loop {
+        let mut pfds = [
+            PollFd::new(&alive, PollFlags::IN),
+            PollFd::new(&sock, PollFlags::IN),
+            PollFd::new(&sfd, PollFlags::IN),
+        ];
+        if poll(&mut pfds, None).is_err() {
+            continue;
         }
-        libc::syscall(libc::SYS_close_range, from, u32::MAX, 0);
-
-        if sfd < 0 {
-            // We could never tell the monitor how the program ended.
-            kill_all(program);
-            libc::_exit(125);
-        }
-        // SAFETY: both are open from here to our exit (close_range spared them).
-        let (alive, sfd) = (BorrowedFd::borrow_raw(alive), BorrowedFd::borrow_raw(sfd));
-
-        let mut held: [Option<OwnedFd>; MAX_HELD] = [const { None }; MAX_HELD];
-        let mut nheld = 0usize;
-        let mut detached = false;
-        loop {
-            let mut pfds = [
-                PollFd::new(&alive, PollFlags::IN),
-                PollFd::new(&sock, PollFlags::IN),
-                PollFd::new(&sfd, PollFlags::IN),
-            ];
-            if poll(&mut pfds, None).is_err() {
-                continue;
-            }
-            let [alive_ev, sock_ev, chld_ev] = pfds.map(|p| p.revents());
-            if !chld_ev.is_empty() {
-                let mut si = [0u8; 128];
-                while matches!(rustix::io::read(sfd, &mut si), Ok(n) if n > 0) {}
-                loop {
-                    let mut st = 0;
-                    let pid = libc::waitpid(-1, &mut st, libc::WNOHANG);
-                    if pid <= 0 {
-                        break;
-                    }
-                    if pid == program {
-                        send(
-                            sock,
-                            WatchMsg {
-                                kind: EXITED,
-                                pid,
-                                status: st,
-                            },
-                        );
-                    }
+        let [alive_ev, sock_ev, chld_ev] = pfds.map(|p| p.revents());
+        if !chld_ev.is_empty() {
+            let mut si = [0u8; 128];
+            while matches!(rustix::io::read(sfd, &mut si), Ok(n) if n > 0) {}
+            while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG)
+            {
+                if pid.as_raw_nonzero().get() == program {
+                    send(
+                        sock,
+                        WatchMsg {
+                            kind: EXITED,
+                            pid: program,
+                            status: status.as_raw(),
+                        },
+                    );
                 }
             }
-            if sock_ev.contains(PollFlags::IN) {
-                while let Ok(Some((msg, mut fds))) =
-                    fdpass::recv::<WatchMsg>(sock, RecvFlags::DONTWAIT)
-                {
-                    match (msg.kind, fds.take(0)) {
-                        (HOLD, Some(fd)) => {
-                            if nheld == MAX_HELD {
-                                nheld = drop_ended(&mut held);
-                            }
-                            // Past MAX_HELD live ones, the newest is not held.
-                            if let Some(slot) = held.get_mut(nheld) {
-                                *slot = Some(fd);
-                                nheld += 1;
-                            }
+        }
+        if sock_ev.contains(PollFlags::IN) {
+            while let Ok(Some((msg, mut fds))) = fdpass::recv::<WatchMsg>(sock, RecvFlags::DONTWAIT)
+            {
+                match (msg.kind, fds.take(0)) {
+                    (HOLD, Some(fd)) => {
+                        if nheld == MAX_HELD {
+                            nheld = drop_ended(&mut held);
                         }
-                        (DETACH, _) => detached = true,
-                        // Any other fd closes as it drops.
-                        _ => {}
+                        // Past MAX_HELD live ones, the newest is not held.
+                        if let Some(slot) = held.get_mut(nheld) {
+                            *slot = Some(Uffd::from_owned(fd));
+                            nheld += 1;
+                        }
                     }
+                    (DETACH, _) => detached = true,
+                    // Any other fd closes as it drops.
+                    _ => {}
                 }
             }
-            if !alive_ev.is_empty() || sock_ev.contains(PollFlags::HUP) {
-                // The monitor is gone: ended normally (detached), or killed.
-                if !detached {
-                    kill_all(program);
-                }
-                libc::_exit(0);
+        }
+        if !alive_ev.is_empty() || sock_ev.contains(PollFlags::HUP) {
+            // The monitor is gone: ended normally (detached), or killed.
+            if !detached {
+                kill_all(program);
             }
+            exit_now(0);
         }
     }
 }

@@ -356,8 +356,12 @@ fn mapped_len(layout: &SharedLayout) -> usize {
 /// the area, for `sites` sites of which `traps` are `int3`s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodeLayout {
-    /// Bytes of the handler's code (the table follows it).
+    /// The handler's code (the table follows it): `trap::code()`.
+    pub handler: &'static [u8],
+    /// Bytes of the handler's code.
     pub handler_len: usize,
+    /// Offset of the handler's `rt_sigreturn` restorer in it.
+    pub restorer: usize,
     /// Probe sites (one slot each).
     pub sites: usize,
     /// Of them, `int3` sites (one trap-table entry each).
@@ -365,11 +369,14 @@ pub struct CodeLayout {
 }
 
 impl CodeLayout {
-    /// The layout with this build's trap handler.
+    /// The layout for this handler (`trap::layout` gives the one with this
+    /// build's trap handler).
     #[must_use]
-    pub fn new(sites: usize, traps: usize) -> CodeLayout {
+    pub fn new(handler: &'static [u8], restorer: usize, sites: usize, traps: usize) -> CodeLayout {
         CodeLayout {
-            handler_len: crate::trap::code().len(),
+            handler,
+            handler_len: handler.len(),
+            restorer,
             sites,
             traps,
         }
@@ -384,7 +391,7 @@ impl CodeLayout {
     /// Offset of its `rt_sigreturn` restorer.
     #[must_use]
     pub fn restorer(&self) -> usize {
-        crate::trap::restorer_offset()
+        self.restorer
     }
 
     /// Offset of the [`TrapTable`].
@@ -446,7 +453,7 @@ impl CodeLayout {
         assert_eq!(slots.len(), self.sites);
         entries.sort_by_key(|e| e.site);
         let mut out = vec![0xcc; self.code_len()];
-        out[..self.handler_len].copy_from_slice(&crate::trap::code()[..self.handler_len]);
+        out[..self.handler_len].copy_from_slice(self.handler);
         let table = TrapTable {
             count: entries.len() as u64,
             shared,
@@ -535,7 +542,8 @@ mod tests {
 
     #[test]
     fn code_image_puts_table_entries_and_slots_where_the_layout_says() {
-        let l = CodeLayout::new(3, 2);
+        static HANDLER: [u8; 40] = [0xf4; 40];
+        let l = CodeLayout::new(&HANDLER, 8, 3, 2);
         assert_eq!(l.slots() % 16, 0);
         assert!(l.slots() >= l.table() + TABLE_ENTRIES + 2 * ENTRY_BYTES);
         let entries = vec![
@@ -554,7 +562,7 @@ mod tests {
         let img = l.image(0x5000, 0x6000, entries, &slots);
         assert_eq!(img.len(), l.code_len());
         let word = |at: usize| u64::from_le_bytes(img[at..at + 8].try_into().unwrap());
-        assert_eq!(&img[..l.handler_len], crate::trap::code());
+        assert_eq!(&img[..l.handler_len], &HANDLER);
         assert_eq!(word(l.table() + TABLE_COUNT), 2);
         assert_eq!(word(l.table() + TABLE_SHARED), 0x5000);
         assert_eq!(word(l.table() + TABLE_ROW_PAGE), 0x6000);

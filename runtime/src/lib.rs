@@ -5,7 +5,11 @@
 //! This crate knows nothing of ELF files: it serves page images at runtime
 //! addresses. The `uprobe-exec` crate plans those images from the program.
 
-// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`.
+// Unsafe code lives only in the modules that say `#![allow(unsafe_code)]`,
+// one operation per block, each with its SAFETY argument: `uffd` (the
+// syscall, its ioctls and message unions), `trap` (the handler's assembly),
+// `area` (the shared counters, read as atomics), `image` and `server/install`
+// (page images as pointers into the file mapping, copied with UFFDIO_COPY).
 #![deny(unsafe_code)]
 
 pub mod area;

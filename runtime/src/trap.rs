@@ -149,10 +149,10 @@ global_asm!(
     stray = const area::SHARED_STRAY,
     program_handler = const area::SHARED_PROGRAM_HANDLER,
     sigtrap = const libc::SIGTRAP,
-    sys_rt_sigaction = const libc::SYS_rt_sigaction,
-    sys_getpid = const libc::SYS_getpid,
-    sys_kill = const libc::SYS_kill,
-    sys_rt_sigreturn = const libc::SYS_rt_sigreturn,
+    sys_rt_sigaction = const linux_raw_sys::general::__NR_rt_sigaction,
+    sys_getpid = const linux_raw_sys::general::__NR_getpid,
+    sys_kill = const linux_raw_sys::general::__NR_kill,
+    sys_rt_sigreturn = const linux_raw_sys::general::__NR_rt_sigreturn,
 );
 
 /// Offset of the interrupted RIP in a `ucontext_t` (`uc_mcontext.gregs[REG_RIP]`).
@@ -186,6 +186,13 @@ pub fn restorer_offset() -> usize {
         - std::ptr::addr_of!(uprobe_exec_trap_start) as usize
 }
 
+/// The probe area's code pages for `sites` sites of which `traps` are
+/// `int3`s, with this build's handler.
+#[must_use]
+pub fn layout(sites: usize, traps: usize) -> crate::area::CodeLayout {
+    crate::area::CodeLayout::new(code(), restorer_offset(), sites, traps)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +202,19 @@ mod tests {
         // The x86-64 ucontext_t and siginfo_t, as the kernel lays them out.
         assert_eq!(UC_RIP, 168);
         assert_eq!(std::mem::offset_of!(libc::siginfo_t, si_code), 8);
+    }
+
+    /// The system calls the handler makes, by the numbers in its
+    /// `mov eax, imm32` (b8 + 4 bytes): rt_sigaction, getpid, kill and
+    /// rt_sigreturn on x86-64.
+    #[test]
+    fn syscall_numbers() {
+        let c = code();
+        let nrs: Vec<u32> = c
+            .windows(7)
+            .filter(|w| w[0] == 0xb8 && w[5..] == [0x0f, 0x05])
+            .map(|w| u32::from_le_bytes([w[1], w[2], w[3], w[4]]))
+            .collect();
+        assert_eq!(nrs, [13, 39, 62, 15]);
     }
 }

@@ -314,44 +314,55 @@ impl Uffd {
 #[must_use]
 pub fn decode(msg: &RawMsg) -> Event {
     let event = msg.event;
-    // SAFETY: the kernel fills the union member that `event` names.
-    unsafe {
-        match u32::from(event) {
-            uapi::UFFD_EVENT_PAGEFAULT => {
-                let pf = msg.arg.pagefault;
-                Event::PageFault {
-                    addr: pf.address,
-                    write: pf.flags & u64::from(uapi::UFFD_PAGEFAULT_FLAG_WRITE) != 0,
-                    tid: pf.feat.ptid,
-                }
+    // In each arm: the kernel fills the union member that `event` names,
+    // and every member is plain integers, so reading it is sound.
+    match u32::from(event) {
+        uapi::UFFD_EVENT_PAGEFAULT => {
+            // SAFETY: a page fault message carries `pagefault`.
+            let pf = unsafe { msg.arg.pagefault };
+            // SAFETY: `feat` is a union of one u32 (ptid, with
+            // UFFD_FEATURE_THREAD_ID, else 0): any bits are valid.
+            let tid = unsafe { pf.feat.ptid };
+            Event::PageFault {
+                addr: pf.address,
+                write: pf.flags & u64::from(uapi::UFFD_PAGEFAULT_FLAG_WRITE) != 0,
+                tid,
             }
-            uapi::UFFD_EVENT_FORK => Event::Fork(Uffd {
-                fd: OwnedFd::from_raw_fd(msg.arg.fork.ufd as i32),
-            }),
-            uapi::UFFD_EVENT_REMOVE => {
-                let r = msg.arg.remove;
-                Event::Remove {
-                    start: r.start,
-                    end: r.end,
-                }
-            }
-            uapi::UFFD_EVENT_UNMAP => {
-                let r = msg.arg.remove;
-                Event::Unmap {
-                    start: r.start,
-                    end: r.end,
-                }
-            }
-            uapi::UFFD_EVENT_REMAP => {
-                let r = msg.arg.remap;
-                Event::Remap {
-                    from: r.from,
-                    to: r.to,
-                    len: r.len,
-                }
-            }
-            _ => Event::Unknown(event),
         }
+        uapi::UFFD_EVENT_FORK => {
+            // SAFETY: a fork message carries `fork`.
+            let ufd = unsafe { msg.arg.fork.ufd };
+            // SAFETY: the kernel installed this new fd in our table for
+            // this message, which is read once: nobody else owns it.
+            let fd = unsafe { OwnedFd::from_raw_fd(ufd as i32) };
+            Event::Fork(Uffd { fd })
+        }
+        uapi::UFFD_EVENT_REMOVE => {
+            // SAFETY: a remove message carries `remove`.
+            let r = unsafe { msg.arg.remove };
+            Event::Remove {
+                start: r.start,
+                end: r.end,
+            }
+        }
+        uapi::UFFD_EVENT_UNMAP => {
+            // SAFETY: an unmap message carries `remove` (the kernel's layout).
+            let r = unsafe { msg.arg.remove };
+            Event::Unmap {
+                start: r.start,
+                end: r.end,
+            }
+        }
+        uapi::UFFD_EVENT_REMAP => {
+            // SAFETY: a remap message carries `remap`.
+            let r = unsafe { msg.arg.remap };
+            Event::Remap {
+                from: r.from,
+                to: r.to,
+                len: r.len,
+            }
+        }
+        _ => Event::Unknown(event),
     }
 }
 

@@ -7,7 +7,7 @@ pub mod elf;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -61,27 +61,26 @@ impl Guard {
     }
     pub fn kill_group(&mut self) {
         if let Some(c) = &mut self.child {
-            let pid = c.id() as i32;
-            // SAFETY: signalling our own child's process group (it was put in
-            // its own group by `spawn_guarded`).
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-                libc::kill(pid, libc::SIGKILL);
-            }
+            kill_tree(c.id());
         }
     }
+}
+
+/// SIGKILL to our child `pid` and to its process group (`spawn_guarded`
+/// puts it in its own).
+fn kill_tree(pid: u32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             if let Ok(None) = c.try_wait() {
-                let pid = c.id() as i32;
-                // SAFETY: as in kill_group.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                    libc::kill(pid, libc::SIGKILL);
-                }
+                kill_tree(c.id());
             }
             let _ = c.wait();
         }
@@ -122,17 +121,17 @@ pub fn run_full(
     });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     // No core files from the signal tests.
-    // SAFETY: setrlimit is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &lim);
-            Ok(())
-        });
-    }
+    let no_core = || {
+        let lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit only reads `lim`.
+        unsafe { libc::setrlimit(libc::RLIMIT_CORE, &lim) };
+        Ok(())
+    };
+    // SAFETY: the hook only calls setrlimit, which is async-signal-safe.
+    unsafe { cmd.pre_exec(no_core) };
     let desc = format!("{cmd:?}");
     let deadline = Instant::now() + timeout;
     let mut guard = spawn_guarded(&mut cmd);
@@ -187,12 +186,7 @@ pub fn run(cmd: Command) -> Output {
 
 /// A pipe whose both ends are close-on-exec (so no other test's child inherits them).
 pub fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 writes two fds into the array.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds are fresh and owned by nobody else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe2")
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -482,35 +476,38 @@ impl Case {
                 use std::os::fd::AsRawFd;
                 w.as_raw_fd()
             };
-            // SAFETY: dup2 is async-signal-safe; the new fd 5 is not close-on-exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // dup2 onto itself would keep FD_CLOEXEC: clear it then.
-                    let r = if raw == 5 {
-                        libc::fcntl(5, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(raw, 5)
-                    };
-                    if r < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            let to_5 = move || {
+                // dup2 onto itself would keep FD_CLOEXEC: clear it then.
+                let r = if raw == 5 {
+                    // SAFETY: only changes the flags of fd 5, the pipe's end.
+                    unsafe { libc::fcntl(5, libc::F_SETFD, 0) }
+                } else {
+                    // SAFETY: fd 5 of the child (before exec) becomes the
+                    // pipe's write end; nothing in the child uses fd 5.
+                    unsafe { libc::dup2(raw, 5) }
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
+            // SAFETY: the hook only calls fcntl or dup2, async-signal-safe.
+            unsafe { cmd.pre_exec(to_5) };
             after.push(w);
             read_end = Some(r);
         }
         let closed = self.closed.clone();
         if !closed.is_empty() {
-            // SAFETY: close is async-signal-safe; these are the child's fds.
-            unsafe {
-                cmd.pre_exec(move || {
-                    for &fd in &closed {
-                        libc::close(fd);
-                    }
-                    Ok(())
-                });
-            }
+            let close = move || {
+                for &fd in &closed {
+                    // SAFETY: the child (before exec) gives these fds up:
+                    // nothing in it uses them.
+                    unsafe { libc::close(fd) };
+                }
+                Ok(())
+            };
+            // SAFETY: the hook only calls close, which is async-signal-safe.
+            unsafe { cmd.pre_exec(close) };
         }
         let mut out = run_full(
             cmd,

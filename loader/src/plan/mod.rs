@@ -10,8 +10,6 @@
 //! down; [`Draft::finish`] fixes the text, patches included, in a [`Plan`],
 //! which nothing patches afterwards.
 
-#![allow(unsafe_code)]
-
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -24,10 +22,9 @@ use crate::error::{Error, Result};
 use crate::layout::Aslr;
 
 mod probe_area;
-mod reservation;
 
+pub use crate::sys::mm::Reservation;
 pub use probe_area::ProbeArea;
-pub use reservation::Reservation;
 
 /// How the child creates one mapping.
 #[derive(Clone, Copy, Debug)]
@@ -150,19 +147,16 @@ const PIE_TRIES: usize = 16;
 fn place(image: Image, role: Role, aslr: &Aslr) -> Result<Placed> {
     let lo = image.min_vaddr();
     let span = image.max_vaddr() - lo;
-    let fail = |reason: String| Error::Plan {
-        path: image.path.clone(),
-        reason,
-    };
     let mut displaced_from = None;
     let reservation = match (image.kind, role) {
-        (ElfKind::Exec, _) => Reservation::fixed(lo, span).map_err(|e| {
-            fail(format!(
-                "its fixed addresses {lo:#x}..{:#x} are taken in the monitor ({e}); \
-                 this happens only if the monitor itself sits there",
-                lo + span
-            ))
-        })?,
+        (ElfKind::Exec, _) => {
+            Reservation::fixed(lo, span).map_err(|source| Error::AddressesTaken {
+                path: image.path.clone(),
+                start: lo,
+                end: lo + span,
+                source,
+            })?
+        }
         (ElfKind::Dyn, Role::Program { has_interp: true }) => {
             // Without randomisation every try is the same address.
             let tries = if aslr.on { PIE_TRIES } else { 1 };
@@ -178,7 +172,7 @@ fn place(image: Image, role: Role, aslr: &Aslr) -> Result<Placed> {
         }
         (ElfKind::Dyn, _) => anywhere_aligned(&image, span)?,
     };
-    let bias = Bias(reservation.addr.wrapping_sub(lo));
+    let bias = Bias(reservation.addr().wrapping_sub(lo));
     Ok(Placed {
         image,
         bias,
@@ -196,12 +190,11 @@ fn anywhere_aligned(image: &Image, span: u64) -> Result<Reservation> {
             let base = crate::layout::ELF_ET_DYN_BASE & !(image.align - 1);
             Reservation::fixed(base, span).map_err(|_| e)
         })
-        .map_err(|e| Error::Plan {
+        .map_err(|source| Error::NoRoom {
             path: image.path.clone(),
-            reason: format!(
-                "no room for {span:#x} bytes aligned to {:#x}: {e}",
-                image.align
-            ),
+            len: span,
+            align: image.align,
+            source,
         })
 }
 
@@ -215,9 +208,10 @@ fn text_memfd(path: &std::path::Path) -> Result<OwnedFd> {
     // MFD_EXEC (Linux 6.3): needed where vm.memfd_noexec asks for it.
     rustix::fs::memfd_create(&name, base | F::EXEC)
         .or_else(|_| rustix::fs::memfd_create(&name, base))
-        .map_err(|e| Error::Plan {
+        .map_err(|e| Error::Layout {
             path: path.to_owned(),
-            reason: format!("memfd_create for the text: {e}"),
+            what: "memfd_create for the text".into(),
+            source: e.into(),
         })
 }
 
@@ -380,9 +374,10 @@ impl Draft {
             map_image(i, Text::AsFile, &mut maps, &mut Vec::new());
         }
         let pages: usize = text_parts.iter().map(|(r, _)| r.pages).sum();
-        rustix::fs::ftruncate(&text_file, pages as u64 * PAGE_SIZE).map_err(|e| Error::Plan {
+        rustix::fs::ftruncate(&text_file, pages as u64 * PAGE_SIZE).map_err(|e| Error::Layout {
             path: program.image.path.clone(),
-            reason: format!("sizing the text file: {e}"),
+            what: "sizing the text file".into(),
+            source: e.into(),
         })?;
         let text = text_parts.iter().map(|(r, _)| *r).collect();
         let brk = aslr.brk_start(program.reservation.end(), static_pie);
@@ -423,7 +418,7 @@ impl Draft {
 
     /// The text's page images with the bss zeros and `patches` applied.
     fn text_image(&self, patches: &[(u64, Vec<u8>)]) -> TextImage {
-        let bytes = Arc::clone(&self.program.image.bytes);
+        let bytes = &self.program.image.bytes;
         let parts: Vec<(TextRange, &[u8])> = self
             .text_parts
             .iter()
@@ -456,9 +451,7 @@ impl Draft {
                 patched[slot].1[(rt - page) as usize] = byte;
             }
         }
-        // SAFETY: the slices point into the file mapping that `owner` keeps
-        // alive; a file mapping is readable up to the end of its last page.
-        unsafe { TextImage::new(&parts, patched, bytes.clone()) }
+        crate::sys::mm::text_image(bytes, &self.text_parts, patched)
     }
 }
 
@@ -480,9 +473,10 @@ impl Plan {
         &mut self,
         visible_in: Option<&std::path::Path>,
     ) -> Result<Option<std::path::PathBuf>> {
-        let fail = |what: &str, e: std::io::Error| Error::Plan {
+        let fail = |what: &str, source: std::io::Error| Error::Layout {
             path: self.program.image.path.clone(),
-            reason: format!("{what}: {e}"),
+            what: what.into(),
+            source,
         };
         self.fill_text()
             .map_err(|e| fail("filling the text file", e))?;
@@ -573,11 +567,11 @@ impl Plan {
     #[must_use]
     pub fn reserved(&self) -> Vec<(u64, u64)> {
         let mut v = vec![(
-            self.program.reservation.addr,
+            self.program.reservation.addr(),
             self.program.reservation.end(),
         )];
         if let Some(i) = &self.interp {
-            v.push((i.reservation.addr, i.reservation.end()));
+            v.push((i.reservation.addr(), i.reservation.end()));
         }
         v
     }

@@ -2,9 +2,7 @@
 //! draft (near the text), then the code generated for that address is
 //! mapped there. See `uprobe_runtime::area` for what is inside.
 
-#![allow(unsafe_code)]
-
-use rustix::mm::{MapFlags, ProtFlags};
+use rustix::mm::MprotectFlags;
 use uprobe_runtime::area::CodeLayout;
 use uprobe_runtime::{TextRange, PAGE_SIZE};
 
@@ -43,7 +41,7 @@ impl Draft {
             .iter()
             .map(|t| t.start)
             .min()
-            .unwrap_or(self.program.reservation.addr);
+            .unwrap_or(self.program.reservation.addr());
         let hi = self
             .text
             .iter()
@@ -55,11 +53,11 @@ impl Draft {
         let below = self
             .program
             .reservation
-            .addr
+            .addr()
             .checked_sub(len)
             .filter(|&a| a >= MMAP_MIN_ADDR)
             .and_then(|a| Reservation::fixed(a, len).ok())
-            .filter(|r| hi.saturating_sub(r.addr) < REACH);
+            .filter(|r| hi.saturating_sub(r.addr()) < REACH);
         match below {
             Some(r) => Ok(r),
             None => [
@@ -68,8 +66,10 @@ impl Draft {
             ]
             .into_iter()
             .filter_map(|hint| Reservation::anywhere(len, PAGE_SIZE, hint).ok())
-            .find(|r| r.end().saturating_sub(lo) < REACH && hi.saturating_sub(r.addr) < REACH)
-            .ok_or_else(|| self.fail("no room for the probe area within 2 GiB of the text".into())),
+            .find(|r| r.end().saturating_sub(lo) < REACH && hi.saturating_sub(r.addr()) < REACH)
+            .ok_or_else(|| Error::NoProbeRoom {
+                path: self.program.image.path.clone(),
+            }),
         }
     }
 
@@ -79,56 +79,35 @@ impl Draft {
     /// child inherits the mapping.
     pub fn map_probe_area(
         &self,
-        room: Reservation,
+        mut room: Reservation,
         layout: &CodeLayout,
         code: &[u8],
     ) -> Result<ProbeArea> {
-        let len = layout.len();
-        let code_len = layout.row_page();
-        assert!(room.len == len as u64 && code.len() <= code_len);
-        // SAFETY: replacing our own PROT_NONE placeholder with the area's
-        // bytes; nothing else lives in the reservation.
-        unsafe {
-            let p = rustix::mm::mmap_anonymous(
-                room.addr as *mut _,
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::FIXED,
-            )
-            .map_err(|e| self.fail(format!("mapping the probe area: {e}")))?;
-            std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), code.len());
-            rustix::mm::mprotect(
-                p,
-                code_len,
-                rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::EXEC,
-            )
-            .map_err(|e| self.fail(format!("protecting the probe area: {e}")))?;
-            // The row page (pid, row) starts empty in every forked process,
-            // which then faults it in from the monitor (see the fault server).
-            rustix::mm::madvise(
-                p.cast::<u8>().add(code_len).cast(),
-                PAGE_SIZE as usize,
-                rustix::mm::Advice::LinuxWipeOnFork,
-            )
-            .map_err(|e| self.fail(format!("MADV_WIPEONFORK on the probe area: {e}")))?;
-            crate::vma::name(
-                room.addr,
-                len as u64,
-                &crate::vma::anon_name("probes", &self.program.image.path),
-            );
-        }
+        let len = layout.len() as u64;
+        let code_len = layout.row_page() as u64;
+        assert!(room.len() == len && code.len() as u64 <= code_len);
+        room.fill(code)
+            .map_err(|e| self.fail("mapping the probe area", e))?;
+        room.protect(0, code_len, MprotectFlags::READ | MprotectFlags::EXEC)
+            .map_err(|e| self.fail("protecting the probe area", e))?;
+        // The row page (pid, row) starts empty in every forked process,
+        // which then faults it in from the monitor (see the fault server).
+        room.wipe_on_fork(code_len, PAGE_SIZE)
+            .map_err(|e| self.fail("MADV_WIPEONFORK on the probe area", e))?;
+        room.name(&crate::vma::anon_name("probes", &self.program.image.path));
         Ok(ProbeArea {
-            handler: room.addr + layout.handler() as u64,
-            restorer: room.addr + layout.restorer() as u64,
-            cache: room.addr + code_len as u64,
+            handler: room.addr() + layout.handler() as u64,
+            restorer: room.addr() + layout.restorer() as u64,
+            cache: room.addr() + code_len,
             reservation: room,
         })
     }
 
-    fn fail(&self, reason: String) -> Error {
-        Error::Plan {
+    fn fail(&self, what: &str, source: std::io::Error) -> Error {
+        Error::Layout {
             path: self.program.image.path.clone(),
-            reason,
+            what: what.into(),
+            source,
         }
     }
 }

@@ -19,7 +19,7 @@ use iced_x86::IcedError;
 use uprobe_runtime::area::{ROW_HITS, ROW_PAGE_ROW};
 
 use super::decode_one;
-use super::xol::{assemble, displaced};
+use super::xol::{assemble, displaced, Unrelocatable};
 
 /// Where a trampoline counts a hit (addresses in the program; see
 /// `uprobe_runtime::area`).
@@ -84,9 +84,9 @@ pub fn encode_trampoline(
     flags_live: bool,
     count_at: &Counting,
     at: u64,
-) -> Result<Vec<u8>, String> {
-    let e = |r: Result<(), IcedError>| r.map_err(|e| e.to_string());
-    let mut a = CodeAssembler::new(64).map_err(|e| e.to_string())?;
+) -> Result<Vec<u8>, Unrelocatable> {
+    let e = |r: Result<(), IcedError>| r.map_err(|e| Unrelocatable::Code(e.to_string()));
+    let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
     e(enter(&mut a, flags_live))?;
     e(count(&mut a, count_at))?;
     e(leave(&mut a, flags_live))?;
@@ -97,7 +97,7 @@ pub fn encode_trampoline(
         // Only the last displaced instruction jumps back.
         displaced(&mut a, &insn, off >= len)?;
     }
-    assemble(&mut a, at, "its trampoline takes")
+    assemble(&mut a, at, "takes")
 }
 
 /// The bytes that replace `len` bytes at `ip`: `jmp rel32` to `target`,

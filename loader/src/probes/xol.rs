@@ -12,7 +12,7 @@ use iced_x86::{Code, IcedError, Instruction, Mnemonic, OpKind, Register};
 
 use uprobe_runtime::area::SLOT_BYTES;
 
-use super::decode_one;
+use super::{decode_one, disasm};
 
 /// Why an instruction cannot run out of line, if it cannot (the kernel's
 /// uprobes refuse the same ones).
@@ -58,6 +58,21 @@ pub(super) fn relocatable(insn: &Instruction) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a site's out-of-line code cannot be made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unrelocatable {
+    /// One displaced instruction (disassembled) cannot run out of line.
+    Insn {
+        /// The instruction.
+        insn: String,
+        /// Why, to follow "its instruction `…`".
+        why: String,
+    },
+    /// The code as a whole cannot be placed; `why` follows "its
+    /// instruction `…`" or "its trampoline".
+    Code(String),
+}
+
 /// Appends `insn` (decoded at its original address), relocated: a `call`
 /// becomes push-original-return + `jmp` (so it needs no jump back);
 /// anything else is copied as is, followed by a jump back to the
@@ -68,9 +83,13 @@ pub(super) fn displaced(
     a: &mut CodeAssembler,
     insn: &Instruction,
     jump_back: bool,
-) -> Result<(), String> {
-    relocatable(insn)?;
-    let e = |r: Result<(), IcedError>| r.map_err(|e| e.to_string());
+) -> Result<(), Unrelocatable> {
+    let refused = |why| Unrelocatable::Insn {
+        insn: disasm(insn),
+        why,
+    };
+    relocatable(insn).map_err(refused)?;
+    let e = |r: Result<(), IcedError>| r.map_err(|e| Unrelocatable::Code(e.to_string()));
     let next = insn.next_ip();
     if insn.mnemonic() != Mnemonic::Call {
         e(a.add_instruction(*insn))?;
@@ -95,20 +114,27 @@ pub(super) fn displaced(
             jmp.set_code(Code::Jmp_rm64);
             e(a.add_instruction(jmp))
         }
-        _ => Err("is a call of a kind that cannot be relocated".into()),
+        _ => Err(refused(
+            "is a call of a kind that cannot be relocated".into(),
+        )),
     }
 }
 
-/// Assembles `a` at runtime address `at`, into at most one slot.
-pub(super) fn assemble(a: &mut CodeAssembler, at: u64, what: &str) -> Result<Vec<u8>, String> {
+/// Assembles `a` at runtime address `at`, into at most one slot; `what`
+/// says how the code grew ("relocates to", "takes").
+pub(super) fn assemble(
+    a: &mut CodeAssembler,
+    at: u64,
+    what: &str,
+) -> Result<Vec<u8>, Unrelocatable> {
     let code = a
         .assemble(at)
-        .map_err(|e| format!("cannot be relocated to the probe area: {e}"))?;
+        .map_err(|e| Unrelocatable::Code(format!("cannot be relocated to the probe area: {e}")))?;
     if code.len() > SLOT_BYTES {
-        return Err(format!(
+        return Err(Unrelocatable::Code(format!(
             "{what} {} bytes, more than a slot holds",
             code.len()
-        ));
+        )));
     }
     Ok(code)
 }
@@ -116,8 +142,8 @@ pub(super) fn assemble(a: &mut CodeAssembler, at: u64, what: &str) -> Result<Vec
 /// The slot of an `int3` site at runtime address `ip` (its instruction is
 /// the first of `bytes`), placed at runtime address `slot`: the instruction,
 /// relocated, then a jump back.
-pub fn encode_slot(bytes: &[u8], ip: u64, slot: u64) -> Result<Vec<u8>, String> {
-    let mut a = CodeAssembler::new(64).map_err(|e| e.to_string())?;
+pub fn encode_slot(bytes: &[u8], ip: u64, slot: u64) -> Result<Vec<u8>, Unrelocatable> {
+    let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
     displaced(&mut a, &decode_one(bytes, ip), true)?;
     assemble(&mut a, slot, "relocates to")
 }

@@ -1,8 +1,6 @@
 //! The [`Command`] builder, and `spawn`: resolve the program, plan it, place
 //! the probes, and start the monitor thread.
 
-#![allow(unsafe_code)]
-
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -180,13 +178,9 @@ impl Command {
                         interp: path,
                     }
                 }
-                ElfError::Open { path, source } => Error::CannotRun {
-                    path: resolved.elf.clone(),
-                    reason: format!("its interpreter {}: {source}", path.display()),
-                },
-                ElfError::Malformed { path, reason } => Error::CannotRun {
-                    path: resolved.elf.clone(),
-                    reason: format!("its interpreter {} is unusable: {reason}", path.display()),
+                source => Error::BadInterpreter {
+                    program: resolved.elf.clone(),
+                    source,
                 },
             })?),
             None => None,
@@ -241,7 +235,7 @@ impl Command {
         let perf_map = self.perf_map.then(|| {
             let area = probes.as_ref().map(|p| {
                 let r = &p.area.reservation;
-                (r.addr, r.len, "[uprobe-exec probes]".to_string())
+                (r.addr(), r.len(), "[uprobe-exec probes]".to_string())
             });
             crate::perfmap::lines(
                 &Symbols::read(&plan.program.image),
@@ -271,7 +265,7 @@ impl Command {
         }
         let (tx, rx) = mpsc::channel();
         let signals = Signals {
-            blocked: self.blocked.unwrap_or_else(current_mask),
+            blocked: self.blocked.unwrap_or_else(crate::sys::signal::blocked),
             sigpipe_ignored: self.sigpipe_ignored,
         };
         let args = resolved
@@ -326,18 +320,6 @@ impl Command {
                 )),
             },
         }
-    }
-}
-
-/// The calling thread's blocked signals, bit n-1 for signal n.
-fn current_mask() -> u64 {
-    // SAFETY: reading the calling thread's mask into a local, then testing it.
-    unsafe {
-        let mut m: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_SETMASK, std::ptr::null(), &mut m);
-        (1..=64)
-            .filter(|&sig| libc::sigismember(&m, sig) == 1)
-            .fold(0u64, |acc, sig| acc | 1 << (sig - 1))
     }
 }
 

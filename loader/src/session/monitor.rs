@@ -2,8 +2,6 @@
 //! program's faults until its first process ends, answering the session's
 //! requests (see `control`) in between, and gathers what the report needs.
 
-#![allow(unsafe_code)]
-
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -211,8 +209,6 @@ fn release(sock: &OwnedFd) -> Result<()> {
 /// page, and with hundreds of busy threads it would otherwise wait for its
 /// turn behind all of them. Unprivileged, the priority stays as it is.
 fn raise_priority() {
-    // SAFETY: setpriority on the calling thread (who = 0) only.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, -20);
-    }
+    // PRIO_PROCESS with no pid: on Linux, the calling thread only.
+    let _ = rustix::process::setpriority_process(None, -20);
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use uprobe_runtime::area::{self, CodeLayout, Shared};
+use uprobe_runtime::area::{self, Shared};
 
 use crate::error::{Error, Result};
 use crate::plan::{Draft, Plan, ProbeArea};
@@ -57,20 +57,20 @@ impl Probes {
                 .map_err(|e| Error::sys("creating the hit counters", e))?,
         );
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
-        let layout = CodeLayout::new(sites.len(), traps);
+        let layout = uprobe_runtime::trap::layout(sites.len(), traps);
         let room = draft.probe_room(&layout)?;
         let code = probes::generate(
             &draft.program.image,
             draft.program.bias,
             &sites,
             &layout,
-            room.addr,
+            room.addr(),
             &counters,
         )?;
         let area = draft.map_probe_area(room, &layout, &code.bytes)?;
         let plan = draft.finish(&code.patches);
         let filter = if traps > 0 {
-            crate::guard::filter(area.reservation.addr, area.reservation.end())
+            crate::guard::filter(area.reservation.addr(), area.reservation.end())
         } else {
             Vec::new()
         };

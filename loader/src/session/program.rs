@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Privilege, Result};
 
 /// The ELF to load and the argv/execfn it gets.
 pub(super) struct Resolved {
@@ -109,9 +109,9 @@ fn follow(path: &Path, mut argv: Vec<Vec<u8>>) -> Result<Option<Resolved>> {
 
 /// Refuses what a userland loader cannot run faithfully.
 fn check_runnable(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::CannotRun {
+    let meta = std::fs::metadata(path).map_err(|source| Error::Unreadable {
         path: path.into(),
-        reason: e.to_string(),
+        source,
     })?;
     if meta.is_dir() {
         return Err(Error::CannotRun {
@@ -132,23 +132,18 @@ fn check_runnable(path: &Path) -> Result<()> {
         });
     }
     let mode = meta.permissions().mode();
-    let refuse = |what: &str| Error::CannotRun {
+    let refuse = |privilege| Error::Privileged {
         path: path.into(),
-        reason: format!(
-            "it is {what}; a user-space loader cannot grant the privileges execve would, \
-             so uprobe-exec refuses rather than run it with the wrong ones"
-        ),
+        privilege,
     };
     if mode & 0o4000 != 0 {
-        return Err(refuse("set-user-ID"));
+        return Err(refuse(Privilege::SetUid));
     }
     if mode & 0o2010 == 0o2010 {
-        return Err(refuse("set-group-ID"));
+        return Err(refuse(Privilege::SetGid));
     }
     match rustix::fs::getxattr(path, "security.capability", &mut [0u8; 0][..]) {
-        Ok(_) | Err(Errno::RANGE) => {
-            return Err(refuse("given file capabilities (security.capability)"))
-        }
+        Ok(_) | Err(Errno::RANGE) => return Err(refuse(Privilege::Capabilities)),
         Err(_) => {}
     }
     Ok(())
@@ -160,9 +155,9 @@ fn format(path: &Path) -> Result<Format> {
     let mut head = [0u8; 256];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| Error::CannotRun {
+        .map_err(|source| Error::Unreadable {
             path: path.into(),
-            reason: e.to_string(),
+            source,
         })?;
     let head = &head[..n];
     if head.starts_with(b"\x7fELF") {

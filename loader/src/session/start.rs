@@ -6,8 +6,6 @@
 //! once everything before it is allocated, and rebuilt until that list
 //! stops changing.
 
-#![allow(unsafe_code)]
-
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -20,7 +18,7 @@ use uprobe_runtime::{Uffd, UffdMode, PAGE_SIZE};
 use super::probes::Probes;
 use super::program::Resolved;
 use super::watchdog_client::Watchdog;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StageStep};
 use crate::handoff::{self, MmMap, Params};
 use crate::plan::{Plan, Reservation, TextBacking};
 use crate::report::Handoff;
@@ -101,16 +99,16 @@ pub(super) fn start(
     let exit = Exit {
         mm_map: may_set_mm_map(),
         gadget: handoff::vdso().and_then(|(a, b)| handoff::find_exit_gadget(b, a)),
-        blob: (blob_res.addr, blob_res.len),
+        blob: (blob_res.addr(), blob_res.len()),
         exe_fd: prog_fd,
     };
 
     let mut keep = plan.reserved();
     // The stage trims our [stack] mapping itself; the blob leaves it alone.
     keep.push(stack_vma);
-    keep.push((blob_res.addr, blob_res.end()));
+    keep.push((blob_res.addr(), blob_res.end()));
     if let Some(p) = probes {
-        keep.push((p.area.reservation.addr, p.area.reservation.end()));
+        keep.push((p.area.reservation.addr(), p.area.reservation.end()));
         keep.push(p.counters.range());
     }
     let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit)?;
@@ -118,7 +116,7 @@ pub(super) fn start(
     let text = registered_text(plan, probes);
     let sp = StagePlan {
         sock: ch.stage_child.as_raw_fd(),
-        sigmask: sigset(signals.blocked),
+        sigmask: crate::sys::signal::sigset(signals.blocked),
         sigpipe_ignored: signals.sigpipe_ignored,
         maps: &plan.maps,
         text: &text,
@@ -150,7 +148,10 @@ pub(super) fn start(
         text_name: crate::vma::anon_name("text", &plan.program.image.path),
     };
 
-    let (watchdog, stage_sock) = fork_watchdog(&sp, ch)?;
+    let mut held: Vec<&Reservation> = vec![&plan.program.reservation, &blob_res];
+    held.extend(plan.interp.as_ref().map(|i| &i.reservation));
+    let (watchdog, stage_sock) = fork_watchdog(&sp, &held, ch)?;
+    drop(held);
     drop(blob_res);
     let pid = program_pid(&watchdog)?;
     let pidfd = rustix::process::pidfd_open(
@@ -281,7 +282,7 @@ fn program_auxv(plan: &Plan) -> Vec<(u64, u64)> {
     set(at::PHNUM, u64::from(prog.image.phnum));
     set(
         at::BASE,
-        plan.interp.as_ref().map_or(0, |i| i.reservation.addr),
+        plan.interp.as_ref().map_or(0, |i| i.reservation.addr()),
     );
     set(at::ENTRY, prog.entry().0);
     set(at::FLAGS, 0);
@@ -379,37 +380,16 @@ fn registered_text(plan: &Plan, probes: Option<&Probes>) -> Vec<(u64, u64)> {
     text
 }
 
-/// The signals in `blocked` (bit n-1 for signal n) as a `sigset_t`.
-fn sigset(blocked: u64) -> libc::sigset_t {
-    // SAFETY: building a sigset_t in a local with the libc helpers.
-    unsafe {
-        let mut m: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut m);
-        for sig in 1..=64 {
-            if blocked & (1 << (sig - 1)) != 0 {
-                libc::sigaddset(&mut m, sig);
-            }
-        }
-        m
-    }
-}
-
-/// Forks the watchdog, which runs the stage plan `sp`. Returns it and the
-/// monitor's end of the stage socket.
-fn fork_watchdog(sp: &StagePlan<'_>, ch: Channels) -> Result<(Watchdog, OwnedFd)> {
-    // SAFETY: the child runs only watchdog::run, which makes system calls
-    // and never returns; the parent goes on as usual.
-    let wpid = unsafe { libc::fork() };
-    if wpid < 0 {
-        return Err(Error::sys("fork", std::io::Error::last_os_error()));
-    }
-    if wpid == 0 {
-        // SAFETY: we are the freshly forked child, and every address in `sp`
-        // was reserved before the fork.
-        unsafe { crate::watchdog::run(sp, ch.alive_r.as_raw_fd(), ch.watchdog_child.as_raw_fd()) }
-    }
+/// Forks the watchdog, which runs the stage plan `sp` (whose mappings go
+/// into the placeholders `held`). Returns it and the monitor's end of the
+/// stage socket.
+fn fork_watchdog(
+    sp: &StagePlan<'_>,
+    held: &[&Reservation],
+    ch: Channels,
+) -> Result<(Watchdog, OwnedFd)> {
+    let pid = crate::watchdog::spawn(sp, held, ch.alive_r.as_fd(), ch.watchdog_child.as_fd())?;
     drop((ch.stage_child, ch.alive_r, ch.watchdog_child));
-    let pid = Pid::from_raw(wpid).expect("fork returned a positive pid");
     Ok((Watchdog::new(pid, ch.watchdog, ch.alive_w), ch.stage))
 }
 
@@ -434,19 +414,20 @@ fn receive(sock: &OwnedFd) -> Result<(StageMsg, OwnedFd, Option<OwnedFd>)> {
         Ok(Some(got)) => got,
         Ok(None) => {
             return Err(Error::Stage {
-                step: "starting the program (the child died early)".into(),
+                step: StageStep::Start,
+                addr: None,
                 errno: Errno::PIPE,
             })
         }
         Err(e) => return Err(Error::sys("receiving from the stage", e)),
     };
     if msg.step != 0 {
-        let (step, errno) = stage::describe_failure(&msg);
-        return Err(Error::Stage { step, errno });
+        return Err(stage::failure(&msg));
     }
     let Some(uffd) = fds.take(0) else {
         return Err(Error::Stage {
-            step: "receiving the userfaultfd".into(),
+            step: StageStep::Receive,
+            addr: None,
             errno: Errno::BADMSG,
         });
     };
@@ -482,7 +463,7 @@ fn limits(
         limits.push(format!(
             "the program was loaded at {:#x} in the mmap area instead of {at:#x}, where the kernel \
              would have put it: uprobe-exec's own mappings (its heap, under setarch -R) are there",
-            plan.program.reservation.addr
+            plan.program.reservation.addr()
         ));
     }
     if !exit.mm_map {
@@ -550,12 +531,7 @@ fn cloexec_fds() -> Vec<RawFd> {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter(|&fd| {
-            // SAFETY: F_GETFD on an fd number only reads its flags; a closed
-            // number gives -1.
-            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-            flags >= 0 && flags & libc::FD_CLOEXEC != 0
-        })
+        .filter(|&fd| crate::sys::process::is_cloexec(fd))
         .collect()
 }
 

@@ -3,7 +3,7 @@
 //! process → the mapping whose range holds it → page of that object.
 
 use super::bits::PageBits;
-use super::objects::{MapError, ObjectId};
+use super::objects::ObjectId;
 use crate::image::TextImage;
 use crate::uffd::{Uffd, PAGE_SIZE};
 
@@ -16,6 +16,58 @@ pub struct MmId(pub usize);
 impl MmId {
     /// The program's first process.
     pub const FIRST: MmId = MmId(0);
+}
+
+/// Why an object cannot be mapped or unmapped in a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// The id was not given by `add_object`.
+    #[error("object {} was never added to the fault server", object.0)]
+    NoObject {
+        /// The id asked for.
+        object: ObjectId,
+    },
+    /// The process is not one the server knows, or it has ended.
+    #[error("process {} is not served (unknown, or ended)", mm.0)]
+    NoProcess {
+        /// The process asked for.
+        mm: MmId,
+    },
+    /// Each process maps an object at most once; unmap it first.
+    #[error("object {} is mapped in process {} already", object.0, mm.0)]
+    AlreadyMapped {
+        /// The object.
+        object: ObjectId,
+        /// The process.
+        mm: MmId,
+    },
+    /// Unmapping an object the process has not mapped.
+    #[error("object {} is not mapped in process {}", object.0, mm.0)]
+    NotMapped {
+        /// The object.
+        object: ObjectId,
+        /// The process.
+        mm: MmId,
+    },
+    /// The bias moves a page off a page boundary or past the end of the
+    /// address space.
+    #[error("object {} cannot be mapped with bias {bias:#x}: not page aligned, or past the end of the address space", object.0)]
+    BadBias {
+        /// The object.
+        object: ObjectId,
+        /// The bias asked for.
+        bias: u64,
+    },
+    /// Part of the object would land on text the process already maps.
+    #[error("object {} with bias {bias:#x} overlaps text mapped at {at:#x}", object.0)]
+    Overlap {
+        /// The object.
+        object: ObjectId,
+        /// The bias asked for.
+        bias: u64,
+        /// Start of the text already there.
+        at: u64,
+    },
 }
 
 /// One process we serve.

@@ -46,10 +46,11 @@ use std::sync::Arc;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
+pub use self::mm::MapError;
 pub use self::mm::MmId;
 use self::mm::{AddressSpace, Mm};
+pub use self::objects::ObjectId;
 use self::objects::Objects;
-pub use self::objects::{MapError, ObjectId};
 use self::row_page::RowPage;
 pub use crate::image::{TextImage, TextRange};
 use crate::uffd::{decode, empty_msgs, Event, Uffd, PAGE_SIZE};

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use super::bits::PageBits;
-use super::mm::MmId;
 use crate::image::TextImage;
 
 /// An object whose text the server serves. Ids are given in the order
@@ -19,58 +18,6 @@ pub struct ObjectId(pub u32);
 impl ObjectId {
     /// The program itself: the object [`Server::new`](super::Server::new) adds.
     pub const MAIN: ObjectId = ObjectId(0);
-}
-
-/// Why an object cannot be mapped or unmapped in a process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum MapError {
-    /// The id was not given by `add_object`.
-    #[error("object {} was never added to the fault server", object.0)]
-    NoObject {
-        /// The id asked for.
-        object: ObjectId,
-    },
-    /// The process is not one the server knows, or it has ended.
-    #[error("process {} is not served (unknown, or ended)", mm.0)]
-    NoProcess {
-        /// The process asked for.
-        mm: MmId,
-    },
-    /// Each process maps an object at most once; unmap it first.
-    #[error("object {} is mapped in process {} already", object.0, mm.0)]
-    AlreadyMapped {
-        /// The object.
-        object: ObjectId,
-        /// The process.
-        mm: MmId,
-    },
-    /// Unmapping an object the process has not mapped.
-    #[error("object {} is not mapped in process {}", object.0, mm.0)]
-    NotMapped {
-        /// The object.
-        object: ObjectId,
-        /// The process.
-        mm: MmId,
-    },
-    /// The bias moves a page off a page boundary or past the end of the
-    /// address space.
-    #[error("object {} cannot be mapped with bias {bias:#x}: not page aligned, or past the end of the address space", object.0)]
-    BadBias {
-        /// The object.
-        object: ObjectId,
-        /// The bias asked for.
-        bias: u64,
-    },
-    /// Part of the object would land on text the process already maps.
-    #[error("object {} with bias {bias:#x} overlaps text mapped at {at:#x}", object.0)]
-    Overlap {
-        /// The object.
-        object: ObjectId,
-        /// The bias asked for.
-        bias: u64,
-        /// Start of the text already there.
-        at: u64,
-    },
 }
 
 /// One object: its page images and which pages any process got.
