@@ -145,7 +145,7 @@ pub fn floor(cpu: usize) -> Vec<f64> {
                 return;
             }
             let n = uffd.read_events(&mut msgs).unwrap_or(0);
-            for m in &msgs[..n] {
+            for m in &mut msgs[..n] {
                 if let Event::PageFault { addr, .. } = decode(m) {
                     let page = addr & !(PAGE_SIZE - 1);
                     let src = (src_addr + (page - region_addr)) as *const u8;

@@ -128,14 +128,17 @@ pub enum Event {
     Unknown(u8),
 }
 
-/// The raw message buffer `read(2)` fills; see [`Uffd::read_events`].
-pub type RawMsg = uapi::uffd_msg;
+/// One message as `read(2)` on a uffd fills it; see [`Uffd::read_events`].
+/// Only the kernel writes one (its field is private): a fork message's fd
+/// is then an fd the kernel gave us, which [`decode`] takes once.
+#[repr(transparent)]
+pub struct RawMsg(uapi::uffd_msg);
 
 /// A zeroed message buffer to read into.
 #[must_use]
 pub fn empty_msgs<const N: usize>() -> [RawMsg; N] {
     // SAFETY: uffd_msg is plain old data (integers and unions of integers);
-    // all-zero bytes are a valid value.
+    // all-zero bytes are a valid value (event 0, which decodes as Unknown).
     unsafe { std::mem::zeroed() }
 }
 
@@ -310,9 +313,12 @@ impl Uffd {
     }
 }
 
-/// Decodes one raw message.
+/// Decodes one message read by [`Uffd::read_events`]. A fork message's fd
+/// is taken out: decoding the same message again gives `Unknown(0)`, so
+/// the fd has exactly one owner.
 #[must_use]
-pub fn decode(msg: &RawMsg) -> Event {
+pub fn decode(raw: &mut RawMsg) -> Event {
+    let msg = &mut raw.0;
     let event = msg.event;
     // In each arm: the kernel fills the union member that `event` names,
     // and every member is plain integers, so reading it is sound.
@@ -332,9 +338,11 @@ pub fn decode(msg: &RawMsg) -> Event {
         uapi::UFFD_EVENT_FORK => {
             // SAFETY: a fork message carries `fork`.
             let ufd = unsafe { msg.arg.fork.ufd };
-            // SAFETY: the kernel installed this new fd in our table for
-            // this message, which is read once: nobody else owns it.
+            // SAFETY: only the kernel fills a RawMsg (read_events): it
+            // installed this new fd in our table for this message, and the
+            // message is marked decoded below, so nobody else owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(ufd as i32) };
+            msg.event = 0;
             Event::Fork(Uffd { fd })
         }
         uapi::UFFD_EVENT_REMOVE => {

@@ -400,7 +400,7 @@ impl Server {
             if n == 0 {
                 break;
             }
-            for msg in &msgs[..n] {
+            for msg in &mut msgs[..n] {
                 match decode(msg) {
                     Event::PageFault { addr, tid, .. } => self.fault(m, addr, tid)?,
                     Event::Fork(child) => {
