@@ -1026,6 +1026,41 @@ fn unprivileged_hello_pie() {
 }
 
 #[test]
+fn unprivileged_probes_say_what_they_cannot_do() {
+    // With probes, one line under the count table says that limits apply
+    // (the details are --stats'); -q keeps stderr the program's own.
+    let (d, bin) = nobody_samples("nobody-note", &[("probed", Variant::Pie)]);
+    let prog = d.join("probed-pie");
+    let run_as_nobody = |opts: &[&str]| {
+        let mut argv: Vec<OsString> = vec![bin.clone().into()];
+        argv.extend(opts.iter().map(OsString::from));
+        argv.extend([prog.clone().into(), "basic".into(), "10".into()]);
+        let mut cmd = command(true, &argv);
+        cmd.current_dir(&d.path);
+        run(cmd)
+    };
+    let o = run_as_nobody(&["-p", "counted"]);
+    assert_eq!(o.code, Some(0), "{}", o.stderr_str());
+    let err = o.stderr_str();
+    let notes = err
+        .lines()
+        .filter(|l| l.starts_with("uprobe-exec: note:"))
+        .count();
+    assert_eq!(notes, 1, "{err}");
+    assert!(
+        o.stderr_str()
+            .contains("(uffd user-mode-only): --stats lists them"),
+        "{}",
+        o.stderr_str()
+    );
+    let q = run_as_nobody(&["-q", "-p", "counted"]);
+    assert_eq!(q.code, Some(0), "{}", q.stderr_str());
+    assert!(q.stderr.is_empty(), "{}", q.stderr_str());
+    let plain = run_as_nobody(&[]);
+    assert!(plain.stderr.is_empty(), "{}", plain.stderr_str());
+}
+
+#[test]
 fn unprivileged_pages_static_fork() {
     let (d, bin) = nobody_samples("nobody-pages", &[("pages", Variant::Static)]);
     let case = Case::new(d.join("pages-static"), ["--fork"])

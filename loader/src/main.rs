@@ -309,6 +309,17 @@ fn run() -> u8 {
     }
     if cli.stats {
         eprint!("{}", report.stats_text());
+    } else if !cli.quiet && !cli.probes.is_empty() && !report.handoff.limits.is_empty() {
+        // What this run cannot do as natively (unprivileged, mostly): one
+        // line with the count table, so that nobody misses it; the details
+        // under --stats. Without probes our stderr stays the program's own.
+        let n = report.handoff.limits.len();
+        eprintln!(
+            "uprobe-exec: note: {n} limit{} of this run (uffd {}): --stats lists {}",
+            if n == 1 { "" } else { "s" },
+            report.handoff.uffd_mode,
+            if n == 1 { "it" } else { "them" }
+        );
     }
     match report.exit {
         uprobe_exec::Exit::Code(c) => c.clamp(0, 255) as u8,
