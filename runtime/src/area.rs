@@ -18,16 +18,22 @@
 //!  │ RowPage { pid, row }│
 //!  └─────────────────────┘
 //!  shared: a memfd mapped shared; survives a crash of the program, covers its forks
-//!  ┌────────┬────────────────────────┬──────────────────────────────────────────┐
-//!  │ Header │ overflow counter×sites │ row × rows: pid │ hits × sites           │
-//!  └────────┴────────────────────────┴──────────────────────────────────────────┘
+//!  ┌────────┬────────────────────────┬─────┬──────────────────────────────────────────────┐
+//!  │ Header │ overflow counter×sites │ pad │ row × rows: pid, pad │ block × STACK_SLOTS    │
+//!  └────────┴────────────────────────┴─────┴──────────────────────────────────────────────┘
+//!   a block: hits × sites, padded to a cache line; rows and blocks start on one
 //!   (to come after the rows: per-thread state and an event ring, at the
 //!    offsets `Header::threads` and `Header::events` will give; 0 = absent)
 //! ```
 //!
 //! A hit goes in its process's row, found through the row page; a process
 //! beyond the rows (or one whose row page says none) counts in the site's
-//! overflow counter. Sites are numbered in one order for all three: slot
+//! overflow counter. Within the row, a jump hit counts in the block of its
+//! stack slot ([`stack_slot`]): threads run on different stacks, so threads
+//! hammering one probe mostly increment different cache lines, and the
+//! `lock inc` stays uncontended. Two threads that share a slot only share
+//! a line: every increment is atomic, so totals stay exact whatever the
+//! slot. An `int3` hit counts in block 0. Sites are numbered in one order for all three: slot
 //! `i`, overflow counter `i` and row column `i` are site `i`'s.
 
 #![allow(unsafe_code)]
@@ -43,7 +49,7 @@ use crate::PAGE_SIZE;
 
 /// The layout's version, in [`Header::version`]; bumped whenever anything
 /// here moves.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// Bytes of one out-of-line slot or trampoline.
 pub const SLOT_BYTES: usize = 128;
@@ -51,6 +57,34 @@ pub const SLOT_BYTES: usize = 128;
 /// Processes whose hits are counted one by one; hits of processes beyond
 /// that count only in the totals.
 pub const ROWS: usize = 256;
+
+/// Blocks of counters in a process's row, one per stack slot.
+pub const STACK_SLOTS: usize = 64;
+
+/// A stack slot is chosen by the stack pointer's bits from this one up: a
+/// thread's stack stays within one or two 64 KiB granules while it
+/// hammers a function, and two threads' stacks never share a granule
+/// unless they are smaller than it.
+pub const STACK_GRANULE_SHIFT: u32 = 16;
+
+/// Multiplier of the slot hash (Fibonacci hashing: 2^32 / golden ratio),
+/// which spreads granules that are a fixed stride apart, as thread stacks
+/// are, over the slots.
+pub const STACK_SLOT_HASH: u32 = 0x9e37_79b1;
+
+/// log2 of [`STACK_SLOTS`]: the hash's top bits give the slot.
+pub const STACK_SLOT_BITS: u32 = STACK_SLOTS.trailing_zeros();
+
+/// Bytes of a cache line: rows and blocks start on one.
+pub const LINE_BYTES: usize = 64;
+
+/// The stack slot of a hit with stack pointer `sp`, as the trampolines
+/// compute it: `((sp >> STACK_GRANULE_SHIFT) as u32 * STACK_SLOT_HASH) >> (32 - STACK_SLOT_BITS)`.
+#[must_use]
+pub fn stack_slot(sp: u64) -> usize {
+    let granule = (sp >> STACK_GRANULE_SHIFT) as u32;
+    (granule.wrapping_mul(STACK_SLOT_HASH) >> (32 - STACK_SLOT_BITS)) as usize
+}
 
 /// Start of the shared mapping. Written by the monitor before the program
 /// starts, except for the counters and the program's action.
@@ -77,12 +111,15 @@ pub struct Header {
     pub overflow: [AtomicU64; 0],
 }
 
-/// The start of a per-process row; `hits` has one counter per site.
+/// The start of a per-process row; `hits` starts [`STACK_SLOTS`] blocks of
+/// one counter per site each (see [`SharedLayout::block_bytes`]).
 #[repr(C)]
 pub struct RowStart {
     /// The process (0: the row is free).
     pub pid: u64,
-    /// Hits of site 0, 1, … start here.
+    /// Keeps the blocks off the line of the pid, which the monitor writes.
+    pub pad: [u64; 7],
+    /// Block 0's hits of site 0, 1, … start here, on a cache line.
     pub hits: [u64; 0],
 }
 
@@ -144,7 +181,8 @@ pub const ENTRY_INDEX: usize = offset_of!(TrapEntry, index);
 pub const ROW_PAGE_ROW: usize = offset_of!(RowPage, row);
 /// Offset of [`RowPage::pid`].
 pub const ROW_PAGE_PID: usize = offset_of!(RowPage, pid);
-/// [`RowStart::hits`]: site `i`'s hits are at `row + ROW_HITS + 8 * i`.
+/// [`RowStart::hits`]: site `i`'s hits in stack slot `s` are at
+/// `row + ROW_HITS + s * block_bytes + 8 * i` (`int3` hits: slot 0).
 pub const ROW_HITS: usize = offset_of!(RowStart, hits);
 /// [`Header::stray`].
 pub const SHARED_STRAY: usize = offset_of!(Header, stray);
@@ -185,23 +223,49 @@ impl SharedLayout {
         SHARED_OVERFLOW + 8 * i
     }
 
-    /// Bytes of one row: the pid, then one counter per site.
+    /// Bytes of one block: one counter per site, padded to a power of two
+    /// (at least a cache line), so that a trampoline finds its slot's block
+    /// with a shift.
+    #[must_use]
+    pub fn block_bytes(&self) -> usize {
+        (8 * self.sites).next_power_of_two().max(LINE_BYTES)
+    }
+
+    /// log2 of [`SharedLayout::block_bytes`].
+    #[must_use]
+    pub fn block_shift(&self) -> u32 {
+        self.block_bytes().trailing_zeros()
+    }
+
+    /// Offset of stack slot `s`'s block from the start of a row.
+    #[must_use]
+    pub fn block(&self, s: usize) -> usize {
+        assert!(s < STACK_SLOTS);
+        ROW_HITS + s * self.block_bytes()
+    }
+
+    /// Bytes of one row: the pid and its line, then a block per stack slot.
     #[must_use]
     pub fn row_bytes(&self) -> usize {
-        ROW_HITS + 8 * self.sites
+        ROW_HITS + STACK_SLOTS * self.block_bytes()
+    }
+
+    /// Offset of row 0: after the overflow counters, on a cache line.
+    fn rows_start(&self) -> usize {
+        (SHARED_OVERFLOW + 8 * self.sites).next_multiple_of(LINE_BYTES)
     }
 
     /// Offset of row `r`.
     #[must_use]
     pub fn row(&self, r: usize) -> usize {
         assert!(r < self.rows);
-        SHARED_OVERFLOW + 8 * self.sites + r * self.row_bytes()
+        self.rows_start() + r * self.row_bytes()
     }
 
     /// Bytes used (the mapping is this, rounded up to pages).
     #[must_use]
     pub fn len(&self) -> usize {
-        SHARED_OVERFLOW + 8 * self.sites + self.rows * self.row_bytes()
+        self.rows_start() + self.rows * self.row_bytes()
     }
 
     /// Whether there is nothing past the header.
@@ -319,12 +383,37 @@ impl Shared {
         self.word(self.layout.row(r)).store(pid, Ordering::Relaxed);
     }
 
-    /// Hits of site `i` in row `r`.
+    /// Hits of each site in row `r`: the sum over its stack slots.
+    /// Blocks no thread has touched are holes of the memfd: they are
+    /// skipped without reading them, which would allocate their pages.
     #[must_use]
-    pub fn row_hits(&self, r: usize, i: usize) -> u64 {
-        assert!(i < self.layout.sites);
-        self.word(self.layout.row(r) + ROW_HITS + 8 * i)
-            .load(Ordering::Relaxed)
+    pub fn row_hits(&self, r: usize) -> Vec<u64> {
+        let l = self.layout;
+        let mut hits = vec![0; l.sites];
+        for s in 0..STACK_SLOTS {
+            let block = l.row(r) + l.block(s);
+            if !self.has_data(block, block + 8 * l.sites) {
+                continue;
+            }
+            for (i, h) in hits.iter_mut().enumerate() {
+                *h += self.word(block + 8 * i).load(Ordering::Relaxed);
+            }
+        }
+        hits
+    }
+
+    /// Whether any page of `[start, end)` has been written (when the
+    /// kernel cannot tell, assume so).
+    fn has_data(&self, start: usize, end: usize) -> bool {
+        if start >= end {
+            return false;
+        }
+        match rustix::fs::seek(&self._fd, rustix::fs::SeekFrom::Data(start as u64)) {
+            Ok(at) => at < end as u64,
+            // ENXIO: no data from `start` to the end of the file.
+            Err(Errno::NXIO) => false,
+            Err(_) => true,
+        }
     }
 
     /// Traps that were no probe hit.
@@ -493,7 +582,9 @@ mod tests {
         assert_eq!(offset_of!(RowPage, pid), 0);
         assert_eq!(ROW_PAGE_ROW, 8);
         assert_eq!(offset_of!(RowStart, pid), 0);
-        assert_eq!(ROW_HITS, 8);
+        assert_eq!(offset_of!(RowStart, pad), 8);
+        assert_eq!(ROW_HITS, LINE_BYTES);
+        assert_eq!(size_of::<RowStart>(), ROW_HITS);
         assert_eq!(offset_of!(Header, version), 0);
         assert_eq!(SHARED_STRAY, 24);
         assert_eq!(SHARED_PROGRAM_HANDLER, 32);
@@ -508,10 +599,48 @@ mod tests {
         let l = SharedLayout { sites: 3, rows: 2 };
         assert_eq!(l.overflow(0), SHARED_OVERFLOW);
         assert_eq!(l.overflow(2), SHARED_OVERFLOW + 16);
-        assert_eq!(l.row_bytes(), 32);
-        assert_eq!(l.row(0), SHARED_OVERFLOW + 24);
-        assert_eq!(l.row(1), SHARED_OVERFLOW + 24 + 32);
-        assert_eq!(l.len(), SHARED_OVERFLOW + 24 + 64);
+        // Three counters fill part of a line; blocks and rows start on lines.
+        assert_eq!(l.block_bytes(), 64);
+        assert_eq!(l.block(0), ROW_HITS);
+        assert_eq!(l.block(1), ROW_HITS + 64);
+        assert_eq!(l.row_bytes(), ROW_HITS + STACK_SLOTS * 64);
+        assert_eq!(
+            l.row(0),
+            128,
+            "after the header and overflow counters (104 bytes)"
+        );
+        assert_eq!(l.row(1), 128 + l.row_bytes());
+        assert_eq!(l.len(), 128 + 2 * l.row_bytes());
+        let l = SharedLayout { sites: 9, rows: 1 };
+        assert_eq!(l.block_bytes(), 128);
+        assert_eq!(l.block_shift(), 7);
+        let l = SharedLayout {
+            sites: 939,
+            rows: 1,
+        };
+        assert_eq!(l.block_bytes(), 8192);
+        assert_eq!(l.row(0) % LINE_BYTES, 0);
+    }
+
+    #[test]
+    fn stack_slots_spread_thread_stacks() {
+        assert_eq!(1 << STACK_SLOT_BITS, STACK_SLOTS);
+        // One granule, one slot.
+        let sp = 0x7f12_3456_7000_u64;
+        assert_eq!(stack_slot(sp), stack_slot(sp | 0xfff8));
+        assert!(stack_slot(u64::MAX) < STACK_SLOTS);
+        // glibc's thread stacks: 8 MiB plus a guard page apart, downwards.
+        // Neighbours land in different slots, and 64 of them in most slots.
+        let stride = (8 << 20) + 4096;
+        let slots: std::collections::BTreeSet<usize> =
+            (0..64).map(|t| stack_slot(sp - t * stride)).collect();
+        assert!(slots.len() >= 36, "{}", slots.len());
+        for t in 0..63 {
+            assert_ne!(
+                stack_slot(sp - t * stride),
+                stack_slot(sp - (t + 1) * stride)
+            );
+        }
     }
 
     #[test]
@@ -523,11 +652,18 @@ mod tests {
         s.set_row_pid(3, 42);
         assert_eq!(s.row_pid(3), 42);
         assert_eq!(s.row_addr(3), s.addr() + s.layout().row(3) as u64);
-        // What a trampoline's `lock inc [row + ROW_HITS + 8 * i]` hits.
+        // What a trampoline's `lock inc [row + ROW_HITS + slot * block + 8 * i]` hits.
+        assert_eq!(s.row_hits(3), vec![0, 0]);
         let word = (s.row_addr(3) + ROW_HITS as u64 + 8) as *const AtomicU64;
         // SAFETY: inside the mapping, 8-aligned.
         unsafe { &*word }.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(s.row_hits(3, 1), 1);
+        let block = s.row_addr(3) + s.layout().block(STACK_SLOTS - 1) as u64;
+        // SAFETY: inside the mapping, 8-aligned.
+        unsafe { &*((block + 8) as *const AtomicU64) }.fetch_add(2, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { &*(block as *const AtomicU64) }.fetch_add(4, Ordering::Relaxed);
+        assert_eq!(s.row_hits(3), vec![4, 3], "summed over the slots");
+        assert_eq!(s.row_hits(2), vec![0, 0]);
         let word = s.overflow_addr(1) as *const AtomicU64;
         // SAFETY: inside the mapping, 8-aligned.
         unsafe { &*word }.fetch_add(5, Ordering::Relaxed);

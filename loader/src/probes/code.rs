@@ -58,6 +58,7 @@ pub fn generate(
                     overflow: shared.overflow_addr(i),
                     index: i as u64,
                     row_page,
+                    block_shift: shared.layout().block_shift(),
                 };
                 encode_trampoline(from, ip, len, flags_live, &counting, slot)
             }
@@ -156,6 +157,7 @@ mod tests {
             overflow: FAR + 0x1000,
             index: 0,
             row_page: FAR + 0x2000,
+            block_shift: 6,
         };
         let kind = Kind::Jump {
             len: 7,

@@ -132,10 +132,17 @@ impl Probes {
             .take_while(|&(_, pid)| pid != 0)
     }
 
-    /// All hits of site `i`: every process's row, plus the overflow counter.
-    fn total(&self, i: usize) -> u64 {
-        let rows: u64 = self.rows().map(|(r, _)| self.counters.row_hits(r, i)).sum();
-        rows + self.counters.overflow(i)
+    /// All hits of each site: every process's row, plus the overflow counters.
+    fn totals(&self) -> Vec<u64> {
+        let mut totals: Vec<u64> = (0..self.sites.len())
+            .map(|i| self.counters.overflow(i))
+            .collect();
+        for (r, _) in self.rows() {
+            for (t, h) in totals.iter_mut().zip(self.counters.row_hits(r)) {
+                *t += h;
+            }
+        }
+        totals
     }
 
     /// Hits per process (pid), from the rows the trap handler fills.
@@ -143,8 +150,11 @@ impl Probes {
         let labels: Vec<String> = self.sites.iter().map(Site::label).collect();
         self.rows()
             .map(|(r, pid)| {
-                let hits = (0..self.sites.len())
-                    .map(|i| (i, self.counters.row_hits(r, i)))
+                let hits = self
+                    .counters
+                    .row_hits(r)
+                    .into_iter()
+                    .enumerate()
                     .filter(|&(_, c)| c > 0)
                     .map(|(i, c)| (labels[i].clone(), c))
                     .collect();
@@ -157,6 +167,7 @@ impl Probes {
     }
 
     pub(super) fn hits(&self) -> Vec<ProbeHits> {
+        let totals = self.totals();
         self.sites
             .iter()
             .enumerate()
@@ -165,7 +176,7 @@ impl Probes {
                 symbol: s.place.symbol.clone(),
                 offset: s.place.offset,
                 address: format!("{:#x}", s.place.addr.0),
-                hits: self.total(i),
+                hits: totals[i],
                 kind: s.kind.name().into(),
             })
             .collect()
