@@ -58,8 +58,18 @@ pub const SLOT_BYTES: usize = 128;
 /// that count only in the totals.
 pub const ROWS: usize = 256;
 
-/// Blocks of counters in a process's row, one per stack slot.
-pub const STACK_SLOTS: usize = 64;
+/// Most blocks of counters in a process's row (one per stack slot).
+pub const MAX_STACK_SLOTS: usize = 1024;
+
+/// Stack slots per CPU, before rounding up to a power of two: threads that
+/// run at once (at most one per CPU) then rarely share a slot, even when
+/// their stacks lie at random (about `T²/2` pairs over the slots share
+/// one: at 64 CPUs, 1024 slots, about 2 pairs).
+pub const STACK_SLOTS_PER_CPU: usize = 16;
+
+/// Bytes the rows may take in all; beyond that, fewer slots (down to one:
+/// threads then share their process's counters, as before slots).
+pub const ROWS_BUDGET: usize = 1 << 30;
 
 /// A stack slot is chosen by the stack pointer's bits from this one up: a
 /// thread's stack stays within one or two 64 KiB granules while it
@@ -69,21 +79,22 @@ pub const STACK_GRANULE_SHIFT: u32 = 16;
 
 /// Multiplier of the slot hash (Fibonacci hashing: 2^32 / golden ratio),
 /// which spreads granules that are a fixed stride apart, as thread stacks
-/// are, over the slots.
+/// often are, over the slots.
 pub const STACK_SLOT_HASH: u32 = 0x9e37_79b1;
-
-/// log2 of [`STACK_SLOTS`]: the hash's top bits give the slot.
-pub const STACK_SLOT_BITS: u32 = STACK_SLOTS.trailing_zeros();
 
 /// Bytes of a cache line: rows and blocks start on one.
 pub const LINE_BYTES: usize = 64;
 
-/// The stack slot of a hit with stack pointer `sp`, as the trampolines
-/// compute it: `((sp >> STACK_GRANULE_SHIFT) as u32 * STACK_SLOT_HASH) >> (32 - STACK_SLOT_BITS)`.
+/// The stack slot, among `1 << bits`, of a hit with stack pointer `sp`, as
+/// the trampolines compute it:
+/// `((sp >> STACK_GRANULE_SHIFT) as u32 * STACK_SLOT_HASH) >> (32 - bits)`.
 #[must_use]
-pub fn stack_slot(sp: u64) -> usize {
+pub fn stack_slot(sp: u64, bits: u32) -> usize {
+    if bits == 0 {
+        return 0;
+    }
     let granule = (sp >> STACK_GRANULE_SHIFT) as u32;
-    (granule.wrapping_mul(STACK_SLOT_HASH) >> (32 - STACK_SLOT_BITS)) as usize
+    (granule.wrapping_mul(STACK_SLOT_HASH) >> (32 - bits)) as usize
 }
 
 /// Start of the shared mapping. Written by the monitor before the program
@@ -107,6 +118,8 @@ pub struct Header {
     pub threads: AtomicU64,
     /// Reserved: offset from the header of an event ring (0: none).
     pub events: AtomicU64,
+    /// Stack slots (blocks) in a row.
+    pub slots: AtomicU64,
     /// The per-site overflow counters start here.
     pub overflow: [AtomicU64; 0],
 }
@@ -182,7 +195,7 @@ pub const ROW_PAGE_ROW: usize = offset_of!(RowPage, row);
 /// Offset of [`RowPage::pid`].
 pub const ROW_PAGE_PID: usize = offset_of!(RowPage, pid);
 /// [`RowStart::hits`]: site `i`'s hits in stack slot `s` are at
-/// `row + ROW_HITS + s * block_bytes + 8 * i` (`int3` hits: slot 0).
+/// `row + ROW_HITS + (s << block_shift) + 8 * i` (`int3` hits: slot 0).
 pub const ROW_HITS: usize = offset_of!(RowStart, hits);
 /// [`Header::stray`].
 pub const SHARED_STRAY: usize = offset_of!(Header, stray);
@@ -206,21 +219,50 @@ unsafe impl Words for TrapTable {}
 // SAFETY: repr(C), three u64.
 unsafe impl Words for TrapEntry {}
 
-/// Where things are in the shared mapping for `sites` sites and `rows` rows.
+/// Where things are in the shared mapping for `sites` sites, `rows` rows
+/// and `slots` stack slots per row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedLayout {
     /// Probe sites.
     pub sites: usize,
     /// Per-process rows.
     pub rows: usize,
+    /// Stack slots (blocks) per row: a power of two.
+    pub slots: usize,
 }
 
 impl SharedLayout {
+    /// The layout for a machine of `cpus` CPUs: [`STACK_SLOTS_PER_CPU`]
+    /// slots per CPU, rounded up to a power of two, at most
+    /// [`MAX_STACK_SLOTS`], and fewer while the rows would take more than
+    /// [`ROWS_BUDGET`] (their pages are only used where threads hit, but
+    /// the mapping counts in the program's address space).
+    #[must_use]
+    pub fn new(sites: usize, rows: usize, cpus: usize) -> SharedLayout {
+        let mut l = SharedLayout {
+            sites,
+            rows,
+            slots: (STACK_SLOTS_PER_CPU * cpus.max(1))
+                .next_power_of_two()
+                .min(MAX_STACK_SLOTS),
+        };
+        while l.slots > 1 && l.rows * l.row_bytes() > ROWS_BUDGET {
+            l.slots /= 2;
+        }
+        l
+    }
+
     /// Offset of site `i`'s overflow counter.
     #[must_use]
     pub fn overflow(&self, i: usize) -> usize {
         assert!(i < self.sites);
         SHARED_OVERFLOW + 8 * i
+    }
+
+    /// log2 of [`SharedLayout::slots`].
+    #[must_use]
+    pub fn slot_bits(&self) -> u32 {
+        self.slots.trailing_zeros()
     }
 
     /// Bytes of one block: one counter per site, padded to a power of two
@@ -240,14 +282,14 @@ impl SharedLayout {
     /// Offset of stack slot `s`'s block from the start of a row.
     #[must_use]
     pub fn block(&self, s: usize) -> usize {
-        assert!(s < STACK_SLOTS);
+        assert!(s < self.slots);
         ROW_HITS + s * self.block_bytes()
     }
 
     /// Bytes of one row: the pid and its line, then a block per stack slot.
     #[must_use]
     pub fn row_bytes(&self) -> usize {
-        ROW_HITS + STACK_SLOTS * self.block_bytes()
+        ROW_HITS + self.slots * self.block_bytes()
     }
 
     /// Offset of row 0: after the overflow counters, on a cache line.
@@ -291,9 +333,8 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// A fresh zeroed mapping for `sites` sites and `rows` rows, its header written.
-    pub fn new(sites: usize, rows: usize) -> Result<Shared, Errno> {
-        let layout = SharedLayout { sites, rows };
+    /// A fresh zeroed mapping laid out as `layout`, its header written.
+    pub fn new(layout: SharedLayout) -> Result<Shared, Errno> {
         let fd = rustix::fs::memfd_create("uprobe-exec-counters", rustix::fs::MemfdFlags::CLOEXEC)?;
         let bytes = mapped_len(&layout);
         rustix::fs::ftruncate(&fd, bytes as u64)?;
@@ -315,8 +356,9 @@ impl Shared {
         };
         let h = shared.header();
         h.version.store(VERSION, Ordering::Relaxed);
-        h.sites.store(sites as u64, Ordering::Relaxed);
-        h.rows.store(rows as u64, Ordering::Relaxed);
+        h.sites.store(layout.sites as u64, Ordering::Relaxed);
+        h.rows.store(layout.rows as u64, Ordering::Relaxed);
+        h.slots.store(layout.slots as u64, Ordering::Relaxed);
         Ok(shared)
     }
 
@@ -390,7 +432,7 @@ impl Shared {
     pub fn row_hits(&self, r: usize) -> Vec<u64> {
         let l = self.layout;
         let mut hits = vec![0; l.sites];
-        for s in 0..STACK_SLOTS {
+        for s in 0..l.slots {
             let block = l.row(r) + l.block(s);
             if !self.has_data(block, block + 8 * l.sites) {
                 continue;
@@ -590,62 +632,86 @@ mod tests {
         assert_eq!(SHARED_PROGRAM_HANDLER, 32);
         assert_eq!(offset_of!(Header, threads), 64);
         assert_eq!(offset_of!(Header, events), 72);
-        assert_eq!(SHARED_OVERFLOW, 80);
+        assert_eq!(offset_of!(Header, slots), 80);
+        assert_eq!(SHARED_OVERFLOW, 88);
         assert_eq!(size_of::<Header>(), SHARED_OVERFLOW);
     }
 
     #[test]
     fn shared_rows_follow_the_counters() {
-        let l = SharedLayout { sites: 3, rows: 2 };
+        let l = SharedLayout {
+            sites: 3,
+            rows: 2,
+            slots: 64,
+        };
         assert_eq!(l.overflow(0), SHARED_OVERFLOW);
         assert_eq!(l.overflow(2), SHARED_OVERFLOW + 16);
         // Three counters fill part of a line; blocks and rows start on lines.
         assert_eq!(l.block_bytes(), 64);
         assert_eq!(l.block(0), ROW_HITS);
         assert_eq!(l.block(1), ROW_HITS + 64);
-        assert_eq!(l.row_bytes(), ROW_HITS + STACK_SLOTS * 64);
+        assert_eq!(l.row_bytes(), ROW_HITS + 64 * 64);
         assert_eq!(
             l.row(0),
             128,
-            "after the header and overflow counters (104 bytes)"
+            "after the header and overflow counters (112 bytes)"
         );
         assert_eq!(l.row(1), 128 + l.row_bytes());
         assert_eq!(l.len(), 128 + 2 * l.row_bytes());
-        let l = SharedLayout { sites: 9, rows: 1 };
+        let l = SharedLayout {
+            sites: 9,
+            rows: 1,
+            slots: 2,
+        };
         assert_eq!(l.block_bytes(), 128);
         assert_eq!(l.block_shift(), 7);
         let l = SharedLayout {
             sites: 939,
             rows: 1,
+            slots: 1,
         };
         assert_eq!(l.block_bytes(), 8192);
-        assert_eq!(l.row(0) % LINE_BYTES, 0);
+    }
+
+    #[test]
+    fn slots_follow_the_cpus_within_the_budget() {
+        let slots = |sites, cpus| SharedLayout::new(sites, ROWS, cpus).slots;
+        assert_eq!(slots(10, 2), 32);
+        assert_eq!(slots(10, 3), 64);
+        assert_eq!(slots(10, 64), MAX_STACK_SLOTS);
+        // python3.11's Py*: 939 sites, 8 KiB blocks, 256 rows.
+        assert_eq!(slots(939, 64), 256);
+        assert!(SharedLayout::new(939, ROWS, 64).len() <= ROWS_BUDGET + 8192);
+        // Huge programs fall back to one block per process.
+        assert_eq!(slots(1 << 20, 64), 1);
+        assert_eq!(SharedLayout::new(10, ROWS, 2).slot_bits(), 5);
     }
 
     #[test]
     fn stack_slots_spread_thread_stacks() {
-        assert_eq!(1 << STACK_SLOT_BITS, STACK_SLOTS);
         // One granule, one slot.
         let sp = 0x7f12_3456_7000_u64;
-        assert_eq!(stack_slot(sp), stack_slot(sp | 0xfff8));
-        assert!(stack_slot(u64::MAX) < STACK_SLOTS);
+        assert_eq!(stack_slot(sp, 10), stack_slot(sp | 0xfff8, 10));
+        assert!(stack_slot(u64::MAX, 10) < 1024);
+        assert_eq!(stack_slot(sp, 0), 0);
         // glibc's thread stacks: 8 MiB plus a guard page apart, downwards.
-        // Neighbours land in different slots, and 64 of them in most slots.
+        // 64 of them (64 CPUs: 1024 slots) land in 64 slots.
         let stride = (8 << 20) + 4096;
         let slots: std::collections::BTreeSet<usize> =
-            (0..64).map(|t| stack_slot(sp - t * stride)).collect();
-        assert!(slots.len() >= 36, "{}", slots.len());
-        for t in 0..63 {
-            assert_ne!(
-                stack_slot(sp - t * stride),
-                stack_slot(sp - (t + 1) * stride)
-            );
-        }
+            (0..64).map(|t| stack_slot(sp - t * stride, 10)).collect();
+        assert_eq!(slots.len(), 64);
+        // Two of them (2 CPUs: 32 slots) in two.
+        assert_ne!(stack_slot(sp, 5), stack_slot(sp - stride, 5));
     }
 
     #[test]
     fn shared_mapping_reads_back_what_is_written() {
-        let s = Shared::new(2, 4).unwrap();
+        let s = Shared::new(SharedLayout {
+            sites: 2,
+            rows: 4,
+            slots: 8,
+        })
+        .unwrap();
         assert_eq!(s.header().version.load(Ordering::Relaxed), VERSION);
         assert_eq!(s.header().sites.load(Ordering::Relaxed), 2);
         assert_eq!(s.header().rows.load(Ordering::Relaxed), 4);
@@ -657,7 +723,7 @@ mod tests {
         let word = (s.row_addr(3) + ROW_HITS as u64 + 8) as *const AtomicU64;
         // SAFETY: inside the mapping, 8-aligned.
         unsafe { &*word }.fetch_add(1, Ordering::Relaxed);
-        let block = s.row_addr(3) + s.layout().block(STACK_SLOTS - 1) as u64;
+        let block = s.row_addr(3) + s.layout().block(7) as u64;
         // SAFETY: inside the mapping, 8-aligned.
         unsafe { &*((block + 8) as *const AtomicU64) }.fetch_add(2, Ordering::Relaxed);
         // SAFETY: as above.

@@ -59,6 +59,7 @@ pub fn generate(
                     index: i as u64,
                     row_page,
                     block_shift: shared.layout().block_shift(),
+                    slot_bits: shared.layout().slot_bits(),
                 };
                 encode_trampoline(from, ip, len, flags_live, &counting, slot)
             }
@@ -158,6 +159,7 @@ mod tests {
             index: 0,
             row_page: FAR + 0x2000,
             block_shift: 6,
+            slot_bits: 5,
         };
         let kind = Kind::Jump {
             len: 7,

@@ -8,7 +8,8 @@
 //!           push rax ; push rcx
 //!  count:   mov rcx, rsp ; shr rcx, STACK_GRANULE_SHIFT       ; the stack slot's
 //!           imul ecx, ecx, STACK_SLOT_HASH                     ; block, from the
-//!           shr ecx, 32-STACK_SLOT_BITS ; shl rcx, BLOCK_SHIFT ; start of the row
+//!           shr ecx, 32-SLOT_BITS ; shl rcx, BLOCK_SHIFT       ; start of the row
+//!           (one slot: xor ecx, ecx)
 //!           mov rax, [rip + ROW_PAGE+ROW_PAGE_ROW] ; test rax, rax ; je overflow
 //!           lock inc qword [rax + rcx + ROW_HITS + 8*index]
 //!  done:
@@ -27,9 +28,7 @@
 
 use iced_x86::code_asm::{ecx, ptr, qword_ptr, rax, rcx, rsp, CodeAssembler, CodeLabel};
 use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
-use uprobe_runtime::area::{
-    ROW_HITS, ROW_PAGE_ROW, STACK_GRANULE_SHIFT, STACK_SLOT_BITS, STACK_SLOT_HASH,
-};
+use uprobe_runtime::area::{ROW_HITS, ROW_PAGE_ROW, STACK_GRANULE_SHIFT, STACK_SLOT_HASH};
 
 use super::decode_one;
 use super::xol::{assemble, displaced, Unrelocatable};
@@ -49,6 +48,8 @@ pub struct Counting {
     /// log2 of the bytes of a row's block (one per stack slot):
     /// `SharedLayout::block_shift`.
     pub block_shift: u32,
+    /// log2 of the stack slots in a row: `SharedLayout::slot_bits`.
+    pub slot_bits: u32,
 }
 
 /// Steps over the red zone and saves what [`count`] clobbers: rax, rcx,
@@ -72,11 +73,16 @@ fn count(
     overflow: CodeLabel,
     done: &mut CodeLabel,
 ) -> Result<(), IcedError> {
-    a.mov(rcx, rsp)?;
-    a.shr(rcx, STACK_GRANULE_SHIFT)?;
-    a.imul_3(ecx, ecx, STACK_SLOT_HASH as i32)?;
-    a.shr(ecx, 32 - STACK_SLOT_BITS)?;
-    a.shl(rcx, c.block_shift)?;
+    if c.slot_bits == 0 {
+        // One slot (`shr ecx, 32` would shift by 0).
+        a.xor(ecx, ecx)?;
+    } else {
+        a.mov(rcx, rsp)?;
+        a.shr(rcx, STACK_GRANULE_SHIFT)?;
+        a.imul_3(ecx, ecx, STACK_SLOT_HASH as i32)?;
+        a.shr(ecx, 32 - c.slot_bits)?;
+        a.shl(rcx, c.block_shift)?;
+    }
     // The row page lies in the probe area, within reach of a RIP-relative load.
     a.add_instruction(Instruction::with2(
         Code::Mov_r64_rm64,
@@ -128,10 +134,10 @@ pub fn encode_trampoline(
     at: u64,
 ) -> Result<Vec<u8>, Unrelocatable> {
     let e = |r: Result<(), IcedError>| r.map_err(|e| Unrelocatable::Code(e.to_string()));
-    if count_at.block_shift > 31 {
+    if count_at.block_shift > 31 || !(0..=16).contains(&count_at.slot_bits) {
         return Err(Unrelocatable::Code(format!(
-            "takes counter blocks of 2^{} bytes, more than the trampoline addresses",
-            count_at.block_shift
+            "takes 2^{} counter blocks of 2^{} bytes, more than the trampoline addresses",
+            count_at.slot_bits, count_at.block_shift
         )));
     }
     let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
@@ -175,6 +181,7 @@ mod tests {
         index: 3,
         row_page: 0x7f00_0000_9000,
         block_shift: 9,
+        slot_bits: 5,
     };
 
     fn decode(code: &[u8]) -> Vec<Instruction> {
@@ -220,7 +227,7 @@ mod tests {
             (v[6].mnemonic(), v[6].op0_register()),
             (Mnemonic::Shr, Register::ECX)
         );
-        assert_eq!(u32::from(v[6].immediate8()), 32 - STACK_SLOT_BITS);
+        assert_eq!(u32::from(v[6].immediate8()), 32 - COUNTING.slot_bits);
         assert_eq!(
             (v[7].mnemonic(), v[7].op0_register()),
             (Mnemonic::Shl, Register::RCX)
@@ -270,13 +277,36 @@ mod tests {
             u64::MAX - 7,
         ] {
             let granule = sp >> STACK_GRANULE_SHIFT;
-            let slot = (granule as u32).wrapping_mul(STACK_SLOT_HASH) >> (32 - STACK_SLOT_BITS);
+            let slot = (granule as u32).wrapping_mul(STACK_SLOT_HASH) >> (32 - COUNTING.slot_bits);
             let offset = u64::from(slot) << COUNTING.block_shift;
-            assert_eq!(slot as usize, uprobe_runtime::area::stack_slot(sp));
-            let l = uprobe_runtime::area::SharedLayout { sites: 64, rows: 1 };
+            assert_eq!(
+                slot as usize,
+                uprobe_runtime::area::stack_slot(sp, COUNTING.slot_bits)
+            );
+            let l = uprobe_runtime::area::SharedLayout {
+                sites: 64,
+                rows: 1,
+                slots: 1 << COUNTING.slot_bits,
+            };
             assert_eq!(l.block_shift(), COUNTING.block_shift);
             assert_eq!(offset as usize + ROW_HITS, l.block(slot as usize));
         }
+    }
+
+    #[test]
+    fn one_slot_counts_in_block_zero() {
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10];
+        let c = Counting {
+            slot_bits: 0,
+            ..COUNTING
+        };
+        let v = decode(&encode_trampoline(&code, IP, 8, false, &c, AT).unwrap());
+        assert_eq!(v[3].mnemonic(), Mnemonic::Xor);
+        assert_eq!(
+            (v[3].op0_register(), v[3].op1_register()),
+            (Register::ECX, Register::ECX)
+        );
+        assert!(v[4].is_ip_rel_memory_operand());
     }
 
     #[test]

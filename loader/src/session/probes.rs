@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use uprobe_runtime::area::{self, Shared};
+use uprobe_runtime::area::{self, Shared, SharedLayout};
 
 use crate::error::{Error, Result};
 use crate::plan::{Draft, Plan, ProbeArea};
@@ -53,8 +53,14 @@ impl Probes {
             return Ok((draft.finish(&[]), None));
         }
         let counters = Arc::new(
-            Shared::new(sites.len(), area::ROWS)
-                .map_err(|e| Error::sys("creating the hit counters", e))?,
+            // Stack slots for the CPUs we may run on (the program inherits
+            // our affinity).
+            Shared::new(SharedLayout::new(
+                sites.len(),
+                area::ROWS,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ))
+            .map_err(|e| Error::sys("creating the hit counters", e))?,
         );
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
         let layout = uprobe_runtime::trap::layout(sites.len(), traps);
