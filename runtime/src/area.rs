@@ -19,7 +19,7 @@
 //!  └─────────────────────┘
 //!  shared: a memfd mapped shared; survives a crash of the program, covers its forks
 //!  ┌────────┬────────────────────────┬─────┬──────────────────────────────────────────────┐
-//!  │ Header │ overflow counter×sites │ pad │ row × rows: pid, pad │ block × STACK_SLOTS    │
+//!  │ Header │ overflow counter×sites │ pad │ row × rows: pid, pad │ block × slots          │
 //!  └────────┴────────────────────────┴─────┴──────────────────────────────────────────────┘
 //!   a block: hits × sites, padded to a cache line; rows and blocks start on one
 //!   (to come after the rows: per-thread state and an event ring, at the
@@ -427,34 +427,41 @@ impl Shared {
 
     /// Hits of each site in row `r`: the sum over its stack slots.
     /// Blocks no thread has touched are holes of the memfd: they are
-    /// skipped without reading them, which would allocate their pages.
+    /// skipped without reading them (which would allocate their pages),
+    /// one `SEEK_DATA` per block that has any.
     #[must_use]
     pub fn row_hits(&self, r: usize) -> Vec<u64> {
         let l = self.layout;
         let mut hits = vec![0; l.sites];
-        for s in 0..l.slots {
-            let block = l.row(r) + l.block(s);
-            if !self.has_data(block, block + 8 * l.sites) {
-                continue;
+        let blocks = l.row(r) + l.block(0);
+        let mut s = 0;
+        while s < l.slots {
+            let Some(data) = self.next_data(blocks + s * l.block_bytes()) else {
+                break;
+            };
+            // The block holding that byte (or the next, when it is in the
+            // padding of one); a block before `s` has no data.
+            s = s.max(data.saturating_sub(blocks) / l.block_bytes());
+            if s >= l.slots {
+                break;
             }
+            let block = blocks + s * l.block_bytes();
             for (i, h) in hits.iter_mut().enumerate() {
                 *h += self.word(block + 8 * i).load(Ordering::Relaxed);
             }
+            s += 1;
         }
         hits
     }
 
-    /// Whether any page of `[start, end)` has been written (when the
-    /// kernel cannot tell, assume so).
-    fn has_data(&self, start: usize, end: usize) -> bool {
-        if start >= end {
-            return false;
-        }
-        match rustix::fs::seek(&self._fd, rustix::fs::SeekFrom::Data(start as u64)) {
-            Ok(at) => at < end as u64,
-            // ENXIO: no data from `start` to the end of the file.
-            Err(Errno::NXIO) => false,
-            Err(_) => true,
+    /// The first offset at or after `at` in a page that has been written
+    /// (`at` itself when the kernel cannot tell); None: none.
+    fn next_data(&self, at: usize) -> Option<usize> {
+        match rustix::fs::seek(&self._fd, rustix::fs::SeekFrom::Data(at as u64)) {
+            Ok(data) => Some(usize::try_from(data).unwrap_or(usize::MAX).max(at)),
+            // ENXIO: no data from `at` to the end of the file.
+            Err(Errno::NXIO) => None,
+            Err(_) => Some(at),
         }
     }
 
