@@ -21,7 +21,8 @@
 //!  ┌────────┬────────────────────────┬─────┬──────────────────────────────────────────────┐
 //!  │ Header │ overflow counter×sites │ pad │ row × rows: pid, pad │ block × slots          │
 //!  └────────┴────────────────────────┴─────┴──────────────────────────────────────────────┘
-//!   a block: hits × sites, padded to a cache line; rows and blocks start on one
+//!   a block: hits × sites, padded to a power of two (at least a cache line);
+//!   rows and blocks start on a cache line; the mapping is left out of core dumps
 //!   (to come after the rows: per-thread state and an event ring, at the
 //!    offsets `Header::threads` and `Header::events` will give; 0 = absent)
 //! ```
@@ -33,7 +34,8 @@
 //! hammering one probe mostly increment different cache lines, and the
 //! `lock inc` stays uncontended. Two threads that share a slot only share
 //! a line: every increment is atomic, so totals stay exact whatever the
-//! slot. An `int3` hit counts in block 0. Sites are numbered in one order for all three: slot
+//! slot. An `int3` hit counts in block 0. Sites are numbered in one order
+//! for all three: out-of-line slot
 //! `i`, overflow counter `i` and row column `i` are site `i`'s.
 
 #![allow(unsafe_code)]
@@ -349,6 +351,10 @@ impl Shared {
                 0,
             )
         }?;
+        // Out of core dumps (the program's and ours), which would otherwise
+        // hold every row's blocks, written or not.
+        // SAFETY: advice only, on the whole of our new mapping.
+        unsafe { rustix::mm::madvise(p, bytes, rustix::mm::Advice::LinuxDontDump) }?;
         let shared = Shared {
             addr: p as u64,
             layout,
