@@ -184,6 +184,33 @@ fn counts_are_identical_between_modes() {
     }
 }
 
+/// Threads hammering one jump site count in their own stack slots' blocks
+/// of the process's row; the totals and the process's row stay exact.
+#[test]
+fn hits_from_many_threads_on_one_site_add_up_exactly() {
+    for v in [Variant::Pie, Variant::Static] {
+        let (out, r) = with_mode(
+            "hitloop-mt",
+            "jump",
+            &path("probed", v),
+            &["hammer", "push", "16", "40000"],
+            &["hit_push"],
+        );
+        assert_eq!(printed(&out, "hit_push"), 16 * 40000);
+        assert_eq!(
+            probe_sites(&r),
+            vec![("hit_push".to_string(), "jump".to_string(), 16 * 40000)]
+        );
+        let per = r["per_process"].as_array().expect("per_process");
+        assert_eq!(per.len(), 1, "{per:?}");
+        assert_eq!(
+            per[0]["hits"]["hit_push"].as_u64(),
+            Some(16 * 40000),
+            "{per:?}"
+        );
+    }
+}
+
 #[test]
 fn a_jump_that_straddles_a_page_is_consistent_whichever_page_comes_first() {
     // site_straddle's 5 bytes cross a page boundary; dropping both pages and

@@ -57,6 +57,46 @@ pub fn probed(ux: &str, kind: &str, mode: &str, calls: &str) -> Option<f64> {
     ])
 }
 
+/// One probe (`hit_push`, a function entry) hammered by `threads` threads
+/// at once, each calling it `calls` times: the mean ns per call per thread,
+/// in thread CPU time (`probed hitloop_mt`), unprobed (`ux` None) or under
+/// our jump probe.
+pub fn hammered(ux: Option<&str>, threads: usize, calls: &str) -> Option<f64> {
+    let s = sample();
+    let t = threads.to_string();
+    let mut argv = match ux {
+        Some(ux) => vec![ux, "-q", "--probe-mode", "jump", "-p", "hit_push"],
+        None => vec![],
+    };
+    argv.extend_from_slice(&[s.to_str()?, "hitloop_mt", "push", &t, calls]);
+    run(&argv)
+}
+
+/// The scaling row: `hammered` with 1 and with 2 threads, unprobed and
+/// probed, the four alternating, `runs` times each; their medians
+/// (unprobed 1, probed 1, unprobed 2, probed 2).
+pub fn scaling(ux: &str, runs: usize) -> Option<[f64; 4]> {
+    let mut v: [Vec<f64>; 4] = Default::default();
+    for _ in 0..runs {
+        for (k, (probe, threads)) in [(None, 1), (Some(ux), 1), (None, 2), (Some(ux), 2)]
+            .into_iter()
+            .enumerate()
+        {
+            v[k].push(hammered(probe, threads, "10000000")?);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Some([
+        median(&mut v[0]),
+        median(&mut v[1]),
+        median(&mut v[2]),
+        median(&mut v[3]),
+    ])
+}
+
 /// The file offset of a function, as uprobe_events wants it.
 fn file_offset(prog: &Path, name: &str) -> Option<u64> {
     let img = uprobe_exec::internals::Image::open(prog).ok()?;

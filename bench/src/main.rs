@@ -260,6 +260,22 @@ fn main() {
         md,
         "\nA jump probe's own cost per hit is its row minus the unprobed row (the call itself).\n"
     );
+    // One jump probe hammered by 1 and by 2 threads (one per core).
+    let srun = runs.clamp(3, 9);
+    let scaling = hits::scaling(ux, srun);
+    if let Some([u1, p1, u2, p2]) = scaling {
+        let _ = writeln!(md, "Scaling: one jump probe (`hit_push`) hammered by 1 thread and by 2 threads at once (`probed hitloop_mt push T N`, ns per call per thread in thread CPU time), medians of {srun} alternating runs:\n");
+        let _ = writeln!(md, "| threads | unprobed ns | jump ns | own cost ns |");
+        let _ = writeln!(md, "| --- | --- | --- | --- |");
+        let _ = writeln!(md, "| 1 | {u1:.1} | {p1:.1} | {:.1} |", p1 - u1);
+        let _ = writeln!(md, "| 2 | {u2:.1} | {p2:.1} | {:.1} |", p2 - u2);
+        let _ = writeln!(
+            md,
+            "\nPer call, 2 threads / 1 thread: {:.2}× (unprobed {:.2}×).\n",
+            p2 / p1,
+            u2 / u1
+        );
+    }
     // python3.11 with every Py* function probed, int3 vs jump.
     let pyscript =
         "import json\nd = {str(i): [i] * 3 for i in range(20000)}\nprint(len(json.dumps(d)))";
@@ -408,6 +424,14 @@ fn main() {
             md,
             "| jump probe ≤ 20 ns per hit at a function entry (`push` site) | {j:.1} ns | {} |",
             yes(j <= 20.0)
+        );
+    }
+    if let Some([_, p1, _, p2]) = scaling {
+        let r = p2 / p1;
+        let _ = writeln!(
+            md,
+            "| one jump probe hammered by 2 threads costs ≤ 1.3× per hit what it costs with 1 | {r:.2}× | {} |",
+            yes(r <= 1.3)
         );
     }
     if let Some(r) = kernel_nop5_vs_jump {

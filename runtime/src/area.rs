@@ -18,16 +18,24 @@
 //!  │ RowPage { pid, row }│
 //!  └─────────────────────┘
 //!  shared: a memfd mapped shared; survives a crash of the program, covers its forks
-//!  ┌────────┬────────────────────────┬──────────────────────────────────────────┐
-//!  │ Header │ overflow counter×sites │ row × rows: pid │ hits × sites           │
-//!  └────────┴────────────────────────┴──────────────────────────────────────────┘
+//!  ┌────────┬────────────────────────┬─────┬──────────────────────────────────────────────┐
+//!  │ Header │ overflow counter×sites │ pad │ row × rows: pid, pad │ block × slots          │
+//!  └────────┴────────────────────────┴─────┴──────────────────────────────────────────────┘
+//!   a block: hits × sites, padded to a power of two (at least a cache line);
+//!   rows and blocks start on a cache line; the mapping is left out of core dumps
 //!   (to come after the rows: per-thread state and an event ring, at the
 //!    offsets `Header::threads` and `Header::events` will give; 0 = absent)
 //! ```
 //!
 //! A hit goes in its process's row, found through the row page; a process
 //! beyond the rows (or one whose row page says none) counts in the site's
-//! overflow counter. Sites are numbered in one order for all three: slot
+//! overflow counter. Within the row, a jump hit counts in the block of its
+//! stack slot ([`stack_slot`]): threads run on different stacks, so threads
+//! hammering one probe mostly increment different cache lines, and the
+//! `lock inc` stays uncontended. Two threads that share a slot only share
+//! a line: every increment is atomic, so totals stay exact whatever the
+//! slot. An `int3` hit counts in block 0. Sites are numbered in one order
+//! for all three: out-of-line slot
 //! `i`, overflow counter `i` and row column `i` are site `i`'s.
 
 #![allow(unsafe_code)]
@@ -43,7 +51,7 @@ use crate::PAGE_SIZE;
 
 /// The layout's version, in [`Header::version`]; bumped whenever anything
 /// here moves.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 
 /// Bytes of one out-of-line slot or trampoline.
 pub const SLOT_BYTES: usize = 128;
@@ -51,6 +59,45 @@ pub const SLOT_BYTES: usize = 128;
 /// Processes whose hits are counted one by one; hits of processes beyond
 /// that count only in the totals.
 pub const ROWS: usize = 256;
+
+/// Most blocks of counters in a process's row (one per stack slot).
+pub const MAX_STACK_SLOTS: usize = 1024;
+
+/// Stack slots per CPU, before rounding up to a power of two: threads that
+/// run at once (at most one per CPU) then rarely share a slot, even when
+/// their stacks lie at random (about `T²/2` pairs over the slots share
+/// one: at 64 CPUs, 1024 slots, about 2 pairs).
+pub const STACK_SLOTS_PER_CPU: usize = 16;
+
+/// Bytes the rows may take in all; beyond that, fewer slots (down to one:
+/// threads then share their process's counters, as before slots).
+pub const ROWS_BUDGET: usize = 1 << 30;
+
+/// A stack slot is chosen by the stack pointer's bits from this one up: a
+/// thread's stack stays within one or two 64 KiB granules while it
+/// hammers a function, and two threads' stacks never share a granule
+/// unless they are smaller than it.
+pub const STACK_GRANULE_SHIFT: u32 = 16;
+
+/// Multiplier of the slot hash (Fibonacci hashing: 2^32 / golden ratio),
+/// which spreads granules that are a fixed stride apart, as thread stacks
+/// often are, over the slots.
+pub const STACK_SLOT_HASH: u32 = 0x9e37_79b1;
+
+/// Bytes of a cache line: rows and blocks start on one.
+pub const LINE_BYTES: usize = 64;
+
+/// The stack slot, among `1 << bits`, of a hit with stack pointer `sp`, as
+/// the trampolines compute it:
+/// `((sp >> STACK_GRANULE_SHIFT) as u32 * STACK_SLOT_HASH) >> (32 - bits)`.
+#[must_use]
+pub fn stack_slot(sp: u64, bits: u32) -> usize {
+    if bits == 0 {
+        return 0;
+    }
+    let granule = (sp >> STACK_GRANULE_SHIFT) as u32;
+    (granule.wrapping_mul(STACK_SLOT_HASH) >> (32 - bits)) as usize
+}
 
 /// Start of the shared mapping. Written by the monitor before the program
 /// starts, except for the counters and the program's action.
@@ -73,16 +120,21 @@ pub struct Header {
     pub threads: AtomicU64,
     /// Reserved: offset from the header of an event ring (0: none).
     pub events: AtomicU64,
+    /// Stack slots (blocks) in a row.
+    pub slots: AtomicU64,
     /// The per-site overflow counters start here.
     pub overflow: [AtomicU64; 0],
 }
 
-/// The start of a per-process row; `hits` has one counter per site.
+/// The start of a per-process row; `hits` starts [`STACK_SLOTS`] blocks of
+/// one counter per site each (see [`SharedLayout::block_bytes`]).
 #[repr(C)]
 pub struct RowStart {
     /// The process (0: the row is free).
     pub pid: u64,
-    /// Hits of site 0, 1, … start here.
+    /// Keeps the blocks off the line of the pid, which the monitor writes.
+    pub pad: [u64; 7],
+    /// Block 0's hits of site 0, 1, … start here, on a cache line.
     pub hits: [u64; 0],
 }
 
@@ -144,7 +196,8 @@ pub const ENTRY_INDEX: usize = offset_of!(TrapEntry, index);
 pub const ROW_PAGE_ROW: usize = offset_of!(RowPage, row);
 /// Offset of [`RowPage::pid`].
 pub const ROW_PAGE_PID: usize = offset_of!(RowPage, pid);
-/// [`RowStart::hits`]: site `i`'s hits are at `row + ROW_HITS + 8 * i`.
+/// [`RowStart::hits`]: site `i`'s hits in stack slot `s` are at
+/// `row + ROW_HITS + (s << block_shift) + 8 * i` (`int3` hits: slot 0).
 pub const ROW_HITS: usize = offset_of!(RowStart, hits);
 /// [`Header::stray`].
 pub const SHARED_STRAY: usize = offset_of!(Header, stray);
@@ -168,16 +221,39 @@ unsafe impl Words for TrapTable {}
 // SAFETY: repr(C), three u64.
 unsafe impl Words for TrapEntry {}
 
-/// Where things are in the shared mapping for `sites` sites and `rows` rows.
+/// Where things are in the shared mapping for `sites` sites, `rows` rows
+/// and `slots` stack slots per row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedLayout {
     /// Probe sites.
     pub sites: usize,
     /// Per-process rows.
     pub rows: usize,
+    /// Stack slots (blocks) per row: a power of two.
+    pub slots: usize,
 }
 
 impl SharedLayout {
+    /// The layout for a machine of `cpus` CPUs: [`STACK_SLOTS_PER_CPU`]
+    /// slots per CPU, rounded up to a power of two, at most
+    /// [`MAX_STACK_SLOTS`], and fewer while the rows would take more than
+    /// [`ROWS_BUDGET`] (their pages are only used where threads hit, but
+    /// the mapping counts in the program's address space).
+    #[must_use]
+    pub fn new(sites: usize, rows: usize, cpus: usize) -> SharedLayout {
+        let mut l = SharedLayout {
+            sites,
+            rows,
+            slots: (STACK_SLOTS_PER_CPU * cpus.max(1))
+                .next_power_of_two()
+                .min(MAX_STACK_SLOTS),
+        };
+        while l.slots > 1 && l.rows * l.row_bytes() > ROWS_BUDGET {
+            l.slots /= 2;
+        }
+        l
+    }
+
     /// Offset of site `i`'s overflow counter.
     #[must_use]
     pub fn overflow(&self, i: usize) -> usize {
@@ -185,23 +261,55 @@ impl SharedLayout {
         SHARED_OVERFLOW + 8 * i
     }
 
-    /// Bytes of one row: the pid, then one counter per site.
+    /// log2 of [`SharedLayout::slots`].
+    #[must_use]
+    pub fn slot_bits(&self) -> u32 {
+        self.slots.trailing_zeros()
+    }
+
+    /// Bytes of one block: one counter per site, padded to a power of two
+    /// (at least a cache line), so that a trampoline finds its slot's block
+    /// with a shift.
+    #[must_use]
+    pub fn block_bytes(&self) -> usize {
+        (8 * self.sites).next_power_of_two().max(LINE_BYTES)
+    }
+
+    /// log2 of [`SharedLayout::block_bytes`].
+    #[must_use]
+    pub fn block_shift(&self) -> u32 {
+        self.block_bytes().trailing_zeros()
+    }
+
+    /// Offset of stack slot `s`'s block from the start of a row.
+    #[must_use]
+    pub fn block(&self, s: usize) -> usize {
+        assert!(s < self.slots);
+        ROW_HITS + s * self.block_bytes()
+    }
+
+    /// Bytes of one row: the pid and its line, then a block per stack slot.
     #[must_use]
     pub fn row_bytes(&self) -> usize {
-        ROW_HITS + 8 * self.sites
+        ROW_HITS + self.slots * self.block_bytes()
+    }
+
+    /// Offset of row 0: after the overflow counters, on a cache line.
+    fn rows_start(&self) -> usize {
+        (SHARED_OVERFLOW + 8 * self.sites).next_multiple_of(LINE_BYTES)
     }
 
     /// Offset of row `r`.
     #[must_use]
     pub fn row(&self, r: usize) -> usize {
         assert!(r < self.rows);
-        SHARED_OVERFLOW + 8 * self.sites + r * self.row_bytes()
+        self.rows_start() + r * self.row_bytes()
     }
 
     /// Bytes used (the mapping is this, rounded up to pages).
     #[must_use]
     pub fn len(&self) -> usize {
-        SHARED_OVERFLOW + 8 * self.sites + self.rows * self.row_bytes()
+        self.rows_start() + self.rows * self.row_bytes()
     }
 
     /// Whether there is nothing past the header.
@@ -227,9 +335,8 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// A fresh zeroed mapping for `sites` sites and `rows` rows, its header written.
-    pub fn new(sites: usize, rows: usize) -> Result<Shared, Errno> {
-        let layout = SharedLayout { sites, rows };
+    /// A fresh zeroed mapping laid out as `layout`, its header written.
+    pub fn new(layout: SharedLayout) -> Result<Shared, Errno> {
         let fd = rustix::fs::memfd_create("uprobe-exec-counters", rustix::fs::MemfdFlags::CLOEXEC)?;
         let bytes = mapped_len(&layout);
         rustix::fs::ftruncate(&fd, bytes as u64)?;
@@ -244,6 +351,10 @@ impl Shared {
                 0,
             )
         }?;
+        // Out of core dumps (the program's and ours), which would otherwise
+        // hold every row's blocks, written or not.
+        // SAFETY: advice only, on the whole of our new mapping.
+        unsafe { rustix::mm::madvise(p, bytes, rustix::mm::Advice::LinuxDontDump) }?;
         let shared = Shared {
             addr: p as u64,
             layout,
@@ -251,8 +362,9 @@ impl Shared {
         };
         let h = shared.header();
         h.version.store(VERSION, Ordering::Relaxed);
-        h.sites.store(sites as u64, Ordering::Relaxed);
-        h.rows.store(rows as u64, Ordering::Relaxed);
+        h.sites.store(layout.sites as u64, Ordering::Relaxed);
+        h.rows.store(layout.rows as u64, Ordering::Relaxed);
+        h.slots.store(layout.slots as u64, Ordering::Relaxed);
         Ok(shared)
     }
 
@@ -319,12 +431,44 @@ impl Shared {
         self.word(self.layout.row(r)).store(pid, Ordering::Relaxed);
     }
 
-    /// Hits of site `i` in row `r`.
+    /// Hits of each site in row `r`: the sum over its stack slots.
+    /// Blocks no thread has touched are holes of the memfd: they are
+    /// skipped without reading them (which would allocate their pages),
+    /// one `SEEK_DATA` per block that has any.
     #[must_use]
-    pub fn row_hits(&self, r: usize, i: usize) -> u64 {
-        assert!(i < self.layout.sites);
-        self.word(self.layout.row(r) + ROW_HITS + 8 * i)
-            .load(Ordering::Relaxed)
+    pub fn row_hits(&self, r: usize) -> Vec<u64> {
+        let l = self.layout;
+        let mut hits = vec![0; l.sites];
+        let blocks = l.row(r) + l.block(0);
+        let mut s = 0;
+        while s < l.slots {
+            let Some(data) = self.next_data(blocks + s * l.block_bytes()) else {
+                break;
+            };
+            // The block holding that byte (or the next, when it is in the
+            // padding of one); a block before `s` has no data.
+            s = s.max(data.saturating_sub(blocks) / l.block_bytes());
+            if s >= l.slots {
+                break;
+            }
+            let block = blocks + s * l.block_bytes();
+            for (i, h) in hits.iter_mut().enumerate() {
+                *h += self.word(block + 8 * i).load(Ordering::Relaxed);
+            }
+            s += 1;
+        }
+        hits
+    }
+
+    /// The first offset at or after `at` in a page that has been written
+    /// (`at` itself when the kernel cannot tell); None: none.
+    fn next_data(&self, at: usize) -> Option<usize> {
+        match rustix::fs::seek(&self._fd, rustix::fs::SeekFrom::Data(at as u64)) {
+            Ok(data) => Some(usize::try_from(data).unwrap_or(usize::MAX).max(at)),
+            // ENXIO: no data from `at` to the end of the file.
+            Err(Errno::NXIO) => None,
+            Err(_) => Some(at),
+        }
     }
 
     /// Traps that were no probe hit.
@@ -493,41 +637,112 @@ mod tests {
         assert_eq!(offset_of!(RowPage, pid), 0);
         assert_eq!(ROW_PAGE_ROW, 8);
         assert_eq!(offset_of!(RowStart, pid), 0);
-        assert_eq!(ROW_HITS, 8);
+        assert_eq!(offset_of!(RowStart, pad), 8);
+        assert_eq!(ROW_HITS, LINE_BYTES);
+        assert_eq!(size_of::<RowStart>(), ROW_HITS);
         assert_eq!(offset_of!(Header, version), 0);
         assert_eq!(SHARED_STRAY, 24);
         assert_eq!(SHARED_PROGRAM_HANDLER, 32);
         assert_eq!(offset_of!(Header, threads), 64);
         assert_eq!(offset_of!(Header, events), 72);
-        assert_eq!(SHARED_OVERFLOW, 80);
+        assert_eq!(offset_of!(Header, slots), 80);
+        assert_eq!(SHARED_OVERFLOW, 88);
         assert_eq!(size_of::<Header>(), SHARED_OVERFLOW);
     }
 
     #[test]
     fn shared_rows_follow_the_counters() {
-        let l = SharedLayout { sites: 3, rows: 2 };
+        let l = SharedLayout {
+            sites: 3,
+            rows: 2,
+            slots: 64,
+        };
         assert_eq!(l.overflow(0), SHARED_OVERFLOW);
         assert_eq!(l.overflow(2), SHARED_OVERFLOW + 16);
-        assert_eq!(l.row_bytes(), 32);
-        assert_eq!(l.row(0), SHARED_OVERFLOW + 24);
-        assert_eq!(l.row(1), SHARED_OVERFLOW + 24 + 32);
-        assert_eq!(l.len(), SHARED_OVERFLOW + 24 + 64);
+        // Three counters fill part of a line; blocks and rows start on lines.
+        assert_eq!(l.block_bytes(), 64);
+        assert_eq!(l.block(0), ROW_HITS);
+        assert_eq!(l.block(1), ROW_HITS + 64);
+        assert_eq!(l.row_bytes(), ROW_HITS + 64 * 64);
+        assert_eq!(
+            l.row(0),
+            128,
+            "after the header and overflow counters (112 bytes)"
+        );
+        assert_eq!(l.row(1), 128 + l.row_bytes());
+        assert_eq!(l.len(), 128 + 2 * l.row_bytes());
+        let l = SharedLayout {
+            sites: 9,
+            rows: 1,
+            slots: 2,
+        };
+        assert_eq!(l.block_bytes(), 128);
+        assert_eq!(l.block_shift(), 7);
+        let l = SharedLayout {
+            sites: 939,
+            rows: 1,
+            slots: 1,
+        };
+        assert_eq!(l.block_bytes(), 8192);
+    }
+
+    #[test]
+    fn slots_follow_the_cpus_within_the_budget() {
+        let slots = |sites, cpus| SharedLayout::new(sites, ROWS, cpus).slots;
+        assert_eq!(slots(10, 2), 32);
+        assert_eq!(slots(10, 3), 64);
+        assert_eq!(slots(10, 64), MAX_STACK_SLOTS);
+        // python3.11's Py*: 939 sites, 8 KiB blocks, 256 rows.
+        assert_eq!(slots(939, 64), 256);
+        assert!(SharedLayout::new(939, ROWS, 64).len() <= ROWS_BUDGET + 8192);
+        // Huge programs fall back to one block per process.
+        assert_eq!(slots(1 << 20, 64), 1);
+        assert_eq!(SharedLayout::new(10, ROWS, 2).slot_bits(), 5);
+    }
+
+    #[test]
+    fn stack_slots_spread_thread_stacks() {
+        // One granule, one slot.
+        let sp = 0x7f12_3456_7000_u64;
+        assert_eq!(stack_slot(sp, 10), stack_slot(sp | 0xfff8, 10));
+        assert!(stack_slot(u64::MAX, 10) < 1024);
+        assert_eq!(stack_slot(sp, 0), 0);
+        // glibc's thread stacks: 8 MiB plus a guard page apart, downwards.
+        // 64 of them (64 CPUs: 1024 slots) land in 64 slots.
+        let stride = (8 << 20) + 4096;
+        let slots: std::collections::BTreeSet<usize> =
+            (0..64).map(|t| stack_slot(sp - t * stride, 10)).collect();
+        assert_eq!(slots.len(), 64);
+        // Two of them (2 CPUs: 32 slots) in two.
+        assert_ne!(stack_slot(sp, 5), stack_slot(sp - stride, 5));
     }
 
     #[test]
     fn shared_mapping_reads_back_what_is_written() {
-        let s = Shared::new(2, 4).unwrap();
+        let s = Shared::new(SharedLayout {
+            sites: 2,
+            rows: 4,
+            slots: 8,
+        })
+        .unwrap();
         assert_eq!(s.header().version.load(Ordering::Relaxed), VERSION);
         assert_eq!(s.header().sites.load(Ordering::Relaxed), 2);
         assert_eq!(s.header().rows.load(Ordering::Relaxed), 4);
         s.set_row_pid(3, 42);
         assert_eq!(s.row_pid(3), 42);
         assert_eq!(s.row_addr(3), s.addr() + s.layout().row(3) as u64);
-        // What a trampoline's `lock inc [row + ROW_HITS + 8 * i]` hits.
+        // What a trampoline's `lock inc [row + ROW_HITS + slot * block + 8 * i]` hits.
+        assert_eq!(s.row_hits(3), vec![0, 0]);
         let word = (s.row_addr(3) + ROW_HITS as u64 + 8) as *const AtomicU64;
         // SAFETY: inside the mapping, 8-aligned.
         unsafe { &*word }.fetch_add(1, Ordering::Relaxed);
-        assert_eq!(s.row_hits(3, 1), 1);
+        let block = s.row_addr(3) + s.layout().block(7) as u64;
+        // SAFETY: inside the mapping, 8-aligned.
+        unsafe { &*((block + 8) as *const AtomicU64) }.fetch_add(2, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { &*(block as *const AtomicU64) }.fetch_add(4, Ordering::Relaxed);
+        assert_eq!(s.row_hits(3), vec![4, 3], "summed over the slots");
+        assert_eq!(s.row_hits(2), vec![0, 0]);
         let word = s.overflow_addr(1) as *const AtomicU64;
         // SAFETY: inside the mapping, 8-aligned.
         unsafe { &*word }.fetch_add(5, Ordering::Relaxed);

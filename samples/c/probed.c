@@ -29,6 +29,12 @@
  *   probed hitloop K N    calls hit_K() N times (K: push, mov, nop5, trap) and
  *                         prints the nanoseconds per call (for the benchmarks;
  *                         hit_trap starts with int3: run it only under a tracer)
+ *   probed hitloop_mt K T N  T threads, released at once, each calls hit_K() N
+ *                         times and times its own loop in thread CPU time (not
+ *                         counting time it waits for a CPU); prints hit_K=T*N
+ *                         and the mean ns per call per thread
+ *   probed hammer K T N   the same without the time (its output is the same
+ *                         natively and probed)
  */
 #include <time.h>
 #define _GNU_SOURCE
@@ -233,6 +239,30 @@ static void *worker(void *arg) {
     return (void *)(uintptr_t)acc;
 }
 
+static uint64_t (*hit_fn)(uint64_t);
+static double hit_ns[256];
+static double cpu_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+static void *hit_worker(void *arg) {
+    uintptr_t k = (uintptr_t)arg;
+    uint64_t acc = k;
+    pthread_barrier_wait(&barrier);
+    double t0 = cpu_now();
+    for (uint64_t i = 0; i < per_thread_n; i++) acc = hit_fn(acc);
+    hit_ns[k] = (cpu_now() - t0) / (double)per_thread_n;
+    return (void *)(uintptr_t)acc;
+}
+
+static uint64_t (*hit_kind(const char *k))(uint64_t) {
+    return !strcmp(k, "push") ? hit_push
+         : !strcmp(k, "mov")  ? hit_mov
+         : !strcmp(k, "nop5") ? hit_nop5
+         : !strcmp(k, "trap") ? hit_trap : NULL;
+}
+
 static void *page_of(void *f) { return (void *)((uintptr_t)f & ~(uintptr_t)4095); }
 
 int main(int argc, char **argv) {
@@ -383,10 +413,7 @@ int main(int argc, char **argv) {
                (unsigned long long)sums[0], (unsigned long long)sums[1], (unsigned long long)sums[2],
                (unsigned long long)sums[3], (unsigned long long)sums[4]);
     } else if (!strcmp(mode, "hitloop") && argc == 4) {
-        uint64_t (*f)(uint64_t) = !strcmp(argv[2], "push") ? hit_push
-                                : !strcmp(argv[2], "mov")  ? hit_mov
-                                : !strcmp(argv[2], "nop5") ? hit_nop5
-                                : !strcmp(argv[2], "trap") ? hit_trap : NULL;
+        uint64_t (*f)(uint64_t) = hit_kind(argv[2]);
         if (!f) return 2;
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -394,6 +421,24 @@ int main(int argc, char **argv) {
         clock_gettime(CLOCK_MONOTONIC, &t1);
         double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
         printf("ns_per_call=%.2f acc=%llu\n", ns / (double)n, (unsigned long long)acc);
+    } else if ((!strcmp(mode, "hitloop_mt") || !strcmp(mode, "hammer")) && argc == 5) {
+        int t = atoi(argv[3]);
+        hit_fn = hit_kind(argv[2]);
+        if (!hit_fn || t < 1 || t > 256) return 2;
+        pthread_t th[256];
+        per_thread_n = n;
+        pthread_barrier_init(&barrier, NULL, (unsigned)t);
+        for (int i = 0; i < t; i++) pthread_create(&th[i], NULL, hit_worker, (void *)(uintptr_t)i);
+        double sum = 0;
+        for (int i = 0; i < t; i++) {
+            void *r;
+            pthread_join(th[i], &r);
+            acc ^= (uint64_t)(uintptr_t)r;
+            sum += hit_ns[i];
+        }
+        printf("hit_%s=%llu acc=%llx", argv[2], (unsigned long long)(n * (uint64_t)t), (unsigned long long)acc);
+        if (!strcmp(mode, "hitloop_mt")) printf(" ns_per_call=%.2f", sum / t);
+        printf("\n");
     } else if (!strcmp(mode, "blocked")) {
         sigset_t set;
         sigemptyset(&set);

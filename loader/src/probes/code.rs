@@ -58,6 +58,8 @@ pub fn generate(
                     overflow: shared.overflow_addr(i),
                     index: i as u64,
                     row_page,
+                    block_shift: shared.layout().block_shift(),
+                    slot_bits: shared.layout().slot_bits(),
                 };
                 encode_trampoline(from, ip, len, flags_live, &counting, slot)
             }
@@ -156,6 +158,8 @@ mod tests {
             overflow: FAR + 0x1000,
             index: 0,
             row_page: FAR + 0x2000,
+            block_shift: 6,
+            slot_bits: 5,
         };
         let kind = Kind::Jump {
             len: 7,

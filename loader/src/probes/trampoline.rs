@@ -5,18 +5,30 @@
 //! ```text
 //!  enter:   lea rsp, [rsp-128]        ; off the red zone
 //!           (pushfq)                  ; where the flags may be live
-//!           push rax
-//!  count:   mov rax, ROW_PAGE ; mov rax, [rax+ROW_PAGE_ROW] ; test rax, rax ; jne in_row
-//!           mov rax, OVERFLOW ; lock inc qword [rax] ; jmp done
-//!  in_row:  lock inc qword [rax + ROW_HITS + 8*index]
+//!           push rax ; push rcx
+//!  count:   mov rcx, rsp ; shr rcx, STACK_GRANULE_SHIFT       ; the stack slot's
+//!           imul ecx, ecx, STACK_SLOT_HASH                     ; block, from the
+//!           shr ecx, 32-SLOT_BITS ; shl rcx, BLOCK_SHIFT       ; start of the row
+//!           (one slot: xor ecx, ecx)
+//!           mov rax, [rip + ROW_PAGE+ROW_PAGE_ROW] ; test rax, rax ; je overflow
+//!           lock inc qword [rax + rcx + ROW_HITS + 8*index]
 //!  done:
-//!  leave:   pop rax ; (popfq) ; lea rsp, [rsp+128]
+//!  leave:   pop rcx ; pop rax ; (popfq) ; lea rsp, [rsp+128]
 //!  displaced instructions, relocated; jmp back (unless the last is a call)
+//!  overflow: mov rax, OVERFLOW ; lock inc qword [rax] ; jmp done
 //! ```
+//!
+//! The counter is the site's in the block of the hit's stack slot
+//! (`uprobe_runtime::area::stack_slot`): threads on different stacks
+//! increment different cache lines, so counting does not serialise them.
+//! The increment stays `lock`ed: two threads may share a slot, and a
+//! thread may be preempted anywhere, so only an atomic increment keeps the
+//! totals exact. Nothing here asks the kernel anything (no `rdpid`, no
+//! system call): the stack pointer is at hand, and costs no latency.
 
-use iced_x86::code_asm::{ptr, qword_ptr, rax, rsp, CodeAssembler};
-use iced_x86::IcedError;
-use uprobe_runtime::area::{ROW_HITS, ROW_PAGE_ROW};
+use iced_x86::code_asm::{ecx, ptr, qword_ptr, rax, rcx, rsp, CodeAssembler, CodeLabel};
+use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
+use uprobe_runtime::area::{ROW_HITS, ROW_PAGE_ROW, STACK_GRANULE_SHIFT, STACK_SLOT_HASH};
 
 use super::decode_one;
 use super::xol::{assemble, displaced, Unrelocatable};
@@ -33,39 +45,75 @@ pub struct Counting {
     /// The row page (pid, row): private, wiped on fork, filled by the
     /// monitor on each process's first touch.
     pub row_page: u64,
+    /// log2 of the bytes of a row's block (one per stack slot):
+    /// `SharedLayout::block_shift`.
+    pub block_shift: u32,
+    /// log2 of the stack slots in a row: `SharedLayout::slot_bits`.
+    pub slot_bits: u32,
 }
 
-/// Steps over the red zone and saves what [`count`] clobbers: rax, and the
-/// flags when `flags_live`.
+/// Steps over the red zone and saves what [`count`] clobbers: rax, rcx,
+/// and the flags when `flags_live`.
 fn enter(a: &mut CodeAssembler, flags_live: bool) -> Result<(), IcedError> {
     a.lea(rsp, ptr(rsp - 128))?;
     if flags_live {
         a.pushfq()?;
     }
-    a.push(rax)
+    a.push(rax)?;
+    a.push(rcx)
 }
 
-/// Counts the hit in this process's row, found through its row page; with
-/// none, in the site's overflow counter. Clobbers rax and the flags.
-fn count(a: &mut CodeAssembler, c: &Counting) -> Result<(), IcedError> {
-    let mut in_row = a.create_label();
-    let mut done = a.create_label();
-    a.mov(rax, c.row_page)?;
-    a.mov(rax, qword_ptr(rax + ROW_PAGE_ROW))?;
+/// Counts the hit in this process's row, found through its row page, in
+/// the block of the stack slot; with no row, jumps to `overflow` (see
+/// [`overflow`]), which comes back to `done`. Clobbers rax, rcx and the
+/// flags. The slot's offset does not wait for the row's load.
+fn count(
+    a: &mut CodeAssembler,
+    c: &Counting,
+    overflow: CodeLabel,
+    done: &mut CodeLabel,
+) -> Result<(), IcedError> {
+    if c.slot_bits == 0 {
+        // One slot (`shr ecx, 32` would shift by 0).
+        a.xor(ecx, ecx)?;
+    } else {
+        a.mov(rcx, rsp)?;
+        a.shr(rcx, STACK_GRANULE_SHIFT)?;
+        a.imul_3(ecx, ecx, STACK_SLOT_HASH as i32)?;
+        a.shr(ecx, 32 - c.slot_bits)?;
+        a.shl(rcx, c.block_shift)?;
+    }
+    // The row page lies in the probe area, within reach of a RIP-relative load.
+    a.add_instruction(Instruction::with2(
+        Code::Mov_r64_rm64,
+        Register::RAX,
+        MemoryOperand::with_base_displ(Register::RIP, (c.row_page + ROW_PAGE_ROW as u64) as i64),
+    )?)?;
     a.test(rax, rax)?;
-    a.jne(in_row)?;
+    a.je(overflow)?;
+    a.lock()
+        .inc(qword_ptr(rax + rcx + (ROW_HITS as u64 + 8 * c.index)))?;
+    // The next instruction (the first of `leave`) carries the label.
+    a.set_label(done)
+}
+
+/// The way out of [`count`] for a process without a row: the site's
+/// overflow counter, then back to `done`.
+fn overflow(
+    a: &mut CodeAssembler,
+    c: &Counting,
+    at: &mut CodeLabel,
+    done: CodeLabel,
+) -> Result<(), IcedError> {
+    a.set_label(at)?;
     a.mov(rax, c.overflow)?;
     a.lock().inc(qword_ptr(rax))?;
-    a.jmp(done)?;
-    a.set_label(&mut in_row)?;
-    a.lock()
-        .inc(qword_ptr(rax + (ROW_HITS as u64 + 8 * c.index)))?;
-    // The next instruction (the first of `leave`) carries the label.
-    a.set_label(&mut done)
+    a.jmp(done)
 }
 
 /// Undoes [`enter`].
 fn leave(a: &mut CodeAssembler, flags_live: bool) -> Result<(), IcedError> {
+    a.pop(rcx)?;
     a.pop(rax)?;
     if flags_live {
         a.popfq()?;
@@ -86,17 +134,27 @@ pub fn encode_trampoline(
     at: u64,
 ) -> Result<Vec<u8>, Unrelocatable> {
     let e = |r: Result<(), IcedError>| r.map_err(|e| Unrelocatable::Code(e.to_string()));
+    if count_at.block_shift > 31 || !(0..=16).contains(&count_at.slot_bits) {
+        return Err(Unrelocatable::Code(format!(
+            "takes 2^{} counter blocks of 2^{} bytes, more than the trampoline addresses",
+            count_at.slot_bits, count_at.block_shift
+        )));
+    }
     let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
+    let mut to_overflow = a.create_label();
+    let mut done = a.create_label();
     e(enter(&mut a, flags_live))?;
-    e(count(&mut a, count_at))?;
+    e(count(&mut a, count_at, to_overflow, &mut done))?;
     e(leave(&mut a, flags_live))?;
     let mut off = 0;
     while off < len {
         let insn = decode_one(&bytes[off..], ip + off as u64);
         off += insn.len();
-        // Only the last displaced instruction jumps back.
+        // Only the last displaced instruction jumps back (or a call leaves).
         displaced(&mut a, &insn, off >= len)?;
     }
+    // Out of the way of the hot path: nothing falls through to it.
+    e(overflow(&mut a, count_at, &mut to_overflow, done))?;
     assemble(&mut a, at, "takes")
 }
 
@@ -122,6 +180,8 @@ mod tests {
         overflow: 0x7f00_2000_0050,
         index: 3,
         row_page: 0x7f00_0000_9000,
+        block_shift: 9,
+        slot_bits: 5,
     };
 
     fn decode(code: &[u8]) -> Vec<Instruction> {
@@ -130,13 +190,14 @@ mod tests {
             .collect()
     }
 
-    /// The instructions after the counting prologue and epilogue.
+    /// The instructions after the counting prologue and epilogue, up to
+    /// the overflow path (three instructions at the end).
     fn after_leave(v: &[Instruction]) -> &[Instruction] {
         let at = v
             .iter()
             .position(|i| i.code() == Code::Lea_r64_m && i.memory_displacement64() == 128)
             .expect("leave restores rsp");
-        &v[at + 1..]
+        &v[at + 1..v.len() - 3]
     }
 
     #[test]
@@ -148,33 +209,114 @@ mod tests {
         assert_eq!(v[0].code(), Code::Lea_r64_m);
         assert_eq!(v[0].memory_displacement64() as i64, -128);
         assert_eq!(v[1].code(), Code::Push_r64, "no pushfq at an entry");
-        // The row page's row word.
-        assert_eq!(v[2].immediate64(), COUNTING.row_page);
-        assert_eq!(v[3].memory_base(), Register::RAX);
-        assert_eq!(v[3].memory_displacement64(), ROW_PAGE_ROW as u64);
-        // No row: the overflow counter.
-        assert_eq!(v[5].mnemonic(), Mnemonic::Jne);
-        assert_eq!(v[6].immediate64(), COUNTING.overflow);
-        assert!(v[7].has_lock_prefix() && v[7].mnemonic() == Mnemonic::Inc);
-        assert_eq!(v[7].memory_displacement64(), 0);
-        // The jne lands on the row's counter of this site.
-        let in_row = v
-            .iter()
-            .find(|i| i.ip() == v[5].near_branch_target())
-            .unwrap();
+        assert_eq!(
+            (v[1].op0_register(), v[2].op0_register()),
+            (Register::RAX, Register::RCX)
+        );
+        // The stack slot's block, from the stack pointer.
+        assert_eq!(v[3].code(), Code::Mov_rm64_r64);
+        assert_eq!(
+            (v[3].op0_register(), v[3].op1_register()),
+            (Register::RCX, Register::RSP)
+        );
+        assert_eq!(v[4].mnemonic(), Mnemonic::Shr);
+        assert_eq!(u32::from(v[4].immediate8()), STACK_GRANULE_SHIFT);
+        assert_eq!(v[5].code(), Code::Imul_r32_rm32_imm32);
+        assert_eq!(v[5].immediate32(), STACK_SLOT_HASH);
+        assert_eq!(
+            (v[6].mnemonic(), v[6].op0_register()),
+            (Mnemonic::Shr, Register::ECX)
+        );
+        assert_eq!(u32::from(v[6].immediate8()), 32 - COUNTING.slot_bits);
+        assert_eq!(
+            (v[7].mnemonic(), v[7].op0_register()),
+            (Mnemonic::Shl, Register::RCX)
+        );
+        assert_eq!(u32::from(v[7].immediate8()), COUNTING.block_shift);
+        // The row page's row word, RIP-relative.
+        assert!(v[8].is_ip_rel_memory_operand());
+        assert_eq!(
+            v[8].ip_rel_memory_address(),
+            COUNTING.row_page + ROW_PAGE_ROW as u64
+        );
+        // No row: the overflow path at the end.
+        assert_eq!(v[10].mnemonic(), Mnemonic::Je);
+        let o = v.len() - 3;
+        assert_eq!(v[10].near_branch_target(), v[o].ip());
+        assert_eq!(v[o].immediate64(), COUNTING.overflow);
+        assert!(v[o + 1].has_lock_prefix() && v[o + 1].mnemonic() == Mnemonic::Inc);
+        assert_eq!(v[o + 1].memory_base(), Register::RAX);
+        assert_eq!(v[o + 1].memory_displacement64(), 0);
+        // A row: the site's counter in the slot's block.
+        let in_row = &v[11];
         assert!(in_row.has_lock_prefix() && in_row.mnemonic() == Mnemonic::Inc);
         assert_eq!(in_row.memory_base(), Register::RAX);
+        assert_eq!(in_row.memory_index(), Register::RCX);
+        assert_eq!(in_row.memory_index_scale(), 1);
         assert_eq!(
             in_row.memory_displacement64(),
             ROW_HITS as u64 + 8 * COUNTING.index
         );
-        // Both paths meet at `pop rax`.
-        let done = v
-            .iter()
-            .find(|i| i.ip() == v[8].near_branch_target())
-            .unwrap();
-        assert_eq!(done.code(), Code::Pop_r64);
-        assert_eq!(done.ip(), in_row.next_ip());
+        // Both paths meet at `pop rcx; pop rax`.
+        assert_eq!(v[o + 2].near_branch_target(), v[12].ip());
+        assert_eq!(
+            (v[12].code(), v[12].op0_register()),
+            (Code::Pop_r64, Register::RCX)
+        );
+        assert_eq!(v[13].op0_register(), Register::RAX);
+    }
+
+    #[test]
+    fn the_slot_computation_is_the_layouts() {
+        // What the five instructions compute, step by step, for stack
+        // pointers of several threads.
+        for sp in [
+            0x7ffd_1234_5678_u64,
+            0x7f00_0080_1ff0,
+            0x1_0000,
+            u64::MAX - 7,
+        ] {
+            let granule = sp >> STACK_GRANULE_SHIFT;
+            let slot = (granule as u32).wrapping_mul(STACK_SLOT_HASH) >> (32 - COUNTING.slot_bits);
+            let offset = u64::from(slot) << COUNTING.block_shift;
+            assert_eq!(
+                slot as usize,
+                uprobe_runtime::area::stack_slot(sp, COUNTING.slot_bits)
+            );
+            let l = uprobe_runtime::area::SharedLayout {
+                sites: 64,
+                rows: 1,
+                slots: 1 << COUNTING.slot_bits,
+            };
+            assert_eq!(l.block_shift(), COUNTING.block_shift);
+            assert_eq!(offset as usize + ROW_HITS, l.block(slot as usize));
+        }
+    }
+
+    #[test]
+    fn one_slot_counts_in_block_zero() {
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10];
+        let c = Counting {
+            slot_bits: 0,
+            ..COUNTING
+        };
+        let v = decode(&encode_trampoline(&code, IP, 8, false, &c, AT).unwrap());
+        assert_eq!(v[3].mnemonic(), Mnemonic::Xor);
+        assert_eq!(
+            (v[3].op0_register(), v[3].op1_register()),
+            (Register::ECX, Register::ECX)
+        );
+        assert!(v[4].is_ip_rel_memory_operand());
+    }
+
+    #[test]
+    fn a_block_too_large_to_address_is_refused() {
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10];
+        let c = Counting {
+            block_shift: 40,
+            ..COUNTING
+        };
+        assert!(encode_trampoline(&code, IP, 8, false, &c, AT).is_err());
     }
 
     #[test]
@@ -198,8 +340,9 @@ mod tests {
         let v = decode(&t);
         assert_eq!(v[1].code(), Code::Pushfq);
         let rest = after_leave(&v);
-        let before = &v[..v.len() - rest.len()];
+        let before = &v[..v.len() - rest.len() - 3];
         assert_eq!(before[before.len() - 2].code(), Code::Popfq);
+        assert_eq!(before[before.len() - 3].op0_register(), Register::RAX);
         assert_eq!(rest.last().unwrap().near_branch_target(), IP + 5);
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use uprobe_runtime::area::{self, Shared};
+use uprobe_runtime::area::{self, Shared, SharedLayout};
 
 use crate::error::{Error, Result};
 use crate::plan::{Draft, Plan, ProbeArea};
@@ -53,8 +53,14 @@ impl Probes {
             return Ok((draft.finish(&[]), None));
         }
         let counters = Arc::new(
-            Shared::new(sites.len(), area::ROWS)
-                .map_err(|e| Error::sys("creating the hit counters", e))?,
+            // Stack slots for the CPUs we may run on (the program inherits
+            // our affinity).
+            Shared::new(SharedLayout::new(
+                sites.len(),
+                area::ROWS,
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ))
+            .map_err(|e| Error::sys("creating the hit counters", e))?,
         );
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
         let layout = uprobe_runtime::trap::layout(sites.len(), traps);
@@ -132,10 +138,17 @@ impl Probes {
             .take_while(|&(_, pid)| pid != 0)
     }
 
-    /// All hits of site `i`: every process's row, plus the overflow counter.
-    fn total(&self, i: usize) -> u64 {
-        let rows: u64 = self.rows().map(|(r, _)| self.counters.row_hits(r, i)).sum();
-        rows + self.counters.overflow(i)
+    /// All hits of each site: every process's row, plus the overflow counters.
+    fn totals(&self) -> Vec<u64> {
+        let mut totals: Vec<u64> = (0..self.sites.len())
+            .map(|i| self.counters.overflow(i))
+            .collect();
+        for (r, _) in self.rows() {
+            for (t, h) in totals.iter_mut().zip(self.counters.row_hits(r)) {
+                *t += h;
+            }
+        }
+        totals
     }
 
     /// Hits per process (pid), from the rows the trap handler fills.
@@ -143,8 +156,11 @@ impl Probes {
         let labels: Vec<String> = self.sites.iter().map(Site::label).collect();
         self.rows()
             .map(|(r, pid)| {
-                let hits = (0..self.sites.len())
-                    .map(|i| (i, self.counters.row_hits(r, i)))
+                let hits = self
+                    .counters
+                    .row_hits(r)
+                    .into_iter()
+                    .enumerate()
                     .filter(|&(_, c)| c > 0)
                     .map(|(i, c)| (labels[i].clone(), c))
                     .collect();
@@ -157,6 +173,7 @@ impl Probes {
     }
 
     pub(super) fn hits(&self) -> Vec<ProbeHits> {
+        let totals = self.totals();
         self.sites
             .iter()
             .enumerate()
@@ -165,7 +182,7 @@ impl Probes {
                 symbol: s.place.symbol.clone(),
                 offset: s.place.offset,
                 address: format!("{:#x}", s.place.addr.0),
-                hits: self.total(i),
+                hits: totals[i],
                 kind: s.kind.name().into(),
             })
             .collect()
