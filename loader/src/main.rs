@@ -309,15 +309,14 @@ fn run() -> u8 {
     }
     if cli.stats {
         eprint!("{}", report.stats_text());
-    } else if !cli.quiet && !cli.probes.is_empty() && !report.handoff.limits.is_empty() {
-        // What this run cannot do as natively (unprivileged, mostly): one
-        // line with the count table, so that nobody misses it; the details
-        // under --stats. Without probes our stderr stays the program's own.
+    } else if !cli.quiet && !cli.probes.is_empty() && report.handoff.uffd_mode == "user-mode-only" {
+        // Unprivileged, a run differs from a native one in ways a user must
+        // know: one line with the count table, the details under --stats.
+        // Without probes our stderr stays the program's own.
         let n = report.handoff.limits.len();
         eprintln!(
-            "uprobe-exec: note: {n} limit{} of this run (uffd {}): --stats lists {}",
+            "uprobe-exec: note: unprivileged (uffd user-mode-only): {n} limit{} of this run, --stats lists {}",
             if n == 1 { "" } else { "s" },
-            report.handoff.uffd_mode,
             if n == 1 { "it" } else { "them" }
         );
     }
