@@ -406,3 +406,49 @@ fn the_count_table_caps_long_names() {
         );
     }
 }
+
+#[test]
+fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
+    // ind_tail and ind_mem jump through a pointer loaded from memory, which
+    // the whole-program scan knows; ind_arg jumps to what its caller passed
+    // and ind_back's stored pointer enters its first bytes: auto mode skips
+    // those two, int3 mode counts all four.
+    let n = 500;
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        for (mode, want) in [
+            ("auto", &[("ind_tail", "jump"), ("ind_mem", "jump")][..]),
+            (
+                "int3",
+                &[
+                    ("ind_tail", "int3"),
+                    ("ind_mem", "int3"),
+                    ("ind_arg", "int3"),
+                    ("ind_back", "int3"),
+                ][..],
+            ),
+        ] {
+            let (out, r) =
+                probed_report_with("ind", &["--probe-mode", mode], &s, &["ind", "500"], &["ind_*"]);
+            assert_eq!(printed(&out, "ind"), n);
+            let got = probe_sites(&r);
+            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
+            for (name, kind) in want {
+                let (_, k, h) = got
+                    .iter()
+                    .find(|(l, _, _)| l == name)
+                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
+                assert_eq!((k.as_str(), *h), (*kind, n), "{name} {mode} ({v:?})");
+            }
+        }
+    }
+    let s = path("sites", Variant::Pie);
+    for (spec, why) in [
+        ("ind_arg", "`mov rax,rsi` sets RAX to what may not be a stored code pointer"),
+        ("ind_back", "the pointer at"),
+    ] {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["ind", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(out.stderr_str().contains(why), "{spec}: {}", out.stderr_str());
+    }
+}

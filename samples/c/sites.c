@@ -13,6 +13,7 @@
  *                   from lp_fn+0x9; prints how often it ran
  *   sites long N    calls long_fn, whose symbol is "long_" and 69632 x's, and
  *                   short_fn N times each
+ *   sites ind N     calls the ind_* functions N times each (below)
  *
  * Each xe_* function starts with a 2-byte instruction, so a 5-byte jump at
  * its entry would cover the point at +2 where something else enters it:
@@ -56,6 +57,35 @@ __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl xe_plain\n.type xe_plain,@function\n"
         "xe_plain:\n mov eax, edi\n add eax, 9\n add eax, 10\n ret\n.size xe_plain, .-xe_plain\n"
         ".section .data.rel.ro,\"aw\"\n.p2align 3\n.globl xe_ptr_inner\nxe_ptr_inner:\n .quad xe_ptr + 2\n.text\n"
+        ".att_syntax prefix\n");
+
+/* Indirect jumps. A jump site is safe in a function with a `jmp reg` only
+ * when the register holds a code pointer loaded from memory on every path
+ * (then the jump lands where a stored pointer says, which the whole-program
+ * scan knows):
+ *   ind_tail  loads a pointer (on two paths that merge) and jumps through it
+ *   ind_mem   jumps through a pointer in memory, `jmp [rax]`
+ *   ind_arg   jumps to a pointer its caller passed (rsi): refused
+ *   ind_back  loops back to ind_back+2 through a stored pointer: the jump
+ *             is bounded, but the pointer enters a jump's displaced bytes */
+uint64_t ind_tail(uint64_t);
+uint64_t ind_mem(uint64_t);
+uint64_t ind_arg(uint64_t, uint64_t (*)(uint64_t));
+uint64_t ind_back(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl ind_tail\n.type ind_tail,@function\n"
+        "ind_tail:\n push rbx\n mov rbx, rdi\n mov rax, [rip + ind_slot]\n test rbx, rbx\n jz 1f\n"
+        " add rdi, 1\n1:\n pop rbx\n jmp rax\n.size ind_tail, .-ind_tail\n"
+        ".p2align 4\n.globl ind_mem\n.type ind_mem,@function\n"
+        "ind_mem:\n lea rax, [rip + ind_slot]\n add rdi, 2\n jmp qword ptr [rax]\n.size ind_mem, .-ind_mem\n"
+        ".p2align 4\n.globl ind_arg\n.type ind_arg,@function\n"
+        "ind_arg:\n mov rax, rsi\n add rdi, 3\n jmp rax\n.size ind_arg, .-ind_arg\n"
+        ".p2align 4\n.globl ind_back\n.type ind_back,@function\n"
+        "ind_back:\n xor eax, eax\n.Lind_back_loop:\n add eax, 1\n cmp eax, edi\n jae 1f\n"
+        " mov rdx, [rip + ind_back_slot]\n jmp rdx\n1:\n ret\n.size ind_back, .-ind_back\n"
+        ".section .data.rel.ro,\"aw\"\n.p2align 3\n"
+        "ind_slot:\n .quad xe_plain\n"
+        "ind_back_slot:\n .quad .Lind_back_loop\n.text\n"
         ".att_syntax prefix\n");
 
 uint64_t skip_ok(uint64_t);
@@ -122,7 +152,7 @@ NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind N\n");
         return 2;
     }
     uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
@@ -152,11 +182,15 @@ int main(int argc, char **argv) {
         for (uint64_t i = 0; i < n; i++) acc += long_fn(i) + short_fn(i);
         printf("long_fn=%llu short_fn=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)n,
                (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "ind")) {
+        for (uint64_t i = 0; i < n; i++)
+            acc += ind_tail(i) + ind_mem(i) + ind_arg(i, xe_plain) + ind_back(i % 8 + 1);
+        printf("ind=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(argv[1], "skip")) {
         for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
         printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind N\n");
         return 2;
     }
     return 0;

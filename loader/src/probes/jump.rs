@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
 
 use super::{
-    bytes_at, decode_one, disasm, xol, Action, Kind, Place, ProbeError, ProbeMode, Resolution,
+    bytes_at, decode_one, disasm, indirect, xol, Action, Kind, Place, ProbeError, ProbeMode, Resolution,
     Site, Source, Targets,
 };
 use crate::addr::LinkAddr;
@@ -91,15 +91,23 @@ impl JumpCheck {
     /// whole, cover ≥ 5 bytes, stay inside the function and relocate; a
     /// `call`, `jmp` or `ret` among them is the last; nothing in the whole
     /// object enters them other than at their first byte (see [`Targets`]);
-    /// the function has no indirect jump whose targets cannot be bounded.
+    /// the function has no indirect jump whose targets cannot be bounded
+    /// ([`indirect::bounded`]).
     pub fn check(&mut self, image: &Image, site: &Place) -> Result<Kind, String> {
         let Some((start, size)) = site.function.filter(|&(_, size)| size > 0) else {
             return Err("it is in no function of known size".into());
         };
+        let targets = self
+            .targets
+            .get_or_insert_with(|| Targets::build(&image.bytes));
         let insns = self
             .decoded
             .entry(start)
-            .or_insert_with(|| decode_function(image, start, size))
+            .or_insert_with(|| {
+                let insns = decode_function(image, start, size)?;
+                indirect::bounded(&insns, start.0, targets)?;
+                Ok(insns)
+            })
             .as_ref()
             .map_err(Clone::clone)?;
         let end = start.0 + size;
@@ -140,9 +148,6 @@ impl JumpCheck {
             k += 1;
         }
         let (lo, hi) = (site.addr.0, site.addr.0 + len as u64);
-        let targets = self
-            .targets
-            .get_or_insert_with(|| Targets::build(&image.bytes));
         if let Some((t, how)) = targets.inside(lo, hi) {
             return Err(entered(image, site, t, how));
         }
@@ -189,18 +194,6 @@ fn decode_function(image: &Image, start: LinkAddr, size: u64) -> Result<Vec<Inst
         if i.code() == Code::INVALID {
             return Err(format!(
                 "the function does not decode at +{:#x}",
-                i.ip() - start.0
-            ));
-        }
-        // A jump through a register or a computed address (a jump table):
-        // its targets cannot be bounded. A jump through a RIP-relative slot
-        // (a tail call through the GOT) leaves the function.
-        if i.flow_control() == iced_x86::FlowControl::IndirectBranch
-            && !i.is_ip_rel_memory_operand()
-        {
-            return Err(format!(
-                "the function has an indirect jump (`{}` at +{:#x}) whose targets cannot be bounded",
-                disasm(&i),
                 i.ip() - start.0
             ));
         }

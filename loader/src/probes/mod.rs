@@ -19,6 +19,7 @@ use crate::addr::{Bias, LinkAddr};
 use crate::elf::Image;
 
 mod code;
+mod indirect;
 mod jump;
 mod resolve;
 mod spec;

@@ -48,7 +48,12 @@ pub enum Source {
 /// The entry points of one object, sorted by address.
 #[derive(Debug, Default)]
 pub struct Targets {
+    /// Every (address, source), sorted; an address can have several.
     at: Vec<(u64, Source)>,
+    /// Whether the data sections were read for pointers (they are not
+    /// without section headers): then every code pointer stored in the
+    /// file is among the entries.
+    data_read: bool,
 }
 
 /// `[start, end)` of a section and its bytes.
@@ -206,8 +211,27 @@ impl Targets {
         }
 
         at.sort_unstable();
-        at.dedup_by_key(|e| e.0);
-        Targets { at }
+        at.dedup();
+        Targets {
+            at,
+            data_read: !data.is_empty(),
+        }
+    }
+
+    /// How control gets to `a`: every source found, none if it is
+    /// reached only by falling through.
+    pub fn sources_at(&self, a: u64) -> impl Iterator<Item = Source> + '_ {
+        let i = self.at.partition_point(|e| e.0 < a);
+        self.at[i..].iter().take_while(move |e| e.0 == a).map(|e| e.1)
+    }
+
+    /// Whether every code address the file stores or takes is an entry:
+    /// the data sections were read for pointers, as were the relocations
+    /// and the instructions. A code pointer loaded from memory at run time
+    /// is then one of the entries.
+    #[must_use]
+    pub fn knows_stored_pointers(&self) -> bool {
+        self.data_read
     }
 
     /// The first entry point strictly inside `(lo, hi)`, with how control gets there.
@@ -426,10 +450,18 @@ mod tests {
     #[test]
     fn entries_inside_a_range_exclude_its_first_byte() {
         let t = Targets {
-            at: vec![(0x100, Source::Symbol), (0x103, Source::Branch(0x200))],
+            at: vec![
+                (0x100, Source::Symbol),
+                (0x103, Source::Branch(0x200)),
+                (0x103, Source::Pointer(0x300)),
+            ],
+            data_read: true,
         };
         assert_eq!(t.inside(0x100, 0x105), Some((0x103, Source::Branch(0x200))));
         assert_eq!(t.inside(0x100, 0x103), None);
         assert_eq!(t.inside(0xff, 0x101), Some((0x100, Source::Symbol)));
+        let at = |a| t.sources_at(a).collect::<Vec<_>>();
+        assert_eq!(at(0x103), [Source::Branch(0x200), Source::Pointer(0x300)]);
+        assert_eq!(at(0x101), []);
     }
 }
