@@ -428,8 +428,13 @@ fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
                 ][..],
             ),
         ] {
-            let (out, r) =
-                probed_report_with("ind", &["--probe-mode", mode], &s, &["ind", "500"], &["ind_*"]);
+            let (out, r) = probed_report_with(
+                "ind",
+                &["--probe-mode", mode],
+                &s,
+                &["ind", "500"],
+                &["ind_*"],
+            );
             assert_eq!(printed(&out, "ind"), n);
             let got = probe_sites(&r);
             assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
@@ -444,11 +449,81 @@ fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
     }
     let s = path("sites", Variant::Pie);
     for (spec, why) in [
-        ("ind_arg", "`mov rax,rsi` sets RAX to what may not be a stored code pointer"),
+        (
+            "ind_arg",
+            "`mov rax,rsi` sets RAX to what may not be a stored code pointer",
+        ),
         ("ind_back", "the pointer at"),
     ] {
         let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["ind", "1"]);
         assert_our_error(spec, &out, 125);
-        assert!(out.stderr_str().contains(why), "{spec}: {}", out.stderr_str());
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+}
+
+#[test]
+fn a_short_function_takes_a_jump_over_the_padding_after_it() {
+    // pad_ret and pad_next (3 and 4 bytes, then alignment padding) take a
+    // jump over the padding; pad_tight has no padding (pad_next follows at
+    // once) and the padding after pad_target is jumped into: auto mode
+    // skips those, int3 mode counts all.
+    let n = 500;
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        for (mode, want) in [
+            (
+                "auto",
+                &[
+                    ("pad_ret", "jump-padding"),
+                    ("pad_next", "jump-padding"),
+                    ("pad_jumper", "jump"),
+                ][..],
+            ),
+            (
+                "int3",
+                &[
+                    ("pad_ret", "int3"),
+                    ("pad_tight", "int3"),
+                    ("pad_next", "int3"),
+                    ("pad_target", "int3"),
+                    ("pad_jumper", "int3"),
+                ][..],
+            ),
+        ] {
+            let (out, r) = probed_report_with(
+                "pad",
+                &["--probe-mode", mode],
+                &s,
+                &["pad", "500"],
+                &["pad_*"],
+            );
+            assert_eq!(printed(&out, "pad"), n);
+            let got = probe_sites(&r);
+            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
+            for (name, kind) in want {
+                let (_, k, h) = got
+                    .iter()
+                    .find(|(l, _, _)| l == name)
+                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
+                assert_eq!((k.as_str(), *h), (*kind, n), "{name} {mode} ({v:?})");
+            }
+        }
+    }
+    let s = path("sites", Variant::Pie);
+    for (spec, why) in [
+        ("pad_tight", "no padding after it"),
+        ("pad_target", "branches into the displaced bytes"),
+    ] {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["pad", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
     }
 }

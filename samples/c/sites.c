@@ -14,6 +14,7 @@
  *   sites long N    calls long_fn, whose symbol is "long_" and 69632 x's, and
  *                   short_fn N times each
  *   sites ind N     calls the ind_* functions N times each (below)
+ *   sites pad N     calls the pad_* functions N times each (below)
  *
  * Each xe_* function starts with a 2-byte instruction, so a 5-byte jump at
  * its entry would cover the point at +2 where something else enters it:
@@ -88,6 +89,33 @@ __asm__(".intel_syntax noprefix\n.text\n"
         "ind_back_slot:\n .quad .Lind_back_loop\n.text\n"
         ".att_syntax prefix\n");
 
+/* Functions shorter than 5 bytes. A jump may cover the alignment padding
+ * after one when its last instruction never runs on into it and nothing
+ * enters the padding:
+ *   pad_ret     `mov eax, edi; ret` (3 bytes), then padding: a jump
+ *   pad_tight   3 bytes, then pad_next at once (no padding): refused
+ *   pad_next    4 bytes, then padding: a jump
+ *   pad_target  4 bytes, then nops that pad_jumper jumps into: refused
+ *   pad_jumper  jumps into the nops after pad_target */
+uint64_t pad_ret(uint64_t);
+uint64_t pad_tight(uint64_t);
+uint64_t pad_next(uint64_t);
+uint64_t pad_target(uint64_t);
+uint64_t pad_jumper(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl pad_ret\n.type pad_ret,@function\n"
+        "pad_ret:\n mov eax, edi\n ret\n.size pad_ret, .-pad_ret\n"
+        ".p2align 4\n.globl pad_tight\n.type pad_tight,@function\n"
+        "pad_tight:\n lea eax, [rdi]\n ret\n.size pad_tight, .-pad_tight\n"
+        ".globl pad_next\n.type pad_next,@function\n"
+        "pad_next:\n lea eax, [rdi + 1]\n ret\n.size pad_next, .-pad_next\n"
+        ".p2align 4\n.globl pad_target\n.type pad_target,@function\n"
+        "pad_target:\n lea eax, [rdi + 2]\n ret\n.size pad_target, .-pad_target\n"
+        ".Lpad_in:\n nop\n nop\n nop\n lea eax, [rdi + 3]\n ret\n"
+        ".p2align 4\n.globl pad_jumper\n.type pad_jumper,@function\n"
+        "pad_jumper:\n add rdi, 4\n jmp .Lpad_in\n.size pad_jumper, .-pad_jumper\n"
+        ".att_syntax prefix\n");
+
 uint64_t skip_ok(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl skip_ok\n.type skip_ok,@function\n"
@@ -152,7 +180,7 @@ NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad N\n");
         return 2;
     }
     uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
@@ -186,11 +214,15 @@ int main(int argc, char **argv) {
         for (uint64_t i = 0; i < n; i++)
             acc += ind_tail(i) + ind_mem(i) + ind_arg(i, xe_plain) + ind_back(i % 8 + 1);
         printf("ind=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "pad")) {
+        for (uint64_t i = 0; i < n; i++)
+            acc += pad_ret(i) + pad_tight(i) + pad_next(i) + pad_target(i) + pad_jumper(i);
+        printf("pad=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(argv[1], "skip")) {
         for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
         printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad N\n");
         return 2;
     }
     return 0;

@@ -42,7 +42,9 @@ pub fn bounded(insns: &[Instruction], start: u64, targets: &Targets) -> Result<(
             )
         };
         if !targets.knows_stored_pointers() {
-            return Err(refuse("the file has no section headers to find stored code pointers"));
+            return Err(refuse(
+                "the file has no section headers to find stored code pointers",
+            ));
         }
         if i.op0_kind() == OpKind::Memory && on_stack(i, frame) {
             return Err(refuse("it loads its target from the stack"));
@@ -77,11 +79,8 @@ enum Effect {
 
 impl<'a> Walk<'a> {
     fn new(insns: &'a [Instruction]) -> Walk<'a> {
-        let index: HashMap<u64, usize> = insns
-            .iter()
-            .enumerate()
-            .map(|(k, i)| (i.ip(), k))
-            .collect();
+        let index: HashMap<u64, usize> =
+            insns.iter().enumerate().map(|(k, i)| (i.ip(), k)).collect();
         let mut jumps_to: HashMap<usize, Vec<usize>> = HashMap::new();
         for (k, i) in insns.iter().enumerate() {
             if matches!(
@@ -103,7 +102,13 @@ impl<'a> Walk<'a> {
 
     /// `Ok` when on every path to instruction `at`, `reg` was last set by
     /// a load of a code pointer [`Targets`] knows.
-    fn loaded(&self, at: usize, reg: Register, frame: bool, targets: &Targets) -> Result<(), String> {
+    fn loaded(
+        &self,
+        at: usize,
+        reg: Register,
+        frame: bool,
+        targets: &Targets,
+    ) -> Result<(), String> {
         let mut info = InstructionInfoFactory::new();
         let mut todo = vec![at];
         let mut seen = HashSet::new();
@@ -126,7 +131,9 @@ impl<'a> Walk<'a> {
             let prev = &self.insns[k - 1];
             if !matches!(
                 prev.flow_control(),
-                FlowControl::UnconditionalBranch | FlowControl::IndirectBranch | FlowControl::Return
+                FlowControl::UnconditionalBranch
+                    | FlowControl::IndirectBranch
+                    | FlowControl::Return
             ) {
                 preds.push(k - 1);
             }
@@ -167,26 +174,40 @@ fn frame_pointer(insns: &[Instruction]) -> bool {
 }
 
 /// What `i` does to the 64-bit register `reg`.
-fn effect(i: &Instruction, reg: Register, frame: bool, info: &mut InstructionInfoFactory) -> Effect {
+fn effect(
+    i: &Instruction,
+    reg: Register,
+    frame: bool,
+    info: &mut InstructionInfoFactory,
+) -> Effect {
     let call = matches!(
         i.flow_control(),
         FlowControl::Call | FlowControl::IndirectCall
     ) || matches!(i.mnemonic(), Mnemonic::Syscall | Mnemonic::Sysenter);
     let callee_saved = matches!(
         reg,
-        Register::RBX | Register::RBP | Register::R12 | Register::R13 | Register::R14 | Register::R15
+        Register::RBX
+            | Register::RBP
+            | Register::R12
+            | Register::R13
+            | Register::R14
+            | Register::R15
     );
     if call && !callee_saved {
         return Effect::Sets;
     }
     let writes = info.info(i).used_registers().iter().any(|u| {
         u.register().full_register() == reg
-            && !matches!(u.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::None)
+            && !matches!(
+                u.access(),
+                OpAccess::Read | OpAccess::CondRead | OpAccess::None
+            )
     });
     if !writes {
         return Effect::Keeps;
     }
-    let load = i.code() == Code::Mov_r64_rm64 && i.op1_kind() == OpKind::Memory && !on_stack(i, frame);
+    let load =
+        i.code() == Code::Mov_r64_rm64 && i.op1_kind() == OpKind::Memory && !on_stack(i, frame);
     let taken = i.code() == Code::Lea_r64_m && i.is_ip_rel_memory_operand();
     if load || taken {
         Effect::Loads

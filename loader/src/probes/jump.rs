@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
 
 use super::{
-    bytes_at, decode_one, disasm, indirect, xol, Action, Kind, Place, ProbeError, ProbeMode, Resolution,
-    Site, Source, Targets,
+    bytes_at, decode_one, disasm, indirect, xol, Action, Kind, Place, ProbeError, ProbeMode,
+    Resolution, Site, Source, Targets,
 };
 use crate::addr::LinkAddr;
 use crate::elf::Image;
@@ -31,7 +31,7 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
                 .is_some_and(|next| next.addr.0 < p.addr.0 + len as u64)
         };
         let verdict = check.check(image, p).and_then(|k| match k {
-            Kind::Jump { len, .. } if covers(len) => Err(format!(
+            Kind::Jump { .. } | Kind::JumpPadding { .. } if covers(k.patch_len()) => Err(format!(
                 "its displaced bytes would cover the probe at {}",
                 places[i + 1].label()
             )),
@@ -111,16 +111,18 @@ impl JumpCheck {
             .as_ref()
             .map_err(Clone::clone)?;
         let end = start.0 + size;
-        if site.addr.0 + 5 > end {
-            return Err(format!(
-                "fewer than 5 bytes from the site to the end of the function ({})",
-                end - site.addr.0
-            ));
-        }
         let first = insns
             .iter()
             .position(|i| i.ip() == site.addr.0)
             .ok_or("the site is not an instruction boundary")?;
+        if site.addr.0 + 5 > end {
+            let fewer = format!(
+                "fewer than 5 bytes from the site to the end of the function ({})",
+                end - site.addr.0
+            );
+            return padded(image, &insns[first..], site, start, end, targets)
+                .map_err(|why| format!("{fewer}, {why}"));
+        }
         let mut len = 0usize;
         let mut k = first;
         while len < 5 {
@@ -156,6 +158,64 @@ impl JumpCheck {
             flags_live: site.addr != start,
         })
     }
+}
+
+/// A jump over the last instructions of a function (`insns`, from the
+/// site to `end`, fewer than 5 bytes) and the alignment padding after it:
+/// the last instruction never falls through (`ret`, `jmp`), the padding
+/// up to 5 bytes is nops or `int3`s, and nothing enters any of it (a
+/// symbol, a branch target) past the site.
+fn padded(
+    image: &Image,
+    insns: &[Instruction],
+    site: &Place,
+    start: LinkAddr,
+    end: u64,
+    targets: &Targets,
+) -> Result<Kind, String> {
+    use iced_x86::{FlowControl as F, Mnemonic};
+    let len = (end - site.addr.0) as usize;
+    let last = insns
+        .iter()
+        .position(|i| i.next_ip() == end)
+        .ok_or("and it does not end on an instruction boundary")?;
+    for (k, i) in insns[..=last].iter().enumerate() {
+        xol::relocatable(i).map_err(|why| format!("and `{}` {why}", disasm(i)))?;
+        let ends_flow = matches!(
+            i.flow_control(),
+            F::Call | F::IndirectCall | F::Return | F::UnconditionalBranch | F::IndirectBranch
+        );
+        if ends_flow != (k == last)
+            || i.flow_control() == F::Call
+            || i.flow_control() == F::IndirectCall
+        {
+            return Err(format!(
+                "and its last instruction may run on into the bytes after it (`{}`)",
+                disasm(&insns[last])
+            ));
+        }
+    }
+    let pad = 5 - len;
+    let after = bytes_at(image, LinkAddr(end)).unwrap_or(&[]);
+    let mut d = Decoder::with_ip(64, after, end, DecoderOptions::NONE);
+    while d.ip() < end + pad as u64 {
+        let i = d.decode();
+        if !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Int3) {
+            return Err(format!(
+                "and no padding after it (`{}` at its end)",
+                disasm(&i)
+            ));
+        }
+    }
+    let (lo, hi) = (site.addr.0, site.addr.0 + 5);
+    if let Some((t, how)) = targets.inside(lo, hi) {
+        return Err(format!("and {}", entered(image, site, t, how)));
+    }
+    Ok(Kind::JumpPadding {
+        len,
+        pad,
+        flags_live: site.addr != start,
+    })
 }
 
 /// Why a site is refused because control enters its displaced bytes at `t`.

@@ -222,7 +222,10 @@ impl Targets {
     /// reached only by falling through.
     pub fn sources_at(&self, a: u64) -> impl Iterator<Item = Source> + '_ {
         let i = self.at.partition_point(|e| e.0 < a);
-        self.at[i..].iter().take_while(move |e| e.0 == a).map(|e| e.1)
+        self.at[i..]
+            .iter()
+            .take_while(move |e| e.0 == a)
+            .map(|e| e.1)
     }
 
     /// Whether every code address the file stores or takes is an entry:
