@@ -257,9 +257,24 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     }
     let ok = list
         .lines()
-        .find(|l| l.ends_with(" skip_ok"))
+        .find(|l| l.contains(" skip_ok "))
         .expect("skip_ok listed");
     assert!(!ok.contains("cannot"), "{ok}");
+    // The tactic auto mode takes at each entry, or why no jump fits.
+    assert!(ok.ends_with(" skip_ok  [jump]"), "{ok}");
+    let out = ours(&["--list", "-p", "pad_*"], &s, &[]);
+    let list = out.stdout_str();
+    for (name, tactic) in [
+        ("pad_ret", "[jump-padding]"),
+        ("pad_jumper", "[jump]"),
+        ("pad_tight", "[int3 only: fewer than 5 bytes"),
+    ] {
+        let line = list
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("{name} in {list}"));
+        assert!(line.contains(tactic), "{line}");
+    }
 }
 
 /// A command to run natively and under `--probe '*'`.
