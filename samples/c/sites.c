@@ -68,11 +68,14 @@ __asm__(".intel_syntax noprefix\n.text\n"
  *   ind_mem   jumps through a pointer in memory, `jmp [rax]`
  *   ind_arg   jumps to a pointer its caller passed (rsi): refused
  *   ind_back  loops back to ind_back+2 through a stored pointer: the jump
- *             is bounded, but the pointer enters a jump's displaced bytes */
+ *             is bounded, but the pointer enters a jump's displaced bytes
+ *   ind_calc  jumps to a computed address (label + 8*(x&1)): refused
+ * (xe_dispatch's relative jump table, read whole, is bounded too.) */
 uint64_t ind_tail(uint64_t);
 uint64_t ind_mem(uint64_t);
 uint64_t ind_arg(uint64_t, uint64_t (*)(uint64_t));
 uint64_t ind_back(uint64_t);
+uint64_t ind_calc(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl ind_tail\n.type ind_tail,@function\n"
         "ind_tail:\n push rbx\n mov rbx, rdi\n mov rax, [rip + ind_slot]\n test rbx, rbx\n jz 1f\n"
@@ -84,6 +87,10 @@ __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl ind_back\n.type ind_back,@function\n"
         "ind_back:\n xor eax, eax\n.Lind_back_loop:\n add eax, 1\n cmp eax, edi\n jae 1f\n"
         " mov rdx, [rip + ind_back_slot]\n jmp rdx\n1:\n ret\n.size ind_back, .-ind_back\n"
+        ".p2align 4\n.globl ind_calc\n.type ind_calc,@function\n"
+        "ind_calc:\n and edi, 1\n lea rax, [rip + .Lind_calc_0]\n shl rdi, 3\n add rax, rdi\n jmp rax\n"
+        ".p2align 3\n.Lind_calc_0:\n mov eax, 50\n ret\n.p2align 3\n mov eax, 60\n ret\n"
+        ".size ind_calc, .-ind_calc\n"
         ".section .data.rel.ro,\"aw\"\n.p2align 3\n"
         "ind_slot:\n .quad xe_plain\n"
         "ind_back_slot:\n .quad .Lind_back_loop\n.text\n"
@@ -212,7 +219,7 @@ int main(int argc, char **argv) {
                (unsigned long long)acc);
     } else if (!strcmp(argv[1], "ind")) {
         for (uint64_t i = 0; i < n; i++)
-            acc += ind_tail(i) + ind_mem(i) + ind_arg(i, xe_plain) + ind_back(i % 8 + 1);
+            acc += ind_tail(i) + ind_mem(i) + ind_arg(i, xe_plain) + ind_back(i % 8 + 1) + ind_calc(i);
         printf("ind=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(argv[1], "pad")) {
         for (uint64_t i = 0; i < n; i++)

@@ -2,18 +2,24 @@
 //! [`Targets`] (which holds every code address the file stores or takes)
 //! already says where they can land.
 //!
-//! A jump table whose entries are computed (`movsxd; add; jmp reg`) lands
-//! on addresses that [`Targets`] finds only for the usual relative-table
-//! shape; so a `jmp reg` is accepted only when, on every path to it, the
-//! register was last written by a load of a whole code pointer from
-//! memory (`mov reg, [mem]`) or by a RIP-relative `lea` (an address the
-//! code takes). Such a value is a pointer stored somewhere, and every code
-//! address that can be stored comes from the file: data words, relocations,
-//! instruction operands (all entries), or a return address (after a
-//! `call`, which never lies strictly inside displaced bytes). A jump
-//! through memory (`jmp [mem]`) loads such a pointer itself. CPython's
-//! tail calls through type slots (`mov rax, [rax+0x38]; …; jmp rax`) and
-//! absolute jump tables (`jmp [table + rax*8]`) are of these kinds.
+//! A `jmp reg` is accepted when, on every path to it, the register was
+//! last written by:
+//! - a load of a whole code pointer from memory (`mov reg, [mem]`, not a
+//!   stack slot) or a RIP-relative `lea` (an address the code takes). Such
+//!   a value is a pointer stored somewhere, and every code address that
+//!   can be stored comes from the file: data words, relocations,
+//!   instruction operands (all entries), or a return address (after a
+//!   `call`, which never lies strictly inside displaced bytes);
+//! - the sum of a relative jump table's base and one of its entries:
+//!   `add reg, other`, one side a RIP-relative `lea` of a table that
+//!   [`Targets`] read whole, the other a `movsxd` of a 32-bit entry
+//!   (`[base + index*4]`) of such a table.
+//!
+//! A jump through memory (`jmp [mem]`) loads a stored pointer itself.
+//! CPython's tail calls through type slots (`mov rax, [rax+0x38]; …;
+//! jmp rax`), absolute jump tables (`jmp [table + rax*8]`) and the relative
+//! jump tables of PIE code (`lea rdx, [rip+T]; movsxd rax, [rdx+rax*4];
+//! add rax, rdx; jmp rax`) are of these kinds.
 
 use std::collections::{HashMap, HashSet};
 
@@ -50,8 +56,8 @@ pub fn bounded(insns: &[Instruction], start: u64, targets: &Targets) -> Result<(
             return Err(refuse("it loads its target from the stack"));
         }
         if i.op0_kind() == OpKind::Register {
-            walk.get_or_insert_with(|| Walk::new(insns))
-                .loaded(k, i.op0_register().full_register(), frame, targets)
+            let w = walk.get_or_insert_with(|| Walk::new(insns, frame, targets));
+            w.jump_target(k, i.op0_register().full_register())
                 .map_err(|why| refuse(&why))?;
         }
     }
@@ -61,24 +67,17 @@ pub fn bounded(insns: &[Instruction], start: u64, targets: &Targets) -> Result<(
 /// Predecessors of the instructions of one function.
 struct Walk<'a> {
     insns: &'a [Instruction],
+    /// The function keeps a frame pointer in RBP.
+    frame: bool,
+    targets: &'a Targets,
     /// Instruction address → index.
     index: HashMap<u64, usize>,
     /// Instruction index → the direct jumps of the function to it.
     jumps_to: HashMap<usize, Vec<usize>>,
 }
 
-/// What an instruction does to a register.
-enum Effect {
-    /// Nothing.
-    Keeps,
-    /// Sets it to a code pointer [`Targets`] knows.
-    Loads,
-    /// Sets it to something else (or may).
-    Sets,
-}
-
 impl<'a> Walk<'a> {
-    fn new(insns: &'a [Instruction]) -> Walk<'a> {
+    fn new(insns: &'a [Instruction], frame: bool, targets: &'a Targets) -> Walk<'a> {
         let index: HashMap<u64, usize> =
             insns.iter().enumerate().map(|(k, i)| (i.ip(), k)).collect();
         let mut jumps_to: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -95,30 +94,104 @@ impl<'a> Walk<'a> {
         }
         Walk {
             insns,
+            frame,
+            targets,
             index,
             jumps_to,
         }
     }
 
-    /// `Ok` when on every path to instruction `at`, `reg` was last set by
-    /// a load of a code pointer [`Targets`] knows.
-    fn loaded(
+    /// `Ok` when `reg`, jumped through at instruction `at`, holds a code
+    /// address [`Targets`] knows on every path.
+    fn jump_target(&self, at: usize, reg: Register) -> Result<(), String> {
+        for d in self.origins(at, reg)? {
+            let i = &self.insns[d];
+            if self.pointer(i) {
+                continue;
+            }
+            let other = match i.code() {
+                Code::Add_r64_rm64 | Code::Add_rm64_r64 if i.op1_kind() == OpKind::Register => {
+                    i.op1_register()
+                }
+                _ => return Err(sets(i, reg)),
+            };
+            // base + entry, in either order.
+            let ok = |a: Register, b: Register| -> Result<bool, String> {
+                Ok(self.all(d, a, |j| self.table_base(j))?
+                    && self.all(d, b, |j| self.table_entry(j))?)
+            };
+            if !(ok(reg, other)? || ok(other, reg)?) {
+                return Err(sets(i, reg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every last write of `reg` before instruction `at` passes `f`.
+    fn all(
         &self,
         at: usize,
         reg: Register,
-        frame: bool,
-        targets: &Targets,
-    ) -> Result<(), String> {
+        f: impl Fn(&Instruction) -> bool,
+    ) -> Result<bool, String> {
+        Ok(self.origins(at, reg)?.iter().all(|&d| f(&self.insns[d])))
+    }
+
+    /// A load of a stored code pointer, or a code address taken.
+    fn pointer(&self, i: &Instruction) -> bool {
+        let load = i.code() == Code::Mov_r64_rm64
+            && i.op1_kind() == OpKind::Memory
+            && !on_stack(i, self.frame);
+        load || self.taken(i).is_some()
+    }
+
+    /// The address a RIP-relative `lea` takes.
+    fn taken(&self, i: &Instruction) -> Option<u64> {
+        (i.code() == Code::Lea_r64_m && i.is_ip_rel_memory_operand())
+            .then(|| i.ip_rel_memory_address())
+    }
+
+    /// A RIP-relative `lea` of a relative jump table read whole.
+    fn table_base(&self, i: &Instruction) -> bool {
+        self.taken(i).is_some_and(|a| self.targets.is_table(a))
+    }
+
+    /// A `movsxd` of a 32-bit entry `[base + index*4]` of a relative jump
+    /// table read whole (its base register set by [`Walk::table_base`]).
+    fn table_entry(&self, i: &Instruction) -> bool {
+        if i.code() != Code::Movsxd_r64_rm32
+            || i.op1_kind() != OpKind::Memory
+            || i.memory_index_scale() != 4
+            || i.memory_displacement64() != 0
+        {
+            return false;
+        }
+        let base = i.memory_base();
+        let Some(&k) = self.index.get(&i.ip()) else {
+            return false;
+        };
+        base != Register::None
+            && base != Register::RIP
+            && self
+                .all(k, base.full_register(), |j| self.table_base(j))
+                .unwrap_or(false)
+    }
+
+    /// The instructions that last write `reg` before instruction `at`, on
+    /// every path; an error where a path starts outside what is known
+    /// (the caller, an entry from elsewhere, a call's clobber).
+    fn origins(&self, at: usize, reg: Register) -> Result<Vec<usize>, String> {
         let mut info = InstructionInfoFactory::new();
         let mut todo = vec![at];
         let mut seen = HashSet::new();
+        let mut out = Vec::new();
         while let Some(k) = todo.pop() {
             let i = &self.insns[k];
             if k == 0 {
                 return Err(format!("{reg:?} may come from the caller"));
             }
             let mut preds = self.jumps_to.get(&k).cloned().unwrap_or_default();
-            for s in targets.sources_at(i.ip()) {
+            for s in self.targets.sources_at(i.ip()) {
                 let known = matches!(s, Source::Branch(from)
                     if self.index.get(&from).is_some_and(|f| preds.contains(f)));
                 if !known {
@@ -141,20 +214,51 @@ impl<'a> Walk<'a> {
                 if !seen.insert(p) {
                     continue;
                 }
-                match effect(&self.insns[p], reg, frame, &mut info) {
-                    Effect::Keeps => todo.push(p),
-                    Effect::Loads => {}
-                    Effect::Sets => {
-                        return Err(format!(
-                            "`{}` sets {reg:?} to what may not be a stored code pointer",
-                            disasm(&self.insns[p])
-                        ))
-                    }
+                match writes(&self.insns[p], reg, &mut info) {
+                    Some(true) => out.push(p),
+                    Some(false) => todo.push(p),
+                    None => return Err(sets(&self.insns[p], reg)),
                 }
             }
         }
-        Ok(())
+        Ok(out)
     }
+}
+
+/// Why `i`'s write of `reg` is not a known code address.
+fn sets(i: &Instruction, reg: Register) -> String {
+    format!(
+        "`{}` sets {reg:?} to what may not be a stored code pointer",
+        disasm(i)
+    )
+}
+
+/// Whether `i` writes the 64-bit register `reg`; `None` for a call (or
+/// system call) that clobbers it.
+fn writes(i: &Instruction, reg: Register, info: &mut InstructionInfoFactory) -> Option<bool> {
+    let call = matches!(
+        i.flow_control(),
+        FlowControl::Call | FlowControl::IndirectCall
+    ) || matches!(i.mnemonic(), Mnemonic::Syscall | Mnemonic::Sysenter);
+    let callee_saved = matches!(
+        reg,
+        Register::RBX
+            | Register::RBP
+            | Register::R12
+            | Register::R13
+            | Register::R14
+            | Register::R15
+    );
+    if call && !callee_saved {
+        return None;
+    }
+    Some(info.info(i).used_registers().iter().any(|u| {
+        u.register().full_register() == reg
+            && !matches!(
+                u.access(),
+                OpAccess::Read | OpAccess::CondRead | OpAccess::None
+            )
+    }))
 }
 
 /// Whether `i`'s memory operand is a stack slot (RSP-based, or RBP-based
@@ -171,47 +275,4 @@ fn frame_pointer(insns: &[Instruction]) -> bool {
             && i.op0_register() == Register::RBP
             && i.op1_register() == Register::RSP
     })
-}
-
-/// What `i` does to the 64-bit register `reg`.
-fn effect(
-    i: &Instruction,
-    reg: Register,
-    frame: bool,
-    info: &mut InstructionInfoFactory,
-) -> Effect {
-    let call = matches!(
-        i.flow_control(),
-        FlowControl::Call | FlowControl::IndirectCall
-    ) || matches!(i.mnemonic(), Mnemonic::Syscall | Mnemonic::Sysenter);
-    let callee_saved = matches!(
-        reg,
-        Register::RBX
-            | Register::RBP
-            | Register::R12
-            | Register::R13
-            | Register::R14
-            | Register::R15
-    );
-    if call && !callee_saved {
-        return Effect::Sets;
-    }
-    let writes = info.info(i).used_registers().iter().any(|u| {
-        u.register().full_register() == reg
-            && !matches!(
-                u.access(),
-                OpAccess::Read | OpAccess::CondRead | OpAccess::None
-            )
-    });
-    if !writes {
-        return Effect::Keeps;
-    }
-    let load =
-        i.code() == Code::Mov_r64_rm64 && i.op1_kind() == OpKind::Memory && !on_stack(i, frame);
-    let taken = i.code() == Code::Lea_r64_m && i.is_ip_rel_memory_operand();
-    if load || taken {
-        Effect::Loads
-    } else {
-        Effect::Sets
-    }
 }
