@@ -551,3 +551,72 @@ fn a_short_function_takes_a_jump_over_the_padding_after_it() {
         );
     }
 }
+
+#[test]
+fn a_function_symbol_without_a_size_ends_at_its_last_ret_before_the_next_symbol() {
+    // nosize_long, nosize_fn and nosize_next take a jump; nosize_outer is
+    // entered at +2 (the symbol nosize_inner, which lies inside it) and
+    // nosize_fall runs on into nosize_next: auto mode skips those three,
+    // int3 mode counts all six (nosize_inner and nosize_next twice per
+    // round).
+    let n = 500;
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        for (mode, want) in [
+            (
+                "auto",
+                &[
+                    ("nosize_long", "jump", n),
+                    ("nosize_fn", "jump-padding", n),
+                    ("nosize_next", "jump-padding", 2 * n),
+                ][..],
+            ),
+            (
+                "int3",
+                &[
+                    ("nosize_long", "int3", n),
+                    ("nosize_fn", "int3", n),
+                    ("nosize_outer", "int3", n),
+                    ("nosize_inner", "int3", 2 * n), // nosize_outer runs on into it
+                    ("nosize_fall", "int3", n),
+                    ("nosize_next", "int3", 2 * n),
+                ][..],
+            ),
+        ] {
+            let (out, r) = probed_report_with(
+                "nosize",
+                &["--probe-mode", mode],
+                &s,
+                &["nosize", "500"],
+                &["nosize_*"],
+            );
+            assert_eq!(printed(&out, "nosize"), n);
+            let got = probe_sites(&r);
+            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
+            for (name, kind, hits) in want {
+                let (_, k, h) = got
+                    .iter()
+                    .find(|(l, _, _)| l == name)
+                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
+                assert_eq!((k.as_str(), *h), (*kind, *hits), "{name} {mode} ({v:?})");
+            }
+        }
+    }
+    let s = path("sites", Variant::Pie);
+    for (spec, why) in [
+        ("nosize_inner", "lies inside the function at"),
+        ("nosize_fall", "does not end in a `ret` or `jmp`"),
+        (
+            "nosize_outer",
+            "into the displaced bytes, at nosize_outer+0x2",
+        ),
+    ] {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["nosize", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+}

@@ -15,6 +15,7 @@
  *                   short_fn N times each
  *   sites ind N     calls the ind_* functions N times each (below)
  *   sites pad N     calls the pad_* functions N times each (below)
+ *   sites nosize N  calls the nosize_* functions N times each (below)
  *
  * Each xe_* function starts with a 2-byte instruction, so a 5-byte jump at
  * its entry would cover the point at +2 where something else enters it:
@@ -123,6 +124,36 @@ __asm__(".intel_syntax noprefix\n.text\n"
         "pad_jumper:\n add rdi, 4\n jmp .Lpad_in\n.size pad_jumper, .-pad_jumper\n"
         ".att_syntax prefix\n");
 
+/* Function symbols without a size (hand-written assembly, crt files). The
+ * code is taken to end at its last `ret` or `jmp` before the next symbol,
+ * the padding after it aside:
+ *   nosize_long   6 bytes, then padding: a jump
+ *   nosize_fn     4 bytes, then padding: a jump over the padding
+ *   nosize_outer  a sized function with nosize_inner at +2: refused
+ *   nosize_inner  inside nosize_outer: refused
+ *   nosize_fall   falls through into nosize_next: refused
+ *   nosize_next   4 bytes, then padding: a jump over the padding */
+uint64_t nosize_long(uint64_t);
+uint64_t nosize_fn(uint64_t);
+uint64_t nosize_outer(uint64_t);
+uint64_t nosize_inner(uint64_t);
+uint64_t nosize_fall(uint64_t);
+uint64_t nosize_next(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl nosize_long\n.type nosize_long,@function\n"
+        "nosize_long:\n mov eax, edi\n add eax, 11\n ret\n"
+        ".p2align 4\n.globl nosize_fn\n.type nosize_fn,@function\n"
+        "nosize_fn:\n lea eax, [rdi + 7]\n ret\n"
+        ".p2align 4\n.globl nosize_outer\n.type nosize_outer,@function\n"
+        "nosize_outer:\n mov eax, edi\n.globl nosize_inner\n.type nosize_inner,@function\n"
+        "nosize_inner:\n lea eax, [rdi + 1]\n add eax, 2\n ret\n.size nosize_outer, .-nosize_outer\n"
+        ".p2align 4\n.globl nosize_fall\n.type nosize_fall,@function\n"
+        "nosize_fall:\n add edi, 1\n"
+        ".globl nosize_next\n.type nosize_next,@function\n"
+        "nosize_next:\n lea eax, [rdi + 1]\n ret\n"
+        ".p2align 4\n"
+        ".att_syntax prefix\n");
+
 uint64_t skip_ok(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl skip_ok\n.type skip_ok,@function\n"
@@ -187,7 +218,7 @@ NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize N\n");
         return 2;
     }
     uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
@@ -225,11 +256,16 @@ int main(int argc, char **argv) {
         for (uint64_t i = 0; i < n; i++)
             acc += pad_ret(i) + pad_tight(i) + pad_next(i) + pad_target(i) + pad_jumper(i);
         printf("pad=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "nosize")) {
+        for (uint64_t i = 0; i < n; i++)
+            acc += nosize_long(i) + nosize_fn(i) + nosize_outer(i) + nosize_inner(i) +
+                   nosize_fall(i) + nosize_next(i);
+        printf("nosize=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(argv[1], "skip")) {
         for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
         printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize N\n");
         return 2;
     }
     return 0;

@@ -12,6 +12,7 @@ use super::{
 use crate::addr::LinkAddr;
 use crate::elf::Image;
 use crate::error::{Error, Result};
+use crate::symbols::Symbols;
 
 /// Chooses how each place of `resolution` is displaced under `mode`: a
 /// jump where [`JumpCheck`] allows it; otherwise an `int3` with
@@ -83,6 +84,9 @@ pub struct JumpCheck {
     decoded: HashMap<LinkAddr, Result<Vec<Instruction>, String>>,
     /// Where control can arrive in the object, built at the first check.
     targets: Option<Targets>,
+    /// The functions of known size, [start, end), read at the first check
+    /// of a symbol without a size.
+    sized: Option<Vec<(u64, u64)>>,
 }
 
 impl JumpCheck {
@@ -94,12 +98,27 @@ impl JumpCheck {
     /// the function has no indirect jump whose targets cannot be bounded
     /// ([`indirect::bounded`]).
     pub fn check(&mut self, image: &Image, site: &Place) -> Result<Kind, String> {
-        let Some((start, size)) = site.function.filter(|&(_, size)| size > 0) else {
+        let Some((start, size)) = site.function else {
             return Err("it is in no function of known size".into());
         };
         let targets = self
             .targets
             .get_or_insert_with(|| Targets::build(&image.bytes));
+        let size = if size > 0 {
+            size
+        } else {
+            let sized = self.sized.get_or_insert_with(|| {
+                Symbols::read(image)
+                    .all()
+                    .iter()
+                    .filter(|f| f.size > 0)
+                    .map(|f| (f.addr.0, f.addr.0 + f.size))
+                    .collect()
+            });
+            extent(image, start, targets, sized).map_err(|why| {
+                format!("it is in no function of known size: its symbol has no size, {why}")
+            })?
+        };
         let insns = self
             .decoded
             .entry(start)
@@ -158,6 +177,50 @@ impl JumpCheck {
             flags_live: site.addr != start,
         })
     }
+}
+
+/// The size of the code at the symbol `start`, which has none: up to its
+/// last `ret` or `jmp` before the next symbol or FDE start, and the
+/// padding (nops, int3s) after it. Refused when the symbol lies inside a
+/// function of known size (a label) or the code does not decode.
+fn extent(
+    image: &Image,
+    start: LinkAddr,
+    targets: &Targets,
+    sized: &[(u64, u64)],
+) -> Result<u64, String> {
+    use iced_x86::{FlowControl as F, Mnemonic};
+    if let Some((s, _)) = sized.iter().find(|&&(s, e)| s < start.0 && start.0 < e) {
+        return Err(format!("and it lies inside the function at {s:#x}"));
+    }
+    let next = targets
+        .next_start(start.0)
+        .ok_or("and no symbol follows it")?;
+    let bytes = bytes_at(image, start).ok_or("and it is not in the text")?;
+    let n = usize::try_from(next - start.0)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let insns: Vec<Instruction> = Decoder::with_ip(64, &bytes[..n], start.0, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
+    if insns.iter().any(|i| i.code() == Code::INVALID) {
+        return Err("and the code up to the next symbol does not decode".into());
+    }
+    let body = insns
+        .iter()
+        .rposition(|i| !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Int3))
+        .ok_or("and there is only padding up to the next symbol")?;
+    let last = &insns[body];
+    if !matches!(
+        last.flow_control(),
+        F::Return | F::UnconditionalBranch | F::IndirectBranch
+    ) {
+        return Err(format!(
+            "and the code up to the next symbol does not end in a `ret` or `jmp` (`{}`)",
+            disasm(last)
+        ));
+    }
+    Ok(last.next_ip() - start.0)
 }
 
 /// A jump over the last instructions of a function (`insns`, from the

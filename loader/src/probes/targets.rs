@@ -235,6 +235,17 @@ impl Targets {
             .map(|e| e.1)
     }
 
+    /// The first symbol or FDE start after `a`: where the code that starts
+    /// at `a` ends at the latest.
+    #[must_use]
+    pub fn next_start(&self, a: u64) -> Option<u64> {
+        let i = self.at.partition_point(|e| e.0 <= a);
+        self.at[i..]
+            .iter()
+            .find(|e| matches!(e.1, Source::Symbol | Source::Fde))
+            .map(|e| e.0)
+    }
+
     /// Whether a relative jump table at `base` (32-bit offsets from it)
     /// was read whole, so that every entry of it is an entry point.
     #[must_use]
