@@ -71,12 +71,15 @@ __asm__(".intel_syntax noprefix\n.text\n"
  *   ind_back  loops back to ind_back+2 through a stored pointer: the jump
  *             is bounded, but the pointer enters a jump's displaced bytes
  *   ind_calc  jumps to a computed address (label + 8*(x&1)): refused
+ *   ind_loop  a loop through its own relative jump table, whose base stays
+ *             in rbx across the cases (reached by the table): a jump
  * (xe_dispatch's relative jump table, read whole, is bounded too.) */
 uint64_t ind_tail(uint64_t);
 uint64_t ind_mem(uint64_t);
 uint64_t ind_arg(uint64_t, uint64_t (*)(uint64_t));
 uint64_t ind_back(uint64_t);
 uint64_t ind_calc(uint64_t);
+uint64_t ind_loop(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl ind_tail\n.type ind_tail,@function\n"
         "ind_tail:\n push rbx\n mov rbx, rdi\n mov rax, [rip + ind_slot]\n test rbx, rbx\n jz 1f\n"
@@ -92,6 +95,15 @@ __asm__(".intel_syntax noprefix\n.text\n"
         "ind_calc:\n and edi, 1\n lea rax, [rip + .Lind_calc_0]\n shl rdi, 3\n add rax, rdi\n jmp rax\n"
         ".p2align 3\n.Lind_calc_0:\n mov eax, 50\n ret\n.p2align 3\n mov eax, 60\n ret\n"
         ".size ind_calc, .-ind_calc\n"
+        ".p2align 4\n.globl ind_loop\n.type ind_loop,@function\n"
+        "ind_loop:\n push rbx\n lea rbx, [rip + .Lind_loop_t]\n mov ecx, edi\n and ecx, 7\n xor eax, eax\n"
+        ".Lind_loop_top:\n mov edx, ecx\n and edx, 1\n movsxd rdx, dword ptr [rbx + rdx * 4]\n add rdx, rbx\n jmp rdx\n"
+        ".Lind_loop_c0:\n add eax, 2\n jmp .Lind_loop_next\n"
+        ".Lind_loop_c1:\n add eax, 3\n"
+        ".Lind_loop_next:\n sub ecx, 1\n jns .Lind_loop_top\n pop rbx\n ret\n"
+        ".size ind_loop, .-ind_loop\n"
+        ".section .rodata\n.p2align 2\n.Lind_loop_t:\n .long .Lind_loop_c0 - .Lind_loop_t\n"
+        " .long .Lind_loop_c1 - .Lind_loop_t\n.text\n"
         ".section .data.rel.ro,\"aw\"\n.p2align 3\n"
         "ind_slot:\n .quad xe_plain\n"
         "ind_back_slot:\n .quad .Lind_back_loop\n.text\n"
@@ -250,7 +262,8 @@ int main(int argc, char **argv) {
                (unsigned long long)acc);
     } else if (!strcmp(argv[1], "ind")) {
         for (uint64_t i = 0; i < n; i++)
-            acc += ind_tail(i) + ind_mem(i) + ind_arg(i, xe_plain) + ind_back(i % 8 + 1) + ind_calc(i);
+            acc += ind_tail(i) + ind_mem(i) + ind_arg(i, xe_plain) + ind_back(i % 8 + 1) + ind_calc(i) +
+                   ind_loop(i);
         printf("ind=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(argv[1], "pad")) {
         for (uint64_t i = 0; i < n; i++)

@@ -15,6 +15,9 @@
 //!   [`Targets`] read whole, the other a `movsxd` of a 32-bit entry
 //!   (`[base + index*4]`) of such a table.
 //!
+//! A path may pass through a case of the function's own jump table: it
+//! comes from one of the function's `jmp reg`s.
+//!
 //! A jump through memory (`jmp [mem]`) loads a stored pointer itself.
 //! CPython's tail calls through type slots (`mov rax, [rax+0x38]; …;
 //! jmp rax`), absolute jump tables (`jmp [table + rax*8]`) and the relative
@@ -74,6 +77,11 @@ struct Walk<'a> {
     index: HashMap<u64, usize>,
     /// Instruction index → the direct jumps of the function to it.
     jumps_to: HashMap<usize, Vec<usize>>,
+    /// The relative jump tables the function takes the address of (read
+    /// whole): their entries are reached by its own `jmp reg`s.
+    tables: HashSet<u64>,
+    /// The function's `jmp reg`s.
+    reg_jumps: Vec<usize>,
 }
 
 impl<'a> Walk<'a> {
@@ -92,12 +100,28 @@ impl<'a> Walk<'a> {
                 }
             }
         }
+        let tables = insns
+            .iter()
+            .filter(|i| i.code() == Code::Lea_r64_m && i.is_ip_rel_memory_operand())
+            .map(Instruction::ip_rel_memory_address)
+            .filter(|&a| targets.is_table(a))
+            .collect();
+        let reg_jumps = insns
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| {
+                i.flow_control() == FlowControl::IndirectBranch && i.op0_kind() == OpKind::Register
+            })
+            .map(|(k, _)| k)
+            .collect();
         Walk {
             insns,
             frame,
             targets,
             index,
             jumps_to,
+            tables,
+            reg_jumps,
         }
     }
 
@@ -191,8 +215,13 @@ impl<'a> Walk<'a> {
                 return Err(format!("{reg:?} may come from the caller"));
             }
             let mut preds = self.jumps_to.get(&k).cloned().unwrap_or_default();
+            let mut by_table = false;
             for s in self.targets.sources_at(i.ip()) {
-                let known = matches!(s, Source::Branch(from)
+                // A case of one of the function's own jump tables is
+                // reached by one of its own `jmp reg`s.
+                by_table |= matches!(s, Source::Table(base) if self.tables.contains(&base));
+                let known = by_table
+                    || matches!(s, Source::Branch(from)
                     if self.index.get(&from).is_some_and(|f| preds.contains(f)));
                 if !known {
                     return Err(format!(
@@ -200,6 +229,9 @@ impl<'a> Walk<'a> {
                         i.ip() - self.insns[0].ip()
                     ));
                 }
+            }
+            if by_table {
+                preds.extend(&self.reg_jumps);
             }
             let prev = &self.insns[k - 1];
             if !matches!(
