@@ -46,7 +46,11 @@ fn a_jump_never_covers_a_place_entered_from_elsewhere() {
         for (mode, want) in [
             (
                 "auto",
-                &[("xe_plain", "jump", n), ("xe_jumper", "jump", n)][..],
+                &[
+                    ("xe_plain", "jump", n),
+                    ("xe_jumper", "jump", n),
+                    ("xe_dispatch", "jump", n), // its relative jump table is read whole
+                ][..],
             ),
             (
                 "int3",
@@ -75,7 +79,7 @@ fn a_jump_never_covers_a_place_entered_from_elsewhere() {
                 assert_eq!((k.as_str(), *h), (*kind, *hits), "{name} ({v:?})");
             }
             if mode == "auto" {
-                assert_eq!(got.len(), 2, "only the jump sites: {got:?}");
+                assert_eq!(got.len(), 3, "only the jump sites: {got:?}");
                 assert!(r["warnings"].to_string().contains("xe_target"), "{r}");
             }
         }
@@ -257,9 +261,24 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     }
     let ok = list
         .lines()
-        .find(|l| l.ends_with(" skip_ok"))
+        .find(|l| l.contains(" skip_ok "))
         .expect("skip_ok listed");
     assert!(!ok.contains("cannot"), "{ok}");
+    // The tactic auto mode takes at each entry, or why no jump fits.
+    assert!(ok.ends_with(" skip_ok  [jump]"), "{ok}");
+    let out = ours(&["--list", "-p", "pad_*"], &s, &[]);
+    let list = out.stdout_str();
+    for (name, tactic) in [
+        ("pad_ret", "[jump-padding]"),
+        ("pad_jumper", "[jump]"),
+        ("pad_tight", "[int3 only: fewer than 5 bytes"),
+    ] {
+        let line = list
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("{name} in {list}"));
+        assert!(line.contains(tactic), "{line}");
+    }
 }
 
 /// A command to run natively and under `--probe '*'`.
@@ -403,6 +422,211 @@ fn the_count_table_caps_long_names() {
             table[1].ends_with(" 7")
                 && table[2].starts_with("short_fn ")
                 && table[2].ends_with(" 7")
+        );
+    }
+}
+
+#[test]
+fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
+    // ind_tail and ind_mem jump through a pointer loaded from memory, which
+    // the whole-program scan knows; ind_arg jumps to what its caller passed
+    // and ind_back's stored pointer enters its first bytes: auto mode skips
+    // those two, as ind_calc's computed jump; ind_loop's own jump table
+    // keeps its base in rbx across its cases, which the table reaches.
+    // int3 mode counts all.
+    let n = 500;
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        for (mode, want) in [
+            (
+                "auto",
+                &[
+                    ("ind_tail", "jump"),
+                    ("ind_mem", "jump"),
+                    ("ind_loop", "jump"),
+                ][..],
+            ),
+            (
+                "int3",
+                &[
+                    ("ind_tail", "int3"),
+                    ("ind_mem", "int3"),
+                    ("ind_arg", "int3"),
+                    ("ind_back", "int3"),
+                    ("ind_calc", "int3"),
+                    ("ind_loop", "int3"),
+                ][..],
+            ),
+        ] {
+            let (out, r) = probed_report_with(
+                "ind",
+                &["--probe-mode", mode],
+                &s,
+                &["ind", "500"],
+                &["ind_*"],
+            );
+            assert_eq!(printed(&out, "ind"), n);
+            let got = probe_sites(&r);
+            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
+            for (name, kind) in want {
+                let (_, k, h) = got
+                    .iter()
+                    .find(|(l, _, _)| l == name)
+                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
+                assert_eq!((k.as_str(), *h), (*kind, n), "{name} {mode} ({v:?})");
+            }
+        }
+    }
+    let s = path("sites", Variant::Pie);
+    for (spec, why) in [
+        (
+            "ind_arg",
+            "`mov rax,rsi` sets RAX to what may not be a stored code pointer",
+        ),
+        ("ind_back", "the pointer at"),
+        (
+            "ind_calc",
+            "`add rax,rdi` sets RAX to what may not be a stored code pointer",
+        ),
+    ] {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["ind", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+}
+
+#[test]
+fn a_short_function_takes_a_jump_over_the_padding_after_it() {
+    // pad_ret and pad_next (3 and 4 bytes, then alignment padding) take a
+    // jump over the padding; pad_tight has no padding (pad_next follows at
+    // once) and the padding after pad_target is jumped into: auto mode
+    // skips those, int3 mode counts all.
+    let n = 500;
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        for (mode, want) in [
+            (
+                "auto",
+                &[
+                    ("pad_ret", "jump-padding"),
+                    ("pad_next", "jump-padding"),
+                    ("pad_jumper", "jump"),
+                ][..],
+            ),
+            (
+                "int3",
+                &[
+                    ("pad_ret", "int3"),
+                    ("pad_tight", "int3"),
+                    ("pad_next", "int3"),
+                    ("pad_target", "int3"),
+                    ("pad_jumper", "int3"),
+                ][..],
+            ),
+        ] {
+            let (out, r) = probed_report_with(
+                "pad",
+                &["--probe-mode", mode],
+                &s,
+                &["pad", "500"],
+                &["pad_*"],
+            );
+            assert_eq!(printed(&out, "pad"), n);
+            let got = probe_sites(&r);
+            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
+            for (name, kind) in want {
+                let (_, k, h) = got
+                    .iter()
+                    .find(|(l, _, _)| l == name)
+                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
+                assert_eq!((k.as_str(), *h), (*kind, n), "{name} {mode} ({v:?})");
+            }
+        }
+    }
+    let s = path("sites", Variant::Pie);
+    for (spec, why) in [
+        ("pad_tight", "no padding after it"),
+        ("pad_target", "branches into the displaced bytes"),
+    ] {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["pad", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+}
+
+#[test]
+fn a_function_symbol_without_a_size_ends_at_its_last_ret_before_the_next_symbol() {
+    // nosize_long, nosize_fn and nosize_next take a jump; nosize_outer is
+    // entered at +2 (the symbol nosize_inner, which lies inside it) and
+    // nosize_fall runs on into nosize_next: auto mode skips those three,
+    // int3 mode counts all six (nosize_inner and nosize_next twice per
+    // round).
+    let n = 500;
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        for (mode, want) in [
+            (
+                "auto",
+                &[
+                    ("nosize_long", "jump", n),
+                    ("nosize_fn", "jump-padding", n),
+                    ("nosize_next", "jump-padding", 2 * n),
+                ][..],
+            ),
+            (
+                "int3",
+                &[
+                    ("nosize_long", "int3", n),
+                    ("nosize_fn", "int3", n),
+                    ("nosize_outer", "int3", n),
+                    ("nosize_inner", "int3", 2 * n), // nosize_outer runs on into it
+                    ("nosize_fall", "int3", n),
+                    ("nosize_next", "int3", 2 * n),
+                ][..],
+            ),
+        ] {
+            let (out, r) = probed_report_with(
+                "nosize",
+                &["--probe-mode", mode],
+                &s,
+                &["nosize", "500"],
+                &["nosize_*"],
+            );
+            assert_eq!(printed(&out, "nosize"), n);
+            let got = probe_sites(&r);
+            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
+            for (name, kind, hits) in want {
+                let (_, k, h) = got
+                    .iter()
+                    .find(|(l, _, _)| l == name)
+                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
+                assert_eq!((k.as_str(), *h), (*kind, *hits), "{name} {mode} ({v:?})");
+            }
+        }
+    }
+    let s = path("sites", Variant::Pie);
+    for (spec, why) in [
+        ("nosize_inner", "lies inside the function at"),
+        ("nosize_fall", "does not end in a `ret` or `jmp`"),
+        (
+            "nosize_outer",
+            "into the displaced bytes, at nosize_outer+0x2",
+        ),
+    ] {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["nosize", "1"]);
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
         );
     }
 }

@@ -7,11 +7,15 @@
 //!    faulting thread's CPU and on the other one.
 //! 2. Probe hit: unprobed, our int3, the kernel's uprobe (root), a ptrace stop.
 //! 3. Whole programs, uprobe-exec vs native.
+//! 4. Teardown of a fork storm.
+//! 5. Jump coverage per binary, by tactic.
 //!
 //! It writes `bench/RESULTS.md` and `bench/fault-latency.svg`.
 //!
-//! Usage: `cargo run --release -p uprobe-exec-bench -- [RUNS]`.
+//! Usage: `cargo run --release -p uprobe-exec-bench -- [RUNS]`, or
+//! `-- coverage` to print only the coverage section (nothing written).
 
+mod coverage;
 mod fault;
 mod hits;
 mod plot;
@@ -113,6 +117,13 @@ fn machine() -> String {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("coverage") {
+        print!(
+            "{}",
+            coverage::section(uprobe_exec().to_str().expect("utf-8 path")).0
+        );
+        return;
+    }
     let runs: usize = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -399,6 +410,11 @@ fn main() {
     );
     let _ = writeln!(md, "| uprobe-exec: `SIGKILL` to the monitor only (its watchdog kills the program) | {storm_ours:.0} |");
 
+    // 5. Jump coverage.
+    eprintln!("jump coverage…");
+    let (coverage_md, python_coverage) = coverage::section(ux);
+    md.push_str(&coverage_md);
+
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| goal | measured | met |");
     let _ = writeln!(md, "| --- | --- | --- |");
@@ -439,6 +455,13 @@ fn main() {
             md,
             "| jump probe ≥ 25× cheaper than the kernel's optimized nop5 uprobe | {r:.0}× | {} |",
             yes(r >= 25.0)
+        );
+    }
+    if let Some(c) = python_coverage {
+        let _ = writeln!(
+            md,
+            "| jump coverage of python3.11 `Py*` at least 99% | {c:.1}% | {} |",
+            yes(c >= 99.0)
         );
     }
     match int3_vs_stepped {

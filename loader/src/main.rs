@@ -113,6 +113,11 @@ fn list(program: &OsString, patterns: &[String]) -> u8 {
                 if let Some(why) = &f.unprobeable {
                     out.push_str(&format!("  (cannot be probed: {why})"));
                 }
+                match &f.tactic {
+                    Some(Ok(kind)) => out.push_str(&format!("  [{kind}]")),
+                    Some(Err(why)) => out.push_str(&format!("  [int3 only: {why}]")),
+                    None => {}
+                }
                 out.push('\n');
             }
             // A reader that stops early (`| head`) is no failure.

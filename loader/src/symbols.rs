@@ -21,6 +21,10 @@ pub struct Function {
     /// Why no probe can be placed at its entry (what a glob passes over),
     /// when that was checked (`--list`).
     pub unprobeable: Option<String>,
+    /// How `auto` mode displaces a probe at its entry (the report's kind:
+    /// `jump`, `jump-padding`), or why no jump fits there, when that was
+    /// checked (`--list`).
+    pub tactic: Option<Result<&'static str, String>>,
 }
 
 impl Function {
@@ -118,6 +122,7 @@ impl Symbols {
                     addr: LinkAddr(s.st_value),
                     size: s.st_size,
                     unprobeable: None,
+                    tactic: None,
                 });
             }
         }

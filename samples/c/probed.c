@@ -114,7 +114,8 @@ __asm__(".intel_syntax noprefix\n.text\n"
 /* Functions built to defeat naive jump patching:
  *   defeat_loop   a loop branches back to entry+2 (inside a 5-byte patch)
  *   defeat_short  shorter than 5 bytes
- *   defeat_table  dispatches through a jump table (indirect jmp)
+ *   defeat_table  dispatches through a relative jump table (indirect jmp),
+ *                 which is read whole: a jump fits at its entry
  *   defeat_tail   a tail call within the first 5 bytes
  *   defeat_flags  flags live across +3: cmp before it, jl after it */
 uint64_t defeat_loop(uint64_t);

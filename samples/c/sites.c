@@ -13,6 +13,9 @@
  *                   from lp_fn+0x9; prints how often it ran
  *   sites long N    calls long_fn, whose symbol is "long_" and 69632 x's, and
  *                   short_fn N times each
+ *   sites ind N     calls the ind_* functions N times each (below)
+ *   sites pad N     calls the pad_* functions N times each (below)
+ *   sites nosize N  calls the nosize_* functions N times each (below)
  *
  * Each xe_* function starts with a 2-byte instruction, so a 5-byte jump at
  * its entry would cover the point at +2 where something else enters it:
@@ -56,6 +59,111 @@ __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl xe_plain\n.type xe_plain,@function\n"
         "xe_plain:\n mov eax, edi\n add eax, 9\n add eax, 10\n ret\n.size xe_plain, .-xe_plain\n"
         ".section .data.rel.ro,\"aw\"\n.p2align 3\n.globl xe_ptr_inner\nxe_ptr_inner:\n .quad xe_ptr + 2\n.text\n"
+        ".att_syntax prefix\n");
+
+/* Indirect jumps. A jump site is safe in a function with a `jmp reg` only
+ * when the register holds a code pointer loaded from memory on every path
+ * (then the jump lands where a stored pointer says, which the whole-program
+ * scan knows):
+ *   ind_tail  loads a pointer (on two paths that merge) and jumps through it
+ *   ind_mem   jumps through a pointer in memory, `jmp [rax]`
+ *   ind_arg   jumps to a pointer its caller passed (rsi): refused
+ *   ind_back  loops back to ind_back+2 through a stored pointer: the jump
+ *             is bounded, but the pointer enters a jump's displaced bytes
+ *   ind_calc  jumps to a computed address (label + 8*(x&1)): refused
+ *   ind_loop  a loop through its own relative jump table, whose base stays
+ *             in rbx across the cases (reached by the table): a jump
+ * (xe_dispatch's relative jump table, read whole, is bounded too.) */
+uint64_t ind_tail(uint64_t);
+uint64_t ind_mem(uint64_t);
+uint64_t ind_arg(uint64_t, uint64_t (*)(uint64_t));
+uint64_t ind_back(uint64_t);
+uint64_t ind_calc(uint64_t);
+uint64_t ind_loop(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl ind_tail\n.type ind_tail,@function\n"
+        "ind_tail:\n push rbx\n mov rbx, rdi\n mov rax, [rip + ind_slot]\n test rbx, rbx\n jz 1f\n"
+        " add rdi, 1\n1:\n pop rbx\n jmp rax\n.size ind_tail, .-ind_tail\n"
+        ".p2align 4\n.globl ind_mem\n.type ind_mem,@function\n"
+        "ind_mem:\n lea rax, [rip + ind_slot]\n add rdi, 2\n jmp qword ptr [rax]\n.size ind_mem, .-ind_mem\n"
+        ".p2align 4\n.globl ind_arg\n.type ind_arg,@function\n"
+        "ind_arg:\n mov rax, rsi\n add rdi, 3\n jmp rax\n.size ind_arg, .-ind_arg\n"
+        ".p2align 4\n.globl ind_back\n.type ind_back,@function\n"
+        "ind_back:\n xor eax, eax\n.Lind_back_loop:\n add eax, 1\n cmp eax, edi\n jae 1f\n"
+        " mov rdx, [rip + ind_back_slot]\n jmp rdx\n1:\n ret\n.size ind_back, .-ind_back\n"
+        ".p2align 4\n.globl ind_calc\n.type ind_calc,@function\n"
+        "ind_calc:\n and edi, 1\n lea rax, [rip + .Lind_calc_0]\n shl rdi, 3\n add rax, rdi\n jmp rax\n"
+        ".p2align 3\n.Lind_calc_0:\n mov eax, 50\n ret\n.p2align 3\n mov eax, 60\n ret\n"
+        ".size ind_calc, .-ind_calc\n"
+        ".p2align 4\n.globl ind_loop\n.type ind_loop,@function\n"
+        "ind_loop:\n push rbx\n lea rbx, [rip + .Lind_loop_t]\n mov ecx, edi\n and ecx, 7\n xor eax, eax\n"
+        ".Lind_loop_top:\n mov edx, ecx\n and edx, 1\n movsxd rdx, dword ptr [rbx + rdx * 4]\n add rdx, rbx\n jmp rdx\n"
+        ".Lind_loop_c0:\n add eax, 2\n jmp .Lind_loop_next\n"
+        ".Lind_loop_c1:\n add eax, 3\n"
+        ".Lind_loop_next:\n sub ecx, 1\n jns .Lind_loop_top\n pop rbx\n ret\n"
+        ".size ind_loop, .-ind_loop\n"
+        ".section .rodata\n.p2align 2\n.Lind_loop_t:\n .long .Lind_loop_c0 - .Lind_loop_t\n"
+        " .long .Lind_loop_c1 - .Lind_loop_t\n.text\n"
+        ".section .data.rel.ro,\"aw\"\n.p2align 3\n"
+        "ind_slot:\n .quad xe_plain\n"
+        "ind_back_slot:\n .quad .Lind_back_loop\n.text\n"
+        ".att_syntax prefix\n");
+
+/* Functions shorter than 5 bytes. A jump may cover the alignment padding
+ * after one when its last instruction never runs on into it and nothing
+ * enters the padding:
+ *   pad_ret     `mov eax, edi; ret` (3 bytes), then padding: a jump
+ *   pad_tight   3 bytes, then pad_next at once (no padding): refused
+ *   pad_next    4 bytes, then padding: a jump
+ *   pad_target  4 bytes, then nops that pad_jumper jumps into: refused
+ *   pad_jumper  jumps into the nops after pad_target */
+uint64_t pad_ret(uint64_t);
+uint64_t pad_tight(uint64_t);
+uint64_t pad_next(uint64_t);
+uint64_t pad_target(uint64_t);
+uint64_t pad_jumper(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl pad_ret\n.type pad_ret,@function\n"
+        "pad_ret:\n mov eax, edi\n ret\n.size pad_ret, .-pad_ret\n"
+        ".p2align 4\n.globl pad_tight\n.type pad_tight,@function\n"
+        "pad_tight:\n lea eax, [rdi]\n ret\n.size pad_tight, .-pad_tight\n"
+        ".globl pad_next\n.type pad_next,@function\n"
+        "pad_next:\n lea eax, [rdi + 1]\n ret\n.size pad_next, .-pad_next\n"
+        ".p2align 4\n.globl pad_target\n.type pad_target,@function\n"
+        "pad_target:\n lea eax, [rdi + 2]\n ret\n.size pad_target, .-pad_target\n"
+        ".Lpad_in:\n nop\n nop\n nop\n lea eax, [rdi + 3]\n ret\n"
+        ".p2align 4\n.globl pad_jumper\n.type pad_jumper,@function\n"
+        "pad_jumper:\n add rdi, 4\n jmp .Lpad_in\n.size pad_jumper, .-pad_jumper\n"
+        ".att_syntax prefix\n");
+
+/* Function symbols without a size (hand-written assembly, crt files). The
+ * code is taken to end at its last `ret` or `jmp` before the next symbol,
+ * the padding after it aside:
+ *   nosize_long   6 bytes, then padding: a jump
+ *   nosize_fn     4 bytes, then padding: a jump over the padding
+ *   nosize_outer  a sized function with nosize_inner at +2: refused
+ *   nosize_inner  inside nosize_outer: refused
+ *   nosize_fall   falls through into nosize_next: refused
+ *   nosize_next   4 bytes, then padding: a jump over the padding */
+uint64_t nosize_long(uint64_t);
+uint64_t nosize_fn(uint64_t);
+uint64_t nosize_outer(uint64_t);
+uint64_t nosize_inner(uint64_t);
+uint64_t nosize_fall(uint64_t);
+uint64_t nosize_next(uint64_t);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl nosize_long\n.type nosize_long,@function\n"
+        "nosize_long:\n mov eax, edi\n add eax, 11\n ret\n"
+        ".p2align 4\n.globl nosize_fn\n.type nosize_fn,@function\n"
+        "nosize_fn:\n lea eax, [rdi + 7]\n ret\n"
+        ".p2align 4\n.globl nosize_outer\n.type nosize_outer,@function\n"
+        "nosize_outer:\n mov eax, edi\n.globl nosize_inner\n.type nosize_inner,@function\n"
+        "nosize_inner:\n lea eax, [rdi + 1]\n add eax, 2\n ret\n.size nosize_outer, .-nosize_outer\n"
+        ".p2align 4\n.globl nosize_fall\n.type nosize_fall,@function\n"
+        "nosize_fall:\n add edi, 1\n"
+        ".globl nosize_next\n.type nosize_next,@function\n"
+        "nosize_next:\n lea eax, [rdi + 1]\n ret\n"
+        ".p2align 4\n"
         ".att_syntax prefix\n");
 
 uint64_t skip_ok(uint64_t);
@@ -122,7 +230,7 @@ NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize N\n");
         return 2;
     }
     uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
@@ -152,11 +260,25 @@ int main(int argc, char **argv) {
         for (uint64_t i = 0; i < n; i++) acc += long_fn(i) + short_fn(i);
         printf("long_fn=%llu short_fn=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)n,
                (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "ind")) {
+        for (uint64_t i = 0; i < n; i++)
+            acc += ind_tail(i) + ind_mem(i) + ind_arg(i, xe_plain) + ind_back(i % 8 + 1) + ind_calc(i) +
+                   ind_loop(i);
+        printf("ind=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "pad")) {
+        for (uint64_t i = 0; i < n; i++)
+            acc += pad_ret(i) + pad_tight(i) + pad_next(i) + pad_target(i) + pad_jumper(i);
+        printf("pad=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "nosize")) {
+        for (uint64_t i = 0; i < n; i++)
+            acc += nosize_long(i) + nosize_fn(i) + nosize_outer(i) + nosize_inner(i) +
+                   nosize_fall(i) + nosize_next(i);
+        printf("nosize=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(argv[1], "skip")) {
         for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
         printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize N\n");
         return 2;
     }
     return 0;

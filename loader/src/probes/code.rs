@@ -52,8 +52,11 @@ pub fn generate(
                 patches.push((ip, vec![0xcc]));
                 encode_slot(from, ip, slot)
             }
-            Kind::Jump { len, flags_live } => {
-                patches.push((ip, jump_patch(ip, len, slot)));
+            Kind::Jump { len, flags_live }
+            | Kind::JumpPadding {
+                len, flags_live, ..
+            } => {
+                patches.push((ip, jump_patch(ip, s.kind.patch_len(), slot)));
                 let counting = Counting {
                     overflow: shared.overflow_addr(i),
                     index: i as u64,
@@ -88,7 +91,7 @@ fn site_error(s: &Site, from: &[u8], ip: u64, e: Unrelocatable) -> ProbeError {
             insn: disasm(&decode_one(from, ip)),
             why,
         },
-        (Unrelocatable::Code(why), Kind::Jump { len, .. }) => {
+        (Unrelocatable::Code(why), Kind::Jump { len, .. } | Kind::JumpPadding { len, .. }) => {
             let mut insns = Vec::new();
             let mut off = 0;
             while off < len.min(from.len()) {

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
 
 use super::{
-    bytes_at, decode_one, disasm, xol, Action, Kind, Place, ProbeError, ProbeMode, Resolution,
-    Site, Source, Targets,
+    bytes_at, decode_one, disasm, indirect, xol, Action, Kind, Place, ProbeError, ProbeMode,
+    Resolution, Site, Source, Targets,
 };
 use crate::addr::LinkAddr;
 use crate::elf::Image;
 use crate::error::{Error, Result};
+use crate::symbols::Symbols;
 
 /// Chooses how each place of `resolution` is displaced under `mode`: a
 /// jump where [`JumpCheck`] allows it; otherwise an `int3` with
@@ -31,7 +32,7 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
                 .is_some_and(|next| next.addr.0 < p.addr.0 + len as u64)
         };
         let verdict = check.check(image, p).and_then(|k| match k {
-            Kind::Jump { len, .. } if covers(len) => Err(format!(
+            Kind::Jump { .. } | Kind::JumpPadding { .. } if covers(k.patch_len()) => Err(format!(
                 "its displaced bytes would cover the probe at {}",
                 places[i + 1].label()
             )),
@@ -83,6 +84,9 @@ pub struct JumpCheck {
     decoded: HashMap<LinkAddr, Result<Vec<Instruction>, String>>,
     /// Where control can arrive in the object, built at the first check.
     targets: Option<Targets>,
+    /// The functions of known size, [start, end), read at the first check
+    /// of a symbol without a size.
+    sized: Option<Vec<(u64, u64)>>,
 }
 
 impl JumpCheck {
@@ -91,28 +95,53 @@ impl JumpCheck {
     /// whole, cover ≥ 5 bytes, stay inside the function and relocate; a
     /// `call`, `jmp` or `ret` among them is the last; nothing in the whole
     /// object enters them other than at their first byte (see [`Targets`]);
-    /// the function has no indirect jump whose targets cannot be bounded.
+    /// the function has no indirect jump whose targets cannot be bounded
+    /// ([`indirect::bounded`]).
     pub fn check(&mut self, image: &Image, site: &Place) -> Result<Kind, String> {
-        let Some((start, size)) = site.function.filter(|&(_, size)| size > 0) else {
+        let Some((start, size)) = site.function else {
             return Err("it is in no function of known size".into());
+        };
+        let targets = self
+            .targets
+            .get_or_insert_with(|| Targets::build(&image.bytes));
+        let size = if size > 0 {
+            size
+        } else {
+            let sized = self.sized.get_or_insert_with(|| {
+                Symbols::read(image)
+                    .all()
+                    .iter()
+                    .filter(|f| f.size > 0)
+                    .map(|f| (f.addr.0, f.addr.0 + f.size))
+                    .collect()
+            });
+            extent(image, start, targets, sized).map_err(|why| {
+                format!("it is in no function of known size: its symbol has no size, {why}")
+            })?
         };
         let insns = self
             .decoded
             .entry(start)
-            .or_insert_with(|| decode_function(image, start, size))
+            .or_insert_with(|| {
+                let insns = decode_function(image, start, size)?;
+                indirect::bounded(&insns, start.0, targets)?;
+                Ok(insns)
+            })
             .as_ref()
             .map_err(Clone::clone)?;
         let end = start.0 + size;
-        if site.addr.0 + 5 > end {
-            return Err(format!(
-                "fewer than 5 bytes from the site to the end of the function ({})",
-                end - site.addr.0
-            ));
-        }
         let first = insns
             .iter()
             .position(|i| i.ip() == site.addr.0)
             .ok_or("the site is not an instruction boundary")?;
+        if site.addr.0 + 5 > end {
+            let fewer = format!(
+                "fewer than 5 bytes from the site to the end of the function ({})",
+                end - site.addr.0
+            );
+            return padded(image, &insns[first..], site, start, end, targets)
+                .map_err(|why| format!("{fewer}, {why}"));
+        }
         let mut len = 0usize;
         let mut k = first;
         while len < 5 {
@@ -140,9 +169,6 @@ impl JumpCheck {
             k += 1;
         }
         let (lo, hi) = (site.addr.0, site.addr.0 + len as u64);
-        let targets = self
-            .targets
-            .get_or_insert_with(|| Targets::build(&image.bytes));
         if let Some((t, how)) = targets.inside(lo, hi) {
             return Err(entered(image, site, t, how));
         }
@@ -151,6 +177,108 @@ impl JumpCheck {
             flags_live: site.addr != start,
         })
     }
+}
+
+/// The size of the code at the symbol `start`, which has none: up to its
+/// last `ret` or `jmp` before the next symbol or FDE start, and the
+/// padding (nops, int3s) after it. Refused when the symbol lies inside a
+/// function of known size (a label) or the code does not decode.
+fn extent(
+    image: &Image,
+    start: LinkAddr,
+    targets: &Targets,
+    sized: &[(u64, u64)],
+) -> Result<u64, String> {
+    use iced_x86::{FlowControl as F, Mnemonic};
+    if let Some((s, _)) = sized.iter().find(|&&(s, e)| s < start.0 && start.0 < e) {
+        return Err(format!("and it lies inside the function at {s:#x}"));
+    }
+    let next = targets
+        .next_start(start.0)
+        .ok_or("and no symbol follows it")?;
+    let bytes = bytes_at(image, start).ok_or("and it is not in the text")?;
+    let n = usize::try_from(next - start.0)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let insns: Vec<Instruction> = Decoder::with_ip(64, &bytes[..n], start.0, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
+    if insns.iter().any(|i| i.code() == Code::INVALID) {
+        return Err("and the code up to the next symbol does not decode".into());
+    }
+    let body = insns
+        .iter()
+        .rposition(|i| !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Int3))
+        .ok_or("and there is only padding up to the next symbol")?;
+    let last = &insns[body];
+    if !matches!(
+        last.flow_control(),
+        F::Return | F::UnconditionalBranch | F::IndirectBranch
+    ) {
+        return Err(format!(
+            "and the code up to the next symbol does not end in a `ret` or `jmp` (`{}`)",
+            disasm(last)
+        ));
+    }
+    Ok(last.next_ip() - start.0)
+}
+
+/// A jump over the last instructions of a function (`insns`, from the
+/// site to `end`, fewer than 5 bytes) and the alignment padding after it:
+/// the last instruction never falls through (`ret`, `jmp`), the padding
+/// up to 5 bytes is nops or `int3`s, and nothing enters any of it (a
+/// symbol, a branch target) past the site.
+fn padded(
+    image: &Image,
+    insns: &[Instruction],
+    site: &Place,
+    start: LinkAddr,
+    end: u64,
+    targets: &Targets,
+) -> Result<Kind, String> {
+    use iced_x86::{FlowControl as F, Mnemonic};
+    let len = (end - site.addr.0) as usize;
+    let last = insns
+        .iter()
+        .position(|i| i.next_ip() == end)
+        .ok_or("and it does not end on an instruction boundary")?;
+    for (k, i) in insns[..=last].iter().enumerate() {
+        xol::relocatable(i).map_err(|why| format!("and `{}` {why}", disasm(i)))?;
+        let ends_flow = matches!(
+            i.flow_control(),
+            F::Call | F::IndirectCall | F::Return | F::UnconditionalBranch | F::IndirectBranch
+        );
+        if ends_flow != (k == last)
+            || i.flow_control() == F::Call
+            || i.flow_control() == F::IndirectCall
+        {
+            return Err(format!(
+                "and its last instruction may run on into the bytes after it (`{}`)",
+                disasm(&insns[last])
+            ));
+        }
+    }
+    let pad = 5 - len;
+    let after = bytes_at(image, LinkAddr(end)).unwrap_or(&[]);
+    let mut d = Decoder::with_ip(64, after, end, DecoderOptions::NONE);
+    while d.ip() < end + pad as u64 {
+        let i = d.decode();
+        if !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Int3) {
+            return Err(format!(
+                "and no padding after it (`{}` at its end)",
+                disasm(&i)
+            ));
+        }
+    }
+    let (lo, hi) = (site.addr.0, site.addr.0 + 5);
+    if let Some((t, how)) = targets.inside(lo, hi) {
+        return Err(format!("and {}", entered(image, site, t, how)));
+    }
+    Ok(Kind::JumpPadding {
+        len,
+        pad,
+        flags_live: site.addr != start,
+    })
 }
 
 /// Why a site is refused because control enters its displaced bytes at `t`.
@@ -189,18 +317,6 @@ fn decode_function(image: &Image, start: LinkAddr, size: u64) -> Result<Vec<Inst
         if i.code() == Code::INVALID {
             return Err(format!(
                 "the function does not decode at +{:#x}",
-                i.ip() - start.0
-            ));
-        }
-        // A jump through a register or a computed address (a jump table):
-        // its targets cannot be bounded. A jump through a RIP-relative slot
-        // (a tail call through the GOT) leaves the function.
-        if i.flow_control() == iced_x86::FlowControl::IndirectBranch
-            && !i.is_ip_rel_memory_operand()
-        {
-            return Err(format!(
-                "the function has an indirect jump (`{}` at +{:#x}) whose targets cannot be bounded",
-                disasm(&i),
                 i.ip() - start.0
             ));
         }

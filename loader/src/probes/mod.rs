@@ -19,6 +19,7 @@ use crate::addr::{Bias, LinkAddr};
 use crate::elf::Image;
 
 mod code;
+mod indirect;
 mod jump;
 mod resolve;
 mod spec;
@@ -179,6 +180,18 @@ pub enum Kind {
         /// Not at a function entry: the flags may be live.
         flags_live: bool,
     },
+    /// A `jmp rel32` to a per-site trampoline over the function's last
+    /// `len` (< 5) bytes of instructions, which end in a `ret` or `jmp`,
+    /// and `pad` bytes of the alignment padding after them (nops or int3s
+    /// that nothing enters).
+    JumpPadding {
+        /// Displaced instruction bytes (< 5).
+        len: usize,
+        /// Padding bytes the jump covers (`len + pad` = 5).
+        pad: usize,
+        /// Not at a function entry: the flags may be live.
+        flags_live: bool,
+    },
 }
 
 impl Kind {
@@ -188,6 +201,17 @@ impl Kind {
         match self {
             Kind::Int3 => "int3",
             Kind::Jump { .. } => "jump",
+            Kind::JumpPadding { .. } => "jump-padding",
+        }
+    }
+
+    /// The bytes of the text the patch covers.
+    #[must_use]
+    pub fn patch_len(self) -> usize {
+        match self {
+            Kind::Int3 => 1,
+            Kind::Jump { len, .. } => len,
+            Kind::JumpPadding { len, pad, .. } => len + pad,
         }
     }
 }

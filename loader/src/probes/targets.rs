@@ -48,7 +48,15 @@ pub enum Source {
 /// The entry points of one object, sorted by address.
 #[derive(Debug, Default)]
 pub struct Targets {
+    /// Every (address, source), sorted; an address can have several.
     at: Vec<(u64, Source)>,
+    /// Whether the data sections were read for pointers (they are not
+    /// without section headers): then every code pointer stored in the
+    /// file is among the entries.
+    data_read: bool,
+    /// The relative jump tables read whole (sorted): their entries are
+    /// all among `at`.
+    tables: Vec<u64>,
 }
 
 /// `[start, end)` of a section and its bytes.
@@ -196,18 +204,62 @@ impl Targets {
         refs.data.dedup();
         refs.tables.sort_unstable();
         refs.tables.dedup();
+        let mut tables = Vec::new();
         for &base in &refs.tables {
             let Some(s) = data.iter().find(|s| s.contains(base)) else {
                 continue;
             };
             let next = refs.data.partition_point(|&a| a <= base);
             let end = refs.data.get(next).copied().unwrap_or(u64::MAX);
-            relative_table(s, base, end, &in_text, &mut at);
+            if relative_table(s, base, end, &in_text, &mut at) {
+                tables.push(base);
+            }
         }
 
         at.sort_unstable();
-        at.dedup_by_key(|e| e.0);
-        Targets { at }
+        at.dedup();
+        Targets {
+            at,
+            data_read: !data.is_empty(),
+            tables,
+        }
+    }
+
+    /// How control gets to `a`: every source found, none if it is
+    /// reached only by falling through.
+    pub fn sources_at(&self, a: u64) -> impl Iterator<Item = Source> + '_ {
+        let i = self.at.partition_point(|e| e.0 < a);
+        self.at[i..]
+            .iter()
+            .take_while(move |e| e.0 == a)
+            .map(|e| e.1)
+    }
+
+    /// The first symbol or FDE start after `a`: where the code that starts
+    /// at `a` ends at the latest.
+    #[must_use]
+    pub fn next_start(&self, a: u64) -> Option<u64> {
+        let i = self.at.partition_point(|e| e.0 <= a);
+        self.at[i..]
+            .iter()
+            .find(|e| matches!(e.1, Source::Symbol | Source::Fde))
+            .map(|e| e.0)
+    }
+
+    /// Whether a relative jump table at `base` (32-bit offsets from it)
+    /// was read whole, so that every entry of it is an entry point.
+    #[must_use]
+    pub fn is_table(&self, base: u64) -> bool {
+        self.tables.binary_search(&base).is_ok()
+    }
+
+    /// Whether every code address the file stores or takes is an entry:
+    /// the data sections were read for pointers, as were the relocations
+    /// and the instructions. A code pointer loaded from memory at run time
+    /// is then one of the entries.
+    #[must_use]
+    pub fn knows_stored_pointers(&self) -> bool {
+        self.data_read
     }
 
     /// The first entry point strictly inside `(lo, hi)`, with how control gets there.
@@ -262,26 +314,32 @@ fn instruction(
 }
 
 /// The entries of a relative jump table at `base`: 32-bit offsets from
-/// `base`, read up to `end` and while they land in the text.
+/// `base`, read up to `end` and while they land in the text. Whether the
+/// table was read whole (it did not run into [`MAX_TABLE`]).
 fn relative_table(
     s: &Section<'_>,
     base: u64,
     end: u64,
     in_text: &dyn Fn(u64) -> bool,
     at: &mut Vec<(u64, Source)>,
-) {
-    let Some(bytes) = s.at(base) else { return };
-    let n = usize::try_from((end - base) / 4)
-        .unwrap_or(usize::MAX)
-        .min(MAX_TABLE);
-    for w in bytes.chunks_exact(4).take(n) {
+) -> bool {
+    let Some(bytes) = s.at(base) else {
+        return false;
+    };
+    let n = usize::try_from((end - base) / 4).unwrap_or(usize::MAX);
+    for w in bytes.chunks_exact(4).take(n.min(MAX_TABLE + 1)).enumerate() {
+        let (k, w) = w;
         let off = i32::from_le_bytes(w.try_into().unwrap_or([0; 4]));
         let t = base.wrapping_add(off as i64 as u64);
         if !in_text(t) {
-            break;
+            return true;
+        }
+        if k == MAX_TABLE {
+            return false;
         }
         at.push((t, Source::Table(base)));
     }
+    true
 }
 
 /// FDE starts and the landing pads of their LSDAs.
@@ -426,10 +484,19 @@ mod tests {
     #[test]
     fn entries_inside_a_range_exclude_its_first_byte() {
         let t = Targets {
-            at: vec![(0x100, Source::Symbol), (0x103, Source::Branch(0x200))],
+            at: vec![
+                (0x100, Source::Symbol),
+                (0x103, Source::Branch(0x200)),
+                (0x103, Source::Pointer(0x300)),
+            ],
+            data_read: true,
+            tables: Vec::new(),
         };
         assert_eq!(t.inside(0x100, 0x105), Some((0x103, Source::Branch(0x200))));
         assert_eq!(t.inside(0x100, 0x103), None);
         assert_eq!(t.inside(0xff, 0x101), Some((0x100, Source::Symbol)));
+        let at = |a| t.sources_at(a).collect::<Vec<_>>();
+        assert_eq!(at(0x103), [Source::Branch(0x200), Source::Pointer(0x300)]);
+        assert_eq!(at(0x101), []);
     }
 }

@@ -61,6 +61,18 @@ pub fn functions(
             ..f.clone()
         })
         .collect();
+    let mut check = crate::probes::JumpCheck::default();
+    for f in out.iter_mut().filter(|f| f.unprobeable.is_none()) {
+        let place = crate::probes::Place {
+            object: crate::probes::ObjectId::MAIN,
+            addr: f.addr,
+            symbol: f.display_name().to_string(),
+            offset: 0,
+            function: Some((f.addr, f.size)),
+            request: 0,
+        };
+        f.tactic = Some(check.check(&image, &place).map(crate::probes::Kind::name));
+    }
     out.dedup_by(|a, b| a.addr == b.addr && a.display_name() == b.display_name());
     Ok(out)
 }
