@@ -77,7 +77,7 @@ pub struct Chosen {
 }
 
 /// Decides whether sites can take a jump, decoding each function once and
-/// finding the object's entry points ([`Targets`]) once.
+/// finding the object's entry points (`Targets`) once.
 #[derive(Default)]
 pub struct JumpCheck {
     /// Per function start: its instructions, or why jumps cannot go in it.
