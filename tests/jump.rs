@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_our_error, compare_with_report, hits, ours, printed, probe_sites, probed_report_with,
-    read_report, Case, Output, TempDir,
+    assert_jump_refused, assert_our_error, compare_with_report, hits, ours, printed, probe_sites,
+    probed_report_with, read_report, Case, Output, TempDir,
 };
 use uprobe_exec_samples::{path, Variant};
 
@@ -123,16 +123,11 @@ fn auto_mode_refuses_a_named_site_where_only_an_int3_fits() {
 
 #[test]
 fn jump_mode_refuses_unsafe_sites_with_the_reason() {
-    let s = path("probed", Variant::Pie);
-    for (spec, why) in ONLY_INT3_FITS {
-        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["defeat", "1"]);
-        assert_our_error(spec, &out, 125);
-        assert!(
-            out.stderr_str().contains(why),
-            "{spec}: {}",
-            out.stderr_str()
-        );
-    }
+    assert_jump_refused(
+        &path("probed", Variant::Pie),
+        &["defeat", "1"],
+        &ONLY_INT3_FITS,
+    );
 }
 
 #[test]

@@ -9,8 +9,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_our_error, assert_same, installed, ours, printed, probe_sites, probed_report_with,
-    read_report, Case, Output, TempDir,
+    assert_jump_refused, assert_our_error, assert_same, installed, ours, printed, probe_sites,
+    probed_report_with, read_report, Case, Output, TempDir,
 };
 use uprobe_exec_samples::{path, Variant, NAMES};
 
@@ -426,6 +426,42 @@ fn the_count_table_caps_long_names() {
     }
 }
 
+/// A site as a report shows it: label, kind, hits.
+type Expected<'a> = (&'a str, &'a str, u64);
+
+/// `sites MODE 500` with `MODE_*` probed, in every variant, in auto and in
+/// int3 mode: the output is native's, and the sites are exactly `want`'s
+/// for that probe mode (label, kind, hits).
+fn assert_site_kinds(mode: &str, want: &[(&str, &[Expected])]) {
+    let pattern = format!("{mode}_*");
+    for v in Variant::ALL {
+        let s = path("sites", v);
+        for (probe_mode, want) in want {
+            let (out, r) = probed_report_with(
+                mode,
+                &["--probe-mode", probe_mode],
+                &s,
+                &[mode, "500"],
+                &[&pattern],
+            );
+            assert_eq!(printed(&out, mode), 500);
+            let got = probe_sites(&r);
+            assert_eq!(got.len(), want.len(), "{probe_mode} {v:?}: {got:?}");
+            for (name, kind, hits) in *want {
+                let (_, k, h) = got
+                    .iter()
+                    .find(|(l, _, _)| l == name)
+                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
+                assert_eq!(
+                    (k.as_str(), *h),
+                    (*kind, *hits),
+                    "{name} {probe_mode} ({v:?})"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
     // ind_tail and ind_mem jump through a pointer loaded from memory, which
@@ -435,68 +471,45 @@ fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
     // keeps its base in rbx across its cases, which the table reaches.
     // int3 mode counts all.
     let n = 500;
-    for v in Variant::ALL {
-        let s = path("sites", v);
-        for (mode, want) in [
+    assert_site_kinds(
+        "ind",
+        &[
             (
                 "auto",
                 &[
-                    ("ind_tail", "jump"),
-                    ("ind_mem", "jump"),
-                    ("ind_loop", "jump"),
-                ][..],
+                    ("ind_tail", "jump", n),
+                    ("ind_mem", "jump", n),
+                    ("ind_loop", "jump", n),
+                ],
             ),
             (
                 "int3",
                 &[
-                    ("ind_tail", "int3"),
-                    ("ind_mem", "int3"),
-                    ("ind_arg", "int3"),
-                    ("ind_back", "int3"),
-                    ("ind_calc", "int3"),
-                    ("ind_loop", "int3"),
-                ][..],
+                    ("ind_tail", "int3", n),
+                    ("ind_mem", "int3", n),
+                    ("ind_arg", "int3", n),
+                    ("ind_back", "int3", n),
+                    ("ind_calc", "int3", n),
+                    ("ind_loop", "int3", n),
+                ],
             ),
-        ] {
-            let (out, r) = probed_report_with(
-                "ind",
-                &["--probe-mode", mode],
-                &s,
-                &["ind", "500"],
-                &["ind_*"],
-            );
-            assert_eq!(printed(&out, "ind"), n);
-            let got = probe_sites(&r);
-            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
-            for (name, kind) in want {
-                let (_, k, h) = got
-                    .iter()
-                    .find(|(l, _, _)| l == name)
-                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
-                assert_eq!((k.as_str(), *h), (*kind, n), "{name} {mode} ({v:?})");
-            }
-        }
-    }
-    let s = path("sites", Variant::Pie);
-    for (spec, why) in [
-        (
-            "ind_arg",
-            "`mov rax,rsi` sets RAX to what may not be a stored code pointer",
-        ),
-        ("ind_back", "the pointer at"),
-        (
-            "ind_calc",
-            "`add rax,rdi` sets RAX to what may not be a stored code pointer",
-        ),
-    ] {
-        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["ind", "1"]);
-        assert_our_error(spec, &out, 125);
-        assert!(
-            out.stderr_str().contains(why),
-            "{spec}: {}",
-            out.stderr_str()
-        );
-    }
+        ],
+    );
+    assert_jump_refused(
+        &path("sites", Variant::Pie),
+        &["ind", "1"],
+        &[
+            (
+                "ind_arg",
+                "`mov rax,rsi` sets RAX to what may not be a stored code pointer",
+            ),
+            ("ind_back", "the pointer at"),
+            (
+                "ind_calc",
+                "`add rax,rdi` sets RAX to what may not be a stored code pointer",
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -506,60 +519,37 @@ fn a_short_function_takes_a_jump_over_the_padding_after_it() {
     // once) and the padding after pad_target is jumped into: auto mode
     // skips those, int3 mode counts all.
     let n = 500;
-    for v in Variant::ALL {
-        let s = path("sites", v);
-        for (mode, want) in [
+    assert_site_kinds(
+        "pad",
+        &[
             (
                 "auto",
                 &[
-                    ("pad_ret", "jump-padding"),
-                    ("pad_next", "jump-padding"),
-                    ("pad_jumper", "jump"),
-                ][..],
+                    ("pad_ret", "jump-padding", n),
+                    ("pad_next", "jump-padding", n),
+                    ("pad_jumper", "jump", n),
+                ],
             ),
             (
                 "int3",
                 &[
-                    ("pad_ret", "int3"),
-                    ("pad_tight", "int3"),
-                    ("pad_next", "int3"),
-                    ("pad_target", "int3"),
-                    ("pad_jumper", "int3"),
-                ][..],
+                    ("pad_ret", "int3", n),
+                    ("pad_tight", "int3", n),
+                    ("pad_next", "int3", n),
+                    ("pad_target", "int3", n),
+                    ("pad_jumper", "int3", n),
+                ],
             ),
-        ] {
-            let (out, r) = probed_report_with(
-                "pad",
-                &["--probe-mode", mode],
-                &s,
-                &["pad", "500"],
-                &["pad_*"],
-            );
-            assert_eq!(printed(&out, "pad"), n);
-            let got = probe_sites(&r);
-            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
-            for (name, kind) in want {
-                let (_, k, h) = got
-                    .iter()
-                    .find(|(l, _, _)| l == name)
-                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
-                assert_eq!((k.as_str(), *h), (*kind, n), "{name} {mode} ({v:?})");
-            }
-        }
-    }
-    let s = path("sites", Variant::Pie);
-    for (spec, why) in [
-        ("pad_tight", "no padding after it"),
-        ("pad_target", "branches into the displaced bytes"),
-    ] {
-        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["pad", "1"]);
-        assert_our_error(spec, &out, 125);
-        assert!(
-            out.stderr_str().contains(why),
-            "{spec}: {}",
-            out.stderr_str()
-        );
-    }
+        ],
+    );
+    assert_jump_refused(
+        &path("sites", Variant::Pie),
+        &["pad", "1"],
+        &[
+            ("pad_tight", "no padding after it"),
+            ("pad_target", "branches into the displaced bytes"),
+        ],
+    );
 }
 
 #[test]
@@ -570,16 +560,16 @@ fn a_function_symbol_without_a_size_ends_at_its_last_ret_before_the_next_symbol(
     // int3 mode counts all six (nosize_inner and nosize_next twice per
     // round).
     let n = 500;
-    for v in Variant::ALL {
-        let s = path("sites", v);
-        for (mode, want) in [
+    assert_site_kinds(
+        "nosize",
+        &[
             (
                 "auto",
                 &[
                     ("nosize_long", "jump", n),
                     ("nosize_fn", "jump-padding", n),
                     ("nosize_next", "jump-padding", 2 * n),
-                ][..],
+                ],
             ),
             (
                 "int3",
@@ -590,43 +580,20 @@ fn a_function_symbol_without_a_size_ends_at_its_last_ret_before_the_next_symbol(
                     ("nosize_inner", "int3", 2 * n), // nosize_outer runs on into it
                     ("nosize_fall", "int3", n),
                     ("nosize_next", "int3", 2 * n),
-                ][..],
+                ],
             ),
-        ] {
-            let (out, r) = probed_report_with(
-                "nosize",
-                &["--probe-mode", mode],
-                &s,
-                &["nosize", "500"],
-                &["nosize_*"],
-            );
-            assert_eq!(printed(&out, "nosize"), n);
-            let got = probe_sites(&r);
-            assert_eq!(got.len(), want.len(), "{mode} {v:?}: {got:?}");
-            for (name, kind, hits) in want {
-                let (_, k, h) = got
-                    .iter()
-                    .find(|(l, _, _)| l == name)
-                    .unwrap_or_else(|| panic!("{name} in {got:?}"));
-                assert_eq!((k.as_str(), *h), (*kind, *hits), "{name} {mode} ({v:?})");
-            }
-        }
-    }
-    let s = path("sites", Variant::Pie);
-    for (spec, why) in [
-        ("nosize_inner", "lies inside the function at"),
-        ("nosize_fall", "does not end in a `ret` or `jmp`"),
-        (
-            "nosize_outer",
-            "into the displaced bytes, at nosize_outer+0x2",
-        ),
-    ] {
-        let out = ours(&["--probe-mode", "jump", "-p", spec], &s, &["nosize", "1"]);
-        assert_our_error(spec, &out, 125);
-        assert!(
-            out.stderr_str().contains(why),
-            "{spec}: {}",
-            out.stderr_str()
-        );
-    }
+        ],
+    );
+    assert_jump_refused(
+        &path("sites", Variant::Pie),
+        &["nosize", "1"],
+        &[
+            ("nosize_inner", "lies inside the function at"),
+            ("nosize_fall", "does not end in a `ret` or `jmp`"),
+            (
+                "nosize_outer",
+                "into the displaced bytes, at nosize_outer+0x2",
+            ),
+        ],
+    );
 }

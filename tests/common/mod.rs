@@ -658,6 +658,20 @@ pub fn assert_our_error(what: &str, out: &Output, code: i32) {
     );
 }
 
+/// `--probe-mode jump -p SPEC PROG ARGS` fails for each `(SPEC, WHY)` of
+/// `refused`, with our one-line error naming WHY.
+pub fn assert_jump_refused(prog: &Path, args: &[&str], refused: &[(&str, &str)]) {
+    for (spec, why) in refused {
+        let out = ours(&["--probe-mode", "jump", "-p", spec], prog, args);
+        assert_our_error(spec, &out, 125);
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+}
+
 /// `key=value` from the program's own output.
 pub fn printed(out: &Output, key: &str) -> u64 {
     let s = out.stdout_str();
