@@ -501,9 +501,7 @@ fn mapped_len(layout: &SharedLayout) -> usize {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodeLayout {
     /// The handler's code (the table follows it): `trap::code()`.
-    pub handler: &'static [u8],
-    /// Bytes of the handler's code.
-    pub handler_len: usize,
+    pub handler_code: &'static [u8],
     /// Offset of the handler's `rt_sigreturn` restorer in it.
     pub restorer: usize,
     /// Probe sites (one slot each).
@@ -516,10 +514,14 @@ impl CodeLayout {
     /// The layout for this handler (`trap::layout` gives the one with this
     /// build's trap handler).
     #[must_use]
-    pub fn new(handler: &'static [u8], restorer: usize, sites: usize, traps: usize) -> CodeLayout {
+    pub fn new(
+        handler_code: &'static [u8],
+        restorer: usize,
+        sites: usize,
+        traps: usize,
+    ) -> CodeLayout {
         CodeLayout {
-            handler,
-            handler_len: handler.len(),
+            handler_code,
             restorer,
             sites,
             traps,
@@ -541,7 +543,7 @@ impl CodeLayout {
     /// Offset of the [`TrapTable`].
     #[must_use]
     pub fn table(&self) -> usize {
-        self.handler_len
+        self.handler_code.len()
     }
 
     /// Offset of the first slot.
@@ -597,7 +599,7 @@ impl CodeLayout {
         assert_eq!(slots.len(), self.sites);
         entries.sort_by_key(|e| e.site);
         let mut out = vec![0xcc; self.code_len()];
-        out[..self.handler_len].copy_from_slice(self.handler);
+        out[..self.handler_code.len()].copy_from_slice(self.handler_code);
         let table = TrapTable {
             count: entries.len() as u64,
             shared,
@@ -777,7 +779,7 @@ mod tests {
         let img = l.image(0x5000, 0x6000, entries, &slots);
         assert_eq!(img.len(), l.code_len());
         let word = |at: usize| u64::from_le_bytes(img[at..at + 8].try_into().unwrap());
-        assert_eq!(&img[..l.handler_len], &HANDLER);
+        assert_eq!(&img[..l.handler_code.len()], &HANDLER);
         assert_eq!(word(l.table() + TABLE_COUNT), 2);
         assert_eq!(word(l.table() + TABLE_SHARED), 0x5000);
         assert_eq!(word(l.table() + TABLE_ROW_PAGE), 0x6000);
