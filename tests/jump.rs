@@ -53,7 +53,7 @@ fn code_built_to_defeat_naive_patching_gets_the_right_choice() {
             "int3",
             &["defeat_loop", "defeat_short", "defeat_table"][..],
             &[
-                ("defeat_loop", "int3"),  // a loop branches back to entry+2
+                ("defeat_loop", "int3"),  // a loop branches back to entry+1
                 ("defeat_short", "int3"), // shorter than 5 bytes
                 ("defeat_table", "int3"), // jump-table dispatch
             ][..],

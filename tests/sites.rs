@@ -37,7 +37,7 @@ fn same_as_native(case: Case) -> Output {
 
 #[test]
 fn a_jump_never_covers_a_place_entered_from_elsewhere() {
-    // Each xe_* function is entered at +2 from outside itself; xe_plain,
+    // Each xe_* function is entered at +1 from outside itself; xe_plain,
     // of the same shape, only at its entry. Auto mode takes a jump where
     // it fits and skips the others (an int3 is not safe); int3 mode
     // places int3s, which count exactly.
@@ -55,10 +55,10 @@ fn a_jump_never_covers_a_place_entered_from_elsewhere() {
             (
                 "int3",
                 &[
-                    ("xe_target", "int3", n),        // jumped to at +2 by xe_jumper
-                    ("xe_ptr", "int3", n),           // +2 is stored in data, called through it
-                    ("xe_table", "int3", n + n / 2), // +2 is in xe_dispatch's jump table; +0 too
-                    ("xe_label", "int3", n),         // a symbol at +2
+                    ("xe_target", "int3", n),        // jumped to at +1 by xe_jumper
+                    ("xe_ptr", "int3", n),           // +1 is stored in data, called through it
+                    ("xe_table", "int3", n + n / 2), // +1 is in xe_dispatch's jump table; +0 too
+                    ("xe_label", "int3", n),         // a symbol at +1
                 ][..],
             ),
         ] {
@@ -92,7 +92,7 @@ fn jump_mode_names_what_enters_the_displaced_bytes() {
     for (spec, why) in [
         (
             "xe_target",
-            "branches into the displaced bytes, at xe_target+0x2",
+            "branches into the displaced bytes, at xe_target+0x1",
         ),
         ("xe_ptr", "the pointer at"),
         ("xe_table", "the jump table at"),
@@ -120,33 +120,24 @@ fn jump_mode_names_what_enters_the_displaced_bytes() {
 #[test]
 fn a_jump_never_covers_an_exception_landing_pad() {
     // lp_fn+0xb is a landing pad (known only from the LSDA) that lp_fn+0x9
-    // falls through to: a jump at +0x9 would displace it.
+    // falls through to: a 5-byte jump at +0x9 would displace it, a 2-byte
+    // one stops before it.
     for v in Variant::ALL {
         let s = path("sites", v);
-        let out = ours(
-            &["--probe-mode", "jump", "-p", "lp_fn+9"],
-            &s,
-            &["unwind", "1"],
-        );
-        assert_our_error("lp_fn+9", &out, 125);
-        assert!(
-            out.stderr_str()
-                .contains("exception landing pad of the function at")
-                && out.stderr_str().contains("at lp_fn+0xb"),
-            "{}",
-            out.stderr_str()
-        );
-        let (out, r) = probed_report_with(
-            "unwind",
-            &["--probe-mode", "int3"],
-            &s,
-            &["unwind", "40"],
-            &["lp_fn+9"],
-        );
-        assert_eq!(printed(&out, "landing_pad"), 40);
-        assert_eq!(r["probes"][0]["kind"], "int3", "{v:?}");
-        // Only the threads that return fall through the site.
-        assert_eq!(r["probes"][0]["hits"], 20, "{v:?}");
+        for (mode, kind) in [("jump", "jump-short-"), ("int3", "int3")] {
+            let (out, r) = probed_report_with(
+                "unwind",
+                &["--probe-mode", mode],
+                &s,
+                &["unwind", "40"],
+                &["lp_fn+9"],
+            );
+            assert_eq!(printed(&out, "landing_pad"), 40);
+            let k = r["probes"][0]["kind"].as_str().unwrap_or_default();
+            assert!(k.starts_with(kind), "{mode} {v:?}: {k}");
+            // Only the threads that return fall through the site.
+            assert_eq!(r["probes"][0]["hits"], 20, "{mode} {v:?}");
+        }
     }
 }
 
@@ -271,7 +262,8 @@ fn a_glob_skips_what_cannot_be_probed_and_says_why() {
     for (name, tactic) in [
         ("pad_ret", "[jump-padding]"),
         ("pad_jumper", "[jump]"),
-        ("pad_tight", "[int3 only: fewer than 5 bytes"),
+        ("pad_tight", "[jump-short-padding]"),
+        ("pad_target", "[jump-short-padding]"),
     ] {
         let line = list
             .lines()
@@ -452,11 +444,11 @@ fn assert_site_kinds(mode: &str, want: &[(&str, &[Expected])]) {
                     .iter()
                     .find(|(l, _, _)| l == name)
                     .unwrap_or_else(|| panic!("{name} in {got:?}"));
-                assert_eq!(
-                    (k.as_str(), *h),
-                    (*kind, *hits),
-                    "{name} {probe_mode} ({v:?})"
-                );
+                let k = match kind.strip_suffix('-') {
+                    Some(prefix) if k.starts_with(prefix) => kind,
+                    _ => k.as_str(),
+                };
+                assert_eq!((k, *h), (*kind, *hits), "{name} {probe_mode} ({v:?})");
             }
         }
     }
@@ -465,11 +457,11 @@ fn assert_site_kinds(mode: &str, want: &[(&str, &[Expected])]) {
 #[test]
 fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
     // ind_tail and ind_mem jump through a pointer loaded from memory, which
-    // the whole-program scan knows; ind_arg jumps to what its caller passed
-    // and ind_back's stored pointer enters its first bytes: auto mode skips
-    // those two, as ind_calc's computed jump; ind_loop's own jump table
-    // keeps its base in rbx across its cases, which the table reaches.
-    // int3 mode counts all.
+    // the whole-program scan knows; ind_arg jumps to what its caller passed:
+    // auto mode skips it, as ind_calc's computed jump; ind_loop's own jump
+    // table keeps its base in rbx across its cases, which the table
+    // reaches. ind_back's stored pointer enters it at +2: a 2-byte jump
+    // stops before that. int3 mode counts all.
     let n = 500;
     assert_site_kinds(
         "ind",
@@ -480,6 +472,7 @@ fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
                     ("ind_tail", "jump", n),
                     ("ind_mem", "jump", n),
                     ("ind_loop", "jump", n),
+                    ("ind_back", "jump-short-", n), // padding or a neighbour's dead bytes
                 ],
             ),
             (
@@ -503,7 +496,6 @@ fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
                 "ind_arg",
                 "`mov rax,rsi` sets RAX to what may not be a stored code pointer",
             ),
-            ("ind_back", "the pointer at"),
             (
                 "ind_calc",
                 "`add rax,rdi` sets RAX to what may not be a stored code pointer",
@@ -516,8 +508,9 @@ fn a_function_with_a_bounded_indirect_jump_takes_a_jump() {
 fn a_short_function_takes_a_jump_over_the_padding_after_it() {
     // pad_ret and pad_next (3 and 4 bytes, then alignment padding) take a
     // jump over the padding; pad_tight has no padding (pad_next follows at
-    // once) and the padding after pad_target is jumped into: auto mode
-    // skips those, int3 mode counts all.
+    // once) and the padding after pad_target is jumped into: those two take
+    // a 2-byte jump to a 5-byte one in padding nearby. int3 mode counts
+    // all.
     let n = 500;
     assert_site_kinds(
         "pad",
@@ -526,7 +519,9 @@ fn a_short_function_takes_a_jump_over_the_padding_after_it() {
                 "auto",
                 &[
                     ("pad_ret", "jump-padding", n),
+                    ("pad_tight", "jump-short-padding", n),
                     ("pad_next", "jump-padding", n),
+                    ("pad_target", "jump-short-padding", n),
                     ("pad_jumper", "jump", n),
                 ],
             ),
@@ -542,23 +537,15 @@ fn a_short_function_takes_a_jump_over_the_padding_after_it() {
             ),
         ],
     );
-    assert_jump_refused(
-        &path("sites", Variant::Pie),
-        &["pad", "1"],
-        &[
-            ("pad_tight", "no padding after it"),
-            ("pad_target", "branches into the displaced bytes"),
-        ],
-    );
 }
 
 #[test]
 fn a_function_symbol_without_a_size_ends_at_its_last_ret_before_the_next_symbol() {
     // nosize_long, nosize_fn and nosize_next take a jump; nosize_outer is
-    // entered at +2 (the symbol nosize_inner, which lies inside it) and
-    // nosize_fall runs on into nosize_next: auto mode skips those three,
-    // int3 mode counts all six (nosize_inner and nosize_next twice per
-    // round).
+    // entered at +2 (the symbol nosize_inner, which lies inside it), so it
+    // takes a 2-byte jump; nosize_fall runs on into nosize_next: auto mode
+    // skips it and nosize_inner, int3 mode counts all six (nosize_inner and
+    // nosize_next twice per round).
     let n = 500;
     assert_site_kinds(
         "nosize",
@@ -568,6 +555,7 @@ fn a_function_symbol_without_a_size_ends_at_its_last_ret_before_the_next_symbol(
                 &[
                     ("nosize_long", "jump", n),
                     ("nosize_fn", "jump-padding", n),
+                    ("nosize_outer", "jump-short-padding", n),
                     ("nosize_next", "jump-padding", 2 * n),
                 ],
             ),
@@ -590,10 +578,83 @@ fn a_function_symbol_without_a_size_ends_at_its_last_ret_before_the_next_symbol(
         &[
             ("nosize_inner", "lies inside the function at"),
             ("nosize_fall", "does not end in a `ret` or `jmp`"),
+        ],
+    );
+}
+
+#[test]
+fn a_function_too_short_for_a_jump_takes_a_2_byte_one_to_a_pad_nearby() {
+    // Each tactic of short jumps, forced by a sample between walls of ud2
+    // (see sites.c): the pad in padding, in a probed neighbour's displaced
+    // bytes, in an evicted unprobed neighbour's; a function entered at +2
+    // displaces only 2 bytes. rel8_at1 (entered at +1) and rel8_none (no
+    // room) are skipped in auto mode. The output is native's in every
+    // mode, evict_me's included; int3 mode counts all.
+    let n = 500;
+    assert_site_kinds(
+        "rel8",
+        &[
             (
-                "nosize_outer",
-                "into the displaced bytes, at nosize_outer+0x2",
+                "auto",
+                &[
+                    ("rel8_pad", "jump-short-padding", n),
+                    ("rel8_pad_end", "jump-padding", n),
+                    ("rel8_disp", "jump-short-displaced", n),
+                    ("rel8_host", "jump", n),
+                    ("rel8_evict", "jump-short-evicted", n),
+                    ("rel8_entered", "jump-short-displaced", n),
+                    ("rel8_enter_host", "jump", n),
+                    ("rel8_jump1", "jump", n),
+                ],
+            ),
+            (
+                "int3",
+                &[
+                    ("rel8_pad", "int3", n),
+                    ("rel8_pad_end", "int3", n),
+                    ("rel8_disp", "int3", n),
+                    ("rel8_host", "int3", n),
+                    ("rel8_evict", "int3", n),
+                    ("rel8_entered", "int3", n),
+                    ("rel8_enter_host", "int3", n),
+                    ("rel8_at1", "int3", n),
+                    ("rel8_jump1", "int3", n),
+                    ("rel8_none", "int3", n),
+                ],
             ),
         ],
+    );
+    assert_jump_refused(
+        &path("sites", Variant::Pie),
+        &["rel8", "1"],
+        &[
+            (
+                "rel8_at1",
+                "branches into the displaced bytes, at rel8_at1+0x1",
+            ),
+            (
+                "rel8_none",
+                "no 2-byte jump either: within its reach no padding, no jump site and no \
+                 neighbouring code can make room for a 5-byte jump",
+            ),
+        ],
+    );
+    // Alone, rel8_disp has no probed neighbour to displace more: it
+    // evicts rel8_host, which then runs out of line unprobed.
+    let (out, r) = probed_report_with(
+        "rel8-alone",
+        &["--probe-mode", "jump"],
+        &path("sites", Variant::Pie),
+        &["rel8", "50"],
+        &["rel8_disp"],
+    );
+    assert_eq!(printed(&out, "rel8"), 50);
+    assert_eq!(
+        probe_sites(&r),
+        [(
+            "rel8_disp".to_string(),
+            "jump-short-evicted".to_string(),
+            50
+        )]
     );
 }

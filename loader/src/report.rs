@@ -152,11 +152,12 @@ impl Report {
             .max()
             .unwrap_or(0)
             .clamp(4, NAME_COLUMN);
-        let jumps = self.probes.iter().filter(|p| p.kind == "jump").count();
+        // Every tactic but the int3 is a jump (`jump-padding`, `jump-short-…`).
+        let traps = self.probes.iter().filter(|p| p.kind == "int3").count();
         let mut s = format!(
-            "uprobe-exec: {} probe sites: {jumps} jump, {} int3\n",
+            "uprobe-exec: {} probe sites: {} jump, {traps} int3\n",
             self.probes.len(),
-            self.probes.len() - jumps
+            self.probes.len() - traps
         );
         s.push_str(&format!("{:<width$} {:>12}\n", "FUNC", "COUNT"));
         for (f, c) in rows {

@@ -497,16 +497,18 @@ fn mapped_len(layout: &SharedLayout) -> usize {
 }
 
 /// Where things are in the code pages and the row page, from the start of
-/// the area, for `sites` sites of which `traps` are `int3`s.
+/// the area, for `slot_count` slots (one per probe site, then one per
+/// neighbour evicted to make room for a short jump) and `traps` `int3`
+/// sites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodeLayout {
     /// The handler's code (the table follows it): `trap::code()`.
     pub handler_code: &'static [u8],
     /// Offset of the handler's `rt_sigreturn` restorer in it.
     pub restorer: usize,
-    /// Probe sites (one slot each).
-    pub sites: usize,
-    /// Of them, `int3` sites (one trap-table entry each).
+    /// Slots: probe sites first, then evicted neighbours.
+    pub slot_count: usize,
+    /// `int3` sites (one trap-table entry each).
     pub traps: usize,
 }
 
@@ -517,13 +519,13 @@ impl CodeLayout {
     pub fn new(
         handler_code: &'static [u8],
         restorer: usize,
-        sites: usize,
+        slot_count: usize,
         traps: usize,
     ) -> CodeLayout {
         CodeLayout {
             handler_code,
             restorer,
-            sites,
+            slot_count,
             traps,
         }
     }
@@ -552,17 +554,17 @@ impl CodeLayout {
         (self.table() + TABLE_ENTRIES + ENTRY_BYTES * self.traps).next_multiple_of(16)
     }
 
-    /// Offset of site `i`'s slot.
+    /// Offset of slot `i` (site `i`'s, for a site).
     #[must_use]
     pub fn slot(&self, i: usize) -> usize {
-        assert!(i < self.sites);
+        assert!(i < self.slot_count);
         self.slots() + i * SLOT_BYTES
     }
 
     /// Bytes of code and data (mapped read+exec).
     #[must_use]
     pub fn code_len(&self) -> usize {
-        self.slots() + self.sites * SLOT_BYTES
+        self.slots() + self.slot_count * SLOT_BYTES
     }
 
     /// Offset of the row page (the page after the code).
@@ -577,10 +579,10 @@ impl CodeLayout {
         self.row_page() + PAGE_SIZE as usize
     }
 
-    /// Whether the area has no site.
+    /// Whether the area has no slot.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.sites == 0
+        self.slot_count == 0
     }
 
     /// The code pages' bytes ([`CodeLayout::code_len`] of them): the
@@ -596,7 +598,7 @@ impl CodeLayout {
         slots: &[Vec<u8>],
     ) -> Vec<u8> {
         assert_eq!(entries.len(), self.traps);
-        assert_eq!(slots.len(), self.sites);
+        assert_eq!(slots.len(), self.slot_count);
         entries.sort_by_key(|e| e.site);
         let mut out = vec![0xcc; self.code_len()];
         out[..self.handler_code.len()].copy_from_slice(self.handler_code);

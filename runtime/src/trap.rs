@@ -186,11 +186,11 @@ pub fn restorer_offset() -> usize {
         - std::ptr::addr_of!(uprobe_exec_trap_start) as usize
 }
 
-/// The probe area's code pages for `sites` sites of which `traps` are
-/// `int3`s, with this build's handler.
+/// The probe area's code pages for `slots` slots (sites, then evicted
+/// neighbours) and `traps` `int3` sites, with this build's handler.
 #[must_use]
-pub fn layout(sites: usize, traps: usize) -> crate::area::CodeLayout {
-    crate::area::CodeLayout::new(code(), restorer_offset(), sites, traps)
+pub fn layout(slots: usize, traps: usize) -> crate::area::CodeLayout {
+    crate::area::CodeLayout::new(code(), restorer_offset(), slots, traps)
 }
 
 #[cfg(test)]

@@ -112,7 +112,8 @@ __asm__(".intel_syntax noprefix\n.text\n"
         ".att_syntax prefix\n");
 
 /* Functions built to defeat naive jump patching:
- *   defeat_loop   a loop branches back to entry+2 (inside a 5-byte patch)
+ *   defeat_loop   a loop branches back to entry+1 (inside any jump's patch,
+ *                 even a 2-byte one)
  *   defeat_short  shorter than 5 bytes
  *   defeat_table  dispatches through a relative jump table (indirect jmp),
  *                 which is read whole: a jump fits at its entry
@@ -125,7 +126,7 @@ uint64_t defeat_tail(uint64_t);
 uint64_t defeat_flags(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl defeat_loop\n.type defeat_loop,@function\n"
-        "defeat_loop:\n xor eax, eax\n3:\n add eax, 1\n cmp eax, edi\n jl 3b\n ret\n.size defeat_loop, .-defeat_loop\n"
+        "defeat_loop:\n cld\n3:\n sub edi, 1\n jg 3b\n lea eax, [rdi + 7]\n ret\n.size defeat_loop, .-defeat_loop\n"
         ".p2align 4\n.globl defeat_short\n.type defeat_short,@function\n"
         "defeat_short:\n lea eax, [rdi + 1]\n ret\n.size defeat_short, .-defeat_short\n"
         ".p2align 4\n.globl defeat_table\n.type defeat_table,@function\n"

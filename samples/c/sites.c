@@ -16,15 +16,17 @@
  *   sites ind N     calls the ind_* functions N times each (below)
  *   sites pad N     calls the pad_* functions N times each (below)
  *   sites nosize N  calls the nosize_* functions N times each (below)
+ *   sites rel8 N    calls the rel8_* functions and evict_me N times each (below)
  *
- * Each xe_* function starts with a 2-byte instruction, so a 5-byte jump at
- * its entry would cover the point at +2 where something else enters it:
- *   xe_target   a direct `jmp xe_target+2` in another function (xe_jumper),
+ * Each xe_* function starts with a 1-byte instruction (`cld`), so any jump
+ * at its entry, even a 2-byte one, would cover the point at +1 where
+ * something else enters it (rel8_entered, below, is entered at +2):
+ *   xe_target   a direct `jmp xe_target+1` in another function (xe_jumper),
  *               as static glibc's __mempcpy_* jumps into __memcpy_*+3
- *   xe_ptr      a pointer to xe_ptr+2 stored in data, called through it
+ *   xe_ptr      a pointer to xe_ptr+1 stored in data, called through it
  *   xe_table    entry 1 of another function's jump table (xe_dispatch)
- *   xe_label    a symbol (xe_label_inner) at +2
- *   xe_plain    same shape, entered only at its first byte
+ *   xe_label    a symbol (xe_label_inner) at +1
+ *   xe_plain    starts with a 2-byte instruction, entered only there
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -42,23 +44,23 @@ uint64_t xe_plain(uint64_t);
 extern uint64_t (*xe_ptr_inner)(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl xe_target\n.type xe_target,@function\n"
-        "xe_target:\n mov eax, edi\n add eax, 1\n add eax, 2\n ret\n.size xe_target, .-xe_target\n"
+        "xe_target:\n cld\n mov eax, edi\n add eax, 1\n add eax, 2\n ret\n.size xe_target, .-xe_target\n"
         ".p2align 4\n.globl xe_jumper\n.type xe_jumper,@function\n"
-        "xe_jumper:\n lea eax, [rdi + 100]\n jmp xe_target+2\n.size xe_jumper, .-xe_jumper\n"
+        "xe_jumper:\n lea eax, [rdi + 100]\n jmp xe_target+1\n.size xe_jumper, .-xe_jumper\n"
         ".p2align 4\n.globl xe_ptr\n.type xe_ptr,@function\n"
-        "xe_ptr:\n mov eax, edi\n add eax, 3\n add eax, 4\n ret\n.size xe_ptr, .-xe_ptr\n"
+        "xe_ptr:\n cld\n mov eax, edi\n add eax, 3\n add eax, 4\n ret\n.size xe_ptr, .-xe_ptr\n"
         ".p2align 4\n.globl xe_table\n.type xe_table,@function\n"
-        "xe_table:\n mov eax, edi\n add eax, 5\n add eax, 6\n ret\n.size xe_table, .-xe_table\n"
+        "xe_table:\n cld\n mov eax, edi\n add eax, 5\n add eax, 6\n ret\n.size xe_table, .-xe_table\n"
         ".p2align 4\n.globl xe_dispatch\n.type xe_dispatch,@function\n"
         "xe_dispatch:\n mov eax, edi\n and edi, 1\n lea rcx, [rip + 5f]\n movsxd rdx, dword ptr [rcx + rdi * 4]\n"
         " add rcx, rdx\n jmp rcx\n.size xe_dispatch, .-xe_dispatch\n"
-        ".section .rodata\n.p2align 2\n5:\n .long xe_table - 5b\n .long xe_table + 2 - 5b\n.text\n"
+        ".section .rodata\n.p2align 2\n5:\n .long xe_table - 5b\n .long xe_table + 1 - 5b\n.text\n"
         ".p2align 4\n.globl xe_label\n.type xe_label,@function\n"
-        "xe_label:\n mov eax, edi\n.globl xe_label_inner\nxe_label_inner:\n add eax, 7\n add eax, 8\n ret\n"
+        "xe_label:\n cld\n.globl xe_label_inner\nxe_label_inner:\n mov eax, edi\n add eax, 7\n add eax, 8\n ret\n"
         ".size xe_label, .-xe_label\n"
         ".p2align 4\n.globl xe_plain\n.type xe_plain,@function\n"
         "xe_plain:\n mov eax, edi\n add eax, 9\n add eax, 10\n ret\n.size xe_plain, .-xe_plain\n"
-        ".section .data.rel.ro,\"aw\"\n.p2align 3\n.globl xe_ptr_inner\nxe_ptr_inner:\n .quad xe_ptr + 2\n.text\n"
+        ".section .data.rel.ro,\"aw\"\n.p2align 3\n.globl xe_ptr_inner\nxe_ptr_inner:\n .quad xe_ptr + 1\n.text\n"
         ".att_syntax prefix\n");
 
 /* Indirect jumps. A jump site is safe in a function with a `jmp reg` only
@@ -166,6 +168,19 @@ __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n"
         ".att_syntax prefix\n");
 
+/* The rel8_* functions: at the end of the file. */
+uint64_t rel8_pad(uint64_t);
+uint64_t rel8_pad_end(uint64_t);
+uint64_t rel8_disp(uint64_t);
+uint64_t rel8_host(uint64_t);
+uint64_t rel8_evict(uint64_t);
+uint64_t evict_me(uint64_t);
+uint64_t rel8_entered(uint64_t);
+uint64_t rel8_enter_host(uint64_t);
+uint64_t rel8_at1(uint64_t);
+uint64_t rel8_jump1(uint64_t);
+uint64_t rel8_none(uint64_t);
+
 uint64_t skip_ok(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl skip_ok\n.type skip_ok,@function\n"
@@ -230,7 +245,7 @@ NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize|rel8 N\n");
         return 2;
     }
     uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
@@ -274,12 +289,72 @@ int main(int argc, char **argv) {
             acc += nosize_long(i) + nosize_fn(i) + nosize_outer(i) + nosize_inner(i) +
                    nosize_fall(i) + nosize_next(i);
         printf("nosize=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "rel8")) {
+        for (uint64_t i = 0; i < n; i++)
+            acc += rel8_pad(i) + rel8_pad_end(i) + rel8_disp(i) + rel8_host(i) + rel8_evict(i) +
+                   evict_me(i) + rel8_entered(i) + rel8_enter_host(i) + rel8_at1(i) + rel8_jump1(i) +
+                   rel8_none(i);
+        printf("rel8=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(argv[1], "skip")) {
         for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
         printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize|rel8 N\n");
         return 2;
     }
     return 0;
 }
+
+/* Functions too short for a 5-byte jump and packed against the next one,
+ * each group between walls of ud2 (no function, no padding) wider than a
+ * `jmp rel8` reaches. Each can take a 2-byte jump to a 5-byte one (a pad)
+ * in bytes that no longer run:
+ *   rel8_pad         4 bytes, rel8_pad_end at once: the pad goes in the
+ *                    padding after rel8_pad_end (whose own jump covers
+ *                    its first byte)
+ *   rel8_disp        4 bytes, then rel8_host (a probe too): rel8_host's jump
+ *                    displaces 11 bytes instead of 7, the pad goes past it
+ *   rel8_evict       4 bytes, then evict_me (no probe): evict_me's first
+ *                    11 bytes move out of line, the pad goes past its jump
+ *   rel8_entered     entered at +2 by rel8_enter_host (a probe): 2 bytes
+ *                    displaced, the pad in rel8_enter_host's bytes
+ *   rel8_at1         entered at +1 by rel8_jump1 (a probe that could hold
+ *                    a pad): even 2 bytes would cover that, refused
+ *   rel8_none        4 bytes between walls: no room, refused
+ * (At the end of the file, so that the walls follow no other sample's
+ * functions.) */
+uint64_t rel8_pad(uint64_t);
+uint64_t rel8_pad_end(uint64_t);
+uint64_t rel8_disp(uint64_t);
+uint64_t rel8_host(uint64_t);
+uint64_t rel8_evict(uint64_t);
+uint64_t evict_me(uint64_t);
+uint64_t rel8_entered(uint64_t);
+uint64_t rel8_enter_host(uint64_t);
+uint64_t rel8_at1(uint64_t);
+uint64_t rel8_jump1(uint64_t);
+uint64_t rel8_none(uint64_t);
+#define WALL ".fill 160, 2, 0x0b0f\n"
+#define FN(name) ".globl " #name "\n.type " #name ",@function\n" #name ":\n"
+#define END(name) ".size " #name ", .-" #name "\n"
+__asm__(".intel_syntax noprefix\n.text\n.p2align 4\n" WALL
+        FN(rel8_pad) " lea eax, [rdi + 1]\n ret\n" END(rel8_pad)
+        FN(rel8_pad_end) " lea eax, [rdi + 2]\n ret\n" END(rel8_pad_end)
+        ".p2align 4\n" WALL
+        FN(rel8_disp) " lea eax, [rdi + 3]\n ret\n" END(rel8_disp)
+        FN(rel8_host) " mov rax, rdi\n add rax, 5\n imul rax, rax, 3\n ret\n" END(rel8_host)
+        WALL
+        FN(rel8_evict) " lea eax, [rdi + 4]\n ret\n" END(rel8_evict)
+        FN(evict_me) " mov rax, rdi\n add rax, 7\n imul rax, rax, 5\n ret\n" END(evict_me)
+        WALL
+        FN(rel8_entered) " mov eax, edi\n.Lrel8_in:\n add eax, 9\n ret\n" END(rel8_entered)
+        FN(rel8_enter_host) " mov rax, rdi\n add rax, 11\n imul rax, rax, 7\n mov edi, eax\n"
+        " jmp .Lrel8_in\n" END(rel8_enter_host)
+        WALL
+        FN(rel8_at1) " push rbx\n.Lrel8_at1:\n lea eax, [rdi + 1]\n pop rbx\n ret\n" END(rel8_at1)
+        FN(rel8_jump1) " mov rax, rdi\n add rax, 13\n imul rax, rax, 3\n push rbx\n mov edi, eax\n"
+        " jmp .Lrel8_at1\n" END(rel8_jump1)
+        WALL
+        FN(rel8_none) " lea eax, [rdi + 6]\n ret\n" END(rel8_none)
+        WALL
+        ".att_syntax prefix\n");

@@ -4,9 +4,9 @@
 
 use uprobe_runtime::area::{CodeLayout, Shared, TrapEntry};
 
-use super::trampoline::{encode_trampoline, jump_patch, Counting};
+use super::trampoline::{encode_evicted, encode_trampoline, jump_patch, short_patch, Counting};
 use super::xol::{encode_slot, Unrelocatable};
-use super::{decode_one, disasm, Action, Kind, ProbeError, Site};
+use super::{code_at, decode_one, disasm, Action, Evicted, Kind, ProbeError, Site};
 use crate::addr::Bias;
 use crate::elf::Image;
 
@@ -17,25 +17,37 @@ pub struct AreaCode {
     /// its table, each site's slot or trampoline.
     pub bytes: Vec<u8>,
     /// What the text gets: (runtime address, bytes) of each site's `int3`
-    /// or `jmp`.
+    /// or `jmp`, each evicted neighbour's `jmp`, then the short jumps'
+    /// pads, which go over the filler of their hosts (so they come last).
     pub patches: Vec<(u64, Vec<u8>)>,
 }
 
-/// The code for `sites` (in the program `image`, placed with `bias`), in
-/// an area laid out as `layout` at runtime address `base`, counting hits
-/// in `shared`. Site `i` gets slot `i` and counter `i`.
+/// The code for `sites` and the neighbours `evicted` for their pads (in
+/// the program `image`, placed with `bias`), in an area laid out as
+/// `layout` at runtime address `base`, counting hits in `shared`. Site `i`
+/// gets slot `i` and counter `i`; evicted neighbour `k` gets slot
+/// `sites.len() + k`.
 pub fn generate(
     image: &Image,
     bias: Bias,
     sites: &[Site],
+    evicted: &[Evicted],
     layout: &CodeLayout,
     base: u64,
     shared: &Shared,
 ) -> Result<AreaCode, ProbeError> {
     let row_page = base + layout.row_page() as u64;
+    let counting = |i: usize| Counting {
+        overflow: shared.overflow_addr(i),
+        index: i as u64,
+        row_page,
+        block_shift: shared.layout().block_shift(),
+        slot_bits: shared.layout().slot_bits(),
+    };
     let mut slots = Vec::with_capacity(sites.len());
     let mut entries = Vec::new();
-    let mut patches = Vec::with_capacity(sites.len());
+    let mut patches = Vec::with_capacity(sites.len() + evicted.len());
+    let mut pads = Vec::new();
     for (i, s) in sites.iter().enumerate() {
         // Counting is the only action: the handler and the trampolines do it.
         let Action::Count = s.action;
@@ -57,19 +69,35 @@ pub fn generate(
                 len, flags_live, ..
             } => {
                 patches.push((ip, jump_patch(ip, s.kind.patch_len(), slot)));
-                let counting = Counting {
-                    overflow: shared.overflow_addr(i),
-                    index: i as u64,
-                    row_page,
-                    block_shift: shared.layout().block_shift(),
-                    slot_bits: shared.layout().slot_bits(),
-                };
-                encode_trampoline(from, ip, len, flags_live, &counting, slot)
+                encode_trampoline(from, ip, len, flags_live, &counting(i), slot)
+            }
+            Kind::JumpShort {
+                len,
+                flags_live,
+                pad,
+                ..
+            } => {
+                let pad = bias.apply(pad).0;
+                patches.push((ip, short_patch(ip, len, pad)));
+                pads.push((pad, jump_patch(pad, 5, slot)));
+                encode_trampoline(from, ip, len, flags_live, &counting(i), slot)
             }
         };
         let code = code.map_err(|e| site_error(s, from, ip, e))?;
         slots.push(code);
     }
+    for (k, e) in evicted.iter().enumerate() {
+        let slot = base + layout.slot(sites.len() + k) as u64;
+        let ip = bias.apply(e.addr).0;
+        patches.push((ip, jump_patch(ip, e.len, slot)));
+        let from = code_at(image, e.addr);
+        let code = encode_evicted(from, ip, e.len, slot).map_err(|why| {
+            let label = format!("{:#x} (code moved to make room for a short jump)", e.addr.0);
+            code_error(label, Some(e.len), from, ip, why)
+        })?;
+        slots.push(code);
+    }
+    patches.extend(pads);
     Ok(AreaCode {
         bytes: layout.image(shared.addr(), row_page, entries, &slots),
         patches,
@@ -80,18 +108,37 @@ pub fn generate(
 /// cannot be probed: the instruction to blame, or, when the code as a whole
 /// is the trouble, the instructions it displaces.
 fn site_error(s: &Site, from: &[u8], ip: u64, e: Unrelocatable) -> ProbeError {
-    match (e, s.kind) {
+    let len = match s.kind {
+        Kind::Int3 => None,
+        Kind::Jump { len, .. } | Kind::JumpPadding { len, .. } | Kind::JumpShort { len, .. } => {
+            Some(len)
+        }
+    };
+    code_error(s.label(), len, from, ip, e)
+}
+
+/// Why the code at `label` (runtime address `ip`, its bytes starting with
+/// `from`; `len` displaced bytes behind a jump, or one instruction behind
+/// an int3) cannot run out of line.
+fn code_error(
+    label: String,
+    len: Option<usize>,
+    from: &[u8],
+    ip: u64,
+    e: Unrelocatable,
+) -> ProbeError {
+    match (e, len) {
         (Unrelocatable::Insn { insn, why }, _) => ProbeError::NotRelocatable {
-            site: s.label(),
+            site: label,
             insn,
             why,
         },
-        (Unrelocatable::Code(why), Kind::Int3) => ProbeError::NotRelocatable {
-            site: s.label(),
+        (Unrelocatable::Code(why), None) => ProbeError::NotRelocatable {
+            site: label,
             insn: disasm(&decode_one(from, ip)),
             why,
         },
-        (Unrelocatable::Code(why), Kind::Jump { len, .. } | Kind::JumpPadding { len, .. }) => {
+        (Unrelocatable::Code(why), Some(len)) => {
             let mut insns = Vec::new();
             let mut off = 0;
             while off < len.min(from.len()) {
@@ -100,7 +147,7 @@ fn site_error(s: &Site, from: &[u8], ip: u64, e: Unrelocatable) -> ProbeError {
                 off += insn.len().max(1);
             }
             ProbeError::Trampoline {
-                site: s.label(),
+                site: label,
                 insns: insns.join("; "),
                 why,
             }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
 
 use super::{
-    bytes_at, decode_one, disasm, indirect, xol, Action, Kind, Place, ProbeError, ProbeMode,
-    Resolution, Site, Source, Targets,
+    bytes_at, decode_one, disasm, indirect, short, xol, Action, Evicted, Kind, Place, ProbeError,
+    ProbeMode, Resolution, Site, Source, Targets,
 };
 use crate::addr::LinkAddr;
 use crate::elf::Image;
@@ -15,43 +15,35 @@ use crate::error::{Error, Result};
 use crate::symbols::Symbols;
 
 /// Chooses how each place of `resolution` is displaced under `mode`: a
-/// jump where [`JumpCheck`] allows it; otherwise an `int3` with
+/// jump where [`decide`] finds one; otherwise an `int3` with
 /// [`ProbeMode::Int3`], an error with [`ProbeMode::Jump`], and with
 /// [`ProbeMode::Auto`] an error for a place named on its own or a skip for
 /// a pattern's match (an int3 cannot be made safe: README, "Int3 sites").
 pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result<Chosen> {
     let places = &resolution.places;
-    let mut check = JumpCheck::default();
+    let (verdicts, evicted) = match mode {
+        ProbeMode::Int3 => (Vec::new(), Vec::new()),
+        _ => decide(image, places),
+    };
     let mut sites = Vec::with_capacity(places.len());
     let mut skipped = Vec::new();
     for (i, p) in places.iter().enumerate() {
-        // A jump must not cover another probe's site (places are sorted).
-        let covers = |len: usize| {
-            places
-                .get(i + 1)
-                .is_some_and(|next| next.addr.0 < p.addr.0 + len as u64)
-        };
-        let verdict = check.check(image, p).and_then(|k| match k {
-            Kind::Jump { .. } | Kind::JumpPadding { .. } if covers(k.patch_len()) => Err(format!(
-                "its displaced bytes would cover the probe at {}",
-                places[i + 1].label()
-            )),
-            k => Ok(k),
-        });
-        let kind = match (mode, verdict) {
-            (ProbeMode::Int3, _) => Kind::Int3,
-            (_, Ok(k)) => k,
-            (ProbeMode::Auto, Err(why)) if resolution.requests[p.request].location.is_glob() => {
+        let kind = match (mode, verdicts.get(i).cloned()) {
+            (ProbeMode::Int3, _) | (_, None) => Kind::Int3,
+            (_, Some(Ok(k))) => k,
+            (ProbeMode::Auto, Some(Err(why)))
+                if resolution.requests[p.request].location.is_glob() =>
+            {
                 skipped.push((p.label(), why));
                 continue;
             }
-            (ProbeMode::Auto, Err(why)) => {
+            (ProbeMode::Auto, Some(Err(why))) => {
                 return Err(Error::UnsafeSite {
                     site: p.label(),
                     why,
                 });
             }
-            (ProbeMode::Jump, Err(why)) => {
+            (ProbeMode::Jump, Some(Err(why))) => {
                 return Err(Error::Probe(ProbeError::NoJump {
                     site: p.label(),
                     why,
@@ -64,7 +56,40 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
             action: Action::Count,
         });
     }
-    Ok(Chosen { sites, skipped })
+    // A skipped place's bytes stay as they are: no evicted neighbour holds
+    // a pad for it (pads are only made for places that take a jump).
+    Ok(Chosen {
+        sites,
+        skipped,
+        evicted,
+    })
+}
+
+/// How each of `places` (sorted, distinct) can take a jump, all of them
+/// probed together, or why it cannot; and the neighbours evicted to hold
+/// the pads of short jumps. First each place on its own ([`JumpCheck`]);
+/// then the places that have no room for a 5-byte jump try a 2-byte one
+/// (`short.rs`), in the bytes the others leave.
+#[must_use]
+pub fn decide(image: &Image, places: &[Place]) -> (Vec<Result<Kind, String>>, Vec<Evicted>) {
+    let mut check = JumpCheck::default();
+    let mut verdicts: Vec<Result<Kind, String>> = places
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let k = check.check(image, p)?;
+            // A jump must not cover another probe's site (places are sorted).
+            match places.get(i + 1) {
+                Some(next) if next.addr.0 < p.addr.0 + k.patch_len() as u64 => Err(format!(
+                    "its displaced bytes would cover the probe at {}",
+                    next.label()
+                )),
+                _ => Ok(k),
+            }
+        })
+        .collect();
+    let evicted = short::place(image, places, &mut verdicts, &mut check);
+    (verdicts, evicted)
 }
 
 /// What [`choose`] decided.
@@ -74,6 +99,8 @@ pub struct Chosen {
     pub sites: Vec<Site>,
     /// The pattern matches passed over: (label, why a jump does not fit).
     pub skipped: Vec<(String, String)>,
+    /// The neighbours evicted to hold short jumps' pads.
+    pub evicted: Vec<Evicted>,
 }
 
 /// Decides whether sites can take a jump, decoding each function once and
@@ -84,8 +111,8 @@ pub struct JumpCheck {
     decoded: HashMap<LinkAddr, Result<Vec<Instruction>, String>>,
     /// Where control can arrive in the object, built at the first check.
     targets: Option<Targets>,
-    /// The functions of known size, [start, end), read at the first check
-    /// of a symbol without a size.
+    /// The functions of known size, [start, end) sorted, read at the first
+    /// need: for symbols without a size, and for short jumps' neighbours.
     sized: Option<Vec<(u64, u64)>>,
 }
 
@@ -98,38 +125,9 @@ impl JumpCheck {
     /// the function has no indirect jump whose targets cannot be bounded
     /// ([`indirect::bounded`]).
     pub fn check(&mut self, image: &Image, site: &Place) -> Result<Kind, String> {
-        let Some((start, size)) = site.function else {
-            return Err("it is in no function of known size".into());
-        };
-        let targets = self
-            .targets
-            .get_or_insert_with(|| Targets::build(&image.bytes));
-        let size = if size > 0 {
-            size
-        } else {
-            let sized = self.sized.get_or_insert_with(|| {
-                Symbols::read(image)
-                    .all()
-                    .iter()
-                    .filter(|f| f.size > 0)
-                    .map(|f| (f.addr.0, f.addr.0 + f.size))
-                    .collect()
-            });
-            extent(image, start, targets, sized).map_err(|why| {
-                format!("it is in no function of known size: its symbol has no size, {why}")
-            })?
-        };
-        let insns = self
-            .decoded
-            .entry(start)
-            .or_insert_with(|| {
-                let insns = decode_function(image, start, size)?;
-                indirect::bounded(&insns, start.0, targets)?;
-                Ok(insns)
-            })
-            .as_ref()
-            .map_err(Clone::clone)?;
-        let end = start.0 + size;
+        let (start, end) = self.function(image, site.function)?;
+        let insns = self.insns(start);
+        let targets = self.targets();
         let first = insns
             .iter()
             .position(|i| i.ip() == site.addr.0)
@@ -142,32 +140,7 @@ impl JumpCheck {
             return padded(image, &insns[first..], site, start, end, targets)
                 .map_err(|why| format!("{fewer}, {why}"));
         }
-        let mut len = 0usize;
-        let mut k = first;
-        while len < 5 {
-            let Some(i) = insns.get(k) else {
-                return Err(format!(
-                    "fewer than 5 bytes from the site to the end of the function ({len})"
-                ));
-            };
-            if i.next_ip() > end {
-                return Err("the displaced bytes would leave the function".into());
-            }
-            xol::relocatable(i).map_err(|why| format!("`{}` {why}", disasm(i)))?;
-            len += i.len();
-            use iced_x86::FlowControl as F;
-            let ends_flow = matches!(
-                i.flow_control(),
-                F::Call | F::IndirectCall | F::Return | F::UnconditionalBranch | F::IndirectBranch
-            );
-            if ends_flow && len < 5 {
-                return Err(format!(
-                    "`{}` would not be the last displaced instruction",
-                    disasm(i)
-                ));
-            }
-            k += 1;
-        }
+        let len = span(&insns[first..], end, 5)?;
         let (lo, hi) = (site.addr.0, site.addr.0 + len as u64);
         if let Some((t, how)) = targets.inside(lo, hi) {
             return Err(entered(image, site, t, how));
@@ -177,6 +150,111 @@ impl JumpCheck {
             flags_live: site.addr != start,
         })
     }
+
+    /// The function `f` (start, size; a size of 0: up to its last `ret` or
+    /// `jmp`, see [`extent`]) decoded, as (start, end); or why jumps cannot
+    /// go in it. Its instructions are then [`JumpCheck::insns`].
+    pub(super) fn function(
+        &mut self,
+        image: &Image,
+        f: Option<(LinkAddr, u64)>,
+    ) -> Result<(LinkAddr, u64), String> {
+        let Some((start, size)) = f else {
+            return Err("it is in no function of known size".into());
+        };
+        let targets = self
+            .targets
+            .get_or_insert_with(|| Targets::build(&image.bytes));
+        let size = if size > 0 {
+            size
+        } else {
+            let sized = self.sized.get_or_insert_with(|| sized(image));
+            extent(image, start, targets, sized).map_err(|why| {
+                format!("it is in no function of known size: its symbol has no size, {why}")
+            })?
+        };
+        self.decoded
+            .entry(start)
+            .or_insert_with(|| {
+                let insns = decode_function(image, start, size)?;
+                indirect::bounded(&insns, start.0, targets)?;
+                Ok(insns)
+            })
+            .as_ref()
+            .map_err(Clone::clone)?;
+        Ok((start, start.0 + size))
+    }
+
+    /// The instructions of a function [`JumpCheck::function`] decoded.
+    pub(super) fn insns(&self, start: LinkAddr) -> &[Instruction] {
+        match self.decoded.get(&start) {
+            Some(Ok(insns)) => insns,
+            _ => &[],
+        }
+    }
+
+    /// The object's entry points: built by [`JumpCheck::function`], which
+    /// comes first on every path here.
+    pub(super) fn targets(&self) -> &Targets {
+        self.targets
+            .as_ref()
+            .expect("JumpCheck::function builds the targets first")
+    }
+
+    /// The functions of known size, [start, end) sorted by start, except
+    /// those the program copies and runs elsewhere.
+    pub(super) fn sized(&mut self, image: &Image) -> &[(u64, u64)] {
+        self.sized.get_or_insert_with(|| sized(image))
+    }
+}
+
+/// The bytes of whole instructions from the first of `insns` that cover at
+/// least `min`: they stay before `end` (the function's) and relocate, and
+/// a `call`, `jmp` or `ret` among them is the last. Or why there are none.
+pub(super) fn span(insns: &[Instruction], end: u64, min: usize) -> Result<usize, String> {
+    use iced_x86::FlowControl as F;
+    let mut len = 0usize;
+    for i in insns {
+        if len >= min {
+            break;
+        }
+        if i.next_ip() > end {
+            return Err("the displaced bytes would leave the function".into());
+        }
+        xol::relocatable(i).map_err(|why| format!("`{}` {why}", disasm(i)))?;
+        len += i.len();
+        let ends_flow = matches!(
+            i.flow_control(),
+            F::Call | F::IndirectCall | F::Return | F::UnconditionalBranch | F::IndirectBranch
+        );
+        if ends_flow && len < min {
+            return Err(format!(
+                "`{}` would not be the last displaced instruction",
+                disasm(i)
+            ));
+        }
+    }
+    if len < min {
+        return Err(format!(
+            "fewer than {min} bytes from the site to the end of the function ({len})"
+        ));
+    }
+    Ok(len)
+}
+
+/// The functions of known size in `image`, sorted, without those the
+/// program runs a copy of elsewhere (no byte of them may change).
+fn sized(image: &Image) -> Vec<(u64, u64)> {
+    let syms = Symbols::read(image);
+    let mut v: Vec<(u64, u64)> = syms
+        .all()
+        .iter()
+        .filter(|f| f.size > 0 && syms.copied(f.addr).is_none())
+        .map(|f| (f.addr.0, f.addr.0 + f.size))
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// The size of the code at the symbol `start`, which has none: up to its
@@ -282,7 +360,7 @@ fn padded(
 }
 
 /// Why a site is refused because control enters its displaced bytes at `t`.
-fn entered(image: &Image, site: &Place, t: u64, how: Source) -> String {
+pub(super) fn entered(image: &Image, site: &Place, t: u64, how: Source) -> String {
     let at = format!("{}+{:#x}", site.symbol, t - site.addr.0 + site.offset);
     let insn = |a: u64| {
         bytes_at(image, LinkAddr(a)).map_or_else(String::new, |b| {

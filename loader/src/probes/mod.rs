@@ -22,14 +22,16 @@ mod code;
 mod indirect;
 mod jump;
 mod resolve;
+mod short;
 mod spec;
 pub mod targets;
 mod trampoline;
 mod xol;
 
 pub use code::generate;
-pub use jump::{choose, JumpCheck};
+pub use jump::{choose, decide, JumpCheck};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
+pub use short::Evicted;
 pub use spec::Location;
 pub use targets::{Source, Targets};
 
@@ -127,12 +129,12 @@ impl Place {
         bias.apply(self.addr).0
     }
 
-    /// The file bytes its code is generated from: up to 16, fewer at the
-    /// end of its segment.
+    /// The file bytes its code is generated from: up to 32 (a jump that
+    /// also holds a pad displaces up to 24), fewer at the end of its
+    /// segment.
     #[must_use]
     pub fn bytes<'a>(&self, image: &'a Image) -> &'a [u8] {
-        let b = bytes_at(image, self.addr).unwrap_or(&[]);
-        &b[..b.len().min(16)]
+        code_at(image, self.addr)
     }
 }
 
@@ -192,6 +194,32 @@ pub enum Kind {
         /// Not at a function entry: the flags may be live.
         flags_live: bool,
     },
+    /// A 2-byte `jmp rel8` over `len` (≥ 2) bytes of whole instructions,
+    /// to a `jmp rel32` to the site's trampoline at `pad`, within 127
+    /// bytes, in bytes that no longer run (see `short.rs`).
+    JumpShort {
+        /// Displaced bytes (≥ 2).
+        len: usize,
+        /// Not at a function entry: the flags may be live.
+        flags_live: bool,
+        /// Where the 5-byte `jmp rel32` to the trampoline goes.
+        pad: LinkAddr,
+        /// Whose bytes those are.
+        via: Via,
+    },
+}
+
+/// Where the pad of a [`Kind::JumpShort`] lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// In alignment padding after a function that never runs on into it.
+    Padding,
+    /// In the dead bytes of another jump site, past its own `jmp`: that
+    /// site displaces enough instructions to hold it.
+    Displaced,
+    /// In the dead bytes of an evicted neighbour ([`Evicted`]): code
+    /// nearby that runs out of line behind a jump of its own.
+    Evicted,
 }
 
 impl Kind {
@@ -202,6 +230,16 @@ impl Kind {
             Kind::Int3 => "int3",
             Kind::Jump { .. } => "jump",
             Kind::JumpPadding { .. } => "jump-padding",
+            Kind::JumpShort {
+                via: Via::Padding, ..
+            } => "jump-short-padding",
+            Kind::JumpShort {
+                via: Via::Displaced,
+                ..
+            } => "jump-short-displaced",
+            Kind::JumpShort {
+                via: Via::Evicted, ..
+            } => "jump-short-evicted",
         }
     }
 
@@ -212,6 +250,7 @@ impl Kind {
             Kind::Int3 => 1,
             Kind::Jump { len, .. } => len,
             Kind::JumpPadding { len, pad, .. } => len + pad,
+            Kind::JumpShort { len, .. } => len,
         }
     }
 }
@@ -240,6 +279,12 @@ fn bytes_at(image: &Image, a: LinkAddr) -> Option<&[u8]> {
     let off = (s.offset + (a.0 - s.vaddr.0)) as usize;
     let end = (s.offset + s.filesz) as usize;
     image.bytes.get(off..end)
+}
+
+/// The file bytes at `a` that code is generated from: up to 32.
+fn code_at(image: &Image, a: LinkAddr) -> &[u8] {
+    let b = bytes_at(image, a).unwrap_or(&[]);
+    &b[..b.len().min(32)]
 }
 
 fn decode_one(bytes: &[u8], ip: u64) -> Instruction {

@@ -158,6 +158,36 @@ pub fn encode_trampoline(
     assemble(&mut a, at, "takes")
 }
 
+/// The slot of a neighbour evicted to hold pads (`super::short`): its
+/// `len` displaced bytes at `ip` (the first of `bytes`), relocated to `at`,
+/// then the jump back. It counts nothing and touches nothing else.
+pub fn encode_evicted(
+    bytes: &[u8],
+    ip: u64,
+    len: usize,
+    at: u64,
+) -> Result<Vec<u8>, Unrelocatable> {
+    let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
+    let mut off = 0;
+    while off < len {
+        let insn = decode_one(&bytes[off..], ip + off as u64);
+        off += insn.len();
+        displaced(&mut a, &insn, off >= len)?;
+    }
+    assemble(&mut a, at, "relocates to")
+}
+
+/// The bytes that replace `len` (≥ 2) bytes at `ip`: `jmp rel8` to `pad`
+/// (within reach), then `int3` filler (never executed).
+#[must_use]
+pub fn short_patch(ip: u64, len: usize, pad: u64) -> Vec<u8> {
+    let rel = pad.wrapping_sub(ip + 2) as i64;
+    debug_assert!((-128..=127).contains(&rel), "a pad out of reach");
+    let mut v = vec![0xeb, rel as i8 as u8];
+    v.resize(len, 0xcc);
+    v
+}
+
 /// The bytes that replace `len` bytes at `ip`: `jmp rel32` to `target`,
 /// then `int3` filler (never executed: nothing branches there).
 #[must_use]

@@ -61,17 +61,27 @@ pub fn functions(
             ..f.clone()
         })
         .collect();
-    let mut check = crate::probes::JumpCheck::default();
-    for f in out.iter_mut().filter(|f| f.unprobeable.is_none()) {
-        let place = crate::probes::Place {
+    // The tactic each would get with all of them probed together (short
+    // jumps' pads depend on what the others take).
+    let mut places: Vec<crate::probes::Place> = out
+        .iter()
+        .filter(|f| f.unprobeable.is_none())
+        .map(|f| crate::probes::Place {
             object: crate::probes::ObjectId::MAIN,
             addr: f.addr,
             symbol: f.display_name().to_string(),
             offset: 0,
             function: Some((f.addr, f.size)),
             request: 0,
-        };
-        f.tactic = Some(check.check(&image, &place).map(crate::probes::Kind::name));
+        })
+        .collect();
+    places.sort_by_key(|p| p.addr);
+    places.dedup_by_key(|p| p.addr);
+    let (verdicts, _) = crate::probes::decide(&image, &places);
+    for f in out.iter_mut().filter(|f| f.unprobeable.is_none()) {
+        if let Ok(i) = places.binary_search_by_key(&f.addr, |p| p.addr) {
+            f.tactic = Some(verdicts[i].clone().map(crate::probes::Kind::name));
+        }
     }
     out.dedup_by(|a, b| a.addr == b.addr && a.display_name() == b.display_name());
     Ok(out)

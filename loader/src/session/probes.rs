@@ -49,6 +49,7 @@ impl Probes {
         let chosen = probes::choose(&draft.program.image, &resolution, mode)?;
         skipped.extend(chosen.skipped);
         let sites = chosen.sites;
+        let evicted = chosen.evicted;
         if sites.is_empty() {
             return Ok((draft.finish(&[]), None));
         }
@@ -63,12 +64,13 @@ impl Probes {
             .map_err(|e| Error::sys("creating the hit counters", e))?,
         );
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
-        let layout = uprobe_runtime::trap::layout(sites.len(), traps);
+        let layout = uprobe_runtime::trap::layout(sites.len() + evicted.len(), traps);
         let room = draft.probe_room(&layout)?;
         let code = probes::generate(
             &draft.program.image,
             draft.program.bias,
             &sites,
+            &evicted,
             &layout,
             room.addr(),
             &counters,
