@@ -658,3 +658,43 @@ fn a_function_too_short_for_a_jump_takes_a_2_byte_one_to_a_pad_nearby() {
         )]
     );
 }
+
+#[test]
+fn a_site_with_no_room_even_for_2_bytes_takes_a_punned_jump() {
+    // pun_ret (a 1-byte `ret`) and pun_at1 (entered at +1) take a `jmp`
+    // whose rel32 ends in the unchanged bytes after them, landing ~1.75 GiB
+    // ahead in a page of ours; pun_none's bytes would land it inside the
+    // program: skipped in auto mode, refused in jump mode. The output is
+    // native's; int3 mode counts all.
+    let n = 500;
+    assert_site_kinds(
+        "pun",
+        &[
+            (
+                "auto",
+                &[
+                    ("pun_ret", "jump-pun", n),
+                    ("pun_at1", "jump-pun", n),
+                    ("pun_jump1", "jump", n),
+                ],
+            ),
+            (
+                "int3",
+                &[
+                    ("pun_ret", "int3", n),
+                    ("pun_at1", "int3", n),
+                    ("pun_jump1", "int3", n),
+                    ("pun_none", "int3", n),
+                ],
+            ),
+        ],
+    );
+    assert_jump_refused(
+        &path("sites", Variant::Pie),
+        &["pun", "1"],
+        &[(
+            "pun_none",
+            "no punned jump either: the bytes after it make it land at",
+        )],
+    );
+}

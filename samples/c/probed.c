@@ -113,7 +113,8 @@ __asm__(".intel_syntax noprefix\n.text\n"
 
 /* Functions built to defeat naive jump patching:
  *   defeat_loop   a loop branches back to entry+1 (inside any jump's patch,
- *                 even a 2-byte one)
+ *                 even a 2-byte one); the `sub edi, 1` there (81 ef 01 00
+ *                 00 00) would land a punned jump inside the program
  *   defeat_short  shorter than 5 bytes
  *   defeat_table  dispatches through a relative jump table (indirect jmp),
  *                 which is read whole: a jump fits at its entry
@@ -126,7 +127,7 @@ uint64_t defeat_tail(uint64_t);
 uint64_t defeat_flags(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl defeat_loop\n.type defeat_loop,@function\n"
-        "defeat_loop:\n cld\n3:\n sub edi, 1\n jg 3b\n lea eax, [rdi + 7]\n ret\n.size defeat_loop, .-defeat_loop\n"
+        "defeat_loop:\n cld\n3:\n .byte 0x81, 0xef, 0x01, 0x00, 0x00, 0x00\n jg 3b\n lea eax, [rdi + 7]\n ret\n.size defeat_loop, .-defeat_loop\n"
         ".p2align 4\n.globl defeat_short\n.type defeat_short,@function\n"
         "defeat_short:\n lea eax, [rdi + 1]\n ret\n.size defeat_short, .-defeat_short\n"
         ".p2align 4\n.globl defeat_table\n.type defeat_table,@function\n"

@@ -17,10 +17,13 @@
  *   sites pad N     calls the pad_* functions N times each (below)
  *   sites nosize N  calls the nosize_* functions N times each (below)
  *   sites rel8 N    calls the rel8_* functions and evict_me N times each (below)
+ *   sites pun N     calls the pun_* and punned_* functions N times each (below)
  *
  * Each xe_* function starts with a 1-byte instruction (`cld`), so any jump
  * at its entry, even a 2-byte one, would cover the point at +1 where
- * something else enters it (rel8_entered, below, is entered at +2):
+ * something else enters it (rel8_entered, below, is entered at +2); and the
+ * `lea eax, [rdi + 0x100]` after it (8d 87 00 01 00 00) would make a punned
+ * jump land 16 MiB ahead, inside the program's heap:
  *   xe_target   a direct `jmp xe_target+1` in another function (xe_jumper),
  *               as static glibc's __mempcpy_* jumps into __memcpy_*+3
  *   xe_ptr      a pointer to xe_ptr+1 stored in data, called through it
@@ -44,19 +47,19 @@ uint64_t xe_plain(uint64_t);
 extern uint64_t (*xe_ptr_inner)(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n.globl xe_target\n.type xe_target,@function\n"
-        "xe_target:\n cld\n mov eax, edi\n add eax, 1\n add eax, 2\n ret\n.size xe_target, .-xe_target\n"
+        "xe_target:\n cld\n lea eax, [rdi + 0x100]\n add eax, 1\n add eax, 2\n ret\n.size xe_target, .-xe_target\n"
         ".p2align 4\n.globl xe_jumper\n.type xe_jumper,@function\n"
         "xe_jumper:\n lea eax, [rdi + 100]\n jmp xe_target+1\n.size xe_jumper, .-xe_jumper\n"
         ".p2align 4\n.globl xe_ptr\n.type xe_ptr,@function\n"
-        "xe_ptr:\n cld\n mov eax, edi\n add eax, 3\n add eax, 4\n ret\n.size xe_ptr, .-xe_ptr\n"
+        "xe_ptr:\n cld\n lea eax, [rdi + 0x100]\n add eax, 3\n add eax, 4\n ret\n.size xe_ptr, .-xe_ptr\n"
         ".p2align 4\n.globl xe_table\n.type xe_table,@function\n"
-        "xe_table:\n cld\n mov eax, edi\n add eax, 5\n add eax, 6\n ret\n.size xe_table, .-xe_table\n"
+        "xe_table:\n cld\n lea eax, [rdi + 0x100]\n add eax, 5\n add eax, 6\n ret\n.size xe_table, .-xe_table\n"
         ".p2align 4\n.globl xe_dispatch\n.type xe_dispatch,@function\n"
         "xe_dispatch:\n mov eax, edi\n and edi, 1\n lea rcx, [rip + 5f]\n movsxd rdx, dword ptr [rcx + rdi * 4]\n"
         " add rcx, rdx\n jmp rcx\n.size xe_dispatch, .-xe_dispatch\n"
         ".section .rodata\n.p2align 2\n5:\n .long xe_table - 5b\n .long xe_table + 1 - 5b\n.text\n"
         ".p2align 4\n.globl xe_label\n.type xe_label,@function\n"
-        "xe_label:\n cld\n.globl xe_label_inner\nxe_label_inner:\n mov eax, edi\n add eax, 7\n add eax, 8\n ret\n"
+        "xe_label:\n cld\n.globl xe_label_inner\nxe_label_inner:\n lea eax, [rdi + 0x100]\n add eax, 7\n add eax, 8\n ret\n"
         ".size xe_label, .-xe_label\n"
         ".p2align 4\n.globl xe_plain\n.type xe_plain,@function\n"
         "xe_plain:\n mov eax, edi\n add eax, 9\n add eax, 10\n ret\n.size xe_plain, .-xe_plain\n"
@@ -180,6 +183,12 @@ uint64_t rel8_enter_host(uint64_t);
 uint64_t rel8_at1(uint64_t);
 uint64_t rel8_jump1(uint64_t);
 uint64_t rel8_none(uint64_t);
+void pun_ret(void);
+uint64_t punned_next(uint64_t);
+uint64_t pun_at1(uint64_t);
+uint64_t pun_jump1(uint64_t);
+void pun_none(void);
+uint64_t punned_near(uint64_t);
 
 uint64_t skip_ok(uint64_t);
 __asm__(".intel_syntax noprefix\n.text\n"
@@ -245,7 +254,7 @@ NOINLINE uint64_t short_fn(uint64_t x) { return x * 5 + 2; }
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize|rel8 N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize|rel8|pun N\n");
         return 2;
     }
     uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
@@ -295,11 +304,18 @@ int main(int argc, char **argv) {
                    evict_me(i) + rel8_entered(i) + rel8_enter_host(i) + rel8_at1(i) + rel8_jump1(i) +
                    rel8_none(i);
         printf("rel8=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
+    } else if (!strcmp(argv[1], "pun")) {
+        for (uint64_t i = 0; i < n; i++) {
+            pun_ret();
+            pun_none();
+            acc += punned_next(i) + pun_at1(i) + pun_jump1(i) + punned_near(i);
+        }
+        printf("pun=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else if (!strcmp(argv[1], "skip")) {
         for (uint64_t i = 0; i < n; i++) acc += skip_ok(i);
         printf("skip_ok=%llu acc=%llu\n", (unsigned long long)n, (unsigned long long)acc);
     } else {
-        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize|rel8 N\n");
+        fprintf(stderr, "usage: sites enter|unwind|skip|long|ind|pad|nosize|rel8|pun N\n");
         return 2;
     }
     return 0;
@@ -319,7 +335,8 @@ int main(int argc, char **argv) {
  *   rel8_entered     entered at +2 by rel8_enter_host (a probe): 2 bytes
  *                    displaced, the pad in rel8_enter_host's bytes
  *   rel8_at1         entered at +1 by rel8_jump1 (a probe that could hold
- *                    a pad): even 2 bytes would cover that, refused
+ *                    a pad): even 2 bytes would cover that, and a punned
+ *                    jump would land 16 MiB ahead (as xe_*): refused
  *   rel8_none        4 bytes between walls: no room, refused
  * (At the end of the file, so that the walls follow no other sample's
  * functions.) */
@@ -351,10 +368,32 @@ __asm__(".intel_syntax noprefix\n.text\n.p2align 4\n" WALL
         FN(rel8_enter_host) " mov rax, rdi\n add rax, 11\n imul rax, rax, 7\n mov edi, eax\n"
         " jmp .Lrel8_in\n" END(rel8_enter_host)
         WALL
-        FN(rel8_at1) " push rbx\n.Lrel8_at1:\n lea eax, [rdi + 1]\n pop rbx\n ret\n" END(rel8_at1)
+        FN(rel8_at1) " push rbx\n.Lrel8_at1:\n lea eax, [rdi + 0x100]\n pop rbx\n ret\n" END(rel8_at1)
         FN(rel8_jump1) " mov rax, rdi\n add rax, 13\n imul rax, rax, 3\n push rbx\n mov edi, eax\n"
         " jmp .Lrel8_at1\n" END(rel8_jump1)
         WALL
         FN(rel8_none) " lea eax, [rdi + 6]\n ret\n" END(rel8_none)
+        WALL
+        ".att_syntax prefix\n");
+
+/* Punned jumps: sites where not even a 2-byte jump fits (1-byte functions,
+ * a function entered at +1), between walls of ud2. A `jmp rel32` over the
+ * site's bytes takes its rel32's high bytes from the instructions after it,
+ * left as they are (`mov eax, 0x700000` is b8 00 00 70 00: rel32 0x700000b8,
+ * about 1.75 GiB ahead, clear of the program and its heap in every variant):
+ *   pun_ret      `ret`, then punned_next (no probe): a punned jump
+ *   pun_at1      `push rbx`, then code that pun_jump1 (a probe) enters at +1,
+ *                which the punned jump leaves as it is
+ *   pun_none     `ret`, then punned_near, whose bytes make the jump land
+ *                0x100b8 ahead, inside the program: refused */
+__asm__(".intel_syntax noprefix\n.text\n.p2align 4\n" WALL
+        FN(pun_ret) " ret\n" END(pun_ret)
+        FN(punned_next) " mov eax, 0x700000\n add eax, edi\n ret\n" END(punned_next)
+        WALL
+        FN(pun_at1) " push rbx\n.Lpun_at1:\n mov eax, 0x700000\n add eax, edi\n pop rbx\n ret\n" END(pun_at1)
+        FN(pun_jump1) " mov rax, rdi\n add rax, 1\n mov edi, eax\n push rbx\n jmp .Lpun_at1\n" END(pun_jump1)
+        WALL
+        FN(pun_none) " ret\n" END(pun_none)
+        FN(punned_near) " mov eax, 0x100\n add eax, edi\n ret\n" END(punned_near)
         WALL
         ".att_syntax prefix\n");

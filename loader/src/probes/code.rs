@@ -4,6 +4,7 @@
 
 use uprobe_runtime::area::{CodeLayout, Shared, TrapEntry};
 
+use super::pun::{LANDING, PREFIX};
 use super::trampoline::{encode_evicted, encode_trampoline, jump_patch, short_patch, Counting};
 use super::xol::{encode_slot, Unrelocatable};
 use super::{code_at, decode_one, disasm, Action, Evicted, Kind, ProbeError, Site};
@@ -20,6 +21,9 @@ pub struct AreaCode {
     /// or `jmp`, each evicted neighbour's `jmp`, then the short jumps'
     /// pads, which go over the filler of their hosts (so they come last).
     pub patches: Vec<(u64, Vec<u8>)>,
+    /// Punned jumps' landings: (runtime address, code), in pages that
+    /// [`landing_pages`] reserves.
+    pub landings: Vec<(u64, Vec<u8>)>,
 }
 
 /// The code for `sites` and the neighbours `evicted` for their pads (in
@@ -48,6 +52,7 @@ pub fn generate(
     let mut entries = Vec::new();
     let mut patches = Vec::with_capacity(sites.len() + evicted.len());
     let mut pads = Vec::new();
+    let mut landings = Vec::new();
     for (i, s) in sites.iter().enumerate() {
         // Counting is the only action: the handler and the trampolines do it.
         let Action::Count = s.action;
@@ -82,6 +87,17 @@ pub fn generate(
                 pads.push((pad, jump_patch(pad, 5, slot)));
                 encode_trampoline(from, ip, len, flags_live, &counting(i), slot)
             }
+            Kind::JumpPun {
+                len,
+                flags_live,
+                prefixes,
+                landing,
+            } => {
+                let landing = bias.apply(landing).0;
+                patches.push((ip, pun_patch(from, ip, len, prefixes, landing)));
+                landings.push((landing, landing_code(slot)));
+                encode_trampoline(from, ip, len, flags_live, &counting(i), slot)
+            }
         };
         let code = code.map_err(|e| site_error(s, from, ip, e))?;
         slots.push(code);
@@ -101,7 +117,55 @@ pub fn generate(
     Ok(AreaCode {
         bytes: layout.image(shared.addr(), row_page, entries, &slots),
         patches,
+        landings,
     })
+}
+
+/// The `len` bytes at `ip` (its code `from`) of a punned jump: `prefixes`
+/// ignored prefixes, `jmp`, then the low bytes of the rel32 to `landing`;
+/// its high bytes are `from`'s after them, which stay as they are.
+fn pun_patch(from: &[u8], ip: u64, len: usize, prefixes: usize, landing: u64) -> Vec<u8> {
+    let rel = landing.wrapping_sub(ip + prefixes as u64 + 5) as i64 as i32;
+    let rel = rel.to_le_bytes();
+    let mut v = vec![PREFIX; prefixes];
+    v.push(0xe9);
+    v.extend_from_slice(&rel[..len - 1 - prefixes]);
+    debug_assert_eq!(
+        &rel[len - 1 - prefixes..],
+        &from[len..prefixes + 5],
+        "the rel32 ends in the bytes after the site"
+    );
+    v
+}
+
+/// A landing: `jmp qword [rip]`, then the trampoline's address.
+fn landing_code(slot: u64) -> Vec<u8> {
+    let mut v = vec![0xff, 0x25, 0, 0, 0, 0];
+    v.extend_from_slice(&slot.to_le_bytes());
+    debug_assert_eq!(v.len() as u64, LANDING);
+    v
+}
+
+/// The pages that `landings` (runtime addresses) need: page start, and
+/// the page's bytes (int3 filler elsewhere).
+#[must_use]
+pub fn landing_pages(landings: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
+    const PAGE: u64 = 4096;
+    let mut pages: Vec<(u64, Vec<u8>)> = Vec::new();
+    for (at, code) in landings {
+        let page = at & !(PAGE - 1);
+        let i = match pages.iter().position(|(p, _)| *p == page) {
+            Some(i) => i,
+            None => {
+                pages.push((page, vec![0xcc; PAGE as usize]));
+                pages.len() - 1
+            }
+        };
+        let off = (at - page) as usize;
+        pages[i].1[off..off + code.len()].copy_from_slice(code);
+    }
+    pages.sort_by_key(|p| p.0);
+    pages
 }
 
 /// Why site `s` (at runtime address `ip`, its code starting with `from`)
@@ -110,9 +174,10 @@ pub fn generate(
 fn site_error(s: &Site, from: &[u8], ip: u64, e: Unrelocatable) -> ProbeError {
     let len = match s.kind {
         Kind::Int3 => None,
-        Kind::Jump { len, .. } | Kind::JumpPadding { len, .. } | Kind::JumpShort { len, .. } => {
-            Some(len)
-        }
+        Kind::Jump { len, .. }
+        | Kind::JumpPadding { len, .. }
+        | Kind::JumpShort { len, .. }
+        | Kind::JumpPun { len, .. } => Some(len),
     };
     code_error(s.label(), len, from, ip, e)
 }

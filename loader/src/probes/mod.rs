@@ -21,6 +21,7 @@ use crate::elf::Image;
 mod code;
 mod indirect;
 mod jump;
+mod pun;
 mod resolve;
 mod short;
 mod spec;
@@ -28,7 +29,7 @@ pub mod targets;
 mod trampoline;
 mod xol;
 
-pub use code::generate;
+pub use code::{generate, landing_pages};
 pub use jump::{choose, decide, JumpCheck};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;
@@ -207,6 +208,20 @@ pub enum Kind {
         /// Whose bytes those are.
         via: Via,
     },
+    /// A `jmp rel32` punned over the site's `len` (< 5) bytes and the bytes
+    /// after them, which stay as they are: its rel32 ends in them, so it
+    /// lands where they say, at `landing`, where a mapping of ours jumps on
+    /// to the trampoline (see `pun.rs`).
+    JumpPun {
+        /// Displaced bytes (1–4).
+        len: usize,
+        /// Not at a function entry: the flags may be live.
+        flags_live: bool,
+        /// Ignored prefixes before the `jmp` (they move the rel32 along).
+        prefixes: usize,
+        /// Where it lands (link-time address).
+        landing: LinkAddr,
+    },
 }
 
 /// Where the pad of a [`Kind::JumpShort`] lies.
@@ -240,6 +255,7 @@ impl Kind {
             Kind::JumpShort {
                 via: Via::Evicted, ..
             } => "jump-short-evicted",
+            Kind::JumpPun { .. } => "jump-pun",
         }
     }
 
@@ -250,7 +266,7 @@ impl Kind {
             Kind::Int3 => 1,
             Kind::Jump { len, .. } => len,
             Kind::JumpPadding { len, pad, .. } => len + pad,
-            Kind::JumpShort { len, .. } => len,
+            Kind::JumpShort { len, .. } | Kind::JumpPun { len, .. } => len,
         }
     }
 }

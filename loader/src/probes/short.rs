@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 
 use super::jump::{entered, span, JumpCheck};
 use super::trampoline::{encode_evicted, encode_trampoline, Counting};
-use super::{code_at, Kind, Place, Via};
+use super::{code_at, pun, Kind, Place, Via};
 use crate::addr::LinkAddr;
 use crate::elf::Image;
 
@@ -85,23 +85,33 @@ pub(super) fn place(
         check,
         room,
         evicted: Vec::new(),
+        landings: Vec::new(),
     };
     for i in 0..places.len() {
         if verdicts[i].is_ok() {
             continue;
         }
-        match short.site(i, verdicts) {
+        let more = match short.site(i, verdicts) {
+            Ok(kind) => {
+                verdicts[i] = Ok(kind);
+                continue;
+            }
+            Err(more) => more,
+        };
+        let punned = short.pun(i);
+        let Err(why) = &mut verdicts[i] else {
+            continue;
+        };
+        match punned {
             Ok(kind) => verdicts[i] = Ok(kind),
-            Err(Some(more)) => {
-                if let Err(why) = &mut verdicts[i] {
-                    if why.contains(more.trim_start_matches(EITHER)) {
-                        continue;
+            Err(pun_why) => {
+                for more in more.into_iter().chain(pun_why) {
+                    if !why.contains(more.trim_start_matches(EITHER)) {
+                        why.push_str("; ");
+                        why.push_str(&more);
                     }
-                    why.push_str("; ");
-                    why.push_str(&more);
                 }
             }
-            Err(None) => {}
         }
     }
     short.evicted
@@ -109,9 +119,10 @@ pub(super) fn place(
 
 /// The bytes of the text already taken, and the dead bytes free for pads.
 #[derive(Default)]
-struct Room {
-    /// [start, end) by start, disjoint: sites, pads, evicted neighbours.
-    taken: BTreeMap<u64, u64>,
+pub(super) struct Room {
+    /// [start, end) by start, disjoint: sites, pads, evicted neighbours,
+    /// the bytes a punned jump keeps.
+    pub(super) taken: BTreeMap<u64, u64>,
     /// Dead bytes of hosts not yet holding a pad.
     dead: Vec<Dead>,
 }
@@ -125,7 +136,7 @@ struct Dead {
 
 impl Room {
     /// Whether nothing has taken any of [lo, hi).
-    fn free(&self, lo: u64, hi: u64) -> bool {
+    pub(super) fn free(&self, lo: u64, hi: u64) -> bool {
         // The ranges are disjoint: only the last one starting before `hi`
         // can reach into it.
         self.taken
@@ -154,6 +165,8 @@ struct Short<'a> {
     check: &'a mut JumpCheck,
     room: Room,
     evicted: Vec<Evicted>,
+    /// Punned jumps' landings so far: [start, end), link-time.
+    landings: Vec<(u64, u64)>,
 }
 
 impl Short<'_> {
@@ -196,6 +209,29 @@ impl Short<'_> {
             pad: LinkAddr(pad),
             via,
         })
+    }
+
+    /// A punned jump for place `i` (see `pun.rs`); or why not, when its
+    /// function is one a jump can go in.
+    fn pun(&mut self, i: usize) -> Result<Kind, Option<String>> {
+        let p = &self.places[i];
+        let (start, end) = self
+            .check
+            .function(self.image, p.function)
+            .map_err(|_| None)?;
+        let insns = self.check.insns(start);
+        let first = insns.iter().position(|x| x.ip() == p.addr.0).ok_or(None)?;
+        pun::site(
+            self.image,
+            p,
+            start,
+            &insns[first..],
+            end,
+            self.check.targets(),
+            &mut self.room,
+            &mut self.landings,
+        )
+        .map_err(Some)
     }
 
     /// Where a pad can start in [wlo, whi], cheapest first: dead bytes

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::plan::{Draft, Plan, ProbeArea};
 use crate::probes::{self, Kind, ProbeMode, Request, Resolution, Site};
 use crate::report::{ProbeHits, ProcessHits};
+use crate::sys::mm::Reservation;
 
 /// The probes of one session: sites, their counters and the probe area.
 pub(super) struct Probes {
@@ -21,6 +22,8 @@ pub(super) struct Probes {
     /// SIGTRAP action, the hit counters (see `uprobe_runtime::area`).
     pub(super) counters: Arc<Shared>,
     pub(super) area: ProbeArea,
+    /// The pages of punned jumps' landings (see `probes::pun`).
+    pub(super) landings: Vec<Reservation>,
     /// The seccomp filter guarding the trap handler.
     pub(super) filter: Vec<libc::sock_filter>,
     /// `rt_sigaction(SIGTRAP)` calls the guard refused (caller unreadable).
@@ -48,8 +51,9 @@ impl Probes {
         }
         let chosen = probes::choose(&draft.program.image, &resolution, mode)?;
         skipped.extend(chosen.skipped);
-        let sites = chosen.sites;
         let evicted = chosen.evicted;
+        let (sites, mut landings) =
+            reserve_landings(chosen.sites, &draft, &resolution, mode, skipped)?;
         if sites.is_empty() {
             return Ok((draft.finish(&[]), None));
         }
@@ -76,6 +80,13 @@ impl Probes {
             &counters,
         )?;
         let area = draft.map_probe_area(room, &layout, &code.bytes)?;
+        for (page, bytes) in probes::landing_pages(&code.landings) {
+            let r = landings
+                .iter_mut()
+                .find(|r| r.addr() == page)
+                .expect("every landing's page is reserved");
+            fill_landing(r, &bytes, &draft.program.image.path)?;
+        }
         let plan = draft.finish(&code.patches);
         let filter = if traps > 0 {
             crate::guard::filter(area.reservation.addr(), area.reservation.end())
@@ -87,6 +98,7 @@ impl Probes {
             sites,
             counters,
             area,
+            landings,
             filter,
             refused: Arc::default(),
         };
@@ -198,4 +210,71 @@ fn tgid_of(tid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reserves the page of each punned jump's landing (runtime address: its
+/// link-time one, biased). A site whose page is taken (by one of our own
+/// mappings, which the program would not have) falls back as a site
+/// without a jump does under `mode`: skipped for a pattern's match, an
+/// error otherwise.
+fn reserve_landings(
+    sites: Vec<Site>,
+    draft: &Draft,
+    resolution: &Resolution,
+    mode: ProbeMode,
+    skipped: &mut Vec<(String, String)>,
+) -> Result<(Vec<Site>, Vec<Reservation>)> {
+    const PAGE: u64 = 4096;
+    let mut pages: Vec<Reservation> = Vec::new();
+    let mut kept = Vec::with_capacity(sites.len());
+    for s in sites {
+        let Kind::JumpPun { landing, .. } = s.kind else {
+            kept.push(s);
+            continue;
+        };
+        let page = draft.program.bias.apply(landing).0 & !(PAGE - 1);
+        if pages.iter().any(|r| r.addr() == page) {
+            kept.push(s);
+            continue;
+        }
+        match Reservation::fixed(page, PAGE) {
+            Ok(r) => {
+                pages.push(r);
+                kept.push(s);
+            }
+            Err(e) => {
+                let why = format!("its punned jump lands at {page:#x}, which is taken ({e})");
+                let glob = resolution.requests[s.place.request].location.is_glob();
+                match mode {
+                    ProbeMode::Auto if glob => skipped.push((s.label(), why)),
+                    ProbeMode::Auto => {
+                        return Err(Error::UnsafeSite {
+                            site: s.label(),
+                            why,
+                        })
+                    }
+                    _ => {
+                        return Err(Error::Probe(probes::ProbeError::NoJump {
+                            site: s.label(),
+                            why,
+                        }))
+                    }
+                }
+            }
+        }
+    }
+    Ok((kept, pages))
+}
+
+/// Fills a landing page with `bytes` and makes it read+exec, named for
+/// the program at `path` in `/proc/PID/maps`.
+fn fill_landing(r: &mut Reservation, bytes: &[u8], path: &std::path::Path) -> Result<()> {
+    use rustix::mm::MprotectFlags;
+    let fail = |what: &str, e: std::io::Error| Error::sys(what, e);
+    r.fill(bytes)
+        .map_err(|e| fail("filling a punned jump's landing", e))?;
+    r.protect(0, r.len(), MprotectFlags::READ | MprotectFlags::EXEC)
+        .map_err(|e| fail("protecting a punned jump's landing", e))?;
+    r.name(&crate::vma::anon_name("puns", path));
+    Ok(())
 }

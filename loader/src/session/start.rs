@@ -110,6 +110,7 @@ pub(super) fn start(
     if let Some(p) = probes {
         keep.push((p.area.reservation.addr(), p.area.reservation.end()));
         keep.push(p.counters.range());
+        keep.extend(p.landings.iter().map(|r| (r.addr(), r.end())));
     }
     let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit)?;
 
