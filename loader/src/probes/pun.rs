@@ -25,6 +25,7 @@
 
 use iced_x86::Instruction;
 
+use super::jump::JumpCheck;
 use super::short::Room;
 use super::{bytes_at, xol, Kind, Place, Targets};
 use crate::addr::LinkAddr;
@@ -39,21 +40,24 @@ const PAGE: u64 = 4096;
 /// Landings tried per placement, stepping through its window.
 const TRIES: u64 = 256;
 
-/// A punned jump for the site `p`, whose instructions from the site are
-/// `insns` (its function starts at `start`, ends at `end`); or why not. The bytes it keeps
-/// are taken in `room`; `landings` are those chosen so far (link-time
-/// [start, end)), to which its own is added.
+/// A punned jump for the site `p`, in the function [`start`, `end`)
+/// that `check` has decoded; or why not. The bytes it keeps are taken in
+/// `room`; `landings` are those chosen so far (link-time [start, end)), to
+/// which its own is added.
 pub(super) fn site(
     image: &Image,
     p: &Place,
-    start: LinkAddr,
-    insns: &[Instruction],
-    end: u64,
-    targets: &Targets,
+    (start, end): (LinkAddr, u64),
+    check: &JumpCheck,
     room: &mut Room,
     landings: &mut Vec<(u64, u64)>,
 ) -> Result<Kind, String> {
     let s = p.addr.0;
+    let insns = check.insns(start);
+    let Some(first) = insns.iter().position(|i| i.ip() == s) else {
+        return Err("the site is not an instruction boundary".into());
+    };
+    let (insns, targets) = (&insns[first..], check.targets());
     let lens = displaceable(insns, end, targets, s);
     if lens.is_empty() {
         return Err("nothing under 5 bytes at the site can be displaced".into());

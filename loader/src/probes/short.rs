@@ -219,15 +219,11 @@ impl Short<'_> {
             .check
             .function(self.image, p.function)
             .map_err(|_| None)?;
-        let insns = self.check.insns(start);
-        let first = insns.iter().position(|x| x.ip() == p.addr.0).ok_or(None)?;
         pun::site(
             self.image,
             p,
-            start,
-            &insns[first..],
-            end,
-            self.check.targets(),
+            (start, end),
+            self.check,
             &mut self.room,
             &mut self.landings,
         )
