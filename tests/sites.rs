@@ -9,8 +9,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_jump_refused, assert_our_error, assert_same, installed, ours, printed, probe_sites,
-    probed_report_with, read_report, Case, Output, TempDir,
+    assert_jump_refused, assert_our_error, assert_same, compare_with_report, installed, ours,
+    printed, probe_sites, probed_report_with, read_report, Case, Output, TempDir,
 };
 use uprobe_exec_samples::{path, Variant, NAMES};
 
@@ -166,6 +166,40 @@ fn every_function_of_every_sample_probed_runs_as_natively() {
         for v in Variant::ALL {
             for args in workloads(name) {
                 same_as_native(Case::new(path(name, v), *args).opt("-q").opt("-p").opt("*"));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_sample_counts_the_same_in_int3_and_jump_sites() {
+    // Every function of every sample, once with the jumps auto mode places
+    // (every tactic; auto places no int3) and once with int3s: each jump
+    // site's count is its int3 count. Both runs print what natively does.
+    // harm and nodump block or take SIGTRAP themselves, which an int3
+    // cannot survive (README, "Int3 sites"): they have no int3 run to
+    // compare.
+    for name in NAMES.iter().filter(|&&n| n != "harm" && n != "nodump") {
+        for args in workloads(name) {
+            let run = |mode: &str| {
+                let case = Case::new(path(name, Variant::Pie), *args)
+                    .opt("-q")
+                    .opt("--probe-mode")
+                    .opt(mode)
+                    .opt("-p")
+                    .opt("*");
+                let (_, _, r) = compare_with_report(&format!("{name}-{mode}"), case);
+                probe_sites(&r)
+            };
+            let (jumps, traps) = (run("auto"), run("int3"));
+            assert!(!jumps.is_empty(), "{name} {args:?}");
+            for (label, kind, hits) in &jumps {
+                assert!(kind.starts_with("jump"), "{name}: {label} {kind}");
+                let (_, _, h) = traps
+                    .iter()
+                    .find(|(l, _, _)| l == label)
+                    .unwrap_or_else(|| panic!("{name}: {label} in int3 mode"));
+                assert_eq!(hits, h, "{name} {args:?}: {label} ({kind})");
             }
         }
     }

@@ -57,12 +57,17 @@ impl Row {
         self.auto.get(kind).copied().unwrap_or(0)
     }
 
-    fn jumps(&self) -> usize {
+    /// Sites of every kind that starts with `prefix`.
+    fn prefixed(&self, prefix: &str) -> usize {
         self.auto
             .iter()
-            .filter(|(k, _)| k.starts_with("jump"))
+            .filter(|(k, _)| k.starts_with(prefix))
             .map(|(_, n)| n)
             .sum()
+    }
+
+    fn jumps(&self) -> usize {
+        self.prefixed("jump")
     }
 
     fn percent(&self) -> f64 {
@@ -99,29 +104,34 @@ pub fn section(ux: &str) -> (String, Option<f64>) {
     }
     let mut md = String::new();
     let _ = writeln!(md, "\n## 5. Jump coverage\n");
-    let _ = writeln!(md, "Sites that take a jump in `auto` mode, of those `--probe-mode int3` places (every matched function that can be probed at all), from the reports' `kind`: `jump` (5 bytes over whole instructions), `jump-padding` (over a short function's last instructions and the padding after it). The rest are skipped in `auto` mode.\n");
+    let _ = writeln!(md, "Sites that take a jump in `auto` mode, of those `--probe-mode int3` places (every matched function that can be probed at all), from the reports' `kind`: `jump` (5 bytes over whole instructions), `jump-padding` (over a short function's last instructions and the padding after it), `short` (a 2-byte jump to a 5-byte one nearby: `jump-short-padding`, `-displaced`, `-evicted`), `pun` (`jump-pun`: a jump whose rel32 ends in the bytes after the site). The rest are skipped in `auto` mode.\n");
     let _ = writeln!(
         md,
-        "| binary | pattern | sites | jump | jump-padding | skipped | coverage |"
+        "| binary | pattern | sites | jump | jump-padding | short | pun | skipped | coverage |"
     );
-    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
     for r in &rows {
         if r.all == 0 {
             let _ = writeln!(
                 md,
-                "| {} | `{}` | 0 (its code is in shared libraries, not probed yet) | – | – | – | – |",
+                "| {} | `{}` | 0 (its code is in shared libraries, not probed yet) | – | – | – | – | – | – |",
                 r.what, r.spec
             );
             continue;
         }
         let _ = writeln!(
             md,
-            "| {} | `{}` | {} | {} | {} | {} | {:.1}% |",
+            "| {} | `{}` | {} | {} | {} | {} | {} | {} | {:.1}% |",
             r.what,
             r.spec,
             r.all,
             r.of("jump"),
             r.of("jump-padding"),
+            r.prefixed("jump-short-"),
+            r.of("jump-pun"),
             r.all.saturating_sub(r.jumps()),
             r.percent()
         );
