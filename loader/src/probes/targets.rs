@@ -130,7 +130,16 @@ impl Targets {
                 }
             }
         }
-        let in_text = |a: u64| text.iter().any(|s| s.contains(a));
+        // Most words of the data are no code address: one range check
+        // (inclusive, as the ends saturate) rejects them before the
+        // sections are looked at.
+        let lo = text.iter().map(|s| s.addr).min().unwrap_or(0);
+        let hi = text
+            .iter()
+            .map(|s| s.addr.saturating_add(s.bytes.len() as u64))
+            .max()
+            .unwrap_or(0);
+        let in_text = |a: u64| (lo..=hi).contains(&a) && text.iter().any(|s| s.contains(a));
         let mut at: Vec<(u64, Source)> = Vec::new();
 
         for table in [&elf.syms, &elf.dynsyms] {
@@ -173,8 +182,9 @@ impl Targets {
             }
         }
 
-        // Decode each executable section from every known start.
-        let mut refs = Refs::default();
+        // Decode each executable section from every known start: the
+        // stretches between consecutive starts.
+        let mut stretches: Vec<(u64, &[u8])> = Vec::new();
         for s in &text {
             let mut starts: Vec<u64> = at
                 .iter()
@@ -184,22 +194,23 @@ impl Targets {
             starts.push(s.addr);
             starts.sort_unstable();
             starts.dedup();
-            let mut insn = Instruction::default();
             for (k, &from) in starts.iter().enumerate() {
                 let to = starts
                     .get(k + 1)
                     .copied()
                     .unwrap_or(s.addr + s.bytes.len() as u64);
                 let Some(bytes) = s.at(from) else { continue };
-                let bytes = &bytes[..((to - from) as usize).min(bytes.len())];
-                let mut d = Decoder::with_ip(64, bytes, from, DecoderOptions::NONE);
-                while d.can_decode() {
-                    d.decode_out(&mut insn);
-                    instruction(&insn, &in_text, &mut refs, &mut at);
-                }
+                stretches.push((from, &bytes[..((to - from) as usize).min(bytes.len())]));
             }
         }
+        let decoded = decode_all(&stretches, &in_text);
+
         // A table ends where the next object the code refers to begins.
+        let mut refs = Refs::default();
+        for (_, r) in &decoded {
+            refs.data.extend_from_slice(&r.data);
+            refs.tables.extend_from_slice(&r.tables);
+        }
         refs.data.sort_unstable();
         refs.data.dedup();
         refs.tables.sort_unstable();
@@ -216,8 +227,10 @@ impl Targets {
             }
         }
 
-        at.sort_unstable();
-        at.dedup();
+        sort(&mut at);
+        let mut lists: Vec<_> = decoded.into_iter().map(|(v, _)| v).collect();
+        lists.push(at);
+        let at = merge(lists);
         Targets {
             at,
             data_read: !data.is_empty(),
@@ -276,6 +289,120 @@ impl Targets {
 struct Refs {
     data: Vec<u64>,
     tables: Vec<u64>,
+}
+
+/// Decodes `stretches` (start address, bytes) on up to every available
+/// core, each thread (this one included) a run of consecutive stretches
+/// of about equal bytes: the decode is most of the build. Each run's
+/// entries come back sorted (see [`sort`]), with the data it refers to.
+fn decode_all(
+    stretches: &[(u64, &[u8])],
+    in_text: &(dyn Fn(u64) -> bool + Sync),
+) -> Vec<(Vec<(u64, Source)>, Refs)> {
+    let total: usize = stretches.iter().map(|s| s.1.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_THREADS)
+        .min(total / MIN_THREAD_BYTES)
+        .max(1);
+    let mut runs = Vec::with_capacity(threads);
+    let (mut first, mut bytes) = (0, 0);
+    for (k, s) in stretches.iter().enumerate() {
+        bytes += s.1.len();
+        if runs.len() + 1 < threads && bytes * threads >= total * (runs.len() + 1) {
+            runs.push(&stretches[first..=k]);
+            first = k + 1;
+        }
+    }
+    if first < stretches.len() {
+        runs.push(&stretches[first..]);
+    }
+    let Some((mine, rest)) = runs.split_first() else {
+        return Vec::new();
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = rest
+            .iter()
+            .map(|run| scope.spawn(|| decode(run, in_text)))
+            .collect();
+        let mut out = vec![decode(mine, in_text)];
+        for h in others {
+            out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
+}
+
+/// Threads [`decode_all`] uses at most: the decode of a large program's
+/// text takes some 20 ms, so more would mostly add start-up and merging.
+const MAX_THREADS: usize = 4;
+
+/// Bytes of code a thread gets at least: a thread costs its start and a
+/// list of its own to merge, some tenths of a millisecond, so it should
+/// take over milliseconds of decoding (256 KiB is about 2 ms).
+const MIN_THREAD_BYTES: usize = 256 << 10;
+
+/// The entries of the instructions in `stretches`, sorted, and the data
+/// they refer to.
+fn decode(stretches: &[(u64, &[u8])], in_text: &dyn Fn(u64) -> bool) -> (Vec<(u64, Source)>, Refs) {
+    // About one entry per 14 bytes of code in python3.11: reserving for
+    // more saves the growth copies (pages not written are never touched).
+    let bytes: usize = stretches.iter().map(|s| s.1.len()).sum();
+    let mut at = Vec::with_capacity(bytes / 8);
+    let mut refs = Refs::default();
+    let mut insn = Instruction::default();
+    for &(from, bytes) in stretches {
+        let mut d = Decoder::with_ip(64, bytes, from, DecoderOptions::NONE);
+        while d.can_decode() {
+            d.decode_out(&mut insn);
+            instruction(&insn, in_text, &mut refs, &mut at);
+        }
+    }
+    sort(&mut at);
+    (at, refs)
+}
+
+/// Sorts entries into the order `sort_unstable` gives, about twice as
+/// fast: by address alone (one `u64` compare instead of the tuple's,
+/// enum included), then each run of one address that is not in order yet
+/// by its sources. Calls make long runs, mostly in order already.
+fn sort(at: &mut [(u64, Source)]) {
+    at.sort_unstable_by_key(|e| e.0);
+    for run in at.chunk_by_mut(|a, b| a.0 == b.0) {
+        if !run.is_sorted() {
+            run.sort_unstable();
+        }
+    }
+}
+
+/// One sorted, deduplicated list of the sorted lists: the others merged
+/// into the longest, shortest first (each merge moves what it passes of
+/// the merged so far), each from the back into room made at its end. A
+/// fresh list to merge into would cost more in page faults than the
+/// merge itself.
+fn merge(mut lists: Vec<Vec<(u64, Source)>>) -> Vec<(u64, Source)> {
+    lists.sort_unstable_by_key(Vec::len);
+    let Some(mut all) = lists.pop() else {
+        return Vec::new();
+    };
+    all.reserve(lists.iter().map(Vec::len).sum());
+    for b in lists {
+        let mut i = all.len();
+        all.resize(i + b.len(), (0, Source::Symbol));
+        // `all[..i]` and `b[..j]` are left to merge into `all[..k]`.
+        let mut k = all.len();
+        for j in (0..b.len()).rev() {
+            while i > 0 && all[i - 1] > b[j] {
+                i -= 1;
+                k -= 1;
+                all[k] = all[i];
+            }
+            k -= 1;
+            all[k] = b[j];
+        }
+    }
+    all.dedup();
+    all
 }
 
 /// What one decoded instruction adds.
@@ -466,6 +593,161 @@ fn landing_pads(s: &Section<'_>, lsda: u64, func: u64) -> Option<Vec<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The build as it was before the decode went on several threads and
+    /// the sort by address first: one list, pushed to and sorted whole.
+    fn build_reference(file: &[u8]) -> Targets {
+        let Ok(elf) = Elf::parse(file) else {
+            return Targets::default();
+        };
+        let section = |sh: &goblin::elf::SectionHeader| -> Option<Section<'_>> {
+            if sh.sh_type == SHT_NOBITS || sh.sh_flags & u64::from(SHF_ALLOC) == 0 {
+                return None;
+            }
+            let start = usize::try_from(sh.sh_offset).ok()?;
+            let len = usize::try_from(sh.sh_size).ok()?;
+            Some(Section {
+                addr: sh.sh_addr,
+                bytes: file.get(start..start.checked_add(len)?)?,
+            })
+        };
+        let mut text = Vec::new();
+        let mut data = Vec::new();
+        for sh in &elf.section_headers {
+            if let Some(s) = section(sh) {
+                if sh.sh_flags & u64::from(SHF_EXECINSTR) != 0 {
+                    text.push(s);
+                } else {
+                    data.push(s);
+                }
+            }
+        }
+        if text.is_empty() {
+            // No section headers: the executable segments.
+            for ph in elf.program_headers.iter().filter(|p| p.is_executable()) {
+                let Ok(start) = usize::try_from(ph.p_offset) else {
+                    continue;
+                };
+                let Some(end) = usize::try_from(ph.p_filesz)
+                    .ok()
+                    .and_then(|l| start.checked_add(l))
+                else {
+                    continue;
+                };
+                if let Some(bytes) = file.get(start..end) {
+                    text.push(Section {
+                        addr: ph.p_vaddr,
+                        bytes,
+                    });
+                }
+            }
+        }
+        let in_text = |a: u64| text.iter().any(|s| s.contains(a));
+        let mut at: Vec<(u64, Source)> = Vec::new();
+
+        for table in [&elf.syms, &elf.dynsyms] {
+            for s in table.iter() {
+                if s.st_shndx != 0 && in_text(s.st_value) {
+                    at.push((s.st_value, Source::Symbol));
+                }
+            }
+        }
+        if let Some(eh) = elf
+            .section_headers
+            .iter()
+            .find(|sh| elf.shdr_strtab.get_at(sh.sh_name) == Some(".eh_frame"))
+            .and_then(section)
+        {
+            eh_frame(&eh, &data, &mut at);
+        }
+        for r in elf.dynrelas.iter().chain(elf.dynrels.iter()) {
+            if matches!(r.r_type, R_X86_64_RELATIVE | R_X86_64_IRELATIVE) {
+                let a = r.r_addend.unwrap_or(0) as u64;
+                if in_text(a) {
+                    at.push((a, Source::Pointer(r.r_offset)));
+                }
+            }
+        }
+        for s in &data {
+            let base = s.addr.next_multiple_of(8);
+            let skip = (base - s.addr) as usize;
+            for (k, w) in s
+                .bytes
+                .get(skip..)
+                .unwrap_or(&[])
+                .chunks_exact(8)
+                .enumerate()
+            {
+                let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+                if in_text(v) {
+                    at.push((v, Source::Pointer(base + 8 * k as u64)));
+                }
+            }
+        }
+
+        // Decode each executable section from every known start.
+        let mut refs = Refs::default();
+        for s in &text {
+            let mut starts: Vec<u64> = at
+                .iter()
+                .filter(|(a, src)| matches!(src, Source::Symbol | Source::Fde) && s.contains(*a))
+                .map(|&(a, _)| a)
+                .collect();
+            starts.push(s.addr);
+            starts.sort_unstable();
+            starts.dedup();
+            let mut insn = Instruction::default();
+            for (k, &from) in starts.iter().enumerate() {
+                let to = starts
+                    .get(k + 1)
+                    .copied()
+                    .unwrap_or(s.addr + s.bytes.len() as u64);
+                let Some(bytes) = s.at(from) else { continue };
+                let bytes = &bytes[..((to - from) as usize).min(bytes.len())];
+                let mut d = Decoder::with_ip(64, bytes, from, DecoderOptions::NONE);
+                while d.can_decode() {
+                    d.decode_out(&mut insn);
+                    instruction(&insn, &in_text, &mut refs, &mut at);
+                }
+            }
+        }
+        // A table ends where the next object the code refers to begins.
+        refs.data.sort_unstable();
+        refs.data.dedup();
+        refs.tables.sort_unstable();
+        refs.tables.dedup();
+        let mut tables = Vec::new();
+        for &base in &refs.tables {
+            let Some(s) = data.iter().find(|s| s.contains(base)) else {
+                continue;
+            };
+            let next = refs.data.partition_point(|&a| a <= base);
+            let end = refs.data.get(next).copied().unwrap_or(u64::MAX);
+            if relative_table(s, base, end, &in_text, &mut at) {
+                tables.push(base);
+            }
+        }
+
+        at.sort_unstable();
+        at.dedup();
+        Targets {
+            at,
+            data_read: !data.is_empty(),
+            tables,
+        }
+    }
+
+    #[test]
+    fn build_gives_what_the_single_threaded_build_gave() {
+        for path in ["/usr/bin/python3.11", "/usr/bin/bash"] {
+            let file = std::fs::read(path).unwrap();
+            let (new, old) = (Targets::build(&file), build_reference(&file));
+            assert!(old.at.len() > 10_000, "{path}: {} entries", old.at.len());
+            assert!(new.at == old.at, "{path}: entries differ");
+            assert_eq!(new.tables, old.tables, "{path}");
+            assert_eq!(new.data_read, old.data_read, "{path}");
+        }
+    }
 
     #[test]
     fn landing_pads_of_a_gcc_lsda() {
