@@ -499,3 +499,49 @@ fn unsafe_allows_an_address_outside_every_function_and_warns() {
         out.stderr_str()
     );
 }
+
+#[test]
+fn the_analysis_cache_never_serves_a_changed_file() {
+    // The entry points of a file are kept in the user's cache, keyed by the
+    // file's identity (device, inode, size, times) and ours. A file changed
+    // in place, its modification time put back, is analysed afresh: its
+    // listing is the one made without the cache, and probes on it count
+    // what natively runs.
+    let dir = TempDir::new("cache");
+    let prog = dir.join("prog");
+    let list = |cache: &str| {
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.env("XDG_CACHE_HOME", dir.join("cache"))
+            .env("UPROBE_EXEC_CACHE", cache)
+            .args(["--list", "-p", "*"])
+            .arg(&prog);
+        common::run(cmd)
+    };
+    std::fs::copy(path("sites", Variant::Pie), &prog).unwrap();
+    let first = list("on");
+    assert_eq!(first.code, Some(0), "{}", first.stderr_str());
+    let entries = std::fs::read_dir(dir.join("cache/uprobe-exec/targets"))
+        .expect("a cache entry")
+        .count();
+    assert_eq!(entries, 1);
+    assert_eq!(list("on").stdout, first.stdout, "read from the cache");
+    // Another program in the same file, with the old modification time.
+    let mtime = std::fs::metadata(&prog).unwrap().modified().unwrap();
+    std::fs::write(&prog, std::fs::read(probed_sample(Variant::Pie)).unwrap()).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&prog)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let fresh = list("off");
+    assert_ne!(fresh.stdout, first.stdout);
+    assert_eq!(list("on").stdout, fresh.stdout, "not the stale entry");
+    let case = Case::new(&prog, ["sites", "200"])
+        .env("XDG_CACHE_HOME", dir.join("cache").to_str().unwrap())
+        .opt("-q")
+        .opt("-p")
+        .opt("site_*");
+    let (native, ours) = case.compare();
+    assert_eq!(ours.stdout, native.stdout);
+}

@@ -302,6 +302,13 @@ fn main() {
             py(&[]),
             py(&["-q", "--probe-mode", "int3", "-p", "Py*"]),
             py(&["-q", "--probe-mode", "auto", "-p", "Py*"]),
+            {
+                // The same without the analysis cache: every run scans
+                // the whole text for entry points (README, "Cache").
+                let mut v = vec!["/usr/bin/env", "UPROBE_EXEC_CACHE=off"];
+                v.extend(py(&["-q", "--probe-mode", "auto", "-p", "Py*"]));
+                v
+            },
         ],
         pruns,
     );
@@ -316,6 +323,12 @@ fn main() {
         "| `Py*`, auto (jumps where safe) | {:.1} | {:.2}× |",
         m[2],
         m[2] / m[0]
+    );
+    let py_cold_ratio = m[3] / m[0];
+    let _ = writeln!(
+        md,
+        "| `Py*`, auto, without the analysis cache | {:.1} | {py_cold_ratio:.2}× |",
+        m[3]
     );
     let _ = writeln!(md);
 
@@ -435,8 +448,8 @@ fn main() {
         python_ratio <= 1.15,
     );
     goal(
-        "python3.11 with every `Py*` probed in auto mode ≤ 2× unprobed".into(),
-        format!("{py_auto_ratio:.2}×"),
+        "python3.11 with every `Py*` probed in auto mode ≤ 2× unprobed (analysis cached)".into(),
+        format!("{py_auto_ratio:.2}× (without the cache {py_cold_ratio:.2}×)"),
         py_auto_ratio <= 2.0,
     );
     goal(

@@ -46,6 +46,7 @@
 #![deny(unsafe_code)]
 
 mod addr;
+mod cache;
 mod elf;
 mod error;
 mod guard;

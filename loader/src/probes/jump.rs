@@ -162,9 +162,7 @@ impl JumpCheck {
         let Some((start, size)) = f else {
             return Err("it is in no function of known size".into());
         };
-        let targets = self
-            .targets
-            .get_or_insert_with(|| Targets::build(&image.bytes));
+        let targets = self.targets.get_or_insert_with(|| Targets::of(image));
         let size = if size > 0 {
             size
         } else {

@@ -75,6 +75,9 @@ impl Section<'_> {
     }
 }
 
+/// The first bytes of a cache entry (its format's version in the last).
+const MAGIC: &[u8; 8] = b"UPXTGT\x00\x01";
+
 /// Most relocations that carry code addresses in PIE/static-pie data.
 const R_X86_64_RELATIVE: u32 = 8;
 const R_X86_64_IRELATIVE: u32 = 37;
@@ -236,6 +239,86 @@ impl Targets {
             data_read: !data.is_empty(),
             tables,
         }
+    }
+
+    /// The entry points of `image`: kept in the user's cache from an
+    /// earlier run on the same file (see `crate::cache`), or built and
+    /// kept there.
+    #[must_use]
+    pub fn of(image: &crate::elf::Image) -> Targets {
+        const KIND: &str = "targets";
+        if let Some(t) = crate::cache::read(KIND, &image.file).and_then(|b| Targets::decode(&b)) {
+            return t;
+        }
+        let t = Targets::build(&image.bytes);
+        crate::cache::write(KIND, &image.file, &t.encode());
+        t
+    }
+
+    /// The bytes a cache entry holds: a magic, `data_read`, the counts,
+    /// then each entry (address, source tag, source value) and each table,
+    /// little-endian.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.at.len() * 17 + self.tables.len() * 8);
+        out.extend_from_slice(MAGIC);
+        out.push(u8::from(self.data_read));
+        out.extend_from_slice(&(self.at.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.tables.len() as u64).to_le_bytes());
+        for &(a, src) in &self.at {
+            let (tag, v) = match src {
+                Source::Branch(v) => (0u8, v),
+                Source::Table(v) => (1, v),
+                Source::Pointer(v) => (2, v),
+                Source::Address(v) => (3, v),
+                Source::LandingPad(v) => (4, v),
+                Source::Fde => (5, 0),
+                Source::Symbol => (6, 0),
+            };
+            out.extend_from_slice(&a.to_le_bytes());
+            out.push(tag);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for t in &self.tables {
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+        out
+    }
+
+    /// What [`Targets::encode`] wrote, if `b` is that whole and sorted.
+    fn decode(b: &[u8]) -> Option<Targets> {
+        let rest = b.strip_prefix(MAGIC.as_slice())?;
+        let (&data_read, rest) = rest.split_first()?;
+        let word =
+            |b: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)) };
+        let n = usize::try_from(word(rest)?).ok()?;
+        let m = usize::try_from(word(rest.get(8..)?)?).ok()?;
+        let rest = rest.get(16..)?;
+        if rest.len() != n.checked_mul(17)?.checked_add(m.checked_mul(8)?)? {
+            return None;
+        }
+        let (entries, tables) = rest.split_at(n * 17);
+        let mut at = Vec::with_capacity(n);
+        for e in entries.chunks_exact(17) {
+            let (a, v) = (word(&e[..8])?, word(&e[9..])?);
+            let src = match e[8] {
+                0 => Source::Branch(v),
+                1 => Source::Table(v),
+                2 => Source::Pointer(v),
+                3 => Source::Address(v),
+                4 => Source::LandingPad(v),
+                5 => Source::Fde,
+                6 => Source::Symbol,
+                _ => return None,
+            };
+            at.push((a, src));
+        }
+        let tables: Vec<u64> = tables.chunks_exact(8).map(word).collect::<Option<_>>()?;
+        let sorted = at.windows(2).all(|w| w[0] < w[1]) && tables.windows(2).all(|w| w[0] < w[1]);
+        sorted.then_some(Targets {
+            at,
+            data_read: data_read != 0,
+            tables,
+        })
     }
 
     /// How control gets to `a`: every source found, none if it is
@@ -780,5 +863,23 @@ mod tests {
         let at = |a| t.sources_at(a).collect::<Vec<_>>();
         assert_eq!(at(0x103), [Source::Branch(0x200), Source::Pointer(0x300)]);
         assert_eq!(at(0x101), []);
+    }
+
+    #[test]
+    fn a_cache_entry_reads_back_whole_or_not_at_all() {
+        let file = std::fs::read("/usr/bin/bash").expect("bash");
+        let t = Targets::build(&file);
+        let b = t.encode();
+        let back = Targets::decode(&b).expect("reads back");
+        assert_eq!(back.at, t.at);
+        assert_eq!(back.tables, t.tables);
+        assert_eq!(back.data_read, t.data_read);
+        assert!(Targets::decode(&b[..b.len() - 1]).is_none(), "short");
+        let mut foreign = b.clone();
+        foreign[7] ^= 0xff;
+        assert!(Targets::decode(&foreign).is_none(), "another format");
+        let mut unsorted = b;
+        unsorted[24..41].copy_from_slice(&[0xff; 17]);
+        assert!(Targets::decode(&unsorted).is_none(), "a bad entry");
     }
 }
