@@ -256,7 +256,8 @@ fn sized(image: &Image) -> Vec<(u64, u64)> {
 }
 
 /// The size of the code at the symbol `start`, which has none: up to its
-/// last `ret` or `jmp` before the next symbol or FDE start, and the
+/// last `ret` or `jmp` before the next symbol or FDE start or its
+/// section's end, and the
 /// padding (nops, int3s) after it. Refused when the symbol lies inside a
 /// function of known size (a label) or the code does not decode.
 fn extent(
@@ -269,9 +270,12 @@ fn extent(
     if let Some((s, _)) = sized.iter().find(|&&(s, e)| s < start.0 && start.0 < e) {
         return Err(format!("and it lies inside the function at {s:#x}"));
     }
-    let next = targets
-        .next_start(start.0)
-        .ok_or("and no symbol follows it")?;
+    // Up to the next symbol or FDE, within the section (`_fini` is the
+    // last of `.fini`, `_init` runs on into `.plt` otherwise).
+    let next = match (targets.next_start(start.0), targets.section_end(start.0)) {
+        (Some(n), Some(e)) => n.min(e),
+        (n, e) => n.or(e).ok_or("and no symbol follows it")?,
+    };
     let bytes = bytes_at(image, start).ok_or("and it is not in the text")?;
     let n = usize::try_from(next - start.0)
         .unwrap_or(usize::MAX)

@@ -57,6 +57,9 @@ pub struct Targets {
     /// The relative jump tables read whole (sorted): their entries are
     /// all among `at`.
     tables: Vec<u64>,
+    /// The executable sections (or segments), [start, end) sorted: code
+    /// without a symbol size ends at its section's end at the latest.
+    sections: Vec<(u64, u64)>,
 }
 
 /// `[start, end)` of a section and its bytes.
@@ -76,7 +79,7 @@ impl Section<'_> {
 }
 
 /// The first bytes of a cache entry (its format's version in the last).
-const MAGIC: &[u8; 8] = b"UPXTGT\x00\x01";
+const MAGIC: &[u8; 8] = b"UPXTGT\x00\x02";
 
 /// Most relocations that carry code addresses in PIE/static-pie data.
 const R_X86_64_RELATIVE: u32 = 8;
@@ -234,10 +237,16 @@ impl Targets {
         let mut lists: Vec<_> = decoded.into_iter().map(|(v, _)| v).collect();
         lists.push(at);
         let at = merge(lists);
+        let mut sections: Vec<(u64, u64)> = text
+            .iter()
+            .map(|s| (s.addr, s.addr + s.bytes.len() as u64))
+            .collect();
+        sections.sort_unstable();
         Targets {
             at,
             data_read: !data.is_empty(),
             tables,
+            sections,
         }
     }
 
@@ -264,6 +273,7 @@ impl Targets {
         out.push(u8::from(self.data_read));
         out.extend_from_slice(&(self.at.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.tables.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.sections.len() as u64).to_le_bytes());
         for &(a, src) in &self.at {
             let (tag, v) = match src {
                 Source::Branch(v) => (0u8, v),
@@ -281,6 +291,10 @@ impl Targets {
         for t in &self.tables {
             out.extend_from_slice(&t.to_le_bytes());
         }
+        for &(a, b) in &self.sections {
+            out.extend_from_slice(&a.to_le_bytes());
+            out.extend_from_slice(&b.to_le_bytes());
+        }
         out
     }
 
@@ -292,11 +306,17 @@ impl Targets {
             |b: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?)) };
         let n = usize::try_from(word(rest)?).ok()?;
         let m = usize::try_from(word(rest.get(8..)?)?).ok()?;
-        let rest = rest.get(16..)?;
-        if rest.len() != n.checked_mul(17)?.checked_add(m.checked_mul(8)?)? {
+        let k = usize::try_from(word(rest.get(16..)?)?).ok()?;
+        let rest = rest.get(24..)?;
+        let len = n
+            .checked_mul(17)?
+            .checked_add(m.checked_mul(8)?)?
+            .checked_add(k.checked_mul(16)?)?;
+        if rest.len() != len {
             return None;
         }
-        let (entries, tables) = rest.split_at(n * 17);
+        let (entries, rest) = rest.split_at(n * 17);
+        let (tables, sections) = rest.split_at(m * 8);
         let mut at = Vec::with_capacity(n);
         for e in entries.chunks_exact(17) {
             let (a, v) = (word(&e[..8])?, word(&e[9..])?);
@@ -313,11 +333,18 @@ impl Targets {
             at.push((a, src));
         }
         let tables: Vec<u64> = tables.chunks_exact(8).map(word).collect::<Option<_>>()?;
-        let sorted = at.windows(2).all(|w| w[0] < w[1]) && tables.windows(2).all(|w| w[0] < w[1]);
+        let sections: Vec<(u64, u64)> = sections
+            .chunks_exact(16)
+            .map(|c| Some((word(&c[..8])?, word(&c[8..])?)))
+            .collect::<Option<_>>()?;
+        let sorted = at.windows(2).all(|w| w[0] < w[1])
+            && tables.windows(2).all(|w| w[0] < w[1])
+            && sections.windows(2).all(|w| w[0] < w[1]);
         sorted.then_some(Targets {
             at,
             data_read: data_read != 0,
             tables,
+            sections,
         })
     }
 
@@ -340,6 +367,15 @@ impl Targets {
             .iter()
             .find(|e| matches!(e.1, Source::Symbol | Source::Fde))
             .map(|e| e.0)
+    }
+
+    /// The end of the executable section that holds `a`, if one does.
+    #[must_use]
+    pub fn section_end(&self, a: u64) -> Option<u64> {
+        self.sections
+            .iter()
+            .find(|&&(s, e)| s <= a && a < e)
+            .map(|&(_, e)| e)
     }
 
     /// Whether a relative jump table at `base` (32-bit offsets from it)
@@ -817,6 +853,7 @@ mod tests {
             at,
             data_read: !data.is_empty(),
             tables,
+            sections: Vec::new(),
         }
     }
 
@@ -856,6 +893,7 @@ mod tests {
             ],
             data_read: true,
             tables: Vec::new(),
+            sections: Vec::new(),
         };
         assert_eq!(t.inside(0x100, 0x105), Some((0x103, Source::Branch(0x200))));
         assert_eq!(t.inside(0x100, 0x103), None);
@@ -874,12 +912,13 @@ mod tests {
         assert_eq!(back.at, t.at);
         assert_eq!(back.tables, t.tables);
         assert_eq!(back.data_read, t.data_read);
+        assert_eq!(back.sections, t.sections);
         assert!(Targets::decode(&b[..b.len() - 1]).is_none(), "short");
         let mut foreign = b.clone();
         foreign[7] ^= 0xff;
         assert!(Targets::decode(&foreign).is_none(), "another format");
         let mut unsorted = b;
-        unsorted[24..41].copy_from_slice(&[0xff; 17]);
+        unsorted[32..49].copy_from_slice(&[0xff; 17]);
         assert!(Targets::decode(&unsorted).is_none(), "a bad entry");
     }
 }
