@@ -23,8 +23,9 @@
 //!  └────────┴────────────────────────┴─────┴──────────────────────────────────────────────┘
 //!   a block: hits × sites, padded to a power of two (at least a cache line);
 //!   rows and blocks start on a cache line; the mapping is left out of core dumps
-//!   (to come after the rows: per-thread state and an event ring, at the
-//!    offsets `Header::threads` and `Header::events` will give; 0 = absent)
+//!   then, when probes are traced, the event ring ([`crate::events`]) on a
+//!   page of its own, at the offset `Header::events` gives (0 = absent);
+//!   (to come: per-thread state, at `Header::threads`)
 //! ```
 //!
 //! A hit goes in its process's row, found through the row page; a process
@@ -47,6 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
+use crate::events::{Ring, RingLayout};
 use crate::PAGE_SIZE;
 
 /// The layout's version, in [`Header::version`]; bumped whenever anything
@@ -118,7 +120,8 @@ pub struct Header {
     pub program_action: [AtomicU64; 4],
     /// Reserved: offset from the header of per-thread state (0: none).
     pub threads: AtomicU64,
-    /// Reserved: offset from the header of an event ring (0: none).
+    /// Offset from the header of the event ring (0: none; see
+    /// [`crate::events`]).
     pub events: AtomicU64,
     /// Stack slots (blocks) in a row.
     pub slots: AtomicU64,
@@ -231,6 +234,8 @@ pub struct SharedLayout {
     pub rows: usize,
     /// Stack slots (blocks) per row: a power of two.
     pub slots: usize,
+    /// The event ring after the rows (none by default).
+    pub ring: RingLayout,
 }
 
 impl SharedLayout {
@@ -247,6 +252,7 @@ impl SharedLayout {
             slots: (STACK_SLOTS_PER_CPU * cpus.max(1))
                 .next_power_of_two()
                 .min(MAX_STACK_SLOTS),
+            ring: RingLayout::default(),
         };
         while l.slots > 1 && l.rows * l.row_bytes() > ROWS_BUDGET {
             l.slots /= 2;
@@ -306,10 +312,25 @@ impl SharedLayout {
         self.rows_start() + r * self.row_bytes()
     }
 
+    /// The same with an event ring laid out as `ring`.
+    #[must_use]
+    pub fn with_ring(self, ring: RingLayout) -> SharedLayout {
+        SharedLayout { ring, ..self }
+    }
+
+    /// Offset of the event ring: after the rows, on a page of its own.
+    #[must_use]
+    pub fn ring_start(&self) -> usize {
+        (self.rows_start() + self.rows * self.row_bytes()).next_multiple_of(PAGE_SIZE as usize)
+    }
+
     /// Bytes used (the mapping is this, rounded up to pages).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.rows_start() + self.rows * self.row_bytes()
+        if self.ring.is_empty() {
+            return self.rows_start() + self.rows * self.row_bytes();
+        }
+        self.ring_start() + self.ring.len()
     }
 
     /// Whether there is nothing past the header.
@@ -365,6 +386,10 @@ impl Shared {
         h.sites.store(layout.sites as u64, Ordering::Relaxed);
         h.rows.store(layout.rows as u64, Ordering::Relaxed);
         h.slots.store(layout.slots as u64, Ordering::Relaxed);
+        if !layout.ring.is_empty() {
+            h.events
+                .store(layout.ring_start() as u64, Ordering::Relaxed);
+        }
         Ok(shared)
     }
 
@@ -469,6 +494,16 @@ impl Shared {
             Err(Errno::NXIO) => None,
             Err(_) => Some(at),
         }
+    }
+
+    /// The event ring, if the layout has one.
+    #[must_use]
+    pub fn ring(&self) -> Option<Ring> {
+        let l = self.layout.ring;
+        // SAFETY: the ring's range lies inside our live mapping (the
+        // layout's length covers it), zeroed at creation, page aligned;
+        // it lives as long as `self`, and only the ring protocol touches it.
+        (!l.is_empty()).then(|| unsafe { Ring::at(self.addr + self.layout.ring_start() as u64, l) })
     }
 
     /// Traps that were no probe hit.
@@ -660,6 +695,7 @@ mod tests {
             sites: 3,
             rows: 2,
             slots: 64,
+            ring: RingLayout::default(),
         };
         assert_eq!(l.overflow(0), SHARED_OVERFLOW);
         assert_eq!(l.overflow(2), SHARED_OVERFLOW + 16);
@@ -679,6 +715,7 @@ mod tests {
             sites: 9,
             rows: 1,
             slots: 2,
+            ring: RingLayout::default(),
         };
         assert_eq!(l.block_bytes(), 128);
         assert_eq!(l.block_shift(), 7);
@@ -686,6 +723,7 @@ mod tests {
             sites: 939,
             rows: 1,
             slots: 1,
+            ring: RingLayout::default(),
         };
         assert_eq!(l.block_bytes(), 8192);
     }
@@ -727,8 +765,18 @@ mod tests {
             sites: 2,
             rows: 4,
             slots: 8,
+            ring: RingLayout::new(16, 1, 2),
         })
         .unwrap();
+        // The ring: after the rows, on its own page, found through the header.
+        let ring = s.ring().expect("a ring");
+        assert_eq!(ring.addr() % PAGE_SIZE, 0);
+        assert_eq!(
+            s.header().events.load(Ordering::Relaxed),
+            ring.addr() - s.addr()
+        );
+        assert!(ring.addr() >= s.row_addr(3) + s.layout().row_bytes() as u64);
+        assert!(s.range().1 >= ring.addr() + ring.layout().len() as u64);
         assert_eq!(s.header().version.load(Ordering::Relaxed), VERSION);
         assert_eq!(s.header().sites.load(Ordering::Relaxed), 2);
         assert_eq!(s.header().rows.load(Ordering::Relaxed), 4);

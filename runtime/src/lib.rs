@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod area;
+pub mod events;
 mod image;
 pub mod server;
 pub mod trap;

@@ -317,6 +317,7 @@ mod tests {
                 sites: 64,
                 rows: 1,
                 slots: 1 << COUNTING.slot_bits,
+                ring: uprobe_runtime::events::RingLayout::default(),
             };
             assert_eq!(l.block_shift(), COUNTING.block_shift);
             assert_eq!(offset as usize + ROW_HITS, l.block(slot as usize));
