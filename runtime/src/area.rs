@@ -545,6 +545,9 @@ pub struct CodeLayout {
     pub slot_count: usize,
     /// `int3` sites (one trap-table entry each).
     pub traps: usize,
+    /// Bytes kept for the event routine (0: no site is traced), which
+    /// the traced sites' trampolines call.
+    pub emit_bytes: usize,
 }
 
 impl CodeLayout {
@@ -562,7 +565,23 @@ impl CodeLayout {
             restorer,
             slot_count,
             traps,
+            emit_bytes: 0,
         }
+    }
+
+    /// The same with `bytes` kept for the event routine.
+    #[must_use]
+    pub fn with_emit(self, bytes: usize) -> CodeLayout {
+        CodeLayout {
+            emit_bytes: bytes,
+            ..self
+        }
+    }
+
+    /// Offset of the event routine: after the trap table.
+    #[must_use]
+    pub fn emit(&self) -> usize {
+        (self.table() + TABLE_ENTRIES + ENTRY_BYTES * self.traps).next_multiple_of(16)
     }
 
     /// Offset of the SIGTRAP handler.
@@ -583,10 +602,10 @@ impl CodeLayout {
         self.handler_code.len()
     }
 
-    /// Offset of the first slot.
+    /// Offset of the first slot: after the event routine.
     #[must_use]
     pub fn slots(&self) -> usize {
-        (self.table() + TABLE_ENTRIES + ENTRY_BYTES * self.traps).next_multiple_of(16)
+        (self.emit() + self.emit_bytes).next_multiple_of(16)
     }
 
     /// Offset of slot `i` (site `i`'s, for a site).
@@ -622,7 +641,8 @@ impl CodeLayout {
 
     /// The code pages' bytes ([`CodeLayout::code_len`] of them): the
     /// handler, its table (the shared mapping's and the row page's
-    /// addresses, and `entries`, sorted here), and each site's slot
+    /// addresses, and `entries`, sorted here), the event routine `emit`
+    /// (at most [`CodeLayout::emit_bytes`]), and each site's slot
     /// (`slots[i]`, at most [`SLOT_BYTES`]); `int3` filler elsewhere.
     #[must_use]
     pub fn image(
@@ -630,10 +650,12 @@ impl CodeLayout {
         shared: u64,
         row_page: u64,
         mut entries: Vec<TrapEntry>,
+        emit: &[u8],
         slots: &[Vec<u8>],
     ) -> Vec<u8> {
         assert_eq!(entries.len(), self.traps);
         assert_eq!(slots.len(), self.slot_count);
+        assert!(emit.len() <= self.emit_bytes);
         entries.sort_by_key(|e| e.site);
         let mut out = vec![0xcc; self.code_len()];
         out[..self.handler_code.len()].copy_from_slice(self.handler_code);
@@ -649,6 +671,7 @@ impl CodeLayout {
             let at = self.table() + TABLE_ENTRIES + k * ENTRY_BYTES;
             out[at..at + ENTRY_BYTES].copy_from_slice(e.bytes());
         }
+        out[self.emit()..][..emit.len()].copy_from_slice(emit);
         for (i, code) in slots.iter().enumerate() {
             assert!(code.len() <= SLOT_BYTES);
             out[self.slot(i)..][..code.len()].copy_from_slice(code);
@@ -826,7 +849,7 @@ mod tests {
             },
         ];
         let slots = vec![vec![0x90], vec![0x90, 0x90], vec![0xc3]];
-        let img = l.image(0x5000, 0x6000, entries, &slots);
+        let img = l.image(0x5000, 0x6000, entries, &[], &slots);
         assert_eq!(img.len(), l.code_len());
         let word = |at: usize| u64::from_le_bytes(img[at..at + 8].try_into().unwrap());
         assert_eq!(&img[..l.handler_code.len()], &HANDLER);

@@ -4,6 +4,7 @@
 
 use uprobe_runtime::area::{CodeLayout, Shared, TrapEntry};
 
+use super::emit::{encode_emit, Emit, Tid};
 use super::pun::{LANDING, PREFIX};
 use super::trampoline::{encode_evicted, encode_trampoline, jump_patch, short_patch, Counting};
 use super::xol::{encode_slot, Unrelocatable};
@@ -28,9 +29,11 @@ pub struct AreaCode {
 
 /// The code for `sites` and the neighbours `evicted` for their pads (in
 /// the program `image`, placed with `bias`), in an area laid out as
-/// `layout` at runtime address `base`, counting hits in `shared`. Site `i`
-/// gets slot `i` and counter `i`; evicted neighbour `k` gets slot
+/// `layout` at runtime address `base`, counting hits in `shared` (and
+/// tracing them in its event ring, learning thread ids as `tid` says).
+/// Site `i` gets slot `i` and counter `i`; evicted neighbour `k` gets slot
 /// `sites.len() + k`.
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     image: &Image,
     bias: Bias,
@@ -39,14 +42,35 @@ pub fn generate(
     layout: &CodeLayout,
     base: u64,
     shared: &Shared,
+    tid: Tid,
 ) -> Result<AreaCode, ProbeError> {
     let row_page = base + layout.row_page() as u64;
+    let emit_at = base + layout.emit() as u64;
+    let emit = match shared.ring() {
+        Some(ring) if layout.emit_bytes > 0 => {
+            let e = Emit {
+                ring: ring.addr(),
+                layout: ring.layout(),
+                row_page,
+                tid,
+            };
+            encode_emit(&e, emit_at).map_err(|e| ProbeError::Trampoline {
+                site: "the event routine".into(),
+                insns: String::new(),
+                why: match e {
+                    Unrelocatable::Code(why) | Unrelocatable::Insn { why, .. } => why,
+                },
+            })?
+        }
+        _ => Vec::new(),
+    };
     let counting = |i: usize| Counting {
         overflow: shared.overflow_addr(i),
         index: i as u64,
         row_page,
         block_shift: shared.layout().block_shift(),
         slot_bits: shared.layout().slot_bits(),
+        emit: (sites[i].action == Action::Trace && !emit.is_empty()).then_some(emit_at),
     };
     let mut slots = Vec::with_capacity(sites.len());
     let mut entries = Vec::new();
@@ -54,8 +78,6 @@ pub fn generate(
     let mut pads = Vec::new();
     let mut landings = Vec::new();
     for (i, s) in sites.iter().enumerate() {
-        // Counting is the only action: the handler and the trampolines do it.
-        let Action::Count = s.action;
         let slot = base + layout.slot(i) as u64;
         let ip = s.place.runtime(bias);
         let from = s.place.bytes(image);
@@ -115,7 +137,7 @@ pub fn generate(
     }
     patches.extend(pads);
     Ok(AreaCode {
-        bytes: layout.image(shared.addr(), row_page, entries, &slots),
+        bytes: layout.image(shared.addr(), row_page, entries, &emit, &slots),
         patches,
         landings,
     })
@@ -275,6 +297,7 @@ mod tests {
             row_page: FAR + 0x2000,
             block_shift: 6,
             slot_bits: 5,
+            emit: None,
         };
         let kind = Kind::Jump {
             len: 7,

@@ -19,6 +19,7 @@ use crate::addr::{Bias, LinkAddr};
 use crate::elf::Image;
 
 mod code;
+mod emit;
 mod indirect;
 mod jump;
 mod pun;
@@ -30,6 +31,7 @@ mod trampoline;
 mod xol;
 
 pub use code::{generate, landing_pages};
+pub use emit::{Tid, EMIT_BYTES};
 pub use jump::{choose, decide, JumpCheck};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;
@@ -82,6 +84,9 @@ pub enum Action {
     /// Count the hit (per process, in the shared counters).
     #[default]
     Count,
+    /// Count it, and write it to the event ring with its thread, time and
+    /// argument registers (jump sites only, for now).
+    Trace,
 }
 
 /// How probe sites are displaced.

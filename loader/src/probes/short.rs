@@ -425,6 +425,8 @@ fn fits_trampoline(image: &Image, a: u64, len: usize, flags_live: bool) -> bool 
         row_page: at + 0x2000,
         block_shift: 16,
         slot_bits: 10,
+        // As if traced: the longest the trampoline can be.
+        emit: Some(at + 0x3000),
     };
     encode_trampoline(
         code_at(image, LinkAddr(a)),

@@ -26,7 +26,9 @@
 //! totals exact. Nothing here asks the kernel anything (no `rdpid`, no
 //! system call): the stack pointer is at hand, and costs no latency.
 
-use iced_x86::code_asm::{ecx, ptr, qword_ptr, rax, rcx, rsp, CodeAssembler, CodeLabel};
+use iced_x86::code_asm::{
+    ecx, edx, ptr, qword_ptr, r11, rax, rcx, rdx, rsp, CodeAssembler, CodeLabel,
+};
 use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
 use uprobe_runtime::area::{ROW_HITS, ROW_PAGE_ROW, STACK_GRANULE_SHIFT, STACK_SLOT_HASH};
 
@@ -50,6 +52,9 @@ pub struct Counting {
     pub block_shift: u32,
     /// log2 of the stack slots in a row: `SharedLayout::slot_bits`.
     pub slot_bits: u32,
+    /// The event routine's address, when the site is traced: after
+    /// counting, the hit is written to the event ring (see `emit.rs`).
+    pub emit: Option<u64>,
 }
 
 /// Steps over the red zone and saves what [`count`] clobbers: rax, rcx,
@@ -111,6 +116,18 @@ fn overflow(
     a.jmp(done)
 }
 
+/// Calls the event routine at `emit` for site `index`, keeping rdx and
+/// r11 (the routine's layout of the stack depends on this order:
+/// `emit::SAVED_RDX`, `emit::SAVED_RCX`).
+fn trace(a: &mut CodeAssembler, index: u64, emit: u64) -> Result<(), IcedError> {
+    a.push(rdx)?;
+    a.push(r11)?;
+    a.mov(edx, index as u32)?;
+    a.call(emit)?;
+    a.pop(r11)?;
+    a.pop(rdx)
+}
+
 /// Undoes [`enter`].
 fn leave(a: &mut CodeAssembler, flags_live: bool) -> Result<(), IcedError> {
     a.pop(rcx)?;
@@ -145,6 +162,9 @@ pub fn encode_trampoline(
     let mut done = a.create_label();
     e(enter(&mut a, flags_live))?;
     e(count(&mut a, count_at, to_overflow, &mut done))?;
+    if let Some(emit) = count_at.emit {
+        e(trace(&mut a, count_at.index, emit))?;
+    }
     e(leave(&mut a, flags_live))?;
     let mut off = 0;
     while off < len {
@@ -212,6 +232,7 @@ mod tests {
         row_page: 0x7f00_0000_9000,
         block_shift: 9,
         slot_bits: 5,
+        emit: None,
     };
 
     fn decode(code: &[u8]) -> Vec<Instruction> {
@@ -410,5 +431,42 @@ mod tests {
         let i = Decoder::with_ip(64, &p, IP, DecoderOptions::NONE).decode();
         assert_eq!(i.near_branch_target(), AT);
         assert_eq!(&p[5..], &[0xcc, 0xcc]);
+    }
+
+    #[test]
+    fn a_traced_site_calls_the_event_routine_after_counting() {
+        let code = [0x55, 0x48, 0x89, 0xe5, 0x48, 0x83, 0xec, 0x10];
+        let emit = AT + 0x800;
+        let traced = Counting {
+            emit: Some(emit),
+            ..COUNTING
+        };
+        let v = decode(&encode_trampoline(&code, IP, 8, false, &traced, AT).unwrap());
+        let inc = v
+            .iter()
+            .position(|i| i.mnemonic() == Mnemonic::Inc && i.has_lock_prefix())
+            .unwrap();
+        let call = v
+            .iter()
+            .position(|i| i.mnemonic() == Mnemonic::Call)
+            .expect("a call");
+        assert!(inc < call, "after counting");
+        assert_eq!(v[call].near_branch_target(), emit);
+        // rdx then r11 saved (the routine reads rdx and rcx above them),
+        // the site's index in edx.
+        assert_eq!(
+            (v[call - 3].op0_register(), v[call - 2].op0_register()),
+            (Register::RDX, Register::R11)
+        );
+        assert_eq!(
+            (v[call - 1].op0_register(), v[call - 1].immediate32()),
+            (Register::EDX, 3)
+        );
+        // The overflow path comes back before the call: its hits are traced too.
+        let back = v.last().unwrap().near_branch_target();
+        assert_eq!(back, v[call - 3].ip());
+        // Untraced: no call.
+        let v = decode(&encode_trampoline(&code, IP, 8, false, &COUNTING, AT).unwrap());
+        assert!(!v.iter().any(|i| i.mnemonic() == Mnemonic::Call));
     }
 }

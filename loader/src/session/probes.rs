@@ -7,7 +7,12 @@ use uprobe_runtime::area::{self, Shared, SharedLayout};
 
 use crate::error::{Error, Result};
 use crate::plan::{Draft, Plan, ProbeArea};
-use crate::probes::{self, Kind, ProbeMode, Request, Resolution, Site};
+use crate::probes::{self, Action, Kind, ProbeMode, Request, Resolution, Site, Tid};
+use uprobe_runtime::events::RingLayout;
+
+/// Records in the event ring (a power of two): 64 Ki records of 128 bytes
+/// are 8 MiB, pages of which are only used as the ring goes round.
+const RING_RECORDS: usize = 1 << 16;
 use crate::report::{ProbeHits, ProcessHits};
 use crate::sys::mm::Reservation;
 
@@ -57,18 +62,24 @@ impl Probes {
         if sites.is_empty() {
             return Ok((draft.finish(&[]), None));
         }
-        let counters = Arc::new(
-            // Stack slots for the CPUs we may run on (the program inherits
-            // our affinity).
-            Shared::new(SharedLayout::new(
-                sites.len(),
-                area::ROWS,
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ))
-            .map_err(|e| Error::sys("creating the hit counters", e))?,
+        let traced = sites.iter().any(|s| s.action == Action::Trace);
+        // Stack slots for the CPUs we may run on (the program inherits
+        // our affinity); an event ring when any site is traced.
+        let mut shared = SharedLayout::new(
+            sites.len(),
+            area::ROWS,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
+        if traced {
+            shared = shared.with_ring(RingLayout::new(RING_RECORDS, 0, sites.len()));
+        }
+        let counters =
+            Arc::new(Shared::new(shared).map_err(|e| Error::sys("creating the hit counters", e))?);
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
-        let layout = uprobe_runtime::trap::layout(sites.len() + evicted.len(), traps);
+        let mut layout = uprobe_runtime::trap::layout(sites.len() + evicted.len(), traps);
+        if traced {
+            layout = layout.with_emit(probes::EMIT_BYTES);
+        }
         let room = draft.probe_room(&layout)?;
         let code = probes::generate(
             &draft.program.image,
@@ -78,6 +89,7 @@ impl Probes {
             &layout,
             room.addr(),
             &counters,
+            tid_source(&draft.program.image),
         )?;
         let area = draft.map_probe_area(room, &layout, &code.bytes)?;
         for (page, bytes) in probes::landing_pages(&code.landings) {
@@ -277,4 +289,25 @@ fn fill_landing(r: &mut Reservation, bytes: &[u8], path: &std::path::Path) -> Re
         .map_err(|e| fail("protecting a punned jump's landing", e))?;
     r.name(&crate::vma::anon_name("puns", path));
     Ok(())
+}
+
+/// How the event routine learns a thread's id in the program `image`:
+/// from glibc's thread block where the program runs glibc (dynamically
+/// linked to `libc.so.6`, or static with glibc's `_thread_db_pthread_tid`
+/// descriptor) and the CPU lets user code read the thread pointer
+/// (`rdfsbase`, `HWCAP2_FSGSBASE`); otherwise with a `gettid` per hit.
+fn tid_source(image: &crate::elf::Image) -> Tid {
+    /// `struct pthread::tid` in glibc on x86-64 (glibc 2.36's
+    /// `_thread_db_pthread_tid` says 0x2d0; stable across 2.x).
+    const GLIBC_TID: i32 = 0x2d0;
+    const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    let hwcap2 = rustix::param::linux_hwcap().1 as u64;
+    let syms = crate::symbols::Symbols::read(image);
+    let glibc = syms.needed.iter().any(|l| l == "libc.so.6")
+        || !syms.named("_thread_db_pthread_tid").is_empty();
+    if glibc && hwcap2 & HWCAP2_FSGSBASE != 0 {
+        Tid::Glibc(GLIBC_TID)
+    } else {
+        Tid::Syscall
+    }
 }

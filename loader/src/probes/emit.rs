@@ -1,0 +1,233 @@
+//! The event routine: one piece of code in the probe area that a traced
+//! site's trampoline calls after counting, to write the hit as a record
+//! in the event ring (`uprobe_runtime::events`, whose protocol it
+//! follows). No lock, no wait: a full ring counts a drop.
+//!
+//! ```text
+//!  in:  edx = the site; rdi, rsi, rdx*, rcx*, r8, r9 as at the hit
+//!       (* the caller's saved copies: see below); rsp below the red zone
+//!  uses rax, rcx, rdx, r11 and the flags, which the trampoline saves
+//!
+//!  reserve: head, tail → full? lock inc dropped[site]; ret
+//!           lock cmpxchg head, head + 1 (again on failure)
+//!  write:   record = ring + RECORDS + ((index & mask) << shift)
+//!           args, site, flags = 0, pid (the row page's), tid, rdtsc
+//!  commit:  seq = index + 1 (a plain store: x86 keeps stores in order)
+//! ```
+//!
+//! The thread id: a glibc program keeps it in its thread block, at a fixed
+//! offset from the thread pointer (`fs`), which `rdfsbase` reads without
+//! the kernel; the block is recognised by its self pointer (`tcbhead_t`'s
+//! `self`, at 0x10, equal to the thread pointer). Anywhere else (no glibc,
+//! no thread block yet, no `rdfsbase`), the routine asks the kernel
+//! (`gettid`): a system call per hit, which the README states.
+
+use iced_x86::code_asm::{
+    dword_ptr, eax, ecx, edx, qword_ptr, r11, r8, r9, rax, rcx, rdi, rdx, rsi, rsp, CodeAssembler,
+};
+use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
+use uprobe_runtime::area::ROW_PAGE_PID;
+use uprobe_runtime::events::{
+    RingLayout, REC_ARGS, REC_FLAGS, REC_PID, REC_PROBE, REC_SEQ, REC_TID, REC_TIME, RING_DROPPED,
+    RING_HEAD, RING_TAIL,
+};
+
+use super::xol::Unrelocatable;
+
+/// Bytes the probe area keeps for the routine.
+pub const EMIT_BYTES: usize = 256;
+
+/// Where the routine finds the program's rdx and rcx, from rsp at its
+/// entry: above its return address and the r11 the trampoline saved (the
+/// trampoline pushed rax and rcx on entering, then rdx and r11).
+pub const SAVED_RDX: i32 = 16;
+pub const SAVED_RCX: i32 = 24;
+
+/// `tcbhead_t::self` in glibc's x86-64 thread block.
+const TCB_SELF: i32 = 0x10;
+
+/// How the routine learns the thread id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tid {
+    /// From glibc's thread block at this offset from the thread pointer
+    /// (`struct pthread::tid`, which libc.so.6's `_thread_db_pthread_tid`
+    /// describes: 0x2d0 in glibc 2.36), `gettid` where there is none.
+    Glibc(i32),
+    /// `gettid` on every hit.
+    Syscall,
+}
+
+/// Where the routine writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Emit {
+    /// The ring's address (in the shared mapping).
+    pub ring: u64,
+    /// Its layout.
+    pub layout: RingLayout,
+    /// The row page (its pid word is the process's).
+    pub row_page: u64,
+    /// How to learn the thread id.
+    pub tid: Tid,
+}
+
+/// The routine, placed at `at`.
+pub fn encode_emit(e: &Emit, at: u64) -> Result<Vec<u8>, Unrelocatable> {
+    let code = |r: Result<(), IcedError>| r.map_err(|e| Unrelocatable::Code(e.to_string()));
+    let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
+    code(routine(&mut a, e))?;
+    let bytes = a
+        .assemble(at)
+        .map_err(|e| Unrelocatable::Code(format!("the event routine: {e}")))?;
+    if bytes.len() > EMIT_BYTES {
+        return Err(Unrelocatable::Code(format!(
+            "the event routine takes {} bytes, more than the {EMIT_BYTES} kept for it",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
+    let l = e.layout;
+    let mask = i32::try_from(l.records - 1).unwrap_or(i32::MAX);
+    let cap = i32::try_from(l.records).unwrap_or(i32::MAX);
+    let records = i32::try_from(l.records_start()).unwrap_or(i32::MAX);
+    let mut retry = a.create_label();
+    let mut full = a.create_label();
+    let mut slow = a.create_label();
+    let mut have_tid = a.create_label();
+    let mut done = a.create_label();
+    // The site, until the record has room for it.
+    a.push(rdx)?;
+    a.mov(r11, e.ring)?;
+    // Reserve.
+    a.set_label(&mut retry)?;
+    a.mov(rax, qword_ptr(r11 + RING_HEAD as i32))?;
+    a.mov(rcx, rax)?;
+    a.sub(rcx, qword_ptr(r11 + RING_TAIL as i32))?;
+    a.cmp(rcx, cap)?;
+    a.jae(full)?;
+    a.lea(rcx, qword_ptr(rax + 1))?;
+    a.lock().cmpxchg(qword_ptr(r11 + RING_HEAD as i32), rcx)?;
+    a.jne(retry)?;
+    // rax: the index; rcx: its record.
+    a.mov(rcx, rax)?;
+    a.and(ecx, mask)?;
+    a.shl(rcx, l.record_shift())?;
+    a.lea(rcx, qword_ptr(r11 + rcx + records))?;
+    a.pop(rdx)?;
+    a.mov(dword_ptr(rcx + REC_PROBE as i32), edx)?;
+    a.mov(dword_ptr(rcx + REC_FLAGS as i32), 0)?;
+    // The arguments: rdx and rcx are the trampoline's saved copies, above
+    // the return address and its saved r11 (see `trace` in trampoline.rs).
+    a.mov(qword_ptr(rcx + REC_ARGS as i32), rdi)?;
+    a.mov(qword_ptr(rcx + (REC_ARGS + 8) as i32), rsi)?;
+    a.mov(r11, qword_ptr(rsp + SAVED_RDX))?;
+    a.mov(qword_ptr(rcx + (REC_ARGS + 16) as i32), r11)?;
+    a.mov(r11, qword_ptr(rsp + SAVED_RCX))?;
+    a.mov(qword_ptr(rcx + (REC_ARGS + 24) as i32), r11)?;
+    a.mov(qword_ptr(rcx + (REC_ARGS + 32) as i32), r8)?;
+    a.mov(qword_ptr(rcx + (REC_ARGS + 40) as i32), r9)?;
+    a.push(rax)?;
+    // The process, from the row page (in the probe area, RIP-relative).
+    a.add_instruction(Instruction::with2(
+        Code::Mov_r64_rm64,
+        Register::RDX,
+        MemoryOperand::with_base_displ(Register::RIP, (e.row_page + ROW_PAGE_PID as u64) as i64),
+    )?)?;
+    a.mov(dword_ptr(rcx + REC_PID as i32), edx)?;
+    // The thread.
+    if let Tid::Glibc(offset) = e.tid {
+        a.rdfsbase(rax)?;
+        a.test(rax, rax)?;
+        a.jz(slow)?;
+        a.cmp(qword_ptr(rax + TCB_SELF), rax)?;
+        a.jne(slow)?;
+        a.mov(eax, dword_ptr(rax + offset))?;
+        a.test(eax, eax)?;
+        a.jg(have_tid)?;
+    }
+    a.set_label(&mut slow)?;
+    a.push(rcx)?;
+    a.mov(eax, 186)?; // gettid
+    a.syscall()?;
+    a.pop(rcx)?;
+    a.set_label(&mut have_tid)?;
+    a.mov(dword_ptr(rcx + REC_TID as i32), eax)?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.mov(qword_ptr(rcx + REC_TIME as i32), rax)?;
+    // Commit.
+    a.pop(rax)?;
+    a.inc(rax)?;
+    a.mov(qword_ptr(rcx + REC_SEQ as i32), rax)?;
+    a.jmp(done)?;
+    // Full: count the drop.
+    a.set_label(&mut full)?;
+    a.pop(rdx)?;
+    a.lea(rax, qword_ptr(r11 + RING_DROPPED as i32))?;
+    a.lock().inc(qword_ptr(rax + rdx * 8))?;
+    a.set_label(&mut done)?;
+    a.ret()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+
+    const AT: u64 = 0x7f00_0000_1000;
+
+    fn emit(tid: Tid) -> Vec<iced_x86::Instruction> {
+        let e = Emit {
+            ring: 0x7f00_4000_0000,
+            layout: RingLayout::new(1 << 16, 0, 939),
+            row_page: 0x7f00_0000_9000,
+            tid,
+        };
+        let code = encode_emit(&e, AT).unwrap();
+        assert!(code.len() <= EMIT_BYTES, "{} bytes", code.len());
+        Decoder::with_ip(64, &code, AT, DecoderOptions::NONE)
+            .iter()
+            .collect()
+    }
+
+    fn has(v: &[iced_x86::Instruction], m: Mnemonic) -> bool {
+        v.iter().any(|i| i.mnemonic() == m)
+    }
+
+    #[test]
+    fn reserves_with_one_locked_exchange_and_counts_drops() {
+        let v = emit(Tid::Glibc(0x2d0));
+        let xchg = v
+            .iter()
+            .find(|i| i.mnemonic() == Mnemonic::Cmpxchg)
+            .unwrap();
+        assert!(xchg.has_lock_prefix());
+        assert_eq!(xchg.memory_displacement64(), RING_HEAD as u64);
+        let inc = v
+            .iter()
+            .find(|i| i.mnemonic() == Mnemonic::Inc && i.has_lock_prefix());
+        assert!(inc.is_some(), "a full ring counts a drop");
+        // The pid comes from the row page, RIP-relative.
+        assert!(v.iter().any(|i| i.is_ip_rel_memory_operand()
+            && i.ip_rel_memory_address() == 0x7f00_0000_9000 + ROW_PAGE_PID as u64));
+        assert!(has(&v, Mnemonic::Rdtsc));
+        assert_eq!(v.last().unwrap().mnemonic(), Mnemonic::Ret);
+    }
+
+    #[test]
+    fn the_thread_id_comes_from_glibc_or_from_the_kernel() {
+        let v = emit(Tid::Glibc(0x2d0));
+        assert!(has(&v, Mnemonic::Rdfsbase));
+        assert!(v.iter().any(|i| i.memory_displacement64() == 0x2d0));
+        assert!(
+            has(&v, Mnemonic::Syscall),
+            "gettid where there is no thread block"
+        );
+        let v = emit(Tid::Syscall);
+        assert!(!has(&v, Mnemonic::Rdfsbase));
+        assert!(has(&v, Mnemonic::Syscall));
+    }
+}
