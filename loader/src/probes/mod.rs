@@ -33,7 +33,7 @@ pub use code::{generate, landing_pages};
 pub use jump::{choose, decide, JumpCheck};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;
-pub use spec::Location;
+pub use spec::{ArgType, Location, ARG_REGISTERS};
 pub use targets::{Source, Targets};
 
 pub use crate::error::ProbeError;
