@@ -298,9 +298,10 @@ impl FromStr for TraceSpec {
 }
 
 impl fmt::Display for TraceSpec {
-    /// The spec that parses back to it: the location, then the list when
-    /// there are types, or `()` when the location itself has parentheses
-    /// (else its own last group would be read as the list).
+    /// The spec that parses back to it (any spec parsing produced): the
+    /// location, then the list when there are types, or `()` when the
+    /// location itself has parentheses (else its own last group could be
+    /// read as the list).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let location = self.location.to_string();
         f.write_str(&location)?;
@@ -315,7 +316,7 @@ impl fmt::Display for TraceSpec {
 /// (columns count characters from 1).
 fn check_balanced(spec: &str) -> Result<(), String> {
     let mut open = Vec::new();
-    for (column, c) in (1..).zip(spec.chars()) {
+    for (column, c) in (1usize..).zip(spec.chars()) {
         match c {
             '(' => open.push(column),
             ')' if open.pop().is_none() => {
@@ -670,6 +671,36 @@ mod tests {
         assert_eq!(trace("fopen( str,str )").to_string(), "fopen(str, str)");
         assert_eq!(trace("f()").to_string(), "f");
         assert_eq!(trace("f(int)()").to_string(), "f(int)()");
+    }
+
+    /// Every spec of up to four pieces either is refused or reads back the
+    /// same from its `Display`: no piece of grammar can panic or lose a part.
+    #[test]
+    fn any_spec_parses_back_or_is_refused() {
+        const PIECES: [&str; 12] = [
+            "(", ")", ",", " ", "f", "int", "str", "char", "*", "+0x1", "0x1", "()",
+        ];
+        let mut specs = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = specs
+                .iter()
+                .flat_map(|s| PIECES.iter().map(move |p| format!("{s}{p}")))
+                .collect();
+            specs.extend(longer);
+        }
+        let mut parsed = 0;
+        for spec in &specs {
+            match spec.parse::<TraceSpec>() {
+                Ok(t) => {
+                    parsed += 1;
+                    assert!(t.args.len() <= 6);
+                    assert_eq!(trace(&t.to_string()), t, "'{spec}' shown as '{t}'");
+                }
+                Err(ProbeError::BadSpec { .. }) => {}
+                Err(e) => panic!("'{spec}': {e}"),
+            }
+        }
+        assert!(parsed > 1000, "{parsed} of {} parsed", specs.len());
     }
 
     #[test]
