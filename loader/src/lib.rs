@@ -49,6 +49,7 @@ mod addr;
 mod cache;
 mod elf;
 mod error;
+mod events;
 mod guard;
 mod handoff;
 mod layout;

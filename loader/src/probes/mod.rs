@@ -35,7 +35,7 @@ pub use emit::{Tid, EMIT_BYTES};
 pub use jump::{choose, decide, JumpCheck};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;
-pub use spec::Location;
+pub use spec::{ArgType, Location, ARG_REGISTERS};
 pub use targets::{Source, Targets};
 
 pub use crate::error::ProbeError;

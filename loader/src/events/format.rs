@@ -1,0 +1,497 @@
+//! How an [`Event`] is shown: one line of text in the style of strace and
+//! ltrace, or one JSON object per line for programs to read.
+//!
+//! ```text
+//! 0.001234567 4242/4243 ev(100, -1, "alpha", 0, 0x0, 0)
+//! {"time_ns":80001234567,"pid":4242,"tid":4243,"probe":"ev","args":[100,-1,"alpha",0,"0x0",0]}
+//! ```
+//!
+//! Both writers take the probe's label and argument types from the caller,
+//! which keeps them per probe, not per event. Only the first six types are
+//! shown (there are no more registers); a type list shorter than six shows
+//! that many arguments.
+
+use std::fmt;
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use super::Event;
+use crate::probes::ArgType;
+
+/// Writes `event` as one line of text, ended by `\n`:
+/// `SECONDS PID/TID LABEL(ARGS)`.
+///
+/// `SECONDS` is the time since `start_ns` (the program's start, in
+/// `CLOCK_MONOTONIC` nanoseconds) with nine decimals: small numbers a
+/// person can compare, where the absolute clock would be ten digits of
+/// uptime. An event stamped before the start (which a correct monitor never
+/// makes) shows a `-`. Arguments are shown by their type:
+///
+/// - `int` in signed decimal, `uint` in unsigned decimal, `hex` as `0x…` in
+///   lowercase;
+/// - `str` as a C string in double quotes: `"` and `\` escaped, `\n`, `\t`
+///   and `\r` by name, any other byte outside printable ASCII as `\xNN`
+///   (always two digits, as Rust and Python read them), so the bytes can be
+///   recovered exactly; a string cut at the monitor's limit is followed by
+///   `...` (as strace does); a NULL pointer shows `NULL`; a pointer that
+///   could not be read shows its value in hexadecimal, as strace does.
+// The monitor will call it; nothing does yet.
+#[allow(dead_code)]
+pub fn write_text(
+    out: &mut impl Write,
+    event: &Event,
+    label: &str,
+    types: &[ArgType],
+    start_ns: u64,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}",
+        Text {
+            event,
+            label,
+            types,
+            start_ns
+        }
+    )
+}
+
+/// Writes `event` as one JSON object on one line, ended by `\n`, with the
+/// keys, in order:
+///
+/// - `time_ns`: the absolute `CLOCK_MONOTONIC` time in nanoseconds (a
+///   program can subtract any origin it likes; the text form's relative
+///   seconds would lose that);
+/// - `pid`, `tid`: numbers;
+/// - `probe`: the label, a string;
+/// - `args`: one value per type: `int` and `uint` as exact JSON integers
+///   (i64 and u64), `hex` as a `"0x…"` string (JSON has no hexadecimal),
+///   `str` as a string, or `null` for a NULL or unreadable pointer. Bytes
+///   that are not UTF-8 become U+FFFD (JSON strings are Unicode; the text
+///   form keeps every byte);
+/// - `truncated`: only when some `str` argument was cut at the monitor's
+///   limit, the indices (from 0) of those arguments in `args`.
+///
+/// An error is the writer's.
+// The monitor will call it; nothing does yet.
+#[allow(dead_code)]
+pub fn write_json(
+    out: &mut impl Write,
+    event: &Event,
+    label: &str,
+    types: &[ArgType],
+) -> io::Result<()> {
+    let shown = shown(event, types);
+    let line = JsonLine {
+        time_ns: event.time_ns,
+        pid: event.pid,
+        tid: event.tid,
+        probe: label,
+        args: shown.clone().map(|(t, arg)| json_arg(t, arg)).collect(),
+        truncated: shown
+            .enumerate()
+            .filter(|(_, (t, arg))| *t == ArgType::Str && arg.truncated)
+            .map(|(i, _)| i)
+            .collect(),
+    };
+    serde_json::to_writer(&mut *out, &line)?;
+    out.write_all(b"\n")
+}
+
+/// One argument of an event: its raw register and what was read for it.
+#[derive(Clone, Copy)]
+struct Arg<'a> {
+    value: u64,
+    string: Option<&'a [u8]>,
+    truncated: bool,
+}
+
+/// The arguments the types ask for, each with its type.
+fn shown<'a>(
+    event: &'a Event,
+    types: &'a [ArgType],
+) -> impl Iterator<Item = (ArgType, Arg<'a>)> + Clone + 'a {
+    let args = event
+        .args
+        .iter()
+        .zip(&event.strings)
+        .zip(&event.truncated)
+        .map(|((&value, string), &truncated)| Arg {
+            value,
+            string: string.as_deref(),
+            truncated,
+        });
+    types.iter().copied().zip(args)
+}
+
+/// An event as a line of text (without the `\n`); see [`write_text`].
+struct Text<'a> {
+    event: &'a Event,
+    label: &'a str,
+    types: &'a [ArgType],
+    start_ns: u64,
+}
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const NS: u64 = 1_000_000_000;
+        let (sign, since) = match self.event.time_ns.checked_sub(self.start_ns) {
+            Some(d) => ("", d),
+            None => ("-", self.start_ns - self.event.time_ns),
+        };
+        write!(
+            f,
+            "{sign}{}.{:09} {}/{} {}(",
+            since / NS,
+            since % NS,
+            self.event.pid,
+            self.event.tid,
+            self.label
+        )?;
+        for (i, (t, arg)) in shown(self.event, self.types).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            text_arg(f, t, arg)?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// One argument as text.
+fn text_arg(f: &mut fmt::Formatter<'_>, t: ArgType, arg: Arg<'_>) -> fmt::Result {
+    match t {
+        // The register's bits read as two's complement.
+        ArgType::Int => write!(f, "{}", arg.value as i64),
+        ArgType::Uint => write!(f, "{}", arg.value),
+        ArgType::Hex => write!(f, "{:#x}", arg.value),
+        ArgType::Str => match arg.string {
+            Some(bytes) => {
+                quote(f, bytes)?;
+                if arg.truncated {
+                    f.write_str("...")?;
+                }
+                Ok(())
+            }
+            None if arg.value == 0 => f.write_str("NULL"),
+            None => write!(f, "{:#x}", arg.value),
+        },
+    }
+}
+
+/// Bytes as a double-quoted C string literal.
+fn quote(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    f.write_str("\"")?;
+    for &b in bytes {
+        match b {
+            b'"' => f.write_str("\\\"")?,
+            b'\\' => f.write_str("\\\\")?,
+            b'\n' => f.write_str("\\n")?,
+            b'\t' => f.write_str("\\t")?,
+            b'\r' => f.write_str("\\r")?,
+            b' '..=b'~' => write!(f, "{}", char::from(b))?,
+            _ => write!(f, "\\x{b:02x}")?,
+        }
+    }
+    f.write_str("\"")
+}
+
+/// An event as JSON; the field order is the key order.
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    time_ns: u64,
+    pid: u32,
+    tid: u32,
+    probe: &'a str,
+    args: Vec<JsonArg>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    truncated: Vec<usize>,
+}
+
+/// One argument as a JSON value.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonArg {
+    Int(i64),
+    Uint(u64),
+    Text(String),
+    Null,
+}
+
+fn json_arg(t: ArgType, arg: Arg<'_>) -> JsonArg {
+    match t {
+        ArgType::Int => JsonArg::Int(arg.value as i64),
+        ArgType::Uint => JsonArg::Uint(arg.value),
+        ArgType::Hex => JsonArg::Text(format!("{:#x}", arg.value)),
+        ArgType::Str => match arg.string {
+            Some(bytes) => JsonArg::Text(String::from_utf8_lossy(bytes).into_owned()),
+            None => JsonArg::Null,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use ArgType::{Hex, Int, Str, Uint};
+
+    const START: u64 = 80_000_000_000;
+
+    /// The example of the module's documentation: `ev(100, -1, "alpha", 0, 0, 0)`.
+    fn ev() -> Event {
+        Event {
+            time_ns: START + 1_234_567,
+            pid: 4242,
+            tid: 4243,
+            probe: 0,
+            args: [100, -1i64 as u64, 0x7fff_0000, 0, 0, 0],
+            strings: [None, None, Some(b"alpha".to_vec()), None, None, None],
+            truncated: [false; 6],
+        }
+    }
+
+    const EV: [ArgType; 6] = [Int, Int, Str, Uint, Hex, Int];
+
+    fn text(event: &Event, label: &str, types: &[ArgType]) -> String {
+        let mut out = Vec::new();
+        write_text(&mut out, event, label, types, START).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        line.strip_suffix('\n').expect("ends the line").to_string()
+    }
+
+    fn json_line(event: &Event, label: &str, types: &[ArgType]) -> String {
+        let mut out = Vec::new();
+        write_json(&mut out, event, label, types).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        let line = line.strip_suffix('\n').expect("ends the line");
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert_eq!(line.trim_end(), line, "no trailing spaces");
+        line.to_string()
+    }
+
+    /// The JSON line, parsed back.
+    fn json(event: &Event, label: &str, types: &[ArgType]) -> Value {
+        serde_json::from_str(&json_line(event, label, types)).unwrap()
+    }
+
+    /// An event with one argument of each given value, the first a `str`
+    /// read as `string`.
+    fn one_str(value: u64, string: Option<&[u8]>, truncated: bool) -> Event {
+        let mut e = ev();
+        e.args[0] = value;
+        e.strings[0] = string.map(<[u8]>::to_vec);
+        e.truncated[0] = truncated;
+        e
+    }
+
+    #[test]
+    fn text_is_time_pid_tid_label_and_args() {
+        assert_eq!(
+            text(&ev(), "ev", &EV),
+            r#"0.001234567 4242/4243 ev(100, -1, "alpha", 0, 0x0, 0)"#
+        );
+        let mut late = ev();
+        late.time_ns = START + 12 * 1_000_000_000 + 5;
+        assert_eq!(
+            text(&late, "f+0x10", &[]),
+            "12.000000005 4242/4243 f+0x10()"
+        );
+        let mut early = ev();
+        early.time_ns = START - 1;
+        assert_eq!(text(&early, "ev", &[]), "-0.000000001 4242/4243 ev()");
+    }
+
+    #[test]
+    fn json_is_the_same_event_absolute() {
+        let line = json_line(&ev(), "ev", &EV);
+        assert_eq!(
+            line,
+            r#"{"time_ns":80001234567,"pid":4242,"tid":4243,"probe":"ev","args":[100,-1,"alpha",0,"0x0",0]}"#
+        );
+        assert_eq!(
+            json(&ev(), "ev", &EV),
+            json!({
+                "time_ns": START + 1_234_567,
+                "pid": 4242,
+                "tid": 4243,
+                "probe": "ev",
+                "args": [100, -1, "alpha", 0, "0x0", 0],
+            })
+        );
+    }
+
+    #[test]
+    fn no_types_no_args() {
+        assert_eq!(text(&ev(), "ev", &[]), "0.001234567 4242/4243 ev()");
+        assert_eq!(json(&ev(), "ev", &[])["args"], json!([]));
+    }
+
+    #[test]
+    fn fewer_types_show_fewer_args_and_more_than_six_are_cut() {
+        assert_eq!(
+            text(&ev(), "ev", &[Int, Hex]),
+            "0.001234567 4242/4243 ev(100, 0xffffffffffffffff)"
+        );
+        assert_eq!(
+            json(&ev(), "ev", &[Int, Hex])["args"],
+            json!([100, "0xffffffffffffffff"])
+        );
+        let seven = [Uint; 7];
+        assert_eq!(
+            text(&ev(), "ev", &seven),
+            "0.001234567 4242/4243 ev(100, 18446744073709551615, 2147418112, 0, 0, 0)"
+        );
+        assert_eq!(
+            json(&ev(), "ev", &seven)["args"].as_array().unwrap().len(),
+            6
+        );
+    }
+
+    #[test]
+    fn integers_are_exact_at_the_limits() {
+        let mut e = ev();
+        e.args = [
+            u64::MAX,
+            u64::MAX,
+            u64::MAX,
+            i64::MIN as u64,
+            i64::MAX as u64,
+            0,
+        ];
+        let types = [Int, Uint, Hex, Int, Int, Hex];
+        assert_eq!(
+            text(&e, "f", &types),
+            "0.001234567 4242/4243 f(-1, 18446744073709551615, 0xffffffffffffffff, \
+             -9223372036854775808, 9223372036854775807, 0x0)"
+        );
+        let v = json(&e, "f", &types);
+        let args = v["args"].as_array().unwrap();
+        assert_eq!(args[0].as_i64(), Some(-1));
+        assert_eq!(args[1].as_u64(), Some(u64::MAX));
+        assert_eq!(args[2], json!("0xffffffffffffffff"));
+        assert_eq!(args[3].as_i64(), Some(i64::MIN));
+        assert_eq!(args[4].as_i64(), Some(i64::MAX));
+        assert_eq!(args[5], json!("0x0"));
+        assert!(json_line(&e, "f", &types).contains("18446744073709551615"));
+    }
+
+    #[test]
+    fn hex_is_lowercase() {
+        let mut e = ev();
+        e.args[0] = 0xDEAD_BEEF;
+        assert_eq!(text(&e, "f", &[Hex]), "0.001234567 4242/4243 f(0xdeadbeef)");
+        assert_eq!(json(&e, "f", &[Hex])["args"], json!(["0xdeadbeef"]));
+    }
+
+    #[test]
+    fn null_and_unreadable_strings() {
+        let null = one_str(0, None, false);
+        assert_eq!(text(&null, "f", &[Str]), "0.001234567 4242/4243 f(NULL)");
+        assert_eq!(json(&null, "f", &[Str])["args"], json!([null]));
+        let unreadable = one_str(0x1000, None, false);
+        assert_eq!(
+            text(&unreadable, "f", &[Str]),
+            "0.001234567 4242/4243 f(0x1000)"
+        );
+        assert_eq!(json(&unreadable, "f", &[Str])["args"], json!([null]));
+        let empty = one_str(0x1000, Some(b""), false);
+        assert_eq!(text(&empty, "f", &[Str]), r#"0.001234567 4242/4243 f("")"#);
+        assert_eq!(json(&empty, "f", &[Str])["args"], json!([""]));
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let bytes = b"a\"b\\c\nd\te\rf\x01\x7f\x1b~ ";
+        let e = one_str(0x1000, Some(bytes), false);
+        assert_eq!(
+            text(&e, "f", &[Str]),
+            r#"0.001234567 4242/4243 f("a\"b\\c\nd\te\rf\x01\x7f\x1b~ ")"#
+        );
+        // JSON escapes its own way, and reads back to the same bytes.
+        let line = json_line(&e, "f", &[Str]);
+        assert!(!line.contains(|c: char| c < ' '), "{line}");
+        assert_eq!(
+            json(&e, "f", &[Str])["args"][0]
+                .as_str()
+                .unwrap()
+                .as_bytes(),
+            bytes
+        );
+    }
+
+    #[test]
+    fn non_utf8_bytes() {
+        // "é" in UTF-8, then a lone Latin-1 "é" and a cut-off UTF-8 sequence.
+        let bytes = b"\xc3\xa9 \xe9 \xe2\x82";
+        let e = one_str(0x1000, Some(bytes), false);
+        assert_eq!(
+            text(&e, "f", &[Str]),
+            r#"0.001234567 4242/4243 f("\xc3\xa9 \xe9 \xe2\x82")"#
+        );
+        assert_eq!(
+            json(&e, "f", &[Str])["args"],
+            json!(["é \u{fffd} \u{fffd}"])
+        );
+        let utf8 = one_str(0x1000, Some("naïve ✓".as_bytes()), false);
+        assert_eq!(json(&utf8, "f", &[Str])["args"], json!(["naïve ✓"]));
+    }
+
+    #[test]
+    fn truncated_strings_say_so() {
+        let long = [b'x'; 64];
+        let cut = one_str(0x1000, Some(&long), true);
+        let xs = "x".repeat(64);
+        assert_eq!(
+            text(&cut, "f", &[Str]),
+            format!(r#"0.001234567 4242/4243 f("{xs}"...)"#)
+        );
+        let mut two = cut.clone();
+        two.args[2] = 0x2000;
+        two.strings[2] = Some(b"short".to_vec());
+        assert_eq!(
+            json(&two, "f", &[Str, Int, Str]),
+            json!({
+                "time_ns": START + 1_234_567,
+                "pid": 4242,
+                "tid": 4243,
+                "probe": "f",
+                "args": [xs, -1, "short"],
+                "truncated": [0],
+            })
+        );
+        // Only `str` arguments can be cut: a stray flag on another is ignored.
+        let mut stray = ev();
+        stray.truncated = [true; 6];
+        stray.strings[2] = Some(b"alpha".to_vec());
+        assert_eq!(json(&stray, "f", &[Int, Int, Str])["truncated"], json!([2]));
+        assert_eq!(text(&stray, "f", &[Int]), "0.001234567 4242/4243 f(100)");
+    }
+
+    #[test]
+    fn labels_are_escaped_in_json() {
+        let label = "ns::f(char const*) \"q\"";
+        assert_eq!(json(&ev(), label, &[])["probe"], json!(label));
+        assert_eq!(
+            text(&ev(), label, &[]),
+            format!("0.001234567 4242/4243 {label}()")
+        );
+    }
+
+    #[test]
+    fn lines_follow_one_another() {
+        let mut out = Vec::new();
+        write_json(&mut out, &ev(), "ev", &EV).unwrap();
+        write_text(&mut out, &ev(), "ev", &EV, START).unwrap();
+        write_json(&mut out, &ev(), "ev", &[]).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        for line in [lines[0], lines[2]] {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["probe"], json!("ev"));
+        }
+        assert!(lines[1].starts_with("0.001234567 "));
+    }
+}

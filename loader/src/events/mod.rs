@@ -1,0 +1,33 @@
+//! Events: what a `--trace` probe records at each hit, as the monitor hands
+//! it on, and how it is shown (`format`: strace-style text, JSON lines).
+
+pub mod format;
+
+use crate::probes::ARG_REGISTERS;
+
+/// One hit of a traced probe, as read from the shared ring. It holds only
+/// plain values (no pointers into the program), so it can be sent to
+/// another thread and outlive the program.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+// The monitor will build these from the ring; nothing does yet.
+#[allow(dead_code)]
+pub struct Event {
+    /// When the probe was hit: `CLOCK_MONOTONIC`, in nanoseconds.
+    pub time_ns: u64,
+    /// The process that hit it.
+    pub pid: u32,
+    /// The thread that hit it.
+    pub tid: u32,
+    /// Which probe: its index in the session's probe list.
+    pub probe: usize,
+    /// The raw argument registers, in [`ARG_REGISTERS`] order (rdi, rsi,
+    /// rdx, rcx, r8, r9), whatever the probe's types.
+    pub args: [u64; ARG_REGISTERS.len()],
+    /// For each `str` argument, the bytes read from where it points, up to
+    /// and without the NUL; `None` when the pointer is NULL or could not be
+    /// read (`args` tells which). Unused for the other types.
+    pub strings: [Option<Vec<u8>>; ARG_REGISTERS.len()],
+    /// For each `str` argument, whether the string went on past the bytes
+    /// read (no NUL within the monitor's limit).
+    pub truncated: [bool; ARG_REGISTERS.len()],
+}
