@@ -24,6 +24,22 @@ struct Cli {
     #[arg(long = "probe", short = 'p', value_name = "SPEC")]
     probes: Vec<String>,
 
+    /// Trace a function: every hit becomes an event with its time, pid/tid
+    /// and arguments. SPEC as for --probe, then optionally the types of the
+    /// first arguments (rdi, rsi, rdx, rcx, r8, r9): int, uint or hex, e.g.
+    /// 'parse(int, hex)'. A traced function is counted too. Repeatable.
+    #[arg(long = "trace", short = 't', value_name = "SPEC[(TYPE, ...)]")]
+    traces: Vec<String>,
+
+    /// Write the events to FILE instead of stderr.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// How events are written: one line each, as text (seconds since the
+    /// start, pid/tid, the probe and its arguments) or as JSON.
+    #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
+    format: Format,
+
     /// List the program's functions (matching --probe patterns, if any):
     /// address, size, name. Runs nothing.
     #[arg(long, short = 'l')]
@@ -77,6 +93,12 @@ struct Cli {
         value_name = "PROGRAM [ARGS]..."
     )]
     command: Vec<OsString>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -287,12 +309,34 @@ fn run() -> u8 {
     for p in &cli.probes {
         cmd = cmd.probe(p);
     }
+    for t in &cli.traces {
+        cmd = cmd.trace(t);
+    }
+    let out: Box<dyn Write + Send> = match &cli.output {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => return fail(format!("cannot write {}: {e}", path.display()), 125),
+        },
+        None => Box::new(std::io::stderr()),
+    };
     let session = match cmd.spawn() {
         Ok(s) => s,
         Err(e) => return fail(&e, e.exit_code() as u8),
     };
     forward_signals(session.pid());
-    let report = match session.wait() {
+    let printer = session.events().map(|events| {
+        let info: Vec<_> = (0..)
+            .map_while(|i| session.probe_info(i).cloned())
+            .collect();
+        let (start, format) = (session.started_ns(), cli.format);
+        std::thread::spawn(move || print_events(&events, &info, start, format, out))
+    });
+    let report = session.wait();
+    // The stream ends with the session: the printer has written it all.
+    if let Some(Err(e)) = printer.map(|p| p.join().unwrap_or(Ok(()))) {
+        eprintln!("uprobe-exec: writing the events: {e}");
+    }
+    let report = match report {
         Ok(r) => r,
         Err(e) => return fail(&e, e.exit_code() as u8),
     };
@@ -309,12 +353,13 @@ fn run() -> u8 {
             );
         }
     }
-    if !cli.probes.is_empty() && !cli.quiet {
+    let probed = !cli.probes.is_empty() || !cli.traces.is_empty();
+    if probed && !cli.quiet {
         eprint!("{}", report.count_table());
     }
     if cli.stats {
         eprint!("{}", report.stats_text());
-    } else if !cli.quiet && !cli.probes.is_empty() && report.handoff.uffd_mode == "user-mode-only" {
+    } else if !cli.quiet && probed && report.handoff.uffd_mode == "user-mode-only" {
         // Unprivileged, a run differs from a native one in ways a user must
         // know: one line with the count table, the details under --stats.
         // Without probes our stderr stays the program's own.
@@ -329,6 +374,32 @@ fn run() -> u8 {
         uprobe_exec::Exit::Code(c) => c.clamp(0, 255) as u8,
         uprobe_exec::Exit::Signal(sig) => die_of(sig),
     }
+}
+
+/// Writes each event of `events` as `format` says, until the stream ends.
+fn print_events(
+    events: &crossbeam_channel::Receiver<uprobe_exec::events::Event>,
+    info: &[uprobe_exec::events::ProbeInfo],
+    start_ns: u64,
+    format: Format,
+    out: Box<dyn Write + Send>,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    for e in events {
+        let Some(p) = info.get(e.probe) else { continue };
+        let types = p.args.as_deref().unwrap_or(&[]);
+        match format {
+            Format::Text => {
+                uprobe_exec::events::format::write_text(&mut out, &e, &p.label, types, start_ns)?
+            }
+            Format::Json => uprobe_exec::events::format::write_json(&mut out, &e, &p.label, types)?,
+        }
+        // Keep the file whole up to the last event even if we are killed.
+        if events.is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()
 }
 
 /// Dies of `sig`, as the program did, so that our parent sees the same wait

@@ -117,6 +117,21 @@ pub struct Report {
     pub handoff: Handoff,
     /// Things the user must know about this run's results (printed at exit).
     pub warnings: Vec<String>,
+    /// Traced hits: how many became events, and how many did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventCounts>,
+}
+
+/// What became of traced hits. `delivered + dropped` is the traced sites'
+/// hits, exactly, unless a process was killed inside a probe (`lost`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventCounts {
+    /// Handed to the session's event stream.
+    pub delivered: u64,
+    /// Not: the ring or the stream was full.
+    pub dropped: u64,
+    /// Reserved in the ring by a process killed before it wrote them.
+    pub lost: u64,
 }
 
 impl Report {

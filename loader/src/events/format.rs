@@ -36,8 +36,6 @@ use crate::probes::ArgType;
 ///   recovered exactly; a string cut at the monitor's limit is followed by
 ///   `...` (as strace does); a NULL pointer shows `NULL`; a pointer that
 ///   could not be read shows its value in hexadecimal, as strace does.
-// The monitor will call it; nothing does yet.
-#[allow(dead_code)]
 pub fn write_text(
     out: &mut impl Write,
     event: &Event,
@@ -74,8 +72,6 @@ pub fn write_text(
 ///   limit, the indices (from 0) of those arguments in `args`.
 ///
 /// An error is the writer's.
-// The monitor will call it; nothing does yet.
-#[allow(dead_code)]
 pub fn write_json(
     out: &mut impl Write,
     event: &Event,

@@ -9,8 +9,6 @@ use crate::probes::ARG_REGISTERS;
 /// plain values (no pointers into the program), so it can be sent to
 /// another thread and outlive the program.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-// The monitor will build these from the ring; nothing does yet.
-#[allow(dead_code)]
 pub struct Event {
     /// When the probe was hit: `CLOCK_MONOTONIC`, in nanoseconds.
     pub time_ns: u64,
@@ -30,4 +28,29 @@ pub struct Event {
     /// For each `str` argument, whether the string went on past the bytes
     /// read (no NUL within the monitor's limit).
     pub truncated: [bool; ARG_REGISTERS.len()],
+}
+
+/// A probe as its events name it: its label (`sym` or `sym+0x..`, as the
+/// report's entries) and the types of the arguments it records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeInfo {
+    /// The label.
+    pub label: String,
+    /// Its arguments' types, in register order; `None`: not traced.
+    pub args: Option<Vec<crate::probes::ArgType>>,
+}
+
+impl Event {
+    /// The event of a ring record, at CLOCK_MONOTONIC time `time_ns`.
+    #[must_use]
+    pub fn from_record(r: &uprobe_runtime::events::Record, time_ns: u64) -> Event {
+        Event {
+            time_ns,
+            pid: r.pid,
+            tid: r.tid,
+            probe: r.probe as usize,
+            args: r.args,
+            ..Event::default()
+        }
+    }
 }

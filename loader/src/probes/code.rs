@@ -257,6 +257,7 @@ mod tests {
                 offset: 0,
                 function: None,
                 request: 0,
+                trace: None,
             },
             kind,
             action: Action::Count,

@@ -50,10 +50,22 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
                 }));
             }
         };
+        let action = if p.trace.is_some() {
+            Action::Trace
+        } else {
+            Action::Count
+        };
+        if action == Action::Trace && kind == Kind::Int3 {
+            // The trap handler does not write events yet.
+            return Err(Error::Probe(ProbeError::NoJump {
+                site: p.label(),
+                why: "a traced site needs a jump (int3 sites are not traced yet)".into(),
+            }));
+        }
         sites.push(Site {
             place: p.clone(),
             kind,
-            action: Action::Count,
+            action,
         });
     }
     // A skipped place's bytes stay as they are: no evicted neighbour holds

@@ -35,7 +35,7 @@ pub use emit::{Tid, EMIT_BYTES};
 pub use jump::{choose, decide, JumpCheck};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;
-pub use spec::{ArgType, Location, ARG_REGISTERS};
+pub use spec::{ArgType, Location, TraceSpec, ARG_REGISTERS};
 pub use targets::{Source, Targets};
 
 pub use crate::error::ProbeError;
@@ -48,6 +48,8 @@ pub struct Request {
     pub spec: String,
     /// What it says.
     pub location: Location,
+    /// Traced (`--trace`): each hit is an event, with these arguments.
+    pub trace: Option<Vec<ArgType>>,
 }
 
 impl Request {
@@ -55,7 +57,22 @@ impl Request {
     pub fn parse(spec: impl Into<String>) -> Result<Request, ProbeError> {
         let spec = spec.into();
         let location = spec.parse()?;
-        Ok(Request { spec, location })
+        Ok(Request {
+            spec,
+            location,
+            trace: None,
+        })
+    }
+
+    /// Parses a traced spec: `SPEC` or `SPEC(TYPE, …)` (see [`TraceSpec`]).
+    pub fn parse_trace(spec: impl Into<String>) -> Result<Request, ProbeError> {
+        let spec = spec.into();
+        let t: TraceSpec = spec.parse()?;
+        Ok(Request {
+            spec,
+            location: t.location,
+            trace: Some(t.args),
+        })
     }
 }
 
@@ -64,6 +81,7 @@ impl From<Location> for Request {
         Request {
             spec: location.to_string(),
             location,
+            trace: None,
         }
     }
 }
@@ -116,6 +134,9 @@ pub struct Place {
     pub function: Option<(LinkAddr, u64)>,
     /// The first request that named it (its index in [`Resolution::requests`]).
     pub request: usize,
+    /// The first traced request that named it (it need not be the first
+    /// request), whose argument types its events have.
+    pub trace: Option<usize>,
 }
 
 impl Place {

@@ -41,6 +41,8 @@ pub struct Resolver<'a> {
     outside: Vec<u64>,
     skipped: Vec<(String, Unprobeable)>,
     matched: HashSet<LinkAddr>,
+    /// The request being resolved is traced.
+    tracing: bool,
 }
 
 /// Resolves `requests` against the program. With `unsafe_addrs`, an
@@ -73,6 +75,7 @@ impl<'a> Resolver<'a> {
             outside: Vec::new(),
             skipped: Vec::new(),
             matched: HashSet::new(),
+            tracing: false,
         }
     }
 
@@ -80,6 +83,7 @@ impl<'a> Resolver<'a> {
     pub fn add(&mut self, request: Request) -> Result<(), ProbeError> {
         let (image, syms) = (self.image, self.syms);
         let index = self.requests.len();
+        self.tracing = request.trace.is_some();
         match &request.location {
             Location::Glob(p) => {
                 let pat = glob::Pattern::new(p).map_err(|e| ProbeError::BadSpec {
@@ -177,6 +181,7 @@ impl<'a> Resolver<'a> {
             offset,
             function: f.map(|f| (f.addr, f.size)),
             request,
+            trace: self.tracing.then_some(request),
         };
         if let Some(why) = self.syms.copied(addr) {
             return Err(ProbeError::Copied {
@@ -204,9 +209,16 @@ impl<'a> Resolver<'a> {
     #[must_use]
     pub fn finish(mut self) -> Resolution {
         let mut warnings = Vec::new();
-        // One place per address, from the first request that named it.
+        // One place per address, from the first request that named it,
+        // traced if any request that named it is.
         self.places.sort_by_key(|s| s.addr);
-        self.places.dedup_by_key(|s| s.addr);
+        self.places.dedup_by(|later, first| {
+            let same = later.addr == first.addr;
+            if same && first.trace.is_none() {
+                first.trace = later.trace;
+            }
+            same
+        });
         self.skipped.sort_by(|a, b| a.0.cmp(&b.0));
         self.skipped.dedup();
         if !self.skipped.is_empty() {

@@ -7,6 +7,7 @@
 
 mod command;
 mod control;
+mod events;
 mod monitor;
 mod probes;
 mod program;
@@ -19,6 +20,45 @@ use std::thread::JoinHandle;
 pub use command::{Command, ProbeMode, DEFAULT_FAULT_AROUND};
 use control::{Control, Request};
 use monitor::Outcome;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::events::{Event, ProbeInfo};
+use crate::report::EventCounts;
+
+/// The traced hits' way to the session: a bounded channel, filled by the
+/// monitor's drain.
+pub(crate) struct EventStream {
+    sender: crossbeam_channel::Sender<Event>,
+    receiver: crossbeam_channel::Receiver<Event>,
+    /// Events drained from the ring that the channel had no room for.
+    undelivered: Arc<AtomicU64>,
+}
+
+/// Events the stream holds while nobody reads it.
+const STREAM_EVENTS: usize = 1 << 16;
+
+impl EventStream {
+    fn new() -> EventStream {
+        let (sender, receiver) = crossbeam_channel::bounded(STREAM_EVENTS);
+        EventStream {
+            sender,
+            receiver,
+            undelivered: Arc::default(),
+        }
+    }
+
+    /// The drain's sink: each record as an event, or a count when full.
+    fn sink(&self) -> events::Sink {
+        let sender = self.sender.clone();
+        let undelivered = Arc::clone(&self.undelivered);
+        Box::new(move |r, t| {
+            if sender.try_send(Event::from_record(&r, t)).is_err() {
+                undelivered.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    }
+}
 use program::resolve;
 
 use crate::elf::Image;
@@ -73,6 +113,7 @@ pub fn functions(
             offset: 0,
             function: Some((f.addr, f.size)),
             request: 0,
+            trace: None,
         })
         .collect();
     places.sort_by_key(|p| p.addr);
@@ -106,6 +147,12 @@ pub struct Session {
     warnings: Vec<String>,
     /// Limits that come from the options (added to the hand-off's).
     limits: Vec<String>,
+    /// The sites as events name them, in site order.
+    info: Vec<ProbeInfo>,
+    /// CLOCK_MONOTONIC when the program was let go, in ns.
+    started_ns: u64,
+    /// The traced hits, when any site is traced.
+    stream: Option<EventStream>,
 }
 
 impl Session {
@@ -113,6 +160,29 @@ impl Session {
     #[must_use]
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// The traced hits as they come: each hit of a traced site (see
+    /// [`Command::trace`]), in hit order within a thread. The channel is
+    /// bounded: while nobody reads, events beyond its room are dropped
+    /// and counted ([`Report::events`]). It ends once the program has and
+    /// its last events are read. `None` when no site is traced.
+    #[must_use]
+    pub fn events(&self) -> Option<crossbeam_channel::Receiver<Event>> {
+        self.stream.as_ref().map(|s| s.receiver.clone())
+    }
+
+    /// CLOCK_MONOTONIC (ns) when the program was let go: the origin of the
+    /// text events' times.
+    #[must_use]
+    pub fn started_ns(&self) -> u64 {
+        self.started_ns
+    }
+
+    /// The probe an event's `probe` names: its label and argument types.
+    #[must_use]
+    pub fn probe_info(&self, probe: usize) -> Option<&ProbeInfo> {
+        self.info.get(probe)
     }
 
     /// The program's process id.
@@ -215,6 +285,17 @@ impl Session {
                 h.limits.extend(self.limits.iter().cloned());
                 h
             },
+            events: out.events.map(|t| {
+                let undelivered = self
+                    .stream
+                    .as_ref()
+                    .map_or(0, |s| s.undelivered.load(Ordering::Relaxed));
+                EventCounts {
+                    delivered: t.delivered.iter().sum::<u64>() - undelivered,
+                    dropped: t.dropped.iter().sum::<u64>() + undelivered,
+                    lost: t.lost,
+                }
+            }),
             warnings,
         }
     }

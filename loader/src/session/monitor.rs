@@ -12,6 +12,7 @@ use rustix::process::{pidfd_send_signal, Signal};
 use uprobe_runtime::{ServeError, Server, UffdMode, Wake};
 
 use super::control::{Inbox, Request};
+use super::events::{Drain, Sink, Totals};
 use super::probes::Probes;
 use super::program::Resolved;
 use super::start::{start, Signals, Started};
@@ -30,6 +31,8 @@ pub(super) struct Job {
     pub(super) fault_around: usize,
     /// See [`Command::prefetch`](super::Command::prefetch).
     pub(super) prefetch: bool,
+    /// Where traced hits go (see `events`), when any site is traced.
+    pub(super) events: Option<Sink>,
 }
 
 /// What the monitor thread returns.
@@ -41,12 +44,14 @@ pub(super) struct Outcome {
     pub(super) per_process: Vec<ProcessHits>,
     pub(super) stray_traps: u64,
     pub(super) guard_refused: u64,
+    /// What the drain counted, when sites were traced.
+    pub(super) events: Option<Totals>,
 }
 
 /// The monitor thread: forks the stage, tells `started` the program's pid
 /// (or why it could not start), then serves faults until the program ends.
 pub(super) fn monitor(
-    job: Job,
+    mut job: Job,
     inbox: Inbox,
     started: mpsc::Sender<Result<i32>>,
 ) -> Result<Outcome> {
@@ -57,7 +62,10 @@ pub(super) fn monitor(
         &job.env,
         job.signals,
     ) {
-        Ok(program) => run(&job, program, &inbox, &started),
+        Ok(program) => {
+            let sink = job.events.take();
+            run(&job, sink, program, &inbox, &started)
+        }
         Err(e) => {
             let _ = started.send(Err(e));
             Err(Error::sys(
@@ -71,6 +79,7 @@ pub(super) fn monitor(
 /// Serves the started program until it ends, and gathers the outcome.
 fn run(
     job: &Job,
+    sink: Option<Sink>,
     program: Started,
     inbox: &Inbox,
     started: &mpsc::Sender<Result<i32>>,
@@ -99,6 +108,13 @@ fn run(
     if let Some(p) = probes {
         server.set_row_page(p.area.cache, p.row_assigner(pid));
     }
+    // The drain reads the ring from before the program runs.
+    let drain = match (probes.and_then(|p| p.counters.ring()), sink) {
+        (Some(ring), Some(sink)) => {
+            Some(Drain::start(ring, sink).map_err(|e| Error::sys("starting the event drain", e))?)
+        }
+        _ => None,
+    };
     let mut result: Result<()> = Ok(());
     if plan.text_installed() {
         server.installed_up_front();
@@ -118,9 +134,13 @@ fn run(
     if let Err(e) = result {
         let _ = pidfd_send_signal(&pidfd, Signal::KILL);
         let _ = watchdog.status();
+        drain.map(Drain::finish);
         return Err(e);
     }
-    let exit = watchdog.status()?;
+    let exit = watchdog.status();
+    // The program has ended: what it committed is in the ring, read last.
+    let events = drain.map(Drain::finish);
+    let exit = exit?;
     watchdog.detach();
     drop(guard);
     let hits = probes.map(Probes::hits).unwrap_or_default();
@@ -135,6 +155,7 @@ fn run(
         per_process,
         stray_traps,
         guard_refused,
+        events,
     })
 }
 

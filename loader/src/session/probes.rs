@@ -198,6 +198,22 @@ impl Probes {
             .collect()
     }
 
+    /// Each site as its events name it (in site order), and whether any is
+    /// traced.
+    pub(super) fn info(&self) -> Vec<crate::events::ProbeInfo> {
+        self.sites
+            .iter()
+            .map(|s| crate::events::ProbeInfo {
+                label: s.label(),
+                args: s
+                    .place
+                    .trace
+                    .and_then(|r| self.requests[r].trace.clone())
+                    .filter(|_| s.action == Action::Trace),
+            })
+            .collect()
+    }
+
     pub(super) fn hits(&self) -> Vec<ProbeHits> {
         let totals = self.totals();
         self.sites

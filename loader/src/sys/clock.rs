@@ -1,0 +1,29 @@
+//! The time stamp counter and CLOCK_MONOTONIC, read together, to turn the
+//! counter values the event routine records into CLOCK_MONOTONIC times.
+
+#![allow(unsafe_code)]
+
+/// The time stamp counter (`rdtsc`).
+#[must_use]
+pub fn tsc() -> u64 {
+    // SAFETY: `rdtsc` reads a counter; every x86-64 CPU has it and user
+    // code may read it (Linux leaves CR4.TSD clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// A (counter, CLOCK_MONOTONIC) pair read as close together as we can:
+/// the clock between two counter reads, the counter taken as their middle.
+#[must_use]
+pub fn pair() -> (u64, u64) {
+    let a = tsc();
+    let m = monotonic_ns();
+    let b = tsc();
+    (a + (b - a) / 2, m)
+}
