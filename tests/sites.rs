@@ -154,6 +154,7 @@ fn workloads(name: &str) -> &'static [&'static [&'static str]] {
         "crash" => &[&["10"]],
         "harm" => &[&["blockedthread", "20"], &["ignoretrap", "5"]],
         "nodump" => &[&["10"]],
+        "events" => &[&["threads", "2", "20"], &["fork", "5"]],
         // Reads its own text: under '*' it sees the probes (README).
         "selfmem" => &[],
         other => panic!("no workload for the sample {other}: add one here"),

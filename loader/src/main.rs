@@ -40,6 +40,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
     format: Format,
 
+    /// Records the event ring holds (rounded up to a power of two): a traced
+    /// hit that finds it full is dropped, and counted in the report.
+    #[arg(long, value_name = "RECORDS", default_value_t = 65536)]
+    event_ring: usize,
+
     /// List the program's functions (matching --probe patterns, if any):
     /// address, size, name. Runs nothing.
     #[arg(long, short = 'l')]
@@ -304,6 +309,7 @@ fn run() -> u8 {
         })
         .prefetch(!cli.no_prefetch)
         .perf_map(cli.perf_map)
+        .event_ring(cli.event_ring)
         .blocked_signals(given)
         .sigpipe_ignored(SIGPIPE_IGNORED.load(std::sync::atomic::Ordering::Relaxed));
     for p in &cli.probes {

@@ -40,6 +40,7 @@ pub struct Command {
     prefetch: bool,
     perf_map: bool,
     mode: ProbeMode,
+    ring_records: usize,
 }
 
 pub use crate::probes::ProbeMode;
@@ -63,6 +64,7 @@ impl Command {
             prefetch: true,
             perf_map: false,
             mode: ProbeMode::Auto,
+            ring_records: super::probes::RING_RECORDS,
         }
     }
 
@@ -80,6 +82,13 @@ impl Command {
     /// does not parse makes [`Command::spawn`] fail, when it comes to it.
     pub fn trace(mut self, spec: impl Into<String>) -> Command {
         self.probes.push(Request::parse_trace(spec));
+        self
+    }
+
+    /// Records the event ring holds (rounded up to a power of two; 65536 by
+    /// default): a traced hit that finds it full is dropped and counted.
+    pub fn event_ring(mut self, records: usize) -> Command {
+        self.ring_records = records;
         self
     }
 
@@ -235,7 +244,13 @@ impl Command {
         }
         let draft = Draft::new(program, interp, &crate::layout::Aslr::current(), backing)?;
         let mut skipped = Vec::new();
-        let (mut plan, probes) = Probes::build(draft, resolution, self.mode, &mut skipped)?;
+        let (mut plan, probes) = Probes::build(
+            draft,
+            resolution,
+            self.mode,
+            self.ring_records,
+            &mut skipped,
+        )?;
         let mut warnings = warnings;
         if !skipped.is_empty() {
             let shown: Vec<String> = skipped

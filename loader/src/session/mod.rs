@@ -38,6 +38,9 @@ pub(crate) struct EventStream {
 /// Events the stream holds while nobody reads it.
 const STREAM_EVENTS: usize = 1 << 16;
 
+/// How long a full stream may go unread before it is taken as abandoned.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl EventStream {
     fn new() -> EventStream {
         let (sender, receiver) = crossbeam_channel::bounded(STREAM_EVENTS);
@@ -48,12 +51,23 @@ impl EventStream {
         }
     }
 
-    /// The drain's sink: each record as an event, or a count when full.
+    /// The drain's sink: each record as an event. A full stream holds the
+    /// drain back (the ring, filling meanwhile, is where hits are dropped
+    /// and counted), unless nobody has read it for [`STALLED`]: then the
+    /// stream is taken as abandoned, and what it cannot hold is counted.
     fn sink(&self) -> events::Sink {
         let sender = self.sender.clone();
         let undelivered = Arc::clone(&self.undelivered);
+        let mut abandoned = false;
         Box::new(move |r, t| {
-            if sender.try_send(Event::from_record(&r, t)).is_err() {
+            let e = Event::from_record(&r, t);
+            let sent = if abandoned {
+                sender.try_send(e).is_ok()
+            } else {
+                sender.send_timeout(e, STALLED).is_ok()
+            };
+            if !sent {
+                abandoned = true;
                 undelivered.fetch_add(1, Ordering::Relaxed);
             }
         })

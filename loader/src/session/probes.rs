@@ -10,9 +10,10 @@ use crate::plan::{Draft, Plan, ProbeArea};
 use crate::probes::{self, Action, Kind, ProbeMode, Request, Resolution, Site, Tid};
 use uprobe_runtime::events::RingLayout;
 
-/// Records in the event ring (a power of two): 64 Ki records of 128 bytes
-/// are 8 MiB, pages of which are only used as the ring goes round.
-const RING_RECORDS: usize = 1 << 16;
+/// Records in the event ring by default (a power of two): 64 Ki records
+/// of 128 bytes are 8 MiB, pages of which are only used as the ring goes
+/// round.
+pub const RING_RECORDS: usize = 1 << 16;
 use crate::report::{ProbeHits, ProcessHits};
 use crate::sys::mm::Reservation;
 
@@ -49,6 +50,7 @@ impl Probes {
         draft: Draft,
         resolution: Resolution,
         mode: ProbeMode,
+        ring_records: usize,
         skipped: &mut Vec<(String, String)>,
     ) -> Result<(Plan, Option<Probes>)> {
         if resolution.places.is_empty() {
@@ -71,7 +73,7 @@ impl Probes {
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
         if traced {
-            shared = shared.with_ring(RingLayout::new(RING_RECORDS, 0, sites.len()));
+            shared = shared.with_ring(RingLayout::new(ring_records.max(1), 0, sites.len()));
         }
         let counters =
             Arc::new(Shared::new(shared).map_err(|e| Error::sys("creating the hit counters", e))?);

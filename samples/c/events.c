@@ -1,0 +1,122 @@
+/*
+ * events: calls ev() with known arguments, so that a trace's events can be
+ * checked against what the program itself says.
+ *
+ *   events threads T N  T threads each call ev(i, -i, t, 0xdead0000 + i,
+ *                       i * 3, ~i) for i = 0..N-1, each printing
+ *                       "thread=t tid=TID" (its own gettid())
+ *   events fork N       calls ev(i, 1, 0, …) N times, forks a child that
+ *                       calls ev(i, 2, 0, …) N times; each prints
+ *                       "pid=PID role=parent|child"
+ *   events crash N      calls ev(i, 3, 0, …) N times, then dies of SIGSEGV
+ *   events signal N     calls ev(i, 4, 0, …) N times under a 50 µs interval
+ *                       timer whose SIGALRM handler calls ev(-1, 5, …);
+ *                       prints how many calls the handler made
+ *   events clock N      prints CLOCK_MONOTONIC (ns) just before each of N
+ *                       calls ev(i, 6, 0, …): "before=NS"
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NOINLINE __attribute__((noinline))
+
+volatile uint64_t sink;
+
+NOINLINE uint64_t ev(int64_t a, int64_t b, uint64_t c, uint64_t d, uint64_t e, uint64_t f)
+{
+    uint64_t r = (uint64_t)a ^ (uint64_t)b ^ c ^ d ^ e ^ f;
+    __asm__ volatile("" : "+r"(r));
+    return r;
+}
+
+static uint64_t n;
+
+static void *worker(void *p)
+{
+    uint64_t t = (uint64_t)(uintptr_t)p;
+    printf("thread=%llu tid=%d\n", (unsigned long long)t, gettid());
+    fflush(stdout);
+    uint64_t acc = 0;
+    for (uint64_t i = 0; i < n; i++) acc += ev((int64_t)i, -(int64_t)i, t, 0xdead0000 + i, i * 3, ~i);
+    sink = acc;
+    return NULL;
+}
+
+static volatile sig_atomic_t handled;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    sink += ev(-1, 5, 0, 0, 0, 0);
+    handled++;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N\n");
+        return 2;
+    }
+    const char *mode = argv[1];
+    if (!strcmp(mode, "threads") && argc == 4) {
+        uint64_t t = strtoull(argv[2], NULL, 0);
+        n = strtoull(argv[3], NULL, 0);
+        pthread_t th[64];
+        if (t > 64) t = 64;
+        for (uint64_t i = 0; i < t; i++) pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)i);
+        for (uint64_t i = 0; i < t; i++) pthread_join(th[i], NULL);
+        return 0;
+    }
+    n = strtoull(argv[2], NULL, 0);
+    if (!strcmp(mode, "fork")) {
+        for (uint64_t i = 0; i < n; i++) sink += ev((int64_t)i, 1, 0, 0, 0, 0);
+        fflush(stdout);
+        pid_t c = fork();
+        if (c == 0) {
+            for (uint64_t i = 0; i < n; i++) sink += ev((int64_t)i, 2, 0, 0, 0, 0);
+            printf("pid=%d role=child\n", getpid());
+            return 0;
+        }
+        int st;
+        waitpid(c, &st, 0);
+        printf("pid=%d role=parent\n", getpid());
+        return 0;
+    }
+    if (!strcmp(mode, "crash")) {
+        for (uint64_t i = 0; i < n; i++) sink += ev((int64_t)i, 3, 0, 0, 0, 0);
+        printf("pid=%d crashing\n", getpid());
+        fflush(stdout);
+        *(volatile int *)(uintptr_t)sink = 0; /* sink is small: unmapped */
+        return 0;
+    }
+    if (!strcmp(mode, "signal")) {
+        signal(SIGALRM, on_alarm);
+        struct itimerval it = {{0, 50}, {0, 50}};
+        setitimer(ITIMER_REAL, &it, NULL);
+        for (uint64_t i = 0; i < n; i++) sink += ev((int64_t)i, 4, 0, 0, 0, 0);
+        struct itimerval off = {{0, 0}, {0, 0}};
+        setitimer(ITIMER_REAL, &off, NULL);
+        printf("handled=%d\n", (int)handled);
+        return 0;
+    }
+    if (!strcmp(mode, "clock")) {
+        for (uint64_t i = 0; i < n; i++) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            printf("before=%llu\n", (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec);
+            sink += ev((int64_t)i, 6, 0, 0, 0, 0);
+        }
+        return 0;
+    }
+    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N\n");
+    return 2;
+}
