@@ -131,3 +131,48 @@ fn counts_without_probes_are_empty() {
     assert_eq!(run.session().counts().expect("counts"), []);
     assert_eq!(run.wait().exit, Exit::Code(3));
 }
+
+#[test]
+fn an_embedder_reads_each_traced_hit_with_its_arguments() {
+    // The events sample's parent calls ev(i, 1, 0, …) 40 times, forks, and
+    // its child calls ev(i, 2, 0, …) 40 times; each says its pid.
+    let cmd = Command::new(sample("events", Variant::Pie))
+        .args(["fork", "40"])
+        .trace("ev(int, int, uint)");
+    let mut run = Running::spawn(&cmd);
+    let events = run.session().events().expect("a traced site");
+    let info = run.session().probe_info(0).cloned().expect("probe 0");
+    assert_eq!(info.label, "ev");
+    assert_eq!(
+        info.args.as_deref(),
+        Some(
+            &[
+                uprobe_exec::ArgType::Int,
+                uprobe_exec::ArgType::Int,
+                uprobe_exec::ArgType::Uint
+            ][..]
+        )
+    );
+    let reader = std::thread::spawn(move || events.iter().collect::<Vec<_>>());
+    let report = run.wait();
+    let got = reader.join().unwrap();
+    assert_eq!(report.exit, Exit::Code(0));
+    assert_eq!(
+        report.events.map(|e| (e.delivered, e.dropped)),
+        Some((80, 0))
+    );
+    let (parent, child): (Vec<_>, Vec<_>) = got.iter().partition(|e| e.args[1] == 1);
+    assert_eq!(child.len(), 40);
+    for (i, e) in parent.iter().enumerate() {
+        assert_eq!((e.args[0], e.args[2], e.probe), (i as u64, 0, 0));
+        assert_eq!(i64::from(e.pid), i64::from(run_pid(&report)));
+    }
+    assert!(child
+        .iter()
+        .all(|e| e.pid != parent[0].pid && e.tid == e.pid));
+}
+
+/// The program's first process, from the report.
+fn run_pid(r: &Report) -> i32 {
+    r.per_process[0].pid as i32
+}

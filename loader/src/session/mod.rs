@@ -181,6 +181,24 @@ impl Session {
     /// bounded: while nobody reads, events beyond its room are dropped
     /// and counted ([`Report::events`]). It ends once the program has and
     /// its last events are read. `None` when no site is traced.
+    ///
+    /// ```no_run
+    /// # fn main() -> uprobe_exec::Result<()> {
+    /// let session = uprobe_exec::Command::new("./app")
+    ///     .trace("parse(int, hex)")
+    ///     .spawn()?;
+    /// let events = session.events().expect("a traced probe");
+    /// let printer = std::thread::spawn(move || {
+    ///     for e in events {
+    ///         println!("{}/{} parse({}, {:#x})", e.pid, e.tid, e.args[0] as i64, e.args[1]);
+    ///     }
+    /// });
+    /// let report = session.wait()?;
+    /// printer.join().expect("printer");
+    /// println!("{:?}", report.events);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn events(&self) -> Option<crossbeam_channel::Receiver<Event>> {
         self.stream.as_ref().map(|s| s.receiver.clone())
