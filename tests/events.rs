@@ -276,7 +276,8 @@ fn a_traced_site_is_one_probe_with_its_hits_and_bad_types_are_refused() {
     assert_eq!(hits(&r, "ev"), 6);
     assert_eq!(events.len(), 6);
     for (spec, why) in [
-        ("ev(int, str)", "`str` arguments are not recorded yet"),
+        ("ev(int, str)%return", "not supported yet"),
+        ("ev(int, char)", "unknown argument type"),
         (
             "ev(int, int, int, int, int, int, int)",
             "rdi, rsi, rdx, rcx, r8, r9",
@@ -294,4 +295,66 @@ fn a_traced_site_is_one_probe_with_its_hits_and_bad_types_are_refused() {
             out.stderr_str()
         );
     }
+}
+
+#[test]
+fn strings_are_read_without_ever_faulting_the_program() {
+    // sv(a, b, i) over five pairs (see events.c): plain and escaped, NULL
+    // and unmapped, 70 bytes (cut at 63) and empty, 3 bytes that end a
+    // mapping (cut where the mapping ends) and "x", a non-UTF-8 byte.
+    let (out, events, r) = traced(
+        "ev-str",
+        Variant::Pie,
+        "sv(str, str, int)",
+        &[],
+        &["strings", "10"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    assert_eq!(counts(&r), (10, 0, 0));
+    let digits = "0123456789".repeat(7);
+    let want: [(Value, Value); 5] = [
+        ("alpha".into(), "with \"quote\"\n\tand tab".into()),
+        (Value::Null, Value::Null),
+        (digits[..63].into(), "".into()),
+        ("end".into(), "x".into()),
+        ("\u{fffd}".into(), "ok".into()),
+    ];
+    for (i, e) in events.iter().enumerate() {
+        let a = &e["args"];
+        assert_eq!(
+            (&a[0], &a[1]),
+            (&want[i % 5].0, &want[i % 5].1),
+            "event {i}: {e}"
+        );
+        assert_eq!(int(&a[2]), i as i64);
+        let cut = matches!(i % 5, 2 | 3);
+        assert_eq!(e.get("truncated").is_some(), cut, "event {i}: {e}");
+    }
+    // The text form keeps every byte, escaped.
+    let dir = TempDir::new("ev-str-text");
+    let file = dir.join("events");
+    let out = ours(
+        &[
+            "-q",
+            "--trace",
+            "sv(str, str, int)",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+        path("events", Variant::Static),
+        &["strings", "5"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let calls: Vec<&str> = text.lines().map(|l| &l[l.find("sv(").unwrap()..]).collect();
+    assert_eq!(
+        calls,
+        [
+            r#"sv("alpha", "with \"quote\"\n\tand tab", 0)"#,
+            "sv(NULL, 0x10, 1)",
+            &format!("sv(\"{}\"..., \"\", 2)", &digits[..63]),
+            r#"sv("end"..., "x", 3)"#,
+            r#"sv("\xff", "ok", 4)"#,
+        ]
+    );
 }

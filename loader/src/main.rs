@@ -26,8 +26,10 @@ struct Cli {
 
     /// Trace a function: every hit becomes an event with its time, pid/tid
     /// and arguments. SPEC as for --probe, then optionally the types of the
-    /// first arguments (rdi, rsi, rdx, rcx, r8, r9): int, uint or hex, e.g.
-    /// 'parse(int, hex)'. A traced function is counted too. Repeatable.
+    /// first arguments (rdi, rsi, rdx, rcx, r8, r9): int, uint, hex or str,
+    /// e.g. 'fopen(str, str)'. Each str costs one process_vm_readv system
+    /// call per hit (it never faults the program). A traced function is
+    /// counted too. Repeatable.
     #[arg(long = "trace", short = 't', value_name = "SPEC[(TYPE, ...)]")]
     traces: Vec<String>,
 

@@ -14,6 +14,12 @@
  *                       prints how many calls the handler made
  *   events clock N      prints CLOCK_MONOTONIC (ns) just before each of N
  *                       calls ev(i, 6, 0, …): "before=NS"
+ *   events strings N    calls sv(a, b, i) N times over five pairs of
+ *                       strings: "alpha" and one with a quote, a newline
+ *                       and a tab; NULL and an unmapped address (0x10); 70
+ *                       digits and ""; the 3 bytes "end" that end a mapping
+ *                       (no NUL: the next page is unmapped) and "x"; a
+ *                       non-UTF-8 byte and "ok". sv reads neither string.
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -22,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -34,6 +41,13 @@ volatile uint64_t sink;
 NOINLINE uint64_t ev(int64_t a, int64_t b, uint64_t c, uint64_t d, uint64_t e, uint64_t f)
 {
     uint64_t r = (uint64_t)a ^ (uint64_t)b ^ c ^ d ^ e ^ f;
+    __asm__ volatile("" : "+r"(r));
+    return r;
+}
+
+NOINLINE uint64_t sv(const char *a, const char *b, uint64_t i)
+{
+    uint64_t r = (uint64_t)(uintptr_t)a ^ (uint64_t)(uintptr_t)b ^ i;
     __asm__ volatile("" : "+r"(r));
     return r;
 }
@@ -63,7 +77,7 @@ static void on_alarm(int sig)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N\n");
+        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -117,6 +131,22 @@ int main(int argc, char **argv)
         }
         return 0;
     }
-    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N\n");
+    if (!strcmp(mode, "strings")) {
+        char *page = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (page == MAP_FAILED) return 3;
+        munmap(page + 4096, 4096);
+        memcpy(page + 4096 - 3, "end", 3);
+        const char *pairs[5][2] = {
+            {"alpha", "with \"quote\"\n\tand tab"},
+            {NULL, (const char *)0x10},
+            {"0123456789012345678901234567890123456789012345678901234567890123456789", ""},
+            {page + 4096 - 3, "x"},
+            {"\xff", "ok"},
+        };
+        for (uint64_t i = 0; i < n; i++) sink += sv(pairs[i % 5][0], pairs[i % 5][1], i);
+        printf("strings=%llu\n", (unsigned long long)n);
+        return 0;
+    }
+    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N\n");
     return 2;
 }

@@ -44,13 +44,31 @@ impl Event {
     /// The event of a ring record, at CLOCK_MONOTONIC time `time_ns`.
     #[must_use]
     pub fn from_record(r: &uprobe_runtime::events::Record, time_ns: u64) -> Event {
-        Event {
+        use crate::probes::emit_flags::{IS_STR, UNREADABLE};
+        use uprobe_runtime::events::STR_BYTES;
+        let mut e = Event {
             time_ns,
             pid: r.pid,
             tid: r.tid,
             probe: r.probe as usize,
             args: r.args,
             ..Event::default()
+        };
+        for i in 0..ARG_REGISTERS.len() {
+            if r.flags & (1 << (IS_STR + i as u32)) == 0 {
+                continue;
+            }
+            e.truncated[i] = r.flags & (1 << i) != 0;
+            if r.flags & (1 << (UNREADABLE + i as u32)) != 0 {
+                continue;
+            }
+            let room = r
+                .strings
+                .get(i * STR_BYTES..(i + 1) * STR_BYTES)
+                .unwrap_or(&[]);
+            let len = room.iter().position(|&b| b == 0).unwrap_or(room.len());
+            e.strings[i] = Some(room[..len].to_vec());
         }
+        e
     }
 }

@@ -8,7 +8,7 @@ use super::emit::{encode_emit, Emit, Tid};
 use super::pun::{LANDING, PREFIX};
 use super::trampoline::{encode_evicted, encode_trampoline, jump_patch, short_patch, Counting};
 use super::xol::{encode_slot, Unrelocatable};
-use super::{code_at, decode_one, disasm, Action, Evicted, Kind, ProbeError, Site};
+use super::{code_at, decode_one, disasm, Evicted, Kind, ProbeError, Site};
 use crate::addr::Bias;
 use crate::elf::Image;
 
@@ -70,7 +70,8 @@ pub fn generate(
         row_page,
         block_shift: shared.layout().block_shift(),
         slot_bits: shared.layout().slot_bits(),
-        emit: (sites[i].action == Action::Trace && !emit.is_empty()).then_some(emit_at),
+        emit: (sites[i].action.traced() && !emit.is_empty()).then_some(emit_at),
+        strings: sites[i].action.strings(),
     };
     let mut slots = Vec::with_capacity(sites.len());
     let mut entries = Vec::new();
@@ -260,7 +261,7 @@ mod tests {
                 trace: None,
             },
             kind,
-            action: Action::Count,
+            action: crate::probes::Action::Count,
         }
     }
 
@@ -299,6 +300,7 @@ mod tests {
             block_shift: 6,
             slot_bits: 5,
             emit: None,
+            strings: 0,
         };
         let kind = Kind::Jump {
             len: 7,

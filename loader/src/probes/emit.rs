@@ -23,19 +23,20 @@
 //! (`gettid`): a system call per hit, which the README states.
 
 use iced_x86::code_asm::{
-    dword_ptr, eax, ecx, edx, qword_ptr, r11, r8, r9, rax, rcx, rdi, rdx, rsi, rsp, CodeAssembler,
+    byte_ptr, dword_ptr, eax, ecx, edi, edx, qword_ptr, r10, r11, r11d, r8, r8d, r9, r9d, rax, rcx,
+    rdi, rdx, rsi, rsp, CodeAssembler,
 };
 use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
 use uprobe_runtime::area::ROW_PAGE_PID;
 use uprobe_runtime::events::{
-    RingLayout, REC_ARGS, REC_FLAGS, REC_PID, REC_PROBE, REC_SEQ, REC_TID, REC_TIME, RING_DROPPED,
-    RING_HEAD, RING_TAIL,
+    RingLayout, ARGS, REC_ARGS, REC_FLAGS, REC_PID, REC_PROBE, REC_SEQ, REC_STRINGS, REC_TID,
+    REC_TIME, RING_DROPPED, RING_HEAD, RING_TAIL, STR_BYTES,
 };
 
 use super::xol::Unrelocatable;
 
 /// Bytes the probe area keeps for the routine.
-pub const EMIT_BYTES: usize = 256;
+pub const EMIT_BYTES: usize = 512;
 
 /// Where the routine finds the program's rdx and rcx, from rsp at its
 /// entry: above its return address and the r11 the trampoline saved (the
@@ -87,17 +88,33 @@ pub fn encode_emit(e: &Emit, at: u64) -> Result<Vec<u8>, Unrelocatable> {
     Ok(bytes)
 }
 
+/// The site's index in `edx` below this bit; its `str` arguments' mask
+/// (bit `i`: argument `i`) above.
+pub const STR_MASK_SHIFT: u32 = 24;
+
+/// The record's flags (see `RecordHead::flags`): bit `i` the `i`-th
+/// string was cut; bit `UNREADABLE + i` its pointer was NULL or could not
+/// be read; bit `IS_STR + i` argument `i` was read as a string.
+pub const UNREADABLE: u32 = 8;
+pub const IS_STR: u32 = 16;
+
+/// `process_vm_readv`'s system call number on x86-64.
+const SYS_PROCESS_VM_READV: i32 = 310;
+/// `gettid`'s.
+const SYS_GETTID: i32 = 186;
+
 fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     let l = e.layout;
     let mask = i32::try_from(l.records - 1).unwrap_or(i32::MAX);
     let cap = i32::try_from(l.records).unwrap_or(i32::MAX);
     let records = i32::try_from(l.records_start()).unwrap_or(i32::MAX);
+    let strings = l.record_bytes >= REC_STRINGS + ARGS * STR_BYTES;
     let mut retry = a.create_label();
     let mut full = a.create_label();
     let mut slow = a.create_label();
     let mut have_tid = a.create_label();
-    let mut done = a.create_label();
-    // The site, until the record has room for it.
+    let mut commit = a.create_label();
+    // The site and its strings' mask, kept until the commit.
     a.push(rdx)?;
     a.mov(r11, e.ring)?;
     // Reserve.
@@ -110,25 +127,25 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     a.lea(rcx, qword_ptr(rax + 1))?;
     a.lock().cmpxchg(qword_ptr(r11 + RING_HEAD as i32), rcx)?;
     a.jne(retry)?;
-    // rax: the index; rcx: its record.
+    // rax: the index; rcx: its record. Stack from here: the index, the
+    // site, the return address, then the trampoline's r11, rdx, rcx.
     a.mov(rcx, rax)?;
     a.and(ecx, mask)?;
     a.shl(rcx, l.record_shift())?;
     a.lea(rcx, qword_ptr(r11 + rcx + records))?;
-    a.pop(rdx)?;
+    a.push(rax)?;
+    a.mov(edx, dword_ptr(rsp + 8))?;
+    a.and(edx, (1 << STR_MASK_SHIFT) - 1)?;
     a.mov(dword_ptr(rcx + REC_PROBE as i32), edx)?;
     a.mov(dword_ptr(rcx + REC_FLAGS as i32), 0)?;
-    // The arguments: rdx and rcx are the trampoline's saved copies, above
-    // the return address and its saved r11 (see `trace` in trampoline.rs).
     a.mov(qword_ptr(rcx + REC_ARGS as i32), rdi)?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 8) as i32), rsi)?;
-    a.mov(r11, qword_ptr(rsp + SAVED_RDX))?;
+    a.mov(r11, qword_ptr(rsp + 16 + SAVED_RDX))?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 16) as i32), r11)?;
-    a.mov(r11, qword_ptr(rsp + SAVED_RCX))?;
+    a.mov(r11, qword_ptr(rsp + 16 + SAVED_RCX))?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 24) as i32), r11)?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 32) as i32), r8)?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 40) as i32), r9)?;
-    a.push(rax)?;
     // The process, from the row page (in the probe area, RIP-relative).
     a.add_instruction(Instruction::with2(
         Code::Mov_r64_rm64,
@@ -149,7 +166,7 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     }
     a.set_label(&mut slow)?;
     a.push(rcx)?;
-    a.mov(eax, 186)?; // gettid
+    a.mov(eax, SYS_GETTID)?;
     a.syscall()?;
     a.pop(rcx)?;
     a.set_label(&mut have_tid)?;
@@ -158,18 +175,114 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     a.shl(rdx, 32)?;
     a.or(rax, rdx)?;
     a.mov(qword_ptr(rcx + REC_TIME as i32), rax)?;
+    if strings {
+        copy_strings(a, &mut commit)?;
+    }
     // Commit.
+    a.set_label(&mut commit)?;
     a.pop(rax)?;
     a.inc(rax)?;
     a.mov(qword_ptr(rcx + REC_SEQ as i32), rax)?;
-    a.jmp(done)?;
+    a.pop(rdx)?;
+    a.ret()?;
     // Full: count the drop.
     a.set_label(&mut full)?;
     a.pop(rdx)?;
+    a.and(edx, (1 << STR_MASK_SHIFT) - 1)?;
     a.lea(rax, qword_ptr(r11 + RING_DROPPED as i32))?;
     a.lock().inc(qword_ptr(rax + rdx * 8))?;
-    a.set_label(&mut done)?;
     a.ret()
+}
+
+/// Copies each `str` argument (the mask above the site, at `[rsp + 8]`)
+/// into the record at rcx, [`STR_BYTES`] for argument `i` at
+/// `REC_STRINGS + 64 * i`, with `process_vm_readv` on the process itself:
+/// the kernel reads what can be read and says how much, so a bad pointer
+/// costs an error code, never a fault. Keeps every register but rax, rdx
+/// and r11 (and rcx, the record, is back on the way out); jumps to
+/// `commit` when done.
+fn copy_strings(
+    a: &mut CodeAssembler,
+    commit: &mut iced_x86::code_asm::CodeLabel,
+) -> Result<(), IcedError> {
+    let mut next = a.create_label();
+    let mut null = a.create_label();
+    let mut scan = a.create_label();
+    let mut cut = a.create_label();
+    let mut done = a.create_label();
+    a.mov(r11d, dword_ptr(rsp + 8))?;
+    a.shr(r11d, STR_MASK_SHIFT)?;
+    a.test(r11d, r11d)?;
+    a.jz(*commit)?;
+    // The program's registers the system call takes, kept.
+    for r in [rdi, rsi, r8, r9, r10] {
+        a.push(r)?;
+    }
+    // The two iovecs: [rsp] ours (into the record), [rsp + 16] the string.
+    a.sub(rsp, 32)?;
+    a.set_label(&mut next)?;
+    a.test(r11d, r11d)?;
+    a.jz(done)?;
+    a.bsf(eax, r11d)?;
+    a.btr(r11d, eax)?;
+    a.lea(edx, dword_ptr(rax + IS_STR as i32))?;
+    a.bts(dword_ptr(rcx + REC_FLAGS as i32), edx)?;
+    a.mov(rsi, qword_ptr(rcx + rax * 8 + REC_ARGS as i32))?;
+    a.mov(rdx, rax)?;
+    a.shl(rdx, STR_BYTES.trailing_zeros())?;
+    a.lea(rdi, qword_ptr(rcx + rdx + REC_STRINGS as i32))?;
+    a.mov(byte_ptr(rdi), 0)?;
+    a.test(rsi, rsi)?;
+    a.jz(null)?;
+    a.mov(qword_ptr(rsp), rdi)?;
+    a.mov(qword_ptr(rsp + 8), STR_BYTES as i32)?;
+    a.mov(qword_ptr(rsp + 16), rsi)?;
+    a.mov(qword_ptr(rsp + 24), STR_BYTES as i32)?;
+    // The call clobbers rcx and r11; rax is the argument's number.
+    a.push(rcx)?;
+    a.push(r11)?;
+    a.push(rax)?;
+    a.mov(edi, dword_ptr(rcx + REC_PID as i32))?;
+    a.lea(rsi, qword_ptr(rsp + 24))?;
+    a.mov(edx, 1)?;
+    a.lea(r10, qword_ptr(rsp + 40))?;
+    a.mov(r8d, 1)?;
+    a.xor(r9d, r9d)?;
+    a.mov(eax, SYS_PROCESS_VM_READV)?;
+    a.syscall()?;
+    a.mov(rdx, rax)?;
+    a.pop(rax)?;
+    a.pop(r11)?;
+    a.pop(rcx)?;
+    a.test(rdx, rdx)?;
+    a.jle(null)?;
+    // Up to the NUL among the bytes read; none: the string is cut.
+    a.mov(rdi, qword_ptr(rsp))?;
+    a.xor(r8d, r8d)?;
+    a.set_label(&mut scan)?;
+    a.cmp(r8, rdx)?;
+    a.jae(cut)?;
+    a.cmp(byte_ptr(rdi + r8), 0)?;
+    a.je(next)?;
+    a.inc(r8)?;
+    a.jmp(scan)?;
+    a.set_label(&mut cut)?;
+    a.bts(dword_ptr(rcx + REC_FLAGS as i32), eax)?;
+    a.mov(r8d, (STR_BYTES - 1) as u32)?;
+    a.cmp(rdx, r8)?;
+    a.cmova(rdx, r8)?;
+    a.mov(byte_ptr(rdi + rdx), 0)?;
+    a.jmp(next)?;
+    a.set_label(&mut null)?;
+    a.lea(edx, dword_ptr(rax + UNREADABLE as i32))?;
+    a.bts(dword_ptr(rcx + REC_FLAGS as i32), edx)?;
+    a.jmp(next)?;
+    a.set_label(&mut done)?;
+    a.add(rsp, 32)?;
+    for r in [r10, r9, r8, rsi, rdi] {
+        a.pop(r)?;
+    }
+    a.jmp(*commit)
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction};
 
 use super::{
-    bytes_at, decode_one, disasm, indirect, short, xol, Action, Evicted, Kind, Place, ProbeError,
-    ProbeMode, Resolution, Site, Source, Targets,
+    bytes_at, decode_one, disasm, indirect, short, xol, Action, ArgType, Evicted, Kind, Place,
+    ProbeError, ProbeMode, Resolution, Site, Source, Targets,
 };
 use crate::addr::LinkAddr;
 use crate::elf::Image;
@@ -50,12 +50,19 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
                 }));
             }
         };
-        let action = if p.trace.is_some() {
-            Action::Trace
-        } else {
-            Action::Count
+        let action = match p.trace.map(|r| &resolution.requests[r]) {
+            Some(r) => Action::Trace {
+                strings: r
+                    .trace
+                    .iter()
+                    .flatten()
+                    .enumerate()
+                    .filter(|(_, t)| **t == ArgType::Str)
+                    .fold(0, |m, (i, _)| m | 1 << i),
+            },
+            None => Action::Count,
         };
-        if action == Action::Trace && kind == Kind::Int3 {
+        if action.traced() && kind == Kind::Int3 {
             // The trap handler does not write events yet.
             return Err(Error::Probe(ProbeError::NoJump {
                 site: p.label(),

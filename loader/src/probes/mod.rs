@@ -32,6 +32,11 @@ mod xol;
 
 pub use code::{generate, landing_pages};
 pub use emit::{Tid, EMIT_BYTES};
+
+/// The event routine's record flags (see `emit.rs`).
+pub mod emit_flags {
+    pub use super::emit::{IS_STR, UNREADABLE};
+}
 pub use jump::{choose, decide, JumpCheck};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;
@@ -104,7 +109,27 @@ pub enum Action {
     Count,
     /// Count it, and write it to the event ring with its thread, time and
     /// argument registers (jump sites only, for now).
-    Trace,
+    Trace {
+        /// The arguments read as strings (bit `i`: argument `i`).
+        strings: u8,
+    },
+}
+
+impl Action {
+    /// Whether hits become events.
+    #[must_use]
+    pub fn traced(self) -> bool {
+        matches!(self, Action::Trace { .. })
+    }
+
+    /// The arguments read as strings (bit `i`: argument `i`).
+    #[must_use]
+    pub fn strings(self) -> u8 {
+        match self {
+            Action::Trace { strings } => strings,
+            Action::Count => 0,
+        }
+    }
 }
 
 /// How probe sites are displaced.

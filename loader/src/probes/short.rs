@@ -427,6 +427,7 @@ fn fits_trampoline(image: &Image, a: u64, len: usize, flags_live: bool) -> bool 
         slot_bits: 10,
         // As if traced: the longest the trampoline can be.
         emit: Some(at + 0x3000),
+        strings: 0,
     };
     encode_trampoline(
         code_at(image, LinkAddr(a)),

@@ -33,6 +33,7 @@ use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
 use uprobe_runtime::area::{ROW_HITS, ROW_PAGE_ROW, STACK_GRANULE_SHIFT, STACK_SLOT_HASH};
 
 use super::decode_one;
+use super::emit::STR_MASK_SHIFT;
 use super::xol::{assemble, displaced, Unrelocatable};
 
 /// Where a trampoline counts a hit (addresses in the program; see
@@ -55,6 +56,8 @@ pub struct Counting {
     /// The event routine's address, when the site is traced: after
     /// counting, the hit is written to the event ring (see `emit.rs`).
     pub emit: Option<u64>,
+    /// Its `str` arguments (bit `i`: argument `i`), which the routine reads.
+    pub strings: u8,
 }
 
 /// Steps over the red zone and saves what [`count`] clobbers: rax, rcx,
@@ -116,13 +119,14 @@ fn overflow(
     a.jmp(done)
 }
 
-/// Calls the event routine at `emit` for site `index`, keeping rdx and
-/// r11 (the routine's layout of the stack depends on this order:
-/// `emit::SAVED_RDX`, `emit::SAVED_RCX`).
-fn trace(a: &mut CodeAssembler, index: u64, emit: u64) -> Result<(), IcedError> {
+/// Calls the event routine at `emit` for `site` (its index, its strings'
+/// mask above `STR_MASK_SHIFT`), keeping rdx and r11 (the routine's
+/// layout of the stack depends on this order: `emit::SAVED_RDX`,
+/// `emit::SAVED_RCX`).
+fn trace(a: &mut CodeAssembler, site: u64, emit: u64) -> Result<(), IcedError> {
     a.push(rdx)?;
     a.push(r11)?;
-    a.mov(edx, index as u32)?;
+    a.mov(edx, site as u32)?;
     a.call(emit)?;
     a.pop(r11)?;
     a.pop(rdx)
@@ -163,7 +167,8 @@ pub fn encode_trampoline(
     e(enter(&mut a, flags_live))?;
     e(count(&mut a, count_at, to_overflow, &mut done))?;
     if let Some(emit) = count_at.emit {
-        e(trace(&mut a, count_at.index, emit))?;
+        let site = count_at.index | u64::from(count_at.strings) << STR_MASK_SHIFT;
+        e(trace(&mut a, site, emit))?;
     }
     e(leave(&mut a, flags_live))?;
     let mut off = 0;
@@ -233,6 +238,7 @@ mod tests {
         block_shift: 9,
         slot_bits: 5,
         emit: None,
+        strings: 0,
     };
 
     fn decode(code: &[u8]) -> Vec<Instruction> {

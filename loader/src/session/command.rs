@@ -7,8 +7,6 @@ use std::sync::mpsc;
 
 use uprobe_runtime::{Uffd, UffdMode};
 
-use crate::probes::ArgType;
-
 use super::control;
 use super::monitor::{monitor, Job};
 use super::probes::Probes;
@@ -176,15 +174,6 @@ impl Command {
     /// Starts the program. Returns once its text is registered and being
     /// served; the program runs on while the [`Session`] is alive.
     pub fn spawn(&self) -> Result<Session> {
-        // The event routine records registers; strings it does not read yet.
-        for r in self.probes.iter().flatten() {
-            if r.trace.as_ref().is_some_and(|a| a.contains(&ArgType::Str)) {
-                return Err(Error::Probe(ProbeError::BadSpec {
-                    spec: r.spec.clone(),
-                    why: "`str` arguments are not recorded yet (int, uint and hex are)".into(),
-                }));
-            }
-        }
         let resolved = resolve(&self.program, &self.args)?;
         let env = self.env.clone().unwrap_or_else(|| {
             std::env::vars_os()

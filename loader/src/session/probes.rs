@@ -7,7 +7,7 @@ use uprobe_runtime::area::{self, Shared, SharedLayout};
 
 use crate::error::{Error, Result};
 use crate::plan::{Draft, Plan, ProbeArea};
-use crate::probes::{self, Action, Kind, ProbeMode, Request, Resolution, Site, Tid};
+use crate::probes::{self, Kind, ProbeMode, Request, Resolution, Site, Tid};
 use uprobe_runtime::events::RingLayout;
 
 /// Records in the event ring by default (a power of two): 64 Ki records
@@ -64,7 +64,8 @@ impl Probes {
         if sites.is_empty() {
             return Ok((draft.finish(&[]), None));
         }
-        let traced = sites.iter().any(|s| s.action == Action::Trace);
+        let traced = sites.iter().any(|s| s.action.traced());
+        let strings = sites.iter().any(|s| s.action.strings() != 0);
         // Stack slots for the CPUs we may run on (the program inherits
         // our affinity); an event ring when any site is traced.
         let mut shared = SharedLayout::new(
@@ -73,7 +74,12 @@ impl Probes {
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
         if traced {
-            shared = shared.with_ring(RingLayout::new(ring_records.max(1), 0, sites.len()));
+            let room = if strings {
+                uprobe_runtime::events::ARGS
+            } else {
+                0
+            };
+            shared = shared.with_ring(RingLayout::new(ring_records.max(1), room, sites.len()));
         }
         let counters =
             Arc::new(Shared::new(shared).map_err(|e| Error::sys("creating the hit counters", e))?);
@@ -211,7 +217,7 @@ impl Probes {
                     .place
                     .trace
                     .and_then(|r| self.requests[r].trace.clone())
-                    .filter(|_| s.action == Action::Trace),
+                    .filter(|_| s.action.traced()),
             })
             .collect()
     }
