@@ -62,15 +62,22 @@ fn counts(r: &Value) -> (u64, u64, u64) {
 #[test]
 fn each_thread_s_events_have_its_tid_its_arguments_in_order() {
     // 4 threads call ev(i, -i, t, 0xdead0000 + i, 3i, ~i) 300 times each
-    // and print their own gettid().
-    for v in [Variant::Pie, Variant::Static] {
+    // and print their own gettid(); with a jump, and with an int3 (the
+    // trap handler writes the same events).
+    for (v, mode) in [
+        (Variant::Pie, "auto"),
+        (Variant::Static, "auto"),
+        (Variant::Pie, "int3"),
+    ] {
         let (out, events, r) = traced(
             "ev-threads",
             v,
             "ev(int, int, uint, hex, uint, hex)",
-            &[],
+            &["--probe-mode", mode],
             &["threads", "4", "300"],
         );
+        let kind = &r["probes"][0]["kind"];
+        assert_eq!(kind == "int3", mode == "int3", "{kind}");
         assert_eq!(out.code, Some(0), "{}", out.stderr_str());
         let thread_of: HashMap<i64, i64> = said(&out)
             .iter()
@@ -302,11 +309,17 @@ fn strings_are_read_without_ever_faulting_the_program() {
     // sv(a, b, i) over five pairs (see events.c): plain and escaped, NULL
     // and unmapped, 70 bytes (cut at 63) and empty, 3 bytes that end a
     // mapping (cut where the mapping ends) and "x", a non-UTF-8 byte.
+    for mode in ["auto", "int3"] {
+        strings_as_they_are(mode);
+    }
+}
+
+fn strings_as_they_are(mode: &str) {
     let (out, events, r) = traced(
         "ev-str",
         Variant::Pie,
         "sv(str, str, int)",
-        &[],
+        &["--probe-mode", mode],
         &["strings", "10"],
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());

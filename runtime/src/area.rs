@@ -161,6 +161,10 @@ pub struct TrapTable {
     pub shared: u64,
     /// Address of the [`RowPage`].
     pub row_page: u64,
+    /// Address of the event routine (0: no site is traced), which the
+    /// handler calls for an entry whose [`TrapEntry::index`] has
+    /// [`ENTRY_TRACED`] set.
+    pub emit: u64,
     /// The entries start here.
     pub entries: [TrapEntry; 0],
 }
@@ -173,9 +177,17 @@ pub struct TrapEntry {
     pub site: u64,
     /// Runtime address of its out-of-line slot, where the handler resumes.
     pub slot: u64,
-    /// Its site number (overflow counter, row column).
+    /// Its site number (overflow counter, row column) in the low 24 bits;
+    /// for a traced site, its `str` arguments' mask above them and
+    /// [`ENTRY_TRACED`]: the low 32 bits are what the event routine takes
+    /// in `edx`.
     pub index: u64,
 }
+
+/// Bits of [`TrapEntry::index`] that are the site number.
+pub const ENTRY_SITE_BITS: u32 = 24;
+/// The bit of [`TrapEntry::index`] that says the site is traced.
+pub const ENTRY_TRACED: u32 = 32;
 
 // The offsets the handler's assembly and the trampolines use.
 
@@ -185,6 +197,8 @@ pub const TABLE_COUNT: usize = offset_of!(TrapTable, count);
 pub const TABLE_SHARED: usize = offset_of!(TrapTable, shared);
 /// [`TrapTable::row_page`].
 pub const TABLE_ROW_PAGE: usize = offset_of!(TrapTable, row_page);
+/// [`TrapTable::emit`].
+pub const TABLE_EMIT: usize = offset_of!(TrapTable, emit);
 /// [`TrapTable::entries`].
 pub const TABLE_ENTRIES: usize = offset_of!(TrapTable, entries);
 /// Bytes of one [`TrapEntry`].
@@ -219,7 +233,7 @@ unsafe trait Words: Sized {
         unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
     }
 }
-// SAFETY: repr(C), three u64 and a zero-length array of TrapEntry.
+// SAFETY: repr(C), four u64 and a zero-length array of TrapEntry.
 unsafe impl Words for TrapTable {}
 // SAFETY: repr(C), three u64.
 unsafe impl Words for TrapEntry {}
@@ -639,14 +653,16 @@ impl CodeLayout {
         self.slot_count == 0
     }
 
-    /// The code pages' bytes ([`CodeLayout::code_len`] of them): the
-    /// handler, its table (the shared mapping's and the row page's
-    /// addresses, and `entries`, sorted here), the event routine `emit`
+    /// The code pages' bytes ([`CodeLayout::code_len`] of them), for an
+    /// area at `base`: the handler, its table (the shared mapping's, the
+    /// row page's and the event routine's addresses, and `entries`, sorted
+    /// here), the event routine `emit`
     /// (at most [`CodeLayout::emit_bytes`]), and each site's slot
     /// (`slots[i]`, at most [`SLOT_BYTES`]); `int3` filler elsewhere.
     #[must_use]
     pub fn image(
         &self,
+        base: u64,
         shared: u64,
         row_page: u64,
         mut entries: Vec<TrapEntry>,
@@ -663,6 +679,11 @@ impl CodeLayout {
             count: entries.len() as u64,
             shared,
             row_page,
+            emit: if emit.is_empty() {
+                0
+            } else {
+                base + self.emit() as u64
+            },
             entries: [],
         };
         let at = self.table();
@@ -690,7 +711,8 @@ mod tests {
         assert_eq!(TABLE_COUNT, 0);
         assert_eq!(TABLE_SHARED, 8);
         assert_eq!(TABLE_ROW_PAGE, 16);
-        assert_eq!(TABLE_ENTRIES, 24);
+        assert_eq!(TABLE_EMIT, 24);
+        assert_eq!(TABLE_ENTRIES, 32);
         assert_eq!(size_of::<TrapTable>(), TABLE_ENTRIES);
         assert_eq!((ENTRY_SITE, ENTRY_SLOT, ENTRY_INDEX), (0, 8, 16));
         assert_eq!(ENTRY_BYTES, 24);
@@ -849,7 +871,7 @@ mod tests {
             },
         ];
         let slots = vec![vec![0x90], vec![0x90, 0x90], vec![0xc3]];
-        let img = l.image(0x5000, 0x6000, entries, &[], &slots);
+        let img = l.image(0x1000, 0x5000, 0x6000, entries, &[], &slots);
         assert_eq!(img.len(), l.code_len());
         let word = |at: usize| u64::from_le_bytes(img[at..at + 8].try_into().unwrap());
         assert_eq!(&img[..l.handler_code.len()], &HANDLER);

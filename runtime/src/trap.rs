@@ -4,8 +4,10 @@
 //! program's probe area: it must keep working after the hand-off has
 //! unmapped the monitor, so it touches no TLS, allocates nothing, and calls
 //! no libc. On SIGTRAP it looks the trapping address up in the site table
-//! that follows it, counts the hit in shared memory, and resumes at the
-//! site's out-of-line slot (the displaced instruction, then a jump back).
+//! that follows it, counts the hit in shared memory, for a traced site
+//! calls the event routine (as a trampoline does, with the interrupted
+//! context's registers), and resumes at the site's out-of-line slot (the
+//! displaced instruction, then a jump back).
 //!
 //! The table's layout, the shared counters' and the row page's are defined
 //! once in [`crate::area`]; the assembly takes their offsets as `const`
@@ -63,7 +65,9 @@ global_asm!(
     "    jne .Luprobe_trap_stray",
     "    mov rsi, [r9 + rdi + {e_slot}]",
     "    mov [rdx + {uc_rip}], rsi", // resume in the out-of-line slot
-    "    mov r10, [r9 + rdi + {e_index}]",
+    "    mov r11, [r9 + rdi + {e_index}]", // the site, and whether it is traced
+    "    mov r10d, r11d",
+    "    and r10d, {site_mask}",
     // The hit, in this process's row (shared memory); with no row left, in
     // the site's overflow counter.
     "    call uprobe_exec_claim_row",
@@ -75,6 +79,26 @@ global_asm!(
     "    mov rax, [r8 + {t_shared}]",
     "    lock inc qword ptr [rax + r10 * 8 + {overflow}]",
     ".Luprobe_trap_counted:",
+    // A traced site: the event routine, with the program's registers as
+    // a trampoline would give them (rdx and rcx pushed, then a word for
+    // r11; rdi, rsi, r8, r9 loaded). The kernel restores them all from the
+    // context on return, so the handler may clobber any.
+    "    bt r11, {traced}",
+    "    jnc .Luprobe_trap_untraced",
+    "    mov rax, [r8 + {t_emit}]",
+    "    test rax, rax",
+    "    jz .Luprobe_trap_untraced",
+    "    push qword ptr [rdx + {uc_rcx}]",
+    "    push qword ptr [rdx + {uc_rdx}]",
+    "    push r11",
+    "    mov rdi, [rdx + {uc_rdi}]",
+    "    mov rsi, [rdx + {uc_rsi}]",
+    "    mov r8, [rdx + {uc_r8}]",
+    "    mov r9, [rdx + {uc_r9}]",
+    "    mov edx, r11d",
+    "    call rax",
+    "    add rsp, 24",
+    ".Luprobe_trap_untraced:",
     "    pop rsi",
     "    pop rdi",
     "    ret",
@@ -143,6 +167,15 @@ global_asm!(
     e_site = const area::ENTRY_SITE,
     e_slot = const area::ENTRY_SLOT,
     e_index = const area::ENTRY_INDEX,
+    site_mask = const (1u32 << area::ENTRY_SITE_BITS) - 1,
+    traced = const area::ENTRY_TRACED,
+    t_emit = const area::TABLE_EMIT,
+    uc_rcx = const uc_reg(libc::REG_RCX),
+    uc_rdx = const uc_reg(libc::REG_RDX),
+    uc_rdi = const uc_reg(libc::REG_RDI),
+    uc_rsi = const uc_reg(libc::REG_RSI),
+    uc_r8 = const uc_reg(libc::REG_R8),
+    uc_r9 = const uc_reg(libc::REG_R9),
     rp_row = const area::ROW_PAGE_ROW,
     row_hits = const area::ROW_HITS,
     overflow = const area::SHARED_OVERFLOW,
@@ -155,10 +188,16 @@ global_asm!(
     sys_rt_sigreturn = const linux_raw_sys::general::__NR_rt_sigreturn,
 );
 
-/// Offset of the interrupted RIP in a `ucontext_t` (`uc_mcontext.gregs[REG_RIP]`).
-const UC_RIP: usize = std::mem::offset_of!(libc::ucontext_t, uc_mcontext)
-    + std::mem::offset_of!(libc::mcontext_t, gregs)
-    + 8 * libc::REG_RIP as usize;
+/// Offset of register `reg` (a `REG_*`) in a `ucontext_t`
+/// (`uc_mcontext.gregs[reg]`).
+const fn uc_reg(reg: libc::c_int) -> usize {
+    std::mem::offset_of!(libc::ucontext_t, uc_mcontext)
+        + std::mem::offset_of!(libc::mcontext_t, gregs)
+        + 8 * reg as usize
+}
+
+/// Offset of the interrupted RIP in a `ucontext_t`.
+const UC_RIP: usize = uc_reg(libc::REG_RIP);
 
 extern "C" {
     static uprobe_exec_trap_start: u8;

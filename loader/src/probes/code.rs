@@ -2,9 +2,9 @@
 //! patches that send each site there. Data flows one way: the plan has
 //! chosen the area's address; the bytes made here go back down to it.
 
-use uprobe_runtime::area::{CodeLayout, Shared, TrapEntry};
+use uprobe_runtime::area::{CodeLayout, Shared, TrapEntry, ENTRY_TRACED};
 
-use super::emit::{encode_emit, Emit, Tid};
+use super::emit::{encode_emit, Emit, Tid, STR_MASK_SHIFT};
 use super::pun::{LANDING, PREFIX};
 use super::trampoline::{encode_evicted, encode_trampoline, jump_patch, short_patch, Counting};
 use super::xol::{encode_slot, Unrelocatable};
@@ -84,10 +84,17 @@ pub fn generate(
         let from = s.place.bytes(image);
         let code = match s.kind {
             Kind::Int3 => {
+                // A traced site: the event routine's `edx` in the low 32
+                // bits, the traced bit above (see `area::TrapEntry::index`).
+                let traced = if s.action.traced() && !emit.is_empty() {
+                    1 << ENTRY_TRACED | u64::from(s.action.strings()) << STR_MASK_SHIFT
+                } else {
+                    0
+                };
                 entries.push(TrapEntry {
                     site: ip,
                     slot,
-                    index: i as u64,
+                    index: i as u64 | traced,
                 });
                 patches.push((ip, vec![0xcc]));
                 encode_slot(from, ip, slot)
@@ -138,7 +145,7 @@ pub fn generate(
     }
     patches.extend(pads);
     Ok(AreaCode {
-        bytes: layout.image(shared.addr(), row_page, entries, &emit, &slots),
+        bytes: layout.image(base, shared.addr(), row_page, entries, &emit, &slots),
         patches,
         landings,
     })

@@ -62,13 +62,6 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
             },
             None => Action::Count,
         };
-        if action.traced() && kind == Kind::Int3 {
-            // The trap handler does not write events yet.
-            return Err(Error::Probe(ProbeError::NoJump {
-                site: p.label(),
-                why: "a traced site needs a jump (int3 sites are not traced yet)".into(),
-            }));
-        }
         sites.push(Site {
             place: p.clone(),
             kind,
