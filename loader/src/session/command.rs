@@ -316,10 +316,8 @@ impl Command {
             .name("uprobe-exec-monitor".into())
             .spawn(move || monitor(job, inbox, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
-        let answer = rx.recv();
-        let started_ns = crate::sys::clock::monotonic_ns();
-        match answer {
-            Ok(Ok(pid)) => {
+        match rx.recv() {
+            Ok(Ok((pid, started_ns))) => {
                 let mut warnings = warnings;
                 if let Some(text) = perf_map {
                     if let Err(e) = crate::perfmap::write(pid, &text) {

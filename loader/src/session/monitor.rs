@@ -49,11 +49,12 @@ pub(super) struct Outcome {
 }
 
 /// The monitor thread: forks the stage, tells `started` the program's pid
+/// and the CLOCK_MONOTONIC time just before it lets it go
 /// (or why it could not start), then serves faults until the program ends.
 pub(super) fn monitor(
     mut job: Job,
     inbox: Inbox,
-    started: mpsc::Sender<Result<i32>>,
+    started: mpsc::Sender<Result<(i32, u64)>>,
 ) -> Result<Outcome> {
     match start(
         &job.plan,
@@ -82,7 +83,7 @@ fn run(
     sink: Option<Sink>,
     program: Started,
     inbox: &Inbox,
-    started: &mpsc::Sender<Result<i32>>,
+    started: &mpsc::Sender<Result<(i32, u64)>>,
 ) -> Result<Outcome> {
     let (plan, probes) = (&job.plan, job.probes.as_ref());
     let Started {
@@ -122,7 +123,8 @@ fn run(
         result = server.populate_all().map_err(Error::from);
     }
     // Let the child go on to the program.
-    let _ = started.send(Ok(pid));
+    // Before the program is let go: no event of it can be earlier.
+    let _ = started.send(Ok((pid, crate::sys::clock::monotonic_ns())));
     if result.is_ok() {
         result = release(&stage).and_then(|()| serve(&mut server, &pidfd, inbox, probes));
     }
