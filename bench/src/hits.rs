@@ -113,6 +113,27 @@ fn file_offset(prog: &Path, name: &str) -> Option<u64> {
 
 /// The kernel's uprobe on the site, or why it was skipped.
 pub fn kernel_uprobe(kind: &str) -> Result<f64, String> {
+    let s = sample();
+    let event = format!("ux_bench_{kind}");
+    with_kernel_uprobe(&s, &format!("hit_{kind}"), &event, "", |_| {
+        run(&[s.to_str().unwrap_or(""), "hitloop", kind, "200000"])
+            .ok_or_else(|| "no result".to_string())
+    })
+}
+
+/// Runs `measure` while the kernel's uprobe `uprobes/EVENT` sits on the
+/// entry of `function` in `prog`, enabled, with `fetch` (tracefs fetch
+/// arguments such as `a=%di`, or empty) recorded at each hit. `measure` gets
+/// the tracefs directory. The probe is removed afterwards, and tracefs
+/// unmounted if it was mounted here. Err says why it could not be done: not
+/// root, no tracefs, no such function, or the kernel refused the probe.
+pub fn with_kernel_uprobe<T>(
+    prog: &Path,
+    function: &str,
+    event: &str,
+    fetch: &str,
+    measure: impl FnOnce(&Path) -> Result<T, String>,
+) -> Result<T, String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (tracefs uprobe_events)".into());
@@ -135,35 +156,29 @@ pub fn kernel_uprobe(kind: &str) -> Result<f64, String> {
         mounted = Some(dir);
     }
     let result = (|| {
-        let s = sample();
-        let off = file_offset(&s, &format!("hit_{kind}")).ok_or("no such function")?;
-        let event = format!("ux_bench_{kind}");
+        let off = file_offset(prog, function).ok_or("no such function")?;
         let events = tracefs.join("uprobe_events");
-        let add = format!("p:uprobes/{event} {}:{off:#x}\n", s.display());
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&events)
-            .and_then(|mut f| {
-                use std::io::Write;
-                f.write_all(add.as_bytes())
-            })
-            .map_err(|e| format!("adding the uprobe: {e}"))?;
+        let append = |line: &str| {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&events)
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(line.as_bytes())
+                })
+        };
+        let sep = if fetch.is_empty() { "" } else { " " };
+        append(&format!(
+            "p:uprobes/{event} {}:{off:#x}{sep}{fetch}\n",
+            prog.display()
+        ))
+        .map_err(|e| format!("adding the uprobe: {e}"))?;
         let enable = tracefs.join(format!("events/uprobes/{event}/enable"));
         let r = std::fs::write(&enable, "1")
             .map_err(|e| format!("enabling: {e}"))
-            .and_then(|()| {
-                run(&[s.to_str().unwrap_or(""), "hitloop", kind, "200000"])
-                    .ok_or_else(|| "no result".to_string())
-            });
+            .and_then(|()| measure(&tracefs));
         let _ = std::fs::write(&enable, "0");
-        let remove = format!("-:uprobes/{event}\n");
-        let _ = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&events)
-            .and_then(|mut f| {
-                use std::io::Write;
-                f.write_all(remove.as_bytes())
-            });
+        let _ = append(&format!("-:uprobes/{event}\n"));
         r
     })();
     if let Some(dir) = mounted {

@@ -9,13 +9,18 @@
 //! 3. Whole programs, uprobe-exec vs native.
 //! 4. Teardown of a fork storm.
 //! 5. Jump coverage per binary, by tactic.
+//! 6. Events (`--trace`): a traced hit with six arguments beside a
+//!    count-only probe and the kernel's uprobe trace event; the drain rate
+//!    to a JSON-lines file.
 //!
 //! It writes `bench/RESULTS.md` and `bench/fault-latency.svg`.
 //!
 //! Usage: `cargo run --release -p uprobe-exec-bench -- [RUNS]`, or
-//! `-- coverage` to print only the coverage section (nothing written).
+//! `-- coverage` to print only the coverage section, `-- events [RUNS]`
+//! only the events section and its goals (nothing written).
 
 mod coverage;
+mod events;
 mod fault;
 mod hits;
 mod plot;
@@ -122,6 +127,26 @@ fn main() {
             "{}",
             coverage::section(uprobe_exec().to_str().expect("utf-8 path")).0
         );
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("events") {
+        let runs: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        let s = events::section(
+            uprobe_exec().to_str().expect("utf-8 path"),
+            runs,
+            runs.min(3),
+        );
+        print!("{}", s.md);
+        println!("\n| goal | measured | met |\n| --- | --- | --- |");
+        for (what, measured, met) in s.goals {
+            println!(
+                "| {what} | {measured} | {} |",
+                if met { "yes" } else { "no" }
+            );
+        }
         return;
     }
     let runs: usize = std::env::args()
@@ -429,6 +454,12 @@ fn main() {
     let (coverage_md, python_coverage) = coverage::section(ux);
     md.push_str(&coverage_md);
 
+    // 6. Events.
+    eprintln!("events…");
+    let events = events::section(ux, runs.clamp(3, 7), runs.clamp(1, 3));
+    md.push('\n');
+    md.push_str(&events.md);
+
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| goal | measured | met |");
     let _ = writeln!(md, "| --- | --- | --- |");
@@ -490,6 +521,9 @@ fn main() {
             format!("{c:.1}%"),
             c >= 99.0,
         );
+    }
+    for (what, measured, met) in events.goals {
+        goal(what, measured, met);
     }
     match int3_vs_stepped {
         Some(r) => goal(

@@ -20,6 +20,12 @@
  *                       digits and ""; the 3 bytes "end" that end a mapping
  *                       (no NUL: the next page is unmapped) and "x"; a
  *                       non-UTF-8 byte and "ok". sv reads neither string.
+ *   events hitloop6 N   calls ev(i, -i, acc, 0xdead0000 + i, i * 3, ~i) N
+ *                       times on one thread and prints the nanoseconds per
+ *                       call of the loop, in wall time (CLOCK_MONOTONIC) and
+ *                       in the thread's CPU time (not counting time it waits
+ *                       for a CPU): "ns_per_call=NS cpu_ns_per_call=NS
+ *                       calls=N acc=…" (for the benchmarks)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -77,7 +83,7 @@ static void on_alarm(int sig)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N\n");
+        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -147,6 +153,20 @@ int main(int argc, char **argv)
         printf("strings=%llu\n", (unsigned long long)n);
         return 0;
     }
-    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N\n");
+    if (!strcmp(mode, "hitloop6")) {
+        uint64_t acc = 0;
+        struct timespec t0, t1, c0, c1;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (uint64_t i = 0; i < n; i++) acc += ev((int64_t)i, -(int64_t)i, acc, 0xdead0000 + i, i * 3, ~i);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+        double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+        double cpu = (double)(c1.tv_sec - c0.tv_sec) * 1e9 + (double)(c1.tv_nsec - c0.tv_nsec);
+        printf("ns_per_call=%.2f cpu_ns_per_call=%.2f calls=%llu acc=%llu\n", ns / (double)n, cpu / (double)n,
+               (unsigned long long)n, (unsigned long long)acc);
+        return 0;
+    }
+    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N\n");
     return 2;
 }
