@@ -392,7 +392,7 @@ fn print_events(
     format: Format,
     out: Box<dyn Write + Send>,
 ) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::new(out);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
     for e in events {
         let Some(p) = info.get(e.probe) else { continue };
         let types = p.args.as_deref().unwrap_or(&[]);
@@ -401,10 +401,6 @@ fn print_events(
                 uprobe_exec::events::format::write_text(&mut out, &e, &p.label, types, start_ns)?
             }
             Format::Json => uprobe_exec::events::format::write_json(&mut out, &e, &p.label, types)?,
-        }
-        // Keep the file whole up to the last event even if we are killed.
-        if events.is_empty() {
-            out.flush()?;
         }
     }
     out.flush()

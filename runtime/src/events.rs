@@ -46,6 +46,13 @@ pub const ARGS: usize = 6;
 /// the NUL are whatever an earlier record left there.
 pub const STR_BYTES: usize = 64;
 
+/// [`RecordHead::flags`]: bit `FLAG_UNREADABLE + i`, the `i`-th argument's
+/// string pointer was NULL or unreadable.
+pub const FLAG_UNREADABLE: u32 = 8;
+/// [`RecordHead::flags`]: bit `FLAG_IS_STR + i`, the `i`-th argument was read
+/// as a string (its room holds it).
+pub const FLAG_IS_STR: u32 = 16;
+
 /// The start of the ring, on its own cache lines: writers hammer `head`,
 /// the monitor writes `tail`.
 #[repr(C)]
@@ -77,8 +84,9 @@ pub struct RecordHead {
     pub tid: u32,
     /// The site.
     pub probe: u32,
-    /// Bit `i`: the `i`-th string was cut at [`STR_BYTES`]; bit `8 + i`:
-    /// the `i`-th string's pointer was NULL or unreadable.
+    /// Bit `i`: the `i`-th string was cut at [`STR_BYTES`]; bit
+    /// [`FLAG_UNREADABLE`] `+ i`: its pointer was NULL or unreadable; bit
+    /// [`FLAG_IS_STR`] `+ i`: the `i`-th argument is a string.
     pub flags: u32,
     /// rdi, rsi, rdx, rcx, r8, r9 at the hit.
     pub args: [u64; ARGS],
@@ -196,7 +204,8 @@ pub struct Record {
     pub flags: u32,
     /// rdi, rsi, rdx, rcx, r8, r9.
     pub args: [u64; ARGS],
-    /// The string room, whole (`record_bytes - REC_STRINGS` bytes).
+    /// The string room, whole (`record_bytes - REC_STRINGS` bytes), when
+    /// the record has strings ([`FLAG_IS_STR`]); empty otherwise.
     pub strings: Vec<u8>,
 }
 
@@ -329,9 +338,14 @@ impl Ring {
             // SAFETY: a committed record, which no writer touches until
             // `tail` passes it (below); a plain value, read whole.
             let body = unsafe { ((at + REC_TIME as u64) as *const RecordBody).read_volatile() };
-            // SAFETY: as above: its string room.
-            let strings =
-                unsafe { std::slice::from_raw_parts((at + REC_STRINGS as u64) as *const u8, room) };
+            // The string room only where there are strings: most records
+            // have none, and the copy would be an allocation each.
+            let strings = if body.flags >> FLAG_IS_STR & 0x3f == 0 {
+                &[][..]
+            } else {
+                // SAFETY: as above: its string room.
+                unsafe { std::slice::from_raw_parts((at + REC_STRINGS as u64) as *const u8, room) }
+            };
             let r = Record {
                 time: body.time,
                 pid: body.pid,
@@ -385,7 +399,8 @@ mod tests {
             pid: 7,
             tid,
             probe,
-            flags: 0,
+            // Argument 0's room holds a string.
+            flags: 1 << FLAG_IS_STR,
             // A checksum in the last argument: a torn record shows.
             args: [
                 n,

@@ -14,8 +14,6 @@
 use std::fmt;
 use std::io::{self, Write};
 
-use serde::Serialize;
-
 use super::Event;
 use crate::probes::ArgType;
 
@@ -78,21 +76,87 @@ pub fn write_json(
     label: &str,
     types: &[ArgType],
 ) -> io::Result<()> {
-    let shown = shown(event, types);
-    let line = JsonLine {
-        time_ns: event.time_ns,
-        pid: event.pid,
-        tid: event.tid,
-        probe: label,
-        args: shown.clone().map(|(t, arg)| json_arg(t, arg)).collect(),
-        truncated: shown
+    // Built in one buffer with integer formatting that skips `fmt`'s
+    // machinery, then written at once: the drain's rate is this
+    // function's. Only string arguments allocate (their lossy copies).
+    LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        line.clear();
+        json_line(&mut line, event, label, types)?;
+        out.write_all(&line)
+    })
+}
+
+thread_local! {
+    /// The line [`write_json`] builds, kept for the next.
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(256));
+}
+
+/// An event's JSON line, `\n` included, appended to `line`.
+fn json_line(line: &mut Vec<u8>, event: &Event, label: &str, types: &[ArgType]) -> io::Result<()> {
+    let mut num = itoa::Buffer::new();
+    line.extend_from_slice(b"{\"time_ns\":");
+    line.extend_from_slice(num.format(event.time_ns).as_bytes());
+    line.extend_from_slice(b",\"pid\":");
+    line.extend_from_slice(num.format(event.pid).as_bytes());
+    line.extend_from_slice(b",\"tid\":");
+    line.extend_from_slice(num.format(event.tid).as_bytes());
+    line.extend_from_slice(b",\"probe\":");
+    serde_json::to_writer(&mut *line, label)?;
+    line.extend_from_slice(b",\"args\":[");
+    let mut cut = false;
+    for (k, (t, arg)) in shown(event, types).enumerate() {
+        if k > 0 {
+            line.push(b',');
+        }
+        match t {
+            ArgType::Int => line.extend_from_slice(num.format(arg.value as i64).as_bytes()),
+            ArgType::Uint => line.extend_from_slice(num.format(arg.value).as_bytes()),
+            ArgType::Hex => hex(line, arg.value),
+            ArgType::Str => match arg.string {
+                Some(bytes) => {
+                    cut |= arg.truncated;
+                    serde_json::to_writer(&mut *line, &String::from_utf8_lossy(bytes))?;
+                }
+                None => line.extend_from_slice(b"null"),
+            },
+        }
+    }
+    line.push(b']');
+    if cut {
+        line.extend_from_slice(b",\"truncated\":[");
+        let cuts = shown(event, types)
             .enumerate()
-            .filter(|(_, (t, arg))| *t == ArgType::Str && arg.truncated)
-            .map(|(i, _)| i)
-            .collect(),
-    };
-    serde_json::to_writer(&mut *out, &line)?;
-    out.write_all(b"\n")
+            .filter(|(_, (t, arg))| *t == ArgType::Str && arg.truncated && arg.string.is_some());
+        for (n, (i, _)) in cuts.enumerate() {
+            if n > 0 {
+                line.push(b',');
+            }
+            line.extend_from_slice(num.format(i).as_bytes());
+        }
+        line.push(b']');
+    }
+    line.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// `v` as a JSON string `"0x…"` (lowercase, no leading zeros).
+fn hex(line: &mut Vec<u8>, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut x = v;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(x & 0xf) as usize];
+        x >>= 4;
+        if x == 0 {
+            break;
+        }
+    }
+    line.extend_from_slice(b"\"0x");
+    line.extend_from_slice(&buf[i..]);
+    line.push(b'"');
 }
 
 /// One argument of an event: its raw register and what was read for it.
@@ -191,40 +255,6 @@ fn quote(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
         }
     }
     f.write_str("\"")
-}
-
-/// An event as JSON; the field order is the key order.
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    time_ns: u64,
-    pid: u32,
-    tid: u32,
-    probe: &'a str,
-    args: Vec<JsonArg>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    truncated: Vec<usize>,
-}
-
-/// One argument as a JSON value.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum JsonArg {
-    Int(i64),
-    Uint(u64),
-    Text(String),
-    Null,
-}
-
-fn json_arg(t: ArgType, arg: Arg<'_>) -> JsonArg {
-    match t {
-        ArgType::Int => JsonArg::Int(arg.value as i64),
-        ArgType::Uint => JsonArg::Uint(arg.value),
-        ArgType::Hex => JsonArg::Text(format!("{:#x}", arg.value)),
-        ArgType::Str => match arg.string {
-            Some(bytes) => JsonArg::Text(String::from_utf8_lossy(bytes).into_owned()),
-            None => JsonArg::Null,
-        },
-    }
 }
 
 #[cfg(test)]

@@ -95,8 +95,7 @@ pub const STR_MASK_SHIFT: u32 = 24;
 /// The record's flags (see `RecordHead::flags`): bit `i` the `i`-th
 /// string was cut; bit `UNREADABLE + i` its pointer was NULL or could not
 /// be read; bit `IS_STR + i` argument `i` was read as a string.
-pub const UNREADABLE: u32 = 8;
-pub const IS_STR: u32 = 16;
+pub use uprobe_runtime::events::{FLAG_IS_STR as IS_STR, FLAG_UNREADABLE as UNREADABLE};
 
 /// `process_vm_readv`'s system call number on x86-64.
 const SYS_PROCESS_VM_READV: i32 = 310;

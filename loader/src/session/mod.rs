@@ -38,6 +38,9 @@ pub(crate) struct EventStream {
 /// Events the stream holds while nobody reads it.
 const STREAM_EVENTS: usize = 1 << 16;
 
+/// How long the drain sleeps while the stream is full.
+const NAP: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// How long a full stream may go unread before it is taken as abandoned.
 const STALLED: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -61,11 +64,14 @@ impl EventStream {
         let mut abandoned = false;
         Box::new(move |r, t| {
             let e = Event::from_record(&r, t);
-            let sent = if abandoned {
-                sender.try_send(e).is_ok()
-            } else {
-                sender.send_timeout(e, STALLED).is_ok()
-            };
+            // Wait for room asleep, not spinning: on two CPUs the spin
+            // would take the reader's.
+            let mut waited = std::time::Duration::ZERO;
+            while !abandoned && sender.is_full() && waited < STALLED {
+                std::thread::sleep(NAP);
+                waited += NAP;
+            }
+            let sent = sender.try_send(e).is_ok();
             if !sent {
                 abandoned = true;
                 undelivered.fetch_add(1, Ordering::Relaxed);
