@@ -371,3 +371,48 @@ fn strings_as_they_are(mode: &str) {
         ]
     );
 }
+
+#[test]
+fn unprivileged_a_forked_child_s_events_carry_its_pid_too() {
+    // Without privileges there are no fork events: a child is not served,
+    // its row page is zeros, and the event routine asks the kernel for its
+    // pid instead.
+    let (d, bin) = common::nobody_dir("ev-nobody");
+    let prog = d.copy(&path("events", Variant::Pie), "events-pie", 0o755);
+    let file = d.join("events");
+    let argv: Vec<std::ffi::OsString> = vec![
+        bin.into(),
+        "-q".into(),
+        "--format".into(),
+        "json".into(),
+        "--trace".into(),
+        "ev(int, int)".into(),
+        "-o".into(),
+        file.clone().into(),
+        prog.into(),
+        "fork".into(),
+        "20".into(),
+    ];
+    let mut cmd = common::command(true, &argv);
+    cmd.current_dir(&d.path);
+    let out = common::run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let pid_of: HashMap<String, i64> = said(&out)
+        .iter()
+        .map(|l| (l["role"].clone(), l["pid"].parse().unwrap()))
+        .collect();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 40);
+    for e in &events {
+        let role = if int(&e["args"][1]) == 1 {
+            "parent"
+        } else {
+            "child"
+        };
+        assert_eq!(int(&e["pid"]), pid_of[role], "{e}");
+    }
+}

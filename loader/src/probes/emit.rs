@@ -101,6 +101,8 @@ pub use uprobe_runtime::events::{FLAG_IS_STR as IS_STR, FLAG_UNREADABLE as UNREA
 const SYS_PROCESS_VM_READV: i32 = 310;
 /// `gettid`'s.
 const SYS_GETTID: i32 = 186;
+/// `getpid`'s.
+const SYS_GETPID: i32 = 39;
 
 fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     let l = e.layout;
@@ -112,6 +114,7 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     let mut full = a.create_label();
     let mut slow = a.create_label();
     let mut have_tid = a.create_label();
+    let mut have_pid = a.create_label();
     let mut commit = a.create_label();
     // The site and its strings' mask, kept until the commit.
     a.push(rdx)?;
@@ -151,6 +154,16 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
         Register::RDX,
         MemoryOperand::with_base_displ(Register::RIP, (e.row_page + ROW_PAGE_PID as u64) as i64),
     )?)?;
+    // A process we do not serve (a fork when unprivileged: no fork events)
+    // has a row page of zeros: ask the kernel.
+    a.test(edx, edx)?;
+    a.jnz(have_pid)?;
+    a.push(rcx)?;
+    a.mov(eax, SYS_GETPID)?;
+    a.syscall()?;
+    a.pop(rcx)?;
+    a.mov(edx, eax)?;
+    a.set_label(&mut have_pid)?;
     a.mov(dword_ptr(rcx + REC_PID as i32), edx)?;
     // The thread.
     if let Tid::Glibc(offset) = e.tid {
