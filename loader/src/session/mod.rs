@@ -36,7 +36,7 @@ pub(crate) struct EventStream {
 }
 
 /// Events the stream holds while nobody reads it.
-const STREAM_EVENTS: usize = 1 << 16;
+const STREAM_EVENTS: usize = 1 << 12;
 
 /// How long the drain sleeps while the stream is full.
 const NAP: std::time::Duration = std::time::Duration::from_micros(200);
