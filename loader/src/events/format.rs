@@ -172,16 +172,11 @@ fn shown<'a>(
     event: &'a Event,
     types: &'a [ArgType],
 ) -> impl Iterator<Item = (ArgType, Arg<'a>)> + Clone + 'a {
-    let args = event
-        .args
-        .iter()
-        .zip(&event.strings)
-        .zip(&event.truncated)
-        .map(|((&value, string), &truncated)| Arg {
-            value,
-            string: string.as_deref(),
-            truncated,
-        });
+    let args = (0..event.args.len()).map(|i| Arg {
+        value: event.args[i],
+        string: event.strings.get(i).and_then(|s| s.as_deref()),
+        truncated: event.truncated[i],
+    });
     types.iter().copied().zip(args)
 }
 
@@ -273,7 +268,7 @@ mod tests {
             tid: 4243,
             probe: 0,
             args: [100, -1i64 as u64, 0x7fff_0000, 0, 0, 0],
-            strings: [None, None, Some(b"alpha".to_vec()), None, None, None],
+            strings: vec![None, None, Some(b"alpha".to_vec()), None, None, None],
             truncated: [false; 6],
         }
     }

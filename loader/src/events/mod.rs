@@ -23,8 +23,10 @@ pub struct Event {
     pub args: [u64; ARG_REGISTERS.len()],
     /// For each `str` argument, the bytes read from where it points, up to
     /// and without the NUL; `None` when the pointer is NULL or could not be
-    /// read (`args` tells which). Unused for the other types.
-    pub strings: [Option<Vec<u8>>; ARG_REGISTERS.len()],
+    /// read (`args` tells which). One entry per argument register when the
+    /// probe has a `str` argument; empty otherwise (no allocation: most
+    /// events have none, and an event is moved twice on its way).
+    pub strings: Vec<Option<Vec<u8>>>,
     /// For each `str` argument, whether the string went on past the bytes
     /// read (no NUL within the monitor's limit).
     pub truncated: [bool; ARG_REGISTERS.len()],
@@ -54,6 +56,9 @@ impl Event {
             args: r.args,
             ..Event::default()
         };
+        if r.flags >> IS_STR & 0x3f != 0 {
+            e.strings = vec![None; ARG_REGISTERS.len()];
+        }
         for i in 0..ARG_REGISTERS.len() {
             if r.flags & (1 << (IS_STR + i as u32)) == 0 {
                 continue;
