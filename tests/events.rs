@@ -35,6 +35,28 @@ fn traced(
     (out, events, read_report(&report))
 }
 
+/// `events ARGS` with `trace` in the text form, into a file: the run
+/// (which must succeed) and the file's text.
+fn text_events(tag: &str, v: Variant, trace: &str, args: &[&str]) -> (Output, String) {
+    let dir = TempDir::new(tag);
+    let file = dir.join("events");
+    let out = ours(
+        &["-q", "--trace", trace, "-o", file.to_str().unwrap()],
+        path("events", v),
+        args,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    (out, std::fs::read_to_string(&file).unwrap())
+}
+
+/// The pid the program says for each `role=` (`events fork`).
+fn pids_by_role(out: &Output) -> HashMap<String, i64> {
+    said(out)
+        .iter()
+        .map(|l| (l["role"].clone(), l["pid"].parse().unwrap()))
+        .collect()
+}
+
 /// `key=value` pairs of each line of the program's output.
 fn said(out: &Output) -> Vec<HashMap<String, String>> {
     out.stdout_str()
@@ -113,28 +135,15 @@ fn each_thread_s_events_have_its_tid_its_arguments_in_order() {
 
 #[test]
 fn the_text_form_is_one_line_per_event() {
-    let dir = TempDir::new("ev-text");
-    let file = dir.join("events");
-    let out = ours(
-        &[
-            "-q",
-            "--trace",
-            "ev(int, int, uint)",
-            "-o",
-            file.to_str().unwrap(),
-        ],
-        path("events", Variant::Pie),
+    let (out, text) = text_events(
+        "ev-text",
+        Variant::Pie,
+        "ev(int, int, uint)",
         &["fork", "2"],
     );
-    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
-    let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
-    let parent = said(&out)
-        .into_iter()
-        .find(|l| l["role"] == "parent")
-        .unwrap()["pid"]
-        .clone();
+    let parent = pids_by_role(&out)["parent"];
     // `0.000141684 17705/17705 ev(0, 1, 0)`
     let first: Vec<&str> = lines[0].split(' ').collect();
     let (secs, frac) = first[0].split_once('.').unwrap();
@@ -158,10 +167,7 @@ fn a_forked_child_s_events_carry_its_pid() {
         &["fork", "50"],
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
-    let pid_of: HashMap<String, i64> = said(&out)
-        .iter()
-        .map(|l| (l["role"].clone(), l["pid"].parse().unwrap()))
-        .collect();
+    let pid_of = pids_by_role(&out);
     assert_eq!(events.len(), 100);
     assert_eq!(counts(&r), (100, 0, 0));
     for e in &events {
@@ -344,21 +350,12 @@ fn strings_as_they_are(mode: &str) {
         assert_eq!(e.get("truncated").is_some(), cut, "event {i}: {e}");
     }
     // The text form keeps every byte, escaped.
-    let dir = TempDir::new("ev-str-text");
-    let file = dir.join("events");
-    let out = ours(
-        &[
-            "-q",
-            "--trace",
-            "sv(str, str, int)",
-            "-o",
-            file.to_str().unwrap(),
-        ],
-        path("events", Variant::Static),
+    let (_, text) = text_events(
+        "ev-str-text",
+        Variant::Static,
+        "sv(str, str, int)",
         &["strings", "5"],
     );
-    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
-    let text = std::fs::read_to_string(&file).unwrap();
     let calls: Vec<&str> = text.lines().map(|l| &l[l.find("sv(").unwrap()..]).collect();
     assert_eq!(
         calls,
@@ -397,10 +394,7 @@ fn unprivileged_a_forked_child_s_events_carry_its_pid_too() {
     cmd.current_dir(&d.path);
     let out = common::run(cmd);
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
-    let pid_of: HashMap<String, i64> = said(&out)
-        .iter()
-        .map(|l| (l["role"].clone(), l["pid"].parse().unwrap()))
-        .collect();
+    let pid_of = pids_by_role(&out);
     let text = std::fs::read_to_string(&file).unwrap();
     let events: Vec<Value> = text
         .lines()

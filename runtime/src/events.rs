@@ -46,10 +46,10 @@ pub const ARGS: usize = 6;
 /// the NUL are whatever an earlier record left there.
 pub const STR_BYTES: usize = 64;
 
-/// [`RecordHead::flags`]: bit `FLAG_UNREADABLE + i`, the `i`-th argument's
+/// [`RecordBody::flags`]: bit `FLAG_UNREADABLE + i`, the `i`-th argument's
 /// string pointer was NULL or unreadable.
 pub const FLAG_UNREADABLE: u32 = 8;
-/// [`RecordHead::flags`]: bit `FLAG_IS_STR + i`, the `i`-th argument was read
+/// [`RecordBody::flags`]: bit `FLAG_IS_STR + i`, the `i`-th argument was read
 /// as a string (its room holds it).
 pub const FLAG_IS_STR: u32 = 16;
 
@@ -69,12 +69,22 @@ pub struct RingHeader {
 }
 
 /// The fixed part of a record; `strings` follows it, [`STR_BYTES`] per
-/// `str` argument of the site, in argument order.
+/// argument, in argument order, when a site has `str` arguments.
 #[repr(C)]
 #[derive(Debug)]
 pub struct RecordHead {
     /// The record's index + 1 once it is whole; written last.
     pub seq: AtomicU64,
+    /// The rest, written (and read) as one plain value.
+    pub body: RecordBody,
+    /// The strings start here.
+    pub strings: [u8; 0],
+}
+
+/// The fields of a record after `seq`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordBody {
     /// The time stamp counter at the hit (`rdtsc`); the monitor converts
     /// it to CLOCK_MONOTONIC.
     pub time: u64,
@@ -90,26 +100,7 @@ pub struct RecordHead {
     pub flags: u32,
     /// rdi, rsi, rdx, rcx, r8, r9 at the hit.
     pub args: [u64; ARGS],
-    /// The strings start here.
-    pub strings: [u8; 0],
 }
-
-/// The fields of a record after `seq`, as one plain value: written and
-/// read whole (its layout is [`RecordHead`]'s from [`REC_TIME`] on).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RecordBody {
-    time: u64,
-    pid: u32,
-    tid: u32,
-    probe: u32,
-    flags: u32,
-    args: [u64; ARGS],
-}
-
-const _: () = assert!(REC_TIME + size_of::<RecordBody>() == REC_STRINGS);
-const _: () = assert!(REC_TIME + offset_of!(RecordBody, args) == REC_ARGS);
-const _: () = assert!(REC_TIME + offset_of!(RecordBody, flags) == REC_FLAGS);
 
 /// [`RingHeader::head`].
 pub const RING_HEAD: usize = offset_of!(RingHeader, head);
@@ -119,18 +110,20 @@ pub const RING_TAIL: usize = offset_of!(RingHeader, tail);
 pub const RING_DROPPED: usize = offset_of!(RingHeader, dropped);
 /// [`RecordHead::seq`].
 pub const REC_SEQ: usize = offset_of!(RecordHead, seq);
-/// [`RecordHead::time`].
-pub const REC_TIME: usize = offset_of!(RecordHead, time);
-/// [`RecordHead::pid`].
-pub const REC_PID: usize = offset_of!(RecordHead, pid);
-/// [`RecordHead::tid`].
-pub const REC_TID: usize = offset_of!(RecordHead, tid);
-/// [`RecordHead::probe`].
-pub const REC_PROBE: usize = offset_of!(RecordHead, probe);
-/// [`RecordHead::flags`].
-pub const REC_FLAGS: usize = offset_of!(RecordHead, flags);
-/// [`RecordHead::args`].
-pub const REC_ARGS: usize = offset_of!(RecordHead, args);
+/// [`RecordHead::body`].
+const REC_BODY: usize = offset_of!(RecordHead, body);
+/// [`RecordBody::time`].
+pub const REC_TIME: usize = offset_of!(RecordHead, body) + offset_of!(RecordBody, time);
+/// [`RecordBody::pid`].
+pub const REC_PID: usize = offset_of!(RecordHead, body) + offset_of!(RecordBody, pid);
+/// [`RecordBody::tid`].
+pub const REC_TID: usize = offset_of!(RecordHead, body) + offset_of!(RecordBody, tid);
+/// [`RecordBody::probe`].
+pub const REC_PROBE: usize = offset_of!(RecordHead, body) + offset_of!(RecordBody, probe);
+/// [`RecordBody::flags`].
+pub const REC_FLAGS: usize = offset_of!(RecordHead, body) + offset_of!(RecordBody, flags);
+/// [`RecordBody::args`].
+pub const REC_ARGS: usize = offset_of!(RecordHead, body) + offset_of!(RecordBody, args);
 /// [`RecordHead::strings`].
 pub const REC_STRINGS: usize = offset_of!(RecordHead, strings);
 
@@ -192,18 +185,8 @@ impl RingLayout {
 /// One record as the monitor copied it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// `rdtsc` at the hit.
-    pub time: u64,
-    /// The process.
-    pub pid: u32,
-    /// The thread.
-    pub tid: u32,
-    /// The site.
-    pub probe: u32,
-    /// See [`RecordHead::flags`].
-    pub flags: u32,
-    /// rdi, rsi, rdx, rcx, r8, r9.
-    pub args: [u64; ARGS],
+    /// Its fields.
+    pub body: RecordBody,
     /// The string room, whole (`record_bytes - REC_STRINGS` bytes), when
     /// the record has strings ([`FLAG_IS_STR`]); empty otherwise.
     pub strings: Vec<u8>,
@@ -281,7 +264,7 @@ impl Ring {
             let head = h.head.load(Ordering::Relaxed);
             let tail = h.tail.load(Ordering::Acquire);
             if head.wrapping_sub(tail) >= cap {
-                self.word(RING_DROPPED + 8 * r.probe as usize)
+                self.word(RING_DROPPED + 8 * r.body.probe as usize)
                     .fetch_add(1, Ordering::Relaxed);
                 return false;
             }
@@ -294,18 +277,10 @@ impl Ring {
         };
         let at = self.addr + self.record(index) as u64;
         let room = self.layout.record_bytes - REC_STRINGS;
-        let body = RecordBody {
-            time: r.time,
-            pid: r.pid,
-            tid: r.tid,
-            probe: r.probe,
-            flags: r.flags,
-            args: r.args,
-        };
         // SAFETY: the record at `at` is ours alone from the reservation
         // until the commit below (no writer reserves it again before the
         // reader has passed it), in bounds of the ring, 8-aligned.
-        unsafe { ((at + REC_TIME as u64) as *mut RecordBody).write(body) };
+        unsafe { ((at + REC_BODY as u64) as *mut RecordBody).write(r.body) };
         // SAFETY: as above: the record's string room, ours until the commit.
         let dst =
             unsafe { std::slice::from_raw_parts_mut((at + REC_STRINGS as u64) as *mut u8, room) };
@@ -337,7 +312,7 @@ impl Ring {
             let room = self.layout.record_bytes - REC_STRINGS;
             // SAFETY: a committed record, which no writer touches until
             // `tail` passes it (below); a plain value, read whole.
-            let body = unsafe { ((at + REC_TIME as u64) as *const RecordBody).read_volatile() };
+            let body = unsafe { ((at + REC_BODY as u64) as *const RecordBody).read_volatile() };
             // The string room only where there are strings: most records
             // have none, and the copy would be an allocation each.
             let strings = if body.flags >> FLAG_IS_STR & 0x3f == 0 {
@@ -347,12 +322,7 @@ impl Ring {
                 unsafe { std::slice::from_raw_parts((at + REC_STRINGS as u64) as *const u8, room) }
             };
             let r = Record {
-                time: body.time,
-                pid: body.pid,
-                tid: body.tid,
-                probe: body.probe,
-                flags: body.flags,
-                args: body.args,
+                body,
                 strings: strings.to_vec(),
             };
             h.tail.store(tail + 1, Ordering::Release);
@@ -395,21 +365,23 @@ mod tests {
 
     fn record(probe: u32, tid: u32, n: u64) -> Record {
         Record {
-            time: n,
-            pid: 7,
-            tid,
-            probe,
-            // Argument 0's room holds a string.
-            flags: 1 << FLAG_IS_STR,
-            // A checksum in the last argument: a torn record shows.
-            args: [
-                n,
-                u64::from(tid),
-                !n,
-                n ^ 0x5555,
-                0,
-                n.wrapping_mul(31) ^ u64::from(tid),
-            ],
+            body: RecordBody {
+                time: n,
+                pid: 7,
+                tid,
+                probe,
+                // Argument 0's room holds a string.
+                flags: 1 << FLAG_IS_STR,
+                // A checksum in the last argument: a torn record shows.
+                args: [
+                    n,
+                    u64::from(tid),
+                    !n,
+                    n ^ 0x5555,
+                    0,
+                    n.wrapping_mul(31) ^ u64::from(tid),
+                ],
+            },
             strings: format!("t{tid} n{n}").into_bytes(),
         }
     }
@@ -437,7 +409,7 @@ mod tests {
         }
         assert_eq!((r.dropped(1), r.dropped(0)), (2, 0));
         let mut got = Vec::new();
-        assert_eq!(r.drain(|x| got.push(x.time)), 4);
+        assert_eq!(r.drain(|x| got.push(x.body.time)), 4);
         assert_eq!(got, [0, 1, 2, 3]);
         assert!(r.write(&record(0, 1, 9)), "room again after the read");
         r.drain(|x| assert_eq!(&x.strings[..5], b"t1 n9"));
@@ -474,9 +446,13 @@ mod tests {
                 let mut last = [None::<u64>; THREADS as usize];
                 let mut seen = [0u64; THREADS as usize];
                 let mut check = |x: Record| {
-                    let t = x.tid as usize;
-                    let n = x.time;
-                    assert_eq!(x, record(x.probe, x.tid, n).with_room(&x.strings), "torn");
+                    let t = x.body.tid as usize;
+                    let n = x.body.time;
+                    assert_eq!(
+                        x,
+                        record(x.body.probe, x.body.tid, n).with_room(&x.strings),
+                        "torn"
+                    );
                     assert!(
                         last[t].is_none_or(|l| l < n),
                         "thread {t}: {last:?} then {n}"

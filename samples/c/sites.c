@@ -171,7 +171,7 @@ __asm__(".intel_syntax noprefix\n.text\n"
         ".p2align 4\n"
         ".att_syntax prefix\n");
 
-/* The rel8_* functions: at the end of the file. */
+/* The rel8_* and pun_* functions: at the end of the file. */
 uint64_t rel8_pad(uint64_t);
 uint64_t rel8_pad_end(uint64_t);
 uint64_t rel8_disp(uint64_t);
@@ -340,17 +340,7 @@ int main(int argc, char **argv) {
  *   rel8_none        4 bytes between walls: no room, refused
  * (At the end of the file, so that the walls follow no other sample's
  * functions.) */
-uint64_t rel8_pad(uint64_t);
-uint64_t rel8_pad_end(uint64_t);
-uint64_t rel8_disp(uint64_t);
-uint64_t rel8_host(uint64_t);
-uint64_t rel8_evict(uint64_t);
-uint64_t evict_me(uint64_t);
-uint64_t rel8_entered(uint64_t);
-uint64_t rel8_enter_host(uint64_t);
-uint64_t rel8_at1(uint64_t);
-uint64_t rel8_jump1(uint64_t);
-uint64_t rel8_none(uint64_t);
+/* (Declared at the top, for main.) */
 #define WALL ".fill 160, 2, 0x0b0f\n"
 #define FN(name) ".globl " #name "\n.type " #name ",@function\n" #name ":\n"
 #define END(name) ".size " #name ", .-" #name "\n"

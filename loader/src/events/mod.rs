@@ -50,21 +50,21 @@ impl Event {
         use uprobe_runtime::events::STR_BYTES;
         let mut e = Event {
             time_ns,
-            pid: r.pid,
-            tid: r.tid,
-            probe: r.probe as usize,
-            args: r.args,
+            pid: r.body.pid,
+            tid: r.body.tid,
+            probe: r.body.probe as usize,
+            args: r.body.args,
             ..Event::default()
         };
-        if r.flags >> IS_STR & 0x3f != 0 {
+        if r.body.flags >> IS_STR & 0x3f != 0 {
             e.strings = vec![None; ARG_REGISTERS.len()];
         }
         for i in 0..ARG_REGISTERS.len() {
-            if r.flags & (1 << (IS_STR + i as u32)) == 0 {
+            if r.body.flags & (1 << (IS_STR + i as u32)) == 0 {
                 continue;
             }
-            e.truncated[i] = r.flags & (1 << i) != 0;
-            if r.flags & (1 << (UNREADABLE + i as u32)) != 0 {
+            e.truncated[i] = r.body.flags & (1 << i) != 0;
+            if r.body.flags & (1 << (UNREADABLE + i as u32)) != 0 {
                 continue;
             }
             let room = r

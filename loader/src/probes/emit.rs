@@ -26,14 +26,14 @@ use iced_x86::code_asm::{
     byte_ptr, dword_ptr, eax, ecx, edi, edx, qword_ptr, r10, r11, r11d, r8, r8d, r9, r9d, rax, rcx,
     rdi, rdx, rsi, rsp, CodeAssembler,
 };
-use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
+use iced_x86::{IcedError, Register};
 use uprobe_runtime::area::ROW_PAGE_PID;
 use uprobe_runtime::events::{
     RingLayout, ARGS, REC_ARGS, REC_FLAGS, REC_PID, REC_PROBE, REC_SEQ, REC_STRINGS, REC_TID,
     REC_TIME, RING_DROPPED, RING_HEAD, RING_TAIL, STR_BYTES,
 };
 
-use super::xol::Unrelocatable;
+use super::xol::{assemble_within, load_rip, Unrelocatable};
 
 /// Bytes the probe area keeps for the routine.
 pub const EMIT_BYTES: usize = 512;
@@ -76,23 +76,16 @@ pub fn encode_emit(e: &Emit, at: u64) -> Result<Vec<u8>, Unrelocatable> {
     let code = |r: Result<(), IcedError>| r.map_err(|e| Unrelocatable::Code(e.to_string()));
     let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
     code(routine(&mut a, e))?;
-    let bytes = a
-        .assemble(at)
-        .map_err(|e| Unrelocatable::Code(format!("the event routine: {e}")))?;
-    if bytes.len() > EMIT_BYTES {
-        return Err(Unrelocatable::Code(format!(
-            "the event routine takes {} bytes, more than the {EMIT_BYTES} kept for it",
-            bytes.len()
-        )));
-    }
-    Ok(bytes)
+    assemble_within(&mut a, at, EMIT_BYTES, |n| {
+        format!("the event routine takes {n} bytes, more than the {EMIT_BYTES} kept for it")
+    })
 }
 
 /// The site's index in `edx` below this bit; its `str` arguments' mask
 /// (bit `i`: argument `i`) above.
 pub const STR_MASK_SHIFT: u32 = 24;
 
-/// The record's flags (see `RecordHead::flags`): bit `i` the `i`-th
+/// The record's flags (see `RecordBody::flags`): bit `i` the `i`-th
 /// string was cut; bit `UNREADABLE + i` its pointer was NULL or could not
 /// be read; bit `IS_STR + i` argument `i` was read as a string.
 pub use uprobe_runtime::events::{FLAG_IS_STR as IS_STR, FLAG_UNREADABLE as UNREADABLE};
@@ -149,11 +142,7 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     a.mov(qword_ptr(rcx + (REC_ARGS + 32) as i32), r8)?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 40) as i32), r9)?;
     // The process, from the row page (in the probe area, RIP-relative).
-    a.add_instruction(Instruction::with2(
-        Code::Mov_r64_rm64,
-        Register::RDX,
-        MemoryOperand::with_base_displ(Register::RIP, (e.row_page + ROW_PAGE_PID as u64) as i64),
-    )?)?;
+    load_rip(a, Register::RDX, e.row_page + ROW_PAGE_PID as u64)?;
     // A process we do not serve (a fork when unprivileged: no fork events)
     // has a row page of zeros: ask the kernel.
     a.test(edx, edx)?;

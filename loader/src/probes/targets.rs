@@ -91,6 +91,11 @@ impl Targets {
     /// Collects the entry points of the object in `file` (its bytes).
     #[must_use]
     pub fn build(file: &[u8]) -> Targets {
+        Targets::build_on(file, decode_threads())
+    }
+
+    /// [`Targets::build`], decoding on at most `threads` threads.
+    fn build_on(file: &[u8], threads: usize) -> Targets {
         let Ok(elf) = Elf::parse(file) else {
             return Targets::default();
         };
@@ -209,7 +214,7 @@ impl Targets {
                 stretches.push((from, &bytes[..((to - from) as usize).min(bytes.len())]));
             }
         }
-        let decoded = decode_all(&stretches, &in_text);
+        let decoded = decode_all(&stretches, &in_text, threads);
 
         // A table ends where the next object the code refers to begins.
         let mut refs = Refs::default();
@@ -410,20 +415,26 @@ struct Refs {
     tables: Vec<u64>,
 }
 
-/// Decodes `stretches` (start address, bytes) on up to every available
-/// core, each thread (this one included) a run of consecutive stretches
-/// of about equal bytes: the decode is most of the build. Each run's
-/// entries come back sorted (see [`sort`]), with the data it refers to.
+/// The threads a build decodes on: every available core, at most
+/// [`MAX_THREADS`].
+fn decode_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_THREADS)
+}
+
+/// Decodes `stretches` (start address, bytes) on up to `threads` threads,
+/// each (this one included) a run of consecutive stretches of about equal
+/// bytes, and at least [`MIN_THREAD_BYTES`]: the decode is most of the
+/// build. Each run's entries come back sorted (see [`sort`]), with the
+/// data it refers to.
 fn decode_all(
     stretches: &[(u64, &[u8])],
     in_text: &(dyn Fn(u64) -> bool + Sync),
+    threads: usize,
 ) -> Vec<(Vec<(u64, Source)>, Refs)> {
     let total: usize = stretches.iter().map(|s| s.1.len()).sum();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(MAX_THREADS)
-        .min(total / MIN_THREAD_BYTES)
-        .max(1);
+    let threads = threads.min(total / MIN_THREAD_BYTES).max(1);
     let mut runs = Vec::with_capacity(threads);
     let (mut first, mut bytes) = (0, 0);
     for (k, s) in stretches.iter().enumerate() {
@@ -713,160 +724,32 @@ fn landing_pads(s: &Section<'_>, lsda: u64, func: u64) -> Option<Vec<u64>> {
 mod tests {
     use super::*;
 
-    /// The build as it was before the decode went on several threads and
-    /// the sort by address first: one list, pushed to and sorted whole.
-    fn build_reference(file: &[u8]) -> Targets {
-        let Ok(elf) = Elf::parse(file) else {
-            return Targets::default();
-        };
-        let section = |sh: &goblin::elf::SectionHeader| -> Option<Section<'_>> {
-            if sh.sh_type == SHT_NOBITS || sh.sh_flags & u64::from(SHF_ALLOC) == 0 {
-                return None;
-            }
-            let start = usize::try_from(sh.sh_offset).ok()?;
-            let len = usize::try_from(sh.sh_size).ok()?;
-            Some(Section {
-                addr: sh.sh_addr,
-                bytes: file.get(start..start.checked_add(len)?)?,
-            })
-        };
-        let mut text = Vec::new();
-        let mut data = Vec::new();
-        for sh in &elf.section_headers {
-            if let Some(s) = section(sh) {
-                if sh.sh_flags & u64::from(SHF_EXECINSTR) != 0 {
-                    text.push(s);
-                } else {
-                    data.push(s);
-                }
-            }
-        }
-        if text.is_empty() {
-            // No section headers: the executable segments.
-            for ph in elf.program_headers.iter().filter(|p| p.is_executable()) {
-                let Ok(start) = usize::try_from(ph.p_offset) else {
-                    continue;
-                };
-                let Some(end) = usize::try_from(ph.p_filesz)
-                    .ok()
-                    .and_then(|l| start.checked_add(l))
-                else {
-                    continue;
-                };
-                if let Some(bytes) = file.get(start..end) {
-                    text.push(Section {
-                        addr: ph.p_vaddr,
-                        bytes,
-                    });
-                }
-            }
-        }
-        let in_text = |a: u64| text.iter().any(|s| s.contains(a));
-        let mut at: Vec<(u64, Source)> = Vec::new();
-
-        for table in [&elf.syms, &elf.dynsyms] {
-            for s in table.iter() {
-                if s.st_shndx != 0 && in_text(s.st_value) {
-                    at.push((s.st_value, Source::Symbol));
-                }
-            }
-        }
-        if let Some(eh) = elf
-            .section_headers
-            .iter()
-            .find(|sh| elf.shdr_strtab.get_at(sh.sh_name) == Some(".eh_frame"))
-            .and_then(section)
-        {
-            eh_frame(&eh, &data, &mut at);
-        }
-        for r in elf.dynrelas.iter().chain(elf.dynrels.iter()) {
-            if matches!(r.r_type, R_X86_64_RELATIVE | R_X86_64_IRELATIVE) {
-                let a = r.r_addend.unwrap_or(0) as u64;
-                if in_text(a) {
-                    at.push((a, Source::Pointer(r.r_offset)));
-                }
-            }
-        }
-        for s in &data {
-            let base = s.addr.next_multiple_of(8);
-            let skip = (base - s.addr) as usize;
-            for (k, w) in s
-                .bytes
-                .get(skip..)
-                .unwrap_or(&[])
-                .chunks_exact(8)
-                .enumerate()
-            {
-                let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
-                if in_text(v) {
-                    at.push((v, Source::Pointer(base + 8 * k as u64)));
-                }
-            }
-        }
-
-        // Decode each executable section from every known start.
-        let mut refs = Refs::default();
-        for s in &text {
-            let mut starts: Vec<u64> = at
-                .iter()
-                .filter(|(a, src)| matches!(src, Source::Symbol | Source::Fde) && s.contains(*a))
-                .map(|&(a, _)| a)
-                .collect();
-            starts.push(s.addr);
-            starts.sort_unstable();
-            starts.dedup();
-            let mut insn = Instruction::default();
-            for (k, &from) in starts.iter().enumerate() {
-                let to = starts
-                    .get(k + 1)
-                    .copied()
-                    .unwrap_or(s.addr + s.bytes.len() as u64);
-                let Some(bytes) = s.at(from) else { continue };
-                let bytes = &bytes[..((to - from) as usize).min(bytes.len())];
-                let mut d = Decoder::with_ip(64, bytes, from, DecoderOptions::NONE);
-                while d.can_decode() {
-                    d.decode_out(&mut insn);
-                    instruction(&insn, &in_text, &mut refs, &mut at);
-                }
-            }
-        }
-        // A table ends where the next object the code refers to begins.
-        refs.data.sort_unstable();
-        refs.data.dedup();
-        refs.tables.sort_unstable();
-        refs.tables.dedup();
-        let mut tables = Vec::new();
-        for &base in &refs.tables {
-            let Some(s) = data.iter().find(|s| s.contains(base)) else {
-                continue;
-            };
-            let next = refs.data.partition_point(|&a| a <= base);
-            let end = refs.data.get(next).copied().unwrap_or(u64::MAX);
-            if relative_table(s, base, end, &in_text, &mut at) {
-                tables.push(base);
-            }
-        }
-
-        at.sort_unstable();
-        at.dedup();
-        Targets {
-            at,
-            data_read: !data.is_empty(),
-            tables,
-            sections: Vec::new(),
-        }
-    }
-
     #[test]
-    fn build_gives_what_the_single_threaded_build_gave() {
+    fn build_on_threads_gives_what_one_thread_and_a_plain_sort_give() {
         for path in ["/usr/bin/python3.11", "/usr/bin/bash"] {
             let file = std::fs::read(path).unwrap();
-            let (new, old) = (Targets::build(&file), build_reference(&file));
-            assert!(old.at.len() > 10_000, "{path}: {} entries", old.at.len());
-            assert!(new.at == old.at, "{path}: entries differ");
-            assert_eq!(new.tables, old.tables, "{path}");
-            assert_eq!(new.data_read, old.data_read, "{path}");
+            let (many, one) = (Targets::build_on(&file, 4), Targets::build_on(&file, 1));
+            assert!(one.at.len() > 10_000, "{path}: {} entries", one.at.len());
+            assert!(many.at == one.at, "{path}: entries differ");
+            assert_eq!(many.tables, one.tables, "{path}");
+            assert_eq!(many.data_read, one.data_read, "{path}");
         }
+        // `sort` and `merge` give what a plain sort and dedup of it all do.
+        let file = std::fs::read("/usr/bin/python3.11").unwrap();
+        let mut all = Targets::build_on(&file, 1).at;
+        let lists: Vec<Vec<(u64, Source)>> = all
+            .chunks(all.len() / 3 + 1)
+            .map(|c| {
+                let mut v: Vec<_> = c.iter().rev().copied().collect();
+                v.extend_from_slice(&c[..c.len().min(50)]); // duplicates
+                sort(&mut v);
+                v
+            })
+            .collect();
+        assert!(lists.iter().all(|l| l.is_sorted()));
+        all.sort_unstable();
+        all.dedup();
+        assert!(merge(lists) == all);
     }
 
     #[test]

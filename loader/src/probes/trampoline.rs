@@ -29,12 +29,12 @@
 use iced_x86::code_asm::{
     ecx, edx, ptr, qword_ptr, r11, rax, rcx, rdx, rsp, CodeAssembler, CodeLabel,
 };
-use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
+use iced_x86::{IcedError, Register};
 use uprobe_runtime::area::{ROW_HITS, ROW_PAGE_ROW, STACK_GRANULE_SHIFT, STACK_SLOT_HASH};
 
 use super::decode_one;
 use super::emit::STR_MASK_SHIFT;
-use super::xol::{assemble, displaced, Unrelocatable};
+use super::xol::{assemble, displaced, load_rip, Unrelocatable};
 
 /// Where a trampoline counts a hit (addresses in the program; see
 /// `uprobe_runtime::area`).
@@ -92,11 +92,7 @@ fn count(
         a.shl(rcx, c.block_shift)?;
     }
     // The row page lies in the probe area, within reach of a RIP-relative load.
-    a.add_instruction(Instruction::with2(
-        Code::Mov_r64_rm64,
-        Register::RAX,
-        MemoryOperand::with_base_displ(Register::RIP, (c.row_page + ROW_PAGE_ROW as u64) as i64),
-    )?)?;
+    load_rip(a, Register::RAX, c.row_page + ROW_PAGE_ROW as u64)?;
     a.test(rax, rax)?;
     a.je(overflow)?;
     a.lock()

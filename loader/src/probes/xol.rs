@@ -8,7 +8,7 @@
 //! original code, not to the slot.
 
 use iced_x86::code_asm::{qword_ptr, rax, rsp, CodeAssembler};
-use iced_x86::{Code, IcedError, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Mnemonic, OpKind, Register};
 
 use uprobe_runtime::area::SLOT_BYTES;
 
@@ -127,16 +127,36 @@ pub(super) fn assemble(
     at: u64,
     what: &str,
 ) -> Result<Vec<u8>, Unrelocatable> {
+    assemble_within(a, at, SLOT_BYTES, |n| {
+        format!("{what} {n} bytes, more than a slot holds")
+    })
+}
+
+/// Assembles `a` at runtime address `at` into at most `max` bytes; what
+/// `too_big` says of a length beyond them otherwise.
+pub(super) fn assemble_within(
+    a: &mut CodeAssembler,
+    at: u64,
+    max: usize,
+    too_big: impl FnOnce(usize) -> String,
+) -> Result<Vec<u8>, Unrelocatable> {
     let code = a
         .assemble(at)
         .map_err(|e| Unrelocatable::Code(format!("cannot be relocated to the probe area: {e}")))?;
-    if code.len() > SLOT_BYTES {
-        return Err(Unrelocatable::Code(format!(
-            "{what} {} bytes, more than a slot holds",
-            code.len()
-        )));
+    if code.len() > max {
+        return Err(Unrelocatable::Code(too_big(code.len())));
     }
     Ok(code)
+}
+
+/// `mov reg, [addr]`, RIP-relative: `addr` lies in the probe area, within
+/// reach of the code that loads it.
+pub(super) fn load_rip(a: &mut CodeAssembler, reg: Register, addr: u64) -> Result<(), IcedError> {
+    a.add_instruction(Instruction::with2(
+        Code::Mov_r64_rm64,
+        reg,
+        MemoryOperand::with_base_displ(Register::RIP, addr as i64),
+    )?)
 }
 
 /// The slot of an `int3` site at runtime address `ip` (its instruction is

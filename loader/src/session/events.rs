@@ -59,10 +59,10 @@ impl Drain {
                     // value below this pair's, so its time is interpolated.
                     clock.tick();
                     for r in batch.drain(..) {
-                        if let Some(d) = delivered.get_mut(r.probe as usize) {
+                        if let Some(d) = delivered.get_mut(r.body.probe as usize) {
                             *d += 1;
                         }
-                        let t = clock.monotonic(r.time);
+                        let t = clock.monotonic(r.body.time);
                         sink(r, t);
                     }
                     if last {
