@@ -174,6 +174,26 @@ fn every_function_of_every_sample_probed_runs_as_natively() {
 }
 
 #[test]
+fn every_function_of_every_sample_traced_runs_as_natively() {
+    // --trace '*': every site also writes events (to a file, so that the
+    // program's own stderr is compared too).
+    let dir = TempDir::new("trace-star");
+    let events = dir.join("events");
+    for name in NAMES {
+        for args in workloads(name) {
+            same_as_native(
+                Case::new(path(name, Variant::Pie), *args)
+                    .opt("-q")
+                    .opt("--trace")
+                    .opt("*")
+                    .opt("-o")
+                    .opt(&events),
+            );
+        }
+    }
+}
+
+#[test]
 fn every_sample_counts_the_same_in_int3_and_jump_sites() {
     // Every function of every sample, once with the jumps auto mode places
     // (every tactic; auto places no int3) and once with int3s: each jump
