@@ -69,7 +69,9 @@ pub use addr::LinkAddr;
 pub use error::{ElfError, Error, Privilege, Result, StageStep};
 pub use probes::{ArgType, Location, ProbeError, TraceSpec};
 pub use report::{EventCounts, Exit, Handoff, ProbeHits, ProcessHits, Report, Text};
-pub use session::{functions, Command, ProbeMode, Session, DEFAULT_FAULT_AROUND};
+pub use session::{
+    functions, Command, ProbeMode, Session, DEFAULT_EVENT_RING, DEFAULT_FAULT_AROUND,
+};
 pub use symbols::Function;
 pub use uprobe_runtime::ServeError;
 

@@ -44,7 +44,7 @@ struct Cli {
 
     /// Records the event ring holds (rounded up to a power of two): a traced
     /// hit that finds it full is dropped, and counted in the report.
-    #[arg(long, value_name = "RECORDS", default_value_t = 65536)]
+    #[arg(long, value_name = "RECORDS", default_value_t = uprobe_exec::DEFAULT_EVENT_RING)]
     event_ring: usize,
 
     /// List the program's functions (matching --probe patterns, if any):
@@ -392,16 +392,31 @@ fn print_events(
     format: Format,
     out: Box<dyn Write + Send>,
 ) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
-    for e in events {
-        let Some(p) = info.get(e.probe) else { continue };
-        let types = p.args.as_deref().unwrap_or(&[]);
-        match format {
-            Format::Text => {
-                uprobe_exec::events::format::write_text(&mut out, &e, &p.label, types, start_ns)?
+    use uprobe_exec::events::format::{append_json, append_text};
+    // Lines gather here while more events wait, and go out when none does
+    // (a person watching sees each at once) or at about FLUSH bytes (a
+    // busy stream takes few writes).
+    const FLUSH: usize = 1 << 19;
+    let mut out = out;
+    let mut buf = Vec::with_capacity(FLUSH + 4096);
+    while let Ok(first) = events.recv() {
+        let mut next = Some(first);
+        while let Some(e) = next {
+            if let Some(p) = info.get(e.probe) {
+                let types = p.args.as_deref().unwrap_or(&[]);
+                match format {
+                    Format::Text => append_text(&mut buf, &e, &p.label, types, start_ns),
+                    Format::Json => append_json(&mut buf, &e, &p.label, types)?,
+                }
             }
-            Format::Json => uprobe_exec::events::format::write_json(&mut out, &e, &p.label, types)?,
+            next = if buf.len() < FLUSH {
+                events.try_recv().ok()
+            } else {
+                None
+            };
         }
+        out.write_all(&buf)?;
+        buf.clear();
     }
     out.flush()
 }

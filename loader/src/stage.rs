@@ -107,6 +107,10 @@ pub struct StagePlan<'a> {
     pub text: &'a [(u64, u64)],
     /// The program's stack.
     pub stack: StackPlan,
+    /// The event ring's pages, to map now: a fork does not copy a shared
+    /// mapping's page tables, and a traced hit that met an unmapped page
+    /// would wait microseconds for it (one in 32 records).
+    pub ring_pages: Option<(u64, u64)>,
     /// Whether the monitor must learn of `madvise(MADV_DONTNEED)` on the
     /// text (`UFFD_EVENT_REMOVE`): only for anonymous text, whose dropped
     /// pages it must install again before it stops serving. A file-backed
@@ -546,6 +550,9 @@ pub(crate) unsafe fn run(p: &StagePlan<'_>) -> ! {
     unsafe { build_stack(sock, p) };
     // SAFETY: the caller's promise (`StagePlan::fits`).
     let blob = unsafe { map_blob(sock, p) };
+    if let Some((start, len)) = p.ring_pages {
+        uprobe_runtime::area::populate(start, len);
+    }
 
     let (uffd, mode) = match Uffd::create() {
         Ok(x) => x,

@@ -403,22 +403,26 @@ impl Shared {
         if !layout.ring.is_empty() {
             h.events
                 .store(layout.ring_start() as u64, Ordering::Relaxed);
-            shared.populate_ring();
         }
         Ok(shared)
     }
 
-    /// Gives the event ring its pages now, so that no traced hit waits for
-    /// one: a page first touched by a hit costs it microseconds, thirty
-    /// times what writing the record does (bench §6). Best effort: without
-    /// `MADV_POPULATE_WRITE` (before Linux 5.14) the hits fault them in.
-    fn populate_ring(&self) {
-        const MADV_POPULATE_WRITE: i32 = 23;
-        let start = self.addr as usize + self.layout.ring_start();
-        let len = self.layout.ring.len().next_multiple_of(PAGE_SIZE as usize);
-        // SAFETY: advice on the ring's pages of our own live mapping; it
-        // writes nothing we can see (the pages read as zeros, as before).
-        let _ = unsafe { libc::madvise(start as *mut libc::c_void, len, MADV_POPULATE_WRITE) };
+    /// The event ring's pages, (start, length), if there is a ring: for
+    /// the stage to [`populate`] in the program, so that no traced hit
+    /// waits for a page (a page first touched by a hit costs microseconds,
+    /// thirty times what writing the record does; bench §6). Nothing else
+    /// populates them: a fork does not copy a shared mapping's page tables
+    /// (the program's children fault the pages in as they write), and the
+    /// monitor's drain reads them as they fill.
+    #[must_use]
+    pub fn ring_pages(&self) -> Option<(u64, u64)> {
+        let l = self.layout.ring;
+        (!l.is_empty()).then(|| {
+            (
+                self.addr + self.layout.ring_start() as u64,
+                l.len().next_multiple_of(PAGE_SIZE as usize) as u64,
+            )
+        })
     }
 
     /// Where things are.
@@ -713,6 +717,23 @@ impl CodeLayout {
         }
         out
     }
+}
+
+/// Maps `[start, start + len)` of a shared mapping of the calling
+/// process now, every page writable (`MADV_POPULATE_WRITE`), allocating
+/// those that have none yet. Best effort: before Linux 5.14 the pages are
+/// faulted in as they are touched. Async-signal-safe (one system call).
+pub fn populate(start: u64, len: u64) {
+    const MADV_POPULATE_WRITE: i32 = 23;
+    // SAFETY: advice only; on a shared mapping it writes nothing that can
+    // be seen (each page keeps its contents).
+    let _ = unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            len as usize,
+            MADV_POPULATE_WRITE,
+        )
+    };
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@
 //!    keeps stores in order; the Rust writer uses a release store).
 //!
 //! The monitor reads at `tail`: a record whose `seq` is `tail + 1` is whole;
-//! it copies it, then stores `tail + 1`, which frees the record for a writer
-//! one lap later. A record reserved but not yet committed stops the reader
+//! it copies it and moves on; storing the new `tail` (every
+//! [`TAIL_EVERY`] records and at the end of a pass, not per record: every
+//! writer reads it) frees the records behind it for writers one lap later. A record reserved but not yet committed stops the reader
 //! there until it is: records are delivered in reservation order, which is
 //! hit order within a thread. Once every writer is gone, [`Ring::finish`]
 //! counts the records that were reserved and never committed (a process
@@ -36,6 +37,10 @@ use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::area::LINE_BYTES;
+
+/// How often [`Ring::drain`] publishes `tail` while it reads (records, a
+/// power of two).
+const TAIL_EVERY: u64 = 1024;
 
 /// The argument registers an event records, in System V order: rdi, rsi,
 /// rdx, rcx, r8, r9.
@@ -295,18 +300,23 @@ impl Ring {
         true
     }
 
-    /// Reads every whole record from the tail on, in order, giving each to
-    /// `f`; stops at the first not yet committed. Returns how many.
+    /// Reads up to `max` whole records from the tail on, in order, giving
+    /// each to `f`; stops at the first not yet committed. Returns how many.
     /// Only the monitor reads, from one thread at a time.
-    pub fn drain(&self, mut f: impl FnMut(Record)) -> usize {
+    pub fn drain(&self, max: usize, mut f: impl FnMut(Record)) -> usize {
         let h = self.header();
         let mut n = 0;
+        let mut tail = h.tail.load(Ordering::Relaxed);
         loop {
-            let tail = h.tail.load(Ordering::Relaxed);
+            if n == max {
+                h.tail.store(tail, Ordering::Release);
+                return n;
+            }
             let at = self.addr + self.record(tail) as u64;
             // SAFETY: in bounds; `seq` is an atomic the writers store last.
             let rec = unsafe { &*(at as *const RecordHead) };
             if rec.seq.load(Ordering::Acquire) != tail + 1 {
+                h.tail.store(tail, Ordering::Release);
                 return n;
             }
             let room = self.layout.record_bytes - REC_STRINGS;
@@ -325,7 +335,13 @@ impl Ring {
                 body,
                 strings: strings.to_vec(),
             };
-            h.tail.store(tail + 1, Ordering::Release);
+            tail += 1;
+            // `tail` is published now and then, not per record: every
+            // hit reads it, and a store per record would take its cache
+            // line from the writers' CPUs each time.
+            if tail & (TAIL_EVERY - 1) == 0 {
+                h.tail.store(tail, Ordering::Release);
+            }
             f(r);
             n += 1;
         }
@@ -409,10 +425,10 @@ mod tests {
         }
         assert_eq!((r.dropped(1), r.dropped(0)), (2, 0));
         let mut got = Vec::new();
-        assert_eq!(r.drain(|x| got.push(x.body.time)), 4);
+        assert_eq!(r.drain(usize::MAX, |x| got.push(x.body.time)), 4);
         assert_eq!(got, [0, 1, 2, 3]);
         assert!(r.write(&record(0, 1, 9)), "room again after the read");
-        r.drain(|x| assert_eq!(&x.strings[..5], b"t1 n9"));
+        r.drain(1, |x| assert_eq!(&x.strings[..5], b"t1 n9"));
         assert_eq!(r.finish(), 0);
     }
 
@@ -423,7 +439,7 @@ mod tests {
         // A writer killed after reserving: head moves, seq never written.
         r.header().head.fetch_add(1, Ordering::AcqRel);
         assert!(r.write(&record(0, 1, 2)));
-        assert_eq!(r.drain(|_| {}), 1, "stops at the hole");
+        assert_eq!(r.drain(usize::MAX, |_| {}), 1, "stops at the hole");
         assert_eq!(r.finish(), 2, "the hole and the one behind it");
     }
 
@@ -461,11 +477,11 @@ mod tests {
                     seen[t] += 1;
                 };
                 while !done.load(Ordering::Acquire) {
-                    if r.drain(&mut check) == 0 {
+                    if r.drain(100, &mut check) == 0 {
                         std::thread::yield_now();
                     }
                 }
-                r.drain(&mut check);
+                while r.drain(100, &mut check) > 0 {}
                 seen
             })
         };

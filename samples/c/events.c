@@ -25,7 +25,13 @@
  *                       call of the loop, in wall time (CLOCK_MONOTONIC) and
  *                       in the thread's CPU time (not counting time it waits
  *                       for a CPU): "ns_per_call=NS cpu_ns_per_call=NS
- *                       calls=N acc=…" (for the benchmarks)
+ *                       calls=N acc=… minflt=K" (for the benchmarks; K: the
+ *                       page faults the loop took)
+ *   events hitpace6 N R calls ev() as hitloop6 does, N times, paced at R calls
+ *                       a second (call i waits, spinning, until i / R seconds
+ *                       after the first): a steady stream of events for
+ *                       the benchmarks' drain rate; prints "rate=CALLS_PER_S
+ *                       calls=N acc=…", the rate achieved
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -35,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -83,7 +90,7 @@ static void on_alarm(int sig)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N\n");
+        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N | hitpace6 N R\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -156,17 +163,38 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "hitloop6")) {
         uint64_t acc = 0;
         struct timespec t0, t1, c0, c1;
+        struct rusage u0, u1;
+        getrusage(RUSAGE_THREAD, &u0);
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
         clock_gettime(CLOCK_MONOTONIC, &t0);
         for (uint64_t i = 0; i < n; i++) acc += ev((int64_t)i, -(int64_t)i, acc, 0xdead0000 + i, i * 3, ~i);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+        getrusage(RUSAGE_THREAD, &u1);
         double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
         double cpu = (double)(c1.tv_sec - c0.tv_sec) * 1e9 + (double)(c1.tv_nsec - c0.tv_nsec);
-        printf("ns_per_call=%.2f cpu_ns_per_call=%.2f calls=%llu acc=%llu\n", ns / (double)n, cpu / (double)n,
-               (unsigned long long)n, (unsigned long long)acc);
+        printf("ns_per_call=%.2f cpu_ns_per_call=%.2f calls=%llu acc=%llu minflt=%ld\n", ns / (double)n,
+               cpu / (double)n, (unsigned long long)n, (unsigned long long)acc, u1.ru_minflt - u0.ru_minflt);
         return 0;
     }
-    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N\n");
+    if (!strcmp(mode, "hitpace6") && argc == 4) {
+        double period = 1e9 / strtod(argv[3], NULL);
+        uint64_t acc = 0;
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double now = 0;
+        for (uint64_t i = 0; i < n; i++) {
+            while (now < (double)i * period) {
+                clock_gettime(CLOCK_MONOTONIC, &t);
+                now = (double)(t.tv_sec - t0.tv_sec) * 1e9 + (double)(t.tv_nsec - t0.tv_nsec);
+            }
+            acc += ev((int64_t)i, -(int64_t)i, acc, 0xdead0000 + i, i * 3, ~i);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        now = (double)(t.tv_sec - t0.tv_sec) * 1e9 + (double)(t.tv_nsec - t0.tv_nsec);
+        printf("rate=%.0f calls=%llu acc=%llu\n", (double)n / now * 1e9, (unsigned long long)n, (unsigned long long)acc);
+        return 0;
+    }
+    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N | hitpace6 N R\n");
     return 2;
 }

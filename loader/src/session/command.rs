@@ -62,7 +62,7 @@ impl Command {
             prefetch: true,
             perf_map: false,
             mode: ProbeMode::Auto,
-            ring_records: super::probes::RING_RECORDS,
+            ring_records: super::probes::DEFAULT_EVENT_RING,
         }
     }
 
@@ -83,8 +83,8 @@ impl Command {
         self
     }
 
-    /// Records the event ring holds (rounded up to a power of two; 65536 by
-    /// default): a traced hit that finds it full is dropped and counted.
+    /// Records the event ring holds (rounded up to a power of two;
+    /// [`DEFAULT_EVENT_RING`](crate::DEFAULT_EVENT_RING) by default): a traced hit that finds it full is dropped and counted.
     pub fn event_ring(mut self, records: usize) -> Command {
         self.ring_records = records;
         self

@@ -15,10 +15,14 @@ use crate::sys::clock;
 /// Where events go: each record with its CLOCK_MONOTONIC time in ns.
 pub type Sink = Box<dyn FnMut(Record, u64) + Send>;
 
-/// How long the drain sleeps when the ring is empty. The ring holds 64 Ki
-/// records: at 2 ms, a program would have to make 32 million traced hits
+/// How long the drain sleeps when the ring is empty. The ring holds 16 Ki
+/// records by default: at 2 ms, a program would have to make 8 million traced hits
 /// a second to fill it between two reads.
 const IDLE: Duration = Duration::from_millis(2);
+
+/// Records read in one go: a pass's batch stays small enough to stay in
+/// the cache (a ring can hold millions).
+const PASS: usize = 4096;
 
 /// What the drain counted, per site.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,7 +58,7 @@ impl Drain {
                     // Read the flag first: a record committed before the
                     // program ended is then read by this pass or the last.
                     let last = flag.load(Ordering::Acquire);
-                    let n = ring.drain(|r| batch.push(r));
+                    let n = ring.drain(PASS, |r| batch.push(r));
                     // After the read: every record read has its counter
                     // value below this pair's, so its time is interpolated.
                     clock.tick();
@@ -64,6 +68,9 @@ impl Drain {
                         }
                         let t = clock.monotonic(r.body.time);
                         sink(r, t);
+                    }
+                    if n == PASS {
+                        continue;
                     }
                     if last {
                         break;
@@ -98,6 +105,24 @@ struct Clock {
     pairs: std::collections::VecDeque<(u64, u64)>,
     /// The first pair, for the rate over the whole run.
     first: (u64, u64),
+    /// The segment the last conversion used.
+    last: Option<Segment>,
+}
+
+/// Two pairs and the clock's rate between them.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    lo: (u64, u64),
+    hi: (u64, u64),
+    /// ns per counter tick.
+    rate: f64,
+}
+
+impl Segment {
+    fn at(&self, tsc: u64) -> u64 {
+        let t = self.lo.1 as f64 + (tsc as f64 - self.lo.0 as f64) * self.rate;
+        t.max(0.0) as u64
+    }
 }
 
 /// Pairs kept: at 2 ms a pass, the last 8 seconds or more.
@@ -109,6 +134,7 @@ impl Clock {
         Clock {
             pairs: std::collections::VecDeque::from([p]),
             first: p,
+            last: None,
         }
     }
 
@@ -124,7 +150,12 @@ impl Clock {
     }
 
     /// The CLOCK_MONOTONIC time of counter value `tsc`.
-    fn monotonic(&self, tsc: u64) -> u64 {
+    fn monotonic(&mut self, tsc: u64) -> u64 {
+        // Records come in nearly time order: most fall in the segment
+        // the one before did.
+        if let Some(s) = self.last.filter(|s| s.lo.0 <= tsc && tsc < s.hi.0) {
+            return s.at(tsc);
+        }
         let i = self.pairs.partition_point(|p| p.0 <= tsc);
         let (a, b) = match (
             i.checked_sub(1).and_then(|k| self.pairs.get(k)),
@@ -141,9 +172,14 @@ impl Clock {
         if hi.0 == lo.0 {
             return lo.1;
         }
-        let rate = (hi.1 - lo.1) as f64 / (hi.0 - lo.0) as f64;
-        let t = lo.1 as f64 + (tsc as f64 - lo.0 as f64) * rate;
-        t.max(0.0) as u64
+        let s = Segment {
+            lo,
+            hi,
+            rate: (hi.1 - lo.1) as f64 / (hi.0 - lo.0) as f64,
+        };
+        // Only a segment between two kept pairs is reused.
+        self.last = (i > 0 && i < self.pairs.len()).then_some(s);
+        s.at(tsc)
     }
 
     /// The pair farthest from `p` (for the longest baseline).

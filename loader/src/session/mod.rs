@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 pub use command::{Command, ProbeMode, DEFAULT_FAULT_AROUND};
 use control::{Control, Request};
 use monitor::Outcome;
+pub use probes::DEFAULT_EVENT_RING;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -35,8 +36,13 @@ pub(crate) struct EventStream {
     undelivered: Arc<AtomicU64>,
 }
 
-/// Events the stream holds while nobody reads it.
-const STREAM_EVENTS: usize = 1 << 12;
+/// Events the stream holds while nobody reads it: with the ring, what
+/// absorbs a reader's pauses (a write to a file can wait milliseconds for
+/// the disk). About 2 MB, touched only as it fills.
+const STREAM_EVENTS: usize = 1 << 14;
+
+/// Events the drain keeps between itself and the reader.
+const SLACK: usize = 64;
 
 /// How long the drain sleeps while the stream is full.
 const NAP: std::time::Duration = std::time::Duration::from_micros(200);
@@ -62,15 +68,25 @@ impl EventStream {
         let sender = self.sender.clone();
         let undelivered = Arc::clone(&self.undelivered);
         let mut abandoned = false;
+        // Events that can be sent before the room is looked at again
+        // (looking reads both ends of the stream, which the reader's CPU
+        // keeps writing).
+        let mut room = 0;
         Box::new(move |r, t| {
             let e = Event::from_record(&r, t);
             // Wait for room asleep, not spinning: on two CPUs the spin
             // would take the reader's.
             let mut waited = std::time::Duration::ZERO;
-            while !abandoned && sender.is_full() && waited < STALLED {
-                std::thread::sleep(NAP);
-                waited += NAP;
+            // Room to spare, not just room: a sender that meets the slot
+            // the reader is still copying out spins until it is done.
+            while room == 0 && !abandoned && waited < STALLED {
+                room = STREAM_EVENTS.saturating_sub(sender.len() + SLACK);
+                if room == 0 {
+                    std::thread::sleep(NAP);
+                    waited += NAP;
+                }
             }
+            room = room.saturating_sub(1);
             let sent = sender.try_send(e).is_ok();
             if !sent {
                 abandoned = true;

@@ -122,6 +122,7 @@ pub(super) fn start(
         maps: &plan.maps,
         text: &text,
         stack: stack_plan,
+        ring_pages: probes.and_then(|p| p.counters.ring_pages()),
         watch_drops: plan.backing == TextBacking::Anon,
         stack_image: &st.bytes,
         stack_image_at: st.base,
