@@ -64,12 +64,15 @@ struct Case {
 
 impl Case {
     fn native(calls: u64) -> Case {
+        Case::sample(&["hitloop6", &calls.to_string()])
+    }
+
+    /// The sample with `args`, unprobed.
+    fn sample(args: &[&str]) -> Case {
+        let mut argv = vec![sample().display().to_string()];
+        argv.extend(args.iter().map(|a| a.to_string()));
         Case {
-            argv: vec![
-                sample().display().to_string(),
-                "hitloop6".into(),
-                calls.to_string(),
-            ],
+            argv,
             report: None,
             output: None,
         }
@@ -94,21 +97,31 @@ impl Case {
     /// [`Case::traced`] with the calls paced at `rate` a second, through
     /// the default ring.
     fn paced(ux: &str, dir: &Path, tag: &str, format: &str, calls: u64, rate: u64) -> Case {
-        let c = Case {
-            argv: vec![
-                sample().display().to_string(),
-                "hitpace6".into(),
-                calls.to_string(),
-                rate.to_string(),
-            ],
-            report: None,
-            output: None,
-        };
-        c.trace(ux, dir, tag, DEFAULT_RING, format)
+        Case::sample(&["hitpace6", &calls.to_string(), &rate.to_string()]).trace(
+            ux,
+            dir,
+            tag,
+            DEFAULT_RING,
+            format,
+        )
     }
 
-    /// This run under `ux`, tracing as [`Case::traced`] says.
+    /// This run under `ux`, tracing [`SPEC`] as [`Case::traced`] says.
     fn trace(self, ux: &str, dir: &Path, tag: &str, ring: u64, format: &str) -> Case {
+        self.trace_spec(ux, SPEC, dir, tag, ring, format)
+    }
+
+    /// This run under `ux`, tracing `spec`, the events written in `format`
+    /// to a file in `dir`, through a ring of `ring` records.
+    fn trace_spec(
+        self,
+        ux: &str,
+        spec: &str,
+        dir: &Path,
+        tag: &str,
+        ring: u64,
+        format: &str,
+    ) -> Case {
         let report = dir.join(format!("{tag}.json"));
         let output = dir.join(format!("{tag}.events"));
         let mut c = self;
@@ -118,7 +131,7 @@ impl Case {
             "--probe-mode".into(),
             "jump".into(),
             "--trace".into(),
-            SPEC.into(),
+            spec.into(),
             "--event-ring".into(),
             ring.to_string(),
             "--format".into(),
@@ -329,6 +342,56 @@ fn memfd_first_touch(bytes: usize, record: usize) -> Option<(f64, f64)> {
     Some((first, warm))
 }
 
+/// Calls per run in the `str` rows (each string costs a system call).
+const STR_CALLS: u64 = 200_000;
+
+/// What `str` arguments cost: `sv(a, b)` traced with none, one and two of
+/// them read, beside the loop unprobed; a table into `md`.
+fn strings(ux: &str, dir: &Path, rounds: usize, md: &mut String) {
+    eprintln!("events: str arguments…");
+    let calls = STR_CALLS.to_string();
+    let base = || Case::sample(&["hitloopstr", &calls]);
+    let ring = STR_CALLS.next_power_of_two();
+    let specs = ["sv(hex, hex)", "sv(str)", "sv(str, str)"];
+    let mut cases = vec![base()];
+    for (i, spec) in specs.iter().enumerate() {
+        cases.push(base().trace_spec(ux, spec, dir, &format!("str{i}"), ring, "text"));
+    }
+    let f = alternate(&cases, rounds);
+    let _ = writeln!(md, "`str` arguments: `events hitloopstr {STR_CALLS}` calls `sv(\"alpha\", \"a string of 24 bytes....\", i)` and times its loop, traced with its two pointers as `hex`, then read as strings (one `process_vm_readv` system call on the process itself per string per hit, which never faults the program). Medians of {rounds} alternating runs, ring of {ring} records.\n");
+    let _ = writeln!(
+        md,
+        "| trace | ns per call | own ns | per string | events delivered / dropped |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- |");
+    let un = f[0];
+    if let Some(u) = un {
+        let _ = writeln!(md, "| unprobed | {:.1} | – | – | – |", u.ns);
+    }
+    let hex = f[1].zip(un).map(|(h, u)| h.ns - u.ns);
+    for (i, (spec, f)) in specs.iter().zip(&f[1..]).enumerate() {
+        match (f, un) {
+            (Some(f), Some(u)) => {
+                let own = f.ns - u.ns;
+                let per = match hex {
+                    Some(h) if i > 0 => format!("{:.0} ns", (own - h) / i as f64),
+                    _ => "–".into(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| `{spec}` | {:.1} | {own:.1} | {per} | {} |",
+                    f.ns,
+                    f.events_text()
+                );
+            }
+            _ => {
+                let _ = writeln!(md, "| `{spec}` | failed | – | – | – |");
+            }
+        }
+    }
+    let _ = writeln!(md);
+}
+
 /// The section's markdown and its goal rows (goal, measured, met).
 pub struct Section {
     pub md: String,
@@ -431,6 +494,7 @@ pub fn section(ux: &str, hit_rounds: usize, drain_rounds: usize) -> Section {
     if let Some((first, warm)) = memfd_first_touch(ring_bytes, record) {
         let _ = writeln!(md, "For scale, measured here in the same run: one byte written per {record}-byte record of a fresh {} MiB memfd mapped shared costs {first:.1} CPU ns per record (each page faulted in), {warm:.1} ns on a second pass (pages resident).\n", ring_bytes >> 20);
     }
+    strings(ux, &dir, hit_rounds, &mut md);
     if let (Some(u), Some(t), Some(c)) = (un, f[2], f[1]) {
         let own = t.ns - u.ns;
         let ev = t.events.map_or("no report".into(), |[d, p, _]| {

@@ -187,13 +187,14 @@ impl RingLayout {
     }
 }
 
-/// One record as the monitor copied it.
+/// One record as [`Ring::write`] takes it (the trampolines' protocol in
+/// Rust, for tests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// Its fields.
     pub body: RecordBody,
-    /// The string room, whole (`record_bytes - REC_STRINGS` bytes), when
-    /// the record has strings ([`FLAG_IS_STR`]); empty otherwise.
+    /// Its strings, in the string room's layout ([`STR_BYTES`] per
+    /// argument); cut to the room.
     pub strings: Vec<u8>,
 }
 
@@ -301,9 +302,10 @@ impl Ring {
     }
 
     /// Reads up to `max` whole records from the tail on, in order, giving
-    /// each to `f`; stops at the first not yet committed. Returns how many.
-    /// Only the monitor reads, from one thread at a time.
-    pub fn drain(&self, max: usize, mut f: impl FnMut(Record)) -> usize {
+    /// each to `f` where it lies (its fields, and its string room when it
+    /// has strings, else nothing); stops at the first not yet committed.
+    /// Returns how many. Only the monitor reads, from one thread at a time.
+    pub fn drain(&self, max: usize, mut f: impl FnMut(&RecordBody, &[u8])) -> usize {
         let h = self.header();
         let mut n = 0;
         let mut tail = h.tail.load(Ordering::Relaxed);
@@ -323,27 +325,22 @@ impl Ring {
             // SAFETY: a committed record, which no writer touches until
             // `tail` passes it (below); a plain value, read whole.
             let body = unsafe { ((at + REC_BODY as u64) as *const RecordBody).read_volatile() };
-            // The string room only where there are strings: most records
-            // have none, and the copy would be an allocation each.
             let strings = if body.flags >> FLAG_IS_STR & 0x3f == 0 {
                 &[][..]
             } else {
-                // SAFETY: as above: its string room.
+                // SAFETY: as above: its string room, not written again
+                // before `tail` passes it, which is after `f` returns.
                 unsafe { std::slice::from_raw_parts((at + REC_STRINGS as u64) as *const u8, room) }
             };
-            let r = Record {
-                body,
-                strings: strings.to_vec(),
-            };
+            f(&body, strings);
             tail += 1;
+            n += 1;
             // `tail` is published now and then, not per record: every
             // hit reads it, and a store per record would take its cache
             // line from the writers' CPUs each time.
             if tail & (TAIL_EVERY - 1) == 0 {
                 h.tail.store(tail, Ordering::Release);
             }
-            f(r);
-            n += 1;
         }
     }
 
@@ -425,10 +422,10 @@ mod tests {
         }
         assert_eq!((r.dropped(1), r.dropped(0)), (2, 0));
         let mut got = Vec::new();
-        assert_eq!(r.drain(usize::MAX, |x| got.push(x.body.time)), 4);
+        assert_eq!(r.drain(usize::MAX, |b, _| got.push(b.time)), 4);
         assert_eq!(got, [0, 1, 2, 3]);
         assert!(r.write(&record(0, 1, 9)), "room again after the read");
-        r.drain(1, |x| assert_eq!(&x.strings[..5], b"t1 n9"));
+        r.drain(1, |_, s| assert_eq!(&s[..5], b"t1 n9"));
         assert_eq!(r.finish(), 0);
     }
 
@@ -439,7 +436,7 @@ mod tests {
         // A writer killed after reserving: head moves, seq never written.
         r.header().head.fetch_add(1, Ordering::AcqRel);
         assert!(r.write(&record(0, 1, 2)));
-        assert_eq!(r.drain(usize::MAX, |_| {}), 1, "stops at the hole");
+        assert_eq!(r.drain(usize::MAX, |_, _| {}), 1, "stops at the hole");
         assert_eq!(r.finish(), 2, "the hole and the one behind it");
     }
 
@@ -461,7 +458,11 @@ mod tests {
             std::thread::spawn(move || {
                 let mut last = [None::<u64>; THREADS as usize];
                 let mut seen = [0u64; THREADS as usize];
-                let mut check = |x: Record| {
+                let mut check = |b: &RecordBody, s: &[u8]| {
+                    let x = Record {
+                        body: *b,
+                        strings: s.to_vec(),
+                    };
                     let t = x.body.tid as usize;
                     let n = x.body.time;
                     assert_eq!(

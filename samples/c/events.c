@@ -27,6 +27,8 @@
  *                       for a CPU): "ns_per_call=NS cpu_ns_per_call=NS
  *                       calls=N acc=… minflt=K" (for the benchmarks; K: the
  *                       page faults the loop took)
+ *   events hitloopstr N the same, calling sv("alpha", "a string of 24 bytes....",
+ *                       i) N times (two strings for `str` arguments)
  *   events hitpace6 N R calls ev() as hitloop6 does, N times, paced at R calls
  *                       a second (call i waits, spinning, until i / R seconds
  *                       after the first): a steady stream of events for
@@ -90,7 +92,7 @@ static void on_alarm(int sig)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N | hitpace6 N R\n");
+        fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N | hitloopstr N | hitpace6 N R\n");
         return 2;
     }
     const char *mode = argv[1];
@@ -160,14 +162,19 @@ int main(int argc, char **argv)
         printf("strings=%llu\n", (unsigned long long)n);
         return 0;
     }
-    if (!strcmp(mode, "hitloop6")) {
+    if (!strcmp(mode, "hitloop6") || !strcmp(mode, "hitloopstr")) {
+        int strings = !strcmp(mode, "hitloopstr");
+        static const char alpha[] = "alpha", beta[] = "a string of 24 bytes....";
         uint64_t acc = 0;
         struct timespec t0, t1, c0, c1;
         struct rusage u0, u1;
         getrusage(RUSAGE_THREAD, &u0);
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (uint64_t i = 0; i < n; i++) acc += ev((int64_t)i, -(int64_t)i, acc, 0xdead0000 + i, i * 3, ~i);
+        if (strings)
+            for (uint64_t i = 0; i < n; i++) acc += sv(alpha, beta, i);
+        else
+            for (uint64_t i = 0; i < n; i++) acc += ev((int64_t)i, -(int64_t)i, acc, 0xdead0000 + i, i * 3, ~i);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
         getrusage(RUSAGE_THREAD, &u1);
@@ -195,6 +202,6 @@ int main(int argc, char **argv)
         printf("rate=%.0f calls=%llu acc=%llu\n", (double)n / now * 1e9, (unsigned long long)n, (unsigned long long)acc);
         return 0;
     }
-    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N | hitpace6 N R\n");
+    fprintf(stderr, "usage: events threads T N | fork N | crash N | signal N | clock N | strings N | hitloop6 N | hitloopstr N | hitpace6 N R\n");
     return 2;
 }

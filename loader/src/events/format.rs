@@ -160,7 +160,7 @@ pub fn append_json(
     line.extend_from_slice(b",\"tid\":");
     itoap::write_to_vec(line, event.tid);
     line.extend_from_slice(b",\"probe\":");
-    serde_json::to_writer(&mut *line, label)?;
+    json_str(line, label.as_bytes())?;
     line.extend_from_slice(b",\"args\":[");
     let mut cut = false;
     for (k, (t, arg)) in shown(event, types).enumerate() {
@@ -178,7 +178,7 @@ pub fn append_json(
             ArgType::Str => match arg.string {
                 Some(bytes) => {
                     cut |= arg.truncated;
-                    serde_json::to_writer(&mut *line, &String::from_utf8_lossy(bytes))?;
+                    json_str(line, bytes)?;
                 }
                 None => line.extend_from_slice(b"null"),
             },
@@ -204,14 +204,42 @@ pub fn append_json(
 
 /// `v` as `0x…` (lowercase, no leading zeros).
 fn hex(line: &mut Vec<u8>, v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut buf = *b"0x0000000000000000";
-    for (k, b) in buf[2..].iter_mut().enumerate() {
-        *b = DIGITS[(v >> (60 - 4 * k) & 0xf) as usize];
+    for (k, byte) in v.to_be_bytes().into_iter().enumerate() {
+        let pair = usize::from(byte) * 2;
+        buf[2 + 2 * k..4 + 2 * k].copy_from_slice(&HEX_PAIRS[pair..pair + 2]);
     }
     let zeros = (v.leading_zeros() as usize / 4).min(15);
     line.extend_from_slice(&buf[..2]);
     line.extend_from_slice(&buf[2 + zeros..]);
+}
+
+/// The two lowercase hex digits of every byte, in order: `"00" "01" … "ff"`.
+const HEX_PAIRS: [u8; 512] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [0u8; 512];
+    let mut i = 0;
+    while i < 256 {
+        t[2 * i] = DIGITS[i >> 4];
+        t[2 * i + 1] = DIGITS[i & 0xf];
+        i += 1;
+    }
+    t
+};
+
+/// `s` as a JSON string: as it is between quotes when nothing in it needs
+/// escaping (a probe's label, almost always), else as `serde_json` escapes it.
+fn json_str(line: &mut Vec<u8>, s: &[u8]) -> io::Result<()> {
+    if s.iter()
+        .all(|&b| b >= b' ' && b != b'"' && b != b'\\' && b < 0x7f)
+    {
+        line.push(b'"');
+        line.extend_from_slice(s);
+        line.push(b'"');
+        return Ok(());
+    }
+    serde_json::to_writer(&mut *line, &String::from_utf8_lossy(s))?;
+    Ok(())
 }
 
 /// One argument of an event: its raw register and what was read for it.

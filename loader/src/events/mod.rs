@@ -43,32 +43,36 @@ pub struct ProbeInfo {
 }
 
 impl Event {
-    /// The event of a ring record, at CLOCK_MONOTONIC time `time_ns`.
+    /// The event of a ring record (its fields and its string room), at
+    /// CLOCK_MONOTONIC time `time_ns`.
     #[must_use]
-    pub fn from_record(r: &uprobe_runtime::events::Record, time_ns: u64) -> Event {
+    pub fn from_record(
+        body: &uprobe_runtime::events::RecordBody,
+        strings: &[u8],
+        time_ns: u64,
+    ) -> Event {
         use crate::probes::emit_flags::{IS_STR, UNREADABLE};
         use uprobe_runtime::events::STR_BYTES;
         let mut e = Event {
             time_ns,
-            pid: r.body.pid,
-            tid: r.body.tid,
-            probe: r.body.probe as usize,
-            args: r.body.args,
+            pid: body.pid,
+            tid: body.tid,
+            probe: body.probe as usize,
+            args: body.args,
             ..Event::default()
         };
-        if r.body.flags >> IS_STR & 0x3f != 0 {
+        if body.flags >> IS_STR & 0x3f != 0 {
             e.strings = vec![None; ARG_REGISTERS.len()];
         }
         for i in 0..ARG_REGISTERS.len() {
-            if r.body.flags & (1 << (IS_STR + i as u32)) == 0 {
+            if body.flags & (1 << (IS_STR + i as u32)) == 0 {
                 continue;
             }
-            e.truncated[i] = r.body.flags & (1 << i) != 0;
-            if r.body.flags & (1 << (UNREADABLE + i as u32)) != 0 {
+            e.truncated[i] = body.flags & (1 << i) != 0;
+            if body.flags & (1 << (UNREADABLE + i as u32)) != 0 {
                 continue;
             }
-            let room = r
-                .strings
+            let room = strings
                 .get(i * STR_BYTES..(i + 1) * STR_BYTES)
                 .unwrap_or(&[]);
             let len = room.iter().position(|&b| b == 0).unwrap_or(room.len());

@@ -8,20 +8,21 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use uprobe_runtime::events::{Record, Ring};
+use uprobe_runtime::events::{RecordBody, Ring};
 
 use crate::sys::clock;
 
-/// Where events go: each record with its CLOCK_MONOTONIC time in ns.
-pub type Sink = Box<dyn FnMut(Record, u64) + Send>;
+/// Where events go: each record (its fields and its string room, where it
+/// lies in the ring) with its CLOCK_MONOTONIC time in ns.
+pub type Sink = Box<dyn FnMut(&RecordBody, &[u8], u64) + Send>;
 
 /// How long the drain sleeps when the ring is empty. The ring holds 16 Ki
 /// records by default: at 2 ms, a program would have to make 8 million traced hits
 /// a second to fill it between two reads.
 const IDLE: Duration = Duration::from_millis(2);
 
-/// Records read in one go: a pass's batch stays small enough to stay in
-/// the cache (a ring can hold millions).
+/// Records read in one pass (a ring can hold millions): the clock's pair
+/// is read again between passes.
 const PASS: usize = 4096;
 
 /// What the drain counted, per site.
@@ -53,22 +54,16 @@ impl Drain {
                 let sites = ring.layout().sites;
                 let mut delivered = vec![0u64; sites];
                 let mut clock = Clock::new();
-                let mut batch = Vec::new();
                 loop {
                     // Read the flag first: a record committed before the
                     // program ended is then read by this pass or the last.
                     let last = flag.load(Ordering::Acquire);
-                    let n = ring.drain(PASS, |r| batch.push(r));
-                    // After the read: every record read has its counter
-                    // value below this pair's, so its time is interpolated.
-                    clock.tick();
-                    for r in batch.drain(..) {
-                        if let Some(d) = delivered.get_mut(r.body.probe as usize) {
+                    let n = ring.drain(PASS, |body, strings| {
+                        if let Some(d) = delivered.get_mut(body.probe as usize) {
                             *d += 1;
                         }
-                        let t = clock.monotonic(r.body.time);
-                        sink(r, t);
-                    }
+                        sink(body, strings, clock.monotonic(body.time));
+                    });
                     if n == PASS {
                         continue;
                     }
@@ -97,9 +92,11 @@ impl Drain {
 
 /// Turns time stamp counter values into CLOCK_MONOTONIC by interpolating
 /// between the (counter, clock) pairs read before and after it: one when
-/// the drain starts (before the program runs), one after each read of the
-/// ring. The clock's own adjustments then show within a pass of 2 ms, and
-/// the error is that of reading a pair, tens of nanoseconds.
+/// the drain starts (before the program runs), then one whenever a record
+/// comes more than [`STALE_NS`] after the last (read after the record was
+/// written, so after it). A record less far past the last pair is placed
+/// from it at the whole run's rate. The error is that of reading a pair,
+/// tens of nanoseconds, plus the clock's slewing over [`STALE_NS`].
 struct Clock {
     /// (counter, CLOCK_MONOTONIC ns), in order, the last [`PAIRS`].
     pairs: std::collections::VecDeque<(u64, u64)>,
@@ -107,13 +104,18 @@ struct Clock {
     first: (u64, u64),
     /// The segment the last conversion used.
     last: Option<Segment>,
+    /// The counter value [`STALE_NS`] after the last pair (0 until the
+    /// rate is known: the first record reads a pair).
+    horizon: u64,
 }
 
-/// Two pairs and the clock's rate between them.
+/// A pair, the counter value up to which a conversion may use it, and the
+/// clock's rate from it.
 #[derive(Clone, Copy, Debug)]
 struct Segment {
     lo: (u64, u64),
-    hi: (u64, u64),
+    /// The next pair's counter value (`u64::MAX` past the last pair).
+    end: u64,
     /// ns per counter tick.
     rate: f64,
 }
@@ -128,6 +130,12 @@ impl Segment {
 /// Pairs kept: at 2 ms a pass, the last 8 seconds or more.
 const PAIRS: usize = 4096;
 
+/// How far past the last pair a record may be placed without a new pair
+/// (16 reads of the clock: a pair per record would cost more than the
+/// record). The clock's slewing (500 ppm at most) makes such a record's
+/// time wrong by at most an eighth of a microsecond.
+const STALE_NS: f64 = 250_000.0;
+
 impl Clock {
     fn new() -> Clock {
         let p = clock::pair();
@@ -135,25 +143,37 @@ impl Clock {
             pairs: std::collections::VecDeque::from([p]),
             first: p,
             last: None,
+            horizon: 0,
         }
     }
 
-    fn tick(&mut self) {
+    /// Reads a pair now.
+    fn read_pair(&mut self) {
         let p = clock::pair();
-        if self.pairs.back().is_some_and(|b| p.0 <= b.0) {
+        let last = *self.pairs.back().unwrap_or(&self.first);
+        if p.0 <= last.0 {
             return;
         }
         if self.pairs.len() == PAIRS {
             self.pairs.pop_front();
         }
         self.pairs.push_back(p);
+        // A segment past the old last pair ends here now.
+        if let Some(s) = self.last.as_mut().filter(|s| s.end == u64::MAX) {
+            s.end = p.0;
+        }
+        let ns_per_tick = (p.1 - self.first.1) as f64 / (p.0 - self.first.0) as f64;
+        self.horizon = p.0.saturating_add((STALE_NS / ns_per_tick) as u64);
     }
 
     /// The CLOCK_MONOTONIC time of counter value `tsc`.
     fn monotonic(&mut self, tsc: u64) -> u64 {
+        if tsc >= self.horizon {
+            self.read_pair();
+        }
         // Records come in nearly time order: most fall in the segment
         // the one before did.
-        if let Some(s) = self.last.filter(|s| s.lo.0 <= tsc && tsc < s.hi.0) {
+        if let Some(s) = self.last.filter(|s| s.lo.0 <= tsc && tsc < s.end) {
             return s.at(tsc);
         }
         let i = self.pairs.partition_point(|p| p.0 <= tsc);
@@ -172,14 +192,23 @@ impl Clock {
         if hi.0 == lo.0 {
             return lo.1;
         }
-        let s = Segment {
-            lo,
-            hi,
-            rate: (hi.1 - lo.1) as f64 / (hi.0 - lo.0) as f64,
-        };
-        // Only a segment between two kept pairs is reused.
-        self.last = (i > 0 && i < self.pairs.len()).then_some(s);
-        s.at(tsc)
+        let rate = (hi.1 - lo.1) as f64 / (hi.0 - lo.0) as f64;
+        // The segment from the pair before `tsc` is reused; before the
+        // first pair kept, nothing is.
+        self.last = i.checked_sub(1).map(|k| Segment {
+            lo: self.pairs[k],
+            end: self.pairs.get(i).map_or(u64::MAX, |p| p.0),
+            rate,
+        });
+        match self.last {
+            Some(s) => s.at(tsc),
+            None => Segment {
+                lo,
+                end: hi.0,
+                rate,
+            }
+            .at(tsc),
+        }
     }
 
     /// The pair farthest from `p` (for the longest baseline).
@@ -204,9 +233,37 @@ mod tests {
         for _ in 0..5 {
             std::thread::sleep(Duration::from_millis(3));
             read.push(clock::pair());
-            c.tick();
+            c.read_pair();
         }
         for (t, m) in read {
+            let got = c.monotonic(t);
+            assert!(got.abs_diff(m) < 1_000, "{got} vs {m}");
+        }
+    }
+
+    #[test]
+    fn a_counter_value_past_the_last_pair_is_placed_at_the_run_s_rate() {
+        let mut c = Clock::new();
+        std::thread::sleep(Duration::from_millis(3));
+        c.read_pair();
+        // Less than STALE_NS later: no new pair, the value is extrapolated.
+        let p = clock::pair();
+        let n = c.pairs.len();
+        let got = c.monotonic(p.0);
+        assert_eq!(c.pairs.len(), n, "no new pair");
+        assert!(got.abs_diff(p.1) < 1_000, "{got} vs {p:?}");
+        // Farther: its conversion reads a pair first, and the values
+        // before it still convert (through the segment cut at the pair).
+        std::thread::sleep(Duration::from_millis(1));
+        let q = clock::pair();
+        let got = c.monotonic(q.0);
+        assert_eq!(
+            c.pairs.len(),
+            n + 1,
+            "a new pair for a record past the horizon"
+        );
+        assert!(got.abs_diff(q.1) < 1_000, "{got} vs {q:?}");
+        for (t, m) in [p, q] {
             let got = c.monotonic(t);
             assert!(got.abs_diff(m) < 1_000, "{got} vs {m}");
         }

@@ -72,8 +72,8 @@ impl EventStream {
         // (looking reads both ends of the stream, which the reader's CPU
         // keeps writing).
         let mut room = 0;
-        Box::new(move |r, t| {
-            let e = Event::from_record(&r, t);
+        Box::new(move |body, strings, t| {
+            let e = Event::from_record(body, strings, t);
             // Wait for room asleep, not spinning: on two CPUs the spin
             // would take the reader's.
             let mut waited = std::time::Duration::ZERO;
