@@ -106,6 +106,42 @@ fn text_figures(ux: &str, args: &[&str]) -> String {
     )
 }
 
+/// The machine's CPU time so far, from `/proc/stat` (ticks): (all, idle
+/// and iowait, stolen by the host).
+fn cpu_ticks() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    (f.iter().take(8).sum(), at(3) + at(4), at(7))
+}
+
+/// What the CPUs did while `f` ran, as a sentence for a section: busy,
+/// and stolen by the host (a noisy neighbour shows here, not in our
+/// figures' medians alone).
+pub(crate) fn cpu_while<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let a = cpu_ticks();
+    let out = f();
+    let b = cpu_ticks();
+    let all = (b.0 - a.0).max(1) as f64;
+    let pct = |x: u64| 100.0 * x as f64 / all;
+    let busy = (b.0 - a.0).saturating_sub(b.1 - a.1);
+    (
+        out,
+        format!(
+            "The CPUs were busy {:.0}% of the time these runs took, {:.1}% stolen by the host.",
+            pct(busy),
+            pct(b.2 - a.2)
+        ),
+    )
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

@@ -149,21 +149,46 @@ impl Clock {
 
     /// Reads a pair now.
     fn read_pair(&mut self) {
-        let p = clock::pair();
+        self.add_pair(clock::pair());
+    }
+
+    /// Takes `p`, read now, as the last pair.
+    fn add_pair(&mut self, p: (u64, u64)) {
         let last = *self.pairs.back().unwrap_or(&self.first);
         if p.0 <= last.0 {
             return;
         }
+        // Values up to the horizon may have been placed past `last` at the
+        // run's rate already: the horizon's place on that line becomes a
+        // pair too, so that the times stay one continuous, increasing
+        // function of the counter (a thread's events never go back).
+        if self.horizon > last.0 && self.horizon < p.0 && last.0 > self.first.0 {
+            let line = Segment {
+                lo: last,
+                end: u64::MAX,
+                rate: self.run_rate(last),
+            };
+            self.push((self.horizon, line.at(self.horizon)));
+        }
+        self.push(p);
+        self.horizon = p.0.saturating_add((STALE_NS / self.run_rate(p)) as u64);
+    }
+
+    /// Appends a pair (the oldest goes beyond [`PAIRS`]); a segment that
+    /// ran past the old last pair ends at it now.
+    fn push(&mut self, p: (u64, u64)) {
         if self.pairs.len() == PAIRS {
             self.pairs.pop_front();
         }
         self.pairs.push_back(p);
-        // A segment past the old last pair ends here now.
         if let Some(s) = self.last.as_mut().filter(|s| s.end == u64::MAX) {
             s.end = p.0;
         }
-        let ns_per_tick = (p.1 - self.first.1) as f64 / (p.0 - self.first.0) as f64;
-        self.horizon = p.0.saturating_add((STALE_NS / ns_per_tick) as u64);
+    }
+
+    /// ns per counter tick from the first pair to `p` (a later one).
+    fn run_rate(&self, p: (u64, u64)) -> f64 {
+        (p.1 - self.first.1) as f64 / (p.0 - self.first.0) as f64
     }
 
     /// The CLOCK_MONOTONIC time of counter value `tsc`.
@@ -242,6 +267,36 @@ mod tests {
     }
 
     #[test]
+    fn times_never_go_back_when_a_new_pair_changes_the_rate() {
+        // Counter ticks at 1 ns over the first 1 ms, then the clock slows
+        // to half a ns a tick: values placed at the run's rate before the
+        // new pair and values converted after it stay in order.
+        let mut c = Clock {
+            pairs: std::collections::VecDeque::from([(1_000_000, 1_000_000)]),
+            first: (1_000_000, 1_000_000),
+            last: None,
+            horizon: 0,
+        };
+        c.add_pair((2_000_000, 2_000_000));
+        let h = c.horizon;
+        assert_eq!(h, 2_250_000, "250 µs at 1 ns a tick");
+        let before: Vec<u64> = (0..10)
+            .map(|k| c.monotonic(2_000_000 + k * 20_000))
+            .collect();
+        c.add_pair((3_000_000, 2_600_000));
+        let after: Vec<u64> = (0..60)
+            .map(|k| c.monotonic(2_000_000 + k * 20_000))
+            .collect();
+        assert_eq!(
+            &after[..10],
+            &before[..],
+            "values already placed keep their place"
+        );
+        assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
+        assert_eq!(c.monotonic(3_000_000), 2_600_000);
+    }
+
+    #[test]
     fn a_counter_value_past_the_last_pair_is_placed_at_the_run_s_rate() {
         let mut c = Clock::new();
         std::thread::sleep(Duration::from_millis(3));
@@ -259,8 +314,8 @@ mod tests {
         let got = c.monotonic(q.0);
         assert_eq!(
             c.pairs.len(),
-            n + 1,
-            "a new pair for a record past the horizon"
+            n + 2,
+            "a new pair for a record past the horizon, and the horizon's place"
         );
         assert!(got.abs_diff(q.1) < 1_000, "{got} vs {q:?}");
         for (t, m) in [p, q] {
