@@ -141,7 +141,11 @@ fn an_embedder_reads_each_traced_hit_with_its_arguments() {
         .trace("ev(int, int, uint)");
     let mut run = Running::spawn(&cmd);
     let events = run.session().events().expect("a traced site");
-    let info = run.session().probe_info(0).cloned().expect("probe 0");
+    let info = run
+        .session()
+        .probe_info(uprobe_exec::events::ProbeId(0))
+        .cloned()
+        .expect("probe 0");
     assert_eq!(info.label, "ev");
     assert_eq!(
         info.args.as_deref(),
@@ -164,7 +168,7 @@ fn an_embedder_reads_each_traced_hit_with_its_arguments() {
     let (parent, child): (Vec<_>, Vec<_>) = got.iter().partition(|e| e.args[1] == 1);
     assert_eq!(child.len(), 40);
     for (i, e) in parent.iter().enumerate() {
-        assert_eq!((e.args[0], e.args[2], e.probe), (i as u64, 0, 0));
+        assert_eq!((e.args[0], e.args[2], e.probe.0), (i as u64, 0, 0));
         assert_eq!(i64::from(e.pid), i64::from(run_pid(&report)));
     }
     assert!(child

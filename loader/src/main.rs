@@ -334,7 +334,7 @@ fn run() -> u8 {
     forward_signals(session.pid());
     let printer = session.events().map(|events| {
         let info: Vec<_> = (0..)
-            .map_while(|i| session.probe_info(i).cloned())
+            .map_while(|i| session.probe_info(uprobe_exec::events::ProbeId(i)).cloned())
             .collect();
         let (start, format) = (session.started_ns(), cli.format);
         std::thread::spawn(move || print_events(&events, &info, start, format, out))
@@ -402,7 +402,7 @@ fn print_events(
     while let Ok(first) = events.recv() {
         let mut next = Some(first);
         while let Some(e) = next {
-            if let Some(p) = info.get(e.probe) {
+            if let Some(p) = info.get(e.probe.0) {
                 let types = p.args.as_deref().unwrap_or(&[]);
                 match format {
                     Format::Text => append_text(&mut buf, &e, &p.label, types, start_ns),

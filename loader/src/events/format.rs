@@ -300,7 +300,7 @@ mod tests {
             time_ns: START + 1_234_567,
             pid: 4242,
             tid: 4243,
-            probe: 0,
+            probe: crate::events::ProbeId(0),
             args: [100, -1i64 as u64, 0x7fff_0000, 0, 0, 0],
             strings: vec![None, None, Some(b"alpha".to_vec()), None, None, None],
             truncated: [false; 6],

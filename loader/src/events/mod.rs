@@ -5,6 +5,12 @@ pub mod format;
 
 use crate::probes::ARG_REGISTERS;
 
+/// A probe of the session, as events name it: its index in the session's
+/// probe list; [`crate::Session::probe_info`] gives its label and argument
+/// types.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProbeId(pub usize);
+
 /// One hit of a traced probe, as read from the shared ring. It holds only
 /// plain values (no pointers into the program), so it can be sent to
 /// another thread and outlive the program.
@@ -16,8 +22,8 @@ pub struct Event {
     pub pid: u32,
     /// The thread that hit it.
     pub tid: u32,
-    /// Which probe: its index in the session's probe list.
-    pub probe: usize,
+    /// Which probe.
+    pub probe: ProbeId,
     /// The raw argument registers, in [`ARG_REGISTERS`] order (rdi, rsi,
     /// rdx, rcx, r8, r9), whatever the probe's types.
     pub args: [u64; ARG_REGISTERS.len()],
@@ -57,7 +63,7 @@ impl Event {
             time_ns,
             pid: body.pid,
             tid: body.tid,
-            probe: body.probe as usize,
+            probe: ProbeId(body.probe as usize),
             args: body.args,
             ..Event::default()
         };

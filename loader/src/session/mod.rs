@@ -24,7 +24,7 @@ pub use probes::DEFAULT_EVENT_RING;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::events::{Event, ProbeInfo};
+use crate::events::{Event, ProbeId, ProbeInfo};
 use crate::report::EventCounts;
 
 /// The traced hits' way to the session: a bounded channel, filled by the
@@ -235,8 +235,8 @@ impl Session {
 
     /// The probe an event's `probe` names: its label and argument types.
     #[must_use]
-    pub fn probe_info(&self, probe: usize) -> Option<&ProbeInfo> {
-        self.info.get(probe)
+    pub fn probe_info(&self, probe: ProbeId) -> Option<&ProbeInfo> {
+        self.info.get(probe.0)
     }
 
     /// The program's process id.
