@@ -250,6 +250,9 @@ pub struct SharedLayout {
     pub slots: usize,
     /// The event ring after the rows (none by default).
     pub ring: RingLayout,
+    /// Functions whose calls are timed (`--latency`): one
+    /// [`crate::latency::Stats`] each, after the ring.
+    pub latency: usize,
 }
 
 impl SharedLayout {
@@ -267,6 +270,7 @@ impl SharedLayout {
                 .next_power_of_two()
                 .min(MAX_STACK_SLOTS),
             ring: RingLayout::default(),
+            latency: 0,
         };
         while l.slots > 1 && l.rows * l.row_bytes() > ROWS_BUDGET {
             l.slots /= 2;
@@ -338,13 +342,31 @@ impl SharedLayout {
         (self.rows_start() + self.rows * self.row_bytes()).next_multiple_of(PAGE_SIZE as usize)
     }
 
+    /// The same with statistics for `functions` timed functions.
+    #[must_use]
+    pub fn with_latency(self, functions: usize) -> SharedLayout {
+        SharedLayout {
+            latency: functions,
+            ..self
+        }
+    }
+
+    /// Offset of the latency statistics: after the rows and the ring, on
+    /// a cache line.
+    #[must_use]
+    pub fn latency_start(&self) -> usize {
+        let end = if self.ring.is_empty() {
+            self.rows_start() + self.rows * self.row_bytes()
+        } else {
+            self.ring_start() + self.ring.len()
+        };
+        end.next_multiple_of(LINE_BYTES)
+    }
+
     /// Bytes used (the mapping is this, rounded up to pages).
     #[must_use]
     pub fn len(&self) -> usize {
-        if self.ring.is_empty() {
-            return self.rows_start() + self.rows * self.row_bytes();
-        }
-        self.ring_start() + self.ring.len()
+        self.latency_start() + self.latency * crate::latency::STATS_BYTES
     }
 
     /// Whether there is nothing past the header.
@@ -403,6 +425,9 @@ impl Shared {
         if !layout.ring.is_empty() {
             h.events
                 .store(layout.ring_start() as u64, Ordering::Relaxed);
+        }
+        for i in 0..layout.latency {
+            shared.stats(i).min_ns.store(u64::MAX, Ordering::Relaxed);
         }
         Ok(shared)
     }
@@ -526,6 +551,21 @@ impl Shared {
             Err(Errno::NXIO) => None,
             Err(_) => Some(at),
         }
+    }
+
+    /// Address of function `i`'s latency statistics.
+    #[must_use]
+    pub fn stats_addr(&self, i: usize) -> u64 {
+        assert!(i < self.layout.latency);
+        self.addr + (self.layout.latency_start() + i * crate::latency::STATS_BYTES) as u64
+    }
+
+    /// Function `i`'s latency statistics.
+    #[must_use]
+    pub fn stats(&self, i: usize) -> &crate::latency::Stats {
+        // SAFETY: in bounds of our live mapping (asserted by `stats_addr`),
+        // 64-byte aligned, only ever accessed through atomics.
+        unsafe { &*(self.stats_addr(i) as *const crate::latency::Stats) }
     }
 
     /// The event ring, if the layout has one.
@@ -771,6 +811,7 @@ mod tests {
             rows: 2,
             slots: 64,
             ring: RingLayout::default(),
+            latency: 0,
         };
         assert_eq!(l.overflow(0), SHARED_OVERFLOW);
         assert_eq!(l.overflow(2), SHARED_OVERFLOW + 16);
@@ -791,6 +832,7 @@ mod tests {
             rows: 1,
             slots: 2,
             ring: RingLayout::default(),
+            latency: 0,
         };
         assert_eq!(l.block_bytes(), 128);
         assert_eq!(l.block_shift(), 7);
@@ -799,6 +841,7 @@ mod tests {
             rows: 1,
             slots: 1,
             ring: RingLayout::default(),
+            latency: 0,
         };
         assert_eq!(l.block_bytes(), 8192);
     }
@@ -841,8 +884,15 @@ mod tests {
             rows: 4,
             slots: 8,
             ring: RingLayout::new(16, 1, 2),
+            latency: 3,
         })
         .unwrap();
+        // Latency statistics after the ring, on a line, the minimum unset.
+        assert!(s.stats_addr(0) >= s.ring().unwrap().addr() + s.ring().unwrap().layout().len() as u64);
+        assert_eq!(s.stats_addr(0) % 64, 0);
+        assert_eq!(s.stats(2).snapshot().min_ns, 0, "nothing timed");
+        assert_eq!(s.stats(2).min_ns.load(Ordering::Relaxed), u64::MAX);
+        assert!(s.stats_addr(2) + 576 <= s.addr() + s.layout().len() as u64);
         // The ring: after the rows, on its own page, found through the header.
         let ring = s.ring().expect("a ring");
         assert_eq!(ring.addr() % PAGE_SIZE, 0);

@@ -14,6 +14,7 @@
 
 pub mod area;
 pub mod events;
+pub mod latency;
 mod image;
 pub mod server;
 pub mod trap;
