@@ -22,6 +22,7 @@ mod code;
 mod emit;
 mod indirect;
 mod jump;
+mod latency;
 mod pun;
 mod resolve;
 mod short;

@@ -341,6 +341,7 @@ mod tests {
                 rows: 1,
                 slots: 1 << COUNTING.slot_bits,
                 ring: uprobe_runtime::events::RingLayout::default(),
+                latency: 0,
             };
             assert_eq!(l.block_shift(), COUNTING.block_shift);
             assert_eq!(offset as usize + ROW_HITS, l.block(slot as usize));
