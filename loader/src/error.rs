@@ -110,6 +110,14 @@ pub enum Error {
         /// Why a jump does not fit.
         why: String,
     },
+    /// A function `--latency` cannot time (exit 125).
+    #[error("cannot time {site} (--latency): {why}")]
+    Untimeable {
+        /// The function.
+        site: String,
+        /// Why.
+        why: String,
+    },
     /// A non-PIE program's fixed addresses are taken in the monitor
     /// (exit 125).
     #[error(

@@ -33,6 +33,15 @@ struct Cli {
     #[arg(long = "trace", short = 't', value_name = "SPEC[(TYPE, ...)]")]
     traces: Vec<String>,
 
+    /// Time each call of a function, entry to return: at exit, stderr gets
+    /// each function's calls, average, p50, p99 and maximum, and a log2
+    /// histogram of durations in ns (as bcc's funclatency). SPEC as for
+    /// --probe, naming functions. The stack is never changed: longjmp,
+    /// exceptions and backtraces work as natively; a call left without a
+    /// return is counted, not timed. Repeatable.
+    #[arg(long = "latency", value_name = "SPEC")]
+    latencies: Vec<String>,
+
     /// Write the events to FILE instead of stderr.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
@@ -320,6 +329,9 @@ fn run() -> u8 {
     for t in &cli.traces {
         cmd = cmd.trace(t);
     }
+    for l in &cli.latencies {
+        cmd = cmd.latency(l);
+    }
     let out: Box<dyn Write + Send> = match &cli.output {
         Some(path) => match std::fs::File::create(path) {
             Ok(f) => Box::new(f),
@@ -361,9 +373,10 @@ fn run() -> u8 {
             );
         }
     }
-    let probed = !cli.probes.is_empty() || !cli.traces.is_empty();
+    let probed = !cli.probes.is_empty() || !cli.traces.is_empty() || !cli.latencies.is_empty();
     if probed && !cli.quiet {
         eprint!("{}", report.count_table());
+        eprint!("{}", report.latency_text());
     }
     if cli.stats {
         eprint!("{}", report.stats_text());

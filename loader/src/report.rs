@@ -120,6 +120,109 @@ pub struct Report {
     /// Traced hits: how many became events, and how many did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<EventCounts>,
+    /// Timed functions (`--latency`), in address order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latency: Vec<Latency>,
+}
+
+/// One timed function's calls (`--latency`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Latency {
+    /// The function.
+    pub symbol: String,
+    /// Calls: every entry, in every process (a call still running when
+    /// the program ended included).
+    pub count: u64,
+    /// Calls timed from entry to return.
+    pub timed: u64,
+    /// Returns that found no start time (the thread's timing stack was
+    /// full or had no room for the thread).
+    pub untimed: u64,
+    /// Calls left without a return (`longjmp`, an exception, a thread's
+    /// end), found when an outer call returned or a new one began.
+    pub left: u64,
+    /// Sum of the timed calls' durations, ns.
+    pub sum_ns: u64,
+    /// Shortest timed call, ns (0: none).
+    pub min_ns: u64,
+    /// Longest.
+    pub max_ns: u64,
+    /// Median, estimated from the histogram (within its bucket, linearly).
+    pub p50_ns: u64,
+    /// 99th percentile, estimated so.
+    pub p99_ns: u64,
+    /// Timed calls by duration: power-of-two buckets, from the first
+    /// non-empty to the last.
+    pub hist: Vec<Bucket>,
+}
+
+/// One bucket of a [`Latency`] histogram: calls that took `[lo_ns, hi_ns]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Bucket {
+    /// Shortest duration it holds.
+    pub lo_ns: u64,
+    /// Longest.
+    pub hi_ns: u64,
+    /// Calls.
+    pub count: u64,
+}
+
+impl Latency {
+    /// From the statistics the routines kept and the entry's hits.
+    #[must_use]
+    pub fn new(symbol: String, count: u64, s: &uprobe_runtime::latency::Snapshot) -> Latency {
+        let range = |b: usize| {
+            let lo = if b == 0 { 0 } else { 1u64 << b };
+            let hi = if b >= 63 { u64::MAX } else { (2u64 << b) - 1 };
+            (lo, hi)
+        };
+        let first = s.hist.iter().position(|&c| c > 0);
+        let last = s.hist.iter().rposition(|&c| c > 0);
+        let hist = match (first, last) {
+            (Some(a), Some(b)) => (a..=b)
+                .map(|k| {
+                    let (lo_ns, hi_ns) = range(k);
+                    Bucket {
+                        lo_ns,
+                        hi_ns,
+                        count: s.hist[k],
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let total: u64 = s.hist.iter().sum();
+        let quantile = |q: f64| -> u64 {
+            if total == 0 {
+                return 0;
+            }
+            let rank = (q * total as f64).ceil().max(1.0);
+            let mut seen = 0.0;
+            for b in &hist {
+                let c = b.count as f64;
+                if seen + c >= rank {
+                    let frac = (rank - seen) / c;
+                    let v = b.lo_ns as f64 + frac * (b.hi_ns - b.lo_ns) as f64;
+                    return (v as u64).clamp(s.min_ns, s.max_ns);
+                }
+                seen += c;
+            }
+            s.max_ns
+        };
+        Latency {
+            symbol,
+            count,
+            timed: s.timed,
+            untimed: s.untimed,
+            left: s.left,
+            sum_ns: s.sum_ns,
+            min_ns: s.min_ns,
+            max_ns: s.max_ns,
+            p50_ns: quantile(0.5),
+            p99_ns: quantile(0.99),
+            hist,
+        }
+    }
 }
 
 /// What became of traced hits. `delivered + dropped` is the traced sites'
@@ -135,6 +238,56 @@ pub struct EventCounts {
 }
 
 impl Report {
+    /// The timed functions as text, for stderr: one line per function
+    /// (calls, average, p50, p99, max), then each one's histogram laid out
+    /// as bcc's `funclatency` prints it. Empty without `--latency`.
+    #[must_use]
+    pub fn latency_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        for l in &self.latency {
+            let avg = l.sum_ns.checked_div(l.timed).unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "uprobe-exec: {}: {} calls, avg {} ns, p50 {} ns, p99 {} ns, max {} ns{}{}",
+                l.symbol,
+                l.count,
+                avg,
+                l.p50_ns,
+                l.p99_ns,
+                l.max_ns,
+                if l.left > 0 {
+                    format!(", {} left without a return (untimed)", l.left)
+                } else {
+                    String::new()
+                },
+                if l.untimed > 0 {
+                    format!(", {} returns untimed", l.untimed)
+                } else {
+                    String::new()
+                },
+            );
+        }
+        for l in &self.latency {
+            let _ = writeln!(s, "\nFunction = {}", l.symbol);
+            let _ = writeln!(s, "{:>24} : count    distribution", "nsecs");
+            let most = l.hist.iter().map(|b| b.count).max().unwrap_or(0).max(1);
+            for b in &l.hist {
+                let stars = ((b.count as f64 / most as f64) * 40.0).round() as usize;
+                let stars = if b.count > 0 { stars.max(1) } else { 0 };
+                let _ = writeln!(
+                    s,
+                    "{:>10} -> {:<10} : {:<8} |{:<40}|",
+                    b.lo_ns,
+                    b.hi_ns,
+                    b.count,
+                    "*".repeat(stars)
+                );
+            }
+        }
+        s
+    }
+
     /// The report as pretty JSON.
     #[must_use]
     pub fn to_json(&self) -> String {

@@ -888,7 +888,9 @@ mod tests {
         })
         .unwrap();
         // Latency statistics after the ring, on a line, the minimum unset.
-        assert!(s.stats_addr(0) >= s.ring().unwrap().addr() + s.ring().unwrap().layout().len() as u64);
+        assert!(
+            s.stats_addr(0) >= s.ring().unwrap().addr() + s.ring().unwrap().layout().len() as u64
+        );
         assert_eq!(s.stats_addr(0) % 64, 0);
         assert_eq!(s.stats(2).snapshot().min_ns, 0, "nothing timed");
         assert_eq!(s.stats(2).min_ns.load(Ordering::Relaxed), u64::MAX);

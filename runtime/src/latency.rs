@@ -133,7 +133,7 @@ pub const STATS_HIST: usize = offset_of!(Stats, hist);
 
 const _: () = assert!(size_of::<ThreadHead>() == 64);
 const _: () = assert!(size_of::<Frame>() == 32);
-const _: () = assert!(STATS_BYTES % 64 == 0);
+const _: () = assert!(STATS_BYTES & 63 == 0);
 
 /// What one function's [`Stats`] held, read by the monitor.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +187,40 @@ pub fn bucket(ns: u64) -> usize {
     (63 - (ns | 1).leading_zeros()) as usize
 }
 
+/// The timing-stack table, mapped by the monitor before the program's
+/// fork (which inherits it, as each later fork does, a private copy at
+/// the same address); unmapped from the monitor when dropped.
+#[derive(Debug)]
+pub struct Table {
+    addr: u64,
+}
+
+impl Table {
+    /// Maps a table (see [`map_table`]).
+    pub fn map() -> std::io::Result<Table> {
+        map_table().map(|addr| Table { addr })
+    }
+
+    /// Its address.
+    #[must_use]
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Its range, [start, end).
+    #[must_use]
+    pub fn range(&self) -> (u64, u64) {
+        (self.addr, self.addr + TABLE_BYTES as u64)
+    }
+}
+
+impl Drop for Table {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, which nothing of ours uses any more.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, TABLE_BYTES) };
+    }
+}
+
 /// Maps the timing-stack table for this process: private, anonymous,
 /// without swap reservation, out of core dumps. Its address, to be kept
 /// (the program inherits it at the same address).
@@ -218,7 +252,10 @@ mod tests {
     #[test]
     fn layout_is_what_the_routines_use() {
         assert_eq!((HEAD_KEY, HEAD_DEPTH, SLOT_FRAMES), (0, 8, 64));
-        assert_eq!((FRAME_RSP, FRAME_TSC, FRAME_FUNC, FRAME_SHIFT), (0, 8, 16, 5));
+        assert_eq!(
+            (FRAME_RSP, FRAME_TSC, FRAME_FUNC, FRAME_SHIFT),
+            (0, 8, 16, 5)
+        );
         assert_eq!(FRAMES, 16382);
         assert_eq!(STATS_BYTES, 576);
         assert_eq!(STATS_HIST, 64);

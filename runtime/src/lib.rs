@@ -14,8 +14,8 @@
 
 pub mod area;
 pub mod events;
-pub mod latency;
 mod image;
+pub mod latency;
 pub mod server;
 pub mod trap;
 pub mod uffd;

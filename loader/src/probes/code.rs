@@ -5,10 +5,13 @@
 use uprobe_runtime::area::{CodeLayout, Shared, TrapEntry, ENTRY_TRACED};
 
 use super::emit::{encode_emit, Emit, Tid, STR_MASK_SHIFT};
+use super::latency::{encode_routines, Timing};
 use super::pun::{LANDING, PREFIX};
-use super::trampoline::{encode_evicted, encode_trampoline, jump_patch, short_patch, Counting};
+use super::trampoline::{
+    encode_evicted, encode_exit, encode_trampoline, jump_patch, short_patch, Counting,
+};
 use super::xol::{encode_slot, Unrelocatable};
-use super::{code_at, decode_one, disasm, Evicted, Kind, ProbeError, Site};
+use super::{code_at, decode_one, disasm, Action, Evicted, Kind, ProbeError, Site, EMIT_BYTES};
 use crate::addr::Bias;
 use crate::elf::Image;
 
@@ -43,9 +46,11 @@ pub fn generate(
     base: u64,
     shared: &Shared,
     tid: Tid,
+    timing: Option<Timing>,
 ) -> Result<AreaCode, ProbeError> {
     let row_page = base + layout.row_page() as u64;
     let emit_at = base + layout.emit() as u64;
+    let traced = sites.iter().any(|s| s.action.traced());
     let emit = match shared.ring() {
         Some(ring) if layout.emit_bytes > 0 => {
             let e = Emit {
@@ -64,14 +69,41 @@ pub fn generate(
         }
         _ => Vec::new(),
     };
+    // The latency routines after the event routine, in the same room.
+    let latency_at = emit_at + if traced { EMIT_BYTES as u64 } else { 0 };
+    let (routines, enter_at, exit_at) = match timing {
+        Some(t) => {
+            let (code, exit) =
+                encode_routines(&t, latency_at).map_err(|e| ProbeError::Trampoline {
+                    site: "the latency routines".into(),
+                    insns: String::new(),
+                    why: match e {
+                        Unrelocatable::Code(why) | Unrelocatable::Insn { why, .. } => why,
+                    },
+                })?;
+            (code, latency_at, latency_at + exit as u64)
+        }
+        None => (Vec::new(), 0, 0),
+    };
+    let emit_ok = !emit.is_empty();
+    let mut room = emit;
+    if !routines.is_empty() {
+        room.resize(latency_at as usize - emit_at as usize, 0xcc);
+        room.extend_from_slice(&routines);
+    }
+    debug_assert!(room.len() <= layout.emit_bytes);
     let counting = |i: usize| Counting {
         overflow: shared.overflow_addr(i),
         index: i as u64,
         row_page,
         block_shift: shared.layout().block_shift(),
         slot_bits: shared.layout().slot_bits(),
-        emit: (sites[i].action.traced() && !emit.is_empty()).then_some(emit_at),
+        emit: (sites[i].action.traced() && emit_ok).then_some(emit_at),
         strings: sites[i].action.strings(),
+        enter: sites[i]
+            .timed
+            .filter(|_| enter_at != 0)
+            .map(|f| (enter_at, f)),
     };
     let mut slots = Vec::with_capacity(sites.len());
     let mut entries = Vec::new();
@@ -82,11 +114,17 @@ pub fn generate(
         let slot = base + layout.slot(i) as u64;
         let ip = s.place.runtime(bias);
         let from = s.place.bytes(image);
+        // A jump site's trampoline: an exit's runs the latency exit routine
+        // before its last instruction; any other counts (and traces).
+        let body = |len: usize, flags_live: bool| match s.action {
+            Action::Exit { func } => encode_exit(from, ip, len, exit_at, func, slot),
+            _ => encode_trampoline(from, ip, len, flags_live, &counting(i), slot),
+        };
         let code = match s.kind {
             Kind::Int3 => {
                 // A traced site: the event routine's `edx` in the low 32
                 // bits, the traced bit above (see `area::TrapEntry::index`).
-                let traced = if s.action.traced() && !emit.is_empty() {
+                let traced = if s.action.traced() && emit_ok {
                     1 << ENTRY_TRACED | u64::from(s.action.strings()) << STR_MASK_SHIFT
                 } else {
                     0
@@ -104,7 +142,7 @@ pub fn generate(
                 len, flags_live, ..
             } => {
                 patches.push((ip, jump_patch(ip, s.kind.patch_len(), slot)));
-                encode_trampoline(from, ip, len, flags_live, &counting(i), slot)
+                body(len, flags_live)
             }
             Kind::JumpShort {
                 len,
@@ -115,7 +153,7 @@ pub fn generate(
                 let pad = bias.apply(pad).0;
                 patches.push((ip, short_patch(ip, len, pad)));
                 pads.push((pad, jump_patch(pad, 5, slot)));
-                encode_trampoline(from, ip, len, flags_live, &counting(i), slot)
+                body(len, flags_live)
             }
             Kind::JumpPun {
                 len,
@@ -126,7 +164,7 @@ pub fn generate(
                 let landing = bias.apply(landing).0;
                 patches.push((ip, pun_patch(from, ip, len, prefixes, landing)));
                 landings.push((landing, landing_code(slot)));
-                encode_trampoline(from, ip, len, flags_live, &counting(i), slot)
+                body(len, flags_live)
             }
         };
         let code = code.map_err(|e| site_error(s, from, ip, e))?;
@@ -145,7 +183,7 @@ pub fn generate(
     }
     patches.extend(pads);
     Ok(AreaCode {
-        bytes: layout.image(base, shared.addr(), row_page, entries, &emit, &slots),
+        bytes: layout.image(base, shared.addr(), row_page, entries, &room, &slots),
         patches,
         landings,
     })
@@ -266,9 +304,11 @@ mod tests {
                 function: None,
                 request: 0,
                 trace: None,
+                latency: None,
             },
             kind,
             action: crate::probes::Action::Count,
+            timed: None,
         }
     }
 
@@ -308,6 +348,7 @@ mod tests {
             slot_bits: 5,
             emit: None,
             strings: 0,
+            enter: None,
         };
         let kind = Kind::Jump {
             len: 7,

@@ -66,15 +66,195 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
             place: p.clone(),
             kind,
             action,
+            timed: None,
         });
     }
     // A skipped place's bytes stay as they are: no evicted neighbour holds
     // a pad for it (pads are only made for places that take a jump).
+    let mut unseen = Vec::new();
+    let sites = timed(
+        image,
+        resolution,
+        sites,
+        &evicted,
+        &mut skipped,
+        &mut unseen,
+    )?;
     Ok(Chosen {
         sites,
         skipped,
         evicted,
+        unseen,
     })
+}
+
+/// `sites` with the exits of each timed function (`--latency`) added,
+/// each function numbered in address order; a function whose entry or
+/// exits cannot all take a jump of their own is refused (skipped for a
+/// pattern's match): an exit not seen would leave its calls untimed.
+fn timed(
+    image: &Image,
+    resolution: &Resolution,
+    sites: Vec<Site>,
+    evicted: &[Evicted],
+    skipped: &mut Vec<(String, String)>,
+    unseen: &mut Vec<(String, String)>,
+) -> Result<Vec<Site>> {
+    if sites.iter().all(|s| s.place.latency.is_none()) {
+        return Ok(sites);
+    }
+    // Bytes that no exit may cover: every site's patch, the pads of short
+    // jumps, the evicted neighbours.
+    let mut taken: Vec<(u64, u64)> = sites
+        .iter()
+        .map(|s| (s.addr().0, s.addr().0 + s.kind.patch_len() as u64))
+        .chain(sites.iter().filter_map(|s| match s.kind {
+            Kind::JumpShort { pad, .. } => Some((pad.0, pad.0 + 5)),
+            // The bytes a punned jump keeps must stay as they are.
+            Kind::JumpPun { len, prefixes, .. } => {
+                Some((s.addr().0 + len as u64, s.addr().0 + prefixes as u64 + 5))
+            }
+            _ => None,
+        }))
+        .chain(evicted.iter().map(|e| (e.addr.0, e.addr.0 + e.len as u64)))
+        .collect();
+    taken.sort_unstable();
+    let mut landings: Vec<(u64, u64)> = sites
+        .iter()
+        .filter_map(|s| match s.kind {
+            Kind::JumpPun { landing, .. } => Some((landing.0, landing.0 + super::pun::LANDING)),
+            _ => None,
+        })
+        .collect();
+    let mut check = JumpCheck::default();
+    let mut out = Vec::with_capacity(sites.len());
+    let mut exits = Vec::new();
+    let mut func = 0u32;
+    for s in sites {
+        let Some(request) = s.place.latency else {
+            out.push(s);
+            continue;
+        };
+        // The function's returns no jump fits, kept if it is timed.
+        let mut missed = Vec::new();
+        let found = match s.kind {
+            Kind::Int3 => Err("its entry cannot take a jump".to_string()),
+            _ => check
+                .function(image, s.place.function)
+                .and_then(|(start, end)| {
+                    missed.clear();
+                    let insns = check.insns(start);
+                    let mut kinds = Vec::new();
+                    for x in super::latency::exits(insns, start.0, end, check.targets())? {
+                        let kind = if x.len >= 5 {
+                            Ok(Kind::Jump {
+                                len: x.len,
+                                flags_live: true,
+                            })
+                        } else {
+                            // Short: the padding after it makes up the jump,
+                            // or a jump punned over the bytes after it.
+                            let at = Place {
+                                addr: LinkAddr(x.addr),
+                                ..s.place.clone()
+                            };
+                            let from = insns.iter().position(|i| i.ip() == x.addr).unwrap_or(0);
+                            let end_at = x.addr + x.len as u64;
+                            padded(image, &insns[from..], &at, start, end_at, check.targets())
+                                .or_else(|why| {
+                                    let mut room = super::short::Room::taken_by(taken.clone());
+                                    super::pun::site(
+                                        image,
+                                        &at,
+                                        (start, end_at),
+                                        &check,
+                                        &mut room,
+                                        &mut landings,
+                                    )
+                                    .map_err(|pun| format!("{why}; {pun}"))
+                                })
+                        };
+                        let kind = match kind {
+                            Ok(k) => k,
+                            Err(why) => {
+                                // Not seen: calls that return here count as
+                                // left, untimed (the program runs as ever).
+                                missed.push((
+                                    format!(
+                                        "{}+{:#x}",
+                                        s.place.symbol,
+                                        x.addr - s.place.addr.0 + s.place.offset
+                                    ),
+                                    format!("{} bytes of room for a jump, {why}", x.len),
+                                ));
+                                continue;
+                            }
+                        };
+                        let (lo, hi) = (x.addr, x.addr + kind.patch_len() as u64);
+                        if taken.iter().any(|&(a, b)| a < hi && lo < b) {
+                            return Err(format!(
+                                "its exit at {:#x} shares its bytes with another probe's",
+                                x.addr
+                            ));
+                        }
+                        taken.push((lo, hi));
+                        if let Kind::JumpPun { len, prefixes, .. } = kind {
+                            taken.push((x.addr + len as u64, x.addr + prefixes as u64 + 5));
+                        }
+                        kinds.push((x, kind));
+                    }
+                    if kinds.is_empty() {
+                        return Err("none of its returns can take a jump".into());
+                    }
+                    Ok(kinds)
+                }),
+        };
+        match found {
+            Ok(e) => {
+                unseen.append(&mut missed);
+                for (x, kind) in e {
+                    exits.push(Site {
+                        place: Place {
+                            addr: LinkAddr(x.addr),
+                            offset: x.addr - s.place.addr.0 + s.place.offset,
+                            trace: None,
+                            ..s.place.clone()
+                        },
+                        kind,
+                        action: Action::Exit { func },
+                        timed: None,
+                    });
+                }
+                out.push(Site {
+                    timed: Some(func),
+                    ..s
+                });
+                func += 1;
+            }
+            Err(why) if resolution.requests[request].location.is_glob() => {
+                skipped.push((s.label(), format!("--latency cannot time it: {why}")));
+                // Still counted if another request probes it.
+                if s.place.request != request || s.place.trace.is_some() {
+                    out.push(Site {
+                        place: Place {
+                            latency: None,
+                            ..s.place
+                        },
+                        ..s
+                    });
+                }
+            }
+            Err(why) => {
+                return Err(Error::Untimeable {
+                    site: s.label(),
+                    why,
+                })
+            }
+        }
+    }
+    out.extend(exits);
+    out.sort_by_key(|s| s.addr());
+    Ok(out)
 }
 
 /// How each of `places` (sorted, distinct) can take a jump, all of them
@@ -113,6 +293,9 @@ pub struct Chosen {
     pub skipped: Vec<(String, String)>,
     /// The neighbours evicted to hold short jumps' pads.
     pub evicted: Vec<Evicted>,
+    /// Returns of timed functions that no jump fits: (label, why). Calls
+    /// that return there count as left, untimed.
+    pub unseen: Vec<(String, String)>,
 }
 
 /// Decides whether sites can take a jump, decoding each function once and

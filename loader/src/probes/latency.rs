@@ -61,7 +61,8 @@ pub fn encode_routines(t: &Timing, at: u64) -> Result<(Vec<u8>, usize), Unreloca
         format!("the latency routines take {n} bytes, more than the {LATENCY_BYTES} kept")
     })?;
     // The exit routine starts after the entry routine's last `ret`.
-    let off = exit_offset(&bytes, at).ok_or_else(|| Unrelocatable::Code("no exit routine".into()))?;
+    let off =
+        exit_offset(&bytes, at).ok_or_else(|| Unrelocatable::Code("no exit routine".into()))?;
     Ok((bytes, off))
 }
 
@@ -98,12 +99,7 @@ fn restore(a: &mut CodeAssembler, out: &mut CodeLabel) -> Result<(), IcedError> 
 
 /// Finds the thread's slot into rbx (claiming a free one if `claim`), or
 /// jumps to `none`. Uses rax (the key), rcx, rsi, rdi.
-fn slot(
-    a: &mut CodeAssembler,
-    t: &Timing,
-    claim: bool,
-    none: CodeLabel,
-) -> Result<(), IcedError> {
+fn slot(a: &mut CodeAssembler, t: &Timing, claim: bool, none: CodeLabel) -> Result<(), IcedError> {
     let mut again = a.create_label();
     let mut next = a.create_label();
     let mut found = a.create_label();
@@ -150,7 +146,10 @@ fn slot(
 fn top(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(rcx, rsi)?;
     a.shl(rcx, FRAME_SHIFT)?;
-    a.lea(rcx, qword_ptr(rbx + rcx + (SLOT_FRAMES as i32 - (1 << FRAME_SHIFT))))
+    a.lea(
+        rcx,
+        qword_ptr(rbx + rcx + (SLOT_FRAMES as i32 - (1 << FRAME_SHIFT))),
+    )
 }
 
 /// Counts the frame at rcx as left (its function's statistics), pops it
@@ -296,13 +295,14 @@ pub(super) fn call_routine(
     a.pop(rdx)
 }
 
-/// One exit of a function: a jump site over `len` bytes at `addr` whose
-/// last instruction is the `ret` (or the `jmp` out of the function).
+/// One exit of a function: whole instructions over `len` bytes at `addr`,
+/// straight on to the last, the `ret` (or the `jmp` out of the function).
+/// Fewer than 5 bytes: a jump needs padding after it (see `jump::padded`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exit {
     /// Where the jump goes.
     pub addr: u64,
-    /// Bytes it displaces (≥ 5), the exit instruction last.
+    /// Bytes of instructions it displaces, the exit instruction last.
     pub len: usize,
 }
 
@@ -311,7 +311,12 @@ pub struct Exit {
 /// has no room (the function cannot be timed: an exit not seen would leave
 /// its calls untimed). An exit is a `ret`, or a `jmp` whose target lies
 /// outside the function (a tail call).
-pub fn exits(insns: &[Instruction], start: u64, end: u64, targets: &Targets) -> Result<Vec<Exit>, String> {
+pub fn exits(
+    insns: &[Instruction],
+    start: u64,
+    end: u64,
+    targets: &Targets,
+) -> Result<Vec<Exit>, String> {
     let mut out = Vec::new();
     for (k, i) in insns.iter().enumerate() {
         let is_exit = match i.flow_control() {
@@ -333,27 +338,17 @@ pub fn exits(insns: &[Instruction], start: u64, end: u64, targets: &Targets) -> 
             continue;
         }
         let end_at = i.next_ip();
-        // Back over straight-line instructions until 5 bytes are covered;
-        // nothing but the first may be entered from elsewhere.
+        // Back over straight-line instructions until 5 bytes are covered,
+        // or as far as they go (then padding after it must make up the
+        // rest); nothing but the first may be entered from elsewhere.
         let mut first = k;
-        loop {
-            let len = end_at - insns[first].ip();
-            if len >= 5 {
-                break;
-            }
-            let why = || {
-                format!(
-                    "its exit `{}` at {:#x} has {len} bytes of room for a jump",
-                    disasm(i),
-                    i.ip()
-                )
-            };
-            if first == 0 {
-                return Err(why());
-            }
+        while end_at - insns[first].ip() < 5 && first > 0 {
             let prev = &insns[first - 1];
-            if prev.flow_control() != FlowControl::Next || xol::relocatable(prev).is_err() {
-                return Err(why());
+            if prev.flow_control() != FlowControl::Next
+                || xol::relocatable(prev).is_err()
+                || targets.inside(prev.ip(), end_at).is_some()
+            {
+                break;
             }
             first -= 1;
         }
@@ -386,20 +381,20 @@ mod tests {
     //! holds them, a table of ours the timing stacks, a buffer of ours the
     //! statistics.
     use super::*;
-    use uprobe_runtime::latency::{map_table, Snapshot, Stats, STATS_BYTES};
+    use uprobe_runtime::latency::{Snapshot, Stats, Table, STATS_BYTES};
 
     struct Rig {
         code: u64,
         exit: u64,
         stats: Vec<u64>,
-        _table: u64,
+        _table: Table,
     }
 
     const FUNCS: usize = 3;
 
     impl Rig {
         fn new() -> Rig {
-            let table = map_table().unwrap();
+            let table = Table::map().unwrap();
             // 64-byte aligned statistics, the minima unset.
             let mut stats = vec![0u64; FUNCS * STATS_BYTES / 8 + 8];
             let base = (stats.as_ptr() as u64).next_multiple_of(64);
@@ -420,17 +415,20 @@ mod tests {
             };
             assert_ne!(code, libc::MAP_FAILED);
             let t = Timing {
-                table,
+                table: table.addr(),
                 stats: base,
                 // One ns per tick.
                 mult: 1 << 32,
             };
             let (bytes, exit) = encode_routines(&t, code as u64).unwrap();
-            // SAFETY: our page, large enough (LATENCY_BYTES < 4096).
+            assert!(bytes.len() <= 4096);
+            // SAFETY: our page, large enough (asserted).
             unsafe {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), code.cast::<u8>(), bytes.len());
-                assert_eq!(libc::mprotect(code, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
-            }
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), code.cast::<u8>(), bytes.len())
+            };
+            // SAFETY: our page, filled.
+            let made = unsafe { libc::mprotect(code, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+            assert_eq!(made, 0);
             Rig {
                 code: code as u64,
                 exit: code as u64 + exit as u64,
@@ -472,11 +470,8 @@ mod tests {
 
     impl Drop for Rig {
         fn drop(&mut self) {
-            // SAFETY: our mappings, no longer used.
-            unsafe {
-                libc::munmap(self.code as *mut libc::c_void, 4096);
-                libc::munmap(self._table as *mut libc::c_void, uprobe_runtime::latency::TABLE_BYTES);
-            }
+            // SAFETY: our page, no longer used (the table unmaps itself).
+            unsafe { libc::munmap(self.code as *mut libc::c_void, 4096) };
         }
     }
 

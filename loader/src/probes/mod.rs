@@ -33,6 +33,7 @@ mod xol;
 
 pub use code::{generate, landing_pages};
 pub use emit::{Tid, EMIT_BYTES};
+pub use latency::{Timing, LATENCY_BYTES};
 
 /// The event routine's record flags (see `emit.rs`).
 pub mod emit_flags {
@@ -56,6 +57,8 @@ pub struct Request {
     pub location: Location,
     /// Traced (`--trace`): each hit is an event, with these arguments.
     pub trace: Option<Vec<ArgType>>,
+    /// Timed (`--latency`): each call of the function, entry to return.
+    pub latency: bool,
 }
 
 impl Request {
@@ -67,6 +70,15 @@ impl Request {
             spec,
             location,
             trace: None,
+            latency: false,
+        })
+    }
+
+    /// Parses a timed spec (`--latency`): a [`Location`] naming functions.
+    pub fn parse_latency(spec: impl Into<String>) -> Result<Request, ProbeError> {
+        Ok(Request {
+            latency: true,
+            ..Request::parse(spec)?
         })
     }
 
@@ -78,6 +90,7 @@ impl Request {
             spec,
             location: t.location,
             trace: Some(t.args),
+            latency: false,
         })
     }
 }
@@ -88,6 +101,7 @@ impl From<Location> for Request {
             spec: location.to_string(),
             location,
             trace: None,
+            latency: false,
         }
     }
 }
@@ -114,6 +128,12 @@ pub enum Action {
         /// The arguments read as strings (bit `i`: argument `i`).
         strings: u8,
     },
+    /// An exit of timed function `func` (a `ret` or a tail call): time the
+    /// call that ends here. Counts nothing, and is no probe of the report.
+    Exit {
+        /// The function's index among the timed ones.
+        func: u32,
+    },
 }
 
 impl Action {
@@ -128,7 +148,7 @@ impl Action {
     pub fn strings(self) -> u8 {
         match self {
             Action::Trace { strings } => strings,
-            Action::Count => 0,
+            Action::Count | Action::Exit { .. } => 0,
         }
     }
 }
@@ -163,6 +183,9 @@ pub struct Place {
     /// The first traced request that named it (it need not be the first
     /// request), whose argument types its events have.
     pub trace: Option<usize>,
+    /// A function timed (`--latency`): the first request that asked. On
+    /// an exit site, the function's entry is the one that says.
+    pub latency: Option<usize>,
 }
 
 impl Place {
@@ -200,6 +223,9 @@ pub struct Site {
     pub kind: Kind,
     /// What a hit does.
     pub action: Action,
+    /// The entry of timed function `i` (`--latency`): a hit also starts
+    /// timing the call.
+    pub timed: Option<u32>,
 }
 
 impl Site {

@@ -43,6 +43,8 @@ pub struct Resolver<'a> {
     matched: HashSet<LinkAddr>,
     /// The request being resolved is traced.
     tracing: bool,
+    /// The request being resolved is timed.
+    timing: bool,
 }
 
 /// Resolves `requests` against the program. With `unsafe_addrs`, an
@@ -76,6 +78,7 @@ impl<'a> Resolver<'a> {
             skipped: Vec::new(),
             matched: HashSet::new(),
             tracing: false,
+            timing: false,
         }
     }
 
@@ -84,6 +87,7 @@ impl<'a> Resolver<'a> {
         let (image, syms) = (self.image, self.syms);
         let index = self.requests.len();
         self.tracing = request.trace.is_some();
+        self.timing = request.latency;
         match &request.location {
             Location::Glob(p) => {
                 let pat = glob::Pattern::new(p).map_err(|e| ProbeError::BadSpec {
@@ -182,7 +186,20 @@ impl<'a> Resolver<'a> {
             function: f.map(|f| (f.addr, f.size)),
             request,
             trace: self.tracing.then_some(request),
+            latency: self.timing.then_some(request),
         };
+        if place.latency.is_some() && offset != 0 {
+            return Err(ProbeError::BadSpec {
+                spec: self
+                    .requests
+                    .get(request)
+                    .map_or_else(String::new, |r| r.spec.clone()),
+                why: format!(
+                    "--latency times whole functions, and {} is inside one",
+                    place.label()
+                ),
+            });
+        }
         if let Some(why) = self.syms.copied(addr) {
             return Err(ProbeError::Copied {
                 site: place.label(),
@@ -216,6 +233,9 @@ impl<'a> Resolver<'a> {
             let same = later.addr == first.addr;
             if same && first.trace.is_none() {
                 first.trace = later.trace;
+            }
+            if same && first.latency.is_none() {
+                first.latency = later.latency;
             }
             same
         });

@@ -135,6 +135,31 @@ struct Dead {
 }
 
 impl Room {
+    /// A room where `ranges` ([start, end), in any order, possibly
+    /// overlapping) are taken, and no host holds pads.
+    pub(super) fn taken_by(mut ranges: Vec<(u64, u64)>) -> Room {
+        ranges.sort_unstable();
+        let mut taken: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut last: Option<(u64, u64)> = None;
+        for (lo, hi) in ranges {
+            match last {
+                Some((a, b)) if lo <= b => last = Some((a, b.max(hi))),
+                Some((a, b)) => {
+                    taken.insert(a, b);
+                    last = Some((lo, hi));
+                }
+                None => last = Some((lo, hi)),
+            }
+        }
+        if let Some((a, b)) = last {
+            taken.insert(a, b);
+        }
+        Room {
+            taken,
+            dead: Vec::new(),
+        }
+    }
+
     /// Whether nothing has taken any of [lo, hi).
     pub(super) fn free(&self, lo: u64, hi: u64) -> bool {
         // The ranges are disjoint: only the last one starting before `hi`
@@ -428,6 +453,7 @@ fn fits_trampoline(image: &Image, a: u64, len: usize, flags_live: bool) -> bool 
         // As if traced: the longest the trampoline can be.
         emit: Some(at + 0x3000),
         strings: 0,
+        enter: None,
     };
     encode_trampoline(
         code_at(image, LinkAddr(a)),

@@ -58,6 +58,9 @@ pub struct Counting {
     pub emit: Option<u64>,
     /// Its `str` arguments (bit `i`: argument `i`), which the routine reads.
     pub strings: u8,
+    /// The latency entry routine and the function, when the site is a
+    /// timed function's entry (see `latency.rs`).
+    pub enter: Option<(u64, u32)>,
 }
 
 /// Steps over the red zone and saves what [`count`] clobbers: rax, rcx,
@@ -166,6 +169,11 @@ pub fn encode_trampoline(
         let site = count_at.index | u64::from(count_at.strings) << STR_MASK_SHIFT;
         e(trace(&mut a, site, emit))?;
     }
+    if let Some((routine, func)) = count_at.enter {
+        // Below the program's rsp: the red zone, the flags, rax and rcx.
+        let below = 128 + 16 + if flags_live { 8 } else { 0 };
+        e(super::latency::call_routine(&mut a, routine, func, below))?;
+    }
     e(leave(&mut a, flags_live))?;
     let mut off = 0;
     while off < len {
@@ -176,6 +184,41 @@ pub fn encode_trampoline(
     }
     // Out of the way of the hot path: nothing falls through to it.
     e(overflow(&mut a, count_at, &mut to_overflow, done))?;
+    assemble(&mut a, at, "takes")
+}
+
+/// The trampoline of an exit of a timed function: the `len` bytes at `ip`
+/// (whole instructions, the last a `ret` or a `jmp` out of the function)
+/// run out of line, and before the last, with the stack as at the return,
+/// the latency exit routine at `exit` for `func`. The flags are not kept:
+/// a return leaves none live.
+pub fn encode_exit(
+    bytes: &[u8],
+    ip: u64,
+    len: usize,
+    exit: u64,
+    func: u32,
+    at: u64,
+) -> Result<Vec<u8>, Unrelocatable> {
+    let e = |r: Result<(), IcedError>| r.map_err(|e| Unrelocatable::Code(e.to_string()));
+    let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
+    let mut insns = Vec::new();
+    let mut off = 0;
+    while off < len {
+        let insn = decode_one(&bytes[off..], ip + off as u64);
+        off += insn.len();
+        insns.push(insn);
+    }
+    let (last, before) = insns
+        .split_last()
+        .ok_or_else(|| Unrelocatable::Code("an exit of no instruction".into()))?;
+    for insn in before {
+        displaced(&mut a, insn, false)?;
+    }
+    e(enter(&mut a, false))?;
+    e(super::latency::call_routine(&mut a, exit, func, 128 + 16))?;
+    e(leave(&mut a, false))?;
+    displaced(&mut a, last, false)?;
     assemble(&mut a, at, "takes")
 }
 
@@ -235,6 +278,7 @@ mod tests {
         slot_bits: 5,
         emit: None,
         strings: 0,
+        enter: None,
     };
 
     fn decode(code: &[u8]) -> Vec<Instruction> {

@@ -83,6 +83,17 @@ impl Command {
         self
     }
 
+    /// Times each call of the functions `spec` names (see [`Location`];
+    /// `--latency`): from entry to return, in every thread and process.
+    /// Each is counted too; the report's `latency` gives the calls, their
+    /// durations and a histogram. A function whose entry or returns cannot
+    /// each take a jump cannot be timed: [`Command::spawn`] fails for one
+    /// named on its own, and a pattern passes over it with a warning.
+    pub fn latency(mut self, spec: impl Into<String>) -> Command {
+        self.probes.push(Request::parse_latency(spec));
+        self
+    }
+
     /// Records the event ring holds (rounded up to a power of two;
     /// [`DEFAULT_EVENT_RING`](crate::DEFAULT_EVENT_RING) by default): a traced hit that finds it full is dropped and counted.
     pub fn event_ring(mut self, records: usize) -> Command {
@@ -233,14 +244,30 @@ impl Command {
         }
         let draft = Draft::new(program, interp, &crate::layout::Aslr::current(), backing)?;
         let mut skipped = Vec::new();
+        let mut unseen = Vec::new();
         let (mut plan, probes) = Probes::build(
             draft,
             resolution,
             self.mode,
             self.ring_records,
             &mut skipped,
+            &mut unseen,
         )?;
         let mut warnings = warnings;
+        if !unseen.is_empty() {
+            let shown: Vec<String> = unseen
+                .iter()
+                .take(5)
+                .map(|(at, why)| format!("{at} ({why})"))
+                .collect();
+            warnings.push(format!(
+                "--latency: {} return(s) of timed functions take no jump; calls that return \
+                 there are counted as left, untimed: {}{}",
+                unseen.len(),
+                shown.join(", "),
+                if unseen.len() > 5 { ", …" } else { "" }
+            ));
+        }
         if !skipped.is_empty() {
             let shown: Vec<String> = skipped
                 .iter()

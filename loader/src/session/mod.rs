@@ -150,6 +150,7 @@ pub fn functions(
             function: Some((f.addr, f.size)),
             request: 0,
             trace: None,
+            latency: None,
         })
         .collect();
     places.sort_by_key(|p| p.addr);
@@ -350,6 +351,7 @@ impl Session {
                     lost: t.lost,
                 }
             }),
+            latency: out.latency,
             warnings,
         }
     }

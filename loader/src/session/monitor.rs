@@ -46,6 +46,8 @@ pub(super) struct Outcome {
     pub(super) guard_refused: u64,
     /// What the drain counted, when sites were traced.
     pub(super) events: Option<Totals>,
+    /// The timed functions' calls.
+    pub(super) latency: Vec<crate::report::Latency>,
 }
 
 /// The monitor thread: forks the stage, tells `started` the program's pid
@@ -149,6 +151,7 @@ fn run(
     let per_process = probes.map(Probes::per_process).unwrap_or_default();
     let stray_traps = probes.map_or(0, |p| p.counters.stray());
     let guard_refused = probes.map_or(0, |p| p.refused.load(std::sync::atomic::Ordering::Relaxed));
+    let latency = probes.map(Probes::latency).unwrap_or_default();
     Ok(Outcome {
         exit,
         stats: server.stats(),
@@ -158,6 +161,7 @@ fn run(
         stray_traps,
         guard_refused,
         events,
+        latency,
     })
 }
 

@@ -31,6 +31,8 @@ pub(super) struct Probes {
     pub(super) area: ProbeArea,
     /// The pages of punned jumps' landings (see `probes::pun`).
     pub(super) landings: Vec<Reservation>,
+    /// The timing stacks' table, when a function is timed (`--latency`).
+    pub(super) table: Option<uprobe_runtime::latency::Table>,
     /// The seccomp filter guarding the trap handler.
     pub(super) filter: Vec<libc::sock_filter>,
     /// `rt_sigaction(SIGTRAP)` calls the guard refused (caller unreadable).
@@ -53,12 +55,14 @@ impl Probes {
         mode: ProbeMode,
         ring_records: usize,
         skipped: &mut Vec<(String, String)>,
+        unseen: &mut Vec<(String, String)>,
     ) -> Result<(Plan, Option<Probes>)> {
         if resolution.places.is_empty() {
             return Ok((draft.finish(&[]), None));
         }
         let chosen = probes::choose(&draft.program.image, &resolution, mode)?;
         skipped.extend(chosen.skipped);
+        unseen.extend(chosen.unseen);
         let evicted = chosen.evicted;
         let (sites, mut landings) =
             reserve_landings(chosen.sites, &draft, &resolution, mode, skipped)?;
@@ -67,6 +71,7 @@ impl Probes {
         }
         let traced = sites.iter().any(|s| s.action.traced());
         let strings = sites.iter().any(|s| s.action.strings() != 0);
+        let timed = sites.iter().filter(|s| s.timed.is_some()).count();
         // Stack slots for the CPUs we may run on (the program inherits
         // our affinity); an event ring when any site is traced.
         let mut shared = SharedLayout::new(
@@ -82,13 +87,21 @@ impl Probes {
             };
             shared = shared.with_ring(RingLayout::new(ring_records.max(1), room, sites.len()));
         }
+        shared = shared.with_latency(timed);
         let counters =
             Arc::new(Shared::new(shared).map_err(|e| Error::sys("creating the hit counters", e))?);
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
         let mut layout = uprobe_runtime::trap::layout(sites.len() + evicted.len(), traps);
-        if traced {
-            layout = layout.with_emit(probes::EMIT_BYTES);
+        let routines = if traced { probes::EMIT_BYTES } else { 0 }
+            + if timed == 0 { 0 } else { probes::LATENCY_BYTES };
+        if routines > 0 {
+            layout = layout.with_emit(routines);
         }
+        let (table, timing) = if timed == 0 {
+            (None, None)
+        } else {
+            timing(&counters)?
+        };
         let room = draft.probe_room(&layout)?;
         let code = probes::generate(
             &draft.program.image,
@@ -99,6 +112,7 @@ impl Probes {
             room.addr(),
             &counters,
             tid_source(&draft.program.image),
+            timing,
         )?;
         let area = draft.map_probe_area(room, &layout, &code.bytes)?;
         for (page, bytes) in probes::landing_pages(&code.landings) {
@@ -120,6 +134,7 @@ impl Probes {
             counters,
             area,
             landings,
+            table,
             filter,
             refused: Arc::default(),
         };
@@ -196,7 +211,9 @@ impl Probes {
                     .row_hits(r)
                     .into_iter()
                     .enumerate()
-                    .filter(|&(_, c)| c > 0)
+                    .filter(|&(i, c)| {
+                        c > 0 && !matches!(self.sites[i].action, probes::Action::Exit { .. })
+                    })
                     .map(|(i, c)| (labels[i].clone(), c))
                     .collect();
                 ProcessHits {
@@ -223,11 +240,30 @@ impl Probes {
             .collect()
     }
 
+    /// The timed functions' calls: each entry's hits, and what the
+    /// routines measured.
+    pub(super) fn latency(&self) -> Vec<crate::report::Latency> {
+        let totals = self.totals();
+        let mut v: Vec<(u32, crate::report::Latency)> = self
+            .sites
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let f = s.timed?;
+                let snap = self.counters.stats(f as usize).snapshot();
+                Some((f, crate::report::Latency::new(s.label(), totals[i], &snap)))
+            })
+            .collect();
+        v.sort_by_key(|(f, _)| *f);
+        v.into_iter().map(|(_, l)| l).collect()
+    }
+
     pub(super) fn hits(&self) -> Vec<ProbeHits> {
         let totals = self.totals();
         self.sites
             .iter()
             .enumerate()
+            .filter(|(_, s)| !matches!(s.action, probes::Action::Exit { .. }))
             .map(|(i, s)| ProbeHits {
                 spec: self.requests[s.place.request].spec.clone(),
                 symbol: s.place.symbol.clone(),
@@ -238,6 +274,38 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// The timing stacks' table and what the latency routines need: the
+/// statistics in `counters`, and the counter's rate, measured here over a
+/// millisecond or two (to a few parts in 100 000). Refused where the CPU
+/// does not let user code read the thread pointer (`rdfsbase`), which the
+/// routines find each thread's timing stack by.
+fn timing(
+    counters: &Shared,
+) -> Result<(
+    Option<uprobe_runtime::latency::Table>,
+    Option<probes::Timing>,
+)> {
+    const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    if rustix::param::linux_hwcap().1 as u64 & HWCAP2_FSGSBASE == 0 {
+        return Err(Error::Untimeable {
+            site: "any function".into(),
+            why: "the routines find each thread's timing stack with `rdfsbase`, which this CPU or kernel does not allow (FSGSBASE)".into(),
+        });
+    }
+    let table = uprobe_runtime::latency::Table::map()
+        .map_err(|e| Error::sys("mapping the timing stacks", e))?;
+    let a = crate::sys::clock::pair();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let b = crate::sys::clock::pair();
+    let ns_per_tick = (b.1 - a.1) as f64 / (b.0 - a.0).max(1) as f64;
+    let t = probes::Timing {
+        table: table.addr(),
+        stats: counters.stats_addr(0),
+        mult: (ns_per_tick * (1u64 << 32) as f64) as u64,
+    };
+    Ok((Some(table), Some(t)))
 }
 
 /// The process a thread belongs to.

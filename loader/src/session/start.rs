@@ -111,6 +111,7 @@ pub(super) fn start(
         keep.push((p.area.reservation.addr(), p.area.reservation.end()));
         keep.push(p.counters.range());
         keep.extend(p.landings.iter().map(|r| (r.addr(), r.end())));
+        keep.extend(p.table.as_ref().map(uprobe_runtime::latency::Table::range));
     }
     let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit)?;
 

@@ -1,0 +1,142 @@
+/* Calls to time (--latency): each mode says what it did itself, for the
+ * tests to compare with what the tool measured.
+ *
+ *   latency sleeps A B      nap(2) A times then nap(20) B times (nap sleeps
+ *                           that many ms); prints "naps=A+B"
+ *   latency fib N           fib(N), recursive; prints "fib=F calls=C"
+ *   latency longjmp N D     N times: dive(D) recurses D deep, and the deepest
+ *                           longjmps back out past all of them; prints
+ *                           "dives=N*D jumps=N"
+ *   latency deep D          dive2(D) recurses D deep and returns; "calls=D+1"
+ *   latency threads T N     T threads call work() N times each; "calls=T*N"
+ *   latency fork            forked() forks inside; parent and child each
+ *                           return from it; each prints "pid=P role=R"
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NOINLINE __attribute__((noinline))
+
+static volatile uint64_t sink;
+static uint64_t calls;
+
+NOINLINE void nap(int ms)
+{
+    struct timespec ts = {0, ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+NOINLINE uint64_t fib(int n)
+{
+    calls++;
+    if (n < 2) return (uint64_t)n;
+    uint64_t r = fib(n - 1) + fib(n - 2);
+    __asm__ volatile("" : "+r"(r));
+    return r;
+}
+
+static jmp_buf back;
+
+NOINLINE void dive(int d)
+{
+    calls++;
+    if (d <= 0) return;
+    if (d == 1) longjmp(back, 1);
+    dive(d - 1);
+    sink++;
+}
+
+NOINLINE uint64_t dive2(int d)
+{
+    calls++;
+    if (d == 0) return 0;
+    uint64_t r = dive2(d - 1) + 1;
+    __asm__ volatile("" : "+r"(r));
+    return r;
+}
+
+NOINLINE uint64_t work(uint64_t x)
+{
+    uint64_t r = x * 2654435761u;
+    __asm__ volatile("" : "+r"(r));
+    return r >> 3;
+}
+
+static uint64_t per_thread;
+
+static void *worker(void *arg)
+{
+    uint64_t acc = (uint64_t)(uintptr_t)arg;
+    for (uint64_t i = 0; i < per_thread; i++) acc += work(acc + i);
+    sink += acc;
+    return NULL;
+}
+
+NOINLINE int forked(void)
+{
+    fflush(stdout);
+    pid_t c = fork();
+    sink++;
+    return c;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 4 && !strcmp(argv[1], "sleeps")) {
+        int a = atoi(argv[2]), b = atoi(argv[3]);
+        for (int i = 0; i < a; i++) nap(2);
+        for (int i = 0; i < b; i++) nap(20);
+        printf("naps=%d\n", a + b);
+        return 0;
+    }
+    if (argc >= 3 && !strcmp(argv[1], "fib")) {
+        uint64_t f = fib(atoi(argv[2]));
+        printf("fib=%llu calls=%llu\n", (unsigned long long)f, (unsigned long long)calls);
+        return 0;
+    }
+    if (argc >= 4 && !strcmp(argv[1], "longjmp")) {
+        int n = atoi(argv[2]), d = atoi(argv[3]), jumps = 0;
+        for (int i = 0; i < n; i++) {
+            if (setjmp(back) == 0) dive(d);
+            else jumps++;
+        }
+        printf("dives=%llu jumps=%d\n", (unsigned long long)calls, jumps);
+        return 0;
+    }
+    if (argc >= 3 && !strcmp(argv[1], "deep")) {
+        uint64_t r = dive2(atoi(argv[2]));
+        printf("depth=%llu calls=%llu\n", (unsigned long long)r, (unsigned long long)calls);
+        return 0;
+    }
+    if (argc >= 4 && !strcmp(argv[1], "threads")) {
+        int t = atoi(argv[2]);
+        per_thread = strtoull(argv[3], NULL, 0);
+        pthread_t th[64];
+        if (t > 64) t = 64;
+        for (int i = 0; i < t; i++) pthread_create(&th[i], NULL, worker, (void *)(uintptr_t)i);
+        for (int i = 0; i < t; i++) pthread_join(th[i], NULL);
+        printf("calls=%llu\n", (unsigned long long)t * per_thread);
+        return 0;
+    }
+    if (argc >= 2 && !strcmp(argv[1], "fork")) {
+        int c = forked();
+        if (c == 0) {
+            printf("pid=%d role=child\n", getpid());
+            return 0;
+        }
+        int st;
+        waitpid(c, &st, 0);
+        printf("pid=%d role=parent child_status=%d\n", getpid(), st);
+        return 0;
+    }
+    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork\n");
+    return 2;
+}

@@ -1,0 +1,215 @@
+//! Timed functions (`--latency`): every call counted, and timed from entry
+//! to return, checked against what the `latency` sample says it did (its
+//! own call counts, the durations it slept), and the program running as
+//! natively (same output, same exit).
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+
+use common::{ours, read_report, Output, TempDir};
+use serde_json::Value;
+use uprobe_exec_samples::{path, Variant};
+
+/// `latency ARGS` natively and with `--latency SPEC`: both runs, and the
+/// report's entry for the function.
+fn timed(tag: &str, spec: &str, args: &[&str]) -> (Output, Output, Value, Value) {
+    let prog = path("latency", Variant::Pie);
+    let mut cmd = std::process::Command::new(&prog);
+    cmd.args(args);
+    let native = common::run(cmd);
+    let dir = TempDir::new(tag);
+    let report = dir.join("r.json");
+    let out = ours(
+        &[
+            "-q",
+            "--latency",
+            spec,
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        &prog,
+        args,
+    );
+    let r = read_report(&report);
+    let l = r["latency"]
+        .as_array()
+        .and_then(|a| a.iter().find(|l| l["symbol"] == spec))
+        .cloned()
+        .unwrap_or_else(|| panic!("no latency for {spec}: {r}"));
+    (native, out, l, r)
+}
+
+/// `key=value` pairs the program printed (all lines).
+fn said(out: &Output) -> HashMap<String, String> {
+    out.stdout_str()
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn n(l: &Value, k: &str) -> u64 {
+    l[k].as_u64().unwrap_or_else(|| panic!("{k} in {l}"))
+}
+
+fn same_as_native(native: &Output, out: &Output) {
+    assert_eq!(out.code, native.code, "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), native.stdout_str());
+}
+
+#[test]
+fn known_sleeps_land_in_their_buckets_and_every_call_is_counted() {
+    // 20 naps of 2 ms and 20 of 20 ms: a nap lasts at least that long.
+    let (native, out, l, _) = timed("lat-sleeps", "nap", &["sleeps", "20", "20"]);
+    same_as_native(&native, &out);
+    assert_eq!((n(&l, "count"), n(&l, "timed")), (40, 40), "{l}");
+    assert!(n(&l, "min_ns") >= 2_000_000, "{l}");
+    assert!(n(&l, "max_ns") >= 20_000_000, "{l}");
+    let hist = l["hist"].as_array().unwrap();
+    let calls = |lo: u64, hi: u64| -> u64 {
+        hist.iter()
+            .filter(|b| n(b, "lo_ns") >= lo && n(b, "hi_ns") < hi)
+            .map(|b| n(b, "count"))
+            .sum()
+    };
+    // 2 ms is in [2^20, 2^21) ns, up to 4 ms in the next: the short naps;
+    // 20 ms is in [2^24, 2^25).
+    assert_eq!(calls(1 << 20, 1 << 22), 20, "{l}");
+    assert_eq!(calls(1 << 24, 1 << 26), 20, "{l}");
+    assert_eq!(hist.iter().map(|b| n(b, "count")).sum::<u64>(), 40);
+    let sum = n(&l, "sum_ns");
+    assert!(sum >= 20 * 2_000_000 + 20 * 20_000_000, "{l}");
+}
+
+#[test]
+fn recursive_fib_22_is_57313_calls_each_timed() {
+    let (native, out, l, _) = timed("lat-fib", "fib", &["fib", "22"]);
+    same_as_native(&native, &out);
+    let calls: u64 = said(&out)["calls"].parse().unwrap();
+    assert_eq!(calls, 57_313);
+    assert_eq!(
+        (
+            n(&l, "count"),
+            n(&l, "timed"),
+            n(&l, "left"),
+            n(&l, "untimed")
+        ),
+        (calls, calls, 0, 0),
+        "{l}"
+    );
+}
+
+#[test]
+fn calls_left_by_longjmp_are_counted_and_the_program_runs_as_natively() {
+    // 100 times: 5 nested dives, the deepest longjmps out of all of them.
+    let (native, out, l, r) = timed("lat-longjmp", "dive", &["longjmp", "100", "5"]);
+    same_as_native(&native, &out);
+    assert_eq!(said(&out)["dives"], "500");
+    assert_eq!(n(&l, "count"), 500, "{l}");
+    // None returns: each is left, found when the next dive begins at its
+    // stack pointer; the last 5 are never found.
+    assert_eq!(n(&l, "timed"), 0, "{l}");
+    assert!(n(&l, "left") >= 495, "{l}");
+    assert!(r["warnings"].to_string().contains("dive+0x"), "{r}");
+}
+
+#[test]
+fn ten_thousand_frames_deep_every_call_is_timed() {
+    let (native, out, l, _) = timed("lat-deep", "dive2", &["deep", "10000"]);
+    same_as_native(&native, &out);
+    assert_eq!(said(&out)["calls"], "10001");
+    assert_eq!((n(&l, "count"), n(&l, "timed")), (10_001, 10_001), "{l}");
+    // Each call lasts at least as long as every call it made.
+    assert!(n(&l, "max_ns") >= n(&l, "min_ns"));
+}
+
+#[test]
+fn eight_threads_each_time_their_own_calls() {
+    let (native, out, l, _) = timed("lat-threads", "work", &["threads", "8", "20000"]);
+    same_as_native(&native, &out);
+    assert_eq!(said(&out)["calls"], "160000");
+    assert_eq!(
+        (
+            n(&l, "count"),
+            n(&l, "timed"),
+            n(&l, "left"),
+            n(&l, "untimed")
+        ),
+        (160_000, 160_000, 0, 0),
+        "{l}"
+    );
+}
+
+#[test]
+fn a_fork_inside_a_timed_function_returns_in_both_processes() {
+    let (native, out, l, _) = timed("lat-fork", "forked", &["fork"]);
+    assert_eq!(out.code, native.code, "{}", out.stderr_str());
+    let text = out.stdout_str();
+    assert!(
+        text.contains("role=child") && text.contains("role=parent child_status=0"),
+        "{text}"
+    );
+    // One call, two returns: the child's timing stack is a copy of its
+    // parent's, as its stack is.
+    assert_eq!((n(&l, "count"), n(&l, "timed")), (1, 2), "{l}");
+}
+
+#[test]
+fn a_function_named_that_cannot_be_timed_is_refused_with_the_reason() {
+    // `--latency` names whole functions.
+    let prog = path("latency", Variant::Pie);
+    let out = ours(&["--latency", "fib+0x4"], &prog, &["fib", "3"]);
+    assert_eq!(out.code, Some(125), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("--latency times whole functions"),
+        "{}",
+        out.stderr_str()
+    );
+}
+
+#[test]
+fn the_histogram_goes_to_stderr_as_funclatency_prints_it() {
+    let prog = path("latency", Variant::Pie);
+    let out = ours(&["--latency", "nap"], &prog, &["sleeps", "3", "0"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let err = out.stderr_str();
+    assert!(err.contains("uprobe-exec: nap: 3 calls, avg "), "{err}");
+    assert!(err.contains("Function = nap"), "{err}");
+    assert!(err.contains("nsecs : count    distribution"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains(" -> ") && l.contains(": 3 ") && l.contains('*')),
+        "{err}"
+    );
+    // Nothing of ours on stdout.
+    assert_eq!(out.stdout_str(), "naps=3\n");
+}
+
+#[test]
+fn unprivileged_calls_are_timed_the_same() {
+    let (d, bin) = common::nobody_dir("lat-nobody");
+    let prog = d.copy(&path("latency", Variant::Pie), "latency-pie", 0o755);
+    let report = d.join("r.json");
+    let argv: Vec<std::ffi::OsString> = vec![
+        bin.into(),
+        "-q".into(),
+        "--latency".into(),
+        "fib".into(),
+        "--report-json".into(),
+        report.clone().into(),
+        prog.into(),
+        "fib".into(),
+        "18".into(),
+    ];
+    let mut cmd = common::command(true, &argv);
+    cmd.current_dir(&d.path);
+    let out = common::run(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let calls: u64 = said(&out)["calls"].parse().unwrap();
+    let r = read_report(&report);
+    common::assert_unprivileged_handoff("--latency", &r);
+    let l = &r["latency"][0];
+    assert_eq!((n(l, "count"), n(l, "timed")), (calls, calls), "{l}");
+}
