@@ -176,6 +176,33 @@ fn an_embedder_reads_each_traced_hit_with_its_arguments() {
         .all(|e| e.pid != parent[0].pid && e.tid == e.pid));
 }
 
+#[test]
+fn a_stream_nobody_reads_is_given_up_and_its_events_counted_as_dropped() {
+    // 40000 traced hits, a stream of 16384 events that nobody reads: the
+    // drain waits a second for a reader, then counts what the stream cannot
+    // hold as dropped. Every hit is delivered or dropped, and the run ends
+    // (a hang detector, not a timing: one wait of a second, not one per
+    // event the stream's slack still holds).
+    let cmd = Command::new(sample("events", Variant::Pie))
+        .args(["hitloop6", "40000"])
+        .trace("ev(int)")
+        .event_ring(65536);
+    let mut run = Running::spawn(&cmd);
+    let events = run.session().events().expect("a traced site");
+    let t = std::time::Instant::now();
+    let report = run.wait();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(report.exit, Exit::Code(0));
+    let e = report.events.expect("events");
+    assert_eq!(e.delivered + e.dropped, 40_000, "{e:?}");
+    assert!(e.dropped > 0, "{e:?}");
+    assert_eq!(events.len() as u64, e.delivered, "what the stream holds");
+}
+
 /// The program's first process, from the report.
 fn run_pid(r: &Report) -> i32 {
     r.per_process[0].pid as i32

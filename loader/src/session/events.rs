@@ -162,16 +162,27 @@ impl Clock {
         // run's rate already: the horizon's place on that line becomes a
         // pair too, so that the times stay one continuous, increasing
         // function of the counter (a thread's events never go back).
+        let mut p = p;
         if self.horizon > last.0 && self.horizon < p.0 && last.0 > self.first.0 {
             let line = Segment {
                 lo: last,
                 end: u64::MAX,
                 rate: self.run_rate(last),
             };
-            self.push((self.horizon, line.at(self.horizon)));
+            let knot = (self.horizon, line.at(self.horizon));
+            self.push(knot);
+            // A clock a little slower than the run's rate: time stands
+            // still until it catches up, rather than going back.
+            p.1 = p.1.max(knot.1);
         }
         self.push(p);
-        self.horizon = p.0.saturating_add((STALE_NS / self.run_rate(p)) as u64);
+        let rate = self.run_rate(p);
+        self.horizon = if rate > 0.0 {
+            p.0.saturating_add((STALE_NS / rate) as u64)
+        } else {
+            // A clock that did not move (a coarse one): a pair per record.
+            p.0
+        };
     }
 
     /// Appends a pair (the oldest goes beyond [`PAIRS`]); a segment that
@@ -188,7 +199,7 @@ impl Clock {
 
     /// ns per counter tick from the first pair to `p` (a later one).
     fn run_rate(&self, p: (u64, u64)) -> f64 {
-        (p.1 - self.first.1) as f64 / (p.0 - self.first.0) as f64
+        p.1.saturating_sub(self.first.1) as f64 / p.0.saturating_sub(self.first.0).max(1) as f64
     }
 
     /// The CLOCK_MONOTONIC time of counter value `tsc`.
@@ -217,7 +228,7 @@ impl Clock {
         if hi.0 == lo.0 {
             return lo.1;
         }
-        let rate = (hi.1 - lo.1) as f64 / (hi.0 - lo.0) as f64;
+        let rate = hi.1.saturating_sub(lo.1) as f64 / (hi.0 - lo.0) as f64;
         // The segment from the pair before `tsc` is reused; before the
         // first pair kept, nothing is.
         self.last = i.checked_sub(1).map(|k| Segment {
@@ -271,12 +282,7 @@ mod tests {
         // Counter ticks at 1 ns over the first 1 ms, then the clock slows
         // to half a ns a tick: values placed at the run's rate before the
         // new pair and values converted after it stay in order.
-        let mut c = Clock {
-            pairs: std::collections::VecDeque::from([(1_000_000, 1_000_000)]),
-            first: (1_000_000, 1_000_000),
-            last: None,
-            horizon: 0,
-        };
+        let mut c = synthetic();
         c.add_pair((2_000_000, 2_000_000));
         let h = c.horizon;
         assert_eq!(h, 2_250_000, "250 µs at 1 ns a tick");
@@ -294,6 +300,37 @@ mod tests {
         );
         assert!(after.windows(2).all(|w| w[0] < w[1]), "{after:?}");
         assert_eq!(c.monotonic(3_000_000), 2_600_000);
+    }
+
+    #[test]
+    fn a_pair_behind_the_run_s_line_holds_time_still_rather_than_back() {
+        // The pair after the horizon says less than the line did there.
+        let mut c = synthetic();
+        c.add_pair((2_000_000, 2_000_000));
+        let at_horizon = c.monotonic(2_249_999);
+        assert_eq!(at_horizon, 2_249_999);
+        c.add_pair((2_250_100, 2_249_000));
+        let v: Vec<u64> = (0..20).map(|k| c.monotonic(2_249_990 + k * 10)).collect();
+        assert!(v.windows(2).all(|w| w[0] <= w[1]), "{v:?}");
+        assert_eq!(v[1], 2_250_000, "the horizon's place on the line");
+        assert!(v[19] < 2_250_100, "{v:?}");
+    }
+
+    #[test]
+    fn a_clock_that_does_not_move_reads_a_pair_per_value() {
+        let mut c = synthetic();
+        c.add_pair((2_000_000, 1_000_000));
+        assert_eq!(c.horizon, 2_000_000, "no rate: no horizon");
+    }
+
+    /// A clock whose first pair is (1 000 000, 1 000 000).
+    fn synthetic() -> Clock {
+        Clock {
+            pairs: std::collections::VecDeque::from([(1_000_000, 1_000_000)]),
+            first: (1_000_000, 1_000_000),
+            last: None,
+            horizon: 0,
+        }
     }
 
     #[test]

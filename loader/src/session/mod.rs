@@ -86,6 +86,11 @@ impl EventStream {
                     waited += NAP;
                 }
             }
+            // Unread for STALLED: abandoned, whatever room the slack
+            // still has (each slack event would wait as long again).
+            if room == 0 && waited >= STALLED {
+                abandoned = true;
+            }
             room = room.saturating_sub(1);
             let sent = sender.try_send(e).is_ok();
             if !sent {
