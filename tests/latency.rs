@@ -178,11 +178,21 @@ fn the_histogram_goes_to_stderr_as_funclatency_prints_it() {
     assert!(err.contains("uprobe-exec: nap: 3 calls, avg "), "{err}");
     assert!(err.contains("Function = nap"), "{err}");
     assert!(err.contains("nsecs : count    distribution"), "{err}");
-    assert!(
-        err.lines()
-            .any(|l| l.contains(" -> ") && l.contains(": 3 ") && l.contains('*')),
-        "{err}"
-    );
+    // Buckets of `lo -> hi : count |stars|`, the three naps among them.
+    let counts: Vec<u64> = err
+        .lines()
+        .filter(|l| l.contains(" -> ") && l.ends_with('|'))
+        .map(|l| {
+            let count = l
+                .split(':')
+                .nth(1)
+                .and_then(|c| c.split_whitespace().next());
+            count
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_else(|| panic!("{l}"))
+        })
+        .collect();
+    assert_eq!(counts.iter().sum::<u64>(), 3, "{err}");
     // Nothing of ours on stdout.
     assert_eq!(out.stdout_str(), "naps=3\n");
 }

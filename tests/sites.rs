@@ -156,6 +156,14 @@ fn workloads(name: &str) -> &'static [&'static [&'static str]] {
         "nodump" => &[&["10"]],
         // Its other modes print tids, pids or times, which differ run to run.
         "events" => &[&["strings", "10"]],
+        // Its fork mode prints pids.
+        "latency" => &[
+            &["fib", "12"],
+            &["longjmp", "5", "3"],
+            &["deep", "100"],
+            &["threads", "2", "100"],
+            &["sleeps", "1", "0"],
+        ],
         // Reads its own text: under '*' it sees the probes (README).
         "selfmem" => &[],
         other => panic!("no workload for the sample {other}: add one here"),

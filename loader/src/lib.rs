@@ -68,7 +68,9 @@ mod watchdog;
 pub use addr::LinkAddr;
 pub use error::{ElfError, Error, Privilege, Result, StageStep};
 pub use probes::{ArgType, Location, ProbeError, TraceSpec};
-pub use report::{EventCounts, Exit, Handoff, ProbeHits, ProcessHits, Report, Text};
+pub use report::{
+    Bucket, EventCounts, Exit, Handoff, Latency, ProbeHits, ProcessHits, Report, Text,
+};
 pub use session::{
     functions, Command, ProbeMode, Session, DEFAULT_EVENT_RING, DEFAULT_FAULT_AROUND,
 };
