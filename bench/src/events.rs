@@ -47,7 +47,7 @@ fn sample() -> PathBuf {
 
 /// What one run printed and reported.
 #[derive(Clone, Copy, Debug)]
-struct Run {
+pub(crate) struct Run {
     wall_ms: f64,
     /// The loop's ns per call, wall time (0 for a paced run).
     ns: f64,
@@ -61,8 +61,8 @@ struct Run {
 
 /// One command line to run again and again: its argv, and where it writes
 /// its report and its events (both removed after each run).
-struct Case {
-    argv: Vec<String>,
+pub(crate) struct Case {
+    pub(crate) argv: Vec<String>,
     report: Option<PathBuf>,
     output: Option<PathBuf>,
 }
@@ -70,6 +70,15 @@ struct Case {
 impl Case {
     fn native(calls: u64) -> Case {
         Case::sample(&["hitloop6", &calls.to_string()])
+    }
+
+    /// `argv`, run as it is.
+    pub(crate) fn command(argv: Vec<String>) -> Case {
+        Case {
+            argv,
+            report: None,
+            output: None,
+        }
     }
 
     /// The sample with `args`, unprobed.
@@ -199,10 +208,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Medians over the runs of one case: wall ms, ns, CPU ns per call; and
 /// the events of its run with the most drops (so a bad run shows).
 #[derive(Clone, Copy, Debug)]
-struct Figures {
-    wall_ms: f64,
-    ns: f64,
-    cpu_ns: f64,
+pub(crate) struct Figures {
+    pub(crate) wall_ms: f64,
+    pub(crate) ns: f64,
+    pub(crate) cpu_ns: f64,
     /// The median rate a paced run achieved.
     rate: Option<f64>,
     events: Option<[u64; 3]>,
@@ -241,7 +250,7 @@ impl Figures {
 
 /// Runs the cases one after another, `rounds` times (a warm-up first);
 /// each one's figures, None where no run succeeded.
-fn alternate(cases: &[Case], rounds: usize) -> Vec<Option<Figures>> {
+pub(crate) fn alternate(cases: &[Case], rounds: usize) -> Vec<Option<Figures>> {
     for c in cases {
         c.run();
     }

@@ -134,6 +134,17 @@ pub fn with_kernel_uprobe<T>(
     fetch: &str,
     measure: impl FnOnce(&Path) -> Result<T, String>,
 ) -> Result<T, String> {
+    with_kernel_probes(prog, function, &[('p', event, fetch)], measure)
+}
+
+/// [`with_kernel_uprobe`] with several probes on `function`: (`'p'` for
+/// its entry or `'r'` for its return, event name, fetch arguments).
+pub fn with_kernel_probes<T>(
+    prog: &Path,
+    function: &str,
+    probes: &[(char, &str, &str)],
+    measure: impl FnOnce(&Path) -> Result<T, String>,
+) -> Result<T, String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("needs root (tracefs uprobe_events)".into());
@@ -167,18 +178,29 @@ pub fn with_kernel_uprobe<T>(
                     f.write_all(line.as_bytes())
                 })
         };
-        let sep = if fetch.is_empty() { "" } else { " " };
-        append(&format!(
-            "p:uprobes/{event} {}:{off:#x}{sep}{fetch}\n",
-            prog.display()
-        ))
-        .map_err(|e| format!("adding the uprobe: {e}"))?;
-        let enable = tracefs.join(format!("events/uprobes/{event}/enable"));
-        let r = std::fs::write(&enable, "1")
-            .map_err(|e| format!("enabling: {e}"))
-            .and_then(|()| measure(&tracefs));
-        let _ = std::fs::write(&enable, "0");
-        let _ = append(&format!("-:uprobes/{event}\n"));
+        let mut added = Vec::new();
+        let mut r = Ok(());
+        for &(kind, event, fetch) in probes {
+            let sep = if fetch.is_empty() { "" } else { " " };
+            r = append(&format!(
+                "{kind}:uprobes/{event} {}:{off:#x}{sep}{fetch}\n",
+                prog.display()
+            ))
+            .map_err(|e| format!("adding the uprobe: {e}"))
+            .and_then(|()| {
+                added.push(event);
+                std::fs::write(tracefs.join(format!("events/uprobes/{event}/enable")), "1")
+                    .map_err(|e| format!("enabling: {e}"))
+            });
+            if r.is_err() {
+                break;
+            }
+        }
+        let r = r.and_then(|()| measure(&tracefs));
+        for event in added {
+            let _ = std::fs::write(tracefs.join(format!("events/uprobes/{event}/enable")), "0");
+            let _ = append(&format!("-:uprobes/{event}\n"));
+        }
         r
     })();
     if let Some(dir) = mounted {

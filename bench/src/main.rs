@@ -23,6 +23,7 @@ mod coverage;
 mod events;
 mod fault;
 mod hits;
+mod latency;
 mod plot;
 mod teardown;
 
@@ -163,6 +164,22 @@ fn main() {
             "{}",
             coverage::section(uprobe_exec().to_str().expect("utf-8 path")).0
         );
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("latency") {
+        let runs: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        let s = latency::section(uprobe_exec().to_str().expect("utf-8 path"), runs, runs);
+        print!("{}", s.md);
+        println!("\n| goal | measured | met |\n| --- | --- | --- |");
+        for (what, measured, met) in s.goals {
+            println!(
+                "| {what} | {measured} | {} |",
+                if met { "yes" } else { "no" }
+            );
+        }
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("events") {
@@ -496,6 +513,12 @@ fn main() {
     md.push('\n');
     md.push_str(&events.md);
 
+    // 7. Latency.
+    eprintln!("latency…");
+    let latency = latency::section(ux, runs.clamp(3, 7), runs.clamp(3, 7));
+    md.push('\n');
+    md.push_str(&latency.md);
+
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| goal | measured | met |");
     let _ = writeln!(md, "| --- | --- | --- |");
@@ -558,7 +581,7 @@ fn main() {
             c >= 99.0,
         );
     }
-    for (what, measured, met) in events.goals {
+    for (what, measured, met) in events.goals.into_iter().chain(latency.goals) {
         goal(what, measured, met);
     }
     match int3_vs_stepped {

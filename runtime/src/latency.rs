@@ -83,7 +83,7 @@ pub const BUCKETS: usize = 64;
 #[repr(C)]
 #[derive(Debug)]
 pub struct Stats {
-    /// Calls timed (they returned through an exit the trampolines see).
+    /// Unused: the calls timed are the histogram's total.
     pub timed: AtomicU64,
     /// Returns that found no frame of theirs (the timing stack was full,
     /// the thread had no slot, or a frame was taken for left).
@@ -116,8 +116,6 @@ pub const FRAME_RSP: usize = offset_of!(Frame, rsp);
 pub const FRAME_TSC: usize = offset_of!(Frame, tsc);
 /// [`Frame::func`].
 pub const FRAME_FUNC: usize = offset_of!(Frame, func);
-/// [`Stats::timed`].
-pub const STATS_TIMED: usize = offset_of!(Stats, timed);
 /// [`Stats::untimed`].
 pub const STATS_UNTIMED: usize = offset_of!(Stats, untimed);
 /// [`Stats::left`].
@@ -138,7 +136,7 @@ const _: () = assert!(STATS_BYTES & 63 == 0);
 /// What one function's [`Stats`] held, read by the monitor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
-    /// [`Stats::timed`].
+    /// Calls timed: the histogram's total.
     pub timed: u64,
     /// [`Stats::untimed`].
     pub untimed: u64,
@@ -159,11 +157,11 @@ impl Stats {
     #[must_use]
     pub fn snapshot(&self) -> Snapshot {
         use std::sync::atomic::Ordering::Relaxed;
-        let timed = self.timed.load(Relaxed);
         let mut hist = [0; BUCKETS];
         for (h, a) in hist.iter_mut().zip(&self.hist) {
             *h = a.load(Relaxed);
         }
+        let timed = hist.iter().sum();
         Snapshot {
             timed,
             untimed: self.untimed.load(Relaxed),

@@ -11,6 +11,8 @@
  *   latency threads T N     T threads call work() N times each; "calls=T*N"
  *   latency fork            forked() forks inside; parent and child each
  *                           return from it; each prints "pid=P role=R"
+ *   latency loop N          work(i) N times, timed: "ns_per_call=NS
+ *                           cpu_ns_per_call=NS calls=N" (for the benchmarks)
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -137,6 +139,20 @@ int main(int argc, char **argv)
         printf("pid=%d role=parent child_status=%d\n", getpid(), st);
         return 0;
     }
-    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork\n");
+    if (argc >= 3 && !strcmp(argv[1], "loop")) {
+        uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
+        struct timespec t0, t1, c0, c1;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (uint64_t i = 0; i < n; i++) acc += work(acc + i);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+        double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+        double cpu = (double)(c1.tv_sec - c0.tv_sec) * 1e9 + (double)(c1.tv_nsec - c0.tv_nsec);
+        printf("ns_per_call=%.2f cpu_ns_per_call=%.2f calls=%llu acc=%llu\n", ns / (double)n, cpu / (double)n,
+               (unsigned long long)n, (unsigned long long)acc);
+        return 0;
+    }
+    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | loop N\n");
     return 2;
 }

@@ -21,9 +21,10 @@ use crate::symbols::Symbols;
 /// a pattern's match (an int3 cannot be made safe: README, "Int3 sites").
 pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result<Chosen> {
     let places = &resolution.places;
+    let mut check = JumpCheck::default();
     let (verdicts, evicted) = match mode {
         ProbeMode::Int3 => (Vec::new(), Vec::new()),
-        _ => decide(image, places),
+        _ => decide_with(image, places, &mut check),
     };
     let mut sites = Vec::with_capacity(places.len());
     let mut skipped = Vec::new();
@@ -77,6 +78,7 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
         resolution,
         sites,
         &evicted,
+        &mut check,
         &mut skipped,
         &mut unseen,
     )?;
@@ -97,6 +99,7 @@ fn timed(
     resolution: &Resolution,
     sites: Vec<Site>,
     evicted: &[Evicted],
+    check: &mut JumpCheck,
     skipped: &mut Vec<(String, String)>,
     unseen: &mut Vec<(String, String)>,
 ) -> Result<Vec<Site>> {
@@ -126,7 +129,6 @@ fn timed(
             _ => None,
         })
         .collect();
-    let mut check = JumpCheck::default();
     let mut out = Vec::with_capacity(sites.len());
     let mut exits = Vec::new();
     let mut func = 0u32;
@@ -264,7 +266,15 @@ fn timed(
 /// (`short.rs`), in the bytes the others leave.
 #[must_use]
 pub fn decide(image: &Image, places: &[Place]) -> (Vec<Result<Kind, String>>, Vec<Evicted>) {
-    let mut check = JumpCheck::default();
+    decide_with(image, places, &mut JumpCheck::default())
+}
+
+/// [`decide`] with `check`, which keeps what it decoded for later use.
+fn decide_with(
+    image: &Image,
+    places: &[Place],
+    check: &mut JumpCheck,
+) -> (Vec<Result<Kind, String>>, Vec<Evicted>) {
     let mut verdicts: Vec<Result<Kind, String>> = places
         .iter()
         .enumerate()
@@ -280,7 +290,7 @@ pub fn decide(image: &Image, places: &[Place]) -> (Vec<Result<Kind, String>>, Ve
             }
         })
         .collect();
-    let evicted = short::place(image, places, &mut verdicts, &mut check);
+    let evicted = short::place(image, places, &mut verdicts, check);
     (verdicts, evicted)
 }
 

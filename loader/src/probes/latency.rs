@@ -14,7 +14,8 @@
 //!    frames below rsp, or at it for another function, are over: left
 //!    the top frame at rsp is this call's: pop it, time it
 //!    none: untimed
-//!  timed: ns = (now - tsc) × mult >> 32; timed, sum, hist[bsr ns], min, max
+//!  timed: ns = (now - tsc) × mult >> 32; sum, hist[bsr ns], min, max (the
+//!    calls timed are the histogram's total: one locked add fewer)
 //! ```
 //!
 //! Nothing waits and nothing asks the kernel. A frame is a thread's own:
@@ -28,7 +29,7 @@ use iced_x86::{FlowControl, IcedError, Instruction};
 use uprobe_runtime::latency::{
     FRAMES, FRAME_FUNC, FRAME_RSP, FRAME_SHIFT, FRAME_TSC, HEAD_DEPTH, HEAD_KEY, SLOT_FRAMES,
     SLOT_SHIFT, SLOT_TRIES, STATS_BYTES, STATS_HIST, STATS_LEFT, STATS_MAX, STATS_MIN, STATS_SUM,
-    STATS_TIMED, STATS_UNTIMED, THREAD_HASH, THREAD_SLOTS,
+    STATS_UNTIMED, THREAD_HASH, THREAD_SLOTS,
 };
 
 use super::xol::{assemble_within, Unrelocatable};
@@ -245,7 +246,6 @@ fn leave(a: &mut CodeAssembler, t: &Timing) -> Result<(), IcedError> {
     a.imul_3(rdi, rdi, STATS_BYTES as i32)?;
     a.mov(rcx, t.stats)?;
     a.add(rdi, rcx)?;
-    a.lock().inc(qword_ptr(rdi + STATS_TIMED as i32))?;
     a.lock().add(qword_ptr(rdi + STATS_SUM as i32), rsi)?;
     a.mov(rcx, rsi)?;
     a.or(rcx, 1)?;

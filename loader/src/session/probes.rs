@@ -60,6 +60,8 @@ impl Probes {
         if resolution.places.is_empty() {
             return Ok((draft.finish(&[]), None));
         }
+        // The start of the interval the counter's rate is measured over.
+        let since = crate::sys::clock::pair();
         let chosen = probes::choose(&draft.program.image, &resolution, mode)?;
         skipped.extend(chosen.skipped);
         unseen.extend(chosen.unseen);
@@ -100,7 +102,7 @@ impl Probes {
         let (table, timing) = if timed == 0 {
             (None, None)
         } else {
-            timing(&counters)?
+            timing(&counters, since)?
         };
         let room = draft.probe_room(&layout)?;
         let code = probes::generate(
@@ -277,17 +279,20 @@ impl Probes {
 }
 
 /// The timing stacks' table and what the latency routines need: the
-/// statistics in `counters`, and the counter's rate, measured here over a
-/// millisecond or two (to a few parts in 100 000). Refused where the CPU
-/// does not let user code read the thread pointer (`rdfsbase`), which the
-/// routines find each thread's timing stack by.
+/// statistics in `counters`, and the counter's rate, measured from the
+/// (counter, clock) pair `since` (read when the probes' analysis began)
+/// over at least a millisecond (to a few parts in 100 000). Refused where
+/// the CPU does not let user code read the thread pointer (`rdfsbase`),
+/// which the routines find each thread's timing stack by.
 fn timing(
     counters: &Shared,
+    since: (u64, u64),
 ) -> Result<(
     Option<uprobe_runtime::latency::Table>,
     Option<probes::Timing>,
 )> {
     const HWCAP2_FSGSBASE: u64 = 1 << 1;
+    const SPAN_NS: u64 = 1_000_000;
     if rustix::param::linux_hwcap().1 as u64 & HWCAP2_FSGSBASE == 0 {
         return Err(Error::Untimeable {
             site: "any function".into(),
@@ -296,10 +301,13 @@ fn timing(
     }
     let table = uprobe_runtime::latency::Table::map()
         .map_err(|e| Error::sys("mapping the timing stacks", e))?;
-    let a = crate::sys::clock::pair();
-    std::thread::sleep(std::time::Duration::from_millis(2));
-    let b = crate::sys::clock::pair();
-    let ns_per_tick = (b.1 - a.1) as f64 / (b.0 - a.0).max(1) as f64;
+    let a = since;
+    let mut b = crate::sys::clock::pair();
+    if b.1.saturating_sub(a.1) < SPAN_NS {
+        std::thread::sleep(std::time::Duration::from_nanos(SPAN_NS - (b.1 - a.1)));
+        b = crate::sys::clock::pair();
+    }
+    let ns_per_tick = b.1.saturating_sub(a.1) as f64 / b.0.saturating_sub(a.0).max(1) as f64;
     let t = probes::Timing {
         table: table.addr(),
         stats: counters.stats_addr(0),
