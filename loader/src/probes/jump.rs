@@ -169,7 +169,7 @@ fn timed(
                                         image,
                                         &at,
                                         (start, end_at),
-                                        &check,
+                                        check,
                                         &mut room,
                                         &mut landings,
                                     )
