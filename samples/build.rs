@@ -1,9 +1,10 @@
-//! Compiles every `c/*.c` file into four ELF variants (static, static-pie,
+//! Compiles every `c/*.c` and `c/*.cpp` file into four ELF variants (static, static-pie,
 //! dynamic PIE, dynamic non-PIE) with the system C compiler.
 //!
 //! Outputs go to `$OUT_DIR/bin/NAME-VARIANT` and are also copied to
 //! `<target dir>/<profile>/samples/` so they are easy to run by hand.
-//! Only std is used; the compiler is `$CC` if set, otherwise `cc`.
+//! Only std is used; the compiler is `$CC` if set, otherwise `cc` (for
+//! `c/*.cpp`, `$CXX` or `c++`).
 
 use std::env;
 use std::fs;
@@ -37,6 +38,7 @@ fn main() {
     println!("cargo:rerun-if-changed=c");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CC");
+    println!("cargo:rerun-if-env-changed=CXX");
 
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -107,12 +109,12 @@ fn main() {
     .expect("write names.rs");
 }
 
-/// All `*.c` files in `dir`, sorted by name.
+/// All `*.c` and `*.cpp` files in `dir`, sorted by name.
 fn c_sources(dir: &Path) -> Vec<PathBuf> {
     let mut sources: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .map(|entry| entry.expect("read_dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .filter(|p| p.extension().is_some_and(|e| e == "c" || e == "cpp"))
         .collect();
     sources.sort();
     sources
@@ -120,6 +122,17 @@ fn c_sources(dir: &Path) -> Vec<PathBuf> {
 
 /// Compiles `src` into `out`; on failure returns a message with the compiler's output.
 fn compile(cc: &str, src: &Path, out: &Path, variant_flags: &[&str]) -> Result<(), String> {
+    // C++ sources with the C++ compiler (`$CXX`, else `c++`).
+    let cxx;
+    let cc = if src.extension().is_some_and(|e| e == "cpp") {
+        cxx = env::var("CXX")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "c++".into());
+        cxx.as_str()
+    } else {
+        cc
+    };
     let mut cmd = Command::new(cc);
     cmd.args(COMMON_FLAGS)
         .args(variant_flags)

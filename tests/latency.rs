@@ -15,23 +15,29 @@ use uprobe_exec_samples::{path, Variant};
 /// `latency ARGS` natively and with `--latency SPEC`: both runs, and the
 /// report's entry for the function.
 fn timed(tag: &str, spec: &str, args: &[&str]) -> (Output, Output, Value, Value) {
-    let prog = path("latency", Variant::Pie);
+    timed_in("latency", tag, &[spec], args)
+}
+
+/// `SAMPLE ARGS` natively and with `--latency` for each of `specs`: both
+/// runs, the report's entry for the first, and the report.
+fn timed_in(
+    sample: &str,
+    tag: &str,
+    specs: &[&str],
+    args: &[&str],
+) -> (Output, Output, Value, Value) {
+    let spec = specs[0];
+    let prog = path(sample, Variant::Pie);
     let mut cmd = std::process::Command::new(&prog);
     cmd.args(args);
     let native = common::run(cmd);
     let dir = TempDir::new(tag);
     let report = dir.join("r.json");
-    let out = ours(
-        &[
-            "-q",
-            "--latency",
-            spec,
-            "--report-json",
-            report.to_str().unwrap(),
-        ],
-        &prog,
-        args,
-    );
+    let mut opts = vec!["-q", "--report-json", report.to_str().unwrap()];
+    for s in specs {
+        opts.extend(["--latency", s]);
+    }
+    let out = ours(&opts, &prog, args);
     let r = read_report(&report);
     let l = r["latency"]
         .as_array()
@@ -222,4 +228,65 @@ fn unprivileged_calls_are_timed_the_same() {
     common::assert_unprivileged_handoff("--latency", &r);
     let l = &r["latency"][0];
     assert_eq!((n(l, "count"), n(l, "timed")), (calls, calls), "{l}");
+}
+
+/// The entry of `symbol` in a report's `latency`.
+fn entry<'a>(r: &'a Value, symbol: &str) -> &'a Value {
+    r["latency"]
+        .as_array()
+        .and_then(|a| a.iter().find(|l| l["symbol"] == symbol))
+        .unwrap_or_else(|| panic!("no latency for {symbol}: {r}"))
+}
+
+#[test]
+fn an_exception_through_seven_timed_frames_unwinds_as_natively() {
+    // 5000 throws, each from 7 nested calls of `layer`, caught in main: the
+    // unwinder reads return addresses, which are never replaced.
+    let (native, out, l, _) = timed_in("unwind", "lat-throw", &["layer"], &["throw", "5000", "7"]);
+    same_as_native(&native, &out);
+    assert_eq!(said(&out)["layers"], "35000");
+    assert_eq!(n(&l, "count"), 35_000, "{l}");
+    assert_eq!(n(&l, "timed"), 0, "{l}");
+    assert!(n(&l, "left") >= 35_000 - 7, "{l}");
+}
+
+#[test]
+fn a_catch_inside_a_timed_function_returns_and_is_timed() {
+    // `catcher` calls `fails`, which throws; `catcher` catches (in gcc's
+    // `catcher.cold`, the same frame) and returns.
+    let (native, out, _, r) = timed_in(
+        "unwind",
+        "lat-catch",
+        &["catcher", "fails"],
+        &["catch", "100"],
+    );
+    same_as_native(&native, &out);
+    let c = entry(&r, "catcher");
+    assert_eq!(
+        (n(c, "count"), n(c, "timed"), n(c, "untimed"), n(c, "left")),
+        (100, 100, 0, 0),
+        "{c}"
+    );
+    let f = entry(&r, "fails");
+    assert_eq!((n(f, "count"), n(f, "timed")), (100, 0), "{f}");
+    assert!(n(f, "left") >= 99, "{f}");
+}
+
+#[test]
+fn backtrace_inside_timed_functions_finds_the_native_frames() {
+    // inner() prints its first three frames relative to main.
+    let (native, out, l, _) = timed_in("unwind", "lat-bt", &["inner", "outer"], &["backtrace"]);
+    same_as_native(&native, &out);
+    assert_eq!(n(&l, "timed"), 1, "{l}");
+}
+
+#[test]
+fn swapcontext_in_the_middle_of_a_timed_call_runs_as_natively() {
+    // A coroutine calls `hop`, which switches back to main's stack in the
+    // middle; main switches in again, and `hop` returns (100 times; the
+    // last `hop` never returns).
+    let (native, out, l, _) = timed_in("unwind", "lat-ctx", &["hop"], &["context", "100"]);
+    same_as_native(&native, &out);
+    assert_eq!(said(&out)["hops"], "100");
+    assert_eq!((n(&l, "count"), n(&l, "timed")), (100, 99), "{l}");
 }

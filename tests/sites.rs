@@ -156,6 +156,12 @@ fn workloads(name: &str) -> &'static [&'static [&'static str]] {
         "nodump" => &[&["10"]],
         // Its other modes print tids, pids or times, which differ run to run.
         "events" => &[&["strings", "10"]],
+        "unwind" => &[
+            &["throw", "3", "4"],
+            &["catch", "5"],
+            &["backtrace"],
+            &["context", "5"],
+        ],
         // Its fork mode prints pids.
         "latency" => &[
             &["fib", "12"],

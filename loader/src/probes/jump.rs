@@ -129,6 +129,15 @@ fn timed(
             _ => None,
         })
         .collect();
+    // gcc's split-off cold parts: `f.cold` is `f`'s, in its frame.
+    let syms = crate::symbols::Symbols::read(image);
+    let part_of = |f: &str, t: u64| {
+        syms.containing(LinkAddr(t)).is_some_and(|c| {
+            c.name
+                .strip_prefix(f)
+                .is_some_and(|rest| rest == ".cold" || rest.starts_with(".cold."))
+        })
+    };
     let mut out = Vec::with_capacity(sites.len());
     let mut exits = Vec::new();
     let mut func = 0u32;
@@ -147,7 +156,11 @@ fn timed(
                     missed.clear();
                     let insns = check.insns(start);
                     let mut kinds = Vec::new();
-                    for x in super::latency::exits(insns, start.0, end, check.targets())? {
+                    let name = syms
+                        .containing(start)
+                        .map_or(String::new(), |f| f.name.clone());
+                    let part = |t| part_of(&name, t);
+                    for x in super::latency::exits(insns, start.0, end, check.targets(), part)? {
                         let kind = if x.len >= 5 {
                             Ok(Kind::Jump {
                                 len: x.len,

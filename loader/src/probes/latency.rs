@@ -307,15 +307,17 @@ pub struct Exit {
 }
 
 /// The exits of the function `[start, end)` whose instructions are `insns`,
-/// each with the bytes before it a jump can displace; or why one of them
-/// has no room (the function cannot be timed: an exit not seen would leave
-/// its calls untimed). An exit is a `ret`, or a `jmp` whose target lies
-/// outside the function (a tail call).
+/// each with the instructions before it a jump can displace with it; or
+/// why the function cannot be timed. An exit is a `ret`, or a `jmp` out
+/// of the function (a tail call) unless `part` says its target is a part
+/// of the same function placed elsewhere (gcc's `f.cold`: the same frame,
+/// which comes back).
 pub fn exits(
     insns: &[Instruction],
     start: u64,
     end: u64,
     targets: &Targets,
+    part: impl Fn(u64) -> bool,
 ) -> Result<Vec<Exit>, String> {
     let mut out = Vec::new();
     for (k, i) in insns.iter().enumerate() {
@@ -323,7 +325,7 @@ pub fn exits(
             FlowControl::Return => true,
             FlowControl::UnconditionalBranch => {
                 let t = i.near_branch_target();
-                t < start || t >= end
+                (t < start || t >= end) && !part(t)
             }
             FlowControl::IndirectBranch => {
                 return Err(format!(
