@@ -290,3 +290,28 @@ fn swapcontext_in_the_middle_of_a_timed_call_runs_as_natively() {
     assert_eq!(said(&out)["hops"], "100");
     assert_eq!((n(&l, "count"), n(&l, "timed")), (100, 99), "{l}");
 }
+
+#[test]
+fn a_call_that_ends_in_a_tail_call_is_timed_to_its_jump() {
+    // `tailer` ends with `jmp work`: that jump is one of its exits.
+    let (native, out, l, _) = timed("lat-tail", "tailer", &["tail", "1000"]);
+    same_as_native(&native, &out);
+    assert_eq!(
+        (
+            n(&l, "count"),
+            n(&l, "timed"),
+            n(&l, "untimed"),
+            n(&l, "left")
+        ),
+        (1000, 1000, 0, 0),
+        "{l}"
+    );
+}
+
+#[test]
+fn threads_that_exit_inside_a_timed_function_leave_it_counted() {
+    // 8 threads each end (pthread_exit) inside `quitter`.
+    let (native, out, l, _) = timed("lat-pexit", "quitter", &["pexit", "8"]);
+    same_as_native(&native, &out);
+    assert_eq!((n(&l, "count"), n(&l, "timed")), (8, 0), "{l}");
+}

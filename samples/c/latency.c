@@ -11,6 +11,10 @@
  *   latency threads T N     T threads call work() N times each; "calls=T*N"
  *   latency fork            forked() forks inside; parent and child each
  *                           return from it; each prints "pid=P role=R"
+ *   latency tail N          tailer(i) N times; tailer ends in a tail call of
+ *                           work (a jmp); prints "calls=N"
+ *   latency pexit T         T threads each call quitter(), which ends the
+ *                           thread (pthread_exit) inside; "exited=T"
  *   latency loop N          work(i) N times, timed: "ns_per_call=NS
  *                           cpu_ns_per_call=NS calls=N" (for the benchmarks)
  */
@@ -82,6 +86,26 @@ static void *worker(void *arg)
     return NULL;
 }
 
+static uint64_t tails;
+
+NOINLINE uint64_t tailer(uint64_t x)
+{
+    tails += x;
+    return work(x * 3 + 1);
+}
+
+NOINLINE void quitter(void)
+{
+    pthread_exit(NULL);
+}
+
+static void *quitting(void *arg)
+{
+    (void)arg;
+    quitter();
+    return NULL;
+}
+
 NOINLINE int forked(void)
 {
     fflush(stdout);
@@ -139,6 +163,22 @@ int main(int argc, char **argv)
         printf("pid=%d role=parent child_status=%d\n", getpid(), st);
         return 0;
     }
+    if (argc >= 3 && !strcmp(argv[1], "tail")) {
+        uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
+        for (uint64_t i = 0; i < n; i++) acc += tailer(i);
+        sink += acc;
+        printf("calls=%llu\n", (unsigned long long)n);
+        return 0;
+    }
+    if (argc >= 3 && !strcmp(argv[1], "pexit")) {
+        int t = atoi(argv[2]);
+        pthread_t th[64];
+        if (t > 64) t = 64;
+        for (int i = 0; i < t; i++) pthread_create(&th[i], NULL, quitting, NULL);
+        for (int i = 0; i < t; i++) pthread_join(th[i], NULL);
+        printf("exited=%d\n", t);
+        return 0;
+    }
     if (argc >= 3 && !strcmp(argv[1], "loop")) {
         uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
         struct timespec t0, t1, c0, c1;
@@ -153,6 +193,6 @@ int main(int argc, char **argv)
                (unsigned long long)n, (unsigned long long)acc);
         return 0;
     }
-    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | loop N\n");
+    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | tail N | pexit T | loop N\n");
     return 2;
 }

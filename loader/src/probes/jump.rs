@@ -160,6 +160,7 @@ fn timed(
                         .containing(start)
                         .map_or(String::new(), |f| f.name.clone());
                     let part = |t| part_of(&name, t);
+                    let entry = (s.addr().0, s.addr().0 + s.kind.patch_len() as u64);
                     for x in super::latency::exits(insns, start.0, end, check.targets(), part)? {
                         let kind = if x.len >= 5 {
                             Ok(Kind::Jump {
@@ -206,7 +207,9 @@ fn timed(
                             }
                         };
                         let (lo, hi) = (x.addr, x.addr + kind.patch_len() as u64);
-                        if taken.iter().any(|&(a, b)| a < hi && lo < b) {
+                        if taken.iter().any(|&(a, b)| a < hi && lo < b)
+                            || (lo < entry.1 && entry.0 < hi)
+                        {
                             return Err(format!(
                                 "its exit at {:#x} shares its bytes with another probe's",
                                 x.addr
@@ -218,7 +221,7 @@ fn timed(
                         }
                         kinds.push((x, kind));
                     }
-                    if kinds.is_empty() {
+                    if kinds.is_empty() && !missed.is_empty() {
                         return Err("none of its returns can take a jump".into());
                     }
                     Ok(kinds)

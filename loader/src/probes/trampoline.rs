@@ -215,11 +215,17 @@ pub fn encode_exit(
     for insn in before {
         displaced(&mut a, insn, false)?;
     }
-    e(enter(&mut a, false))?;
-    e(super::latency::call_routine(&mut a, exit, func, 128 + 16))?;
-    e(leave(&mut a, false))?;
+    e(exit_hook(&mut a, exit, func))?;
     displaced(&mut a, last, false)?;
     assemble(&mut a, at, "takes")
+}
+
+/// Calls the latency exit routine for `func` with the stack as the
+/// program has it (no flags kept: a return leaves none live).
+fn exit_hook(a: &mut CodeAssembler, exit: u64, func: u32) -> Result<(), IcedError> {
+    enter(a, false)?;
+    super::latency::call_routine(a, exit, func, 128 + 16)?;
+    leave(a, false)
 }
 
 /// The slot of a neighbour evicted to hold pads (`super::short`): its
