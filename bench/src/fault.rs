@@ -27,6 +27,21 @@ pub fn pin(cpu: usize) {
     unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
 }
 
+/// Lets the calling thread run on every CPU again, as it did before
+/// [`pin`]: the processes the later sections start inherit its affinity.
+pub fn unpin() {
+    // SAFETY: as in `pin`: an all-zero cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
+    for cpu in 0..cpus.min(libc::CPU_SETSIZE as usize) {
+        // SAFETY: `set` is a valid cpu_set_t; `cpu` is in range.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: reads `set` for our own thread (0).
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
 /// A fresh anonymous mapping; never unmapped (the benchmark is short-lived).
 fn anon(len: usize, prot: i32) -> *mut u8 {
     // SAFETY: a new private anonymous mapping at an address of the kernel's choosing.

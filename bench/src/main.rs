@@ -143,6 +143,18 @@ pub(crate) fn cpu_while<T>(f: impl FnOnce() -> T) -> (T, String) {
     )
 }
 
+/// A section run alone: its markdown, then its goal rows as a table.
+fn print_alone(md: &str, goals: Vec<(String, String, bool)>) {
+    print!("{md}");
+    println!("\n| goal | measured | met |\n| --- | --- | --- |");
+    for (what, measured, met) in goals {
+        println!(
+            "| {what} | {measured} | {} |",
+            if met { "yes" } else { "no" }
+        );
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -172,14 +184,7 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(5);
         let s = latency::section(uprobe_exec().to_str().expect("utf-8 path"), runs, runs);
-        print!("{}", s.md);
-        println!("\n| goal | measured | met |\n| --- | --- | --- |");
-        for (what, measured, met) in s.goals {
-            println!(
-                "| {what} | {measured} | {} |",
-                if met { "yes" } else { "no" }
-            );
-        }
+        print_alone(&s.md, s.goals);
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("events") {
@@ -192,14 +197,7 @@ fn main() {
             runs,
             runs.min(3),
         );
-        print!("{}", s.md);
-        println!("\n| goal | measured | met |\n| --- | --- | --- |");
-        for (what, measured, met) in s.goals {
-            println!(
-                "| {what} | {measured} | {} |",
-                if met { "yes" } else { "no" }
-            );
-        }
+        print_alone(&s.md, s.goals);
         return;
     }
     let runs: usize = std::env::args()
@@ -259,6 +257,9 @@ fn main() {
             v.extend(f());
         }
     }
+    // The rows pinned this thread to one CPU; every later section's
+    // processes would inherit it (and two threads would share one CPU).
+    fault::unpin();
     let floor_same = median(&rows[2].1);
     let floor_other = median(&rows[3].1);
     let _ = writeln!(md, "## 1. Fault service, per 4 KiB page\n");
