@@ -315,3 +315,39 @@ fn threads_that_exit_inside_a_timed_function_leave_it_counted() {
     same_as_native(&native, &out);
     assert_eq!((n(&l, "count"), n(&l, "timed")), (8, 0), "{l}");
 }
+
+#[test]
+fn every_py_function_timed_and_some_traced_python_runs_as_natively() {
+    // Hundreds of sites: the counters' offsets are long, and an entry that
+    // counts, traces and times must still fit its slot, or be passed over
+    // (never the whole run refused for a pattern's match).
+    let py = "/usr/bin/python3.11";
+    if !common::prerequisite(std::path::Path::new(py).exists(), "python3.11") {
+        return;
+    }
+    let script = "import json; print(json.dumps({'a': sorted([3, 1, 2])}))";
+    let mut cmd = std::process::Command::new(py);
+    cmd.args(["-c", script]);
+    let native = common::run(cmd);
+    let dir = TempDir::new("lat-py");
+    let report = dir.join("r.json");
+    let out = ours(
+        &[
+            "-q",
+            "--latency",
+            "Py*",
+            "--trace",
+            "PyList_*",
+            "-o",
+            "/dev/null",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        py,
+        &["-c", script],
+    );
+    same_as_native(&native, &out);
+    let r = read_report(&report);
+    let timed = r["latency"].as_array().map_or(0, Vec::len);
+    assert!(timed > 500, "{timed} functions timed");
+}

@@ -150,6 +150,9 @@ fn timed(
         let mut missed = Vec::new();
         let found = match s.kind {
             Kind::Int3 => Err("its entry cannot take a jump".to_string()),
+            _ if !fits_timed(image, &s) => Err(
+                "its entry's trampoline, with the timing call, would not fit a slot".to_string(),
+            ),
             _ => check
                 .function(image, s.place.function)
                 .and_then(|(start, end)| {
@@ -190,6 +193,13 @@ fn timed(
                                     .map_err(|pun| format!("{why}; {pun}"))
                                 })
                         };
+                        let kind = kind.and_then(|k| {
+                            if fits_exit(image, x.addr, x.len) {
+                                Ok(k)
+                            } else {
+                                Err("its trampoline would not fit a slot".to_string())
+                            }
+                        });
                         let kind = match kind {
                             Ok(k) => k,
                             Err(why) => {
@@ -308,6 +318,53 @@ fn decide_with(
         .collect();
     let evicted = short::place(image, places, &mut verdicts, check);
     (verdicts, evicted)
+}
+
+/// Whether the trampoline of the timed entry `s` fits a slot, placed as
+/// far as a slot can be, counting, tracing and calling the entry routine.
+fn fits_timed(image: &Image, s: &Site) -> bool {
+    let (len, flags_live) = match s.kind {
+        Kind::Int3 => return false,
+        Kind::Jump { len, flags_live }
+        | Kind::JumpPadding {
+            len, flags_live, ..
+        }
+        | Kind::JumpShort {
+            len, flags_live, ..
+        }
+        | Kind::JumpPun {
+            len, flags_live, ..
+        } => (len, flags_live),
+    };
+    let a = s.addr().0;
+    let at = a + short::TRIAL;
+    let counting = super::trampoline::Counting {
+        overflow: at + 0x1000,
+        // A high site number: its counter's offset takes 4 bytes.
+        index: 1 << 20,
+        row_page: at + 0x2000,
+        block_shift: 16,
+        slot_bits: 10,
+        emit: s.action.traced().then_some(at + 0x3000),
+        strings: s.action.strings(),
+        enter: Some((at + 0x4000, 0)),
+    };
+    super::trampoline::encode_trampoline(s.place.bytes(image), a, len, flags_live, &counting, at)
+        .is_ok()
+}
+
+/// Whether the trampoline of an exit over `len` bytes at `a` fits a slot.
+fn fits_exit(image: &Image, a: u64, len: usize) -> bool {
+    let at = a + short::TRIAL;
+    super::trampoline::encode_exit(
+        super::code_at(image, LinkAddr(a)),
+        a,
+        len,
+        at + 0x4000,
+        0,
+        at,
+    )
+    .is_ok()
 }
 
 /// What [`choose`] decided.

@@ -57,7 +57,7 @@ const AHEAD: u64 = 127;
 const EITHER: &str = "no 2-byte jump either: ";
 /// Where a slot is encoded on trial, from its code: farther than any
 /// short form reaches, so the trial is the longest the slot can be.
-const TRIAL: u64 = 1 << 30;
+pub(super) const TRIAL: u64 = 1 << 30;
 
 /// Gives each place that has no jump yet (its verdict an error) a short
 /// jump where a pad can go, updating `verdicts`; a site that holds a pad
@@ -446,7 +446,8 @@ fn fits_trampoline(image: &Image, a: u64, len: usize, flags_live: bool) -> bool 
     let at = a + TRIAL;
     let counting = Counting {
         overflow: at + 0x1000,
-        index: 0,
+        // A high site number: its counter's offset takes 4 bytes.
+        index: 1 << 20,
         row_page: at + 0x2000,
         block_shift: 16,
         slot_bits: 10,
