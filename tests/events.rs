@@ -27,11 +27,7 @@ fn traced(
     let (e, r) = (events.to_str().unwrap(), report.to_str().unwrap());
     all.extend_from_slice(&["-o", e, "--report-json", r]);
     let out = ours(&all, path("events", v), args);
-    let text = std::fs::read_to_string(&events).expect("the events file");
-    let events = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let events = json_lines(&std::fs::read_to_string(&events).expect("the events file"));
     (out, events, read_report(&report))
 }
 
@@ -47,6 +43,23 @@ fn text_events(tag: &str, v: Variant, trace: &str, args: &[&str]) -> (Output, St
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     (out, std::fs::read_to_string(&file).unwrap())
+}
+
+/// Each line of `text` as JSON.
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// Which process of `events fork` made the event: its second argument
+/// says (1: the parent, 2: the child).
+fn role(e: &Value) -> &'static str {
+    if int(&e["args"][1]) == 1 {
+        "parent"
+    } else {
+        "child"
+    }
 }
 
 /// The pid the program says for each `role=` (`events fork`).
@@ -171,11 +184,7 @@ fn a_forked_child_s_events_carry_its_pid() {
     assert_eq!(events.len(), 100);
     assert_eq!(counts(&r), (100, 0, 0));
     for e in &events {
-        let role = if int(&e["args"][1]) == 1 {
-            "parent"
-        } else {
-            "child"
-        };
+        let role = role(e);
         assert_eq!(int(&e["pid"]), pid_of[role], "{e}");
         assert_eq!(
             int(&e["tid"]),
@@ -423,18 +432,10 @@ fn unprivileged_a_forked_child_s_events_carry_its_pid_too() {
     let out = common::run(cmd);
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     let pid_of = pids_by_role(&out);
-    let text = std::fs::read_to_string(&file).unwrap();
-    let events: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events = json_lines(&std::fs::read_to_string(&file).unwrap());
     assert_eq!(events.len(), 40);
     for e in &events {
-        let role = if int(&e["args"][1]) == 1 {
-            "parent"
-        } else {
-            "child"
-        };
+        let role = role(e);
         assert_eq!(int(&e["pid"]), pid_of[role], "{e}");
     }
 }

@@ -240,14 +240,7 @@ pub fn landing_pages(landings: &[(u64, Vec<u8>)]) -> Vec<(u64, Vec<u8>)> {
 /// cannot be probed: the instruction to blame, or, when the code as a whole
 /// is the trouble, the instructions it displaces.
 fn site_error(s: &Site, from: &[u8], ip: u64, e: Unrelocatable) -> ProbeError {
-    let len = match s.kind {
-        Kind::Int3 => None,
-        Kind::Jump { len, .. }
-        | Kind::JumpPadding { len, .. }
-        | Kind::JumpShort { len, .. }
-        | Kind::JumpPun { len, .. } => Some(len),
-    };
-    code_error(s.label(), len, from, ip, e)
+    code_error(s.label(), s.kind.jump().map(|(len, _)| len), from, ip, e)
 }
 
 /// Why the code at `label` (runtime address `ip`, its bytes starting with

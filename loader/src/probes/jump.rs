@@ -73,7 +73,7 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
     // A skipped place's bytes stay as they are: no evicted neighbour holds
     // a pad for it (pads are only made for places that take a jump).
     let mut unseen = Vec::new();
-    let sites = timed(
+    let sites = super::timed::add_exits(
         image,
         resolution,
         sites,
@@ -88,201 +88,6 @@ pub fn choose(image: &Image, resolution: &Resolution, mode: ProbeMode) -> Result
         evicted,
         unseen,
     })
-}
-
-/// `sites` with the exits of each timed function (`--latency`) added,
-/// each function numbered in address order; a function whose entry or
-/// exits cannot all take a jump of their own is refused (skipped for a
-/// pattern's match): an exit not seen would leave its calls untimed.
-fn timed(
-    image: &Image,
-    resolution: &Resolution,
-    sites: Vec<Site>,
-    evicted: &[Evicted],
-    check: &mut JumpCheck,
-    skipped: &mut Vec<(String, String)>,
-    unseen: &mut Vec<(String, String)>,
-) -> Result<Vec<Site>> {
-    if sites.iter().all(|s| s.place.latency.is_none()) {
-        return Ok(sites);
-    }
-    // Bytes that no exit may cover: every site's patch, the pads of short
-    // jumps, the evicted neighbours.
-    let mut taken: Vec<(u64, u64)> = sites
-        .iter()
-        .map(|s| (s.addr().0, s.addr().0 + s.kind.patch_len() as u64))
-        .chain(sites.iter().filter_map(|s| match s.kind {
-            Kind::JumpShort { pad, .. } => Some((pad.0, pad.0 + 5)),
-            // The bytes a punned jump keeps must stay as they are.
-            Kind::JumpPun { len, prefixes, .. } => {
-                Some((s.addr().0 + len as u64, s.addr().0 + prefixes as u64 + 5))
-            }
-            _ => None,
-        }))
-        .chain(evicted.iter().map(|e| (e.addr.0, e.addr.0 + e.len as u64)))
-        .collect();
-    taken.sort_unstable();
-    let mut landings: Vec<(u64, u64)> = sites
-        .iter()
-        .filter_map(|s| match s.kind {
-            Kind::JumpPun { landing, .. } => Some((landing.0, landing.0 + super::pun::LANDING)),
-            _ => None,
-        })
-        .collect();
-    // gcc's split-off cold parts: `f.cold` is `f`'s, in its frame.
-    let syms = crate::symbols::Symbols::read(image);
-    let part_of = |f: &str, t: u64| {
-        syms.containing(LinkAddr(t)).is_some_and(|c| {
-            c.name
-                .strip_prefix(f)
-                .is_some_and(|rest| rest == ".cold" || rest.starts_with(".cold."))
-        })
-    };
-    let mut out = Vec::with_capacity(sites.len());
-    let mut exits = Vec::new();
-    let mut func = 0u32;
-    for s in sites {
-        let Some(request) = s.place.latency else {
-            out.push(s);
-            continue;
-        };
-        // The function's returns no jump fits, kept if it is timed.
-        let mut missed = Vec::new();
-        let found = match s.kind {
-            Kind::Int3 => Err("its entry cannot take a jump".to_string()),
-            _ if !fits_timed(image, &s) => Err(
-                "its entry's trampoline, with the timing call, would not fit a slot".to_string(),
-            ),
-            _ => check
-                .function(image, s.place.function)
-                .and_then(|(start, end)| {
-                    missed.clear();
-                    let insns = check.insns(start);
-                    let mut kinds = Vec::new();
-                    let name = syms
-                        .containing(start)
-                        .map_or(String::new(), |f| f.name.clone());
-                    let part = |t| part_of(&name, t);
-                    let entry = (s.addr().0, s.addr().0 + s.kind.patch_len() as u64);
-                    for x in super::latency::exits(insns, start.0, end, check.targets(), part)? {
-                        let kind = if x.len >= 5 {
-                            Ok(Kind::Jump {
-                                len: x.len,
-                                flags_live: true,
-                            })
-                        } else {
-                            // Short: the padding after it makes up the jump,
-                            // or a jump punned over the bytes after it.
-                            let at = Place {
-                                addr: LinkAddr(x.addr),
-                                ..s.place.clone()
-                            };
-                            let from = insns.iter().position(|i| i.ip() == x.addr).unwrap_or(0);
-                            let end_at = x.addr + x.len as u64;
-                            padded(image, &insns[from..], &at, start, end_at, check.targets())
-                                .or_else(|why| {
-                                    let mut room = super::short::Room::taken_by(taken.clone());
-                                    super::pun::site(
-                                        image,
-                                        &at,
-                                        (start, end_at),
-                                        check,
-                                        &mut room,
-                                        &mut landings,
-                                    )
-                                    .map_err(|pun| format!("{why}; {pun}"))
-                                })
-                        };
-                        let kind = kind.and_then(|k| {
-                            if fits_exit(image, x.addr, x.len) {
-                                Ok(k)
-                            } else {
-                                Err("its trampoline would not fit a slot".to_string())
-                            }
-                        });
-                        let kind = match kind {
-                            Ok(k) => k,
-                            Err(why) => {
-                                // Not seen: calls that return here count as
-                                // left, untimed (the program runs as ever).
-                                missed.push((
-                                    format!(
-                                        "{}+{:#x}",
-                                        s.place.symbol,
-                                        x.addr - s.place.addr.0 + s.place.offset
-                                    ),
-                                    format!("{} bytes of room for a jump, {why}", x.len),
-                                ));
-                                continue;
-                            }
-                        };
-                        let (lo, hi) = (x.addr, x.addr + kind.patch_len() as u64);
-                        if taken.iter().any(|&(a, b)| a < hi && lo < b)
-                            || (lo < entry.1 && entry.0 < hi)
-                        {
-                            return Err(format!(
-                                "its exit at {:#x} shares its bytes with another probe's",
-                                x.addr
-                            ));
-                        }
-                        taken.push((lo, hi));
-                        if let Kind::JumpPun { len, prefixes, .. } = kind {
-                            taken.push((x.addr + len as u64, x.addr + prefixes as u64 + 5));
-                        }
-                        kinds.push((x, kind));
-                    }
-                    if kinds.is_empty() && !missed.is_empty() {
-                        return Err("none of its returns can take a jump".into());
-                    }
-                    Ok(kinds)
-                }),
-        };
-        match found {
-            Ok(e) => {
-                unseen.append(&mut missed);
-                for (x, kind) in e {
-                    exits.push(Site {
-                        place: Place {
-                            addr: LinkAddr(x.addr),
-                            offset: x.addr - s.place.addr.0 + s.place.offset,
-                            trace: None,
-                            ..s.place.clone()
-                        },
-                        kind,
-                        action: Action::Exit { func },
-                        timed: None,
-                    });
-                }
-                out.push(Site {
-                    timed: Some(func),
-                    ..s
-                });
-                func += 1;
-            }
-            Err(why) if resolution.requests[request].location.is_glob() => {
-                skipped.push((s.label(), format!("--latency cannot time it: {why}")));
-                // Still counted if another request probes it.
-                if s.place.request != request || s.place.trace.is_some() {
-                    out.push(Site {
-                        place: Place {
-                            latency: None,
-                            ..s.place
-                        },
-                        ..s
-                    });
-                }
-            }
-            Err(why) => {
-                return Err(Error::Untimeable {
-                    site: s.label(),
-                    why,
-                })
-            }
-        }
-    }
-    out.extend(exits);
-    out.sort_by_key(|s| s.addr());
-    Ok(out)
 }
 
 /// How each of `places` (sorted, distinct) can take a jump, all of them
@@ -318,53 +123,6 @@ fn decide_with(
         .collect();
     let evicted = short::place(image, places, &mut verdicts, check);
     (verdicts, evicted)
-}
-
-/// Whether the trampoline of the timed entry `s` fits a slot, placed as
-/// far as a slot can be, counting, tracing and calling the entry routine.
-fn fits_timed(image: &Image, s: &Site) -> bool {
-    let (len, flags_live) = match s.kind {
-        Kind::Int3 => return false,
-        Kind::Jump { len, flags_live }
-        | Kind::JumpPadding {
-            len, flags_live, ..
-        }
-        | Kind::JumpShort {
-            len, flags_live, ..
-        }
-        | Kind::JumpPun {
-            len, flags_live, ..
-        } => (len, flags_live),
-    };
-    let a = s.addr().0;
-    let at = a + short::TRIAL;
-    let counting = super::trampoline::Counting {
-        overflow: at + 0x1000,
-        // A high site number: its counter's offset takes 4 bytes.
-        index: 1 << 20,
-        row_page: at + 0x2000,
-        block_shift: 16,
-        slot_bits: 10,
-        emit: s.action.traced().then_some(at + 0x3000),
-        strings: s.action.strings(),
-        enter: Some((at + 0x4000, 0)),
-    };
-    super::trampoline::encode_trampoline(s.place.bytes(image), a, len, flags_live, &counting, at)
-        .is_ok()
-}
-
-/// Whether the trampoline of an exit over `len` bytes at `a` fits a slot.
-fn fits_exit(image: &Image, a: u64, len: usize) -> bool {
-    let at = a + short::TRIAL;
-    super::trampoline::encode_exit(
-        super::code_at(image, LinkAddr(a)),
-        a,
-        len,
-        at + 0x4000,
-        0,
-        at,
-    )
-    .is_ok()
 }
 
 /// What [`choose`] decided.
@@ -586,7 +344,7 @@ fn extent(
 /// the last instruction never falls through (`ret`, `jmp`), the padding
 /// up to 5 bytes is nops or `int3`s, and nothing enters any of it (a
 /// symbol, a branch target) past the site.
-fn padded(
+pub(super) fn padded(
     image: &Image,
     insns: &[Instruction],
     site: &Place,

@@ -28,6 +28,7 @@ mod resolve;
 mod short;
 mod spec;
 pub mod targets;
+mod timed;
 mod trampoline;
 mod xol;
 
@@ -334,6 +335,25 @@ impl Kind {
                 via: Via::Evicted, ..
             } => "jump-short-evicted",
             Kind::JumpPun { .. } => "jump-pun",
+        }
+    }
+
+    /// A jump's displaced instruction bytes and whether the flags may be
+    /// live there; `None` for an `int3`.
+    #[must_use]
+    pub fn jump(self) -> Option<(usize, bool)> {
+        match self {
+            Kind::Int3 => None,
+            Kind::Jump { len, flags_live }
+            | Kind::JumpPadding {
+                len, flags_live, ..
+            }
+            | Kind::JumpShort {
+                len, flags_live, ..
+            }
+            | Kind::JumpPun {
+                len, flags_live, ..
+            } => Some((len, flags_live)),
         }
     }
 

@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 
 use super::jump::{entered, span, JumpCheck};
-use super::trampoline::{encode_evicted, encode_trampoline, Counting};
+use super::trampoline::{self, encode_evicted, TRIAL};
 use super::{code_at, pun, Kind, Place, Via};
 use crate::addr::LinkAddr;
 use crate::elf::Image;
@@ -55,9 +55,6 @@ const BACK: u64 = 128;
 const AHEAD: u64 = 127;
 /// How a short jump's refusal starts.
 const EITHER: &str = "no 2-byte jump either: ";
-/// Where a slot is encoded on trial, from its code: farther than any
-/// short form reaches, so the trial is the longest the slot can be.
-pub(super) const TRIAL: u64 = 1 << 30;
 
 /// Gives each place that has no jump yet (its verdict an error) a short
 /// jump where a pad can go, updating `verdicts`; a site that holds a pad
@@ -443,28 +440,8 @@ fn padding_end(image: &Image, end: u64, check: &JumpCheck) -> u64 {
 /// Whether the trampoline of a jump site at `a` displacing `len` bytes
 /// fits one slot, placed as far as a slot can be.
 fn fits_trampoline(image: &Image, a: u64, len: usize, flags_live: bool) -> bool {
-    let at = a + TRIAL;
-    let counting = Counting {
-        overflow: at + 0x1000,
-        // A high site number: its counter's offset takes 4 bytes.
-        index: 1 << 20,
-        row_page: at + 0x2000,
-        block_shift: 16,
-        slot_bits: 10,
-        // As if traced: the longest the trampoline can be.
-        emit: Some(at + 0x3000),
-        strings: 0,
-        enter: None,
-    };
-    encode_trampoline(
-        code_at(image, LinkAddr(a)),
-        a,
-        len,
-        flags_live,
-        &counting,
-        at,
-    )
-    .is_ok()
+    // As if traced: the longest the trampoline can be.
+    trampoline::fits(code_at(image, LinkAddr(a)), a, len, flags_live, true, false)
 }
 
 /// Whether the slot of a neighbour evicted at `a` over `len` bytes fits.

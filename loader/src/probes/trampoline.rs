@@ -228,6 +228,43 @@ fn exit_hook(a: &mut CodeAssembler, exit: u64, func: u32) -> Result<(), IcedErro
     leave(a, false)
 }
 
+/// Where code is encoded on trial, from the code it displaces: farther
+/// than any short form reaches, so the trial is the longest it can be.
+pub const TRIAL: u64 = 1 << 30;
+
+/// Whether the trampoline of a jump site at `ip` displacing `len` bytes of
+/// `bytes` fits one slot, placed as far as a slot can be, with a high site
+/// number (its counter's offset takes 4 bytes), tracing if `traced` and
+/// calling the latency entry routine if `timed`.
+pub fn fits(
+    bytes: &[u8],
+    ip: u64,
+    len: usize,
+    flags_live: bool,
+    traced: bool,
+    timed: bool,
+) -> bool {
+    let at = ip + TRIAL;
+    let counting = Counting {
+        overflow: at + 0x1000,
+        index: 1 << 20,
+        row_page: at + 0x2000,
+        block_shift: 16,
+        slot_bits: 10,
+        emit: traced.then_some(at + 0x3000),
+        strings: 0,
+        enter: timed.then_some((at + 0x4000, 0)),
+    };
+    encode_trampoline(bytes, ip, len, flags_live, &counting, at).is_ok()
+}
+
+/// Whether the trampoline of an exit over `len` bytes of `bytes` at `ip`
+/// fits one slot (see [`fits`]).
+pub fn exit_fits(bytes: &[u8], ip: u64, len: usize) -> bool {
+    let at = ip + TRIAL;
+    encode_exit(bytes, ip, len, at + 0x4000, 0, at).is_ok()
+}
+
 /// The slot of a neighbour evicted to hold pads (`super::short`): its
 /// `len` displaced bytes at `ip` (the first of `bytes`), relocated to `at`,
 /// then the jump back. It counts nothing and touches nothing else.
