@@ -208,6 +208,22 @@ fn every_function_of_every_sample_traced_runs_as_natively() {
 }
 
 #[test]
+fn every_function_of_every_sample_timed_runs_as_natively() {
+    // --latency '*': every function that can be timed has its entry and
+    // every exit patched; the program's output and exit are the native ones.
+    for name in NAMES {
+        for args in workloads(name) {
+            same_as_native(
+                Case::new(path(name, Variant::Pie), *args)
+                    .opt("-q")
+                    .opt("--latency")
+                    .opt("*"),
+            );
+        }
+    }
+}
+
+#[test]
 fn every_sample_counts_the_same_in_int3_and_jump_sites() {
     // Every function of every sample, once with the jumps auto mode places
     // (every tactic; auto places no int3) and once with int3s: each jump

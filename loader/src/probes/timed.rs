@@ -28,6 +28,19 @@ pub(super) fn add_exits(
         return Ok(sites);
     }
     let mut room = Room::new(image, &sites, evicted);
+    // Where short jumps' pads went: a site whose bytes hold one stays,
+    // timed or not (its jump is what keeps the pad from running).
+    let pads: Vec<u64> = sites
+        .iter()
+        .filter_map(|s| match s.kind {
+            Kind::JumpShort { pad, .. } => Some(pad.0),
+            _ => None,
+        })
+        .collect();
+    let hosts = |s: &Site| {
+        let (lo, hi) = (s.addr().0, s.addr().0 + s.kind.patch_len() as u64);
+        pads.iter().any(|&p| lo <= p && p < hi)
+    };
     let mut out = Vec::with_capacity(sites.len());
     let mut exit_sites = Vec::new();
     let mut func = 0u32;
@@ -60,8 +73,9 @@ pub(super) fn add_exits(
             }
             Err(why) if resolution.requests[request].location.is_glob() => {
                 skipped.push((s.label(), format!("--latency cannot time it: {why}")));
-                // Still counted if another request probes it.
-                if s.place.request != request || s.place.trace.is_some() {
+                // Still counted if another request probes it, or if it
+                // holds another site's pad.
+                if s.place.request != request || s.place.trace.is_some() || hosts(&s) {
                     out.push(Site {
                         place: Place {
                             latency: None,
