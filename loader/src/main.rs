@@ -416,7 +416,7 @@ fn print_events(
         let mut next = Some(first);
         while let Some(e) = next {
             if let Some(p) = info.get(e.probe.0) {
-                let types = p.args.as_deref().unwrap_or(&[]);
+                let types = p.types(&e);
                 match format {
                     Format::Text => append_text(&mut buf, &e, &p.label, types, start_ns),
                     Format::Json => append_json(&mut buf, &e, &p.label, types)?,

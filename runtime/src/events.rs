@@ -58,6 +58,17 @@ pub const FLAG_UNREADABLE: u32 = 8;
 /// as a string (its room holds it).
 pub const FLAG_IS_STR: u32 = 16;
 
+/// [`RecordBody::flags`]: the record is a function's return
+/// (`--trace 'f%return'`), not a hit: `args[0]` is the value returned
+/// (rax), `args[1]` the call's duration in ns, `probe` the entry's site.
+pub const FLAG_RETURN: u32 = 24;
+/// [`RecordBody::flags`]: a return whose call was not timed (its entry was
+/// not seen by this thread's timing stack): `args[1]` means nothing.
+pub const FLAG_UNTIMED: u32 = 25;
+/// [`RecordBody::flags`]: the call ended in a tail call (a `jmp` out of
+/// the function), whose callee returns the value: `args[0]` means nothing.
+pub const FLAG_TAIL: u32 = 26;
+
 /// The start of the ring, on its own cache lines: writers hammer `head`,
 /// the monitor writes `tail`.
 #[repr(C)]

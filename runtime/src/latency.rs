@@ -96,7 +96,11 @@ pub struct Stats {
     pub min_ns: AtomicU64,
     /// Longest, ns.
     pub max_ns: AtomicU64,
-    _pad: [u64; 2],
+    /// Return events (`--trace 'f%return'`): 0, none; else the entry
+    /// site's index + 1, with [`EVENT_STR`] when the value is a string.
+    /// Set by the monitor before the program starts.
+    pub event: AtomicU64,
+    _pad: u64,
     /// Timed durations by log2 bucket.
     pub hist: [AtomicU64; BUCKETS],
 }
@@ -126,6 +130,10 @@ pub const STATS_SUM: usize = offset_of!(Stats, sum_ns);
 pub const STATS_MIN: usize = offset_of!(Stats, min_ns);
 /// [`Stats::max_ns`].
 pub const STATS_MAX: usize = offset_of!(Stats, max_ns);
+/// [`Stats::event`].
+pub const STATS_EVENT: usize = offset_of!(Stats, event);
+/// [`Stats::event`]: the returned value is read as a string.
+pub const EVENT_STR: u64 = 1 << 32;
 /// [`Stats::hist`].
 pub const STATS_HIST: usize = offset_of!(Stats, hist);
 

@@ -3,13 +3,17 @@
 //!
 //! ```text
 //! 0.001234567 4242/4243 ev(100, -1, "alpha", 0, 0x0, 0)
+//! 0.001240001 4242/4243 ev() = 42 <0.000005434>
 //! {"time_ns":80001234567,"pid":4242,"tid":4243,"probe":"ev","args":[100,-1,"alpha",0,"0x0",0]}
+//! {"time_ns":80001240001,"pid":4242,"tid":4243,"probe":"ev","args":[],"ret":42,"duration_ns":5434}
 //! ```
 //!
 //! Both writers take the probe's label and argument types from the caller,
-//! which keeps them per probe, not per event. Only the first six types are
-//! shown (there are no more registers); a type list shorter than six shows
-//! that many arguments.
+//! which keeps them per probe, not per event ([`super::ProbeInfo::types`]
+//! gives them). Only the first six types are shown (there are no more
+//! registers); a type list shorter than six shows that many arguments. A
+//! return event (`f%return`) shows its value by the first type (`hex`
+//! when there is none) and no arguments.
 
 use std::io::{self, Write};
 
@@ -17,7 +21,10 @@ use super::Event;
 use crate::probes::ArgType;
 
 /// Writes `event` as one line of text, ended by `\n`:
-/// `SECONDS PID/TID LABEL(ARGS)`.
+/// `SECONDS PID/TID LABEL(ARGS)`, or for a return event (as strace's `-T`
+/// shows a call's end) `SECONDS PID/TID LABEL() = VALUE <DURATION>`, the
+/// duration in seconds; `?` for a value a tail call left unknown, or a
+/// call whose entry was not timed.
 ///
 /// `SECONDS` is the time since `start_ns` (the program's start, in
 /// `CLOCK_MONOTONIC` nanoseconds) with nine decimals: small numbers a
@@ -56,21 +63,14 @@ pub fn append_text(
     types: &[ArgType],
     start_ns: u64,
 ) {
-    const NS: u64 = 1_000_000_000;
     line.reserve(128);
-    let since = match event.time_ns.checked_sub(start_ns) {
-        Some(d) => d,
+    match event.time_ns.checked_sub(start_ns) {
+        Some(d) => seconds(line, d),
         None => {
             line.push(b'-');
-            start_ns - event.time_ns
+            seconds(line, start_ns - event.time_ns);
         }
-    };
-    itoap::write_to_vec(line, since / NS);
-    // Nine decimals: the digits of 1_000_000_000 + the fraction, whose
-    // leading 1 becomes the point.
-    let point = line.len();
-    itoap::write_to_vec(line, NS + since % NS);
-    line[point] = b'.';
+    }
     line.push(b' ');
     itoap::write_to_vec(line, event.pid);
     line.push(b'/');
@@ -78,28 +78,97 @@ pub fn append_text(
     line.push(b' ');
     line.extend_from_slice(label.as_bytes());
     line.push(b'(');
+    if let Some(r) = event.ret {
+        // strace's form of a call's end (`-T`): ` = VALUE <SECONDS>`, `?`
+        // for what is not known.
+        line.extend_from_slice(b") = ");
+        match r.value {
+            Some(_) => text_value(line, ret_type(types), ret_arg(event)),
+            None => line.push(b'?'),
+        }
+        line.extend_from_slice(b" <");
+        match r.duration_ns {
+            Some(ns) => seconds(line, ns),
+            None => line.push(b'?'),
+        }
+        line.extend_from_slice(b">\n");
+        return;
+    }
     for (i, (t, arg)) in shown(event, types).enumerate() {
         if i > 0 {
             line.extend_from_slice(b", ");
         }
-        match t {
-            // The register's bits read as two's complement.
-            ArgType::Int => itoap::write_to_vec(line, arg.value as i64),
-            ArgType::Uint => itoap::write_to_vec(line, arg.value),
-            ArgType::Hex => hex(line, arg.value),
-            ArgType::Str => match arg.string {
-                Some(bytes) => {
-                    quote(line, bytes);
-                    if arg.truncated {
-                        line.extend_from_slice(b"...");
-                    }
-                }
-                None if arg.value == 0 => line.extend_from_slice(b"NULL"),
-                None => hex(line, arg.value),
-            },
-        }
+        text_value(line, t, arg);
     }
     line.extend_from_slice(b")\n");
+}
+
+/// `ns` as seconds with nine decimals.
+fn seconds(line: &mut Vec<u8>, ns: u64) {
+    const NS: u64 = 1_000_000_000;
+    itoap::write_to_vec(line, ns / NS);
+    // Nine decimals: the digits of 1_000_000_000 + the fraction, whose
+    // leading 1 becomes the point.
+    let point = line.len();
+    itoap::write_to_vec(line, NS + ns % NS);
+    line[point] = b'.';
+}
+
+/// One value in the text form, by its type.
+fn text_value(line: &mut Vec<u8>, t: ArgType, arg: Arg<'_>) {
+    match t {
+        // The register's bits read as two's complement.
+        ArgType::Int => itoap::write_to_vec(line, arg.value as i64),
+        ArgType::Uint => itoap::write_to_vec(line, arg.value),
+        ArgType::Hex => hex(line, arg.value),
+        ArgType::Str => match arg.string {
+            Some(bytes) => {
+                quote(line, bytes);
+                if arg.truncated {
+                    line.extend_from_slice(b"...");
+                }
+            }
+            None if arg.value == 0 => line.extend_from_slice(b"NULL"),
+            None => hex(line, arg.value),
+        },
+    }
+}
+
+/// One value in the JSON form, by its type; whether it is a string cut
+/// short.
+fn json_value(line: &mut Vec<u8>, t: ArgType, arg: Arg<'_>) -> io::Result<bool> {
+    match t {
+        ArgType::Int => itoap::write_to_vec(line, arg.value as i64),
+        ArgType::Uint => itoap::write_to_vec(line, arg.value),
+        ArgType::Hex => {
+            line.push(b'"');
+            hex(line, arg.value);
+            line.push(b'"');
+        }
+        ArgType::Str => match arg.string {
+            Some(bytes) => {
+                json_str(line, bytes)?;
+                return Ok(arg.truncated);
+            }
+            None => line.extend_from_slice(b"null"),
+        },
+    }
+    Ok(false)
+}
+
+/// A return event's value type: the one type its probe was given
+/// (`f%return(TYPE)`), `hex` when none.
+fn ret_type(types: &[ArgType]) -> ArgType {
+    types.first().copied().unwrap_or(ArgType::Hex)
+}
+
+/// A return event's value, with its string if it was read as one.
+fn ret_arg(event: &Event) -> Arg<'_> {
+    Arg {
+        value: event.ret.and_then(|r| r.value).unwrap_or(0),
+        string: event.strings.first().and_then(|s| s.as_deref()),
+        truncated: event.truncated[0],
+    }
 }
 
 /// Writes `event` as one JSON object on one line, ended by `\n`, with the
@@ -117,6 +186,11 @@ pub fn append_text(
 ///   form keeps every byte);
 /// - `truncated`: only when some `str` argument was cut at the monitor's
 ///   limit, the indices (from 0) of those arguments in `args`.
+///
+/// A return event has `args` empty, then `ret`: the value by its type
+/// (`null` when a tail call left it unknown), `duration_ns` (`null` when
+/// the entry was not timed) and `ret_truncated: true` for a string cut
+/// short.
 ///
 /// An error is the writer's.
 pub fn write_json(
@@ -162,27 +236,32 @@ pub fn append_json(
     line.extend_from_slice(b",\"probe\":");
     json_str(line, label.as_bytes())?;
     line.extend_from_slice(b",\"args\":[");
+    if let Some(r) = event.ret {
+        line.extend_from_slice(b"],\"ret\":");
+        let cut = match r.value {
+            Some(_) => json_value(line, ret_type(types), ret_arg(event))?,
+            None => {
+                line.extend_from_slice(b"null");
+                false
+            }
+        };
+        line.extend_from_slice(b",\"duration_ns\":");
+        match r.duration_ns {
+            Some(ns) => itoap::write_to_vec(line, ns),
+            None => line.extend_from_slice(b"null"),
+        }
+        if cut {
+            line.extend_from_slice(b",\"ret_truncated\":true");
+        }
+        line.extend_from_slice(b"}\n");
+        return Ok(());
+    }
     let mut cut = false;
     for (k, (t, arg)) in shown(event, types).enumerate() {
         if k > 0 {
             line.push(b',');
         }
-        match t {
-            ArgType::Int => itoap::write_to_vec(line, arg.value as i64),
-            ArgType::Uint => itoap::write_to_vec(line, arg.value),
-            ArgType::Hex => {
-                line.push(b'"');
-                hex(line, arg.value);
-                line.push(b'"');
-            }
-            ArgType::Str => match arg.string {
-                Some(bytes) => {
-                    cut |= arg.truncated;
-                    json_str(line, bytes)?;
-                }
-                None => line.extend_from_slice(b"null"),
-            },
-        }
+        cut |= json_value(line, t, arg)?;
     }
     line.push(b']');
     if cut {

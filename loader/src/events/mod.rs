@@ -36,6 +36,22 @@ pub struct Event {
     /// For each `str` argument, whether the string went on past the bytes
     /// read (no NUL within the monitor's limit).
     pub truncated: [bool; ARG_REGISTERS.len()],
+    /// A return probe's event (`--trace 'f%return'`): the function
+    /// returned, at `time_ns`. `args` are then all 0, and a `str` value's
+    /// bytes are `strings[0]`.
+    pub ret: Option<Return>,
+}
+
+/// What a return event says of the call that ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Return {
+    /// The value returned (rax); `None` when the call ended in a tail
+    /// call (a `jmp` to another function), whose callee returns the value
+    /// later, unseen.
+    pub value: Option<u64>,
+    /// How long the call took, entry to return, in ns; `None` when its
+    /// entry was not timed (see the report's `untimed`).
+    pub duration_ns: Option<u64>,
 }
 
 /// A probe as its events name it: its label (`sym` or `sym+0x..`, as the
@@ -46,6 +62,22 @@ pub struct ProbeInfo {
     pub label: String,
     /// Its arguments' types, in register order; `None`: not traced.
     pub args: Option<Vec<crate::probes::ArgType>>,
+    /// Its returns are traced (`f%return(TYPE)`), the value shown as this
+    /// type: events with `ret` are these.
+    pub ret: Option<crate::probes::ArgType>,
+}
+
+impl ProbeInfo {
+    /// The types `event` (one of this probe's) is shown with: the
+    /// arguments' for a hit, the value's (`f%return(TYPE)`) for a return.
+    #[must_use]
+    pub fn types(&self, event: &Event) -> &[crate::probes::ArgType] {
+        match (&event.ret, &self.ret) {
+            (Some(_), Some(t)) => std::slice::from_ref(t),
+            (Some(_), None) => &[],
+            (None, _) => self.args.as_deref().unwrap_or(&[]),
+        }
+    }
 }
 
 impl Event {
@@ -59,6 +91,7 @@ impl Event {
     ) -> Event {
         use crate::probes::emit_flags::{IS_STR, UNREADABLE};
         use uprobe_runtime::events::STR_BYTES;
+        use uprobe_runtime::events::{FLAG_RETURN, FLAG_TAIL, FLAG_UNTIMED};
         let mut e = Event {
             time_ns,
             pid: body.pid,
@@ -67,6 +100,15 @@ impl Event {
             args: body.args,
             ..Event::default()
         };
+        if body.flags & (1 << FLAG_RETURN) != 0 {
+            let flag = |f: u32| body.flags & (1 << f) != 0;
+            e.ret = Some(Return {
+                value: (!flag(FLAG_TAIL)).then_some(body.args[0]),
+                duration_ns: (!flag(FLAG_UNTIMED)).then_some(body.args[1]),
+            });
+            // Only the string of the value (argument 0's room) stays.
+            e.args = [0; ARG_REGISTERS.len()];
+        }
         if body.flags >> IS_STR & 0x3f != 0 {
             e.strings = vec![None; ARG_REGISTERS.len()];
         }

@@ -50,16 +50,17 @@ pub fn generate(
 ) -> Result<AreaCode, ProbeError> {
     let row_page = base + layout.row_page() as u64;
     let emit_at = base + layout.emit() as u64;
-    let traced = sites.iter().any(|s| s.action.traced());
-    let emit = match shared.ring() {
-        Some(ring) if layout.emit_bytes > 0 => {
-            let e = Emit {
-                ring: ring.addr(),
-                layout: ring.layout(),
-                row_page,
-                tid,
-            };
-            encode_emit(&e, emit_at).map_err(|e| ProbeError::Trampoline {
+    // An event ring: some site is traced, or some function's returns.
+    let ring = shared.ring().filter(|_| layout.emit_bytes > 0).map(|ring| Emit {
+        ring: ring.addr(),
+        layout: ring.layout(),
+        row_page,
+        tid,
+    });
+    let traced = ring.is_some();
+    let emit = match &ring {
+        Some(e) => {
+            encode_emit(e, emit_at).map_err(|e| ProbeError::Trampoline {
                 site: "the event routine".into(),
                 insns: String::new(),
                 why: match e {
@@ -67,14 +68,14 @@ pub fn generate(
                 },
             })?
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     // The latency routines after the event routine, in the same room.
     let latency_at = emit_at + if traced { EMIT_BYTES as u64 } else { 0 };
     let (routines, enter_at, exit_at) = match timing {
         Some(t) => {
             let (code, exit) =
-                encode_routines(&t, latency_at).map_err(|e| ProbeError::Trampoline {
+                encode_routines(&t, ring.as_ref(), latency_at).map_err(|e| ProbeError::Trampoline {
                     site: "the latency routines".into(),
                     insns: String::new(),
                     why: match e {
@@ -298,6 +299,7 @@ mod tests {
                 request: 0,
                 trace: None,
                 latency: None,
+                ret: None,
             },
             kind,
             action: crate::probes::Action::Count,

@@ -98,36 +98,14 @@ const SYS_GETTID: i32 = 186;
 const SYS_GETPID: i32 = 39;
 
 fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
-    let l = e.layout;
-    let mask = i32::try_from(l.records - 1).unwrap_or(i32::MAX);
-    let cap = i32::try_from(l.records).unwrap_or(i32::MAX);
-    let records = i32::try_from(l.records_start()).unwrap_or(i32::MAX);
-    let strings = l.record_bytes >= REC_STRINGS + ARGS * STR_BYTES;
-    let mut retry = a.create_label();
+    let strings = e.layout.record_bytes >= REC_STRINGS + ARGS * STR_BYTES;
     let mut full = a.create_label();
-    let mut slow = a.create_label();
-    let mut have_tid = a.create_label();
-    let mut have_pid = a.create_label();
     let mut commit = a.create_label();
     // The site and its strings' mask, kept until the commit.
     a.push(rdx)?;
-    a.mov(r11, e.ring)?;
-    // Reserve.
-    a.set_label(&mut retry)?;
-    a.mov(rax, qword_ptr(r11 + RING_HEAD as i32))?;
-    a.mov(rcx, rax)?;
-    a.sub(rcx, qword_ptr(r11 + RING_TAIL as i32))?;
-    a.cmp(rcx, cap)?;
-    a.jae(full)?;
-    a.lea(rcx, qword_ptr(rax + 1))?;
-    a.lock().cmpxchg(qword_ptr(r11 + RING_HEAD as i32), rcx)?;
-    a.jne(retry)?;
-    // rax: the index; rcx: its record. Stack from here: the index, the
-    // site, the return address, then the trampoline's r11, rdx, rcx.
-    a.mov(rcx, rax)?;
-    a.and(ecx, mask)?;
-    a.shl(rcx, l.record_shift())?;
-    a.lea(rcx, qword_ptr(r11 + rcx + records))?;
+    reserve(a, e, full)?;
+    // Stack from here: the index, the site, the return address, then the
+    // trampoline's r11, rdx, rcx.
     a.push(rax)?;
     a.mov(edx, dword_ptr(rsp + 8))?;
     a.and(edx, (1 << STR_MASK_SHIFT) - 1)?;
@@ -141,6 +119,69 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     a.mov(qword_ptr(rcx + (REC_ARGS + 24) as i32), r11)?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 32) as i32), r8)?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 40) as i32), r9)?;
+    pid_and_tid(a, e)?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.mov(qword_ptr(rcx + REC_TIME as i32), rax)?;
+    if strings {
+        a.mov(r11d, dword_ptr(rsp + 8))?;
+        a.shr(r11d, STR_MASK_SHIFT)?;
+        a.test(r11d, r11d)?;
+        a.jz(commit)?;
+        copy_strings(a, &mut commit)?;
+    }
+    // Commit.
+    a.set_label(&mut commit)?;
+    a.pop(rax)?;
+    a.inc(rax)?;
+    a.mov(qword_ptr(rcx + REC_SEQ as i32), rax)?;
+    a.pop(rdx)?;
+    a.ret()?;
+    // Full: count the drop.
+    a.set_label(&mut full)?;
+    a.pop(rdx)?;
+    a.and(edx, (1 << STR_MASK_SHIFT) - 1)?;
+    a.lea(rax, qword_ptr(r11 + RING_DROPPED as i32))?;
+    a.lock().inc(qword_ptr(rax + rdx * 8))?;
+    a.ret()
+}
+
+/// Reserves a record (step 1 of the protocol): rax = its index, rcx = its
+/// address, r11 = the ring; a full ring jumps to `full` with r11 = the
+/// ring. Uses rax, rcx, r11 and the flags.
+pub(super) fn reserve(
+    a: &mut CodeAssembler,
+    e: &Emit,
+    full: iced_x86::code_asm::CodeLabel,
+) -> Result<(), IcedError> {
+    let l = e.layout;
+    let mask = i32::try_from(l.records - 1).unwrap_or(i32::MAX);
+    let cap = i32::try_from(l.records).unwrap_or(i32::MAX);
+    let records = i32::try_from(l.records_start()).unwrap_or(i32::MAX);
+    let mut retry = a.create_label();
+    a.mov(r11, e.ring)?;
+    a.set_label(&mut retry)?;
+    a.mov(rax, qword_ptr(r11 + RING_HEAD as i32))?;
+    a.mov(rcx, rax)?;
+    a.sub(rcx, qword_ptr(r11 + RING_TAIL as i32))?;
+    a.cmp(rcx, cap)?;
+    a.jae(full)?;
+    a.lea(rcx, qword_ptr(rax + 1))?;
+    a.lock().cmpxchg(qword_ptr(r11 + RING_HEAD as i32), rcx)?;
+    a.jne(retry)?;
+    a.mov(rcx, rax)?;
+    a.and(ecx, mask)?;
+    a.shl(rcx, l.record_shift())?;
+    a.lea(rcx, qword_ptr(r11 + rcx + records))
+}
+
+/// Writes the process and the thread into the record at rcx. Uses rax,
+/// rdx, r11 and the flags; keeps rcx.
+pub(super) fn pid_and_tid(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
+    let mut slow = a.create_label();
+    let mut have_tid = a.create_label();
+    let mut have_pid = a.create_label();
     // The process, from the row page (in the probe area, RIP-relative).
     load_rip(a, Register::RDX, e.row_page + ROW_PAGE_PID as u64)?;
     // A process we do not serve (a fork when unprivileged: no fork events)
@@ -171,38 +212,17 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     a.syscall()?;
     a.pop(rcx)?;
     a.set_label(&mut have_tid)?;
-    a.mov(dword_ptr(rcx + REC_TID as i32), eax)?;
-    a.rdtsc()?;
-    a.shl(rdx, 32)?;
-    a.or(rax, rdx)?;
-    a.mov(qword_ptr(rcx + REC_TIME as i32), rax)?;
-    if strings {
-        copy_strings(a, &mut commit)?;
-    }
-    // Commit.
-    a.set_label(&mut commit)?;
-    a.pop(rax)?;
-    a.inc(rax)?;
-    a.mov(qword_ptr(rcx + REC_SEQ as i32), rax)?;
-    a.pop(rdx)?;
-    a.ret()?;
-    // Full: count the drop.
-    a.set_label(&mut full)?;
-    a.pop(rdx)?;
-    a.and(edx, (1 << STR_MASK_SHIFT) - 1)?;
-    a.lea(rax, qword_ptr(r11 + RING_DROPPED as i32))?;
-    a.lock().inc(qword_ptr(rax + rdx * 8))?;
-    a.ret()
+    a.mov(dword_ptr(rcx + REC_TID as i32), eax)
 }
 
-/// Copies each `str` argument (the mask above the site, at `[rsp + 8]`)
-/// into the record at rcx, [`STR_BYTES`] for argument `i` at
+/// Copies each `str` argument (bit `i` of r11d, not 0: argument `i`)
+/// into the record at rcx (whose pid is written), [`STR_BYTES`] for argument `i` at
 /// `REC_STRINGS + 64 * i`, with `process_vm_readv` on the process itself:
 /// the kernel reads what can be read and says how much, so a bad pointer
 /// costs an error code, never a fault. Keeps every register but rax, rdx
 /// and r11 (and rcx, the record, is back on the way out); jumps to
 /// `commit` when done.
-fn copy_strings(
+pub(super) fn copy_strings(
     a: &mut CodeAssembler,
     commit: &mut iced_x86::code_asm::CodeLabel,
 ) -> Result<(), IcedError> {
@@ -211,10 +231,6 @@ fn copy_strings(
     let mut scan = a.create_label();
     let mut cut = a.create_label();
     let mut done = a.create_label();
-    a.mov(r11d, dword_ptr(rsp + 8))?;
-    a.shr(r11d, STR_MASK_SHIFT)?;
-    a.test(r11d, r11d)?;
-    a.jz(*commit)?;
     // The program's registers the system call takes, kept.
     for r in [rdi, rsi, r8, r9, r10] {
         a.push(r)?;

@@ -22,21 +22,30 @@
 //! only the thread (and its signal handlers, which nest) touch its slot.
 
 use iced_x86::code_asm::{
-    ecx, edx, esi, qword_ptr, r11, r8, r8d, r9, rax, rbx, rcx, rdi, rdx, rsi, CodeAssembler,
-    CodeLabel,
+    dword_ptr, ecx, edx, esi, qword_ptr, r10, r10d, r11, r11d, r8, r8d, r9, rax, rbx, rcx, rdi,
+    rdx, rsi, CodeAssembler, CodeLabel,
 };
 use iced_x86::{FlowControl, IcedError, Instruction};
 use uprobe_runtime::latency::{
     FRAMES, FRAME_FUNC, FRAME_RSP, FRAME_SHIFT, FRAME_TSC, HEAD_DEPTH, HEAD_KEY, SLOT_FRAMES,
     SLOT_SHIFT, SLOT_TRIES, STATS_BYTES, STATS_HIST, STATS_LEFT, STATS_MAX, STATS_MIN, STATS_SUM,
-    STATS_UNTIMED, THREAD_HASH, THREAD_SLOTS,
+    STATS_UNTIMED, THREAD_HASH, THREAD_SLOTS, STATS_EVENT, EVENT_STR,
+};
+use uprobe_runtime::events::{
+    ARGS, FLAG_RETURN, FLAG_TAIL, FLAG_UNTIMED, REC_ARGS, REC_FLAGS, REC_PROBE, REC_SEQ,
+    REC_STRINGS, REC_TIME, RING_DROPPED, STR_BYTES,
 };
 
+/// In the function's number an exit trampoline passes: the exit is a
+/// tail call (a `jmp` out of the function), which returns no value here.
+pub const TAIL: u32 = 1 << 31;
+
+use super::emit::{self, Emit};
 use super::xol::{assemble_within, Unrelocatable};
 use super::{disasm, xol, Targets};
 
 /// Bytes the probe area keeps for the two routines.
-pub const LATENCY_BYTES: usize = 768;
+pub const LATENCY_BYTES: usize = 1280;
 
 /// Where the routines work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,13 +60,21 @@ pub struct Timing {
 
 /// The two routines placed at `at`: their bytes, and the exit routine's
 /// offset in them (the entry routine is at 0).
-pub fn encode_routines(t: &Timing, at: u64) -> Result<(Vec<u8>, usize), Unrelocatable> {
+///
+/// With `events` (the event ring, when there is one), a return of a
+/// function whose [`Stats`](uprobe_runtime::latency::Stats) `event` is set
+/// is also written to the ring as a return record.
+pub fn encode_routines(
+    t: &Timing,
+    events: Option<&Emit>,
+    at: u64,
+) -> Result<(Vec<u8>, usize), Unrelocatable> {
     let code = |r: Result<(), IcedError>| r.map_err(|e| Unrelocatable::Code(e.to_string()));
     let mut a = CodeAssembler::new(64).map_err(|e| Unrelocatable::Code(e.to_string()))?;
     let mut exit = a.create_label();
     code(enter(&mut a, t))?;
     code(a.set_label(&mut exit))?;
-    code(leave(&mut a, t))?;
+    code(leave(&mut a, t, events))?;
     let bytes = assemble_within(&mut a, at, LATENCY_BYTES, |n| {
         format!("the latency routines take {n} bytes, more than the {LATENCY_BYTES} kept")
     })?;
@@ -89,13 +106,13 @@ fn save(a: &mut CodeAssembler) -> Result<(), IcedError> {
     a.mov(r8d, edx)
 }
 
-/// Undoes [`save`] and returns.
+/// Undoes [`save`] (at `out`).
 fn restore(a: &mut CodeAssembler, out: &mut CodeLabel) -> Result<(), IcedError> {
     a.set_label(out)?;
     for r in [r9, r8, rdi, rsi, rbx] {
         a.pop(r)?;
     }
-    a.ret()
+    Ok(())
 }
 
 /// Finds the thread's slot into rbx (claiming a free one if `claim`), or
@@ -198,12 +215,18 @@ fn enter(a: &mut CodeAssembler, t: &Timing) -> Result<(), IcedError> {
     a.mov(qword_ptr(rcx + FRAME_RSP as i32), r11)?;
     a.mov(qword_ptr(rcx + FRAME_FUNC as i32), r8)?;
     a.mov(qword_ptr(rcx + FRAME_TSC as i32), rax)?;
-    restore(a, &mut out)
+    restore(a, &mut out)?;
+    a.ret()
 }
 
+/// The function's number as the exit trampoline passes it (edx), with
+/// [`TAIL`] when the exit is a `jmp` out of it.
+const FUNC_MASK: u32 = !TAIL;
+
 /// The exit routine.
-fn leave(a: &mut CodeAssembler, t: &Timing) -> Result<(), IcedError> {
+fn leave(a: &mut CodeAssembler, t: &Timing, events: Option<&Emit>) -> Result<(), IcedError> {
     let mut out = a.create_label();
+    let mut record = a.create_label();
     let mut untimed = a.create_label();
     let mut again = a.create_label();
     let mut left = a.create_label();
@@ -211,7 +234,13 @@ fn leave(a: &mut CodeAssembler, t: &Timing) -> Result<(), IcedError> {
     let mut min_done = a.create_label();
     let mut max = a.create_label();
     let mut max_done = a.create_label();
+    // r10 (saved here): the return record's flags.
+    a.push(r10)?;
     save(a)?;
+    a.mov(r10d, edx)?;
+    a.shr(r10d, TAIL.trailing_zeros())?;
+    a.shl(r10d, FLAG_TAIL)?;
+    a.and(r8d, FUNC_MASK)?;
     // The time first: nothing below is part of the call.
     a.rdtsc()?;
     a.shl(rdx, 32)?;
@@ -265,7 +294,7 @@ fn leave(a: &mut CodeAssembler, t: &Timing) -> Result<(), IcedError> {
     a.lock().cmpxchg(qword_ptr(rdi + STATS_MAX as i32), rsi)?;
     a.jne(max)?;
     a.set_label(&mut max_done)?;
-    a.jmp(out)?;
+    a.jmp(record)?;
     // Below this call's frame, or at it for another function: over.
     a.set_label(&mut left)?;
     drop_left(a, t)?;
@@ -274,8 +303,63 @@ fn leave(a: &mut CodeAssembler, t: &Timing) -> Result<(), IcedError> {
     a.mov(rdi, r8)?;
     a.imul_3(rdi, rdi, STATS_BYTES as i32)?;
     a.mov(rcx, t.stats)?;
-    a.lock().inc(qword_ptr(rdi + rcx + STATS_UNTIMED as i32))?;
-    restore(a, &mut out)
+    a.add(rdi, rcx)?;
+    a.lock().inc(qword_ptr(rdi + STATS_UNTIMED as i32))?;
+    a.or(r10d, 1 << FLAG_UNTIMED)?;
+    a.xor(esi, esi)?;
+    a.set_label(&mut record)?;
+    if let Some(e) = events {
+        return_record(a, e, out)?;
+    }
+    restore(a, &mut out)?;
+    a.pop(r10)?;
+    a.ret()
+}
+
+/// Where the exit routine finds the program's rax: above what it saved
+/// (r10, then [`save`]'s five), its return address and the trampoline's
+/// r11, rdx and rcx (see [`call_routine`] and the trampoline's `enter`).
+const PROGRAM_RAX: i32 = 8 * (1 + 5) + 8 + 8 * 3;
+
+/// Writes a return record for the function whose statistics are at rdi,
+/// if its returns are traced: flags r10d, duration rsi (ns), time r9 (the
+/// counter), the value the program's rax. Goes on to `out`. Uses every
+/// register the exit routine saved.
+fn return_record(a: &mut CodeAssembler, e: &Emit, out: CodeLabel) -> Result<(), IcedError> {
+    let strings = e.layout.record_bytes >= REC_STRINGS + ARGS * STR_BYTES;
+    let mut full = a.create_label();
+    let mut commit = a.create_label();
+    a.mov(rbx, qword_ptr(rdi + STATS_EVENT as i32))?;
+    a.test(rbx, rbx)?;
+    a.jz(out)?;
+    a.or(r10d, 1 << FLAG_RETURN)?;
+    emit::reserve(a, e, full)?;
+    a.mov(rdi, rax)?;
+    a.lea(edx, qword_ptr(rbx - 1))?;
+    a.mov(dword_ptr(rcx + REC_PROBE as i32), edx)?;
+    a.mov(dword_ptr(rcx + REC_FLAGS as i32), r10d)?;
+    a.mov(rax, qword_ptr(iced_x86::code_asm::rsp + PROGRAM_RAX))?;
+    a.mov(qword_ptr(rcx + REC_ARGS as i32), rax)?;
+    a.mov(qword_ptr(rcx + (REC_ARGS + 8) as i32), rsi)?;
+    a.mov(qword_ptr(rcx + REC_TIME as i32), r9)?;
+    emit::pid_and_tid(a, e)?;
+    if strings {
+        // The value as a string, unless the call ended in a tail call.
+        a.bt(rbx, EVENT_STR.trailing_zeros())?;
+        a.jnc(commit)?;
+        a.test(r10d, 1 << FLAG_TAIL)?;
+        a.jnz(commit)?;
+        a.mov(r11d, 1)?;
+        emit::copy_strings(a, &mut commit)?;
+    }
+    a.set_label(&mut commit)?;
+    a.inc(rdi)?;
+    a.mov(qword_ptr(rcx + REC_SEQ as i32), rdi)?;
+    a.jmp(out)?;
+    a.set_label(&mut full)?;
+    a.lea(edx, qword_ptr(rbx - 1))?;
+    a.lock().inc(qword_ptr(r11 + rdx * 8 + RING_DROPPED as i32))?;
+    a.jmp(out)
 }
 
 /// Calls the routine at `routine` for function `func`, from a trampoline

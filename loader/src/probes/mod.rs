@@ -58,8 +58,12 @@ pub struct Request {
     pub location: Location,
     /// Traced (`--trace`): each hit is an event, with these arguments.
     pub trace: Option<Vec<ArgType>>,
-    /// Timed (`--latency`): each call of the function, entry to return.
+    /// Timed (`--latency`, or a return probe): each call of the
+    /// function, entry to return.
     pub latency: bool,
+    /// A return probe (`--trace 'f%return(TYPE)'`): each return is an
+    /// event, with the value returned shown as this type.
+    pub ret: Option<ArgType>,
 }
 
 impl Request {
@@ -72,6 +76,7 @@ impl Request {
             location,
             trace: None,
             latency: false,
+            ret: None,
         })
     }
 
@@ -87,11 +92,14 @@ impl Request {
     pub fn parse_trace(spec: impl Into<String>) -> Result<Request, ProbeError> {
         let spec = spec.into();
         let t: TraceSpec = spec.parse()?;
+        // A return probe times its function: the duration comes with
+        // each return.
         Ok(Request {
             spec,
             location: t.location,
-            trace: Some(t.args),
-            latency: false,
+            trace: t.ret.is_none().then_some(t.args),
+            latency: t.ret.is_some(),
+            ret: t.ret,
         })
     }
 }
@@ -103,6 +111,7 @@ impl From<Location> for Request {
             location,
             trace: None,
             latency: false,
+            ret: None,
         }
     }
 }
@@ -184,9 +193,13 @@ pub struct Place {
     /// The first traced request that named it (it need not be the first
     /// request), whose argument types its events have.
     pub trace: Option<usize>,
-    /// A function timed (`--latency`): the first request that asked. On
-    /// an exit site, the function's entry is the one that says.
+    /// A function timed (`--latency` or a return probe): the first
+    /// request that asked. On an exit site, the function's entry is the
+    /// one that says.
     pub latency: Option<usize>,
+    /// A function whose returns are traced: the first return probe that
+    /// named it, whose type its return events show.
+    pub ret: Option<usize>,
 }
 
 impl Place {

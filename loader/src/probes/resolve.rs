@@ -45,6 +45,8 @@ pub struct Resolver<'a> {
     tracing: bool,
     /// The request being resolved is timed.
     timing: bool,
+    /// The request being resolved is a return probe.
+    returning: bool,
 }
 
 /// Resolves `requests` against the program. With `unsafe_addrs`, an
@@ -79,6 +81,7 @@ impl<'a> Resolver<'a> {
             matched: HashSet::new(),
             tracing: false,
             timing: false,
+            returning: false,
         }
     }
 
@@ -88,6 +91,7 @@ impl<'a> Resolver<'a> {
         let index = self.requests.len();
         self.tracing = request.trace.is_some();
         self.timing = request.latency;
+        self.returning = request.ret.is_some();
         match &request.location {
             Location::Glob(p) => {
                 let pat = glob::Pattern::new(p).map_err(|e| ProbeError::BadSpec {
@@ -187,6 +191,7 @@ impl<'a> Resolver<'a> {
             request,
             trace: self.tracing.then_some(request),
             latency: self.timing.then_some(request),
+            ret: self.returning.then_some(request),
         };
         if place.latency.is_some() && offset != 0 {
             return Err(ProbeError::BadSpec {
@@ -195,7 +200,12 @@ impl<'a> Resolver<'a> {
                     .get(request)
                     .map_or_else(String::new, |r| r.spec.clone()),
                 why: format!(
-                    "--latency times whole functions, and {} is inside one",
+                    "{} whole functions, and {} is inside one",
+                    if self.returning {
+                        "a return probe traces the returns of"
+                    } else {
+                        "--latency times"
+                    },
                     place.label()
                 ),
             });
@@ -236,6 +246,9 @@ impl<'a> Resolver<'a> {
             }
             if same && first.latency.is_none() {
                 first.latency = later.latency;
+            }
+            if same && first.ret.is_none() {
+                first.ret = later.ret;
             }
             same
         });

@@ -186,6 +186,12 @@ pub struct TraceSpec {
     pub location: Location,
     /// The types of the first `args.len()` integer arguments (at most six).
     pub args: Vec<ArgType>,
+    /// `SPEC%return` or `SPEC%return(TYPE)` (the kernel's `uprobe_events`
+    /// spelling): the function's returns are traced, not its entry, and
+    /// the value returned is shown as this type (`hex` when none is
+    /// given, as the kernel's `x64`). `args` is then empty: the arguments'
+    /// registers hold other values by the return.
+    pub ret: Option<ArgType>,
 }
 
 #[allow(dead_code)] // The CLI will use it for its "not found" hint.
@@ -222,12 +228,10 @@ impl FromStr for TraceSpec {
             spec: spec.to_string(),
             why,
         };
-        if spec.contains("%return") {
-            return Err(bad(
-                "'%return' (a probe on the function's return) is not supported yet".into(),
-            ));
-        }
         check_balanced(spec).map_err(bad)?;
+        if let Some(at) = spec.rfind(RETURN) {
+            return parse_return(&spec[..at], &spec[at + RETURN.len()..]).map_err(bad);
+        }
         let s = spec.trim();
         let location = |text: &str| -> Result<Location, ProbeError> {
             text.parse().map_err(|e| match e {
@@ -239,6 +243,7 @@ impl FromStr for TraceSpec {
             Ok(TraceSpec {
                 location: location(s)?,
                 args: Vec::new(),
+                ret: None,
             })
         };
         let Some((open, close)) = last_group(s) else {
@@ -293,8 +298,58 @@ impl FromStr for TraceSpec {
         Ok(TraceSpec {
             location: location(name)?,
             args,
+            ret: None,
         })
     }
+}
+
+/// What marks a return probe.
+const RETURN: &str = "%return";
+
+/// `WHERE%returnTAIL`: a return probe on the function `WHERE`, its value's
+/// type in `TAIL` (`(TYPE)` or nothing); or why not.
+fn parse_return(at: &str, tail: &str) -> Result<TraceSpec, String> {
+    let at = at.trim();
+    if at.is_empty() {
+        return Err("no function before '%return'".into());
+    }
+    if let Some((open, close)) = last_group(at) {
+        if close + 1 == at.len() && type_list(&at[open + 1..close]).is_some() {
+            return Err(format!(
+                "a return probe shows the value returned, not the arguments (their \
+                 registers hold other values by then): trace '{}' and '{}%return' apart",
+                at,
+                &at[..open]
+            ));
+        }
+    }
+    let location: Location = at.parse().map_err(|e| match e {
+        ProbeError::BadSpec { why, .. } => why,
+        other => other.to_string(),
+    })?;
+    let tail = tail.trim();
+    let ret = if tail.is_empty() {
+        ArgType::Hex
+    } else {
+        let word = tail
+            .strip_prefix('(')
+            .and_then(|t| t.strip_suffix(')'))
+            .map(str::trim)
+            .ok_or_else(|| {
+                format!("'{tail}' after '%return' (write SPEC%return or SPEC%return(TYPE))")
+            })?;
+        if word.contains(',') {
+            return Err(format!(
+                "'%return({word})': a function returns one value, so one type"
+            ));
+        }
+        ArgType::from_word(word).ok_or_else(|| unknown_type(word))?
+    };
+    Ok(TraceSpec {
+        location,
+        args: Vec::new(),
+        ret: Some(ret),
+    })
 }
 
 impl fmt::Display for TraceSpec {
@@ -305,6 +360,9 @@ impl fmt::Display for TraceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let location = self.location.to_string();
         f.write_str(&location)?;
+        if let Some(ret) = self.ret {
+            return write!(f, "{RETURN}({ret})");
+        }
         if self.args.is_empty() && !location.contains(['(', ')']) {
             return Ok(());
         }
@@ -428,6 +486,32 @@ mod tests {
         TraceSpec {
             location,
             args: args.to_vec(),
+            ret: None,
+        }
+    }
+
+    #[test]
+    fn return_probes_take_the_kernel_spelling_and_one_type() {
+        let ret = |location, t| TraceSpec {
+            location,
+            args: Vec::new(),
+            ret: Some(t),
+        };
+        assert_eq!(trace("f%return"), ret(sym("f"), ArgType::Hex));
+        assert_eq!(trace(" f%return( int ) "), ret(sym("f"), ArgType::Int));
+        assert_eq!(trace("getenv%return(str)"), ret(sym("getenv"), ArgType::Str));
+        assert_eq!(
+            trace("Py*%return(uint)"),
+            ret(Location::Glob("Py*".into()), ArgType::Uint)
+        );
+        // A C++ name's own parentheses stay in the name.
+        assert_eq!(
+            trace("ns::f(Foo)%return"),
+            ret(sym("ns::f(Foo)"), ArgType::Hex)
+        );
+        // Display parses back.
+        for s in ["f%return(int)", "ns::f(Foo)%return(hex)"] {
+            assert_eq!(trace(s).to_string(), s);
         }
     }
 
@@ -622,13 +706,24 @@ mod tests {
                 "f+0xzz(int)",
                 "the offset is not a number (write 0x1a or 26)".into(),
             ),
+            ("%return", "no function before '%return'".into()),
             (
-                "f%return",
-                "'%return' (a probe on the function's return) is not supported yet".into(),
+                "f%return(int, int)",
+                "'%return(int, int)': a function returns one value, so one type".into(),
             ),
             (
-                "f%return(int)",
-                "'%return' (a probe on the function's return) is not supported yet".into(),
+                "f%return(long)",
+                "unknown argument type 'long' (the types are int, uint, hex and str)".into(),
+            ),
+            (
+                "f%return x",
+                "'x' after '%return' (write SPEC%return or SPEC%return(TYPE))".into(),
+            ),
+            (
+                "f(int)%return",
+                "a return probe shows the value returned, not the arguments (their \
+                 registers hold other values by then): trace 'f(int)' and 'f%return' apart"
+                    .into(),
             ),
         ] {
             assert_eq!(trace_error(spec), format!("bad probe '{spec}': {why}"));

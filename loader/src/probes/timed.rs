@@ -58,6 +58,7 @@ pub(super) fn add_exits(
                             addr: LinkAddr(x.addr),
                             offset: x.addr - s.place.addr.0 + s.place.offset,
                             trace: None,
+                            ret: None,
                             ..s.place.clone()
                         },
                         kind,
@@ -79,6 +80,7 @@ pub(super) fn add_exits(
                     out.push(Site {
                         place: Place {
                             latency: None,
+                            ret: None,
                             ..s.place
                         },
                         ..s

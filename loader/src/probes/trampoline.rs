@@ -131,6 +131,26 @@ fn trace(a: &mut CodeAssembler, site: u64, emit: u64) -> Result<(), IcedError> {
     a.pop(rdx)
 }
 
+/// [`trace`], then the latency entry routine (as `call_routine`), with
+/// rdx and r11 saved once.
+fn trace_and_time(
+    a: &mut CodeAssembler,
+    site: u64,
+    emit: u64,
+    (routine, func): (u64, u32),
+    below: i32,
+) -> Result<(), IcedError> {
+    a.push(rdx)?;
+    a.push(r11)?;
+    a.mov(edx, site as u32)?;
+    a.call(emit)?;
+    a.mov(edx, func)?;
+    a.lea(r11, ptr(rsp + (below + 16)))?;
+    a.call(routine)?;
+    a.pop(r11)?;
+    a.pop(rdx)
+}
+
 /// Undoes [`enter`].
 fn leave(a: &mut CodeAssembler, flags_live: bool) -> Result<(), IcedError> {
     a.pop(rcx)?;
@@ -165,14 +185,19 @@ pub fn encode_trampoline(
     let mut done = a.create_label();
     e(enter(&mut a, flags_live))?;
     e(count(&mut a, count_at, to_overflow, &mut done))?;
-    if let Some(emit) = count_at.emit {
-        let site = count_at.index | u64::from(count_at.strings) << STR_MASK_SHIFT;
-        e(trace(&mut a, site, emit))?;
-    }
-    if let Some((routine, func)) = count_at.enter {
-        // Below the program's rsp: the red zone, the flags, rax and rcx.
-        let below = 128 + 16 + if flags_live { 8 } else { 0 };
-        e(super::latency::call_routine(&mut a, routine, func, below))?;
+    let site = count_at.index | u64::from(count_at.strings) << STR_MASK_SHIFT;
+    // Below the program's rsp: the red zone, the flags, rax and rcx.
+    let below = 128 + 16 + if flags_live { 8 } else { 0 };
+    match (count_at.emit, count_at.enter) {
+        (Some(emit), None) => e(trace(&mut a, site, emit))?,
+        (None, Some((routine, func))) => {
+            e(super::latency::call_routine(&mut a, routine, func, below))?;
+        }
+        // Both within one save of rdx and r11: the slot is tight.
+        (Some(emit), Some((routine, func))) => {
+            e(trace_and_time(&mut a, site, emit, (routine, func), below))?;
+        }
+        (None, None) => {}
     }
     e(leave(&mut a, flags_live))?;
     let mut off = 0;
@@ -215,6 +240,11 @@ pub fn encode_exit(
     for insn in before {
         displaced(&mut a, insn, false)?;
     }
+    // A tail call's value is its callee's: the routine is told.
+    let func = match last.flow_control() {
+        iced_x86::FlowControl::Return => func,
+        _ => func | super::latency::TAIL,
+    };
     e(exit_hook(&mut a, exit, func))?;
     displaced(&mut a, last, false)?;
     assemble(&mut a, at, "takes")

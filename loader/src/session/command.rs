@@ -315,7 +315,7 @@ impl Command {
             }
         }
         let info = probes.as_ref().map(Probes::info).unwrap_or_default();
-        let stream = info.iter().any(|p| p.args.is_some()).then(EventStream::new);
+        let stream = info.iter().any(|p| p.args.is_some() || p.ret.is_some()).then(EventStream::new);
         let (tx, rx) = mpsc::channel();
         let signals = Signals {
             blocked: self.blocked.unwrap_or_else(crate::sys::signal::blocked),

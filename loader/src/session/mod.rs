@@ -156,6 +156,7 @@ pub fn functions(
             request: 0,
             trace: None,
             latency: None,
+            ret: None,
         })
         .collect();
     places.sort_by_key(|p| p.addr);

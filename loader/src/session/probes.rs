@@ -71,8 +71,14 @@ impl Probes {
         if sites.is_empty() {
             return Ok((draft.finish(&[]), None));
         }
-        let traced = sites.iter().any(|s| s.action.traced());
-        let strings = sites.iter().any(|s| s.action.strings() != 0);
+        // A return probe's records go in the ring too, and its value may
+        // be a string.
+        let returns = |s: &Site| s.timed.is_some() && s.place.ret.is_some();
+        let ret_type = |s: &Site| s.place.ret.and_then(|r| resolution.requests[r].ret);
+        let traced = sites.iter().any(|s| s.action.traced() || returns(s));
+        let strings = sites.iter().any(|s| {
+            s.action.strings() != 0 || (returns(s) && ret_type(s) == Some(probes::ArgType::Str))
+        });
         let timed = sites.iter().filter(|s| s.timed.is_some()).count();
         // Stack slots for the CPUs we may run on (the program inherits
         // our affinity); an event ring when any site is traced.
@@ -92,6 +98,15 @@ impl Probes {
         shared = shared.with_latency(timed);
         let counters =
             Arc::new(Shared::new(shared).map_err(|e| Error::sys("creating the hit counters", e))?);
+        // Each traced return is written as its entry's site.
+        for (i, s) in sites.iter().enumerate().filter(|(_, s)| returns(s)) {
+            let f = s.timed.expect("a return probe's function is timed") as usize;
+            let string = ret_type(s) == Some(probes::ArgType::Str);
+            counters.stats(f).event.store(
+                i as u64 + 1 | if string { uprobe_runtime::latency::EVENT_STR } else { 0 },
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
         let mut layout = uprobe_runtime::trap::layout(sites.len() + evicted.len(), traps);
         let routines = if traced { probes::EMIT_BYTES } else { 0 }
@@ -238,6 +253,11 @@ impl Probes {
                     .trace
                     .and_then(|r| self.requests[r].trace.clone())
                     .filter(|_| s.action.traced()),
+                ret: s
+                    .place
+                    .ret
+                    .filter(|_| s.timed.is_some())
+                    .and_then(|r| self.requests[r].ret),
             })
             .collect()
     }
