@@ -29,7 +29,10 @@ struct Cli {
     /// first arguments (rdi, rsi, rdx, rcx, r8, r9): int, uint, hex or str,
     /// e.g. 'fopen(str, str)'. Each str costs one process_vm_readv system
     /// call per hit (it never faults the program). A traced function is
-    /// counted too. Repeatable.
+    /// counted too. 'SPEC%return' or 'SPEC%return(TYPE)' traces its returns
+    /// instead: the value (rax, hex by default) and the call's duration,
+    /// shown as 'f() = VALUE <SECONDS>'; the function is timed as by
+    /// --latency. Repeatable.
     #[arg(long = "trace", short = 't', value_name = "SPEC[(TYPE, ...)]")]
     traces: Vec<String>,
 
@@ -45,6 +48,14 @@ struct Cli {
     /// Write the events to FILE instead of stderr.
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
+
+    /// Write a timeline to FILE (Chrome trace-event JSON, which
+    /// ui.perfetto.dev and chrome://tracing open): each call of a --latency
+    /// or %return function is a slice from entry to return, nested per
+    /// thread; other traced hits are instants. Event lines are then written
+    /// only with -o.
+    #[arg(long, value_name = "FILE")]
+    perfetto: Option<PathBuf>,
 
     /// How events are written: one line each, as text (seconds since the
     /// start, pid/tid, the probe and its arguments) or as JSON.
@@ -330,15 +341,31 @@ fn run() -> u8 {
         cmd = cmd.trace(t);
     }
     for l in &cli.latencies {
-        cmd = cmd.latency(l);
+        // A timeline needs each call's return as an event.
+        cmd = if cli.perfetto.is_some() {
+            cmd.latency_events(l)
+        } else {
+            cmd.latency(l)
+        };
     }
-    let out: Box<dyn Write + Send> = match &cli.output {
-        Some(path) => match std::fs::File::create(path) {
-            Ok(f) => Box::new(f),
+    let out: Option<Box<dyn Write + Send>> = match (&cli.output, &cli.perfetto) {
+        (Some(path), _) => match std::fs::File::create(path) {
+            Ok(f) => Some(Box::new(f)),
             Err(e) => return fail(format!("cannot write {}: {e}", path.display()), 125),
         },
-        None => Box::new(std::io::stderr()),
+        (None, None) => Some(Box::new(std::io::stderr())),
+        (None, Some(_)) => None,
     };
+    let timeline = match &cli.perfetto {
+        Some(path) => match std::fs::File::create(path) {
+            Ok(f) => Some((std::io::BufWriter::with_capacity(1 << 16, f), path.clone())),
+            Err(e) => return fail(format!("cannot write {}: {e}", path.display()), 125),
+        },
+        None => None,
+    };
+    let name = std::path::Path::new(program)
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let session = match cmd.spawn() {
         Ok(s) => s,
         Err(e) => return fail(&e, e.exit_code() as u8),
@@ -349,12 +376,24 @@ fn run() -> u8 {
             .map_while(|i| session.probe_info(uprobe_exec::events::ProbeId(i)).cloned())
             .collect();
         let (start, format) = (session.started_ns(), cli.format);
-        std::thread::spawn(move || print_events(&events, &info, start, format, out))
+        std::thread::spawn(move || {
+            let timeline = match timeline {
+                Some((f, path)) => {
+                    let t =
+                        uprobe_exec::events::perfetto::Timeline::new(f, &name, start, info.clone())
+                            .map_err(|e| (e, Some(path.clone())))?;
+                    Some((t, path))
+                }
+                None => None,
+            };
+            print_events(&events, &info, start, format, out, timeline)
+        })
     });
     let report = session.wait();
     // The stream ends with the session: the printer has written it all.
-    if let Some(Err(e)) = printer.map(|p| p.join().unwrap_or(Ok(()))) {
-        eprintln!("uprobe-exec: writing the events: {e}");
+    if let Some(Err((e, path))) = printer.map(|p| p.join().unwrap_or(Ok(()))) {
+        let what = path.map_or_else(|| "the events".to_string(), |p| p.display().to_string());
+        eprintln!("uprobe-exec: writing {what}: {e}");
     }
     let report = match report {
         Ok(r) => r,
@@ -397,29 +436,45 @@ fn run() -> u8 {
     }
 }
 
-/// Writes each event of `events` as `format` says, until the stream ends.
+/// A timeline being written, and its file's name.
+type Timeline = (
+    uprobe_exec::events::perfetto::Timeline<std::io::BufWriter<std::fs::File>>,
+    PathBuf,
+);
+
+/// Writes each event of `events` as `format` says to `out`, and to the
+/// timeline, until the stream ends. An error names the timeline's file
+/// when it is the timeline's.
 fn print_events(
     events: &crossbeam_channel::Receiver<uprobe_exec::events::Event>,
     info: &[uprobe_exec::events::ProbeInfo],
     start_ns: u64,
     format: Format,
-    out: Box<dyn Write + Send>,
-) -> std::io::Result<()> {
+    out: Option<Box<dyn Write + Send>>,
+    timeline: Option<Timeline>,
+) -> Result<(), (std::io::Error, Option<PathBuf>)> {
     use uprobe_exec::events::format::{append_json, append_text};
     // Lines gather here while more events wait, and go out when none does
     // (a person watching sees each at once) or at about FLUSH bytes (a
     // busy stream takes few writes).
     const FLUSH: usize = 1 << 19;
+    let (mut timeline, path) = timeline.map_or((None, None), |(t, p)| (Some(t), Some(p)));
+    let in_timeline = |e: std::io::Error| (e, path.clone());
     let mut out = out;
     let mut buf = Vec::with_capacity(FLUSH + 4096);
     while let Ok(first) = events.recv() {
         let mut next = Some(first);
         while let Some(e) = next {
-            if let Some(p) = info.get(e.probe.0) {
+            if let Some(t) = &mut timeline {
+                t.add(&e).map_err(in_timeline)?;
+            }
+            if let (Some(p), Some(_)) = (info.get(e.probe.0), &out) {
                 let types = p.types(&e);
                 match format {
                     Format::Text => append_text(&mut buf, &e, &p.label, types, start_ns),
-                    Format::Json => append_json(&mut buf, &e, &p.label, types)?,
+                    Format::Json => {
+                        append_json(&mut buf, &e, &p.label, types).map_err(|e| (e, None))?
+                    }
                 }
             }
             next = if buf.len() < FLUSH {
@@ -428,10 +483,18 @@ fn print_events(
                 None
             };
         }
-        out.write_all(&buf)?;
+        if let Some(out) = &mut out {
+            out.write_all(&buf).map_err(|e| (e, None))?;
+        }
         buf.clear();
     }
-    out.flush()
+    if let Some(t) = timeline {
+        t.finish().map_err(in_timeline)?;
+    }
+    match &mut out {
+        Some(out) => out.flush().map_err(|e| (e, None)),
+        None => Ok(()),
+    }
 }
 
 /// Dies of `sig`, as the program did, so that our parent sees the same wait

@@ -60,7 +60,8 @@ pub const FLAG_IS_STR: u32 = 16;
 
 /// [`RecordBody::flags`]: the record is a function's return
 /// (`--trace 'f%return'`), not a hit: `args[0]` is the value returned
-/// (rax), `args[1]` the call's duration in ns, `probe` the entry's site.
+/// (rax), `args[1]` the time stamp counter at the call's entry, `probe`
+/// the entry's site.
 pub const FLAG_RETURN: u32 = 24;
 /// [`RecordBody::flags`]: a return whose call was not timed (its entry was
 /// not seen by this thread's timing stack): `args[1]` means nothing.

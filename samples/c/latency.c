@@ -15,6 +15,9 @@
  *                           work (a jmp); prints "calls=N"
  *   latency pexit T         T threads each call quitter(), which ends the
  *                           thread (pthread_exit) inside; "exited=T"
+ *   latency names N         name_of(i) for i < N, each returning a string
+ *                           (or NULL, or one of 80 bytes); prints each as
+ *                           "name=S" ("name=(null)" for NULL)
  *   latency loop N          work(i) N times, timed: "ns_per_call=NS
  *                           cpu_ns_per_call=NS calls=N" (for the benchmarks)
  */
@@ -92,6 +95,18 @@ NOINLINE uint64_t tailer(uint64_t x)
 {
     tails += x;
     return work(x * 3 + 1);
+}
+
+static const char *const names[] = {
+    "zero", "one \"quoted\"", NULL,
+    "eighty bytes: 0123456789012345678901234567890123456789012345678901234567890123456",
+};
+
+NOINLINE const char *name_of(uint64_t i)
+{
+    const char *n = names[i % 4];
+    __asm__ volatile("" : "+r"(n));
+    return n;
 }
 
 NOINLINE void quitter(void)
@@ -179,6 +194,14 @@ int main(int argc, char **argv)
         printf("exited=%d\n", t);
         return 0;
     }
+    if (argc >= 3 && !strcmp(argv[1], "names")) {
+        uint64_t n = strtoull(argv[2], NULL, 0);
+        for (uint64_t i = 0; i < n; i++) {
+            const char *s = name_of(i);
+            printf("name=%s\n", s ? s : "(null)");
+        }
+        return 0;
+    }
     if (argc >= 3 && !strcmp(argv[1], "loop")) {
         uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
         struct timespec t0, t1, c0, c1;
@@ -193,6 +216,6 @@ int main(int argc, char **argv)
                (unsigned long long)n, (unsigned long long)acc);
         return 0;
     }
-    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | tail N | pexit T | loop N\n");
+    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | tail N | pexit T | names N | loop N\n");
     return 2;
 }

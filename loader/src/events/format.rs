@@ -103,6 +103,33 @@ pub fn append_text(
     line.extend_from_slice(b")\n");
 }
 
+/// A hit's arguments as a JSON array (see [`append_json`]); whether a
+/// string among them was cut short.
+pub(crate) fn json_args(line: &mut Vec<u8>, event: &Event, types: &[ArgType]) -> io::Result<bool> {
+    line.push(b'[');
+    let mut cut = false;
+    for (k, (t, arg)) in shown(event, types).enumerate() {
+        if k > 0 {
+            line.push(b',');
+        }
+        cut |= json_value(line, t, arg)?;
+    }
+    line.push(b']');
+    Ok(cut)
+}
+
+/// A return event's value as JSON (`null` when a tail call left it
+/// unknown); whether it is a string cut short.
+pub(crate) fn json_ret(line: &mut Vec<u8>, event: &Event, types: &[ArgType]) -> io::Result<bool> {
+    match event.ret.and_then(|r| r.value) {
+        Some(_) => json_value(line, ret_type(types), ret_arg(event)),
+        None => {
+            line.extend_from_slice(b"null");
+            Ok(false)
+        }
+    }
+}
+
 /// `ns` as seconds with nine decimals.
 fn seconds(line: &mut Vec<u8>, ns: u64) {
     const NS: u64 = 1_000_000_000;
@@ -235,16 +262,10 @@ pub fn append_json(
     itoap::write_to_vec(line, event.tid);
     line.extend_from_slice(b",\"probe\":");
     json_str(line, label.as_bytes())?;
-    line.extend_from_slice(b",\"args\":[");
+    line.extend_from_slice(b",\"args\":");
     if let Some(r) = event.ret {
-        line.extend_from_slice(b"],\"ret\":");
-        let cut = match r.value {
-            Some(_) => json_value(line, ret_type(types), ret_arg(event))?,
-            None => {
-                line.extend_from_slice(b"null");
-                false
-            }
-        };
+        line.extend_from_slice(b"[],\"ret\":");
+        let cut = json_ret(line, event, types)?;
         line.extend_from_slice(b",\"duration_ns\":");
         match r.duration_ns {
             Some(ns) => itoap::write_to_vec(line, ns),
@@ -256,14 +277,7 @@ pub fn append_json(
         line.extend_from_slice(b"}\n");
         return Ok(());
     }
-    let mut cut = false;
-    for (k, (t, arg)) in shown(event, types).enumerate() {
-        if k > 0 {
-            line.push(b',');
-        }
-        cut |= json_value(line, t, arg)?;
-    }
-    line.push(b']');
+    let cut = json_args(line, event, types)?;
     if cut {
         line.extend_from_slice(b",\"truncated\":[");
         let cuts = shown(event, types)
@@ -308,7 +322,7 @@ const HEX_PAIRS: [u8; 512] = {
 
 /// `s` as a JSON string: as it is between quotes when nothing in it needs
 /// escaping (a probe's label, almost always), else as `serde_json` escapes it.
-fn json_str(line: &mut Vec<u8>, s: &[u8]) -> io::Result<()> {
+pub(crate) fn json_str(line: &mut Vec<u8>, s: &[u8]) -> io::Result<()> {
     if s.iter()
         .all(|&b| b >= b' ' && b != b'"' && b != b'\\' && b < 0x7f)
     {

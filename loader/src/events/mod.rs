@@ -1,7 +1,9 @@
 //! Events: what a `--trace` probe records at each hit, as the monitor hands
-//! it on, and how it is shown (`format`: strace-style text, JSON lines).
+//! it on, and how it is shown (`format`: strace-style text, JSON lines;
+//! `perfetto`: a timeline).
 
 pub mod format;
+pub mod perfetto;
 
 use crate::probes::ARG_REGISTERS;
 
@@ -104,7 +106,8 @@ impl Event {
             let flag = |f: u32| body.flags & (1 << f) != 0;
             e.ret = Some(Return {
                 value: (!flag(FLAG_TAIL)).then_some(body.args[0]),
-                duration_ns: (!flag(FLAG_UNTIMED)).then_some(body.args[1]),
+                // The entry, on the drain's clock (see `session::events`).
+                duration_ns: (!flag(FLAG_UNTIMED)).then(|| time_ns.saturating_sub(body.args[1])),
             });
             // Only the string of the value (argument 0's room) stays.
             e.args = [0; ARG_REGISTERS.len()];

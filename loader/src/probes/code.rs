@@ -51,37 +51,39 @@ pub fn generate(
     let row_page = base + layout.row_page() as u64;
     let emit_at = base + layout.emit() as u64;
     // An event ring: some site is traced, or some function's returns.
-    let ring = shared.ring().filter(|_| layout.emit_bytes > 0).map(|ring| Emit {
-        ring: ring.addr(),
-        layout: ring.layout(),
-        row_page,
-        tid,
-    });
+    let ring = shared
+        .ring()
+        .filter(|_| layout.emit_bytes > 0)
+        .map(|ring| Emit {
+            ring: ring.addr(),
+            layout: ring.layout(),
+            row_page,
+            tid,
+        });
     let traced = ring.is_some();
     let emit = match &ring {
-        Some(e) => {
-            encode_emit(e, emit_at).map_err(|e| ProbeError::Trampoline {
-                site: "the event routine".into(),
-                insns: String::new(),
-                why: match e {
-                    Unrelocatable::Code(why) | Unrelocatable::Insn { why, .. } => why,
-                },
-            })?
-        }
+        Some(e) => encode_emit(e, emit_at).map_err(|e| ProbeError::Trampoline {
+            site: "the event routine".into(),
+            insns: String::new(),
+            why: match e {
+                Unrelocatable::Code(why) | Unrelocatable::Insn { why, .. } => why,
+            },
+        })?,
         None => Vec::new(),
     };
     // The latency routines after the event routine, in the same room.
     let latency_at = emit_at + if traced { EMIT_BYTES as u64 } else { 0 };
     let (routines, enter_at, exit_at) = match timing {
         Some(t) => {
-            let (code, exit) =
-                encode_routines(&t, ring.as_ref(), latency_at).map_err(|e| ProbeError::Trampoline {
+            let (code, exit) = encode_routines(&t, ring.as_ref(), latency_at).map_err(|e| {
+                ProbeError::Trampoline {
                     site: "the latency routines".into(),
                     insns: String::new(),
                     why: match e {
                         Unrelocatable::Code(why) | Unrelocatable::Insn { why, .. } => why,
                     },
-                })?;
+                }
+            })?;
             (code, latency_at, latency_at + exit as u64)
         }
         None => (Vec::new(), 0, 0),

@@ -22,18 +22,18 @@
 //! only the thread (and its signal handlers, which nest) touch its slot.
 
 use iced_x86::code_asm::{
-    dword_ptr, ecx, edx, esi, qword_ptr, r10, r10d, r11, r11d, r8, r8d, r9, rax, rbx, rcx, rdi,
-    rdx, rsi, CodeAssembler, CodeLabel,
+    dword_ptr, ebx, ecx, edx, esi, qword_ptr, r10, r10d, r11, r11d, r8, r8d, r9, rax, rbx, rcx,
+    rdi, rdx, rsi, CodeAssembler, CodeLabel,
 };
 use iced_x86::{FlowControl, IcedError, Instruction};
-use uprobe_runtime::latency::{
-    FRAMES, FRAME_FUNC, FRAME_RSP, FRAME_SHIFT, FRAME_TSC, HEAD_DEPTH, HEAD_KEY, SLOT_FRAMES,
-    SLOT_SHIFT, SLOT_TRIES, STATS_BYTES, STATS_HIST, STATS_LEFT, STATS_MAX, STATS_MIN, STATS_SUM,
-    STATS_UNTIMED, THREAD_HASH, THREAD_SLOTS, STATS_EVENT, EVENT_STR,
-};
 use uprobe_runtime::events::{
     ARGS, FLAG_RETURN, FLAG_TAIL, FLAG_UNTIMED, REC_ARGS, REC_FLAGS, REC_PROBE, REC_SEQ,
     REC_STRINGS, REC_TIME, RING_DROPPED, STR_BYTES,
+};
+use uprobe_runtime::latency::{
+    EVENT_STR, FRAMES, FRAME_FUNC, FRAME_RSP, FRAME_SHIFT, FRAME_TSC, HEAD_DEPTH, HEAD_KEY,
+    SLOT_FRAMES, SLOT_SHIFT, SLOT_TRIES, STATS_BYTES, STATS_EVENT, STATS_HIST, STATS_LEFT,
+    STATS_MAX, STATS_MIN, STATS_SUM, STATS_UNTIMED, THREAD_HASH, THREAD_SLOTS,
 };
 
 /// In the function's number an exit trampoline passes: the exit is a
@@ -261,8 +261,10 @@ fn leave(a: &mut CodeAssembler, t: &Timing, events: Option<&Emit>) -> Result<(),
     // This call's frame: pop it and time the call.
     a.dec(rsi)?;
     a.mov(qword_ptr(rbx + HEAD_DEPTH as i32), rsi)?;
+    // rbx from here: the counter at the entry (for a return record).
+    a.mov(rbx, qword_ptr(rcx + FRAME_TSC as i32))?;
     a.mov(rax, r9)?;
-    a.sub(rax, qword_ptr(rcx + FRAME_TSC as i32))?;
+    a.sub(rax, rbx)?;
     // A counter a little behind on another CPU: no time rather than an
     // enormous one.
     a.mov(ecx, 0)?;
@@ -306,7 +308,7 @@ fn leave(a: &mut CodeAssembler, t: &Timing, events: Option<&Emit>) -> Result<(),
     a.add(rdi, rcx)?;
     a.lock().inc(qword_ptr(rdi + STATS_UNTIMED as i32))?;
     a.or(r10d, 1 << FLAG_UNTIMED)?;
-    a.xor(esi, esi)?;
+    a.xor(ebx, ebx)?;
     a.set_label(&mut record)?;
     if let Some(e) = events {
         return_record(a, e, out)?;
@@ -322,30 +324,30 @@ fn leave(a: &mut CodeAssembler, t: &Timing, events: Option<&Emit>) -> Result<(),
 const PROGRAM_RAX: i32 = 8 * (1 + 5) + 8 + 8 * 3;
 
 /// Writes a return record for the function whose statistics are at rdi,
-/// if its returns are traced: flags r10d, duration rsi (ns), time r9 (the
-/// counter), the value the program's rax. Goes on to `out`. Uses every
-/// register the exit routine saved.
+/// if its returns are traced: flags r10d, the counter at the entry rbx
+/// and at the return r9, the value the program's rax. Goes on to `out`.
+/// Uses every register the exit routine saved.
 fn return_record(a: &mut CodeAssembler, e: &Emit, out: CodeLabel) -> Result<(), IcedError> {
     let strings = e.layout.record_bytes >= REC_STRINGS + ARGS * STR_BYTES;
     let mut full = a.create_label();
     let mut commit = a.create_label();
-    a.mov(rbx, qword_ptr(rdi + STATS_EVENT as i32))?;
-    a.test(rbx, rbx)?;
+    a.mov(r8, qword_ptr(rdi + STATS_EVENT as i32))?;
+    a.test(r8, r8)?;
     a.jz(out)?;
     a.or(r10d, 1 << FLAG_RETURN)?;
     emit::reserve(a, e, full)?;
     a.mov(rdi, rax)?;
-    a.lea(edx, qword_ptr(rbx - 1))?;
+    a.lea(edx, qword_ptr(r8 - 1))?;
     a.mov(dword_ptr(rcx + REC_PROBE as i32), edx)?;
     a.mov(dword_ptr(rcx + REC_FLAGS as i32), r10d)?;
     a.mov(rax, qword_ptr(iced_x86::code_asm::rsp + PROGRAM_RAX))?;
     a.mov(qword_ptr(rcx + REC_ARGS as i32), rax)?;
-    a.mov(qword_ptr(rcx + (REC_ARGS + 8) as i32), rsi)?;
+    a.mov(qword_ptr(rcx + (REC_ARGS + 8) as i32), rbx)?;
     a.mov(qword_ptr(rcx + REC_TIME as i32), r9)?;
     emit::pid_and_tid(a, e)?;
     if strings {
         // The value as a string, unless the call ended in a tail call.
-        a.bt(rbx, EVENT_STR.trailing_zeros())?;
+        a.bt(r8, EVENT_STR.trailing_zeros())?;
         a.jnc(commit)?;
         a.test(r10d, 1 << FLAG_TAIL)?;
         a.jnz(commit)?;
@@ -357,8 +359,9 @@ fn return_record(a: &mut CodeAssembler, e: &Emit, out: CodeLabel) -> Result<(), 
     a.mov(qword_ptr(rcx + REC_SEQ as i32), rdi)?;
     a.jmp(out)?;
     a.set_label(&mut full)?;
-    a.lea(edx, qword_ptr(rbx - 1))?;
-    a.lock().inc(qword_ptr(r11 + rdx * 8 + RING_DROPPED as i32))?;
+    a.lea(edx, qword_ptr(r8 - 1))?;
+    a.lock()
+        .inc(qword_ptr(r11 + rdx * 8 + RING_DROPPED as i32))?;
     a.jmp(out)
 }
 

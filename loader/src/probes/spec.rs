@@ -499,7 +499,10 @@ mod tests {
         };
         assert_eq!(trace("f%return"), ret(sym("f"), ArgType::Hex));
         assert_eq!(trace(" f%return( int ) "), ret(sym("f"), ArgType::Int));
-        assert_eq!(trace("getenv%return(str)"), ret(sym("getenv"), ArgType::Str));
+        assert_eq!(
+            trace("getenv%return(str)"),
+            ret(sym("getenv"), ArgType::Str)
+        );
         assert_eq!(
             trace("Py*%return(uint)"),
             ret(Location::Glob("Py*".into()), ArgType::Uint)

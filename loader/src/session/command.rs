@@ -78,6 +78,11 @@ impl Command {
     /// Each hit counts and becomes an [`Event`](crate::events::Event) of
     /// [`Session::events`], with the first arguments as typed. A spec that
     /// does not parse makes [`Command::spawn`] fail, when it comes to it.
+    ///
+    /// `SPEC%return` or `SPEC%return(TYPE)` traces the function's returns
+    /// instead: each is an event with [`Event::ret`](crate::events::Event)
+    /// (the value, typed, and the call's duration), and the function is
+    /// timed as by [`Command::latency`].
     pub fn trace(mut self, spec: impl Into<String>) -> Command {
         self.probes.push(Request::parse_trace(spec));
         self
@@ -91,6 +96,18 @@ impl Command {
     /// named on its own, and a pattern passes over it with a warning.
     pub fn latency(mut self, spec: impl Into<String>) -> Command {
         self.probes.push(Request::parse_latency(spec));
+        self
+    }
+
+    /// As [`Command::latency`], and each return is also an event, as
+    /// `SPEC%return` traces it (its value shown as `hex`): for a timeline
+    /// of every call (`--perfetto`).
+    pub fn latency_events(mut self, spec: impl Into<String>) -> Command {
+        self.probes
+            .push(Request::parse_latency(spec).map(|r| Request {
+                ret: Some(crate::probes::ArgType::Hex),
+                ..r
+            }));
         self
     }
 
@@ -315,7 +332,10 @@ impl Command {
             }
         }
         let info = probes.as_ref().map(Probes::info).unwrap_or_default();
-        let stream = info.iter().any(|p| p.args.is_some() || p.ret.is_some()).then(EventStream::new);
+        let stream = info
+            .iter()
+            .any(|p| p.args.is_some() || p.ret.is_some())
+            .then(EventStream::new);
         let (tx, rx) = mpsc::channel();
         let signals = Signals {
             blocked: self.blocked.unwrap_or_else(crate::sys::signal::blocked),

@@ -37,6 +37,13 @@ pub struct Totals {
     pub lost: u64,
 }
 
+/// Whether a record is a return whose entry was timed: its `args[1]` is
+/// the counter at the entry.
+fn is_timed_return(body: &RecordBody) -> bool {
+    use uprobe_runtime::events::{FLAG_RETURN, FLAG_UNTIMED};
+    body.flags & (1 << FLAG_RETURN | 1 << FLAG_UNTIMED) == 1 << FLAG_RETURN
+}
+
 /// The running drain.
 pub struct Drain {
     stop: Arc<AtomicBool>,
@@ -62,7 +69,16 @@ impl Drain {
                         if let Some(d) = delivered.get_mut(body.probe as usize) {
                             *d += 1;
                         }
-                        sink(body, strings, clock.monotonic(body.time));
+                        let time = clock.monotonic(body.time);
+                        if is_timed_return(body) {
+                            // The entry on the same clock (a timeline's
+                            // calls nest as they did), as `args[1]`.
+                            let mut b = *body;
+                            b.args[1] = clock.monotonic(b.args[1]);
+                            sink(&b, strings, time);
+                        } else {
+                            sink(body, strings, time);
+                        }
                     });
                     if n == PASS {
                         continue;

@@ -103,7 +103,12 @@ impl Probes {
             let f = s.timed.expect("a return probe's function is timed") as usize;
             let string = ret_type(s) == Some(probes::ArgType::Str);
             counters.stats(f).event.store(
-                i as u64 + 1 | if string { uprobe_runtime::latency::EVENT_STR } else { 0 },
+                i as u64 + 1
+                    | if string {
+                        uprobe_runtime::latency::EVENT_STR
+                    } else {
+                        0
+                    },
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
