@@ -1,10 +1,11 @@
 //! Compiles every `c/*.c` and `c/*.cpp` file into four ELF variants (static, static-pie,
-//! dynamic PIE, dynamic non-PIE) with the system C compiler.
+//! dynamic PIE, dynamic non-PIE) with the system C compiler, and every `rust/*.rs`
+//! file into the same four with rustc.
 //!
 //! Outputs go to `$OUT_DIR/bin/NAME-VARIANT` and are also copied to
 //! `<target dir>/<profile>/samples/` so they are easy to run by hand.
 //! Only std is used; the compiler is `$CC` if set, otherwise `cc` (for
-//! `c/*.cpp`, `$CXX` or `c++`).
+//! `c/*.cpp`, `$CXX` or `c++`; for `rust/*.rs`, `$RUSTC`, which cargo sets).
 
 use std::env;
 use std::fs;
@@ -23,19 +24,42 @@ const COMMON_FLAGS: &[&str] = &[
     "-fno-omit-frame-pointer",
 ];
 
-/// (suffix, extra flags) for each variant; keep in sync with `Variant` in lib.rs.
-const VARIANTS: &[(&str, &[&str])] = &[
-    ("static", &["-static", "-no-pie", "-fno-pie"]),
-    ("static-pie", &["-static-pie", "-fPIE"]),
-    ("pie", &["-fPIE", "-pie"]),
-    ("nopie", &["-fno-pie", "-no-pie"]),
+/// (suffix, C compiler flags, rustc flags) for each variant; keep in sync with
+/// `Variant` in lib.rs.
+type VariantFlags = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+);
+const VARIANTS: &[VariantFlags] = &[
+    (
+        "static",
+        &["-static", "-no-pie", "-fno-pie"],
+        &["-Ctarget-feature=+crt-static", "-Crelocation-model=static"],
+    ),
+    (
+        "static-pie",
+        &["-static-pie", "-fPIE"],
+        &["-Ctarget-feature=+crt-static", "-Crelocation-model=pie"],
+    ),
+    ("pie", &["-fPIE", "-pie"], &["-Crelocation-model=pie"]),
+    (
+        "nopie",
+        &["-fno-pie", "-no-pie"],
+        &["-Crelocation-model=static"],
+    ),
 ];
+
+/// Flags of every Rust sample: optimized, with line tables so that
+/// `std::backtrace` names inlined frames too.
+const RUST_FLAGS: &[&str] = &["--edition=2021", "-O", "-Cdebuginfo=1"];
 
 const INSTALL_HINT: &str = "install a C toolchain with static libc, e.g. \
      `apt-get install gcc libc6-dev` (Debian/Ubuntu) or `dnf install gcc glibc-static` (Fedora)";
 
 fn main() {
     println!("cargo:rerun-if-changed=c");
+    println!("cargo:rerun-if-changed=rust");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CC");
     println!("cargo:rerun-if-env-changed=CXX");
@@ -48,19 +72,21 @@ fn main() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "cc".into());
 
-    let sources = c_sources(&manifest_dir.join("c"));
+    let sources = sources_in(&manifest_dir.join("c"), &["c", "cpp"]);
+    let rust_sources = sources_in(&manifest_dir.join("rust"), &["rs"]);
     let bin_dir = out_dir.join("bin");
     fs::create_dir_all(&bin_dir).expect("create $OUT_DIR/bin");
 
     // One compiler run per (source, variant), run in parallel.
     let mut jobs = Vec::new();
-    for src in &sources {
+    for src in sources.iter().chain(&rust_sources) {
         let name = src.file_stem().unwrap().to_str().expect("UTF-8 file name");
-        for (suffix, flags) in VARIANTS {
+        let rust = src.extension().is_some_and(|e| e == "rs");
+        for (suffix, c_flags, rust_flags) in VARIANTS {
             jobs.push((
                 src.clone(),
                 bin_dir.join(format!("{name}-{suffix}")),
-                *flags,
+                if rust { *rust_flags } else { *c_flags },
             ));
         }
     }
@@ -97,24 +123,27 @@ fn main() {
         }
     }
 
-    // Sample names for lib.rs (`NAMES`).
+    // Sample names for lib.rs (`NAMES`, `RUST_NAMES`).
+    write_names(&out_dir.join("names.rs"), &sources);
+    write_names(&out_dir.join("rust_names.rs"), &rust_sources);
+}
+
+/// Writes the file stems of `sources` to `path` as a Rust slice expression.
+fn write_names(path: &Path, sources: &[PathBuf]) {
     let names: Vec<String> = sources
         .iter()
         .map(|p| format!("{:?}", p.file_stem().unwrap().to_str().unwrap()))
         .collect();
-    fs::write(
-        out_dir.join("names.rs"),
-        format!("&[{}]\n", names.join(", ")),
-    )
-    .expect("write names.rs");
+    fs::write(path, format!("&[{}]\n", names.join(", ")))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// All `*.c` and `*.cpp` files in `dir`, sorted by name.
-fn c_sources(dir: &Path) -> Vec<PathBuf> {
+/// All files in `dir` whose extension is one of `exts`, sorted by name.
+fn sources_in(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
     let mut sources: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .map(|entry| entry.expect("read_dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "c" || e == "cpp"))
+        .filter(|p| p.extension().is_some_and(|e| exts.iter().any(|x| e == *x)))
         .collect();
     sources.sort();
     sources
@@ -122,19 +151,25 @@ fn c_sources(dir: &Path) -> Vec<PathBuf> {
 
 /// Compiles `src` into `out`; on failure returns a message with the compiler's output.
 fn compile(cc: &str, src: &Path, out: &Path, variant_flags: &[&str]) -> Result<(), String> {
-    // C++ sources with the C++ compiler (`$CXX`, else `c++`).
-    let cxx;
-    let cc = if src.extension().is_some_and(|e| e == "cpp") {
-        cxx = env::var("CXX")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "c++".into());
-        cxx.as_str()
-    } else {
-        cc
+    // C++ sources with the C++ compiler (`$CXX`, else `c++`), Rust ones
+    // with `$RUSTC`.
+    let other;
+    let (cc, common) = match src.extension().and_then(|e| e.to_str()) {
+        Some("cpp") => {
+            other = env::var("CXX")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "c++".into());
+            (other.as_str(), COMMON_FLAGS)
+        }
+        Some("rs") => {
+            other = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+            (other.as_str(), RUST_FLAGS)
+        }
+        _ => (cc, COMMON_FLAGS),
     };
     let mut cmd = Command::new(cc);
-    cmd.args(COMMON_FLAGS)
+    cmd.args(common)
         .args(variant_flags)
         .args(source_flags(src))
         .arg("-o")
@@ -142,7 +177,7 @@ fn compile(cc: &str, src: &Path, out: &Path, variant_flags: &[&str]) -> Result<(
         .arg(src);
     let output = cmd
         .output()
-        .map_err(|e| format!("could not run C compiler `{cc}`: {e}\n{INSTALL_HINT}"))?;
+        .map_err(|e| format!("could not run the compiler `{cc}`: {e}\n{INSTALL_HINT}"))?;
     if !output.status.success() {
         return Err(format!(
             "{cmd:?} failed ({}):\n{}{}\n{INSTALL_HINT}",

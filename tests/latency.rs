@@ -26,8 +26,19 @@ fn timed_in(
     specs: &[&str],
     args: &[&str],
 ) -> (Output, Output, Value, Value) {
+    timed_variant(sample, Variant::Pie, tag, specs, args)
+}
+
+/// [`timed_in`] with the sample built as `variant`.
+fn timed_variant(
+    sample: &str,
+    variant: Variant,
+    tag: &str,
+    specs: &[&str],
+    args: &[&str],
+) -> (Output, Output, Value, Value) {
     let spec = specs[0];
-    let prog = path(sample, Variant::Pie);
+    let prog = path(sample, variant);
     let mut cmd = std::process::Command::new(&prog);
     cmd.args(args);
     let native = common::run(cmd);
@@ -278,6 +289,38 @@ fn backtrace_inside_timed_functions_finds_the_native_frames() {
     let (native, out, l, _) = timed_in("unwind", "lat-bt", &["inner", "outer"], &["backtrace"]);
     same_as_native(&native, &out);
     assert_eq!(n(&l, "timed"), 1, "{l}");
+}
+
+#[test]
+fn std_backtrace_inside_timed_functions_names_the_native_frames() {
+    // std's symbolizer reads the program's own file, found by the name of
+    // its first mapping in /proc/self/maps or by /proc/self/exe. Without
+    // the full hand-off, those name a sealed copy (a memfd) and uprobe-exec,
+    // and std names none of the program's frames, --latency or not.
+    if !common::privileged("std::backtrace names frames from the program's file") {
+        return;
+    }
+    let fns = ["bt_inner", "bt_middle", "bt_outer"];
+    for v in Variant::ALL {
+        // 100 times, bt_outer calls bt_middle, which calls bt_inner, which
+        // captures a backtrace; the program prints the first one's names.
+        let (native, out, _, r) = timed_variant("stdbacktrace", v, "lat-stdbt", &fns, &["100"]);
+        same_as_native(&native, &out);
+        let text = out.stdout_str();
+        assert!(text.contains("calls=100 same=100"), "{v:?}: {text}");
+        let frames: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("frame="))
+            .collect();
+        let at = frames.iter().position(|f| *f == "bt_inner");
+        let at = at.unwrap_or_else(|| panic!("{v:?}: no bt_inner in {frames:?}"));
+        assert_eq!(frames[at..at + 3], fns, "{v:?}: {frames:?}");
+        assert!(frames[at + 3..].contains(&"main"), "{v:?}: {frames:?}");
+        for f in fns {
+            let l = entry(&r, f);
+            assert_eq!((n(l, "count"), n(l, "timed")), (100, 100), "{v:?}: {l}");
+        }
+    }
 }
 
 #[test]

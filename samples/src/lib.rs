@@ -1,7 +1,8 @@
-//! Sample C programs for testing uprobe-exec.
+//! Sample programs for testing uprobe-exec.
 //!
-//! `build.rs` compiles every `c/*.c` file into four ELF flavours (see
-//! [`Variant`]). Tests locate the binaries with [`path`]:
+//! `build.rs` compiles every `c/*.c` and `c/*.cpp` file, and every
+//! `rust/*.rs` file, into four ELF flavours (see [`Variant`]). Tests locate
+//! the binaries with [`path`]:
 //!
 //! ```no_run
 //! use uprobe_exec_samples::{path, Variant};
@@ -14,8 +15,11 @@
 
 use std::path::PathBuf;
 
-/// Names of all samples (one per `c/*.c` file), sorted.
+/// Names of all C and C++ samples (one per `c/*.c` or `c/*.cpp` file), sorted.
 pub const NAMES: &[&str] = include!(concat!(env!("OUT_DIR"), "/names.rs"));
+
+/// Names of the Rust samples (one per `rust/*.rs` file), sorted.
+pub const RUST_NAMES: &[&str] = include!(concat!(env!("OUT_DIR"), "/rust_names.rs"));
 
 /// How a sample is compiled and linked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,7 +92,11 @@ mod tests {
     #[test]
     fn all_samples_exist_and_are_elf() {
         assert!(NAMES.contains(&"hello"), "NAMES = {NAMES:?}");
-        for name in NAMES {
+        assert!(
+            RUST_NAMES.contains(&"stdbacktrace"),
+            "RUST_NAMES = {RUST_NAMES:?}"
+        );
+        for name in NAMES.iter().chain(RUST_NAMES) {
             for v in Variant::ALL {
                 let p = path(name, v);
                 let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
