@@ -394,3 +394,295 @@ fn every_py_function_timed_and_some_traced_python_runs_as_natively() {
     let timed = r["latency"].as_array().map_or(0, Vec::len);
     assert!(timed > 500, "{timed} functions timed");
 }
+
+// Return events (`--trace 'f%return'`) and the timeline (`--perfetto`).
+
+/// `latency ARGS` natively and with `OPTS` (events and timeline go to
+/// files in `dir`): both runs.
+fn with_events(dir: &TempDir, opts: &[&str], args: &[&str]) -> (Output, Output) {
+    let prog = path("latency", Variant::Pie);
+    let mut cmd = std::process::Command::new(&prog);
+    cmd.args(args);
+    let native = common::run(cmd);
+    let report = dir.join("r.json");
+    let mut all = vec!["-q", "--report-json", report.to_str().unwrap()];
+    all.extend(opts);
+    let out = ours(&all, &prog, args);
+    same_as_native(&native, &out);
+    (native, out)
+}
+
+/// The JSON lines of an events file.
+fn json_events(file: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The values every call of fib(n) returns, in any order.
+fn fib_returns(n: u64, out: &mut Vec<u64>) -> u64 {
+    let r = if n < 2 {
+        n
+    } else {
+        fib_returns(n - 1, out) + fib_returns(n - 2, out)
+    };
+    out.push(r);
+    r
+}
+
+/// Whether intervals (start, end) of one thread nest: any two are
+/// disjoint or one holds the other.
+fn nested(mut spans: Vec<(u64, u64)>) -> Result<(), String> {
+    spans.sort_by_key(|&(s, e)| (s, std::cmp::Reverse(e)));
+    let mut open: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in spans {
+        while open.last().is_some_and(|&(_, oe)| oe <= s) {
+            open.pop();
+        }
+        if let Some(&(os, oe)) = open.last() {
+            if e > oe {
+                return Err(format!("[{s}, {e}] overlaps [{os}, {oe}]"));
+            }
+        }
+        open.push((s, e));
+    }
+    Ok(())
+}
+
+#[test]
+fn each_return_is_an_event_with_its_value_and_its_calls_nest_in_time() {
+    let dir = TempDir::new("ret-fib");
+    let events = dir.join("ev.json");
+    let (native, _) = with_events(
+        &dir,
+        &[
+            "--trace",
+            "fib%return(int)",
+            "--format",
+            "json",
+            "-o",
+            events.to_str().unwrap(),
+        ],
+        &["fib", "15"],
+    );
+    let said = said(&native);
+    let mut expected = Vec::new();
+    let f = fib_returns(15, &mut expected);
+    assert_eq!(said["fib"], f.to_string());
+    assert_eq!(said["calls"], expected.len().to_string());
+    let ev = json_events(&events);
+    assert_eq!(ev.len(), expected.len(), "one event per return");
+    for e in &ev {
+        assert_eq!(e["probe"], "fib", "{e}");
+        assert_eq!(e["args"], serde_json::json!([]), "{e}");
+        assert!(e["duration_ns"].is_u64(), "every call timed: {e}");
+    }
+    let mut got: Vec<u64> = ev.iter().map(|e| n(e, "ret")).collect();
+    // The last return is the outermost call's, and the longest.
+    assert_eq!(*got.last().unwrap(), f);
+    let longest = ev.iter().map(|e| n(e, "duration_ns")).max().unwrap();
+    assert_eq!(n(ev.last().unwrap(), "duration_ns"), longest);
+    got.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(got, expected, "the values fib returned");
+    let spans = ev
+        .iter()
+        .map(|e| (n(e, "time_ns") - n(e, "duration_ns"), n(e, "time_ns")))
+        .collect();
+    nested(spans).unwrap();
+}
+
+#[test]
+fn a_tail_call_returns_no_value_of_its_own_and_strings_are_read() {
+    // tailer(i) ends in a jump to work(3i + 1), which returns for both.
+    let dir = TempDir::new("ret-tail");
+    let events = dir.join("ev.txt");
+    with_events(
+        &dir,
+        &[
+            "--trace",
+            "tailer%return",
+            "--trace",
+            "work%return(uint)",
+            "-o",
+            events.to_str().unwrap(),
+        ],
+        &["tail", "3"],
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let tails: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" tailer() = "))
+        .collect();
+    assert_eq!(tails.len(), 3, "{text}");
+    assert!(
+        tails.iter().all(|l| l.contains(" tailer() = ? <0.")),
+        "{text}"
+    );
+    let work = |x: u64| x.wrapping_mul(2_654_435_761) >> 3;
+    let values: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split_once(" work() = "))
+        .map(|(_, v)| v.split(' ').next().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = (0..3).map(|i| work(3 * i + 1).to_string()).collect();
+    assert_eq!(values, expected, "{text}");
+
+    // A `str` value: as the program printed it; NULL; cut at 63 bytes.
+    let dir = TempDir::new("ret-str");
+    let events = dir.join("ev.txt");
+    let (native, _) = with_events(
+        &dir,
+        &[
+            "--trace",
+            "name_of%return(str)",
+            "-o",
+            events.to_str().unwrap(),
+        ],
+        &["names", "8"],
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let got: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_once(" name_of() = ").unwrap().1)
+        .map(|v| v.rsplit_once(" <").unwrap().0)
+        .collect();
+    let expected: Vec<String> = native
+        .stdout_str()
+        .lines()
+        .map(|l| match l.strip_prefix("name=").unwrap() {
+            "(null)" => "NULL".to_string(),
+            s if s.len() > 63 => format!("\"{}\"...", &s[..63]),
+            s => format!("\"{}\"", s.replace('"', "\\\"")),
+        })
+        .collect();
+    assert_eq!(got, expected, "{text}");
+}
+
+#[test]
+fn return_probes_refuse_what_they_cannot_show() {
+    let prog = path("latency", Variant::Pie);
+    for (spec, why) in [
+        ("fib(int)%return", "trace 'fib(int)' and 'fib%return' apart"),
+        ("fib+4%return", "whole functions, and fib+0x4 is inside one"),
+        ("fib%return(int, int)", "one value, so one type"),
+    ] {
+        let out = ours(&["--trace", spec], &prog, &["fib", "3"]);
+        assert_eq!(out.code, Some(125), "{spec}: {}", out.stderr_str());
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+        assert!(out.stdout_str().is_empty(), "the program did not run");
+    }
+}
+
+/// A `--perfetto` file, parsed: its events.
+fn timeline(file: &std::path::Path) -> Vec<Value> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
+        .unwrap_or_else(|e| panic!("not JSON: {e}"));
+    assert_eq!(v["displayTimeUnit"], "ns");
+    v["traceEvents"].as_array().expect("traceEvents").clone()
+}
+
+/// µs with three decimals, as the timeline writes them, in ns.
+fn ns(v: &Value) -> u64 {
+    (v.as_f64().unwrap() * 1000.0).round() as u64
+}
+
+#[test]
+fn a_timeline_has_a_slice_per_call_nested_per_thread() {
+    // fib(12), its entries traced too: every slice has its argument and
+    // the value fib returns for it.
+    let dir = TempDir::new("perfetto-fib");
+    let file = dir.join("t.json");
+    let (native, _) = with_events(
+        &dir,
+        &[
+            "--latency",
+            "fib",
+            "--trace",
+            "fib(int)",
+            "--perfetto",
+            file.to_str().unwrap(),
+        ],
+        &["fib", "12"],
+    );
+    let ev = timeline(&file);
+    let calls: Vec<&Value> = ev.iter().filter(|e| e["ph"] == "X").collect();
+    assert_eq!(calls.len().to_string(), said(&native)["calls"]);
+    for c in &calls {
+        let arg = c["args"]["args"][0].as_u64().expect("the entry's argument");
+        let ret = u64::from_str_radix(
+            c["args"]["ret"].as_str().unwrap().trim_start_matches("0x"),
+            16,
+        )
+        .unwrap();
+        assert_eq!(ret, fib_returns(arg, &mut Vec::new()), "{c}");
+        assert_eq!(c["name"], "fib");
+    }
+    nested(
+        calls
+            .iter()
+            .map(|c| (ns(&c["ts"]), ns(&c["ts"]) + ns(&c["dur"])))
+            .collect(),
+    )
+    .unwrap();
+    let names: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["ph"] == "M")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["process_name", "thread_name"]);
+    assert!(!ev.iter().any(|e| e["ph"] == "i"), "no call was left");
+
+    // 4 threads: each its own track, its calls nested on it.
+    let dir = TempDir::new("perfetto-threads");
+    let file = dir.join("t.json");
+    with_events(
+        &dir,
+        &["--latency", "work", "--perfetto", file.to_str().unwrap()],
+        &["threads", "4", "500"],
+    );
+    let ev = timeline(&file);
+    let mut by_thread: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    for c in ev.iter().filter(|e| e["ph"] == "X") {
+        by_thread
+            .entry(n(c, "tid"))
+            .or_default()
+            .push((ns(&c["ts"]), ns(&c["ts"]) + ns(&c["dur"])));
+    }
+    assert_eq!(by_thread.len(), 4);
+    assert!(by_thread.values().all(|v| v.len() == 500));
+    for spans in by_thread.into_values() {
+        nested(spans).unwrap();
+    }
+    let threads = ev.iter().filter(|e| e["name"] == "thread_name").count();
+    assert_eq!(threads, 4);
+
+    // longjmp: the traced entries of calls left are instants, marked.
+    let dir = TempDir::new("perfetto-left");
+    let file = dir.join("t.json");
+    let (native, _) = with_events(
+        &dir,
+        &[
+            "--latency",
+            "dive",
+            "--trace",
+            "dive(int)",
+            "--perfetto",
+            file.to_str().unwrap(),
+        ],
+        &["longjmp", "10", "5"],
+    );
+    let ev = timeline(&file);
+    let left = ev
+        .iter()
+        .filter(|e| e["ph"] == "i" && e["args"]["left"] == true)
+        .count();
+    assert_eq!(said(&native)["dives"], left.to_string());
+    assert!(!ev.iter().any(|e| e["ph"] == "X"), "no dive returned");
+}

@@ -397,7 +397,55 @@ mod tests {
             args: [100, -1i64 as u64, 0x7fff_0000, 0, 0, 0],
             strings: vec![None, None, Some(b"alpha".to_vec()), None, None, None],
             truncated: [false; 6],
+            ret: None,
         }
+    }
+
+    /// A return of `ev`: 42 after 5434 ns.
+    fn ret(value: Option<u64>, duration_ns: Option<u64>) -> Event {
+        Event {
+            time_ns: START + 1_240_001,
+            args: [0; 6],
+            strings: Vec::new(),
+            ret: Some(crate::events::Return { value, duration_ns }),
+            ..ev()
+        }
+    }
+
+    #[test]
+    fn a_return_shows_its_value_and_duration_as_strace_does() {
+        assert_eq!(
+            text(&ret(Some(42), Some(5434)), "ev", &[Int]),
+            "0.001240001 4242/4243 ev() = 42 <0.000005434>"
+        );
+        // hex by default; a tail call's value and an untimed call: `?`.
+        assert_eq!(
+            text(&ret(Some(42), Some(5434)), "ev", &[]),
+            "0.001240001 4242/4243 ev() = 0x2a <0.000005434>"
+        );
+        assert_eq!(
+            text(&ret(None, None), "ev", &[Int]),
+            "0.001240001 4242/4243 ev() = ? <?>"
+        );
+        assert_eq!(
+            json_line(&ret(Some(42), Some(5434)), "ev", &[Int]),
+            r#"{"time_ns":80001240001,"pid":4242,"tid":4243,"probe":"ev","args":[],"ret":42,"duration_ns":5434}"#
+        );
+        let v = json(&ret(None, None), "ev", &[Int]);
+        assert_eq!((&v["ret"], &v["duration_ns"]), (&Value::Null, &Value::Null));
+        // A string, cut.
+        let mut s = ret(Some(0x1000), Some(1));
+        s.strings = vec![Some(b"abc".to_vec()), None, None, None, None, None];
+        s.truncated[0] = true;
+        assert_eq!(
+            text(&s, "ev", &[Str]),
+            "0.001240001 4242/4243 ev() = \"abc\"... <0.000000001>"
+        );
+        let v = json(&s, "ev", &[Str]);
+        assert_eq!(
+            (&v["ret"], &v["ret_truncated"]),
+            (&json!("abc"), &json!(true))
+        );
     }
 
     const EV: [ArgType; 6] = [Int, Int, Str, Uint, Hex, Int];

@@ -226,7 +226,11 @@ const FUNC_MASK: u32 = !TAIL;
 /// The exit routine.
 fn leave(a: &mut CodeAssembler, t: &Timing, events: Option<&Emit>) -> Result<(), IcedError> {
     let mut out = a.create_label();
-    let mut record = a.create_label();
+    // Where a call's end goes on: its return record, or straight out.
+    let mut record = match events {
+        Some(_) => a.create_label(),
+        None => out,
+    };
     let mut untimed = a.create_label();
     let mut again = a.create_label();
     let mut left = a.create_label();
@@ -309,8 +313,8 @@ fn leave(a: &mut CodeAssembler, t: &Timing, events: Option<&Emit>) -> Result<(),
     a.lock().inc(qword_ptr(rdi + STATS_UNTIMED as i32))?;
     a.or(r10d, 1 << FLAG_UNTIMED)?;
     a.xor(ebx, ebx)?;
-    a.set_label(&mut record)?;
     if let Some(e) = events {
+        a.set_label(&mut record)?;
         return_record(a, e, out)?;
     }
     restore(a, &mut out)?;
@@ -508,7 +512,7 @@ mod tests {
                 // One ns per tick.
                 mult: 1 << 32,
             };
-            let (bytes, exit) = encode_routines(&t, code as u64).unwrap();
+            let (bytes, exit) = encode_routines(&t, None, code as u64).unwrap();
             assert!(bytes.len() <= 4096);
             // SAFETY: our page, large enough (asserted).
             unsafe {
