@@ -29,8 +29,13 @@ pub struct Section {
 }
 
 fn with(prefix: &[&str], calls: u64) -> Case {
+    looping(prefix, "loop", calls)
+}
+
+/// `latency MODE CALLS` after `prefix`.
+fn looping(prefix: &[&str], mode: &str, calls: u64) -> Case {
     let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
-    argv.extend([sample(), "loop".into(), calls.to_string()]);
+    argv.extend([sample(), mode.into(), calls.to_string()]);
     Case::command(argv)
 }
 
@@ -45,6 +50,7 @@ pub fn section(ux: &str, rounds: usize, runs: usize) -> Section {
         with(&[], CALLS),
         with(&[ux, "-q", "--probe-mode", "jump", "-p", "work"], CALLS),
         with(&[ux, "-q", "--latency", "work"], CALLS),
+        looping(&[], "tscloop", CALLS),
     ];
     let (f, cpu) = crate::cpu_while(|| alternate(&cases, rounds));
     let kernel = kernel(rounds);
@@ -76,6 +82,10 @@ pub fn section(ux: &str, rounds: usize, runs: usize) -> Section {
     row("unprobed", f[0]);
     row("count only (`-p work`), jump", f[1]);
     row("timed (`--latency work`): entry and return, jumps", f[2]);
+    row(
+        "floor: unprobed, each call between two `rdtsc` (what any timer of calls reads)",
+        f[3],
+    );
     let mut kernel_text = String::from("the kernel's: skipped");
     match kernel {
         Ok(k) => {

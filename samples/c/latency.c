@@ -20,6 +20,9 @@
  *                           "name=S" ("name=(null)" for NULL)
  *   latency loop N          work(i) N times, timed: "ns_per_call=NS
  *                           cpu_ns_per_call=NS calls=N" (for the benchmarks)
+ *   latency tscloop N       the same, each call between two reads of the
+ *                           time stamp counter (rdtsc), as a timer of calls
+ *                           must read it: the floor of timing a call
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -202,12 +205,22 @@ int main(int argc, char **argv)
         }
         return 0;
     }
-    if (argc >= 3 && !strcmp(argv[1], "loop")) {
-        uint64_t n = strtoull(argv[2], NULL, 0), acc = 0;
+    if (argc >= 3 && (!strcmp(argv[1], "loop") || !strcmp(argv[1], "tscloop"))) {
+        uint64_t n = strtoull(argv[2], NULL, 0), acc = 0, ticks = 0;
+        int tsc = !strcmp(argv[1], "tscloop");
         struct timespec t0, t1, c0, c1;
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (uint64_t i = 0; i < n; i++) acc += work(acc + i);
+        if (tsc) {
+            for (uint64_t i = 0; i < n; i++) {
+                uint64_t a = __builtin_ia32_rdtsc();
+                acc += work(acc + i);
+                ticks += __builtin_ia32_rdtsc() - a;
+            }
+        } else {
+            for (uint64_t i = 0; i < n; i++) acc += work(acc + i);
+        }
+        sink += ticks;
         clock_gettime(CLOCK_MONOTONIC, &t1);
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
         double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
@@ -216,6 +229,6 @@ int main(int argc, char **argv)
                (unsigned long long)n, (unsigned long long)acc);
         return 0;
     }
-    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | tail N | pexit T | names N | loop N\n");
+    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | tail N | pexit T | names N | loop N | tscloop N\n");
     return 2;
 }
