@@ -326,7 +326,10 @@ fn a_traced_site_is_one_probe_with_its_hits_and_bad_types_are_refused() {
     assert_eq!(hits(&r, "ev"), 6);
     assert_eq!(events.len(), 6);
     for (spec, why) in [
-        ("ev(int, str)%return", "trace 'ev(int, str)' and 'ev%return' apart"),
+        (
+            "ev(int, str)%return",
+            "trace 'ev(int, str)' and 'ev%return' apart",
+        ),
         ("ev(int, char)", "unknown argument type"),
         (
             "ev(int, int, int, int, int, int, int)",

@@ -685,4 +685,99 @@ fn a_timeline_has_a_slice_per_call_nested_per_thread() {
         .count();
     assert_eq!(said(&native)["dives"], left.to_string());
     assert!(!ev.iter().any(|e| e["ph"] == "X"), "no dive returned");
+
+    // A longjmp into the middle of a recursion: the calls below the catch
+    // are left, those above it return, each paired with its own entry
+    // (climb(d) returns d - 2), not the innermost one of its name.
+    let dir = TempDir::new("perfetto-mid");
+    let file = dir.join("t.json");
+    let (native, _) = with_events(
+        &dir,
+        &[
+            "--latency",
+            "climb",
+            "--trace",
+            "climb(int)",
+            "--perfetto",
+            file.to_str().unwrap(),
+        ],
+        &["midjump", "20"],
+    );
+    let ev = timeline(&file);
+    let said = said(&native);
+    let calls: Vec<&Value> = ev.iter().filter(|e| e["ph"] == "X").collect();
+    assert_eq!(calls.len().to_string(), said["returned"]);
+    for c in &calls {
+        let arg = c["args"]["args"][0].as_u64().unwrap();
+        assert!((3..=5).contains(&arg), "{c}");
+        assert_eq!(c["args"]["ret"], format!("{:#x}", arg - 2), "{c}");
+    }
+    let left: Vec<u64> = ev
+        .iter()
+        .filter(|e| e["ph"] == "i" && e["args"]["left"] == true)
+        .map(|e| e["args"]["args"][0].as_u64().unwrap())
+        .collect();
+    assert_eq!(left.len().to_string(), said["left"]);
+    assert!(left.iter().all(|&d| d <= 2), "{left:?}");
+}
+
+#[test]
+fn a_timeline_needs_calls_to_draw_and_a_file_of_its_own() {
+    let prog = path("latency", Variant::Pie);
+    let dir = TempDir::new("perfetto-refused");
+    let file = dir.join("t.json");
+    let f = file.to_str().unwrap();
+    for (opts, why) in [
+        (vec!["--perfetto", f, "-p", "fib"], "give one"),
+        (
+            vec!["--perfetto", f, "-o", f, "--latency", "fib"],
+            "name the same file",
+        ),
+        (
+            vec!["--perfetto", f, "--latency", "fib+4"],
+            "fib+0x4 is inside one",
+        ),
+    ] {
+        let out = ours(&opts, &prog, &["fib", "3"]);
+        assert_eq!(out.code, Some(125), "{opts:?}: {}", out.stderr_str());
+        assert!(
+            out.stderr_str().contains(why),
+            "{opts:?}: {}",
+            out.stderr_str()
+        );
+        assert!(!file.exists(), "{opts:?}: no file of no run");
+    }
+}
+
+#[test]
+fn dropped_return_events_are_said_at_exit() {
+    // Two records of room for 1973 returns: most are dropped, and said.
+    let prog = path("latency", Variant::Pie);
+    let dir = TempDir::new("ret-dropped");
+    let report = dir.join("r.json");
+    let out = ours(
+        &[
+            "--event-ring",
+            "2",
+            "--trace",
+            "fib%return",
+            "-o",
+            "/dev/null",
+            "--report-json",
+            report.to_str().unwrap(),
+        ],
+        &prog,
+        &["fib", "15"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let r = read_report(&report);
+    let (delivered, dropped) = (n(&r["events"], "delivered"), n(&r["events"], "dropped"));
+    assert_eq!(delivered + dropped, 1973, "one record per return: {r}");
+    assert!(dropped > 0, "{r}");
+    assert!(
+        out.stderr_str()
+            .contains(&format!("{dropped} of 1973 events were dropped")),
+        "{}",
+        out.stderr_str()
+    );
 }

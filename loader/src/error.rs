@@ -110,8 +110,8 @@ pub enum Error {
         /// Why a jump does not fit.
         why: String,
     },
-    /// A function `--latency` cannot time (exit 125).
-    #[error("cannot time {site} (--latency): {why}")]
+    /// A function `--latency` (or a return probe) cannot time (exit 125).
+    #[error("cannot time {site} (--latency, %return): {why}")]
     Untimeable {
         /// The function.
         site: String,

@@ -348,6 +348,15 @@ fn run() -> u8 {
             cmd.latency(l)
         };
     }
+    if cli.perfetto.is_some() && cli.latencies.is_empty() && cli.traces.is_empty() {
+        return fail(
+            "--perfetto draws the calls of --latency and --trace functions: give one (see uprobe-exec --help)",
+            125,
+        );
+    }
+    if cli.perfetto.is_some() && cli.perfetto == cli.output {
+        return fail("-o and --perfetto name the same file", 125);
+    }
     let out: Option<Box<dyn Write + Send>> = match (&cli.output, &cli.perfetto) {
         (Some(path), _) => match std::fs::File::create(path) {
             Ok(f) => Some(Box::new(f)),
@@ -368,10 +377,29 @@ fn run() -> u8 {
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let session = match cmd.spawn() {
         Ok(s) => s,
-        Err(e) => return fail(&e, e.exit_code() as u8),
+        Err(e) => {
+            // No run, no timeline: not an empty file that is no JSON.
+            if let Some(path) = &cli.perfetto {
+                let _ = std::fs::remove_file(path);
+            }
+            return fail(&e, e.exit_code() as u8);
+        }
     };
     forward_signals(session.pid());
-    let printer = session.events().map(|events| {
+    let events = session.events();
+    let mut timeline = timeline;
+    if events.is_none() {
+        // Nothing was traced or timed (a pattern passed over every
+        // function): a timeline with no events.
+        if let Some((f, path)) = timeline.take() {
+            let empty = uprobe_exec::events::perfetto::Timeline::new(f, &name, 0, Vec::new())
+                .and_then(uprobe_exec::events::perfetto::Timeline::finish);
+            if let Err(e) = empty {
+                eprintln!("uprobe-exec: writing {}: {e}", path.display());
+            }
+        }
+    }
+    let printer = events.map(|events| {
         let info: Vec<_> = (0..)
             .map_while(|i| session.probe_info(uprobe_exec::events::ProbeId(i)).cloned())
             .collect();

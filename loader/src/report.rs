@@ -225,8 +225,9 @@ impl Latency {
     }
 }
 
-/// What became of traced hits. `delivered + dropped` is the traced sites'
-/// hits, exactly, unless a process was killed inside a probe (`lost`).
+/// What became of traced hits and returns. `delivered + dropped` is the
+/// traced sites' hits plus the traced functions' returns, exactly, unless a
+/// process was killed inside a probe (`lost`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EventCounts {
     /// Handed to the session's event stream.

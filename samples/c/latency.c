@@ -15,6 +15,11 @@
  *                           work (a jmp); prints "calls=N"
  *   latency pexit T         T threads each call quitter(), which ends the
  *                           thread (pthread_exit) inside; "exited=T"
+ *   latency midjump N       N times: climb(5) recurses through climb(3),
+ *                           which calls catcher(2) (a setjmp), on to climb(0),
+ *                           which longjmps back into catcher: climb(2..0) are
+ *                           left, catcher and climb(3..5) return, climb(d)
+ *                           returning d - 2; prints "returned=3*N left=3*N"
  *   latency names N         name_of(i) for i < N, each returning a string
  *                           (or NULL, or one of 80 bytes); prints each as
  *                           "name=S" ("name=(null)" for NULL)
@@ -98,6 +103,25 @@ NOINLINE uint64_t tailer(uint64_t x)
 {
     tails += x;
     return work(x * 3 + 1);
+}
+
+static jmp_buf mid;
+
+NOINLINE uint64_t climb(int d);
+
+NOINLINE uint64_t catcher(int d)
+{
+    if (setjmp(mid) == 0) climb(d);
+    return 0;
+}
+
+NOINLINE uint64_t climb(int d)
+{
+    calls++;
+    if (d == 0) longjmp(mid, 1);
+    uint64_t r = (d == 3 ? catcher(d - 1) : climb(d - 1)) + 1;
+    __asm__ volatile("" : "+r"(r));
+    return r;
 }
 
 static const char *const names[] = {
@@ -197,6 +221,13 @@ int main(int argc, char **argv)
         printf("exited=%d\n", t);
         return 0;
     }
+    if (argc >= 3 && !strcmp(argv[1], "midjump")) {
+        int n = atoi(argv[2]);
+        uint64_t got = 0;
+        for (int i = 0; i < n; i++) got += climb(5);
+        printf("returned=%d left=%d sum=%llu\n", 3 * n, 3 * n, (unsigned long long)got);
+        return 0;
+    }
     if (argc >= 3 && !strcmp(argv[1], "names")) {
         uint64_t n = strtoull(argv[2], NULL, 0);
         for (uint64_t i = 0; i < n; i++) {
@@ -229,6 +260,6 @@ int main(int argc, char **argv)
                (unsigned long long)n, (unsigned long long)acc);
         return 0;
     }
-    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | tail N | pexit T | names N | loop N | tscloop N\n");
+    fprintf(stderr, "usage: latency sleeps A B | fib N | longjmp N D | deep D | threads T N | fork | tail N | pexit T | midjump N | names N | loop N | tscloop N\n");
     return 2;
 }

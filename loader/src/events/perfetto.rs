@@ -52,7 +52,7 @@ pub struct Timeline<W: Write> {
     /// Each thread's entries waiting for their returns, innermost last.
     open: HashMap<(u32, u32), Vec<Open>>,
     /// Every probe, by its id.
-    info: Vec<ProbeInfo>,
+    info: std::sync::Arc<[ProbeInfo]>,
     line: Vec<u8>,
 }
 
@@ -74,17 +74,17 @@ impl<W: Write> Timeline<W> {
             written: 0,
             named: HashSet::new(),
             open: HashMap::new(),
-            info,
+            info: info.into(),
             line: Vec::with_capacity(256),
         })
     }
 
     /// Adds `event`, a hit or a return (of a probe of the timeline's).
     pub fn add(&mut self, event: &Event) -> io::Result<()> {
-        let Some(info) = self.info.get(event.probe.0).cloned() else {
+        let infos = std::sync::Arc::clone(&self.info);
+        let Some(info) = infos.get(event.probe.0) else {
             return Ok(());
         };
-        let info = &info;
         self.name(event.pid, event.tid)?;
         let thread = (event.pid, event.tid);
         let types = info.types(event);
@@ -103,10 +103,15 @@ impl<W: Write> Timeline<W> {
             let args = object(&[(b"args", &args)]);
             return self.event(b"i", &info.label, thread, event.time_ns, None, &args);
         };
-        // The call's own entry, if traced: calls above it were left.
+        // The call's own entry, if traced: the innermost of its probe
+        // that came before the call began (an entry event is written just
+        // before its call's timing starts; the entries of calls a
+        // `longjmp` abandoned came after). Calls above it were left.
+        let began = ret.duration_ns.map(|d| event.time_ns.saturating_sub(d));
         let mut entry = None;
         if let Some(stack) = self.open.get_mut(&thread) {
-            if let Some(k) = stack.iter().rposition(|o| o.probe == event.probe) {
+            let own = |o: &Open| o.probe == event.probe && began.is_none_or(|b| o.time_ns <= b);
+            if let Some(k) = stack.iter().rposition(own) {
                 let left: Vec<Open> = stack.drain(k + 1..).collect();
                 entry = stack.pop();
                 self.left(thread, left)?;

@@ -201,7 +201,12 @@ impl<'a> Resolver<'a> {
                     .map_or_else(String::new, |r| r.spec.clone()),
                 why: format!(
                     "{} whole functions, and {} is inside one",
-                    if self.returning {
+                    if self.returning
+                        && self
+                            .requests
+                            .get(request)
+                            .is_some_and(|r| r.trace.is_none() && r.spec.contains("%return"))
+                    {
                         "a return probe traces the returns of"
                     } else {
                         "--latency times"

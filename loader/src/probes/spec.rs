@@ -313,6 +313,9 @@ fn parse_return(at: &str, tail: &str) -> Result<TraceSpec, String> {
     if at.is_empty() {
         return Err("no function before '%return'".into());
     }
+    if at.contains(RETURN) {
+        return Err("'%return' twice".into());
+    }
     if let Some((open, close)) = last_group(at) {
         if close + 1 == at.len() && type_list(&at[open + 1..close]).is_some() {
             return Err(format!(
@@ -328,7 +331,12 @@ fn parse_return(at: &str, tail: &str) -> Result<TraceSpec, String> {
         other => other.to_string(),
     })?;
     let tail = tail.trim();
-    let ret = if tail.is_empty() {
+    let ret = if tail.is_empty()
+        || tail
+            .strip_prefix('(')
+            .and_then(|t| t.strip_suffix(')'))
+            .is_some_and(|t| t.trim().is_empty())
+    {
         ArgType::Hex
     } else {
         let word = tail
@@ -498,6 +506,7 @@ mod tests {
             ret: Some(t),
         };
         assert_eq!(trace("f%return"), ret(sym("f"), ArgType::Hex));
+        assert_eq!(trace("f%return( )"), ret(sym("f"), ArgType::Hex));
         assert_eq!(trace(" f%return( int ) "), ret(sym("f"), ArgType::Int));
         assert_eq!(
             trace("getenv%return(str)"),
@@ -710,6 +719,7 @@ mod tests {
                 "the offset is not a number (write 0x1a or 26)".into(),
             ),
             ("%return", "no function before '%return'".into()),
+            ("f%return(int)%return", "'%return' twice".into()),
             (
                 "f%return(int, int)",
                 "'%return(int, int)': a function returns one value, so one type".into(),

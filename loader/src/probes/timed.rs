@@ -73,7 +73,10 @@ pub(super) fn add_exits(
                 func += 1;
             }
             Err(why) if resolution.requests[request].location.is_glob() => {
-                skipped.push((s.label(), format!("--latency cannot time it: {why}")));
+                skipped.push((
+                    s.label(),
+                    format!("cannot time it (--latency, %return): {why}"),
+                ));
                 // Still counted if another request probes it, or if it
                 // holds another site's pad.
                 if s.place.request != request || s.place.trace.is_some() || hosts(&s) {

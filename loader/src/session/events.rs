@@ -143,7 +143,9 @@ impl Segment {
     }
 }
 
-/// Pairs kept: at 2 ms a pass, the last 8 seconds or more.
+/// Pairs kept: one per 250 µs of steady events at most, so the last second
+/// or more (a value older than the oldest pair is extrapolated from it,
+/// still in order).
 const PAIRS: usize = 4096;
 
 /// How far past the last pair a record may be placed without a new pair

@@ -333,6 +333,25 @@ impl Session {
                 out.guard_refused
             ));
         }
+        let events = out.events.map(|t| {
+            let undelivered = self
+                .stream
+                .as_ref()
+                .map_or(0, |s| s.undelivered.load(Ordering::Relaxed));
+            EventCounts {
+                delivered: t.delivered.iter().sum::<u64>() - undelivered,
+                dropped: t.dropped.iter().sum::<u64>() + undelivered,
+                lost: t.lost,
+            }
+        });
+        if let Some(e) = events.filter(|e| e.dropped > 0) {
+            warnings.push(format!(
+                "{} of {} events were dropped (the event ring or the stream was full): the \
+                 events written are not all; a larger --event-ring holds more",
+                e.dropped,
+                e.dropped + e.delivered
+            ));
+        }
         Report {
             program: self.program.clone(),
             args: self.args.clone(),
@@ -346,17 +365,7 @@ impl Session {
                 h.limits.extend(self.limits.iter().cloned());
                 h
             },
-            events: out.events.map(|t| {
-                let undelivered = self
-                    .stream
-                    .as_ref()
-                    .map_or(0, |s| s.undelivered.load(Ordering::Relaxed));
-                EventCounts {
-                    delivered: t.delivered.iter().sum::<u64>() - undelivered,
-                    dropped: t.dropped.iter().sum::<u64>() + undelivered,
-                    lost: t.lost,
-                }
-            }),
+            events,
             latency: out.latency,
             warnings,
         }
