@@ -101,16 +101,16 @@ impl Probes {
         // Each traced return is written as its entry's site.
         for (i, s) in sites.iter().enumerate().filter(|(_, s)| returns(s)) {
             let f = s.timed.expect("a return probe's function is timed") as usize;
-            let string = ret_type(s) == Some(probes::ArgType::Str);
-            counters.stats(f).event.store(
-                i as u64 + 1
-                    | if string {
-                        uprobe_runtime::latency::EVENT_STR
-                    } else {
-                        0
-                    },
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            let string = if ret_type(s) == Some(probes::ArgType::Str) {
+                uprobe_runtime::latency::EVENT_STR
+            } else {
+                0
+            };
+            let event = (i as u64 + 1) | string;
+            counters
+                .stats(f)
+                .event
+                .store(event, std::sync::atomic::Ordering::Relaxed);
         }
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
         let mut layout = uprobe_runtime::trap::layout(sites.len() + evicted.len(), traps);
