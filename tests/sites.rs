@@ -224,6 +224,34 @@ fn every_function_of_every_sample_timed_runs_as_natively() {
 }
 
 #[test]
+fn every_function_of_every_sample_with_its_returns_traced_runs_as_natively() {
+    // Every entry traced and every return traced with its value read as a
+    // string (a system call per return, on whatever rax holds), into a
+    // timeline: the program's output and exit are the native ones, and the
+    // timeline is JSON.
+    let dir = TempDir::new("return-star");
+    let timeline = dir.join("t.json");
+    for name in NAMES {
+        for args in workloads(name) {
+            same_as_native(
+                Case::new(path(name, Variant::Pie), *args)
+                    .opt("-q")
+                    .opt("--trace")
+                    .opt("*")
+                    .opt("--trace")
+                    .opt("*%return(str)")
+                    .opt("--perfetto")
+                    .opt(&timeline),
+            );
+            let text = std::fs::read_to_string(&timeline).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{name} {args:?}: the timeline is not JSON: {e}"));
+            assert!(v["traceEvents"].is_array(), "{name} {args:?}");
+        }
+    }
+}
+
+#[test]
 fn every_sample_counts_the_same_in_int3_and_jump_sites() {
     // Every function of every sample, once with the jumps auto mode places
     // (every tactic; auto places no int3) and once with int3s: each jump

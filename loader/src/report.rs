@@ -246,7 +246,10 @@ impl Report {
     pub fn latency_text(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
-        for l in &self.latency {
+        // Functions never called make no line each (`--latency '*'` times
+        // hundreds): one line counts them.
+        let called = |l: &&Latency| l.count + l.timed + l.untimed + l.left > 0;
+        for l in self.latency.iter().filter(called) {
             let avg = l.sum_ns.checked_div(l.timed).unwrap_or(0);
             let _ = writeln!(
                 s,
@@ -269,7 +272,15 @@ impl Report {
                 },
             );
         }
-        for l in &self.latency {
+        let idle = self.latency.len() - self.latency.iter().filter(called).count();
+        if idle > 0 {
+            let _ = writeln!(
+                s,
+                "uprobe-exec: {idle} other timed function{} never called",
+                if idle == 1 { " was" } else { "s were" }
+            );
+        }
+        for l in self.latency.iter().filter(|l| l.timed > 0) {
             let _ = writeln!(s, "\nFunction = {}", l.symbol);
             let _ = writeln!(s, "{:>24} : count    distribution", "nsecs");
             let most = l.hist.iter().map(|b| b.count).max().unwrap_or(0).max(1);
