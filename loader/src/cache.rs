@@ -15,7 +15,7 @@
 //! the least recently written go first.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -62,12 +62,18 @@ fn key(file: &File) -> Option<String> {
     Some(k)
 }
 
-/// The entry of `kind` for `file`, if there is one.
-pub fn read(kind: &str, file: &File) -> Option<Vec<u8>> {
+/// The entry of `kind` for `file`, if there is one, mapped: a reader
+/// looks at the few bytes it needs, and nothing is copied.
+pub fn map(kind: &str, file: &File) -> Option<memmap2::Mmap> {
     let path = dir(kind)?.join(key(file)?);
-    let mut bytes = Vec::new();
-    File::open(path).ok()?.read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    let entry = File::open(path).ok()?;
+    // SAFETY: an entry is never written in place (a new one is renamed
+    // over it) and a removed one stays whole while mapped, so the bytes do
+    // not change under the mapping; they are only read, and checked
+    // before use.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(&entry) }.ok()?;
+    Some(map)
 }
 
 /// Keeps `bytes` as the entry of `kind` for `file`; failures are ignored

@@ -49,7 +49,7 @@ pub enum Source {
 #[derive(Debug, Default)]
 pub struct Targets {
     /// Every (address, source), sorted; an address can have several.
-    at: Vec<(u64, Source)>,
+    at: Entries,
     /// Whether the data sections were read for pointers (they are not
     /// without section headers): then every code pointer stored in the
     /// file is among the entries.
@@ -80,6 +80,135 @@ impl Section<'_> {
 
 /// The first bytes of a cache entry (its format's version in the last).
 const MAGIC: &[u8; 8] = b"UPXTGT\x00\x02";
+
+/// Bytes of one entry in a cache entry: address, source tag, value.
+const ENTRY: usize = 17;
+
+/// The bytes a cache entry is read from: the file mapped (a run reads the
+/// few entries it looks up, not all of them), or a copy.
+#[derive(Debug)]
+enum Held {
+    /// Mapped from the cache.
+    Map(memmap2::Mmap),
+    /// In memory (the tests' encodings).
+    #[cfg(test)]
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Held {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Held::Map(m) => m,
+            #[cfg(test)]
+            Held::Owned(v) => v,
+        }
+    }
+}
+
+/// The (address, source) entries, sorted: built in memory, or read in
+/// place from a cache entry's bytes ([`ENTRY`] each, checked whole and
+/// sorted when opened).
+#[derive(Debug)]
+enum Entries {
+    Built(Vec<(u64, Source)>),
+    Held {
+        bytes: Held,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Default for Entries {
+    fn default() -> Entries {
+        Entries::Built(Vec::new())
+    }
+}
+
+impl PartialEq for Entries {
+    fn eq(&self, other: &Entries) -> bool {
+        self.len() == other.len() && (0..self.len()).all(|i| self.get(i) == other.get(i))
+    }
+}
+
+impl From<Vec<(u64, Source)>> for Entries {
+    fn from(v: Vec<(u64, Source)>) -> Entries {
+        Entries::Built(v)
+    }
+}
+
+impl Entries {
+    fn len(&self) -> usize {
+        match self {
+            Entries::Built(v) => v.len(),
+            Entries::Held { len, .. } => *len,
+        }
+    }
+
+    /// Entry `i` (< `len`).
+    fn get(&self, i: usize) -> (u64, Source) {
+        match self {
+            Entries::Built(v) => v[i],
+            Entries::Held { bytes, start, .. } => {
+                let e = &bytes[start + i * ENTRY..start + (i + 1) * ENTRY];
+                let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                let src = tag_source(e[8], word(&e[9..]))
+                    .expect("the tags were checked when the entry was opened");
+                (word(&e[..8]), src)
+            }
+        }
+    }
+
+    /// The address of entry `i` (< `len`).
+    fn addr(&self, i: usize) -> u64 {
+        match self {
+            Entries::Built(v) => v[i].0,
+            Entries::Held { bytes, start, .. } => {
+                let at = start + i * ENTRY;
+                u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+            }
+        }
+    }
+
+    /// The first entry whose address `before` is false of (they are
+    /// sorted: `before` is true of a prefix).
+    fn partition_point(&self, before: impl Fn(u64) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if before(self.addr(mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The entries from `i` on.
+    fn from(&self, i: usize) -> impl Iterator<Item = (u64, Source)> + '_ {
+        (i..self.len()).map(move |k| self.get(k))
+    }
+
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<(u64, Source)> {
+        self.from(0).collect()
+    }
+}
+
+/// The source a cache entry's tag and value stand for.
+fn tag_source(tag: u8, v: u64) -> Option<Source> {
+    Some(match tag {
+        0 => Source::Branch(v),
+        1 => Source::Table(v),
+        2 => Source::Pointer(v),
+        3 => Source::Address(v),
+        4 => Source::LandingPad(v),
+        5 => Source::Fde,
+        6 => Source::Symbol,
+        _ => return None,
+    })
+}
 
 /// Most relocations that carry code addresses in PIE/static-pie data.
 const R_X86_64_RELATIVE: u32 = 8;
@@ -248,7 +377,7 @@ impl Targets {
             .collect();
         sections.sort_unstable();
         Targets {
-            at,
+            at: at.into(),
             data_read: !data.is_empty(),
             tables,
             sections,
@@ -261,7 +390,8 @@ impl Targets {
     #[must_use]
     pub fn of(image: &crate::elf::Image) -> Targets {
         const KIND: &str = "targets";
-        if let Some(t) = crate::cache::read(KIND, &image.file).and_then(|b| Targets::decode(&b)) {
+        let cached = crate::cache::map(KIND, &image.file).map(Held::Map);
+        if let Some(t) = cached.and_then(Targets::decode) {
             return t;
         }
         let t = Targets::build(&image.bytes);
@@ -273,13 +403,13 @@ impl Targets {
     /// then each entry (address, source tag, source value) and each table,
     /// little-endian.
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.at.len() * 17 + self.tables.len() * 8);
+        let mut out = Vec::with_capacity(32 + self.at.len() * ENTRY + self.tables.len() * 8);
         out.extend_from_slice(MAGIC);
         out.push(u8::from(self.data_read));
         out.extend_from_slice(&(self.at.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.tables.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.sections.len() as u64).to_le_bytes());
-        for &(a, src) in &self.at {
+        for (a, src) in self.at.from(0) {
             let (tag, v) = match src {
                 Source::Branch(v) => (0u8, v),
                 Source::Table(v) => (1, v),
@@ -304,7 +434,8 @@ impl Targets {
     }
 
     /// What [`Targets::encode`] wrote, if `b` is that whole and sorted.
-    fn decode(b: &[u8]) -> Option<Targets> {
+    fn decode(held: Held) -> Option<Targets> {
+        let b: &[u8] = &held;
         let rest = b.strip_prefix(MAGIC.as_slice())?;
         let (&data_read, rest) = rest.split_first()?;
         let word =
@@ -314,40 +445,41 @@ impl Targets {
         let k = usize::try_from(word(rest.get(16..)?)?).ok()?;
         let rest = rest.get(24..)?;
         let len = n
-            .checked_mul(17)?
+            .checked_mul(ENTRY)?
             .checked_add(m.checked_mul(8)?)?
             .checked_add(k.checked_mul(16)?)?;
         if rest.len() != len {
             return None;
         }
-        let (entries, rest) = rest.split_at(n * 17);
+        let start = b.len() - rest.len();
+        let (entries, rest) = rest.split_at(n * ENTRY);
         let (tables, sections) = rest.split_at(m * 8);
-        let mut at = Vec::with_capacity(n);
-        for e in entries.chunks_exact(17) {
-            let (a, v) = (word(&e[..8])?, word(&e[9..])?);
-            let src = match e[8] {
-                0 => Source::Branch(v),
-                1 => Source::Table(v),
-                2 => Source::Pointer(v),
-                3 => Source::Address(v),
-                4 => Source::LandingPad(v),
-                5 => Source::Fde,
-                6 => Source::Symbol,
-                _ => return None,
-            };
-            at.push((a, src));
+        // Every entry's tag known, and each after the one before: then any
+        // entry read later is one that was written.
+        let mut last: Option<(u64, u8, u64)> = None;
+        for e in entries.chunks_exact(ENTRY) {
+            let this = (word(&e[..8])?, e[8], word(&e[9..])?);
+            tag_source(this.1, this.2)?;
+            if last.is_some_and(|l| l >= this) {
+                return None;
+            }
+            last = Some(this);
         }
         let tables: Vec<u64> = tables.chunks_exact(8).map(word).collect::<Option<_>>()?;
         let sections: Vec<(u64, u64)> = sections
             .chunks_exact(16)
             .map(|c| Some((word(&c[..8])?, word(&c[8..])?)))
             .collect::<Option<_>>()?;
-        let sorted = at.windows(2).all(|w| w[0] < w[1])
-            && tables.windows(2).all(|w| w[0] < w[1])
-            && sections.windows(2).all(|w| w[0] < w[1]);
+        let sorted =
+            tables.windows(2).all(|w| w[0] < w[1]) && sections.windows(2).all(|w| w[0] < w[1]);
+        let data_read = data_read != 0;
         sorted.then_some(Targets {
-            at,
-            data_read: data_read != 0,
+            at: Entries::Held {
+                bytes: held,
+                start,
+                len: n,
+            },
+            data_read,
             tables,
             sections,
         })
@@ -356,20 +488,17 @@ impl Targets {
     /// How control gets to `a`: every source found, none if it is
     /// reached only by falling through.
     pub fn sources_at(&self, a: u64) -> impl Iterator<Item = Source> + '_ {
-        let i = self.at.partition_point(|e| e.0 < a);
-        self.at[i..]
-            .iter()
-            .take_while(move |e| e.0 == a)
-            .map(|e| e.1)
+        let i = self.at.partition_point(|e| e < a);
+        self.at.from(i).take_while(move |e| e.0 == a).map(|e| e.1)
     }
 
     /// The first symbol or FDE start after `a`: where the code that starts
     /// at `a` ends at the latest.
     #[must_use]
     pub fn next_start(&self, a: u64) -> Option<u64> {
-        let i = self.at.partition_point(|e| e.0 <= a);
-        self.at[i..]
-            .iter()
+        let i = self.at.partition_point(|e| e <= a);
+        self.at
+            .from(i)
             .find(|e| matches!(e.1, Source::Symbol | Source::Fde))
             .map(|e| e.0)
     }
@@ -402,8 +531,10 @@ impl Targets {
     /// The first entry point strictly inside `(lo, hi)`, with how control gets there.
     #[must_use]
     pub fn inside(&self, lo: u64, hi: u64) -> Option<(u64, Source)> {
-        let i = self.at.partition_point(|e| e.0 <= lo);
-        self.at.get(i).copied().filter(|e| e.0 < hi)
+        let i = self.at.partition_point(|e| e <= lo);
+        (i < self.at.len())
+            .then(|| self.at.get(i))
+            .filter(|e| e.0 < hi)
     }
 }
 
@@ -736,7 +867,7 @@ mod tests {
         }
         // `sort` and `merge` give what a plain sort and dedup of it all do.
         let file = std::fs::read("/usr/bin/python3.11").unwrap();
-        let mut all = Targets::build_on(&file, 1).at;
+        let mut all = Targets::build_on(&file, 1).at.to_vec();
         let lists: Vec<Vec<(u64, Source)>> = all
             .chunks(all.len() / 3 + 1)
             .map(|c| {
@@ -773,7 +904,8 @@ mod tests {
                 (0x100, Source::Symbol),
                 (0x103, Source::Branch(0x200)),
                 (0x103, Source::Pointer(0x300)),
-            ],
+            ]
+            .into(),
             data_read: true,
             tables: Vec::new(),
             sections: Vec::new(),
@@ -791,17 +923,27 @@ mod tests {
         let file = std::fs::read("/usr/bin/bash").expect("bash");
         let t = Targets::build(&file);
         let b = t.encode();
-        let back = Targets::decode(&b).expect("reads back");
-        assert_eq!(back.at, t.at);
+        let back = Targets::decode(Held::Owned(b.clone())).expect("reads back");
+        assert!(back.at == t.at);
+        assert!(matches!(back.at, Entries::Held { .. }), "read in place");
         assert_eq!(back.tables, t.tables);
         assert_eq!(back.data_read, t.data_read);
         assert_eq!(back.sections, t.sections);
-        assert!(Targets::decode(&b[..b.len() - 1]).is_none(), "short");
+        assert!(
+            Targets::decode(Held::Owned(b[..b.len() - 1].to_vec())).is_none(),
+            "short"
+        );
         let mut foreign = b.clone();
         foreign[7] ^= 0xff;
-        assert!(Targets::decode(&foreign).is_none(), "another format");
+        assert!(
+            Targets::decode(Held::Owned(foreign)).is_none(),
+            "another format"
+        );
         let mut unsorted = b;
         unsorted[32..49].copy_from_slice(&[0xff; 17]);
-        assert!(Targets::decode(&unsorted).is_none(), "a bad entry");
+        assert!(
+            Targets::decode(Held::Owned(unsorted)).is_none(),
+            "a bad entry"
+        );
     }
 }
