@@ -545,3 +545,123 @@ fn the_analysis_cache_never_serves_a_changed_file() {
     let (native, ours) = case.compare();
     assert_eq!(ours.stdout, native.stdout);
 }
+
+/// The shared objects a native run of `bash -c` has mapped executable,
+/// by the kernel's account (`/proc/self/maps`), canonical paths.
+fn mapped_by_bash(env: &[(&str, &str)]) -> std::collections::BTreeSet<PathBuf> {
+    let mut cmd = std::process::Command::new("/bin/bash");
+    cmd.args(["-c", "cat /proc/$$/maps; true"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = common::run(cmd);
+    out.stdout_str()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|p| p.contains(".so"))
+        .map(|p| std::fs::canonicalize(p).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_objects_mapped_at_start_are_those_the_kernel_shows_mapped() {
+    // bash as the kernel maps it natively, with and without an LD_PRELOAD:
+    // the same objects, as the program's interpreter finds them.
+    for env in [vec![], vec![("LD_PRELOAD", "libz.so.1")]] {
+        let native = mapped_by_bash(&env);
+        assert!(native.len() >= 2, "{native:?}");
+        // What `--list` says the program maps, in the same environment.
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["--list", "/bin/bash"]);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = common::run(cmd);
+        assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+        let ours: std::collections::BTreeSet<PathBuf> = out
+            .stderr_str()
+            .lines()
+            .filter_map(|l| l.strip_prefix("uprobe-exec: maps at start: "))
+            .filter_map(|l| l.split_once(" (")?.1.split_once(')'))
+            .map(|(p, _)| std::fs::canonicalize(p).unwrap())
+            .collect();
+        assert_eq!(ours, native, "{env:?}");
+    }
+    // A static program maps none.
+    let none = uprobe_exec::shared_objects(path("hello", Variant::Static)).unwrap();
+    assert!(none.is_empty(), "{none:?}");
+}
+
+#[test]
+fn object_specs_list_their_functions_and_are_refused_or_pending_until_served() {
+    let prog = probed_sample(Variant::Pie);
+    // --list: the object's functions by their link-time address, as nm
+    // gives it, named OBJECT:NAME.
+    let out = ours(&["--list", "-p", "libc.so.6:strtol"], &prog, &[]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let libc = uprobe_exec::shared_objects(&prog)
+        .unwrap()
+        .into_iter()
+        .find(|o| o.name == "libc.so.6")
+        .expect("libc.so.6")
+        .path;
+    let nm = std::process::Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&libc)
+        .output()
+        .unwrap();
+    let nm = String::from_utf8_lossy(&nm.stdout).into_owned();
+    let addr = nm
+        .lines()
+        .find(|l| l.ends_with(" strtol") || l.contains(" strtol@"))
+        .map(|l| u64::from_str_radix(&l[..16], 16).unwrap())
+        .expect("strtol in libc's dynamic symbols");
+    let line = out.stdout_str();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        u64::from_str_radix(f[0].trim_start_matches("0x"), 16).unwrap(),
+        addr
+    );
+    assert_eq!(f[2], "libc.so.6:strtol");
+    assert!(line.contains("cannot be probed"), "{line}");
+
+    // Running: an object mapped at start is refused, naming its file.
+    let out = ours(&["-p", "libc.so.6:strtol"], &prog, &["basic", "3"]);
+    assert_eq!(out.code, Some(125));
+    assert!(
+        out.stderr_str()
+            .contains(&format!("{} is a shared object", libc.display())),
+        "{}",
+        out.stderr_str()
+    );
+    // An object that is not mapped at start: pending, the run as native.
+    let mut native = std::process::Command::new(&prog);
+    native.args(["basic", "3"]);
+    let native = common::run(native);
+    let out = ours(&["-p", "libplugin*:plugin_fn"], &prog, &["basic", "3"]);
+    assert_eq!(
+        (out.code, out.stdout_str()),
+        (native.code, native.stdout_str())
+    );
+    assert!(
+        out.stderr_str()
+            .contains("'libplugin*:plugin_fn' probes nothing: no object the program maps at start is libplugin*"),
+        "{}",
+        out.stderr_str()
+    );
+    // Malformed.
+    for (spec, why) in [
+        (":strtol", "no object before ':'"),
+        ("libc.so.6:", "no function after 'libc.so.6:'"),
+        ("lib[c:strtol", "bad object pattern 'lib[c'"),
+    ] {
+        let out = ours(&["-p", spec], &prog, &["basic", "3"]);
+        assert_eq!(out.code, Some(125), "{spec}");
+        assert!(
+            out.stderr_str().contains(why),
+            "{spec}: {}",
+            out.stderr_str()
+        );
+    }
+}

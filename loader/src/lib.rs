@@ -67,12 +67,13 @@ mod watchdog;
 
 pub use addr::LinkAddr;
 pub use error::{ElfError, Error, Privilege, Result, StageStep};
-pub use probes::{ArgType, Location, ProbeError, TraceSpec};
+pub use probes::{ArgType, Linked, Location, ObjectPattern, ProbeError, TraceSpec};
 pub use report::{
     Bucket, EventCounts, Exit, Handoff, Latency, ProbeHits, ProcessHits, Report, Text,
 };
 pub use session::{
-    functions, Command, ProbeMode, Session, DEFAULT_EVENT_RING, DEFAULT_FAULT_AROUND,
+    functions, shared_objects, Command, ProbeMode, Session, DEFAULT_EVENT_RING,
+    DEFAULT_FAULT_AROUND,
 };
 pub use symbols::Function;
 pub use uprobe_runtime::ServeError;

@@ -169,6 +169,19 @@ fn list(program: &OsString, patterns: &[String]) -> u8 {
                 }
                 out.push('\n');
             }
+            // The objects it maps at start, which OBJECT:PATTERN lists.
+            if patterns.is_empty() {
+                if let Ok(objects) = uprobe_exec::shared_objects(program) {
+                    for o in objects {
+                        eprintln!(
+                            "uprobe-exec: maps at start: {} ({}): --list -p '{}:*' lists its functions",
+                            o.name,
+                            o.path.display(),
+                            o.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                        );
+                    }
+                }
+            }
             // A reader that stops early (`| head`) is no failure.
             match std::io::stdout().lock().write_all(out.as_bytes()) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {

@@ -23,6 +23,7 @@ mod emit;
 mod indirect;
 mod jump;
 mod latency;
+mod object;
 mod pun;
 mod resolve;
 mod short;
@@ -41,6 +42,7 @@ pub mod emit_flags {
     pub use super::emit::{IS_STR, UNREADABLE};
 }
 pub use jump::{choose, decide, JumpCheck};
+pub use object::{linked, Linked, ObjectPattern};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;
 pub use spec::{ArgType, Location, TraceSpec, ARG_REGISTERS};
@@ -54,6 +56,8 @@ pub use crate::error::ProbeError;
 pub struct Request {
     /// The spec as written.
     pub spec: String,
+    /// The object it is in (`OBJECT:SPEC`); `None`: the program.
+    pub object: Option<ObjectPattern>,
     /// What it says.
     pub location: Location,
     /// Traced (`--trace`): each hit is an event, with these arguments.
@@ -70,9 +74,11 @@ impl Request {
     /// Parses a spec (see [`Location`]'s grammar).
     pub fn parse(spec: impl Into<String>) -> Result<Request, ProbeError> {
         let spec = spec.into();
-        let location = spec.parse()?;
+        let (object, rest) = split_object(&spec)?;
+        let location = rest.parse().map_err(|e| in_spec(e, &spec))?;
         Ok(Request {
             spec,
+            object,
             location,
             trace: None,
             latency: false,
@@ -91,11 +97,13 @@ impl Request {
     /// Parses a traced spec: `SPEC` or `SPEC(TYPE, …)` (see [`TraceSpec`]).
     pub fn parse_trace(spec: impl Into<String>) -> Result<Request, ProbeError> {
         let spec = spec.into();
-        let t: TraceSpec = spec.parse()?;
+        let (object, rest) = split_object(&spec)?;
+        let t: TraceSpec = rest.parse().map_err(|e| in_spec(e, &spec))?;
         // A return probe times its function: the duration comes with
         // each return.
         Ok(Request {
             spec,
+            object,
             location: t.location,
             trace: t.ret.is_none().then_some(t.args),
             latency: t.ret.is_some(),
@@ -104,9 +112,29 @@ impl Request {
     }
 }
 
+/// `OBJECT:SPEC` split (see `object::split`), or why it is malformed.
+pub(crate) fn split_object(spec: &str) -> Result<(Option<ObjectPattern>, &str), ProbeError> {
+    object::split(spec).map_err(|why| ProbeError::BadSpec {
+        spec: spec.to_string(),
+        why,
+    })
+}
+
+/// A malformed SPEC's error, naming the whole `OBJECT:SPEC`.
+fn in_spec(e: ProbeError, spec: &str) -> ProbeError {
+    match e {
+        ProbeError::BadSpec { why, .. } => ProbeError::BadSpec {
+            spec: spec.to_string(),
+            why,
+        },
+        other => other,
+    }
+}
+
 impl From<Location> for Request {
     fn from(location: Location) -> Request {
         Request {
+            object: None,
             spec: location.to_string(),
             location,
             trace: None,

@@ -232,15 +232,23 @@ impl Command {
             None => None,
         };
         let mut resolution = Resolution::default();
+        let mut pending = Vec::new();
         if !self.probes.is_empty() {
+            let requests = self
+                .probes
+                .iter()
+                .cloned()
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let requests = in_program(requests, &program, &resolved.elf, &env, &mut pending)?;
             let syms = Symbols::read(&program);
             let mut resolver = probes::Resolver::new(&program, &syms, self.unsafe_addrs);
-            for request in &self.probes {
-                resolver.add(request.clone()?)?;
+            for request in requests {
+                resolver.add(request)?;
             }
             resolution = resolver.finish();
         }
-        let warnings = std::mem::take(&mut resolution.warnings);
+        let mut warnings = std::mem::take(&mut resolution.warnings);
+        warnings.extend(pending);
         // Without the right to follow forks (user-mode-only userfaultfd), the
         // text goes in whole before the program starts, from its file.
         let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
@@ -270,7 +278,6 @@ impl Command {
             &mut skipped,
             &mut unseen,
         )?;
-        let mut warnings = warnings;
         if !unseen.is_empty() {
             let shown: Vec<String> = unseen
                 .iter()
@@ -412,4 +419,54 @@ fn perf_copy_dir() -> std::io::Result<PathBuf> {
     ));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
+}
+
+/// The requests for the program itself. One in another object
+/// (`OBJECT:SPEC`) is refused if the object is among those the program
+/// maps at start (their text is not served yet), and otherwise left
+/// pending with a warning: no object by that name comes at start, and
+/// objects that come later (`dlopen`) are not probed yet either.
+fn in_program(
+    requests: Vec<Request>,
+    program: &Image,
+    path: &std::path::Path,
+    env: &[OsString],
+    pending: &mut Vec<String>,
+) -> Result<Vec<Request>> {
+    if requests.iter().all(|r| r.object.is_none()) {
+        return Ok(requests);
+    }
+    let linked = match &program.interp {
+        Some(interp) => probes::linked(interp, path, env).map_err(|why| {
+            Error::Probe(probes::ProbeError::BadSpec {
+                spec: requests
+                    .iter()
+                    .find(|r| r.object.is_some())
+                    .map_or_else(String::new, |r| r.spec.clone()),
+                why: format!("cannot list the objects the program maps: {why}"),
+            })
+        })?,
+        // A static program maps no other object at start.
+        None => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(requests.len());
+    for r in requests {
+        let Some(object) = &r.object else {
+            out.push(r);
+            continue;
+        };
+        if let Some(o) = linked.iter().find(|o| object.matches(o)) {
+            return Err(Error::Probe(probes::ProbeError::ObjectNotServed {
+                spec: r.spec.clone(),
+                object: o.path.display().to_string(),
+            }));
+        }
+        pending.push(format!(
+            "'{}' probes nothing: no object the program maps at start is {object} (it maps {}), \
+             and objects mapped later (dlopen) are not probed yet",
+            r.spec,
+            super::names_of(&linked)
+        ));
+    }
+    Ok(out)
 }

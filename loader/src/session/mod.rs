@@ -109,14 +109,121 @@ use crate::symbols::Symbols;
 
 /// The functions of `program` (found as [`Command::new`] finds it) whose
 /// names match any of `patterns` (globs or exact names; all when empty),
-/// sorted by address — what `uprobe-exec --list` prints.
+/// sorted by address — what `uprobe-exec --list` prints. A pattern
+/// `OBJECT:PATTERN` lists the functions of the shared objects the program
+/// maps at start that OBJECT names, each named `OBJECT:NAME` (by the name
+/// the program asks for it by), after the program's, and marked as not
+/// probeable yet.
 pub fn functions(
     program: impl AsRef<OsStr>,
     patterns: &[String],
 ) -> Result<Vec<crate::symbols::Function>> {
     let resolved = resolve(program.as_ref(), &[])?;
     let image = Image::open(&resolved.elf)?;
-    let syms = Symbols::read(&image);
+    let mut own = Vec::new();
+    let mut others = Vec::new();
+    for p in patterns {
+        let bad = |why: String| {
+            Error::Probe(crate::probes::ProbeError::BadSpec {
+                spec: p.clone(),
+                why,
+            })
+        };
+        match crate::probes::split_object(p).map_err(|e| bad(e.to_string()))? {
+            (None, rest) => own.push(rest.to_string()),
+            (Some(o), rest) => others.push((o, rest.to_string(), p.clone())),
+        }
+    }
+    let mut out = if others.is_empty() || !own.is_empty() {
+        functions_of(&image, &own)?
+    } else {
+        Vec::new()
+    };
+    if others.is_empty() {
+        return Ok(out);
+    }
+    let linked = objects(&image, &resolved.elf)?;
+    for (object, pattern, spec) in others {
+        let named: Vec<&crate::probes::Linked> =
+            linked.iter().filter(|o| object.matches(o)).collect();
+        if named.is_empty() {
+            return Err(Error::Probe(crate::probes::ProbeError::BadSpec {
+                spec,
+                why: format!(
+                    "no object the program maps at start is {object} (it maps {})",
+                    names_of(&linked)
+                ),
+            }));
+        }
+        for o in named {
+            let lib = Image::open(&o.path)?;
+            let label = o.name.rsplit('/').next().unwrap_or(&o.name).to_string();
+            out.extend(
+                functions_of(&lib, std::slice::from_ref(&pattern))?
+                    .into_iter()
+                    .map(|f| crate::symbols::Function {
+                        name: format!("{label}:{}", f.name),
+                        demangled: f.demangled.map(|d| format!("{label}:{d}")),
+                        unprobeable: Some(
+                            "a shared object's text is not served, so not probed, yet".into(),
+                        ),
+                        tactic: None,
+                        ..f
+                    }),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The shared objects `program` (found as [`Command::new`] finds it) maps
+/// at start, in the order its interpreter maps them (none for a static
+/// program): what `OBJECT:SPEC` can name.
+pub fn shared_objects(program: impl AsRef<OsStr>) -> Result<Vec<crate::probes::Linked>> {
+    let resolved = resolve(program.as_ref(), &[])?;
+    let image = Image::open(&resolved.elf)?;
+    objects(&image, &resolved.elf)
+}
+
+/// The shared objects the program `image` (at `path`) maps at start, as
+/// its interpreter finds them in our environment (none for a static
+/// program).
+pub fn objects(image: &Image, path: &std::path::Path) -> Result<Vec<crate::probes::Linked>> {
+    let env: Vec<std::ffi::OsString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut s = k;
+            s.push("=");
+            s.push(v);
+            s
+        })
+        .collect();
+    match &image.interp {
+        Some(interp) => crate::probes::linked(interp, path, &env).map_err(|why| {
+            Error::Probe(crate::probes::ProbeError::BadSpec {
+                spec: path.display().to_string(),
+                why: format!("cannot list the objects the program maps: {why}"),
+            })
+        }),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The objects' names, for a message.
+pub(crate) fn names_of(linked: &[crate::probes::Linked]) -> String {
+    if linked.is_empty() {
+        return "none".into();
+    }
+    linked
+        .iter()
+        .map(|o| o.name.rsplit('/').next().unwrap_or(&o.name).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The functions of `image` whose names match any of `patterns` (all
+/// when empty), with whether and how each can be probed.
+fn functions_of(image: &Image, patterns: &[String]) -> Result<Vec<crate::symbols::Function>> {
+    let syms = Symbols::read(image);
     let pats: Vec<glob::Pattern> = patterns
         .iter()
         .map(|p| {
@@ -138,7 +245,7 @@ pub fn functions(
                 })
         })
         .map(|f| crate::symbols::Function {
-            unprobeable: crate::probes::unprobeable(&image, &syms, f).map(|u| u.detail),
+            unprobeable: crate::probes::unprobeable(image, &syms, f).map(|u| u.detail),
             ..f.clone()
         })
         .collect();
@@ -161,7 +268,7 @@ pub fn functions(
         .collect();
     places.sort_by_key(|p| p.addr);
     places.dedup_by_key(|p| p.addr);
-    let (verdicts, _) = crate::probes::decide(&image, &places);
+    let (verdicts, _) = crate::probes::decide(image, &places);
     for f in out.iter_mut().filter(|f| f.unprobeable.is_none()) {
         if let Ok(i) = places.binary_search_by_key(&f.addr, |p| p.addr) {
             f.tactic = Some(verdicts[i].clone().map(crate::probes::Kind::name));

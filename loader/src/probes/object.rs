@@ -1,0 +1,252 @@
+//! `OBJECT:SPEC`: which of the program's executable objects a probe is
+//! in, and the objects the dynamic loader maps at start.
+//!
+//! ```text
+//!   libc.so.6:malloc                      a soname or file name
+//!   /usr/lib/x86_64-linux-gnu/libc.so.6:malloc   a path
+//!   'libssl*:SSL_*'                       a glob over file names and sonames
+//!   ns::f, ns::f(int)                     no object: the program (`::` never splits)
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The object part of `OBJECT:SPEC`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectPattern {
+    /// A path (it has a `/`): that file, however it is reached.
+    Path(PathBuf),
+    /// A file name or soname, e.g. `libc.so.6`.
+    Name(String),
+    /// A glob over file names and sonames, e.g. `libssl*`.
+    Glob(String),
+}
+
+impl fmt::Display for ObjectPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectPattern::Path(p) => write!(f, "{}", p.display()),
+            ObjectPattern::Name(n) | ObjectPattern::Glob(n) => f.write_str(n),
+        }
+    }
+}
+
+impl ObjectPattern {
+    /// Whether `object` is one this names.
+    #[must_use]
+    pub fn matches(&self, object: &Linked) -> bool {
+        let file = object.path.file_name().map(|n| n.to_string_lossy());
+        match self {
+            ObjectPattern::Path(p) => same_file(p, &object.path),
+            ObjectPattern::Name(n) => object.name == *n || file.is_some_and(|f| f == *n),
+            ObjectPattern::Glob(g) => glob::Pattern::new(g)
+                .is_ok_and(|p| p.matches(&object.name) || file.is_some_and(|f| p.matches(&f))),
+        }
+    }
+}
+
+/// Whether two paths name one file (its device and inode), or, when
+/// either cannot be read, the same text.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => a == b,
+    }
+}
+
+/// Splits `OBJECT:SPEC` at its object's colon: the first `:` that is not
+/// half of a `::` (which C++ and Rust names hold, and no object name
+/// needs). No such colon: the whole is SPEC, in the program. An empty
+/// OBJECT or SPEC, or an OBJECT glob that does not parse, is an error.
+pub fn split(spec: &str) -> Result<(Option<ObjectPattern>, &str), String> {
+    let bytes = spec.as_bytes();
+    let at = (0..bytes.len()).find(|&i| {
+        bytes[i] == b':' && bytes.get(i + 1) != Some(&b':') && (i == 0 || bytes[i - 1] != b':')
+    });
+    let Some(at) = at else {
+        return Ok((None, spec));
+    };
+    let (object, rest) = (spec[..at].trim(), &spec[at + 1..]);
+    if object.is_empty() {
+        return Err("no object before ':' (write OBJECT:SPEC, e.g. libc.so.6:malloc)".into());
+    }
+    if rest.trim().is_empty() {
+        return Err(format!(
+            "no function after '{object}:' (write OBJECT:SPEC, e.g. {object}:malloc)"
+        ));
+    }
+    let pattern = if object.contains('/') {
+        ObjectPattern::Path(PathBuf::from(object))
+    } else if object.contains(['*', '?', '[']) {
+        glob::Pattern::new(object).map_err(|e| format!("bad object pattern '{object}': {e}"))?;
+        ObjectPattern::Glob(object.to_string())
+    } else {
+        ObjectPattern::Name(object.to_string())
+    };
+    Ok((Some(pattern), rest))
+}
+
+/// An object the dynamic loader maps for the program at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    /// How it was asked for: the `DT_NEEDED` name (a soname, usually),
+    /// or the interpreter's path.
+    pub name: String,
+    /// The file it was found at.
+    pub path: PathBuf,
+}
+
+/// The objects the interpreter `interp` maps for `program` at start, in
+/// its order, as it finds them: the `DT_NEEDED` closure through
+/// `LD_LIBRARY_PATH`, `DT_RUNPATH`/`DT_RPATH`, its cache and its default
+/// directories, with `LD_PRELOAD`'s objects, and itself. Asked of the
+/// interpreter (`--list`, what ldd does; it maps the objects and runs none
+/// of their code), in the program's environment `env` (`KEY=VALUE`): no
+/// second implementation of its search to differ from it. The vDSO, which
+/// no file holds, is left out. An object it cannot find is an error, as
+/// it is for the program's start.
+pub fn linked(
+    interp: &Path,
+    program: &Path,
+    env: &[std::ffi::OsString],
+) -> Result<Vec<Linked>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let vars = env.iter().filter_map(|kv| {
+        let b = kv.as_bytes();
+        let eq = b.iter().position(|&c| c == b'=')?;
+        Some((
+            std::ffi::OsStr::from_bytes(&b[..eq]),
+            std::ffi::OsStr::from_bytes(&b[eq + 1..]),
+        ))
+    });
+    let out = std::process::Command::new(interp)
+        .env_clear()
+        .envs(vars)
+        .arg("--list")
+        .arg(program)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run {} --list: {e}", interp.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let objects = parse_list(&text)?;
+    if !out.status.success() && objects.is_empty() {
+        return Err(format!(
+            "{} --list {} failed ({}): {}",
+            interp.display(),
+            program.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(objects)
+}
+
+/// The objects of the interpreter's `--list` output: `NAME => PATH (ADDR)`
+/// for a needed object, `PATH (ADDR)` for the interpreter, `NAME (ADDR)`
+/// for the vDSO (left out), `NAME => not found` (an error).
+fn parse_list(text: &str) -> Result<Vec<Linked>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (name, rest) = match line.split_once(" => ") {
+            Some((name, rest)) => (name.trim(), rest.trim()),
+            None => ("", line),
+        };
+        if rest == "not found" {
+            return Err(format!("{name} is needed and not found"));
+        }
+        // The path, without the load address after it.
+        let path = rest.rsplit_once(" (").map_or(rest, |(p, _)| p).trim();
+        if !path.starts_with('/') {
+            continue;
+        }
+        out.push(Linked {
+            name: if name.is_empty() { path } else { name }.to_string(),
+            path: PathBuf::from(path),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_is_split_off_at_a_lone_colon() {
+        let name = |n: &str| Some(ObjectPattern::Name(n.into()));
+        assert_eq!(split("malloc"), Ok((None, "malloc")));
+        assert_eq!(split("ns::f(int)"), Ok((None, "ns::f(int)")));
+        assert_eq!(split("libc.so.6:malloc"), Ok((name("libc.so.6"), "malloc")));
+        assert_eq!(
+            split("libfoo.so:ns::f%return(int)"),
+            Ok((name("libfoo.so"), "ns::f%return(int)"))
+        );
+        assert_eq!(
+            split("/lib/x86_64-linux-gnu/libc.so.6:str*"),
+            Ok((
+                Some(ObjectPattern::Path(
+                    "/lib/x86_64-linux-gnu/libc.so.6".into()
+                )),
+                "str*"
+            ))
+        );
+        assert_eq!(
+            split("libssl*:SSL_read"),
+            Ok((Some(ObjectPattern::Glob("libssl*".into())), "SSL_read"))
+        );
+        assert!(split(":malloc")
+            .unwrap_err()
+            .contains("no object before ':'"));
+        assert!(split("libc.so.6:")
+            .unwrap_err()
+            .contains("no function after 'libc.so.6:'"));
+        assert!(split("lib[c:malloc")
+            .unwrap_err()
+            .contains("bad object pattern 'lib[c'"));
+    }
+
+    #[test]
+    fn the_interpreters_list_is_read_as_it_prints_it() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd5a1f2000)\n\
+                    \tlibm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x00007f58dec53000)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f58dea27000)\n\
+                    \t/lib64/ld-linux-x86-64.so.2 (0x00007f58ded46000)\n";
+        let got = parse_list(text).unwrap();
+        let names: Vec<&str> = got.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["libm.so.6", "libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
+        );
+        assert_eq!(got[1].path, Path::new("/lib/x86_64-linux-gnu/libc.so.6"));
+        assert_eq!(
+            parse_list("\tlibgone.so.1 => not found\n").unwrap_err(),
+            "libgone.so.1 is needed and not found"
+        );
+    }
+
+    #[test]
+    fn objects_match_by_name_file_path_or_glob() {
+        let libc = Linked {
+            name: "libc.so.6".into(),
+            path: "/lib/x86_64-linux-gnu/libc.so.6".into(),
+        };
+        let (Ok((Some(a), _)), Ok((Some(b), _)), Ok((Some(c), _)), Ok((Some(d), _))) = (
+            split("libc.so.6:f"),
+            split("/usr/lib/x86_64-linux-gnu/libc.so.6:f"),
+            split("libc*:f"),
+            split("libm.so.6:f"),
+        ) else {
+            panic!("all parse");
+        };
+        assert!(a.matches(&libc));
+        // /lib is a link to /usr/lib here: the same file.
+        assert_eq!(
+            b.matches(&libc),
+            same_file(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"), &libc.path)
+        );
+        assert!(c.matches(&libc));
+        assert!(!d.matches(&libc));
+    }
+}
