@@ -473,7 +473,9 @@ fn limits(
         limits.push(
             "without CAP_SYS_RESOURCE, /proc/self/exe still names uprobe-exec and /proc/self/cmdline, \
              /proc/self/auxv and the start of brk are not the program's (so a debugger attaching, or \
-             reading a core, finds uprobe-exec's file and cannot tell where a PIE program is loaded)"
+             reading a core, finds uprobe-exec's file and cannot tell where a PIE program is loaded, \
+             and a symbolizer inside the program that reads its own file through /proc/self/exe, \
+             such as Rust's std::backtrace, names the program's frames <unknown>)"
                 .to_string(),
         );
     }
