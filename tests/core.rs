@@ -1516,3 +1516,45 @@ fn ld_show_auxv_and_ld_debug_come_from_the_program_only() {
         without_addresses(&native.stderr_str())
     );
 }
+
+#[test]
+fn the_report_says_how_long_each_step_of_the_start_took() {
+    // No thresholds (times are the machine's): the steps are there, in
+    // µs, add up to no more than the whole, and --stats prints them.
+    let dir = TempDir::new("startup");
+    let report = dir.join("r.json");
+    let prog = sample("hello", Variant::Pie);
+    let out = ours(
+        &[
+            "--stats",
+            "--report-json",
+            report.to_str().unwrap(),
+            "-p",
+            "main",
+        ],
+        &prog,
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let r = read_report(&report);
+    let s = &r["startup"];
+    let us = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
+    let parts: u64 = [
+        "open_us",
+        "layout_us",
+        "probes_us",
+        "prepare_us",
+        "launch_us",
+    ]
+    .iter()
+    .map(|k| us(k))
+    .sum();
+    assert!(parts <= us("total_us"), "{s}");
+    assert!(us("launch_us") > 0 && us("probes_us") > 0, "{s}");
+    assert!(
+        out.stderr_str().contains("uprobe-exec: start-up ")
+            && out.stderr_str().contains(", launch "),
+        "{}",
+        out.stderr_str()
+    );
+}

@@ -123,6 +123,34 @@ pub struct Report {
     /// Timed functions (`--latency`), in address order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub latency: Vec<Latency>,
+    /// How long the start took, step by step.
+    pub startup: Startup,
+}
+
+/// How long [`Command::spawn`](crate::Command::spawn) took, step by step,
+/// in µs: from the call until the program's text is registered and served
+/// and its pid known (the program then runs once the stage has handed it
+/// over). `--stats` prints it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Startup {
+    /// Finding the program and opening its ELF file and its interpreter.
+    pub open_us: u64,
+    /// Laying out its address space (where each part goes).
+    pub layout_us: u64,
+    /// Resolving the probes, deciding each site's tactic (the analysis,
+    /// cached per file), generating and mapping the probe area; 0 without
+    /// probes.
+    pub probes_us: u64,
+    /// The rest before the launch: installing the text whole when
+    /// unprivileged, the perf map's lines.
+    pub prepare_us: u64,
+    /// The launch: forking the watchdog, which forks the stage; the stage
+    /// mapping the address space and registering the text; its
+    /// userfaultfd passed back; the guard, the event drain and the fault
+    /// server set up.
+    pub launch_us: u64,
+    /// All of it.
+    pub total_us: u64,
 }
 
 /// One timed function's calls (`--latency`).
@@ -355,6 +383,17 @@ impl Report {
             "uprobe-exec: text pages {}, served {}, faults {}, refaults {}, populated {}, processes {} (uffd {})\n",
             t.pages, t.served, t.faults, t.refaults, t.populated, self.processes, self.handoff.uffd_mode
         );
+        let u = &self.startup;
+        let ms = |us: u64| us as f64 / 1000.0;
+        s.push_str(&format!(
+            "uprobe-exec: start-up {:.2} ms: open {:.2}, layout {:.2}, probes {:.2}, prepare {:.2}, launch {:.2} (forks, stage, hand-over)\n",
+            ms(u.total_us),
+            ms(u.open_us),
+            ms(u.layout_us),
+            ms(u.probes_us),
+            ms(u.prepare_us),
+            ms(u.launch_us)
+        ));
         for l in &self.handoff.limits {
             s.push_str(&format!("uprobe-exec: note: {l}\n"));
         }

@@ -202,6 +202,7 @@ impl Command {
     /// Starts the program. Returns once its text is registered and being
     /// served; the program runs on while the [`Session`] is alive.
     pub fn spawn(&self) -> Result<Session> {
+        let mut clock = Steps::new();
         let resolved = resolve(&self.program, &self.args)?;
         let env = self.env.clone().unwrap_or_else(|| {
             std::env::vars_os()
@@ -231,6 +232,7 @@ impl Command {
             })?),
             None => None,
         };
+        let open_us = clock.step();
         let mut resolution = Resolution::default();
         let mut pending = Vec::new();
         if !self.probes.is_empty() {
@@ -247,6 +249,7 @@ impl Command {
             }
             resolution = resolver.finish();
         }
+        let probes_us = clock.step();
         let mut warnings = std::mem::take(&mut resolution.warnings);
         warnings.extend(pending);
         // Without the right to follow forks (user-mode-only userfaultfd), the
@@ -268,6 +271,7 @@ impl Command {
             );
         }
         let draft = Draft::new(program, interp, &crate::layout::Aslr::current(), backing)?;
+        let layout_us = clock.step();
         let mut skipped = Vec::new();
         let mut unseen = Vec::new();
         let (mut plan, probes) = Probes::build(
@@ -278,6 +282,7 @@ impl Command {
             &mut skipped,
             &mut unseen,
         )?;
+        let probes_us = probes_us + clock.step();
         if !unseen.is_empty() {
             let shown: Vec<String> = unseen
                 .iter()
@@ -366,12 +371,22 @@ impl Command {
         };
         let (control, inbox) =
             control::channel().map_err(|e| Error::sys("creating the control channel", e))?;
+        let prepare_us = clock.step();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
             .spawn(move || monitor(job, inbox, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
             Ok(Ok((pid, started_ns))) => {
+                let launch_us = clock.step();
+                let startup = crate::report::Startup {
+                    open_us,
+                    layout_us,
+                    probes_us,
+                    prepare_us,
+                    launch_us,
+                    total_us: clock.total(),
+                };
                 let mut warnings = warnings;
                 if let Some(text) = perf_map {
                     if let Err(e) = crate::perfmap::write(pid, &text) {
@@ -390,6 +405,7 @@ impl Command {
                     info,
                     stream,
                     started_ns,
+                    startup,
                 })
             }
             Ok(Err(e)) => {
@@ -469,4 +485,33 @@ fn in_program(
         ));
     }
     Ok(out)
+}
+
+/// The time of each step of a start, one after another.
+struct Steps {
+    start: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        let now = std::time::Instant::now();
+        Steps {
+            start: now,
+            last: now,
+        }
+    }
+
+    /// µs since the last step (or the start).
+    fn step(&mut self) -> u64 {
+        let now = std::time::Instant::now();
+        let us = now.duration_since(self.last).as_micros() as u64;
+        self.last = now;
+        us
+    }
+
+    /// µs since the start.
+    fn total(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
 }

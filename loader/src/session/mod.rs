@@ -301,6 +301,8 @@ pub struct Session {
     info: Vec<ProbeInfo>,
     /// CLOCK_MONOTONIC when the program was let go, in ns.
     started_ns: u64,
+    /// How long the start took, step by step.
+    startup: crate::report::Startup,
     /// The traced hits, when any site is traced.
     stream: Option<EventStream>,
 }
@@ -474,6 +476,7 @@ impl Session {
             },
             events,
             latency: out.latency,
+            startup: self.startup,
             warnings,
         }
     }
