@@ -290,8 +290,8 @@ impl Command {
                 .map(|(at, why)| format!("{at} ({why})"))
                 .collect();
             warnings.push(format!(
-                "--latency: {} return(s) of timed functions take no jump; calls that return \
-                 there are counted as left, untimed: {}{}",
+                "{} return(s) of timed functions (--latency, %return) take no jump; calls that \
+                 return there are counted as left, untimed, with no return event: {}{}",
                 unseen.len(),
                 shown.join(", "),
                 if unseen.len() > 5 { ", …" } else { "" }
