@@ -187,40 +187,41 @@ fn every_function_of_every_sample_probed_runs_as_natively() {
     }
 }
 
+/// Every workload of every sample's PIE build, run with `opts` after
+/// `-q`, as natively; then `check(sample, args)`.
+fn each_workload_runs_as_natively(opts: &[&std::ffi::OsStr], mut check: impl FnMut(&str, &[&str])) {
+    for name in NAMES {
+        for args in workloads(name) {
+            let case = opts.iter().fold(
+                Case::new(path(name, Variant::Pie), *args).opt("-q"),
+                |c, o| c.opt(o),
+            );
+            same_as_native(case);
+            check(name, args);
+        }
+    }
+}
+
 #[test]
 fn every_function_of_every_sample_traced_runs_as_natively() {
     // --trace '*': every site also writes events (to a file, so that the
     // program's own stderr is compared too).
     let dir = TempDir::new("trace-star");
     let events = dir.join("events");
-    for name in NAMES {
-        for args in workloads(name) {
-            same_as_native(
-                Case::new(path(name, Variant::Pie), *args)
-                    .opt("-q")
-                    .opt("--trace")
-                    .opt("*")
-                    .opt("-o")
-                    .opt(&events),
-            );
-        }
-    }
+    let opts = [
+        "--trace".as_ref(),
+        "*".as_ref(),
+        "-o".as_ref(),
+        events.as_os_str(),
+    ];
+    each_workload_runs_as_natively(&opts, |_, _| {});
 }
 
 #[test]
 fn every_function_of_every_sample_timed_runs_as_natively() {
     // --latency '*': every function that can be timed has its entry and
     // every exit patched; the program's output and exit are the native ones.
-    for name in NAMES {
-        for args in workloads(name) {
-            same_as_native(
-                Case::new(path(name, Variant::Pie), *args)
-                    .opt("-q")
-                    .opt("--latency")
-                    .opt("*"),
-            );
-        }
-    }
+    each_workload_runs_as_natively(&["--latency".as_ref(), "*".as_ref()], |_, _| {});
 }
 
 #[test]
@@ -231,24 +232,20 @@ fn every_function_of_every_sample_with_its_returns_traced_runs_as_natively() {
     // timeline is JSON.
     let dir = TempDir::new("return-star");
     let timeline = dir.join("t.json");
-    for name in NAMES {
-        for args in workloads(name) {
-            same_as_native(
-                Case::new(path(name, Variant::Pie), *args)
-                    .opt("-q")
-                    .opt("--trace")
-                    .opt("*")
-                    .opt("--trace")
-                    .opt("*%return(str)")
-                    .opt("--perfetto")
-                    .opt(&timeline),
-            );
-            let text = std::fs::read_to_string(&timeline).unwrap();
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("{name} {args:?}: the timeline is not JSON: {e}"));
-            assert!(v["traceEvents"].is_array(), "{name} {args:?}");
-        }
-    }
+    let opts = [
+        "--trace".as_ref(),
+        "*".as_ref(),
+        "--trace".as_ref(),
+        "*%return(str)".as_ref(),
+        "--perfetto".as_ref(),
+        timeline.as_os_str(),
+    ];
+    each_workload_runs_as_natively(&opts, |name, args| {
+        let text = std::fs::read_to_string(&timeline).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{name} {args:?}: the timeline is not JSON: {e}"));
+        assert!(v["traceEvents"].is_array(), "{name} {args:?}");
+    });
 }
 
 #[test]
