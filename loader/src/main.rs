@@ -20,7 +20,9 @@ use clap::Parser;
 #[command(name = "uprobe-exec", version, about, long_about = None)]
 struct Cli {
     /// Probe a function: SYMBOL, SYMBOL+OFFSET, 0xADDR (link-time, as nm
-    /// prints it) or a glob such as 'PyList_*'. Repeatable.
+    /// prints it) or a glob such as 'PyList_*'. OBJECT:SPEC names a shared
+    /// object's function (libc.so.6:malloc): --list lists them, but their
+    /// text is not served, so not probed, yet. Repeatable.
     #[arg(long = "probe", short = 'p', value_name = "SPEC")]
     probes: Vec<String>,
 
@@ -68,7 +70,9 @@ struct Cli {
     event_ring: usize,
 
     /// List the program's functions (matching --probe patterns, if any):
-    /// address, size, name. Runs nothing.
+    /// address, size, name; 'OBJECT:PATTERN' lists a shared object's, and
+    /// without patterns stderr names the objects the program maps at start.
+    /// Runs nothing.
     #[arg(long, short = 'l')]
     list: bool,
 
@@ -109,7 +113,8 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
 
-    /// Print text-serving figures to stderr when the program ends.
+    /// Print text-serving figures to stderr when the program ends, and how
+    /// long each step of the start took.
     #[arg(long)]
     stats: bool,
 
