@@ -665,3 +665,28 @@ fn object_specs_list_their_functions_and_are_refused_or_pending_until_served() {
         );
     }
 }
+
+#[test]
+fn each_probe_in_the_report_names_its_object() {
+    let prog = probed_sample(Variant::Pie);
+    let dir = TempDir::new("object-key");
+    let report = dir.join("r.json");
+    let out = ours(
+        &[
+            "-q",
+            "--report-json",
+            report.to_str().unwrap(),
+            "-p",
+            "counted",
+        ],
+        &prog,
+        &["basic", "3"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let r = common::read_report(&report);
+    let object = r["probes"][0]["object"].as_str().expect("object");
+    assert_eq!(
+        std::fs::canonicalize(object).unwrap(),
+        std::fs::canonicalize(&prog).unwrap()
+    );
+}

@@ -82,6 +82,8 @@ pub struct ProbeHits {
     pub hits: u64,
     /// How the site is displaced: `int3`.
     pub kind: String,
+    /// The object it is in: its path (the program's, for now).
+    pub object: String,
 }
 
 /// The hits of one process of the program.

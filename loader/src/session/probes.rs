@@ -35,6 +35,8 @@ pub(super) struct Probes {
     pub(super) table: Option<uprobe_runtime::latency::Table>,
     /// The seccomp filter guarding the trap handler.
     pub(super) filter: Vec<libc::sock_filter>,
+    /// The path of the object the sites are in (the program).
+    object: String,
     /// `rt_sigaction(SIGTRAP)` calls the guard refused (caller unreadable).
     pub(super) refused: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -144,6 +146,7 @@ impl Probes {
                 .expect("every landing's page is reserved");
             fill_landing(r, &bytes, &draft.program.image.path)?;
         }
+        let object = draft.program.image.path.display().to_string();
         let plan = draft.finish(&code.patches);
         let filter = if traps > 0 {
             crate::guard::filter(area.reservation.addr(), area.reservation.end())
@@ -159,6 +162,7 @@ impl Probes {
             table,
             filter,
             refused: Arc::default(),
+            object,
         };
         Ok((plan, Some(probes)))
     }
@@ -298,6 +302,7 @@ impl Probes {
                 address: format!("{:#x}", s.place.addr.0),
                 hits: totals[i],
                 kind: s.kind.name().into(),
+                object: self.object.clone(),
             })
             .collect()
     }
