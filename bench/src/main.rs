@@ -17,7 +17,8 @@
 //!
 //! Usage: `cargo run --release -p uprobe-exec-bench -- [RUNS]`, or
 //! `-- coverage` to print only the coverage section, `-- events [RUNS]`
-//! only the events section and its goals (nothing written).
+//! only the events section and its goals (nothing written), `-- startup
+//! [RUNS]` only the start-up breakdown.
 
 mod coverage;
 mod events;
@@ -25,6 +26,7 @@ mod fault;
 mod hits;
 mod latency;
 mod plot;
+mod startup;
 mod teardown;
 
 use std::fmt::Write as _;
@@ -185,6 +187,17 @@ fn main() {
             .unwrap_or(5);
         let s = latency::section(uprobe_exec().to_str().expect("utf-8 path"), runs, runs);
         print_alone(&s.md, s.goals);
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("startup") {
+        let runs: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(11);
+        print!(
+            "{}",
+            startup::section(uprobe_exec().to_str().expect("utf-8 path"), runs)
+        );
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("events") {
@@ -519,6 +532,11 @@ fn main() {
     let latency = latency::section(ux, runs.clamp(3, 7), runs.clamp(3, 7));
     md.push('\n');
     md.push_str(&latency.md);
+
+    // 8. Start-up, step by step.
+    eprintln!("start-up…");
+    md.push('\n');
+    md.push_str(&startup::section(ux, runs.clamp(5, 21)));
 
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| goal | measured | met |");
