@@ -203,6 +203,9 @@ impl Command {
     /// served; the program runs on while the [`Session`] is alive.
     pub fn spawn(&self) -> Result<Session> {
         let mut clock = Steps::new();
+        // The start of the interval the counter's rate is measured over
+        // (timed functions need it; a millisecond or more).
+        let since = crate::sys::clock::pair();
         let resolved = resolve(&self.program, &self.args)?;
         let env = self.env.clone().unwrap_or_else(|| {
             std::env::vars_os()
@@ -279,6 +282,7 @@ impl Command {
             resolution,
             self.mode,
             self.ring_records,
+            since,
             &mut skipped,
             &mut unseen,
         )?;

@@ -51,19 +51,22 @@ impl Probes {
     /// the displaced bytes of a page that was not there. (A probe added to a
     /// page already served would have to be an int3: a thread could be
     /// stopped inside the bytes a jump displaces.)
+    ///
+    /// `since` is a (counter, clock) pair read when the start began: the
+    /// counter's rate, which timed functions need, is measured from it.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn build(
         draft: Draft,
         resolution: Resolution,
         mode: ProbeMode,
         ring_records: usize,
+        since: (u64, u64),
         skipped: &mut Vec<(String, String)>,
         unseen: &mut Vec<(String, String)>,
     ) -> Result<(Plan, Option<Probes>)> {
         if resolution.places.is_empty() {
             return Ok((draft.finish(&[]), None));
         }
-        // The start of the interval the counter's rate is measured over.
-        let since = crate::sys::clock::pair();
         let chosen = probes::choose(&draft.program.image, &resolution, mode)?;
         skipped.extend(chosen.skipped);
         unseen.extend(chosen.unseen);
@@ -310,7 +313,8 @@ impl Probes {
 
 /// The timing stacks' table and what the latency routines need: the
 /// statistics in `counters`, and the counter's rate, measured from the
-/// (counter, clock) pair `since` (read when the probes' analysis began)
+/// (counter, clock) pair `since` (read when the start began: the steps
+/// before this one are most or all of the millisecond)
 /// over at least a millisecond (to a few parts in 100 000). Refused where
 /// the CPU does not let user code read the thread pointer (`rdfsbase`),
 /// which the routines find each thread's timing stack by.
