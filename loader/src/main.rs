@@ -182,7 +182,7 @@ fn list(program: &OsString, patterns: &[String]) -> u8 {
                             "uprobe-exec: maps at start: {} ({}): --list -p '{}:*' lists its functions",
                             o.name,
                             o.path.display(),
-                            o.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                            o.short_name()
                         );
                     }
                 }

@@ -33,7 +33,7 @@ use uprobe_runtime::events::{
     REC_TIME, RING_DROPPED, RING_HEAD, RING_TAIL, STR_BYTES,
 };
 
-use super::xol::{assemble_within, load_rip, Unrelocatable};
+use super::xol::{assemble_within, load_rip, read_counter, Unrelocatable};
 
 /// Bytes the probe area keeps for the routine.
 pub const EMIT_BYTES: usize = 512;
@@ -120,9 +120,7 @@ fn routine(a: &mut CodeAssembler, e: &Emit) -> Result<(), IcedError> {
     a.mov(qword_ptr(rcx + (REC_ARGS + 32) as i32), r8)?;
     a.mov(qword_ptr(rcx + (REC_ARGS + 40) as i32), r9)?;
     pid_and_tid(a, e)?;
-    a.rdtsc()?;
-    a.shl(rdx, 32)?;
-    a.or(rax, rdx)?;
+    read_counter(a)?;
     a.mov(qword_ptr(rcx + REC_TIME as i32), rax)?;
     if strings {
         a.mov(r11d, dword_ptr(rsp + 8))?;

@@ -41,7 +41,7 @@ use uprobe_runtime::latency::{
 pub const TAIL: u32 = 1 << 31;
 
 use super::emit::{self, Emit};
-use super::xol::{assemble_within, Unrelocatable};
+use super::xol::{assemble_within, read_counter, Unrelocatable};
 use super::{disasm, xol, Targets};
 
 /// Bytes the probe area keeps for the two routines.
@@ -205,9 +205,7 @@ fn enter(a: &mut CodeAssembler, t: &Timing) -> Result<(), IcedError> {
     top(a)?;
     a.mov(qword_ptr(rcx + FRAME_RSP as i32), r11)?;
     a.mov(qword_ptr(rcx + FRAME_FUNC as i32), r8)?;
-    a.rdtsc()?;
-    a.shl(rdx, 32)?;
-    a.or(rax, rdx)?;
+    read_counter(a)?;
     a.mov(qword_ptr(rcx + FRAME_TSC as i32), rax)?;
     a.mov(qword_ptr(rbx + HEAD_DEPTH as i32), rsi)?;
     // Again: a handler that ran before the depth was published pushed
@@ -238,17 +236,19 @@ fn leave(a: &mut CodeAssembler, t: &Timing, events: Option<&Emit>) -> Result<(),
     let mut min_done = a.create_label();
     let mut max = a.create_label();
     let mut max_done = a.create_label();
-    // r10 (saved here): the return record's flags.
-    a.push(r10)?;
+    // With return records, r10 (saved here) holds a record's flags.
+    if events.is_some() {
+        a.push(r10)?;
+    }
     save(a)?;
-    a.mov(r10d, edx)?;
-    a.shr(r10d, TAIL.trailing_zeros())?;
-    a.shl(r10d, FLAG_TAIL)?;
+    if events.is_some() {
+        a.mov(r10d, edx)?;
+        a.shr(r10d, TAIL.trailing_zeros())?;
+        a.shl(r10d, FLAG_TAIL)?;
+    }
     a.and(r8d, FUNC_MASK)?;
     // The time first: nothing below is part of the call.
-    a.rdtsc()?;
-    a.shl(rdx, 32)?;
-    a.or(rax, rdx)?;
+    read_counter(a)?;
     a.mov(r9, rax)?;
     slot(a, t, false, untimed)?;
     a.mov(rsi, qword_ptr(rbx + HEAD_DEPTH as i32))?;
@@ -311,19 +311,21 @@ fn leave(a: &mut CodeAssembler, t: &Timing, events: Option<&Emit>) -> Result<(),
     a.mov(rcx, t.stats)?;
     a.add(rdi, rcx)?;
     a.lock().inc(qword_ptr(rdi + STATS_UNTIMED as i32))?;
-    a.or(r10d, 1 << FLAG_UNTIMED)?;
-    a.xor(ebx, ebx)?;
     if let Some(e) = events {
+        a.or(r10d, 1 << FLAG_UNTIMED)?;
+        a.xor(ebx, ebx)?;
         a.set_label(&mut record)?;
         return_record(a, e, out)?;
     }
     restore(a, &mut out)?;
-    a.pop(r10)?;
+    if events.is_some() {
+        a.pop(r10)?;
+    }
     a.ret()
 }
 
-/// Where the exit routine finds the program's rax: above what it saved
-/// (r10, then [`save`]'s five), its return address and the trampoline's
+/// Where the exit routine with return records finds the program's rax:
+/// above what it saved (r10, then [`save`]'s five), its return address and the trampoline's
 /// r11, rdx and rcx (see [`call_routine`] and the trampoline's `enter`).
 const PROGRAM_RAX: i32 = 8 * (1 + 5) + 8 + 8 * 3;
 

@@ -97,6 +97,14 @@ pub struct Linked {
     pub path: PathBuf,
 }
 
+impl Linked {
+    /// Its name without directories (the interpreter's is a path).
+    #[must_use]
+    pub fn short_name(&self) -> &str {
+        self.name.rsplit('/').next().unwrap_or(&self.name)
+    }
+}
+
 /// The objects the interpreter `interp` maps for `program` at start, in
 /// its order, as it finds them: the `DT_NEEDED` closure through
 /// `LD_LIBRARY_PATH`, `DT_RUNPATH`/`DT_RPATH`, its cache and its default

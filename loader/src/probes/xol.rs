@@ -149,6 +149,14 @@ pub(super) fn assemble_within(
     Ok(code)
 }
 
+/// The time stamp counter, whole, into rax (`rdtsc`, then edx:eax joined).
+/// Clobbers rdx.
+pub(super) fn read_counter(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.rdtsc()?;
+    a.shl(iced_x86::code_asm::rdx, 32)?;
+    a.or(iced_x86::code_asm::rax, iced_x86::code_asm::rdx)
+}
+
 /// `mov reg, [addr]`, RIP-relative: `addr` lies in the probe area, within
 /// reach of the code that loads it.
 pub(super) fn load_rip(a: &mut CodeAssembler, reg: Register, addr: u64) -> Result<(), IcedError> {

@@ -207,16 +207,7 @@ impl Command {
         // (timed functions need it; a millisecond or more).
         let since = crate::sys::clock::pair();
         let resolved = resolve(&self.program, &self.args)?;
-        let env = self.env.clone().unwrap_or_else(|| {
-            std::env::vars_os()
-                .map(|(k, v)| {
-                    let mut s = k;
-                    s.push("=");
-                    s.push(v);
-                    s
-                })
-                .collect()
-        });
+        let env = self.env.clone().unwrap_or_else(super::own_env);
         let program = Image::open(&resolved.elf)?;
         let interp = match &program.interp {
             Some(p) => Some(Image::open(p).map_err(|e| match e {
@@ -456,19 +447,7 @@ fn in_program(
     if requests.iter().all(|r| r.object.is_none()) {
         return Ok(requests);
     }
-    let linked = match &program.interp {
-        Some(interp) => probes::linked(interp, path, env).map_err(|why| {
-            Error::Probe(probes::ProbeError::BadSpec {
-                spec: requests
-                    .iter()
-                    .find(|r| r.object.is_some())
-                    .map_or_else(String::new, |r| r.spec.clone()),
-                why: format!("cannot list the objects the program maps: {why}"),
-            })
-        })?,
-        // A static program maps no other object at start.
-        None => Vec::new(),
-    };
+    let linked = super::objects(program, path, env)?;
     let mut out = Vec::with_capacity(requests.len());
     for r in requests {
         let Some(object) = &r.object else {

@@ -123,13 +123,7 @@ pub fn functions(
     let mut own = Vec::new();
     let mut others = Vec::new();
     for p in patterns {
-        let bad = |why: String| {
-            Error::Probe(crate::probes::ProbeError::BadSpec {
-                spec: p.clone(),
-                why,
-            })
-        };
-        match crate::probes::split_object(p).map_err(|e| bad(e.to_string()))? {
+        match crate::probes::split_object(p).map_err(Error::Probe)? {
             (None, rest) => own.push(rest.to_string()),
             (Some(o), rest) => others.push((o, rest.to_string(), p.clone())),
         }
@@ -142,7 +136,7 @@ pub fn functions(
     if others.is_empty() {
         return Ok(out);
     }
-    let linked = objects(&image, &resolved.elf)?;
+    let linked = objects(&image, &resolved.elf, &own_env())?;
     for (object, pattern, spec) in others {
         let named: Vec<&crate::probes::Linked> =
             linked.iter().filter(|o| object.matches(o)).collect();
@@ -157,7 +151,7 @@ pub fn functions(
         }
         for o in named {
             let lib = Image::open(&o.path)?;
-            let label = o.name.rsplit('/').next().unwrap_or(&o.name).to_string();
+            let label = o.short_name().to_string();
             out.extend(
                 functions_of(&lib, std::slice::from_ref(&pattern))?
                     .into_iter()
@@ -182,23 +176,31 @@ pub fn functions(
 pub fn shared_objects(program: impl AsRef<OsStr>) -> Result<Vec<crate::probes::Linked>> {
     let resolved = resolve(program.as_ref(), &[])?;
     let image = Image::open(&resolved.elf)?;
-    objects(&image, &resolved.elf)
+    objects(&image, &resolved.elf, &own_env())
 }
 
-/// The shared objects the program `image` (at `path`) maps at start, as
-/// its interpreter finds them in our environment (none for a static
-/// program).
-pub fn objects(image: &Image, path: &std::path::Path) -> Result<Vec<crate::probes::Linked>> {
-    let env: Vec<std::ffi::OsString> = std::env::vars_os()
+/// Our environment as `KEY=VALUE` strings: what a program inherits.
+pub(crate) fn own_env() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
         .map(|(k, v)| {
             let mut s = k;
             s.push("=");
             s.push(v);
             s
         })
-        .collect();
+        .collect()
+}
+
+/// The shared objects the program `image` (at `path`) maps at start, as
+/// its interpreter finds them in the environment `env` (none for a static
+/// program).
+pub(crate) fn objects(
+    image: &Image,
+    path: &std::path::Path,
+    env: &[std::ffi::OsString],
+) -> Result<Vec<crate::probes::Linked>> {
     match &image.interp {
-        Some(interp) => crate::probes::linked(interp, path, &env).map_err(|why| {
+        Some(interp) => crate::probes::linked(interp, path, env).map_err(|why| {
             Error::Probe(crate::probes::ProbeError::BadSpec {
                 spec: path.display().to_string(),
                 why: format!("cannot list the objects the program maps: {why}"),
@@ -215,7 +217,7 @@ pub(crate) fn names_of(linked: &[crate::probes::Linked]) -> String {
     }
     linked
         .iter()
-        .map(|o| o.name.rsplit('/').next().unwrap_or(&o.name).to_string())
+        .map(|o| o.short_name().to_string())
         .collect::<Vec<_>>()
         .join(", ")
 }
