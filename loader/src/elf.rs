@@ -106,8 +106,18 @@ const MAX_SPAN: u64 = 1 << 40;
 const PAGE: u64 = 4096;
 
 impl Image {
-    /// Opens, maps and checks `path`.
+    /// Opens, maps and checks `path`, a program.
     pub fn open(path: &Path) -> Result<Image, ElfError> {
+        Image::open_as(path, true)
+    }
+
+    /// Opens, maps and checks `path`, a shared object (which may have no
+    /// entry point).
+    pub fn open_object(path: &Path) -> Result<Image, ElfError> {
+        Image::open_as(path, false)
+    }
+
+    fn open_as(path: &Path, program: bool) -> Result<Image, ElfError> {
         let file = File::open(path).map_err(|source| ElfError::Open {
             path: path.to_owned(),
             source,
@@ -117,7 +127,7 @@ impl Image {
             source,
         })?;
         let bytes = Arc::new(bytes);
-        let parsed = parse(&bytes).map_err(|reason| ElfError::Malformed {
+        let parsed = parse(&bytes, program).map_err(|reason| ElfError::Malformed {
             path: path.to_owned(),
             reason,
         })?;
@@ -174,7 +184,7 @@ impl Parsed {
 }
 
 /// Checks the bytes of an ELF file; the error is a short reason a person can read.
-fn parse(b: &[u8]) -> Result<Parsed, String> {
+fn parse(b: &[u8], program: bool) -> Result<Parsed, String> {
     if b.len() < 4 || &b[..4] != b"\x7fELF" {
         if b.starts_with(b"#!") {
             return Err("a script whose interpreter line could not be used".into());
@@ -208,7 +218,7 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
             ))
         }
     };
-    if header.e_entry == 0 {
+    if header.e_entry == 0 && program {
         return Err("no entry point (a shared library, not a program?)".into());
     }
     let phentsize = header.e_phentsize;
@@ -326,9 +336,10 @@ fn parse(b: &[u8]) -> Result<Parsed, String> {
         return Err(format!("the segments span an absurd {span:#x} bytes"));
     }
     let entry = LinkAddr(header.e_entry);
-    if !segments
-        .iter()
-        .any(|s| s.exec && entry.0 >= s.vaddr.0 && entry.0 < s.end())
+    if program
+        && !segments
+            .iter()
+            .any(|s| s.exec && entry.0 >= s.vaddr.0 && entry.0 < s.end())
     {
         return Err(format!(
             "entry point {:#x} is outside every executable segment",

@@ -53,6 +53,48 @@ impl From<TextStats> for Text {
     }
 }
 
+/// The text-serving figures of one object (the program, its interpreter, a
+/// shared library), when shared objects are served.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ObjectStats {
+    /// Its file.
+    pub path: String,
+    /// Text pages (of every mapping of it, added up).
+    pub pages: u64,
+    /// Distinct pages installed by us.
+    pub served: u64,
+    /// Page-fault events handled.
+    pub faults: u64,
+    /// Faults on pages served to the same process before.
+    pub refaults: u64,
+    /// Pages installed without a fault.
+    pub populated: u64,
+}
+
+impl ObjectStats {
+    /// The figures `s` of the object at `path`.
+    #[must_use]
+    pub fn new(path: String, s: &TextStats) -> ObjectStats {
+        ObjectStats {
+            path,
+            pages: s.pages,
+            served: s.served,
+            faults: s.faults,
+            refaults: s.refaults,
+            populated: s.populated,
+        }
+    }
+
+    /// Adds the figures of another mapping of the same file.
+    pub fn add(&mut self, s: &TextStats) {
+        self.pages += s.pages;
+        self.served += s.served;
+        self.faults += s.faults;
+        self.refaults += s.refaults;
+        self.populated += s.populated;
+    }
+}
+
 /// How faithfully the program was handed its address space.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Handoff {
@@ -111,8 +153,12 @@ pub struct Report {
     pub probes: Vec<ProbeHits>,
     /// The same hits, process by process (the first 256 processes that hit a probe).
     pub per_process: Vec<ProcessHits>,
-    /// Text-serving figures.
+    /// Text-serving figures (of every object served).
     pub text: Text,
+    /// The same per object, when shared objects are served (`OBJECT:SPEC`
+    /// probes): the program, its interpreter, then each library.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectStats>,
     /// Processes we served: the first and its forks.
     pub processes: u64,
     /// How the program was set up.

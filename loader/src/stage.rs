@@ -105,6 +105,9 @@ pub struct StagePlan<'a> {
     pub maps: &'a [MapOp],
     /// Text ranges to register: (start, len).
     pub text: &'a [(u64, u64)],
+    /// Other names for anonymous ranges (the interpreter's served text):
+    /// (start, len, name), given after `text_name`.
+    pub named: &'a [(u64, u64, [u8; crate::vma::NAME_MAX])],
     /// The program's stack.
     pub stack: StackPlan,
     /// The event ring's pages, to map now: a fork does not copy a shared
@@ -545,6 +548,9 @@ pub(crate) unsafe fn run(p: &StagePlan<'_>) -> ! {
     unsafe { close_all(p.close_after_map) };
     for &(start, len) in p.text {
         set_anon_name(start, len, &p.text_name);
+    }
+    for (start, len, name) in p.named {
+        set_anon_name(*start, *len, name);
     }
     // SAFETY: the caller's promise (`StagePlan::fits`).
     unsafe { build_stack(sock, p) };

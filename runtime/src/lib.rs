@@ -20,5 +20,5 @@ pub mod server;
 pub mod trap;
 pub mod uffd;
 
-pub use server::{ServeError, Server, TextImage, TextRange, TextStats, Wake};
+pub use server::{Bell, MmId, ObjectId, ServeError, Server, TextImage, TextRange, TextStats, Wake};
 pub use uffd::{CopyOutcome, Event, Uffd, UffdMode, PAGE_SIZE};

@@ -21,9 +21,11 @@ use crate::elf::{ElfKind, Image};
 use crate::error::{Error, Result};
 use crate::layout::Aslr;
 
+mod objects_area;
 mod probe_area;
 
 pub use crate::sys::mm::Reservation;
+pub use objects_area::{within_reach, ObjectsArea};
 pub use probe_area::ProbeArea;
 
 /// How the child creates one mapping.
@@ -103,6 +105,10 @@ pub struct Draft {
     aslr: Aslr,
     /// What the text is mapped from.
     backing: TextBacking,
+    /// The interpreter's text, when we serve it: each range and its bytes.
+    interp_parts: Vec<(TextRange, std::ops::Range<usize>)>,
+    /// Patches of the interpreter's text (the mapping detour's jump).
+    pub interp_patches: Vec<(u64, Vec<u8>)>,
 }
 
 /// The target's address space.
@@ -135,6 +141,9 @@ pub struct Plan {
     snapshot: Option<OwnedFd>,
     /// What the text is mapped from.
     pub backing: TextBacking,
+    /// The interpreter's text, when we serve it (shared objects are served):
+    /// anonymous memory, registered with the uffd.
+    pub interp_text: Option<Arc<TextImage>>,
 }
 
 /// How many random load biases to try for a PIE before giving up on the
@@ -355,6 +364,7 @@ impl Draft {
         interp: Option<Image>,
         aslr: &Aslr,
         backing: TextBacking,
+        serve_interp: bool,
     ) -> Result<Draft> {
         let has_interp = interp.is_some();
         let static_pie = program.kind == ElfKind::Dyn && !has_interp;
@@ -370,8 +380,14 @@ impl Draft {
             TextBacking::Anon => Text::ServedAnon,
         };
         let text_parts = map_image(&program, text_map, &mut maps, &mut text_zero);
+        let mut interp_parts = Vec::new();
         if let Some(i) = &interp {
-            map_image(i, Text::AsFile, &mut maps, &mut Vec::new());
+            let how = if serve_interp {
+                Text::ServedAnon
+            } else {
+                Text::AsFile
+            };
+            interp_parts = map_image(i, how, &mut maps, &mut Vec::new());
         }
         let pages: usize = text_parts.iter().map(|(r, _)| r.pages).sum();
         rustix::fs::ftruncate(&text_file, pages as u64 * PAGE_SIZE).map_err(|e| Error::Layout {
@@ -392,7 +408,16 @@ impl Draft {
             brk,
             aslr: *aslr,
             backing,
+            interp_parts,
+            interp_patches: Vec::new(),
         })
+    }
+
+    /// The interpreter's served text ranges (empty when it is mapped from
+    /// its file).
+    #[must_use]
+    pub fn interp_text(&self) -> Vec<TextRange> {
+        self.interp_parts.iter().map(|(r, _)| *r).collect()
     }
 
     /// The plan, its text served with `patches` applied: (runtime address,
@@ -401,6 +426,18 @@ impl Draft {
     #[must_use]
     pub fn finish(self, patches: &[(u64, Vec<u8>)]) -> Plan {
         let image = Arc::new(self.text_image(patches));
+        let interp_text = self
+            .interp
+            .as_ref()
+            .filter(|_| !self.interp_parts.is_empty())
+            .map(|i| {
+                Arc::new(patched_image(
+                    &i.image.bytes,
+                    &self.interp_parts,
+                    &[],
+                    &self.interp_patches,
+                ))
+            });
         Plan {
             program: self.program,
             interp: self.interp,
@@ -413,19 +450,37 @@ impl Draft {
             aslr: self.aslr,
             snapshot: None,
             backing: self.backing,
+            interp_text,
         }
     }
 
     /// The text's page images with the bss zeros and `patches` applied.
     fn text_image(&self, patches: &[(u64, Vec<u8>)]) -> TextImage {
-        let bytes = &self.program.image.bytes;
-        let parts: Vec<(TextRange, &[u8])> = self
-            .text_parts
+        patched_image(
+            &self.program.image.bytes,
+            &self.text_parts,
+            &self.text_zero,
+            patches,
+        )
+    }
+}
+
+/// The page images of `text_parts` (ranges and their bytes in `bytes`, a
+/// file mapping), with `zero` and then `patches` (runtime address, bytes)
+/// applied.
+pub(crate) fn patched_image(
+    bytes: &std::sync::Arc<memmap2::Mmap>,
+    text_parts: &[(TextRange, std::ops::Range<usize>)],
+    zero: &[(u64, Vec<u8>)],
+    patches: &[(u64, Vec<u8>)],
+) -> TextImage {
+    {
+        let parts: Vec<(TextRange, &[u8])> = text_parts
             .iter()
             .map(|(r, b)| (*r, &bytes[b.clone()]))
             .collect();
         let mut patched: Vec<(u64, Box<[u8]>)> = Vec::new();
-        for (at, code) in self.text_zero.iter().chain(patches) {
+        for (at, code) in zero.iter().chain(patches) {
             for (k, &byte) in code.iter().enumerate() {
                 let rt = at + k as u64;
                 let page = page_down(rt);
@@ -451,7 +506,7 @@ impl Draft {
                 patched[slot].1[(rt - page) as usize] = byte;
             }
         }
-        crate::sys::mm::text_image(bytes, &self.text_parts, patched)
+        crate::sys::mm::text_image(bytes, text_parts, patched)
     }
 }
 

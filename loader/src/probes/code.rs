@@ -192,6 +192,87 @@ pub fn generate(
     })
 }
 
+/// One site of a shared object and the counter column its hits go to.
+pub type ObjectSite = (Site, usize);
+
+/// What [`object_code`] makes for one mapping of a shared object.
+#[derive(Debug, Default)]
+pub struct ObjectCode {
+    /// Each trampoline: its address, its code.
+    pub trampolines: Vec<(u64, Vec<u8>)>,
+    /// What the object's text gets: (runtime address, bytes).
+    pub patches: Vec<(u64, Vec<u8>)>,
+    /// The sites placed (indices into the sites given).
+    pub placed: Vec<usize>,
+    /// Sites passed over: (label, why).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// The trampolines of a shared object's `sites` (each a plain jump, and its
+/// counter column), the object `image` placed with `bias`: each in the room
+/// `take` gives (`SLOT_BYTES`, within a rel32 of the site as `reaches`
+/// says), counting in `shared` through the row page at `row_page`.
+pub fn object_code(
+    image: &Image,
+    bias: Bias,
+    sites: &[ObjectSite],
+    shared: &Shared,
+    row_page: u64,
+    reaches: impl Fn(u64) -> bool,
+    mut take: impl FnMut() -> Option<u64>,
+) -> ObjectCode {
+    let mut out = ObjectCode::default();
+    for (k, (s, column)) in sites.iter().enumerate() {
+        let ip = s.place.runtime(bias);
+        let Some((len, flags_live)) = s
+            .kind
+            .jump()
+            .filter(|_| matches!(s.kind, Kind::Jump { .. } | Kind::JumpPadding { .. }))
+        else {
+            out.skipped.push((
+                s.label(),
+                "only plain jumps are placed in shared objects so far".into(),
+            ));
+            continue;
+        };
+        if !reaches(ip) {
+            out.skipped.push((
+                s.label(),
+                format!("the objects' probe area is beyond a jump's reach of {ip:#x}"),
+            ));
+            continue;
+        }
+        let Some(slot) = take() else {
+            out.skipped
+                .push((s.label(), "the objects' probe area is full".into()));
+            continue;
+        };
+        let counting = Counting {
+            overflow: shared.overflow_addr(*column),
+            index: *column as u64,
+            row_page,
+            block_shift: shared.layout().block_shift(),
+            slot_bits: shared.layout().slot_bits(),
+            emit: None,
+            strings: 0,
+            enter: None,
+        };
+        let from = s.place.bytes(image);
+        match encode_trampoline(from, ip, len, flags_live, &counting, slot) {
+            Ok(code) => {
+                out.trampolines.push((slot, code));
+                out.patches
+                    .push((ip, jump_patch(ip, s.kind.patch_len(), slot)));
+                out.placed.push(k);
+            }
+            Err(e) => out
+                .skipped
+                .push((s.label(), site_error(s, from, ip, e).to_string())),
+        }
+    }
+    out
+}
+
 /// The `len` bytes at `ip` (its code `from`) of a punned jump: `prefixes`
 /// ignored prefixes, `jmp`, then the low bytes of the rel32 to `landing`;
 /// its high bytes are `from`'s after them, which stay as they are.

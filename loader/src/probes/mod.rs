@@ -19,6 +19,7 @@ use crate::addr::{Bias, LinkAddr};
 use crate::elf::Image;
 
 mod code;
+pub mod detour;
 mod emit;
 mod indirect;
 mod jump;
@@ -33,7 +34,7 @@ mod timed;
 mod trampoline;
 mod xol;
 
-pub use code::{generate, landing_pages};
+pub use code::{generate, landing_pages, object_code, ObjectSite};
 pub use emit::{Tid, EMIT_BYTES};
 pub use latency::{Timing, LATENCY_BYTES};
 

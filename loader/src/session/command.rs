@@ -229,13 +229,50 @@ impl Command {
         let open_us = clock.step();
         let mut resolution = Resolution::default();
         let mut pending = Vec::new();
+        let mut objects = None;
+        let mut columns = 0;
+        // Without the right to follow forks (user-mode-only userfaultfd), the
+        // text goes in whole before the program starts, from its file.
+        let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
         if !self.probes.is_empty() {
             let requests = self
                 .probes
                 .iter()
                 .cloned()
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            let requests = in_program(requests, &program, &resolved.elf, &env, &mut pending)?;
+            let (requests, theirs): (Vec<Request>, Vec<Request>) =
+                requests.into_iter().partition(|r| r.object.is_none());
+            if let (Some(first), Some(interp)) = (theirs.first(), &interp) {
+                if eager {
+                    return Err(Error::Probe(ProbeError::BadSpec {
+                        spec: first.spec.clone(),
+                        why: "probing shared objects needs privileges: their text is served                               in every process of the program, and following forks needs                               userfaultfd's fork events, which the kernel gives only with                               CAP_SYS_PTRACE (as root). As an ordinary user only the                               program's own functions can be probed"
+                            .into(),
+                    }));
+                }
+                let Some(site) = crate::probes::detour::find_site(interp) else {
+                    return Err(Error::Probe(ProbeError::BadSpec {
+                        spec: first.spec.clone(),
+                        why: format!(
+                            "{} is not a dynamic loader uprobe-exec knows: it has no single                              mmap system call through which it maps objects",
+                            interp.path.display()
+                        ),
+                    }));
+                };
+                let linked = super::objects(&program, &resolved.elf, &env)?;
+                let (so, n) = super::shared_objects::SharedObjects::new(
+                    theirs,
+                    linked,
+                    &interp.path,
+                    self.mode,
+                    self.unsafe_addrs,
+                )?;
+                columns = n;
+                objects = Some((so, site));
+            } else if !theirs.is_empty() {
+                // A static program maps no shared object.
+                in_program(theirs, &resolved.elf, &mut pending);
+            }
             let syms = Symbols::read(&program);
             let mut resolver = probes::Resolver::new(&program, &syms, self.unsafe_addrs);
             for request in requests {
@@ -246,9 +283,6 @@ impl Command {
         let probes_us = clock.step();
         let mut warnings = std::mem::take(&mut resolution.warnings);
         warnings.extend(pending);
-        // Without the right to follow forks (user-mode-only userfaultfd), the
-        // text goes in whole before the program starts, from its file.
-        let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
         let backing = if self.perf_map && !eager {
             TextBacking::Anon
         } else {
@@ -264,7 +298,23 @@ impl Command {
                     .to_string(),
             );
         }
-        let draft = Draft::new(program, interp, &crate::layout::Aslr::current(), backing)?;
+        let mut draft = Draft::new(
+            program,
+            interp,
+            &crate::layout::Aslr::current(),
+            backing,
+            objects.is_some(),
+        )?;
+        let objects = match objects {
+            Some((so, site)) => {
+                let interp = draft.interp.as_ref().expect("objects need an interpreter");
+                let site = interp.bias.apply(crate::addr::LinkAddr(site)).0;
+                let area = crate::plan::ObjectsArea::new(&draft, site)?;
+                draft.interp_patches = vec![(site, crate::probes::detour::patch(&area.detour))];
+                Some((area, so))
+            }
+            None => None,
+        };
         let layout_us = clock.step();
         let mut skipped = Vec::new();
         let mut unseen = Vec::new();
@@ -274,9 +324,14 @@ impl Command {
             self.mode,
             self.ring_records,
             since,
+            columns,
             &mut skipped,
             &mut unseen,
         )?;
+        let objects = objects.map(|(area, mut so)| {
+            so.place_columns(probes.as_ref().map_or(0, |p| p.object_columns));
+            (area, so)
+        });
         let probes_us = probes_us + clock.step();
         if !unseen.is_empty() {
             let shown: Vec<String> = unseen
@@ -362,6 +417,7 @@ impl Command {
             signals,
             fault_around: self.fault_around,
             prefetch: self.prefetch,
+            objects,
             events: stream.as_ref().map(EventStream::sink),
         };
         let (control, inbox) =
@@ -432,42 +488,18 @@ fn perf_copy_dir() -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The requests for the program itself. One in another object
-/// (`OBJECT:SPEC`) is refused if the object is among those the program
-/// maps at start (their text is not served yet), and otherwise left
-/// pending with a warning: no object by that name comes at start, and
-/// objects that come later (`dlopen`) are not probed yet either.
-fn in_program(
-    requests: Vec<Request>,
-    program: &Image,
-    path: &std::path::Path,
-    env: &[OsString],
-    pending: &mut Vec<String>,
-) -> Result<Vec<Request>> {
-    if requests.iter().all(|r| r.object.is_none()) {
-        return Ok(requests);
-    }
-    let linked = super::objects(program, path, env)?;
-    let mut out = Vec::with_capacity(requests.len());
+/// The warnings for `OBJECT:SPEC` requests of a static program (at `path`),
+/// which maps no shared object: each probes nothing.
+fn in_program(requests: Vec<Request>, path: &std::path::Path, pending: &mut Vec<String>) {
     for r in requests {
-        let Some(object) = &r.object else {
-            out.push(r);
-            continue;
-        };
-        if let Some(o) = linked.iter().find(|o| object.matches(o)) {
-            return Err(Error::Probe(probes::ProbeError::ObjectNotServed {
-                spec: r.spec.clone(),
-                object: o.path.display().to_string(),
-            }));
+        if let Some(object) = &r.object {
+            pending.push(format!(
+                "'{}' probes nothing: {} is a static program, which maps no shared object such as {object}",
+                r.spec,
+                path.display(),
+            ));
         }
-        pending.push(format!(
-            "'{}' probes nothing: no object the program maps at start is {object} (it maps {}), \
-             and objects mapped later (dlopen) are not probed yet",
-            r.spec,
-            super::names_of(&linked)
-        ));
     }
-    Ok(out)
 }
 
 /// The time of each step of a start, one after another.

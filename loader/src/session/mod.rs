@@ -11,6 +11,7 @@ mod events;
 mod monitor;
 mod probes;
 mod program;
+mod shared_objects;
 mod start;
 mod watchdog_client;
 
@@ -150,7 +151,7 @@ pub fn functions(
             }));
         }
         for o in named {
-            let lib = Image::open(&o.path)?;
+            let lib = Image::open_object(&o.path)?;
             let label = o.short_name().to_string();
             out.extend(
                 functions_of(&lib, std::slice::from_ref(&pattern))?
@@ -427,6 +428,7 @@ impl Session {
     /// The report of the monitor's outcome.
     fn report(&self, out: Outcome) -> Report {
         let mut warnings = self.warnings.clone();
+        warnings.extend(out.warnings.iter().cloned());
         if out.exit == Exit::Signal(libc::SIGTRAP) && !out.probes.is_empty() {
             warnings.push(if out.stray_traps > 0 {
                 "the program executed an int3 of its own (not a probe) and died of SIGTRAP, as it would natively".into()
@@ -470,6 +472,7 @@ impl Session {
             probes: out.probes,
             per_process: out.per_process,
             text: Text::from(out.stats),
+            objects: out.objects,
             processes: out.stats.processes,
             handoff: {
                 let mut h = out.handoff;

@@ -9,16 +9,17 @@ use std::sync::mpsc;
 
 use rustix::io::Errno;
 use rustix::process::{pidfd_send_signal, Signal};
-use uprobe_runtime::{ServeError, Server, UffdMode, Wake};
+use uprobe_runtime::{MmId, ObjectId, ServeError, Server, UffdMode, Wake};
 
 use super::control::{Inbox, Request};
 use super::events::{Drain, Sink, Totals};
 use super::probes::Probes;
 use super::program::Resolved;
+use super::shared_objects::SharedObjects;
 use super::start::{start, Signals, Started};
 use crate::error::{Error, Result};
-use crate::plan::{Plan, TextBacking};
-use crate::report::{Exit, Handoff, ProbeHits, ProcessHits};
+use crate::plan::{ObjectsArea, Plan, TextBacking};
+use crate::report::{Exit, Handoff, ObjectStats, ProbeHits, ProcessHits};
 
 /// What the monitor thread runs: the planned program and how to serve it.
 pub(super) struct Job {
@@ -33,6 +34,8 @@ pub(super) struct Job {
     pub(super) prefetch: bool,
     /// Where traced hits go (see `events`), when any site is traced.
     pub(super) events: Option<Sink>,
+    /// The shared objects' probe area and probes, when objects are served.
+    pub(super) objects: Option<(ObjectsArea, SharedObjects)>,
 }
 
 /// What the monitor thread returns.
@@ -48,6 +51,10 @@ pub(super) struct Outcome {
     pub(super) events: Option<Totals>,
     /// The timed functions' calls.
     pub(super) latency: Vec<crate::report::Latency>,
+    /// Each object served, when shared objects are.
+    pub(super) objects: Vec<ObjectStats>,
+    /// What serving the shared objects passed over or could not do.
+    pub(super) warnings: Vec<String>,
 }
 
 /// The monitor thread: forks the stage, tells `started` the program's pid
@@ -61,13 +68,15 @@ pub(super) fn monitor(
     match start(
         &job.plan,
         job.probes.as_ref(),
+        job.objects.as_ref().map(|(a, _)| a),
         &job.program,
         &job.env,
         job.signals,
     ) {
         Ok(program) => {
             let sink = job.events.take();
-            run(&job, sink, program, &inbox, &started)
+            let objects = job.objects.take();
+            run(&job, sink, objects, program, &inbox, &started)
         }
         Err(e) => {
             let _ = started.send(Err(e));
@@ -83,6 +92,7 @@ pub(super) fn monitor(
 fn run(
     job: &Job,
     sink: Option<Sink>,
+    mut objects: Option<(ObjectsArea, SharedObjects)>,
     program: Started,
     inbox: &Inbox,
     started: &mpsc::Sender<Result<(i32, u64)>>,
@@ -111,6 +121,20 @@ fn run(
     if let Some(p) = probes {
         server.set_row_page(p.area.cache, p.row_assigner(pid));
     }
+    // The interpreter's text (with the mapping detour's jump) is object 1.
+    if let Some(image) = &plan.interp_text {
+        let id = server.add_object(image.clone());
+        if let Err(e) = server.map_object(MmId::FIRST, id, 0) {
+            return Err(Error::sys(
+                "serving the interpreter",
+                std::io::Error::other(e.to_string()),
+            ));
+        }
+    }
+    if let Some((area, _)) = &objects {
+        server.add_row_page(area.row_page);
+        server.set_doorbells(area.bells.0, area.bells.1);
+    }
     // The drain reads the ring from before the program runs.
     let drain = match (probes.and_then(|p| p.counters.ring()), sink) {
         (Some(ring), Some(sink)) => {
@@ -128,12 +152,13 @@ fn run(
     // Before the program is let go: no event of it can be earlier.
     let _ = started.send(Ok((pid, crate::sys::clock::monotonic_ns())));
     if result.is_ok() {
-        result = release(&stage).and_then(|()| serve(&mut server, &pidfd, inbox, probes));
+        result = release(&stage)
+            .and_then(|()| serve(&mut server, &pidfd, inbox, probes, objects.as_mut()));
     }
     // The first process ended; forks may live on, some perhaps not
     // known to us yet, and nobody serves faults from now on.
     if result.is_ok() && !plan.text_installed() && server.forked() {
-        result = hand_over_text(plan, &mut server);
+        result = hand_over_text(plan, &mut server, objects.is_some());
     }
     if let Err(e) = result {
         let _ = pidfd_send_signal(&pidfd, Signal::KILL);
@@ -147,7 +172,24 @@ fn run(
     let exit = exit?;
     watchdog.detach();
     drop(guard);
-    let hits = probes.map(Probes::hits).unwrap_or_default();
+    let hits = all_hits(probes, objects.as_ref().map(|(_, o)| o));
+    let object_stats = objects.as_ref().map_or_else(Vec::new, |(_, o)| {
+        let mut v = vec![ObjectStats::new(
+            plan.program.image.path.display().to_string(),
+            &server.object_stats(ObjectId::MAIN),
+        )];
+        if let Some(i) = &plan.interp {
+            v.push(ObjectStats::new(
+                i.image.path.display().to_string(),
+                &server.object_stats(ObjectId(1)),
+            ));
+        }
+        v.extend(o.stats(&server));
+        v
+    });
+    let object_warnings = objects
+        .as_ref()
+        .map_or_else(Vec::new, |(_, o)| o.warnings());
     let per_process = probes.map(Probes::per_process).unwrap_or_default();
     let stray_traps = probes.map_or(0, |p| p.counters.stray());
     let guard_refused = probes.map_or(0, |p| p.refused.load(std::sync::atomic::Ordering::Relaxed));
@@ -162,7 +204,18 @@ fn run(
         guard_refused,
         events,
         latency,
+        objects: object_stats,
+        warnings: object_warnings,
     })
+}
+
+/// The hits of every probe: the program's, then the shared objects'.
+fn all_hits(probes: Option<&Probes>, objects: Option<&SharedObjects>) -> Vec<ProbeHits> {
+    let mut hits = probes.map(Probes::hits).unwrap_or_default();
+    if let (Some(p), Some(o)) = (probes, objects) {
+        hits.extend(o.hits(&p.column_hits()));
+    }
+    hits
 }
 
 /// Serves faults until the first process (`first`, a pidfd) ends, and
@@ -172,6 +225,7 @@ fn serve(
     first: &OwnedFd,
     inbox: &Inbox,
     probes: Option<&Probes>,
+    mut objects: Option<&mut (ObjectsArea, SharedObjects)>,
 ) -> Result<()> {
     loop {
         // A panic here must not leave the program hanging on its next fault.
@@ -183,7 +237,19 @@ fn serve(
             Wake::Stopped => return Ok(()),
             Wake::Control => {
                 for request in inbox.take() {
-                    answer(request, first, probes);
+                    answer(request, first, probes, objects.as_deref().map(|(_, o)| o));
+                }
+            }
+            Wake::Bells => {
+                for bell in server.take_bells() {
+                    match (&mut objects, probes) {
+                        (Some((area, o)), Some(p)) => o.ring(server, area, &p.counters, &bell),
+                        // No detour rings without objects: a stray touch.
+                        _ => {
+                            let _ =
+                                server.answer_bell(&bell, &[0; uprobe_runtime::PAGE_SIZE as usize]);
+                        }
+                    }
                 }
             }
         }
@@ -192,10 +258,15 @@ fn serve(
 
 /// Answers one request of the session. A session that stopped waiting for
 /// the answer is no error.
-fn answer(request: Request, first: &OwnedFd, probes: Option<&Probes>) {
+fn answer(
+    request: Request,
+    first: &OwnedFd,
+    probes: Option<&Probes>,
+    objects: Option<&SharedObjects>,
+) {
     match request {
         Request::Counts(reply) => {
-            let _ = reply.send(probes.map(Probes::hits).unwrap_or_default());
+            let _ = reply.send(all_hits(probes, objects));
         }
         Request::Kill(reply) => {
             let sent = match pidfd_send_signal(first, Signal::KILL) {
@@ -210,8 +281,8 @@ fn answer(request: Request, first: &OwnedFd, probes: Option<&Probes>) {
 
 /// Makes the rest of the text available without us, once the first process
 /// has ended and others live on, then wakes whoever waits for a page.
-fn hand_over_text(plan: &Plan, server: &mut Server) -> Result<()> {
-    let result = match plan.backing {
+fn hand_over_text(plan: &Plan, server: &mut Server, objects: bool) -> Result<()> {
+    let mut result = match plan.backing {
         // The text file gets every page: the kernel serves them
         // from it, in any process.
         TextBacking::File => plan
@@ -221,6 +292,11 @@ fn hand_over_text(plan: &Plan, server: &mut Server) -> Result<()> {
         // processes we know of (README: known limits).
         TextBacking::Anon => server.populate_all().map_err(Error::from),
     };
+    // The interpreter's and the shared objects' text is anonymous: what is
+    // left of it goes in the processes we know of (README: known limits).
+    if objects && plan.backing == TextBacking::File && result.is_ok() {
+        result = server.populate_all().map_err(Error::from);
+    }
     server.wake_all();
     result
 }

@@ -39,6 +39,9 @@ pub(super) struct Probes {
     object: String,
     /// `rt_sigaction(SIGTRAP)` calls the guard refused (caller unreadable).
     pub(super) refused: Arc<std::sync::atomic::AtomicU64>,
+    /// The first counter column of the shared objects' sites (after the
+    /// program's).
+    pub(super) object_columns: usize,
 }
 
 impl Probes {
@@ -54,6 +57,8 @@ impl Probes {
     ///
     /// `since` is a (counter, clock) pair read when the start began: the
     /// counter's rate, which timed functions need, is measured from it.
+    /// `columns` more counter columns are kept for the shared objects'
+    /// sites (their code is made while the program runs).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn build(
         draft: Draft,
@@ -61,10 +66,11 @@ impl Probes {
         mode: ProbeMode,
         ring_records: usize,
         since: (u64, u64),
+        columns: usize,
         skipped: &mut Vec<(String, String)>,
         unseen: &mut Vec<(String, String)>,
     ) -> Result<(Plan, Option<Probes>)> {
-        if resolution.places.is_empty() {
+        if resolution.places.is_empty() && columns == 0 {
             return Ok((draft.finish(&[]), None));
         }
         let chosen = probes::choose(&draft.program.image, &resolution, mode)?;
@@ -73,7 +79,7 @@ impl Probes {
         let evicted = chosen.evicted;
         let (sites, mut landings) =
             reserve_landings(chosen.sites, &draft, &resolution, mode, skipped)?;
-        if sites.is_empty() {
+        if sites.is_empty() && columns == 0 {
             return Ok((draft.finish(&[]), None));
         }
         // A return probe's records go in the ring too, and its value may
@@ -88,7 +94,7 @@ impl Probes {
         // Stack slots for the CPUs we may run on (the program inherits
         // our affinity); an event ring when any site is traced.
         let mut shared = SharedLayout::new(
-            sites.len(),
+            sites.len() + columns,
             area::ROWS,
             std::thread::available_parallelism().map_or(1, |n| n.get()),
         );
@@ -156,6 +162,7 @@ impl Probes {
         } else {
             Vec::new()
         };
+        let object_columns = sites.len();
         let probes = Probes {
             requests: resolution.requests,
             sites,
@@ -166,6 +173,7 @@ impl Probes {
             filter,
             refused: Arc::default(),
             object,
+            object_columns,
         };
         Ok((plan, Some(probes)))
     }
@@ -219,7 +227,15 @@ impl Probes {
 
     /// All hits of each site: every process's row, plus the overflow counters.
     fn totals(&self) -> Vec<u64> {
-        let mut totals: Vec<u64> = (0..self.sites.len())
+        let mut t = self.column_hits();
+        t.truncate(self.sites.len());
+        t
+    }
+
+    /// All hits of each counter column (the program's sites, then the
+    /// shared objects').
+    pub(super) fn column_hits(&self) -> Vec<u64> {
+        let mut totals: Vec<u64> = (0..self.counters.layout().sites)
             .map(|i| self.counters.overflow(i))
             .collect();
         for (r, _) in self.rows() {
@@ -239,6 +255,7 @@ impl Probes {
                     .counters
                     .row_hits(r)
                     .into_iter()
+                    .take(self.sites.len())
                     .enumerate()
                     .filter(|&(i, c)| {
                         c > 0 && !matches!(self.sites[i].action, probes::Action::Exit { .. })

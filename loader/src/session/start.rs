@@ -20,7 +20,7 @@ use super::program::Resolved;
 use super::watchdog_client::Watchdog;
 use crate::error::{Error, Result, StageStep};
 use crate::handoff::{self, MmMap, Params};
-use crate::plan::{Plan, Reservation, TextBacking};
+use crate::plan::{ObjectsArea, Plan, Reservation, TextBacking};
 use crate::report::Handoff;
 use crate::stack::{self, at, StackImage};
 use crate::stage::{self, StackPlan, StageMsg, StagePlan};
@@ -61,6 +61,7 @@ pub(super) struct Started {
 pub(super) fn start(
     plan: &Plan,
     probes: Option<&Probes>,
+    objects: Option<&ObjectsArea>,
     r: &Resolved,
     env: &[OsString],
     signals: Signals,
@@ -113,15 +114,29 @@ pub(super) fn start(
         keep.extend(p.landings.iter().map(|r| (r.addr(), r.end())));
         keep.extend(p.table.as_ref().map(uprobe_runtime::latency::Table::range));
     }
+    if let Some(o) = objects {
+        keep.push((o.reservation.addr(), o.reservation.end()));
+    }
     let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit)?;
 
-    let text = registered_text(plan, probes);
+    let text = registered_text(plan, probes, objects);
+    let interp_name = plan
+        .interp
+        .as_ref()
+        .map(|i| crate::vma::anon_name("text", &i.image.path));
+    let named: Vec<(u64, u64, [u8; crate::vma::NAME_MAX])> = plan
+        .interp_text
+        .iter()
+        .flat_map(|img| img.ranges().iter().map(|r| (r.start, r.end() - r.start)))
+        .filter_map(|(a, l)| interp_name.map(|n| (a, l, n)))
+        .collect();
     let sp = StagePlan {
         sock: ch.stage_child.as_raw_fd(),
         sigmask: crate::sys::signal::sigset(signals.blocked),
         sigpipe_ignored: signals.sigpipe_ignored,
         maps: &plan.maps,
         text: &text,
+        named: &named,
         stack: stack_plan,
         ring_pages: probes.and_then(|p| p.counters.ring_pages()),
         watch_drops: plan.backing == TextBacking::Anon,
@@ -368,7 +383,11 @@ fn build_stack(
 /// The ranges the stage registers with its uffd: the text (unless it is
 /// installed whole already) and the row page, which the monitor answers for
 /// each process (see the server).
-fn registered_text(plan: &Plan, probes: Option<&Probes>) -> Vec<(u64, u64)> {
+fn registered_text(
+    plan: &Plan,
+    probes: Option<&Probes>,
+    objects: Option<&ObjectsArea>,
+) -> Vec<(u64, u64)> {
     let mut text: Vec<(u64, u64)> = if plan.text_installed() {
         Vec::new()
     } else {
@@ -379,6 +398,14 @@ fn registered_text(plan: &Plan, probes: Option<&Probes>) -> Vec<(u64, u64)> {
     };
     if let Some(p) = probes {
         text.push((p.area.cache, PAGE_SIZE));
+    }
+    // The interpreter's text, the objects' row page and the doorbells.
+    if let Some(img) = &plan.interp_text {
+        text.extend(img.ranges().iter().map(|r| (r.start, r.end() - r.start)));
+    }
+    if let Some(o) = objects {
+        text.push((o.row_page, PAGE_SIZE));
+        text.push((o.bells.0, o.bells.1 - o.bells.0));
     }
     text
 }

@@ -133,6 +133,49 @@ impl Reservation {
         Ok(())
     }
 
+    /// Replaces `len` bytes at `offset` (page multiples) with a shared
+    /// mapping of `fd` from file offset 0, protected as `prot`. The child
+    /// inherits it, still shared: what we write to `fd` later, it sees.
+    pub fn map_shared(
+        &mut self,
+        offset: u64,
+        len: u64,
+        fd: std::os::fd::BorrowedFd<'_>,
+        prot: ProtFlags,
+    ) -> io::Result<()> {
+        self.check(offset, len)?;
+        // SAFETY: MAP_FIXED over our own range only, which by the type's
+        // invariant holds nothing referenced anywhere else.
+        unsafe {
+            rustix::mm::mmap(
+                (self.addr + offset) as *mut _,
+                len as usize,
+                prot,
+                MapFlags::SHARED | MapFlags::FIXED,
+                fd,
+                0,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Replaces `len` bytes at `offset` (page multiples) with fresh private
+    /// read+write memory, zero-filled.
+    pub fn map_private(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.check(offset, len)?;
+        // SAFETY: MAP_FIXED over our own range only, which by the type's
+        // invariant holds nothing referenced anywhere else.
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                (self.addr + offset) as *mut _,
+                len as usize,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::FIXED,
+            )
+        }?;
+        Ok(())
+    }
+
     /// Sets the protection of `len` bytes at `offset` (page multiples).
     pub fn protect(&mut self, offset: u64, len: u64, flags: MprotectFlags) -> io::Result<()> {
         self.check(offset, len)?;
@@ -179,6 +222,14 @@ impl Drop for Reservation {
         // references; after the fork the child has its own copy.
         let _ = unsafe { rustix::mm::munmap(self.addr as *mut _, self.len as usize) };
     }
+}
+
+/// A shared read+write mapping of the whole of `file`, a memfd of our own
+/// that nothing else truncates.
+pub fn map_own_memfd(file: &File) -> io::Result<memmap2::MmapMut> {
+    // SAFETY: the file is our own memfd: no other process has it, and we
+    // never shrink it, so the mapping stays valid for its life.
+    unsafe { memmap2::MmapMut::map_mut(file) }
 }
 
 /// Names the anonymous mappings in `[addr, addr + len)` in

@@ -20,6 +20,11 @@ impl PageBits {
         })
     }
 
+    /// How many bits are set.
+    pub(super) fn count(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
     pub(super) fn get(&self, i: usize) -> bool {
         self.0
             .get(i / 64)

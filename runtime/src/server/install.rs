@@ -94,18 +94,28 @@ impl Server {
     }
 
     /// Answers a process's touch of the row page with its row.
-    pub(super) fn serve_row_page(&mut self, m: usize, tid: u32) -> Result<(), ServeError> {
+    pub(super) fn serve_row_page(&mut self, m: usize, at: u64, tid: u32) -> Result<(), ServeError> {
         let Some(rp) = &mut self.row_page else {
             return Ok(());
         };
         let page = rp.image(m, tid);
-        let addr = rp.addr;
+        self.copy_page(m, at & !(PAGE_SIZE - 1), page.as_ptr().cast())
+    }
+
+    /// Copies one page of ours (`page`, readable for a page) to `addr` in
+    /// mm `m` (a page registered there that no image serves: a row page,
+    /// a doorbell), waking whoever waits on it.
+    pub(super) fn copy_page(
+        &mut self,
+        m: usize,
+        addr: u64,
+        page: *const u8,
+    ) -> Result<(), ServeError> {
         let Some(uffd) = &self.mms[m].uffd else {
             return Ok(());
         };
-        // SAFETY: `page` is a live, readable page-sized buffer on our stack.
-        let (outcome, _) =
-            unsafe { uffd.copy_partial(addr, page.as_ptr().cast(), PAGE_SIZE, true) };
+        // SAFETY: the caller gives a live, readable page-sized buffer.
+        let (outcome, _) = unsafe { uffd.copy_partial(addr, page, PAGE_SIZE, true) };
         match outcome {
             CopyOutcome::Copied => Ok(()),
             CopyOutcome::AlreadyPresent | CopyOutcome::Retry | CopyOutcome::NotInOneMapping => {

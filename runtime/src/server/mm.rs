@@ -227,6 +227,14 @@ impl AddressSpace {
         &mut self.mappings[slot]
     }
 
+    /// Every mapped range with its object, `(object, start, end)`, in
+    /// address order.
+    pub(super) fn ranges_of(&self) -> impl Iterator<Item = (ObjectId, u64, u64)> + '_ {
+        self.spans
+            .iter()
+            .map(|s| (self.mappings[s.slot].object, s.start, s.end))
+    }
+
     /// Every mapped range, `(start, end)`, in address order.
     pub(super) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.spans.iter().map(|s| (s.start, s.end))

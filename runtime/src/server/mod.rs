@@ -63,6 +63,22 @@ pub enum Wake {
     Stopped,
     /// `control` became readable: the caller has requests to answer.
     Control,
+    /// A thread rang a doorbell (see [`Server::set_doorbells`]): the caller
+    /// takes the rings with [`Server::take_bells`] and answers each with
+    /// [`Server::answer_bell`].
+    Bells,
+}
+
+/// A ring of a doorbell: a thread of process `mm` touched the doorbell page
+/// at `addr`, and waits until it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bell {
+    /// The process.
+    pub mm: MmId,
+    /// The page touched.
+    pub addr: u64,
+    /// The thread (0 when the kernel does not say).
+    pub tid: u32,
 }
 
 /// An empty poll set in the memory of `v`, which no longer borrows anything
@@ -136,6 +152,10 @@ pub struct Server {
     prefetch_pending: bool,
     /// The page each process reads its per-process row from, if any.
     row_page: Option<RowPage>,
+    /// Pages `[start, end)` whose faults are rings of doorbells.
+    doorbells: (u64, u64),
+    /// Rings not yet taken by the caller.
+    bells: Vec<Bell>,
 }
 
 /// Called with the uffd of each new process.
@@ -158,6 +178,8 @@ impl Server {
             fault_around: 0,
             prefetch: false,
             prefetch_pending: false,
+            doorbells: (0, 0),
+            bells: Vec::new(),
         };
         s.add_mm(root, None);
         let main = s.add_object(image);
@@ -195,6 +217,75 @@ impl Server {
         assign: impl FnMut(usize, u32) -> Option<(u64, u64)> + Send + 'static,
     ) {
         self.row_page = Some(RowPage::new(addr, Box::new(assign), self.mms.len()));
+    }
+
+    /// Serves `addr` as a row page too (after [`Server::set_row_page`]):
+    /// each process gets there the same words as in the first.
+    pub fn add_row_page(&mut self, addr: u64) {
+        if let Some(rp) = &mut self.row_page {
+            rp.addrs.push(addr);
+        }
+    }
+
+    /// Makes the faults on pages `[start, end)` (registered with every
+    /// process's uffd) rings of doorbells: [`Server::run`] returns
+    /// [`Wake::Bells`] once it has read them, and the ringing thread waits
+    /// until [`Server::answer_bell`].
+    pub fn set_doorbells(&mut self, start: u64, end: u64) {
+        self.doorbells = (start, end);
+    }
+
+    /// The rings read so far, oldest first.
+    pub fn take_bells(&mut self) -> Vec<Bell> {
+        std::mem::take(&mut self.bells)
+    }
+
+    /// Answers a ring: `page` becomes the doorbell page's contents in that
+    /// process, and the ringing thread goes on.
+    pub fn answer_bell(
+        &mut self,
+        bell: &Bell,
+        page: &[u8; PAGE_SIZE as usize],
+    ) -> Result<(), ServeError> {
+        self.copy_page(bell.mm.0, bell.addr & !(PAGE_SIZE - 1), page.as_ptr())
+    }
+
+    /// Registers `[start, start + len)` of process `mm` with its uffd
+    /// (missing pages fault to us), e.g. an object mapped while it runs.
+    pub fn register(&mut self, mm: MmId, start: u64, len: u64) -> Result<(), Errno> {
+        let uffd = self.mms.get(mm.0).and_then(|p| p.uffd.as_ref());
+        uffd.ok_or(Errno::SRCH)?.register_missing(start, len)
+    }
+
+    /// Stops serving, in process `mm`, every object mapped over any of
+    /// `[start, end)` (the process mapped something else there since).
+    pub fn unmap_range(&mut self, mm: MmId, start: u64, end: u64) {
+        let Some(process) = self.mms.get(mm.0).filter(|p| !p.gone()) else {
+            return;
+        };
+        let stale: Vec<ObjectId> = process
+            .space
+            .ranges_of()
+            .filter(|&(_, s, e)| s < end && start < e)
+            .map(|(id, _, _)| id)
+            .collect();
+        for id in stale {
+            let _ = self.unmap_object(mm, id);
+        }
+    }
+
+    /// The figures of one object (its pages, served, faults, refaults and
+    /// installs without a fault; `processes` is the server's).
+    #[must_use]
+    pub fn object_stats(&self, id: ObjectId) -> TextStats {
+        self.objects
+            .get(id)
+            .map_or_else(TextStats::default, |o| TextStats {
+                pages: o.image.pages() as u64,
+                served: o.ever.count() as u64,
+                processes: self.stats.processes,
+                ..o.stats
+            })
     }
 
     /// Calls `f` with the uffd of every process forked from now on.
@@ -359,6 +450,9 @@ impl Server {
             if controlled {
                 return Ok(Wake::Control);
             }
+            if !self.bells.is_empty() {
+                return Ok(Wake::Bells);
+            }
             if n == 0 {
                 self.prefetch_step()?;
             }
@@ -408,8 +502,11 @@ impl Server {
                         self.add_mm(child, Some(m));
                     }
                     Event::Remove { start, end } => self.dropped(m, start, end),
-                    // Unmapped or moved text is not served again (a fault there is an error).
-                    Event::Unmap { .. } | Event::Remap { .. } => {}
+                    // An object unmapped whole (dlclose) is forgotten there, so
+                    // that another can take its place. Text unmapped in part
+                    // or moved is not served again (a fault there is an error).
+                    Event::Unmap { start, end } => self.unmapped(m, start, end),
+                    Event::Remap { .. } => {}
                     Event::Unknown(_) => {}
                 }
             }
@@ -430,7 +527,15 @@ impl Server {
     fn fault(&mut self, m: usize, addr: u64, tid: u32) -> Result<(), ServeError> {
         let Some(page) = self.mms[m].space.find(addr) else {
             if self.row_page.as_ref().is_some_and(|r| r.holds(addr)) {
-                return self.serve_row_page(m, tid);
+                return self.serve_row_page(m, addr, tid);
+            }
+            if (self.doorbells.0..self.doorbells.1).contains(&addr) {
+                self.bells.push(Bell {
+                    mm: MmId(m),
+                    addr,
+                    tid,
+                });
+                return Ok(());
             }
             return Err(ServeError::FaultOutside { addr });
         };
@@ -445,11 +550,22 @@ impl Server {
             .served
             .get(page.index);
         let n = self.install_run(m, page, 1 + self.fault_around)?;
+        let object = self.mms[m].space.mappings()[page.slot].object;
+        let stats = &mut self.objects.get_mut(object).stats;
+        stats.faults += 1;
         if again && n > 0 {
             self.stats.refaults += 1;
+            stats.refaults += 1;
         }
-        self.stats.populated += n.saturating_sub(1) as u64;
+        self.count_populated(m, page.slot, n.saturating_sub(1));
         Ok(())
+    }
+
+    /// Counts `n` pages installed without a fault in mapping `slot` of mm `m`.
+    fn count_populated(&mut self, m: usize, slot: usize, n: usize) {
+        let object = self.mms[m].space.mappings()[slot].object;
+        self.objects.get_mut(object).stats.populated += n as u64;
+        self.stats.populated += n as u64;
     }
 
     /// Marks the served pages of `[start, end)` as dropped from mm `m`.
@@ -471,6 +587,25 @@ impl Server {
             }
             !stale
         });
+    }
+
+    /// Forgets, in mm `m`, the objects that lay wholly in `[start, end)`.
+    fn unmapped(&mut self, m: usize, start: u64, end: u64) {
+        let gone: Vec<ObjectId> = self.mms[m]
+            .space
+            .ranges_of()
+            .filter(|&(_, s, e)| s >= start && e <= end)
+            .map(|(id, _, _)| id)
+            .collect();
+        for id in gone {
+            if !self.mms[m]
+                .space
+                .ranges_of()
+                .any(|(o, s, e)| o == id && (s < start || e > end))
+            {
+                let _ = self.unmap_object(MmId(m), id);
+            }
+        }
     }
 
     /// Stops serving mm `m`: its process exited or exec'd.

@@ -36,7 +36,7 @@ impl Server {
                     continue;
                 }
                 let n = self.install_run(m, Page { slot, index }, PREFETCH_RUN)?;
-                self.stats.populated += n as u64;
+                self.count_populated(m, slot, n);
                 self.mms[m].space.mapping_mut(slot).prefetch_at = index + n.max(1);
                 return Ok(true);
             }
@@ -76,7 +76,7 @@ impl Server {
                         continue;
                     }
                     let n = self.install_run(m, Page { slot, index }, POPULATE_RUN)?;
-                    self.stats.populated += n as u64;
+                    self.count_populated(m, slot, n);
                     index += n.max(1);
                 }
             }

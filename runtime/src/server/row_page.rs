@@ -14,8 +14,10 @@ pub(super) type RowAssigner = Box<dyn FnMut(usize, u32) -> Option<(u64, u64)> + 
 pub(super) type RowPageImage = [u64; PAGE_SIZE as usize / 8];
 
 pub(super) struct RowPage {
-    /// Where it is, in every process.
-    pub(super) addr: u64,
+    /// Where it is, in every process: one page per probe area (each area's
+    /// code reads the one within its reach); every one of them gets the
+    /// same words in one process.
+    pub(super) addrs: Vec<u64>,
     assign: RowAssigner,
     /// The answer given to each process, by process number.
     given: Vec<Option<(u64, u64)>>,
@@ -25,7 +27,7 @@ impl RowPage {
     /// The row page at `addr`, for a server that knows `processes` processes.
     pub(super) fn new(addr: u64, assign: RowAssigner, processes: usize) -> RowPage {
         RowPage {
-            addr,
+            addrs: vec![addr],
             assign,
             given: vec![None; processes],
         }
@@ -36,9 +38,9 @@ impl RowPage {
         self.given.push(None);
     }
 
-    /// Whether `addr` lies in the row page.
+    /// Whether `addr` lies in a row page.
     pub(super) fn holds(&self, addr: u64) -> bool {
-        self.addr == addr & !(PAGE_SIZE - 1)
+        self.addrs.contains(&(addr & !(PAGE_SIZE - 1)))
     }
 
     /// The page for process `m`, whose thread `tid` touched it: the answer

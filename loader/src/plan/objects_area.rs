@@ -1,0 +1,183 @@
+//! The shared objects' probe area: near the dynamic loader (so near the
+//! objects it maps), it holds the mapping detour (see `probes::detour`),
+//! the code of the objects' probes, written by the monitor while the
+//! program runs, and the pages the detour and that code use.
+//!
+//! ```text
+//!  +0            code: the detour, then each object's trampolines   shared memfd, r-x
+//!  +CODE         request slots                                     shared memfd, rw
+//!  +CODE+1 page  row page (pid, row): as the program's probe area's private, wiped on fork
+//!  +CODE+2 pages doorbells, one page per request slot              private, wiped on fork
+//! ```
+//!
+//! The code and the slots are one memfd, mapped shared before the fork (the
+//! program inherits it) and a second time, writable, in the monitor only:
+//! what the monitor writes there, every process of the program sees.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use memmap2::MmapMut;
+use rustix::mm::ProtFlags;
+use uprobe_runtime::PAGE_SIZE;
+
+use super::{Draft, Reservation};
+use crate::error::{Error, Result};
+use crate::probes::detour::{self, Detour, SLOTS};
+
+/// Bytes of code: the detour's page, then trampolines (128 bytes a site).
+const CODE: u64 = 32 << 20;
+
+/// Farthest a rel32 reaches, with a margin.
+const REACH: u64 = (1 << 31) - (1 << 20);
+
+/// The area, mapped in the monitor (the program inherits it at the fork).
+pub struct ObjectsArea {
+    /// The whole area.
+    pub reservation: Reservation,
+    /// The detour's addresses.
+    pub detour: Detour,
+    /// The row page.
+    pub row_page: u64,
+    /// The doorbell pages: `[start, end)`.
+    pub bells: (u64, u64),
+    /// The monitor's writable view of the code and the request slots.
+    view: MmapMut,
+    /// The first free byte of code (offset), for the next object.
+    next: u64,
+    _memfd: OwnedFd,
+}
+
+impl ObjectsArea {
+    /// Reserves the area near the interpreter of `draft`, maps it, and
+    /// writes the detour for the `mmap` site at runtime address `site`.
+    pub fn new(draft: &Draft, site: u64) -> Result<ObjectsArea> {
+        let interp = draft
+            .interp
+            .as_ref()
+            .expect("objects are served only for a dynamic program");
+        let len = CODE + (2 + SLOTS as u64) * PAGE_SIZE;
+        let lo = interp.reservation.addr();
+        let fail = |what: &str, e: std::io::Error| Error::Layout {
+            path: interp.image.path.clone(),
+            what: what.into(),
+            source: e,
+        };
+        let mut r = [
+            lo.saturating_sub(len + (16 << 20)),
+            interp.reservation.end() + (16 << 20),
+        ]
+        .into_iter()
+        .filter_map(|hint| Reservation::anywhere(len, PAGE_SIZE, hint).ok())
+        .find(|r| {
+            r.end().abs_diff(lo) < REACH && r.addr().abs_diff(interp.reservation.end()) < REACH
+        })
+        .ok_or_else(|| Error::NoProbeRoom {
+            path: interp.image.path.clone(),
+        })?;
+        let name = "uprobe-exec objects' probes";
+        let flags = rustix::fs::MemfdFlags::CLOEXEC;
+        // MFD_EXEC (Linux 6.3): needed where vm.memfd_noexec asks for it.
+        let memfd = rustix::fs::memfd_create(name, flags | rustix::fs::MemfdFlags::EXEC)
+            .or_else(|_| rustix::fs::memfd_create(name, flags))
+            .map_err(|e| fail("memfd_create for the objects' probes", e.into()))?;
+        rustix::fs::ftruncate(&memfd, CODE + PAGE_SIZE)
+            .map_err(|e| fail("sizing the objects' probes", e.into()))?;
+        let file = std::fs::File::from(memfd.try_clone().map_err(|e| fail("dup", e))?);
+        let mut view = crate::sys::mm::map_own_memfd(&file)
+            .map_err(|e| fail("mapping the objects' probes", e))?;
+        r.map_shared(
+            0,
+            CODE + PAGE_SIZE,
+            memfd.as_fd(),
+            ProtFlags::READ | ProtFlags::EXEC,
+        )
+        .map_err(|e| fail("mapping the objects' probes", e))?;
+        r.protect(
+            CODE,
+            PAGE_SIZE,
+            rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::WRITE,
+        )
+        .map_err(|e| fail("protecting the request slots", e))?;
+        r.map_private(CODE + PAGE_SIZE, (1 + SLOTS as u64) * PAGE_SIZE)
+            .map_err(|e| fail("mapping the doorbells", e))?;
+        r.wipe_on_fork(CODE + PAGE_SIZE, (1 + SLOTS as u64) * PAGE_SIZE)
+            .map_err(|e| fail("MADV_WIPEONFORK on the doorbells", e))?;
+        let base = r.addr();
+        let name_at = PAGE_SIZE - 64;
+        let d = Detour {
+            site,
+            at: base,
+            requests: base + CODE,
+            bells: base + CODE + 2 * PAGE_SIZE,
+            name: base + name_at,
+        };
+        let code = detour::encode(&d).map_err(|e| {
+            fail(
+                "assembling the mapping detour",
+                std::io::Error::other(e.to_string()),
+            )
+        })?;
+        assert!((code.len() as u64) < name_at);
+        view[..code.len()].copy_from_slice(&code);
+        let name = b"uprobe-exec served text\0";
+        view[name_at as usize..name_at as usize + name.len()].copy_from_slice(name);
+        Ok(ObjectsArea {
+            detour: d,
+            row_page: base + CODE + PAGE_SIZE,
+            bells: (d.bells, d.bells + SLOTS as u64 * PAGE_SIZE),
+            reservation: r,
+            view,
+            next: PAGE_SIZE,
+            _memfd: memfd,
+        })
+    }
+
+    /// Takes `len` bytes of code room (128-byte aligned): its runtime
+    /// address, or None when the area is full.
+    pub fn take(&mut self, len: u64) -> Option<u64> {
+        let at = self.next;
+        let end = at.checked_add(len.next_multiple_of(128))?;
+        if end > CODE {
+            return None;
+        }
+        self.next = end;
+        Some(self.reservation.addr() + at)
+    }
+
+    /// Writes `code` at runtime address `at` (room given by [`take`]).
+    ///
+    /// [`take`]: ObjectsArea::take
+    pub fn write(&mut self, at: u64, code: &[u8]) {
+        let off = (at - self.reservation.addr()) as usize;
+        self.view[off..off + code.len()].copy_from_slice(code);
+    }
+
+    /// The request slot of doorbell page `bell`: its bytes, as the detour
+    /// wrote them.
+    #[must_use]
+    pub fn request(&self, bell: u64) -> Option<[u8; detour::SLOT_BYTES as usize]> {
+        let i = (bell.checked_sub(self.bells.0)? / PAGE_SIZE) as usize;
+        if i >= SLOTS {
+            return None;
+        }
+        let off = (CODE + i as u64 * detour::SLOT_BYTES) as usize;
+        let mut out = [0u8; detour::SLOT_BYTES as usize];
+        out.copy_from_slice(&self.view[off..off + detour::SLOT_BYTES as usize]);
+        Some(out)
+    }
+
+    /// What a rel32 must reach from a site: `[start, end)` of the area
+    /// (see [`within_reach`]).
+    #[must_use]
+    pub fn bounds(&self) -> (u64, u64) {
+        (self.reservation.addr(), self.reservation.end())
+    }
+}
+
+/// Whether a rel32 at `from` reaches all of `[start, end)`.
+#[must_use]
+pub fn within_reach((start, end): (u64, u64), from: u64) -> bool {
+    start.abs_diff(from) < REACH && end.abs_diff(from) < REACH
+}
+
+impl ObjectsArea {}

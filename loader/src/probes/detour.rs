@@ -1,0 +1,299 @@
+//! The dynamic loader's mapping detour: how the text of every shared object
+//! the program maps becomes text we serve.
+//!
+//! ld.so makes every executable mapping of an object with one `mmap` system
+//! call (glibc's ld.so has exactly one `mov eax, 9; syscall`). We load ld.so
+//! ourselves and serve its text, so that site's page gets a `jmp` to the
+//! detour below, in the objects' probe area. The detour makes the call as
+//! asked; when it mapped a file private and executable, it puts anonymous
+//! memory of the same protection in its place, writes what was asked in a
+//! request slot and touches that slot's doorbell page. The monitor reads the
+//! request, registers the range with the process's userfaultfd, and answers
+//! the doorbell; from then on each first touch of the object's text is served
+//! (and patched) like the program's. A status other than "served" puts the
+//! file mapping back as it was asked for.
+//!
+//! ```text
+//!  ld.so: jmp detour ; nop ; nop        (was: mov eax, 9 ; syscall)
+//!  detour: mov eax, 9 ; syscall          the call as asked
+//!          error, not PROT_EXEC, not a private file mapping ─▶ back
+//!          lea rsp, [rsp-128] ; save rbx rdi rsi rdx r8 r9 r10 r12 r13
+//!          gettid ─▶ r13 ; claim a slot: lock cmpxchg [slot], tid (0: free)
+//!          mmap(at, len, prot, MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS)
+//!          prctl(PR_SET_VMA_ANON_NAME) ; the request into the slot
+//!          mov r13, [bell of the slot]   ─▶ the monitor's answer (1: served)
+//!          madvise(bell, MADV_DONTNEED) ; free the slot
+//!          not served: mmap(at, as asked, MAP_FIXED) over it again
+//!          restore ; rax = at (or the error)
+//!  back:   jmp site+7
+//! ```
+//!
+//! A slot is claimed with the thread's id in shared memory, so no two
+//! threads (of any process of the program) use one slot, nor the doorbell
+//! page of that slot (in their own process) at once. The doorbell pages are
+//! wiped on fork: a child never reads its parent's answer.
+
+use iced_x86::code_asm::{
+    dword_ptr, eax, ecx, edi, edx, esi, ptr, qword_ptr, r10, r10d, r12, r13, r13d, r8, r9, r9d,
+    rax, rbx, rcx, rdi, rdx, rsi, rsp, CodeAssembler,
+};
+use iced_x86::IcedError;
+
+use crate::elf::Image;
+
+/// `mov eax, 9 ; syscall`: the site the detour takes the place of.
+pub const MMAP_SITE: [u8; 7] = [0xb8, 0x09, 0, 0, 0, 0x0f, 0x05];
+
+/// Request slots (and doorbell pages).
+pub const SLOTS: usize = 64;
+
+/// Bytes of a request slot.
+pub const SLOT_BYTES: u64 = 64;
+
+/// A request slot: what the detour writes for the monitor.
+pub mod slot {
+    /// u32: the thread that holds the slot (0: free).
+    pub const TID: u64 = 0;
+    /// i32: the file descriptor mapped.
+    pub const FD: u64 = 4;
+    /// u64: where the mapping is.
+    pub const ADDR: u64 = 8;
+    /// u64: its length, as asked.
+    pub const LEN: u64 = 16;
+    /// u64: the file offset.
+    pub const OFFSET: u64 = 24;
+    /// u32: the protection.
+    pub const PROT: u64 = 32;
+    /// u32: the flags, as asked.
+    pub const FLAGS: u64 = 36;
+}
+
+/// The monitor's answer, first word of the doorbell page: the range is
+/// registered and served. Anything else puts the file mapping back.
+pub const SERVED: u64 = 1;
+
+/// Where the detour lives and what it uses, at runtime addresses.
+#[derive(Clone, Copy, Debug)]
+pub struct Detour {
+    /// The `mov eax, 9` in ld.so.
+    pub site: u64,
+    /// The detour's first byte.
+    pub at: u64,
+    /// The request slots ([`SLOTS`] of [`SLOT_BYTES`], shared memory).
+    pub requests: u64,
+    /// The first doorbell page ([`SLOTS`] pages, one per slot).
+    pub bells: u64,
+    /// A NUL-terminated name for the anonymous text (`/proc/PID/maps`).
+    pub name: u64,
+}
+
+/// The one `mov eax, 9 ; syscall` in the executable segments of `interp`
+/// (link-time address), if there is exactly one.
+#[must_use]
+pub fn find_site(interp: &Image) -> Option<u64> {
+    let mut found = None;
+    for s in interp.segments.iter().filter(|s| s.exec) {
+        let from = s.offset as usize;
+        let to = (s.offset + s.filesz) as usize;
+        let bytes = interp.bytes.get(from..to)?;
+        for (i, w) in bytes.windows(MMAP_SITE.len()).enumerate() {
+            if w == MMAP_SITE {
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(s.vaddr.0 + i as u64);
+            }
+        }
+    }
+    found
+}
+
+/// The 7 bytes patched over the site: `jmp` to the detour, then two `nop`s
+/// (never run: the detour comes back after them).
+#[must_use]
+pub fn patch(d: &Detour) -> Vec<u8> {
+    let mut v = super::trampoline::jump_patch(d.site, 5, d.at);
+    v.extend_from_slice(&[0x90, 0x90]);
+    v
+}
+
+/// The detour's code, assembled at `d.at`.
+pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
+    const PROT_EXEC: u32 = 4;
+    const MAP_PRIVATE_FIXED_ANON: u32 = 0x32;
+    const MAP_FIXED: u32 = 0x10;
+    const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
+    const MAP_ANONYMOUS: u32 = 0x20;
+    const PR_SET_VMA: u32 = 0x5356_4d41;
+    const MADV_DONTNEED: u32 = 4;
+    // Saved below rsp (after the red zone), last pushed first.
+    const R9: usize = 24;
+    const R8: usize = 32;
+    const RDX: usize = 40;
+    const RSI: usize = 48;
+    const R10: usize = 16;
+    let mut a = CodeAssembler::new(64)?;
+    let mut back = a.create_label();
+    let mut out = a.create_label();
+    let mut claim = a.create_label();
+    let mut next = a.create_label();
+    let mut claimed = a.create_label();
+    let mut no_anon = a.create_label();
+    let mut served = a.create_label();
+    a.mov(eax, 9u32)?;
+    a.syscall()?;
+    a.cmp(rax, -4095i32)?;
+    a.jae(back)?;
+    a.test(edx, PROT_EXEC)?;
+    a.jz(back)?;
+    // A private file mapping: (flags & 3) == MAP_PRIVATE, not anonymous.
+    a.mov(ecx, r10d)?;
+    a.and(ecx, 3u32)?;
+    a.cmp(ecx, 2u32)?;
+    a.jne(back)?;
+    a.test(r10d, MAP_ANONYMOUS)?;
+    a.jnz(back)?;
+    a.lea(rsp, ptr(rsp - 128))?;
+    for r in [rbx, rdi, rsi, rdx, r8, r9, r10, r12, r13] {
+        a.push(r)?;
+    }
+    a.mov(rbx, rax)?;
+    a.mov(eax, 186u32)?; // gettid
+    a.syscall()?;
+    a.mov(r13d, eax)?;
+    a.set_label(&mut claim)?;
+    a.mov(r12, d.requests)?;
+    a.set_label(&mut next)?;
+    a.xor(eax, eax)?;
+    a.lock().cmpxchg(dword_ptr(r12), r13d)?;
+    a.je(claimed)?;
+    a.add(r12, SLOT_BYTES as i32)?;
+    a.mov(rcx, d.requests + SLOTS as u64 * SLOT_BYTES)?;
+    a.cmp(r12, rcx)?;
+    a.jb(next)?;
+    // Every slot is taken (64 threads mapping objects at once): yield.
+    a.mov(eax, 24u32)?; // sched_yield
+    a.syscall()?;
+    a.jmp(claim)?;
+    a.set_label(&mut claimed)?;
+    // Anonymous memory in place of the file's (rsi, rdx: length and
+    // protection, as asked).
+    a.mov(rdi, rbx)?;
+    a.mov(r10d, MAP_PRIVATE_FIXED_ANON)?;
+    a.mov(r8, -1i64)?;
+    a.xor(r9d, r9d)?;
+    a.mov(eax, 9u32)?;
+    a.syscall()?;
+    a.cmp(rax, rbx)?;
+    a.jne(no_anon)?;
+    // Its name in /proc/PID/maps (an error here changes nothing).
+    a.mov(edi, PR_SET_VMA)?;
+    a.xor(esi, esi)?;
+    a.mov(rdx, rbx)?;
+    a.mov(r10, qword_ptr(rsp + RSI))?;
+    a.mov(r8, d.name)?;
+    a.mov(eax, 157u32)?; // prctl
+    a.syscall()?;
+    // The request.
+    a.mov(qword_ptr(r12 + slot::ADDR), rbx)?;
+    a.mov(rax, qword_ptr(rsp + RSI))?;
+    a.mov(qword_ptr(r12 + slot::LEN), rax)?;
+    a.mov(rax, qword_ptr(rsp + R9))?;
+    a.mov(qword_ptr(r12 + slot::OFFSET), rax)?;
+    a.mov(eax, dword_ptr(rsp + R8))?;
+    a.mov(dword_ptr(r12 + slot::FD), eax)?;
+    a.mov(eax, dword_ptr(rsp + RDX))?;
+    a.mov(dword_ptr(r12 + slot::PROT), eax)?;
+    a.mov(eax, dword_ptr(rsp + R10))?;
+    a.mov(dword_ptr(r12 + slot::FLAGS), eax)?;
+    // Ring: the slot's doorbell page is bells + (slot - requests) * 64.
+    a.mov(rcx, r12)?;
+    a.mov(rax, d.requests)?;
+    a.sub(rcx, rax)?;
+    a.shl(rcx, 6)?;
+    a.mov(rax, d.bells)?;
+    a.add(rcx, rax)?;
+    a.mov(r13, qword_ptr(rcx))?;
+    // Re-arm the doorbell, then free the slot.
+    a.mov(rdi, rcx)?;
+    a.mov(esi, 4096u32)?;
+    a.mov(edx, MADV_DONTNEED)?;
+    a.mov(eax, 28u32)?; // madvise
+    a.syscall()?;
+    a.mov(dword_ptr(r12 + slot::TID), 0u32)?;
+    a.cmp(r13, SERVED as i32)?;
+    a.je(served)?;
+    // Not served: the file mapping back, as it was asked for, in place.
+    a.mov(rdi, rbx)?;
+    a.mov(rsi, qword_ptr(rsp + RSI))?;
+    a.mov(rdx, qword_ptr(rsp + RDX))?;
+    a.mov(r10, qword_ptr(rsp + R10))?;
+    a.and(r10d, !MAP_FIXED_NOREPLACE)?;
+    a.or(r10d, MAP_FIXED)?;
+    a.mov(r8, qword_ptr(rsp + R8))?;
+    a.mov(r9, qword_ptr(rsp + R9))?;
+    a.mov(eax, 9u32)?;
+    a.syscall()?;
+    a.jmp(out)?;
+    a.set_label(&mut no_anon)?;
+    // rax holds the error.
+    a.mov(dword_ptr(r12 + slot::TID), 0u32)?;
+    a.jmp(out)?;
+    a.set_label(&mut served)?;
+    a.mov(rax, rbx)?;
+    a.set_label(&mut out)?;
+    for r in [r13, r12, r10, r9, r8, rdx, rsi, rdi, rbx] {
+        a.pop(r)?;
+    }
+    a.lea(rsp, ptr(rsp + 128))?;
+    a.set_label(&mut back)?;
+    a.jmp(d.site + MMAP_SITE.len() as u64)?;
+    a.assemble(d.at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+
+    const D: Detour = Detour {
+        site: 0x7f00_0002_0c9c,
+        at: 0x7f00_1000_0000,
+        requests: 0x7f00_1100_0000,
+        bells: 0x7f00_1100_2000,
+        name: 0x7f00_1000_0f00,
+    };
+
+    #[test]
+    fn the_patch_jumps_to_the_detour_and_the_detour_back_after_the_site() {
+        let p = patch(&D);
+        assert_eq!(p.len(), MMAP_SITE.len());
+        let jmp = Decoder::with_ip(64, &p, D.site, DecoderOptions::NONE).decode();
+        assert_eq!(jmp.near_branch_target(), D.at);
+        let code = encode(&D).unwrap();
+        let insns: Vec<_> = Decoder::with_ip(64, &code, D.at, DecoderOptions::NONE)
+            .into_iter()
+            .collect();
+        let last = insns.last().unwrap();
+        assert_eq!(last.mnemonic(), Mnemonic::Jmp);
+        assert_eq!(last.near_branch_target(), D.site + 7);
+        // The system calls it makes, in order: mmap as asked, gettid,
+        // sched_yield, mmap anonymous, prctl, madvise, mmap the file back.
+        let nrs: Vec<u64> = insns
+            .windows(2)
+            .filter(|w| w[1].mnemonic() == Mnemonic::Syscall)
+            .map(|w| w[0].immediate(1))
+            .collect();
+        assert_eq!(nrs, [9, 186, 24, 9, 157, 28, 9]);
+        // Pushes and pops pair up.
+        let pushes = insns
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Push)
+            .count();
+        let pops = insns
+            .iter()
+            .filter(|i| i.mnemonic() == Mnemonic::Pop)
+            .count();
+        assert_eq!((pushes, pops), (9, 9));
+    }
+}
