@@ -339,22 +339,10 @@ pub enum ProbeError {
         /// Where to look instead.
         hint: String,
     },
-    /// The spec names a shared object the program maps at start: its text
-    /// is not served by us, so it cannot be probed yet.
-    #[error(
-        "cannot probe '{spec}': {object} is a shared object the program maps at start, and \
-         only the main executable's text is served and probed for now"
-    )]
-    ObjectNotServed {
-        /// The spec.
-        spec: String,
-        /// The object's path.
-        object: String,
-    },
     /// The function is one the program takes from a shared library.
     #[error(
         "'{name}' is not in {program}: it is defined in a shared library the program loads ({libraries}), \
-         and only the main executable can be probed for now"
+         so name it with its object: OBJECT:{name}"
     )]
     InSharedLibrary {
         /// The name asked for.

@@ -21,8 +21,8 @@ use clap::Parser;
 struct Cli {
     /// Probe a function: SYMBOL, SYMBOL+OFFSET, 0xADDR (link-time, as nm
     /// prints it) or a glob such as 'PyList_*'. OBJECT:SPEC names a shared
-    /// object's function (libc.so.6:malloc): --list lists them, but their
-    /// text is not served, so not probed, yet. Repeatable.
+    /// object's function (libc.so.6:malloc, 'libssl*:SSL_*'); one mapped
+    /// later (dlopen) is probed when it is mapped. Repeatable.
     #[arg(long = "probe", short = 'p', value_name = "SPEC")]
     probes: Vec<String>,
 

@@ -294,19 +294,25 @@ fn not_found(syms: &Symbols, name: &str, program: &str) -> ProbeError {
             libraries: libraries(syms),
         };
     }
+    let close = syms.close_to(name, 5);
     let hint = if !syms.has_symtab {
         format!(
-            "; the program is stripped (no .symtab), so only its {} exported (.dynsym) functions \
-             can be named — probe a link-time address instead (0x…)",
-            syms.all().len()
+            "; it is stripped (no .symtab), so only its {} exported (.dynsym) functions \
+             can be named — probe a link-time address instead (0x…){}",
+            syms.all().len(),
+            if close.is_empty() {
+                String::new()
+            } else {
+                format!("; close names: {}", close.join(", "))
+            }
         )
     } else {
-        let close = syms.close_to(name, 5);
         if close.is_empty() && !syms.needed.is_empty() {
             format!(
-                "; if it is in a shared library the program loads ({}), only the main \
-                 executable can be probed for now",
-                libraries(syms)
+                "; if it is in a shared library the program loads ({}), name it as \
+                 OBJECT:{name} (e.g. {}:{name})",
+                libraries(syms),
+                syms.needed.first().map_or("libc.so.6", String::as_str)
             )
         } else if close.is_empty() {
             String::new()
@@ -466,9 +472,10 @@ fn libraries(syms: &Symbols) -> String {
 fn no_match_hint(syms: &Symbols, program: &str) -> String {
     if syms.all().is_empty() && !syms.needed.is_empty() {
         format!(
-            ": it has no .symtab and exports no function; its code is in the shared libraries it loads ({}), \
-             and only the main executable can be probed for now",
-            libraries(syms)
+            ": it has no .symtab and exports no function; its code is in the shared libraries it loads ({}): \
+             name one as OBJECT:PATTERN (e.g. '{}:*')",
+            libraries(syms),
+            syms.needed.first().map_or("libc.so.6", String::as_str)
         )
     } else if !syms.has_symtab {
         format!(

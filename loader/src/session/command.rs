@@ -246,7 +246,11 @@ impl Command {
                 if eager {
                     return Err(Error::Probe(ProbeError::BadSpec {
                         spec: first.spec.clone(),
-                        why: "probing shared objects needs privileges: their text is served                               in every process of the program, and following forks needs                               userfaultfd's fork events, which the kernel gives only with                               CAP_SYS_PTRACE (as root). As an ordinary user only the                               program's own functions can be probed"
+                        why: "probing shared objects needs privileges: their text is served in every \
+                              process of the program, and following forks needs userfaultfd's \
+                              fork events, which the kernel gives only with CAP_SYS_PTRACE (as \
+                              root); as an ordinary user only the program's own functions can \
+                              be probed"
                             .into(),
                     }));
                 }

@@ -113,8 +113,7 @@ use crate::symbols::Symbols;
 /// sorted by address — what `uprobe-exec --list` prints. A pattern
 /// `OBJECT:PATTERN` lists the functions of the shared objects the program
 /// maps at start that OBJECT names, each named `OBJECT:NAME` (by the name
-/// the program asks for it by), after the program's, and marked as not
-/// probeable yet.
+/// the program asks for it by), after the program's.
 pub fn functions(
     program: impl AsRef<OsStr>,
     patterns: &[String],
@@ -153,22 +152,45 @@ pub fn functions(
         for o in named {
             let lib = Image::open_object(&o.path)?;
             let label = o.short_name().to_string();
+            let loader = image
+                .interp
+                .as_deref()
+                .is_some_and(|i| same_file(i, &o.path));
             out.extend(
                 functions_of(&lib, std::slice::from_ref(&pattern))?
                     .into_iter()
-                    .map(|f| crate::symbols::Function {
-                        name: format!("{label}:{}", f.name),
-                        demangled: f.demangled.map(|d| format!("{label}:{d}")),
-                        unprobeable: Some(
-                            "a shared object's text is not served, so not probed, yet".into(),
-                        ),
-                        tactic: None,
-                        ..f
+                    .map(|f| {
+                        let why = match &f.tactic {
+                            _ if loader => Some(
+                                "the dynamic loader's functions cannot be probed yet".to_string(),
+                            ),
+                            Some(Ok(kind)) if !matches!(*kind, "jump" | "jump-padding") => Some(
+                                "its jump would need moving other code (a short jump or a punned \
+                                 one), which shared objects do not do yet"
+                                    .into(),
+                            ),
+                            _ => f.unprobeable.clone(),
+                        };
+                        crate::symbols::Function {
+                            name: format!("{label}:{}", f.name),
+                            demangled: f.demangled.clone().map(|d| format!("{label}:{d}")),
+                            unprobeable: why,
+                            ..f
+                        }
                     }),
             );
         }
     }
     Ok(out)
+}
+
+/// Whether two paths name one file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+        _ => false,
+    }
 }
 
 /// The shared objects `program` (found as [`Command::new`] finds it) maps
