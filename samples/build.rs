@@ -2,6 +2,12 @@
 //! dynamic PIE, dynamic non-PIE) with the system C compiler, and every `rust/*.rs`
 //! file into the same four with rustc.
 //!
+//! A C source may ask for another build on a `// build-kind: ...` line:
+//! `dynamic` builds only the two dynamically linked variants (`NAME-pie`,
+//! `NAME-nopie`; such samples are listed in `DYNAMIC_NAMES`, not `NAMES`),
+//! and `shared FILE` builds a shared object `FILE` (`-shared -fPIC`; its
+//! soname, if any, comes from its `// build-flags:`) beside the programs.
+//!
 //! Outputs go to `$OUT_DIR/bin/NAME-VARIANT` and are also copied to
 //! `<target dir>/<profile>/samples/` so they are easy to run by hand.
 //! Only std is used; the compiler is `$CC` if set, otherwise `cc` (for
@@ -50,6 +56,9 @@ const VARIANTS: &[VariantFlags] = &[
     ),
 ];
 
+/// Flags of a `// build-kind: shared FILE` source.
+const SHARED_FLAGS: &[&str] = &["-shared", "-fPIC"];
+
 /// Flags of every Rust sample: optimized, with line tables so that
 /// `std::backtrace` names inlined frames too.
 const RUST_FLAGS: &[&str] = &["--edition=2021", "-O", "-Cdebuginfo=1"];
@@ -72,7 +81,9 @@ fn main() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "cc".into());
 
-    let sources = sources_in(&manifest_dir.join("c"), &["c", "cpp"]);
+    let all_c = sources_in(&manifest_dir.join("c"), &["c", "cpp"]);
+    let (sources, others): (Vec<PathBuf>, Vec<PathBuf>) =
+        all_c.into_iter().partition(|src| build_kind(src).is_none());
     let rust_sources = sources_in(&manifest_dir.join("rust"), &["rs"]);
     let bin_dir = out_dir.join("bin");
     fs::create_dir_all(&bin_dir).expect("create $OUT_DIR/bin");
@@ -88,6 +99,29 @@ fn main() {
                 bin_dir.join(format!("{name}-{suffix}")),
                 if rust { *rust_flags } else { *c_flags },
             ));
+        }
+    }
+    // Sources of another kind: the dynamic variants only, or a shared object.
+    let mut dynamic_sources = Vec::new();
+    for src in &others {
+        let name = src.file_stem().unwrap().to_str().expect("UTF-8 file name");
+        let kind = build_kind(src).unwrap();
+        let words: Vec<&str> = kind.split_whitespace().collect();
+        match words.as_slice() {
+            ["dynamic"] => {
+                dynamic_sources.push(src.clone());
+                for (suffix, c_flags, _) in VARIANTS {
+                    if *suffix == "pie" || *suffix == "nopie" {
+                        jobs.push((
+                            src.clone(),
+                            bin_dir.join(format!("{name}-{suffix}")),
+                            *c_flags,
+                        ));
+                    }
+                }
+            }
+            ["shared", file] => jobs.push((src.clone(), bin_dir.join(file), SHARED_FLAGS)),
+            _ => panic!("{}: unknown `// build-kind: {kind}`", src.display()),
         }
     }
     let errors: Vec<String> = std::thread::scope(|s| {
@@ -123,9 +157,18 @@ fn main() {
         }
     }
 
-    // Sample names for lib.rs (`NAMES`, `RUST_NAMES`).
+    // Sample names for lib.rs (`NAMES`, `RUST_NAMES`, `DYNAMIC_NAMES`).
     write_names(&out_dir.join("names.rs"), &sources);
     write_names(&out_dir.join("rust_names.rs"), &rust_sources);
+    write_names(&out_dir.join("dynamic_names.rs"), &dynamic_sources);
+}
+
+/// What a `// build-kind: ...` line asks for, if the source has one.
+fn build_kind(src: &Path) -> Option<String> {
+    let text = fs::read_to_string(src).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("// build-kind:"))
+        .map(|k| k.trim().to_string())
 }
 
 /// Writes the file stems of `sources` to `path` as a Rust slice expression.

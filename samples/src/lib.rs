@@ -12,6 +12,10 @@
 //!
 //! The same binaries are also copied to `target/<profile>/samples/` for
 //! running by hand.
+//!
+//! A few C samples are built only as dynamically linked programs
+//! ([`DYNAMIC_NAMES`], variants [`Variant::Pie`] and [`Variant::NoPie`]), and
+//! a few as shared objects ([`shared_object`]), in the same directory.
 
 use std::path::PathBuf;
 
@@ -20,6 +24,10 @@ pub const NAMES: &[&str] = include!(concat!(env!("OUT_DIR"), "/names.rs"));
 
 /// Names of the Rust samples (one per `rust/*.rs` file), sorted.
 pub const RUST_NAMES: &[&str] = include!(concat!(env!("OUT_DIR"), "/rust_names.rs"));
+
+/// Names of the C samples built only as dynamically linked programs
+/// (`// build-kind: dynamic`): [`Variant::Pie`] and [`Variant::NoPie`].
+pub const DYNAMIC_NAMES: &[&str] = include!(concat!(env!("OUT_DIR"), "/dynamic_names.rs"));
 
 /// How a sample is compiled and linked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +70,12 @@ pub fn dir() -> PathBuf {
 /// Path of one sample binary, e.g. `path("hello", Variant::Pie)` is `<dir>/hello-pie`.
 pub fn path(name: &str, variant: Variant) -> PathBuf {
     dir().join(format!("{name}-{}", variant.suffix()))
+}
+
+/// Path of a shared object built from a `// build-kind: shared FILE`
+/// source, e.g. `shared_object("libplugin.so")`.
+pub fn shared_object(file: &str) -> PathBuf {
+    dir().join(file)
 }
 
 #[cfg(test)]
@@ -115,6 +129,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn dynamic_samples_and_shared_objects_exist() {
+        assert!(DYNAMIC_NAMES.contains(&"libcalls"), "{DYNAMIC_NAMES:?}");
+        for name in DYNAMIC_NAMES {
+            for (v, e_type) in [(Variant::Pie, ET_DYN), (Variant::NoPie, ET_EXEC)] {
+                let p = path(name, v);
+                let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                assert_eq!(elf_kind(&bytes), (e_type, true), "{}", p.display());
+            }
+        }
+        let p = shared_object("libplugin.so");
+        let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(elf_kind(&bytes), (ET_DYN, false), "{}", p.display());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #![allow(dead_code, unsafe_code)]
 
 pub mod elf;
+pub mod kernel;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
@@ -754,4 +755,38 @@ pub fn probe_sites(r: &serde_json::Value) -> Vec<(String, String, u64)> {
             )
         })
         .collect()
+}
+
+/// The hits of the probes on `symbol` (at its entry, offset 0) in the
+/// shared object whose file is named `object` (`libc.so.6`): the report's
+/// `probes` entries whose `object` path ends with `/OBJECT`, summed when
+/// there are several (e.g. one per spec that names it). Panics, listing
+/// the probes, when there is none.
+pub fn lib_hits(r: &serde_json::Value, object: &str, symbol: &str) -> u64 {
+    let suffix = format!("/{object}");
+    let probes = r["probes"].as_array().expect("probes");
+    let matching: Vec<&serde_json::Value> = probes
+        .iter()
+        .filter(|p| {
+            p["object"].as_str().is_some_and(|o| o.ends_with(&suffix))
+                && p["symbol"].as_str() == Some(symbol)
+                && p["offset"].as_u64() == Some(0)
+        })
+        .collect();
+    if matching.is_empty() {
+        let all: Vec<String> = probes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}+{} hits={}",
+                    p["object"], p["symbol"], p["offset"], p["hits"]
+                )
+            })
+            .collect();
+        panic!("no probe on {symbol} in an object .../{object}; the probes: {all:#?}");
+    }
+    matching
+        .iter()
+        .map(|p| p["hits"].as_u64().unwrap_or_else(|| panic!("hits of {p}")))
+        .sum()
 }

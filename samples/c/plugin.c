@@ -1,0 +1,19 @@
+/*
+ * plugin: the shared object libcalls dlopens (libplugin.so, built with
+ * -shared -fPIC by build.rs). plugin_fn is called only from outside: it
+ * neither calls itself nor is called by anything in here.
+ */
+// build-kind: shared libplugin.so
+// build-flags: -Wl,-soname,libplugin.so
+
+int plugin_fn(int x);
+
+int plugin_fn(int x) {
+    unsigned h = 2166136261u ^ (unsigned)x;
+    for (int i = 0; i < 4 + (x & 3); i++) {
+        h ^= h >> 13;
+        h *= 16777619u;
+        h += (unsigned)i * 0x9e3779b9u;
+    }
+    return (int)(h & 0x7fffffffu);
+}

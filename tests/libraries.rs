@@ -1,0 +1,507 @@
+//! Probes on functions of shared objects (`OBJECT:SPEC`): libc's text and a
+//! dlopen'ed plugin's, served by us and probed, counted exactly against
+//! ground truth that is not ours: counts the programs print themselves, and
+//! the kernel's own uprobes on the same functions of the same files
+//! (`common/kernel.rs`), for the same command run natively. Output, stderr
+//! and exit status are compared with native runs throughout.
+//!
+//! Library text is served in full mode only (root); unprivileged, a spec
+//! naming a shared object is refused.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::kernel::{self, Counted, KernelProbes};
+use common::{
+    assert_our_error, compare_with_report, elf, hits, lib_hits, nobody_dir, ours, prerequisite,
+    printed, privileged, read_report, text_field, Case,
+};
+use uprobe_exec_samples::{path, shared_object, Variant};
+
+const PY: &str = "/usr/bin/python3.11";
+const BASH: &str = "/usr/bin/bash";
+
+/// Timeout of one run under the kernel's uprobes.
+const KERNEL_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn plugin() -> PathBuf {
+    shared_object("libplugin.so")
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Kernel uprobes on `sites`, or None (after `skipped: …`, outside CI) when
+/// they cannot be had here.
+fn kernel_probes(sites: &[(&Path, &str)]) -> Option<KernelProbes> {
+    match KernelProbes::new(sites) {
+        Ok(k) => Some(k),
+        Err(why) => {
+            let _ = prerequisite(false, &format!("kernel uprobes: {why}"));
+            None
+        }
+    }
+}
+
+/// Runs `argv` natively under the kernel's uprobes `k`, asserting it exited
+/// 0; returns its output, the kernel's count of each site and the processes
+/// the hits came from.
+fn kernel_counts(k: &KernelProbes, argv: &[&str], env: &[(&str, &str)]) -> Counted {
+    let run = k.run(argv, env, KERNEL_TIMEOUT);
+    let out = &run.out;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{argv:?} under kernel uprobes: signal {:?}, stderr {}",
+        out.signal,
+        out.stderr_str()
+    );
+    eprintln!(
+        "kernel uprobes, {:?}: {:?} in {} processes",
+        argv.iter()
+            .map(|a| a.lines().next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        k.labels().iter().zip(&run.counts).collect::<Vec<_>>(),
+        run.pids.len()
+    );
+    run
+}
+
+/// `-p libc.so.6:F` for each function F, quiet, into `case`.
+fn libc_probes(mut case: Case, functions: &[&str]) -> Case {
+    case = case.opt("-q");
+    for f in functions {
+        case = case.opt("-p").opt(format!("libc.so.6:{f}"));
+    }
+    case
+}
+
+/// The report's `probes` entries whose `object` ends with `/OBJECT`.
+fn probes_in<'a>(r: &'a serde_json::Value, object: &str) -> Vec<&'a serde_json::Value> {
+    let suffix = format!("/{object}");
+    r["probes"]
+        .as_array()
+        .expect("probes")
+        .iter()
+        .filter(|p| p["object"].as_str().is_some_and(|o| o.ends_with(&suffix)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// counts
+
+#[test]
+fn strtol_and_a_plugin_loaded_twice_are_counted_exactly() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let plugin = plugin();
+    let libc = kernel::libc();
+    for v in [Variant::Pie, Variant::NoPie] {
+        let prog = path("libcalls", v);
+        // The sample itself, natively, under the kernel's uprobes: the
+        // counts the test expects are the real ones.
+        if let Some(k) = kernel_probes(&[(&libc, "strtol"), (&plugin, "plugin_fn")]) {
+            let argv = [prog.to_str().unwrap(), plugin.to_str().unwrap()];
+            let run = kernel_counts(&k, &argv, &[]);
+            assert_eq!(
+                run.counts,
+                [12345, 1554],
+                "kernel's counts of libcalls {v:?}"
+            );
+            assert_eq!(printed(&run.out, "strtol_calls"), 12345);
+        }
+        let case = Case::new(&prog, [&plugin])
+            .opt("-q")
+            .opt("-p")
+            .opt("libc.so.6:strtol")
+            .opt("-p")
+            .opt("libplugin.so:plugin_fn");
+        let (n, _, r) = compare_with_report("libcalls", case);
+        assert_eq!(printed(&n, "strtol_calls"), 12345, "{v:?}");
+        assert_eq!(printed(&n, "plugin_calls"), 1554, "{v:?}");
+        assert_eq!(lib_hits(&r, "libc.so.6", "strtol"), 12345, "{v:?}: {r}");
+        assert_eq!(
+            lib_hits(&r, "libplugin.so", "plugin_fn"),
+            1554,
+            "{v:?}: both loads of the plugin count: {r}"
+        );
+        // One entry per (spec, object, symbol, offset), whatever the loads;
+        // `object` is the file's canonical path.
+        for (object, symbol, file) in [
+            ("libc.so.6", "strtol", libc.clone()),
+            ("libplugin.so", "plugin_fn", canonical(&plugin)),
+        ] {
+            let entries = probes_in(&r, object);
+            assert_eq!(entries.len(), 1, "{v:?}: {entries:#?}");
+            assert_eq!(entries[0]["symbol"], symbol, "{v:?}");
+            assert_eq!(
+                entries[0]["object"].as_str(),
+                file.to_str(),
+                "{v:?}: {:#}",
+                entries[0]
+            );
+        }
+    }
+}
+
+/// Calls os.getpid() argv[1] times.
+const PY_GETPID: &str = "import os, sys
+n = int(sys.argv[1])
+for i in range(n):
+    os.getpid()
+print('getpid calls:', n)
+";
+
+#[test]
+fn python_getpid_counts_match_the_kernel_s_uprobe() {
+    if !privileged("shared objects are served in full mode only") || !common::installed(PY) {
+        return;
+    }
+    let libc = kernel::libc();
+    let Some(k) = kernel_probes(&[(&libc, "getpid")]) else {
+        return;
+    };
+    // Python calls getpid a few times on its own while it starts: the
+    // kernel's count of a run without the loop says how many, and the loop
+    // adds exactly its 5000.
+    let base = kernel_counts(&k, &[PY, "-c", PY_GETPID, "0"], &[]).counts;
+    let with_loop = kernel_counts(&k, &[PY, "-c", PY_GETPID, "5000"], &[]).counts;
+    assert_eq!(
+        with_loop[0] - base[0],
+        5000,
+        "the kernel's getpid counts: {base:?} without the loop, {with_loop:?} with it"
+    );
+    drop(k);
+    for (n, kernel_count) in [("0", base[0]), ("5000", with_loop[0])] {
+        let case = libc_probes(Case::new(PY, ["-c", PY_GETPID, n]), &["getpid"]);
+        let (_, _, r) = compare_with_report("getpid", case);
+        assert_eq!(
+            lib_hits(&r, "libc.so.6", "getpid"),
+            kernel_count,
+            "python3.11 calling getpid {n} times: ours vs the kernel's uprobe"
+        );
+    }
+}
+
+/// Functions of libc counted against the kernel in [`COMMANDS`]: none is an
+/// IFUNC (the symbol of `strlen` or `strchr` is its resolver, called once
+/// per binding, not the string function).
+const FUNCTIONS: &[&str] = &["malloc", "free", "calloc", "realloc", "getenv"];
+
+/// A command line and the environment variables it adds.
+type Command = (
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
+/// The commands of the kernel comparison: bash with a loop, string
+/// operations and a subshell (a forked process counts too); python with
+/// json and re.
+const COMMANDS: &[Command] = &[
+    (
+        &[
+            BASH,
+            "-c",
+            r#"x=; for ((i = 0; i < 500; i++)); do x+="$i,"; done
+y=${x//1/one}; echo ${#x} ${#y} "${HOME:+home}"
+(z=${y^^}; echo "subshell ${#z}")
+echo done"#,
+        ],
+        &[("LC_ALL", "C")],
+    ),
+    (
+        &[
+            PY,
+            "-c",
+            r#"import json, re, os
+d = {str(i): [i, i * i, 'v' * (i % 7)] for i in range(2000)}
+s = json.dumps(d, sort_keys=True)
+print(len(s), len(re.findall(r'\d+', s)), os.getenv('NO_SUCH_VARIABLE'))
+"#,
+        ],
+        &[("PYTHONHASHSEED", "0"), ("LC_ALL", "C")],
+    ),
+];
+
+#[test]
+fn libc_function_counts_in_bash_and_python_match_the_kernel_s_uprobes() {
+    if !privileged("shared objects are served in full mode only")
+        || !common::installed(PY)
+        || !common::installed(BASH)
+    {
+        return;
+    }
+    let libc = kernel::libc();
+    let sites: Vec<(&Path, &str)> = FUNCTIONS.iter().map(|f| (libc.as_path(), *f)).collect();
+    let Some(k) = kernel_probes(&sites) else {
+        return;
+    };
+    // Natively, twice: the counts of each command must not vary from run
+    // to run, or comparing them with ours would mean nothing.
+    let mut expected = Vec::new();
+    for (argv, env) in COMMANDS {
+        let first = kernel_counts(&k, argv, env);
+        let second = kernel_counts(&k, argv, env).counts;
+        assert_eq!(
+            first.counts, second,
+            "{}: the kernel's counts of {FUNCTIONS:?} differ between two native runs",
+            argv[0]
+        );
+        assert!(
+            first.counts[0] > 0,
+            "{}: no malloc at all? {first:?}",
+            argv[0]
+        );
+        if argv[0] == BASH {
+            // The subshell's hits are counted too.
+            assert_eq!(first.pids.len(), 2, "bash and its subshell: {first:?}");
+        }
+        expected.push((first.out, first.counts));
+    }
+    drop(k);
+    for ((argv, env), (native, counts)) in COMMANDS.iter().zip(expected) {
+        let mut case = Case::new(argv[0], &argv[1..]);
+        for (key, value) in *env {
+            case = case.env(key, value);
+        }
+        let (n, _, r) = compare_with_report("kernel-counts", libc_probes(case, FUNCTIONS));
+        assert_eq!(n.stdout, native.stdout, "{}: the same run", argv[0]);
+        let ours: Vec<u64> = FUNCTIONS
+            .iter()
+            .map(|f| lib_hits(&r, "libc.so.6", f))
+            .collect();
+        assert_eq!(
+            ours, counts,
+            "{}: hits of {FUNCTIONS:?}, ours (left) vs the kernel's uprobes (right)",
+            argv[0]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// serving
+
+#[test]
+fn libc_text_is_served_lazily() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let prog = path("libcalls", Variant::Pie);
+    let plugin = plugin();
+    // Strictly on first touch: the background prefetch (on by default)
+    // would install the rest.
+    let case = Case::new(&prog, [&plugin])
+        .opt("--no-prefetch")
+        .opt("-q")
+        .opt("-p")
+        .opt("libc.so.6:strtol");
+    let (_, _, r) = compare_with_report("lazy-libc", case);
+    assert_eq!(lib_hits(&r, "libc.so.6", "strtol"), 12345);
+    let objects = r["objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no objects in {r}"));
+    let path_of = |o: &serde_json::Value| PathBuf::from(o["path"].as_str().expect("path"));
+    let field = |o: &serde_json::Value, k: &str| {
+        o[k].as_u64()
+            .unwrap_or_else(|| panic!("objects[].{k} missing or not an integer: {o}"))
+    };
+    // The program, then its interpreter, then the libraries.
+    let bytes = std::fs::read(&prog).unwrap();
+    let interp = elf::interp_header(&bytes).expect("PT_INTERP");
+    let interp = &bytes[interp.offset as usize..(interp.offset + interp.filesz) as usize];
+    let interp = std::str::from_utf8(interp).unwrap().trim_end_matches('\0');
+    assert!(objects.len() >= 3, "{objects:#?}");
+    assert_eq!(path_of(&objects[0]), canonical(&prog), "{objects:#?}");
+    assert_eq!(
+        path_of(&objects[1]),
+        canonical(Path::new(interp)),
+        "{objects:#?}"
+    );
+    let libc = kernel::libc();
+    let entry = objects[2..]
+        .iter()
+        .find(|o| path_of(o) == libc)
+        .unwrap_or_else(|| panic!("no {} in {objects:#?}", libc.display()));
+    let (pages, served, faults, populated) = (
+        field(entry, "pages"),
+        field(entry, "served"),
+        field(entry, "faults"),
+        field(entry, "populated"),
+    );
+    assert_eq!(pages, elf::text_pages(&libc), "{entry}");
+    assert!(
+        0 < served && served < pages,
+        "libc: served {served} of {pages}"
+    );
+    assert!(
+        faults > 0 && faults + populated >= served,
+        "libc: faults {faults} + around {populated} < served {served}"
+    );
+    // `text` is the total over the objects.
+    for k in ["pages", "served", "faults"] {
+        let sum: u64 = objects.iter().map(|o| field(o, k)).sum();
+        assert_eq!(text_field(&r, k), sum, "text.{k} vs the objects': {r}");
+    }
+}
+
+/// Some work for python: json, re, sorting, printing.
+const PY_WORK: &str = r#"import json, re
+data = [{"id": i, "name": "item%d" % (i * 7 % 13), "tags": ["t%d" % (i % 5), "x" * (i % 4)]}
+        for i in range(300)]
+text = json.dumps(data, sort_keys=True)
+back = json.loads(text)
+names = sorted({d["name"] for d in back}, key=lambda s: (len(s), s))
+nums = re.findall(r'"id": (\d+)', text)
+words = sorted(re.split(r'\W+', text))
+print(len(text), len(nums), sum(map(int, nums)))
+print(names)
+print(words[:5], words[-5:])
+print(sorted(range(50), key=lambda i: (i * 37) % 11)[:10])
+print("%.6f" % sum(1 / (k + 1) for k in range(10000)))
+"#;
+
+/// Some work for bash: a loop, string operations, a subshell, pipes.
+const BASH_WORK: &str = r#"s=""
+for ((i = 0; i < 200; i++)); do s+="${i}x"; done
+echo "${#s} ${s:0:20} ${s//x/-}" | cut -c1-60
+up=$(echo "${s^^}" | tr -d 0-9)
+echo "${#up}"
+(cd / && echo "subshell in $PWD")
+words=(banana apple cherry)
+printf '%s\n' "${words[@]}" | sort | while read -r w; do echo "word: $w"; done
+case "$s" in *199x) echo ends with 199x;; esac
+printf '%05d|%-4s|\n' 42 ab
+exit 3"#;
+
+#[test]
+fn every_libc_function_probed_python_and_bash_run_as_natively() {
+    if !privileged("shared objects are served in full mode only")
+        || !common::installed(PY)
+        || !common::installed(BASH)
+    {
+        return;
+    }
+    let cases = [
+        Case::new(PY, ["-c", PY_WORK]).env("PYTHONHASHSEED", "0"),
+        Case::new(BASH, ["-c", BASH_WORK]).env("LC_ALL", "C"),
+    ];
+    for case in cases {
+        let what = format!("{:?}", case.argv[0]);
+        let (n, _, r) =
+            compare_with_report("libc-all", case.opt("-q").opt("-p").opt("libc.so.6:*"));
+        assert!(!n.stdout.is_empty(), "{what}");
+        // libc.so.6 defines some 2900 functions; auto mode may pass over a
+        // few (int3 only, or not probeable), never most of them.
+        let libc_probes = probes_in(&r, "libc.so.6");
+        assert!(
+            libc_probes.len() >= 1000,
+            "{what}: only {} probes in libc",
+            libc_probes.len()
+        );
+        assert!(
+            lib_hits(&r, "libc.so.6", "malloc") > 0,
+            "{what}: malloc never hit"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// errors
+
+#[test]
+fn an_unknown_function_of_libc_is_an_error_before_the_program_starts() {
+    if !privileged("shared objects are probed in full mode only") {
+        return;
+    }
+    let out = ours(
+        &["-p", "libc.so.6:no_such_fn_xyz"],
+        path("libcalls", Variant::Pie),
+        &[plugin().to_str().unwrap()],
+    );
+    assert_our_error("libc.so.6:no_such_fn_xyz", &out, 125);
+    assert!(
+        out.stderr_str().contains("no_such_fn_xyz"),
+        "{}",
+        out.stderr_str()
+    );
+}
+
+#[test]
+fn a_malformed_object_spec_is_an_error() {
+    for spec in [":f", "libc.so.6:"] {
+        let out = ours(
+            &["-p", spec],
+            path("libcalls", Variant::Pie),
+            &[plugin().to_str().unwrap()],
+        );
+        assert_our_error(spec, &out, 125);
+    }
+}
+
+#[test]
+fn an_object_never_loaded_is_a_warning_and_leaves_the_status_alone() {
+    if !privileged("shared objects are probed in full mode only") {
+        return;
+    }
+    let plugin = plugin();
+    for (args, status) in [(vec![plugin.to_str().unwrap()], 0), (vec![], 2)] {
+        let case = Case::new(path("libcalls", Variant::Pie), &args)
+            .opt("-p")
+            .opt("libnothere.so:f");
+        let (n, o) = (case.run_native(), case.run_ours());
+        assert_eq!(n.code, Some(status), "native {args:?}: {}", n.stderr_str());
+        assert_eq!((o.code, o.signal), (n.code, n.signal), "{}", o.stderr_str());
+        assert_eq!(o.stdout, n.stdout);
+        let err = o.stderr_str();
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("uprobe-exec: warning:") && l.contains("libnothere.so")),
+            "{err}"
+        );
+        // The program's own stderr is there too.
+        assert!(err.contains(&n.stderr_str()), "{err}");
+    }
+}
+
+#[test]
+fn unprivileged_a_library_spec_is_refused_and_other_runs_work() {
+    let (d, bin) = nobody_dir("nobody-lib");
+    let prog = d.copy(&path("libcalls", Variant::Pie), "libcalls-pie", 0o755);
+    let plugin = d.copy(&plugin(), "libplugin.so", 0o755);
+    let run_as_nobody = |opts: &[&str]| {
+        let mut argv: Vec<std::ffi::OsString> = vec![bin.clone().into()];
+        argv.extend(opts.iter().map(Into::into));
+        argv.extend([prog.clone().into(), plugin.clone().into()]);
+        let mut cmd = common::command(true, &argv);
+        cmd.current_dir(&d.path);
+        common::run(cmd)
+    };
+    let out = run_as_nobody(&["-p", "libc.so.6:strtol"]);
+    assert_our_error("unprivileged libc.so.6:strtol", &out, 125);
+    let err = out.stderr_str();
+    assert!(
+        err.contains("privilege") || err.contains("CAP_SYS_PTRACE"),
+        "{err}"
+    );
+    // Without a library spec: as natively, main's probe counted.
+    let rep = d.join("r.json");
+    let case = Case::new(&prog, [&plugin])
+        .tool(&bin)
+        .cwd(&d.path)
+        .nobody()
+        .opt("-q")
+        .opt("-p")
+        .opt("main")
+        .opt("--report-json")
+        .opt(&rep);
+    let (n, _) = case.compare();
+    assert_eq!(printed(&n, "plugin_calls"), 1554);
+    let r = read_report(&rep);
+    common::assert_unprivileged_handoff("libcalls", &r);
+    assert_eq!(hits(&r, "main"), 1, "{r}");
+}
