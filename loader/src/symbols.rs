@@ -176,6 +176,9 @@ impl Symbols {
                     || f.demangled.as_deref().is_some_and(|d| pattern.matches(d))
             })
             .collect();
+        // Of aliases at one address (libc's `malloc` and `__libc_malloc`),
+        // the public name: without a leading underscore, then the shortest.
+        v.sort_by_key(|f| (f.addr, f.name.starts_with('_'), f.name.len()));
         v.dedup_by_key(|f| f.addr);
         v
     }

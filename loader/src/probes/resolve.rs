@@ -242,8 +242,15 @@ impl<'a> Resolver<'a> {
     pub fn finish(mut self) -> Resolution {
         let mut warnings = Vec::new();
         // One place per address, from the first request that named it,
-        // traced if any request that named it is.
-        self.places.sort_by_key(|s| s.addr);
+        // traced if any request that named it is. Of a request's names for
+        // one address (aliases, as libc's `malloc` and `__libc_malloc`),
+        // the public one: without a leading underscore, then the shortest.
+        let public = |p: &Place| (p.symbol.starts_with('_'), p.symbol.len());
+        self.places.sort_by(|a, b| {
+            (a.addr, a.request)
+                .cmp(&(b.addr, b.request))
+                .then_with(|| public(a).cmp(&public(b)))
+        });
         self.places.dedup_by(|later, first| {
             let same = later.addr == first.addr;
             if same && first.trace.is_none() {

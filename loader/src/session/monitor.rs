@@ -180,7 +180,10 @@ fn run(
         )];
         if let Some(i) = &plan.interp {
             v.push(ObjectStats::new(
-                i.image.path.display().to_string(),
+                std::fs::canonicalize(&i.image.path)
+                    .unwrap_or_else(|_| i.image.path.clone())
+                    .display()
+                    .to_string(),
                 &server.object_stats(ObjectId(1)),
             ));
         }
