@@ -594,7 +594,7 @@ fn the_objects_mapped_at_start_are_those_the_kernel_shows_mapped() {
 }
 
 #[test]
-fn object_specs_list_their_functions_and_are_refused_or_pending_until_served() {
+fn object_specs_list_their_functions_and_wait_for_their_object() {
     let prog = probed_sample(Variant::Pie);
     // --list: the object's functions by their link-time address, as nm
     // gives it, named OBJECT:NAME.
@@ -624,18 +624,22 @@ fn object_specs_list_their_functions_and_are_refused_or_pending_until_served() {
         addr
     );
     assert_eq!(f[2], "libc.so.6:strtol");
-    assert!(line.contains("cannot be probed"), "{line}");
-
-    // Running: an object mapped at start is refused, naming its file.
-    let out = ours(&["-p", "libc.so.6:strtol"], &prog, &["basic", "3"]);
-    assert_eq!(out.code, Some(125));
-    assert!(
-        out.stderr_str()
-            .contains(&format!("{} is a shared object", libc.display())),
-        "{}",
-        out.stderr_str()
+    assert!(line.contains("[jump]"), "{line}");
+    // The dynamic loader's functions are listed, and marked as not probed.
+    let out = ours(
+        &["--list", "-p", "ld-linux-x86-64.so.2:_dl_catch_*"],
+        &prog,
+        &[],
     );
-    // An object that is not mapped at start: pending, the run as native.
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    assert!(
+        out.stdout_str().contains("cannot be probed yet"),
+        "{}",
+        out.stdout_str()
+    );
+
+    // An object that is never mapped: nothing probed, the run as native,
+    // and a warning at exit.
     let mut native = std::process::Command::new(&prog);
     native.args(["basic", "3"]);
     let native = common::run(native);
@@ -646,7 +650,7 @@ fn object_specs_list_their_functions_and_are_refused_or_pending_until_served() {
     );
     assert!(
         out.stderr_str()
-            .contains("'libplugin*:plugin_fn' probes nothing: no object the program maps at start is libplugin*"),
+            .contains("'libplugin*:plugin_fn' probed nothing: the program never mapped libplugin*"),
         "{}",
         out.stderr_str()
     );

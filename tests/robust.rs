@@ -460,6 +460,7 @@ fn fuzz_parse_resolve_plan() {
                 None,
                 &uprobe_exec::internals::Aslr::current(),
                 uprobe_exec::internals::TextBacking::File,
+                false,
             ) else {
                 return false;
             };
