@@ -489,6 +489,16 @@ fn limits(
                 .into(),
         );
     }
+    if plan.interp_text.is_some() {
+        limits.push(
+            "shared objects are served: /proc/PID/maps shows the text of each object ld.so maps \
+             as anonymous memory ([anon:uprobe-exec served text]) and ld.so's as \
+             [anon:uprobe-exec text of …], not their files' paths (dl_iterate_phdr, dladdr and \
+             debuggers, which read the loader's own lists, are unchanged; profilers that name \
+             code by the file behind a mapping do not name theirs)"
+                .into(),
+        );
+    }
     if let Some(at) = plan.program.displaced_from {
         limits.push(format!(
             "the program was loaded at {:#x} in the mmap area instead of {at:#x}, where the kernel \
