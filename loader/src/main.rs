@@ -418,9 +418,7 @@ fn run() -> u8 {
         }
     }
     let printer = events.map(|events| {
-        let info: Vec<_> = (0..)
-            .map_while(|i| session.probe_info(uprobe_exec::events::ProbeId(i)).cloned())
-            .collect();
+        let info = session.probe_table();
         let (start, format) = (session.started_ns(), cli.format);
         std::thread::spawn(move || {
             let timeline = match timeline {
@@ -493,7 +491,7 @@ type Timeline = (
 /// when it is the timeline's.
 fn print_events(
     events: &crossbeam_channel::Receiver<uprobe_exec::events::Event>,
-    info: &[uprobe_exec::events::ProbeInfo],
+    info: &uprobe_exec::events::ProbeTable,
     start_ns: u64,
     format: Format,
     out: Option<Box<dyn Write + Send>>,
@@ -514,7 +512,7 @@ fn print_events(
             if let Some(t) = &mut timeline {
                 t.add(&e).map_err(in_timeline)?;
             }
-            if let (Some(p), Some(_)) = (info.get(e.probe.0), &out) {
+            if let (Some(p), Some(_)) = (info.get(e.probe), &out) {
                 let types = p.types(&e);
                 match format {
                     Format::Text => append_text(&mut buf, &e, &p.label, types, start_ns),

@@ -13,6 +13,62 @@ use crate::probes::ARG_REGISTERS;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProbeId(pub usize);
 
+/// Every probe of a session, by [`ProbeId`]: the program's are known when
+/// it starts; a shared object's are filled in when the object is first
+/// mapped (`dlopen`), before any of its events can come. Clones share one
+/// table.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeTable(std::sync::Arc<[std::sync::OnceLock<ProbeInfo>]>);
+
+impl ProbeTable {
+    /// A table of `n` probes, the first ones `known`, the rest to come.
+    #[must_use]
+    pub fn new(known: Vec<ProbeInfo>, n: usize) -> ProbeTable {
+        let n = n.max(known.len());
+        let mut known = known.into_iter();
+        ProbeTable(
+            (0..n)
+                .map(|_| {
+                    let cell = std::sync::OnceLock::new();
+                    if let Some(p) = known.next() {
+                        let _ = cell.set(p);
+                    }
+                    cell
+                })
+                .collect(),
+        )
+    }
+
+    /// Probe `id`, once it is known.
+    #[must_use]
+    pub fn get(&self, id: ProbeId) -> Option<&ProbeInfo> {
+        self.0.get(id.0)?.get()
+    }
+
+    /// Makes probe `id` known (once: a later call changes nothing).
+    pub(crate) fn set(&self, id: ProbeId, info: ProbeInfo) {
+        if let Some(cell) = self.0.get(id.0) {
+            let _ = cell.set(info);
+        }
+    }
+
+    /// Whether any probe, known now, is traced or has its returns traced.
+    #[must_use]
+    pub fn any_traced(&self) -> bool {
+        self.0
+            .iter()
+            .filter_map(|c| c.get())
+            .any(|p| p.args.is_some() || p.ret.is_some())
+    }
+}
+
+impl From<Vec<ProbeInfo>> for ProbeTable {
+    fn from(v: Vec<ProbeInfo>) -> ProbeTable {
+        let n = v.len();
+        ProbeTable::new(v, n)
+    }
+}
+
 /// One hit of a traced probe, as read from the shared ring. It holds only
 /// plain values (no pointers into the program), so it can be sent to
 /// another thread and outlive the program.

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 
 use super::format::{json_args, json_ret, json_str};
-use super::{Event, ProbeId, ProbeInfo};
+use super::{Event, ProbeId};
 
 /// A traced entry waiting for its return.
 struct Open {
@@ -52,7 +52,7 @@ pub struct Timeline<W: Write> {
     /// Each thread's entries waiting for their returns, innermost last.
     open: HashMap<(u32, u32), Vec<Open>>,
     /// Every probe, by its id.
-    info: std::sync::Arc<[ProbeInfo]>,
+    info: super::ProbeTable,
     line: Vec<u8>,
 }
 
@@ -64,7 +64,7 @@ impl<W: Write> Timeline<W> {
         mut out: W,
         program: &str,
         start_ns: u64,
-        info: Vec<ProbeInfo>,
+        info: impl Into<super::ProbeTable>,
     ) -> io::Result<Timeline<W>> {
         out.write_all(b"{\"traceEvents\":[\n")?;
         Ok(Timeline {
@@ -81,8 +81,8 @@ impl<W: Write> Timeline<W> {
 
     /// Adds `event`, a hit or a return (of a probe of the timeline's).
     pub fn add(&mut self, event: &Event) -> io::Result<()> {
-        let infos = std::sync::Arc::clone(&self.info);
-        let Some(info) = infos.get(event.probe.0) else {
+        let infos = self.info.clone();
+        let Some(info) = infos.get(event.probe) else {
             return Ok(());
         };
         self.name(event.pid, event.tid)?;
@@ -149,7 +149,7 @@ impl<W: Write> Timeline<W> {
         for o in left {
             let label = self
                 .info
-                .get(o.probe.0)
+                .get(o.probe)
                 .map_or_else(String::new, |p| p.label.clone());
             let args = object(&[(b"args", &o.args), (b"left", b"true")]);
             self.event(b"i", &label, thread, o.time_ns, None, &args)?;

@@ -127,9 +127,17 @@ impl ObjectsArea {
             bells: (d.bells, d.bells + SLOTS as u64 * PAGE_SIZE),
             reservation: r,
             view,
-            next: PAGE_SIZE,
+            // The detour's page, then the routines' (see `routines_at`).
+            next: 2 * PAGE_SIZE,
             _memfd: memfd,
         })
+    }
+
+    /// Where the event and latency routines of the objects' trampolines go:
+    /// the second page, after the detour's.
+    #[must_use]
+    pub fn routines_at(&self) -> u64 {
+        self.reservation.addr() + PAGE_SIZE
     }
 
     /// Takes `len` bytes of code room (128-byte aligned): its runtime

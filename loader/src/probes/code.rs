@@ -192,6 +192,52 @@ pub fn generate(
     })
 }
 
+/// The event routine (when `shared` has a ring) and the latency routines
+/// (with `timing`) for the objects' probe area, at `at`, reading the row
+/// page at `row_page`: their code, and where each is.
+pub fn object_routines(
+    shared: &Shared,
+    tid: Tid,
+    timing: Option<Timing>,
+    row_page: u64,
+    at: u64,
+) -> Result<(Vec<u8>, ObjectCalls), ProbeError> {
+    let fail = |what: &str, e: Unrelocatable| ProbeError::Trampoline {
+        site: what.into(),
+        insns: String::new(),
+        why: match e {
+            Unrelocatable::Code(why) | Unrelocatable::Insn { why, .. } => why,
+        },
+    };
+    let ring = shared.ring().map(|ring| Emit {
+        ring: ring.addr(),
+        layout: ring.layout(),
+        row_page,
+        tid,
+    });
+    let mut calls = ObjectCalls {
+        row_page,
+        emit: None,
+        enter: None,
+        exit: None,
+    };
+    let mut code = Vec::new();
+    if let Some(e) = &ring {
+        code = encode_emit(e, at).map_err(|e| fail("the objects' event routine", e))?;
+        code.resize(EMIT_BYTES, 0xcc);
+        calls.emit = Some(at);
+    }
+    if let Some(t) = timing {
+        let latency_at = at + code.len() as u64;
+        let (routines, exit) = encode_routines(&t, ring.as_ref(), latency_at)
+            .map_err(|e| fail("the objects' latency routines", e))?;
+        code.extend_from_slice(&routines);
+        calls.enter = Some(latency_at);
+        calls.exit = Some(latency_at + exit as u64);
+    }
+    Ok((code, calls))
+}
+
 /// One site of a shared object and the counter column its hits go to.
 pub type ObjectSite = (Site, usize);
 
@@ -208,16 +254,31 @@ pub struct ObjectCode {
     pub skipped: Vec<(String, String)>,
 }
 
+/// What a shared object's trampolines call and read, in the objects' probe
+/// area: the row page, and the event and latency routines when some site
+/// is traced or timed.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectCalls {
+    /// The row page.
+    pub row_page: u64,
+    /// The event routine.
+    pub emit: Option<u64>,
+    /// The latency entry routine.
+    pub enter: Option<u64>,
+    /// The latency exit routine.
+    pub exit: Option<u64>,
+}
+
 /// The trampolines of a shared object's `sites` (each a plain jump, and its
 /// counter column), the object `image` placed with `bias`: each in the room
 /// `take` gives (`SLOT_BYTES`, within a rel32 of the site as `reaches`
-/// says), counting in `shared` through the row page at `row_page`.
+/// says), counting in `shared` and calling what `calls` gives.
 pub fn object_code(
     image: &Image,
     bias: Bias,
     sites: &[ObjectSite],
     shared: &Shared,
-    row_page: u64,
+    calls: &ObjectCalls,
     reaches: impl Fn(u64) -> bool,
     mut take: impl FnMut() -> Option<u64>,
 ) -> ObjectCode {
@@ -250,15 +311,20 @@ pub fn object_code(
         let counting = Counting {
             overflow: shared.overflow_addr(*column),
             index: *column as u64,
-            row_page,
+            row_page: calls.row_page,
             block_shift: shared.layout().block_shift(),
             slot_bits: shared.layout().slot_bits(),
-            emit: None,
-            strings: 0,
-            enter: None,
+            emit: calls.emit.filter(|_| s.action.traced()),
+            strings: s.action.strings(),
+            enter: s.timed.and_then(|f| calls.enter.map(|e| (e, f))),
         };
         let from = s.place.bytes(image);
-        match encode_trampoline(from, ip, len, flags_live, &counting, slot) {
+        let code = match (s.action, calls.exit) {
+            (Action::Exit { func }, Some(exit)) => encode_exit(from, ip, len, exit, func, slot),
+            (Action::Exit { .. }, None) => continue,
+            _ => encode_trampoline(from, ip, len, flags_live, &counting, slot),
+        };
+        match code {
             Ok(code) => {
                 out.trampolines.push((slot, code));
                 out.patches

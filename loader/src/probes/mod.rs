@@ -34,7 +34,7 @@ mod timed;
 mod trampoline;
 mod xol;
 
-pub use code::{generate, landing_pages, object_code, ObjectSite};
+pub use code::{generate, landing_pages, object_code, object_routines, ObjectCalls, ObjectSite};
 pub use emit::{Tid, EMIT_BYTES};
 pub use latency::{Timing, LATENCY_BYTES};
 
@@ -42,7 +42,7 @@ pub use latency::{Timing, LATENCY_BYTES};
 pub mod emit_flags {
     pub use super::emit::{IS_STR, UNREADABLE};
 }
-pub use jump::{choose, decide, JumpCheck};
+pub use jump::{choose, decide, Chosen, JumpCheck};
 pub use object::{linked, Linked, ObjectPattern};
 pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;

@@ -3,7 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use uprobe_runtime::{Uffd, UffdMode};
 
@@ -230,7 +230,7 @@ impl Command {
         let mut resolution = Resolution::default();
         let mut pending = Vec::new();
         let mut objects = None;
-        let mut columns = 0;
+        let mut needs = super::shared_objects::ObjectNeeds::default();
         // Without the right to follow forks (user-mode-only userfaultfd), the
         // text goes in whole before the program starts, from its file.
         let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
@@ -271,7 +271,7 @@ impl Command {
                     self.mode,
                     self.unsafe_addrs,
                 )?;
-                columns = n;
+                needs = n;
                 objects = Some((so, site));
             } else if !theirs.is_empty() {
                 // A static program maps no shared object.
@@ -322,18 +322,38 @@ impl Command {
         let layout_us = clock.step();
         let mut skipped = Vec::new();
         let mut unseen = Vec::new();
+        let mut objects = objects;
         let (mut plan, probes) = Probes::build(
             draft,
             resolution,
             self.mode,
             self.ring_records,
             since,
-            columns,
+            objects.as_mut().map(|(area, _)| (area, needs)),
             &mut skipped,
             &mut unseen,
         )?;
+        // Every probe as events name it: the program's now, the shared
+        // objects' as they are placed.
+        let info = crate::events::ProbeTable::new(
+            probes.as_ref().map(Probes::info).unwrap_or_default(),
+            probes.as_ref().map_or(0, |p| p.counters.layout().sites),
+        );
         let objects = objects.map(|(area, mut so)| {
-            so.place_columns(probes.as_ref().map_or(0, |p| p.object_columns));
+            if let Some(p) = &probes {
+                so.place(
+                    p.object_columns,
+                    p.object_stats,
+                    Arc::clone(&p.counters),
+                    info.clone(),
+                    p.object_calls.unwrap_or(crate::probes::ObjectCalls {
+                        row_page: area.row_page,
+                        emit: None,
+                        enter: None,
+                        exit: None,
+                    }),
+                );
+            }
             (area, so)
         });
         let probes_us = probes_us + clock.step();
@@ -397,11 +417,7 @@ impl Command {
                 ));
             }
         }
-        let info = probes.as_ref().map(Probes::info).unwrap_or_default();
-        let stream = info
-            .iter()
-            .any(|p| p.args.is_some() || p.ret.is_some())
-            .then(EventStream::new);
+        let stream = (needs.traced || info.any_traced()).then(EventStream::new);
         let (tx, rx) = mpsc::channel();
         let signals = Signals {
             blocked: self.blocked.unwrap_or_else(crate::sys::signal::blocked),

@@ -323,7 +323,7 @@ pub struct Session {
     /// Limits that come from the options (added to the hand-off's).
     limits: Vec<String>,
     /// The sites as events name them, in site order.
-    info: Vec<ProbeInfo>,
+    info: crate::events::ProbeTable,
     /// CLOCK_MONOTONIC when the program was let go, in ns.
     started_ns: u64,
     /// How long the start took, step by step.
@@ -374,10 +374,19 @@ impl Session {
         self.started_ns
     }
 
-    /// The probe an event's `probe` names: its label and argument types.
+    /// The probe an event's `probe` names: its label and argument types
+    /// (`None` for a shared object's probe until the object is mapped).
     #[must_use]
     pub fn probe_info(&self, probe: ProbeId) -> Option<&ProbeInfo> {
-        self.info.get(probe.0)
+        self.info.get(probe)
+    }
+
+    /// Every probe, as events name them, in a table that a shared object's
+    /// probes join when the object is mapped: for a reader of the events
+    /// on another thread.
+    #[must_use]
+    pub fn probe_table(&self) -> crate::events::ProbeTable {
+        self.info.clone()
     }
 
     /// The program's process id.

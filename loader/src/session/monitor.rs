@@ -196,7 +196,10 @@ fn run(
     let per_process = probes.map(Probes::per_process).unwrap_or_default();
     let stray_traps = probes.map_or(0, |p| p.counters.stray());
     let guard_refused = probes.map_or(0, |p| p.refused.load(std::sync::atomic::Ordering::Relaxed));
-    let latency = probes.map(Probes::latency).unwrap_or_default();
+    let mut latency = probes.map(Probes::latency).unwrap_or_default();
+    if let (Some(p), Some((_, o))) = (probes, &objects) {
+        latency.extend(o.latency(&p.column_hits()));
+    }
     Ok(Outcome {
         exit,
         stats: server.stats(),
@@ -246,7 +249,7 @@ fn serve(
             Wake::Bells => {
                 for bell in server.take_bells() {
                     match (&mut objects, probes) {
-                        (Some((area, o)), Some(p)) => o.ring(server, area, &p.counters, &bell),
+                        (Some((area, o)), Some(_)) => o.ring(server, area, &bell),
                         // No detour rings without objects: a stray touch.
                         _ => {
                             let _ =

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use uprobe_runtime::area::{self, Shared, SharedLayout};
 
+use super::shared_objects::ObjectNeeds;
 use crate::error::{Error, Result};
-use crate::plan::{Draft, Plan, ProbeArea};
+use crate::plan::{Draft, ObjectsArea, Plan, ProbeArea};
 use crate::probes::{self, Kind, ProbeMode, Request, Resolution, Site, Tid};
 use uprobe_runtime::events::RingLayout;
 
@@ -42,6 +43,10 @@ pub(super) struct Probes {
     /// The first counter column of the shared objects' sites (after the
     /// program's).
     pub(super) object_columns: usize,
+    /// The first statistics slot of the shared objects' timed functions.
+    pub(super) object_stats: usize,
+    /// What the shared objects' trampolines call, in their probe area.
+    pub(super) object_calls: Option<probes::ObjectCalls>,
 }
 
 impl Probes {
@@ -57,8 +62,10 @@ impl Probes {
     ///
     /// `since` is a (counter, clock) pair read when the start began: the
     /// counter's rate, which timed functions need, is measured from it.
-    /// `columns` more counter columns are kept for the shared objects'
-    /// sites (their code is made while the program runs).
+    /// With `objects`, the shared objects' probe area and what their probes
+    /// need: counter columns, statistics slots and an event ring are kept
+    /// for them (their trampolines are made while the program runs), and
+    /// the routines those call are written to that area now.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn build(
         draft: Draft,
@@ -66,10 +73,12 @@ impl Probes {
         mode: ProbeMode,
         ring_records: usize,
         since: (u64, u64),
-        columns: usize,
+        objects: Option<(&mut ObjectsArea, ObjectNeeds)>,
         skipped: &mut Vec<(String, String)>,
         unseen: &mut Vec<(String, String)>,
     ) -> Result<(Plan, Option<Probes>)> {
+        let needs = objects.as_ref().map(|(_, n)| *n).unwrap_or_default();
+        let columns = needs.columns;
         if resolution.places.is_empty() && columns == 0 {
             return Ok((draft.finish(&[]), None));
         }
@@ -86,11 +95,13 @@ impl Probes {
         // be a string.
         let returns = |s: &Site| s.timed.is_some() && s.place.ret.is_some();
         let ret_type = |s: &Site| s.place.ret.and_then(|r| resolution.requests[r].ret);
-        let traced = sites.iter().any(|s| s.action.traced() || returns(s));
-        let strings = sites.iter().any(|s| {
-            s.action.strings() != 0 || (returns(s) && ret_type(s) == Some(probes::ArgType::Str))
-        });
-        let timed = sites.iter().filter(|s| s.timed.is_some()).count();
+        let traced = needs.traced || sites.iter().any(|s| s.action.traced() || returns(s));
+        let strings = needs.strings
+            || sites.iter().any(|s| {
+                s.action.strings() != 0 || (returns(s) && ret_type(s) == Some(probes::ArgType::Str))
+            });
+        let own_timed = sites.iter().filter(|s| s.timed.is_some()).count();
+        let timed = own_timed + needs.timed;
         // Stack slots for the CPUs we may run on (the program inherits
         // our affinity); an event ring when any site is traced.
         let mut shared = SharedLayout::new(
@@ -104,7 +115,11 @@ impl Probes {
             } else {
                 0
             };
-            shared = shared.with_ring(RingLayout::new(ring_records.max(1), room, sites.len()));
+            shared = shared.with_ring(RingLayout::new(
+                ring_records.max(1),
+                room,
+                sites.len() + columns,
+            ));
         }
         shared = shared.with_latency(timed);
         let counters =
@@ -148,6 +163,21 @@ impl Probes {
             timing,
         )?;
         let area = draft.map_probe_area(room, &layout, &code.bytes)?;
+        let object_calls = match objects {
+            Some((objects, _)) => {
+                let at = objects.routines_at();
+                let (bytes, calls) = probes::object_routines(
+                    &counters,
+                    tid_source(&draft.program.image),
+                    timing,
+                    objects.row_page,
+                    at,
+                )?;
+                objects.write(at, &bytes);
+                Some(calls)
+            }
+            None => None,
+        };
         for (page, bytes) in probes::landing_pages(&code.landings) {
             let r = landings
                 .iter_mut()
@@ -163,6 +193,7 @@ impl Probes {
             Vec::new()
         };
         let object_columns = sites.len();
+        let object_stats = own_timed;
         let probes = Probes {
             requests: resolution.requests,
             sites,
@@ -174,6 +205,8 @@ impl Probes {
             refused: Arc::default(),
             object,
             object_columns,
+            object_stats,
+            object_calls,
         };
         Ok((plan, Some(probes)))
     }

@@ -28,7 +28,7 @@ use crate::elf::Image;
 use crate::error::{Error, Result};
 use crate::plan::ObjectsArea;
 use crate::probes::detour::{slot, SERVED};
-use crate::probes::{self, Kind, Linked, ObjectSite, ProbeMode, Request};
+use crate::probes::{self, Kind, Linked, ObjectSite, ProbeMode, Request, Resolution};
 use crate::report::{ObjectStats, ProbeHits};
 use crate::symbols::Symbols;
 
@@ -45,6 +45,13 @@ struct FileProbes {
     sites: Vec<ObjectSite>,
 }
 
+/// What [`SharedObjects::place`] gives.
+struct Placed {
+    counters: Arc<Shared>,
+    table: crate::events::ProbeTable,
+    calls: probes::ObjectCalls,
+}
+
 /// The probes of the program's shared objects, before and while it runs.
 pub(super) struct SharedObjects {
     /// The `OBJECT:SPEC` requests.
@@ -58,6 +65,11 @@ pub(super) struct SharedObjects {
     /// Counter columns `[next, end)` still free.
     next: usize,
     end: usize,
+    /// Statistics slots (timed functions) `[next_stats, end_stats)` still free.
+    next_stats: usize,
+    end_stats: usize,
+    /// Once placed: the counters, the probes' table and the routines.
+    placed: Option<Placed>,
     /// What an earlier ring built: (file, offset, address, length) → object.
     built: HashMap<(FileId, u64, u64, u64), ObjectId>,
     /// Every object built, and its file's path.
@@ -68,24 +80,15 @@ pub(super) struct SharedObjects {
     warnings: Vec<String>,
 }
 
-/// Whether `r` asks for more than counting, which objects cannot do yet.
-fn counts_only(r: &Request) -> Result<()> {
-    let what = if r.trace.is_some() {
-        Some("--trace")
-    } else if r.latency || r.ret.is_some() {
-        Some("--latency and return probes")
-    } else {
-        None
-    };
-    match what {
-        Some(what) => Err(Error::Probe(probes::ProbeError::BadSpec {
-            spec: r.spec.clone(),
-            why: format!(
-                "{what} on functions of shared objects is not built yet; -p counts their calls"
-            ),
-        })),
-        None => Ok(()),
-    }
+/// What the shared objects' probes need of the session's shared memory and
+/// probe code, known before the program starts: counter columns, an event
+/// ring (with room for strings), statistics slots for timed functions.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct ObjectNeeds {
+    pub(super) columns: usize,
+    pub(super) traced: bool,
+    pub(super) strings: bool,
+    pub(super) timed: usize,
 }
 
 fn file_id(path: &Path) -> Option<FileId> {
@@ -105,16 +108,13 @@ impl SharedObjects {
         interp: &Path,
         mode: ProbeMode,
         unsafe_addrs: bool,
-    ) -> Result<(SharedObjects, usize)> {
+    ) -> Result<(SharedObjects, ObjectNeeds)> {
         if mode == ProbeMode::Int3 {
             return Err(Error::Probe(probes::ProbeError::BadSpec {
                 spec: requests[0].spec.clone(),
                 why: "--probe-mode int3 does not reach shared objects yet (their probes are jumps)"
                     .into(),
             }));
-        }
-        for r in &requests {
-            counts_only(r)?;
         }
         let interp_id = file_id(interp);
         let linked: Vec<(Linked, Option<FileId>)> = linked
@@ -133,12 +133,21 @@ impl SharedObjects {
             files: HashMap::new(),
             next: 0,
             end: 0,
+            next_stats: 0,
+            end_stats: 0,
+            placed: None,
             built: HashMap::new(),
             objects: Vec::new(),
             warnings: Vec::new(),
         };
-        let mut columns = 0;
+        let mut needs = ObjectNeeds::default();
         let mut pending = false;
+        for r in &s.requests {
+            needs.traced |= r.trace.is_some() || r.ret.is_some();
+            needs.strings |= r.trace.iter().flatten().any(|t| *t == probes::ArgType::Str)
+                || r.ret == Some(probes::ArgType::Str);
+        }
+        let timing = s.requests.iter().any(|r| r.latency || r.ret.is_some());
         for (i, r) in s.requests.iter().enumerate() {
             let object = r.object.as_ref().expect("only OBJECT:SPEC requests");
             let matched: Vec<&(Linked, Option<FileId>)> =
@@ -173,34 +182,125 @@ impl SharedObjects {
                 continue;
             }
             let (fp, skipped) = s.resolve(&l.path, &mine, true)?;
-            columns += fp.sites.len();
+            needs.columns += fp.sites.len();
+            needs.timed += funcs(&fp.sites);
             s.note_skipped(&l.path, skipped);
             files.push((id, fp));
         }
         // Room for objects mapped later (dlopen), or again elsewhere.
         if pending {
-            columns += PENDING_COLUMNS;
+            needs.columns += PENDING_COLUMNS;
+            if timing {
+                needs.timed += PENDING_TIMED;
+            }
         }
         s.linked = linked;
         s.files = files.into_iter().collect();
-        s.end = columns;
-        Ok((s, columns))
+        s.end = needs.columns;
+        s.end_stats = needs.timed;
+        Ok((s, needs))
     }
 
-    /// Counter columns `[first, first + columns)` are the objects' (after
-    /// the program's sites): numbers the sites resolved so far.
-    pub(super) fn place_columns(&mut self, first: usize) {
-        let mut next = first;
+    /// The objects' counter columns start at `first` (after the program's
+    /// sites) and their statistics slots at `first_stats`, in `counters`;
+    /// `table` gets each site's description and `calls` are what their
+    /// trampolines call and read. Numbers the sites resolved so far.
+    pub(super) fn place(
+        &mut self,
+        first: usize,
+        first_stats: usize,
+        counters: Arc<Shared>,
+        table: crate::events::ProbeTable,
+        calls: probes::ObjectCalls,
+    ) {
+        self.next = first;
+        self.end += first;
+        self.next_stats = first_stats;
+        self.end_stats += first_stats;
+        self.placed = Some(Placed {
+            counters,
+            table,
+            calls,
+        });
         let mut ids: Vec<FileId> = self.files.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            for (_, c) in &mut self.files.get_mut(&id).expect("listed").sites {
-                *c = next;
-                next += 1;
-            }
+            let mut fp = self.files.remove(&id).expect("listed");
+            self.number(&mut fp);
+            self.files.insert(id, fp);
         }
-        self.end += first;
-        self.next = next;
+    }
+
+    /// Gives `fp`'s sites their counter columns and statistics slots (as
+    /// many as are left), their descriptions in the probes' table, and each
+    /// traced return its event.
+    fn number(&mut self, fp: &mut FileProbes) {
+        let Some(placed) = &self.placed else { return };
+        let free = self.end - self.next;
+        if fp.sites.len() > free {
+            self.warnings.push(format!(
+                "{} of the matched sites of {} not probed: no counters left for them",
+                fp.sites.len() - free,
+                short(Path::new(&fp.path))
+            ));
+            fp.sites.truncate(free);
+        }
+        let n = funcs(&fp.sites);
+        let timed = if self.next_stats + n <= self.end_stats {
+            Some(self.next_stats)
+        } else {
+            if n > 0 {
+                self.warnings.push(format!(
+                    "{n} function(s) of {} not timed: no room left for their statistics",
+                    short(Path::new(&fp.path))
+                ));
+            }
+            None
+        };
+        // Untimed: the entries count, the exits go.
+        if timed.is_none() {
+            fp.sites
+                .retain(|(s, _)| !matches!(s.action, probes::Action::Exit { .. }));
+        }
+        let object = short(Path::new(&fp.path));
+        for (s, c) in &mut fp.sites {
+            *c = self.next;
+            self.next += 1;
+            s.timed = s.timed.and_then(|f| timed.map(|t| t as u32 + f));
+            if let probes::Action::Exit { func } = &mut s.action {
+                *func += timed.unwrap_or(0) as u32;
+            }
+            let request = &self.requests[s.place.request];
+            let ret = s.place.ret.filter(|_| s.timed.is_some()).and(request.ret);
+            if let (Some(f), Some(t)) = (s.timed, ret) {
+                let string = if t == probes::ArgType::Str {
+                    uprobe_runtime::latency::EVENT_STR
+                } else {
+                    0
+                };
+                let event = (*c as u64 + 1) | string;
+                placed
+                    .counters
+                    .stats(f as usize)
+                    .event
+                    .store(event, std::sync::atomic::Ordering::Relaxed);
+            }
+            placed.table.set(
+                crate::events::ProbeId(*c),
+                crate::events::ProbeInfo {
+                    label: format!("{object}:{}", s.label()),
+                    args: s
+                        .place
+                        .trace
+                        .and_then(|r| self.requests[r].trace.clone())
+                        .filter(|_| s.action.traced()),
+                    ret,
+                },
+            );
+        }
+        if timed.is_some() {
+            self.next_stats += n;
+        }
     }
 
     /// Resolves requests `mine` in the object at `path` and chooses each
@@ -214,14 +314,33 @@ impl SharedObjects {
     ) -> Result<(FileProbes, Vec<(String, String)>)> {
         let image = Image::open_object(path)?;
         let syms = Symbols::read(&image);
-        let mut resolver = probes::Resolver::new(&image, &syms, self.unsafe_addrs);
-        for &i in mine {
-            let mut r = self.requests[i].clone();
-            r.object = None;
-            resolver.add(r)?;
-        }
-        let resolution = resolver.finish();
-        let chosen = probes::choose(&image, &resolution, self.mode)?;
+        let resolve = |timed: bool| -> Result<(Resolution, probes::Chosen)> {
+            let mut resolver = probes::Resolver::new(&image, &syms, self.unsafe_addrs);
+            for &i in mine {
+                let mut r = self.requests[i].clone();
+                r.object = None;
+                if !timed {
+                    r.latency = false;
+                    r.ret = None;
+                }
+                resolver.add(r)?;
+            }
+            let resolution = resolver.finish();
+            let chosen = probes::choose(&image, &resolution, self.mode)?;
+            Ok((resolution, chosen))
+        };
+        // Once the program runs, a function that cannot be timed is still
+        // counted (and traced), with a warning; before, it is an error.
+        let (resolution, chosen) = match resolve(true) {
+            Err(e) if !strict => {
+                // Said as a warning, after what was passed over.
+                let why = format!("{}: its functions are counted, not timed: {e}", short(path));
+                let (r, mut c) = resolve(false)?;
+                c.skipped.push((String::new(), why));
+                (r, c)
+            }
+            other => other?,
+        };
         let mut skipped = chosen.skipped;
         let mut sites = Vec::new();
         for s in chosen.sites {
@@ -241,9 +360,14 @@ impl SharedObjects {
             }
             skipped.push((s.label(), why));
         }
-        // The report repeats each site's spec as the user wrote it.
+        // The report repeats each site's spec as the user wrote it: the
+        // request numbers are ours, not the resolver's.
+        let ours = |r: usize| mine[r.min(mine.len() - 1)];
         for (s, _) in &mut sites {
-            s.place.request = mine[s.place.request.min(mine.len() - 1)];
+            s.place.request = ours(s.place.request);
+            s.place.trace = s.place.trace.map(ours);
+            s.place.latency = s.place.latency.map(ours);
+            s.place.ret = s.place.ret.map(ours);
         }
         Ok((
             FileProbes {
@@ -258,7 +382,14 @@ impl SharedObjects {
         ))
     }
 
-    fn note_skipped(&mut self, path: &Path, skipped: Vec<(String, String)>) {
+    fn note_skipped(&mut self, path: &Path, mut skipped: Vec<(String, String)>) {
+        // An entry without a site is a warning of its own.
+        skipped.retain(|(site, why)| {
+            if site.is_empty() {
+                self.warnings.push(why.clone());
+            }
+            !site.is_empty()
+        });
         if skipped.is_empty() {
             return;
         }
@@ -279,14 +410,8 @@ impl SharedObjects {
     /// Answers a ring of the mapping detour: serves the object just mapped
     /// (status [`SERVED`]), or says it could not (the detour maps the file
     /// back as it was asked for).
-    pub(super) fn ring(
-        &mut self,
-        server: &mut Server,
-        area: &mut ObjectsArea,
-        counters: &Shared,
-        bell: &Bell,
-    ) {
-        let status = match self.serve(server, area, counters, bell) {
+    pub(super) fn ring(&mut self, server: &mut Server, area: &mut ObjectsArea, bell: &Bell) {
+        let status = match self.serve(server, area, bell) {
             Ok(()) => SERVED,
             Err(why) => {
                 self.warnings.push(why);
@@ -302,7 +427,6 @@ impl SharedObjects {
         &mut self,
         server: &mut Server,
         area: &mut ObjectsArea,
-        counters: &Shared,
         bell: &Bell,
     ) -> std::result::Result<(), String> {
         let req = area
@@ -339,7 +463,7 @@ impl SharedObjects {
         let object = match self.built.get(&key) {
             Some(&o) => o,
             None => {
-                let o = self.build(server, area, counters, id, &path, &file, addr, len, offset)?;
+                let o = self.build(server, area, id, &path, &file, addr, len, offset)?;
                 self.built.insert(key, o);
                 o
             }
@@ -363,7 +487,6 @@ impl SharedObjects {
         &mut self,
         server: &mut Server,
         area: &mut ObjectsArea,
-        counters: &Shared,
         id: FileId,
         path: &Path,
         file: &std::fs::File,
@@ -384,7 +507,7 @@ impl SharedObjects {
         let range = TextRange { start: addr, pages };
         let parts = [(range, offset.min(file_end) as usize..file_end as usize)];
         let mut patches = Vec::new();
-        if let Some(fp) = self.files.get(&id) {
+        if let (Some(fp), Some(placed)) = (self.files.get(&id), &self.placed) {
             // Where the segment that holds `offset` puts link addresses.
             let bias = fp
                 .image
@@ -413,8 +536,8 @@ impl SharedObjects {
                     &fp.image,
                     bias,
                     &inside,
-                    counters,
-                    area.row_page,
+                    &placed.counters,
+                    &placed.calls,
                     |ip| crate::plan::within_reach(bounds, ip),
                     || area.take(uprobe_runtime::area::SLOT_BYTES as u64),
                 );
@@ -466,19 +589,7 @@ impl SharedObjects {
         match resolved {
             Ok((mut fp, skipped)) => {
                 self.note_skipped(path, skipped);
-                let free = self.end - self.next;
-                if fp.sites.len() > free {
-                    self.warnings.push(format!(
-                        "{} of the matched functions of {} not probed: no counters left for them",
-                        fp.sites.len() - free,
-                        short(path)
-                    ));
-                    fp.sites.truncate(free);
-                }
-                for (_, c) in &mut fp.sites {
-                    *c = self.next;
-                    self.next += 1;
-                }
+                self.number(&mut fp);
                 self.files.insert(id, fp);
             }
             Err(e) => self
@@ -494,7 +605,11 @@ impl SharedObjects {
         files
             .into_iter()
             .flat_map(|fp| {
-                fp.sites.iter().map(|(s, c)| ProbeHits {
+                let entries = fp
+                    .sites
+                    .iter()
+                    .filter(|(s, _)| !matches!(s.action, probes::Action::Exit { .. }));
+                entries.map(|(s, c)| ProbeHits {
                     spec: self.requests[s.place.request].spec.clone(),
                     symbol: s.place.symbol.clone(),
                     offset: s.place.offset,
@@ -505,6 +620,31 @@ impl SharedObjects {
                 })
             })
             .collect()
+    }
+
+    /// The timed functions' calls, from `column_hits` (hits by counter
+    /// column), labelled `OBJECT:FUNCTION`.
+    pub(super) fn latency(&self, column_hits: &[u64]) -> Vec<crate::report::Latency> {
+        let Some(placed) = &self.placed else {
+            return Vec::new();
+        };
+        let mut files: Vec<&FileProbes> = self.files.values().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut v = Vec::new();
+        for fp in files {
+            let object = short(Path::new(&fp.path));
+            for (s, c) in &fp.sites {
+                let Some(f) = s.timed else { continue };
+                let snap = placed.counters.stats(f as usize).snapshot();
+                let hits = column_hits.get(*c).copied().unwrap_or(0);
+                v.push(crate::report::Latency::new(
+                    format!("{object}:{}", s.label()),
+                    hits,
+                    &snap,
+                ));
+            }
+        }
+        v
     }
 
     /// Each object served, as the report gives it: one entry per file
@@ -550,6 +690,15 @@ impl SharedObjects {
 /// Counter columns kept for objects mapped after start.
 const PENDING_COLUMNS: usize = 1024;
 
+/// Statistics slots kept for timed functions of objects mapped after start.
+const PENDING_TIMED: usize = 256;
+
+/// The timed functions among `sites` (numbered from 0 by `choose`).
+fn funcs(sites: &[ObjectSite]) -> usize {
+    sites.iter().filter(|(s, _)| s.timed.is_some()).count()
+}
+
+/// A file's name without its directories.
 fn short(path: &Path) -> String {
     path.file_name().map_or_else(
         || path.display().to_string(),
