@@ -270,8 +270,11 @@ impl SharedObjects {
             if let probes::Action::Exit { func } = &mut s.action {
                 *func += timed.unwrap_or(0) as u32;
             }
-            let request = &self.requests[s.place.request];
-            let ret = s.place.ret.filter(|_| s.timed.is_some()).and(request.ret);
+            let ret = s
+                .place
+                .ret
+                .filter(|_| s.timed.is_some())
+                .and_then(|r| self.requests[r].ret);
             if let (Some(f), Some(t)) = (s.timed, ret) {
                 let string = if t == probes::ArgType::Str {
                     uprobe_runtime::latency::EVENT_STR
