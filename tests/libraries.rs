@@ -505,3 +505,101 @@ fn unprivileged_a_library_spec_is_refused_and_other_runs_work() {
     common::assert_unprivileged_handoff("libcalls", &r);
     assert_eq!(hits(&r, "main"), 1, "{r}");
 }
+
+/// `--trace` on a dlopen'ed plugin's function: one event per call, in
+/// both loads, each with the argument the program passed
+/// (`i + 1000 * round`, rounds 1 and 2, i below 777: libcalls.c), labelled
+/// with the object; the run as native.
+#[test]
+fn a_plugin_s_calls_are_traced_with_their_arguments() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let prog = path("libcalls", Variant::Pie);
+    let plugin = plugin();
+    let dir = common::TempDir::new("lib-trace");
+    let events = dir.join("events.jsonl");
+    let case = Case::new(&prog, [&plugin])
+        .opt("-q")
+        .opt("--format")
+        .opt("json")
+        .opt("-o")
+        .opt(&events)
+        .opt("--trace")
+        .opt("libplugin.so:plugin_fn(int)");
+    let (native, ours) = case.compare();
+    assert_eq!(printed(&native, "plugin_calls"), 1554);
+    assert_eq!(ours.code, Some(0));
+    let text = std::fs::read_to_string(&events).unwrap();
+    let mut got: Vec<i64> = Vec::new();
+    for line in text.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(e["probe"], "libplugin.so:plugin_fn", "{e}");
+        got.push(e["args"][0].as_i64().unwrap_or_else(|| panic!("{e}")));
+    }
+    got.sort_unstable();
+    let mut want: Vec<i64> = (1..=2)
+        .flat_map(|round| (0..777).map(move |i| i + 1000 * round))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+}
+
+/// Return probes and `--latency` on libc's `getpid`: python calls it 5000
+/// times; every return event's value is the pid the program printed, and
+/// the latency report counts 5000 calls.
+#[test]
+fn libc_returns_are_traced_and_timed() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let dir = common::TempDir::new("lib-ret");
+    let events = dir.join("events.jsonl");
+    let report = dir.join("r.json");
+    let script = "import os
+for i in range(5000):
+    os.getpid()
+print('pid', os.getpid())";
+    let out = ours(
+        &[
+            "-q",
+            "--format",
+            "json",
+            "-o",
+            events.to_str().unwrap(),
+            "--report-json",
+            report.to_str().unwrap(),
+            "--trace",
+            "libc.so.6:getpid%return(int)",
+        ],
+        PY,
+        &["-c", script],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let pid: i64 = out
+        .stdout_str()
+        .trim()
+        .strip_prefix("pid ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{}", out.stdout_str()));
+    let text = std::fs::read_to_string(&events).unwrap();
+    let rets: Vec<i64> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["probe"] == "libc.so.6:getpid")
+        .map(|e| e["ret"].as_i64().unwrap_or_else(|| panic!("{e}")))
+        .collect();
+    assert_eq!(rets.len(), 5001, "one return per call");
+    assert!(
+        rets.iter().all(|&r| r == pid),
+        "every getpid returned {pid}"
+    );
+    let r = read_report(&report);
+    let l = r["latency"]
+        .as_array()
+        .and_then(|a| a.iter().find(|l| l["symbol"] == "libc.so.6:getpid"))
+        .unwrap_or_else(|| panic!("no latency for getpid: {r}"));
+    assert_eq!(l["count"], 5001, "{l}");
+    assert_eq!(l["timed"], 5001, "{l}");
+    assert_eq!(lib_hits(&r, "libc.so.6", "getpid"), 5001, "{r}");
+}
