@@ -569,9 +569,8 @@ impl SharedObjects {
             .find(|(_, f)| *f == Some(id))
             .map(|(l, _)| l.clone())
             .unwrap_or_else(|| Linked {
-                name: path
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                // What dlopen names it by: its soname, or else its file's.
+                name: soname(path).unwrap_or_else(|| short(path)),
                 path: path.to_owned(),
             });
         let mine: Vec<usize> = (0..self.requests.len())
@@ -707,4 +706,11 @@ fn short(path: &Path) -> String {
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     )
+}
+
+/// The `DT_SONAME` of the shared object at `path`, if it has one.
+fn soname(path: &Path) -> Option<String> {
+    let image = Image::open_object(path).ok()?;
+    let elf = goblin::elf::Elf::parse(&image.bytes).ok()?;
+    elf.soname.map(str::to_string)
 }

@@ -492,8 +492,8 @@ fn limits(
     if plan.interp_text.is_some() {
         limits.push(
             "shared objects are served: /proc/PID/maps shows the text of each object ld.so maps \
-             as anonymous memory ([anon:uprobe-exec served text]) and ld.so's as \
-             [anon:uprobe-exec text of …], not their files' paths (dl_iterate_phdr, dladdr and \
+             as anonymous memory (named [anon:uprobe-exec served text] where the kernel names \
+             anonymous mappings), ld.so's too, not their files' paths (dl_iterate_phdr, dladdr and \
              debuggers, which read the loader's own lists, are unchanged; profilers that name \
              code by the file behind a mapping do not name theirs)"
                 .into(),
