@@ -603,3 +603,50 @@ print('pid', os.getpid())";
     assert_eq!(l["timed"], 5001, "{l}");
     assert_eq!(lib_hits(&r, "libc.so.6", "getpid"), 5001, "{r}");
 }
+
+/// An object no probe names stays the kernel's: its text is mapped from its
+/// file (so `/proc/self/maps` names it), while a probed one's is ours
+/// (anonymous). Natively both are the files.
+#[test]
+fn only_probed_objects_are_served() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let script = "import math
+exe = [l.split()[-1] for l in open('/proc/self/maps') if ' r-xp ' in l and '/' in l.split()[-1]]
+print('libm', any(p.endswith('/libm.so.6') for p in exe))
+print('libc', any(p.endswith('/libc.so.6') for p in exe))";
+    let native = common::run({
+        let mut c = std::process::Command::new(PY);
+        c.args(["-c", script]);
+        c
+    });
+    assert_eq!(native.stdout_str(), "libm True\nlibc True\n");
+    let dir = common::TempDir::new("lib-unprobed");
+    let report = dir.join("r.json");
+    let out = ours(
+        &[
+            "-q",
+            "--report-json",
+            report.to_str().unwrap(),
+            "-p",
+            "libc.so.6:getpid",
+        ],
+        PY,
+        &["-c", script],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    assert_eq!(out.stdout_str(), "libm True\nlibc False\n");
+    let r = read_report(&report);
+    let served: Vec<&str> = r["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["path"].as_str())
+        .collect();
+    assert!(
+        served.iter().any(|p| p.ends_with("/libc.so.6")),
+        "{served:?}"
+    );
+    assert!(!served.iter().any(|p| p.contains("libm.so")), "{served:?}");
+}

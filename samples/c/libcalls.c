@@ -19,6 +19,8 @@
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #define STRTOL_CALLS 12345
 #define PLUGIN_CALLS 777
@@ -74,9 +76,32 @@ static unsigned long plugin_round(const char *plugin, int round) {
     return calls;
 }
 
+/* libcalls hitloop N PLUGIN: calls the plugin's plugin_hit N times and
+ * prints ns per call (the bench's per-hit cost in a shared object). */
+static int hitloop(unsigned long n, const char *plugin) {
+    void *h = dlopen(plugin, RTLD_NOW);
+    if (!h) {
+        fprintf(stderr, "libcalls: dlopen %s: %s\n", plugin, dlerror());
+        return 2;
+    }
+    unsigned long (*f)(unsigned long);
+    *(void **)&f = dlsym(h, "plugin_hit");
+    if (!f) return 2;
+    unsigned long acc = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (unsigned long i = 0; i < n; i++) acc = f(acc);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+    printf("ns_per_call=%.2f acc=%lu\n", ns / (double)n, acc);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "hitloop"))
+        return hitloop(strtoul(argv[2], NULL, 10), argv[3]);
     if (argc != 2) {
-        fprintf(stderr, "usage: libcalls PLUGIN\n");
+        fprintf(stderr, "usage: libcalls PLUGIN | libcalls hitloop N PLUGIN\n");
         return 2;
     }
     unsigned long s = strtol_calls();

@@ -17,3 +17,11 @@ int plugin_fn(int x) {
     }
     return (int)(h & 0x7fffffffu);
 }
+
+/* The bench's hit site in a shared object: the same code as the probed
+ * sample's hit_push, so a hit here and one there cost the same natively. */
+unsigned long plugin_hit(unsigned long);
+__asm__(".intel_syntax noprefix\n.text\n"
+        ".p2align 4\n.globl plugin_hit\n.type plugin_hit,@function\n"
+        "plugin_hit:\n push rbp\n mov rbp, rsp\n lea rax, [rdi + 1]\n pop rbp\n ret\n"
+        ".size plugin_hit, .-plugin_hit\n.att_syntax prefix\n");

@@ -240,47 +240,73 @@ impl Command {
                 .iter()
                 .cloned()
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            let (requests, theirs): (Vec<Request>, Vec<Request>) =
+            let (requests, mut theirs): (Vec<Request>, Vec<Request>) =
                 requests.into_iter().partition(|r| r.object.is_none());
-            if let (Some(first), Some(interp)) = (theirs.first(), &interp) {
-                if eager {
-                    return Err(Error::Probe(ProbeError::BadSpec {
-                        spec: first.spec.clone(),
-                        why: "probing shared objects needs privileges: their text is served in every \
-                              process of the program, and following forks needs userfaultfd's \
-                              fork events, which the kernel gives only with CAP_SYS_PTRACE (as \
-                              root); as an ordinary user only the program's own functions can \
-                              be probed"
-                            .into(),
-                    }));
+            // The objects the program maps at start, asked of its
+            // interpreter while the program's own probes are resolved.
+            let listing = match (theirs.first(), &interp) {
+                (Some(first), Some(interp)) => {
+                    if eager {
+                        return Err(Error::Probe(ProbeError::BadSpec {
+                            spec: first.spec.clone(),
+                            why: "probing shared objects needs privileges: their text is served \
+                                  in every process of the program, and following forks needs \
+                                  userfaultfd's fork events, which the kernel gives only with \
+                                  CAP_SYS_PTRACE (as root); as an ordinary user only the \
+                                  program's own functions can be probed"
+                                .into(),
+                        }));
+                    }
+                    let Some(site) = crate::probes::detour::find_site(interp) else {
+                        return Err(Error::Probe(ProbeError::BadSpec {
+                            spec: first.spec.clone(),
+                            why: format!(
+                                "{} is not a dynamic loader uprobe-exec knows: it has no single \
+                                 mmap system call through which it maps objects",
+                                interp.path.display()
+                            ),
+                        }));
+                    };
+                    let (i, p, e) = (interp.path.clone(), resolved.elf.clone(), env.clone());
+                    let (mode, unsafe_addrs) = (self.mode, self.unsafe_addrs);
+                    let theirs = std::mem::take(&mut theirs);
+                    let list = std::thread::spawn(move || {
+                        let linked = crate::probes::linked(&i, &p, &e).map_err(|why| {
+                            Error::Probe(ProbeError::BadSpec {
+                                spec: p.display().to_string(),
+                                why: format!("cannot list the objects the program maps: {why}"),
+                            })
+                        })?;
+                        super::shared_objects::SharedObjects::new(
+                            theirs,
+                            linked,
+                            &i,
+                            mode,
+                            unsafe_addrs,
+                        )
+                    });
+                    Some((list, site))
                 }
-                let Some(site) = crate::probes::detour::find_site(interp) else {
-                    return Err(Error::Probe(ProbeError::BadSpec {
-                        spec: first.spec.clone(),
-                        why: format!(
-                            "{} is not a dynamic loader uprobe-exec knows: it has no single                              mmap system call through which it maps objects",
-                            interp.path.display()
-                        ),
-                    }));
-                };
-                let linked = super::objects(&program, &resolved.elf, &env)?;
-                let (so, n) = super::shared_objects::SharedObjects::new(
-                    theirs,
-                    linked,
-                    &interp.path,
-                    self.mode,
-                    self.unsafe_addrs,
-                )?;
-                needs = n;
-                objects = Some((so, site));
-            } else if !theirs.is_empty() {
-                // A static program maps no shared object.
-                in_program(theirs, &resolved.elf, &mut pending);
-            }
+                _ => {
+                    // A static program maps no shared object.
+                    in_program(theirs.clone(), &resolved.elf, &mut pending);
+                    None
+                }
+            };
             let syms = Symbols::read(&program);
             let mut resolver = probes::Resolver::new(&program, &syms, self.unsafe_addrs);
             for request in requests {
                 resolver.add(request)?;
+            }
+            if let Some((list, site)) = listing {
+                let (so, n) = list.join().unwrap_or_else(|_| {
+                    Err(Error::sys(
+                        "resolving the shared objects' probes",
+                        std::io::Error::other("panicked"),
+                    ))
+                })?;
+                needs = n;
+                objects = Some((so, site));
             }
             resolution = resolver.finish();
         }

@@ -415,7 +415,9 @@ impl SharedObjects {
     /// back as it was asked for).
     pub(super) fn ring(&mut self, server: &mut Server, area: &mut ObjectsArea, bell: &Bell) {
         let status = match self.serve(server, area, bell) {
-            Ok(()) => SERVED,
+            Ok(true) => SERVED,
+            // No probe of it: its file's mapping, as the kernel makes it.
+            Ok(false) => 0,
             Err(why) => {
                 self.warnings.push(why);
                 2
@@ -431,7 +433,7 @@ impl SharedObjects {
         server: &mut Server,
         area: &mut ObjectsArea,
         bell: &Bell,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<bool, String> {
         let req = area
             .request(bell.addr)
             .ok_or("a ring outside the doorbells")?;
@@ -463,6 +465,10 @@ impl SharedObjects {
         let meta = file.metadata().map_err(|e| format!("{proc_fd}: {e}"))?;
         let id: FileId = (meta.dev(), meta.ino());
         let key = (id, offset, addr, len);
+        self.learn(id, &path);
+        if !self.files.contains_key(&id) {
+            return Ok(false);
+        }
         let object = match self.built.get(&key) {
             Some(&o) => o,
             None => {
@@ -479,7 +485,7 @@ impl SharedObjects {
         server
             .map_object(bell.mm, object, 0)
             .map_err(|e| format!("serving {} at {addr:#x}: {e}", path.display()))?;
-        Ok(())
+        Ok(true)
     }
 
     /// The object for `len` bytes of the file `id` (at `path`, open as
@@ -497,7 +503,6 @@ impl SharedObjects {
         len: u64,
         offset: u64,
     ) -> std::result::Result<ObjectId, String> {
-        self.learn(id, path);
         // SAFETY (of the mapping): a private read-only map of the file the
         // program maps; a writer changing it would change the program's
         // copy too (MAP_PRIVATE pages not yet touched follow the file).
