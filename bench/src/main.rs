@@ -17,7 +17,7 @@
 //!
 //! Usage: `cargo run --release -p uprobe-exec-bench -- [RUNS]`, or
 //! `-- coverage` to print only the coverage section, `-- events [RUNS]`
-//! only the events section and its goals (nothing written), `-- startup
+//! only the events section and its goals (nothing written), `-- objects [RUNS]` only the shared objects section, `-- startup
 //! [RUNS]` only the start-up breakdown.
 
 mod coverage;
@@ -25,6 +25,7 @@ mod events;
 mod fault;
 mod hits;
 mod latency;
+mod objects;
 mod plot;
 mod startup;
 mod teardown;
@@ -198,6 +199,15 @@ fn main() {
             "{}",
             startup::section(uprobe_exec().to_str().expect("utf-8 path"), runs)
         );
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("objects") {
+        let runs: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(11);
+        let s = objects::section(uprobe_exec().to_str().expect("utf-8 path"), runs);
+        print_alone(&s.md, s.goals);
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("events") {
@@ -538,6 +548,12 @@ fn main() {
     md.push('\n');
     md.push_str(&startup::section(ux, runs.clamp(5, 21)));
 
+    // 9. Shared objects.
+    eprintln!("shared objects…");
+    let objects = objects::section(ux, runs.clamp(5, 21));
+    md.push('\n');
+    md.push_str(&objects.md);
+
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| goal | measured | met |");
     let _ = writeln!(md, "| --- | --- | --- |");
@@ -600,7 +616,12 @@ fn main() {
             c >= 99.0,
         );
     }
-    for (what, measured, met) in events.goals.into_iter().chain(latency.goals) {
+    for (what, measured, met) in events
+        .goals
+        .into_iter()
+        .chain(latency.goals)
+        .chain(objects.goals)
+    {
         goal(what, measured, met);
     }
     match int3_vs_stepped {
