@@ -650,3 +650,35 @@ print('libc', any(p.endswith('/libc.so.6') for p in exe))";
     );
     assert!(!served.iter().any(|p| p.contains("libm.so")), "{served:?}");
 }
+
+/// The dynamic loader's own functions: `_dl_debug_state` (which it calls at
+/// each change of its object list, gdb's breakpoint) and
+/// `_dl_catch_exception`, counted as the kernel's uprobes on ld.so count
+/// them for libcalls (two dlopen/dlclose rounds).
+#[test]
+fn the_dynamic_loader_s_functions_count_as_the_kernel_s_uprobes() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let ld = canonical(Path::new("/lib64/ld-linux-x86-64.so.2"));
+    let prog = path("libcalls", Variant::Pie);
+    let plugin = plugin();
+    let argv = [prog.to_str().unwrap(), plugin.to_str().unwrap()];
+    let Some(k) = kernel_probes(&[(&ld, "_dl_debug_state"), (&ld, "_dl_catch_exception")]) else {
+        return;
+    };
+    let run = kernel_counts(&k, &argv, &[]);
+    assert!(run.counts[0] >= 8, "{:?}", run.counts);
+    let case = Case::new(&prog, [&plugin])
+        .opt("-q")
+        .opt("-p")
+        .opt("ld-linux-x86-64.so.2:_dl_debug_state")
+        .opt("-p")
+        .opt("ld-linux-x86-64.so.2:_dl_catch_exception");
+    let (_, _, r) = compare_with_report("ld.so", case);
+    let ours = [
+        lib_hits(&r, "ld-linux-x86-64.so.2", "_dl_debug_state"),
+        lib_hits(&r, "ld-linux-x86-64.so.2", "_dl_catch_exception"),
+    ];
+    assert_eq!(ours.to_vec(), run.counts, "{r}");
+}

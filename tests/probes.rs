@@ -625,7 +625,7 @@ fn object_specs_list_their_functions_and_wait_for_their_object() {
     );
     assert_eq!(f[2], "libc.so.6:strtol");
     assert!(line.contains("[jump]"), "{line}");
-    // The dynamic loader's functions are listed, and marked as not probed.
+    // The dynamic loader's exported functions are listed too, probeable.
     let out = ours(
         &["--list", "-p", "ld-linux-x86-64.so.2:_dl_catch_*"],
         &prog,
@@ -633,7 +633,8 @@ fn object_specs_list_their_functions_and_wait_for_their_object() {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     assert!(
-        out.stdout_str().contains("cannot be probed yet"),
+        out.stdout_str()
+            .contains("ld-linux-x86-64.so.2:_dl_catch_exception  [jump]"),
         "{}",
         out.stdout_str()
     );

@@ -280,7 +280,6 @@ impl Command {
                         super::shared_objects::SharedObjects::new(
                             theirs,
                             linked,
-                            &i,
                             mode,
                             unsafe_addrs,
                         )

@@ -152,18 +152,11 @@ pub fn functions(
         for o in named {
             let lib = Image::open_object(&o.path)?;
             let label = o.short_name().to_string();
-            let loader = image
-                .interp
-                .as_deref()
-                .is_some_and(|i| same_file(i, &o.path));
             out.extend(
                 functions_of(&lib, std::slice::from_ref(&pattern))?
                     .into_iter()
                     .map(|f| {
                         let why = match &f.tactic {
-                            _ if loader => Some(
-                                "the dynamic loader's functions cannot be probed yet".to_string(),
-                            ),
                             Some(Ok(kind)) if !matches!(*kind, "jump" | "jump-padding") => Some(
                                 "its jump would need moving other code (a short jump or a punned \
                                  one), which shared objects do not do yet"
@@ -182,15 +175,6 @@ pub fn functions(
         }
     }
     Ok(out)
-}
-
-/// Whether two paths name one file.
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
-        _ => false,
-    }
 }
 
 /// The shared objects `program` (found as [`Command::new`] finds it) maps

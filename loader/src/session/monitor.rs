@@ -9,7 +9,7 @@ use std::sync::mpsc;
 
 use rustix::io::Errno;
 use rustix::process::{pidfd_send_signal, Signal};
-use uprobe_runtime::{MmId, ObjectId, ServeError, Server, UffdMode, Wake};
+use uprobe_runtime::{ObjectId, ServeError, Server, UffdMode, Wake};
 
 use super::control::{Inbox, Request};
 use super::events::{Drain, Sink, Totals};
@@ -121,17 +121,20 @@ fn run(
     if let Some(p) = probes {
         server.set_row_page(p.area.cache, p.row_assigner(pid));
     }
-    // The interpreter's text (with the mapping detour's jump) is object 1.
-    if let Some(image) = &plan.interp_text {
-        let id = server.add_object(image.clone());
-        if let Err(e) = server.map_object(MmId::FIRST, id, 0) {
-            return Err(Error::sys(
-                "serving the interpreter",
-                std::io::Error::other(e.to_string()),
-            ));
-        }
-    }
-    if let Some((area, _)) = &objects {
+    // The interpreter's text, with the mapping detour's jump and its own
+    // probes' jumps: object 1.
+    if let (Some(image), Some(interp), Some((area, o))) =
+        (&plan.interp_text, &plan.interp, &mut objects)
+    {
+        let detour = crate::probes::detour::patch(&area.detour);
+        o.serve_interp(
+            &mut server,
+            area,
+            interp,
+            image.ranges(),
+            (area.detour.site, detour),
+        )
+        .map_err(|e| Error::sys("serving the interpreter", std::io::Error::other(e)))?;
         server.add_row_page(area.row_page);
         server.set_doorbells(area.bells.0, area.bells.1);
     }
@@ -178,15 +181,7 @@ fn run(
             plan.program.image.path.display().to_string(),
             &server.object_stats(ObjectId::MAIN),
         )];
-        if let Some(i) = &plan.interp {
-            v.push(ObjectStats::new(
-                std::fs::canonicalize(&i.image.path)
-                    .unwrap_or_else(|_| i.image.path.clone())
-                    .display()
-                    .to_string(),
-                &server.object_stats(ObjectId(1)),
-            ));
-        }
+        // The interpreter first (served first), then the others.
         v.extend(o.stats(&server));
         v
     });

@@ -100,12 +100,10 @@ impl SharedObjects {
     /// program whose objects at start are `linked`: each object mapped at
     /// start that a request names has its sites resolved and chosen now
     /// (an unknown function is an error before the program starts); the
-    /// others wait for an object to be mapped. `interp` is the program's
-    /// interpreter, whose functions cannot be probed yet.
+    /// others wait for an object to be mapped.
     pub(super) fn new(
         requests: Vec<Request>,
         linked: Vec<Linked>,
-        interp: &Path,
         mode: ProbeMode,
         unsafe_addrs: bool,
     ) -> Result<(SharedObjects, ObjectNeeds)> {
@@ -116,7 +114,6 @@ impl SharedObjects {
                     .into(),
             }));
         }
-        let interp_id = file_id(interp);
         let linked: Vec<(Linked, Option<FileId>)> = linked
             .into_iter()
             .map(|l| {
@@ -152,17 +149,6 @@ impl SharedObjects {
             let object = r.object.as_ref().expect("only OBJECT:SPEC requests");
             let matched: Vec<&(Linked, Option<FileId>)> =
                 linked.iter().filter(|(l, _)| object.matches(l)).collect();
-            if matched
-                .iter()
-                .any(|(_, id)| id.is_some() && *id == interp_id)
-            {
-                return Err(Error::Probe(probes::ProbeError::BadSpec {
-                    spec: r.spec.clone(),
-                    why: format!(
-                        "{object} is the dynamic loader, whose functions cannot be probed yet"
-                    ),
-                }));
-            }
             if matched.is_empty() || matches!(object, probes::ObjectPattern::Glob(_)) {
                 pending = true;
             }
@@ -178,7 +164,7 @@ impl SharedObjects {
             let mine: Vec<usize> = (0..s.requests.len())
                 .filter(|&i| s.requests[i].object.as_ref().is_some_and(|o| o.matches(l)))
                 .collect();
-            if mine.is_empty() || Some(id) == interp_id {
+            if mine.is_empty() {
                 continue;
             }
             let (fp, skipped) = s.resolve(&l.path, &mine, true)?;
@@ -472,7 +458,7 @@ impl SharedObjects {
         let object = match self.built.get(&key) {
             Some(&o) => o,
             None => {
-                let o = self.build(server, area, id, &path, &file, addr, len, offset)?;
+                let o = self.build(server, area, id, &path, &file, (addr, len, offset), &[])?;
                 self.built.insert(key, o);
                 o
             }
@@ -499,9 +485,8 @@ impl SharedObjects {
         id: FileId,
         path: &Path,
         file: &std::fs::File,
-        addr: u64,
-        len: u64,
-        offset: u64,
+        (addr, len, offset): (u64, u64, u64),
+        extra: &[(u64, Vec<u8>)],
     ) -> std::result::Result<ObjectId, String> {
         // SAFETY (of the mapping): a private read-only map of the file the
         // program maps; a writer changing it would change the program's
@@ -558,10 +543,57 @@ impl SharedObjects {
                 self.note_skipped(&p, skipped);
             }
         }
+        patches.extend_from_slice(extra);
         let image = crate::plan::patched_image(&bytes, &parts, &[], &patches);
         let object = server.add_object(Arc::new(image));
-        self.objects.push((object, path.display().to_string()));
+        let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        self.objects.push((object, canonical.display().to_string()));
         Ok(object)
+    }
+
+    /// Serves the interpreter's text in the first process: the stage
+    /// mapped it at `interp`'s addresses (`ranges`) and registered it; its
+    /// probes' jumps and `detour` (the mapping detour's jump) are patched
+    /// in.
+    pub(super) fn serve_interp(
+        &mut self,
+        server: &mut Server,
+        area: &mut ObjectsArea,
+        interp: &crate::plan::Placed,
+        ranges: &[TextRange],
+        detour: (u64, Vec<u8>),
+    ) -> std::result::Result<(), String> {
+        let path = &interp.image.path;
+        let meta = interp
+            .image
+            .file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let id: FileId = (meta.dev(), meta.ino());
+        self.learn(id, path);
+        for r in ranges {
+            let seg = interp
+                .image
+                .segments
+                .iter()
+                .find(|s| s.exec && (interp.bias.0 + s.vaddr.0) & !(PAGE_SIZE - 1) == r.start)
+                .ok_or_else(|| format!("{}: no segment at {:#x}", path.display(), r.start))?;
+            let offset = seg.offset & !(PAGE_SIZE - 1);
+            let len = r.pages as u64 * PAGE_SIZE;
+            let object = self.build(
+                server,
+                area,
+                id,
+                path,
+                &interp.image.file,
+                (r.start, len, offset),
+                std::slice::from_ref(&detour),
+            )?;
+            server
+                .map_object(uprobe_runtime::MmId::FIRST, object, 0)
+                .map_err(|e| format!("serving {}: {e}", path.display()))?;
+        }
+        Ok(())
     }
 
     /// Resolves the requests for a file mapped for the first time, unless
