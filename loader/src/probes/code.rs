@@ -269,30 +269,80 @@ pub struct ObjectCalls {
     pub exit: Option<u64>,
 }
 
-/// The trampolines of a shared object's `sites` (each a plain jump, and its
-/// counter column), the object `image` placed with `bias`: each in the room
-/// `take` gives (`SLOT_BYTES`, within a rel32 of the site as `reaches`
+/// The trampolines of a shared object's `sites` (each a jump, plain or
+/// short, and its counter column) and of the neighbours `evicted` for the
+/// short jumps' pads, the object `image` placed with `bias`: each in the
+/// room `take` gives (`SLOT_BYTES`, within a rel32 of the site as `reaches`
 /// says), counting in `shared` and calling what `calls` gives.
+#[allow(clippy::too_many_arguments)]
 pub fn object_code(
     image: &Image,
     bias: Bias,
     sites: &[ObjectSite],
+    evicted: &[Evicted],
     shared: &Shared,
     calls: &ObjectCalls,
     reaches: impl Fn(u64) -> bool,
     mut take: impl FnMut() -> Option<u64>,
 ) -> ObjectCode {
     let mut out = ObjectCode::default();
-    for (k, (s, column)) in sites.iter().enumerate() {
+    let mut pads = Vec::new();
+    // A short jump's pad lies in bytes that no longer run only when their
+    // owner (an evicted neighbour, or another site, past its own jump) has
+    // its code moved: if any of those is not placed, only the short jumps
+    // whose pads are in padding are.
+    let mut hosts_placed = true;
+    // Neighbours whose code moves out of the way of short jumps' pads.
+    for e in evicted {
+        let ip = bias.apply(e.addr).0;
+        let Some(slot) = take().filter(|_| reaches(ip)) else {
+            hosts_placed = false;
+            continue;
+        };
+        let from = code_at(image, e.addr);
+        match encode_evicted(from, ip, e.len, slot) {
+            Ok(code) => {
+                out.trampolines.push((slot, code));
+                out.patches.push((ip, jump_patch(ip, e.len, slot)));
+            }
+            Err(_) => hosts_placed = false,
+        }
+    }
+    // The other sites, then the short jumps.
+    let short = |s: &Site| matches!(s.kind, Kind::JumpShort { .. });
+    let order = sites
+        .iter()
+        .enumerate()
+        .filter(|(_, (s, _))| !short(s))
+        .chain(sites.iter().enumerate().filter(|(_, (s, _))| short(s)));
+    let placed_before = out.placed.len();
+    let mut others_placed = None;
+    for (k, (s, column)) in order {
+        if short(s) && others_placed.is_none() {
+            let others = sites.iter().filter(|(s, _)| !short(s)).count();
+            others_placed = Some(out.placed.len() - placed_before == others);
+        }
+        if let Kind::JumpShort { via, .. } = s.kind {
+            if via != super::Via::Padding && !(hosts_placed && others_placed == Some(true)) {
+                out.skipped.push((
+                    s.label(),
+                    "its short jump's pad is in code that was not moved (a neighbour could \
+                     not be placed)"
+                        .into(),
+                ));
+                continue;
+            }
+        }
         let ip = s.place.runtime(bias);
-        let Some((len, flags_live)) = s
-            .kind
-            .jump()
-            .filter(|_| matches!(s.kind, Kind::Jump { .. } | Kind::JumpPadding { .. }))
-        else {
+        let Some((len, flags_live)) = s.kind.jump().filter(|_| {
+            matches!(
+                s.kind,
+                Kind::Jump { .. } | Kind::JumpPadding { .. } | Kind::JumpShort { .. }
+            )
+        }) else {
             out.skipped.push((
                 s.label(),
-                "only plain jumps are placed in shared objects so far".into(),
+                "a punned jump or an int3 is not placed in shared objects yet".into(),
             ));
             continue;
         };
@@ -327,8 +377,16 @@ pub fn object_code(
         match code {
             Ok(code) => {
                 out.trampolines.push((slot, code));
-                out.patches
-                    .push((ip, jump_patch(ip, s.kind.patch_len(), slot)));
+                match s.kind {
+                    Kind::JumpShort { len, pad, .. } => {
+                        let pad = bias.apply(pad).0;
+                        out.patches.push((ip, short_patch(ip, len, pad)));
+                        pads.push((pad, jump_patch(pad, 5, slot)));
+                    }
+                    _ => out
+                        .patches
+                        .push((ip, jump_patch(ip, s.kind.patch_len(), slot))),
+                }
                 out.placed.push(k);
             }
             Err(e) => out
@@ -336,6 +394,8 @@ pub fn object_code(
                 .push((s.label(), site_error(s, from, ip, e).to_string())),
         }
     }
+    // Pads go over their hosts' filler: last.
+    out.patches.extend(pads);
     out
 }
 

@@ -43,6 +43,8 @@ struct FileProbes {
     image: Image,
     /// Its sites and their counter columns.
     sites: Vec<ObjectSite>,
+    /// Neighbours moved out of the way of short jumps' pads.
+    evicted: Vec<probes::Evicted>,
 }
 
 /// What [`SharedObjects::place`] gives.
@@ -333,12 +335,15 @@ impl SharedObjects {
         let mut skipped = chosen.skipped;
         let mut sites = Vec::new();
         for s in chosen.sites {
-            if matches!(s.kind, Kind::Jump { .. } | Kind::JumpPadding { .. }) {
+            if matches!(
+                s.kind,
+                Kind::Jump { .. } | Kind::JumpPadding { .. } | Kind::JumpShort { .. }
+            ) {
                 sites.push((s, 0));
                 continue;
             }
-            let why = "its jump would need moving other code (a short jump or a punned one), \
-                       which shared objects do not do yet"
+            let why = "its jump would be a punned one (or an int3), which shared objects do \
+                       not place yet"
                 .to_string();
             let glob = resolution.requests[s.place.request].location.is_glob();
             if strict && !glob {
@@ -366,6 +371,7 @@ impl SharedObjects {
                     .to_string(),
                 image,
                 sites,
+                evicted: chosen.evicted,
             },
             skipped,
         ))
@@ -525,10 +531,20 @@ impl SharedObjects {
                     .cloned()
                     .collect();
                 let bounds = area.bounds();
+                let evicted: Vec<probes::Evicted> = fp
+                    .evicted
+                    .iter()
+                    .filter(|e| {
+                        let ip = bias.apply(e.addr).0;
+                        ip >= addr && ip + e.len as u64 <= addr + len
+                    })
+                    .cloned()
+                    .collect();
                 let code = probes::object_code(
                     &fp.image,
                     bias,
                     &inside,
+                    &evicted,
                     &placed.counters,
                     &placed.calls,
                     |ip| crate::plan::within_reach(bounds, ip),
