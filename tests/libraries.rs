@@ -682,3 +682,47 @@ fn the_dynamic_loader_s_functions_count_as_the_kernel_s_uprobes() {
     ];
     assert_eq!(ours.to_vec(), run.counts, "{r}");
 }
+
+/// `--probe-mode int3` reaches shared objects: their int3 sites are found
+/// by the program's trap handler in the objects' trap table, added while
+/// the program runs (a plugin's, when it is dlopen'ed). Counts exact, runs
+/// as native, with every libc function an int3 in python.
+#[test]
+fn int3_sites_in_shared_objects() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let prog = path("libcalls", Variant::Pie);
+    let plugin = plugin();
+    let case = Case::new(&prog, [&plugin])
+        .opt("-q")
+        .opt("--probe-mode")
+        .opt("int3")
+        .opt("-p")
+        .opt("libc.so.6:strtol")
+        .opt("-p")
+        .opt("libplugin.so:plugin_fn");
+    let (_, _, r) = compare_with_report("libcalls-int3", case);
+    assert_eq!(lib_hits(&r, "libc.so.6", "strtol"), 12345, "{r}");
+    assert_eq!(lib_hits(&r, "libplugin.so", "plugin_fn"), 1554, "{r}");
+    for p in probes_in(&r, "libc.so.6")
+        .into_iter()
+        .chain(probes_in(&r, "libplugin.so"))
+    {
+        assert_eq!(p["kind"], "int3", "{p}");
+    }
+    let script = "import json, re
+d = {'a': [1, 2, 3], 'b': 'x' * 50}
+s = json.dumps(d, sort_keys=True)
+print(s, len(re.findall(r'\\w+', s)), sorted([5, 3, 9, 1]))";
+    let case = Case::new(PY, ["-c", script])
+        .opt("-q")
+        .opt("--probe-mode")
+        .opt("int3")
+        .opt("-p")
+        .opt("libc.so.6:*");
+    let (_, _, r) = compare_with_report("python-int3", case);
+    let n = probes_in(&r, "libc.so.6").len();
+    assert!(n > 1000, "{n} int3 sites in libc");
+    assert!(lib_hits(&r, "libc.so.6", "malloc") > 0, "{r}");
+}

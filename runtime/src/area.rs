@@ -165,6 +165,10 @@ pub struct TrapTable {
     /// handler calls for an entry whose [`TrapEntry::index`] has
     /// [`ENTRY_TRACED`] set.
     pub emit: u64,
+    /// Address of a second table (0: none): the shared objects', whose
+    /// entries, in no order, are added while the program runs; the handler
+    /// looks there for a trap that is not in this one.
+    pub objects: u64,
     /// The entries start here.
     pub entries: [TrapEntry; 0],
 }
@@ -199,6 +203,8 @@ pub const TABLE_SHARED: usize = offset_of!(TrapTable, shared);
 pub const TABLE_ROW_PAGE: usize = offset_of!(TrapTable, row_page);
 /// [`TrapTable::emit`].
 pub const TABLE_EMIT: usize = offset_of!(TrapTable, emit);
+/// [`TrapTable::objects`].
+pub const TABLE_OBJECTS: usize = offset_of!(TrapTable, objects);
 /// [`TrapTable::entries`].
 pub const TABLE_ENTRIES: usize = offset_of!(TrapTable, entries);
 /// Bytes of one [`TrapEntry`].
@@ -718,6 +724,7 @@ impl CodeLayout {
     /// (at most [`CodeLayout::emit_bytes`]), and each site's slot
     /// (`slots[i]`, at most [`SLOT_BYTES`]); `int3` filler elsewhere.
     #[must_use]
+    #[allow(clippy::too_many_arguments)]
     pub fn image(
         &self,
         base: u64,
@@ -726,6 +733,7 @@ impl CodeLayout {
         mut entries: Vec<TrapEntry>,
         emit: &[u8],
         slots: &[Vec<u8>],
+        objects: u64,
     ) -> Vec<u8> {
         assert_eq!(entries.len(), self.traps);
         assert_eq!(slots.len(), self.slot_count);
@@ -742,6 +750,7 @@ impl CodeLayout {
             } else {
                 base + self.emit() as u64
             },
+            objects,
             entries: [],
         };
         let at = self.table();
@@ -782,7 +791,8 @@ mod tests {
         assert_eq!(TABLE_SHARED, 8);
         assert_eq!(TABLE_ROW_PAGE, 16);
         assert_eq!(TABLE_EMIT, 24);
-        assert_eq!(TABLE_ENTRIES, 32);
+        assert_eq!(TABLE_OBJECTS, 32);
+        assert_eq!(TABLE_ENTRIES, 40);
         assert_eq!(size_of::<TrapTable>(), TABLE_ENTRIES);
         assert_eq!((ENTRY_SITE, ENTRY_SLOT, ENTRY_INDEX), (0, 8, 16));
         assert_eq!(ENTRY_BYTES, 24);
@@ -953,7 +963,7 @@ mod tests {
             },
         ];
         let slots = vec![vec![0x90], vec![0x90, 0x90], vec![0xc3]];
-        let img = l.image(0x1000, 0x5000, 0x6000, entries, &[], &slots);
+        let img = l.image(0x1000, 0x5000, 0x6000, entries, &[], &slots, 0);
         assert_eq!(img.len(), l.code_len());
         let word = |at: usize| u64::from_le_bytes(img[at..at + 8].try_into().unwrap());
         assert_eq!(&img[..l.handler_code.len()], &HANDLER);

@@ -59,10 +59,11 @@ global_asm!(
     "    jmp .Luprobe_trap_search",
     ".Luprobe_trap_found:",
     "    cmp r10, rcx",
-    "    jae .Luprobe_trap_stray",
+    "    jae .Luprobe_trap_objects",
     "    imul rdi, r10, {e_bytes}",
     "    cmp [r9 + rdi + {e_site}], rax",
-    "    jne .Luprobe_trap_stray",
+    "    jne .Luprobe_trap_objects",
+    ".Luprobe_trap_hit:",
     "    mov rsi, [r9 + rdi + {e_slot}]",
     "    mov [rdx + {uc_rip}], rsi", // resume in the out-of-line slot
     "    mov r11, [r9 + rdi + {e_index}]", // the site, and whether it is traced
@@ -102,6 +103,26 @@ global_asm!(
     "    pop rsi",
     "    pop rdi",
     "    ret",
+    // Not in this table: the shared objects' (entries in no order, added
+    // while the program runs: the count is read first, then only entries
+    // below it), with r8 as that table from here on.
+    ".Luprobe_trap_objects:",
+    "    mov r8, [r8 + {t_objects}]",
+    "    test r8, r8",
+    "    jz .Luprobe_trap_not_ours",
+    "    mov rcx, [r8 + {t_count}]",
+    "    lea r9, [r8 + {t_entries}]",
+    "    xor r10d, r10d",
+    ".Luprobe_trap_objects_next:",
+    "    cmp r10, rcx",
+    "    jae .Luprobe_trap_not_ours",
+    "    imul rdi, r10, {e_bytes}",
+    "    cmp [r9 + rdi + {e_site}], rax",
+    "    je .Luprobe_trap_hit",
+    "    inc r10",
+    "    jmp .Luprobe_trap_objects_next",
+    ".Luprobe_trap_not_ours:",
+    "    lea r8, [rip + uprobe_exec_trap_table]",
     // Not a probe: the program's own int3, or a SIGTRAP sent to it.
     ".Luprobe_trap_stray:",
     "    pop rsi",
@@ -170,6 +191,7 @@ global_asm!(
     site_mask = const (1u32 << area::ENTRY_SITE_BITS) - 1,
     traced = const area::ENTRY_TRACED,
     t_emit = const area::TABLE_EMIT,
+    t_objects = const area::TABLE_OBJECTS,
     uc_rcx = const uc_reg(libc::REG_RCX),
     uc_rdx = const uc_reg(libc::REG_RDX),
     uc_rdi = const uc_reg(libc::REG_RDI),

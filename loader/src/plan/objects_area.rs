@@ -24,8 +24,13 @@ use super::{Draft, Reservation};
 use crate::error::{Error, Result};
 use crate::probes::detour::{self, Detour, SLOTS};
 
-/// Bytes of code: the detour's page, then trampolines (128 bytes a site).
+/// Bytes of code: the detour's page, the routines' page, the trap table,
+/// then trampolines and slots (128 bytes a site).
 const CODE: u64 = 32 << 20;
+
+/// Pages of the objects' trap table (after the routines' page): room for
+/// about 2700 int3 sites.
+const TRAP_PAGES: u64 = 16;
 
 /// Farthest a rel32 reaches, with a margin.
 const REACH: u64 = (1 << 31) - (1 << 20);
@@ -127,8 +132,8 @@ impl ObjectsArea {
             bells: (d.bells, d.bells + SLOTS as u64 * PAGE_SIZE),
             reservation: r,
             view,
-            // The detour's page, then the routines' (see `routines_at`).
-            next: 2 * PAGE_SIZE,
+            // The detour's page, the routines', the trap table.
+            next: (2 + TRAP_PAGES) * PAGE_SIZE,
             _memfd: memfd,
         })
     }
@@ -138,6 +143,68 @@ impl ObjectsArea {
     #[must_use]
     pub fn routines_at(&self) -> u64 {
         self.reservation.addr() + PAGE_SIZE
+    }
+
+    /// The objects' trap table (see `uprobe_runtime::area::TrapTable`),
+    /// which the program's trap handler looks in for a trap not in its own.
+    #[must_use]
+    pub fn trap_table(&self) -> u64 {
+        self.reservation.addr() + 2 * PAGE_SIZE
+    }
+
+    /// Fills the trap table's header: the shared counters at `shared`, and
+    /// the event routine at `emit` (0: none), with no entry yet.
+    pub fn init_traps(&mut self, shared: u64, emit: u64) {
+        let table = uprobe_runtime::area::TrapTable {
+            count: 0,
+            shared,
+            row_page: self.row_page,
+            emit,
+            objects: 0,
+            entries: [],
+        };
+        let at = (2 * PAGE_SIZE) as usize;
+        let words = [
+            table.count,
+            table.shared,
+            table.row_page,
+            table.emit,
+            table.objects,
+        ];
+        for (k, w) in words.iter().enumerate() {
+            self.view[at + 8 * k..at + 8 * k + 8].copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Entries the trap table has room for still.
+    #[must_use]
+    pub fn traps_left(&self) -> usize {
+        let cap = ((TRAP_PAGES * PAGE_SIZE) as usize - uprobe_runtime::area::TABLE_ENTRIES)
+            / uprobe_runtime::area::ENTRY_BYTES;
+        cap.saturating_sub(self.trap_count() as usize)
+    }
+
+    fn trap_count(&self) -> u64 {
+        let at = (2 * PAGE_SIZE) as usize + uprobe_runtime::area::TABLE_COUNT;
+        u64::from_le_bytes(self.view[at..at + 8].try_into().expect("8 bytes"))
+    }
+
+    /// Adds `entry` to the trap table (room checked with [`traps_left`]):
+    /// the entry first, then the count, so a handler reading the count
+    /// reads only whole entries.
+    ///
+    /// [`traps_left`]: ObjectsArea::traps_left
+    pub fn add_trap(&mut self, entry: &uprobe_runtime::area::TrapEntry) {
+        use uprobe_runtime::area::{ENTRY_BYTES, TABLE_COUNT, TABLE_ENTRIES};
+        let n = self.trap_count();
+        let base = (2 * PAGE_SIZE) as usize;
+        let at = base + TABLE_ENTRIES + n as usize * ENTRY_BYTES;
+        for (k, w) in [entry.site, entry.slot, entry.index].iter().enumerate() {
+            self.view[at + 8 * k..at + 8 * k + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        let c = base + TABLE_COUNT;
+        self.view[c..c + 8].copy_from_slice(&(n + 1).to_le_bytes());
     }
 
     /// Takes `len` bytes of code room (128-byte aligned): its runtime

@@ -47,6 +47,7 @@ pub fn generate(
     shared: &Shared,
     tid: Tid,
     timing: Option<Timing>,
+    objects_traps: u64,
 ) -> Result<AreaCode, ProbeError> {
     let row_page = base + layout.row_page() as u64;
     let emit_at = base + layout.emit() as u64;
@@ -186,7 +187,15 @@ pub fn generate(
     }
     patches.extend(pads);
     Ok(AreaCode {
-        bytes: layout.image(base, shared.addr(), row_page, entries, &room, &slots),
+        bytes: layout.image(
+            base,
+            shared.addr(),
+            row_page,
+            entries,
+            &room,
+            &slots,
+            objects_traps,
+        ),
         patches,
         landings,
     })
@@ -244,6 +253,8 @@ pub type ObjectSite = (Site, usize);
 /// What [`object_code`] makes for one mapping of a shared object.
 #[derive(Debug, Default)]
 pub struct ObjectCode {
+    /// The `int3` sites' entries, for the objects' trap table.
+    pub traps: Vec<TrapEntry>,
     /// Each trampoline: its address, its code.
     pub trampolines: Vec<(u64, Vec<u8>)>,
     /// What the object's text gets: (runtime address, bytes).
@@ -284,6 +295,7 @@ pub fn object_code(
     calls: &ObjectCalls,
     reaches: impl Fn(u64) -> bool,
     mut take: impl FnMut() -> Option<u64>,
+    mut traps_left: usize,
 ) -> ObjectCode {
     let mut out = ObjectCode::default();
     let mut pads = Vec::new();
@@ -334,6 +346,45 @@ pub fn object_code(
             }
         }
         let ip = s.place.runtime(bias);
+        if s.kind == Kind::Int3 {
+            // An int3: the displaced instruction in a slot, found by the
+            // trap handler in the objects' trap table.
+            if traps_left == 0 || !reaches(ip) {
+                out.skipped.push((
+                    s.label(),
+                    "no room left in the objects' trap table, or out of reach".into(),
+                ));
+                continue;
+            }
+            let Some(slot) = take() else {
+                out.skipped
+                    .push((s.label(), "the objects' probe area is full".into()));
+                continue;
+            };
+            let from = s.place.bytes(image);
+            match encode_slot(from, ip, slot) {
+                Ok(code) => {
+                    let traced = if s.action.traced() && calls.emit.is_some() {
+                        1 << ENTRY_TRACED | u64::from(s.action.strings()) << STR_MASK_SHIFT
+                    } else {
+                        0
+                    };
+                    out.traps.push(TrapEntry {
+                        site: ip,
+                        slot,
+                        index: *column as u64 | traced,
+                    });
+                    out.trampolines.push((slot, code));
+                    out.patches.push((ip, vec![0xcc]));
+                    out.placed.push(k);
+                    traps_left -= 1;
+                }
+                Err(e) => out
+                    .skipped
+                    .push((s.label(), site_error(s, from, ip, e).to_string())),
+            }
+            continue;
+        }
         let Some((len, flags_live)) = s.kind.jump().filter(|_| {
             matches!(
                 s.kind,
@@ -342,7 +393,7 @@ pub fn object_code(
         }) else {
             out.skipped.push((
                 s.label(),
-                "a punned jump or an int3 is not placed in shared objects yet".into(),
+                "a punned jump is not placed in shared objects yet".into(),
             ));
             continue;
         };

@@ -47,6 +47,8 @@ pub(super) struct Probes {
     pub(super) object_stats: usize,
     /// What the shared objects' trampolines call, in their probe area.
     pub(super) object_calls: Option<probes::ObjectCalls>,
+    /// Shared objects may get int3 sites.
+    object_traps: bool,
 }
 
 impl Probes {
@@ -161,6 +163,7 @@ impl Probes {
             &counters,
             tid_source(&draft.program.image),
             timing,
+            objects.as_ref().map_or(0, |(a, _)| a.trap_table()),
         )?;
         let area = draft.map_probe_area(room, &layout, &code.bytes)?;
         let object_calls = match objects {
@@ -174,6 +177,7 @@ impl Probes {
                     at,
                 )?;
                 objects.write(at, &bytes);
+                objects.init_traps(counters.addr(), calls.emit.unwrap_or(0));
                 Some(calls)
             }
             None => None,
@@ -187,7 +191,10 @@ impl Probes {
         }
         let object = draft.program.image.path.display().to_string();
         let plan = draft.finish(&code.patches);
-        let filter = if traps > 0 {
+        // Shared objects may get int3 sites (--probe-mode int3): the handler
+        // and its guard are there from the start.
+        let object_traps = needs.int3;
+        let filter = if traps > 0 || object_traps {
             crate::guard::filter(area.reservation.addr(), area.reservation.end())
         } else {
             Vec::new()
@@ -207,13 +214,14 @@ impl Probes {
             object_columns,
             object_stats,
             object_calls,
+            object_traps,
         };
         Ok((plan, Some(probes)))
     }
 
     /// Whether any site traps (and so needs the trap handler and its guard).
     pub(super) fn traps(&self) -> bool {
-        self.sites.iter().any(|s| s.kind == Kind::Int3)
+        self.object_traps || self.sites.iter().any(|s| s.kind == Kind::Int3)
     }
 
     /// What the guard thread needs.

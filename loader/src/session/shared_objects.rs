@@ -91,6 +91,8 @@ pub(super) struct ObjectNeeds {
     pub(super) traced: bool,
     pub(super) strings: bool,
     pub(super) timed: usize,
+    /// Sites may be int3s (`--probe-mode int3`).
+    pub(super) int3: bool,
 }
 
 fn file_id(path: &Path) -> Option<FileId> {
@@ -109,13 +111,6 @@ impl SharedObjects {
         mode: ProbeMode,
         unsafe_addrs: bool,
     ) -> Result<(SharedObjects, ObjectNeeds)> {
-        if mode == ProbeMode::Int3 {
-            return Err(Error::Probe(probes::ProbeError::BadSpec {
-                spec: requests[0].spec.clone(),
-                why: "--probe-mode int3 does not reach shared objects yet (their probes are jumps)"
-                    .into(),
-            }));
-        }
         let linked: Vec<(Linked, Option<FileId>)> = linked
             .into_iter()
             .map(|l| {
@@ -139,7 +134,10 @@ impl SharedObjects {
             objects: Vec::new(),
             warnings: Vec::new(),
         };
-        let mut needs = ObjectNeeds::default();
+        let mut needs = ObjectNeeds {
+            int3: mode == ProbeMode::Int3,
+            ..ObjectNeeds::default()
+        };
         let mut pending = false;
         for r in &s.requests {
             needs.traced |= r.trace.is_some() || r.ret.is_some();
@@ -337,13 +335,13 @@ impl SharedObjects {
         for s in chosen.sites {
             if matches!(
                 s.kind,
-                Kind::Jump { .. } | Kind::JumpPadding { .. } | Kind::JumpShort { .. }
+                Kind::Jump { .. } | Kind::JumpPadding { .. } | Kind::JumpShort { .. } | Kind::Int3
             ) {
                 sites.push((s, 0));
                 continue;
             }
-            let why = "its jump would be a punned one (or an int3), which shared objects do \
-                       not place yet"
+            let why = "its jump would be a punned one, which shared objects do not place yet \
+                       (--probe-mode int3 places an int3)"
                 .to_string();
             let glob = resolution.requests[s.place.request].location.is_glob();
             if strict && !glob {
@@ -531,6 +529,7 @@ impl SharedObjects {
                     .cloned()
                     .collect();
                 let bounds = area.bounds();
+                let traps_left = area.traps_left();
                 let evicted: Vec<probes::Evicted> = fp
                     .evicted
                     .iter()
@@ -549,9 +548,15 @@ impl SharedObjects {
                     &placed.calls,
                     |ip| crate::plan::within_reach(bounds, ip),
                     || area.take(uprobe_runtime::area::SLOT_BYTES as u64),
+                    traps_left,
                 );
                 for (at, c) in &code.trampolines {
                     area.write(*at, c);
+                }
+                // After their slots: a trap finds its entry only once the
+                // slot it resumes in is there.
+                for t in &code.traps {
+                    area.add_trap(t);
                 }
                 patches = code.patches;
                 let skipped = code.skipped;
