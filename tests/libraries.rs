@@ -12,63 +12,19 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use common::kernel::{self, Counted, KernelProbes};
+use common::kernel;
 use common::{
-    assert_our_error, compare_with_report, elf, hits, lib_hits, nobody_dir, ours, prerequisite,
-    printed, privileged, read_report, text_field, Case,
+    assert_our_error, compare_with_report, elf, hits, lib_hits, nobody_dir, ours, printed,
+    privileged, read_report, text_field, Case,
 };
 use uprobe_exec_samples::{path, shared_object, Variant};
 
 const PY: &str = "/usr/bin/python3.11";
 const BASH: &str = "/usr/bin/bash";
 
-/// Timeout of one run under the kernel's uprobes.
-const KERNEL_TIMEOUT: Duration = Duration::from_secs(20);
-
 fn plugin() -> PathBuf {
     shared_object("libplugin.so")
-}
-
-fn canonical(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// Kernel uprobes on `sites`, or None (after `skipped: …`, outside CI) when
-/// they cannot be had here.
-fn kernel_probes(sites: &[(&Path, &str)]) -> Option<KernelProbes> {
-    match KernelProbes::new(sites) {
-        Ok(k) => Some(k),
-        Err(why) => {
-            let _ = prerequisite(false, &format!("kernel uprobes: {why}"));
-            None
-        }
-    }
-}
-
-/// Runs `argv` natively under the kernel's uprobes `k`, asserting it exited
-/// 0; returns its output, the kernel's count of each site and the processes
-/// the hits came from.
-fn kernel_counts(k: &KernelProbes, argv: &[&str], env: &[(&str, &str)]) -> Counted {
-    let run = k.run(argv, env, KERNEL_TIMEOUT);
-    let out = &run.out;
-    assert_eq!(
-        out.code,
-        Some(0),
-        "{argv:?} under kernel uprobes: signal {:?}, stderr {}",
-        out.signal,
-        out.stderr_str()
-    );
-    eprintln!(
-        "kernel uprobes, {:?}: {:?} in {} processes",
-        argv.iter()
-            .map(|a| a.lines().next().unwrap_or(""))
-            .collect::<Vec<_>>(),
-        k.labels().iter().zip(&run.counts).collect::<Vec<_>>(),
-        run.pids.len()
-    );
-    run
 }
 
 /// `-p libc.so.6:F` for each function F, quiet, into `case`.
@@ -105,9 +61,9 @@ fn strtol_and_a_plugin_loaded_twice_are_counted_exactly() {
         let prog = path("libcalls", v);
         // The sample itself, natively, under the kernel's uprobes: the
         // counts the test expects are the real ones.
-        if let Some(k) = kernel_probes(&[(&libc, "strtol"), (&plugin, "plugin_fn")]) {
+        if let Some(k) = kernel::probes_or_skip(&[(&libc, "strtol"), (&plugin, "plugin_fn")]) {
             let argv = [prog.to_str().unwrap(), plugin.to_str().unwrap()];
-            let run = kernel_counts(&k, &argv, &[]);
+            let run = kernel::counts(&k, &argv, &[]);
             assert_eq!(
                 run.counts,
                 [12345, 1554],
@@ -134,7 +90,7 @@ fn strtol_and_a_plugin_loaded_twice_are_counted_exactly() {
         // `object` is the file's canonical path.
         for (object, symbol, file) in [
             ("libc.so.6", "strtol", libc.clone()),
-            ("libplugin.so", "plugin_fn", canonical(&plugin)),
+            ("libplugin.so", "plugin_fn", kernel::canonical(&plugin)),
         ] {
             let entries = probes_in(&r, object);
             assert_eq!(entries.len(), 1, "{v:?}: {entries:#?}");
@@ -163,14 +119,14 @@ fn python_getpid_counts_match_the_kernel_s_uprobe() {
         return;
     }
     let libc = kernel::libc();
-    let Some(k) = kernel_probes(&[(&libc, "getpid")]) else {
+    let Some(k) = kernel::probes_or_skip(&[(&libc, "getpid")]) else {
         return;
     };
     // Python calls getpid a few times on its own while it starts: the
     // kernel's count of a run without the loop says how many, and the loop
     // adds exactly its 5000.
-    let base = kernel_counts(&k, &[PY, "-c", PY_GETPID, "0"], &[]).counts;
-    let with_loop = kernel_counts(&k, &[PY, "-c", PY_GETPID, "5000"], &[]).counts;
+    let base = kernel::counts(&k, &[PY, "-c", PY_GETPID, "0"], &[]).counts;
+    let with_loop = kernel::counts(&k, &[PY, "-c", PY_GETPID, "5000"], &[]).counts;
     assert_eq!(
         with_loop[0] - base[0],
         5000,
@@ -238,15 +194,15 @@ fn libc_function_counts_in_bash_and_python_match_the_kernel_s_uprobes() {
     }
     let libc = kernel::libc();
     let sites: Vec<(&Path, &str)> = FUNCTIONS.iter().map(|f| (libc.as_path(), *f)).collect();
-    let Some(k) = kernel_probes(&sites) else {
+    let Some(k) = kernel::probes_or_skip(&sites) else {
         return;
     };
     // Natively, twice: the counts of each command must not vary from run
     // to run, or comparing them with ours would mean nothing.
     let mut expected = Vec::new();
     for (argv, env) in COMMANDS {
-        let first = kernel_counts(&k, argv, env);
-        let second = kernel_counts(&k, argv, env).counts;
+        let first = kernel::counts(&k, argv, env);
+        let second = kernel::counts(&k, argv, env).counts;
         assert_eq!(
             first.counts, second,
             "{}: the kernel's counts of {FUNCTIONS:?} differ between two native runs",
@@ -316,10 +272,14 @@ fn libc_text_is_served_lazily() {
     let interp = &bytes[interp.offset as usize..(interp.offset + interp.filesz) as usize];
     let interp = std::str::from_utf8(interp).unwrap().trim_end_matches('\0');
     assert!(objects.len() >= 3, "{objects:#?}");
-    assert_eq!(path_of(&objects[0]), canonical(&prog), "{objects:#?}");
+    assert_eq!(
+        path_of(&objects[0]),
+        kernel::canonical(&prog),
+        "{objects:#?}"
+    );
     assert_eq!(
         path_of(&objects[1]),
-        canonical(Path::new(interp)),
+        kernel::canonical(Path::new(interp)),
         "{objects:#?}"
     );
     let libc = kernel::libc();
@@ -660,14 +620,15 @@ fn the_dynamic_loader_s_functions_count_as_the_kernel_s_uprobes() {
     if !privileged("shared objects are served in full mode only") {
         return;
     }
-    let ld = canonical(Path::new("/lib64/ld-linux-x86-64.so.2"));
+    let ld = kernel::canonical(Path::new("/lib64/ld-linux-x86-64.so.2"));
     let prog = path("libcalls", Variant::Pie);
     let plugin = plugin();
     let argv = [prog.to_str().unwrap(), plugin.to_str().unwrap()];
-    let Some(k) = kernel_probes(&[(&ld, "_dl_debug_state"), (&ld, "_dl_catch_exception")]) else {
+    let Some(k) = kernel::probes_or_skip(&[(&ld, "_dl_debug_state"), (&ld, "_dl_catch_exception")])
+    else {
         return;
     };
-    let run = kernel_counts(&k, &argv, &[]);
+    let run = kernel::counts(&k, &argv, &[]);
     assert!(run.counts[0] >= 8, "{:?}", run.counts);
     let case = Case::new(&prog, [&plugin])
         .opt("-q")

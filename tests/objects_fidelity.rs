@@ -23,14 +23,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::kernel::{self, Counted, KernelProbes};
+use common::kernel;
 use common::{assert_same, lib_hits, prerequisite, printed, privileged, Case, Output, TempDir};
 use uprobe_exec_samples::{path, shared_object, Variant};
 
 const PY: &str = "/usr/bin/python3.11";
-
-/// Timeout of one run under the kernel's uprobes.
-const KERNEL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Timeout of one run (native or ours) of a case.
 const RUN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -51,43 +48,6 @@ fn library() -> PathBuf {
 
 fn preload() -> PathBuf {
     shared_object("libfidpreload.so")
-}
-
-fn canonical(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
-
-/// Kernel uprobes on `sites`, or None (after `skipped: …`, outside CI) when
-/// they cannot be had here.
-fn kernel_probes(sites: &[(&Path, &str)]) -> Option<KernelProbes> {
-    match KernelProbes::new(sites) {
-        Ok(k) => Some(k),
-        Err(why) => {
-            let _ = prerequisite(false, &format!("kernel uprobes: {why}"));
-            None
-        }
-    }
-}
-
-/// Runs `argv` natively under the kernel's uprobes `k`, asserting it
-/// exited 0.
-fn kernel_counts(k: &KernelProbes, argv: &[&str], env: &[(&str, &str)]) -> Counted {
-    let run = k.run(argv, env, KERNEL_TIMEOUT);
-    assert_eq!(
-        run.out.code,
-        Some(0),
-        "{argv:?} under kernel uprobes: signal {:?}, stderr {}",
-        run.out.signal,
-        run.out.stderr_str()
-    );
-    eprintln!(
-        "kernel uprobes, {:?}: {:?}",
-        argv.iter()
-            .map(|a| a.lines().next().unwrap_or(""))
-            .collect::<Vec<_>>(),
-        k.labels().iter().zip(&run.counts).collect::<Vec<_>>(),
-    );
-    run
 }
 
 /// Whether this kernel names anonymous mappings (`CONFIG_ANON_VMA_NAME`):
@@ -189,7 +149,7 @@ fn assert_served(native: &Output, ours: &Output, lib: &Path, libc: Option<&Path>
     let mut checks = vec![("fid_parse", lib)];
     checks.extend(libc.map(|l| ("strtol", l)));
     for (what, file) in checks {
-        let file = canonical(file);
+        let file = kernel::canonical(file);
         for n in mapping_of(native, what) {
             assert_eq!(
                 n,
@@ -260,8 +220,8 @@ fn dlfidelity(
     assert_same(&format!("{tag} {v:?}: two native runs"), &first, &second);
     assert_dlfidelity_ran(&first, &prog);
     let libc = kernel::libc();
-    if let Some(k) = kernel_probes(&[(&libc, "strtol"), (lib, "fid_parse")]) {
-        let run = kernel_counts(&k, &[prog.to_str().unwrap(), arg], env);
+    if let Some(k) = kernel::probes_or_skip(&[(&libc, "strtol"), (lib, "fid_parse")]) {
+        let run = kernel::counts(&k, &[prog.to_str().unwrap(), arg], env);
         assert_eq!(run.out.stdout, first.stdout, "{tag} {v:?}: the same run");
         assert_eq!(
             run.counts,
@@ -333,7 +293,7 @@ fn ld_library_path_and_ld_preload_act_as_natively() {
             .filter_map(|p| p["object"].as_str())
             .collect();
         assert!(
-            objects.contains(&canonical(&lib).to_str().unwrap()),
+            objects.contains(&kernel::canonical(&lib).to_str().unwrap()),
             "{v:?}: the library found through LD_LIBRARY_PATH is the one probed: {objects:?}"
         );
 
@@ -419,7 +379,7 @@ fn python_object(module: &str, prefix: &str) -> Option<PathBuf> {
     let out = Case::new(PY, ["-c", script.as_str()]).run_native();
     assert_eq!(out.code, Some(0), "{}", out.stderr_str());
     let p = out.stdout_str().trim().to_string();
-    (!p.is_empty()).then(|| canonical(Path::new(&p)))
+    (!p.is_empty()).then(|| kernel::canonical(Path::new(&p)))
 }
 
 #[test]
@@ -447,11 +407,11 @@ fn python_c_extensions_run_as_natively_with_exact_counts() {
         sites.push((f, "ffi_call"));
     }
     let mut expected: Vec<(&str, Vec<u64>)> = Vec::new();
-    if let Some(k) = kernel_probes(&sites) {
+    if let Some(k) = kernel::probes_or_skip(&sites) {
         for n in ["0", "100"] {
             let argv = [PY, "-c", PY_EXTENSIONS, n];
-            let run = kernel_counts(&k, &argv, &env);
-            let again = kernel_counts(&k, &argv, &env);
+            let run = kernel::counts(&k, &argv, &env);
+            let again = kernel::counts(&k, &argv, &env);
             assert_eq!(
                 run.counts, again.counts,
                 "python {n}: the kernel's counts differ between two native runs"

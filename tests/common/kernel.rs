@@ -494,3 +494,46 @@ fn wait_output(mut guard: Guard, timeout: Duration, desc: &str) -> Output {
         fd5: None,
     }
 }
+
+/// Timeout of one run under the kernel's uprobes.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Kernel uprobes on `sites`, or None (after `skipped: …`, outside CI) when
+/// they cannot be had here.
+pub fn probes_or_skip(sites: &[(&Path, &str)]) -> Option<KernelProbes> {
+    match KernelProbes::new(sites) {
+        Ok(k) => Some(k),
+        Err(why) => {
+            let _ = super::prerequisite(false, &format!("kernel uprobes: {why}"));
+            None
+        }
+    }
+}
+
+/// Runs `argv` natively under the kernel's uprobes `k`, asserting it exited
+/// 0; returns its output, the kernel's count of each site and the processes
+/// the hits came from (and says them on stderr).
+pub fn counts(k: &KernelProbes, argv: &[&str], env: &[(&str, &str)]) -> Counted {
+    let run = k.run(argv, env, TIMEOUT);
+    assert_eq!(
+        run.out.code,
+        Some(0),
+        "{argv:?} under kernel uprobes: signal {:?}, stderr {}",
+        run.out.signal,
+        run.out.stderr_str()
+    );
+    eprintln!(
+        "kernel uprobes, {:?}: {:?} in {} processes",
+        argv.iter()
+            .map(|a| a.lines().next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        k.labels().iter().zip(&run.counts).collect::<Vec<_>>(),
+        run.pids.len()
+    );
+    run
+}
+
+/// `p` with its links resolved.
+pub fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
