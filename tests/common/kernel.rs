@@ -473,18 +473,7 @@ fn wait_output(mut guard: Guard, timeout: Duration, desc: &str) -> Output {
         })
     })
     .collect();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) => {}
-            Err(e) => panic!("waiting for {desc}: {e}"),
-        }
-        if Instant::now() > deadline {
-            guard.kill_group();
-            panic!("timeout after {timeout:?}: {desc}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let status = super::wait_status(&mut guard, deadline, timeout, desc);
     let mut bufs = readers.into_iter().map(|h| h.join().unwrap_or_default());
     Output {
         stdout: bufs.next().unwrap(),

@@ -147,18 +147,7 @@ pub fn run_full(
     let (tx, rx) = mpsc::channel();
     reader(child.stdout.take().expect("piped stdout"), tx.clone(), 1);
     reader(child.stderr.take().expect("piped stderr"), tx, 2);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) => {}
-            Err(e) => panic!("waiting for {desc}: {e}"),
-        }
-        if Instant::now() > deadline {
-            guard.kill_group();
-            panic!("timeout after {timeout:?}: {desc}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let status = wait_status(&mut guard, deadline, timeout, &desc);
     let (mut stdout, mut stderr) = (None, None);
     while stdout.is_none() || stderr.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -177,6 +166,29 @@ pub fn run_full(
         code: status.code(),
         signal: status.signal(),
         fd5: None,
+    }
+}
+
+/// Waits for the child of `guard` to end; kills its process group and
+/// panics at `deadline` (`timeout` after its start; `desc` names it).
+pub fn wait_status(
+    guard: &mut Guard,
+    deadline: Instant,
+    timeout: Duration,
+    desc: &str,
+) -> std::process::ExitStatus {
+    loop {
+        let child = guard.child.as_mut().expect("spawned");
+        match child.try_wait() {
+            Ok(Some(st)) => return st,
+            Ok(None) => {}
+            Err(e) => panic!("waiting for {desc}: {e}"),
+        }
+        if Instant::now() > deadline {
+            guard.kill_group();
+            panic!("timeout after {timeout:?}: {desc}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
