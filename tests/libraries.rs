@@ -687,3 +687,39 @@ print(s, len(re.findall(r'\\w+', s)), sorted([5, 3, 9, 1]))";
     assert!(n > 1000, "{n} int3 sites in libc");
     assert!(lib_hits(&r, "libc.so.6", "malloc") > 0, "{r}");
 }
+
+/// A program that locks its memory (`mlockall(MCL_CURRENT | MCL_FUTURE)`:
+/// every page, ours included, is filled at once, and mappings made later
+/// are filled as they are made) and then loads a C extension: the
+/// extension's text is served, not zero-filled, its probe counts, and the
+/// run is as native.
+#[test]
+fn an_object_loaded_after_mlockall_is_served() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let script = "import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print('mlockall', libc.mlockall(3))
+import _decimal
+print(_decimal.Decimal(1) / _decimal.Decimal(7))";
+    let case = Case::new(PY, ["-c", script])
+        .opt("-q")
+        .opt("-p")
+        .opt("_decimal*:PyInit__decimal");
+    let (native, _, r) = compare_with_report("mlockall", case);
+    assert!(
+        native.stdout_str().starts_with("mlockall 0\n"),
+        "{}",
+        native.stdout_str()
+    );
+    assert_eq!(
+        lib_hits(
+            &r,
+            "_decimal.cpython-311-x86_64-linux-gnu.so",
+            "PyInit__decimal"
+        ),
+        1,
+        "{r}"
+    );
+}

@@ -241,6 +241,26 @@ impl ObjectsArea {
         Some(out)
     }
 
+    /// Frees the request slots held by threads that no longer exist (one
+    /// killed while it waited for an answer): `alive(tid)` says. A slot is
+    /// cleared only if it still holds that thread.
+    pub fn free_dead_slots(&mut self, alive: impl Fn(u32) -> bool) {
+        for i in 0..SLOTS {
+            let off = (CODE + i as u64 * detour::SLOT_BYTES) as usize;
+            let word = &self.view[off..off + 4];
+            let tid = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+            if tid != 0 && !alive(tid) {
+                let cell = crate::sys::mm::atomic_u32(&self.view[off..off + 4]);
+                let _ = cell.compare_exchange(
+                    tid,
+                    0,
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+    }
+
     /// What a rel32 must reach from a site: `[start, end)` of the area
     /// (see [`within_reach`]).
     #[must_use]

@@ -284,7 +284,8 @@ pub struct ObjectCalls {
 /// short, and its counter column) and of the neighbours `evicted` for the
 /// short jumps' pads, the object `image` placed with `bias`: each in the
 /// room `take` gives (`SLOT_BYTES`, within a rel32 of the site as `reaches`
-/// says), counting in `shared` and calling what `calls` gives.
+/// says), counting in `shared` and calling what `calls` gives. At most
+/// `traps_left` int3s, each at an address `int3_free` allows.
 #[allow(clippy::too_many_arguments)]
 pub fn object_code(
     image: &Image,
@@ -296,6 +297,7 @@ pub fn object_code(
     reaches: impl Fn(u64) -> bool,
     mut take: impl FnMut() -> Option<u64>,
     mut traps_left: usize,
+    int3_free: impl Fn(u64) -> bool,
 ) -> ObjectCode {
     let mut out = ObjectCode::default();
     let mut pads = Vec::new();
@@ -349,10 +351,12 @@ pub fn object_code(
         if s.kind == Kind::Int3 {
             // An int3: the displaced instruction in a slot, found by the
             // trap handler in the objects' trap table.
-            if traps_left == 0 || !reaches(ip) {
+            if traps_left == 0 || !reaches(ip) || !int3_free(ip) {
                 out.skipped.push((
                     s.label(),
-                    "no room left in the objects' trap table, or out of reach".into(),
+                    "no int3 there: the objects' trap table is full, the probe area out of \
+                     reach, or another object had an int3 at that address"
+                        .into(),
                 ));
                 continue;
             }

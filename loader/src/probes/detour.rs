@@ -19,10 +19,12 @@
 //!          error, not PROT_EXEC, not a private file mapping ─▶ back
 //!          lea rsp, [rsp-128] ; save rbx rdi rsi rdx r8 r9 r10 r12 r13
 //!          gettid ─▶ r13 ; claim a slot: lock cmpxchg [slot], tid (0: free)
-//!          mmap(at, len, prot, MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS)
-//!          prctl(PR_SET_VMA_ANON_NAME) ; the request into the slot
+//!            (all busy for 1000 yields: leave the file's mapping as it is)
+//!          mmap(at, len, PROT_NONE, MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS)
+//!          prctl(PR_SET_VMA_ANON_NAME) ; the request into the slot, SEQ+1
 //!          mov r13, [bell of the slot]   ─▶ the monitor's answer (1: served)
 //!          madvise(bell, MADV_DONTNEED) ; free the slot
+//!          served: mprotect(at, len, prot)
 //!          not served: mmap(at, as asked, MAP_FIXED) over it again
 //!          restore ; rax = at (or the error)
 //!  back:   jmp site+7
@@ -66,7 +68,15 @@ pub mod slot {
     pub const PROT: u64 = 32;
     /// u32: the flags, as asked.
     pub const FLAGS: u64 = 36;
+    /// u32: the slot's request number, one more for each request (written
+    /// last): a ring whose number was answered already is a repeat (the
+    /// thread's wait was interrupted), which gets no second answer.
+    pub const SEQ: u64 = 40;
 }
+
+/// Rounds of looking for a free request slot (each after a `sched_yield`)
+/// before a mapping is left as the file's.
+const CLAIM_TRIES: u32 = 1000;
 
 /// The monitor's answer, first word of the doorbell page: the range is
 /// registered and served. Anything else puts the file mapping back.
@@ -117,6 +127,39 @@ pub fn patch(d: &Detour) -> Vec<u8> {
     v
 }
 
+/// Offset in the doorbell page of the answer's request number (u32): the
+/// slot's [`slot::SEQ`] the answer is for. The status is the first word.
+pub const ANSWER_SEQ: u64 = 8;
+
+/// rcx = the doorbell page of the slot at r12: bells + (slot - requests) * 64.
+fn bell_page(a: &mut CodeAssembler, d: &Detour) -> Result<(), IcedError> {
+    a.mov(rcx, r12)?;
+    a.mov(rax, d.requests)?;
+    a.sub(rcx, rax)?;
+    a.shl(rcx, 6)?;
+    a.mov(rax, d.bells)?;
+    a.add(rcx, rax)
+}
+
+/// Drops the slot's doorbell page, so the next touch faults to the monitor:
+/// `munlock` first (a page locked by the program's `mlockall` cannot be
+/// dropped), then `madvise(MADV_DONTNEED)`. Clobbers rax, rcx, rdx, rsi,
+/// rdi, r11.
+fn rearm(a: &mut CodeAssembler, d: &Detour) -> Result<(), IcedError> {
+    const MADV_DONTNEED: u32 = 4;
+    bell_page(a, d)?;
+    a.mov(rdi, rcx)?;
+    a.mov(esi, 4096u32)?;
+    a.mov(eax, 150u32)?; // munlock
+    a.syscall()?;
+    bell_page(a, d)?;
+    a.mov(rdi, rcx)?;
+    a.mov(esi, 4096u32)?;
+    a.mov(edx, MADV_DONTNEED)?;
+    a.mov(eax, 28u32)?; // madvise
+    a.syscall()
+}
+
 /// The detour's code, assembled at `d.at`.
 pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
     const PROT_EXEC: u32 = 4;
@@ -125,7 +168,6 @@ pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
     const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
     const MAP_ANONYMOUS: u32 = 0x20;
     const PR_SET_VMA: u32 = 0x5356_4d41;
-    const MADV_DONTNEED: u32 = 4;
     // Saved below rsp (after the red zone), last pushed first.
     const R9: usize = 24;
     const R8: usize = 32;
@@ -140,6 +182,10 @@ pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
     let mut claimed = a.create_label();
     let mut no_anon = a.create_label();
     let mut served = a.create_label();
+    let mut not_served = a.create_label();
+    let mut ring = a.create_label();
+    let mut gone = a.create_label();
+    let mut answered = a.create_label();
     a.mov(eax, 9u32)?;
     a.syscall()?;
     a.cmp(rax, -4095i32)?;
@@ -161,6 +207,9 @@ pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
     a.mov(eax, 186u32)?; // gettid
     a.syscall()?;
     a.mov(r13d, eax)?;
+    // Tries for a free slot; all of them busy that long, the mapping stays
+    // the file's (unprobed) rather than wait on.
+    a.mov(edi, CLAIM_TRIES)?;
     a.set_label(&mut claim)?;
     a.mov(r12, d.requests)?;
     a.set_label(&mut next)?;
@@ -172,13 +221,18 @@ pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
     a.cmp(r12, rcx)?;
     a.jb(next)?;
     // Every slot is taken (64 threads mapping objects at once): yield.
+    a.dec(edi)?;
+    a.jz(served)?;
     a.mov(eax, 24u32)?; // sched_yield
     a.syscall()?;
     a.jmp(claim)?;
     a.set_label(&mut claimed)?;
-    // Anonymous memory in place of the file's (rsi, rdx: length and
-    // protection, as asked).
+    // Anonymous memory in place of the file's (rsi: the length asked),
+    // inaccessible until it is registered: under mlockall(MCL_FUTURE) an
+    // accessible one would be filled with zero pages at once, which no
+    // fault would ever replace.
     a.mov(rdi, rbx)?;
+    a.xor(edx, edx)?;
     a.mov(r10d, MAP_PRIVATE_FIXED_ANON)?;
     a.mov(r8, -1i64)?;
     a.xor(r9d, r9d)?;
@@ -206,23 +260,41 @@ pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
     a.mov(dword_ptr(r12 + slot::PROT), eax)?;
     a.mov(eax, dword_ptr(rsp + R10))?;
     a.mov(dword_ptr(r12 + slot::FLAGS), eax)?;
-    // Ring: the slot's doorbell page is bells + (slot - requests) * 64.
-    a.mov(rcx, r12)?;
-    a.mov(rax, d.requests)?;
-    a.sub(rcx, rax)?;
-    a.shl(rcx, 6)?;
-    a.mov(rax, d.bells)?;
-    a.add(rcx, rax)?;
+    a.lock().inc(dword_ptr(r12 + slot::SEQ))?;
+    // Ring: read the answer's request number and status from the slot's
+    // doorbell page (a fault until the monitor answers). An answer to
+    // another request (a stale page: a repeated ring answered late, or a
+    // touch without a request, e.g. mlockall) is dropped and the bell rung
+    // again; number 0 is nobody's answer (the monitor is gone: a zero page).
+    a.set_label(&mut ring)?;
+    bell_page(&mut a, d)?;
+    a.mov(eax, dword_ptr(rcx + ANSWER_SEQ))?;
     a.mov(r13, qword_ptr(rcx))?;
+    a.cmp(eax, dword_ptr(r12 + slot::SEQ))?;
+    a.je(answered)?;
+    a.test(eax, eax)?;
+    a.jz(gone)?;
+    rearm(&mut a, d)?;
+    a.jmp(ring)?;
+    a.set_label(&mut gone)?;
+    a.xor(r13d, r13d)?;
+    a.set_label(&mut answered)?;
     // Re-arm the doorbell, then free the slot.
-    a.mov(rdi, rcx)?;
-    a.mov(esi, 4096u32)?;
-    a.mov(edx, MADV_DONTNEED)?;
-    a.mov(eax, 28u32)?; // madvise
-    a.syscall()?;
+    rearm(&mut a, d)?;
     a.mov(dword_ptr(r12 + slot::TID), 0u32)?;
     a.cmp(r13, SERVED as i32)?;
-    a.je(served)?;
+    a.jne(not_served)?;
+    // Served: the protection asked for (a locked mapping is filled now,
+    // through faults we serve).
+    a.mov(rdi, rbx)?;
+    a.mov(rsi, qword_ptr(rsp + RSI))?;
+    a.mov(rdx, qword_ptr(rsp + RDX))?;
+    a.mov(eax, 10u32)?; // mprotect
+    a.syscall()?;
+    a.test(rax, rax)?;
+    a.jz(served)?;
+    a.jmp(out)?;
+    a.set_label(&mut not_served)?;
     // Not served: the file mapping back, as it was asked for, in place.
     a.mov(rdi, rbx)?;
     a.mov(rsi, qword_ptr(rsp + RSI))?;
@@ -278,13 +350,15 @@ mod tests {
         assert_eq!(last.mnemonic(), Mnemonic::Jmp);
         assert_eq!(last.near_branch_target(), D.site + 7);
         // The system calls it makes, in order: mmap as asked, gettid,
-        // sched_yield, mmap anonymous, prctl, madvise, mmap the file back.
+        // sched_yield, mmap anonymous, prctl, munlock and madvise (a stale
+        // answer), munlock and madvise (re-arm), mprotect, mmap the file
+        // back.
         let nrs: Vec<u64> = insns
             .windows(2)
             .filter(|w| w[1].mnemonic() == Mnemonic::Syscall)
             .map(|w| w[0].immediate(1))
             .collect();
-        assert_eq!(nrs, [9, 186, 24, 9, 157, 28, 9]);
+        assert_eq!(nrs, [9, 186, 24, 9, 157, 150, 28, 150, 28, 10, 9]);
         // Pushes and pops pair up.
         let pushes = insns
             .iter()

@@ -80,6 +80,14 @@ pub(super) struct SharedObjects {
     seen: Vec<bool>,
     /// What went wrong or was passed over, for the warnings at exit.
     warnings: Vec<String>,
+    /// The request number last answered, and the answer, by (process,
+    /// doorbell page).
+    answered: HashMap<(usize, u64), (u32, u64)>,
+    /// Files already looked at (`learn`), probed or not.
+    learned: std::collections::HashSet<FileId>,
+    /// Addresses of the int3 sites in the objects' trap table (shared by
+    /// every process): another object at one of them gets no int3 there.
+    int3_at: std::collections::HashSet<u64>,
 }
 
 /// What the shared objects' probes need of the session's shared memory and
@@ -133,6 +141,9 @@ impl SharedObjects {
             built: HashMap::new(),
             objects: Vec::new(),
             warnings: Vec::new(),
+            answered: HashMap::new(),
+            learned: std::collections::HashSet::new(),
+            int3_at: std::collections::HashSet::new(),
         };
         let mut needs = ObjectNeeds {
             int3: mode == ProbeMode::Int3,
@@ -303,6 +314,7 @@ impl SharedObjects {
     ) -> Result<(FileProbes, Vec<(String, String)>)> {
         let image = Image::open_object(path)?;
         let syms = Symbols::read(&image);
+        let failed = std::cell::RefCell::new(Vec::new());
         let resolve = |timed: bool| -> Result<(Resolution, probes::Chosen)> {
             let mut resolver = probes::Resolver::new(&image, &syms, self.unsafe_addrs);
             for &i in mine {
@@ -312,7 +324,14 @@ impl SharedObjects {
                     r.latency = false;
                     r.ret = None;
                 }
-                resolver.add(r)?;
+                // Once the program runs, a request that does not resolve
+                // here (a function this object lacks) leaves the others.
+                match resolver.add(r) {
+                    Err(e) if !strict => failed
+                        .borrow_mut()
+                        .push((String::new(), format!("{}: {e}", short(path)))),
+                    other => other?,
+                }
             }
             let resolution = resolver.finish();
             let chosen = probes::choose(&image, &resolution, self.mode)?;
@@ -323,6 +342,7 @@ impl SharedObjects {
         let (resolution, chosen) = match resolve(true) {
             Err(e) if !strict => {
                 // Said as a warning, after what was passed over.
+                failed.borrow_mut().clear();
                 let why = format!("{}: its functions are counted, not timed: {e}", short(path));
                 let (r, mut c) = resolve(false)?;
                 c.skipped.push((String::new(), why));
@@ -331,6 +351,7 @@ impl SharedObjects {
             other => other?,
         };
         let mut skipped = chosen.skipped;
+        skipped.append(&mut failed.borrow_mut());
         let mut sites = Vec::new();
         for s in chosen.sites {
             if matches!(
@@ -351,6 +372,25 @@ impl SharedObjects {
                 });
             }
             skipped.push((s.label(), why));
+        }
+        // Timed functions numbered without the holes left by sites passed
+        // over; an exit whose entry went goes too.
+        let mut renumber = HashMap::new();
+        for (s, _) in &sites {
+            if let Some(f) = s.timed {
+                let n = renumber.len() as u32;
+                renumber.entry(f).or_insert(n);
+            }
+        }
+        sites.retain(|(s, _)| match s.action {
+            probes::Action::Exit { func } => renumber.contains_key(&func),
+            _ => true,
+        });
+        for (s, _) in &mut sites {
+            s.timed = s.timed.and_then(|f| renumber.get(&f).copied());
+            if let probes::Action::Exit { func } = &mut s.action {
+                *func = renumber[func];
+            }
         }
         // The report repeats each site's spec as the user wrote it: the
         // request numbers are ours, not the resolver's.
@@ -404,17 +444,46 @@ impl SharedObjects {
     /// (status [`SERVED`]), or says it could not (the detour maps the file
     /// back as it was asked for).
     pub(super) fn ring(&mut self, server: &mut Server, area: &mut ObjectsArea, bell: &Bell) {
-        let status = match self.serve(server, area, bell) {
-            Ok(true) => SERVED,
-            // No probe of it: its file's mapping, as the kernel makes it.
-            Ok(false) => 0,
-            Err(why) => {
-                self.warnings.push(why);
-                2
+        // Slots held by threads killed while they waited.
+        area.free_dead_slots(|tid| std::path::Path::new(&format!("/proc/{tid}")).exists());
+        let Some(req) = area.request(bell.addr) else {
+            return;
+        };
+        let word = |o: u64| {
+            u32::from_le_bytes(
+                req[o as usize..o as usize + 4]
+                    .try_into()
+                    .unwrap_or_default(),
+            )
+        };
+        let (tid, seq) = (word(slot::TID), word(slot::SEQ));
+        // Every answer says which request it is for (the slot's number),
+        // and the detour takes only the one for its own: a repeat of a ring
+        // answered already (its thread's wait cut short by a signal), or a
+        // touch with no request behind it (mlockall, a debugger), gets the
+        // last answer again and nothing is done twice.
+        let key = (bell.mm.0, bell.addr & !(PAGE_SIZE - 1));
+        let status = match self.answered.get(&key) {
+            Some(&(s, status)) if s == seq => status,
+            _ if tid == 0 => 0,
+            _ => {
+                let status = match self.serve(server, area, bell) {
+                    Ok(true) => SERVED,
+                    // No probe of it: its file's mapping, as the kernel makes it.
+                    Ok(false) => 0,
+                    Err(why) => {
+                        self.warnings.push(why);
+                        2
+                    }
+                };
+                self.answered.insert(key, (seq, status));
+                status
             }
         };
         let mut page = [0u8; PAGE_SIZE as usize];
         page[..8].copy_from_slice(&status.to_le_bytes());
+        let at = crate::probes::detour::ANSWER_SEQ as usize;
+        page[at..at + 4].copy_from_slice(&seq.to_le_bytes());
         let _ = server.answer_bell(bell, &page);
     }
 
@@ -530,6 +599,7 @@ impl SharedObjects {
                     .collect();
                 let bounds = area.bounds();
                 let traps_left = area.traps_left();
+                let int3_at = &self.int3_at;
                 let evicted: Vec<probes::Evicted> = fp
                     .evicted
                     .iter()
@@ -549,6 +619,7 @@ impl SharedObjects {
                     |ip| crate::plan::within_reach(bounds, ip),
                     || area.take(uprobe_runtime::area::SLOT_BYTES as u64),
                     traps_left,
+                    |ip| !int3_at.contains(&ip),
                 );
                 for (at, c) in &code.trampolines {
                     area.write(*at, c);
@@ -557,6 +628,7 @@ impl SharedObjects {
                 // slot it resumes in is there.
                 for t in &code.traps {
                     area.add_trap(t);
+                    self.int3_at.insert(t.site);
                 }
                 patches = code.patches;
                 let skipped = code.skipped;
@@ -621,6 +693,9 @@ impl SharedObjects {
     /// done: every request that names it, found among the objects mapped
     /// at start by identity, or else by its file name.
     fn learn(&mut self, id: FileId, path: &Path) {
+        if !self.learned.insert(id) {
+            return;
+        }
         let me = self
             .linked
             .iter()

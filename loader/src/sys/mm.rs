@@ -224,6 +224,20 @@ impl Drop for Reservation {
     }
 }
 
+/// The 4 bytes of `bytes` (4-aligned: a word of a shared mapping that
+/// other processes change only with atomic instructions) as an atomic.
+///
+/// # Panics
+/// If `bytes` is not 4 bytes at a 4-aligned address.
+#[must_use]
+pub fn atomic_u32(bytes: &[u8]) -> &std::sync::atomic::AtomicU32 {
+    assert!(bytes.len() == 4 && bytes.as_ptr() as usize % 4 == 0);
+    // SAFETY: in bounds and aligned (checked); AtomicU32 has the size and
+    // alignment of u32, any 4 bytes are a valid value, and the reference
+    // lives no longer than the borrow of `bytes`.
+    unsafe { &*bytes.as_ptr().cast::<std::sync::atomic::AtomicU32>() }
+}
+
 /// A shared read+write mapping of the whole of `file`, a memfd of our own
 /// that nothing else truncates.
 pub fn map_own_memfd(file: &File) -> io::Result<memmap2::MmapMut> {

@@ -444,14 +444,17 @@ impl Server {
                 self.drain(m, &mut msgs)?;
             }
             self.retry_deferred()?;
+            // Rings first: their threads wait, and after Stopped nobody
+            // would answer them (the caller calls again, and `stop` is
+            // still readable).
+            if !self.bells.is_empty() {
+                return Ok(Wake::Bells);
+            }
             if stopped {
                 return Ok(Wake::Stopped);
             }
             if controlled {
                 return Ok(Wake::Control);
-            }
-            if !self.bells.is_empty() {
-                return Ok(Wake::Bells);
             }
             if n == 0 {
                 self.prefetch_step()?;
