@@ -231,7 +231,7 @@ impl Drop for Reservation {
 /// If `bytes` is not 4 bytes at a 4-aligned address.
 #[must_use]
 pub fn atomic_u32(bytes: &[u8]) -> &std::sync::atomic::AtomicU32 {
-    assert!(bytes.len() == 4 && bytes.as_ptr() as usize % 4 == 0);
+    assert!(bytes.len() == 4 && (bytes.as_ptr() as usize).is_multiple_of(4));
     // SAFETY: in bounds and aligned (checked); AtomicU32 has the size and
     // alignment of u32, any 4 bytes are a valid value, and the reference
     // lives no longer than the borrow of `bytes`.
