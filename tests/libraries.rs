@@ -723,3 +723,61 @@ print(_decimal.Decimal(1) / _decimal.Decimal(7))";
         "{r}"
     );
 }
+
+/// Per-process hits include a shared object's probes, named
+/// `OBJECT:FUNCTION`: the parent calls getpid 3 times, each of its three
+/// children once (each child's pid is what the parent's fork returned).
+#[test]
+fn per_process_hits_name_shared_objects_probes() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let dir = common::TempDir::new("lib-per-process");
+    let report = dir.join("r.json");
+    let script = "import os
+kids = []
+for i in range(3):
+    os.getpid()
+    p = os.fork()
+    if p == 0:
+        os.getpid()
+        os._exit(0)
+    kids.append(p)
+    os.wait()
+print(os.getpid(), *kids)";
+    let out = ours(
+        &[
+            "-q",
+            "--report-json",
+            report.to_str().unwrap(),
+            "-p",
+            "libc.so.6:getpid",
+        ],
+        PY,
+        &["-c", script],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let pids: Vec<i64> = out
+        .stdout_str()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let r = read_report(&report);
+    let per: std::collections::BTreeMap<i64, u64> = r["per_process"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_i64().unwrap(),
+                p["hits"]["libc.so.6:getpid"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeMap<i64, u64> = pids
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| (p, if i == 0 { 4 } else { 1 }))
+        .collect();
+    assert_eq!(per, want, "{r}");
+}

@@ -188,7 +188,7 @@ fn run(
     let object_warnings = objects
         .as_ref()
         .map_or_else(Vec::new, |(_, o)| o.warnings());
-    let per_process = probes.map(Probes::per_process).unwrap_or_default();
+    let per_process = all_per_process(probes, objects.as_ref().map(|(_, o)| o));
     let stray_traps = probes.map_or(0, |p| p.counters.stray());
     let guard_refused = probes.map_or(0, |p| p.refused.load(std::sync::atomic::Ordering::Relaxed));
     let mut latency = probes.map(Probes::latency).unwrap_or_default();
@@ -208,6 +208,39 @@ fn run(
         objects: object_stats,
         warnings: object_warnings,
     })
+}
+
+/// The hits of each process (by pid): the program's probes, then the
+/// shared objects' (named `OBJECT:FUNCTION`).
+fn all_per_process(probes: Option<&Probes>, objects: Option<&SharedObjects>) -> Vec<ProcessHits> {
+    let mut v = probes.map(Probes::per_process).unwrap_or_default();
+    let (Some(p), Some(o)) = (probes, objects) else {
+        return v;
+    };
+    let labels = o.labelled_columns();
+    if labels.is_empty() {
+        return v;
+    }
+    for (r, pid) in p.rows() {
+        let hits = p.counters.row_hits(r);
+        let i = match v.iter().position(|x| x.pid == pid as i64) {
+            Some(i) => i,
+            None => {
+                v.push(ProcessHits {
+                    pid: pid as i64,
+                    hits: Default::default(),
+                });
+                v.len() - 1
+            }
+        };
+        for (c, label) in &labels {
+            if let Some(&n) = hits.get(*c).filter(|&&n| n > 0) {
+                v[i].hits.insert(label.clone(), n);
+            }
+        }
+    }
+    v.retain(|x| !x.hits.is_empty());
+    v
 }
 
 /// The hits of every probe: the program's, then the shared objects'.

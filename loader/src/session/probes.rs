@@ -260,7 +260,7 @@ impl Probes {
 
     /// The rows given to processes, with their pids (rows are given in
     /// order, so the first free one ends them).
-    fn rows(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+    pub(super) fn rows(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
         (0..self.counters.layout().rows)
             .map(|r| (r, self.counters.row_pid(r)))
             .take_while(|&(_, pid)| pid != 0)

@@ -757,6 +757,21 @@ impl SharedObjects {
             .collect()
     }
 
+    /// Each probe's counter column and label (`OBJECT:FUNCTION`), exits
+    /// left out: what the report's per-process hits name them.
+    pub(super) fn labelled_columns(&self) -> Vec<(usize, String)> {
+        self.files
+            .values()
+            .flat_map(|fp| {
+                let object = short(Path::new(&fp.path));
+                fp.sites
+                    .iter()
+                    .filter(|(s, _)| !matches!(s.action, probes::Action::Exit { .. }))
+                    .map(move |(s, c)| (*c, format!("{object}:{}", s.label())))
+            })
+            .collect()
+    }
+
     /// The timed functions' calls, from `column_hits` (hits by counter
     /// column), labelled `OBJECT:FUNCTION`.
     pub(super) fn latency(&self, column_hits: &[u64]) -> Vec<crate::report::Latency> {
