@@ -231,6 +231,8 @@ impl Command {
         let mut pending = Vec::new();
         let mut objects = None;
         let mut needs = super::shared_objects::ObjectNeeds::default();
+        // How the event routine learns thread ids (from the program's symbols).
+        let mut tid = probes::Tid::Syscall;
         // Without the right to follow forks (user-mode-only userfaultfd), the
         // text goes in whole before the program starts, from its file.
         let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
@@ -293,6 +295,7 @@ impl Command {
                 }
             };
             let syms = Symbols::read(&program);
+            tid = super::probes::tid_source(&syms);
             let mut resolver = probes::Resolver::new(&program, &syms, self.unsafe_addrs);
             for request in requests {
                 resolver.add(request)?;
@@ -355,6 +358,7 @@ impl Command {
             self.ring_records,
             since,
             objects.as_mut().map(|(area, _)| (area, needs)),
+            tid,
             &mut skipped,
             &mut unseen,
         )?;

@@ -76,6 +76,7 @@ impl Probes {
         ring_records: usize,
         since: (u64, u64),
         objects: Option<(&mut ObjectsArea, ObjectNeeds)>,
+        tid: Tid,
         skipped: &mut Vec<(String, String)>,
         unseen: &mut Vec<(String, String)>,
     ) -> Result<(Plan, Option<Probes>)> {
@@ -161,7 +162,7 @@ impl Probes {
             &layout,
             room.addr(),
             &counters,
-            tid_source(&draft.program.image),
+            tid,
             timing,
             objects.as_ref().map_or(0, |(a, _)| a.trap_table()),
         )?;
@@ -169,13 +170,8 @@ impl Probes {
         let object_calls = match objects {
             Some((objects, _)) => {
                 let at = objects.routines_at();
-                let (bytes, calls) = probes::object_routines(
-                    &counters,
-                    tid_source(&draft.program.image),
-                    timing,
-                    objects.row_page,
-                    at,
-                )?;
+                let (bytes, calls) =
+                    probes::object_routines(&counters, tid, timing, objects.row_page, at)?;
                 objects.write(at, &bytes);
                 objects.init_traps(counters.addr(), calls.emit.unwrap_or(0));
                 Some(calls)
@@ -484,18 +480,18 @@ fn fill_landing(r: &mut Reservation, bytes: &[u8], path: &std::path::Path) -> Re
     Ok(())
 }
 
-/// How the event routine learns a thread's id in the program `image`:
+/// How the event routine learns a thread's id in the program whose symbols
+/// are `syms`:
 /// from glibc's thread block where the program runs glibc (dynamically
 /// linked to `libc.so.6`, or static with glibc's `_thread_db_pthread_tid`
 /// descriptor) and the CPU lets user code read the thread pointer
 /// (`rdfsbase`, `HWCAP2_FSGSBASE`); otherwise with a `gettid` per hit.
-fn tid_source(image: &crate::elf::Image) -> Tid {
+pub(super) fn tid_source(syms: &crate::symbols::Symbols) -> Tid {
     /// `struct pthread::tid` in glibc on x86-64 (glibc 2.36's
     /// `_thread_db_pthread_tid` says 0x2d0; stable across 2.x).
     const GLIBC_TID: i32 = 0x2d0;
     const HWCAP2_FSGSBASE: u64 = 1 << 1;
     let hwcap2 = rustix::param::linux_hwcap().1 as u64;
-    let syms = crate::symbols::Symbols::read(image);
     let glibc = syms.needed.iter().any(|l| l == "libc.so.6")
         || !syms.named("_thread_db_pthread_tid").is_empty();
     if glibc && hwcap2 & HWCAP2_FSGSBASE != 0 {
