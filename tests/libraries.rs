@@ -27,6 +27,28 @@ fn plugin() -> PathBuf {
     shared_object("libplugin.so")
 }
 
+/// python3.11 running `script` under uprobe-exec with a probe on libc's
+/// getpid (exit 0 asserted): its output and the report.
+fn python_probing_getpid(tag: &str, script: &str) -> (common::Output, serde_json::Value) {
+    let dir = common::TempDir::new(tag);
+    let report = dir.join("r.json");
+    let opts = [
+        "-q",
+        "--report-json",
+        report.to_str().unwrap(),
+        "-p",
+        "libc.so.6:getpid",
+    ];
+    let out = ours(&opts, PY, &["-c", script]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    (out, read_report(&report))
+}
+
+/// `case` with the options `opts`, in order.
+fn with_opts(case: Case, opts: &[&str]) -> Case {
+    opts.iter().fold(case, |c, o| c.opt(o))
+}
+
 /// `-p libc.so.6:F` for each function F, quiet, into `case`.
 fn libc_probes(mut case: Case, functions: &[&str]) -> Case {
     case = case.opt("-q");
@@ -71,12 +93,16 @@ fn strtol_and_a_plugin_loaded_twice_are_counted_exactly() {
             );
             assert_eq!(printed(&run.out, "strtol_calls"), 12345);
         }
-        let case = Case::new(&prog, [&plugin])
-            .opt("-q")
-            .opt("-p")
-            .opt("libc.so.6:strtol")
-            .opt("-p")
-            .opt("libplugin.so:plugin_fn");
+        let case = with_opts(
+            Case::new(&prog, [&plugin]),
+            &[
+                "-q",
+                "-p",
+                "libc.so.6:strtol",
+                "-p",
+                "libplugin.so:plugin_fn",
+            ],
+        );
         let (n, _, r) = compare_with_report("libcalls", case);
         assert_eq!(printed(&n, "strtol_calls"), 12345, "{v:?}");
         assert_eq!(printed(&n, "plugin_calls"), 1554, "{v:?}");
@@ -251,11 +277,10 @@ fn libc_text_is_served_lazily() {
     let plugin = plugin();
     // Strictly on first touch: the background prefetch (on by default)
     // would install the rest.
-    let case = Case::new(&prog, [&plugin])
-        .opt("--no-prefetch")
-        .opt("-q")
-        .opt("-p")
-        .opt("libc.so.6:strtol");
+    let case = with_opts(
+        Case::new(&prog, [&plugin]),
+        &["--no-prefetch", "-q", "-p", "libc.so.6:strtol"],
+    );
     let (_, _, r) = compare_with_report("lazy-libc", case);
     assert_eq!(lib_hits(&r, "libc.so.6", "strtol"), 12345);
     let objects = r["objects"]
@@ -582,22 +607,8 @@ print('libc', any(p.endswith('/libc.so.6') for p in exe))";
         c
     });
     assert_eq!(native.stdout_str(), "libm True\nlibc True\n");
-    let dir = common::TempDir::new("lib-unprobed");
-    let report = dir.join("r.json");
-    let out = ours(
-        &[
-            "-q",
-            "--report-json",
-            report.to_str().unwrap(),
-            "-p",
-            "libc.so.6:getpid",
-        ],
-        PY,
-        &["-c", script],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let (out, r) = python_probing_getpid("lib-unprobed", script);
     assert_eq!(out.stdout_str(), "libm True\nlibc False\n");
-    let r = read_report(&report);
     let served: Vec<&str> = r["objects"]
         .as_array()
         .unwrap()
@@ -630,12 +641,16 @@ fn the_dynamic_loader_s_functions_count_as_the_kernel_s_uprobes() {
     };
     let run = kernel::counts(&k, &argv, &[]);
     assert!(run.counts[0] >= 8, "{:?}", run.counts);
-    let case = Case::new(&prog, [&plugin])
-        .opt("-q")
-        .opt("-p")
-        .opt("ld-linux-x86-64.so.2:_dl_debug_state")
-        .opt("-p")
-        .opt("ld-linux-x86-64.so.2:_dl_catch_exception");
+    let case = with_opts(
+        Case::new(&prog, [&plugin]),
+        &[
+            "-q",
+            "-p",
+            "ld-linux-x86-64.so.2:_dl_debug_state",
+            "-p",
+            "ld-linux-x86-64.so.2:_dl_catch_exception",
+        ],
+    );
     let (_, _, r) = compare_with_report("ld.so", case);
     let ours = [
         lib_hits(&r, "ld-linux-x86-64.so.2", "_dl_debug_state"),
@@ -655,14 +670,18 @@ fn int3_sites_in_shared_objects() {
     }
     let prog = path("libcalls", Variant::Pie);
     let plugin = plugin();
-    let case = Case::new(&prog, [&plugin])
-        .opt("-q")
-        .opt("--probe-mode")
-        .opt("int3")
-        .opt("-p")
-        .opt("libc.so.6:strtol")
-        .opt("-p")
-        .opt("libplugin.so:plugin_fn");
+    let case = with_opts(
+        Case::new(&prog, [&plugin]),
+        &[
+            "-q",
+            "--probe-mode",
+            "int3",
+            "-p",
+            "libc.so.6:strtol",
+            "-p",
+            "libplugin.so:plugin_fn",
+        ],
+    );
     let (_, _, r) = compare_with_report("libcalls-int3", case);
     assert_eq!(lib_hits(&r, "libc.so.6", "strtol"), 12345, "{r}");
     assert_eq!(lib_hits(&r, "libplugin.so", "plugin_fn"), 1554, "{r}");
@@ -732,8 +751,6 @@ fn per_process_hits_name_shared_objects_probes() {
     if !privileged("shared objects are served in full mode only") {
         return;
     }
-    let dir = common::TempDir::new("lib-per-process");
-    let report = dir.join("r.json");
     let script = "import os
 kids = []
 for i in range(3):
@@ -745,24 +762,12 @@ for i in range(3):
     kids.append(p)
     os.wait()
 print(os.getpid(), *kids)";
-    let out = ours(
-        &[
-            "-q",
-            "--report-json",
-            report.to_str().unwrap(),
-            "-p",
-            "libc.so.6:getpid",
-        ],
-        PY,
-        &["-c", script],
-    );
-    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let (out, r) = python_probing_getpid("lib-per-process", script);
     let pids: Vec<i64> = out
         .stdout_str()
         .split_whitespace()
         .map(|p| p.parse().unwrap())
         .collect();
-    let r = read_report(&report);
     let per: std::collections::BTreeMap<i64, u64> = r["per_process"]
         .as_array()
         .unwrap()
