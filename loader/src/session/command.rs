@@ -229,8 +229,9 @@ impl Command {
         let open_us = clock.step();
         let mut resolution = Resolution::default();
         let mut pending = Vec::new();
-        let mut objects = None;
-        let mut needs = super::shared_objects::ObjectNeeds::default();
+        // The objects' probes, resolved on a thread while the rest of the
+        // start goes on, and the mapping site in ld.so.
+        let mut listing = None;
         // How the event routine learns thread ids (from the program's symbols).
         let mut tid = probes::Tid::Syscall;
         // Without the right to follow forks (user-mode-only userfaultfd), the
@@ -246,7 +247,7 @@ impl Command {
                 requests.into_iter().partition(|r| r.object.is_none());
             // The objects the program maps at start, asked of its
             // interpreter while the program's own probes are resolved.
-            let listing = match (theirs.first(), &interp) {
+            listing = match (theirs.first(), &interp) {
                 (Some(first), Some(interp)) => {
                     if eager {
                         return Err(Error::Probe(ProbeError::BadSpec {
@@ -300,16 +301,6 @@ impl Command {
             for request in requests {
                 resolver.add(request)?;
             }
-            if let Some((list, site)) = listing {
-                let (so, n) = list.join().unwrap_or_else(|_| {
-                    Err(Error::sys(
-                        "resolving the shared objects' probes",
-                        std::io::Error::other("panicked"),
-                    ))
-                })?;
-                needs = n;
-                objects = Some((so, site));
-            }
             resolution = resolver.finish();
         }
         let probes_us = clock.step();
@@ -335,14 +326,22 @@ impl Command {
             interp,
             &crate::layout::Aslr::current(),
             backing,
-            objects.is_some(),
+            listing.is_some(),
         )?;
-        let objects = match objects {
-            Some((so, site)) => {
+        let mut needs = super::shared_objects::ObjectNeeds::default();
+        let objects = match listing {
+            Some((list, site)) => {
                 let interp = draft.interp.as_ref().expect("objects need an interpreter");
                 let site = interp.bias.apply(crate::addr::LinkAddr(site)).0;
                 let area = crate::plan::ObjectsArea::new(&draft, site)?;
                 draft.interp_patches = vec![(site, crate::probes::detour::patch(&area.detour))];
+                let (so, n) = list.join().unwrap_or_else(|_| {
+                    Err(Error::sys(
+                        "resolving the shared objects' probes",
+                        std::io::Error::other("panicked"),
+                    ))
+                })?;
+                needs = n;
                 Some((area, so))
             }
             None => None,
