@@ -685,6 +685,11 @@ impl SharedObjects {
             server
                 .map_object(uprobe_runtime::MmId::FIRST, object, 0)
                 .map_err(|e| format!("serving {}: {e}", path.display()))?;
+            // The loader's text runs first and nearly whole: installed now,
+            // before the program starts, rather than fault by fault.
+            server
+                .populate_object(uprobe_runtime::MmId::FIRST, object)
+                .map_err(|e| format!("installing {}: {e}", path.display()))?;
         }
         Ok(())
     }

@@ -65,6 +65,37 @@ impl Server {
         Ok(())
     }
 
+    /// Installs every page of `object` not yet in process `mm`, without
+    /// waiting for faults (an object whose text is all run at once, such
+    /// as the dynamic loader's at start).
+    pub fn populate_object(
+        &mut self,
+        mm: super::MmId,
+        object: super::ObjectId,
+    ) -> Result<(), ServeError> {
+        let m = mm.0;
+        if self.mms.get(m).is_none_or(|p| p.gone()) {
+            return Ok(());
+        }
+        for slot in 0..self.mms[m].space.mappings().len() {
+            if self.mms[m].space.mappings()[slot].object != object {
+                continue;
+            }
+            let pages = self.mms[m].space.mappings()[slot].pages;
+            let mut index = 0;
+            while index < pages && !self.mms[m].gone() {
+                if self.mms[m].space.mappings()[slot].present(index) {
+                    index += 1;
+                    continue;
+                }
+                let n = self.install_run(m, Page { slot, index }, POPULATE_RUN)?;
+                self.count_populated(m, slot, n);
+                index += n.max(1);
+            }
+        }
+        Ok(())
+    }
+
     fn populate_once(&mut self) -> Result<(), ServeError> {
         for m in 0..self.mms.len() {
             for slot in 0..self.mms[m].space.mappings().len() {
