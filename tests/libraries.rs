@@ -786,3 +786,34 @@ print(os.getpid(), *kids)";
         .collect();
     assert_eq!(per, want, "{r}");
 }
+
+/// A process in a PID namespace of its own (unshare, then fork, without
+/// exec) sees other thread ids than the monitor: the file it maps is
+/// checked by its identity, and an object that cannot be found is left to
+/// the kernel, never served from another file. The run is as native.
+#[test]
+fn a_process_in_another_pid_namespace_runs_as_natively() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let script = "import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x20000000) == 0
+p = os.fork()
+if p == 0:
+    import _decimal
+    print('child', os.getpid(), _decimal.Decimal(1) / _decimal.Decimal(7))
+    os._exit(0)
+os.wait()
+print('parent done')";
+    let case = with_opts(
+        Case::new(PY, ["-c", script]),
+        &["-q", "-p", "_decimal*:PyInit__decimal"],
+    );
+    let (native, _, _) = compare_with_report("pid-namespace", case);
+    assert!(
+        native.stdout_str().starts_with("child 1 "),
+        "{}",
+        native.stdout_str()
+    );
+}

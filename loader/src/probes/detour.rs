@@ -72,7 +72,14 @@ pub mod slot {
     /// last): a ring whose number was answered already is a repeat (the
     /// thread's wait was interrupted), which gets no second answer.
     pub const SEQ: u64 = 40;
+    /// u64: the file's device (`st_dev`, as `fstat` gives it; 0 if it failed).
+    pub const DEV: u64 = 48;
+    /// u64: the file's inode (`st_ino`).
+    pub const INO: u64 = 56;
 }
+
+/// Bytes of `struct stat` on x86-64 (the detour's `fstat` buffer).
+const STAT_BYTES: i32 = 144;
 
 /// Rounds of looking for a free request slot (each after a `sched_yield`)
 /// before a mapping is left as the file's.
@@ -184,6 +191,7 @@ pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
     let mut served = a.create_label();
     let mut not_served = a.create_label();
     let mut ring = a.create_label();
+    let mut stat_ok = a.create_label();
     let mut gone = a.create_label();
     let mut answered = a.create_label();
     a.mov(eax, 9u32)?;
@@ -260,6 +268,23 @@ pub fn encode(d: &Detour) -> Result<Vec<u8>, IcedError> {
     a.mov(dword_ptr(r12 + slot::PROT), eax)?;
     a.mov(eax, dword_ptr(rsp + R10))?;
     a.mov(dword_ptr(r12 + slot::FLAGS), eax)?;
+    // The file's identity as this process sees it, for the monitor to
+    // check the file it finds: fstat(fd) into a buffer below the saves.
+    a.mov(edi, dword_ptr(rsp + R8))?;
+    a.sub(rsp, STAT_BYTES)?;
+    a.mov(rsi, rsp)?;
+    a.mov(eax, 5u32)?; // fstat
+    a.syscall()?;
+    a.mov(rcx, qword_ptr(rsp))?; // st_dev
+    a.mov(rdx, qword_ptr(rsp + 8))?; // st_ino
+    a.add(rsp, STAT_BYTES)?;
+    a.test(rax, rax)?;
+    a.jz(stat_ok)?;
+    a.xor(ecx, ecx)?;
+    a.xor(edx, edx)?;
+    a.set_label(&mut stat_ok)?;
+    a.mov(qword_ptr(r12 + slot::DEV), rcx)?;
+    a.mov(qword_ptr(r12 + slot::INO), rdx)?;
     a.lock().inc(dword_ptr(r12 + slot::SEQ))?;
     // Ring: read the answer's request number and status from the slot's
     // doorbell page (a fault until the monitor answers). An answer to
@@ -350,7 +375,7 @@ mod tests {
         assert_eq!(last.mnemonic(), Mnemonic::Jmp);
         assert_eq!(last.near_branch_target(), D.site + 7);
         // The system calls it makes, in order: mmap as asked, gettid,
-        // sched_yield, mmap anonymous, prctl, munlock and madvise (a stale
+        // sched_yield, mmap anonymous, prctl, fstat, munlock and madvise (a stale
         // answer), munlock and madvise (re-arm), mprotect, mmap the file
         // back.
         let nrs: Vec<u64> = insns
@@ -358,7 +383,7 @@ mod tests {
             .filter(|w| w[1].mnemonic() == Mnemonic::Syscall)
             .map(|w| w[0].immediate(1))
             .collect();
-        assert_eq!(nrs, [9, 186, 24, 9, 157, 150, 28, 150, 28, 10, 9]);
+        assert_eq!(nrs, [9, 186, 24, 9, 157, 5, 150, 28, 150, 28, 10, 9]);
         // Pushes and pops pair up.
         let pushes = insns
             .iter()

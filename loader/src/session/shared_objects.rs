@@ -519,10 +519,25 @@ impl SharedObjects {
             ));
         }
         let proc_fd = format!("/proc/{tid}/fd/{fd}");
-        let path = std::fs::read_link(&proc_fd).map_err(|e| format!("{proc_fd}: {e}"))?;
-        let file = std::fs::File::open(&proc_fd).map_err(|e| format!("{proc_fd}: {e}"))?;
+        let unseen = |e: std::io::Error| {
+            format!(
+                "an object mapped by thread {tid} was left to the kernel, unprobed: cannot open \
+                 {proc_fd} ({e}; is the program in another PID namespace?)"
+            )
+        };
+        let path = std::fs::read_link(&proc_fd).map_err(unseen)?;
+        let file = std::fs::File::open(&proc_fd).map_err(unseen)?;
         let meta = file.metadata().map_err(|e| format!("{proc_fd}: {e}"))?;
         let id: FileId = (meta.dev(), meta.ino());
+        // The thread id is the one the thread sees: in another PID namespace
+        // (a program that unshared one) it names another process here.
+        // The file must be the one the process itself mapped.
+        if (u64_at(slot::DEV), u64_at(slot::INO)) != id {
+            return Err(format!(
+                "{proc_fd} is not the file thread {tid} mapped (is the program in another PID \
+                 namespace?): left to the kernel, unprobed"
+            ));
+        }
         let key = (id, offset, addr, len);
         self.learn(id, &path);
         if !self.files.contains_key(&id) {
