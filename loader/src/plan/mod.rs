@@ -25,7 +25,7 @@ mod objects_area;
 mod probe_area;
 
 pub use crate::sys::mm::Reservation;
-pub use objects_area::{within_reach, ObjectsArea};
+pub use objects_area::{within_reach, ObjectsArea, Request as MapRequest};
 pub use probe_area::ProbeArea;
 
 /// How the child creates one mapping.

@@ -35,6 +35,24 @@ const TRAP_PAGES: u64 = 16;
 /// Farthest a rel32 reaches, with a margin.
 const REACH: u64 = (1 << 31) - (1 << 20);
 
+/// A mapping request, as the detour wrote it in a slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// The thread that holds the slot (0: free), as that thread sees it.
+    pub tid: u32,
+    /// The file descriptor mapped.
+    pub fd: u32,
+    /// Where the mapping is, its length (as asked) and file offset.
+    pub addr: u64,
+    pub len: u64,
+    pub offset: u64,
+    /// The slot's request number.
+    pub seq: u32,
+    /// The file's device and inode, as the process's `fstat` gave them.
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// The area, mapped in the monitor (the program inherits it at the fork).
 pub struct ObjectsArea {
     /// The whole area.
@@ -227,18 +245,30 @@ impl ObjectsArea {
         self.view[off..off + code.len()].copy_from_slice(code);
     }
 
-    /// The request slot of doorbell page `bell`: its bytes, as the detour
-    /// wrote them.
+    /// The request in the slot of doorbell page `bell`, as the detour
+    /// wrote it (see `probes::detour::slot`).
     #[must_use]
-    pub fn request(&self, bell: u64) -> Option<[u8; detour::SLOT_BYTES as usize]> {
+    pub fn request(&self, bell: u64) -> Option<Request> {
         let i = (bell.checked_sub(self.bells.0)? / PAGE_SIZE) as usize;
         if i >= SLOTS {
             return None;
         }
-        let off = (CODE + i as u64 * detour::SLOT_BYTES) as usize;
-        let mut out = [0u8; detour::SLOT_BYTES as usize];
-        out.copy_from_slice(&self.view[off..off + detour::SLOT_BYTES as usize]);
-        Some(out)
+        let at = (CODE + i as u64 * detour::SLOT_BYTES) as usize;
+        let word = |o: u64, n: usize| {
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&self.view[at + o as usize..at + o as usize + n]);
+            u64::from_le_bytes(b)
+        };
+        Some(Request {
+            tid: word(detour::slot::TID, 4) as u32,
+            fd: word(detour::slot::FD, 4) as u32,
+            addr: word(detour::slot::ADDR, 8),
+            len: word(detour::slot::LEN, 8),
+            offset: word(detour::slot::OFFSET, 8),
+            seq: word(detour::slot::SEQ, 4) as u32,
+            dev: word(detour::slot::DEV, 8),
+            ino: word(detour::slot::INO, 8),
+        })
     }
 
     /// Frees the request slots held by threads that no longer exist (one

@@ -309,7 +309,7 @@ pub fn object_code(
     // Neighbours whose code moves out of the way of short jumps' pads.
     for e in evicted {
         let ip = bias.apply(e.addr).0;
-        let Some(slot) = take().filter(|_| reaches(ip)) else {
+        let Some(slot) = reaches(ip).then(&mut take).flatten() else {
             hosts_placed = false;
             continue;
         };
@@ -329,12 +329,12 @@ pub fn object_code(
         .enumerate()
         .filter(|(_, (s, _))| !short(s))
         .chain(sites.iter().enumerate().filter(|(_, (s, _))| short(s)));
-    let placed_before = out.placed.len();
+    let others = sites.iter().filter(|(s, _)| !short(s)).count();
     let mut others_placed = None;
     for (k, (s, column)) in order {
+        // Once the others are done: were they all placed?
         if short(s) && others_placed.is_none() {
-            let others = sites.iter().filter(|(s, _)| !short(s)).count();
-            others_placed = Some(out.placed.len() - placed_before == others);
+            others_placed = Some(out.placed.len() == others);
         }
         if let Kind::JumpShort { via, .. } = s.kind {
             if via != super::Via::Padding && !(hosts_placed && others_placed == Some(true)) {

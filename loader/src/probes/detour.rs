@@ -85,6 +85,10 @@ const STAT_BYTES: i32 = 144;
 /// before a mapping is left as the file's.
 const CLAIM_TRIES: u32 = 1000;
 
+/// The monitor's answer "not served": the detour maps the file back as it
+/// was asked for (any answer but [`SERVED`] does).
+pub const LEFT: u64 = 0;
+
 /// The monitor's answer, first word of the doorbell page: the range is
 /// registered and served. Anything else puts the file mapping back.
 pub const SERVED: u64 = 1;

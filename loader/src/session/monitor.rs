@@ -276,12 +276,11 @@ fn serve(
             }
             Wake::Bells => {
                 for bell in server.take_bells() {
-                    match (&mut objects, probes) {
-                        (Some((area, o)), Some(_)) => o.ring(server, area, &bell),
-                        // No detour rings without objects: a stray touch.
-                        _ => {
-                            let _ =
-                                server.answer_bell(&bell, &[0; uprobe_runtime::PAGE_SIZE as usize]);
+                    match &mut objects {
+                        Some((area, o)) => o.ring(server, area, &bell)?,
+                        // Doorbells exist only with objects.
+                        None => {
+                            server.answer_bell(&bell, &[0; uprobe_runtime::PAGE_SIZE as usize])?
                         }
                     }
                 }

@@ -129,17 +129,10 @@ impl Probes {
             Arc::new(Shared::new(shared).map_err(|e| Error::sys("creating the hit counters", e))?);
         // Each traced return is written as its entry's site.
         for (i, s) in sites.iter().enumerate().filter(|(_, s)| returns(s)) {
-            let f = s.timed.expect("a return probe's function is timed") as usize;
-            let string = if ret_type(s) == Some(probes::ArgType::Str) {
-                uprobe_runtime::latency::EVENT_STR
-            } else {
-                0
-            };
-            let event = (i as u64 + 1) | string;
-            counters
-                .stats(f)
-                .event
-                .store(event, std::sync::atomic::Ordering::Relaxed);
+            let f = s.timed.expect("a return probe's function is timed");
+            // (As the kernel's `x64`, hex when no type is given.)
+            let ty = ret_type(s).unwrap_or(probes::ArgType::Hex);
+            trace_returns(&counters, f, i, ty);
         }
         let traps = sites.iter().filter(|s| s.kind == Kind::Int3).count();
         let mut layout = uprobe_runtime::trap::layout(sites.len() + evicted.len(), traps);
@@ -363,6 +356,22 @@ impl Probes {
             })
             .collect()
     }
+}
+
+/// Makes the returns of timed function `func` events of the site in
+/// counter column `column` (its entry), their value shown as `ty`: the
+/// latency exit routine writes them to the ring.
+pub(super) fn trace_returns(counters: &Shared, func: u32, column: usize, ty: probes::ArgType) {
+    let string = if ty == probes::ArgType::Str {
+        uprobe_runtime::latency::EVENT_STR
+    } else {
+        0
+    };
+    let event = (column as u64 + 1) | string;
+    counters
+        .stats(func as usize)
+        .event
+        .store(event, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The timing stacks' table and what the latency routines need: the

@@ -15,7 +15,7 @@
 //! A file's sites get their counter columns once, so the calls of every
 //! mapping of it (every process, every `dlopen` of it) add up in one probe.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use crate::addr::{page_up, Bias};
 use crate::elf::Image;
 use crate::error::{Error, Result};
 use crate::plan::ObjectsArea;
-use crate::probes::detour::{slot, SERVED};
+use crate::probes::detour::{LEFT, SERVED};
 use crate::probes::{self, Kind, Linked, ObjectSite, ProbeMode, Request, Resolution};
 use crate::report::{ObjectStats, ProbeHits};
 use crate::symbols::Symbols;
@@ -84,10 +84,10 @@ pub(super) struct SharedObjects {
     /// doorbell page).
     answered: HashMap<(usize, u64), (u32, u64)>,
     /// Files already looked at (`learn`), probed or not.
-    learned: std::collections::HashSet<FileId>,
+    learned: HashSet<FileId>,
     /// Addresses of the int3 sites in the objects' trap table (shared by
     /// every process): another object at one of them gets no int3 there.
-    int3_at: std::collections::HashSet<u64>,
+    int3_at: HashSet<u64>,
 }
 
 /// What the shared objects' probes need of the session's shared memory and
@@ -142,29 +142,25 @@ impl SharedObjects {
             objects: Vec::new(),
             warnings: Vec::new(),
             answered: HashMap::new(),
-            learned: std::collections::HashSet::new(),
-            int3_at: std::collections::HashSet::new(),
+            learned: HashSet::new(),
+            int3_at: HashSet::new(),
         };
         let mut needs = ObjectNeeds {
             int3: mode == ProbeMode::Int3,
             ..ObjectNeeds::default()
         };
-        let mut pending = false;
         for r in &s.requests {
             needs.traced |= r.trace.is_some() || r.ret.is_some();
             needs.strings |= r.trace.iter().flatten().any(|t| *t == probes::ArgType::Str)
                 || r.ret == Some(probes::ArgType::Str);
         }
         let timing = s.requests.iter().any(|r| r.latency || r.ret.is_some());
-        for (i, r) in s.requests.iter().enumerate() {
+        // A glob, or a name no object at start has, may match one later.
+        let pending = s.requests.iter().any(|r| {
             let object = r.object.as_ref().expect("only OBJECT:SPEC requests");
-            let matched: Vec<&(Linked, Option<FileId>)> =
-                linked.iter().filter(|(l, _)| object.matches(l)).collect();
-            if matched.is_empty() || matches!(object, probes::ObjectPattern::Glob(_)) {
-                pending = true;
-            }
-            let _ = i;
-        }
+            matches!(object, probes::ObjectPattern::Glob(_))
+                || !linked.iter().any(|(l, _)| object.matches(l))
+        });
         // The objects mapped at start: their sites now.
         let mut files: Vec<(FileId, FileProbes)> = Vec::new();
         for (l, id) in &linked {
@@ -273,17 +269,7 @@ impl SharedObjects {
                 .filter(|_| s.timed.is_some())
                 .and_then(|r| self.requests[r].ret);
             if let (Some(f), Some(t)) = (s.timed, ret) {
-                let string = if t == probes::ArgType::Str {
-                    uprobe_runtime::latency::EVENT_STR
-                } else {
-                    0
-                };
-                let event = (*c as u64 + 1) | string;
-                placed
-                    .counters
-                    .stats(f as usize)
-                    .event
-                    .store(event, std::sync::atomic::Ordering::Relaxed);
+                super::probes::trace_returns(&placed.counters, f, *c, t);
             }
             placed.table.set(
                 crate::events::ProbeId(*c),
@@ -314,9 +300,17 @@ impl SharedObjects {
     ) -> Result<(FileProbes, Vec<(String, String)>)> {
         let image = Image::open_object(path)?;
         let syms = Symbols::read(&image);
-        let failed = std::cell::RefCell::new(Vec::new());
-        let resolve = |timed: bool| -> Result<(Resolution, probes::Chosen)> {
+        // One resolution: the resolver's result, the requests it took
+        // (ours, by its numbering) and what it could not take.
+        type Resolved = (
+            Resolution,
+            probes::Chosen,
+            Vec<usize>,
+            Vec<(String, String)>,
+        );
+        let resolve = |timed: bool| -> Result<Resolved> {
             let mut resolver = probes::Resolver::new(&image, &syms, self.unsafe_addrs);
+            let (mut added, mut failed) = (Vec::new(), Vec::new());
             for &i in mine {
                 let mut r = self.requests[i].clone();
                 r.object = None;
@@ -327,31 +321,32 @@ impl SharedObjects {
                 // Once the program runs, a request that does not resolve
                 // here (a function this object lacks) leaves the others.
                 match resolver.add(r) {
-                    Err(e) if !strict => failed
-                        .borrow_mut()
-                        .push((String::new(), format!("{}: {e}", short(path)))),
-                    other => other?,
+                    Ok(()) => added.push(i),
+                    Err(e) if !strict => {
+                        failed.push((String::new(), format!("{}: {e}", short(path))))
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             let resolution = resolver.finish();
             let chosen = probes::choose(&image, &resolution, self.mode)?;
-            Ok((resolution, chosen))
+            Ok((resolution, chosen, added, failed))
         };
         // Once the program runs, a function that cannot be timed is still
         // counted (and traced), with a warning; before, it is an error.
-        let (resolution, chosen) = match resolve(true) {
+        let (resolution, chosen, added, mut skipped) = match resolve(true) {
             Err(e) if !strict => {
+                let (r, c, added, mut failed) = resolve(false)?;
                 // Said as a warning, after what was passed over.
-                failed.borrow_mut().clear();
-                let why = format!("{}: its functions are counted, not timed: {e}", short(path));
-                let (r, mut c) = resolve(false)?;
-                c.skipped.push((String::new(), why));
-                (r, c)
+                failed.push((
+                    String::new(),
+                    format!("{}: its functions are counted, not timed: {e}", short(path)),
+                ));
+                (r, c, added, failed)
             }
             other => other?,
         };
-        let mut skipped = chosen.skipped;
-        skipped.append(&mut failed.borrow_mut());
+        skipped.splice(0..0, chosen.skipped);
         let mut sites = Vec::new();
         for s in chosen.sites {
             if matches!(
@@ -394,7 +389,7 @@ impl SharedObjects {
         }
         // The report repeats each site's spec as the user wrote it: the
         // request numbers are ours, not the resolver's.
-        let ours = |r: usize| mine[r.min(mine.len() - 1)];
+        let ours = |r: usize| added[r];
         for (s, _) in &mut sites {
             s.place.request = ours(s.place.request);
             s.place.trace = s.place.trace.map(ours);
@@ -443,20 +438,18 @@ impl SharedObjects {
     /// Answers a ring of the mapping detour: serves the object just mapped
     /// (status [`SERVED`]), or says it could not (the detour maps the file
     /// back as it was asked for).
-    pub(super) fn ring(&mut self, server: &mut Server, area: &mut ObjectsArea, bell: &Bell) {
+    pub(super) fn ring(
+        &mut self,
+        server: &mut Server,
+        area: &mut ObjectsArea,
+        bell: &Bell,
+    ) -> std::result::Result<(), uprobe_runtime::ServeError> {
         // Slots held by threads killed while they waited.
         area.free_dead_slots(|tid| std::path::Path::new(&format!("/proc/{tid}")).exists());
         let Some(req) = area.request(bell.addr) else {
-            return;
+            return Ok(());
         };
-        let word = |o: u64| {
-            u32::from_le_bytes(
-                req[o as usize..o as usize + 4]
-                    .try_into()
-                    .unwrap_or_default(),
-            )
-        };
-        let (tid, seq) = (word(slot::TID), word(slot::SEQ));
+        let (tid, seq) = (req.tid, req.seq);
         // Every answer says which request it is for (the slot's number),
         // and the detour takes only the one for its own: a repeat of a ring
         // answered already (its thread's wait cut short by a signal), or a
@@ -465,15 +458,18 @@ impl SharedObjects {
         let key = (bell.mm.0, bell.addr & !(PAGE_SIZE - 1));
         let status = match self.answered.get(&key) {
             Some(&(s, status)) if s == seq => status,
-            _ if tid == 0 => 0,
+            _ if tid == 0 => LEFT,
             _ => {
-                let status = match self.serve(server, area, bell) {
+                let status = match self.serve(server, area, bell, &req) {
                     Ok(true) => SERVED,
                     // No probe of it: its file's mapping, as the kernel makes it.
-                    Ok(false) => 0,
+                    Ok(false) => LEFT,
                     Err(why) => {
-                        self.warnings.push(why);
-                        2
+                        self.warnings.push(format!(
+                            "an object mapped at {:#x} was left to the kernel, unprobed: {why}",
+                            req.addr
+                        ));
+                        LEFT
                     }
                 };
                 self.answered.insert(key, (seq, status));
@@ -484,7 +480,7 @@ impl SharedObjects {
         page[..8].copy_from_slice(&status.to_le_bytes());
         let at = crate::probes::detour::ANSWER_SEQ as usize;
         page[at..at + 4].copy_from_slice(&seq.to_le_bytes());
-        let _ = server.answer_bell(bell, &page);
+        server.answer_bell(bell, &page)
     }
 
     fn serve(
@@ -492,26 +488,10 @@ impl SharedObjects {
         server: &mut Server,
         area: &mut ObjectsArea,
         bell: &Bell,
+        req: &crate::plan::MapRequest,
     ) -> std::result::Result<bool, String> {
-        let req = area
-            .request(bell.addr)
-            .ok_or("a ring outside the doorbells")?;
-        let u32_at = |o: u64| {
-            u32::from_le_bytes(
-                req[o as usize..o as usize + 4]
-                    .try_into()
-                    .unwrap_or_default(),
-            )
-        };
-        let u64_at = |o: u64| {
-            u64::from_le_bytes(
-                req[o as usize..o as usize + 8]
-                    .try_into()
-                    .unwrap_or_default(),
-            )
-        };
-        let (tid, fd) = (u32_at(slot::TID), u32_at(slot::FD));
-        let (addr, len, offset) = (u64_at(slot::ADDR), u64_at(slot::LEN), u64_at(slot::OFFSET));
+        let (tid, fd) = (req.tid, req.fd);
+        let (addr, len, offset) = (req.addr, req.len, req.offset);
         if bell.tid != 0 && tid != bell.tid {
             return Err(format!(
                 "a mapping request from thread {} rang as thread {tid}",
@@ -521,8 +501,8 @@ impl SharedObjects {
         let proc_fd = format!("/proc/{tid}/fd/{fd}");
         let unseen = |e: std::io::Error| {
             format!(
-                "an object mapped by thread {tid} was left to the kernel, unprobed: cannot open \
-                 {proc_fd} ({e}; is the program in another PID namespace?)"
+                "cannot open {proc_fd}, the file thread {tid} mapped ({e}; is the program in \
+                 another PID namespace?)"
             )
         };
         let path = std::fs::read_link(&proc_fd).map_err(unseen)?;
@@ -532,10 +512,10 @@ impl SharedObjects {
         // The thread id is the one the thread sees: in another PID namespace
         // (a program that unshared one) it names another process here.
         // The file must be the one the process itself mapped.
-        if (u64_at(slot::DEV), u64_at(slot::INO)) != id {
+        if (req.dev, req.ino) != id {
             return Err(format!(
                 "{proc_fd} is not the file thread {tid} mapped (is the program in another PID \
-                 namespace?): left to the kernel, unprobed"
+                 namespace?)"
             ));
         }
         let key = (id, offset, addr, len);

@@ -78,19 +78,8 @@ impl Server {
             return Ok(());
         }
         for slot in 0..self.mms[m].space.mappings().len() {
-            if self.mms[m].space.mappings()[slot].object != object {
-                continue;
-            }
-            let pages = self.mms[m].space.mappings()[slot].pages;
-            let mut index = 0;
-            while index < pages && !self.mms[m].gone() {
-                if self.mms[m].space.mappings()[slot].present(index) {
-                    index += 1;
-                    continue;
-                }
-                let n = self.install_run(m, Page { slot, index }, POPULATE_RUN)?;
-                self.count_populated(m, slot, n);
-                index += n.max(1);
+            if self.mms[m].space.mappings()[slot].object == object {
+                self.populate_mapping(m, slot)?;
             }
         }
         Ok(())
@@ -99,20 +88,26 @@ impl Server {
     fn populate_once(&mut self) -> Result<(), ServeError> {
         for m in 0..self.mms.len() {
             for slot in 0..self.mms[m].space.mappings().len() {
-                let pages = self.mms[m].space.mappings()[slot].pages;
-                let mut index = 0;
-                while index < pages && !self.mms[m].gone() {
-                    if self.mms[m].space.mappings()[slot].present(index) {
-                        index += 1;
-                        continue;
-                    }
-                    let n = self.install_run(m, Page { slot, index }, POPULATE_RUN)?;
-                    self.count_populated(m, slot, n);
-                    index += n.max(1);
-                }
+                self.populate_mapping(m, slot)?;
             }
             // Wake anyone who faulted while we were installing without waking.
             self.wake(m);
+        }
+        Ok(())
+    }
+
+    /// Installs the pages of mapping `slot` of mm `m` that are not there.
+    fn populate_mapping(&mut self, m: usize, slot: usize) -> Result<(), ServeError> {
+        let pages = self.mms[m].space.mappings()[slot].pages;
+        let mut index = 0;
+        while index < pages && !self.mms[m].gone() {
+            if self.mms[m].space.mappings()[slot].present(index) {
+                index += 1;
+                continue;
+            }
+            let n = self.install_run(m, Page { slot, index }, POPULATE_RUN)?;
+            self.count_populated(m, slot, n);
+            index += n.max(1);
         }
         Ok(())
     }
