@@ -817,3 +817,33 @@ print('parent done')";
         native.stdout_str()
     );
 }
+
+/// A spec that names a function the dlopen'ed object lacks is a warning;
+/// the other specs for that object still probe, each under its own spec.
+#[test]
+fn an_unresolvable_spec_for_a_later_object_leaves_the_others() {
+    if !privileged("shared objects are served in full mode only") {
+        return;
+    }
+    let prog = path("libcalls", Variant::Pie);
+    let plugin = plugin();
+    let case = with_opts(
+        Case::new(&prog, [&plugin]),
+        &[
+            "-q",
+            "-p",
+            "libplugin.so:no_such_fn",
+            "-p",
+            "libplugin.so:plugin_fn",
+        ],
+    );
+    let (_, _, r) = compare_with_report("unresolvable", case);
+    assert_eq!(lib_hits(&r, "libplugin.so", "plugin_fn"), 1554, "{r}");
+    let entries = probes_in(&r, "libplugin.so");
+    assert_eq!(entries[0]["spec"], "libplugin.so:plugin_fn", "{r}");
+    assert!(
+        r["warnings"].to_string().contains("no_such_fn"),
+        "{}",
+        r["warnings"]
+    );
+}
