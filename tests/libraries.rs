@@ -847,3 +847,98 @@ fn an_unresolvable_spec_for_a_later_object_leaves_the_others() {
         r["warnings"]
     );
 }
+
+// ---------------------------------------------------------------------------
+// the objects at start, kept between runs
+
+/// The entries of the objects-at-start cache under `cache`, as (name, inode).
+fn list_entries(cache: &Path) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = cache.join("uprobe-exec/objects");
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    (e.file_name().to_string_lossy().into_owned(), m.ino())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_objects_at_start_are_asked_again_when_what_they_were_found_through_changes() {
+    if !privileged("shared objects are probed in full mode only") {
+        return;
+    }
+    // LD_PRELOAD=libx.so, found through LD_LIBRARY_PATH=early:late; at
+    // first only late/ has it (the strtol-counting preload).
+    let dir = common::TempDir::new("list-cache");
+    let (early, late, cache) = (dir.join("early"), dir.join("late"), dir.join("cache"));
+    for d in [&early, &late] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let preload = shared_object("libfidpreload.so");
+    let late_lib = late.join("libx.so");
+    std::fs::copy(&preload, &late_lib).unwrap();
+    let search = format!("{}:{}", early.display(), late.display());
+    let run = |spec: &str| {
+        let case = Case::new("/usr/bin/true", Vec::<&str>::new())
+            .env("LD_LIBRARY_PATH", &search)
+            .env("LD_PRELOAD", "libx.so")
+            .env("XDG_CACHE_HOME", cache.to_str().unwrap())
+            .opt("-q")
+            .opt("-p")
+            .opt(spec);
+        let (n, o, r) = compare_with_report("list-cache-run", case);
+        assert_eq!(n.code, Some(0), "natively: {}", n.stderr_str());
+        assert_eq!(
+            n.stderr_str(),
+            if spec.ends_with("strtol") {
+                "preload: strtol calls=0\n"
+            } else {
+                ""
+            }
+        );
+        let objects: Vec<String> = r["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["object"].as_str().unwrap().to_string())
+            .collect();
+        (o, objects)
+    };
+    let canonical = |p: &Path| kernel::canonical(p).display().to_string();
+
+    let (_, objects) = run("libx.so:strtol");
+    assert_eq!(objects, [canonical(&late_lib)]);
+    let first = list_entries(&cache);
+    assert_eq!(first.len(), 1, "one entry kept: {first:?}");
+    // The same run again takes it from the cache: the entry is not
+    // written again.
+    run("libx.so:strtol");
+    assert_eq!(list_entries(&cache), first, "a hit rewrites nothing");
+
+    // Another libx.so appears in early/, searched first: the kept answer
+    // (late/libx.so, which has no plugin_fn) would make this spec an error
+    // before the start; the interpreter is asked again.
+    let early_lib = early.join("libx.so");
+    std::fs::copy(plugin(), &early_lib).unwrap();
+    let (o, objects) = run("libx.so:plugin_fn");
+    assert_eq!(o.code, Some(0), "{}", o.stderr_str());
+    assert_eq!(objects, [canonical(&early_lib)]);
+    let second = list_entries(&cache);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first, "the entry was written again");
+
+    // early/libx.so changed in place (same inode, other contents): asked
+    // again, and the probe is in what the file holds now.
+    std::fs::copy(&preload, &early_lib).unwrap();
+    let (o, objects) = run("libx.so:strtol");
+    assert_eq!(o.code, Some(0), "{}", o.stderr_str());
+    assert_eq!(objects, [canonical(&early_lib)]);
+    assert_ne!(list_entries(&cache), second, "the entry was written again");
+}

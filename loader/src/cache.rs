@@ -38,7 +38,7 @@ fn dir(kind: &str) -> Option<PathBuf> {
 }
 
 /// The identity of a file's current contents, as the kernel keeps it.
-fn identity(m: &fs::Metadata) -> [i64; 7] {
+pub fn identity(m: &fs::Metadata) -> [i64; 7] {
     [
         m.dev() as i64,
         m.ino() as i64,
@@ -79,11 +79,17 @@ pub fn map(kind: &str, file: &File) -> Option<memmap2::Mmap> {
 /// Keeps `bytes` as the entry of `kind` for `file`; failures are ignored
 /// (the next run computes it again).
 pub fn write(kind: &str, file: &File, bytes: &[u8]) {
-    let (Some(dir), Some(key)) = (dir(kind), key(file)) else {
+    put(kind, key(file), &[bytes]);
+}
+
+/// Writes `parts` as the entry `key` of `kind`, renamed into place whole.
+fn put(kind: &str, key: Option<String>, parts: &[&[u8]]) {
+    let (Some(dir), Some(key)) = (dir(kind), key) else {
         return;
     };
     let tmp = dir.join(format!(".{key}.{}", std::process::id()));
-    let written = File::create(&tmp).and_then(|mut f| f.write_all(bytes));
+    let written =
+        File::create(&tmp).and_then(|mut f| parts.iter().try_for_each(|p| f.write_all(p)));
     if written.is_err() || fs::rename(&tmp, dir.join(&key)).is_err() {
         let _ = fs::remove_file(&tmp);
         return;
@@ -105,4 +111,43 @@ fn prune(dir: &std::path::Path) {
     for (_, p) in &entries[..entries.len() - KEEP] {
         let _ = fs::remove_file(p);
     }
+}
+
+/// The identity of the file at `path` as one word (`-` when there is none:
+/// a missing file is part of a key too).
+pub fn identity_of(path: &std::path::Path) -> String {
+    match fs::metadata(path) {
+        Ok(m) => identity(&m)
+            .iter()
+            .map(|v| format!("{:x}", *v as u64))
+            .collect::<Vec<_>>()
+            .join("-"),
+        Err(_) => "-".into(),
+    }
+}
+
+/// The entry of `kind` whose key is `material` (any bytes that say what
+/// the entry depends on, besides this program): its bytes after the
+/// material, which the entry repeats and which is compared whole, so a
+/// collision of the name it hashes to is a miss.
+pub fn read_keyed(kind: &str, material: &[u8]) -> Option<Vec<u8>> {
+    let bytes = fs::read(dir(kind)?.join(keyed_name(material)?)).ok()?;
+    let rest = bytes.strip_prefix(material)?;
+    Some(rest.to_vec())
+}
+
+/// Keeps `bytes` as the entry of `kind` for `material` (see [`read_keyed`]).
+pub fn write_keyed(kind: &str, material: &[u8], bytes: &[u8]) {
+    put(kind, keyed_name(material), &[material, bytes]);
+}
+
+/// The name of the entry for `material`: a hash of it and of this program's
+/// identity (a new build never reads an old one's entries).
+fn keyed_name(material: &[u8]) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    let ours = fs::metadata("/proc/self/exe").ok()?;
+    let mut h = std::hash::DefaultHasher::new();
+    material.hash(&mut h);
+    identity(&ours).hash(&mut h);
+    Some(format!("{:016x}", h.finish()))
 }

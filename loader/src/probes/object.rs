@@ -114,11 +114,167 @@ impl Linked {
 /// second implementation of its search to differ from it. The vDSO, which
 /// no file holds, is left out. An object it cannot find is an error, as
 /// it is for the program's start.
+///
+/// The answer is kept in the user's cache (kind `objects`), under a key of
+/// everything it depends on (see [`ListKey`]), and taken from there while
+/// every file and directory it was found through is unchanged: the run of
+/// the interpreter costs a few milliseconds at each start.
 pub fn linked(
     interp: &Path,
     program: &Path,
     env: &[std::ffi::OsString],
 ) -> Result<Vec<Linked>, String> {
+    let key = ListKey::new(interp, program, env);
+    if let Some(objects) = key.as_ref().and_then(ListKey::read) {
+        return Ok(objects);
+    }
+    let objects = ask(interp, program, env)?;
+    if let Some(key) = key {
+        key.write(&objects, program, env);
+    }
+    Ok(objects)
+}
+
+/// What the interpreter's answer depends on, besides the files and
+/// directories it was found through (which the entry names, with their
+/// identities): the program, the interpreter, the working directory
+/// (relative search paths), the interpreter's cache and preload files,
+/// and the variables it reads (`LD_*`, `GLIBC_TUNABLES`).
+struct ListKey(Vec<u8>);
+
+/// The cache's kind for the objects at start.
+const LIST_KIND: &str = "objects";
+
+/// Where the interpreter would look besides the objects' own directories:
+/// the `glibc-hwcaps` subdirectories it tries first in each directory.
+const HWCAPS: [&str; 4] = [
+    "glibc-hwcaps",
+    "glibc-hwcaps/x86-64-v2",
+    "glibc-hwcaps/x86-64-v3",
+    "glibc-hwcaps/x86-64-v4",
+];
+
+impl ListKey {
+    fn new(interp: &Path, program: &Path, env: &[std::ffi::OsString]) -> Option<ListKey> {
+        use crate::cache::identity_of;
+        use std::fmt::Write;
+        let mut k = String::from("uprobe-exec objects 1\n");
+        let cwd = std::env::current_dir().ok()?;
+        for (what, path) in [
+            ("program", program),
+            ("interp", interp),
+            ("file", Path::new("/etc/ld.so.cache")),
+            ("file", Path::new("/etc/ld.so.preload")),
+        ] {
+            writeln!(k, "{what} {} {}", path.display(), identity_of(path)).ok()?;
+        }
+        writeln!(k, "cwd {}", cwd.display()).ok()?;
+        for kv in env {
+            let kv = kv.to_str()?;
+            if kv.starts_with("LD_") || kv.starts_with("GLIBC_TUNABLES=") {
+                writeln!(k, "env {kv}").ok()?;
+            }
+        }
+        k.push_str("--\n");
+        Some(ListKey(k.into_bytes()))
+    }
+
+    /// The objects of a whole entry whose files and directories are all
+    /// as they were.
+    fn read(&self) -> Option<Vec<Linked>> {
+        let bytes = crate::cache::read_keyed(LIST_KIND, &self.0)?;
+        let text = String::from_utf8(bytes).ok()?;
+        let mut objects = Vec::new();
+        for line in text.lines() {
+            let (what, rest) = line.split_once(' ')?;
+            let fields: Vec<&str> = rest.split('\t').collect();
+            match (what, fields.as_slice()) {
+                ("O", [name, path, id]) => {
+                    if crate::cache::identity_of(Path::new(path)) != *id {
+                        return None;
+                    }
+                    objects.push(Linked {
+                        name: (*name).to_string(),
+                        path: PathBuf::from(path),
+                    });
+                }
+                ("D", [dir, id]) if crate::cache::identity_of(Path::new(dir)) == *id => {}
+                _ => return None,
+            }
+        }
+        Some(objects)
+    }
+
+    /// Keeps `objects` with the identities of their files and of every
+    /// directory the interpreter searched for them, as far as we can name
+    /// them: theirs, `LD_LIBRARY_PATH`'s, and the program's and objects'
+    /// `DT_RUNPATH`/`DT_RPATH` (with `$ORIGIN`), each with its
+    /// `glibc-hwcaps` subdirectories. A search path we cannot name (another
+    /// `$` token) keeps nothing.
+    fn write(&self, objects: &[Linked], program: &Path, env: &[std::ffi::OsString]) {
+        use crate::cache::identity_of;
+        use std::fmt::Write;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for kv in env.iter().filter_map(|kv| kv.to_str()) {
+            if let Some(v) = kv.strip_prefix("LD_LIBRARY_PATH=") {
+                dirs.extend(
+                    v.split([':', ';'])
+                        .map(|d| PathBuf::from(if d.is_empty() { "." } else { d })),
+                );
+            }
+        }
+        let files = std::iter::once(program).chain(objects.iter().map(|o| o.path.as_path()));
+        for (i, file) in files.enumerate() {
+            let origin = file.parent().unwrap_or(Path::new("/"));
+            if i > 0 {
+                dirs.push(origin.to_owned());
+            }
+            let Ok(bytes) = std::fs::read(file) else {
+                return;
+            };
+            let Ok(elf) = goblin::elf::Elf::parse(&bytes) else {
+                return;
+            };
+            for entry in elf
+                .runpaths
+                .iter()
+                .chain(&elf.rpaths)
+                .flat_map(|p| p.split(':'))
+            {
+                let d = entry
+                    .replace("${ORIGIN}", "$ORIGIN")
+                    .replace("$ORIGIN", &origin.display().to_string());
+                if d.contains('$') {
+                    return;
+                }
+                dirs.push(PathBuf::from(if d.is_empty() { "." } else { &d }));
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        let mut body = String::new();
+        for o in objects {
+            let path = o.path.display().to_string();
+            if o.name.contains(['\t', '\n']) || path.contains(['\t', '\n']) {
+                return;
+            }
+            let _ = writeln!(body, "O {}\t{path}\t{}", o.name, identity_of(&o.path));
+        }
+        for d in &dirs {
+            for sub in std::iter::once(d.clone()).chain(HWCAPS.iter().map(|h| d.join(h))) {
+                let shown = sub.display().to_string();
+                if shown.contains(['\t', '\n']) {
+                    return;
+                }
+                let _ = writeln!(body, "D {shown}\t{}", identity_of(&sub));
+            }
+        }
+        crate::cache::write_keyed(LIST_KIND, &self.0, body.as_bytes());
+    }
+}
+
+/// Asks the interpreter (`--list`); see [`linked`].
+fn ask(interp: &Path, program: &Path, env: &[std::ffi::OsString]) -> Result<Vec<Linked>, String> {
     use std::os::unix::ffi::OsStrExt;
     let vars = env.iter().filter_map(|kv| {
         let b = kv.as_bytes();
