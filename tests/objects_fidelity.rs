@@ -1,7 +1,8 @@
 //! Fidelity of the shared objects whose text we serve (`OBJECT:SPEC`, root
-//! only): with a probe on `libc.so.6:strtol`, every executable mapping ld.so
-//! makes of a shared object (at start and by `dlopen`) is anonymous memory
-//! filled from the file by our userfaultfd server. What a program can learn
+//! only): with a probe on `libc.so.6:strtol`, the pages that hold probe sites
+//! in the executable mappings ld.so makes of a shared object (at start and by
+//! `dlopen`) are anonymous memory filled from the file by our userfaultfd
+//! server, between the file's own mappings. What a program can learn
 //! of its objects through the dynamic loader must not change: the objects
 //! `dl_iterate_phdr` lists, `dladdr`, `backtrace_symbols`, symbol binding
 //! under `RTLD_DEEPBIND`, `LD_LIBRARY_PATH` and `LD_PRELOAD`, and Python's
@@ -12,10 +13,10 @@
 //! own uprobes on the same functions of the same files, natively.
 //!
 //! The one thing that does differ on purpose, which file backs the text in
-//! /proc/self/maps, dlfidelity writes to fd 5, outside the compared output,
-//! and it is checked on its own: the library's file natively, anonymous
-//! memory (named `[anon:uprobe-exec served text]` where the kernel names
-//! anonymous mappings) under uprobe-exec.
+//! /proc/self/maps at the probed functions, dlfidelity writes to fd 5,
+//! outside the compared output, and it is checked on its own: the library's
+//! file natively, anonymous memory (named `[anon:uprobe-exec served text]`
+//! where the kernel names anonymous mappings) under uprobe-exec.
 
 #[path = "common/mod.rs"]
 mod common;

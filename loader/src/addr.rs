@@ -4,7 +4,9 @@
 use uprobe_runtime::PAGE_SIZE;
 
 /// An address as the ELF file states it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct LinkAddr(pub u64);
 
 /// An address in the target process.

@@ -48,6 +48,8 @@ pub struct Request {
     pub offset: u64,
     /// The slot's request number.
     pub seq: u32,
+    /// Which ring of the request: `detour::STEP_ASK` or `STEP_MAPPED`.
+    pub step: u32,
     /// The file's device and inode, as the process's `fstat` gave them.
     pub dev: u64,
     pub ino: u64,
@@ -266,6 +268,7 @@ impl ObjectsArea {
             len: word(detour::slot::LEN, 8),
             offset: word(detour::slot::OFFSET, 8),
             seq: word(detour::slot::SEQ, 4) as u32,
+            step: word(detour::slot::STEP, 4) as u32,
             dev: word(detour::slot::DEV, 8),
             ino: word(detour::slot::INO, 8),
         })

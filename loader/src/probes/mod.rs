@@ -17,6 +17,7 @@ use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
 
 use crate::addr::{Bias, LinkAddr};
 use crate::elf::Image;
+use serde::{Deserialize, Serialize};
 
 mod code;
 pub mod detour;
@@ -48,6 +49,7 @@ pub use resolve::{resolve, unprobeable, Resolution, Resolver};
 pub use short::Evicted;
 pub use spec::{ArgType, Location, TraceSpec, ARG_REGISTERS};
 pub use targets::{Source, Targets};
+pub use trampoline::warm_up;
 
 pub use crate::error::ProbeError;
 
@@ -147,7 +149,9 @@ impl From<Location> for Request {
 
 /// An object of the program's address space that probes go in. Only the
 /// main program for now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct ObjectId(pub u32);
 
 impl ObjectId {
@@ -156,7 +160,7 @@ impl ObjectId {
 }
 
 /// What a probe does when hit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// Count the hit (per process, in the shared counters).
     #[default]
@@ -205,7 +209,7 @@ pub enum ProbeMode {
 }
 
 /// A resolved probe location: one instruction of an object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Place {
     /// The object it is in.
     pub object: ObjectId,
@@ -258,7 +262,7 @@ impl Place {
 }
 
 /// A probe site: where, how it is displaced, and what a hit does.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Site {
     /// Where.
     pub place: Place,
@@ -292,7 +296,7 @@ impl Site {
 }
 
 /// How a site is displaced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     /// An `int3`, handled by the in-program trap handler.
     Int3,
@@ -346,7 +350,7 @@ pub enum Kind {
 }
 
 /// Where the pad of a [`Kind::JumpShort`] lies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Via {
     /// In alignment padding after a function that never runs on into it.
     Padding,

@@ -38,7 +38,7 @@ use crate::elf::Image;
 /// An evicted neighbour: `len` bytes of whole instructions at `addr` that
 /// run out of line, in a slot of their own, behind a `jmp` at `addr`; the
 /// bytes past that jump hold pads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Evicted {
     /// Link-time address of its first instruction.
     pub addr: LinkAddr,

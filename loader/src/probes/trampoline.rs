@@ -336,6 +336,15 @@ pub fn jump_patch(ip: u64, len: usize, target: u64) -> Vec<u8> {
     v
 }
 
+/// Builds the decoder's and encoder's tables, which iced builds on their
+/// first use (about a millisecond): a thread that has time to spare calls
+/// this so that the monitor does not, while a program waits on it.
+pub fn warm_up() {
+    // push rbp ; mov rbp, rsp ; call rel32 (relocated: the block encoder).
+    let bytes = [0x55, 0x48, 0x89, 0xe5, 0xe8, 0, 0, 0, 0];
+    let _ = encode_evicted(&bytes, 0x10_0000, bytes.len(), 0x20_0000);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -280,12 +280,17 @@ impl Command {
                                 why: format!("cannot list the objects the program maps: {why}"),
                             })
                         })?;
-                        super::shared_objects::SharedObjects::new(
+                        let objects = super::shared_objects::SharedObjects::new(
                             theirs,
                             linked,
                             mode,
                             unsafe_addrs,
-                        )
+                        );
+                        // The monitor writes the objects' trampolines
+                        // while the program waits: iced's tables are
+                        // built now, in time this thread has to spare.
+                        crate::probes::warm_up();
+                        objects
                     });
                     Some((list, site))
                 }

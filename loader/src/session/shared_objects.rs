@@ -27,7 +27,7 @@ use crate::addr::{page_up, Bias};
 use crate::elf::Image;
 use crate::error::{Error, Result};
 use crate::plan::ObjectsArea;
-use crate::probes::detour::{LEFT, SERVED};
+use crate::probes::detour::{LEFT, MAX_RUNS, RUNS, SERVED, STEP_ASK, STEP_MAPPED};
 use crate::probes::{self, Kind, Linked, ObjectSite, ProbeMode, Request, Resolution};
 use crate::report::{ObjectStats, ProbeHits};
 use crate::symbols::Symbols;
@@ -45,6 +45,87 @@ struct FileProbes {
     sites: Vec<ObjectSite>,
     /// Neighbours moved out of the way of short jumps' pads.
     evicted: Vec<probes::Evicted>,
+}
+
+/// Pages of a mapping that we serve (those that hold its probes' sites):
+/// address, length, and the object that serves them.
+type Run = (u64, u64, ObjectId);
+
+/// A first ring answered with runs, until the second.
+struct Asked {
+    /// The mapping: address, length and file offset, as asked.
+    mapping: (u64, u64, u64),
+    path: PathBuf,
+    runs: Vec<Run>,
+}
+
+/// An answer to a ring: the status and the runs (address, length).
+#[derive(Clone, Debug, Default)]
+struct Answer {
+    status: u64,
+    runs: Vec<(u64, u64)>,
+}
+
+impl Answer {
+    fn left() -> Answer {
+        Answer::default()
+    }
+
+    fn with(status: u64, runs: &[Run]) -> Answer {
+        Answer {
+            status,
+            runs: runs.iter().map(|&(a, l, _)| (a, l)).collect(),
+        }
+    }
+
+    /// The doorbell page that says it, for request number `seq`.
+    fn page(&self, seq: u32) -> [u8; PAGE_SIZE as usize] {
+        use crate::probes::detour::{ANSWER_COUNT, ANSWER_RUNS, ANSWER_SEQ};
+        let mut page = [0u8; PAGE_SIZE as usize];
+        let mut put = |at: u64, bytes: &[u8]| {
+            page[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+        };
+        put(0, &self.status.to_le_bytes());
+        put(ANSWER_SEQ, &seq.to_le_bytes());
+        put(ANSWER_COUNT, &(self.runs.len() as u32).to_le_bytes());
+        for (i, (a, l)) in self.runs.iter().enumerate() {
+            put(ANSWER_RUNS + 16 * i as u64, &a.to_le_bytes());
+            put(ANSWER_RUNS + 16 * i as u64 + 8, &l.to_le_bytes());
+        }
+        page
+    }
+}
+
+/// The runs of pages of `[lo, hi)` that `patches` write to, in address
+/// order, at most [`MAX_RUNS`] (the closest ones joined: a page between
+/// two runs served by us needs no probe to be served right).
+fn runs_of(patches: &[(u64, Vec<u8>)], lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    let mut pages: Vec<(u64, u64)> = patches
+        .iter()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(at, b)| {
+            let start = (at & !(PAGE_SIZE - 1)).max(lo);
+            let end = page_up(at + b.len() as u64).min(hi);
+            (start, end)
+        })
+        .filter(|(a, b)| a < b)
+        .collect();
+    pages.sort_unstable();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in pages {
+        match runs.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => runs.push((a, b)),
+        }
+    }
+    while runs.len() > MAX_RUNS {
+        let i = (1..runs.len())
+            .min_by_key(|&i| runs[i].0 - runs[i - 1].1)
+            .expect("more than one run");
+        runs[i - 1].1 = runs[i].1;
+        runs.remove(i);
+    }
+    runs.into_iter().map(|(a, b)| (a, b - a)).collect()
 }
 
 /// What [`SharedObjects::place`] gives.
@@ -72,8 +153,12 @@ pub(super) struct SharedObjects {
     end_stats: usize,
     /// Once placed: the counters, the probes' table and the routines.
     placed: Option<Placed>,
-    /// What an earlier ring built: (file, offset, address, length) → object.
-    built: HashMap<(FileId, u64, u64, u64), ObjectId>,
+    /// What an earlier ring built: (file, offset, address, length) → the
+    /// runs of pages served, each its own object.
+    built: HashMap<(FileId, u64, u64, u64), Vec<Run>>,
+    /// The runs named in answer to a first ring, until its second: by
+    /// (process, doorbell page).
+    asked: HashMap<(usize, u64), Asked>,
     /// Every object built, and its file's path.
     objects: Vec<(ObjectId, String)>,
     /// Whether each request matched an object the program mapped.
@@ -82,7 +167,7 @@ pub(super) struct SharedObjects {
     warnings: Vec<String>,
     /// The request number last answered, and the answer, by (process,
     /// doorbell page).
-    answered: HashMap<(usize, u64), (u32, u64)>,
+    answered: HashMap<(usize, u64), (u32, Answer)>,
     /// Files already looked at (`learn`), probed or not.
     learned: HashSet<FileId>,
     /// Addresses of the int3 sites in the objects' trap table (shared by
@@ -139,6 +224,7 @@ impl SharedObjects {
             end_stats: 0,
             placed: None,
             built: HashMap::new(),
+            asked: HashMap::new(),
             objects: Vec::new(),
             warnings: Vec::new(),
             answered: HashMap::new(),
@@ -299,6 +385,54 @@ impl SharedObjects {
         strict: bool,
     ) -> Result<(FileProbes, Vec<(String, String)>)> {
         let image = Image::open_object(path)?;
+        let canonical = std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_owned())
+            .display()
+            .to_string();
+        // What the resolution depends on: the file's contents (its
+        // identity), the requests and their numbers, the mode.
+        let key = image.file.metadata().ok().map(|m| {
+            let asked: Vec<(usize, &Request)> =
+                mine.iter().map(|&i| (i, &self.requests[i])).collect();
+            format!(
+                "sites 1\n{:?}\n{:?} {} {strict}\n{asked:?}\n--\n",
+                crate::cache::identity(&m),
+                self.mode,
+                self.unsafe_addrs
+            )
+        });
+        let kept = key
+            .as_ref()
+            .and_then(|k| crate::cache::read_keyed(SITES_KIND, k.as_bytes()))
+            .and_then(|bytes| serde_json::from_slice::<KeptSites>(&bytes).ok());
+        if let Some((sites, evicted, skipped)) = kept {
+            let fp = FileProbes {
+                path: canonical,
+                image,
+                sites,
+                evicted,
+            };
+            return Ok((fp, skipped));
+        }
+        let (fp, skipped) = self.resolve_afresh(image, canonical, path, mine, strict)?;
+        if let Some(k) = key {
+            if let Ok(bytes) = serde_json::to_vec(&(&fp.sites, &fp.evicted, &skipped)) {
+                crate::cache::write_keyed(SITES_KIND, k.as_bytes(), &bytes);
+            }
+        }
+        Ok((fp, skipped))
+    }
+
+    /// [`resolve`](Self::resolve) without the cache: the symbols of the
+    /// file (`image`), the requests resolved, the sites chosen.
+    fn resolve_afresh(
+        &self,
+        image: Image,
+        canonical: String,
+        path: &Path,
+        mine: &[usize],
+        strict: bool,
+    ) -> Result<(FileProbes, Vec<(String, String)>)> {
         let syms = Symbols::read(&image);
         // One resolution: the resolver's result, the requests it took
         // (ours, by its numbering) and what it could not take.
@@ -398,10 +532,7 @@ impl SharedObjects {
         }
         Ok((
             FileProbes {
-                path: std::fs::canonicalize(path)
-                    .unwrap_or_else(|_| path.to_owned())
-                    .display()
-                    .to_string(),
+                path: canonical,
                 image,
                 sites,
                 evicted: chosen.evicted,
@@ -456,40 +587,108 @@ impl SharedObjects {
         // touch with no request behind it (mlockall, a debugger), gets the
         // last answer again and nothing is done twice.
         let key = (bell.mm.0, bell.addr & !(PAGE_SIZE - 1));
-        let status = match self.answered.get(&key) {
-            Some(&(s, status)) if s == seq => status,
-            _ if tid == 0 => LEFT,
+        let answer = match self.answered.get(&key) {
+            Some((s, answer)) if *s == seq => answer.clone(),
+            _ if tid == 0 => Answer::left(),
             _ => {
-                let status = match self.serve(server, area, bell, &req) {
-                    Ok(true) => SERVED,
-                    // No probe of it: its file's mapping, as the kernel makes it.
-                    Ok(false) => LEFT,
-                    Err(why) => {
-                        self.warnings.push(format!(
-                            "an object mapped at {:#x} was left to the kernel, unprobed: {why}",
-                            req.addr
-                        ));
-                        LEFT
-                    }
+                let answer = match req.step {
+                    STEP_ASK => self.ask(server, area, bell, key, &req),
+                    STEP_MAPPED => self.mapped(server, bell, key, &req),
+                    _ => Answer::left(),
                 };
-                self.answered.insert(key, (seq, status));
-                status
+                self.answered.insert(key, (seq, answer.clone()));
+                answer
             }
         };
-        let mut page = [0u8; PAGE_SIZE as usize];
-        page[..8].copy_from_slice(&status.to_le_bytes());
-        let at = crate::probes::detour::ANSWER_SEQ as usize;
-        page[at..at + 4].copy_from_slice(&seq.to_le_bytes());
-        server.answer_bell(bell, &page)
+        server.answer_bell(bell, &answer.page(seq))
     }
 
-    fn serve(
+    /// The answer to a first ring: the runs of pages we serve of the
+    /// mapping asked (none: the file's, as the kernel made it).
+    fn ask(
+        &mut self,
+        server: &mut Server,
+        area: &mut ObjectsArea,
+        bell: &Bell,
+        key: (usize, u64),
+        req: &crate::plan::MapRequest,
+    ) -> Answer {
+        self.asked.remove(&key);
+        match self.runs_for(server, area, bell, req) {
+            Ok(Some((path, runs))) if !runs.is_empty() => {
+                let answer = Answer::with(RUNS, &runs);
+                self.asked.insert(
+                    key,
+                    Asked {
+                        mapping: (req.addr, req.len, req.offset),
+                        path,
+                        runs,
+                    },
+                );
+                answer
+            }
+            Ok(_) => Answer::left(),
+            Err(why) => {
+                self.warnings.push(format!(
+                    "an object mapped at {:#x} was left to the kernel, unprobed: {why}",
+                    req.addr
+                ));
+                Answer::left()
+            }
+        }
+    }
+
+    /// The answer to a second ring: the runs named in answer to the first
+    /// are anonymous memory now, registered and served here ("served"), or
+    /// go back to the file ("left", with the runs).
+    fn mapped(
+        &mut self,
+        server: &mut Server,
+        bell: &Bell,
+        key: (usize, u64),
+        req: &crate::plan::MapRequest,
+    ) -> Answer {
+        let Some(asked) = self.asked.remove(&key) else {
+            return Answer::left();
+        };
+        let (addr, len, _) = asked.mapping;
+        let served = (|| {
+            if asked.mapping != (req.addr, req.len, req.offset) {
+                return Err("its second ring named another mapping".to_string());
+            }
+            server.unmap_range(bell.mm, addr, addr + page_up(len));
+            for &(at, n, object) in &asked.runs {
+                server
+                    .register(bell.mm, at, n)
+                    .map_err(|e| format!("registering {at:#x}: {e}"))?;
+                server
+                    .map_object(bell.mm, object, 0)
+                    .map_err(|e| format!("serving {at:#x}: {e}"))?;
+            }
+            Ok(())
+        })();
+        match served {
+            Ok(()) => Answer::with(SERVED, &asked.runs),
+            Err(why) => {
+                self.warnings.push(format!(
+                    "{} mapped at {addr:#x} was left to the kernel, unprobed: {why}",
+                    asked.path.display()
+                ));
+                Answer::with(LEFT, &asked.runs)
+            }
+        }
+    }
+
+    /// The file of a first ring's mapping and the runs of its pages we
+    /// serve, built now (trampolines written, page images made) unless an
+    /// earlier ring built them; `None` for a file no probe names.
+    fn runs_for(
         &mut self,
         server: &mut Server,
         area: &mut ObjectsArea,
         bell: &Bell,
         req: &crate::plan::MapRequest,
-    ) -> std::result::Result<bool, String> {
+    ) -> std::result::Result<Option<(PathBuf, Vec<Run>)>, String> {
         let (tid, fd) = (req.tid, req.fd);
         let (addr, len, offset) = (req.addr, req.len, req.offset);
         if bell.tid != 0 && tid != bell.tid {
@@ -521,128 +720,129 @@ impl SharedObjects {
         let key = (id, offset, addr, len);
         self.learn(id, &path);
         if !self.files.contains_key(&id) {
-            return Ok(false);
+            return Ok(None);
         }
-        let object = match self.built.get(&key) {
-            Some(&o) => o,
-            None => {
-                let o = self.build(server, area, id, &path, &file, (addr, len, offset), &[])?;
-                self.built.insert(key, o);
-                o
-            }
-        };
-        let end = addr + page_up(len);
-        server.unmap_range(bell.mm, addr, end);
-        server
-            .register(bell.mm, addr, end - addr)
-            .map_err(|e| format!("registering {} at {addr:#x}: {e}", path.display()))?;
-        server
-            .map_object(bell.mm, object, 0)
-            .map_err(|e| format!("serving {} at {addr:#x}: {e}", path.display()))?;
-        Ok(true)
+        if let Some(runs) = self.built.get(&key) {
+            return Ok(Some((path, runs.clone())));
+        }
+        let bytes = map_file(&file, &path)?;
+        let patches = self.code_for(area, id, (addr, len, offset));
+        let mut runs = Vec::new();
+        for (at, n) in runs_of(&patches, addr, addr + page_up(len)) {
+            let object = self.object_for(
+                server,
+                &path,
+                &bytes,
+                (at, n, offset + (at - addr)),
+                &patches,
+            );
+            runs.push((at, n, object));
+        }
+        self.built.insert(key, runs.clone());
+        Ok(Some((path, runs)))
     }
 
-    /// The object for `len` bytes of the file `id` (at `path`, open as
-    /// `file`) from `offset`, mapped at `addr`: its page images, with its
-    /// probes' jumps, whose trampolines are written to `area` now.
-    #[allow(clippy::too_many_arguments)]
-    fn build(
+    /// The patches of the probes of file `id` in its mapping of `len` bytes
+    /// from `offset` at `addr`: their trampolines (and traps) are written to
+    /// `area` now.
+    fn code_for(
         &mut self,
-        server: &mut Server,
         area: &mut ObjectsArea,
         id: FileId,
-        path: &Path,
-        file: &std::fs::File,
         (addr, len, offset): (u64, u64, u64),
-        extra: &[(u64, Vec<u8>)],
-    ) -> std::result::Result<ObjectId, String> {
-        // SAFETY (of the mapping): a private read-only map of the file the
-        // program maps; a writer changing it would change the program's
-        // copy too (MAP_PRIVATE pages not yet touched follow the file).
-        let bytes = Arc::new(
-            crate::sys::mm::map_program(file)
-                .map_err(|e| format!("mapping {}: {e}", path.display()))?,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let (Some(fp), Some(placed)) = (self.files.get(&id), &self.placed) else {
+            return Vec::new();
+        };
+        // Where the segment that holds `offset` puts link addresses.
+        let Some(bias) = fp
+            .image
+            .segments
+            .iter()
+            .find(|s| s.offset <= offset && offset < s.offset + s.filesz.max(1))
+            .map(|s| {
+                Bias(
+                    addr.wrapping_add(s.offset)
+                        .wrapping_sub(s.vaddr.0)
+                        .wrapping_sub(offset),
+                )
+            })
+        else {
+            return Vec::new();
+        };
+        let inside: Vec<ObjectSite> = fp
+            .sites
+            .iter()
+            .filter(|(s, _)| {
+                let ip = s.place.runtime(bias);
+                ip >= addr && ip + s.kind.patch_len() as u64 <= addr + len
+            })
+            .cloned()
+            .collect();
+        let bounds = area.bounds();
+        let traps_left = area.traps_left();
+        let int3_at = &self.int3_at;
+        let evicted: Vec<probes::Evicted> = fp
+            .evicted
+            .iter()
+            .filter(|e| {
+                let ip = bias.apply(e.addr).0;
+                ip >= addr && ip + e.len as u64 <= addr + len
+            })
+            .cloned()
+            .collect();
+        let code = probes::object_code(
+            &fp.image,
+            bias,
+            &inside,
+            &evicted,
+            &placed.counters,
+            &placed.calls,
+            |ip| crate::plan::within_reach(bounds, ip),
+            || area.take(uprobe_runtime::area::SLOT_BYTES as u64),
+            traps_left,
+            |ip| !int3_at.contains(&ip),
         );
+        for (at, c) in &code.trampolines {
+            area.write(*at, c);
+        }
+        // After their slots: a trap finds its entry only once the slot it
+        // resumes in is there.
+        for t in &code.traps {
+            area.add_trap(t);
+            self.int3_at.insert(t.site);
+        }
+        let p = PathBuf::from(&fp.path);
+        self.note_skipped(&p, code.skipped);
+        code.patches
+    }
+
+    /// The object serving `len` bytes of the file at `path` (its contents
+    /// `bytes`) from `offset`, at `addr`, with `patches` in: its page images.
+    fn object_for(
+        &mut self,
+        server: &mut Server,
+        path: &Path,
+        bytes: &Arc<memmap2::Mmap>,
+        (addr, len, offset): (u64, u64, u64),
+        patches: &[(u64, Vec<u8>)],
+    ) -> ObjectId {
         let pages = (page_up(len) / PAGE_SIZE) as usize;
         let file_end = (bytes.len() as u64).min(offset + page_up(len));
         let range = TextRange { start: addr, pages };
         let parts = [(range, offset.min(file_end) as usize..file_end as usize)];
-        let mut patches = Vec::new();
-        if let (Some(fp), Some(placed)) = (self.files.get(&id), &self.placed) {
-            // Where the segment that holds `offset` puts link addresses.
-            let bias = fp
-                .image
-                .segments
-                .iter()
-                .find(|s| s.offset <= offset && offset < s.offset + s.filesz.max(1))
-                .map(|s| {
-                    Bias(
-                        addr.wrapping_add(s.offset)
-                            .wrapping_sub(s.vaddr.0)
-                            .wrapping_sub(offset),
-                    )
-                });
-            if let Some(bias) = bias {
-                let inside: Vec<ObjectSite> = fp
-                    .sites
-                    .iter()
-                    .filter(|(s, _)| {
-                        let ip = s.place.runtime(bias);
-                        ip >= addr && ip + s.kind.patch_len() as u64 <= addr + len
-                    })
-                    .cloned()
-                    .collect();
-                let bounds = area.bounds();
-                let traps_left = area.traps_left();
-                let int3_at = &self.int3_at;
-                let evicted: Vec<probes::Evicted> = fp
-                    .evicted
-                    .iter()
-                    .filter(|e| {
-                        let ip = bias.apply(e.addr).0;
-                        ip >= addr && ip + e.len as u64 <= addr + len
-                    })
-                    .cloned()
-                    .collect();
-                let code = probes::object_code(
-                    &fp.image,
-                    bias,
-                    &inside,
-                    &evicted,
-                    &placed.counters,
-                    &placed.calls,
-                    |ip| crate::plan::within_reach(bounds, ip),
-                    || area.take(uprobe_runtime::area::SLOT_BYTES as u64),
-                    traps_left,
-                    |ip| !int3_at.contains(&ip),
-                );
-                for (at, c) in &code.trampolines {
-                    area.write(*at, c);
-                }
-                // After their slots: a trap finds its entry only once the
-                // slot it resumes in is there.
-                for t in &code.traps {
-                    area.add_trap(t);
-                    self.int3_at.insert(t.site);
-                }
-                patches = code.patches;
-                let skipped = code.skipped;
-                let p = PathBuf::from(&fp.path);
-                self.note_skipped(&p, skipped);
-            }
-        }
-        patches.extend_from_slice(extra);
-        let image = crate::plan::patched_image(&bytes, &parts, &[], &patches);
+        let image = crate::plan::patched_image(bytes, &parts, &[], patches);
         let object = server.add_object(Arc::new(image));
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         self.objects.push((object, canonical.display().to_string()));
-        Ok(object)
+        object
     }
 
     /// Serves the interpreter's text in the first process: the stage
     /// mapped it at `interp`'s addresses (`ranges`) and registered it; its
     /// probes' jumps and `detour` (the mapping detour's jump) are patched
-    /// in.
+    /// in. All of it is ours (the stage mapped it), not only its probes'
+    /// pages.
     pub(super) fn serve_interp(
         &mut self,
         server: &mut Server,
@@ -659,6 +859,7 @@ impl SharedObjects {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let id: FileId = (meta.dev(), meta.ino());
         self.learn(id, path);
+        let bytes = map_file(&interp.image.file, path)?;
         for r in ranges {
             let seg = interp
                 .image
@@ -668,15 +869,9 @@ impl SharedObjects {
                 .ok_or_else(|| format!("{}: no segment at {:#x}", path.display(), r.start))?;
             let offset = seg.offset & !(PAGE_SIZE - 1);
             let len = r.pages as u64 * PAGE_SIZE;
-            let object = self.build(
-                server,
-                area,
-                id,
-                path,
-                &interp.image.file,
-                (r.start, len, offset),
-                std::slice::from_ref(&detour),
-            )?;
+            let mut patches = self.code_for(area, id, (r.start, len, offset));
+            patches.push(detour.clone());
+            let object = self.object_for(server, path, &bytes, (r.start, len, offset), &patches);
             server
                 .map_object(uprobe_runtime::MmId::FIRST, object, 0)
                 .map_err(|e| format!("serving {}: {e}", path.display()))?;
@@ -837,6 +1032,14 @@ impl SharedObjects {
     }
 }
 
+/// The cache's kind for a file's resolved sites (see [`SharedObjects::resolve`]).
+const SITES_KIND: &str = "sites";
+
+/// A file's resolved sites as the cache keeps them: the sites (with their
+/// columns, numbered later), the neighbours moved for short jumps, and
+/// what was passed over.
+type KeptSites = (Vec<ObjectSite>, Vec<probes::Evicted>, Vec<(String, String)>);
+
 /// Counter columns kept for objects mapped after start.
 const PENDING_COLUMNS: usize = 1024;
 
@@ -846,6 +1049,14 @@ const PENDING_TIMED: usize = 256;
 /// The timed functions among `sites` (numbered from 0 by `choose`).
 fn funcs(sites: &[ObjectSite]) -> usize {
     sites.iter().filter(|(s, _)| s.timed.is_some()).count()
+}
+
+/// `file` (at `path`) mapped read-only (memmap2 maps it shared: the
+/// kernel's own uprobes write breakpoints into private maps only).
+fn map_file(file: &std::fs::File, path: &Path) -> std::result::Result<Arc<memmap2::Mmap>, String> {
+    crate::sys::mm::map_program(file)
+        .map(Arc::new)
+        .map_err(|e| format!("mapping {}: {e}", path.display()))
 }
 
 /// A file's name without its directories.
@@ -861,4 +1072,77 @@ fn soname(path: &Path) -> Option<String> {
     let image = Image::open_object(path).ok()?;
     let elf = goblin::elf::Elf::parse(&image.bytes).ok()?;
     elf.soname.map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: u64 = PAGE_SIZE;
+
+    #[test]
+    fn runs_cover_the_pages_patches_write_joined_when_they_touch() {
+        let patches = vec![
+            // Across a page boundary: both pages.
+            (0x1000_0ffe, vec![0xe9; 5]),
+            // The same page again, and the next one: one run.
+            (0x1000_1010, vec![0xcc]),
+            (0x1000_2000, vec![0xcc]),
+            // Far away: a run of its own.
+            (0x1000_9000 + 7, vec![0xe9; 5]),
+            // Outside the mapping: left out.
+            (0x2000_0000, vec![0xcc]),
+            (0x1000_0000 - 8, vec![0xcc]),
+        ];
+        assert_eq!(
+            runs_of(&patches, 0x1000_0000, 0x1000_a000),
+            [(0x1000_0000, 3 * P), (0x1000_9000, P)]
+        );
+    }
+
+    #[test]
+    fn too_many_runs_are_joined_across_the_smallest_gaps() {
+        // MAX_RUNS + 2 one-page runs, every other page; the last two gaps
+        // are the widest.
+        let n = MAX_RUNS as u64 + 2;
+        let mut patches: Vec<(u64, Vec<u8>)> = (0..n).map(|i| (i * 2 * P, vec![0xcc])).collect();
+        patches.push((2 * n * P + 10 * P, vec![0xcc]));
+        patches.push((2 * n * P + 30 * P, vec![0xcc]));
+        let runs = runs_of(&patches, 0, u64::MAX / 2);
+        assert_eq!(runs.len(), MAX_RUNS);
+        // Every page with a patch is in a run, and the two far pages stay
+        // runs of their own.
+        for (at, _) in &patches {
+            assert!(
+                runs.iter().any(|(a, l)| *a <= *at && *at < a + l),
+                "{at:#x}"
+            );
+        }
+        assert_eq!(runs[MAX_RUNS - 1], (2 * n * P + 30 * P, P));
+        assert_eq!(runs[MAX_RUNS - 2], (2 * n * P + 10 * P, P));
+    }
+
+    #[test]
+    fn an_answer_page_holds_its_status_number_and_runs() {
+        use crate::probes::detour::{ANSWER_COUNT, ANSWER_RUNS, ANSWER_SEQ};
+        let a = Answer {
+            status: RUNS,
+            runs: vec![(0x7000, P), (0x9000, 2 * P)],
+        };
+        let page = a.page(7);
+        let word =
+            |at: u64| u64::from_le_bytes(page[at as usize..at as usize + 8].try_into().unwrap());
+        assert_eq!(word(0), RUNS);
+        assert_eq!(word(ANSWER_SEQ) as u32, 7);
+        assert_eq!(word(ANSWER_COUNT) as u32, 2);
+        assert_eq!(
+            [
+                word(ANSWER_RUNS),
+                word(ANSWER_RUNS + 8),
+                word(ANSWER_RUNS + 16),
+                word(ANSWER_RUNS + 24)
+            ],
+            [0x7000, P, 0x9000, 2 * P]
+        );
+    }
 }

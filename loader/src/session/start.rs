@@ -491,11 +491,12 @@ fn limits(
     }
     if plan.interp_text.is_some() {
         limits.push(
-            "shared objects are served: /proc/PID/maps shows the text of each object a probe names \
-             as anonymous memory (named [anon:uprobe-exec served text] where the kernel names \
-             anonymous mappings), ld.so's too, not their files' paths (dl_iterate_phdr, dladdr and \
-             debuggers, which read the loader's own lists, are unchanged; profilers that name \
-             code by the file behind a mapping do not name theirs)"
+            "shared objects are served: /proc/PID/maps shows the pages that hold probe sites of \
+             each object a probe names as anonymous memory (named [anon:uprobe-exec served text] \
+             where the kernel names anonymous mappings) between the mappings of its file, and \
+             ld.so's text whole (dl_iterate_phdr, dladdr and debuggers, which read the loader's \
+             own lists, are unchanged; profilers that name code by the file behind a mapping do \
+             not name the functions on those pages)"
                 .into(),
         );
     }
