@@ -902,7 +902,7 @@ fn list_entries(cache: &Path) -> Vec<(String, u64)> {
 }
 
 #[test]
-fn the_objects_at_start_are_asked_again_when_what_they_were_found_through_changes() {
+fn the_objects_at_start_and_their_sites_are_found_again_when_their_files_change() {
     if !privileged("shared objects are probed in full mode only") {
         return;
     }
@@ -917,7 +917,10 @@ fn the_objects_at_start_are_asked_again_when_what_they_were_found_through_change
     let late_lib = late.join("libx.so");
     std::fs::copy(&preload, &late_lib).unwrap();
     let search = format!("{}:{}", early.display(), late.display());
-    let run = |spec: &str| {
+    // Runs /usr/bin/true with one probe spec, natively and ours (same
+    // output, the preload's line when it is loaded): ours, and the
+    // report's probes as (object, symbol).
+    let run = |spec: &str, preloaded: bool| {
         let case = Case::new("/usr/bin/true", Vec::<&str>::new())
             .env("LD_LIBRARY_PATH", &search)
             .env("LD_PRELOAD", "libx.so")
@@ -927,50 +930,78 @@ fn the_objects_at_start_are_asked_again_when_what_they_were_found_through_change
             .opt(spec);
         let (n, o, r) = compare_with_report("list-cache-run", case);
         assert_eq!(n.code, Some(0), "natively: {}", n.stderr_str());
-        assert_eq!(
-            n.stderr_str(),
-            if spec.ends_with("strtol") {
-                "preload: strtol calls=0\n"
-            } else {
-                ""
-            }
-        );
-        let objects: Vec<String> = r["probes"]
+        let line = if preloaded {
+            "preload: strtol calls=0\n"
+        } else {
+            ""
+        };
+        assert_eq!(n.stderr_str(), line);
+        let probes: Vec<(String, String)> = r["probes"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| p["object"].as_str().unwrap().to_string())
+            .map(|p| {
+                let s = |k: &str| p[k].as_str().unwrap().to_string();
+                (s("object"), s("symbol"))
+            })
             .collect();
-        (o, objects)
+        (o, probes)
     };
     let canonical = |p: &Path| kernel::canonical(p).display().to_string();
+    let symbols = |probes: &[(String, String)], object: &Path| -> Vec<String> {
+        let object = canonical(object);
+        probes
+            .iter()
+            .map(|(o, s)| {
+                assert_eq!(*o, object, "{probes:?}");
+                s.clone()
+            })
+            .collect()
+    };
 
-    let (_, objects) = run("libx.so:strtol");
-    assert_eq!(objects, [canonical(&late_lib)]);
+    let (_, probes) = run("libx.so:strtol", true);
+    assert_eq!(symbols(&probes, &late_lib), ["strtol"]);
     let first = list_entries(&cache);
     assert_eq!(first.len(), 1, "one entry kept: {first:?}");
     // The same run again takes it from the cache: the entry is not
     // written again.
-    run("libx.so:strtol");
+    run("libx.so:strtol", true);
     assert_eq!(list_entries(&cache), first, "a hit rewrites nothing");
 
-    // Another libx.so appears in early/, searched first: the kept answer
-    // (late/libx.so, which has no plugin_fn) would make this spec an error
-    // before the start; the interpreter is asked again.
+    // Another libx.so (the plugin) appears in early/, searched first: the
+    // kept answer would probe late/libx.so's strtol; the interpreter is
+    // asked again.
     let early_lib = early.join("libx.so");
     std::fs::copy(plugin(), &early_lib).unwrap();
-    let (o, objects) = run("libx.so:plugin_fn");
+    let (o, probes) = run("libx.so:*", false);
     assert_eq!(o.code, Some(0), "{}", o.stderr_str());
-    assert_eq!(objects, [canonical(&early_lib)]);
+    let plugin_syms = symbols(&probes, &early_lib);
+    assert!(
+        plugin_syms.iter().any(|s| s == "plugin_fn"),
+        "{plugin_syms:?}"
+    );
+    assert!(
+        !plugin_syms.iter().any(|s| s == "strtol"),
+        "{plugin_syms:?}"
+    );
     let second = list_entries(&cache);
     assert_eq!(second.len(), 1);
     assert_ne!(second, first, "the entry was written again");
 
-    // early/libx.so changed in place (same inode, other contents): asked
-    // again, and the probe is in what the file holds now.
+    // early/libx.so changed in place (same inode, the preload's contents):
+    // asked again, and the same spec's sites are those of what the file
+    // holds now, not the ones kept for its old contents.
     std::fs::copy(&preload, &early_lib).unwrap();
-    let (o, objects) = run("libx.so:strtol");
+    let (o, probes) = run("libx.so:*", true);
     assert_eq!(o.code, Some(0), "{}", o.stderr_str());
-    assert_eq!(objects, [canonical(&early_lib)]);
+    let preload_syms = symbols(&probes, &early_lib);
+    assert!(
+        preload_syms.iter().any(|s| s == "strtol"),
+        "{preload_syms:?}"
+    );
+    assert!(
+        !preload_syms.iter().any(|s| s == "plugin_fn"),
+        "{preload_syms:?}"
+    );
     assert_ne!(list_entries(&cache), second, "the entry was written again");
 }
