@@ -472,13 +472,15 @@ fn unprivileged_a_library_spec_is_refused_and_other_runs_work() {
         cmd.current_dir(&d.path);
         common::run(cmd)
     };
-    let out = run_as_nobody(&["-p", "libc.so.6:strtol"]);
-    assert_our_error("unprivileged libc.so.6:strtol", &out, 125);
-    let err = out.stderr_str();
-    assert!(
-        err.contains("privilege") || err.contains("CAP_SYS_PTRACE"),
-        "{err}"
-    );
+    for opts in [&["-p", "libc.so.6:strtol"][..], &["--serve-objects", "all"]] {
+        let out = run_as_nobody(opts);
+        assert_our_error(&format!("unprivileged {opts:?}"), &out, 125);
+        let err = out.stderr_str();
+        assert!(
+            err.contains("privilege") || err.contains("CAP_SYS_PTRACE"),
+            "{err}"
+        );
+    }
     // Without a library spec: as natively, main's probe counted.
     let rep = d.join("r.json");
     let case = Case::new(&prog, [&plugin])
@@ -1004,4 +1006,117 @@ fn the_objects_at_start_and_their_sites_are_found_again_when_their_files_change(
         "{preload_syms:?}"
     );
     assert_ne!(list_entries(&cache), second, "the entry was written again");
+}
+
+// ---------------------------------------------------------------------------
+// --serve-objects all
+
+/// The served objects of a report: path → (pages, served, faults).
+fn served_objects(r: &serde_json::Value) -> Vec<(String, u64, u64, u64)> {
+    r["objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no objects in {r}"))
+        .iter()
+        .map(|o| {
+            let n = |k: &str| o[k].as_u64().unwrap();
+            (
+                o["path"].as_str().unwrap().to_string(),
+                n("pages"),
+                n("served"),
+                n("faults"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn serving_every_object_whole_python_and_bash_run_as_natively_lazily() {
+    if !privileged("shared objects are served in full mode only") || !common::installed(PY) {
+        return;
+    }
+    let libc = kernel::libc();
+    // python: json and re (C extensions dlopen'ed), math (libm), and its
+    // own view of its maps: no executable mapping of a library's file is
+    // left (all of them are ours), where natively every one is.
+    let maps = "\nexe = [l.split()[-1] for l in open('/proc/self/maps') if ' r-xp ' in l]\n\
+                print('libm file', any(p.endswith('/libm.so.6') for p in exe))\n\
+                print('libc file', any(p.endswith('/libc.so.6') for p in exe))\n";
+    let script = format!("{PY_WORK}import math\nprint(math.sqrt(2)){maps}");
+    let native = common::run({
+        let mut c = std::process::Command::new(PY);
+        c.args(["-c", &script]);
+        c
+    });
+    assert!(native
+        .stdout_str()
+        .ends_with("libm file True\nlibc file True\n"));
+    let case = with_opts(
+        Case::new(PY, ["-c", PY_WORK]),
+        &["-q", "--serve-objects", "all"],
+    );
+    let (_, _, r) = compare_with_report("serve-all-py", case);
+    let objects = served_objects(&r);
+    // Every object whole: libc's text, libm's, and the C extensions'.
+    let whole = |name: &str| {
+        let (path, pages, served, _) = objects
+            .iter()
+            .find(|(p, ..)| p.rsplit('/').next() == Some(name) || p.contains(name))
+            .unwrap_or_else(|| panic!("{name} not served: {objects:?}"))
+            .clone();
+        assert_eq!(
+            pages,
+            elf::text_pages(Path::new(&path)),
+            "{name}: {objects:?}"
+        );
+        served
+    };
+    assert!(whole("libc.so.6") > 0);
+    assert!(whole("libm.so.6") > 0);
+    assert!(whole("_json.cpython") > 0);
+    let out = ours(&["-q", "--serve-objects", "all"], PY, &["-c", &script]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr_str());
+    let expected = native.stdout_str().replace(
+        "libm file True\nlibc file True\n",
+        "libm file False\nlibc file False\n",
+    );
+    assert_eq!(out.stdout_str(), expected);
+
+    // bash with forks and pipes, strictly on first touch: the same output
+    // and status as natively, and libc's text served lazily in whole.
+    let case = with_opts(
+        Case::new(BASH, ["-c", BASH_WORK]),
+        &["-q", "--serve-objects", "all", "--no-prefetch"],
+    );
+    let (n, _, r) = compare_with_report("serve-all-bash", case);
+    assert_eq!(n.code, Some(3));
+    let objects = served_objects(&r);
+    let (_, pages, served, faults) = objects
+        .iter()
+        .find(|(p, ..)| p.ends_with("/libc.so.6"))
+        .unwrap_or_else(|| panic!("libc not served: {objects:?}"))
+        .clone();
+    assert_eq!(pages, elf::text_pages(&libc));
+    assert!(
+        0 < served && served < pages && faults > 0,
+        "libc: {objects:?}"
+    );
+}
+
+#[test]
+fn probes_count_exactly_with_every_object_served_whole() {
+    if !privileged("shared objects are served in full mode only") || !common::installed(PY) {
+        return;
+    }
+    // Python calls getpid on its own while it starts: the loop adds
+    // exactly its 5000, in either way of serving.
+    let count = |serving: &str, n: &str| {
+        let case = libc_probes(Case::new(PY, ["-c", PY_GETPID, n]), &["getpid"])
+            .opt("--serve-objects")
+            .opt(serving);
+        let (_, _, r) = compare_with_report("serve-all-getpid", case);
+        lib_hits(&r, "libc.so.6", "getpid")
+    };
+    let base = count("all", "0");
+    assert_eq!(count("all", "5000"), base + 5000);
+    assert_eq!(count("probed", "0"), base);
 }

@@ -72,7 +72,7 @@ pub use report::{
     Bucket, EventCounts, Exit, Handoff, Latency, ProbeHits, ProcessHits, Report, Text,
 };
 pub use session::{
-    functions, shared_objects, Command, ProbeMode, Session, DEFAULT_EVENT_RING,
+    functions, shared_objects, Command, ObjectServing, ProbeMode, Session, DEFAULT_EVENT_RING,
     DEFAULT_FAULT_AROUND,
 };
 pub use symbols::Function;

@@ -109,6 +109,13 @@ struct Cli {
     #[arg(long)]
     perf_map: bool,
 
+    /// Which text of the shared objects to serve: the pages that hold probe
+    /// sites of OBJECT:SPEC probes (probed; every other page is the file's,
+    /// mapped by the kernel), or the whole text of every object the dynamic
+    /// loader maps, probed or not, as the program's is (all; root only)
+    #[arg(long, value_enum, value_name = "WHICH", default_value = "probed")]
+    serve_objects: Serving,
+
     /// Write a JSON report to FILE when the program ends.
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
@@ -138,6 +145,12 @@ enum Mode {
     Auto,
     Int3,
     Jump,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Serving {
+    Probed,
+    All,
 }
 
 fn fail(msg: impl std::fmt::Display, code: u8) -> u8 {
@@ -349,6 +362,10 @@ fn run() -> u8 {
         })
         .prefetch(!cli.no_prefetch)
         .perf_map(cli.perf_map)
+        .serve_objects(match cli.serve_objects {
+            Serving::Probed => uprobe_exec::ObjectServing::Probed,
+            Serving::All => uprobe_exec::ObjectServing::All,
+        })
         .event_ring(cli.event_ring)
         .blocked_signals(given)
         .sigpipe_ignored(SIGPIPE_IGNORED.load(std::sync::atomic::Ordering::Relaxed));

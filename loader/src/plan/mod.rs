@@ -144,6 +144,9 @@ pub struct Plan {
     /// The interpreter's text, when we serve it (shared objects are served):
     /// anonymous memory, registered with the uffd.
     pub interp_text: Option<Arc<TextImage>>,
+    /// Every shared object's whole text is served (`--serve-objects all`),
+    /// not only the pages of its probes' sites.
+    pub objects_whole: bool,
 }
 
 /// How many random load biases to try for a PIE before giving up on the
@@ -451,6 +454,7 @@ impl Draft {
             snapshot: None,
             backing: self.backing,
             interp_text,
+            objects_whole: false,
         }
     }
 

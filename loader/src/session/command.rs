@@ -39,9 +39,24 @@ pub struct Command {
     perf_map: bool,
     mode: ProbeMode,
     ring_records: usize,
+    objects: ObjectServing,
 }
 
 pub use crate::probes::ProbeMode;
+
+/// Which text of the program's shared objects uprobe-exec serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ObjectServing {
+    /// The pages that hold the sites of `OBJECT:SPEC` probes (and the
+    /// dynamic loader's text, when there are any): every other page is the
+    /// file's, mapped by the kernel as natively.
+    #[default]
+    Probed,
+    /// The whole text of every executable object the dynamic loader maps
+    /// (the loader's, each library's, each `dlopen`ed object's), probed or
+    /// not, served as the program's is. Needs privileges (as root).
+    All,
+}
 
 /// Pages installed with each faulting page by default (see
 /// [`Command::fault_around`]; chosen from `uprobe-exec-bench`'s figures).
@@ -63,6 +78,7 @@ impl Command {
             perf_map: false,
             mode: ProbeMode::Auto,
             ring_records: super::probes::DEFAULT_EVENT_RING,
+            objects: ObjectServing::Probed,
         }
     }
 
@@ -167,6 +183,13 @@ impl Command {
         self
     }
 
+    /// Which text of the shared objects is served (default: the pages
+    /// that hold probe sites; see [`ObjectServing`]).
+    pub fn serve_objects(mut self, which: ObjectServing) -> Command {
+        self.objects = which;
+        self
+    }
+
     /// How probe sites are displaced (default: jump where safe).
     pub fn probe_mode(mut self, mode: ProbeMode) -> Command {
         self.mode = mode;
@@ -237,7 +260,8 @@ impl Command {
         // Without the right to follow forks (user-mode-only userfaultfd), the
         // text goes in whole before the program starts, from its file.
         let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
-        if !self.probes.is_empty() {
+        let all_objects = self.objects == ObjectServing::All;
+        if !self.probes.is_empty() || all_objects {
             let requests = self
                 .probes
                 .iter()
@@ -247,22 +271,28 @@ impl Command {
                 requests.into_iter().partition(|r| r.object.is_none());
             // The objects the program maps at start, asked of its
             // interpreter while the program's own probes are resolved.
-            listing = match (theirs.first(), &interp) {
-                (Some(first), Some(interp)) => {
+            // What asked for the objects' text: the first OBJECT:SPEC, or
+            // the option.
+            let asker = theirs
+                .first()
+                .map(|r| r.spec.clone())
+                .or_else(|| all_objects.then(|| "--serve-objects all".to_string()));
+            listing = match (asker, &interp) {
+                (Some(asker), Some(interp)) => {
                     if eager {
                         return Err(Error::Probe(ProbeError::BadSpec {
-                            spec: first.spec.clone(),
-                            why: "probing shared objects needs privileges: their text is served \
-                                  in every process of the program, and following forks needs \
-                                  userfaultfd's fork events, which the kernel gives only with \
-                                  CAP_SYS_PTRACE (as root); as an ordinary user only the \
-                                  program's own functions can be probed"
+                            spec: asker,
+                            why: "serving shared objects (to probe them) needs privileges: their \
+                                  text is served in every process of the program, and following \
+                                  forks needs userfaultfd's fork events, which the kernel gives \
+                                  only with CAP_SYS_PTRACE (as root); as an ordinary user only \
+                                  the program's own functions can be probed"
                                 .into(),
                         }));
                     }
                     let Some(site) = crate::probes::detour::find_site(interp) else {
                         return Err(Error::Probe(ProbeError::BadSpec {
-                            spec: first.spec.clone(),
+                            spec: asker,
                             why: format!(
                                 "{} is not a dynamic loader uprobe-exec knows: it has no single \
                                  mmap system call through which it maps objects",
@@ -285,6 +315,7 @@ impl Command {
                             linked,
                             mode,
                             unsafe_addrs,
+                            all_objects,
                         );
                         // The monitor writes the objects' trampolines
                         // while the program waits: iced's tables are
@@ -366,6 +397,7 @@ impl Command {
             &mut skipped,
             &mut unseen,
         )?;
+        plan.objects_whole = all_objects;
         // Every probe as events name it: the program's now, the shared
         // objects' as they are placed.
         let info = crate::events::ProbeTable::new(

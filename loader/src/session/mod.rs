@@ -18,7 +18,7 @@ mod watchdog_client;
 use std::ffi::OsStr;
 use std::thread::JoinHandle;
 
-pub use command::{Command, ProbeMode, DEFAULT_FAULT_AROUND};
+pub use command::{Command, ObjectServing, ProbeMode, DEFAULT_FAULT_AROUND};
 use control::{Control, Request};
 use monitor::Outcome;
 pub use probes::DEFAULT_EVENT_RING;

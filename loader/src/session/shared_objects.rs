@@ -141,6 +141,9 @@ pub(super) struct SharedObjects {
     requests: Vec<Request>,
     mode: ProbeMode,
     unsafe_addrs: bool,
+    /// Every object's whole text is served, probed or not
+    /// (`--serve-objects all`), not only the pages of its sites.
+    all: bool,
     /// The objects mapped at start, with their files' identities.
     linked: Vec<(Linked, Option<FileId>)>,
     /// Sites by file.
@@ -203,6 +206,7 @@ impl SharedObjects {
         linked: Vec<Linked>,
         mode: ProbeMode,
         unsafe_addrs: bool,
+        all: bool,
     ) -> Result<(SharedObjects, ObjectNeeds)> {
         let linked: Vec<(Linked, Option<FileId>)> = linked
             .into_iter()
@@ -216,6 +220,7 @@ impl SharedObjects {
             requests,
             mode,
             unsafe_addrs,
+            all,
             linked: Vec::new(),
             files: HashMap::new(),
             next: 0,
@@ -719,7 +724,7 @@ impl SharedObjects {
         }
         let key = (id, offset, addr, len);
         self.learn(id, &path);
-        if !self.files.contains_key(&id) {
+        if !self.files.contains_key(&id) && !self.all {
             return Ok(None);
         }
         if let Some(runs) = self.built.get(&key) {
@@ -727,8 +732,14 @@ impl SharedObjects {
         }
         let bytes = map_file(&file, &path)?;
         let patches = self.code_for(area, id, (addr, len, offset));
+        let end = addr + page_up(len);
+        let ranges = if self.all {
+            vec![(addr, end - addr)]
+        } else {
+            runs_of(&patches, addr, end)
+        };
         let mut runs = Vec::new();
-        for (at, n) in runs_of(&patches, addr, addr + page_up(len)) {
+        for (at, n) in ranges {
             let object = self.object_for(
                 server,
                 &path,

@@ -489,7 +489,18 @@ fn limits(
                 .into(),
         );
     }
-    if plan.interp_text.is_some() {
+    if plan.interp_text.is_some() && plan.objects_whole {
+        limits.push(
+            "shared objects are served (--serve-objects all): /proc/PID/maps shows the text of \
+             every object the dynamic loader maps, and its own, as anonymous memory (named \
+             [anon:uprobe-exec served text] where the kernel names anonymous mappings), not \
+             their files' paths, and their pages are each process's own copies rather than the \
+             page cache's (dl_iterate_phdr, dladdr and debuggers, which read the loader's own \
+             lists, are unchanged; profilers that name code by the file behind a mapping do not \
+             name their functions)"
+                .into(),
+        );
+    } else if plan.interp_text.is_some() {
         limits.push(
             "shared objects are served: /proc/PID/maps shows the pages that hold probe sites of \
              each object a probe names as anonymous memory (named [anon:uprobe-exec served text] \
