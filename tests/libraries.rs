@@ -1120,3 +1120,55 @@ fn probes_count_exactly_with_every_object_served_whole() {
     assert_eq!(count("all", "5000"), base + 5000);
     assert_eq!(count("probed", "0"), base);
 }
+
+/// Python calls getpid N times, drops the page of libc that holds getpid
+/// (`madvise(MADV_DONTNEED)`), and calls it N times again.
+const PY_DROP: &str = r#"import ctypes, os, sys
+n = int(sys.argv[1])
+for _ in range(n): os.getpid()
+libc = ctypes.CDLL("libc.so.6")
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+page = ctypes.cast(libc.getpid, ctypes.c_void_p).value & ~4095
+print("madvise", libc.madvise(page, 4096, 4))
+for _ in range(n): os.getpid()
+"#;
+
+#[test]
+fn a_dropped_page_of_a_library_is_patched_again() {
+    if !privileged("shared objects are served in full mode only") || !common::installed(PY) {
+        return;
+    }
+    for serving in ["probed", "all"] {
+        let count = |n: &str| {
+            let case = libc_probes(Case::new(PY, ["-c", PY_DROP, n]), &["getpid"])
+                .opt("--serve-objects")
+                .opt(serving);
+            let (nat, _, r) = compare_with_report("drop-lib", case);
+            assert_eq!(nat.stdout_str(), "madvise 0\n");
+            let objects = served_objects(&r);
+            let refaults = r["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| {
+                    o["path"]
+                        .as_str()
+                        .is_some_and(|p| p.ends_with("/libc.so.6"))
+                })
+                .and_then(|o| o["refaults"].as_u64())
+                .unwrap_or_else(|| panic!("libc served: {objects:?}"));
+            (lib_hits(&r, "libc.so.6", "getpid"), refaults)
+        };
+        let (base, _) = count("0");
+        let (hits, refaults) = count("1000");
+        assert_eq!(
+            hits,
+            base + 2000,
+            "{serving}: the calls after the drop count too"
+        );
+        assert!(
+            refaults >= 1,
+            "{serving}: the dropped page came back through us"
+        );
+    }
+}
