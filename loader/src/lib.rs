@@ -72,8 +72,8 @@ pub use report::{
     Bucket, EventCounts, Exit, Handoff, Latency, ProbeHits, ProcessHits, Report, Text,
 };
 pub use session::{
-    functions, shared_objects, Command, ObjectServing, ProbeMode, Session, DEFAULT_EVENT_RING,
-    DEFAULT_FAULT_AROUND,
+    functions, shared_objects, Command, ObjectServing, Prefetch, ProbeMode, Session,
+    DEFAULT_EVENT_RING, DEFAULT_FAULT_AROUND,
 };
 pub use symbols::Function;
 pub use uprobe_runtime::ServeError;

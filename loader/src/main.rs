@@ -96,10 +96,22 @@ struct Cli {
     #[arg(long, value_name = "PAGES", default_value_t = uprobe_exec::DEFAULT_FAULT_AROUND)]
     fault_around: usize,
 
-    /// Install the rest of the text in the background once the program runs
-    /// (the default), so debuggers and core dumps see it.
-    #[arg(long, overrides_with = "no_prefetch")]
-    prefetch: bool,
+    /// Install text pages before their first touch: all of them, in the
+    /// background once the program runs (--prefetch, --prefetch=all: the
+    /// default), so debuggers and core dumps see it; or the pages a run of
+    /// the same program file with the same probes served before (its working
+    /// set, kept in the user's cache), in one batch before the start, and the
+    /// rest on first touch (--prefetch=recorded)
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHICH",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "all",
+        overrides_with = "no_prefetch"
+    )]
+    prefetch: Option<PrefetchArg>,
 
     /// Serve text pages only when they are first touched.
     #[arg(long, overrides_with = "prefetch")]
@@ -145,6 +157,12 @@ enum Mode {
     Auto,
     Int3,
     Jump,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum PrefetchArg {
+    All,
+    Recorded,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -360,7 +378,11 @@ fn run() -> u8 {
             Mode::Int3 => uprobe_exec::ProbeMode::Int3,
             Mode::Jump => uprobe_exec::ProbeMode::Jump,
         })
-        .prefetch(!cli.no_prefetch)
+        .prefetch_mode(match (cli.no_prefetch, cli.prefetch) {
+            (true, _) => uprobe_exec::Prefetch::None,
+            (false, Some(PrefetchArg::Recorded)) => uprobe_exec::Prefetch::Recorded,
+            (false, _) => uprobe_exec::Prefetch::All,
+        })
         .perf_map(cli.perf_map)
         .serve_objects(match cli.serve_objects {
             Serving::Probed => uprobe_exec::ObjectServing::Probed,

@@ -35,7 +35,7 @@ pub struct Command {
     /// The program starts with SIGPIPE ignored rather than at its default.
     sigpipe_ignored: bool,
     fault_around: usize,
-    prefetch: bool,
+    prefetch: Prefetch,
     perf_map: bool,
     mode: ProbeMode,
     ring_records: usize,
@@ -43,6 +43,24 @@ pub struct Command {
 }
 
 pub use crate::probes::ProbeMode;
+
+/// Which of the program's text pages are installed without waiting for
+/// their first touch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Prefetch {
+    /// All of them, in the background once the program runs, in every
+    /// process of it (debuggers and core dumps then see the whole text).
+    #[default]
+    All,
+    /// The pages a run of the same program file with the same probes
+    /// served before (its working set, kept in the user's cache), in one
+    /// batch before the program starts; the rest on first touch. The run
+    /// records its own working set for the next. A changed file's record
+    /// is never used.
+    Recorded,
+    /// None: every page on first touch.
+    None,
+}
 
 /// Which text of the program's shared objects uprobe-exec serves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,7 +92,7 @@ impl Command {
             blocked: None,
             sigpipe_ignored: false,
             fault_around: DEFAULT_FAULT_AROUND,
-            prefetch: true,
+            prefetch: Prefetch::All,
             perf_map: false,
             mode: ProbeMode::Auto,
             ring_records: super::probes::DEFAULT_EVENT_RING,
@@ -171,7 +189,14 @@ impl Command {
     /// find their pages present, and so do debuggers, `/proc/PID/mem` and
     /// core dumps, which the fault server cannot serve.
     pub fn prefetch(mut self, on: bool) -> Command {
-        self.prefetch = on;
+        self.prefetch = if on { Prefetch::All } else { Prefetch::None };
+        self
+    }
+
+    /// Which pages are installed before their first touch (default: all,
+    /// in the background; see [`Prefetch`]).
+    pub fn prefetch_mode(mut self, which: Prefetch) -> Command {
+        self.prefetch = which;
         self
     }
 
@@ -502,6 +527,10 @@ impl Command {
             signals,
             fault_around: self.fault_around,
             prefetch: self.prefetch,
+            // The working set's record is kept per probe set: the specs as
+            // given, the mode.
+            working_set: (self.prefetch == Prefetch::Recorded)
+                .then(|| format!("{:?} {:?} {}", self.probes, self.mode, self.unsafe_addrs)),
             objects,
             events: stream.as_ref().map(EventStream::sink),
         };

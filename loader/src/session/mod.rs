@@ -14,11 +14,12 @@ mod program;
 mod shared_objects;
 mod start;
 mod watchdog_client;
+mod working_set;
 
 use std::ffi::OsStr;
 use std::thread::JoinHandle;
 
-pub use command::{Command, ObjectServing, ProbeMode, DEFAULT_FAULT_AROUND};
+pub use command::{Command, ObjectServing, Prefetch, ProbeMode, DEFAULT_FAULT_AROUND};
 use control::{Control, Request};
 use monitor::Outcome;
 pub use probes::DEFAULT_EVENT_RING;
@@ -486,7 +487,10 @@ impl Session {
             exit: out.exit,
             probes: out.probes,
             per_process: out.per_process,
-            text: Text::from(out.stats),
+            text: Text {
+                recorded: out.recorded,
+                ..Text::from(out.stats)
+            },
             objects: out.objects,
             processes: out.stats.processes,
             handoff: {

@@ -30,8 +30,10 @@ pub(super) struct Job {
     pub(super) signals: Signals,
     /// See [`Command::fault_around`](super::Command::fault_around).
     pub(super) fault_around: usize,
-    /// See [`Command::prefetch`](super::Command::prefetch).
-    pub(super) prefetch: bool,
+    /// See [`Command::prefetch_mode`](super::Command::prefetch_mode).
+    pub(super) prefetch: super::command::Prefetch,
+    /// With a recorded working set: the probes it is recorded for.
+    pub(super) working_set: Option<String>,
     /// Where traced hits go (see `events`), when any site is traced.
     pub(super) events: Option<Sink>,
     /// The shared objects' probe area and probes, when objects are served.
@@ -42,6 +44,8 @@ pub(super) struct Job {
 pub(super) struct Outcome {
     pub(super) exit: Exit,
     pub(super) stats: uprobe_runtime::TextStats,
+    /// Pages installed from the recorded working set before the start.
+    pub(super) recorded: u64,
     pub(super) handoff: Handoff,
     pub(super) probes: Vec<ProbeHits>,
     pub(super) per_process: Vec<ProcessHits>,
@@ -115,7 +119,7 @@ fn run(
     raise_priority();
     let mut server = Server::new(plan.image.clone(), uffd);
     server.set_fault_around(job.fault_around);
-    server.set_prefetch(job.prefetch);
+    server.set_prefetch(job.prefetch == super::command::Prefetch::All);
     let keeper = watchdog.sender();
     server.on_new_process(move |fd| keeper.hold_fd(fd));
     if let Some(p) = probes {
@@ -146,10 +150,21 @@ fn run(
         _ => None,
     };
     let mut result: Result<()> = Ok(());
+    // The working set a run of this program recorded, if any.
+    let record = job.working_set.as_ref().and_then(|probes| {
+        let pages = server.object_stats(ObjectId::MAIN).pages as usize;
+        super::working_set::Record::new(&plan.program.image.file, pages, probes)
+    });
+    let mut recorded = Vec::new();
     if plan.text_installed() {
         server.installed_up_front();
     } else if mode == UffdMode::UserModeOnly {
         result = server.populate_all().map_err(Error::from);
+    } else if let Some(pages) = record.as_ref().and_then(super::working_set::Record::read) {
+        match server.populate_pages(uprobe_runtime::MmId::FIRST, ObjectId::MAIN, &pages) {
+            Ok(_) => recorded = pages,
+            Err(e) => result = Err(e.into()),
+        }
     }
     // Let the child go on to the program.
     // Before the program is let go: no event of it can be earlier.
@@ -174,6 +189,18 @@ fn run(
     let events = drain.map(Drain::finish);
     let exit = exit?;
     watchdog.detach();
+    // The next run's working set: the pages installed from this one's
+    // record (taken as touched: no fault can say), and the pages that
+    // faulted. A page fault-around brought in before its first touch is
+    // not known to be touched: once its neighbour is installed up front,
+    // it faults itself and joins.
+    if let Some(r) = &record {
+        let mut pages = server.faulted_pages(ObjectId::MAIN);
+        pages.extend(&recorded);
+        pages.sort_unstable();
+        pages.dedup();
+        r.write(&pages);
+    }
     drop(guard);
     let hits = all_hits(probes, objects.as_ref().map(|(_, o)| o));
     let object_stats = objects.as_ref().map_or_else(Vec::new, |(_, o)| {
@@ -198,6 +225,7 @@ fn run(
     Ok(Outcome {
         exit,
         stats: server.stats(),
+        recorded: recorded.len() as u64,
         handoff,
         probes: hits,
         per_process,

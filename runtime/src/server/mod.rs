@@ -288,6 +288,17 @@ impl Server {
             })
     }
 
+    /// The pages of `id` some process faulted on so far (their indices, in
+    /// order): the pages touched before anything installed them. A page
+    /// installed with a neighbour's fault (fault-around) or without a fault
+    /// is not among them, touched or not.
+    #[must_use]
+    pub fn faulted_pages(&self, id: ObjectId) -> Vec<usize> {
+        self.objects.get(id).map_or_else(Vec::new, |o| {
+            (0..o.image.pages()).filter(|&i| o.faulted.get(i)).collect()
+        })
+    }
+
     /// Calls `f` with the uffd of every process forked from now on.
     pub fn on_new_process(&mut self, f: impl FnMut(BorrowedFd<'_>) + Send + 'static) {
         self.on_new = Some(Box::new(f));
@@ -554,7 +565,9 @@ impl Server {
             .get(page.index);
         let n = self.install_run(m, page, 1 + self.fault_around)?;
         let object = self.mms[m].space.mappings()[page.slot].object;
-        let stats = &mut self.objects.get_mut(object).stats;
+        let o = self.objects.get_mut(object);
+        o.faulted.set(page.index);
+        let stats = &mut o.stats;
         stats.faults += 1;
         if again && n > 0 {
             self.stats.refaults += 1;

@@ -26,6 +26,9 @@ pub(super) struct Object {
     /// Pages installed by us in some process, at some time (for
     /// [`TextStats::served`](super::TextStats::served)).
     pub(super) ever: PageBits,
+    /// Pages some process faulted on (the touched page of each fault, not
+    /// its fault-around neighbours): the touches that beat any install.
+    pub(super) faulted: PageBits,
     /// This object's share of the server's figures (`pages` and `served`
     /// are filled in when asked for).
     pub(super) stats: super::TextStats,
@@ -41,9 +44,11 @@ impl Objects {
     pub(super) fn add(&mut self, image: Arc<TextImage>) -> ObjectId {
         let id = ObjectId(u32::try_from(self.0.len()).unwrap_or(u32::MAX));
         let ever = PageBits::new(image.pages());
+        let faulted = PageBits::new(image.pages());
         self.0.push(Object {
             image,
             ever,
+            faulted,
             stats: super::TextStats::default(),
         });
         id

@@ -85,6 +85,49 @@ impl Server {
         Ok(())
     }
 
+    /// Installs the pages of `object` with the indices `wanted` (in order)
+    /// that are not yet in process `mm`, in runs, without waiting for
+    /// faults (a recorded working set, before the program runs). Returns
+    /// how many it installed.
+    pub fn populate_pages(
+        &mut self,
+        mm: super::MmId,
+        object: super::ObjectId,
+        wanted: &[usize],
+    ) -> Result<usize, ServeError> {
+        let m = mm.0;
+        let mut installed = 0;
+        for slot in 0..self.mms.get(m).map_or(0, |p| p.space.mappings().len()) {
+            let mapping = &self.mms[m].space.mappings()[slot];
+            if mapping.object != object {
+                continue;
+            }
+            let pages = mapping.pages;
+            let mut i = 0;
+            while i < wanted.len() && !self.mms[m].gone() {
+                let index = wanted[i];
+                if index >= pages {
+                    break;
+                }
+                // The run of wanted pages that are adjacent from here.
+                let mut run = 1;
+                while i + run < wanted.len() && wanted[i + run] == index + run && run < POPULATE_RUN
+                {
+                    run += 1;
+                }
+                if self.mms[m].space.mappings()[slot].present(index) {
+                    i += 1;
+                    continue;
+                }
+                let n = self.install_run(m, Page { slot, index }, run)?;
+                self.count_populated(m, slot, n);
+                installed += n;
+                i += n.max(1);
+            }
+        }
+        Ok(installed)
+    }
+
     fn populate_once(&mut self) -> Result<(), ServeError> {
         for m in 0..self.mms.len() {
             for slot in 0..self.mms[m].space.mappings().len() {
