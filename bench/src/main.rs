@@ -29,6 +29,7 @@ mod objects;
 mod plot;
 mod startup;
 mod teardown;
+mod working_set;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -199,6 +200,15 @@ fn main() {
             "{}",
             startup::section(uprobe_exec().to_str().expect("utf-8 path"), runs)
         );
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("recorded") {
+        let runs: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(11);
+        let s = working_set::section(uprobe_exec().to_str().expect("utf-8 path"), runs);
+        print_alone(&s.md, s.goals);
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("objects") {
@@ -554,6 +564,12 @@ fn main() {
     md.push('\n');
     md.push_str(&objects.md);
 
+    // 10. Recorded working set.
+    eprintln!("recorded working set…");
+    let recorded = working_set::section(ux, runs.clamp(5, 21));
+    md.push('\n');
+    md.push_str(&recorded.md);
+
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| goal | measured | met |");
     let _ = writeln!(md, "| --- | --- | --- |");
@@ -621,6 +637,7 @@ fn main() {
         .into_iter()
         .chain(latency.goals)
         .chain(objects.goals)
+        .chain(recorded.goals)
     {
         goal(what, measured, met);
     }
