@@ -1,7 +1,8 @@
 //! `--prefetch=recorded`: the pages of the program's text a run touched
 //! first (its faults), kept in the user's cache under the program file's
-//! identity and the probes, and installed in one batch before the next run
-//! of the same file with the same probes starts. Every run's output is
+//! identity and the probes, and installed in the background from the start
+//! of the next run of the same file with the same probes, before anything
+//! else. Every run's output is
 //! compared with a native run; what a run touches is what the sample says
 //! of itself: `bigtext` (2048 one-page functions) calls every 10th.
 
@@ -33,16 +34,16 @@ fn recorded_run(dir: &TempDir, prog: &Path, opts: &[&str]) -> (u64, u64, u64, u6
 }
 
 #[test]
-fn a_recorded_working_set_is_installed_before_the_start() {
+fn a_recorded_working_set_is_installed_from_the_start() {
     if !privileged("the working set is installed through the fault server, in full mode") {
         return;
     }
     let dir = TempDir::new("ws-converge");
     let prog = dir.copy(&sample("bigtext", Variant::Pie), "bigtext", 0o755);
     // No record yet: every touched page faults (with its neighbours).
-    let (recorded, faults, _, _) = recorded_run(&dir, &prog, &[]);
+    let (recorded, first_faults, _, _) = recorded_run(&dir, &prog, &[]);
     assert_eq!(recorded, 0);
-    assert!(faults > 0);
+    assert!(first_faults > 0);
     // A page that fault-around installed before its first touch is not
     // known to be touched; it faults once its neighbour is installed up
     // front, and joins: a few runs make the record whole.
@@ -51,11 +52,16 @@ fn a_recorded_working_set_is_installed_before_the_start() {
         last = recorded_run(&dir, &prog, &[]);
     }
     let (recorded, faults, served, pages) = last;
-    assert_eq!(
-        faults, 0,
-        "every touched page was installed before the start"
+    // The program runs while the record is installed: a page it reaches
+    // first faults, but fewer than without a record.
+    assert!(
+        faults < first_faults,
+        "{faults} faults with the record, {first_faults} without"
     );
-    assert_eq!(served, recorded, "and nothing else was served");
+    assert!(
+        served < pages / 4,
+        "the working set, not the text: {served} of {pages}"
+    );
     // The called functions' pages, and those of main and the rest
     // (the text's pages beyond the 2048 functions', and one to spare).
     let rest = pages - 2048;

@@ -100,8 +100,8 @@ struct Cli {
     /// background once the program runs (--prefetch, --prefetch=all: the
     /// default), so debuggers and core dumps see it; or the pages a run of
     /// the same program file with the same probes served before (its working
-    /// set, kept in the user's cache), in one batch before the start, and the
-    /// rest on first touch (--prefetch=recorded)
+    /// set, kept in the user's cache), in the background from the start,
+    /// before anything else, and the rest on first touch (--prefetch=recorded)
     #[arg(
         long,
         value_enum,

@@ -39,8 +39,9 @@ pub struct Text {
     /// Pages installed without a fault: all of them in user-mode-only mode,
     /// and the rest of the text for processes that outlive the first one.
     pub populated: u64,
-    /// Of those, the program's pages installed from a recorded working set
-    /// before it started (`--prefetch=recorded`; 0 without a record).
+    /// The program's pages in the recorded working set, installed in the
+    /// background from its start (`--prefetch=recorded`; 0 without a
+    /// record).
     pub recorded: u64,
 }
 

@@ -53,10 +53,10 @@ pub enum Prefetch {
     #[default]
     All,
     /// The pages a run of the same program file with the same probes
-    /// served before (its working set, kept in the user's cache), in one
-    /// batch before the program starts; the rest on first touch. The run
-    /// records its own working set for the next. A changed file's record
-    /// is never used.
+    /// touched first before (its working set, kept in the user's cache),
+    /// in the background from the start, before anything else; the rest on
+    /// first touch. The run records its own working set for the next. A
+    /// changed file's record is never used.
     Recorded,
     /// None: every page on first touch.
     None,

@@ -161,10 +161,11 @@ fn run(
     } else if mode == UffdMode::UserModeOnly {
         result = server.populate_all().map_err(Error::from);
     } else if let Some(pages) = record.as_ref().and_then(super::working_set::Record::read) {
-        match server.populate_pages(uprobe_runtime::MmId::FIRST, ObjectId::MAIN, &pages) {
-            Ok(_) => recorded = pages,
-            Err(e) => result = Err(e.into()),
-        }
+        // Installed in the background from the start, the program running
+        // meanwhile (a page it touches first is served by its fault):
+        // bigtext took 0.86× the time of one batch before the start.
+        server.set_wanted(ObjectId::MAIN, pages.clone());
+        recorded = pages;
     }
     // Let the child go on to the program.
     // Before the program is let go: no event of it can be earlier.
@@ -199,7 +200,9 @@ fn run(
         pages.extend(&recorded);
         pages.sort_unstable();
         pages.dedup();
-        r.write(&pages);
+        if pages != recorded {
+            r.write(&pages);
+        }
     }
     drop(guard);
     let hits = all_hits(probes, objects.as_ref().map(|(_, o)| o));

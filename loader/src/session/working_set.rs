@@ -3,14 +3,14 @@
 //! the user's cache (`workingset/`) under a key of the program file's
 //! identity (device, inode, size, modification and change times), its
 //! number of text pages, the probes and this uprobe-exec's own identity;
-//! installed in one batch before the next run of the same program with
+//! installed in the background from the start of the next run of the same program with
 //! the same probes starts. A changed file has another key: its record is
 //! never read, and the run serves its text on first touch and records
 //! anew.
 //!
 //! ```text
 //!  run n:    faults (and their fault-around) ─▶ pages served ─▶ record
-//!  run n+1:  record ─▶ installed before the start ─▶ the rest on first touch ─▶ record
+//!  run n+1:  record ─▶ installed from the start ─▶ the rest on first touch ─▶ record
 //! ```
 
 use std::fmt::Write as _;

@@ -150,6 +150,9 @@ pub struct Server {
     prefetch: bool,
     /// Some process still has pages for the prefetch to install.
     prefetch_pending: bool,
+    /// Pages of an object to install in the first process before any other
+    /// (a recorded working set), and how many of them are done.
+    wanted: (ObjectId, Vec<usize>, usize),
     /// The page each process reads its per-process row from, if any.
     row_page: Option<RowPage>,
     /// Pages `[start, end)` whose faults are rings of doorbells.
@@ -178,6 +181,7 @@ impl Server {
             fault_around: 0,
             prefetch: false,
             prefetch_pending: false,
+            wanted: (ObjectId::MAIN, Vec::new(), 0),
             doorbells: (0, 0),
             bells: Vec::new(),
         };
@@ -205,6 +209,15 @@ impl Server {
     pub fn set_prefetch(&mut self, on: bool) {
         self.prefetch = on;
         self.prefetch_pending = on;
+    }
+
+    /// Installs the pages of `object` with the indices `pages` (in order)
+    /// in the first process, in the background once the program runs,
+    /// before any other prefetch: a recorded working set. A page the
+    /// program touches first is served by its fault, as any other.
+    pub fn set_wanted(&mut self, object: ObjectId, pages: Vec<usize>) {
+        self.prefetch_pending |= !pages.is_empty();
+        self.wanted = (object, pages, 0);
     }
 
     /// Serves `addr` (a page registered with every process's uffd) as each

@@ -21,6 +21,13 @@ impl Server {
         if !self.prefetch_pending {
             return Ok(false);
         }
+        if self.wanted_step()? {
+            return Ok(true);
+        }
+        if !self.prefetch {
+            self.prefetch_pending = false;
+            return Ok(false);
+        }
         for m in 0..self.mms.len() {
             for slot in 0..self.mms[m].space.mappings().len() {
                 let mm = &mut self.mms[m];
@@ -43,6 +50,43 @@ impl Server {
         }
         self.prefetch_pending = false;
         Ok(false)
+    }
+
+    /// Installs the next run of the wanted pages (see [`Server::set_wanted`])
+    /// not yet in the first process; false when none is left.
+    fn wanted_step(&mut self) -> Result<bool, ServeError> {
+        let (object, ref pages, at) = self.wanted;
+        if at >= pages.len() || self.mms.first().is_none_or(|p| p.gone()) {
+            return Ok(false);
+        }
+        let Some(slot) = self.mms[0]
+            .space
+            .mappings()
+            .iter()
+            .position(|m| m.object == object)
+        else {
+            self.wanted.2 = pages.len();
+            return Ok(false);
+        };
+        let mapping = &self.mms[0].space.mappings()[slot];
+        // The run of wanted pages adjacent from here.
+        let index = pages[at];
+        let mut run = 1;
+        while at + run < pages.len() && pages[at + run] == index + run && run < PREFETCH_RUN {
+            run += 1;
+        }
+        if index >= mapping.pages {
+            self.wanted.2 = pages.len();
+            return Ok(false);
+        }
+        if mapping.present(index) {
+            self.wanted.2 = at + 1;
+            return Ok(true);
+        }
+        let n = self.install_run(0, Page { slot, index }, run)?;
+        self.count_populated(0, slot, n);
+        self.wanted.2 = at + n.max(1);
+        Ok(true)
     }
 
     /// Installs every page not yet served in every live process, without
@@ -83,49 +127,6 @@ impl Server {
             }
         }
         Ok(())
-    }
-
-    /// Installs the pages of `object` with the indices `wanted` (in order)
-    /// that are not yet in process `mm`, in runs, without waiting for
-    /// faults (a recorded working set, before the program runs). Returns
-    /// how many it installed.
-    pub fn populate_pages(
-        &mut self,
-        mm: super::MmId,
-        object: super::ObjectId,
-        wanted: &[usize],
-    ) -> Result<usize, ServeError> {
-        let m = mm.0;
-        let mut installed = 0;
-        for slot in 0..self.mms.get(m).map_or(0, |p| p.space.mappings().len()) {
-            let mapping = &self.mms[m].space.mappings()[slot];
-            if mapping.object != object {
-                continue;
-            }
-            let pages = mapping.pages;
-            let mut i = 0;
-            while i < wanted.len() && !self.mms[m].gone() {
-                let index = wanted[i];
-                if index >= pages {
-                    break;
-                }
-                // The run of wanted pages that are adjacent from here.
-                let mut run = 1;
-                while i + run < wanted.len() && wanted[i + run] == index + run && run < POPULATE_RUN
-                {
-                    run += 1;
-                }
-                if self.mms[m].space.mappings()[slot].present(index) {
-                    i += 1;
-                    continue;
-                }
-                let n = self.install_run(m, Page { slot, index }, run)?;
-                self.count_populated(m, slot, n);
-                installed += n;
-                i += n.max(1);
-            }
-        }
-        Ok(installed)
     }
 
     fn populate_once(&mut self) -> Result<(), ServeError> {
