@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use crate::Section;
+
 /// The trace spec: `ev`'s six arguments, of every integer type.
 const SPEC: &str = "ev(int, int, uint, hex, uint, hex)";
 
@@ -399,12 +401,6 @@ fn strings(ux: &str, dir: &Path, rounds: usize, md: &mut String) {
         }
     }
     let _ = writeln!(md);
-}
-
-/// The section's markdown and its goal rows (goal, measured, met).
-pub struct Section {
-    pub md: String,
-    pub goals: Vec<(String, String, bool)>,
 }
 
 /// Measures both tables: the per-hit one with `hit_rounds` alternating

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 
 use crate::events::{alternate, Case};
+use crate::Section;
 
 /// Calls per run (ours and the unprobed loop).
 const CALLS: u64 = 1 << 21;
@@ -20,12 +21,6 @@ fn sample() -> String {
     uprobe_exec_samples::path("latency", uprobe_exec_samples::Variant::Pie)
         .display()
         .to_string()
-}
-
-/// The section's markdown and its goal rows (goal, measured, met).
-pub struct Section {
-    pub md: String,
-    pub goals: Vec<(String, String, bool)>,
 }
 
 fn with(prefix: &[&str], calls: u64) -> Case {

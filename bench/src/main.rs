@@ -60,10 +60,18 @@ fn time_once(argv: &[&str]) -> Duration {
     d
 }
 
+/// The median of `v` (the upper one of an even count).
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// A section of RESULTS.md: its markdown and its goal rows (what, measured,
+/// met).
+pub struct Section {
+    pub md: String,
+    pub goals: Vec<(String, String, bool)>,
 }
 
 /// Alternates the commands `runs` times; each one's median in ms.

@@ -3,6 +3,8 @@
 //! side in one set of alternating runs.
 
 use std::fmt::Write as _;
+
+use crate::Section;
 use std::process::{Command, Stdio};
 
 /// The sample's own ns per call (`ns_per_call=` on its stdout).
@@ -16,17 +18,6 @@ fn ns_per_call(argv: &[&str]) -> Option<f64> {
         .split_whitespace()
         .find_map(|w| w.strip_prefix("ns_per_call="))
         .and_then(|v| v.parse().ok())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The section's markdown and its goal rows.
-pub struct Section {
-    pub md: String,
-    pub goals: Vec<(String, String, bool)>,
 }
 
 /// `runs` alternating rounds of: the hit loops (in the program and in a
@@ -118,7 +109,7 @@ pub fn section(ux: &str, runs: usize) -> Section {
     let _ = writeln!(md, "## 9. Shared objects\n");
     let mut goals = Vec::new();
     if hits.iter().all(|v| !v.is_empty()) {
-        let [u, j, lu, lj] = hits.map(|mut v| median(&mut v));
+        let [u, j, lu, lj] = hits.map(|v| crate::median(&v));
         let (own, lib_own) = (j - u, lj - lu);
         let _ = writeln!(md, "A jump probe's hit in the program (`probed hitloop push`, `hit_push`) and in a `dlopen`ed object (`libcalls hitloop`, the plugin's `plugin_hit`, the same code), ns per call, medians of {runs} alternating rounds:\n");
         let _ = writeln!(md, "| where | unprobed ns | jump ns | own cost ns |");
@@ -133,7 +124,7 @@ pub fn section(ux: &str, runs: usize) -> Section {
         ));
     }
     if ms.iter().all(|v| !v.is_empty()) {
-        let [native, none, main, lib, main_cold, lib_cold] = ms.map(|mut v| median(&mut v));
+        let [native, none, main, lib, main_cold, lib_cold] = ms.map(|v| crate::median(&v));
         let _ = writeln!(md, "`python3.11 -c pass`, wall ms, medians of {runs} alternating rounds. A probe in libc serves the page of libc that holds `getpid` and ld.so's text (the rest of libc, and the other objects, stay the kernel's). With the cache (as after a first run): the program's analysis, the objects at start (`ld.so --list`) and libc's sites are read from it; without (`UPROBE_EXEC_CACHE=off`), found afresh at each start:\n");
         let _ = writeln!(md, "| run | ms | / native | / probe in the program |");
         let _ = writeln!(md, "| --- | --- | --- | --- |");

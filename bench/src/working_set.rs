@@ -4,6 +4,8 @@
 //! tenth of it (`bigtext`), in one set of alternating runs.
 
 use std::fmt::Write as _;
+
+use crate::Section;
 use std::process::{Command, Stdio};
 
 /// Wall ms of one run of `argv` with the cache in `cache` (output dropped).
@@ -16,17 +18,6 @@ fn time(argv: &[&str], cache: &std::path::Path) -> f64 {
         .stderr(Stdio::null())
         .status();
     t.elapsed().as_secs_f64() * 1e3
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The section's markdown and its goal rows.
-pub struct Section {
-    pub md: String,
-    pub goals: Vec<(String, String, bool)>,
 }
 
 /// `runs` alternating rounds of each program natively and under uprobe-exec
@@ -73,7 +64,7 @@ pub fn section(ux: &str, runs: usize) -> Section {
                 }
             }
         }
-        let m: Vec<f64> = times.into_iter().map(median).collect();
+        let m: Vec<f64> = times.iter().map(|t| crate::median(t)).collect();
         let _ = writeln!(
             md,
             "| {name} | {:.2} | {:.2} | {:.2}× | {:.2} | {:.2}× | {:.2} | {:.2}× |",
