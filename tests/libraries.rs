@@ -915,6 +915,10 @@ fn the_objects_at_start_and_their_sites_are_found_again_when_their_files_change(
     for d in [&early, &late] {
         std::fs::create_dir(d).unwrap();
     }
+    // A platform subdirectory ld.so searches before early/ itself, there
+    // from the start: a library put in it later changes no directory the
+    // kept answer names but that one.
+    std::fs::create_dir(early.join("x86_64")).unwrap();
     let preload = shared_object("libfidpreload.so");
     let late_lib = late.join("libx.so");
     std::fs::copy(&preload, &late_lib).unwrap();
@@ -970,10 +974,10 @@ fn the_objects_at_start_and_their_sites_are_found_again_when_their_files_change(
     run("libx.so:strtol", true);
     assert_eq!(list_entries(&cache), first, "a hit rewrites nothing");
 
-    // Another libx.so (the plugin) appears in early/, searched first: the
-    // kept answer would probe late/libx.so's strtol; the interpreter is
-    // asked again.
-    let early_lib = early.join("libx.so");
+    // Another libx.so (the plugin) appears in early/x86_64/, searched
+    // first: the kept answer would probe late/libx.so's strtol; the
+    // interpreter is asked again.
+    let early_lib = early.join("x86_64/libx.so");
     std::fs::copy(plugin(), &early_lib).unwrap();
     let (o, probes) = run("libx.so:*", false);
     assert_eq!(o.code, Some(0), "{}", o.stderr_str());

@@ -62,6 +62,17 @@ fn a_recorded_working_set_is_installed_from_the_start() {
         served < pages / 4,
         "the working set, not the text: {served} of {pages}"
     );
+    // The same with a shared object served too (a probe in libc): its
+    // mapping must not stop the record's install.
+    let (_, first_with_lib, _, _) = recorded_run(&dir, &prog, &["-p", "libc.so.6:getpid"]);
+    let mut with_lib = first_with_lib;
+    for _ in 0..4 {
+        with_lib = recorded_run(&dir, &prog, &["-p", "libc.so.6:getpid"]).1;
+    }
+    assert!(
+        with_lib * 2 < first_with_lib,
+        "{with_lib} faults with the record and a library served, {first_with_lib} without"
+    );
     // The called functions' pages, and those of main and the rest
     // (the text's pages beyond the 2048 functions', and one to spare).
     let rest = pages - 2048;

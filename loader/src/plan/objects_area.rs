@@ -4,7 +4,9 @@
 //! program runs, and the pages the detour and that code use.
 //!
 //! ```text
-//!  +0            code: the detour, then each object's trampolines   shared memfd, r-x
+//!  +0            code: the detour, the routines, the trap table,   shared memfd, r-x
+//!                the runs pages (one per slot), then each object's
+//!                trampolines
 //!  +CODE         request slots                                     shared memfd, rw
 //!  +CODE+1 page  row page (pid, row): as the program's probe area's private, wiped on fork
 //!  +CODE+2 pages doorbells, one page per request slot              private, wiped on fork
@@ -31,6 +33,9 @@ const CODE: u64 = 32 << 20;
 /// Pages of the objects' trap table (after the routines' page): room for
 /// about 2700 int3 sites.
 const TRAP_PAGES: u64 = 16;
+
+/// Where the runs pages start (after the trap table): one per slot.
+const RUNS_AT: u64 = (2 + TRAP_PAGES) * PAGE_SIZE;
 
 /// Farthest a rel32 reaches, with a margin.
 const REACH: u64 = (1 << 31) - (1 << 20);
@@ -134,6 +139,7 @@ impl ObjectsArea {
             at: base,
             requests: base + CODE,
             bells: base + CODE + 2 * PAGE_SIZE,
+            runs: base + RUNS_AT,
             name: base + name_at,
         };
         let code = detour::encode(&d).map_err(|e| {
@@ -146,14 +152,21 @@ impl ObjectsArea {
         view[..code.len()].copy_from_slice(&code);
         let name = b"uprobe-exec served text\0";
         view[name_at as usize..name_at as usize + name.len()].copy_from_slice(name);
+        // Request numbers start at 1: a doorbell page answered for a slot
+        // nobody used yet (a stray touch) says 1, never a request's number
+        // (2 on), nor 0, which says that the monitor is gone.
+        for i in 0..SLOTS {
+            let at = (CODE + i as u64 * detour::SLOT_BYTES + detour::slot::SEQ) as usize;
+            view[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+        }
         Ok(ObjectsArea {
             detour: d,
             row_page: base + CODE + PAGE_SIZE,
             bells: (d.bells, d.bells + SLOTS as u64 * PAGE_SIZE),
             reservation: r,
             view,
-            // The detour's page, the routines', the trap table.
-            next: (2 + TRAP_PAGES) * PAGE_SIZE,
+            // The detour's page, the routines', the trap table, the runs.
+            next: RUNS_AT + SLOTS as u64 * PAGE_SIZE,
             _memfd: memfd,
         })
     }
@@ -245,6 +258,27 @@ impl ObjectsArea {
     pub fn write(&mut self, at: u64, code: &[u8]) {
         let off = (at - self.reservation.addr()) as usize;
         self.view[off..off + code.len()].copy_from_slice(code);
+    }
+
+    /// Writes `runs` (address, length) as the runs of the slot of doorbell
+    /// page `bell` (at most `detour::MAX_RUNS`; see `Detour::runs`).
+    pub fn set_runs(&mut self, bell: u64, runs: &[(u64, u64)]) {
+        let Some(i) = bell
+            .checked_sub(self.bells.0)
+            .map(|o| (o / PAGE_SIZE) as usize)
+            .filter(|&i| i < SLOTS)
+        else {
+            return;
+        };
+        let page = (RUNS_AT + i as u64 * PAGE_SIZE) as usize;
+        let runs = &runs[..runs.len().min(detour::MAX_RUNS)];
+        for (k, (a, l)) in runs.iter().enumerate() {
+            let at = page + (detour::ANSWER_RUNS as usize) + 16 * k;
+            self.view[at..at + 8].copy_from_slice(&a.to_le_bytes());
+            self.view[at + 8..at + 16].copy_from_slice(&l.to_le_bytes());
+        }
+        let c = page + detour::ANSWER_COUNT as usize;
+        self.view[c..c + 4].copy_from_slice(&(runs.len() as u32).to_le_bytes());
     }
 
     /// The request in the slot of doorbell page `bell`, as the detour

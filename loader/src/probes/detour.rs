@@ -124,6 +124,13 @@ pub struct Detour {
     pub requests: u64,
     /// The first doorbell page ([`SLOTS`] pages, one per slot).
     pub bells: u64,
+    /// The first runs page ([`SLOTS`] pages, one per slot, shared memory
+    /// the monitor writes): the runs named in answer to the slot's last
+    /// first ring (count at [`ANSWER_COUNT`], runs at [`ANSWER_RUNS`]).
+    /// They outlive the doorbell page's answer, which is dropped to ring
+    /// again, so that the file can be put back over them whatever the
+    /// second answer is, or if none comes.
+    pub runs: u64,
     /// A NUL-terminated name for the anonymous text (`/proc/PID/maps`).
     pub name: u64,
 }
@@ -162,11 +169,11 @@ pub fn patch(d: &Detour) -> Vec<u8> {
 /// slot's [`slot::SEQ`] the answer is for. The status is the first word.
 pub const ANSWER_SEQ: u64 = 8;
 
-/// Offset in the doorbell page of the number of runs (u32).
+/// Offset in a slot's runs page of the number of runs (u32).
 pub const ANSWER_COUNT: u64 = 16;
 
-/// Offset in the doorbell page of the runs: (address, length) pairs of u64,
-/// page-aligned, inside the mapping, in address order.
+/// Offset in a slot's runs page of the runs: (address, length) pairs of
+/// u64, page-aligned, inside the mapping, in address order.
 pub const ANSWER_RUNS: u64 = 24;
 
 /// Runs an answer holds.
@@ -174,11 +181,17 @@ pub const MAX_RUNS: usize = ((4096 - ANSWER_RUNS) / 16) as usize;
 
 /// rcx = the doorbell page of the slot at r12: bells + (slot - requests) * 64.
 fn bell_page(a: &mut CodeAssembler, d: &Detour) -> Result<(), IcedError> {
+    slot_page(a, d, d.bells)
+}
+
+/// rcx = the page of the slot at r12 among [`SLOTS`] pages from `first`
+/// (a page per slot): first + (slot - requests) * 64. Clobbers rax.
+fn slot_page(a: &mut CodeAssembler, d: &Detour, first: u64) -> Result<(), IcedError> {
     a.mov(rcx, r12)?;
     a.mov(rax, d.requests)?;
     a.sub(rcx, rax)?;
     a.shl(rcx, 6)?;
-    a.mov(rax, d.bells)?;
+    a.mov(rax, first)?;
     a.add(rcx, rax)
 }
 
@@ -220,7 +233,7 @@ fn saved(reg: AsmRegister64) -> i32 {
 /// request (a stale page: a repeated ring answered late, or a touch without
 /// a request, e.g. mlockall) is dropped and the bell rung again; number 0
 /// is nobody's answer (the monitor is gone: a zero page). Leaves the status
-/// in r13 (0 when nobody answers) and the page in place, for its runs.
+/// in r13 (0 when nobody answers).
 fn ring(a: &mut CodeAssembler, d: &Detour) -> Result<(), IcedError> {
     let mut again = a.create_label();
     let mut gone = a.create_label();
@@ -242,10 +255,10 @@ fn ring(a: &mut CodeAssembler, d: &Detour) -> Result<(), IcedError> {
     Ok(())
 }
 
-/// Runs `body` for each run of the answer in the slot's doorbell page, with
-/// r14 at the run (address at [r14], length at [r14+8]); `body` keeps r14
-/// and r15 (system calls do). Then goes on to `then`, or to what follows
-/// (`None`).
+/// Runs `body` for each run in the slot's runs page (those of the answer
+/// to its first ring), with r14 at the run (address at [r14], length at
+/// [r14+8]); `body` keeps r14 and r15 (system calls do). Then goes on to
+/// `then`, or to what follows (`None`).
 fn each_run(
     a: &mut CodeAssembler,
     d: &Detour,
@@ -254,7 +267,7 @@ fn each_run(
 ) -> Result<(), IcedError> {
     let mut top = a.create_label();
     let mut done = then.unwrap_or_else(|| a.create_label());
-    bell_page(a, d)?;
+    slot_page(a, d, d.runs)?;
     a.lea(r14, ptr(rcx + ANSWER_RUNS))?;
     a.mov(r15d, dword_ptr(rcx + ANSWER_COUNT))?;
     a.cmp(r15d, MAX_RUNS as u32)?;
@@ -453,6 +466,7 @@ mod tests {
         at: 0x7f00_1000_0000,
         requests: 0x7f00_1100_0000,
         bells: 0x7f00_1100_2000,
+        runs: 0x7f00_1001_2000,
         name: 0x7f00_1000_0f00,
     };
 
@@ -494,5 +508,123 @@ mod tests {
             .filter(|i| i.mnemonic() == Mnemonic::Pop)
             .count();
         assert_eq!((pushes, pops), (11, 11));
+    }
+}
+
+/// The detour run in this process on a file mapping, with answers written
+/// where the monitor writes them. The doorbell page here is private
+/// anonymous memory, not registered with a userfaultfd: once the detour
+/// drops it to ring again, it reads a zero page, which is what it reads
+/// when the monitor is gone (its userfaultfd closed).
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod run_tests {
+    use super::*;
+
+    const P: usize = 4096;
+
+    fn mmap(len: usize, prot: i32, flags: i32) -> usize {
+        // SAFETY: a fresh mapping of our own, at an address the kernel picks.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, -1, 0) };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as usize
+    }
+
+    /// The line of /proc/self/maps that holds `addr`.
+    fn maps_line(addr: usize) -> String {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines()
+            .find(|l| {
+                let range = l.split(' ').next().unwrap();
+                let (a, b) = range.split_once('-').unwrap();
+                let (a, b) = (
+                    usize::from_str_radix(a, 16).unwrap(),
+                    usize::from_str_radix(b, 16).unwrap(),
+                );
+                a <= addr && addr < b
+            })
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    #[test]
+    fn the_file_goes_back_over_the_runs_when_nobody_answers_the_second_ring() {
+        use std::os::fd::AsRawFd;
+        let dir = std::env::temp_dir().join(format!("ux-detour-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lib");
+        std::fs::write(&path, vec![0x41u8; 3 * P]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let code = mmap(3 * P, rw | libc::PROT_EXEC, anon);
+        let requests = mmap(P, rw, libc::MAP_SHARED | libc::MAP_ANONYMOUS);
+        let bells = mmap(SLOTS * P, rw, anon);
+        let runs = mmap(SLOTS * P, rw, anon);
+        let target = mmap(3 * P, libc::PROT_NONE, anon);
+        let d = Detour {
+            site: code as u64,
+            at: (code + P) as u64,
+            requests: requests as u64,
+            bells: bells as u64,
+            runs: runs as u64,
+            name: (code + 2 * P) as u64,
+        };
+        let detour = encode(&d).unwrap();
+        let site = patch(&d);
+        // SAFETY: every address written is in the mappings made above, for
+        // the sizes written; the call runs the detour (our code) on them,
+        // with the registers of mmap(target, 3 pages, r-x, private|fixed,
+        // fd, 0), and comes back to the `ret` after the site.
+        let ret: u64 = unsafe {
+            let put = |at: usize, bytes: &[u8]| {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len());
+            };
+            put(code + P, &detour);
+            put(code, &site);
+            put(code + MMAP_SITE.len(), &[0xc3]);
+            put(code + 2 * P, b"served\0");
+            // The slot's number starts at 1 (as the objects' area sets it):
+            // the first ring is request 2, answered "runs": the middle page.
+            put(requests + slot::SEQ as usize, &1u32.to_le_bytes());
+            put(bells, &RUNS.to_le_bytes());
+            put(bells + ANSWER_SEQ as usize, &2u32.to_le_bytes());
+            put(runs + ANSWER_COUNT as usize, &1u32.to_le_bytes());
+            put(
+                runs + ANSWER_RUNS as usize,
+                &((target + P) as u64).to_le_bytes(),
+            );
+            put(runs + ANSWER_RUNS as usize + 8, &(P as u64).to_le_bytes());
+            let ret;
+            core::arch::asm!(
+                "call {site}",
+                site = in(reg) code as u64,
+                inout("rdi") target as u64 => _,
+                inout("rsi") (3 * P) as u64 => _,
+                inout("rdx") (libc::PROT_READ | libc::PROT_EXEC) as u64 => _,
+                inout("r10") (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64 => _,
+                inout("r8") file.as_raw_fd() as u64 => _,
+                inout("r9") 0u64 => _,
+                lateout("rax") ret,
+                lateout("rcx") _,
+                lateout("r11") _,
+            );
+            ret
+        };
+        assert_eq!(ret, target as u64, "the call succeeds as asked");
+        // Every page of the mapping is the file's again, the run too, and
+        // reads what the file holds; the slot is free.
+        for i in 0..3 {
+            let line = maps_line(target + i * P);
+            assert!(
+                line.contains(" r-xp ") && line.ends_with(path.to_str().unwrap()),
+                "page {i}: {line}"
+            );
+        }
+        // SAFETY: the middle page is mapped readable (checked above).
+        assert_eq!(unsafe { *((target + P) as *const u8) }, 0x41);
+        // SAFETY: the slot is in the requests page mapped above.
+        assert_eq!(unsafe { *(requests as *const u32) }, 0, "the slot is free");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -117,7 +117,7 @@ impl Linked {
 ///
 /// The answer is kept in the user's cache (kind `objects`), under a key of
 /// everything it depends on (see [`ListKey`]), and taken from there while
-/// every file and directory it was found through is unchanged: the run of
+/// every file and every directory searched for them is unchanged: the run of
 /// the interpreter costs a few milliseconds at each start.
 pub fn linked(
     interp: &Path,
@@ -128,9 +128,9 @@ pub fn linked(
     if let Some(objects) = key.as_ref().and_then(ListKey::read) {
         return Ok(objects);
     }
-    let objects = ask(interp, program, env)?;
+    let (objects, searched) = ask(interp, program, env)?;
     if let Some(key) = key {
-        key.write(&objects, program, env);
+        key.write(&objects, &searched);
     }
     Ok(objects)
 }
@@ -144,15 +144,6 @@ struct ListKey(Vec<u8>);
 
 /// The cache's kind for the objects at start.
 const LIST_KIND: &str = "objects";
-
-/// Where the interpreter would look besides the objects' own directories:
-/// the `glibc-hwcaps` subdirectories it tries first in each directory.
-const HWCAPS: [&str; 4] = [
-    "glibc-hwcaps",
-    "glibc-hwcaps/x86-64-v2",
-    "glibc-hwcaps/x86-64-v3",
-    "glibc-hwcaps/x86-64-v4",
-];
 
 impl ListKey {
     fn new(interp: &Path, program: &Path, env: &[std::ffi::OsString]) -> Option<ListKey> {
@@ -206,50 +197,19 @@ impl ListKey {
     }
 
     /// Keeps `objects` with the identities of their files and of every
-    /// directory the interpreter searched for them, as far as we can name
-    /// them: theirs, `LD_LIBRARY_PATH`'s, and the program's and objects'
-    /// `DT_RUNPATH`/`DT_RPATH` (with `$ORIGIN`), each with its
-    /// `glibc-hwcaps` subdirectories. A search path we cannot name (another
-    /// `$` token) keeps nothing.
-    fn write(&self, objects: &[Linked], program: &Path, env: &[std::ffi::OsString]) {
+    /// directory the interpreter searched for them (`searched`, from its
+    /// `LD_DEBUG=libs` output: `LD_LIBRARY_PATH`'s, `DT_RUNPATH`'s and
+    /// `DT_RPATH`'s with their `glibc-hwcaps`, `tls` and platform
+    /// subdirectories, and the system's), and of their own directories.
+    fn write(&self, objects: &[Linked], searched: &[PathBuf]) {
         use crate::cache::identity_of;
         use std::fmt::Write;
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for kv in env.iter().filter_map(|kv| kv.to_str()) {
-            if let Some(v) = kv.strip_prefix("LD_LIBRARY_PATH=") {
-                dirs.extend(
-                    v.split([':', ';'])
-                        .map(|d| PathBuf::from(if d.is_empty() { "." } else { d })),
-                );
-            }
-        }
-        let files = std::iter::once(program).chain(objects.iter().map(|o| o.path.as_path()));
-        for (i, file) in files.enumerate() {
-            let origin = file.parent().unwrap_or(Path::new("/"));
-            if i > 0 {
-                dirs.push(origin.to_owned());
-            }
-            let Ok(bytes) = std::fs::read(file) else {
-                return;
-            };
-            let Ok(elf) = goblin::elf::Elf::parse(&bytes) else {
-                return;
-            };
-            for entry in elf
-                .runpaths
+        let mut dirs: Vec<PathBuf> = searched.to_vec();
+        dirs.extend(
+            objects
                 .iter()
-                .chain(&elf.rpaths)
-                .flat_map(|p| p.split(':'))
-            {
-                let d = entry
-                    .replace("${ORIGIN}", "$ORIGIN")
-                    .replace("$ORIGIN", &origin.display().to_string());
-                if d.contains('$') {
-                    return;
-                }
-                dirs.push(PathBuf::from(if d.is_empty() { "." } else { &d }));
-            }
-        }
+                .filter_map(|o| o.path.parent().map(Path::to_path_buf)),
+        );
         dirs.sort();
         dirs.dedup();
         let mut body = String::new();
@@ -261,20 +221,23 @@ impl ListKey {
             let _ = writeln!(body, "O {}\t{path}\t{}", o.name, identity_of(&o.path));
         }
         for d in &dirs {
-            for sub in std::iter::once(d.clone()).chain(HWCAPS.iter().map(|h| d.join(h))) {
-                let shown = sub.display().to_string();
-                if shown.contains(['\t', '\n']) {
-                    return;
-                }
-                let _ = writeln!(body, "D {shown}\t{}", identity_of(&sub));
+            let shown = d.display().to_string();
+            if shown.contains(['\t', '\n']) {
+                return;
             }
+            let _ = writeln!(body, "D {shown}\t{}", identity_of(d));
         }
         crate::cache::write_keyed(LIST_KIND, &self.0, body.as_bytes());
     }
 }
 
-/// Asks the interpreter (`--list`); see [`linked`].
-fn ask(interp: &Path, program: &Path, env: &[std::ffi::OsString]) -> Result<Vec<Linked>, String> {
+/// Asks the interpreter (`--list`, with `LD_DEBUG=libs`); see [`linked`].
+/// Also gives the directories it searched.
+fn ask(
+    interp: &Path,
+    program: &Path,
+    env: &[std::ffi::OsString],
+) -> Result<(Vec<Linked>, Vec<PathBuf>), String> {
     use std::os::unix::ffi::OsStrExt;
     let vars = env.iter().filter_map(|kv| {
         let b = kv.as_bytes();
@@ -287,6 +250,7 @@ fn ask(interp: &Path, program: &Path, env: &[std::ffi::OsString]) -> Result<Vec<
     let out = std::process::Command::new(interp)
         .env_clear()
         .envs(vars)
+        .env("LD_DEBUG", "libs")
         .arg("--list")
         .arg(program)
         .stdin(std::process::Stdio::null())
@@ -295,16 +259,45 @@ fn ask(interp: &Path, program: &Path, env: &[std::ffi::OsString]) -> Result<Vec<
         .map_err(|e| format!("cannot run {} --list: {e}", interp.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let objects = parse_list(&text)?;
+    let (searched, said) = parse_debug(&String::from_utf8_lossy(&out.stderr));
     if !out.status.success() && objects.is_empty() {
         return Err(format!(
             "{} --list {} failed ({}): {}",
             interp.display(),
             program.display(),
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            said.trim()
         ));
     }
-    Ok(objects)
+    Ok((objects, searched))
+}
+
+/// The directories of the `search path=` lines of the interpreter's
+/// `LD_DEBUG=libs` output (`PID:\t…`), and the rest of what it said.
+fn parse_debug(text: &str) -> (Vec<PathBuf>, String) {
+    let mut dirs = Vec::new();
+    let mut said = String::new();
+    for line in text.lines() {
+        let debug = line
+            .trim_start()
+            .split_once(":\t")
+            .filter(|(pid, _)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+        let Some((_, what)) = debug else {
+            said.push_str(line);
+            said.push('\n');
+            continue;
+        };
+        if let Some(paths) = what.trim_start().strip_prefix("search path=") {
+            let paths = paths.split('\t').next().unwrap_or(paths);
+            dirs.extend(
+                paths
+                    .split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(PathBuf::from),
+            );
+        }
+    }
+    (dirs, said)
 }
 
 /// The objects of the interpreter's `--list` output: `NAME => PATH (ADDR)`
@@ -412,5 +405,20 @@ mod tests {
         );
         assert!(c.matches(&libc));
         assert!(!d.matches(&libc));
+    }
+
+    #[test]
+    fn the_searched_directories_are_read_from_ld_debug() {
+        let text = "     13557:\tfind library=libbz2.so.1.0 [0]; searching\n\
+             13557:\t search path=/lp/glibc-hwcaps/x86-64-v3:/lp/x86_64:/lp\t\t(LD_LIBRARY_PATH)\n\
+             13557:\t  trying file=/lp/x86_64/libbz2.so.1.0\n\
+             13557:\t search cache=/etc/ld.so.cache\n\
+             ld.so: something went wrong\n";
+        let (dirs, said) = parse_debug(text);
+        assert_eq!(
+            dirs,
+            ["/lp/glibc-hwcaps/x86-64-v3", "/lp/x86_64", "/lp"].map(PathBuf::from)
+        );
+        assert_eq!(said, "ld.so: something went wrong\n");
     }
 }

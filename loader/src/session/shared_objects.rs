@@ -59,41 +59,15 @@ struct Asked {
     runs: Vec<Run>,
 }
 
-/// An answer to a ring: the status and the runs (address, length).
-#[derive(Clone, Debug, Default)]
-struct Answer {
-    status: u64,
-    runs: Vec<(u64, u64)>,
-}
-
-impl Answer {
-    fn left() -> Answer {
-        Answer::default()
-    }
-
-    fn with(status: u64, runs: &[Run]) -> Answer {
-        Answer {
-            status,
-            runs: runs.iter().map(|&(a, l, _)| (a, l)).collect(),
-        }
-    }
-
-    /// The doorbell page that says it, for request number `seq`.
-    fn page(&self, seq: u32) -> [u8; PAGE_SIZE as usize] {
-        use crate::probes::detour::{ANSWER_COUNT, ANSWER_RUNS, ANSWER_SEQ};
-        let mut page = [0u8; PAGE_SIZE as usize];
-        let mut put = |at: u64, bytes: &[u8]| {
-            page[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
-        };
-        put(0, &self.status.to_le_bytes());
-        put(ANSWER_SEQ, &seq.to_le_bytes());
-        put(ANSWER_COUNT, &(self.runs.len() as u32).to_le_bytes());
-        for (i, (a, l)) in self.runs.iter().enumerate() {
-            put(ANSWER_RUNS + 16 * i as u64, &a.to_le_bytes());
-            put(ANSWER_RUNS + 16 * i as u64 + 8, &l.to_le_bytes());
-        }
-        page
-    }
+/// The doorbell page that answers request number `seq` with `status`
+/// (the runs of an answer are in the slot's runs page: see
+/// `ObjectsArea::set_runs`).
+fn answer_page(status: u64, seq: u32) -> [u8; PAGE_SIZE as usize] {
+    let mut page = [0u8; PAGE_SIZE as usize];
+    page[..8].copy_from_slice(&status.to_le_bytes());
+    let at = crate::probes::detour::ANSWER_SEQ as usize;
+    page[at..at + 4].copy_from_slice(&seq.to_le_bytes());
+    page
 }
 
 /// The runs of pages of `[lo, hi)` that `patches` write to, in address
@@ -170,7 +144,7 @@ pub(super) struct SharedObjects {
     warnings: Vec<String>,
     /// The request number last answered, and the answer, by (process,
     /// doorbell page).
-    answered: HashMap<(usize, u64), (u32, Answer)>,
+    answered: HashMap<(usize, u64), (u32, u64)>,
     /// Files already looked at (`learn`), probed or not.
     learned: HashSet<FileId>,
     /// Addresses of the int3 sites in the objects' trap table (shared by
@@ -592,24 +566,25 @@ impl SharedObjects {
         // touch with no request behind it (mlockall, a debugger), gets the
         // last answer again and nothing is done twice.
         let key = (bell.mm.0, bell.addr & !(PAGE_SIZE - 1));
-        let answer = match self.answered.get(&key) {
-            Some((s, answer)) if *s == seq => answer.clone(),
-            _ if tid == 0 => Answer::left(),
+        let status = match self.answered.get(&key) {
+            Some(&(s, status)) if s == seq => status,
+            _ if tid == 0 => LEFT,
             _ => {
-                let answer = match req.step {
+                let status = match req.step {
                     STEP_ASK => self.ask(server, area, bell, key, &req),
                     STEP_MAPPED => self.mapped(server, bell, key, &req),
-                    _ => Answer::left(),
+                    _ => LEFT,
                 };
-                self.answered.insert(key, (seq, answer.clone()));
-                answer
+                self.answered.insert(key, (seq, status));
+                status
             }
         };
-        server.answer_bell(bell, &answer.page(seq))
+        server.answer_bell(bell, &answer_page(status, seq))
     }
 
-    /// The answer to a first ring: the runs of pages we serve of the
-    /// mapping asked (none: the file's, as the kernel made it).
+    /// The answer to a first ring: "runs", with the runs of pages we serve
+    /// of the mapping asked written to the slot's runs page, or "left" (the
+    /// file's, as the kernel made it).
     fn ask(
         &mut self,
         server: &mut Server,
@@ -617,11 +592,13 @@ impl SharedObjects {
         bell: &Bell,
         key: (usize, u64),
         req: &crate::plan::MapRequest,
-    ) -> Answer {
+    ) -> u64 {
         self.asked.remove(&key);
+        area.set_runs(bell.addr, &[]);
         match self.runs_for(server, area, bell, req) {
             Ok(Some((path, runs))) if !runs.is_empty() => {
-                let answer = Answer::with(RUNS, &runs);
+                let spans: Vec<(u64, u64)> = runs.iter().map(|&(a, l, _)| (a, l)).collect();
+                area.set_runs(bell.addr, &spans);
                 self.asked.insert(
                     key,
                     Asked {
@@ -630,31 +607,32 @@ impl SharedObjects {
                         runs,
                     },
                 );
-                answer
+                RUNS
             }
-            Ok(_) => Answer::left(),
+            Ok(_) => LEFT,
             Err(why) => {
                 self.warnings.push(format!(
                     "an object mapped at {:#x} was left to the kernel, unprobed: {why}",
                     req.addr
                 ));
-                Answer::left()
+                LEFT
             }
         }
     }
 
     /// The answer to a second ring: the runs named in answer to the first
     /// are anonymous memory now, registered and served here ("served"), or
-    /// go back to the file ("left", with the runs).
+    /// go back to the file ("left": the detour maps it over the runs the
+    /// slot's runs page still names).
     fn mapped(
         &mut self,
         server: &mut Server,
         bell: &Bell,
         key: (usize, u64),
         req: &crate::plan::MapRequest,
-    ) -> Answer {
+    ) -> u64 {
         let Some(asked) = self.asked.remove(&key) else {
-            return Answer::left();
+            return LEFT;
         };
         let (addr, len, _) = asked.mapping;
         let served = (|| {
@@ -673,13 +651,18 @@ impl SharedObjects {
             Ok(())
         })();
         match served {
-            Ok(()) => Answer::with(SERVED, &asked.runs),
+            Ok(()) => {
+                for &(_, _, object) in &asked.runs {
+                    self.note_served(object, &asked.path);
+                }
+                SERVED
+            }
             Err(why) => {
                 self.warnings.push(format!(
                     "{} mapped at {addr:#x} was left to the kernel, unprobed: {why}",
                     asked.path.display()
                 ));
-                Answer::with(LEFT, &asked.runs)
+                LEFT
             }
         }
     }
@@ -740,13 +723,7 @@ impl SharedObjects {
         };
         let mut runs = Vec::new();
         for (at, n) in ranges {
-            let object = self.object_for(
-                server,
-                &path,
-                &bytes,
-                (at, n, offset + (at - addr)),
-                &patches,
-            );
+            let object = object_for(server, &bytes, (at, n, offset + (at - addr)), &patches);
             runs.push((at, n, object));
         }
         self.built.insert(key, runs.clone());
@@ -828,25 +805,14 @@ impl SharedObjects {
         code.patches
     }
 
-    /// The object serving `len` bytes of the file at `path` (its contents
-    /// `bytes`) from `offset`, at `addr`, with `patches` in: its page images.
-    fn object_for(
-        &mut self,
-        server: &mut Server,
-        path: &Path,
-        bytes: &Arc<memmap2::Mmap>,
-        (addr, len, offset): (u64, u64, u64),
-        patches: &[(u64, Vec<u8>)],
-    ) -> ObjectId {
-        let pages = (page_up(len) / PAGE_SIZE) as usize;
-        let file_end = (bytes.len() as u64).min(offset + page_up(len));
-        let range = TextRange { start: addr, pages };
-        let parts = [(range, offset.min(file_end) as usize..file_end as usize)];
-        let image = crate::plan::patched_image(bytes, &parts, &[], patches);
-        let object = server.add_object(Arc::new(image));
+    /// Counts `object` (of the file at `path`) among the objects served,
+    /// once it is mapped in some process, once.
+    fn note_served(&mut self, object: ObjectId, path: &Path) {
+        if self.objects.iter().any(|(o, _)| *o == object) {
+            return;
+        }
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         self.objects.push((object, canonical.display().to_string()));
-        object
     }
 
     /// Serves the interpreter's text in the first process: the stage
@@ -882,10 +848,11 @@ impl SharedObjects {
             let len = r.pages as u64 * PAGE_SIZE;
             let mut patches = self.code_for(area, id, (r.start, len, offset));
             patches.push(detour.clone());
-            let object = self.object_for(server, path, &bytes, (r.start, len, offset), &patches);
+            let object = object_for(server, &bytes, (r.start, len, offset), &patches);
             server
                 .map_object(uprobe_runtime::MmId::FIRST, object, 0)
                 .map_err(|e| format!("serving {}: {e}", path.display()))?;
+            self.note_served(object, path);
             // The loader's text runs first and nearly whole: installed now,
             // before the program starts, rather than fault by fault.
             server
@@ -1070,6 +1037,22 @@ fn map_file(file: &std::fs::File, path: &Path) -> std::result::Result<Arc<memmap
         .map_err(|e| format!("mapping {}: {e}", path.display()))
 }
 
+/// The object serving `len` bytes of a file (its contents `bytes`) from
+/// `offset`, at `addr`, with `patches` in: its page images.
+fn object_for(
+    server: &mut Server,
+    bytes: &Arc<memmap2::Mmap>,
+    (addr, len, offset): (u64, u64, u64),
+    patches: &[(u64, Vec<u8>)],
+) -> ObjectId {
+    let pages = (page_up(len) / PAGE_SIZE) as usize;
+    let file_end = (bytes.len() as u64).min(offset + page_up(len));
+    let range = TextRange { start: addr, pages };
+    let parts = [(range, offset.min(file_end) as usize..file_end as usize)];
+    let image = crate::plan::patched_image(bytes, &parts, &[], patches);
+    server.add_object(Arc::new(image))
+}
+
 /// A file's name without its directories.
 fn short(path: &Path) -> String {
     path.file_name().map_or_else(
@@ -1134,26 +1117,12 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_page_holds_its_status_number_and_runs() {
-        use crate::probes::detour::{ANSWER_COUNT, ANSWER_RUNS, ANSWER_SEQ};
-        let a = Answer {
-            status: RUNS,
-            runs: vec![(0x7000, P), (0x9000, 2 * P)],
-        };
-        let page = a.page(7);
+    fn an_answer_page_holds_its_status_and_number() {
+        use crate::probes::detour::ANSWER_SEQ;
+        let page = answer_page(RUNS, 7);
         let word =
             |at: u64| u64::from_le_bytes(page[at as usize..at as usize + 8].try_into().unwrap());
         assert_eq!(word(0), RUNS);
         assert_eq!(word(ANSWER_SEQ) as u32, 7);
-        assert_eq!(word(ANSWER_COUNT) as u32, 2);
-        assert_eq!(
-            [
-                word(ANSWER_RUNS),
-                word(ANSWER_RUNS + 8),
-                word(ANSWER_RUNS + 16),
-                word(ANSWER_RUNS + 24)
-            ],
-            [0x7000, P, 0x9000, 2 * P]
-        );
     }
 }

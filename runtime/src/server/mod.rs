@@ -211,6 +211,12 @@ impl Server {
         self.prefetch_pending = on;
     }
 
+    /// Whether the prefetch may have pages to install: it is on, or wanted
+    /// pages (see [`Server::set_wanted`]) are left.
+    fn more_to_prefetch(&self) -> bool {
+        self.prefetch || self.wanted.2 < self.wanted.1.len()
+    }
+
     /// Installs the pages of `object` with the indices `pages` (in order)
     /// in the first process, in the background once the program runs,
     /// before any other prefetch: a recorded working set. A page the
@@ -338,7 +344,7 @@ impl Server {
         let process = self.mms.get_mut(mm.0).filter(|p| !p.gone());
         let process = process.ok_or(MapError::NoProcess { mm })?;
         process.space.map(mm, object, image, bias)?;
-        self.prefetch_pending = self.prefetch;
+        self.prefetch_pending = self.more_to_prefetch();
         Ok(())
     }
 
@@ -377,7 +383,7 @@ impl Server {
             uffd: Some(uffd),
             space,
         });
-        self.prefetch_pending = self.prefetch;
+        self.prefetch_pending = self.more_to_prefetch();
         if let Some(rp) = &mut self.row_page {
             rp.add_process();
         }
