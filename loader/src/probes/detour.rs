@@ -572,30 +572,32 @@ mod run_tests {
         };
         let detour = encode(&d).unwrap();
         let site = patch(&d);
-        // SAFETY: every address written is in the mappings made above, for
-        // the sizes written; the call runs the detour (our code) on them,
-        // with the registers of mmap(target, 3 pages, r-x, private|fixed,
-        // fd, 0), and comes back to the `ret` after the site.
-        let ret: u64 = unsafe {
-            let put = |at: usize, bytes: &[u8]| {
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len());
-            };
-            put(code + P, &detour);
-            put(code, &site);
-            put(code + MMAP_SITE.len(), &[0xc3]);
-            put(code + 2 * P, b"served\0");
-            // The slot's number starts at 1 (as the objects' area sets it):
-            // the first ring is request 2, answered "runs": the middle page.
-            put(requests + slot::SEQ as usize, &1u32.to_le_bytes());
-            put(bells, &RUNS.to_le_bytes());
-            put(bells + ANSWER_SEQ as usize, &2u32.to_le_bytes());
-            put(runs + ANSWER_COUNT as usize, &1u32.to_le_bytes());
-            put(
-                runs + ANSWER_RUNS as usize,
-                &((target + P) as u64).to_le_bytes(),
-            );
-            put(runs + ANSWER_RUNS as usize + 8, &(P as u64).to_le_bytes());
-            let ret;
+        let put = |at: usize, bytes: &[u8]| {
+            // SAFETY: every address written is in one of the mappings made
+            // above, writable, for the length written.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at as *mut u8, bytes.len()) };
+        };
+        put(code + P, &detour);
+        put(code, &site);
+        put(code + MMAP_SITE.len(), &[0xc3]);
+        put(code + 2 * P, b"served\0");
+        // The slot's number starts at 1 (as the objects' area sets it): the
+        // first ring is request 2, answered "runs": the middle page.
+        put(requests + slot::SEQ as usize, &1u32.to_le_bytes());
+        put(bells, &RUNS.to_le_bytes());
+        put(bells + ANSWER_SEQ as usize, &2u32.to_le_bytes());
+        put(runs + ANSWER_COUNT as usize, &1u32.to_le_bytes());
+        put(
+            runs + ANSWER_RUNS as usize,
+            &((target + P) as u64).to_le_bytes(),
+        );
+        put(runs + ANSWER_RUNS as usize + 8, &(P as u64).to_le_bytes());
+        let ret: u64;
+        // SAFETY: runs the detour (our code, written above) with the
+        // registers of mmap(target, 3 pages, r-x, private|fixed, fd, 0); it
+        // comes back to the `ret` after the site, having touched only the
+        // mappings above and the target range.
+        unsafe {
             core::arch::asm!(
                 "call {site}",
                 site = in(reg) code as u64,
@@ -609,8 +611,7 @@ mod run_tests {
                 lateout("rcx") _,
                 lateout("r11") _,
             );
-            ret
-        };
+        }
         assert_eq!(ret, target as u64, "the call succeeds as asked");
         // Every page of the mapping is the file's again, the run too, and
         // reads what the file holds; the slot is free.
