@@ -7,10 +7,10 @@
 //! detour below, in the objects' probe area. The detour makes the call as
 //! asked; when it mapped a file private and executable, it writes what was
 //! asked in a request slot and touches that slot's doorbell page (a ring).
-//! The monitor reads the request and answers with the runs of pages that
-//! hold its probes' sites (none: the mapping stays the file's, as the
-//! kernel made it). The detour puts inaccessible anonymous memory over
-//! each run and rings again; the monitor registers the runs with the
+//! The monitor reads the request, writes the runs of pages that hold its
+//! probes' sites into the slot's runs page, and answers "runs" (or "left":
+//! the mapping stays the file's, as the kernel made it). The detour puts
+//! inaccessible anonymous memory over each run and rings again; the monitor registers the runs with the
 //! process's userfaultfd and answers "served"; the detour gives the runs
 //! the protection asked for. From then on each first touch of a run is
 //! served (and patched) like the program's text, and every other page of
@@ -26,6 +26,7 @@
 //!            (all busy for 1000 yields: leave the file's mapping as it is)
 //!          the request into the slot (STEP 1), fstat, SEQ+1 ; ring
 //!          answer "runs": mmap(run, PROT_NONE, MAP_FIXED|MAP_ANONYMOUS) each
+//!            (the runs from the slot's runs page, which outlives the answer)
 //!            (one fails: the file back over every run)
 //!          STEP 2, SEQ+1 ; ring
 //!          answer "served": mprotect(run, prot) each
