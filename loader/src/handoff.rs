@@ -174,15 +174,15 @@ pub fn find_exit_gadget(vdso: &[u8], vdso_addr: u64) -> Option<u64> {
     None
 }
 
-/// The vDSO of this process (the child inherits it at the same address).
+/// The vDSO of this process (the child inherits it at the same address),
+/// as `maps` (this process's `/proc/self/maps`) places it.
 #[must_use]
-pub fn vdso() -> Option<(u64, &'static [u8])> {
+pub fn vdso(maps: &str) -> Option<(u64, &'static [u8])> {
     // SAFETY: getauxval has no preconditions.
     let addr = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
     if addr == 0 {
         return None;
     }
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let (lo, hi) = maps
         .lines()
         .filter(|l| l.ends_with("[vdso]"))
@@ -206,10 +206,11 @@ pub(crate) fn parse_range(line: &str) -> Option<(u64, u64)> {
     ))
 }
 
-/// The monitor's mappings that the child must unmap: everything in
-/// `/proc/self/maps` except the kernel's special mappings and the `keep` ranges.
-pub fn monitor_mappings(keep: &[(u64, u64)]) -> std::io::Result<Vec<(u64, u64)>> {
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
+/// The monitor's mappings that the child must unmap: everything in `maps`
+/// (this process's `/proc/self/maps`) except the kernel's special mappings
+/// and the `keep` ranges.
+#[must_use]
+pub fn monitor_mappings(maps: &str, keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     for line in maps.lines() {
         if ["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"]
@@ -239,7 +240,7 @@ pub fn monitor_mappings(keep: &[(u64, u64)]) -> std::io::Result<Vec<(u64, u64)>>
         }
         out.extend(pieces);
     }
-    Ok(out)
+    out
 }
 
 /// `struct prctl_mm_map` (linux/prctl.h).

@@ -66,7 +66,12 @@ pub(super) fn start(
     env: &[OsString],
     signals: Signals,
 ) -> Result<Started> {
-    let stack_vma = own_stack().ok_or_else(|| {
+    // Our mappings, read once here for the stack and the vDSO, and for a
+    // first list of what the stage unmaps (build_stack reads them again
+    // until two reads agree).
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(|e| Error::sys("reading /proc/self/maps", e))?;
+    let stack_vma = own_stack(&maps).ok_or_else(|| {
         Error::sys(
             "finding our own [stack] mapping",
             std::io::Error::other("not in /proc/self/maps"),
@@ -99,7 +104,7 @@ pub(super) fn start(
     let close_first = ch.monitor_ends();
     let exit = Exit {
         mm_map: may_set_mm_map(),
-        gadget: handoff::vdso().and_then(|(a, b)| handoff::find_exit_gadget(b, a)),
+        gadget: handoff::vdso(&maps).and_then(|(a, b)| handoff::find_exit_gadget(b, a)),
         blob: (blob_res.addr(), blob_res.len()),
         exe_fd: prog_fd,
     };
@@ -117,7 +122,7 @@ pub(super) fn start(
     if let Some(o) = objects {
         keep.push((o.reservation.addr(), o.reservation.end()));
     }
-    let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit)?;
+    let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit, maps)?;
 
     let text = registered_text(plan, probes, objects);
     let interp_name = plan
@@ -310,20 +315,27 @@ fn program_auxv(plan: &Plan) -> Vec<(u64, u64)> {
 
 /// Builds the program's stack image, with the hand-off's parameters below
 /// it, until the monitor's mappings (all but `keep`, which the blob must
-/// unmap) stop changing under us: building it may itself map memory.
+/// unmap) stop changing under us: building it may itself map memory. The
+/// first list is from `maps` (read by the caller), each next one read anew.
 fn build_stack(
     plan: &Plan,
     keep: &[(u64, u64)],
     stack_vma: (u64, u64),
     c: &Contents<'_>,
     exit: &Exit,
+    maps: String,
 ) -> Result<(StackImage, StackPlan)> {
     let prog = &plan.program;
     let mut unmap = Vec::new();
     let mut image = None;
+    let mut first = Some(maps);
     for _ in 0..4 {
-        let now = handoff::monitor_mappings(keep)
-            .map_err(|e| Error::sys("reading /proc/self/maps", e))?;
+        let maps = match first.take() {
+            Some(m) => m,
+            None => std::fs::read_to_string("/proc/self/maps")
+                .map_err(|e| Error::sys("reading /proc/self/maps", e))?,
+        };
+        let now = handoff::monitor_mappings(&maps, keep);
         if image.is_some() && now == unmap {
             break;
         }
@@ -590,8 +602,7 @@ fn cloexec_fds() -> Vec<RawFd> {
 }
 
 /// Our own main thread's `[stack]` mapping: (start, top).
-fn own_stack() -> Option<(u64, u64)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+fn own_stack(maps: &str) -> Option<(u64, u64)> {
     maps.lines()
         .filter(|l| l.ends_with("[stack]"))
         .find_map(handoff::parse_range)
