@@ -110,6 +110,14 @@ pub enum Error {
         /// Why a jump does not fit.
         why: String,
     },
+    /// An option this run cannot honour (exit 125).
+    #[error("{option}: {why}")]
+    Unavailable {
+        /// The option, as written.
+        option: String,
+        /// Why.
+        why: String,
+    },
     /// A function `--latency` (or a return probe) cannot time (exit 125).
     #[error("cannot time {site} (--latency, %return): {why}")]
     Untimeable {

@@ -62,6 +62,9 @@ pub enum Prefetch {
     None,
 }
 
+/// How an error names `--serve-objects all`.
+const SERVE_ALL: &str = "--serve-objects all";
+
 /// Which text of the program's shared objects uprobe-exec serves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ObjectServing {
@@ -297,33 +300,40 @@ impl Command {
             // The objects the program maps at start, asked of its
             // interpreter while the program's own probes are resolved.
             // What asked for the objects' text: the first OBJECT:SPEC, or
-            // the option.
+            // the option; an error names it.
             let asker = theirs
                 .first()
                 .map(|r| r.spec.clone())
-                .or_else(|| all_objects.then(|| "--serve-objects all".to_string()));
+                .or_else(|| all_objects.then(|| SERVE_ALL.to_string()));
+            let refuse = |asker: String, why: String| {
+                if asker == SERVE_ALL {
+                    Error::Unavailable { option: asker, why }
+                } else {
+                    Error::Probe(ProbeError::BadSpec { spec: asker, why })
+                }
+            };
             listing = match (asker, &interp) {
                 (Some(asker), Some(interp)) => {
                     if eager {
-                        return Err(Error::Probe(ProbeError::BadSpec {
-                            spec: asker,
-                            why: "serving shared objects (to probe them) needs privileges: their \
-                                  text is served in every process of the program, and following \
-                                  forks needs userfaultfd's fork events, which the kernel gives \
-                                  only with CAP_SYS_PTRACE (as root); as an ordinary user only \
-                                  the program's own functions can be probed"
+                        return Err(refuse(
+                            asker,
+                            "serving shared objects (to probe them) needs privileges: their \
+                             text is served in every process of the program, and following \
+                             forks needs userfaultfd's fork events, which the kernel gives \
+                             only with CAP_SYS_PTRACE (as root); as an ordinary user only the \
+                             program's own functions can be probed"
                                 .into(),
-                        }));
+                        ));
                     }
                     let Some(site) = crate::probes::detour::find_site(interp) else {
-                        return Err(Error::Probe(ProbeError::BadSpec {
-                            spec: asker,
-                            why: format!(
+                        return Err(refuse(
+                            asker,
+                            format!(
                                 "{} is not a dynamic loader uprobe-exec knows: it has no single \
                                  mmap system call through which it maps objects",
                                 interp.path.display()
                             ),
-                        }));
+                        ));
                     };
                     let (i, p, e) = (interp.path.clone(), resolved.elf.clone(), env.clone());
                     let (mode, unsafe_addrs) = (self.mode, self.unsafe_addrs);
