@@ -49,6 +49,12 @@ fn with_opts(case: Case, opts: &[&str]) -> Case {
     opts.iter().fold(case, |c, o| c.opt(o))
 }
 
+/// `libcalls PLUGIN` (PIE) with the options `opts`: it calls strtol 12345
+/// times and the plugin's `plugin_fn` 1554 times, over two dlopen rounds.
+fn libcalls(opts: &[&str]) -> Case {
+    with_opts(Case::new(path("libcalls", Variant::Pie), [plugin()]), opts)
+}
+
 /// `-p libc.so.6:F` for each function F, quiet, into `case`.
 fn libc_probes(mut case: Case, functions: &[&str]) -> Case {
     case = case.opt("-q");
@@ -702,20 +708,15 @@ fn int3_sites_in_shared_objects() {
     if !privileged("shared objects are served in full mode only") {
         return;
     }
-    let prog = path("libcalls", Variant::Pie);
-    let plugin = plugin();
-    let case = with_opts(
-        Case::new(&prog, [&plugin]),
-        &[
-            "-q",
-            "--probe-mode",
-            "int3",
-            "-p",
-            "libc.so.6:strtol",
-            "-p",
-            "libplugin.so:plugin_fn",
-        ],
-    );
+    let case = libcalls(&[
+        "-q",
+        "--probe-mode",
+        "int3",
+        "-p",
+        "libc.so.6:strtol",
+        "-p",
+        "libplugin.so:plugin_fn",
+    ]);
     let (_, _, r) = compare_with_report("libcalls-int3", case);
     assert_eq!(lib_hits(&r, "libc.so.6", "strtol"), 12345, "{r}");
     assert_eq!(lib_hits(&r, "libplugin.so", "plugin_fn"), 1554, "{r}");
@@ -859,18 +860,13 @@ fn an_unresolvable_spec_for_a_later_object_leaves_the_others() {
     if !privileged("shared objects are served in full mode only") {
         return;
     }
-    let prog = path("libcalls", Variant::Pie);
-    let plugin = plugin();
-    let case = with_opts(
-        Case::new(&prog, [&plugin]),
-        &[
-            "-q",
-            "-p",
-            "libplugin.so:no_such_fn",
-            "-p",
-            "libplugin.so:plugin_fn",
-        ],
-    );
+    let case = libcalls(&[
+        "-q",
+        "-p",
+        "libplugin.so:no_such_fn",
+        "-p",
+        "libplugin.so:plugin_fn",
+    ]);
     let (_, _, r) = compare_with_report("unresolvable", case);
     assert_eq!(lib_hits(&r, "libplugin.so", "plugin_fn"), 1554, "{r}");
     let entries = probes_in(&r, "libplugin.so");

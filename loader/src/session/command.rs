@@ -298,25 +298,24 @@ impl Command {
             let (requests, mut theirs): (Vec<Request>, Vec<Request>) =
                 requests.into_iter().partition(|r| r.object.is_none());
             // The objects the program maps at start, asked of its
-            // interpreter while the program's own probes are resolved.
-            // What asked for the objects' text: the first OBJECT:SPEC, or
-            // the option; an error names it.
-            let asker = theirs
-                .first()
-                .map(|r| r.spec.clone())
-                .or_else(|| all_objects.then(|| SERVE_ALL.to_string()));
-            let refuse = |asker: String, why: String| {
-                if asker == SERVE_ALL {
-                    Error::Unavailable { option: asker, why }
-                } else {
-                    Error::Probe(ProbeError::BadSpec { spec: asker, why })
-                }
+            // interpreter while the program's own probes are resolved, when
+            // an OBJECT:SPEC or --serve-objects all wants them; an error
+            // names the first of those.
+            let refuse = |why: String| match theirs.first() {
+                Some(r) => Error::Probe(ProbeError::BadSpec {
+                    spec: r.spec.clone(),
+                    why,
+                }),
+                None => Error::Unavailable {
+                    option: SERVE_ALL.into(),
+                    why,
+                },
             };
-            listing = match (asker, &interp) {
-                (Some(asker), Some(interp)) => {
+            let wanted = !theirs.is_empty() || all_objects;
+            listing = match (wanted, &interp) {
+                (true, Some(interp)) => {
                     if eager {
                         return Err(refuse(
-                            asker,
                             "serving shared objects (to probe them) needs privileges: their \
                              text is served in every process of the program, and following \
                              forks needs userfaultfd's fork events, which the kernel gives \
@@ -326,14 +325,11 @@ impl Command {
                         ));
                     }
                     let Some(site) = crate::probes::detour::find_site(interp) else {
-                        return Err(refuse(
-                            asker,
-                            format!(
-                                "{} is not a dynamic loader uprobe-exec knows: it has no single \
+                        return Err(refuse(format!(
+                            "{} is not a dynamic loader uprobe-exec knows: it has no single \
                                  mmap system call through which it maps objects",
-                                interp.path.display()
-                            ),
-                        ));
+                            interp.path.display()
+                        )));
                     };
                     let (i, p, e) = (interp.path.clone(), resolved.elf.clone(), env.clone());
                     let (mode, unsafe_addrs) = (self.mode, self.unsafe_addrs);

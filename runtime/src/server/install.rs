@@ -98,24 +98,28 @@ impl Server {
         let Some(rp) = &mut self.row_page else {
             return Ok(());
         };
-        let page = rp.image(m, tid);
-        self.copy_page(m, at & !(PAGE_SIZE - 1), page.as_ptr().cast())
+        let words = rp.image(m, tid);
+        let mut page = [0u8; PAGE_SIZE as usize];
+        for (b, w) in page.chunks_exact_mut(8).zip(words) {
+            b.copy_from_slice(&w.to_ne_bytes());
+        }
+        self.copy_page(m, at & !(PAGE_SIZE - 1), &page)
     }
 
-    /// Copies one page of ours (`page`, readable for a page) to `addr` in
-    /// mm `m` (a page registered there that no image serves: a row page,
+    /// Copies one page of ours (`page`) to `addr` in mm `m` (a page
+    /// registered there that no image serves: a row page,
     /// a doorbell), waking whoever waits on it.
     pub(super) fn copy_page(
         &mut self,
         m: usize,
         addr: u64,
-        page: *const u8,
+        page: &[u8; PAGE_SIZE as usize],
     ) -> Result<(), ServeError> {
         let Some(uffd) = &self.mms[m].uffd else {
             return Ok(());
         };
-        // SAFETY: the caller gives a live, readable page-sized buffer.
-        let (outcome, _) = unsafe { uffd.copy_partial(addr, page, PAGE_SIZE, true) };
+        // SAFETY: `page` is a live, readable page-sized buffer.
+        let (outcome, _) = unsafe { uffd.copy_partial(addr, page.as_ptr(), PAGE_SIZE, true) };
         match outcome {
             CopyOutcome::Copied => Ok(()),
             CopyOutcome::AlreadyPresent | CopyOutcome::Retry | CopyOutcome::NotInOneMapping => {

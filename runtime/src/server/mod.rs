@@ -266,7 +266,7 @@ impl Server {
         bell: &Bell,
         page: &[u8; PAGE_SIZE as usize],
     ) -> Result<(), ServeError> {
-        self.copy_page(bell.mm.0, bell.addr & !(PAGE_SIZE - 1), page.as_ptr())
+        self.copy_page(bell.mm.0, bell.addr & !(PAGE_SIZE - 1), page)
     }
 
     /// Registers `[start, start + len)` of process `mm` with its uffd
