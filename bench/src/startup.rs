@@ -7,12 +7,17 @@ use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 
 /// The steps, as the report names them, and as the table heads them.
-const STEPS: [(&str, &str); 6] = [
+const STEPS: [(&str, &str); 11] = [
     ("open_us", "open"),
     ("layout_us", "layout"),
     ("probes_us", "probes"),
     ("prepare_us", "prepare"),
     ("launch_us", "launch"),
+    ("thread_us", "thread"),
+    ("stack_us", "stack"),
+    ("fork_us", "forks"),
+    ("stage_us", "stage"),
+    ("serve_us", "serve"),
     ("total_us", "start-up"),
 ];
 
@@ -118,6 +123,6 @@ pub fn section(ux: &str, runs: usize) -> String {
             cells.join(" | ")
         );
     }
-    let _ = writeln!(md, "\n`open`: finding the program, opening its ELF file and interpreter. `layout`: placing its parts. `probes`: resolving the probes, the analysis (cached per file), the probe area. `launch`: the watchdog's and the stage's forks, the stage mapping the address space and registering the text, the userfaultfd passed back, the server set up. What the whole run adds beyond `start-up` is the stage's hand-off, the serving of the program's text, and the teardown.");
+    let _ = writeln!(md, "\n`open`: finding the program, opening its ELF file and interpreter. `layout`: placing its parts. `probes`: resolving the probes, the analysis (cached per file), the probe area. `launch`: the watchdog's and the stage's forks, the stage mapping the address space and registering the text, the userfaultfd passed back, the server set up; its parts: `thread` (starting the monitor thread), `stack` (the program's stack image and the list of what the hand-off unmaps, from one read of our maps), `forks` (until the watchdog says the stage is forked), `stage` (until the stage's userfaultfd arrives), `serve` (the guard, the drain, the server). What the whole run adds beyond `start-up` is the stage's hand-off, the serving of the program's text, and the teardown.");
     md
 }

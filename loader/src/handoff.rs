@@ -19,6 +19,8 @@
 
 use std::arch::global_asm;
 
+use uprobe_runtime::PAGE_SIZE;
+
 /// Offsets in the parameter block (u64 slots), shared with the assembly below.
 mod slot {
     pub const ENTRY: usize = 0;
@@ -206,40 +208,47 @@ pub(crate) fn parse_range(line: &str) -> Option<(u64, u64)> {
     ))
 }
 
-/// The monitor's mappings that the child must unmap: everything in `maps`
-/// (this process's `/proc/self/maps`) except the kernel's special mappings
-/// and the `keep` ranges.
+/// The highest user address on x86-64 with 4-level page tables (the
+/// kernel's `TASK_SIZE_MAX`): nothing of ours is above it.
+const USER_END: u64 = (1 << 47) - PAGE_SIZE;
+
+/// What the child must unmap: every address range but the `keep` ranges
+/// and the kernel's special mappings in `maps` (this process's
+/// `/proc/self/maps`), so everything of the monitor's, including what it
+/// maps after `maps` was read (a hole in a range is no error for munmap).
+/// A few calls, in address order, whatever the monitor's mappings.
 #[must_use]
-pub fn monitor_mappings(maps: &str, keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for line in maps.lines() {
-        if ["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"]
-            .iter()
-            .any(|s| line.ends_with(s))
-        {
-            continue;
-        }
-        let Some((lo, hi)) = parse_range(line) else {
-            continue;
-        };
-        let mut pieces = vec![(lo, hi)];
-        for &(klo, khi) in keep {
-            pieces = pieces
-                .into_iter()
-                .flat_map(|(a, b)| {
-                    if khi <= a || klo >= b {
-                        vec![(a, b)]
-                    } else {
-                        [(a, klo.max(a)), (khi.min(b), b)]
-                            .into_iter()
-                            .filter(|(x, y)| x < y)
-                            .collect()
-                    }
+pub fn unmap_all_but(maps: &str, keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut keep: Vec<(u64, u64)> = keep
+        .iter()
+        .copied()
+        .chain(
+            maps.lines()
+                .filter(|l| {
+                    ["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"]
+                        .iter()
+                        .any(|s| l.ends_with(s))
                 })
-                .collect();
+                .filter_map(parse_range),
+        )
+        .filter(|&(a, b)| a < b)
+        .collect();
+    keep.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = PAGE_SIZE;
+    for (a, b) in keep {
+        if a > at {
+            out.push((at, a.min(USER_END)));
         }
-        out.extend(pieces);
+        at = at.max(b);
+        if at >= USER_END {
+            break;
+        }
     }
+    if at < USER_END {
+        out.push((at, USER_END));
+    }
+    out.retain(|&(a, b)| a < b);
     out
 }
 
@@ -314,6 +323,37 @@ impl Params<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hand_off_unmaps_everything_but_what_is_kept_and_the_kernel_s_own() {
+        let maps = "\
+5555aaaa0000-5555aaab0000 r--p 00000000 fd:01 1 /usr/bin/uprobe-exec
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+7ffd00100000-7ffd00104000 r--p 00000000 00:00 0 [vvar]
+7ffd00104000-7ffd00106000 r-xp 00000000 00:00 0 [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
+";
+        let keep = [
+            (0x7ffd_0000_0000, 0x7ffd_0002_1000),
+            (0x4000_0000, 0x4001_0000),
+            // Overlapping and touching kept ranges merge.
+            (0x4000_8000, 0x4002_0000),
+            (0x4002_0000, 0x4003_0000),
+        ];
+        assert_eq!(
+            unmap_all_but(maps, &keep),
+            [
+                (0x1000, 0x4000_0000),
+                (0x4003_0000, 0x7ffd_0000_0000),
+                (0x7ffd_0002_1000, 0x7ffd_0010_0000),
+                (0x7ffd_0010_6000, USER_END),
+            ]
+        );
+        // The monitor's own file mapping is in a gap, like anything it maps later.
+        assert!(unmap_all_but(maps, &keep)
+            .iter()
+            .any(|&(a, b)| a <= 0x5555_aaaa_0000 && 0x5555_aaab_0000 <= b));
+    }
 
     #[test]
     fn gadget_search_accepts_only_clean_exits() {

@@ -202,6 +202,18 @@ pub struct Startup {
     /// userfaultfd passed back; the guard, the event drain and the fault
     /// server set up.
     pub launch_us: u64,
+    /// The parts of `launch_us`: starting the monitor thread,
+    pub thread_us: u64,
+    /// building the program's stack and the list of our mappings the
+    /// hand-off removes (reading `/proc/self/maps`),
+    pub stack_us: u64,
+    /// forking the watchdog, which forks the stage (until it says so),
+    pub fork_us: u64,
+    /// the stage mapping the address space and registering the text, until
+    /// its userfaultfd arrives,
+    pub stage_us: u64,
+    /// and setting up the guard, the event drain and the fault server.
+    pub serve_us: u64,
     /// All of it.
     pub total_us: u64,
 }
@@ -439,13 +451,18 @@ impl Report {
         let u = &self.startup;
         let ms = |us: u64| us as f64 / 1000.0;
         s.push_str(&format!(
-            "uprobe-exec: start-up {:.2} ms: open {:.2}, layout {:.2}, probes {:.2}, prepare {:.2}, launch {:.2} (forks, stage, hand-over)\n",
+            "uprobe-exec: start-up {:.2} ms: open {:.2}, layout {:.2}, probes {:.2}, prepare {:.2}, launch {:.2} (thread {:.2}, stack {:.2}, forks {:.2}, stage {:.2}, serve {:.2})\n",
             ms(u.total_us),
             ms(u.open_us),
             ms(u.layout_us),
             ms(u.probes_us),
             ms(u.prepare_us),
-            ms(u.launch_us)
+            ms(u.launch_us),
+            ms(u.thread_us),
+            ms(u.stack_us),
+            ms(u.fork_us),
+            ms(u.stage_us),
+            ms(u.serve_us),
         ));
         for l in &self.handoff.limits {
             s.push_str(&format!("uprobe-exec: note: {l}\n"));

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use uprobe_runtime::{Uffd, UffdMode};
 
 use super::control;
-use super::monitor::{monitor, Job};
+use super::monitor::{monitor, Job, Launched};
 use super::probes::Probes;
 use super::program::resolve;
 use super::start::Signals;
@@ -253,7 +253,7 @@ impl Command {
     /// Starts the program. Returns once its text is registered and being
     /// served; the program runs on while the [`Session`] is alive.
     pub fn spawn(&self) -> Result<Session> {
-        let mut clock = Steps::new();
+        let mut clock = crate::sys::clock::Steps::new();
         // The start of the interval the counter's rate is measured over
         // (timed functions need it; a millisecond or more).
         let since = crate::sys::clock::pair();
@@ -543,19 +543,30 @@ impl Command {
         let (control, inbox) =
             control::channel().map_err(|e| Error::sys("creating the control channel", e))?;
         let prepare_us = clock.step();
+        let spawned = std::time::Instant::now();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
-            .spawn(move || monitor(job, inbox, tx))
+            .spawn(move || monitor(job, spawned, inbox, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
-            Ok(Ok((pid, started_ns))) => {
+            Ok(Ok(Launched {
+                pid,
+                started_ns,
+                parts,
+            })) => {
                 let launch_us = clock.step();
+                let [thread_us, stack_us, fork_us, stage_us, serve_us] = parts;
                 let startup = crate::report::Startup {
                     open_us,
                     layout_us,
                     probes_us,
                     prepare_us,
                     launch_us,
+                    thread_us,
+                    stack_us,
+                    fork_us,
+                    stage_us,
+                    serve_us,
                     total_us: clock.total(),
                 };
                 let mut warnings = warnings;
@@ -619,34 +630,5 @@ fn in_program(requests: Vec<Request>, path: &std::path::Path, pending: &mut Vec<
                 path.display(),
             ));
         }
-    }
-}
-
-/// The time of each step of a start, one after another.
-struct Steps {
-    start: std::time::Instant,
-    last: std::time::Instant,
-}
-
-impl Steps {
-    fn new() -> Steps {
-        let now = std::time::Instant::now();
-        Steps {
-            start: now,
-            last: now,
-        }
-    }
-
-    /// µs since the last step (or the start).
-    fn step(&mut self) -> u64 {
-        let now = std::time::Instant::now();
-        let us = now.duration_since(self.last).as_micros() as u64;
-        self.last = now;
-        us
-    }
-
-    /// µs since the start.
-    fn total(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
     }
 }

@@ -16,7 +16,7 @@ use super::events::{Drain, Sink, Totals};
 use super::probes::Probes;
 use super::program::Resolved;
 use super::shared_objects::SharedObjects;
-use super::start::{start, Signals, Started};
+use super::start::{start, LaunchClock, Signals, Started};
 use crate::error::{Error, Result};
 use crate::plan::{ObjectsArea, Plan, TextBacking};
 use crate::report::{Exit, Handoff, ObjectStats, ProbeHits, ProcessHits};
@@ -61,14 +61,28 @@ pub(super) struct Outcome {
     pub(super) warnings: Vec<String>,
 }
 
-/// The monitor thread: forks the stage, tells `started` the program's pid
-/// and the CLOCK_MONOTONIC time just before it lets it go
-/// (or why it could not start), then serves faults until the program ends.
+/// A program started, as the monitor thread tells the session.
+pub(super) struct Launched {
+    pub(super) pid: i32,
+    /// CLOCK_MONOTONIC just before the program was let go.
+    pub(super) started_ns: u64,
+    /// The launch's parts, µs: thread, stack, forks, stage, serve (see
+    /// [`Startup`](crate::report::Startup)).
+    pub(super) parts: [u64; 5],
+}
+
+/// The monitor thread (spawned at `spawned`): forks the stage, tells
+/// `started` the program's pid and the CLOCK_MONOTONIC time just before it
+/// lets it go (or why it could not start), then serves faults until the
+/// program ends.
 pub(super) fn monitor(
     mut job: Job,
+    spawned: std::time::Instant,
     inbox: Inbox,
-    started: mpsc::Sender<Result<(i32, u64)>>,
+    started: mpsc::Sender<Result<Launched>>,
 ) -> Result<Outcome> {
+    let mut clock = LaunchClock::since(spawned);
+    clock.mark(LaunchClock::THREAD);
     match start(
         &job.plan,
         job.probes.as_ref(),
@@ -76,11 +90,12 @@ pub(super) fn monitor(
         &job.program,
         &job.env,
         job.signals,
+        &mut clock,
     ) {
         Ok(program) => {
             let sink = job.events.take();
             let objects = job.objects.take();
-            run(&job, sink, objects, program, &inbox, &started)
+            run(&job, sink, objects, program, &inbox, &started, clock)
         }
         Err(e) => {
             let _ = started.send(Err(e));
@@ -99,7 +114,8 @@ fn run(
     mut objects: Option<(ObjectsArea, SharedObjects)>,
     program: Started,
     inbox: &Inbox,
-    started: &mpsc::Sender<Result<(i32, u64)>>,
+    started: &mpsc::Sender<Result<Launched>>,
+    mut clock: LaunchClock,
 ) -> Result<Outcome> {
     let (plan, probes) = (&job.plan, job.probes.as_ref());
     let Started {
@@ -169,7 +185,12 @@ fn run(
     }
     // Let the child go on to the program.
     // Before the program is let go: no event of it can be earlier.
-    let _ = started.send(Ok((pid, crate::sys::clock::monotonic_ns())));
+    clock.mark(LaunchClock::SERVE);
+    let _ = started.send(Ok(Launched {
+        pid,
+        started_ns: crate::sys::clock::monotonic_ns(),
+        parts: clock.parts,
+    }));
     if result.is_ok() {
         result = release(&stage)
             .and_then(|()| serve(&mut server, &pidfd, inbox, probes, objects.as_mut()));

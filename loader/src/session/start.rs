@@ -1,10 +1,10 @@
 //! Starting the program: build its stack and auxv, fork the watchdog (which
 //! forks the stage), and receive the stage's userfaultfd.
 //!
-//! The steps run in this order on purpose: the stack image carries the
-//! list of the monitor's mappings for the hand-off to remove, so it is built
-//! once everything before it is allocated, and rebuilt until that list
-//! stops changing.
+//! The stack image carries the list of what the hand-off unmaps: every
+//! address range but what the program keeps (its reservations, the stack,
+//! the blob, the probe areas) and the kernel's special mappings, so it does
+//! not depend on what the monitor maps meanwhile.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -37,6 +37,34 @@ pub(super) struct Signals {
     pub(super) sigpipe_ignored: bool,
 }
 
+/// The launch's parts, timed as they end (see
+/// [`Startup`](crate::report::Startup)): µs each.
+pub(super) struct LaunchClock {
+    steps: crate::sys::clock::Steps,
+    pub(super) parts: [u64; 5],
+}
+
+impl LaunchClock {
+    pub(super) const THREAD: usize = 0;
+    pub(super) const STACK: usize = 1;
+    pub(super) const FORKS: usize = 2;
+    pub(super) const STAGE: usize = 3;
+    pub(super) const SERVE: usize = 4;
+
+    /// A clock started at `since`.
+    pub(super) fn since(since: std::time::Instant) -> LaunchClock {
+        LaunchClock {
+            steps: crate::sys::clock::Steps::since(since),
+            parts: [0; 5],
+        }
+    }
+
+    /// `part` ends now.
+    pub(super) fn mark(&mut self, part: usize) {
+        self.parts[part] = self.steps.step();
+    }
+}
+
 /// A program started and waiting for the monitor to release it.
 pub(super) struct Started {
     /// Its first process.
@@ -65,10 +93,10 @@ pub(super) fn start(
     r: &Resolved,
     env: &[OsString],
     signals: Signals,
+    clock: &mut LaunchClock,
 ) -> Result<Started> {
-    // Our mappings, read once here for the stack and the vDSO, and for a
-    // first list of what the stage unmaps (build_stack reads them again
-    // until two reads agree).
+    // Our mappings, read once: the stack, the vDSO and the kernel's other
+    // special mappings, which the hand-off keeps.
     let maps = std::fs::read_to_string("/proc/self/maps")
         .map_err(|e| Error::sys("reading /proc/self/maps", e))?;
     let stack_vma = own_stack(&maps).ok_or_else(|| {
@@ -122,7 +150,7 @@ pub(super) fn start(
     if let Some(o) = objects {
         keep.push((o.reservation.addr(), o.reservation.end()));
     }
-    let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit, maps)?;
+    let (st, stack_plan) = build_stack(plan, &keep, stack_vma, &contents, &exit, &maps);
 
     let text = registered_text(plan, probes, objects);
     let interp_name = plan
@@ -173,10 +201,12 @@ pub(super) fn start(
 
     let mut held: Vec<&Reservation> = vec![&plan.program.reservation, &blob_res];
     held.extend(plan.interp.as_ref().map(|i| &i.reservation));
+    clock.mark(LaunchClock::STACK);
     let (watchdog, stage_sock) = fork_watchdog(&sp, &held, ch)?;
     drop(held);
     drop(blob_res);
     let pid = program_pid(&watchdog)?;
+    clock.mark(LaunchClock::FORKS);
     let pidfd = rustix::process::pidfd_open(
         Pid::from_raw(pid).expect("fork returned a positive pid"),
         PidfdFlags::empty(),
@@ -190,6 +220,7 @@ pub(super) fn start(
             return Err(e);
         }
     };
+    clock.mark(LaunchClock::STAGE);
     let mode = if msg.mode == 1 {
         UffdMode::UserModeOnly
     } else {
@@ -314,82 +345,65 @@ fn program_auxv(plan: &Plan) -> Vec<(u64, u64)> {
 }
 
 /// Builds the program's stack image, with the hand-off's parameters below
-/// it, until the monitor's mappings (all but `keep`, which the blob must
-/// unmap) stop changing under us: building it may itself map memory. The
-/// first list is from `maps` (read by the caller), each next one read anew.
+/// it: the list of what the hand-off unmaps is everything but `keep` and
+/// the kernel's special mappings in `maps` (read by the caller), so what
+/// the monitor maps meanwhile goes too.
 fn build_stack(
     plan: &Plan,
     keep: &[(u64, u64)],
     stack_vma: (u64, u64),
     c: &Contents<'_>,
     exit: &Exit,
-    maps: String,
-) -> Result<(StackImage, StackPlan)> {
+    maps: &str,
+) -> (StackImage, StackPlan) {
     let prog = &plan.program;
-    let mut unmap = Vec::new();
-    let mut image = None;
-    let mut first = Some(maps);
-    for _ in 0..4 {
-        let maps = match first.take() {
-            Some(m) => m,
-            None => std::fs::read_to_string("/proc/self/maps")
-                .map_err(|e| Error::sys("reading /proc/self/maps", e))?,
-        };
-        let now = handoff::monitor_mappings(&maps, keep);
-        if image.is_some() && now == unmap {
-            break;
-        }
-        unmap = now;
-        let below = Params::size(unmap.len());
-        let mut st = stack::build(
-            stack_vma.1,
-            c.argv,
-            &c.env,
-            c.execfn,
-            &c.auxv,
-            c.random,
-            plan.aslr.stack_pad(),
-            below,
-        );
-        let stack_plan = StackPlan {
-            vma: stack_vma,
-            keep_from: stack_keep_from(stack_vma.1, st.base),
-            exec: prog.image.exec_stack,
-        };
-        let code: Vec<&crate::elf::Segment> =
-            prog.image.segments.iter().filter(|s| s.exec).collect();
-        let data: Vec<&crate::elf::Segment> =
-            prog.image.segments.iter().filter(|s| s.write).collect();
-        let b = prog.bias.0;
-        let mm_map = exit.mm_map.then(|| MmMap {
-            start_code: code.first().map_or(0, |s| b + s.vaddr.0),
-            end_code: code.last().map_or(0, |s| b + s.vaddr.0 + s.filesz),
-            start_data: data.first().map_or(plan.brk, |s| b + s.vaddr.0),
-            end_data: data.last().map_or(plan.brk, |s| b + s.vaddr.0 + s.filesz),
-            start_brk: plan.brk,
-            brk: plan.brk,
-            start_stack: st.sp,
-            arg_start: st.arg_start,
-            arg_end: st.arg_end,
-            env_start: st.env_start,
-            env_end: st.env_end,
-            auxv: st.auxv_addr as *mut u64,
-            auxv_size: st.auxv_bytes as u32,
-            exe_fd: exit.exe_fd as u32,
-        });
-        let params = Params {
-            entry: plan.start().0,
-            sp: st.sp,
-            unmap: &unmap,
-            mm_map,
-            exe_fd: Some(exit.exe_fd),
-            gadget: exit.gadget,
-            blob: exit.blob,
-        };
-        params.write(&mut st.bytes[..below], st.base);
-        image = Some((st, stack_plan));
-    }
-    Ok(image.expect("built at least once"))
+    let unmap = handoff::unmap_all_but(maps, keep);
+    let below = Params::size(unmap.len());
+    let mut st = stack::build(
+        stack_vma.1,
+        c.argv,
+        &c.env,
+        c.execfn,
+        &c.auxv,
+        c.random,
+        plan.aslr.stack_pad(),
+        below,
+    );
+    let stack_plan = StackPlan {
+        vma: stack_vma,
+        keep_from: stack_keep_from(stack_vma.1, st.base),
+        exec: prog.image.exec_stack,
+    };
+    let code: Vec<&crate::elf::Segment> = prog.image.segments.iter().filter(|s| s.exec).collect();
+    let data: Vec<&crate::elf::Segment> = prog.image.segments.iter().filter(|s| s.write).collect();
+    let b = prog.bias.0;
+    let mm_map = exit.mm_map.then(|| MmMap {
+        start_code: code.first().map_or(0, |s| b + s.vaddr.0),
+        end_code: code.last().map_or(0, |s| b + s.vaddr.0 + s.filesz),
+        start_data: data.first().map_or(plan.brk, |s| b + s.vaddr.0),
+        end_data: data.last().map_or(plan.brk, |s| b + s.vaddr.0 + s.filesz),
+        start_brk: plan.brk,
+        brk: plan.brk,
+        start_stack: st.sp,
+        arg_start: st.arg_start,
+        arg_end: st.arg_end,
+        env_start: st.env_start,
+        env_end: st.env_end,
+        auxv: st.auxv_addr as *mut u64,
+        auxv_size: st.auxv_bytes as u32,
+        exe_fd: exit.exe_fd as u32,
+    });
+    let params = Params {
+        entry: plan.start().0,
+        sp: st.sp,
+        unmap: &unmap,
+        mm_map,
+        exe_fd: Some(exit.exe_fd),
+        gadget: exit.gadget,
+        blob: exit.blob,
+    };
+    params.write(&mut st.bytes[..below], st.base);
+    (st, stack_plan)
 }
 
 /// The ranges the stage registers with its uffd: the text (unless it is
@@ -566,15 +580,11 @@ fn limits(
 
 /// Whether `PR_SET_MM_MAP` is allowed: CAP_SYS_RESOURCE or CAP_CHECKPOINT_RESTORE.
 fn may_set_mm_map() -> bool {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return false;
-    };
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    eff & (1 << 24 | 1 << 40) != 0
+    use rustix::thread::CapabilitySet;
+    rustix::thread::capabilities(None).is_ok_and(|c| {
+        c.effective
+            .intersects(CapabilitySet::SYS_RESOURCE | CapabilitySet::CHECKPOINT_RESTORE)
+    })
 }
 
 /// The monitor's auxv, from which the program's is made.

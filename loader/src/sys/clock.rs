@@ -49,3 +49,38 @@ pub fn pair() -> (u64, u64) {
     }
     best.1
 }
+
+/// The time of each step of a start, one after another.
+#[derive(Clone, Copy, Debug)]
+pub struct Steps {
+    start: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl Steps {
+    /// Steps counted from now.
+    #[must_use]
+    pub fn new() -> Steps {
+        Steps::since(std::time::Instant::now())
+    }
+
+    /// Steps counted from `start`.
+    #[must_use]
+    pub fn since(start: std::time::Instant) -> Steps {
+        Steps { start, last: start }
+    }
+
+    /// µs since the last step (or the start).
+    pub fn step(&mut self) -> u64 {
+        let now = std::time::Instant::now();
+        let us = now.duration_since(self.last).as_micros() as u64;
+        self.last = now;
+        us
+    }
+
+    /// µs since the start.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+}
