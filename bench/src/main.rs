@@ -190,6 +190,11 @@ fn main() {
         );
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("faults") {
+        let s = fault::section();
+        print_alone(&s.md, s.goals);
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("latency") {
         let runs: usize = std::env::args()
             .nth(2)
@@ -257,84 +262,8 @@ fn main() {
     let _ = writeln!(md, "- Method: every row of a table is measured in the same run, alternating where it can; medians. The machine is a noisy 2-vCPU VM: read the ratios, not the absolute times.\n");
 
     // 1. Fault service.
-    eprintln!("fault service…");
-    let reps = 7;
-    type Measure = Box<dyn Fn() -> Vec<f64>>;
-    let paths: Vec<(&str, Measure)> = vec![
-        (
-            "uprobe-exec fault server, same CPU",
-            Box::new(|| fault::ours(0, 0)),
-        ),
-        (
-            "uprobe-exec fault server, other CPU",
-            Box::new(|| fault::ours(1, 0)),
-        ),
-        (
-            "minimal uffd handler (floor), same CPU",
-            Box::new(|| fault::floor(0)),
-        ),
-        (
-            "minimal uffd handler (floor), other CPU",
-            Box::new(|| fault::floor(1)),
-        ),
-        (
-            "uprobe-exec, fault-around 15 (per page), same CPU",
-            Box::new(|| fault::ours(0, 15)),
-        ),
-        (
-            "uprobe-exec, fault-around 15 (per page), other CPU",
-            Box::new(|| fault::ours(1, 15)),
-        ),
-        (
-            "kernel file-backed fault, 1 page per VMA",
-            Box::new(fault::kernel_file),
-        ),
-        ("kernel anonymous read fault", Box::new(fault::kernel_anon)),
-    ];
-    // Rounds alternate the paths, so drift on the VM hits them alike.
-    let mut rows: Vec<(&str, Vec<f64>)> = paths.iter().map(|(n, _)| (*n, Vec::new())).collect();
-    for _ in 0..reps {
-        for ((_, f), (_, v)) in paths.iter().zip(&mut rows) {
-            v.extend(f());
-        }
-    }
-    // The rows pinned this thread to one CPU; every later section's
-    // processes would inherit it (and two threads would share one CPU).
-    fault::unpin();
-    let floor_same = median(&rows[2].1);
-    let floor_other = median(&rows[3].1);
-    let _ = writeln!(md, "## 1. Fault service, per 4 KiB page\n");
-    let _ = writeln!(md, "Each row touches {} fresh pages in each of {reps} rounds (the rounds alternate the rows), timing every touch on the faulting thread, pinned to CPU 0.\n", fault::PAGES);
-    let _ = writeln!(md, "| path | median ns | vs floor (same placement) |");
-    let _ = writeln!(md, "| --- | --- | --- |");
-    for (i, (name, v)) in rows.iter().enumerate() {
-        let floor = if name.contains("other CPU") {
-            floor_other
-        } else {
-            floor_same
-        };
-        let ratio = if i < 6 {
-            format!("{:.2}×", median(v) / floor)
-        } else {
-            "–".into()
-        };
-        let _ = writeln!(md, "| {name} | {:.0} | {ratio} |", median(v));
-    }
-    let ours_vs_floor = median(&rows[0].1) / floor_same;
-    let _ = writeln!(
-        md,
-        "\nThe distribution: [fault-latency.svg](fault-latency.svg).\n"
-    );
-    let series: Vec<(&str, &[f64])> = [0usize, 2, 1, 3, 6, 7]
-        .iter()
-        .map(|&i| (rows[i].0, rows[i].1.as_slice()))
-        .collect();
-    let svg = plot::cdf_svg("Fault service latency per page (CDF)", &series);
-    std::fs::write(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fault-latency.svg"),
-        svg,
-    )
-    .expect("write svg");
+    let faults = fault::section();
+    md.push_str(&faults.md);
 
     // 2. Probe hits.
     eprintln!("probe hits…");
@@ -587,11 +516,6 @@ fn main() {
         let _ = writeln!(md, "| {what} | {measured} | {met} |");
     };
     goal(
-        "fault server within 1.15× of the minimal handler (single page, same CPU)".into(),
-        format!("{ours_vs_floor:.2}×"),
-        ours_vs_floor <= 1.15,
-    );
-    goal(
         "`python3.11 -c pass` within 1.15× of native".into(),
         format!("{python_ratio:.2}×"),
         python_ratio <= 1.15,
@@ -640,9 +564,10 @@ fn main() {
             c >= 99.0,
         );
     }
-    for (what, measured, met) in events
+    for (what, measured, met) in faults
         .goals
         .into_iter()
+        .chain(events.goals)
         .chain(latency.goals)
         .chain(objects.goals)
         .chain(recorded.goals)

@@ -57,6 +57,8 @@ pub mod features {
     pub const EVENT_UNMAP: u64 = uapi::UFFD_FEATURE_EVENT_UNMAP as u64;
     /// Page-fault messages carry the faulting thread's id.
     pub const THREAD_ID: u64 = uapi::UFFD_FEATURE_THREAD_ID as u64;
+    /// MINOR registration of shmem mappings, and `UFFDIO_CONTINUE`.
+    pub const MINOR_SHMEM: u64 = uapi::UFFD_FEATURE_MINOR_SHMEM as u64;
 }
 
 /// One userfaultfd, bound to the mm of the process that created it (or, for
@@ -206,6 +208,51 @@ impl Uffd {
             ioctls: 0,
         };
         self.ioctl(uioctl::UFFDIO_REGISTER, &mut reg)
+    }
+
+    /// `UFFDIO_REGISTER` in MISSING and MINOR modes (shmem or hugetlbfs
+    /// mappings only; the API handshake must have asked for
+    /// `UFFD_FEATURE_MINOR_SHMEM`): first touches of pages the file does not
+    /// hold, and of pages it holds but the process has not mapped, become
+    /// events for us.
+    pub fn register_missing_minor(&self, start: u64, len: u64) -> Result<(), Errno> {
+        let mut reg = uapi::uffdio_register {
+            range: uapi::uffdio_range { start, len },
+            mode: u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING | uapi::UFFDIO_REGISTER_MODE_MINOR),
+            ioctls: 0,
+        };
+        self.ioctl(uioctl::UFFDIO_REGISTER, &mut reg)
+    }
+
+    /// `UFFDIO_CONTINUE` of `[dst, dst+len)`: maps the pages the file behind
+    /// the (MINOR-registered) mapping holds there, copying nothing, waking
+    /// the threads that wait on them unless `wake` is false. Returns what
+    /// happened and how many bytes were mapped before the kernel stopped.
+    pub fn continue_partial(&self, dst: u64, len: u64, wake: bool) -> (CopyOutcome, u64) {
+        let mut c = uapi::uffdio_continue {
+            range: uapi::uffdio_range { start: dst, len },
+            mode: if wake {
+                0
+            } else {
+                // UFFDIO_CONTINUE_MODE_DONTWAKE (linux/userfaultfd.h; not
+                // in linux-raw-sys).
+                1
+            },
+            mapped: 0,
+        };
+        let outcome = match self.ioctl(uioctl::UFFDIO_CONTINUE, &mut c) {
+            Ok(()) => CopyOutcome::Copied,
+            Err(Errno::EXIST) => CopyOutcome::AlreadyPresent,
+            Err(Errno::AGAIN) => CopyOutcome::Retry,
+            Err(Errno::SRCH) => CopyOutcome::Gone,
+            Err(Errno::NOENT) => CopyOutcome::NotInOneMapping,
+            Err(e) => CopyOutcome::Failed(e),
+        };
+        let mapped = match outcome {
+            CopyOutcome::Copied => len,
+            _ => u64::try_from(c.mapped).unwrap_or(0).min(len),
+        };
+        (outcome, mapped)
     }
 
     /// `UFFDIO_COPY` of `len` bytes from `src` (in our address space) to `dst`
