@@ -72,7 +72,7 @@ pub use report::{
     Bucket, EventCounts, Exit, Handoff, Latency, ProbeHits, ProcessHits, Report, Text,
 };
 pub use session::{
-    functions, shared_objects, Command, ObjectServing, Prefetch, ProbeMode, Session,
+    functions, shared_objects, Command, ObjectServing, Prefetch, ProbeMode, Session, TextServing,
     DEFAULT_EVENT_RING, DEFAULT_FAULT_AROUND,
 };
 pub use symbols::Function;

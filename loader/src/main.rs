@@ -128,6 +128,12 @@ struct Cli {
     #[arg(long, value_enum, value_name = "WHICH", default_value = "probed")]
     serve_objects: Serving,
 
+    /// Which of the program's text is served: every page (all), or only the
+    /// pages that hold probe sites, the others mapped from the file by the
+    /// kernel as natively (probed)
+    #[arg(long, value_enum, value_name = "WHICH", default_value = "all")]
+    serve_text: Serving,
+
     /// Write a JSON report to FILE when the program ends.
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
@@ -387,6 +393,10 @@ fn run() -> u8 {
         .serve_objects(match cli.serve_objects {
             Serving::Probed => uprobe_exec::ObjectServing::Probed,
             Serving::All => uprobe_exec::ObjectServing::All,
+        })
+        .serve_text(match cli.serve_text {
+            Serving::Probed => uprobe_exec::TextServing::Probed,
+            Serving::All => uprobe_exec::TextServing::All,
         })
         .event_ring(cli.event_ring)
         .blocked_signals(given)

@@ -109,6 +109,9 @@ pub struct Draft {
     interp_parts: Vec<(TextRange, std::ops::Range<usize>)>,
     /// Patches of the interpreter's text (the mapping detour's jump).
     pub interp_patches: Vec<(u64, Vec<u8>)>,
+    /// Serve only the program's text pages that probes patch (see
+    /// [`Draft::finish`]); the others are the file's, as natively.
+    pub serve_probed_only: bool,
 }
 
 /// The target's address space.
@@ -413,6 +416,7 @@ impl Draft {
             backing,
             interp_parts,
             interp_patches: Vec::new(),
+            serve_probed_only: false,
         })
     }
 
@@ -426,8 +430,16 @@ impl Draft {
     /// The plan, its text served with `patches` applied: (runtime address,
     /// bytes). A patch may straddle pages; every page it touches gets it, so
     /// the two halves agree whichever page is served first.
+    ///
+    /// With [`Draft::serve_probed_only`], only the pages `patches` (or the
+    /// zeros of an executable bss) touch are served; the others are mapped
+    /// from the program's file, as the kernel maps them.
     #[must_use]
-    pub fn finish(self, patches: &[(u64, Vec<u8>)]) -> Plan {
+    pub fn finish(mut self, patches: &[(u64, Vec<u8>)]) -> Plan {
+        if self.serve_probed_only {
+            let pages = touched_pages(self.text_zero.iter().chain(patches));
+            self.serve_only(&pages);
+        }
         let image = Arc::new(self.text_image(patches));
         let interp_text = self
             .interp
@@ -458,6 +470,85 @@ impl Draft {
         }
     }
 
+    /// Narrows the served text to `pages` (page addresses) and the pages
+    /// past the end of the file's bytes (which no file mapping can give):
+    /// each text mapping becomes runs, those served mapped from the text
+    /// file (page i of the served text at page i of it) or anonymous as
+    /// before, the others from the program's file at their own offsets.
+    fn serve_only(&mut self, pages: &std::collections::BTreeSet<u64>) {
+        let file = self.program.image.file.as_raw_fd();
+        let text_fd = self.text_file.as_raw_fd();
+        let mut served_parts = Vec::new();
+        let mut served_pages = 0usize;
+        for (r, b) in std::mem::take(&mut self.text_parts) {
+            let Some(at) = self
+                .maps
+                .iter()
+                .position(|m| m.addr == r.start && m.len == r.pages as u64 * PAGE_SIZE)
+            else {
+                continue;
+            };
+            let op = self.maps.remove(at);
+            let served = |i: usize| {
+                pages.contains(&(r.start + i as u64 * PAGE_SIZE))
+                    || i as u64 * PAGE_SIZE >= b.len() as u64
+            };
+            let mut runs = Vec::new();
+            let mut i = 0;
+            while i < r.pages {
+                let kind = served(i);
+                let from = i;
+                while i < r.pages && served(i) == kind {
+                    i += 1;
+                }
+                runs.push((kind, from, i));
+            }
+            let ops: Vec<MapOp> = runs
+                .iter()
+                .map(|&(kind, from, to)| {
+                    let addr = r.start + from as u64 * PAGE_SIZE;
+                    let len = (to - from) as u64 * PAGE_SIZE;
+                    let source = if kind {
+                        let source = match op.source {
+                            MapSource::File { fd, .. } if fd == text_fd => MapSource::File {
+                                fd,
+                                offset: served_pages as u64 * PAGE_SIZE,
+                            },
+                            other => other,
+                        };
+                        let bytes_from = (b.start + from * PAGE_SIZE as usize).min(b.end);
+                        let bytes_to = (b.start + to * PAGE_SIZE as usize).min(b.end);
+                        served_parts.push((
+                            TextRange {
+                                start: addr,
+                                pages: to - from,
+                            },
+                            bytes_from..bytes_to,
+                        ));
+                        served_pages += to - from;
+                        source
+                    } else {
+                        MapSource::File {
+                            fd: file,
+                            offset: (b.start + from * PAGE_SIZE as usize) as u64,
+                        }
+                    };
+                    MapOp {
+                        addr,
+                        len,
+                        prot: op.prot,
+                        source,
+                        zero_from: 0,
+                        zero_to: 0,
+                    }
+                })
+                .collect();
+            self.maps.splice(at..at, ops);
+        }
+        self.text = served_parts.iter().map(|(r, _)| *r).collect();
+        self.text_parts = served_parts;
+    }
+
     /// The text's page images with the bss zeros and `patches` applied.
     fn text_image(&self, patches: &[(u64, Vec<u8>)]) -> TextImage {
         patched_image(
@@ -467,6 +558,21 @@ impl Draft {
             patches,
         )
     }
+}
+
+/// The pages (addresses) that `patches` (runtime address, bytes) touch.
+fn touched_pages<'a>(
+    patches: impl Iterator<Item = &'a (u64, Vec<u8>)>,
+) -> std::collections::BTreeSet<u64> {
+    let mut pages = std::collections::BTreeSet::new();
+    for (at, code) in patches.filter(|(_, c)| !c.is_empty()) {
+        let mut page = page_down(*at);
+        while page < at + code.len() as u64 {
+            pages.insert(page);
+            page += PAGE_SIZE;
+        }
+    }
+    pages
 }
 
 /// The page images of `text_parts` (ranges and their bytes in `bytes`, a

@@ -40,6 +40,8 @@ pub struct Command {
     mode: ProbeMode,
     ring_records: usize,
     objects: ObjectServing,
+    /// See [`Command::serve_text`].
+    text: TextServing,
 }
 
 pub use crate::probes::ProbeMode;
@@ -79,6 +81,20 @@ pub enum ObjectServing {
     All,
 }
 
+/// Which of the program's text uprobe-exec serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TextServing {
+    /// Every page: each first touch, and each touch after a drop, is served
+    /// (and counted) by the fault server, patched as it is installed.
+    #[default]
+    All,
+    /// The pages that hold probe sites (patched bytes): every other page is
+    /// the program file's, mapped by the kernel as natively (its page
+    /// cache, its path in `/proc/PID/maps`), and never reaches the fault
+    /// server. Without probes, no page is served.
+    Probed,
+}
+
 /// Pages installed with each faulting page by default (see
 /// [`Command::fault_around`]; chosen from `uprobe-exec-bench`'s figures).
 pub const DEFAULT_FAULT_AROUND: usize = 15;
@@ -100,6 +116,7 @@ impl Command {
             mode: ProbeMode::Auto,
             ring_records: super::probes::DEFAULT_EVENT_RING,
             objects: ObjectServing::Probed,
+            text: TextServing::All,
         }
     }
 
@@ -215,6 +232,13 @@ impl Command {
     /// that hold probe sites; see [`ObjectServing`]).
     pub fn serve_objects(mut self, which: ObjectServing) -> Command {
         self.objects = which;
+        self
+    }
+
+    /// Which of the program's text is served (default: all of it; see
+    /// [`TextServing`]).
+    pub fn serve_text(mut self, which: TextServing) -> Command {
+        self.text = which;
         self
     }
 
@@ -395,6 +419,7 @@ impl Command {
             backing,
             listing.is_some(),
         )?;
+        draft.serve_probed_only = self.text == TextServing::Probed;
         let mut needs = super::shared_objects::ObjectNeeds::default();
         let objects = match listing {
             Some((list, site)) => {

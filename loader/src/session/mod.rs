@@ -19,7 +19,7 @@ mod working_set;
 use std::ffi::OsStr;
 use std::thread::JoinHandle;
 
-pub use command::{Command, ObjectServing, Prefetch, ProbeMode, DEFAULT_FAULT_AROUND};
+pub use command::{Command, ObjectServing, Prefetch, ProbeMode, TextServing, DEFAULT_FAULT_AROUND};
 use control::{Control, Request};
 use monitor::Outcome;
 pub use probes::DEFAULT_EVENT_RING;
