@@ -741,3 +741,19 @@ impl Plan {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_patch_that_straddles_a_page_end_touches_both_pages() {
+        let patches = vec![
+            (0x1000 + 4094, vec![0xe9, 1, 2, 3, 4]),
+            (0x5000, vec![0xcc]),
+            (0x7000, Vec::new()),
+        ];
+        let pages: Vec<u64> = touched_pages(patches.iter()).into_iter().collect();
+        assert_eq!(pages, [0x1000, 0x2000, 0x5000]);
+    }
+}
