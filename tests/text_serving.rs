@@ -137,7 +137,8 @@ fn the_program_s_unprobed_text_is_its_file_as_natively() {
     );
     let r = common::read_report(&report);
     let served = text_field(&r, "pages");
-    assert!((2..=4).contains(&served), "{served} pages served: {r}");
+    // Two functions' pages, and what lies between them if that is short.
+    assert!((2..=4 + 16).contains(&served), "{served} pages served: {r}");
     assert_eq!(
         text_from_file(&out),
         whole - served * 4096,

@@ -489,16 +489,19 @@ impl Draft {
                 continue;
             };
             let op = self.maps.remove(at);
-            let served = |i: usize| {
-                pages.contains(&(r.start + i as u64 * PAGE_SIZE))
-                    || i as u64 * PAGE_SIZE >= b.len() as u64
-            };
+            let mut served: Vec<bool> = (0..r.pages)
+                .map(|i| {
+                    pages.contains(&(r.start + i as u64 * PAGE_SIZE))
+                        || i as u64 * PAGE_SIZE >= b.len() as u64
+                })
+                .collect();
+            fill_short_gaps(&mut served, MIN_FILE_RUN);
             let mut runs = Vec::new();
             let mut i = 0;
             while i < r.pages {
-                let kind = served(i);
+                let kind = served[i];
                 let from = i;
-                while i < r.pages && served(i) == kind {
+                while i < r.pages && served[i] == kind {
                     i += 1;
                 }
                 runs.push((kind, from, i));
@@ -557,6 +560,32 @@ impl Draft {
             &self.text_zero,
             patches,
         )
+    }
+}
+
+/// Fewest pages between two served runs that are left to the file (see
+/// [`Draft::serve_only`]): a shorter gap is served too. A mapping of its own
+/// would cost the stage a call and the program a VMA (with every function
+/// probed, one per page), and the kernel's fault-around maps 16 pages at once
+/// anyway.
+const MIN_FILE_RUN: usize = 16;
+
+/// Marks served the runs of unserved entries shorter than `min` that lie
+/// between two served ones.
+fn fill_short_gaps(served: &mut [bool], min: usize) {
+    let mut i = 0;
+    while i < served.len() {
+        if served[i] {
+            i += 1;
+            continue;
+        }
+        let from = i;
+        while i < served.len() && !served[i] {
+            i += 1;
+        }
+        if from > 0 && i < served.len() && i - from < min {
+            served[from..i].fill(true);
+        }
     }
 }
 
@@ -755,5 +784,17 @@ mod tests {
         ];
         let pages: Vec<u64> = touched_pages(patches.iter()).into_iter().collect();
         assert_eq!(pages, [0x1000, 0x2000, 0x5000]);
+    }
+
+    #[test]
+    fn only_short_gaps_between_served_pages_are_served_too() {
+        let mut v = [
+            false, true, false, false, true, false, false, false, false, true, false,
+        ];
+        fill_short_gaps(&mut v, 3);
+        assert_eq!(
+            v,
+            [false, true, true, true, true, false, false, false, false, true, false]
+        );
     }
 }
