@@ -777,7 +777,7 @@ mod tests {
 
     #[test]
     fn a_patch_that_straddles_a_page_end_touches_both_pages() {
-        let patches = vec![
+        let patches = [
             (0x1000 + 4094, vec![0xe9, 1, 2, 3, 4]),
             (0x5000, vec![0xcc]),
             (0x7000, Vec::new()),
