@@ -25,6 +25,7 @@ mod events;
 mod fault;
 mod hits;
 mod latency;
+mod memory;
 mod objects;
 mod plot;
 mod startup;
@@ -188,6 +189,15 @@ fn main() {
             "{}",
             coverage::section(uprobe_exec().to_str().expect("utf-8 path")).0
         );
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("memory") {
+        let runs: usize = std::env::args()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        let s = memory::section(uprobe_exec().to_str().expect("utf-8 path"), runs);
+        print_alone(&s.md, s.goals);
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("faults") {
@@ -507,6 +517,12 @@ fn main() {
     md.push('\n');
     md.push_str(&recorded.md);
 
+    // 11. Memory.
+    eprintln!("memory…");
+    let memory = memory::section(ux, 3);
+    md.push('\n');
+    md.push_str(&memory.md);
+
     let _ = writeln!(md, "\n## Goals\n");
     let _ = writeln!(md, "| goal | measured | met |");
     let _ = writeln!(md, "| --- | --- | --- |");
@@ -571,6 +587,7 @@ fn main() {
         .chain(latency.goals)
         .chain(objects.goals)
         .chain(recorded.goals)
+        .chain(memory.goals)
     {
         goal(what, measured, met);
     }
