@@ -165,11 +165,17 @@ fn hello_cwd_from_temp_dir_all_variants() {
     }
 }
 
+/// `case` with the whole text served (`--serve-text all`): what the text
+/// figures of these tests count.
+fn whole_text(case: Case) -> Case {
+    case.opt("--serve-text").opt("all")
+}
+
 #[test]
 fn pages_default_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
-        let (n, _, r) = compare_with_report("pages", Case::new(&p, [""; 0]));
+        let (n, _, r) = compare_with_report("pages", whole_text(Case::new(&p, [""; 0])));
         assert!(
             n.stdout_str().starts_with("pages: calls=64 sum="),
             "{v:?}: {}",
@@ -190,7 +196,8 @@ fn pages_threads_all_variants(threads: u32) {
     for v in Variant::ALL {
         let p = sample("pages", v);
         let n_arg = threads.to_string();
-        let (n, _, r) = compare_with_report("pages", Case::new(&p, ["--threads", &n_arg]));
+        let (n, _, r) =
+            compare_with_report("pages", whole_text(Case::new(&p, ["--threads", &n_arg])));
         assert!(
             n.stdout_str()
                 .starts_with(&format!("threads={threads} sum=")),
@@ -251,7 +258,7 @@ fn pages_threads_64_exit_race_stress() {
 fn pages_fork_all_variants() {
     for v in Variant::ALL {
         let p = sample("pages", v);
-        let (n, _, r) = compare_with_report("pages", Case::new(&p, ["--fork"]));
+        let (n, _, r) = compare_with_report("pages", whole_text(Case::new(&p, ["--fork"])));
         assert!(
             n.stdout_str().contains("child_status=0\n"),
             "{v:?}: {}",
@@ -278,7 +285,7 @@ fn pages_dontneed_200_all_variants() {
         // Strictly lazy, so that each dropped page refaults on its own.
         let (n, _, r) = compare_with_report(
             "pages",
-            Case::new(&p, ["--dontneed", "200"])
+            whole_text(Case::new(&p, ["--dontneed", "200"]))
                 .opt("--fault-around")
                 .opt("0"),
         );
@@ -779,7 +786,7 @@ fn report_json_schema_and_values() {
     let d = TempDir::new("report-schema");
     let p = sample("hello", Variant::Pie);
     let rep = d.join("r.json");
-    let (_, o) = Case::new(&p, ["a", "--exit", "3"])
+    let (_, o) = whole_text(Case::new(&p, ["a", "--exit", "3"]))
         .cwd(&d.path)
         .opt("--report-json")
         .opt(&rep)
@@ -838,6 +845,7 @@ fn stats_line_on_stderr() {
     let rep = d.join("r.json");
     let case = Case::new(&p, ["--stderr", "--exit", "2"]).cwd(&d.path);
     let n = case.run_native();
+    let case = whole_text(case);
     let o = case
         .clone()
         .opt("--stats")
@@ -900,7 +908,24 @@ fn handoff_proc_self_maps() {
     }
     let case = Case::new("/bin/cat", ["/proc/self/maps"]);
     let n = case.run_native();
+    // Served nothing (no probe): the same files and special mappings as
+    // natively, the text mapped from the program's file.
     let o = case.run_ours();
+    assert_eq!(o.code, Some(0), "{}", o.stderr_str());
+    assert_eq!(
+        maps_names(&o.stdout_str()),
+        maps_names(&n.stdout_str()),
+        "native:\n{}\nours:\n{}",
+        n.stdout_str(),
+        o.stdout_str()
+    );
+    assert!(
+        !o.stdout_str().contains("uprobe-exec"),
+        "{}",
+        o.stdout_str()
+    );
+    // Served whole.
+    let o = whole_text(case).run_ours();
     assert_eq!(o.code, Some(0), "{}", o.stderr_str());
     let maps = o.stdout_str();
     let bin = std::fs::canonicalize(BIN).unwrap();
@@ -975,7 +1000,7 @@ fn lazy_python_serves_part_of_its_text() {
     // Lazy: without the background prefetch (on by default).
     let (_, _, r) = compare_with_report(
         "lazy-python",
-        Case::new("/usr/bin/python3.11", ["-c", "pass"]).opt("--no-prefetch"),
+        whole_text(Case::new("/usr/bin/python3.11", ["-c", "pass"])).opt("--no-prefetch"),
     );
     let (pages, served, faults) = (
         text_field(&r, "pages"),
@@ -1008,7 +1033,10 @@ fn nobody_samples(tag: &str, samples: &[(&str, Variant)]) -> (TempDir, PathBuf) 
 /// a native run, checking the report it writes into `dir`.
 fn check_unprivileged(case: Case, dir: &TempDir) -> (Output, Output) {
     let rep = dir.join("r.json");
-    let (n, o) = case.nobody().opt("--report-json").opt(&rep).compare();
+    let (n, o) = whole_text(case.nobody())
+        .opt("--report-json")
+        .opt(&rep)
+        .compare();
     let r = read_report(&rep);
     assert_unprivileged_handoff("", &r);
     assert!(text_field(&r, "served") > 0, "{r}");
@@ -1286,6 +1314,7 @@ fn library_api_spawn_wait() {
         let p = sample("hello", v);
         let session = uprobe_exec::Command::new(&p)
             .args(["lib", "--exit", "5"])
+            .serve_text(uprobe_exec::TextServing::All)
             .spawn()
             .expect("spawn");
         assert!(session.pid() > 0);

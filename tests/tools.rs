@@ -157,6 +157,8 @@ fn proc_self_mem_reads_never_run_text() {
             // --fault-around 0: no neighbour of a touched page gets installed by luck.
             let mut case = Case::new(&prog, ["20"])
                 .tool(&tool)
+                .opt("--serve-text")
+                .opt("all")
                 .opt("--fault-around")
                 .opt("0");
             if nobody {
@@ -170,6 +172,8 @@ fn proc_self_mem_reads_never_run_text() {
             // a page the fault server never installed fails.
             let out = Case::new(&prog, ["20"])
                 .tool(&tool)
+                .opt("--serve-text")
+                .opt("all")
                 .opt("--fault-around")
                 .opt("0")
                 .opt("--no-prefetch")

@@ -18,11 +18,14 @@ use uprobe_exec_samples::{path as sample, Variant};
 const TOUCHED: u64 = 2048_u64.div_ceil(10);
 
 /// Runs `prog` natively and ours with `--prefetch=recorded` and `opts`,
-/// the cache under `dir`: the report's (recorded, faults, served, pages).
+/// the whole text served (a record is of the pages we serve), the cache
+/// under `dir`: the report's (recorded, faults, served, pages).
 fn recorded_run(dir: &TempDir, prog: &Path, opts: &[&str]) -> (u64, u64, u64, u64) {
     let mut case = Case::new(prog, Vec::<&str>::new())
         .env("XDG_CACHE_HOME", dir.join("cache").to_str().unwrap())
         .opt("-q")
+        .opt("--serve-text")
+        .opt("all")
         .opt("--prefetch=recorded");
     for o in opts {
         case = case.opt(o);

@@ -128,10 +128,10 @@ struct Cli {
     #[arg(long, value_enum, value_name = "WHICH", default_value = "probed")]
     serve_objects: Serving,
 
-    /// Which of the program's text is served: every page (all), or only the
-    /// pages that hold probe sites, the others mapped from the file by the
-    /// kernel as natively (probed)
-    #[arg(long, value_enum, value_name = "WHICH", default_value = "all")]
+    /// Which of the program's text is served: only the pages that hold probe
+    /// sites, the others mapped from the file by the kernel as natively
+    /// (probed), or every page (all)
+    #[arg(long, value_enum, value_name = "WHICH", default_value = "probed")]
     serve_text: Serving,
 
     /// Write a JSON report to FILE when the program ends.

@@ -84,15 +84,15 @@ pub enum ObjectServing {
 /// Which of the program's text uprobe-exec serves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum TextServing {
-    /// Every page: each first touch, and each touch after a drop, is served
-    /// (and counted) by the fault server, patched as it is installed.
-    #[default]
-    All,
     /// The pages that hold probe sites (patched bytes): every other page is
     /// the program file's, mapped by the kernel as natively (its page
     /// cache, its path in `/proc/PID/maps`), and never reaches the fault
     /// server. Without probes, no page is served.
+    #[default]
     Probed,
+    /// Every page: each first touch, and each touch after a drop, is served
+    /// (and counted) by the fault server, patched as it is installed.
+    All,
 }
 
 /// Pages installed with each faulting page by default (see
@@ -116,7 +116,7 @@ impl Command {
             mode: ProbeMode::Auto,
             ring_records: super::probes::DEFAULT_EVENT_RING,
             objects: ObjectServing::Probed,
-            text: TextServing::All,
+            text: TextServing::Probed,
         }
     }
 
@@ -235,8 +235,8 @@ impl Command {
         self
     }
 
-    /// Which of the program's text is served (default: all of it; see
-    /// [`TextServing`]).
+    /// Which of the program's text is served (default: the pages that hold
+    /// probe sites; see [`TextServing`]).
     pub fn serve_text(mut self, which: TextServing) -> Command {
         self.text = which;
         self
