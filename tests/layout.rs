@@ -305,6 +305,64 @@ fn bss_in_an_executable_segment_is_zero() {
     assert_eq!(n.stdout_str(), "bss is zero\n");
 }
 
+/// A freestanding static program that counts the non-zero bytes between
+/// 96 KiB and 4 KiB below its initial stack pointer (nothing has run on
+/// them: no libc, no dynamic loader) and prints the count.
+fn below_sp(d: &TempDir) -> PathBuf {
+    let src = d.write(
+        "belowsp.c",
+        br#"static long sys3(long n, long a, long b, long c) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return r;
+}
+void _start(void) {
+    const volatile unsigned char *sp;
+    __asm__ volatile("mov %%rsp, %0" : "=r"(sp));
+    unsigned long nonzero = 0;
+    for (const volatile unsigned char *p = sp - 96 * 1024; p < sp - 4096; p++) nonzero += *p != 0;
+    char buf[32] = "nonzero below sp: ";
+    int n = 18;
+    char digits[20];
+    int k = 0;
+    do { digits[k++] = '0' + nonzero % 10; nonzero /= 10; } while (nonzero);
+    while (k) buf[n++] = digits[--k];
+    buf[n++] = '\n';
+    sys3(1, 1, (long)buf, n);
+    sys3(60, 0, 0, 0);
+}
+"#,
+        0o644,
+    );
+    let out = d.join("belowsp");
+    let cc = run({
+        let mut c = Command::new("cc");
+        c.args([
+            "-O1",
+            "-static",
+            "-nostdlib",
+            "-fno-builtin",
+            "-fno-stack-protector",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src);
+        c
+    });
+    ok("cc -static -nostdlib", &cc);
+    out
+}
+
+/// The stack below the program's initial sp is fresh, as natively: none of
+/// the monitor's own stack (which the program's is made from) shows there.
+#[test]
+fn the_stack_below_the_initial_sp_reads_as_zeros() {
+    let d = TempDir::new("belowsp");
+    let prog = below_sp(&d);
+    let (n, _) = Case::new(&prog, Vec::<&str>::new()).compare();
+    assert_eq!(n.stdout_str(), "nonzero below sp: 0\n");
+}
+
 /// [`nobody_dir`] with a copy of the layout sample that uid 65534 may run.
 fn nobody_copies(tag: &str, v: Variant) -> (TempDir, PathBuf, PathBuf) {
     let (d, bin) = nobody_dir(tag);

@@ -19,6 +19,7 @@ use rustix::process::Pid;
 use uprobe_runtime::uffd::features;
 use uprobe_runtime::{Uffd, UffdMode};
 
+use crate::addr::page_down;
 use crate::error::{Error, StageStep};
 use crate::plan::{MapOp, MapSource, Reservation};
 use crate::sys::fdpass;
@@ -411,17 +412,37 @@ unsafe fn build_stack(sock: BorrowedFd<'_>, p: &StagePlan<'_>) {
             fail(sock, StageStep::Stack, errno(), st.vma.0);
         }
     }
-    // Zeroing from the bottom up also grows the mapping down to
-    // `keep_from` when it was shorter.
-    // SAFETY: [keep_from, stack_image_at) is the stack mapping, or below it
-    // within RLIMIT_STACK where the kernel grows it; no memory of ours is
-    // there (the caller's promise).
+    // Below the image the program's stack reads as zeros, as a fresh one:
+    // the whole pages are dropped (they are zero pages again when touched,
+    // and only then take memory, as natively), the rest of the image's first
+    // page is zeroed. A write at `keep_from` first grows the mapping down to
+    // there when it was shorter.
+    let whole = st.keep_from..page_down(p.stack_image_at);
+    if st.vma.0 > st.keep_from {
+        // SAFETY: below the stack mapping within RLIMIT_STACK, where the
+        // kernel grows it; no memory of ours is there (the caller's promise).
+        unsafe { std::ptr::write_volatile(st.keep_from as *mut u8, 0) };
+    }
+    if whole.start < whole.end {
+        // SAFETY: drops pages of the monitor's main-thread stack, which the
+        // child does not run on and nothing else references (the caller's
+        // promise); a private anonymous page reads as zeros after it.
+        let r = unsafe {
+            libc::madvise(
+                whole.start as *mut _,
+                (whole.end - whole.start) as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            fail(sock, StageStep::Stack, errno(), whole.start);
+        }
+    }
+    let from = whole.end.max(st.keep_from);
+    // SAFETY: [from, stack_image_at) is in the stack mapping, part of the
+    // image's first page; no memory of ours is there (the caller's promise).
     unsafe {
-        std::ptr::write_bytes(
-            st.keep_from as *mut u8,
-            0,
-            (p.stack_image_at - st.keep_from) as usize,
-        );
+        std::ptr::write_bytes(from as *mut u8, 0, (p.stack_image_at - from) as usize);
     }
     // SAFETY: the image's destination lies in the stack mapping
     // (`StagePlan::fits`), writable; the source is the monitor's heap.
