@@ -1348,6 +1348,28 @@ fn library_api_spawn_wait() {
     assert_eq!(err.exit_code(), 127);
 }
 
+/// An environment larger than the host's own `[stack]` (given through the
+/// library): the program's stack image reaches below it, and all of it
+/// survives the hand-off.
+#[test]
+fn library_a_large_environment_reaches_the_program_whole() {
+    let env: Vec<String> = (0..12000)
+        .map(|i| format!("UX_LARGE_ENV_{i}=value-{i}"))
+        .chain(["PATH=/usr/bin:/bin".to_string()])
+        .collect();
+    let report = uprobe_exec::Command::new("/bin/sh")
+        .args([
+            "-c",
+            "test \"$(env | grep -c ^UX_LARGE_ENV_)\" = 12000 && test \"$UX_LARGE_ENV_11999\" = value-11999",
+        ])
+        .env_list(&env)
+        .spawn()
+        .expect("spawn")
+        .wait()
+        .expect("wait");
+    assert_eq!(report.exit, uprobe_exec::Exit::Code(0), "{report:?}");
+}
+
 // ---------------------------------------------------------------------------
 // signal state handed to the program
 

@@ -305,6 +305,48 @@ fn bss_in_an_executable_segment_is_zero() {
     assert_eq!(n.stdout_str(), "bss is zero\n");
 }
 
+/// Unprivileged, `--perf-map` runs the program from a copy of its file
+/// left for profilers, the text at its own place in it: the pages of an
+/// executable segment past its file bytes (its bss) are not written over
+/// what follows the segment in the copy (here its symbols).
+#[test]
+fn the_perf_map_copy_keeps_what_follows_an_executable_bss() {
+    if !common::is_root() {
+        return;
+    }
+    let (dir, tool) = nobody_dir("omagic-perf");
+    let prog = omagic(&dir);
+    let rep = dir.join("r.json");
+    let (n, _) = Case::new(&prog, Vec::<&str>::new())
+        .nobody()
+        .tool(&tool)
+        .opt("--perf-map")
+        .opt("--report-json")
+        .opt(&rep)
+        .compare();
+    assert_eq!(n.stdout_str(), "bss is zero\n");
+    let r = common::read_report(&rep);
+    let limits = r["handoff"]["limits"].to_string();
+    let copy = limits
+        .split("left at ")
+        .nth(1)
+        .and_then(|t| t.split(" for profilers").next())
+        .unwrap_or_else(|| panic!("no copy named in {limits}"));
+    let (copy_bytes, orig) = (std::fs::read(copy).unwrap(), std::fs::read(&prog).unwrap());
+    let _ = std::fs::remove_dir_all(Path::new(copy).parent().unwrap());
+    // Not longer than the file's last page: the text's pages past its
+    // bytes are not in the copy.
+    assert!(
+        copy_bytes.len() <= orig.len().next_multiple_of(4096),
+        "a copy of {} bytes of a {}-byte file",
+        copy_bytes.len(),
+        orig.len()
+    );
+    // The text's last page, zero past its bytes as at run time, at most.
+    let differing = copy_bytes.iter().zip(&orig).filter(|(a, b)| a != b).count();
+    assert!(differing < 4096, "{differing} bytes of the copy differ");
+}
+
 /// A freestanding static program that counts the non-zero bytes between
 /// 96 KiB and 4 KiB below its initial stack pointer (nothing has run on
 /// them: no libc, no dynamic loader) and prints the count.

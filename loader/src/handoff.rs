@@ -209,8 +209,31 @@ pub(crate) fn parse_range(line: &str) -> Option<(u64, u64)> {
 }
 
 /// The highest user address on x86-64 with 4-level page tables (the
-/// kernel's `TASK_SIZE_MAX`): nothing of ours is above it.
+/// kernel's `TASK_SIZE_MAX`).
 const USER_END: u64 = (1 << 47) - PAGE_SIZE;
+
+/// The user address space above [`USER_END`] with 5-level page tables, where
+/// only a mapping asked for there goes: unmapped as its own range, which a
+/// 4-level kernel refuses (EINVAL, ignored by the blob) as it has none.
+const HIGH: (u64, u64) = (1 << 47, (1 << 56) - PAGE_SIZE);
+
+/// The kernel's special mappings in `maps`, which the hand-off keeps.
+fn special_mappings(maps: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
+    maps.lines()
+        .filter(|l| {
+            ["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"]
+                .iter()
+                .any(|s| l.ends_with(s))
+        })
+        .filter_map(parse_range)
+}
+
+/// The most ranges [`unmap_all_but`] gives with `keep` ranges: one more than
+/// the ranges kept (with the kernel's special mappings), and the high half.
+#[must_use]
+pub fn unmap_ranges_at_most(maps: &str, keep: usize) -> usize {
+    keep + special_mappings(maps).count() + 2
+}
 
 /// What the child must unmap: every address range but the `keep` ranges
 /// and the kernel's special mappings in `maps` (this process's
@@ -222,21 +245,13 @@ pub fn unmap_all_but(maps: &str, keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut keep: Vec<(u64, u64)> = keep
         .iter()
         .copied()
-        .chain(
-            maps.lines()
-                .filter(|l| {
-                    ["[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]"]
-                        .iter()
-                        .any(|s| l.ends_with(s))
-                })
-                .filter_map(parse_range),
-        )
+        .chain(special_mappings(maps))
         .filter(|&(a, b)| a < b)
         .collect();
     keep.sort_unstable();
     let mut out = Vec::new();
     let mut at = PAGE_SIZE;
-    for (a, b) in keep {
+    for &(a, b) in &keep {
         if a > at {
             out.push((at, a.min(USER_END)));
         }
@@ -249,6 +264,10 @@ pub fn unmap_all_but(maps: &str, keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
         out.push((at, USER_END));
     }
     out.retain(|&(a, b)| a < b);
+    // Nothing kept up there (vsyscall is above it): all of it goes.
+    if !keep.iter().any(|&(a, b)| a < HIGH.1 && b > HIGH.0) {
+        out.push(HIGH);
+    }
     out
 }
 
@@ -347,8 +366,10 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0 [vsyscall]
                 (0x4003_0000, 0x7ffd_0000_0000),
                 (0x7ffd_0002_1000, 0x7ffd_0010_0000),
                 (0x7ffd_0010_6000, USER_END),
+                HIGH,
             ]
         );
+        assert!(unmap_all_but(maps, &keep).len() <= unmap_ranges_at_most(maps, keep.len()));
         // The monitor's own file mapping is in a gap, like anything it maps later.
         assert!(unmap_all_but(maps, &keep)
             .iter()

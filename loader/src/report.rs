@@ -207,10 +207,11 @@ pub struct Startup {
     /// building the program's stack and the list of our mappings the
     /// hand-off removes (reading `/proc/self/maps`),
     pub stack_us: u64,
-    /// forking the watchdog, which forks the stage (until it says so),
+    /// forking the watchdog, which forks the stage (until it says so; the
+    /// stage starts its work meanwhile),
     pub fork_us: u64,
-    /// the stage mapping the address space and registering the text, until
-    /// its userfaultfd arrives,
+    /// the rest of the stage's work (mapping the address space and
+    /// registering the text) until its userfaultfd arrives,
     pub stage_us: u64,
     /// and setting up the guard, the event drain and the fault server.
     pub serve_us: u64,

@@ -699,16 +699,23 @@ impl Plan {
         let text_fd = self.text_file.as_raw_fd();
         let mut text_ranges = self.text_parts.iter();
         let mut first_page = 0;
-        for m in &mut self.maps {
+        let mut maps = Vec::with_capacity(self.maps.len() + 1);
+        for mut m in std::mem::take(&mut self.maps) {
+            // The pages of a text range past its file bytes (an executable
+            // segment's bss): zeros, anonymous, not written over what
+            // follows the segment in the copy.
+            let mut past = None;
             if let MapSource::File { fd, offset } = &mut m.source {
                 if *fd == file {
                     *fd = copy.as_raw_fd();
                 } else if *fd == text_fd && path.is_some() {
                     // The patched text, at its own place in the copy.
                     let Some((range, bytes)) = text_ranges.next() else {
+                        maps.push(m);
                         continue;
                     };
-                    for i in 0..range.pages {
+                    let in_file = bytes.len().div_ceil(PAGE_SIZE as usize).min(range.pages);
+                    for i in 0..in_file {
                         let at = bytes.start as u64 + i as u64 * PAGE_SIZE;
                         write_all_at(&copy, self.image.page(first_page + i), at)
                             .map_err(|e| fail("writing the text into the copy", e))?;
@@ -716,9 +723,25 @@ impl Plan {
                     first_page += range.pages;
                     *fd = copy.as_raw_fd();
                     *offset = bytes.start as u64;
+                    if in_file < range.pages {
+                        past = Some(MapOp {
+                            addr: m.addr + in_file as u64 * PAGE_SIZE,
+                            len: (range.pages - in_file) as u64 * PAGE_SIZE,
+                            prot: m.prot,
+                            source: MapSource::Anon,
+                            zero_from: 0,
+                            zero_to: 0,
+                        });
+                        m.len = in_file as u64 * PAGE_SIZE;
+                    }
                 }
             }
+            if m.len > 0 {
+                maps.push(m);
+            }
+            maps.extend(past);
         }
+        self.maps = maps;
         if path.is_none() {
             seal(&copy).map_err(|e| fail("sealing the copy of the program", e))?;
         }

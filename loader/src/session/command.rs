@@ -87,7 +87,9 @@ pub enum TextServing {
     /// The pages that hold probe sites (patched bytes): every other page is
     /// the program file's, mapped by the kernel as natively (its page
     /// cache, its path in `/proc/PID/maps`), and never reaches the fault
-    /// server. Without probes, no page is served.
+    /// server. Without probes, no page is served, but those of an
+    /// executable segment past its file bytes (its bss), which no file
+    /// mapping can give.
     #[default]
     Probed,
     /// Every page: each first touch, and each touch after a drop, is served

@@ -137,9 +137,8 @@ pub(super) fn start(
         exe_fd: prog_fd,
     };
 
+    // What the hand-off keeps, besides the program's stack (see build_stack).
     let mut keep = plan.reserved();
-    // The stage trims our [stack] mapping itself; the blob leaves it alone.
-    keep.push(stack_vma);
     keep.push((blob_res.addr(), blob_res.end()));
     if let Some(p) = probes {
         keep.push((p.area.reservation.addr(), p.area.reservation.end()));
@@ -345,9 +344,14 @@ fn program_auxv(plan: &Plan) -> Vec<(u64, u64)> {
 }
 
 /// Builds the program's stack image, with the hand-off's parameters below
-/// it: the list of what the hand-off unmaps is everything but `keep` and
-/// the kernel's special mappings in `maps` (read by the caller), so what
-/// the monitor maps meanwhile goes too.
+/// it: the list of what the hand-off unmaps is everything but `keep`, the
+/// program's stack and the kernel's special mappings in `maps` (read by the
+/// caller), so what the monitor maps meanwhile goes too. The stack kept is
+/// our `[stack]` mapping (`stack_vma`) and, below it, down to where the
+/// stage grows it (`keep_from`): the image may reach below our own stack's
+/// bottom (a large environment given through the library), and the room for
+/// the list is reserved before the image is laid out, for as many ranges as
+/// the kept ones can leave.
 fn build_stack(
     plan: &Plan,
     keep: &[(u64, u64)],
@@ -357,8 +361,8 @@ fn build_stack(
     maps: &str,
 ) -> (StackImage, StackPlan) {
     let prog = &plan.program;
-    let unmap = handoff::unmap_all_but(maps, keep);
-    let below = Params::size(unmap.len());
+    // The stack's own kept range is one more.
+    let below = Params::size(handoff::unmap_ranges_at_most(maps, keep.len() + 1));
     let mut st = stack::build(
         stack_vma.1,
         c.argv,
@@ -374,6 +378,9 @@ fn build_stack(
         keep_from: stack_keep_from(stack_vma.1, st.base),
         exec: prog.image.exec_stack,
     };
+    let mut kept = keep.to_vec();
+    kept.push((stack_plan.keep_from.min(stack_vma.0), stack_vma.1));
+    let unmap = handoff::unmap_all_but(maps, &kept);
     let code: Vec<&crate::elf::Segment> = prog.image.segments.iter().filter(|s| s.exec).collect();
     let data: Vec<&crate::elf::Segment> = prog.image.segments.iter().filter(|s| s.write).collect();
     let b = prog.bias.0;
