@@ -276,7 +276,13 @@ void _start(void) {
 "#,
         0o644,
     );
-    let out = d.join("omagic");
+    freestanding(d, &src, "omagic", &["-Wl,-N", "-Wl,--no-warn-rwx-segments"])
+}
+
+/// `src` built with cc as a static program without libc (`_start` its
+/// own), with `extra` flags, into `d`/`name`.
+fn freestanding(d: &TempDir, src: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    let out = d.join(name);
     let cc = run({
         let mut c = Command::new("cc");
         c.args([
@@ -285,15 +291,14 @@ void _start(void) {
             "-nostdlib",
             "-fno-builtin",
             "-fno-stack-protector",
-            "-Wl,-N",
-            "-Wl,--no-warn-rwx-segments",
-            "-o",
         ])
+        .args(extra)
+        .arg("-o")
         .arg(&out)
-        .arg(&src);
+        .arg(src);
         c
     });
-    ok("cc -static -Wl,-N", &cc);
+    ok(&format!("cc -static -nostdlib {}", extra.join(" ")), &cc);
     out
 }
 
@@ -376,23 +381,7 @@ void _start(void) {
 "#,
         0o644,
     );
-    let out = d.join("belowsp");
-    let cc = run({
-        let mut c = Command::new("cc");
-        c.args([
-            "-O1",
-            "-static",
-            "-nostdlib",
-            "-fno-builtin",
-            "-fno-stack-protector",
-            "-o",
-        ])
-        .arg(&out)
-        .arg(&src);
-        c
-    });
-    ok("cc -static -nostdlib", &cc);
-    out
+    freestanding(d, &src, "belowsp", &[])
 }
 
 /// The stack below the program's initial sp is fresh, as natively: none of

@@ -132,13 +132,16 @@ pub fn ours(cpu: usize, fault_around: usize) -> Vec<f64> {
     }
 }
 
-/// The floor: a handler loop that only reads events and copies pages.
-pub fn floor(cpu: usize) -> Vec<f64> {
-    let (uffd, region, src) = uffd_region();
+/// A minimal handler on a thread pinned to `cpu`: it reads `uffd`'s
+/// events and answers each page fault with `answer(uffd, page)`, until a
+/// byte is written to the returned pipe end.
+fn minimal_handler(
+    uffd: Uffd,
+    cpu: usize,
+    answer: impl Fn(&Uffd, u64) + Send + 'static,
+) -> (std::thread::JoinHandle<()>, std::os::fd::OwnedFd) {
     let (r, w) = rustix::pipe::pipe().expect("pipe");
-    let src_addr = src.as_ptr() as u64;
-    let region_addr = region as u64;
-    let server = std::thread::spawn(move || {
+    let handler = std::thread::spawn(move || {
         pin(cpu);
         let mut msgs = empty_msgs::<16>();
         loop {
@@ -162,13 +165,23 @@ pub fn floor(cpu: usize) -> Vec<f64> {
             let n = uffd.read_events(&mut msgs).unwrap_or(0);
             for m in &mut msgs[..n] {
                 if let Event::PageFault { addr, .. } = decode(m) {
-                    let page = addr & !(PAGE_SIZE - 1);
-                    let src = (src_addr + (page - region_addr)) as *const u8;
-                    // SAFETY: src is a page of the source buffer.
-                    unsafe { uffd.copy(page, src, PAGE_SIZE, true) };
+                    answer(&uffd, addr & !(PAGE_SIZE - 1));
                 }
             }
         }
+    });
+    (handler, w)
+}
+
+/// The floor: a handler loop that only reads events and copies pages.
+pub fn floor(cpu: usize) -> Vec<f64> {
+    let (uffd, region, src) = uffd_region();
+    let src_addr = src.as_ptr() as u64;
+    let region_addr = region as u64;
+    let (server, w) = minimal_handler(uffd, cpu, move |uffd, page| {
+        let src = (src_addr + (page - region_addr)) as *const u8;
+        // SAFETY: src is a page of the source buffer.
+        unsafe { uffd.copy(page, src, PAGE_SIZE, true) };
     });
     pin(0);
     std::thread::sleep(std::time::Duration::from_millis(2));
@@ -228,46 +241,17 @@ pub fn minimal_around(cpu: usize, around: usize, how: Install) -> Vec<f64> {
             (region.cast::<u8>(), 0)
         }
     };
-    let (r, w) = rustix::pipe::pipe().expect("pipe");
     let region_addr = region as u64;
-    let server = std::thread::spawn(move || {
-        pin(cpu);
-        let mut msgs = empty_msgs::<16>();
-        loop {
-            let mut p = [
-                libc::pollfd {
-                    fd: uffd.as_fd().as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: r.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: two valid pollfds.
-            unsafe { libc::poll(p.as_mut_ptr(), 2, -1) };
-            if p[1].revents != 0 {
-                return;
+    let (server, w) = minimal_handler(uffd, cpu, move |uffd, page| {
+        let end = (page + (1 + around as u64) * PAGE_SIZE).min(region_addr + len as u64);
+        match how {
+            Install::Copy => {
+                let s = (src + (page - region_addr)) as *const u8;
+                // SAFETY: s starts `end - page` bytes of the source buffer.
+                let _ = unsafe { uffd.copy_partial(page, s, end - page, true) };
             }
-            let n = uffd.read_events(&mut msgs).unwrap_or(0);
-            for m in &mut msgs[..n] {
-                if let Event::PageFault { addr, .. } = decode(m) {
-                    let page = addr & !(PAGE_SIZE - 1);
-                    let end =
-                        (page + (1 + around as u64) * PAGE_SIZE).min(region_addr + len as u64);
-                    match how {
-                        Install::Copy => {
-                            let s = (src + (page - region_addr)) as *const u8;
-                            // SAFETY: s starts `end - page` bytes of the source buffer.
-                            let _ = unsafe { uffd.copy_partial(page, s, end - page, true) };
-                        }
-                        Install::Continue => {
-                            let _ = uffd.continue_partial(page, end - page, true);
-                        }
-                    }
-                }
+            Install::Continue => {
+                let _ = uffd.continue_partial(page, end - page, true);
             }
         }
     });

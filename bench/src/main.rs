@@ -75,6 +75,20 @@ pub struct Section {
     pub goals: Vec<(String, String, bool)>,
 }
 
+/// Runs `argv` (stderr dropped) and returns the number its stdout gives
+/// after `key` (`key` then the number, one word).
+pub fn printed(argv: &[&str], key: &str) -> Option<f64> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Alternates the commands `runs` times; each one's median in ms.
 fn side_by_side(cmds: &[Vec<&str>], runs: usize) -> Vec<f64> {
     for c in cmds {

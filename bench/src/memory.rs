@@ -47,7 +47,7 @@ for i in range(16):
     kids.append(pid)
 work()
 for _ in kids: os.read(r, 1)
-print('pss_kb', pss(os.getpid()) + sum(pss(k) for k in kids), flush=True)
+print(f'pss_kb={{pss(os.getpid()) + sum(pss(k) for k in kids)}}', flush=True)
 for k in kids: os.kill(k, 9); os.waitpid(k, 0)
 "
     )
@@ -59,15 +59,7 @@ fn forked(prefix: &[&str]) -> Option<u64> {
     let script = forked_script();
     let mut argv: Vec<&str> = prefix.to_vec();
     argv.extend([PY, "-c", &script]);
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("pss_kb "))
-        .and_then(|v| v.trim().parse().ok())
+    crate::printed(&argv, "pss_kb=").map(|kb| kb as u64)
 }
 
 /// Pss in kB of python's text in process `pid`, read here.

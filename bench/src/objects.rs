@@ -9,15 +9,7 @@ use std::process::{Command, Stdio};
 
 /// The sample's own ns per call (`ns_per_call=` on its stdout).
 fn ns_per_call(argv: &[&str]) -> Option<f64> {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("ns_per_call="))
-        .and_then(|v| v.parse().ok())
+    crate::printed(argv, "ns_per_call=")
 }
 
 /// `runs` alternating rounds of: the hit loops (in the program and in a

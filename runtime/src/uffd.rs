@@ -89,6 +89,28 @@ pub enum CopyOutcome {
     Failed(Errno),
 }
 
+impl CopyOutcome {
+    /// What an install ioctl (`UFFDIO_COPY`, `UFFDIO_CONTINUE`) of `len`
+    /// bytes answered, and how many bytes it installed: all of them, or what
+    /// the kernel counted (`done`, negative when it installed none) before
+    /// it stopped.
+    fn of(answer: Result<(), Errno>, done: i64, len: u64) -> (CopyOutcome, u64) {
+        let outcome = match answer {
+            Ok(()) => CopyOutcome::Copied,
+            Err(Errno::EXIST) => CopyOutcome::AlreadyPresent,
+            Err(Errno::AGAIN) => CopyOutcome::Retry,
+            Err(Errno::SRCH) => CopyOutcome::Gone,
+            Err(Errno::NOENT) => CopyOutcome::NotInOneMapping,
+            Err(e) => CopyOutcome::Failed(e),
+        };
+        let installed = match outcome {
+            CopyOutcome::Copied => len,
+            _ => u64::try_from(done).unwrap_or(0).min(len),
+        };
+        (outcome, installed)
+    }
+}
+
 /// One event read from a userfaultfd.
 #[derive(Debug)]
 pub enum Event {
@@ -240,19 +262,8 @@ impl Uffd {
             },
             mapped: 0,
         };
-        let outcome = match self.ioctl(uioctl::UFFDIO_CONTINUE, &mut c) {
-            Ok(()) => CopyOutcome::Copied,
-            Err(Errno::EXIST) => CopyOutcome::AlreadyPresent,
-            Err(Errno::AGAIN) => CopyOutcome::Retry,
-            Err(Errno::SRCH) => CopyOutcome::Gone,
-            Err(Errno::NOENT) => CopyOutcome::NotInOneMapping,
-            Err(e) => CopyOutcome::Failed(e),
-        };
-        let mapped = match outcome {
-            CopyOutcome::Copied => len,
-            _ => u64::try_from(c.mapped).unwrap_or(0).min(len),
-        };
-        (outcome, mapped)
+        let done = self.ioctl(uioctl::UFFDIO_CONTINUE, &mut c);
+        CopyOutcome::of(done, c.mapped, len)
     }
 
     /// `UFFDIO_COPY` of `len` bytes from `src` (in our address space) to `dst`
@@ -291,19 +302,8 @@ impl Uffd {
             mode,
             copy: 0,
         };
-        let outcome = match self.ioctl(uioctl::UFFDIO_COPY, &mut c) {
-            Ok(()) => CopyOutcome::Copied,
-            Err(Errno::EXIST) => CopyOutcome::AlreadyPresent,
-            Err(Errno::AGAIN) => CopyOutcome::Retry,
-            Err(Errno::SRCH) => CopyOutcome::Gone,
-            Err(Errno::NOENT) => CopyOutcome::NotInOneMapping,
-            Err(e) => CopyOutcome::Failed(e),
-        };
-        let copied = match outcome {
-            CopyOutcome::Copied => len,
-            _ => u64::try_from(c.copy).unwrap_or(0).min(len),
-        };
-        (outcome, copied)
+        let done = self.ioctl(uioctl::UFFDIO_COPY, &mut c);
+        CopyOutcome::of(done, c.copy, len)
     }
 
     /// `UFFDIO_WAKE`: wakes threads waiting on `[start, start+len)`.
