@@ -695,3 +695,42 @@ fn each_probe_in_the_report_names_its_object() {
         std::fs::canonicalize(&prog).unwrap()
     );
 }
+
+/// The program's resolved sites are kept in the cache under its file's
+/// identity and the probes: a run of the same file reads them (and still
+/// counts exactly); the file rewritten in place with another build (other
+/// addresses) gets its own, never the stale ones, and counts exactly too;
+/// another probe set gets its own.
+#[test]
+fn the_program_s_sites_are_found_again_when_its_file_changes() {
+    let dir = TempDir::new("program-sites");
+    let cache = dir.join("cache");
+    let prog = dir.copy(&probed_sample(Variant::Pie), "probed", 0o755);
+    let run = |probe: &str, what: &str| {
+        let case = Case::new(&prog, ["basic", "3000"])
+            .env("XDG_CACHE_HOME", cache.to_str().unwrap())
+            .opt("-q")
+            .opt("-p")
+            .opt(probe);
+        let (_, out, r) = common::compare_with_report("program-sites-run", case);
+        assert_eq!(hits(&r, "counted"), printed(&out, "counted"), "{what}");
+        assert_eq!(hits(&r, "counted"), 3000, "{what}");
+    };
+    let kept = || {
+        std::fs::read_dir(cache.join("uprobe-exec").join("program-sites"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    run("counted", "first run");
+    assert_eq!(kept(), 1, "the first run keeps its sites");
+    run("counted", "from the cache");
+    assert_eq!(kept(), 1, "a second run reads them");
+    // Another build of the program, written over the same file: other
+    // addresses for `counted`.
+    let other = std::fs::read(probed_sample(Variant::NoPie)).unwrap();
+    std::fs::write(&prog, &other).unwrap();
+    run("counted", "the file changed in place");
+    assert_eq!(kept(), 2, "the changed file's own entry");
+    run("counted*", "another probe set");
+    assert_eq!(kept(), 3);
+}

@@ -311,6 +311,7 @@ impl Command {
         let mut listing = None;
         // How the event routine learns thread ids (from the program's symbols).
         let mut tid = probes::Tid::Syscall;
+        let mut chosen = probes::Chosen::default();
         // Without the right to follow forks (user-mode-only userfaultfd), the
         // text goes in whole before the program starts, from its file.
         let eager = matches!(Uffd::create(), Ok((_, UffdMode::UserModeOnly)));
@@ -388,13 +389,8 @@ impl Command {
                     None
                 }
             };
-            let syms = Symbols::read(&program);
-            tid = super::probes::tid_source(&syms);
-            let mut resolver = probes::Resolver::new(&program, &syms, self.unsafe_addrs);
-            for request in requests {
-                resolver.add(request)?;
-            }
-            resolution = resolver.finish();
+            (resolution, tid, chosen) =
+                super::probes::resolve_program(&program, requests, self.mode, self.unsafe_addrs)?;
         }
         let probes_us = clock.step();
         let mut warnings = std::mem::take(&mut resolution.warnings);
@@ -447,6 +443,7 @@ impl Command {
         let (mut plan, probes) = Probes::build(
             draft,
             resolution,
+            chosen,
             self.mode,
             self.ring_records,
             since,

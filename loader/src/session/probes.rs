@@ -72,6 +72,7 @@ impl Probes {
     pub(super) fn build(
         draft: Draft,
         resolution: Resolution,
+        chosen: probes::Chosen,
         mode: ProbeMode,
         ring_records: usize,
         since: (u64, u64),
@@ -85,7 +86,6 @@ impl Probes {
         if resolution.places.is_empty() && columns == 0 {
             return Ok((draft.finish(&[]), None));
         }
-        let chosen = probes::choose(&draft.program.image, &resolution, mode)?;
         skipped.extend(chosen.skipped);
         unseen.extend(chosen.unseen);
         let evicted = chosen.evicted;
@@ -489,23 +489,103 @@ fn fill_landing(r: &mut Reservation, bytes: &[u8], path: &std::path::Path) -> Re
     Ok(())
 }
 
-/// How the event routine learns a thread's id in the program whose symbols
-/// are `syms`:
-/// from glibc's thread block where the program runs glibc (dynamically
-/// linked to `libc.so.6`, or static with glibc's `_thread_db_pthread_tid`
-/// descriptor) and the CPU lets user code read the thread pointer
-/// (`rdfsbase`, `HWCAP2_FSGSBASE`); otherwise with a `gettid` per hit.
-pub(super) fn tid_source(syms: &crate::symbols::Symbols) -> Tid {
+/// Whether the program whose symbols are `syms` runs glibc's threads: it
+/// is dynamically linked to `libc.so.6`, or static with glibc's
+/// `_thread_db_pthread_tid` descriptor.
+fn glibc_threads(syms: &crate::symbols::Symbols) -> bool {
+    syms.needed.iter().any(|l| l == "libc.so.6") || !syms.named("_thread_db_pthread_tid").is_empty()
+}
+
+/// How the event routine learns a thread's id in a program whose threads
+/// are glibc's or not: from glibc's thread block where they are and the
+/// CPU lets user code read the thread pointer (`rdfsbase`,
+/// `HWCAP2_FSGSBASE`); otherwise with a `gettid` per hit.
+fn tid_of(glibc: bool) -> Tid {
     /// `struct pthread::tid` in glibc on x86-64 (glibc 2.36's
     /// `_thread_db_pthread_tid` says 0x2d0; stable across 2.x).
     const GLIBC_TID: i32 = 0x2d0;
     const HWCAP2_FSGSBASE: u64 = 1 << 1;
     let hwcap2 = rustix::param::linux_hwcap().1 as u64;
-    let glibc = syms.needed.iter().any(|l| l == "libc.so.6")
-        || !syms.named("_thread_db_pthread_tid").is_empty();
     if glibc && hwcap2 & HWCAP2_FSGSBASE != 0 {
         Tid::Glibc(GLIBC_TID)
     } else {
         Tid::Syscall
     }
+}
+
+/// What [`resolve_program`] keeps: the places, the warnings, whether the
+/// program's threads are glibc's, and the sites chosen (sites, skipped,
+/// evicted, unseen).
+type KeptProgram = (
+    Vec<probes::Place>,
+    Vec<String>,
+    bool,
+    Vec<Site>,
+    Vec<(String, String)>,
+    Vec<probes::Evicted>,
+    Vec<(String, String)>,
+);
+
+/// The program's probes resolved (`requests` against its symbols) and each
+/// site's tactic chosen (the analysis), with the thread id's source. Kept in
+/// the user's cache (`program-sites/`) under what they depend on: the
+/// file's identity (device, inode, size, modification and change times),
+/// the requests, the mode and `unsafe_addrs`; a later run of the same file
+/// with the same probes reads them instead of the symbols and the analysis
+/// (about 3 ms for python). Only a resolution that succeeded is kept, so a
+/// bad request is refused each time.
+pub(super) fn resolve_program(
+    program: &crate::elf::Image,
+    requests: Vec<Request>,
+    mode: ProbeMode,
+    unsafe_addrs: bool,
+) -> Result<(Resolution, Tid, probes::Chosen)> {
+    const KIND: &str = "program-sites";
+    let key = program.file.metadata().ok().map(|m| {
+        format!(
+            "program-sites 1\n{:?}\n{mode:?} {unsafe_addrs}\n{requests:?}\n--\n",
+            crate::cache::identity(&m),
+        )
+    });
+    let kept = key
+        .as_ref()
+        .and_then(|k| crate::cache::read_keyed(KIND, k.as_bytes()))
+        .and_then(|bytes| serde_json::from_slice::<KeptProgram>(&bytes).ok());
+    if let Some((places, warnings, glibc, sites, skipped, evicted, unseen)) = kept {
+        let resolution = Resolution {
+            requests,
+            places,
+            warnings,
+        };
+        let chosen = probes::Chosen {
+            sites,
+            skipped,
+            evicted,
+            unseen,
+        };
+        return Ok((resolution, tid_of(glibc), chosen));
+    }
+    let syms = crate::symbols::Symbols::read(program);
+    let glibc = glibc_threads(&syms);
+    let mut resolver = probes::Resolver::new(program, &syms, unsafe_addrs);
+    for request in requests {
+        resolver.add(request)?;
+    }
+    let resolution = resolver.finish();
+    let chosen = probes::choose(program, &resolution, mode)?;
+    if let Some(k) = key {
+        let keep = (
+            &resolution.places,
+            &resolution.warnings,
+            glibc,
+            &chosen.sites,
+            &chosen.skipped,
+            &chosen.evicted,
+            &chosen.unseen,
+        );
+        if let Ok(bytes) = serde_json::to_vec(&keep) {
+            crate::cache::write_keyed(KIND, k.as_bytes(), &bytes);
+        }
+    }
+    Ok((resolution, tid_of(glibc), chosen))
 }
