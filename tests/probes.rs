@@ -733,4 +733,27 @@ fn the_program_s_sites_are_found_again_when_its_file_changes() {
     assert_eq!(kept(), 2, "the changed file's own entry");
     run("counted*", "another probe set");
     assert_eq!(kept(), 3);
+    // An entry whose sites are not in the program's text (written by
+    // anything but us) is a miss, and written anew.
+    let entries = cache.join("uprobe-exec").join("program-sites");
+    for e in std::fs::read_dir(&entries).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let bad = text.replace("\"addr\":", "\"addr\":1");
+        assert_ne!(bad, text);
+        std::fs::write(e.path(), bad).unwrap();
+    }
+    run("counted", "a foreign entry");
+    // Our cache directory made writable by others is made private again;
+    // one that someone else owns is not used: nothing is kept there.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let top = cache.join("uprobe-exec");
+    std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o777)).unwrap();
+    run("coun?ed", "a cache directory others may write");
+    assert_eq!(std::fs::metadata(&top).unwrap().mode() & 0o777, 0o755);
+    if common::is_root() {
+        let before = kept();
+        std::os::unix::fs::chown(&top, Some(65534), Some(65534)).unwrap();
+        run("c?unted", "someone else's cache directory");
+        assert_eq!(kept(), before, "nothing kept in someone else's directory");
+    }
 }

@@ -9,14 +9,16 @@
 //!   build of uprobe-exec never reads what an old one wrote.
 //!
 //! An entry is written to a temporary file and renamed into place, so a
-//! reader sees a whole entry or none. Anything that does not read back
+//! reader sees a whole entry or none. The directories must be the user's
+//! own and writable by nobody else, or the cache is not used. Anything that
+//! does not read back
 //! whole (no directory, no permission, a short or foreign file) is a miss:
 //! the cache only ever saves time. At most [`KEEP`] entries of a kind stay;
 //! the least recently written go first.
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::PathBuf;
 
 /// Entries kept per kind.
@@ -32,9 +34,35 @@ fn dir(kind: &str) -> Option<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    let dir = base.join("uprobe-exec").join(kind);
-    fs::create_dir_all(&dir).ok()?;
-    Some(dir)
+    let ours = base.join("uprobe-exec");
+    let dir = ours.join(kind);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .ok()?;
+    // What is read from the cache decides where probes are patched in: it
+    // is trusted as the user's own files are, and only then. A directory
+    // that someone else owns (root reading a user's cache through a kept
+    // XDG_CACHE_HOME or HOME) or may write to is not used.
+    let euid = rustix::process::geteuid().as_raw();
+    // Ours but writable by the group or others (made under a umask of 002 by
+    // an older build): made private first.
+    let private = |p: &std::path::Path| {
+        let Ok(m) = fs::symlink_metadata(p) else {
+            return false;
+        };
+        if !m.is_dir() || m.uid() != euid {
+            return false;
+        }
+        m.mode() & 0o022 == 0
+            || fs::set_permissions(
+                p,
+                std::os::unix::fs::PermissionsExt::from_mode(m.mode() & 0o755),
+            )
+            .is_ok()
+    };
+    (private(&ours) && private(&dir)).then_some(dir)
 }
 
 /// The identity of a file's current contents, as the kernel keeps it.

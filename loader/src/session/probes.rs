@@ -526,6 +526,42 @@ type KeptProgram = (
     Vec<(String, String)>,
 );
 
+/// Whether a kept entry fits the program and the requests it is read for:
+/// every place, site and evicted neighbour in an executable segment's file
+/// bytes, every request number in range (an entry that does not, written by
+/// anything but us, is a miss rather than patches at foreign addresses or a
+/// panic).
+fn kept_fits(
+    program: &crate::elf::Image,
+    requests: usize,
+    places: &[probes::Place],
+    sites: &[Site],
+    evicted: &[probes::Evicted],
+) -> bool {
+    let in_text = |a: u64| {
+        program
+            .segments
+            .iter()
+            .any(|s| s.exec && a >= s.vaddr.0 && a < s.vaddr.0 + s.filesz)
+    };
+    let place_fits = |p: &probes::Place| {
+        in_text(p.addr.0)
+            && p.function
+                .is_none_or(|(f, size)| in_text(f.0) && p.addr.0 >= f.0 && p.addr.0 - f.0 <= size)
+            && [Some(p.request), p.trace, p.latency, p.ret]
+                .into_iter()
+                .flatten()
+                .all(|r| r < requests)
+    };
+    places.iter().all(place_fits)
+        && sites
+            .iter()
+            .all(|s| place_fits(&s.place) && s.timed.is_none_or(|t| (t as usize) < sites.len()))
+        && evicted
+            .iter()
+            .all(|e| in_text(e.addr.0) && in_text(e.addr.0 + e.len.max(1) as u64 - 1))
+}
+
 /// The program's probes resolved (`requests` against its symbols) and each
 /// site's tactic chosen (the analysis), with the thread id's source. Kept in
 /// the user's cache (`program-sites/`) under what they depend on: the
@@ -551,6 +587,9 @@ pub(super) fn resolve_program(
         .as_ref()
         .and_then(|k| crate::cache::read_keyed(KIND, k.as_bytes()))
         .and_then(|bytes| serde_json::from_slice::<KeptProgram>(&bytes).ok());
+    let kept = kept.filter(|(places, _, _, sites, _, evicted, _)| {
+        kept_fits(program, requests.len(), places, sites, evicted)
+    });
     if let Some((places, warnings, glibc, sites, skipped, evicted, unseen)) = kept {
         let resolution = Resolution {
             requests,
