@@ -115,7 +115,10 @@ fn put(kind: &str, key: Option<String>, parts: &[&[u8]]) {
     let (Some(dir), Some(key)) = (dir(kind), key) else {
         return;
     };
-    let tmp = dir.join(format!(".{key}.{}", std::process::id()));
+    // Two threads of one process (the library's) may write one entry.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{key}.{}.{n}", std::process::id()));
     let written =
         File::create(&tmp).and_then(|mut f| parts.iter().try_for_each(|p| f.write_all(p)));
     if written.is_err() || fs::rename(&tmp, dir.join(&key)).is_err() {

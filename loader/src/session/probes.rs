@@ -577,6 +577,16 @@ pub(super) fn resolve_program(
     unsafe_addrs: bool,
 ) -> Result<(Resolution, Tid, probes::Chosen)> {
     const KIND: &str = "program-sites";
+    if requests.is_empty() {
+        // Probes in shared objects only: the thread id's source is all
+        // they need of the program, and nothing is kept.
+        let glibc = glibc_threads(&crate::symbols::Symbols::read(program));
+        return Ok((
+            Resolution::default(),
+            tid_of(glibc),
+            probes::Chosen::default(),
+        ));
+    }
     let key = program.file.metadata().ok().map(|m| {
         format!(
             "program-sites 1\n{:?}\n{mode:?} {unsafe_addrs}\n{requests:?}\n--\n",
