@@ -77,19 +77,7 @@ pub fn section(ux: &str, runs: usize) -> Section {
             }
         }
         let m: Vec<f64> = times.iter().map(|t| crate::median(t)).collect();
-        let _ = writeln!(
-            md,
-            "| {name} | {:.2} | {:.2} | {:.2}× | {:.2} | {:.2}× | {:.2} | {:.2}× | {:.2} | {:.2}× |",
-            m[0],
-            m[1],
-            m[1] / m[0],
-            m[2],
-            m[2] / m[0],
-            m[3],
-            m[3] / m[0],
-            m[4],
-            m[4] / m[0]
-        );
+        let _ = writeln!(md, "| {name} | {} |", crate::cells_vs_first(&m));
         if name.contains("python") {
             goals.push((
                 "`python3.11 -c pass` ≤ 1.10× native with default options".to_string(),

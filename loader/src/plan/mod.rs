@@ -496,56 +496,48 @@ impl Draft {
                 })
                 .collect();
             fill_short_gaps(&mut served, MIN_FILE_RUN);
-            let mut runs = Vec::new();
-            let mut i = 0;
-            while i < r.pages {
-                let kind = served[i];
-                let from = i;
-                while i < r.pages && served[i] == kind {
-                    i += 1;
-                }
-                runs.push((kind, from, i));
-            }
-            let ops: Vec<MapOp> = runs
-                .iter()
-                .map(|&(kind, from, to)| {
-                    let addr = r.start + from as u64 * PAGE_SIZE;
-                    let len = (to - from) as u64 * PAGE_SIZE;
-                    let source = if kind {
-                        let source = match op.source {
-                            MapSource::File { fd, .. } if fd == text_fd => MapSource::File {
-                                fd,
-                                offset: served_pages as u64 * PAGE_SIZE,
-                            },
-                            other => other,
-                        };
-                        let bytes_from = (b.start + from * PAGE_SIZE as usize).min(b.end);
-                        let bytes_to = (b.start + to * PAGE_SIZE as usize).min(b.end);
-                        served_parts.push((
-                            TextRange {
-                                start: addr,
-                                pages: to - from,
-                            },
-                            bytes_from..bytes_to,
-                        ));
-                        served_pages += to - from;
-                        source
-                    } else {
-                        MapSource::File {
-                            fd: file,
-                            offset: (b.start + from * PAGE_SIZE as usize) as u64,
-                        }
+            // One mapping per run of pages served alike.
+            let mut ops = Vec::new();
+            let mut from = 0;
+            while from < r.pages {
+                let kind = served[from];
+                let to = (from..r.pages)
+                    .find(|&i| served[i] != kind)
+                    .unwrap_or(r.pages);
+                let addr = r.start + from as u64 * PAGE_SIZE;
+                let source = if kind {
+                    let bytes_from = (b.start + from * PAGE_SIZE as usize).min(b.end);
+                    let bytes_to = (b.start + to * PAGE_SIZE as usize).min(b.end);
+                    let source = match op.source {
+                        MapSource::File { fd, .. } if fd == text_fd => MapSource::File {
+                            fd,
+                            offset: served_pages as u64 * PAGE_SIZE,
+                        },
+                        other => other,
                     };
-                    MapOp {
-                        addr,
-                        len,
-                        prot: op.prot,
-                        source,
-                        zero_from: 0,
-                        zero_to: 0,
+                    let range = TextRange {
+                        start: addr,
+                        pages: to - from,
+                    };
+                    served_parts.push((range, bytes_from..bytes_to));
+                    served_pages += to - from;
+                    source
+                } else {
+                    MapSource::File {
+                        fd: file,
+                        offset: (b.start + from * PAGE_SIZE as usize) as u64,
                     }
-                })
-                .collect();
+                };
+                ops.push(MapOp {
+                    addr,
+                    len: (to - from) as u64 * PAGE_SIZE,
+                    prot: op.prot,
+                    source,
+                    zero_from: 0,
+                    zero_to: 0,
+                });
+                from = to;
+            }
             self.maps.splice(at..at, ops);
         }
         self.text = served_parts.iter().map(|(r, _)| *r).collect();

@@ -526,16 +526,16 @@ type KeptProgram = (
     Vec<(String, String)>,
 );
 
-/// Whether a kept entry fits the program and the requests it is read for:
-/// every place, site and evicted neighbour in an executable segment's file
-/// bytes, every request number in range (an entry that does not, written by
-/// anything but us, is a miss rather than patches at foreign addresses or a
-/// panic).
-fn kept_fits(
+/// Whether a kept entry of sites fits the file (`program`: the program, or
+/// a shared object) and the requests it is read for: every place, site and
+/// evicted neighbour in an executable segment's file bytes, every request
+/// number in range (an entry that does not, written by anything but us, is a
+/// miss rather than patches at foreign addresses or a panic).
+pub(super) fn kept_fits<'a>(
     program: &crate::elf::Image,
     requests: usize,
     places: &[probes::Place],
-    sites: &[Site],
+    sites: impl ExactSizeIterator<Item = &'a Site>,
     evicted: &[probes::Evicted],
 ) -> bool {
     let in_text = |a: u64| {
@@ -554,9 +554,11 @@ fn kept_fits(
                 .all(|r| r < requests)
     };
     places.iter().all(place_fits)
-        && sites
-            .iter()
-            .all(|s| place_fits(&s.place) && s.timed.is_none_or(|t| (t as usize) < sites.len()))
+        && {
+            let n = sites.len();
+            let mut sites = sites;
+            sites.all(|s| place_fits(&s.place) && s.timed.is_none_or(|t| (t as usize) < n))
+        }
         && evicted
             .iter()
             .all(|e| in_text(e.addr.0) && in_text(e.addr.0 + e.len.max(1) as u64 - 1))
@@ -598,7 +600,7 @@ pub(super) fn resolve_program(
         .and_then(|k| crate::cache::read_keyed(KIND, k.as_bytes()))
         .and_then(|bytes| serde_json::from_slice::<KeptProgram>(&bytes).ok());
     let kept = kept.filter(|(places, _, _, sites, _, evicted, _)| {
-        kept_fits(program, requests.len(), places, sites, evicted)
+        kept_fits(program, requests.len(), places, sites.iter(), evicted)
     });
     if let Some((places, warnings, glibc, sites, skipped, evicted, unseen)) = kept {
         let resolution = Resolution {

@@ -383,7 +383,11 @@ impl SharedObjects {
         let kept = key
             .as_ref()
             .and_then(|k| crate::cache::read_keyed(SITES_KIND, k.as_bytes()))
-            .and_then(|bytes| serde_json::from_slice::<KeptSites>(&bytes).ok());
+            .and_then(|bytes| serde_json::from_slice::<KeptSites>(&bytes).ok())
+            .filter(|(sites, evicted, _)| {
+                let sites = sites.iter().map(|(s, _)| s);
+                super::probes::kept_fits(&image, self.requests.len(), &[], sites, evicted)
+            });
         if let Some((sites, evicted, skipped)) = kept {
             let fp = FileProbes {
                 path: canonical,
