@@ -1416,6 +1416,63 @@ fn closed_std_fds_stay_closed() {
     );
 }
 
+#[test]
+fn high_numbered_fds_are_kept_or_closed_as_execve_would() {
+    // Fds far above the usual ones, where an fd table has grown: 300 is
+    // inherited (not close-on-exec) and kept; 900 is close-on-exec, so
+    // execve closes it before we are started.
+    let list = |tool: Option<&str>| {
+        let mut c = Command::new(tool.unwrap_or("/bin/ls"));
+        if tool.is_some() {
+            c.arg("/bin/ls");
+        }
+        c.args(["-1", "/proc/self/fd"]);
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only dup2 and fcntl, async-signal-safe, on fds the child owns.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::dup2(0, 300) < 0
+                    || libc::dup2(0, 900) < 0
+                    || libc::fcntl(900, libc::F_SETFD, libc::FD_CLOEXEC) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        run(c)
+    };
+    let (native, ours) = (list(None), list(Some(BIN)));
+    assert_same("ls /proc/self/fd with fds 300 and 900", &native, &ours);
+    let fds: Vec<&str> = std::str::from_utf8(&native.stdout)
+        .unwrap()
+        .lines()
+        .collect();
+    assert!(fds.contains(&"300") && !fds.contains(&"900"), "{fds:?}");
+}
+
+#[test]
+fn library_a_close_on_exec_fd_far_up_the_table_does_not_reach_the_program() {
+    // An embedding program's own fds are close-on-exec; one numbered 901
+    // grows the fd table past its first 64 or 256 entries, and execve would
+    // close it: so must we.
+    let null = std::fs::File::open("/dev/null").expect("open /dev/null");
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup3 makes fd 901, which nothing else in this test binary uses,
+    // close-on-exec so that no other test's child inherits it.
+    let fd = unsafe { libc::dup3(null.as_raw_fd(), 901, libc::O_CLOEXEC) };
+    assert_eq!(fd, 901, "dup3: {}", std::io::Error::last_os_error());
+    let report = uprobe_exec::Command::new("/bin/sh")
+        .args(["-c", "test -e /proc/$$/fd/0 && test ! -e /proc/$$/fd/901"])
+        .spawn()
+        .expect("spawn")
+        .wait()
+        .expect("wait");
+    // SAFETY: fd 901 is the one made above, closed once.
+    unsafe { libc::close(901) };
+    assert_eq!(report.exit, uprobe_exec::Exit::Code(0), "{report:?}");
+}
+
 /// Runs `outer` natively twice, with the inner command `inner` as given and
 /// with `inner` run under uprobe-exec, where `outer` ends with the inner
 /// command's words; asserts the same output and wait status.
