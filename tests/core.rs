@@ -1305,6 +1305,104 @@ fn monitor_sigkill_at_random_moments_leaves_nothing_behind() {
     );
 }
 
+#[test]
+fn monitor_sigkill_while_it_plans_leaves_no_watchdog_behind() {
+    // The watchdog is made before the program is planned. Probes on every
+    // function of python, with no cache, take tens of ms to resolve: a
+    // monitor killed meanwhile must take its waiting watchdog along.
+    for delay_ms in [2u64, 15, 30] {
+        let cache = TempDir::new("plankill");
+        let mut cmd = Command::new(BIN);
+        cmd.env("XDG_CACHE_HOME", cache.join("cache"))
+            .args(["-q", "-p", "*", "/usr/bin/python3.11", "-c", "pass"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut g = spawn_guarded(&mut cmd);
+        let monitor = g.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let watchdog = loop {
+            if let Some(&w) = descendants(monitor).first() {
+                break w;
+            }
+            assert!(Instant::now() < deadline, "no watchdog was made");
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // Still waiting for its order: the program is not started yet.
+        let comm = std::fs::read_to_string(format!("/proc/{watchdog}/comm")).unwrap_or_default();
+        assert_eq!(
+            comm.trim_end(),
+            "uprobe-exec-wdp",
+            "{delay_ms} ms: not before the order"
+        );
+        assert_eq!(descendants(monitor), [watchdog], "{delay_ms} ms");
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(monitor, libc::SIGKILL) }, 0);
+        let _ = g.child.as_mut().unwrap().wait();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !is_dead(watchdog) {
+            if Instant::now() > deadline {
+                // SAFETY: our own descendant, left behind by the failure.
+                unsafe { libc::kill(watchdog, libc::SIGKILL) };
+                panic!("{delay_ms} ms: the watchdog outlived its monitor by 2 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+#[test]
+fn a_watchdog_killed_before_the_program_starts_is_an_error_not_a_hang() {
+    // Killed from outside while the monitor plans (probes on every function
+    // of python, no cache): the monitor must see it gone when it gives the
+    // order, and fail, not wait for a message that never comes.
+    let cache = TempDir::new("wdkill");
+    let mut cmd = Command::new(BIN);
+    cmd.env("XDG_CACHE_HOME", cache.join("cache"))
+        .args(["-p", "*", "/usr/bin/python3.11", "-c", "print('ran')"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut g = spawn_guarded(&mut cmd);
+    let monitor = g.pid();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let watchdog = loop {
+        if let Some(&w) = descendants(monitor).first() {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "no watchdog was made");
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let comm = std::fs::read_to_string(format!("/proc/{watchdog}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim_end(), "uprobe-exec-wdp", "not before the order");
+    // SAFETY: signalling our own descendant.
+    assert_eq!(unsafe { libc::kill(watchdog, libc::SIGKILL) }, 0);
+    let child = g.child.as_mut().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "uprobe-exec hangs without its watchdog"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(status.code(), Some(125), "{err}");
+    assert!(err.contains("watchdog"), "{err}");
+    assert!(
+        !out.contains("ran"),
+        "the program ran without a watchdog: {out}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // library API
 
@@ -1428,16 +1526,19 @@ fn high_numbered_fds_are_kept_or_closed_as_execve_would() {
         }
         c.args(["-1", "/proc/self/fd"]);
         use std::os::unix::process::CommandExt;
-        // SAFETY: only dup2 and fcntl, async-signal-safe, on fds the child owns.
+        let dup = |from: i32, to: i32, flags: i32| {
+            // SAFETY: dup3 only makes fd `to` in the child about to exec;
+            // async-signal-safe, and it touches no memory.
+            if unsafe { libc::dup3(from, to, flags) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the closure only calls dup3 (see above) between fork and exec.
         unsafe {
-            c.pre_exec(|| {
-                if libc::dup2(0, 300) < 0
-                    || libc::dup2(0, 900) < 0
-                    || libc::fcntl(900, libc::F_SETFD, libc::FD_CLOEXEC) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+            c.pre_exec(move || {
+                dup(0, 300, 0)?;
+                dup(0, 900, libc::O_CLOEXEC)
             });
         }
         run(c)

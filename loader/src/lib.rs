@@ -38,9 +38,10 @@
 // one operation per block, each with its SAFETY argument:
 //  - `sys/` (fdpass, mm, process, signal): the safe wrappers everything
 //    above them calls;
-//  - `stage` and `watchdog`: the forked processes, which may only make
-//    system calls (`watchdog::spawn` forks, after checking the stage plan
-//    against the monitor's reservations);
+//  - `stage` and `watchdog`: the processes made from the monitor, which
+//    may only make system calls (the watchdog shares the monitor's memory
+//    and forks the stage, after `Early::go` checked the stage plan against
+//    the monitor's reservations);
 //  - `handoff`: the blob that unmaps the monitor and jumps to the program;
 //  - `guard`: seccomp user notifications and the program's memory.
 #![deny(unsafe_code)]

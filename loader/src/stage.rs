@@ -91,7 +91,7 @@ pub struct StackPlan {
 }
 
 /// Everything the child needs, computed before the fork. The addresses are
-/// plain numbers: `watchdog::spawn` forks only a plan that
+/// plain numbers: the watchdog forks only a plan that
 /// [fits](StagePlan::fits) the monitor's reservations.
 #[derive(Clone, Copy)]
 pub struct StagePlan<'a> {
@@ -156,9 +156,10 @@ impl StagePlan<'_> {
     /// Whether every address the child writes to or maps over is free for
     /// it: the mappings and the blob lie in `held` (the monitor's
     /// placeholders for them), the stack image in the `[stack]` mapping
-    /// (or below it, where the kernel grows it), and the calling thread
-    /// (whose stack the child runs on) is not on that mapping.
-    pub(crate) fn fits(&self, held: &[&Reservation]) -> bool {
+    /// (or below it, where the kernel grows it), and the stack the child
+    /// runs on, `runs_on` (the watchdog's), is neither there nor in the
+    /// range below it that the program's stack keeps.
+    pub(crate) fn fits(&self, held: &[&Reservation], runs_on: (u64, u64)) -> bool {
         let inside = |start: u64, len: u64| {
             start
                 .checked_add(len)
@@ -166,7 +167,6 @@ impl StagePlan<'_> {
         };
         let st = self.stack;
         let stack_lo = st.keep_from.min(st.vma.0);
-        let here = std::ptr::from_ref(&st) as u64;
         self.maps.iter().all(|m| inside(m.addr, m.len))
             && self.maps.iter().all(|m| {
                 m.zero_from >= m.zero_to || (m.addr <= m.zero_from && m.zero_to <= m.addr + m.len)
@@ -179,7 +179,7 @@ impl StagePlan<'_> {
                 .stack_image_at
                 .checked_add(self.stack_image.len() as u64)
                 .is_some_and(|end| end <= st.vma.1)
-            && !(stack_lo..st.vma.1).contains(&here)
+            && (runs_on.1 <= stack_lo || st.vma.1 <= runs_on.0)
     }
 }
 

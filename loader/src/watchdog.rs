@@ -15,17 +15,36 @@
 //! subreaper), then exits. When the monitor ends normally it first says
 //! "detach", and the watchdog leaves processes that outlive the program alone.
 //!
-//! The watchdog is forked from a threaded monitor, so it only makes system
-//! calls: no allocation, no locks.
+//! The watchdog is made before the program is planned, so that its start
+//! costs the program's start nothing: a thread of ours (its parent, which
+//! reaps it) clones it sharing our memory and our fd table
+//! (`CLONE_VM | CLONE_FILES`), on a stack of its own. It waits for the
+//! monitor's order (a futex in that shared memory), forks the stage from
+//! our memory as it is then (the plan, the reservations and every area the
+//! program keeps included), and only then takes a copy of the fd table for
+//! itself and closes all but its own fds. Sharing our memory, it needs no
+//! copy of it: neither making it nor its exit costs a copy or a teardown
+//! of our page tables. Until the order it dies with its parent thread
+//! (`PR_SET_PDEATHSIG`): there is no program yet to kill.
+//!
+//! It runs in our memory, with the thread-local storage of the thread that
+//! made it (which only waits for it), so it only makes system calls: no
+//! allocation, no locks, nothing of ours but its stack and the order.
 
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::cell::UnsafeCell;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 use rustix::net::RecvFlags;
 use rustix::process::{Pid, Signal, WaitOptions};
+use rustix::thread::futex;
 use uprobe_runtime::Uffd;
 
 use crate::error::Error;
@@ -159,37 +178,302 @@ unsafe fn close_all_but(mut keep: [RawFd; 3]) {
     unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0) };
 }
 
-/// Forks the watchdog, which forks the stage that runs `plan`; returns the
-/// watchdog's pid. `alive` and `sock` are the watchdog's ends of the
-/// monitor's pipe and socket.
+/// The watchdog's stack (it only waits and forks; `run` keeps an array of
+/// the uffds it holds), and the guard page below it.
+const STACK_LEN: usize = 512 << 10;
+const GUARD_LEN: usize = 4096;
+
+/// The states of [`Control::state`].
+const STARTING: u32 = 0;
+/// Cloned; waiting for the order.
+const READY: u32 = 1;
+/// The clone failed (errno in [`Control::errno`]).
+const FAILED: u32 = 2;
+/// The order is given: run it.
+const GO: u32 = 3;
+/// No program after all: exit.
+const QUIT: u32 = 4;
+
+/// FUTEX_WAKE's count for every waiter (the kernel reads an int: u32::MAX
+/// would be -1, which wakes one: the monitor and the watchdog may both wait).
+const ALL: u32 = i32::MAX as u32;
+
+/// What the monitor orders the watchdog to run.
+#[derive(Clone, Copy)]
+struct Order {
+    /// The stage plan, which the monitor keeps until the watchdog says it
+    /// forked the stage (or died).
+    plan: *const StagePlan<'static>,
+    alive: RawFd,
+    sock: RawFd,
+}
+
+/// Shared by the monitor, the watchdog's parent thread and the watchdog.
+struct Control {
+    /// One of STARTING, READY, FAILED, GO, QUIT; a futex word.
+    state: AtomicU32,
+    /// Why the clone failed.
+    errno: AtomicI32,
+    /// Our pid: the watchdog's parent process, as long as we live.
+    monitor: i32,
+    /// The watchdog's stack, where the stage runs too: [start, end).
+    stack: (AtomicU64, AtomicU64),
+    /// A pidfd of the watchdog (from the clone itself), or -1; whoever
+    /// takes it (swapping in -1) owns it.
+    pidfd: AtomicI32,
+    /// Written once, by the monitor, before `state` becomes GO; read by the
+    /// watchdog only after it has seen GO.
+    order: UnsafeCell<Option<Order>>,
+}
+
+// SAFETY: `order` is written by one thread before the Release store of GO
+// and read only after an Acquire load of GO (see `Early::go` and `entry`);
+// the rest are atomics or never written.
+unsafe impl Sync for Control {}
+// SAFETY: as above; the plan pointer is only read by the watchdog while
+// the monitor keeps the plan.
+unsafe impl Send for Control {}
+
+/// A watchdog made ahead of the plan, waiting for its order.
+pub(crate) struct Early {
+    control: Arc<Control>,
+    /// The thread that made it and reaps it.
+    parent: Option<JoinHandle<()>>,
+}
+
+/// The watchdog once it has its order: its pidfd, readable once it has
+/// ended, and its parent thread, which joining waits for the watchdog to
+/// have ended and been reaped.
+pub(crate) struct Reaper {
+    pub(crate) pidfd: OwnedFd,
+    parent: Option<JoinHandle<()>>,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if let Some(t) = self.parent.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Early {
+    /// Starts the thread that makes the watchdog; returns at once.
+    pub(crate) fn start() -> Result<Early, Error> {
+        let control = Arc::new(Control {
+            state: AtomicU32::new(STARTING),
+            errno: AtomicI32::new(0),
+            monitor: rustix::process::getpid().as_raw_nonzero().get(),
+            stack: (AtomicU64::new(0), AtomicU64::new(0)),
+            pidfd: AtomicI32::new(-1),
+            order: UnsafeCell::new(None),
+        });
+        let shared = Arc::clone(&control);
+        let parent = std::thread::Builder::new()
+            .name("uprobe-exec-wdp".into())
+            .spawn(move || parent(&shared))
+            .map_err(|e| Error::sys("starting the watchdog's thread", e))?;
+        Ok(Early {
+            control,
+            parent: Some(parent),
+        })
+    }
+
+    /// Waits until the watchdog is made (in practice long done), so that
+    /// its pidfd is among our fds before they are listed for the stage to
+    /// close. Returns the stack it runs on, where the stage will run too.
+    pub(crate) fn ready(&self) -> Result<(u64, u64), Error> {
+        let c = &self.control;
+        let mut state = c.state.load(Ordering::Acquire);
+        while state == STARTING {
+            let _ = futex::wait(&c.state, futex::Flags::PRIVATE, STARTING, None);
+            state = c.state.load(Ordering::Acquire);
+        }
+        if state == FAILED {
+            return Err(Error::sys(
+                "making the watchdog",
+                std::io::Error::from_raw_os_error(c.errno.load(Ordering::Relaxed)),
+            ));
+        }
+        Ok((
+            c.stack.0.load(Ordering::Relaxed),
+            c.stack.1.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Orders the watchdog to fork the stage that runs `plan`, and watch
+    /// it; returns once the order is given. `alive` and `sock` are the
+    /// watchdog's ends of the monitor's pipe and socket: the caller keeps
+    /// them, `plan` and the placeholders in `held` until the watchdog says
+    /// it started the program (or has died).
+    ///
+    /// Fails before ordering anything unless `plan` [fits](StagePlan::fits)
+    /// `held`: the placeholders its mappings and hand-off blob go into.
+    pub(crate) fn go(
+        mut self,
+        plan: &StagePlan<'_>,
+        held: &[&Reservation],
+        alive: BorrowedFd<'_>,
+        sock: BorrowedFd<'_>,
+    ) -> Result<Reaper, Error> {
+        // The stage runs on the watchdog's stack.
+        let stack = self.ready()?;
+        if !plan.fits(held, stack) {
+            return Err(Error::sys(
+                "checking the stage plan",
+                std::io::Error::other("it maps outside the reserved ranges (a bug of ours)"),
+            ));
+        }
+        let c = &self.control;
+        // SAFETY: only this call writes `order`, once (it consumes the
+        // Early), and the watchdog reads it only after seeing GO, stored
+        // below with Release. The plan's lifetime is erased: the caller
+        // keeps it until the watchdog has forked.
+        unsafe {
+            *c.order.get() = Some(Order {
+                plan: std::ptr::from_ref(plan).cast(),
+                alive: alive.as_raw_fd(),
+                sock: sock.as_raw_fd(),
+            });
+        }
+        let raw = c.pidfd.swap(-1, Ordering::AcqRel);
+        if raw < 0 {
+            return Err(Error::sys(
+                "making the watchdog",
+                std::io::Error::other("no pidfd of it"),
+            ));
+        }
+        // SAFETY: the clone made this fd for us, and swapping -1 in made
+        // it ours alone.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        c.state.store(GO, Ordering::Release);
+        let _ = futex::wake(&c.state, futex::Flags::PRIVATE, ALL);
+        Ok(Reaper {
+            pidfd,
+            parent: self.parent.take(),
+        })
+    }
+}
+
+impl Drop for Early {
+    /// Without an order: the watchdog exits, and its parent thread reaps it.
+    fn drop(&mut self) {
+        if let Some(t) = self.parent.take() {
+            self.control.state.store(QUIT, Ordering::Release);
+            let _ = futex::wake(&self.control.state, futex::Flags::PRIVATE, ALL);
+            let _ = t.join();
+        }
+        let raw = self.control.pidfd.swap(-1, Ordering::AcqRel);
+        if raw >= 0 {
+            // SAFETY: the clone made this fd, and swapping -1 in made it
+            // ours alone.
+            drop(unsafe { OwnedFd::from_raw_fd(raw) });
+        }
+    }
+}
+
+/// The watchdog's parent thread: clones the watchdog, then waits for it to
+/// end and reaps it.
 ///
-/// Fails before forking unless `plan` [fits](StagePlan::fits) `held`: the
-/// placeholders its mappings and hand-off blob go into.
-pub(crate) fn spawn(
-    plan: &StagePlan<'_>,
-    held: &[&Reservation],
-    alive: BorrowedFd<'_>,
-    sock: BorrowedFd<'_>,
-) -> Result<Pid, Error> {
-    if !plan.fits(held) {
-        return Err(Error::sys(
-            "checking the stage plan",
-            std::io::Error::other("it maps outside the reserved ranges (a bug of ours)"),
-        ));
+/// The watchdog runs with this thread's thread-local storage (errno
+/// included), so from the clone on this thread makes only rustix's raw
+/// system calls, which touch none of it, until the watchdog is reaped.
+fn parent(control: &Arc<Control>) {
+    let failed = |e: i32| {
+        control.errno.store(e, Ordering::Relaxed);
+        control.state.store(FAILED, Ordering::Release);
+        let _ = futex::wake(&control.state, futex::Flags::PRIVATE, ALL);
+    };
+    // Read-write memory above a PROT_NONE guard page.
+    let total = (GUARD_LEN + STACK_LEN) as u64;
+    let stack = match Reservation::anywhere(total, 0, 0).and_then(|mut r| {
+        r.map_private(GUARD_LEN as u64, STACK_LEN as u64)?;
+        Ok(r)
+    }) {
+        Ok(r) => r,
+        Err(e) => return failed(e.raw_os_error().unwrap_or(libc::ENOMEM)),
+    };
+    control.stack.0.store(stack.addr(), Ordering::Relaxed);
+    control.stack.1.store(stack.end(), Ordering::Relaxed);
+    let top = stack.end();
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: clone(2) through libc's wrapper, which runs `entry` on the
+    // new stack in the child and exits with its return value. The child
+    // shares our memory: it uses only its own stack (mapped above, kept
+    // until it is reaped) and `control` (kept alive by our Arc until then),
+    // and makes only system calls (see `entry`). CLONE_PIDFD writes the
+    // new pidfd (close-on-exec) into `pidfd`, which lives through the call.
+    let pid = unsafe {
+        libc::clone(
+            entry,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_PIDFD | libc::SIGCHLD,
+            Arc::as_ptr(control).cast_mut().cast(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    if pid < 0 {
+        return failed(errno());
     }
-    // SAFETY: fork(2) in a threaded process: the child runs only `run`,
-    // which makes system calls without allocating or taking locks, and never
-    // returns into the monitor's code.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        // SAFETY: we are the child just forked, from a thread that is not on
-        // the `[stack]` mapping (`fits` checked it); the plan fits the
-        // placeholders in `held`, which are borrowed across the fork and so
-        // were mapped in the monitor when it forked; the fds the stage
-        // closes are the monitor's close-on-exec ones and its channel ends.
-        unsafe { run(plan, alive.as_raw_fd(), sock.as_raw_fd()) }
+    control.pidfd.store(pidfd, Ordering::Release);
+    // QUIT may already be there: then it stays.
+    let _ = control
+        .state
+        .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
+    let _ = futex::wake(&control.state, futex::Flags::PRIVATE, ALL);
+    if let Some(pid) = Pid::from_raw(pid) {
+        while let Err(Errno::INTR) = rustix::process::waitpid(Some(pid), WaitOptions::empty()) {}
     }
-    Pid::from_raw(pid).ok_or_else(|| Error::sys("fork", std::io::Error::last_os_error()))
+    drop(stack);
+}
+
+/// The watchdog's first steps, on its own stack: waits for the order, then
+/// runs it. Returns (and so exits) only without one.
+extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the Control our parent thread keeps alive until it
+    // has reaped us.
+    let c = unsafe { &*arg.cast::<Control>().cast_const() };
+    // Until the order, nothing of ours outlives our parent thread (the
+    // whole monitor, if it is killed).
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(c.monitor) {
+        return 0;
+    }
+    loop {
+        match c.state.load(Ordering::Acquire) {
+            GO => break,
+            QUIT => return 0,
+            s => {
+                let _ = futex::wait(&c.state, futex::Flags::PRIVATE, s, None);
+            }
+        }
+    }
+    // From the order on, the program's: the monitor's death is seen on the
+    // alive pipe, and answered by killing the program (see `run`).
+    let _ = rustix::process::set_parent_process_death_signal(None);
+    // SAFETY: GO was seen (Acquire), so `order` was written before it.
+    let Some(order) = (unsafe { *c.order.get() }) else {
+        return 0;
+    };
+    // SAFETY: the monitor keeps the plan until we say we started the
+    // program (`Early::go`), so the pointer is valid and the plan unchanged.
+    let plan = unsafe { &*order.plan };
+    // SAFETY: we are the watchdog, sharing the monitor's memory and fd
+    // table, where `alive` and `sock` are open.
+    unsafe { run(plan, order.alive, order.sock) }
+}
+
+/// Tells the monitor the program could not be started, and exits.
+fn fail(sock: BorrowedFd<'_>, e: Errno) -> ! {
+    send(
+        sock,
+        WatchMsg {
+            kind: FORK_FAILED,
+            pid: 0,
+            status: e.raw_os_error(),
+        },
+    );
+    exit_now(125)
 }
 
 /// The errno of the last libc call that failed.
@@ -200,8 +484,9 @@ fn errno() -> i32 {
 /// Runs in the watchdog: forks the stage, then watches. Never returns.
 ///
 /// # Safety
-/// Must be called only in a child just forked from the monitor, with a
-/// stage plan valid as for [`stage::run`], and fds `alive` and `sock` open.
+/// Must be called only in the watchdog (see `entry`), sharing the
+/// monitor's memory and fd table, with a stage plan valid as for
+/// [`stage::run`], and fds `alive` and `sock` open.
 unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
     // SAFETY: the monitor's socket stays open until we exit (close_all_but
     // spares it).
@@ -217,24 +502,26 @@ unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
         monitor: rustix::process::getpid().as_raw_nonzero().get(),
         ..*stage_plan
     };
-    // SAFETY: fork(2) again, from the only thread of this process.
-    let program = unsafe { libc::fork() };
-    if program == 0 {
-        // SAFETY: the child just forked; the plan is valid as for
-        // `stage::run` (our caller's promise), and fork kept every address.
-        unsafe { stage::run(&plan) };
-    }
-    if program < 0 {
-        let e = errno();
-        send(
-            sock,
-            WatchMsg {
-                kind: FORK_FAILED,
-                pid: 0,
-                status: e,
-            },
-        );
-        exit_now(125);
+    // SAFETY: the bare fork system call (no libc fork: its handlers would
+    // take the locks of the memory we share with the monitor's threads);
+    // the child copies our memory, which is the monitor's as it is now.
+    let program = match unsafe { crate::sys::process::raw_fork() } {
+        Ok(0) => {
+            // SAFETY: the child just forked; the plan is valid as for
+            // `stage::run` (our caller's promise), and fork kept every address.
+            unsafe { stage::run(&plan) }
+        }
+        Ok(pid) => pid,
+        Err(e) => fail(sock, e),
+    };
+    // Our own fd table from now on: the stage has its copy of the shared
+    // one, and the monitor may close its ends of ours once told STARTED.
+    // SAFETY: unsharing the fd table leaves every fd number we hold open
+    // (ours becomes a copy); we are the only thread of this process.
+    let unshared = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FILES) };
+    if let Err(e) = unshared {
+        kill_all(program);
+        fail(sock, e);
     }
     send(
         sock,

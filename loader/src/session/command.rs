@@ -280,6 +280,9 @@ impl Command {
     /// served; the program runs on while the [`Session`] is alive.
     pub fn spawn(&self) -> Result<Session> {
         let mut clock = crate::sys::clock::Steps::new();
+        // Made first, on a thread of its own: it is ready by the time the
+        // program is planned. Dropped without an order, it exits.
+        let watchdog = crate::watchdog::Early::start()?;
         // The start of the interval the counter's rate is measured over
         // (timed functions need it; a millisecond or more).
         let since = crate::sys::clock::pair();
@@ -570,7 +573,7 @@ impl Command {
         let spawned = std::time::Instant::now();
         let thread = std::thread::Builder::new()
             .name("uprobe-exec-monitor".into())
-            .spawn(move || monitor(job, spawned, inbox, tx))
+            .spawn(move || monitor(job, watchdog, spawned, inbox, tx))
             .map_err(|e| Error::sys("starting the monitor thread", e))?;
         match rx.recv() {
             Ok(Ok(Launched {

@@ -20,6 +20,7 @@ use super::start::{start, LaunchClock, Signals, Started};
 use crate::error::{Error, Result};
 use crate::plan::{ObjectsArea, Plan, TextBacking};
 use crate::report::{Exit, Handoff, ObjectStats, ProbeHits, ProcessHits};
+use crate::watchdog::Early;
 
 /// What the monitor thread runs: the planned program and how to serve it.
 pub(super) struct Job {
@@ -71,12 +72,14 @@ pub(super) struct Launched {
     pub(super) parts: [u64; 5],
 }
 
-/// The monitor thread (spawned at `spawned`): forks the stage, tells
+/// The monitor thread (spawned at `spawned`): has `watchdog` fork the
+/// stage, tells
 /// `started` the program's pid and the CLOCK_MONOTONIC time just before it
 /// lets it go (or why it could not start), then serves faults until the
 /// program ends.
 pub(super) fn monitor(
     mut job: Job,
+    watchdog: Early,
     spawned: std::time::Instant,
     inbox: Inbox,
     started: mpsc::Sender<Result<Launched>>,
@@ -84,6 +87,7 @@ pub(super) fn monitor(
     let mut clock = LaunchClock::since(spawned);
     clock.mark(LaunchClock::THREAD);
     match start(
+        watchdog,
         &job.plan,
         job.probes.as_ref(),
         job.objects.as_ref().map(|(a, _)| a),

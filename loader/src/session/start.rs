@@ -25,7 +25,7 @@ use crate::report::Handoff;
 use crate::stack::{self, at, StackImage};
 use crate::stage::{self, StackPlan, StageMsg, StagePlan};
 use crate::sys::fdpass;
-use crate::watchdog::{FORK_FAILED, STARTED};
+use crate::watchdog::{Early, FORK_FAILED, STARTED};
 
 /// The signal state the program starts with (besides the dispositions,
 /// which the stage resets as execve does).
@@ -85,8 +85,11 @@ pub(super) struct Started {
     pub(super) watchdog: Watchdog,
 }
 
-/// Forks the watchdog, which forks the stage, and receives the stage's uffd.
+/// Orders the watchdog (`early`) to fork the stage, and receives the
+/// stage's uffd.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start(
+    early: Early,
     plan: &Plan,
     probes: Option<&Probes>,
     objects: Option<&ObjectsArea>,
@@ -121,6 +124,8 @@ pub(super) fn start(
         },
     };
     let ch = Channels::new()?;
+    // The watchdog's pidfd is among our fds from here on (closed in the stage).
+    early.ready()?;
     let prog_fd = plan.program.image.file.as_raw_fd();
     let interp_fd = plan.interp.as_ref().map(|i| i.image.file.as_raw_fd());
     let close: Vec<RawFd> = cloexec_fds()
@@ -201,10 +206,16 @@ pub(super) fn start(
     let mut held: Vec<&Reservation> = vec![&plan.program.reservation, &blob_res];
     held.extend(plan.interp.as_ref().map(|i| &i.reservation));
     clock.mark(LaunchClock::STACK);
-    let (watchdog, stage_sock) = fork_watchdog(&sp, &held, ch)?;
+    let reaper = early.go(&sp, &held, ch.alive_r.as_fd(), ch.watchdog_child.as_fd())?;
+    let watchdog = Watchdog::new(reaper, ch.watchdog, ch.alive_w);
+    // Until the watchdog says it forked the program (or dies), it reads the
+    // plan and shares our fd table: what they name stays until then.
+    let pid = program_pid(&watchdog);
+    drop((ch.stage_child, ch.alive_r, ch.watchdog_child));
     drop(held);
     drop(blob_res);
-    let pid = program_pid(&watchdog)?;
+    let stage_sock = ch.stage;
+    let pid = pid?;
     clock.mark(LaunchClock::FORKS);
     let pidfd = rustix::process::pidfd_open(
         Pid::from_raw(pid).expect("fork returned a positive pid"),
@@ -443,22 +454,9 @@ fn registered_text(
     text
 }
 
-/// Forks the watchdog, which runs the stage plan `sp` (whose mappings go
-/// into the placeholders `held`). Returns it and the monitor's end of the
-/// stage socket.
-fn fork_watchdog(
-    sp: &StagePlan<'_>,
-    held: &[&Reservation],
-    ch: Channels,
-) -> Result<(Watchdog, OwnedFd)> {
-    let pid = crate::watchdog::spawn(sp, held, ch.alive_r.as_fd(), ch.watchdog_child.as_fd())?;
-    drop((ch.stage_child, ch.alive_r, ch.watchdog_child));
-    Ok((Watchdog::new(pid, ch.watchdog, ch.alive_w), ch.stage))
-}
-
 /// The program's pid, which the watchdog sends once it has forked it.
 fn program_pid(watchdog: &Watchdog) -> Result<i32> {
-    match watchdog.next() {
+    match watchdog.first() {
         Some(m) if m.kind == STARTED => Ok(m.pid),
         Some(m) if m.kind == FORK_FAILED => Err(Error::sys(
             "fork",

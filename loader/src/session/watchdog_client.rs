@@ -4,23 +4,24 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::RecvFlags;
-use rustix::process::{Pid, WaitOptions};
 use uprobe_runtime::Uffd;
 
 use crate::error::{Error, Result};
 use crate::report::Exit;
 use crate::sys::fdpass;
-use crate::watchdog::{WatchMsg, DETACH, EXITED, HOLD};
+use crate::watchdog::{Reaper, WatchMsg, DETACH, EXITED, HOLD};
 
 /// The watchdog process, seen from the monitor. Dropping it ends the
 /// watchdog (which kills the program unless detached) and reaps it.
 pub(super) struct Watchdog {
-    pid: Pid,
     sock: Arc<OwnedFd>,
     /// Dropping it tells the watchdog we are gone.
     alive: Option<OwnedFd>,
+    /// Dropping it waits for the watchdog to be reaped.
+    reaper: Option<Reaper>,
 }
 
 /// Hands uffds to the watchdog from the fault server's thread.
@@ -45,13 +46,13 @@ fn send(sock: &OwnedFd, kind: u32, fd: Option<BorrowedFd<'_>>) {
 }
 
 impl Watchdog {
-    /// The watchdog forked as `pid`, with our end of its socket and the
-    /// write end of its alive pipe.
-    pub(super) fn new(pid: Pid, sock: OwnedFd, alive: OwnedFd) -> Watchdog {
+    /// The watchdog ordered to start the program, with our end of its
+    /// socket and the write end of its alive pipe.
+    pub(super) fn new(reaper: Reaper, sock: OwnedFd, alive: OwnedFd) -> Watchdog {
         Watchdog {
-            pid,
             sock: Arc::new(sock),
             alive: Some(alive),
+            reaper: Some(reaper),
         }
     }
 
@@ -62,6 +63,31 @@ impl Watchdog {
                 Ok(Some((m, _))) => return Some(m),
                 Err(Errno::INTR) => continue,
                 Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// The first message from the watchdog, ordered to start the program:
+    /// None if it died first. Until then it shares our fd table, where our
+    /// end of its socket stays open: its death shows on its pidfd, not as
+    /// the socket's end.
+    pub(super) fn first(&self) -> Option<WatchMsg> {
+        let pidfd = &self.reaper.as_ref()?.pidfd;
+        loop {
+            let mut pfds = [
+                PollFd::new(&*self.sock, PollFlags::IN),
+                PollFd::new(pidfd, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut pfds, None) {
+                Err(Errno::INTR) => continue,
+                Err(_) => return None,
+                Ok(_) => {}
+            }
+            if !pfds[0].revents().is_empty() {
+                return self.next();
+            }
+            if !pfds[1].revents().is_empty() {
+                return None;
             }
         }
     }
@@ -108,8 +134,8 @@ impl Watchdog {
 impl Drop for Watchdog {
     fn drop(&mut self) {
         // Closing the pipe ends the watchdog (killing the program unless
-        // detached); then reap it.
+        // detached); then wait for its parent thread to have reaped it.
         drop(self.alive.take());
-        let _ = rustix::process::waitpid(Some(self.pid), WaitOptions::empty());
+        drop(self.reaper.take());
     }
 }

@@ -3,6 +3,7 @@
 //! # References
 //!  - [`personality(2)`](https://man7.org/linux/man-pages/man2/personality.2.html)
 //!  - [`_exit(2)`](https://man7.org/linux/man-pages/man2/_exit.2.html)
+//!  - [`clone(2)`](https://man7.org/linux/man-pages/man2/clone.2.html)
 //!  - [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html), `F_GETFD`
 //!  - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html), `POLLNVAL`
 //!  - [`PR_GET_AUXV`](https://man7.org/linux/man-pages/man2/PR_GET_AUXV.2const.html)
@@ -88,6 +89,41 @@ pub fn auxv() -> Option<Vec<u8>> {
         }
         // It did not fit: the call gave the whole size.
         buf = vec![0u8; n];
+    }
+}
+
+/// fork(2) as the bare system call (`clone` with only `SIGCHLD`): libc's
+/// fork would run its handlers and take its locks, and errno is never set.
+/// Returns 0 in the child, the child's pid in the parent.
+///
+/// # Safety
+/// As for fork(2) in a process whose memory other threads use: the child
+/// may only make system calls (no allocation, no locks) until it execs or
+/// exits, and must never return into code that expects the parent's state.
+pub unsafe fn raw_fork() -> Result<i32, rustix::io::Errno> {
+    let ret: i64;
+    // SAFETY: the clone system call with flags SIGCHLD and no new stack
+    // copies this process as fork does; the kernel clobbers rcx and r11
+    // only, and uses no stack of ours. The child resumes here with rax 0,
+    // on its copy of our stack (the caller's promise covers what it does).
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") libc::SYS_clone => ret,
+            in("rdi") libc::SIGCHLD as u64,
+            in("rsi") 0u64,
+            in("rdx") 0u64,
+            in("r10") 0u64,
+            in("r8") 0u64,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        Err(rustix::io::Errno::from_raw_os_error(-ret as i32))
+    } else {
+        Ok(ret as i32)
     }
 }
 
