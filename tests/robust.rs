@@ -637,3 +637,82 @@ fn files_the_helpers_write_run_while_other_threads_fork() {
         failures.first()
     );
 }
+
+#[test]
+fn every_fd_limit_gives_the_program_or_a_clear_error() {
+    // Each step of a start opens fds: at each limit from 5 to 24 open
+    // files, either the program runs as natively, or we fail saying which
+    // step ran out of fds, never with a step's consequence (a process gone,
+    // a broken pipe) and never by hanging.
+    for limit in 5u64..=24 {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["-q", "--", "/bin/echo", "ran"]);
+        use std::os::unix::process::CommandExt;
+        let limit_fds = move || {
+            // SAFETY: close_range only closes the child's own fds above
+            // stderr, between fork and exec; async-signal-safe.
+            unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+            let r = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: setrlimit reads `r`; async-signal-safe.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the closure only makes the two calls above.
+        unsafe { cmd.pre_exec(limit_fds) };
+        let o = run(cmd);
+        let err = o.stderr_str();
+        if o.code == Some(0) {
+            assert_eq!(o.stdout_str(), "ran\n", "limit {limit}");
+            continue;
+        }
+        assert!(
+            matches!(o.code, Some(125 | 126))
+                && err.starts_with("uprobe-exec: ")
+                && err.lines().count() == 1
+                && err.contains("Too many open files"),
+            "limit {limit}: code {:?}, stderr {err:?}",
+            o.code
+        );
+    }
+}
+
+#[test]
+fn a_sandbox_that_refuses_unshare_gets_a_clear_error() {
+    // The watchdog takes an fd table of its own with unshare(CLONE_FILES)
+    // once it has forked the stage. A seccomp filter that refuses unshare
+    // (some container profiles do) must give an error naming that step,
+    // with the program not run, rather than a wrong one.
+    let dir = TempDir::new("nounshare");
+    let filter = dir.write(
+        "deny_unshare.py",
+        br#"import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def stmt(code, k): return struct.pack("HBBI", code, 0, 0, k)
+def jump(code, k, jt, jf): return struct.pack("HBBI", code, jt, jf, k)
+# load the syscall number; unshare (272 on x86-64) -> EPERM; else allow
+prog = stmt(0x20, 0) + jump(0x15, 272, 0, 1) + stmt(0x06, 0x00050000 | 1) + stmt(0x06, 0x7fff0000)
+buf = ctypes.create_string_buffer(prog)
+class Fprog(ctypes.Structure): _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+fp = Fprog(len(prog) // 8, ctypes.addressof(buf))
+assert libc.prctl(38, 1, 0, 0, 0) == 0
+assert libc.prctl(22, 2, ctypes.byref(fp), 0, 0) == 0
+os.execv(sys.argv[1], sys.argv[1:])
+"#,
+        0o644,
+    );
+    let mut cmd = Command::new("/usr/bin/python3.11");
+    cmd.arg(&filter).args([BIN, "-q", "--", "/bin/echo", "ran"]);
+    let o = run(cmd);
+    assert_eq!(o.code, Some(125), "{}", o.stderr_str());
+    assert!(
+        o.stderr_str().contains("unshare") && o.stderr_str().contains("Operation not permitted"),
+        "{}",
+        o.stderr_str()
+    );
+    assert!(o.stdout.is_empty(), "the program ran: {}", o.stdout_str());
+}

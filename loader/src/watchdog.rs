@@ -78,6 +78,12 @@ pub const HOLD: u32 = 3;
 pub const DETACH: u32 = 4;
 /// The fork of the program failed; `status` is the errno.
 pub const FORK_FAILED: u32 = 5;
+/// Taking an fd table of our own (`unshare(CLONE_FILES)`) after the fork
+/// failed, and the program was killed; `status` is the errno.
+pub const UNSHARE_FAILED: u32 = 6;
+/// The watchdog could not watch the program (its `signalfd` failed), and
+/// killed it; `status` is the errno.
+pub const WATCH_FAILED: u32 = 7;
 
 /// Most uffds held at once; past that, those of ended processes are dropped.
 const MAX_HELD: usize = 4096;
@@ -166,7 +172,8 @@ fn kill_all(first: libc::pid_t) {
 unsafe fn close_all_but(mut keep: [RawFd; 3]) {
     keep.sort_unstable();
     let mut from = 0u32;
-    for k in keep {
+    // A negative number names no fd: nothing to spare.
+    for k in keep.into_iter().filter(|&k| k >= 0) {
         if k as u32 > from {
             // SAFETY: the caller gives up every fd in the range; close_range
             // touches no memory.
@@ -379,6 +386,11 @@ impl Drop for Early {
 /// included), so from the clone on this thread makes only rustix's raw
 /// system calls, which touch none of it, until the watchdog is reaped.
 fn parent(control: &Arc<Control>) {
+    // No handler of the process's runs here, nor in the watchdog, which is
+    // born with this mask: a signal to the process group while it waits
+    // for its order is not the watchdog's (it keeps them all blocked from
+    // then on). This thread only waits.
+    crate::sys::signal::set_blocked(&crate::sys::signal::full());
     let failed = |e: i32| {
         control.errno.store(e, Ordering::Relaxed);
         control.state.store(FAILED, Ordering::Release);
@@ -464,11 +476,11 @@ extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Tells the monitor the program could not be started, and exits.
-fn fail(sock: BorrowedFd<'_>, e: Errno) -> ! {
+fn fail(sock: BorrowedFd<'_>, kind: u32, e: Errno) -> ! {
     send(
         sock,
         WatchMsg {
-            kind: FORK_FAILED,
+            kind,
             pid: 0,
             status: e.raw_os_error(),
         },
@@ -512,7 +524,7 @@ unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
             unsafe { stage::run(&plan) }
         }
         Ok(pid) => pid,
-        Err(e) => fail(sock, e),
+        Err(e) => fail(sock, FORK_FAILED, e),
     };
     // Our own fd table from now on: the stage has its copy of the shared
     // one, and the monitor may close its ends of ours once told STARTED.
@@ -521,7 +533,19 @@ unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
     let unshared = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FILES) };
     if let Err(e) = unshared {
         kill_all(program);
-        fail(sock, e);
+        fail(sock, UNSHARE_FAILED, e);
+    }
+    // Our own life: no signal but SIGKILL can end it, and we keep no fd
+    // of the program's (a pipe held open here would never see EOF).
+    let chld = crate::sys::signal::sigset(1 << (libc::SIGCHLD - 1));
+    // SAFETY: signalfd(2) reads the mask and returns a new fd; -1 asks
+    // for a new one rather than changing an fd of ours.
+    let sfd = unsafe { libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if sfd < 0 {
+        // We could never tell the monitor how the program ended.
+        let e = Errno::from_raw_os_error(errno());
+        kill_all(program);
+        fail(sock, WATCH_FAILED, e);
     }
     send(
         sock,
@@ -532,22 +556,9 @@ unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
         },
     );
     let _ = rustix::thread::set_name(c"uprobe-exec-wd");
-
-    // Our own life: no signal but SIGKILL can end it, and we keep no fd
-    // of the program's (a pipe held open here would never see EOF).
-    let chld = crate::sys::signal::sigset(1 << (libc::SIGCHLD - 1));
-    // SAFETY: signalfd(2) reads the mask and returns a new fd; -1 asks
-    // for a new one rather than changing an fd of ours.
-    let sfd = unsafe { libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     // SAFETY: nothing here uses any other fd from now on: the monitor's
     // objects are copies in this process that no thread of ours touches.
     unsafe { close_all_but([alive, sock.as_raw_fd(), sfd]) };
-
-    if sfd < 0 {
-        // We could never tell the monitor how the program ended.
-        kill_all(program);
-        exit_now(125);
-    }
     // SAFETY: open from here to our exit (close_all_but spared it).
     let alive = unsafe { BorrowedFd::borrow_raw(alive) };
     // SAFETY: as above; signalfd just returned it (sfd >= 0).

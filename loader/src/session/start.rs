@@ -25,7 +25,7 @@ use crate::report::Handoff;
 use crate::stack::{self, at, StackImage};
 use crate::stage::{self, StackPlan, StageMsg, StagePlan};
 use crate::sys::fdpass;
-use crate::watchdog::{Early, FORK_FAILED, STARTED};
+use crate::watchdog::{Early, FORK_FAILED, STARTED, UNSHARE_FAILED, WATCH_FAILED};
 
 /// The signal state the program starts with (besides the dispositions,
 /// which the stage resets as execve does).
@@ -460,6 +460,14 @@ fn program_pid(watchdog: &Watchdog) -> Result<i32> {
         Some(m) if m.kind == STARTED => Ok(m.pid),
         Some(m) if m.kind == FORK_FAILED => Err(Error::sys(
             "fork",
+            std::io::Error::from_raw_os_error(m.status),
+        )),
+        Some(m) if m.kind == UNSHARE_FAILED => Err(Error::sys(
+            "giving the watchdog an fd table of its own (unshare)",
+            std::io::Error::from_raw_os_error(m.status),
+        )),
+        Some(m) if m.kind == WATCH_FAILED => Err(Error::sys(
+            "the watchdog's signalfd, to learn how the program ends",
             std::io::Error::from_raw_os_error(m.status),
         )),
         _ => Err(Error::sys(

@@ -71,6 +71,9 @@ impl Watchdog {
     /// None if it died first. Until then it shares our fd table, where our
     /// end of its socket stays open: its death shows on its pidfd, not as
     /// the socket's end.
+    ///
+    /// Without a message, the watchdog is dead when this returns: until it
+    /// has forked, it reads the plan and the fds our caller then releases.
     pub(super) fn first(&self) -> Option<WatchMsg> {
         let pidfd = &self.reaper.as_ref()?.pidfd;
         loop {
@@ -80,14 +83,26 @@ impl Watchdog {
             ];
             match rustix::event::poll(&mut pfds, None) {
                 Err(Errno::INTR) => continue,
-                Err(_) => return None,
+                Err(_) => break,
                 Ok(_) => {}
             }
             if !pfds[0].revents().is_empty() {
-                return self.next();
+                if let Some(m) = self.next() {
+                    return Some(m);
+                }
+                break;
             }
             if !pfds[1].revents().is_empty() {
-                return None;
+                break;
+            }
+        }
+        // Gone, or we cannot hear it: make sure it is gone.
+        let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+        loop {
+            let mut pfd = [PollFd::new(pidfd, PollFlags::IN)];
+            match rustix::event::poll(&mut pfd, None) {
+                Ok(_) if !pfd[0].revents().is_empty() => return None,
+                _ => std::thread::sleep(std::time::Duration::from_millis(1)),
             }
         }
     }
