@@ -1305,6 +1305,27 @@ fn monitor_sigkill_at_random_moments_leaves_nothing_behind() {
     );
 }
 
+/// Starts uprobe-exec on python running `script` with probes on every
+/// function and no cache (in `cache`), so that planning takes tens of ms;
+/// returns it and its watchdog, waiting for its order meanwhile.
+fn planning_python(cache: &TempDir, script: &str, out: fn() -> Stdio) -> (Guard, i32) {
+    let mut cmd = Command::new(BIN);
+    cmd.env("XDG_CACHE_HOME", cache.join("cache"))
+        .args(["-p", "*", "/usr/bin/python3.11", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(out())
+        .stderr(out());
+    let g = spawn_guarded(&mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(&w) = descendants(g.pid()).first() {
+            return (g, w);
+        }
+        assert!(Instant::now() < deadline, "no watchdog was made");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 #[test]
 fn monitor_sigkill_while_it_plans_leaves_no_watchdog_behind() {
     // The watchdog is made before the program is planned. Probes on every
@@ -1312,22 +1333,8 @@ fn monitor_sigkill_while_it_plans_leaves_no_watchdog_behind() {
     // monitor killed meanwhile must take its waiting watchdog along.
     for delay_ms in [2u64, 15, 30] {
         let cache = TempDir::new("plankill");
-        let mut cmd = Command::new(BIN);
-        cmd.env("XDG_CACHE_HOME", cache.join("cache"))
-            .args(["-q", "-p", "*", "/usr/bin/python3.11", "-c", "pass"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut g = spawn_guarded(&mut cmd);
+        let (mut g, watchdog) = planning_python(&cache, "pass", Stdio::null);
         let monitor = g.pid();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let watchdog = loop {
-            if let Some(&w) = descendants(monitor).first() {
-                break w;
-            }
-            assert!(Instant::now() < deadline, "no watchdog was made");
-            std::thread::sleep(Duration::from_micros(200));
-        };
         std::thread::sleep(Duration::from_millis(delay_ms));
         // Still waiting for its order: the program is not started yet.
         let comm = std::fs::read_to_string(format!("/proc/{watchdog}/comm")).unwrap_or_default();
@@ -1358,22 +1365,7 @@ fn a_watchdog_killed_before_the_program_starts_is_an_error_not_a_hang() {
     // of python, no cache): the monitor must see it gone when it gives the
     // order, and fail, not wait for a message that never comes.
     let cache = TempDir::new("wdkill");
-    let mut cmd = Command::new(BIN);
-    cmd.env("XDG_CACHE_HOME", cache.join("cache"))
-        .args(["-p", "*", "/usr/bin/python3.11", "-c", "print('ran')"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut g = spawn_guarded(&mut cmd);
-    let monitor = g.pid();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let watchdog = loop {
-        if let Some(&w) = descendants(monitor).first() {
-            break w;
-        }
-        assert!(Instant::now() < deadline, "no watchdog was made");
-        std::thread::sleep(Duration::from_micros(200));
-    };
+    let (mut g, watchdog) = planning_python(&cache, "print('ran')", Stdio::piped);
     let comm = std::fs::read_to_string(format!("/proc/{watchdog}/comm")).unwrap_or_default();
     assert_eq!(comm.trim_end(), "uprobe-exec-wdp", "not before the order");
     // SAFETY: signalling our own descendant.
