@@ -55,10 +55,6 @@ extern "C" fn on_usr1(_: libc::c_int) {
 fn a_signal_to_the_process_group_while_a_session_is_planned_runs_our_handler_once() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     OUR_PID.store(i64::from(std::process::id()), Ordering::SeqCst);
-    // Our own process group, so that the signal reaches only us and ours,
-    // as a terminal's SIGINT or SIGWINCH, or a supervisor's kill -- -PGID.
-    // SAFETY: setpgid(0, 0) on ourselves.
-    assert_eq!(unsafe { libc::setpgid(0, 0) }, 0);
     // SAFETY: all-zero bytes are a valid sigaction (no handler, no flags).
     let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
     sa.sa_sigaction = on_usr1 as *const () as usize;
@@ -81,12 +77,19 @@ fn a_signal_to_the_process_group_while_a_session_is_planned_runs_our_handler_onc
             .map(|s| s.wait().map(|r| r.exit))
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while children_named("uprobe-exec-wdp").is_empty() {
+    let watchdog = loop {
+        if let Some(&w) = children_named("uprobe-exec-wdp").first() {
+            break w;
+        }
         assert!(Instant::now() < deadline, "no waiting watchdog seen");
         std::thread::sleep(Duration::from_micros(200));
+    };
+    // What a signal to our process group (a terminal's SIGINT or SIGWINCH,
+    // a supervisor's kill -- -PGID) does to the two of us.
+    for pid in [std::process::id() as i32, watchdog] {
+        // SAFETY: kill(2) of ourselves and of our watchdog.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
     }
-    // SAFETY: kill(0, SIGUSR1): our own process group, our own handler.
-    unsafe { libc::kill(0, libc::SIGUSR1) };
     let r = spawner.join().unwrap();
     assert!(
         matches!(r, Ok(Ok(uprobe_exec::Exit::Code(0)))),
@@ -140,6 +143,11 @@ fn sessions_that_start_or_fail_leave_no_thread_fd_or_child() {
                 .count()
         })
         .sum();
+    // A joined thread can stay listed a moment after its join returns.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while count("/proc/self/task") > tasks0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let (fds1, tasks1) = (count("/proc/self/fd"), count("/proc/self/task"));
     assert!(
         fds1 <= fds0 && tasks1 <= tasks0 && kids == 0,
@@ -166,10 +174,14 @@ fn a_session_spawned_from_a_thread_that_ends_at_once_runs_to_its_end() {
 
 #[test]
 fn sessions_from_several_threads_at_once_give_each_program_exactly_execve_s_fds() {
+    // Other threads open fds (other sessions' channels, a file opened in a
+    // loop) while a start is prepared: the program must get none of the
+    // close-on-exec ones, as with fork and exec. The shell lists its own
+    // fds (no exec of ls, which would close them for us).
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let d = scratch("fds");
     let list = |out: &std::path::Path, ours: bool| {
-        let script = format!("exec ls -1 /proc/self/fd > {}", out.display());
+        let script = format!("ls -1 /proc/$$/fd > {}", out.display());
         if ours {
             let r = uprobe_exec::Command::new("/bin/sh")
                 .args(["-c", &script])
@@ -188,6 +200,15 @@ fn sessions_from_several_threads_at_once_give_each_program_exactly_execve_s_fds(
         std::fs::read_to_string(out).unwrap()
     };
     let native = list(&d.join("native"), false);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                drop(std::fs::File::open("/dev/null"));
+            }
+        })
+    };
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let d = d.clone();
@@ -198,8 +219,11 @@ fn sessions_from_several_threads_at_once_give_each_program_exactly_execve_s_fds(
             })
         })
         .collect();
-    for (t, h) in threads.into_iter().enumerate() {
-        for (i, l) in h.join().unwrap().into_iter().enumerate() {
+    let lists: Vec<Vec<String>> = threads.into_iter().map(|h| h.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    for (t, runs) in lists.into_iter().enumerate() {
+        for (i, l) in runs.into_iter().enumerate() {
             assert_eq!(l, native, "thread {t}, run {i}");
         }
     }

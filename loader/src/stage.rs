@@ -131,8 +131,10 @@ pub struct StagePlan<'a> {
     pub blob: &'a [u8],
     /// The hand-off parameter block (on the new stack).
     pub params_at: u64,
-    /// Fds to close (the monitor's own, close-on-exec ones).
-    pub close: &'a [RawFd],
+    /// The program file's fd, which the hand-off blob still needs (for
+    /// `PR_SET_MM_MAP`) and closes itself: spared when every other
+    /// close-on-exec fd is closed on the way out.
+    pub exe_fd: RawFd,
     /// Fds to close first thing: the monitor's ends of our sockets and pipes,
     /// so that we see EOF if it dies.
     pub close_first: &'a [RawFd],
@@ -216,6 +218,98 @@ unsafe fn close_all(fds: &[RawFd]) {
         // SAFETY: the caller gives up `fd`; close(2) touches no memory.
         unsafe { libc::close(fd) };
     }
+}
+
+/// Closes what execve would: every close-on-exec fd in our fd table but
+/// `keep`, then `last`.
+///
+/// Our table is our own, a copy of the one the monitor's threads shared at
+/// the fork: an fd another thread opened while the start was being
+/// prepared is in it, and is closed here if it is close-on-exec, as a fork
+/// and exec would. Every open fd is below the table's size (`FDSize`); the
+/// numbers below it are polled, a chunk a call (`POLLNVAL`: not open).
+/// Nothing here allocates.
+///
+/// # Safety
+/// Nothing in this process may use any fd closed here afterwards.
+unsafe fn close_on_exec(keep: RawFd, last: RawFd) {
+    const CHUNK: usize = 256;
+    let bound = fd_table_size().unwrap_or_else(|| {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map_or(1 << 20, |l| l.min(1 << 20) as usize)
+    });
+    let mut polled = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; CHUNK];
+    let mut from = 0usize;
+    while from < bound {
+        let n = (bound - from).min(CHUNK);
+        for (i, p) in polled[..n].iter_mut().enumerate() {
+            *p = libc::pollfd {
+                fd: (from + i) as RawFd,
+                events: 0,
+                revents: 0,
+            };
+        }
+        // SAFETY: `polled[..n]` is ours and valid; poll(2) writes only the
+        // `revents`, and with no events asked and no wait changes nothing.
+        // It fails (EINVAL) when `n` exceeds RLIMIT_NOFILE: then every
+        // number is asked below.
+        let all = unsafe { libc::poll(polled.as_mut_ptr(), n as libc::nfds_t, 0) } < 0;
+        for p in &polled[..n] {
+            if p.fd == keep || p.fd == last || (!all && p.revents & libc::POLLNVAL != 0) {
+                continue;
+            }
+            // SAFETY: F_GETFD only reads an fd's flags.
+            let flags = unsafe { libc::fcntl(p.fd, libc::F_GETFD) };
+            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+                // SAFETY: the caller gives up every close-on-exec fd but
+                // `keep`; close(2) touches no memory.
+                unsafe { libc::close(p.fd) };
+            }
+        }
+        from += n;
+    }
+    // SAFETY: as above.
+    unsafe { libc::close(last) };
+}
+
+/// The size of our fd table, from `/proc/self/status` (fs/proc/array.c,
+/// `FDSize`), read into the stack.
+fn fd_table_size() -> Option<usize> {
+    let fd = rustix::fs::open(
+        c"/proc/self/status",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        match rustix::io::read(&fd, &mut buf[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    let text = &buf[..len];
+    const KEY: &[u8] = b"\nFDSize:";
+    let at = text.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let mut size = 0usize;
+    let mut digits = 0;
+    for &b in text[at..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace() && **b != b'\n')
+    {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        size = size.checked_mul(10)?.checked_add(usize::from(b - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then_some(size)
 }
 
 /// The kernel's `struct sigaction` for rt_sigaction(2).
@@ -628,9 +722,10 @@ pub(crate) unsafe fn run(p: &StagePlan<'_>) -> ! {
     // rather than read zero pages) until it has killed us.
     drop(uffd);
 
-    // SAFETY: the monitor's close-on-exec fds and, last, our socket to it:
-    // nothing runs after this but the blob, which uses none of them.
-    unsafe { close_all(p.close) };
+    // SAFETY: every close-on-exec fd but the program file's and, last, our
+    // socket to the monitor: nothing runs after this but the blob, which
+    // uses only the program file's.
+    unsafe { close_on_exec(p.exe_fd, p.sock) };
     // SAFETY: the blob was just mapped read+exec at `blob`; it takes the
     // parameter block on the new stack in rdi, unmaps everything of the
     // monitor's (we never come back) and jumps to the program.

@@ -286,9 +286,8 @@ impl Early {
         })
     }
 
-    /// Waits until the watchdog is made (in practice long done), so that
-    /// its pidfd is among our fds before they are listed for the stage to
-    /// close. Returns the stack it runs on, where the stage will run too.
+    /// Waits until the watchdog is made (in practice long done). Returns
+    /// the stack it runs on, where the stage will run too.
     pub(crate) fn ready(&self) -> Result<(u64, u64), Error> {
         let c = &self.control;
         let mut state = c.state.load(Ordering::Acquire);
@@ -536,7 +535,12 @@ unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
         fail(sock, UNSHARE_FAILED, e);
     }
     // Our own life: no signal but SIGKILL can end it, and we keep no fd
-    // of the program's (a pipe held open here would never see EOF).
+    // of the program's (a pipe held open here would never see EOF). The
+    // table is ours now: closing all but our two fds first leaves room
+    // for the signalfd however near its limit the monitor's table was.
+    // SAFETY: nothing here uses any other fd from now on: the monitor's
+    // objects are copies in this process that no thread of ours touches.
+    unsafe { close_all_but([alive, sock.as_raw_fd(), -1]) };
     let chld = crate::sys::signal::sigset(1 << (libc::SIGCHLD - 1));
     // SAFETY: signalfd(2) reads the mask and returns a new fd; -1 asks
     // for a new one rather than changing an fd of ours.
@@ -556,9 +560,6 @@ unsafe fn run(stage_plan: &StagePlan<'_>, alive: RawFd, sock: RawFd) -> ! {
         },
     );
     let _ = rustix::thread::set_name(c"uprobe-exec-wd");
-    // SAFETY: nothing here uses any other fd from now on: the monitor's
-    // objects are copies in this process that no thread of ours touches.
-    unsafe { close_all_but([alive, sock.as_raw_fd(), sfd]) };
     // SAFETY: open from here to our exit (close_all_but spared it).
     let alive = unsafe { BorrowedFd::borrow_raw(alive) };
     // SAFETY: as above; signalfd just returned it (sfd >= 0).

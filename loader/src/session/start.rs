@@ -124,15 +124,8 @@ pub(super) fn start(
         },
     };
     let ch = Channels::new()?;
-    // The watchdog's pidfd is among our fds from here on (closed in the stage).
-    early.ready()?;
     let prog_fd = plan.program.image.file.as_raw_fd();
     let interp_fd = plan.interp.as_ref().map(|i| i.image.file.as_raw_fd());
-    let close: Vec<RawFd> = cloexec_fds()
-        .into_iter()
-        .filter(|&fd| fd != prog_fd && Some(fd) != interp_fd && fd != ch.stage_child.as_raw_fd())
-        .chain([ch.stage_child.as_raw_fd()])
-        .collect();
     let close_after_map: Vec<RawFd> = interp_fd.into_iter().collect();
     let close_first = ch.monitor_ends();
     let exit = Exit {
@@ -182,7 +175,7 @@ pub(super) fn start(
         blob_at: exit.blob,
         blob,
         params_at: st.base,
-        close: &close,
+        exe_fd: prog_fd,
         close_first: &close_first,
         close_after_map: &close_after_map,
         // The watchdog fills in its own pid.
@@ -613,39 +606,6 @@ fn own_auxv() -> Vec<(u64, u64)> {
         })
         .take_while(|&(k, _)| k != at::NULL)
         .collect()
-}
-
-/// The monitor's close-on-exec fds: closed in the child, as execve would.
-///
-/// Every open fd is below the fd table's size (`FDSize` in
-/// `/proc/self/status`); the numbers below it are polled, not listed from
-/// `/proc/self/fd` (about 30 µs against 110–160 here).
-fn cloexec_fds() -> Vec<RawFd> {
-    let numbers: Vec<RawFd> = match fd_table_size() {
-        Some(size) => crate::sys::process::open_fds_below(size),
-        None => match std::fs::read_dir("/proc/self/fd") {
-            Ok(dir) => dir
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-                .collect(),
-            Err(_) => Vec::new(),
-        },
-    };
-    numbers
-        .into_iter()
-        .filter(|&fd| crate::sys::process::is_cloexec(fd))
-        .collect()
-}
-
-/// The size of this process's fd table: every open fd is below it
-/// (fs/proc/array.c, `FDSize`).
-fn fd_table_size() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("FDSize:"))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// Our own main thread's `[stack]` mapping: (start, top).

@@ -4,13 +4,9 @@
 //!  - [`personality(2)`](https://man7.org/linux/man-pages/man2/personality.2.html)
 //!  - [`_exit(2)`](https://man7.org/linux/man-pages/man2/_exit.2.html)
 //!  - [`clone(2)`](https://man7.org/linux/man-pages/man2/clone.2.html)
-//!  - [`fcntl(2)`](https://man7.org/linux/man-pages/man2/fcntl.2.html), `F_GETFD`
-//!  - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html), `POLLNVAL`
 //!  - [`PR_GET_AUXV`](https://man7.org/linux/man-pages/man2/PR_GET_AUXV.2const.html)
 
 #![allow(unsafe_code)]
-
-use std::os::fd::RawFd;
 
 /// This process's execution domain and flags (`ADDR_NO_RANDOMIZE`, …).
 #[must_use]
@@ -18,58 +14,6 @@ pub fn personality() -> u32 {
     // SAFETY: personality(0xffffffff) only queries the persona; it touches
     // no memory.
     unsafe { libc::personality(0xffff_ffff) as u32 }
-}
-
-/// Whether fd number `fd` is open and close-on-exec.
-#[must_use]
-pub fn is_cloexec(fd: RawFd) -> bool {
-    // SAFETY: F_GETFD only reads the flags of an fd number: it changes
-    // nothing, whoever owns the fd, and a closed number gives -1 (EBADF).
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    flags >= 0 && flags & libc::FD_CLOEXEC != 0
-}
-
-/// The open fds below `bound` (in order), found with poll(2): it reports
-/// `POLLNVAL` for a number that is not open, one call for many numbers,
-/// where listing `/proc/self/fd` instantiates an inode for each fd.
-#[must_use]
-pub fn open_fds_below(bound: usize) -> Vec<RawFd> {
-    // poll(2) refuses more entries than RLIMIT_NOFILE allows.
-    let chunk = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-        .current
-        .map_or(1024, |l| l.clamp(1, 1024) as usize);
-    let mut open = Vec::new();
-    let mut polled: Vec<libc::pollfd> = Vec::with_capacity(chunk);
-    for from in (0..bound).step_by(chunk) {
-        polled.clear();
-        polled.extend((from..bound.min(from + chunk)).map(|fd| libc::pollfd {
-            fd: fd as RawFd,
-            events: 0,
-            revents: 0,
-        }));
-        // SAFETY: `polled` is a valid array of `polled.len()` pollfds, which
-        // poll(2) only reads and writes the `revents` of; a zero timeout
-        // never blocks, and asking for no events changes nothing on any fd.
-        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 0) };
-        if n < 0 {
-            // Unexpected (EINTR cannot happen with no wait): ask each number.
-            open.extend(polled.iter().map(|p| p.fd).filter(|&fd| is_open(fd)));
-            continue;
-        }
-        open.extend(
-            polled
-                .iter()
-                .filter(|p| p.revents & libc::POLLNVAL == 0)
-                .map(|p| p.fd),
-        );
-    }
-    open
-}
-
-/// Whether fd number `fd` is open.
-fn is_open(fd: RawFd) -> bool {
-    // SAFETY: as in `is_cloexec`.
-    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
 }
 
 /// This process's auxiliary vector, as bytes (the layout of
