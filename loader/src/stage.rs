@@ -138,8 +138,6 @@ pub struct StagePlan<'a> {
     /// Fds to close first thing: the monitor's ends of our sockets and pipes,
     /// so that we see EOF if it dies.
     pub close_first: &'a [RawFd],
-    /// Fds to close after mapping (the interpreter's file).
-    pub close_after_map: &'a [RawFd],
     /// The parent's pid (the watchdog's), to notice if it died before
     /// PDEATHSIG was set.
     pub monitor: libc::pid_t,
@@ -644,13 +642,13 @@ fn install_guard(filter: &[libc::sock_filter]) -> (Option<OwnedFd>, u32) {
 /// an address from the program.
 ///
 /// # Safety
-/// Must be called only in a child just forked from the monitor (from a
-/// thread other than the main one), with a plan that [`StagePlan::fits`]
-/// the placeholders the monitor held at the fork, and whose fds to close
-/// are the monitor's own (see the `close*` fields).
+/// Must be called only in a child just forked by the watchdog from the
+/// monitor's memory, on the watchdog's stack, with a plan that
+/// [`StagePlan::fits`] the placeholders the monitor held at the fork, and
+/// whose `close_first` fds are the monitor's own channel ends.
 pub(crate) unsafe fn run(p: &StagePlan<'_>) -> ! {
     // SAFETY: the watchdog does not close the socket to the stage before
-    // forking us, and we close it only on the way out (last of `p.close`).
+    // forking us, and we close it only on the way out (`close_on_exec`).
     let sock = unsafe { BorrowedFd::borrow_raw(p.sock) };
     // SAFETY: the monitor's ends of our channels: no thread of the monitor
     // exists here to use them.
@@ -659,8 +657,6 @@ pub(crate) unsafe fn run(p: &StagePlan<'_>) -> ! {
 
     // SAFETY: the caller's promise (`StagePlan::fits`).
     unsafe { map_segments(sock, p.maps) };
-    // SAFETY: the interpreter's file, used only by the mmaps just made.
-    unsafe { close_all(p.close_after_map) };
     for &(start, len) in p.text {
         set_anon_name(start, len, &p.text_name);
     }

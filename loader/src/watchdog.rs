@@ -241,6 +241,29 @@ unsafe impl Sync for Control {}
 // the monitor keeps the plan.
 unsafe impl Send for Control {}
 
+impl Control {
+    /// Sets the state and wakes every waiter.
+    fn set(&self, state: u32) {
+        self.state.store(state, Ordering::Release);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        let _ = futex::wake(&self.state, futex::Flags::PRIVATE, ALL);
+    }
+
+    /// Waits until the state is one `done` accepts; returns it.
+    fn wait_for(&self, done: impl Fn(u32) -> bool) -> u32 {
+        loop {
+            let s = self.state.load(Ordering::Acquire);
+            if done(s) {
+                return s;
+            }
+            let _ = futex::wait(&self.state, futex::Flags::PRIVATE, s, None);
+        }
+    }
+}
+
 /// A watchdog made ahead of the plan, waiting for its order.
 pub(crate) struct Early {
     control: Arc<Control>,
@@ -290,12 +313,7 @@ impl Early {
     /// the stack it runs on, where the stage will run too.
     pub(crate) fn ready(&self) -> Result<(u64, u64), Error> {
         let c = &self.control;
-        let mut state = c.state.load(Ordering::Acquire);
-        while state == STARTING {
-            let _ = futex::wait(&c.state, futex::Flags::PRIVATE, STARTING, None);
-            state = c.state.load(Ordering::Acquire);
-        }
-        if state == FAILED {
+        if c.wait_for(|s| s != STARTING) == FAILED {
             return Err(Error::sys(
                 "making the watchdog",
                 std::io::Error::from_raw_os_error(c.errno.load(Ordering::Relaxed)),
@@ -331,6 +349,16 @@ impl Early {
             ));
         }
         let c = &self.control;
+        let raw = c.pidfd.swap(-1, Ordering::AcqRel);
+        if raw < 0 {
+            return Err(Error::sys(
+                "making the watchdog",
+                std::io::Error::other("no pidfd of it"),
+            ));
+        }
+        // SAFETY: the clone made this fd for us, and swapping -1 in made
+        // it ours alone.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: only this call writes `order`, once (it consumes the
         // Early), and the watchdog reads it only after seeing GO, stored
         // below with Release. The plan's lifetime is erased: the caller
@@ -342,18 +370,7 @@ impl Early {
                 sock: sock.as_raw_fd(),
             });
         }
-        let raw = c.pidfd.swap(-1, Ordering::AcqRel);
-        if raw < 0 {
-            return Err(Error::sys(
-                "making the watchdog",
-                std::io::Error::other("no pidfd of it"),
-            ));
-        }
-        // SAFETY: the clone made this fd for us, and swapping -1 in made
-        // it ours alone.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
-        c.state.store(GO, Ordering::Release);
-        let _ = futex::wake(&c.state, futex::Flags::PRIVATE, ALL);
+        c.set(GO);
         Ok(Reaper {
             pidfd,
             parent: self.parent.take(),
@@ -365,8 +382,7 @@ impl Drop for Early {
     /// Without an order: the watchdog exits, and its parent thread reaps it.
     fn drop(&mut self) {
         if let Some(t) = self.parent.take() {
-            self.control.state.store(QUIT, Ordering::Release);
-            let _ = futex::wake(&self.control.state, futex::Flags::PRIVATE, ALL);
+            self.control.set(QUIT);
             let _ = t.join();
         }
         let raw = self.control.pidfd.swap(-1, Ordering::AcqRel);
@@ -392,8 +408,7 @@ fn parent(control: &Arc<Control>) {
     crate::sys::signal::set_blocked(&crate::sys::signal::full());
     let failed = |e: i32| {
         control.errno.store(e, Ordering::Relaxed);
-        control.state.store(FAILED, Ordering::Release);
-        let _ = futex::wake(&control.state, futex::Flags::PRIVATE, ALL);
+        control.set(FAILED);
     };
     // Read-write memory above a PROT_NONE guard page.
     let total = (GUARD_LEN + STACK_LEN) as u64;
@@ -431,7 +446,7 @@ fn parent(control: &Arc<Control>) {
     let _ = control
         .state
         .compare_exchange(STARTING, READY, Ordering::AcqRel, Ordering::Acquire);
-    let _ = futex::wake(&control.state, futex::Flags::PRIVATE, ALL);
+    control.wake();
     if let Some(pid) = Pid::from_raw(pid) {
         while let Err(Errno::INTR) = rustix::process::waitpid(Some(pid), WaitOptions::empty()) {}
     }
@@ -450,14 +465,8 @@ extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(c.monitor) {
         return 0;
     }
-    loop {
-        match c.state.load(Ordering::Acquire) {
-            GO => break,
-            QUIT => return 0,
-            s => {
-                let _ = futex::wait(&c.state, futex::Flags::PRIVATE, s, None);
-            }
-        }
+    if c.wait_for(|s| s == GO || s == QUIT) == QUIT {
+        return 0;
     }
     // From the order on, the program's: the monitor's death is seen on the
     // alive pipe, and answered by killing the program (see `run`).

@@ -73,10 +73,9 @@ pub(super) struct Launched {
 }
 
 /// The monitor thread (spawned at `spawned`): has `watchdog` fork the
-/// stage, tells
-/// `started` the program's pid and the CLOCK_MONOTONIC time just before it
-/// lets it go (or why it could not start), then serves faults until the
-/// program ends.
+/// stage, tells `started` the program's pid and the CLOCK_MONOTONIC time
+/// just before it lets it go (or why it could not start), then serves
+/// faults until the program ends.
 pub(super) fn monitor(
     mut job: Job,
     watchdog: Early,

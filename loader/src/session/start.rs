@@ -125,8 +125,6 @@ pub(super) fn start(
     };
     let ch = Channels::new()?;
     let prog_fd = plan.program.image.file.as_raw_fd();
-    let interp_fd = plan.interp.as_ref().map(|i| i.image.file.as_raw_fd());
-    let close_after_map: Vec<RawFd> = interp_fd.into_iter().collect();
     let close_first = ch.monitor_ends();
     let exit = Exit {
         mm_map: may_set_mm_map(),
@@ -177,7 +175,6 @@ pub(super) fn start(
         params_at: st.base,
         exe_fd: prog_fd,
         close_first: &close_first,
-        close_after_map: &close_after_map,
         // The watchdog fills in its own pid.
         monitor: 0,
         comm: {
